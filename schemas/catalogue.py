@@ -1,0 +1,61 @@
+"""The topic catalogue (topics.yaml), read by code, tests and the Helm chart."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CATALOGUE_FILE = HERE / "topics.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    name: str
+    key: str
+    value_schema: str
+    partitions: int
+    cleanup_policy: str
+    retention_ms: int
+    description: str
+
+    @property
+    def compacted(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    def kafka_config(self) -> dict[str, str]:
+        """Topic-level configs as Kafka expects them in CreateTopics."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+@cache
+def load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, Topic]:
+    doc = yaml.safe_load(Path(path).read_text())
+    topics = {}
+    for entry in doc["topics"]:
+        t = Topic(**entry)
+        if not (HERE / f"{t.value_schema}.schema.json").is_file():
+            raise ValueError(f"{path}: topic {t.name} names unknown schema {t.value_schema!r}")
+        topics[t.name] = t
+    return topics
+
+
+def topic(name: str) -> Topic:
+    """Look a topic up by name; a typo fails loudly instead of creating a new topic."""
+    try:
+        return load_catalogue()[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the topic catalogue {CATALOGUE_FILE.name}") from None
+
+
+# Names used in code; tests check each one is in the catalogue.
+SYSCALLS = "svctrace.syscalls"
+K8S_OBJECTS = "svctrace.k8s.objects"
+FLOWS = "svctrace.flows"
+ENRICHED = "svctrace.events.enriched"
+CHAINS = "svctrace.chains"
+ALERTS = "svctrace.alerts"
+DEADLETTER = "svctrace.deadletter"
+AGENT_STATS = "svctrace.agent.stats"

@@ -1,0 +1,3 @@
+from svctrace.cli import main
+
+raise SystemExit(main())
