@@ -54,9 +54,10 @@ def errors(name: str, document: Any) -> list[SchemaError]:
     for e in _validator(name).iter_errors(document):
         # For a missing property the path is the parent; name the property itself.
         path = _field_path(e)
-        if e.validator == "required":
-            missing = e.message.split("'")[1] if "'" in e.message else ""
-            path = f"{path}.{missing}" if missing else path
+        if e.validator in ("required", "additionalProperties", "unevaluatedProperties"):
+            # The error sits on the parent object; name the property itself.
+            named = e.message.split("'")[1] if "'" in e.message else ""
+            path = f"{path}.{named}" if named else path
         found.append(SchemaError(name, path, e.message))
     return found
 

@@ -1,0 +1,45 @@
+"""The `svctrace` entry point: --help and --version work, subcommands are listed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from svctrace import __version__
+from svctrace.cli import COMMANDS, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "svctrace", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_version():
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"svctrace {__version__}"
+
+
+def test_help_lists_every_subcommand():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in COMMANDS:
+        assert name in out.stdout
+
+
+def test_each_subcommand_has_help():
+    for name in COMMANDS:
+        out = run_cli(name, "--help")
+        assert out.returncode == 0, (name, out.stderr)
+        assert "usage: svctrace " + name in out.stdout
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_topics_json_lists_catalogue(capsys):
+    assert main(["topics", "--json"]) == 0
+    rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"svctrace.syscalls", "svctrace.k8s.objects", "svctrace.chains"} <= {r["name"] for r in rows}
