@@ -1,0 +1,219 @@
+"""Ring-buffer records of svctrace.bpf.c -> normalized `SyscallEvent`s.
+
+Pure: bytes in, events out (no kernel, no I/O), so it is unit-tested without
+root. One table, SYSCALLS, maps the BPF program's syscall numbers to the
+concrete syscall name and the event kind; the C enum lists the same names in
+the same order (a test compares them).
+"""
+from __future__ import annotations
+
+import errno as _errno
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from svctrace.schemas.models import SyscallEvent
+
+# index = `enum sc` value in svctrace.bpf.c: (syscall name, event kind)
+SYSCALLS: tuple[tuple[str, str], ...] = (
+    ("connect", "connect"),
+    ("accept", "accept"),
+    ("accept4", "accept"),
+    ("sendto", "send"),
+    ("recvfrom", "recv"),
+    ("sendmsg", "send"),
+    ("recvmsg", "recv"),
+    ("sendmmsg", "send"),
+    ("recvmmsg", "recv"),
+    ("read", "recv"),
+    ("write", "send"),
+    ("readv", "recv"),
+    ("writev", "send"),
+    ("close", "close"),
+)
+IO_KINDS = frozenset({"send", "recv"})
+
+MAX_SNAP = 4096  # the C program's compile-time bound on the snaplen
+
+# struct event header (everything before data[]), little-endian, natural alignment.
+RECORD = struct.Struct(
+    "<QQQq"  # ts, cgroup_id, cgroup_v1, ret
+    "IIiII"  # pid, tid, fd, size, data_len
+    "HHHBx"  # sc, addr_family, addr_port, msg_index, pad
+    "16s"  # addr
+    "HHHHHBxI16s16s"  # tuple: family, sk_type, protocol, lport, rport, flags, pad, netns, laddr, raddr
+    "16s"  # comm
+)
+assert RECORD.size == 140, RECORD.size
+
+F_BOUND, F_HAS_ADDR, F_HAS_TUPLE = 1, 2, 4
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+FAMILIES = {AF_INET: "ipv4", AF_INET6: "ipv6", AF_UNIX: "unix"}
+PROTOS = {6: "tcp", 17: "udp", 132: "raw", 1: "raw", 58: "raw", 255: "raw"}
+ERRNO_NAMES = dict(_errno.errorcode)
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record as the kernel wrote it (kept for tests and debugging)."""
+
+    ts_mono: int
+    cgroup_id: int
+    cgroup_v1: int
+    ret: int
+    pid: int
+    tid: int
+    fd: int
+    size: int
+    sc: int
+    addr_family: int
+    addr_port: int
+    msg_index: int
+    addr: bytes
+    family: int
+    sk_type: int
+    protocol: int
+    lport: int
+    rport: int
+    flags: int
+    netns: int
+    laddr: bytes
+    raddr: bytes
+    comm: str
+    data: bytes
+
+
+def parse(buf, offset: int = 0) -> RawRecord:
+    (ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc, afam, aport, idx, addr,
+     fam, skt, proto, lport, rport, flags, netns, laddr, raddr, comm) = RECORD.unpack_from(buf, offset)
+    start = offset + RECORD.size
+    return RawRecord(ts, cg2, cg1, ret, pid, tid, fd, size, sc, afam, aport, idx, addr, fam, skt, proto,
+                     lport, rport, flags, netns, laddr, raddr,
+                     comm.split(b"\0", 1)[0].decode("utf-8", "replace"), bytes(buf[start:start + dlen]))
+
+
+_ZERO16 = bytes(16)
+
+
+class _Addresses:
+    """Raw 16-byte kernel addresses -> text, cached (a node talks to few peers)."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[int, bytes], str] = {}
+
+    def text(self, family: int, raw: bytes) -> str:
+        key = (family, raw)
+        s = self.cache.get(key)
+        if s is None:
+            if family == AF_INET:
+                s = str(ipaddress.IPv4Address(raw[:4]))
+            else:
+                a = ipaddress.IPv6Address(raw)
+                s = str(a.ipv4_mapped) if a.ipv4_mapped else str(a)
+            if len(self.cache) > 65536:
+                self.cache.clear()
+            self.cache[key] = s
+        return s
+
+
+class Normalizer:
+    """Stateful decoder: ring records -> SyscallEvent, like the scap reader makes.
+
+    State (bounded): the role of each (pid, fd) learnt from connect/accept, so
+    later reads and writes on that socket say which end they are; sockets opened
+    before the capture fall back to the kernel's hint (an explicitly bound port
+    means a server: listeners and their accepted children carry it).
+    """
+
+    MAX_ROLES = 262144
+
+    def __init__(self, node: str, boot_to_epoch_ns: int, first_n: int = 0) -> None:
+        self.node = node
+        self.offset = boot_to_epoch_ns
+        self.n = first_n
+        self.roles: dict[tuple[int, int], str] = {}
+        self.addrs = _Addresses()
+
+    def decode(self, buf, offset: int = 0, length: int | None = None) -> SyscallEvent:
+        (ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc, afam, aport, _idx, addr,
+         fam, _skt, proto, lport, rport, flags, netns, laddr, raddr, comm) = RECORD.unpack_from(buf, offset)
+        syscall, kind = SYSCALLS[sc]
+        text = self.addrs.text
+
+        local_ip = local_port = remote_ip = remote_port = addr_ip = addr_port = None
+        family = proto_name = None
+        if flags & F_HAS_TUPLE:
+            family = FAMILIES.get(fam)
+            proto_name = "unix" if fam == AF_UNIX else PROTOS.get(proto, "raw")
+            if fam != AF_UNIX:
+                local_ip, local_port = text(fam, laddr), lport
+                if rport or raddr != _ZERO16:
+                    remote_ip, remote_port = text(fam, raddr), rport
+        if flags & F_HAS_ADDR:
+            addr_ip, addr_port = text(afam, addr), aport
+            if remote_ip is None and kind != "connect":
+                # unconnected UDP: the peer is only in the sockaddr argument
+                remote_ip, remote_port = addr_ip, addr_port
+
+        if kind == "accept" and ret >= 0:
+            fd = ret  # the new connection's fd, the one later events use
+        key = (pid, fd)
+        if kind == "connect":
+            role = "client"
+            self._remember(key, role)
+        elif kind == "accept":
+            role = "server"
+            if ret >= 0:
+                self._remember(key, role)
+        else:
+            role = self.roles.get(key)
+            if role is None and flags & F_HAS_TUPLE:
+                role = "server" if flags & F_BOUND else "client"
+            if kind == "close":
+                self.roles.pop(key, None)
+
+        data = None
+        if dlen:
+            start = offset + RECORD.size
+            data = bytes(buf[start:start + dlen])
+        self.n += 1
+        return SyscallEvent(
+            ts=ts + self.offset,
+            node=self.node,
+            n=self.n,
+            pid=pid,
+            tid=tid,
+            comm=comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
+            kind=kind,
+            syscall=syscall,
+            fd=fd,
+            res=ret,
+            errno=ERRNO_NAMES.get(-ret, f"E{-ret}") if ret < 0 else None,
+            proto=proto_name,
+            family=family,
+            role=role,
+            local_ip=local_ip,
+            local_port=local_port,
+            remote_ip=remote_ip,
+            remote_port=remote_port,
+            addr_ip=addr_ip,
+            addr_port=addr_port,
+            size=size if kind in IO_KINDS and ret >= 0 else None,
+            data=data,
+            # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
+            cgroup_id=cg2 if cg2 > 1 else (cg1 or cg2 or None),
+            netns=netns or None,
+        )
+
+    def _remember(self, key: tuple[int, int], role: str) -> None:
+        if len(self.roles) >= self.MAX_ROLES:
+            self.roles.clear()  # bounded; forgotten sockets fall back to the kernel hint
+        self.roles[key] = role
+
+    def lost(self, count: int, ts: int) -> SyscallEvent:
+        """A loss marker: `count` events were dropped in the kernel before ts."""
+        self.n += 1
+        return SyscallEvent(ts=ts, node=self.node, n=self.n, pid=0, tid=0, comm="", kind="lost",
+                            syscall="", fd=-1, res=count)
