@@ -1,0 +1,146 @@
+"""Generic, table-driven parameter decoding (scap-format.md §10-11).
+
+`LAYOUTS[code]` is precompiled once from the event table: parameter names,
+one decoder per parameter type and the width of the length array. Decoders
+take the parameter's bytes and never raise on odd lengths (a fixed-size value
+with a surprising width is read as an integer of that width), so corrupted
+values cannot crash the reader; inconsistent *lengths* raise ValueError.
+
+Decoded forms: integers; strings (CHARBUF/FSPATH, trailing NUL dropped);
+bytes (BYTEBUF and unknown types); socket tuples as ("ipv4"|"ipv6", sip,
+sport, dip, dport) or ("unix", source, dest, path); socket addresses as
+("ipv4"|"ipv6", ip, port) or ("unix", path); None for an empty value.
+"""
+from __future__ import annotations
+
+import struct
+
+from .blocks import ip4, ip6
+from .event_table import EVENTS, FIXED, STRING_TYPES
+
+PPM_AF_UNIX, PPM_AF_INET, PPM_AF_INET6 = 1, 2, 10
+
+
+def _int_decoder(signed: bool):
+    def dec(b: bytes, _f=int.from_bytes, _s=signed):
+        return _f(b, "little", signed=_s) if b else None
+    return dec
+
+
+def dec_str(b: bytes):
+    if not b:
+        return None
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def dec_bytes(b: bytes):
+    return b
+
+
+def dec_tuple(b: bytes):
+    if not b:
+        return None
+    fam = b[0]
+    if fam == PPM_AF_INET and len(b) >= 13:
+        sport, = struct.unpack_from("<H", b, 5)
+        dport, = struct.unpack_from("<H", b, 11)
+        return ("ipv4", ip4(b[1:5]), sport, ip4(b[7:11]), dport)
+    if fam == PPM_AF_INET6 and len(b) >= 37:
+        sport, = struct.unpack_from("<H", b, 17)
+        dport, = struct.unpack_from("<H", b, 35)
+        sip, dip = ip6(b[1:17]), ip6(b[19:35])
+        return ("ipv4" if "." in sip and "." in dip else "ipv6", sip, sport, dip, dport)
+    if fam == PPM_AF_UNIX and len(b) >= 17:
+        src, dst = struct.unpack_from("<QQ", b, 1)
+        return ("unix", src, dst, b[17:].split(b"\0", 1)[0].decode("utf-8", "replace"))
+    return ("other", fam)
+
+
+def dec_sockaddr(b: bytes):
+    if not b:
+        return None
+    fam = b[0]
+    if fam == PPM_AF_INET and len(b) >= 7:
+        return ("ipv4", ip4(b[1:5]), struct.unpack_from("<H", b, 5)[0])
+    if fam == PPM_AF_INET6 and len(b) >= 19:
+        ip = ip6(b[1:17])
+        return ("ipv4" if "." in ip else "ipv6", ip, struct.unpack_from("<H", b, 17)[0])
+    if fam == PPM_AF_UNIX:
+        return ("unix", b[1:].split(b"\0", 1)[0].decode("utf-8", "replace"))
+    return ("other", fam)
+
+
+def dec_ipv4(b: bytes):
+    return ip4(b) if len(b) == 4 else b
+
+
+def dec_ipv6(b: bytes):
+    return ip6(b) if len(b) == 16 else b
+
+
+def dec_ipaddr(b: bytes):
+    return ip4(b) if len(b) == 4 else ip6(b) if len(b) == 16 else b
+
+
+def decoder_for(ptype: str):
+    if ptype in FIXED:
+        return _int_decoder(FIXED[ptype][1])
+    if ptype in STRING_TYPES:
+        return dec_str
+    return {
+        "SOCKTUPLE": dec_tuple,
+        "SOCKADDR": dec_sockaddr,
+        "IPV4ADDR": dec_ipv4,
+        "IPV6ADDR": dec_ipv6,
+        "IPADDR": dec_ipaddr,
+        "IPNET": dec_ipaddr,
+    }.get(ptype, dec_bytes)
+
+
+class Layout:
+    """Precompiled parameter layout of one event type."""
+    __slots__ = ("code", "names", "decoders", "nmax", "width", "len_structs")
+
+    def __init__(self, info):
+        self.code = info.code
+        self.names = info.param_names
+        self.decoders = tuple(decoder_for(t) for _, t in info.params)
+        self.nmax = len(info.params)
+        self.width = 4 if info.large_payload else 2
+        ch = "I" if info.large_payload else "H"
+        self.len_structs = [struct.Struct(f"<{n}{ch}") for n in range(self.nmax + 1)]
+
+    def lengths(self, buf, pos: int, nparams: int) -> tuple[int, ...]:
+        if nparams <= self.nmax:
+            return self.len_structs[nparams].unpack_from(buf, pos)
+        ch = "I" if self.width == 4 else "H"
+        return struct.unpack_from(f"<{nparams}{ch}", buf, pos)
+
+    def infer_nparams(self, buf, pos: int, avail: int, evt_len: int, header: int) -> int:
+        """v1 blocks carry no nparams: largest n whose lengths add up to evt_len."""
+        w = self.width
+        for n in range(min(self.nmax, avail // w), -1, -1):
+            lens = self.len_structs[n].unpack_from(buf, pos)
+            if header + w * n + sum(lens) == evt_len:
+                return n
+        raise ValueError(f"parameter lengths do not add up to the event length {evt_len}")
+
+    def decode(self, buf, pos: int, end: int, nparams: int) -> dict:
+        """All params by name; pos = start of the length array, end = event end."""
+        lens = self.lengths(buf, pos, nparams)
+        p = pos + self.width * nparams
+        if p + sum(lens) > end:
+            raise ValueError("parameter lengths run past the event")
+        out = {}
+        names, decs, nmax = self.names, self.decoders, self.nmax
+        for i, ln in enumerate(lens):
+            b = buf[p:p + ln]
+            p += ln
+            if i < nmax:
+                out[names[i]] = decs[i](b)
+            else:
+                out[f"param{i}"] = b
+        return out
+
+
+LAYOUTS: tuple[Layout, ...] = tuple(Layout(e) for e in EVENTS)

@@ -1,0 +1,526 @@
+"""The .scap reader: blocks -> decoded events -> thread/fd state -> SyscallEvents.
+
+Public interface (stable; other parts of svctrace rely on it):
+
+    open_capture(path, *, skip_corrupt=False) -> CaptureReader
+
+`CaptureReader` is iterable over `SyscallEvent`s for network-relevant events:
+connect, accept/accept4, socket, bind, listen, shutdown and close of sockets,
+the send and recv families including read/write/readv/writev/pread/pwrite/
+preadv/pwritev on socket fds (IPv4, IPv6 and unix sockets), and kind="lost"
+markers for DROP events. Each event is the syscall's *exit* merged with its
+enter event (old captures keep e.g. the fd in the enter event), `ts` is the
+exit time and `n` the exit event's sysdig `evt.num` (1-based index among the
+file's event blocks of known types; see `SYSDIG_0_29_TABLE_SIZE` for what
+sysdig 0.29.3 does differently).
+
+After (or during) iteration:
+  .machine      machine-info dict (hostname, num_cpus, memory_size_bytes, ...)
+  .node         machine-info hostname (SyscallEvent.node)
+  .containers   {container id: container JSON dict} from CONTAINER_JSON events
+  .k8s_states   [(ts, dict)] from K8S_E events
+  .interfaces, .users   interface and user lists
+  .stats        `Stats` (sections, blocks, events, skipped bytes, ...)
+  .raw_events() iterator of `RawEvent` (every event type, every param by
+                name, enter and exit as in the file) for oracle tests.
+
+State kept like libsinsp: a thread table (process-list blocks, clone/fork/
+execve exits, procexit) and a per-process fd table (fd-list blocks, socket/
+connect/accept/bind/close/dup exits), so reads and writes on a socket fd carry
+the socket's endpoints. Socket endpoints are kept in libsinsp's orientation
+(client ip/port, server ip/port) plus which end is local; `role` is "client"
+for sockets that connected (or sent first on UDP), "server" for accepted,
+bound and listening ones. fd-list entries of connected sockets keep libscap's
+order (source = client end, local); their role is "server" when the local
+port is a port the process listens on, else "client".
+
+Performance: event types irrelevant to network state are counted but never
+decoded (one header unpack per block); relevant types use layouts precompiled
+from the event table.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import orjson
+
+from svctrace.schemas.models import SyscallEvent
+
+from . import blocks as B
+from .errors import CaptureError
+from .event_table import EVENTS, PPM_EVENT_MAX
+from .normalize import CATEGORY, FAMILY, IPPROTO, KIND, MERGE_ENTER, SOCK_TYPE_PROTO, errno_name
+from .params import LAYOUTS
+
+_HDR_V1 = struct.Struct("<QQIH")  # ts, tid, len, type (22 bytes)
+_HDR_V2 = struct.Struct("<QQIHI")  # + nparams (26 bytes)
+_QUIRK_LEN3 = frozenset((280, 286))  # NOTIFICATION_E, INFRASTRUCTURE_EVENT_E: len is 3 too large in v1 files
+CLONE_THREAD = 0x10  # PPM_CL_CLONE_THREAD
+CLONE_FILES = 0x2  # PPM_CL_CLONE_FILES
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    n: int
+    offset: int  # byte offset of the block
+    ts: int
+    tid: int
+    cpu: int
+    code: int
+    params: dict
+    nparams: int
+
+    @property
+    def info(self):
+        return EVENTS[self.code]
+
+    @property
+    def name(self) -> str:
+        return EVENTS[self.code].name
+
+    @property
+    def direction(self) -> str:
+        return EVENTS[self.code].direction
+
+
+class Thread:
+    __slots__ = ("tid", "pid", "ptid", "comm", "exe", "container_id")
+
+    def __init__(self, tid, pid, ptid, comm, exe, container_id):
+        self.tid, self.pid, self.ptid = tid, pid, ptid
+        self.comm, self.exe, self.container_id = comm, exe, container_id
+
+
+class Sock:
+    """A socket in an fd table, in libsinsp's client->server orientation."""
+    __slots__ = ("family", "proto", "cip", "cport", "sip", "sport", "local_is_client", "role", "path")
+
+    def __init__(self, family, proto, cip=None, cport=None, sip=None, sport=None, local_is_client=True,
+                 role=None, path=None):
+        self.family, self.proto = family, proto
+        self.cip, self.cport, self.sip, self.sport = cip, cport, sip, sport
+        self.local_is_client, self.role, self.path = local_is_client, role, path
+
+    def copy(self) -> "Sock":
+        return Sock(self.family, self.proto, self.cip, self.cport, self.sip, self.sport,
+                    self.local_is_client, self.role, self.path)
+
+
+def _tuple_family(t) -> str | None:
+    return t[0] if t and t[0] in ("ipv4", "ipv6", "unix") else None
+
+
+class CaptureReader:
+    def __init__(self, path, *, skip_corrupt: bool = False):
+        self.path = path
+        self.skip_corrupt = skip_corrupt
+        self.stats = B.Stats()
+        self.machine: dict = {}
+        self.containers: dict[str, dict] = {}
+        self.k8s_states: list[tuple[int, dict]] = []
+        self.interfaces: list[dict] = []
+        self.users: list[dict] = []
+        self.version: tuple[int, int] | None = None
+        self._reset_state()
+
+    @property
+    def node(self) -> str:
+        return self.machine.get("hostname") or ""
+
+    def _reset_state(self) -> None:
+        self.threads: dict[int, Thread] = {}
+        self.fds: dict[int, dict[int, Sock]] = {}  # pid -> fd -> Sock
+        self._listen_ports: dict[int, set[int]] = {}
+        self._enters: dict[int, tuple[int, dict]] = {}  # tid -> last relevant enter event
+
+    # -- public iterators ---------------------------------------------------
+    def __iter__(self) -> Iterator[SyscallEvent]:
+        return self._walk(raw=False)
+
+    def raw_events(self) -> Iterator[RawEvent]:
+        return self._walk(raw=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    # -- the walk ------------------------------------------------------------
+    def _walk(self, raw: bool):
+        self.stats = stats = B.Stats()
+        self._reset_state()
+        f, name = B.open_raw(self.path)
+        self.name = name
+        try:
+            stream = B.BlockStream(f, name, stats, self.skip_corrupt)
+            n = 0
+            event_blocks = B.EVENT_BLOCKS
+            categories = CATEGORY
+            layouts = LAYOUTS
+            merge_enter = MERGE_ENTER
+            enters = self._enters
+            handle = self._handle
+            for off, btype, buf, start, end in stream:
+                ev = event_blocks.get(btype)
+                if ev is None:
+                    self._metadata(stream, off, btype, buf[start:end], n)
+                    continue
+                stats.event_blocks += 1
+                v2 = ev[0]
+                p = start + (6 if ev[1] else 2)
+                try:
+                    if v2:
+                        ts, tid, elen, code, nparams = _HDR_V2.unpack_from(buf, p)
+                        hsize = 26
+                    else:
+                        ts, tid, elen, code = _HDR_V1.unpack_from(buf, p)
+                        hsize = 22
+                        nparams = -1
+                except struct.error:
+                    self._bad(stream, off, btype, end - start + 12, "event block too short for its header")
+                    continue
+                if code >= PPM_EVENT_MAX:
+                    stats.unknown_event_types += 1
+                    continue
+                if not v2 and code in _QUIRK_LEN3 and elen == end - p + 3:
+                    elen -= 3
+                if elen < hsize or p + elen > end:
+                    self._bad(stream, off, btype, end - start + 12,
+                              f"event length {elen} does not fit its block (type {code})")
+                    continue
+                n += 1
+                cat = categories[code]
+                if not raw and cat is None and not merge_enter[code]:
+                    continue
+                layout = layouts[code]
+                evt_end = p + elen
+                pos = p + hsize
+                try:
+                    if nparams < 0:
+                        nparams = layout.infer_nparams(buf, pos, evt_end - pos, elen, hsize)
+                    elif nparams > 4096:
+                        raise ValueError(f"absurd parameter count {nparams}")
+                    params = layout.decode(buf, pos, evt_end, nparams)
+                except (ValueError, struct.error) as e:
+                    n -= 1
+                    self._bad(stream, off, btype, end - start + 12, f"{EVENTS[code].enum}: {e}")
+                    continue
+                stats.events = n
+                tid = tid - (1 << 64) if tid >= 1 << 63 else tid
+                if raw:
+                    yield RawEvent(n, off, ts, tid, buf[start] | buf[start + 1] << 8, code, params, nparams)
+                    if cat in ("container", "k8s"):
+                        handle(cat, code, n, ts, tid, params)
+                    continue
+                if merge_enter[code]:
+                    enters[tid] = (code, params)
+                    continue
+                got = enters.pop(tid, None)
+                if got is not None and got[0] == code - 1:
+                    for k, v in got[1].items():
+                        if k not in params:
+                            params[k] = v
+                out = handle(cat, code, n, ts, tid, params)
+                if out is not None:
+                    stats.emitted += 1
+                    yield out
+            stats.events = n
+        finally:
+            f.close()
+
+    def _bad(self, stream, off, btype, length, reason) -> None:
+        err = CaptureError(self.name, off, B.block_name(btype), reason)
+        if not self.skip_corrupt:
+            raise err
+        self.stats.errors.append(str(err))
+        stream.skip_current(off, length)
+
+    # -- metadata blocks -------------------------------------------------------
+    def _metadata(self, stream, off, btype, body: bytes, n: int) -> None:
+        try:
+            if btype == B.SHB:
+                self.version = B.parse_section_header(body)
+                self.stats.sections += 1
+                if self.stats.sections > 1:  # a new section: state restarts, like libsinsp
+                    self._reset_state()
+            elif self.version is None:
+                raise ValueError("block before the section header")
+            elif btype in B.MI_TYPES:
+                self.machine = B.parse_machine_info(body)
+            elif btype in B.PL_VERSION:
+                for p in B.parse_proclist(body, B.PL_VERSION[btype]):
+                    self.threads[p["tid"]] = Thread(
+                        p["tid"], p["pid"], p["ptid"], p["comm"], p["exepath"] or p["exe"],
+                        B.container_id_from_cgroups(p["cgroups"]))
+            elif btype in B.FDL_TYPES:
+                tid, entries = B.parse_fdlist(body, B.FDL_TYPES[btype])
+                self._load_fds(tid, entries)
+            elif btype in B.IL_TYPES:
+                self.interfaces = B.parse_iflist(body, B.IL_TYPES[btype])
+            elif btype in B.UL_TYPES:
+                self.users = B.parse_userlist(body, B.UL_TYPES[btype])
+        except (ValueError, struct.error, IndexError) as e:
+            self._bad(stream, off, btype, len(body) + 12, str(e))
+
+    def _load_fds(self, tid: int, entries) -> None:
+        th = self.threads.get(tid)
+        pid = th.pid if th else tid
+        table = self.fds.setdefault(pid, {})
+        listening = self._listen_ports.setdefault(pid, set())
+        pending = []
+        for fd, kind, info in entries:
+            if kind in ("ipv4_server", "ipv6_server"):
+                proto, ip, port = info
+                table[fd] = Sock(kind[:4], proto, sip=ip, sport=port, local_is_client=False, role="server")
+                listening.add(port)
+            elif kind in ("ipv4", "ipv6"):
+                pending.append((fd, kind, info))
+            elif kind == "unix":
+                table[fd] = Sock("unix", "unix", path=info[2])
+            else:
+                table.pop(fd, None)
+        for fd, kind, (proto, sip, sport, dip, dport) in pending:
+            role = "server" if sport in listening else "client"
+            table[fd] = Sock(kind, proto, sip, sport, dip, dport, local_is_client=True, role=role)
+
+    # -- event handlers ---------------------------------------------------------
+    def _thread(self, tid: int) -> Thread:
+        th = self.threads.get(tid)
+        if th is None:
+            th = Thread(tid, tid, -1, "<NA>", None, None)
+        return th
+
+    def _handle(self, cat, code, n, ts, tid, params):
+        if cat == "net":
+            return self._net(code, n, ts, tid, params)
+        if cat == "clone":
+            self._clone(tid, params)
+        elif cat == "exec":
+            self._exec(tid, params)
+        elif cat == "procexit":
+            th = self.threads.pop(tid, None)
+            if th is not None and th.pid == tid:
+                self.fds.pop(tid, None)
+                self._listen_ports.pop(tid, None)
+        elif cat == "newfd":
+            self._newfd(tid, params)
+        elif cat == "dup":
+            self._dup(tid, params)
+        elif cat == "socketpair":
+            if (params.get("res") or 0) >= 0:
+                table = self._fdtable(tid)
+                for k in ("fd1", "fd2"):
+                    if params.get(k) is not None:
+                        table[params[k]] = Sock("unix", "unix")
+        elif cat == "drop":
+            th = self._thread(tid)
+            return SyscallEvent(ts=ts, node=self.node, n=n, pid=th.pid, tid=tid, comm=th.comm,
+                                kind="lost", syscall="drop", fd=-1, res=1)
+        elif cat == "container":
+            self._container(params)
+        elif cat == "k8s":
+            js = params.get("json")
+            if js:
+                try:
+                    self.k8s_states.append((ts, orjson.loads(js)))
+                except orjson.JSONDecodeError:
+                    self.stats.errors.append(f"{self.name}: K8S_E event {n}: invalid JSON")
+        return None
+
+    def _container(self, params) -> None:
+        if "json" in params:
+            js = params.get("json")
+            try:
+                doc = orjson.loads(js) if js else None
+            except orjson.JSONDecodeError:
+                self.stats.errors.append(f"{self.name}: container event: invalid JSON")
+                return
+            c = doc.get("container", doc) if isinstance(doc, dict) else None
+            if isinstance(c, dict) and c.get("id"):
+                self.containers[c["id"]] = c
+        elif params.get("id"):
+            self.containers[params["id"]] = {k: params.get(k) for k in ("id", "type", "name", "image")}
+
+    def _fdtable(self, tid: int) -> dict[int, Sock]:
+        th = self.threads.get(tid)
+        pid = th.pid if th else tid
+        t = self.fds.get(pid)
+        if t is None:
+            t = self.fds[pid] = {}
+        return t
+
+    def _clone(self, tid, p) -> None:
+        res = p.get("res")
+        if res is None or res < 0:
+            return
+        flags = p.get("flags") or 0
+        cgroups = p.get("cgroups")
+        cid = B.container_id_from_cgroups(cgroups.decode("utf-8", "replace")) if cgroups else None
+        exe = p.get("exe")
+        comm = p.get("comm") or (exe.rsplit("/", 1)[-1] if exe else None)
+        if res == 0:  # in the child: tid/pid params are the child's
+            child, cpid, ptid = tid, p.get("pid", tid), p.get("ptid", -1)
+            parent = self.threads.get(ptid)
+        else:  # in the parent: res is the child's tid
+            child = res
+            parent = self.threads.get(tid)
+            ppid = p.get("pid", parent.pid if parent else tid)
+            cpid = ppid if flags & CLONE_THREAD else res
+            ptid = tid
+        if child in self.threads and self.threads[child].pid == cpid:
+            return
+        self.threads[child] = Thread(child, cpid, ptid, comm or (parent.comm if parent else "<NA>"),
+                                     exe or (parent.exe if parent else None),
+                                     cid if cgroups is not None else (parent.container_id if parent else None))
+        if cpid == child and cpid not in self.fds and parent is not None:
+            src = self.fds.get(parent.pid)
+            if src:  # fork: the child inherits a copy of the parent's fd table
+                self.fds[cpid] = {fd: s.copy() for fd, s in src.items()}
+                self._listen_ports[cpid] = set(self._listen_ports.get(parent.pid, ()))
+
+    def _exec(self, tid, p) -> None:
+        if (p.get("res") or 0) < 0:
+            return
+        th = self.threads.get(tid)
+        exe = p.get("trusted_exepath") or p.get("exe")
+        comm = p.get("comm") or (exe.rsplit("/", 1)[-1] if exe else "<NA>")
+        cgroups = p.get("cgroups")
+        cid = B.container_id_from_cgroups(cgroups.decode("utf-8", "replace")) if cgroups else None
+        pid = p.get("pid", th.pid if th else tid)
+        if th is None:
+            self.threads[tid] = Thread(tid, pid, p.get("ptid", -1), comm, exe, cid)
+        else:
+            th.comm, th.exe, th.pid = comm, exe, pid
+            if cgroups is not None:
+                th.container_id = cid
+
+    def _newfd(self, tid, p) -> None:
+        for k in ("fd", "res", "fd1", "fd2"):
+            v = p.get(k)
+            if isinstance(v, int) and v >= 0:
+                self._fdtable(tid).pop(v, None)
+
+    def _dup(self, tid, p) -> None:
+        res = p.get("res")
+        if res is None or res < 0:
+            return
+        old = p.get("oldfd", p.get("fd"))
+        table = self._fdtable(tid)
+        s = table.get(old)
+        if s is not None and old != res:
+            table[res] = s
+        elif s is None:
+            table.pop(res, None)
+
+    def _net(self, code, n, ts, tid, p):
+        info = EVENTS[code]
+        syscall = info.syscall
+        kind = KIND[syscall]
+        th = self.threads.get(tid) or self._thread(tid)
+        table = self.fds.get(th.pid)
+        if table is None:
+            table = self.fds[th.pid] = {}
+        addr = None
+        if kind == "accept":
+            fd = p.get("fd")
+            res = fd if fd is not None else -1
+            t = p.get("tuple")
+            fam = _tuple_family(t)
+            if res < 0 or fam is None:
+                if res >= 0:
+                    table.pop(res, None)
+                return None
+            if fam == "unix":
+                s = Sock("unix", "unix", path=t[3], role="server", local_is_client=False)
+            else:
+                s = Sock(fam, "tcp", t[1], t[2], t[3], t[4], local_is_client=False, role="server")
+            table[res] = s
+        elif kind == "socket":
+            fd = p.get("fd")
+            res = fd if fd is not None else -1
+            if res < 0:
+                return None
+            fam = FAMILY.get(p.get("domain"))
+            if fam is None:
+                table.pop(res, None)
+                return None
+            proto = "unix" if fam == "unix" else (
+                IPPROTO.get(p.get("proto") or 0) or SOCK_TYPE_PROTO.get((p.get("type") or 0) & 0xF))
+            s = table[res] = Sock(fam, proto)
+        else:
+            res = p.get("res")
+            if res is None:
+                res = 0
+            fd = p.get("fd")
+            if fd is None:
+                return None
+            s = table.get(fd)
+            t = p.get("tuple")
+            if kind == "connect":
+                a = p.get("addr")
+                if a and a[0] in ("ipv4", "ipv6"):
+                    addr = (a[1], a[2])
+                fam = _tuple_family(t)
+                if fam is None and s is None:
+                    return None
+                if s is None:
+                    s = table[fd] = Sock(fam, "unix" if fam == "unix" else None)
+                if fam == "unix":
+                    s.family, s.proto, s.path, s.role = "unix", "unix", t[3], "client"
+                elif fam is not None:
+                    s.family = fam
+                    s.cip, s.cport, s.sip, s.sport = t[1], t[2], t[3], t[4]
+                    s.local_is_client, s.role = True, "client"
+                elif addr is not None:
+                    s.sip, s.sport, s.local_is_client, s.role = addr[0], addr[1], True, "client"
+            elif s is None:
+                return None
+            elif kind == "send" or kind == "recv":
+                fam = _tuple_family(t)
+                if fam in ("ipv4", "ipv6") and s.proto != "tcp":
+                    # unconnected datagram sockets: the peer travels with each message
+                    inbound = kind == "recv"
+                    if s.role is None:
+                        s.role = "server" if inbound else "client"
+                        s.local_is_client = not inbound
+                    if s.local_is_client != inbound:
+                        s.cip, s.cport, s.sip, s.sport = t[1], t[2], t[3], t[4]
+                    else:
+                        s.cip, s.cport, s.sip, s.sport = t[3], t[4], t[1], t[2]
+                    s.family = fam
+                    addr = (t[1], t[2]) if inbound else (t[3], t[4])
+            elif kind == "bind":
+                a = p.get("addr")
+                if res >= 0 and a and a[0] in ("ipv4", "ipv6"):
+                    s.sip, s.sport = a[1], a[2]
+                    s.local_is_client, s.role = False, "server"
+                    self._listen_ports.setdefault(th.pid, set()).add(a[2])
+            elif kind == "listen":
+                if res >= 0:
+                    s.local_is_client, s.role = False, "server"
+                    if s.sport is not None:
+                        self._listen_ports.setdefault(th.pid, set()).add(s.sport)
+            elif kind == "close":
+                if res >= 0:
+                    del table[fd]
+        if s.local_is_client:
+            lip, lport, rip, rport = s.cip, s.cport, s.sip, s.sport
+        else:
+            lip, lport, rip, rport = s.sip, s.sport, s.cip, s.cport
+        data = p.get("data") if kind in ("send", "recv") else None
+        return SyscallEvent(
+            ts=ts, node=self.node, n=n, pid=th.pid, tid=tid, comm=th.comm, kind=kind, syscall=syscall,
+            fd=fd if fd is not None else -1, res=res, errno=errno_name(res), proto=s.proto, family=s.family,
+            role=s.role, local_ip=lip, local_port=lport, remote_ip=rip, remote_port=rport,
+            addr_ip=addr[0] if addr else None, addr_port=addr[1] if addr else None,
+            size=res if kind in ("send", "recv") and res >= 0 else None,
+            data=data if data else None, exe=th.exe, container_id=th.container_id,
+        )
+
+
+def open_capture(path, *, skip_corrupt: bool = False) -> CaptureReader:
+    """Open a .scap capture (plain or gzip); iterate it for SyscallEvents."""
+    return CaptureReader(path, skip_corrupt=skip_corrupt)
