@@ -1,0 +1,46 @@
+"""`svctrace analyze FILE.scap`: offline analysis of a capture.
+
+Runs the same operator graph as the stream workers, in-process, over one capture
+(`svctrace.streams.core.runner`), then prints every request chain as a timeline
+in the spirit of the sysdig article it grew from, the alerts with their evidence,
+the connections seen, and a summary. `--json` prints the chain and alert records
+only, one per line, each valid against its schema.
+
+Exit status: 0 no alerts, 1 alerts, 2 error (one line on stderr, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from svctrace.analyze.errors import AnalyzeError
+
+PROG = "svctrace analyze"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip)")
+    parser.add_argument("--cluster", metavar="STATE",
+                        help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
+                             "(a List, JSON or YAML); default: the state embedded in the capture, if any")
+    parser.add_argument("--json", action="store_true", help="print chain and alert records only (JSON Lines, schema-valid)")
+    parser.add_argument("--namespace", "-n", metavar="NS", help="only chains, alerts and connections touching namespace NS")
+    parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
+    parser.add_argument("--alerts-only", action="store_true", help="print the alerts (and the summary) only")
+    parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks instead of stopping at the first one")
+    parser.add_argument("--connections", action="store_true",
+                        help="always list the connections seen (by default only when no Service chain was found)")
+    parser.add_argument("--connections-limit", type=int, default=40, metavar="N", help="connections to list (default 40)")
+    color = parser.add_mutually_exclusive_group()
+    color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
+    color.add_argument("--no-color", dest="color", action="store_const", const=False, help="plain text even on a terminal")
+
+
+def run(args: argparse.Namespace) -> int:
+    from svctrace.analyze.command import execute
+
+    try:
+        return execute(args, sys.stdout, sys.stderr)
+    except AnalyzeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,137 @@
+"""Orchestration of `svctrace analyze`: run the pipeline, filter, print."""
+from __future__ import annotations
+
+import argparse
+from typing import TextIO
+
+import orjson
+
+from svctrace.analyze import render
+from svctrace.analyze.errors import AnalyzeError
+from svctrace.analyze.pipeline import Analysis, analyze
+from svctrace.analyze.render import Text
+
+
+# --- filters -----------------------------------------------------------------------------
+class Filter:
+    """--namespace / --service as predicates over chains, alerts and connections."""
+
+    def __init__(self, namespace: str | None, service: str | None) -> None:
+        if service and "/" in service:
+            ns, _, service = service.partition("/")
+            if namespace and namespace != ns:
+                raise AnalyzeError(f"--service {ns}/{service} contradicts --namespace {namespace}")
+            namespace = ns
+        if service is not None and not service:
+            raise AnalyzeError("--service needs a name (NAME or NAMESPACE/NAME)")
+        self.namespace, self.service = namespace, service
+
+    @property
+    def active(self) -> bool:
+        return bool(self.namespace or self.service)
+
+    def chain(self, c: dict) -> bool:
+        svc = c.get("service") or {}
+        if self.service and svc.get("name") != self.service:
+            return False
+        if self.namespace:
+            spaces = {svc.get("namespace"), (c.get("client") or {}).get("namespace"), (c.get("backend") or {}).get("namespace")}
+            if self.service:
+                return svc.get("namespace") == self.namespace
+            return self.namespace in spaces
+        return True
+
+    def alert(self, a: dict) -> bool:
+        labels = a.get("labels") or {}
+        if self.service and labels.get("service") != self.service:
+            return False
+        return not self.namespace or labels.get("namespace") == self.namespace
+
+    def connection(self, row, namespaces_of) -> bool:
+        """Connections only know namespaces (through the cluster state); a --service filter hides them."""
+        if self.service:
+            return False
+        if not self.namespace:
+            return True
+        return self.namespace in namespaces_of(row)
+
+
+# --- ordering --------------------------------------------------------------------------
+def chain_order(c: dict):
+    return (c["start_ts"], c["chain_id"])
+
+
+def alert_order(a: dict):
+    return (render.SEVERITY_ORDER.get(a.get("severity"), 9), a.get("first_seen", 0), a["alert_id"])
+
+
+# --- output ----------------------------------------------------------------------------
+def emit_json(out: TextIO, chains: list[dict], alerts: list[dict]) -> None:
+    """Chain then alert records, one per line, each checked against its schema first."""
+    from svctrace.schemas.validate import errors
+
+    for name, docs in (("chain", chains), ("alert", alerts)):
+        for doc in docs:
+            problems = errors(name, doc)
+            if problems:
+                first = min(problems, key=lambda e: (len(e.path), e.path))
+                raise AnalyzeError(f"internal: the pipeline produced an invalid {name} record: {first}")
+            out.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+
+
+def print_report(console, result: Analysis, chains: list[dict], alerts: list[dict], args, flt: Filter) -> None:
+    if not args.alerts_only:
+        if chains:
+            render.section(console, f"REQUEST CHAINS ({len(chains)})", "times are UTC; +ms from the chain's first event")
+            for chain in chains:
+                console.print()
+                console.print(render.chain_title(chain))
+                for line in render.chain_lines(chain):
+                    console.print(line)
+        elif result.chains and flt.active:
+            render.section(console, "REQUEST CHAINS", "none match the filter")
+
+        if args.connections or not result.chains:
+            rows = [r for r in result.connections.rows() if flt.connection(r, result.namespaces_of)]
+            if rows:
+                render.section(console, f"CONNECTIONS SEEN ({len(rows)})", "process  proto  client → server  (this process's end)")
+                for line in render.connection_lines(rows, result.describe, limit=args.connections_limit):
+                    console.print(line)
+            elif result.connections.net_events == 0:
+                render.section(console, "CONNECTIONS SEEN")
+                console.print(Text("  no network activity in this capture (no TCP/UDP socket events)", style=render.DIM))
+            else:
+                render.section(console, "CONNECTIONS SEEN", "none match the filter")
+
+    if alerts:
+        render.section(console, f"ALERTS ({len(alerts)})")
+        for alert in alerts:
+            console.print()
+            for line in render.alert_lines(alert, result.evidence_text):
+                console.print(line)
+
+    render.section(console, "SUMMARY")
+    for name, text in result.summary_rows(chains, alerts, flt):
+        line = Text("  ")
+        line.append(f"{name:<9} ", style=render.LABEL)
+        line.append(text)
+        console.print(line)
+
+
+def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    flt = Filter(args.namespace, args.service)
+    if args.connections_limit < 0:
+        raise AnalyzeError("--connections-limit must be 0 or more")
+    result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
+                     progress_file=err, want_evidence=not args.json)
+    chains = sorted((c for c in result.chains if flt.chain(c)), key=chain_order)
+    alerts = sorted((a for a in result.alerts if flt.alert(a)), key=alert_order)
+    if args.json:
+        emit_json(out, [] if args.alerts_only else chains, alerts)
+    else:
+        console = render.make_console(out, args.color)
+        console.print(result.header())
+        for warning in result.warnings:
+            console.print(Text(f"  warning: {warning}", style="yellow"))
+        print_report(console, result, chains, alerts, args, flt)
+    return 1 if alerts else 0

@@ -1,0 +1,125 @@
+"""The "connections seen" summary: one row per process and network flow, like
+`sysdig -c echo_fds` condensed to totals. Pure: fed SyscallEvents, asked for rows.
+
+A flow is named from the client's point of view (client -> server) whichever end
+the event was recorded on, so both processes of a loopback connection show the
+same arrow and sort next to each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NET_PROTOS = ("tcp", "udp")
+# Below this a port is a service's, above it an ephemeral one (Linux default range starts at 32768).
+EPHEMERAL_FLOOR = 32768
+# Results of non-blocking I/O that are not failures.
+BENIGN_ERRNOS = frozenset({"EINPROGRESS", "EAGAIN", "EWOULDBLOCK", "EALREADY", "EINTR"})
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Endpoint:
+    ip: str
+    port: int | None
+
+    def __str__(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class FlowKey:
+    node: str
+    comm: str
+    pid: int
+    proto: str
+    client: Endpoint
+    server: Endpoint
+
+
+@dataclass(slots=True)
+class FlowTotals:
+    first_ts: int
+    last_ts: int
+    role: str | None
+    events: int = 0
+    bytes_out: int = 0  # written by this process
+    bytes_in: int = 0  # read by this process
+    errors: dict[str, int] = field(default_factory=dict)
+    container_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    key: FlowKey
+    totals: FlowTotals
+
+
+def _is_service_port(port: int | None, other: int | None) -> bool:
+    if port is None:
+        return False
+    if other is None:
+        return port < EPHEMERAL_FLOOR
+    return port < other
+
+
+def flow_of(e) -> tuple[str | None, Endpoint, Endpoint] | None:
+    """(role, client, server) of a network event, or None when it has no IP peer to name."""
+    if e.proto not in NET_PROTOS:
+        return None
+    local = Endpoint(e.local_ip, e.local_port) if e.local_ip else None
+    peer_ip, peer_port = (e.remote_ip, e.remote_port) if e.remote_ip else (e.addr_ip, e.addr_port)
+    peer = Endpoint(peer_ip, peer_port) if peer_ip else None
+    if peer is None or (peer.ip in ("0.0.0.0", "::") and not peer.port):
+        return None
+    if local is None:
+        local = Endpoint("0.0.0.0" if ":" not in peer.ip else "::", None)
+    role = e.role
+    # UDP has no connection: the end on the service (lower, non-ephemeral) port is the server,
+    # whichever socket bound or sent first. Same when the socket's opening was not captured.
+    if (e.proto == "udp" and local.port and peer.port and local.port != peer.port) or role is None:
+        role = "server" if _is_service_port(local.port, peer.port) else "client"
+    return (role, local, peer) if role == "client" else (role, peer, local)
+
+
+class ConnectionTable:
+    """Totals per (node, process, proto, client -> server); memory bounded by `limit` flows."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.flows: dict[FlowKey, FlowTotals] = {}
+        self.overflow = 0  # events of flows beyond the limit
+        self.unix_events = 0
+        self.net_events = 0
+
+    def add(self, e) -> None:
+        if e.proto == "unix" or e.family == "unix":
+            self.unix_events += 1
+            return
+        if e.proto not in NET_PROTOS and e.family not in ("ipv4", "ipv6"):
+            return
+        self.net_events += 1
+        found = flow_of(e)
+        if found is None:
+            return
+        role, client, server = found
+        key = FlowKey(e.node, e.comm, e.pid, e.proto, client, server)
+        t = self.flows.get(key)
+        if t is None:
+            if len(self.flows) >= self.limit:
+                self.overflow += 1
+                return
+            t = self.flows[key] = FlowTotals(first_ts=e.ts, last_ts=e.ts, role=role, container_id=e.container_id)
+        t.events += 1
+        t.first_ts = min(t.first_ts, e.ts)
+        t.last_ts = max(t.last_ts, e.ts)
+        if e.res < 0 and e.errno not in BENIGN_ERRNOS:
+            name = e.errno or str(e.res)
+            t.errors[name] = t.errors.get(name, 0) + 1
+        elif e.kind == "send" and e.res > 0:
+            t.bytes_out += e.res
+        elif e.kind == "recv" and e.res > 0:
+            t.bytes_in += e.res
+
+    def rows(self) -> list[ConnectionRow]:
+        """Deterministic order: first seen, then the key."""
+        return [ConnectionRow(k, t) for k, t in sorted(self.flows.items(), key=lambda kv: (kv[1].first_ts, kv[0]))]

@@ -1,0 +1,313 @@
+"""Run the in-process pipeline over one capture and keep what the report needs.
+
+The pieces are the team's: the scap reader (`svctrace.agents.scap`), the offline
+metadata sources and ClusterIndex (`svctrace.streams.metadata`), and the operator
+graph's in-process runner (`svctrace.streams.core.runner`). This module only
+drives them, turns their errors into one-line AnalyzeErrors, and counts.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+from svctrace.analyze import render
+from svctrace.analyze.connections import ConnectionRow, ConnectionTable
+from svctrace.analyze.errors import AnalyzeError
+from svctrace.analyze.render import Text
+
+# Files at least this big get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_BYTES = 4 << 20
+PROGRESS_EVERY = 2048  # events between progress updates
+SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+# --- inputs ------------------------------------------------------------------------------
+def check_capture_path(path: str) -> Path:
+    """Fail early, in one line, on what is plainly not a capture."""
+    p = Path(path)
+    if not p.exists():
+        raise AnalyzeError(f"{path}: no such file")
+    if p.is_dir():
+        raise AnalyzeError(f"{path}: is a directory, not a capture file")
+    try:
+        with p.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise AnalyzeError(f"{path}: cannot read: {e.strerror or e}") from None
+    if not head:
+        raise AnalyzeError(f"{path}: empty file, not a .scap capture")
+    if head != SCAP_MAGIC and head[:2] != GZIP_MAGIC:
+        raise AnalyzeError(f"{path}: not a .scap capture (no section header block at offset 0; starts with {head.hex(' ')})")
+    return p
+
+
+def load_cluster_file(path: str) -> list[dict]:
+    """k8s-object records from `kubectl get ... -o json` (or YAML) output."""
+    from svctrace.streams.metadata import sources
+    from svctrace.streams.metadata.project import MetadataInputError
+
+    p = Path(path)
+    if not p.exists():
+        raise AnalyzeError(f"--cluster {path}: no such file")
+    if p.is_dir():
+        raise AnalyzeError(f"--cluster {path}: is a directory, expected kubectl get -o json output")
+    try:
+        records = list(sources.load_file(p))
+    except MetadataInputError as e:
+        raise AnalyzeError(f"--cluster: unreadable cluster state: {e}") from None
+    except OSError as e:
+        raise AnalyzeError(f"--cluster {path}: cannot read: {e.strerror or e}") from None
+    if not records:
+        raise AnalyzeError(f"--cluster {path}: no Kubernetes objects in it (expected kubectl get ... -o json output)")
+    return records
+
+
+def capture_records(reader, path: str) -> list[dict]:
+    """Cluster state embedded in the capture (K8S events of old sysdig captures, container metadata)."""
+    from svctrace.streams.metadata import sources
+    from svctrace.streams.metadata.project import MetadataInputError
+
+    try:
+        return sources.records_from_capture(reader, source=path)
+    except MetadataInputError as e:
+        raise AnalyzeError(f"unreadable cluster state embedded in the capture: {e}") from None
+
+
+
+# --- the result --------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    path: str
+    chains: list[dict] = field(default_factory=list)
+    alerts: list[dict] = field(default_factory=list)
+    connections: ConnectionTable = field(default_factory=ConnectionTable)
+    events: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    nodes: set = field(default_factory=set)
+    first_ts: int | None = None
+    last_ts: int | None = None
+    lost: int = 0
+    reader_stats: dict = field(default_factory=dict)
+    cluster_source: str = "none"
+    cluster_kinds: Counter = field(default_factory=Counter)
+    index: Any = None  # ClusterIndex, when there is cluster state
+    warnings: list[str] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)  # (node, n) -> SyscallEvent
+
+    # -- lookups used by the renderer -------------------------------------------------------
+    def describe(self, ip: str, ts: int | None = None) -> str:
+        """What an IP is in the cluster: pod, Service, cluster DNS, node; '' when unknown."""
+        if self.index is None or not ip:
+            return ""
+        pod = self.index.pod_by_ip(ip, ts)
+        if pod is not None:
+            return f"pod {pod.namespace}/{pod.name}"
+        found = self.index.service_by_ip(ip, None, "TCP", ts) or self.index.service_by_ip(ip, None, "UDP", ts)
+        if found:
+            svc = found[0]
+            return f"Service {svc.namespace}/{svc.name}"
+        node = self.index.node_by_ip(ip, ts)
+        if node:
+            return f"node {node}"
+        return ""
+
+    def namespaces_of(self, row: ConnectionRow) -> set[str]:
+        found = set()
+        if self.index is None:
+            return found
+        for ip in (row.key.client.ip, row.key.server.ip):
+            pod = self.index.pod_by_ip(ip, row.totals.first_ts)
+            if pod is not None:
+                found.add(pod.namespace)
+            svc = self.index.service_by_ip(ip, None, "TCP", row.totals.first_ts) or \
+                self.index.service_by_ip(ip, None, "UDP", row.totals.first_ts)
+            if svc:
+                found.add(svc[0].namespace)
+        return found
+
+    def evidence_text(self, ref: dict) -> str | None:
+        """A sysdig-like line for the event an evidence ref points at."""
+        e = self.evidence.get((ref.get("node"), ref.get("n")))
+        if e is None:
+            return None
+        parts = [render.clock_ns(e.ts), f"{e.comm} ({e.tid})", e.syscall, f"fd={e.fd}"]
+        if e.local_ip or e.remote_ip:
+            if e.role == "server":
+                parts.append(f"{render.addr(e.remote_ip, e.remote_port)}->{render.addr(e.local_ip, e.local_port)}")
+            else:
+                parts.append(f"{render.addr(e.local_ip, e.local_port)}->{render.addr(e.remote_ip or e.addr_ip, e.remote_port or e.addr_port)}")
+        parts.append(f"res={e.res}" + (f"({e.errno})" if e.errno else ""))
+        if e.data:
+            text = e.data[:60].decode("latin-1")
+            parts.append(repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text)))
+        return " ".join(parts)
+
+    # -- header and summary -----------------------------------------------------------------
+    def header(self) -> Text:
+        t = Text()
+        t.append("svctrace analyze ", style="bold")
+        t.append(self.path, style="bold cyan")
+        nodes = ", ".join(sorted(self.nodes)) or "no events"
+        t.append(f"  node {nodes}" if len(self.nodes) == 1 else f"  nodes {nodes}", style=render.DIM)
+        if self.first_ts is not None:
+            t.append(f"  {render.date_of(self.first_ts)} {render.clock(self.first_ts)} UTC"
+                     f", {render.duration(self.last_ts - self.first_ts)}", style=render.DIM)
+        return t
+
+    def summary_rows(self, chains: list[dict], alerts: list[dict], flt) -> list[tuple[str, str]]:
+        rows = []
+        net = self.connections.net_events
+        rows.append(("capture", f"{self.events} events ({net} TCP/UDP, {self.connections.unix_events} unix)"
+                     f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}"
+                     + (f", {self.lost} lost" if self.lost else "")))
+        skipped = self.reader_stats.get("skipped_blocks") or 0
+        if skipped:
+            rows.append(("corrupt", f"{skipped} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"))
+        if self.cluster_kinds:
+            kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(self.cluster_kinds.items()))
+            rows.append(("cluster", f"{self.cluster_source}: {kinds}"))
+        else:
+            rows.append(("cluster", "no cluster state (pass --cluster with kubectl get ... -o json output)"))
+        rows.append(("flows", f"{len(self.connections.flows)} process/connection pairs"))
+        of = f" of {len(self.chains)}" if flt.active else ""
+        if chains or self.chains:
+            rows.append(("chains", f"{len(chains)}{of}: " + (render.counts(chains, lambda c: c["status"]) or "none shown")))
+        else:
+            rows.append(("chains", "no Service request chains found"))
+        if alerts:
+            rows.append(("alerts", f"{len(alerts)}: " + render.counts(alerts, lambda a: a["severity"]) + "  (exit status 1)"))
+        else:
+            rows.append(("alerts", "none  (exit status 0)"))
+        return rows
+
+
+# --- the run ---------------------------------------------------------------------------
+class _Progress:
+    """A rich progress bar over the file's bytes, on stderr, only when it helps."""
+
+    def __init__(self, fileobj, size: int, out: TextIO | None) -> None:
+        self.fileobj, self.size = fileobj, size
+        self.bar = None
+        if out is not None and size >= PROGRESS_MIN_BYTES and getattr(out, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("reading"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[events]} events"),
+                                TimeRemainingColumn(), console=Console(file=out), transient=True)
+            self.task = self.bar.add_task("read", total=size, events=0)
+            self.bar.start()
+
+    def update(self, events: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=min(self.fileobj.tell(), self.size), events=events)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _capture_error(e: Exception, skip_corrupt: bool) -> AnalyzeError:
+    hint = "" if skip_corrupt else "; rerun with --skip-corrupt to skip damaged blocks"
+    return AnalyzeError(f"corrupt capture: {e}{hint}")
+
+
+def _iter_events(reader, skip_corrupt: bool) -> Iterable:
+    from svctrace.agents.scap import CaptureError
+
+    try:
+        yield from reader
+    except CaptureError as e:
+        raise _capture_error(e, skip_corrupt) from None
+
+
+def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
+            progress_file: TextIO | None = None, want_evidence: bool = True) -> Analysis:
+    from svctrace.agents.scap import CaptureError, open_capture
+    from svctrace.streams.core.runner import InProcessRunner
+    from svctrace.streams.metadata.index import ClusterIndex
+
+    p = check_capture_path(path)
+    result = Analysis(path=path)
+    records = load_cluster_file(cluster) if cluster else []
+    if cluster:
+        result.cluster_source = cluster
+
+    size = p.stat().st_size
+    with p.open("rb") as raw:
+        try:
+            reader = open_capture(raw, skip_corrupt=skip_corrupt)
+        except CaptureError as e:
+            raise _capture_error(e, skip_corrupt) from None
+        except OSError as e:
+            raise AnalyzeError(f"{path}: cannot read: {e.strerror or e}") from None
+        events = _iter_events(reader, skip_corrupt)
+        progress = _Progress(raw, size, progress_file)
+        try:
+            runner = None
+            table, kinds = result.connections, result.kinds
+            count = 0
+            for e in events:
+                if runner is None:  # embedded state is known once the reader reaches the events
+                    if not records:
+                        records = capture_records(reader, path)
+                        if records:
+                            result.cluster_source = "state embedded in the capture"
+                    result.index = ClusterIndex.from_records(records)
+                    runner = InProcessRunner(result.index)
+                count += 1
+                kinds[e.kind] += 1
+                result.nodes.add(e.node)
+                if result.first_ts is None or e.ts < result.first_ts:
+                    result.first_ts = e.ts
+                if result.last_ts is None or e.ts > result.last_ts:
+                    result.last_ts = e.ts
+                if e.kind == "lost":
+                    result.lost += max(e.res, 0)
+                table.add(e)
+                runner.feed(e)
+                if count % PROGRESS_EVERY == 0:
+                    progress.update(count)
+            if runner is None:
+                if not records:
+                    records = capture_records(reader, path)
+                    if records:
+                        result.cluster_source = "state embedded in the capture"
+                result.index = ClusterIndex.from_records(records)
+                runner = InProcessRunner(result.index)
+            result.events = count
+            chains, alerts = runner.finish()
+        finally:
+            progress.close()
+        result.chains, result.alerts = list(chains), list(alerts)
+        result.reader_stats = reader.stats.as_dict() if hasattr(reader.stats, "as_dict") else dict(reader.stats or {})
+    result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
+    for msg in result.reader_stats.get("errors") or ():
+        result.warnings.append(f"skipped: {msg}")
+    if want_evidence:
+        result.evidence = _find_evidence(p, result.alerts, skip_corrupt)
+    return result
+
+
+def _find_evidence(p: Path, alerts: list[dict], skip_corrupt: bool) -> dict:
+    """Second pass: fetch the events the alerts cite (few), so they print like sysdig lines."""
+    from svctrace.agents.scap import CaptureError, open_capture
+
+    wanted = {(ref.get("node"), ref.get("n")) for a in alerts for ref in a.get("evidence") or ()}
+    found: dict = {}
+    if not wanted:
+        return found
+    try:
+        with p.open("rb") as raw:
+            for e in open_capture(raw, skip_corrupt=skip_corrupt):
+                key = (e.node, e.n)
+                if key in wanted:
+                    found[key] = e
+                    if len(found) == len(wanted):
+                        break
+    except CaptureError:
+        pass  # the first pass already reported or skipped it; evidence lines are a nicety
+    return found

@@ -1,0 +1,355 @@
+"""Human output of `svctrace analyze`: request chains as timelines, alerts with their
+evidence, connections seen, and a summary.
+
+Everything is built as rich `Text` (never console markup, so a process named
+"[bold]" prints as itself). On a terminal rich adds colour; piped, the same
+lines come out as plain text, unwrapped. Times are UTC so output is the same
+on every machine.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+
+from rich.console import Console
+from rich.text import Text
+
+from svctrace.analyze.connections import ConnectionRow
+
+STATUS_STYLE = {"ok": "bold green", "broken": "bold red", "incomplete": "bold yellow"}
+SEVERITY_STYLE = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold white on blue"}
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+LABEL = "bold cyan"
+DIM = "dim"
+STAGE_WIDTH = 10
+
+
+# --- formatting helpers ------------------------------------------------------------------
+def clock(ts: int | None) -> str:
+    """HH:MM:SS.uuuuuu (UTC) of a ns timestamp."""
+    if ts is None:
+        return "?"
+    secs, ns = divmod(ts, 1_000_000_000)
+    t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
+    return f"{t:%H:%M:%S}.{ns // 1000:06d}"
+
+
+def clock_ns(ts: int | None) -> str:
+    if ts is None:
+        return "?"
+    secs, ns = divmod(ts, 1_000_000_000)
+    t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
+    return f"{t:%H:%M:%S}.{ns:09d}"
+
+
+def date_of(ts: int | None) -> str:
+    if ts is None:
+        return "?"
+    return f"{_dt.datetime.fromtimestamp(ts // 1_000_000_000, _dt.timezone.utc):%Y-%m-%d}"
+
+
+def duration(ns: int | None) -> str:
+    if ns is None:
+        return "?"
+    if ns < 1_000:
+        return f"{ns} ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:.1f} µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.2f} ms"
+    return f"{ns / 1_000_000_000:.2f} s"
+
+
+def offset_ms(ts: int | None, start: int) -> str:
+    if ts is None:
+        return ""
+    return f"+{(ts - start) / 1_000_000:.3f} ms"
+
+
+def nbytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def addr(ip: str | None, port: int | None) -> str:
+    if not ip:
+        return "?" if port is None else f"?:{port}"
+    host = f"[{ip}]" if ":" in ip else ip
+    return host if port is None else f"{host}:{port}"
+
+
+def process(ep: dict | None) -> str:
+    """`comm (pid)`, the way sysdig prints a process."""
+    if not ep:
+        return "?"
+    comm, pid = ep.get("comm"), ep.get("pid")
+    if comm and pid is not None:
+        return f"{comm} ({pid})"
+    return comm or (f"pid {pid}" if pid is not None else "")
+
+
+def workload(ep: dict | None) -> str:
+    """`in ns/pod on node` when known."""
+    if not ep:
+        return ""
+    parts = []
+    if ep.get("pod"):
+        parts.append(f"in {ep.get('namespace') or '?'}/{ep['pod']}")
+    elif ep.get("container_id"):
+        parts.append(f"in container {ep['container_id'][:12]}")
+    if ep.get("node"):
+        parts.append(f"on {ep['node']}")
+    return " ".join(parts)
+
+
+def _join(*parts: str) -> str:
+    return "  ".join(p for p in parts if p)
+
+
+# --- chains ----------------------------------------------------------------------------
+def _hop(chain: dict, *names: str) -> dict | None:
+    """The first hop whose name contains one of `names`."""
+    for hop in chain.get("hops") or ():
+        name = hop.get("name", "")
+        if any(n in name for n in names):
+            return hop
+    return None
+
+
+def _evidence_ts(chain: dict, *words: str) -> int | None:
+    for ev in chain.get("evidence") or ():
+        what = (ev.get("what") or "").lower()
+        if ev.get("ts") is not None and any(w in what for w in words):
+            return ev["ts"]
+    return None
+
+
+def _stage_ts(chain: dict, names: tuple[str, ...], end: bool = False) -> int | None:
+    hop = _hop(chain, *names)
+    if hop:
+        return hop["end_ts"] if end else hop["start_ts"]
+    return _evidence_ts(chain, *names)
+
+
+def chain_title(chain: dict) -> Text:
+    status = chain.get("status", "?")
+    svc = chain.get("service") or {}
+    title = Text()
+    title.append("● ", style=STATUS_STYLE.get(status, ""))
+    if svc:
+        port = svc.get("port")
+        title.append(f"{svc.get('namespace')}/{svc.get('name')}" + (f":{port}" if port else ""), style="bold")
+    else:
+        conn = chain.get("connect") or {}
+        dns = chain.get("dns") or {}
+        target = addr(conn.get("ip"), conn.get("port")) if conn.get("ip") else (dns.get("qname") or "?")
+        title.append(f"{target} (no Service)", style="bold")
+    title.append("  ")
+    title.append(status.upper(), style=STATUS_STYLE.get(status, ""))
+    if status == "incomplete" and chain.get("incomplete_reason"):
+        title.append(f" ({chain['incomplete_reason']})", style="yellow")
+    title.append(f"  {duration(chain['end_ts'] - chain['start_ts'])}", style=DIM)
+    title.append(f"  {clock(chain['start_ts'])}  chain {chain['chain_id']}", style=DIM)
+    return title
+
+
+def chain_lines(chain: dict) -> list[Text]:
+    """The timeline: client, DNS query and answer, connect, translation, backend, response."""
+    start = chain["start_ts"]
+    rows: list[tuple[int | None, str, str, str]] = []  # (ts, stage, text, style)
+    client = chain.get("client") or {}
+    rows.append((None, "client", _join(process(client), addr(client.get("ip"), client.get("port")),
+                                       workload(client)), ""))
+
+    dns = chain.get("dns")
+    if dns:
+        resolver = addr(dns.get("resolver_ip"), dns.get("resolver_port"))
+        kind = "cluster DNS" if dns.get("resolver_is_cluster_dns") else "NOT the cluster DNS"
+        queries = dns.get("queries") or 1
+        extra = f"{queries} queries" if queries > 1 else ""
+        if dns.get("retries"):
+            extra = _join(extra, f"{dns['retries']} retries")
+        q_ts = _stage_ts(chain, ("dns",)) or start
+        rows.append((q_ts, "dns query", _join(f"{dns.get('qtype', '?')} {dns.get('qname')}", f"→ {resolver} ({kind})", extra),
+                     "" if dns.get("resolver_is_cluster_dns") else "red"))
+        rcode = dns.get("rcode")
+        if rcode is None and not dns.get("answers"):
+            rows.append((None, "dns answer", "no answer seen", "red"))
+        else:
+            answers = ", ".join(dns.get("answers") or ()) or "(no records)"
+            cnames = " via " + ", ".join(dns["cnames"]) if dns.get("cnames") else ""
+            ttl = f"ttl {dns['ttl']}" if dns.get("ttl") is not None else ""
+            took = f"in {duration(dns['latency_ns'])}" if dns.get("latency_ns") is not None else ""
+            server = dns.get("server")
+            by = _join(f"answered by {process(server)}", workload(server)) if server else ""
+            a_ts = (q_ts + dns["latency_ns"]) if dns.get("latency_ns") is not None else _stage_ts(chain, ("dns",), end=True)
+            rows.append((a_ts, "dns answer", _join(f"{rcode or '?'} {answers}{cnames}", ttl, took, by),
+                         "" if rcode in (None, "NOERROR") else "red"))
+
+    conn = chain.get("connect")
+    svc = chain.get("service")
+    if conn or svc:
+        conn = conn or {}
+        target = addr(conn.get("ip") or (svc or {}).get("cluster_ip"), conn.get("port") or (svc or {}).get("port"))
+        what = f"→ {target}"
+        if svc:
+            tp = svc.get("target_port")
+            ports = f"port {svc.get('port')} → targetPort {tp}" if tp is not None else ""
+            what = _join(what, f"Service {svc.get('namespace')}/{svc.get('name')}", f"({ports})" if ports else "")
+        res = conn.get("res")
+        style = ""
+        if conn.get("errno"):
+            what = _join(what, conn["errno"])
+            style = "" if conn["errno"] in ("EINPROGRESS", "EAGAIN") else "red"
+        elif res is not None:
+            what = _join(what, f"res={res}")
+        rows.append((conn.get("ts"), "connect", what, style))
+
+    tr = chain.get("translation")
+    if tr:
+        mode = tr.get("mode", "?")
+        label = {"userspace_proxy": "userspace proxy", "dnat": "DNAT (iptables/IPVS/nft)",
+                 "socket_lb": "eBPF socket-LB", "nodeport_snat": "NodePort SNAT", "none": "none seen"}.get(mode, mode)
+        proxy = tr.get("proxy")
+        text = _join(label, process(proxy) if proxy else "", workload(proxy) if proxy else "",
+                     f"confidence {tr.get('confidence')}" if tr.get("confidence") != "high" else "")
+        stage = {"userspace_proxy": "proxy", "dnat": "dnat", "socket_lb": "socket-lb", "nodeport_snat": "snat"}.get(mode, "xlat")
+        rows.append((_stage_ts(chain, ("proxy", "translation", "dnat", "xlat")), stage, text,
+                     "red" if mode == "none" else ""))
+
+    backend = chain.get("backend")
+    if backend:
+        rows.append((_stage_ts(chain, ("backend", "accept")), "backend",
+                     _join(addr(backend.get("ip"), backend.get("port")), process(backend), workload(backend)), ""))
+
+    resp = chain.get("response")
+    if resp:
+        req = " ".join(x for x in (resp.get("method"), resp.get("target")) if x)
+        status = resp.get("status")
+        outcome = f"→ {(resp.get('protocol') or '').upper() or 'status'} {status}" if status is not None else ""
+        sizes = []
+        if resp.get("bytes_sent") is not None:
+            sizes.append(f"{nbytes(resp['bytes_sent'])} sent")
+        if resp.get("bytes_received") is not None:
+            sizes.append(f"{nbytes(resp['bytes_received'])} received")
+        text = _join(req, outcome, ", ".join(sizes), resp.get("error") or "")
+        bad = bool(resp.get("error")) or (status is not None and status >= 500)
+        rows.append((_stage_ts(chain, ("response", "http")) or chain["end_ts"], "response", text or "?", "red" if bad else ""))
+
+    lines = []
+    for ts, stage, text, style in rows:
+        line = Text("  ")
+        line.append(f"{offset_ms(ts, start):>12}  ", style=DIM)
+        line.append(f"{stage:<{STAGE_WIDTH}}  ", style=LABEL)
+        line.append(text, style=style)
+        lines.append(line)
+    hops = [h for h in chain.get("hops") or () if h.get("latency_ns") is not None]
+    if hops:
+        line = Text("  " + " " * 14)
+        line.append(f"{'latencies':<{STAGE_WIDTH}}  ", style=LABEL)
+        line.append("  ".join(f"{h['name']} {duration(h['latency_ns'])}" for h in hops), style=DIM)
+        lines.append(line)
+    if chain.get("alerts"):
+        line = Text("  " + " " * 14)
+        line.append(f"{'alerts':<{STAGE_WIDTH}}  ", style=LABEL)
+        line.append(", ".join(chain["alerts"]), style="red")
+        lines.append(line)
+    return lines
+
+
+# --- alerts ----------------------------------------------------------------------------
+def alert_lines(alert: dict, evidence_text=None) -> list[Text]:
+    """One alert: severity, rule, summary; then labels, when, chains and each piece of evidence.
+
+    `evidence_text(ref) -> str | None` renders the syscall an evidence ref points at.
+    """
+    sev = alert.get("severity", "info")
+    head = Text("  ")
+    head.append(f" {sev.upper()} ", style=SEVERITY_STYLE.get(sev, ""))
+    head.append(f" {alert['rule']}", style="bold")
+    if alert.get("count", 1) > 1:
+        head.append(f"  ×{alert['count']}", style="bold")
+    head.append(f"  {alert['summary']}")
+    lines = [head]
+
+    def field(name: str, text: str, style: str = "") -> None:
+        line = Text("      ")
+        line.append(f"{name:<9} ", style=LABEL)
+        line.append(text, style=style)
+        lines.append(line)
+
+    labels = " ".join(f"{k}={v}" for k, v in sorted((alert.get("labels") or {}).items()) if v is not None)
+    if labels:
+        field("labels", labels)
+    seen = clock(alert.get("first_seen"))
+    if alert.get("last_seen") != alert.get("first_seen"):
+        seen += f" … {clock(alert.get('last_seen'))}"
+    field("seen", seen)
+    if alert.get("chain_ids"):
+        field("chains", ", ".join(alert["chain_ids"]), DIM)
+    for ref in alert.get("evidence") or ():
+        text = evidence_text(ref) if evidence_text else None
+        where = f"{ref.get('node')} #{ref.get('n')}"
+        what = ref.get("what") or ""
+        field("evidence", _join(where, what) + (f"\n{' ' * 16}{text}" if text else ""), "")
+    return lines
+
+
+# --- connections -------------------------------------------------------------------------
+def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) -> list[Text]:
+    """`process  proto  client -> server  bytes  errors`, aligned; `describe(ip) -> str` names pods/services."""
+    lines = []
+    shown = rows[:limit]
+    procs = [f"{r.key.comm} ({r.key.pid})" for r in shown]
+    width = max((len(p) for p in procs), default=0)
+    for row, proc in zip(shown, procs):
+        t = row.totals
+        client = str(row.key.client)
+        server = str(row.key.server)
+        if describe:
+            c, s = describe(row.key.client.ip, t.first_ts), describe(row.key.server.ip, t.first_ts)
+            client += f" ({c})" if c else ""
+            server += f" ({s})" if s else ""
+        line = Text("  ")
+        line.append(f"{proc:<{width}}  ", style="bold")
+        line.append(f"{row.key.proto:<3}  ", style=LABEL)
+        line.append(f"{client} → {server}")
+        line.append(f"  {'client' if t.role == 'client' else 'server'}", style=DIM)
+        line.append(f"  out {nbytes(t.bytes_out)}  in {nbytes(t.bytes_in)}  {t.events} event{'s' if t.events != 1 else ''}", style=DIM)
+        if t.errors:
+            line.append("  " + " ".join(f"{k}×{v}" for k, v in sorted(t.errors.items())), style="red")
+        lines.append(line)
+    if len(rows) > limit:
+        lines.append(Text(f"  … and {len(rows) - limit} more (use --connections-limit to show more)", style=DIM))
+    return lines
+
+
+# --- summary ---------------------------------------------------------------------------
+def counts(items, key) -> str:
+    c = Counter(key(i) for i in items)
+    return ", ".join(f"{n} {k}" for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def section(console: Console, title: str, note: str = "") -> None:
+    t = Text()
+    t.append(title, style="bold underline")
+    if note:
+        t.append(f"  {note}", style=DIM)
+    console.print()
+    console.print(t)
+
+
+def make_console(file, color: bool | None) -> Console:
+    """Colour on a terminal (or when forced), plain text otherwise; never wrap lines."""
+    kwargs = dict(file=file, highlight=False, soft_wrap=True, emoji=False)
+    if color is True:
+        kwargs["force_terminal"] = True
+    elif color is False:
+        kwargs["no_color"] = True
+        kwargs["force_terminal"] = False
+    return Console(**kwargs)

@@ -1,0 +1,160 @@
+"""`svctrace analyze` rendering, filters and the connection table, on schema-valid documents."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from svctrace.analyze import render
+from svctrace.analyze.command import Filter
+from svctrace.analyze.connections import ConnectionTable, flow_of
+from svctrace.analyze.errors import AnalyzeError
+from svctrace.schemas.models import SyscallEvent
+from svctrace.schemas.validate import validate
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "valid"
+
+
+def example(name: str) -> dict:
+    doc = orjson.loads((EXAMPLES / f"{name}.json").read_bytes())
+    validate(name, doc)
+    return doc
+
+
+def plain(lines) -> str:
+    buf = io.StringIO()
+    console = render.make_console(buf, None)
+    for line in lines:
+        console.print(line)
+    return buf.getvalue()
+
+
+def test_chain_timeline_names_every_stage_in_order():
+    chain = example("chain")
+    text = plain([render.chain_title(chain), *render.chain_lines(chain)])
+    stages = ["client", "dns query", "dns answer", "connect", "proxy", "backend", "response"]
+    positions = [text.index(f"  {s}") for s in stages]
+    assert positions == sorted(positions), text
+    assert "A my-nginx.default.cluster.local  → 10.0.0.10:53 (cluster DNS)" in text
+    assert "NOERROR 10.0.0.159  ttl 30  in 702.0 µs" in text
+    assert "→ 10.0.0.159:8080  Service default/my-nginx  (port 8080 → targetPort 80)  EINPROGRESS" in text
+    assert "userspace proxy  hyperkube (39579)  on node-a" in text
+    assert "172.17.0.6:80  nginx (40473)  in default/my-nginx-3800858182-h9v8d" in text
+    assert "GET /  → HTTP/1.1 200  99 B sent, 850 B received" in text
+    assert "+4.354 ms" in text  # connect, relative to the chain's first event
+    assert "\x1b[" not in text  # piped: plain text
+
+
+def test_non_cluster_resolver_and_refused_connect_are_called_out():
+    chain = example("chain")
+    chain.update(status="broken", translation=None, backend=None, response=None, service=None)
+    chain["dns"].update(resolver_ip="172.16.189.2", resolver_is_cluster_dns=False, answers=["172.30.0.1"])
+    chain["connect"].update(ip="172.30.0.1", res=-111, errno="ECONNREFUSED")
+    validate("chain", chain)
+    text = plain([render.chain_title(chain), *render.chain_lines(chain)])
+    assert "172.30.0.1:8080 (no Service)  BROKEN" in text
+    assert "→ 172.16.189.2:53 (NOT the cluster DNS)" in text
+    assert "→ 172.30.0.1:8080  ECONNREFUSED" in text
+
+
+def test_alert_lines_show_rule_summary_labels_and_evidence():
+    alert = example("alert")
+    found = {}
+
+    def evidence_text(ref):
+        found[(ref["node"], ref["n"])] = True
+        return "15:40:58.357730454 hyperkube (39579) accept4 ..."
+
+    text = plain(render.alert_lines(alert, evidence_text))
+    assert " CRITICAL  svc.no_endpoints  Service default/my-nginx has no endpoints" in text
+    assert "labels    namespace=default node=node-a pod=client-wd32o service=my-nginx" in text
+    assert "evidence  node-a #43795  proxy accept then close" in text
+    assert "hyperkube (39579) accept4" in text
+    assert found == {("node-a", 43795): True}
+
+
+def test_colour_only_when_asked_or_on_a_terminal():
+    chain = example("chain")
+    buf = io.StringIO()
+    render.make_console(buf, True).print(render.chain_title(chain))
+    assert "\x1b[" in buf.getvalue()
+    buf = io.StringIO()
+    render.make_console(buf, False).print(render.chain_title(chain))
+    assert "\x1b[" not in buf.getvalue()
+
+
+def test_markup_in_data_is_printed_literally():
+    chain = example("chain")
+    chain["client"]["comm"] = "[bold]x[/bold]"
+    assert "[bold]x[/bold] (51151)" in plain(render.chain_lines(chain))
+
+
+def test_long_lines_are_not_wrapped_when_piped():
+    chain = example("chain")
+    chain["dns"]["qname"] = "a" * 200 + ".default.svc.cluster.local"
+    text = plain(render.chain_lines(chain))
+    assert any(len(line) > 200 for line in text.splitlines())
+
+
+@pytest.mark.parametrize("ns,svc,chain_kept,alert_kept", [
+    (None, None, True, True),
+    ("default", None, True, True),
+    ("kube-system", None, False, False),
+    (None, "my-nginx", True, True),
+    (None, "default/my-nginx", True, True),
+    (None, "other/my-nginx", False, False),
+    (None, "my-nginx-legacy", False, False),
+])
+def test_filters(ns, svc, chain_kept, alert_kept):
+    f = Filter(ns, svc)
+    assert f.chain(example("chain")) is chain_kept
+    assert f.alert(example("alert")) is alert_kept
+
+
+def test_contradicting_filters_are_an_error():
+    with pytest.raises(AnalyzeError, match="contradicts"):
+        Filter("kube-system", "default/my-nginx")
+
+
+def ev(**kw) -> SyscallEvent:
+    base = dict(ts=1, node="n", n=1, pid=10, tid=10, comm="p", kind="send", syscall="sendto", fd=3, res=5,
+                proto="tcp", family="ipv4")
+    base.update(kw)
+    return SyscallEvent(**base)
+
+
+def test_both_ends_of_a_connection_name_the_same_flow():
+    client = ev(role="client", local_ip="10.1.0.5", local_port=50950, remote_ip="10.1.0.9", remote_port=80)
+    server = ev(role="server", kind="recv", syscall="read", local_ip="10.1.0.9", local_port=80,
+                remote_ip="10.1.0.5", remote_port=50950)
+    assert flow_of(client)[1:] == flow_of(server)[1:]
+    assert str(flow_of(client)[1]) == "10.1.0.5:50950" and str(flow_of(client)[2]) == "10.1.0.9:80"
+
+
+def test_udp_server_is_the_service_port_whoever_bound():
+    # haproxy sending syslog from a bound ephemeral port: still the client of :514
+    e = ev(proto="udp", role="server", local_ip="0.0.0.0", local_port=55441, remote_ip="127.0.0.1", remote_port=514)
+    role, client, server = flow_of(e)
+    assert (role, server.port, client.port) == ("client", 514, 55441)
+
+
+def test_connection_table_totals_and_order():
+    t = ConnectionTable()
+    kw = dict(role="client", local_ip="10.1.0.5", local_port=50950, remote_ip="10.1.0.9", remote_port=80)
+    t.add(ev(ts=5, kind="connect", syscall="connect", res=-115, errno="EINPROGRESS", **kw))
+    t.add(ev(ts=6, res=99, **kw))
+    t.add(ev(ts=7, kind="recv", syscall="recvfrom", res=850, **kw))
+    t.add(ev(ts=8, kind="recv", syscall="recvfrom", res=-11, errno="EAGAIN", **kw))
+    t.add(ev(ts=2, pid=11, kind="connect", syscall="connect", res=-111, errno="ECONNREFUSED",
+             role="client", local_ip="10.1.0.5", local_port=50951, remote_ip="10.1.0.9", remote_port=81))
+    t.add(ev(ts=3, proto="unix", family="unix"))
+    rows = t.rows()
+    assert [r.key.pid for r in rows] == [11, 10]
+    assert (rows[1].totals.bytes_out, rows[1].totals.bytes_in, rows[1].totals.errors) == (99, 850, {})
+    assert rows[0].totals.errors == {"ECONNREFUSED": 1}
+    assert (t.net_events, t.unix_events) == (5, 1)
+    text = plain(render.connection_lines(rows))
+    assert "p (10)  tcp  10.1.0.5:50950 → 10.1.0.9:80  client  out 99 B  in 850 B  4 events" in text
+    assert "ECONNREFUSED×1" in text
