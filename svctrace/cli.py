@@ -17,6 +17,7 @@ from svctrace import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("svctrace.schemas.cli", "print the topic catalogue (name, key, schema, partitions, cleanup)"),
     "validate": ("svctrace.schemas.cli_validate", "validate JSON documents against a topic schema"),
+    "metadata": ("svctrace.streams.metadata.cli", "watch Kubernetes objects, publish projections to the compacted topic"),
     "analyze": ("svctrace.analyze", "analyze a capture: request chains, alerts, connections (exit 1 on alerts)"),
 }
 

@@ -1,0 +1,129 @@
+"""`svctrace metadata`: the central Kubernetes metadata watcher (and offline snapshots).
+
+    svctrace metadata --kafka HOST:PORT                 # list+watch, publish to the compacted topic
+    svctrace metadata --output objects.jsonl            # the same records as JSON lines
+    svctrace metadata --once --output snapshot.jsonl    # one list of everything, then exit
+    svctrace metadata --from kubectl.json --output o.jsonl   # convert kubectl -o json/yaml snapshots
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from svctrace.streams.metadata.project import MetadataInputError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("Kubernetes API")
+    src.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, else ~/.kube/config)")
+    src.add_argument("--context", help="kubeconfig context")
+    src.add_argument("--endpoints", choices=("auto", "slices", "legacy"), default="auto",
+                     help="watch EndpointSlices or core/v1 Endpoints (auto: slices where the API serves them)")
+    src.add_argument("--watch-timeout", type=int, default=300, metavar="S",
+                     help="server-side watch timeout; the watch resumes from its resourceVersion")
+    src.add_argument("--from", dest="from_files", nargs="+", metavar="FILE",
+                     help="offline: convert kubectl -o json/yaml snapshots instead of reading the API")
+    src.add_argument("--once", action="store_true", help="list everything once, publish, exit")
+    out = parser.add_argument_group("output")
+    out.add_argument("--kafka", default=os.environ.get("SVCTRACE_KAFKA"), metavar="BOOTSTRAP",
+                     help="publish to the compacted topic on this broker (env SVCTRACE_KAFKA)")
+    out.add_argument("--topic-prefix", default="", help="prefix of the topic name (isolates a deployment)")
+    out.add_argument("--output", "-o", metavar="FILE", help="also write records as JSON lines (tombstones: deleted=true)")
+    ha = parser.add_argument_group("leader election (one active replica)")
+    ha.add_argument("--no-leader-election", action="store_true")
+    ha.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    ha.add_argument("--lease-name", default="svctrace-metadata")
+    ha.add_argument("--identity", help="this replica's name in the Lease (default: POD_NAME or host-pid)")
+    ha.add_argument("--lease-duration", type=float, default=15.0, metavar="S")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve Prometheus metrics on this port (0: off)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+
+
+def _api_client(args):
+    from kubernetes import client, config
+
+    if args.kubeconfig:
+        return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(context=args.context)
+
+
+def _sink(args):
+    from svctrace.kafka import topic_name
+    from svctrace.streams.metadata.watcher import TOPIC, FanoutSink, JsonLinesSink, KafkaSink
+
+    sinks = []
+    if args.kafka:
+        sinks.append(KafkaSink(args.kafka, topic_name(TOPIC, args.topic_prefix)))
+    if args.output:
+        sinks.append(JsonLinesSink(args.output))
+    if not sinks:
+        raise SystemExit("svctrace metadata: give --kafka and/or --output")
+    return FanoutSink(*sinks)
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.from_files:
+        return _convert(args)
+    from svctrace.streams.metadata.watcher import (
+        RESOURCES, KindWatcher, LeaseElector, Metrics, Watcher, default_identity, endpoint_kind,
+    )
+
+    api = _api_client(args)
+    sink = _sink(args)
+    metrics = Metrics()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, registry=metrics.registry)
+    try:
+        if args.once:
+            kinds = ["Namespace", "Node", "Service", endpoint_kind(api, args.endpoints), "Pod"]
+            for kind in kinds:
+                KindWatcher(api, RESOURCES[kind], sink.publish, metrics).relist("once")
+            sink.flush()
+            return 0
+        elector = None
+        if not args.no_leader_election:
+            elector = LeaseElector(api, args.lease_namespace, args.lease_name, args.identity or default_identity(),
+                                   lease_duration_s=args.lease_duration,
+                                   renew_deadline_s=args.lease_duration * 2 / 3,
+                                   retry_period_s=max(0.5, args.lease_duration / 7.5))
+        watcher = Watcher(api, sink, endpoints=args.endpoints, elector=elector, metrics=metrics,
+                          watch_timeout_s=args.watch_timeout)
+        signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
+        signal.signal(signal.SIGINT, lambda *_: watcher.stop())
+        watcher.run()
+        return 0
+    finally:
+        sink.close()
+        api.close()
+
+
+def _convert(args) -> int:
+    from svctrace.streams.metadata.sources import load_files
+    from svctrace.streams.metadata.watcher import Change
+
+    try:
+        records = load_files(args.from_files)
+    except MetadataInputError as e:
+        print(f"svctrace metadata: {e}", file=sys.stderr)
+        return 2
+    sink = _sink(args)
+    try:
+        from svctrace.streams.metadata.project import record_key
+
+        sink.publish([Change(record_key(r), None if r["deleted"] else r, r["kind"], r["observed_ts"])
+                      for r in records])
+        sink.flush()
+    finally:
+        sink.close()
+    return 0
