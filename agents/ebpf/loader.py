@@ -171,7 +171,6 @@ class EbpfCapture:
                 obj_path = _build.build(btf=cfg.btf_path)
             except _build.BuildError as e:
                 raise CaptureError(f"cannot build the BPF object: {e}") from None
-        ensure_tracefs()
 
         opts = ObjectOpenOpts(sz=ctypes.sizeof(ObjectOpenOpts))
         if cfg.btf_path != _build.DEFAULT_BTF:
@@ -185,6 +184,7 @@ class EbpfCapture:
         err = self.bpf.bpf_object__load(self.obj)
         if err:
             raise self._fail("cannot load the BPF programs", err)
+        ensure_tracefs()  # attaching looks tracepoint ids up in tracefs
         self._attach()
         ring_map = self._map("events")
         self.ring = RingReader(self.bpf.bpf_map__fd(ring_map), cfg.ring_bytes)
@@ -252,17 +252,17 @@ class EbpfCapture:
             self.links.append(link)
 
     # -- running -------------------------------------------------------------
+    def drops_per_cpu(self, which: int = 0) -> list[int]:
+        """Per-CPU counter `which`: 0 = ring-buffer full drops, 1 = exits without their entry."""
+        k = ctypes.c_uint32(which)
+        vals = (ctypes.c_uint64 * self.ncpus)()
+        if self.bpf.bpf_map_lookup_elem(self.drops_fd, ctypes.byref(k), vals) != 0:
+            return [0] * self.ncpus
+        return list(vals)
+
     def drops(self) -> tuple[int, int]:
         """(ring-buffer drops, exits without a matching entry), summed over CPUs."""
-        out = []
-        for key in (0, 1):
-            k = ctypes.c_uint32(key)
-            vals = (ctypes.c_uint64 * self.ncpus)()
-            if self.bpf.bpf_map_lookup_elem(self.drops_fd, ctypes.byref(k), vals) != 0:
-                out.append(0)
-            else:
-                out.append(sum(vals))
-        return out[0], out[1]
+        return sum(self.drops_per_cpu(0)), sum(self.drops_per_cpu(1))
 
     def close(self) -> None:
         if self.ring is not None:

@@ -1,0 +1,213 @@
+"""The agent's asyncio shell: source -> redact -> batch -> bounded buffer -> sink.
+
+Three tasks share one loop:
+- capture: polls the source, redacts, batches; a full buffer drops the batch
+  (counted as `dropped`, and announced in the next batch's `lost` with a
+  kind="lost" marker so downstream chains become "incomplete", never "broken");
+- publish: sends buffered batches; a failed send puts the batch back at the
+  front and reconnects with backoff; `published` counts broker acknowledgements;
+- stats: publishes AgentStats every `stats_interval` seconds.
+`stop()` (SIGTERM/SIGINT) ends capture, flushes the batcher and the buffer
+(bounded by `drain_timeout`), publishes final stats and closes the sink.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, EncodedBatch, redact_events
+from svctrace.agents.agent.sinks import SinkUnavailable
+from svctrace.schemas.models import SyscallEvent
+
+log = logging.getLogger("svctrace.agent")
+
+
+@dataclass
+class AgentOptions:
+    node: str
+    redact: bool = True
+    snaplen: int = 256
+    batch_events: int = 2000
+    batch_bytes: int = 600_000
+    linger_s: float = 0.2
+    buffer_events: int = 500_000
+    max_inflight: int = 64
+    poll_s: float = 0.005
+    read_chunk: int = 8192
+    stats_interval: float = 10.0
+    drain_timeout: float = 30.0
+
+
+class Agent:
+    def __init__(self, source, sink, options: AgentOptions, metrics=None) -> None:
+        self.source = source
+        self.sink = sink
+        self.opt = options
+        self.metrics = metrics
+        self.counters = Counters()
+        self.batcher = Batcher(options.node, source.name, options.batch_events, options.batch_bytes, options.linger_s)
+        self.buffer = BoundedBuffer(options.buffer_events)
+        self.stopping = asyncio.Event()
+        self.capture_done = asyncio.Event()
+        self.has_data = asyncio.Event()
+        self.inflight: set[asyncio.Future] = set()
+        self.send_failures = 0
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: flushing buffered events")
+            self.stopping.set()
+            self.has_data.set()
+
+    # -- capture ---------------------------------------------------------------
+    def _enqueue(self, batches: list[EncodedBatch]) -> None:
+        for b in batches:
+            if self.buffer.offer(b):
+                self.has_data.set()
+            else:
+                self.counters.dropped += b.events
+                self.batcher.note_lost(b.events)
+                self.batcher.add_marker(self._overflow_marker(b.events), time.monotonic())
+        if self.metrics:
+            self.metrics.buffered(self.buffer.events)
+
+    def _overflow_marker(self, count: int) -> SyscallEvent:
+        return SyscallEvent(ts=time.time_ns(), node=self.opt.node, n=0, pid=0, tid=0, comm="", kind="lost",
+                            syscall="", fd=-1, res=count)
+
+    def ingest(self, events: list[SyscallEvent]) -> None:
+        """One chunk from the source (also the unit-test entry point)."""
+        self.counters.captured += len(events)
+        if self.opt.redact:
+            events = redact_events(events, self.opt.snaplen, self.counters)
+        for ev in events:
+            if ev.kind == "lost":
+                self.counters.lost += ev.res
+        self._enqueue(self.batcher.add(events, time.monotonic()))
+
+    async def _capture(self) -> None:
+        src = self.source
+        try:
+            while not self.stopping.is_set():
+                events = src.read(self.opt.read_chunk)
+                lost, markers = src.lost()
+                if lost:
+                    self.batcher.note_lost(lost)
+                    events = events + markers if events else markers
+                if events:
+                    self.ingest(events)
+                now = time.monotonic()
+                if self.batcher.due(now):
+                    self._enqueue([self.batcher.flush()])
+                if src.exhausted:
+                    break
+                if len(events) < self.opt.read_chunk:
+                    wait = getattr(src, "seconds_until_next", lambda: 0.0)()
+                    await asyncio.sleep(min(max(wait, self.opt.poll_s), 0.1))
+                else:
+                    await asyncio.sleep(0)  # let the publisher run between chunks
+        finally:
+            last = self.batcher.flush()
+            if last is not None:
+                self._enqueue([last])
+            self.capture_done.set()
+            self.has_data.set()
+
+    # -- publish ---------------------------------------------------------------
+    def _acked(self, batch: EncodedBatch, fut: asyncio.Future) -> None:
+        self.inflight.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            self.send_failures += 1
+            log.warning("batch %d not acknowledged (%s); will resend", batch.seq,
+                        "cancelled" if fut.cancelled() else fut.exception())
+            self.buffer.push_front(batch)
+            self.has_data.set()
+            return
+        self.counters.published += batch.events
+        self.counters.batches += 1
+        if self.metrics:
+            self.metrics.published(batch.events)
+
+    async def _publish(self) -> None:
+        key = self.opt.node.encode()
+        while True:
+            batch = self.buffer.pop()
+            if batch is None:
+                if self.capture_done.is_set() and not self.inflight:
+                    return
+                self.has_data.clear()
+                if self.inflight:
+                    await asyncio.wait(list(self.inflight) + [asyncio.ensure_future(self.has_data.wait())],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await self.has_data.wait()
+                continue
+            while len(self.inflight) >= self.opt.max_inflight:
+                await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                fut = await self.sink.send(key, batch.value)
+            except (SinkUnavailable, Exception) as e:  # noqa: BLE001 - any send error: keep the batch, reconnect
+                self.buffer.push_front(batch)
+                self.send_failures += 1
+                log.warning("send failed (%s); reconnecting", e)
+                if self.inflight:
+                    await asyncio.wait(list(self.inflight))
+                try:
+                    await self.sink.reconnect(self.stopping if self.capture_done.is_set() else None)
+                except SinkUnavailable:
+                    return
+                continue
+            fut = asyncio.ensure_future(fut)
+            self.inflight.add(fut)
+            fut.add_done_callback(lambda f, b=batch: self._acked(b, f))
+
+    # -- stats -----------------------------------------------------------------
+    def update_metrics(self) -> None:
+        if self.metrics:
+            per_cpu = getattr(self.source, "drops_per_cpu", lambda: None)()
+            self.metrics.update(self.counters, self.buffer.events, per_cpu)
+
+    async def publish_stats(self) -> None:
+        stats = self.counters.stats(self.opt.node, self.source.name)
+        self.update_metrics()
+        try:
+            await self.sink.send_stats(stats)
+        except Exception as e:  # noqa: BLE001 - stats are best effort; the next round retries
+            log.warning("stats not published: %s", e)
+
+    async def _stats(self) -> None:
+        next_stats = time.monotonic() + self.opt.stats_interval
+        while not self.capture_done.is_set():
+            try:
+                await asyncio.wait_for(self.capture_done.wait(), min(1.0, self.opt.stats_interval))
+            except asyncio.TimeoutError:
+                self.update_metrics()
+                if time.monotonic() >= next_stats:
+                    next_stats += self.opt.stats_interval
+                    await self.publish_stats()
+
+    # -- run -------------------------------------------------------------------
+    async def run(self) -> Counters:
+        await self.sink.start()
+        tasks = [asyncio.create_task(self._capture(), name="capture"),
+                 asyncio.create_task(self._stats(), name="stats")]
+        publisher = asyncio.create_task(self._publish(), name="publish")
+        try:
+            await tasks[0]
+            try:
+                await asyncio.wait_for(asyncio.shield(publisher), self.opt.drain_timeout)
+            except asyncio.TimeoutError:
+                log.error("drain timeout: %d buffered events not published", self.buffer.events)
+                publisher.cancel()
+            await self.sink.flush()
+            await self.publish_stats()
+            await self.sink.flush()
+        finally:
+            for t in tasks + [publisher]:
+                t.cancel()
+            await asyncio.gather(*tasks, publisher, return_exceptions=True)
+            await self.sink.stop()
+            self.source.close()
+        return self.counters

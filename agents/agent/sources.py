@@ -1,0 +1,107 @@
+"""Where the agent's events come from: the live kernel (eBPF) or a .scap file replay.
+
+A source is polled by the agent loop: `read(max_events)` returns the events
+available now (possibly none), `lost()` the events lost before the agent saw
+them since the previous call, `exhausted` tells a finite source has ended.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from svctrace.schemas.models import SyscallEvent
+
+
+class EbpfSource:
+    name = "ebpf"
+    exhausted = False
+
+    def __init__(self, node: str, config) -> None:
+        from svctrace.agents.ebpf.loader import EbpfCapture, boot_to_epoch_ns
+        from svctrace.agents.ebpf.records import Normalizer
+
+        self.capture = EbpfCapture(config)
+        self.normalizer = Normalizer(node, boot_to_epoch_ns())
+        self._drops = (0, 0)
+
+    def read(self, max_events: int) -> list[SyscallEvent]:
+        out: list[SyscallEvent] = []
+        self.capture.ring.drain(self.normalizer, out, max_events)
+        return out
+
+    def lost(self) -> tuple[int, list[SyscallEvent]]:
+        """(ring-buffer drops since the last call, loss marker events)."""
+        drops = self.capture.drops()
+        new = drops[0] - self._drops[0]
+        self._drops = drops
+        if new <= 0:
+            return 0, []
+        return new, [self.normalizer.lost(new, time.time_ns())]
+
+    def drops_per_cpu(self) -> list[int]:
+        return self.capture.drops_per_cpu(0)
+
+    def missed_entries(self) -> int:
+        return self._drops[1]
+
+    def close(self) -> None:
+        self.capture.close()
+
+
+class ScapSource:
+    """Replays a capture file, at its recorded pace (`speed` x) or as fast as possible (speed=0)."""
+
+    name = "scap"
+
+    def __init__(self, path: str, node: str | None, speed: float) -> None:
+        from svctrace.agents.scap import open_capture
+
+        self.reader = open_capture(path)
+        self.events: Iterator[SyscallEvent] = iter(self.reader)
+        self.node = node
+        self.speed = speed
+        self.exhausted = False
+        self._next: SyscallEvent | None = None
+        self._t0_capture: int | None = None
+        self._t0_wall = 0.0
+
+    def _due(self, ev: SyscallEvent) -> bool:
+        if self.speed <= 0:
+            return True
+        if self._t0_capture is None:
+            self._t0_capture, self._t0_wall = ev.ts, time.monotonic()
+            return True
+        return (ev.ts - self._t0_capture) / 1e9 / self.speed <= time.monotonic() - self._t0_wall
+
+    def read(self, max_events: int) -> list[SyscallEvent]:
+        out: list[SyscallEvent] = []
+        node = self.node
+        while len(out) < max_events:
+            ev = self._next
+            self._next = None
+            if ev is None:
+                ev = next(self.events, None)
+                if ev is None:
+                    self.exhausted = True
+                    break
+            if not self._due(ev):
+                self._next = ev
+                break
+            if node is not None and ev.node != node:
+                ev = ev.with_(node=node)
+            out.append(ev)
+        return out
+
+    def seconds_until_next(self) -> float:
+        if self._next is None or self.speed <= 0 or self._t0_capture is None:
+            return 0.0
+        wait = (self._next.ts - self._t0_capture) / 1e9 / self.speed - (time.monotonic() - self._t0_wall)
+        return max(0.0, wait)
+
+    def lost(self) -> tuple[int, list[SyscallEvent]]:
+        return 0, []  # the file's own DROP events arrive as kind="lost" events
+
+    def close(self) -> None:
+        close = getattr(self.reader, "close", None)
+        if close:
+            close()
