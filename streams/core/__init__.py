@@ -1,0 +1,52 @@
+"""svctrace's sans-IO core: decoding, enrichment, stitching and alert rules.
+
+Pure code: no Kafka, no Faust, no network, no wall clock. Time is event time
+(SyscallEvent.ts); state is bounded and expires by event time.
+
+The operator API (what both runners drive)
+------------------------------------------
+`graph.Graph(index, Settings())` builds the three operators for one
+`ClusterIndex` and maps each input topic to its operator (`graph.consumers`):
+
+    svctrace.syscalls            key node           -> Graph.enrich  (Enricher)
+    svctrace.flows               key bucket "b0007" -> Graph.stitch  (Stitcher)
+    svctrace.alerts.occurrences  key "rule|labels"  -> Graph.alerts  (Alerter)
+
+Every operator `op` has:
+
+    op.new_state() -> dict                      fresh per-key state (JSON-able)
+    op.process(state, key, value) -> outputs    one input value for that key
+    op.advance(state, key, watermark_ns) -> outputs   event-time timers
+    op.flush(state, key) -> outputs             end of input: close everything
+    op.deadline(state) -> int | None            watermark at which advance() has work
+    op.is_idle(state) -> bool                   state may be deleted (it has expired)
+
+`outputs` is a list of (topic, key, value) triples: values on a consumed topic go
+to that topic's operator (through Kafka on Faust, directly in-process); values on
+svctrace.chains / svctrace.alerts / svctrace.events.enriched are final records in
+their schema's form. Input values: enrich takes a SyscallBatch, a list of
+SyscallEvents or one SyscallEvent; stitch takes an enriched-batch dict (payload
+`data` as bytes or base64 text); alerts takes an occurrence dict.
+
+Watermarks: each stage buffers its input and applies it in event-time order
+once the watermark passes it, so arrival order within the lateness and
+duplicates ((node, n) seen twice) do not change outputs. A caller computes the
+watermark as (largest event ts seen) - lateness; `Settings` holds the
+latenesses. Events older than a stage's watermark are counted (state["late"])
+and dropped. State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(raw)`.
+
+Ids are deterministic: chain_id from the chain's anchor event (node, n), its
+client endpoint and the request index; alert_id from rule + labels + the start
+of the rule's suppression window on a fixed grid (keys.py). Flow buckets use a
+stable crc32 (keys.flow_bucket), never Python's hash().
+
+The in-process runner: `runner.run(events_or_batches, index) -> RunResult` with
+`.chains` and `.alerts` (schemas/chain.schema.json, alert.schema.json).
+
+Modules: dns.py (dnspython), http.py (h11), keys.py, rules.py (the alert
+catalogue: one table), enrich.py, stitch.py, alerts.py, graph.py, runner.py.
+"""
+from .graph import Graph, Settings, dumps_state, loads_state
+from .runner import RunResult, Runner, run
+
+__all__ = ["Graph", "Settings", "Runner", "RunResult", "run", "dumps_state", "loads_state"]

@@ -1,0 +1,109 @@
+"""Stage 3, alerts (keyed by alert key = rule + labels).
+
+Occurrences (one per chain and rule) are deduplicated by chain id and folded
+into suppression windows aligned to a fixed grid (keys.window_start), so the
+alert id — rule + labels + window start — is the same in every runner. An alert
+is emitted when its window opens (count 1, for latency) and re-emitted, final,
+when the watermark closes the window if anything changed; the last record per
+alert_id is the alert (the topic is keyed by alert_id).
+"""
+from __future__ import annotations
+
+from . import rules as R
+from .keys import alert_id, window_start
+
+S = 10**9
+ALERTS_TOPIC = "svctrace.alerts"
+ALERT_SCHEMA = "svctrace.alert"
+MAX_CHAIN_IDS = 100
+MAX_EVIDENCE = 20
+MAX_DEDUP = 10_000
+
+
+class Alerter:
+    name = "alerts"
+
+    def __init__(self, lateness_ns: int = 60 * S):
+        # Occurrences reach this stage up to (stitch lateness + idle timeout) after their time.
+        self.lateness_ns = lateness_ns
+
+    @staticmethod
+    def new_state() -> dict:
+        return {"w": {}}
+
+    @staticmethod
+    def is_idle(state: dict) -> bool:
+        return not state["w"]
+
+    def deadline(self, state: dict) -> int | None:
+        ends = [w["end"] + self.lateness_ns for w in state["w"].values()]
+        return min(ends) if ends else None
+
+    def process(self, state: dict, key: str, occ: dict) -> list[tuple[str, str, dict]]:
+        rule = R.RULES[occ["rule"]]
+        ws = window_start(occ["ts"], rule.suppress_ns)
+        w = state["w"].get(str(ws))
+        if w is None:
+            w = state["w"][str(ws)] = {"ws": ws, "end": ws + rule.suppress_ns, "rule": rule.id,
+                                       "labels": occ["labels"], "chains": {}, "first": occ["ts"], "last": occ["ts"],
+                                       "count": 0, "extra": 0, "best": None, "emitted": 0}
+        cid = occ["chain_id"]
+        if cid in w["chains"]:
+            return []  # at-least-once: the same chain's occurrence again
+        if len(w["chains"]) < MAX_DEDUP:
+            w["chains"][cid] = [occ["ts"], occ["evidence"][:MAX_EVIDENCE]]
+        else:
+            w["extra"] += 1
+        w["count"] += 1
+        w["first"] = min(w["first"], occ["ts"])
+        w["last"] = max(w["last"], occ["ts"])
+        best = w["best"]
+        if best is None or (occ["ts"], cid) < (best["ts"], best["chain_id"]):
+            w["best"] = {"ts": occ["ts"], "chain_id": cid, "vars": occ["vars"], "in_cluster": occ.get("in_cluster", False)}
+        if w["emitted"] == 0:
+            w["emitted"] = w["count"]
+            return [(ALERTS_TOPIC, self._id(w), self._record(w))]
+        return []
+
+    def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
+        out = []
+        for k in list(state["w"]):
+            w = state["w"][k]
+            if watermark_ns >= w["end"] + self.lateness_ns:
+                if w["emitted"] != w["count"]:
+                    out.append((ALERTS_TOPIC, self._id(w), self._record(w)))
+                del state["w"][k]
+        return out
+
+    def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
+        out = []
+        for w in state["w"].values():
+            if w["emitted"] != w["count"]:
+                out.append((ALERTS_TOPIC, self._id(w), self._record(w)))
+        state["w"] = {}
+        return out
+
+    @staticmethod
+    def _id(w: dict) -> str:
+        return alert_id(w["rule"], w["labels"], w["ws"])
+
+    def _record(self, w: dict) -> dict:
+        rule = R.RULES[w["rule"]]
+        ordered = sorted(w["chains"].items(), key=lambda kv: (kv[1][0], kv[0]))
+        evidence, seen = [], set()
+        for _cid, (_ts, refs) in ordered[:3]:
+            for r in refs:
+                if (r["node"], r["n"]) not in seen and len(evidence) < MAX_EVIDENCE:
+                    seen.add((r["node"], r["n"]))
+                    evidence.append(r)
+        best = w["best"]
+        return {
+            "schema": ALERT_SCHEMA, "version": 1, "alert_id": self._id(w), "rule": rule.id,
+            "severity": R.severity(rule, best["in_cluster"]),
+            "summary": R.summary(rule, best["vars"]),
+            "labels": dict(w["labels"]),
+            "chain_ids": [cid for cid, _ in ordered[:MAX_CHAIN_IDS]],
+            "evidence": evidence,
+            "first_seen": w["first"], "last_seen": w["last"], "count": w["count"],
+            "suppress_ns": rule.suppress_ns,
+        }

@@ -1,0 +1,94 @@
+"""DNS message decoding with dnspython, robust to snaplen-truncated prefixes.
+
+`parse_dns(data, tcp)` returns a small immutable `DnsMessage` or None when the
+bytes are not DNS. Over TCP a message carries a two-byte length prefix. When the
+captured prefix cuts the message, the header and question are still decoded
+(struct + dns.name) and `truncated` is set; answers are then unknown.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+CLUSTER_DOMAIN = "cluster.local."
+
+
+@dataclass(frozen=True, slots=True)
+class DnsMessage:
+    id: int
+    is_response: bool
+    qname: str  # absolute, lower case, with the trailing dot
+    qtype: str  # "A", "AAAA", ...
+    rcode: str  # "NOERROR", "NXDOMAIN", ...
+    answers: tuple[str, ...] = ()  # A/AAAA addresses, in answer order
+    cnames: tuple[str, ...] = ()  # CNAME chain targets, in order
+    ttl: int | None = None  # smallest TTL of the answer records
+    truncated: bool = False  # decoded from a cut prefix: answers unknown
+
+
+def _header_only(wire: bytes) -> DnsMessage | None:
+    if len(wire) < 12:
+        return None
+    qid, flags, qdcount = struct.unpack_from("!HHH", wire, 0)
+    if qdcount != 1:
+        return None
+    try:
+        name, used = dns.name.from_wire(wire, 12)
+        qtype = dns.rdatatype.to_text(struct.unpack_from("!H", wire, 12 + used)[0])
+    except (dns.exception.DNSException, struct.error, ValueError):
+        return None
+    return DnsMessage(qid, bool(flags & 0x8000), name.to_text().lower(), qtype,
+                      dns.rcode.to_text(flags & 0xF), truncated=True)
+
+
+def parse_dns(data: bytes | None, tcp: bool = False) -> DnsMessage | None:
+    if not data:
+        return None
+    wire = data
+    if tcp:
+        if len(data) < 14:
+            return None
+        length = struct.unpack_from("!H", data, 0)[0]
+        wire = data[2:2 + length]
+    try:
+        msg = dns.message.from_wire(wire, ignore_trailing=True)
+    except dns.message.ShortHeader:
+        return None
+    except (dns.exception.DNSException, ValueError, struct.error):
+        return _header_only(wire)
+    if len(msg.question) != 1:
+        return None
+    q = msg.question[0]
+    answers, cnames, ttl = [], [], None
+    for rrset in msg.answer:
+        ttl = rrset.ttl if ttl is None else min(ttl, rrset.ttl)
+        if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            answers.extend(r.address for r in rrset)
+        elif rrset.rdtype == dns.rdatatype.CNAME:
+            cnames.extend(r.target.to_text().lower() for r in rrset)
+    return DnsMessage(msg.id, bool(msg.flags & 0x8000), q.name.to_text().lower(),
+                      dns.rdatatype.to_text(q.rdtype), dns.rcode.to_text(msg.rcode()),
+                      tuple(answers), tuple(cnames), ttl)
+
+
+def in_cluster_domain(qname: str, domain: str = CLUSTER_DOMAIN) -> bool:
+    return qname.endswith("." + domain) or qname == domain
+
+
+def service_of_name(qname: str, domain: str = CLUSTER_DOMAIN) -> tuple[str | None, str | None]:
+    """(namespace, service) a cluster name refers to: svc.ns.svc.<domain> (and the seed's
+    older SkyDNS form svc.ns.<domain>)."""
+    if not in_cluster_domain(qname, domain):
+        return None, None
+    labels = qname[: -len(domain) - 1].split(".")
+    if len(labels) >= 3 and labels[-1] == "svc":
+        return labels[-2], labels[-3]
+    if len(labels) == 2:
+        return labels[1], labels[0]
+    return None, None

@@ -1,0 +1,316 @@
+"""Stage 1, enrich (keyed by node).
+
+Per node: events are buffered and released in event-time order once the
+watermark passes them (so arrival order and duplicates do not matter), joined
+with the ClusterIndex as of their own time, given their correlation key `flow`
+(the connection's client IP) and, for a userspace proxy's outbound connection,
+`proxy_of` (the client endpoint whose bytes it forwards). Outputs enriched
+batches grouped by flow bucket for the stitch stage.
+
+Proxy detection, from one node's syscalls only:
+* a client on this node connects to a Service VIP from ip:port P;
+* a host process (not a pod of the Service) accepts a connection whose peer is P;
+* that process then connects out: the outbound socket is tagged proxy_of=P
+  (the dial may come before any byte: the seed's refused dial does);
+* or, byte evidence: a process writes on an untagged outbound socket the same
+  bytes it just read on an accepted socket -> tagged with that socket's peer.
+All of this state is keyed by pid/fd/endpoint and expires after `proxy_window_ns`.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterable
+
+from svctrace.schemas.models import SyscallBatch, SyscallEvent
+
+from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
+
+S = 10**9
+FLOWS_TOPIC = "svctrace.flows"
+ENRICHED_TOPIC = "svctrace.events.enriched"
+ENRICHED_SCHEMA = "svctrace.enriched-batch"
+
+_FIELDS = SyscallEvent.__slots__
+_RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
+
+
+def _fingerprint(data: bytes | None) -> int | None:
+    return zlib.crc32(data[:256]) if data else None
+
+
+class Enricher:
+    """The enrich operator. State: a JSON-able dict per node (see new_state)."""
+
+    name = "enrich"
+
+    def __init__(self, index, partitions: int = 12, lateness_ns: int = 2 * S,
+                 proxy_window_ns: int = 2 * S, emit_enriched: bool = False, dns_port: int = 53):
+        self.index = index
+        self.partitions = partitions
+        self.lateness_ns = lateness_ns
+        self.proxy_window_ns = proxy_window_ns
+        self.emit_enriched = emit_enriched
+        self.dns_port = dns_port
+        self._ref_cache: dict[tuple, Any] = {}
+        self._ref_cache_sec = None
+
+    # -- state ---------------------------------------------------------------
+
+    @staticmethod
+    def new_state() -> dict:
+        return {
+            "wm": 0,        # released up to (exclusive) this event time
+            "buf": [],      # pending SyscallEvents (dicts once serialized)
+            "pend": [],     # their n, for duplicate detection
+            "vipc": {},     # client endpoint -> ts: local clients that connected to a VIP
+            "pin": {},      # pid -> [[ts, client_ep, fd]]: accepted VIP-client conns of host processes
+            "pout": {},     # "pid:fd" -> [client_ep, ts]: tagged proxy outbound sockets
+            "reads": {},    # pid -> [[ts, fingerprint, client_ep]]: recent reads on accepted conns
+            "late": 0, "dups": 0,
+        }
+
+    @staticmethod
+    def is_idle(state: dict) -> bool:
+        return not state["buf"] and not state["vipc"] and not state["pin"] and not state["pout"] and not state["reads"]
+
+    def deadline(self, state: dict) -> int | None:
+        """Earliest watermark at which advance() has work (None: nothing pending)."""
+        if not state["buf"]:
+            return None
+        return min(e.ts for e in state["buf"]) + 1
+
+    # -- operator API --------------------------------------------------------
+
+    def process(self, state: dict, key: str, item) -> list[tuple[str, str, dict]]:
+        """Buffer a SyscallBatch, a list of SyscallEvents or one event. Emits nothing itself."""
+        if isinstance(item, SyscallBatch):
+            events = item.events
+            if item.lost and events:
+                first = min(events, key=lambda e: e.ts)
+                events = [SyscallEvent(ts=first.ts, node=item.node, n=-1 - item.seq, pid=0, tid=0, comm="",
+                                       kind="lost", syscall="batch", fd=-1, res=item.lost), *events]
+        elif isinstance(item, SyscallEvent):
+            events = (item,)
+        else:
+            events = item
+        wm, buf, pend = state["wm"], state["buf"], state["pend"]
+        pend_set = set(pend) if len(pend) > 32 else None
+        for e in events:
+            if e.ts < wm:
+                state["late"] += 1
+                continue
+            if (e.n in pend_set) if pend_set is not None else (e.n in pend):
+                state["dups"] += 1
+                continue
+            buf.append(e)
+            pend.append(e.n)
+            if pend_set is not None:
+                pend_set.add(e.n)
+        return []
+
+    def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
+        if watermark_ns <= state["wm"]:
+            return []
+        state["wm"] = watermark_ns
+        buf = state["buf"]
+        if not buf:
+            self._expire(state, watermark_ns)
+            return []
+        buf.sort(key=lambda e: (e.ts, e.n))
+        cut = len(buf)
+        while cut and buf[cut - 1].ts >= watermark_ns:
+            cut -= 1
+        if cut == 0:
+            return []
+        ready, state["buf"] = buf[:cut], buf[cut:]
+        state["pend"] = [e.n for e in state["buf"]]
+        out = self._release(state, key, ready)
+        self._expire(state, watermark_ns)
+        return out
+
+    def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
+        if not state["buf"]:
+            return []
+        return self.advance(state, key, max(e.ts for e in state["buf"]) + 1)
+
+    # -- enrichment ----------------------------------------------------------
+
+    def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
+        by_bucket: dict[str, list[dict]] = {}
+        lost: list[dict] = []
+        enriched_all: list[dict] = []
+        for e in events:
+            if e.kind == "lost":
+                lost.append({"node": e.node, "ts": e.ts, "count": max(e.res, 0)})
+                continue
+            d = self.enrich_event(state, e)
+            if d is None:
+                continue
+            by_bucket.setdefault(flow_bucket(d["flow"], self.partitions), []).append(d)
+            if self.emit_enriched:
+                enriched_all.append(d)
+        out = []
+        if lost:  # a loss may concern any flow of this node: every bucket hears of it
+            for p in range(self.partitions):
+                b = f"b{p:04d}"
+                by_bucket.setdefault(b, [])
+        for bucket in sorted(by_bucket):
+            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": by_bucket[bucket]}
+            if lost:
+                batch["lost"] = lost
+            out.append((FLOWS_TOPIC, bucket, batch))
+        if self.emit_enriched and (enriched_all or lost):
+            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": enriched_all}
+            if lost:
+                batch["lost"] = lost
+            out.append((ENRICHED_TOPIC, node, batch))
+        return out
+
+    def _ref(self, ip: str | None, port: int | None, proto: str | None, ts: int) -> dict | None:
+        if ip in UNSPECIFIED_IPS:
+            return None
+        sec = ts // S
+        if sec != self._ref_cache_sec:  # metadata is joined at 1 s granularity (deterministic: ts-based)
+            self._ref_cache.clear()
+            self._ref_cache_sec = sec
+        k = (ip, port, proto)
+        hit = self._ref_cache.get(k, False)
+        if hit is not False:
+            return hit
+        idx = self.index
+        ref = None
+        svc = idx.service_by_ip(ip, port, (proto or "tcp").upper(), ts)
+        if svc is not None:
+            sv, sp = svc
+            ref = {"kind": "service", "namespace": sv.namespace, "name": sv.name,
+                   "port_name": sp.name if sp else None, "target_port": sp.target_port if sp else None}
+        else:
+            pod = idx.pod_by_ip(ip, ts)
+            if pod is not None and not pod.host_network:
+                kind = "dns" if idx.is_cluster_dns(ip, ts) else "pod"
+                ref = {"kind": kind, "namespace": pod.namespace, "name": pod.name, "node": pod.node}
+            else:
+                node = idx.node_by_ip(ip, ts)
+                if node is not None:
+                    ref = {"kind": "node", "name": node}
+                elif idx.is_cluster_dns(ip, ts):
+                    ref = {"kind": "dns"}
+                else:
+                    ref = {"kind": "external"}
+        self._ref_cache[k] = ref
+        return ref
+
+    def _client_ip(self, e: SyscallEvent, server_side: bool) -> str | None:
+        ip = (e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip) if server_side else e.local_ip
+        if ip in UNSPECIFIED_IPS:
+            if server_side:
+                return None
+            if e.container_id:  # an unbound UDP socket: the pod's IP is its source address
+                pod = self.index.pod_by_container(e.container_id)
+                if pod is not None and pod.ips:
+                    return pod.ips[0]
+            return f"node:{e.node}"
+        return ip
+
+    def _server_side(self, e: SyscallEvent) -> bool:
+        if e.role is not None:
+            return e.role == "server"
+        return e.local_port == self.dns_port
+
+    def enrich_event(self, state: dict, e: SyscallEvent) -> dict | None:
+        """One event -> its enriched dict (schema form; `data` stays bytes in-process)."""
+        ts = e.ts
+        lref = self._ref(e.local_ip, e.local_port, e.proto, ts)
+        rref = self._ref(e.remote_ip, e.remote_port, e.proto, ts)
+        if e.addr_ip == e.remote_ip and e.addr_port == e.remote_port:
+            aref = rref
+        else:
+            aref = self._ref(e.addr_ip, e.addr_port, e.proto, ts)
+        server_side = self._server_side(e)
+        proxy_of = self._track_proxy(state, e, lref, aref, server_side) if e.proto == "tcp" else None
+        if proxy_of is not None:
+            flow = proxy_of["ip"]
+        else:
+            flow = self._client_ip(e, server_side)
+        d = {f: getattr(e, f) for f in _FIELDS}
+        d["flow"] = flow
+        d["local_ref"] = lref
+        d["remote_ref"] = rref
+        d["addr_ref"] = aref
+        d["proxy_of"] = proxy_of
+        return d
+
+    def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
+        kind = e.kind
+        pid = str(e.pid)
+        fdkey = f"{e.pid}:{e.fd}"
+        tagged = st["pout"].get(fdkey)
+        if tagged is not None:
+            if kind == "close":
+                del st["pout"][fdkey]
+            return _proxy_of(tagged[0])
+        if kind == "connect":
+            if server_side:
+                return None
+            if aref is not None and aref["kind"] == "service" and e.local_port:
+                st["vipc"][endpoint_key(e.local_ip, e.local_port)] = e.ts
+                return None
+            pending = st["pin"].get(pid)
+            if pending:
+                ts0, client_ep, _fd = pending.pop(0)  # first accepted, first dialed
+                if not pending:
+                    del st["pin"][pid]
+                st["pout"][fdkey] = [client_ep, e.ts]
+                return _proxy_of(client_ep)
+            return None
+        if kind == "accept":
+            client_ep = endpoint_key(e.remote_ip, e.remote_port)
+            if client_ep in st["vipc"] and (lref is None or lref["kind"] in ("node", "external")):
+                st["pin"].setdefault(pid, []).append([e.ts, client_ep, e.fd])
+            return None
+        if kind == "recv" and server_side and e.data:
+            client_ep = endpoint_key(e.remote_ip, e.remote_port)
+            if lref is None or lref["kind"] in ("node", "external"):
+                reads = st["reads"].setdefault(pid, [])
+                reads.append([e.ts, _fingerprint(e.data), client_ep])
+                if len(reads) > _RECENT_READS:
+                    del reads[0]
+            return None
+        if kind == "send" and not server_side and e.data:
+            fp = _fingerprint(e.data)
+            for ts0, fp0, client_ep in reversed(st["reads"].get(pid, ())):
+                if fp0 == fp:
+                    st["pout"][fdkey] = [client_ep, e.ts]
+                    return _proxy_of(client_ep)
+            return None
+        if kind == "close" and server_side:
+            pending = st["pin"].get(pid)
+            if pending:
+                pending[:] = [p for p in pending if p[2] != e.fd]
+                if not pending:
+                    del st["pin"][pid]
+        return None
+
+    def _expire(self, st: dict, now: int) -> None:
+        horizon = now - self.proxy_window_ns
+        st["vipc"] = {k: ts for k, ts in st["vipc"].items() if ts >= horizon}
+        for name in ("pin", "reads"):
+            table = st[name]
+            for pid in list(table):
+                table[pid] = [p for p in table[pid] if p[0] >= horizon]
+                if not table[pid]:
+                    del table[pid]
+        # An outbound proxy socket lives as long as its connection; one idle for long is forgotten.
+        long_horizon = now - 300 * S
+        st["pout"] = {k: v for k, v in st["pout"].items() if v[1] >= long_horizon}
+
+
+def _proxy_of(client_ep: str) -> dict:
+    ip, _, port = client_ep.rpartition(":")
+    return {"ip": ip.strip("[]"), "port": int(port)}
+
+
+def events_from(item: Any) -> Iterable[SyscallEvent]:
+    if isinstance(item, SyscallBatch):
+        return item.events
+    return item

@@ -1,0 +1,58 @@
+"""Keys and deterministic ids.
+
+Everything here is a pure function of its arguments with a stable hash
+(blake2b / crc32), never Python's salted hash(): the in-process runner and the
+Faust app, on any machine, route and name things identically.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import orjson
+
+UNSPECIFIED_IPS = frozenset({None, "", "0.0.0.0", "::", "::ffff:0.0.0.0"})
+
+
+def endpoint_key(ip: str | None, port: int | None) -> str:
+    """'ip:port' (IPv6 in brackets) — the client endpoint both ends of a connection share."""
+    if ip and ":" in ip:
+        return f"[{ip}]:{port}"
+    return f"{ip}:{port}"
+
+
+def flow_bucket(flow: str | None, partitions: int) -> str:
+    """Stable bucket of a correlation key: 'b0007'. Its number is the svctrace.flows partition."""
+    h = zlib.crc32((flow or "").encode("utf-8"))
+    return f"b{h % partitions:04d}"
+
+
+def bucket_partition(bucket: str) -> int:
+    """The partition number a bucket key stands for ('b0007' -> 7)."""
+    return int(bucket[1:])
+
+
+def _digest(*parts) -> str:
+    raw = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(raw, digest_size=10).hexdigest()
+
+
+def chain_id(anchor_node: str, anchor_n: int, client: str, index: int = 0) -> str:
+    """A chain is named by the first event that anchors it (node, n), its client endpoint
+    and the request's index on the connection (keep-alive: one chain per request)."""
+    return "ch-" + _digest("chain", anchor_node, anchor_n, client, index)
+
+
+def alert_key(rule: str, labels: dict) -> str:
+    """The alerts stage's key: rule + labels, canonical."""
+    items = ",".join(f"{k}={labels[k] if labels[k] is not None else ''}" for k in sorted(labels))
+    return f"{rule}|{items}"
+
+
+def window_start(ts: int, window_ns: int) -> int:
+    """Suppression windows are aligned to a fixed grid so every runner cuts them alike."""
+    return ts - ts % window_ns if window_ns > 0 else ts
+
+
+def alert_id(rule: str, labels: dict, window_start_ns: int) -> str:
+    return "al-" + _digest("alert", rule, {k: labels[k] for k in sorted(labels)}, window_start_ns)

@@ -1,0 +1,918 @@
+"""Stage 2, stitch (keyed by flow bucket; sub-state per client endpoint / lookup).
+
+Events of one request chain share their client IP (the `flow`), so every event
+of a chain, from every node, reaches the same bucket. Inside a bucket, events
+are buffered and applied in event-time order (ts, node, n) once the watermark
+passes them: arrival order and at-least-once duplicates cannot change the result.
+
+State, all JSON-able and expired by event time:
+* conns: client endpoint "ip:port" -> one TCP connection as every side saw it:
+  the client (connect, requests, responses), acceptors (a userspace proxy or the
+  backend under DNAT/socket-LB: they see the client's ip:port as their peer), and
+  a proxy's outbound dials (tagged proxy_of by the enrich stage).
+* lookups: "flow|node|pid" -> DNS lookups (queries grouped: search expansions,
+  A/AAAA pairs, retries) waiting to be claimed by a connect to an answer.
+* dsrv: what DNS servers saw ("client ep|id"), to name the resolver process.
+* lost: loss markers; a chain overlapping one is "incomplete", never "broken".
+
+A chain is emitted per HTTP request (keep-alive: several per connection) or
+per connection when no request was seen, and per unclaimed DNS lookup.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from . import rules as R
+from .dns import in_cluster_domain, parse_dns, service_of_name
+from .http import looks_like_request, looks_like_response, parse_request, parse_response
+from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
+
+S = 10**9
+MS = 10**6
+CHAINS_TOPIC = "svctrace.chains"
+OCCURRENCES_TOPIC = "svctrace.alerts.occurrences"
+CHAIN_SCHEMA = "svctrace.chain"
+
+MAX_EVIDENCE = 24
+MAX_REQS_KEPT = 8
+MAX_QUERIES = 32
+FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
+                 "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
+                 "ECONNRESET": "connection reset"}
+
+
+def _ref(d: dict, what: str) -> dict:
+    return {"node": d["node"], "n": d["n"], "ts": d["ts"], "what": what}
+
+
+def _data(d: dict) -> bytes | None:
+    data = d.get("data")
+    if isinstance(data, str):  # arrived through Kafka: base64
+        data = base64.b64decode(data)
+    return data
+
+
+def _pod_fields(index, ip: str | None, ts: int, container_id: str | None = None) -> dict:
+    pod = None
+    if container_id:
+        pod = index.pod_by_container(container_id)
+    if pod is None and ip and ip not in UNSPECIFIED_IPS:
+        pod = index.pod_by_ip(ip, ts)
+    if pod is None:
+        return {"pod": None, "namespace": None}
+    return {"pod": pod.name, "namespace": pod.namespace, "node_of_pod": pod.node,
+            "host_network": pod.host_network, "containers": list(pod.container_ids)}
+
+
+class Stitcher:
+    """The stitch operator. State: a JSON-able dict per bucket (see new_state)."""
+
+    name = "stitch"
+
+    def __init__(self, index, lateness_ns: int = 2 * S, settle_ns: int = 2 * S, idle_ns: int = 30 * S,
+                 lookup_timeout_ns: int = 12 * S, dns_port: int = 53, cluster_domain: str = "cluster.local."):
+        self.index = index
+        self.lateness_ns = lateness_ns
+        self.settle_ns = settle_ns  # other sides' events may follow the client's last one by this much
+        self.idle_ns = idle_ns  # a connection with no event for this long is finished
+        self.lookup_timeout_ns = lookup_timeout_ns  # > the 5 s resolver retry
+        self.dns_port = dns_port
+        self.cluster_domain = cluster_domain
+        self._nodeports: dict[int, tuple] = {}
+        self._nodeports_at = None
+
+    # -- state ---------------------------------------------------------------
+
+    @staticmethod
+    def new_state() -> dict:
+        return {"wm": 0, "buf": [], "pend": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
+                "next": None, "late": 0, "dups": 0}
+
+    @staticmethod
+    def is_idle(state: dict) -> bool:
+        return not (state["buf"] or state["conns"] or state["lk"] or state["dsrv"] or state["lost"])
+
+    def deadline(self, state: dict) -> int | None:
+        cands = [d["ts"] + 1 for d in state["buf"][:1]] if state["buf"] else []
+        if state["buf"]:
+            cands = [min(d["ts"] for d in state["buf"]) + 1]
+        if state["next"] is not None:
+            cands.append(state["next"])
+        return min(cands) if cands else None
+
+    # -- operator API --------------------------------------------------------
+
+    def process(self, state: dict, key: str, batch: dict) -> list[tuple[str, str, dict]]:
+        """Buffer one enriched batch (svctrace.enriched-batch). Emits nothing itself."""
+        wm = state["wm"]
+        for loss in batch.get("lost") or ():
+            state["lost"].append([loss["node"], loss["ts"], loss["count"]])
+        buf, pend = state["buf"], state["pend"]
+        pend_set = set(pend)
+        for d in batch["events"]:
+            if d["ts"] < wm:
+                state["late"] += 1
+                continue
+            ident = f'{d["node"]}|{d["n"]}'
+            if ident in pend_set:
+                state["dups"] += 1
+                continue
+            pend_set.add(ident)
+            pend.append(ident)
+            buf.append(d)
+        return []
+
+    def advance(self, state: dict, key: str, watermark_ns: int, final: bool = False) -> list[tuple[str, str, dict]]:
+        out: list = []
+        if watermark_ns <= state["wm"] and not final:
+            return out
+        state["wm"] = max(state["wm"], watermark_ns)
+        buf = state["buf"]
+        if buf:
+            buf.sort(key=lambda d: (d["ts"], d["node"], d["n"]))
+            cut = len(buf)
+            while cut and buf[cut - 1]["ts"] >= watermark_ns:
+                cut -= 1
+            if cut:
+                ready, state["buf"] = buf[:cut], buf[cut:]
+                state["pend"] = [f'{d["node"]}|{d["n"]}' for d in state["buf"]]
+                for d in ready:
+                    self._apply(state, d, out)
+        nxt = state["next"]
+        if final or (nxt is not None and watermark_ns >= nxt):
+            self._timers(state, watermark_ns, out, final)
+        return out
+
+    def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
+        """End of input: apply everything buffered and close every chain (open ones as incomplete)."""
+        end = max([d["ts"] for d in state["buf"]] + [state["wm"]]) + 1
+        return self.advance(state, key, end, final=True)
+
+    # -- applying one event (in event-time order) ------------------------------
+
+    def _apply(self, st: dict, d: dict, out: list) -> None:
+        proto = d.get("proto")
+        if proto == "udp" or (proto == "tcp" and self.dns_port in (d.get("remote_port"), d.get("local_port"), d.get("addr_port"))):
+            if d["kind"] in ("send", "recv") and d["res"] > 0:
+                self._apply_dns(st, d)
+            return
+        if proto != "tcp" or d["kind"] not in ("connect", "accept", "send", "recv", "close", "shutdown"):
+            return
+        if d.get("proxy_of"):
+            side, key = "px", endpoint_key(d["proxy_of"]["ip"], d["proxy_of"]["port"])
+        elif d.get("role") == "server":
+            side, key = "sv", endpoint_key(d.get("remote_ip"), d.get("remote_port"))
+        elif d.get("role") == "client":
+            ip = d.get("local_ip")
+            if ip in UNSPECIFIED_IPS:
+                ip = d["flow"]
+            side, key = "cl", endpoint_key(ip, d.get("local_port"))
+        else:
+            return
+        conns = st["conns"]
+        conn = conns.get(key)
+        if conn is not None and side == "cl" and d["kind"] == "connect" and conn["cn"] is not None:
+            # The client port is reused: the previous connection is over.
+            self._finish(st, conn, out, final=False)
+            conn = None
+        if conn is None:
+            if d["kind"] == "close" and side == "cl":
+                return  # the tail of a connection already finished
+            conn = conns[key] = _new_conn(key, d)
+        conn["t1"] = max(conn["t1"], d["ts"])
+        getattr(self, "_" + side)(st, conn, d)
+        self._schedule(st, conn)
+
+    def _schedule(self, st: dict, conn: dict) -> None:
+        dl = self._conn_deadline(conn)
+        if st["next"] is None or dl < st["next"]:
+            st["next"] = dl
+
+    def _conn_deadline(self, conn: dict) -> int:
+        dl = conn["t1"] + self.idle_ns
+        if conn["ccl"] is not None:
+            dl = min(dl, conn["ccl"] + self.settle_ns)
+        for r in conn["creq"]:
+            if r["rts"] is not None and not r["done"]:
+                dl = min(dl, r["rts"] + self.settle_ns)
+        return dl
+
+    # client side ---------------------------------------------------------------
+
+    def _cl(self, st: dict, conn: dict, d: dict) -> None:
+        kind, ts = d["kind"], d["ts"]
+        if conn["cl"] is None:
+            conn["cl"] = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "container_id": d.get("container_id"),
+                          "ip": d.get("local_ip") if d.get("local_ip") not in UNSPECIFIED_IPS else d["flow"],
+                          "port": d.get("local_port"), "flow": d["flow"]}
+            conn["a"] = [d["node"], d["n"]]
+        if kind == "connect":
+            conn["cn"] = {"ts": ts, "aip": d.get("addr_ip") or d.get("remote_ip"),
+                          "aport": d.get("addr_port") or d.get("remote_port"),
+                          "rip": d.get("remote_ip"), "rport": d.get("remote_port"),
+                          "res": d["res"], "errno": d.get("errno")}
+            conn["a"] = [d["node"], d["n"]]
+            _evidence(conn, d, "client connect")
+            self._resolve_service(st, conn, d)
+            if d["res"] == 0:
+                conn["est"] = max(conn["est"] or 0, 1)
+        elif kind == "send":
+            if d["res"] > 0:
+                conn["est"] = conn["est"] or 1
+                conn["tx"] += d["res"]
+                data = _data(d)
+                if looks_like_request(data):
+                    req = parse_request(data)
+                    if req is not None:
+                        conn["nreq"] += 1
+                        conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
+                                             "h": req.host, "tx": d["res"], "rx": 0, "rts": None, "st": None,
+                                             "ev": [_ref(d, "client request")], "done": False})
+                        _trim(conn["creq"])
+                        return
+                if conn["creq"] and conn["creq"][-1]["rts"] is None:
+                    conn["creq"][-1]["tx"] += d["res"]
+            elif d.get("errno") in FAILED_ERRNOS:
+                conn["err"] = conn["err"] or d["errno"]
+                _evidence(conn, d, "client send error")
+            if conn["svc"] is None and conn["cn"] is None:
+                self._resolve_service(st, conn, d)
+        elif kind == "recv":
+            if d["res"] > 0:
+                conn["est"] = 2
+                conn["rx"] += d["res"]
+                data = _data(d)
+                cur = next((r for r in conn["creq"] if r["rts"] is None), None)
+                if looks_like_response(data):
+                    resp = parse_response(data)
+                    if resp is not None and resp.status >= 200 and cur is not None:
+                        cur["rts"], cur["st"], cur["rx"] = ts, resp.status, d["res"]
+                        cur["ev"].append(_ref(d, "client response"))
+                        return
+                last = conn["creq"][-1] if conn["creq"] else None
+                if last is not None and last["rts"] is not None:
+                    last["rx"] += d["res"]
+            elif d["res"] == 0:
+                conn["eof"] = conn["eof"] or ts
+                _evidence(conn, d, "client got EOF")
+            elif d.get("errno") in FAILED_ERRNOS:
+                conn["err"] = conn["err"] or d["errno"]
+                _evidence(conn, d, "client recv error")
+        elif kind in ("close", "shutdown"):
+            if kind == "close":
+                conn["ccl"] = ts
+                _evidence(conn, d, "client close")
+
+    def _resolve_service(self, st: dict, conn: dict, d: dict) -> None:
+        """Which Service this connection is a request to, and how we know."""
+        cn = conn["cn"] or {}
+        aip = cn.get("aip") or d.get("remote_ip")
+        aport = cn.get("aport") or d.get("remote_port")
+        ts = d["ts"]
+        lookup = self._claim_lookup(st, conn, d, aip)
+        idx = self.index
+        hit = idx.service_by_ip(aip, aport, "TCP", ts) if aip else None
+        if hit is not None:
+            sv, sp = hit
+            conn["svc"] = _svc(sv, sp, aip, aport, "vip")
+            return
+        if lookup is not None:
+            answers = set(lookup["answers"])
+            for sv in idx.services_for_endpoint(aip, aport, ts):
+                if answers.intersection(sv.cluster_ips):
+                    vip = next(ip for ip in sv.cluster_ips if ip in answers)
+                    sp = _port_for_target(sv, aport)
+                    conn["svc"] = _svc(sv, sp, vip, sp.port if sp else None, "pod")
+                    return
+        ref = d.get("addr_ref") or d.get("remote_ref")
+        if ref and ref.get("kind") == "node" and aport:
+            found = self._nodeport_service(aport, ts)
+            if found is not None:
+                sv, sp = found
+                conn["svc"] = _svc(sv, sp, None, aport, "nodeport")
+
+    def _nodeport_service(self, port: int, ts: int):
+        bucket = ts // (10 * S)
+        if bucket != self._nodeports_at:
+            self._nodeports_at = bucket
+            self._nodeports = {}
+            for key, info in self.index.objects(ts):
+                if key.startswith("Service/"):
+                    for sp in info.ports:
+                        if sp.node_port:
+                            self._nodeports[sp.node_port] = (info, sp)
+        return self._nodeports.get(port)
+
+    # acceptor side (proxy or backend) -------------------------------------------
+
+    def _sv(self, st: dict, conn: dict, d: dict) -> None:
+        kind, ts = d["kind"], d["ts"]
+        me = next((s for s in conn["sv"] if s["node"] == d["node"] and s["pid"] == d["pid"] and s["fd"] == d["fd"]), None)
+        if me is None:
+            lref = d.get("local_ref") or {}
+            me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
+                  "container_id": d.get("container_id"), "ip": d.get("local_ip"), "port": d.get("local_port"),
+                  "ts": ts, "host": lref.get("kind") in (None, "node", "external"), "cts": None,
+                  "reqs": [], "nreq": 0, "tx": 0, "rx": 0}
+            conn["sv"].append(me)
+            del conn["sv"][:-4]
+            conn["est"] = 2
+            _evidence(conn, d, "accept")
+        if kind == "recv" and d["res"] > 0:
+            me["rx"] += d["res"]
+            data = _data(d)
+            if looks_like_request(data):
+                req = parse_request(data)
+                if req is not None:
+                    me["nreq"] += 1
+                    me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
+                                       "ev": [_ref(d, "backend request")]})
+                    _trim(me["reqs"])
+        elif kind == "send" and d["res"] > 0:
+            me["tx"] += d["res"]
+            data = _data(d)
+            if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
+                resp = parse_response(data)
+                if resp is not None and resp.status >= 200:
+                    r = me["reqs"][-1]
+                    r["sts"], r["st"] = ts, resp.status
+                    r["ev"].append(_ref(d, "backend response"))
+        elif kind == "close":
+            me["cts"] = ts
+
+    # a userspace proxy's outbound connection ------------------------------------
+
+    def _px(self, st: dict, conn: dict, d: dict) -> None:
+        kind, ts = d["kind"], d["ts"]
+        me = next((p for p in conn["px"] if p["node"] == d["node"] and p["pid"] == d["pid"] and p["fd"] == d["fd"]), None)
+        if me is None:
+            me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
+                  "ip": d.get("addr_ip") or d.get("remote_ip"), "port": d.get("addr_port") or d.get("remote_port"),
+                  "lip": d.get("local_ip"), "lport": d.get("local_port"), "ts": ts, "res": None, "errno": None,
+                  "cts": None, "reqs": [], "nreq": 0}
+            conn["px"].append(me)
+            del conn["px"][:-4]
+        if kind == "connect":
+            me["res"], me["errno"], me["ts"] = d["res"], d.get("errno"), ts
+            _evidence(conn, d, "proxy dial" + (f" {d.get('errno')}" if d["res"] < 0 and d.get("errno") else ""))
+        elif kind == "send" and d["res"] > 0:
+            data = _data(d)
+            if looks_like_request(data):
+                me["nreq"] += 1
+                me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
+                                   "ev": [_ref(d, "proxy forwards request")]})
+                _trim(me["reqs"])
+        elif kind == "recv" and d["res"] > 0:
+            data = _data(d)
+            if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
+                resp = parse_response(data)
+                if resp is not None:
+                    me["reqs"][-1]["sts"], me["reqs"][-1]["st"] = ts, resp.status
+        elif kind == "close":
+            me["cts"] = ts
+
+    # DNS ---------------------------------------------------------------------------
+
+    def _apply_dns(self, st: dict, d: dict) -> None:
+        data = _data(d)
+        msg = parse_dns(data, tcp=d.get("proto") == "tcp")
+        if msg is None:
+            return
+        server_side = d.get("local_port") == self.dns_port
+        if server_side:
+            peer = endpoint_key(d.get("remote_ip") if d.get("remote_ip") not in UNSPECIFIED_IPS else d.get("addr_ip"),
+                                d.get("remote_port") or d.get("addr_port"))
+            k = f"{peer}|{msg.id}"
+            if not msg.is_response:
+                st["dsrv"][k] = {"ts": d["ts"], "node": d["node"], "pid": d["pid"], "comm": d["comm"],
+                                 "ip": d.get("local_ip"), "port": d.get("local_port"),
+                                 "container_id": d.get("container_id"), "ref": _ref(d, "dns server got query")}
+            elif k in st["dsrv"]:
+                st["dsrv"][k]["ans_ts"] = d["ts"]
+            return
+        ip = d.get("local_ip")
+        if ip in UNSPECIFIED_IPS:
+            ip = d["flow"]
+        ep = endpoint_key(ip, d.get("local_port"))
+        lkey = f'{d["flow"]}|{d["node"]}|{d["pid"]}'
+        lookups = st["lk"].setdefault(lkey, [])
+        ts = d["ts"]
+        if not msg.is_response:
+            cur = lookups[-1] if lookups else None
+            if cur is not None and (ts - cur["t1"] > self.lookup_timeout_ns or (
+                    cur["res"] is not None and not (msg.qname in cur["qnames"] and ts - cur["res"] < S))):
+                cur = None
+            if cur is None:
+                cur = {"a": [d["node"], d["n"]], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
+                       "claimed": 0, "client": {"node": d["node"], "pid": d["pid"], "comm": d["comm"],
+                                                "container_id": d.get("container_id"), "ip": ip,
+                                                "port": d.get("local_port"), "flow": d["flow"]}}
+                lookups.append(cur)
+                del lookups[:-8]
+            cur["t1"] = ts
+            if msg.qname not in cur["qnames"]:
+                cur["qnames"].append(msg.qname)
+            if len(cur["q"]) < MAX_QUERIES:
+                cur["q"].append({"id": msg.id, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
+                                 "srv": d.get("addr_ip") or d.get("remote_ip"),
+                                 "sport": d.get("addr_port") or d.get("remote_port"),
+                                 "ref": _ref(d, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
+            return
+        for lk in reversed(lookups):
+            q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == msg.id and q["ans"] is None
+                      and q["qn"] == msg.qname), None)
+            if q is None:
+                continue
+            q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
+                        "from": d.get("addr_ip") or d.get("remote_ip"),
+                        "ref": _ref(d, f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip())}
+            lk["t1"] = max(lk["t1"], ts)
+            if msg.rcode == "NOERROR" and msg.answers and lk["res"] is None:
+                lk["res"] = ts
+            return
+
+    def _claim_lookup(self, st: dict, conn: dict, d: dict, aip: str | None) -> dict | None:
+        if not aip:
+            return None
+        lookups = st["lk"].get(f'{d["flow"]}|{d["node"]}|{d["pid"]}')
+        if not lookups:
+            return None
+        ts = d["ts"]
+        for lk in reversed(lookups):
+            if lk["res"] is None or ts - lk["res"] > self.lookup_timeout_ns:
+                continue
+            answers = [a for q in lk["q"] if q["ans"] for a in q["ans"]["a"]]
+            match = aip in answers
+            if not match:
+                match = any(set(answers).intersection(sv.cluster_ips)
+                            for sv in self.index.services_for_endpoint(aip, None, ts))
+            if match:
+                lk["claimed"] += 1
+                conn["dns"] = self._dns_summary(st, lk)
+                return conn["dns"]
+        return None
+
+    def _dns_summary(self, st: dict, lk: dict) -> dict:
+        qs = lk["q"]
+        positive = next((q for q in qs if q["ans"] and q["ans"]["rc"] == "NOERROR" and q["ans"]["a"]), None)
+        answered = [q for q in qs if q["ans"]]
+        final = positive or (answered[-1] if answered else qs[-1])
+        if positive is None:
+            # The name the application asked for is the shortest one tried.
+            final_name = min((q["qn"] for q in qs), key=lambda n: (n.count("."), n))
+        else:
+            final_name = positive["qn"]
+        ans = final["ans"]
+        resolver = final["srv"]
+        srv = st["dsrv"].get(f'{final["ep"]}|{final["id"]}')
+        seen, retries, retry_gap = set(), 0, None
+        for i, q in enumerate(qs):
+            k = (q["qn"], q["qt"])
+            if k in seen:
+                retries += 1
+                prev = next(p for p in reversed(qs[:i]) if (p["qn"], p["qt"]) == k)
+                gap = q["ts"] - prev["ts"]
+                if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
+                    retry_gap = [q["qn"], q["qt"], gap]
+            seen.add(k)
+        nx = sum(1 for q in answered if q["ans"]["rc"] == "NXDOMAIN")
+        refs = []
+        for q in qs[:MAX_EVIDENCE // 2]:
+            refs.append(q["ref"])
+            if q["ans"]:
+                refs.append(q["ans"]["ref"])
+        if srv is not None:
+            refs.append(srv["ref"])
+        end = max([q["ts"] for q in qs] + [q["ans"]["ts"] for q in answered])
+        return {
+            "qname": final_name, "qtype": (positive or final)["qt"], "resolver_ip": resolver,
+            "resolver_port": final["sport"],
+            "answered_by": ans["from"] if ans else None,
+            "server": None if srv is None else {k: srv[k] for k in ("node", "pid", "comm", "ip", "port", "container_id")},
+            "rcode": ans["rc"] if ans else None,
+            "answers": list(positive["ans"]["a"]) if positive else [],
+            "cnames": list(positive["ans"]["cn"]) if positive else [],
+            "ttl": positive["ans"]["ttl"] if positive else None,
+            "latency_ns": (positive["ans"]["ts"] - qs[0]["ts"]) if positive else None,
+            "retries": retries, "queries": len(qs), "nxdomain": nx, "answered": len(answered),
+            "retry_gap": retry_gap, "t0": qs[0]["ts"], "t1": end, "refs": refs,
+            "a": lk["a"], "client": lk["client"],
+        }
+
+    # timers ------------------------------------------------------------------------
+
+    def _timers(self, st: dict, now: int, out: list, final: bool) -> None:
+        conns = st["conns"]
+        nxt = None
+        for key in list(conns):
+            conn = conns[key]
+            if final or (conn["ccl"] is not None and now >= conn["ccl"] + self.settle_ns) or now >= conn["t1"] + self.idle_ns:
+                self._finish(st, conn, out, final=final and now < conn["t1"] + self.idle_ns)
+                del conns[key]
+                continue
+            for r in conn["creq"]:
+                if not r["done"] and r["rts"] is not None and now >= r["rts"] + self.settle_ns:
+                    self._emit_request(st, conn, r, out, final=False)
+            dl = self._conn_deadline(conn)
+            nxt = dl if nxt is None or dl < nxt else nxt
+        for lkey in list(st["lk"]):
+            keep = []
+            for lk in st["lk"][lkey]:
+                if final or now >= lk["t1"] + self.lookup_timeout_ns:
+                    if not lk["claimed"]:
+                        self._emit_lookup(st, lk, out, final=final and now < lk["t1"] + self.lookup_timeout_ns)
+                else:
+                    keep.append(lk)
+                    dl = lk["t1"] + self.lookup_timeout_ns
+                    nxt = dl if nxt is None or dl < nxt else nxt
+            if keep:
+                st["lk"][lkey] = keep
+            else:
+                del st["lk"][lkey]
+        horizon = now - self.lookup_timeout_ns - self.idle_ns
+        st["dsrv"] = {k: v for k, v in st["dsrv"].items() if v["ts"] >= horizon and not final}
+        st["lost"] = [x for x in st["lost"] if x[1] >= horizon and not final]
+        if st["dsrv"] or st["lost"]:
+            dl = now + self.lookup_timeout_ns
+            nxt = dl if nxt is None or dl < nxt else nxt
+        st["next"] = nxt
+
+    # building chains -----------------------------------------------------------------
+
+    def _finish(self, st: dict, conn: dict, out: list, final: bool) -> None:
+        if conn["cl"] is None:
+            return  # only the accepting side was seen: not a request we can attribute
+        if conn["svc"] is None and conn["dns"] is None:
+            return  # not a Service request (and not a name lookup's target)
+        pending = [r for r in conn["creq"] if not r["done"]]
+        if conn["nreq"] == 0:
+            self._emit(st, conn, None, out, final)
+        for r in pending:
+            self._emit_request(st, conn, r, out, final)
+
+    def _emit_request(self, st: dict, conn: dict, req: dict, out: list, final: bool) -> None:
+        req["done"] = True
+        if conn["cl"] is None or (conn["svc"] is None and conn["dns"] is None):
+            return
+        self._emit(st, conn, req, out, final)
+
+    def _lost_on(self, st: dict, nodes: set, t0: int, t1: int) -> str | None:
+        for node, ts, count in st["lost"]:
+            if node in nodes and t0 - self.settle_ns <= ts <= t1 + self.settle_ns:
+                return f"{count} events lost on node {node}"
+        return None
+
+    def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> dict:
+        pf = _pod_fields(self.index, ip, ts, container_id)
+        return {"ip": ip, "port": port, "pod": pf["pod"], "namespace": pf["namespace"],
+                "node": node if node is not None else pf.get("node_of_pod"),
+                "container_id": container_id if container_id else ((pf.get("containers") or [None])[0]),
+                "pid": pid, "comm": comm}
+
+    def _emit(self, st: dict, conn: dict, req: dict | None, out: list, final: bool) -> None:
+        idx = self.index
+        cl, cn, svc, dnsx = conn["cl"], conn["cn"], conn["svc"], conn["dns"]
+        i = req["i"] if req is not None else 0
+        cid = chain_id(conn["a"][0], conn["a"][1], conn["k"], i)
+        t_conn = cn["ts"] if cn else conn["t0"]
+        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn, cl["container_id"])
+        client_pf = _pod_fields(idx, cl["ip"], t_conn, cl["container_id"])
+        evidence = list(dnsx["refs"]) if dnsx else []
+        evidence += conn["ev"]
+        nodes = {cl["node"]}
+        hops: list[dict] = []
+
+        # the acceptors: a userspace proxy, or the backend itself
+        ready_eps = []
+        if svc is not None:
+            eps = idx.endpoints(svc["namespace"], svc["name"], t_conn)
+            ready_eps = [e for e in eps if e.ready or (e.serving and not e.terminating)]
+        ep_ips = {e.ip for e in ready_eps}
+        proxies, backends = [], []
+        for s in conn["sv"]:
+            nodes.add(s["node"])
+            is_backend_ep = s["ip"] in ep_ips
+            if s["host"] and not is_backend_ep and (conn["px"] or (svc and svc["via"] == "vip")):
+                proxies.append(s)
+            else:
+                backends.append(s)
+        px = conn["px"][-1] if conn["px"] else None
+        if px is not None:
+            nodes.add(px["node"])
+
+        # translation mode and backend
+        translation, backend, backend_req = None, None, None
+        b_ip = b_port = None
+        if px is not None or proxies:
+            p = proxies[0] if proxies else None
+            proxy = self._endpoint(p["node"], p["pid"], p["comm"], p["ip"], p["port"], p["ts"], p["container_id"]) if p else \
+                self._endpoint(px["node"], px["pid"], px["comm"], px["lip"], px["lport"], px["ts"])
+            translation = {"mode": "userspace_proxy", "confidence": "high", "proxy": proxy}
+            if px is not None:
+                b_ip, b_port = px["ip"], px["port"]
+                backend = self._endpoint(None, None, None, b_ip, b_port, px["ts"])
+                if p is not None:
+                    hops.append({"name": "proxy", "start_ts": p["ts"], "end_ts": px["ts"], "latency_ns": px["ts"] - p["ts"]})
+        elif svc is not None and cn is not None:
+            rip = cn["rip"]
+            rewritten = rip not in UNSPECIFIED_IPS and rip != cn["aip"] and rip not in (svc["cluster_ip"],)
+            if svc["via"] == "pod" or (svc["via"] == "vip" and rewritten):
+                translation = {"mode": "socket_lb", "confidence": "high", "proxy": None}
+                b_ip, b_port = (rip, cn["rport"]) if rewritten else (cn["aip"], cn["aport"])
+            elif svc["via"] == "nodeport":
+                translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
+            elif backends:
+                host_client = bool(client_pf.get("host_network")) or client_pf["pod"] is None
+                translation = {"mode": "nodeport_snat" if host_client else "dnat",
+                               "confidence": "low" if host_client else "high", "proxy": None}
+            elif conn["est"] == 2 or (cn["errno"] == "ECONNREFUSED" and ready_eps):
+                # the VIP answered (data, or a backend's RST): translated somewhere we did not see
+                translation = {"mode": "dnat", "confidence": "low", "proxy": None}
+            else:
+                translation = {"mode": "none", "confidence": "high", "proxy": None}
+        if backends:
+            b = backends[0]
+            backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])
+            b_ip, b_port = b["ip"], b["port"]
+            if req is not None:
+                backend_req = next((r for r in b["reqs"] if r["i"] == req["i"]), None)
+            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
+        elif backend is None and b_ip is not None:
+            backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)
+
+        # response
+        response = None
+        if req is not None:
+            response = {"protocol": "http", "method": req["m"], "target": req["tg"], "host": req["h"],
+                        "status": req["st"], "bytes_sent": req["tx"], "bytes_received": req["rx"], "error": None}
+            evidence += req["ev"]
+            if req["rts"] is not None:
+                hops.append({"name": "response", "start_ts": req["ts"], "end_ts": req["rts"],
+                             "latency_ns": req["rts"] - req["ts"]})
+            if backend_req is not None:
+                evidence += backend_req["ev"]
+                if backend_req["sts"] is not None:
+                    hops.append({"name": "backend", "start_ts": backend_req["ts"], "end_ts": backend_req["sts"],
+                                 "latency_ns": backend_req["sts"] - backend_req["ts"]})
+        elif conn["tx"] or conn["rx"]:
+            response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
+                        "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": None}
+        outcome = _outcome(conn, req, idle_closed=not final and conn["ccl"] is None)
+        if outcome not in ("ok", "pending") and response is not None:
+            response["error"] = outcome
+        elif outcome not in ("ok", "pending"):
+            response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
+                        "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": outcome}
+        if dnsx is not None and dnsx["latency_ns"] is not None:
+            hops.insert(0, {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"],
+                            "latency_ns": dnsx["latency_ns"]})
+
+        # time span
+        times = [t_conn, conn["t1"] if req is None else (req["rts"] or req["ts"])]
+        if dnsx is not None:
+            times.append(dnsx["t0"])
+        start_ts, end_ts = min(times), max(times)
+
+        # completeness
+        incomplete = self._lost_on(st, nodes, start_ts, end_ts)
+        if incomplete is None and cn is None:
+            incomplete = "connect not captured (connection older than the capture)"
+        if incomplete is None and final and outcome == "pending":
+            incomplete = "end of input before the request finished"
+
+        labels = {"namespace": svc["namespace"] if svc else client_pf["namespace"],
+                  "service": svc["name"] if svc else None, "pod": client_pf["pod"], "node": cl["node"]}
+        who = client_pf["pod"] and f'{client_pf["namespace"]}/{client_pf["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+        base_vars = {"client": who, "namespace": labels["namespace"], "service": labels["service"],
+                     "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
+        occs: list[tuple[str, dict, dict, list]] = []
+        if incomplete is None:
+            if dnsx is not None:
+                occs += self._dns_alerts(dnsx, base_vars, client_pf)
+            if svc is not None:
+                occs += self._svc_alerts(conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
+                                         b_ip, b_port, base_vars, labels, evidence)
+            for h in hops:
+                obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
+                if obj is not None and h["latency_ns"] > obj and svc is not None:
+                    occs.append(("svc.hop_latency", labels, dict(base_vars, hop=h["name"], latency_ms=h["latency_ns"] // MS,
+                                                                 objective_ms=obj // MS), []))
+        alerts_ids = []
+        breaks = False
+        ev = _dedup_refs(evidence)
+        for rule_id, lab, vars_, extra in occs:
+            rule = R.RULES[rule_id]
+            breaks = breaks or rule.breaks
+            aid = alert_id(rule_id, lab, window_start(end_ts, rule.suppress_ns))
+            if aid not in alerts_ids:
+                alerts_ids.append(aid)
+            occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid,
+                   "evidence": _dedup_refs(extra + ev)[:MAX_EVIDENCE], "vars": vars_,
+                   "in_cluster": bool(vars_.get("in_cluster"))}
+            out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
+        status = "incomplete" if incomplete else ("broken" if breaks else "ok")
+        chain = {
+            "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid, "status": status,
+            "incomplete_reason": incomplete, "start_ts": start_ts, "end_ts": end_ts,
+            "client": client,
+            "dns": _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None,
+            "service": None if svc is None else {k: svc[k] for k in ("namespace", "name", "cluster_ip", "port", "protocol", "target_port")},
+            "connect": None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
+                                                "errno": cn["errno"], "ts": cn["ts"]},
+            "translation": translation,
+            "backend": backend,
+            "response": response,
+            "hops": hops,
+            "alerts": alerts_ids,
+            "evidence": ev[:MAX_EVIDENCE],
+        }
+        out.append((CHAINS_TOPIC, cid, chain))
+
+    def _emit_lookup(self, st: dict, lk: dict, out: list, final: bool) -> None:
+        dnsx = self._dns_summary(st, lk)
+        cl = dnsx["client"]
+        cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
+        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"], cl["container_id"])
+        client_pf = _pod_fields(self.index, cl["ip"], dnsx["t0"], cl["container_id"])
+        incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
+        if incomplete is None and final and dnsx["answered"] < dnsx["queries"]:
+            incomplete = "end of input before the lookup finished"
+        who = client_pf["pod"] and f'{client_pf["namespace"]}/{client_pf["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+        base_vars = {"client": who, "namespace": client_pf["namespace"], "service": None}
+        occs = [] if incomplete else self._dns_alerts(dnsx, base_vars, client_pf)
+        ev = _dedup_refs(dnsx["refs"])
+        alerts_ids, breaks = [], False
+        for rule_id, lab, vars_, extra in occs:
+            rule = R.RULES[rule_id]
+            breaks = breaks or rule.breaks
+            aid = alert_id(rule_id, lab, window_start(dnsx["t1"], rule.suppress_ns))
+            if aid not in alerts_ids:
+                alerts_ids.append(aid)
+            out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab),
+                        {"rule": rule_id, "labels": lab, "ts": dnsx["t1"], "chain_id": cid,
+                         "evidence": ev[:MAX_EVIDENCE], "vars": vars_, "in_cluster": bool(vars_.get("in_cluster"))}))
+        resp = None
+        chain = {
+            "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid,
+            "status": "incomplete" if incomplete else ("broken" if breaks else "ok"),
+            "incomplete_reason": incomplete, "start_ts": dnsx["t0"], "end_ts": dnsx["t1"],
+            "client": client, "dns": _dns_out(dnsx, self.index, dnsx["t0"]), "service": None, "connect": None,
+            "translation": None, "backend": None, "response": resp,
+            "hops": [] if dnsx["latency_ns"] is None else [
+                {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"], "latency_ns": dnsx["latency_ns"]}],
+            "alerts": alerts_ids, "evidence": ev[:MAX_EVIDENCE],
+        }
+        out.append((CHAINS_TOPIC, cid, chain))
+
+    # detectors ------------------------------------------------------------------------
+
+    def _dns_alerts(self, dnsx: dict, base_vars: dict, client_pf: dict) -> list:
+        idx, t0 = self.index, dnsx["t0"]
+        qname = dnsx["qname"]
+        in_cluster = in_cluster_domain(qname, self.cluster_domain)
+        ns, name = service_of_name(qname, self.cluster_domain)
+        labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pf["pod"],
+                  "node": dnsx["client"]["node"]}
+        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
+        v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx["qtype"], resolver=resolver,
+                 queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], in_cluster=in_cluster)
+        occs = []
+        if dnsx["answered"] == 0:
+            occs.append(("dns.no_answer", labels, v, []))
+        elif not dnsx["answers"] and dnsx["rcode"] == "NXDOMAIN":
+            occs.append(("dns.nxdomain", labels, v, []))
+        if dnsx["retry_gap"] is not None:
+            qn, qt, gap = dnsx["retry_gap"]
+            occs.append(("dns.retry_5s", labels, dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS), []))
+        if dnsx["answers"] and dnsx["nxdomain"] >= R.SEARCH_AMPLIFICATION_MIN_NXDOMAIN:
+            occs.append(("dns.search_amplification", labels, v, []))
+        cluster_resolver = all(idx.is_cluster_dns(ip, t0) for ip in {dnsx["resolver_ip"], resolver} if ip)
+        if resolver and not cluster_resolver:
+            pod_client = client_pf["pod"] is not None and not client_pf.get("host_network")
+            if pod_client or in_cluster:
+                occs.append(("dns.wrong_resolver", labels, v, []))
+        if in_cluster and dnsx["answers"]:
+            for a in dnsx["answers"]:
+                if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
+                    occs.append(("dns.answer_not_service", labels, dict(v, answer=a), []))
+                    break
+        return occs
+
+    def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
+                    b_ip, b_port, base_vars, labels, evidence) -> list:
+        occs = []
+        cn = conn["cn"] or {}
+        v = dict(base_vars, in_cluster=True, backend=endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)",
+                 backend_port=b_port)
+        if b_ip:
+            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
+            if pod is not None:
+                v["backend"] = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
+        failed = outcome not in ("ok", "pending")
+        mode = translation["mode"] if translation else None
+        if px is not None and px["errno"] == "ECONNREFUSED":
+            occs.append(("svc.target_port_refused", labels, v, []))
+        elif cn.get("errno") == "ECONNREFUSED":
+            if mode == "socket_lb" or (ready_eps and mode != "none"):
+                occs.append(("svc.target_port_refused", labels, dict(v, backend_port=b_port or svc["target_port"]), []))
+            elif not ready_eps:
+                occs.append(("svc.no_endpoints", labels, v, []))
+            else:
+                occs.append(("svc.target_port_refused", labels, dict(v, backend_port=svc["target_port"]), []))
+        elif proxies and px is None and failed:
+            occs.append(("svc.no_endpoints", labels, v, []))
+        elif failed and not conn["sv"] and not conn["px"] and conn["est"] != 2 and svc["via"] in ("vip", "pod") and (
+                mode in (None, "none") or not cn.get("ts") or cn.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
+            if not ready_eps:
+                occs.append(("svc.no_endpoints", labels, v, []))
+            elif mode in (None, "none"):
+                occs.append(("svc.translation_missing", labels, v, []))
+        if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
+            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
+            eps_ips = {e.ip for e in ready_eps}
+            if (ready_eps and b_ip not in eps_ips) or (pod is not None and pod.namespace != svc["namespace"]):
+                occs.append(("svc.misrouted", labels, v, []))
+        if req is not None and req["st"] is not None and req["st"] >= 500:
+            occs.append(("svc.backend_5xx", labels, dict(v, status=req["st"], method=req["m"], target=req["tg"]), []))
+        return occs
+
+
+# helpers ----------------------------------------------------------------------------------
+
+def _new_conn(key: str, d: dict) -> dict:
+    return {"k": key, "t0": d["ts"], "t1": d["ts"], "a": [d["node"], d["n"]], "cl": None, "cn": None, "ccl": None,
+            "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
+            "eof": None, "err": None, "tx": 0, "rx": 0}
+
+
+def _evidence(conn: dict, d: dict, what: str) -> None:
+    if len(conn["ev"]) < MAX_EVIDENCE:
+        conn["ev"].append(_ref(d, what))
+
+
+def _trim(reqs: list) -> None:
+    if len(reqs) > MAX_REQS_KEPT:
+        del reqs[:-MAX_REQS_KEPT]
+
+
+def _dedup_refs(refs: list) -> list:
+    seen, out = set(), []
+    for r in sorted(refs, key=lambda r: (r.get("ts", 0), r["node"], r["n"])):
+        k = (r["node"], r["n"])
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def _svc(sv, sp, vip, port, via) -> dict:
+    return {"namespace": sv.namespace, "name": sv.name, "cluster_ip": vip, "port": port,
+            "protocol": sp.protocol if sp else "TCP", "target_port": sp.target_port if sp else None, "via": via}
+
+
+def _port_for_target(sv, port):
+    for sp in sv.ports:
+        if sp.target_port == port or (sp.target_port is None and sp.port == port):
+            return sp
+    return sv.ports[0] if len(sv.ports) == 1 else None
+
+
+def _outcome(conn: dict, req: dict | None, idle_closed: bool = False) -> str:
+    cn = conn["cn"] or {}
+    errno = cn.get("errno")
+    if cn and cn.get("res", 0) < 0 and errno in FAILED_ERRNOS:
+        return FAILED_ERRNOS[errno]
+    if req is not None and req["st"] is not None:
+        return "ok"
+    if conn["err"] in FAILED_ERRNOS:
+        return FAILED_ERRNOS[conn["err"]]
+    if req is None and conn["rx"] > 0:
+        return "ok"
+    if conn["eof"] is not None:
+        return "empty reply" if conn["rx"] == 0 or req is not None else "ok"
+    if conn["est"] == 0 and (conn["ccl"] is not None or idle_closed):
+        return "connection timed out"  # never established: closed, or silent for the idle timeout
+    return "pending"
+
+
+def _dns_out(dnsx: dict, index, ts: int) -> dict:
+    server = dnsx["server"]
+    if server is not None:
+        pf = _pod_fields(index, server["ip"], ts, server["container_id"])
+        server = {"ip": server["ip"], "port": server["port"], "pod": pf["pod"], "namespace": pf["namespace"],
+                  "node": server["node"], "container_id": server["container_id"], "pid": server["pid"],
+                  "comm": server["comm"]}
+    resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
+    return {"qname": dnsx["qname"].rstrip("."), "qtype": dnsx["qtype"], "resolver_ip": resolver or "",
+            "resolver_port": dnsx["resolver_port"],
+            "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
+            "server": server, "rcode": dnsx["rcode"], "answers": dnsx["answers"],
+            "cnames": [c.rstrip(".") for c in dnsx["cnames"]], "ttl": dnsx["ttl"],
+            "latency_ns": dnsx["latency_ns"], "retries": dnsx["retries"], "queries": max(1, dnsx["queries"])}
+
+
+def chain_events(outputs: list) -> list[dict]:
+    return [v for t, _k, v in outputs if t == CHAINS_TOPIC]
+
+

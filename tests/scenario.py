@@ -1,0 +1,338 @@
+"""Scenario builder: consistent syscall event sequences for Service requests.
+
+A `Cluster` describes nodes, pods and Services and produces its k8s-object
+records (schemas/k8s-object.schema.json) for `ClusterIndex.from_records`.
+A `Scenario` emits what every process involved would do, on every node, for a
+request in a given translation mode — userspace proxy, DNAT (iptables/IPVS/nft)
+or eBPF socket-LB — healthy or with one of the seed article's Part-2 faults.
+Each request has its own timeline (start time + small steps); `events()` merges
+all of them by time and numbers events per node (n), like a capture would.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import dns.message
+import dns.rrset
+
+from svctrace.schemas.models import SyscallEvent
+
+S = 10**9
+MS = 10**6
+US = 10**3
+T0 = 1_700_000_000 * S
+
+MODES = ("userspace", "dnat", "socket_lb")
+FAULTS = ("healthy", "wrong_port", "no_endpoints", "rules_flushed", "host_resolver")
+
+REQUEST = (b"GET / HTTP/1.1\r\nUser-Agent: curl/7.35.0\r\nHost: my-nginx.default.svc.cluster.local:8080\r\n"
+           b"Accept: */*\r\n\r\n")
+RESPONSE_200 = b"HTTP/1.1 200 OK\r\nServer: nginx/1.9.7\r\nContent-Type: text/html\r\nContent-Length: 612\r\n\r\n<html>"
+RESPONSE_503 = b"HTTP/1.1 503 Service Unavailable\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n"
+
+
+def _rec(kind, namespace, name, ts, **body):
+    r = {"schema": "svctrace.k8s-object", "version": 1, "kind": kind, "namespace": namespace, "name": name,
+         "uid": f"uid-{kind}-{namespace}-{name}", "resource_version": "1", "observed_ts": ts, "deleted": False}
+    r.update(body)
+    return r
+
+
+@dataclass
+class Pod:
+    name: str
+    ip: str
+    node: str
+    namespace: str = "default"
+    labels: dict = field(default_factory=dict)
+    container_id: str = ""
+    ports: tuple = ()  # (name, port)
+
+
+@dataclass
+class Service:
+    name: str
+    cluster_ip: str
+    port: int
+    target_port: int
+    selector: dict
+    namespace: str = "default"
+    protocol: str = "TCP"
+    extra_ports: tuple = ()  # (name, port, protocol, target_port)
+
+
+@dataclass(frozen=True)
+class Proc:
+    node: str
+    pid: int
+    comm: str
+    container_id: str | None = None
+
+
+class Cluster:
+    """The seed's cluster, on two nodes: a client pod, two nginx pods behind my-nginx:8080->80,
+    CoreDNS behind kube-dns 10.96.0.10, kube-proxy on each node."""
+
+    def __init__(self, fault: str = "healthy"):
+        self.nodes = {"node-a": "10.0.0.11", "node-b": "10.0.0.12"}
+        self.pods = {
+            "client": Pod("client", "10.244.1.5", "node-a", labels={"run": "client"}, container_id="c11e47000001"),
+            "my-nginx-1": Pod("my-nginx-1", "10.244.1.7", "node-a", labels={"run": "my-nginx"},
+                              container_id="a9e100000001", ports=(("http", 80),)),
+            "my-nginx-2": Pod("my-nginx-2", "10.244.2.8", "node-b", labels={"run": "my-nginx"},
+                              container_id="a9e100000002", ports=(("http", 80),)),
+            "coredns": Pod("coredns", "10.244.2.3", "node-b", namespace="kube-system",
+                           labels={"k8s-app": "kube-dns"}, container_id="d45000000001", ports=(("dns", 53),)),
+            "other": Pod("other", "10.244.2.9", "node-b", namespace="prod", labels={"run": "other"},
+                         container_id="07e400000001", ports=(("http", 80),)),
+        }
+        wrong_port = fault == "wrong_port"
+        wrong_labels = fault == "no_endpoints"
+        self.services = {
+            "my-nginx": Service("my-nginx", "10.96.0.100", 8080, 8080 if wrong_port else 80,
+                                {"run": "my-nginxx" if wrong_labels else "my-nginx"}),
+            "kube-dns": Service("kube-dns", "10.96.0.10", 53, 53, {"k8s-app": "kube-dns"}, namespace="kube-system",
+                                protocol="UDP", extra_ports=(("dns-tcp", 53, "TCP", 53),)),
+        }
+        self.dns_ip = "10.96.0.10"
+        self.host_resolver = "172.16.189.2"
+        self.foreign_ip = "172.30.0.1"
+
+    def backends(self, svc: str) -> list[Pod]:
+        s = self.services[svc]
+        return [p for p in self.pods.values()
+                if p.namespace == s.namespace and all(p.labels.get(k) == v for k, v in s.selector.items())]
+
+    def records(self, ts: int = T0 - 3600 * S) -> list[dict]:
+        out = []
+        for name, ip in self.nodes.items():
+            out.append(_rec("Node", None, name, ts, node={"addresses": [ip], "pod_cidrs": []}))
+        for p in self.pods.values():
+            out.append(_rec("Pod", p.namespace, p.name, ts, pod={
+                "ips": [p.ip], "node": p.node, "host_network": False, "phase": "Running", "ready": True,
+                "labels": dict(p.labels), "container_ids": [f"containerd://{p.container_id}"],
+                "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in p.ports]}))
+        for s in self.services.values():
+            ports = [{"name": "http" if s.protocol == "TCP" else "dns", "port": s.port, "protocol": s.protocol,
+                      "target_port": s.target_port, "node_port": None}]
+            ports += [{"name": n, "port": p, "protocol": pr, "target_port": tp, "node_port": None}
+                      for n, p, pr, tp in s.extra_ports]
+            out.append(_rec("Service", s.namespace, s.name, ts, service={
+                "type": "ClusterIP", "cluster_ips": [s.cluster_ip], "selector": dict(s.selector),
+                "session_affinity": "None", "external_traffic_policy": None, "ports": ports}))
+            eps = [{"addresses": [p.ip], "ready": True, "serving": True, "terminating": False, "node": p.node,
+                    "pod": p.name, "pod_namespace": p.namespace} for p in self.backends(s.name)]
+            out.append(_rec("EndpointSlice", s.namespace, f"{s.name}-abcde", ts, endpoints={
+                "service": s.name, "address_type": "IPv4",
+                "ports": [{"name": q["name"], "port": q["target_port"], "protocol": q["protocol"]} for q in ports],
+                "endpoints": eps}))
+        return out
+
+    def index(self):
+        from svctrace.streams.metadata.index import ClusterIndex
+        return ClusterIndex.from_records(self.records())
+
+
+def dns_query(qname: str, qtype: str = "A", qid: int = 0x0942) -> bytes:
+    q = dns.message.make_query(qname, qtype)
+    q.id = qid
+    return q.to_wire()
+
+
+def dns_answer(qname: str, qtype: str, qid: int, answers=(), rcode: int = 0, cname: str | None = None) -> bytes:
+    q = dns.message.make_query(qname, qtype)
+    q.id = qid
+    r = dns.message.make_response(q)
+    r.set_rcode(rcode)
+    qname = qname if qname.endswith(".") else qname + "."
+    cname = cname if (cname is None or cname.endswith(".")) else cname + "."
+    owner = qname
+    if cname:
+        r.answer.append(dns.rrset.from_text(qname, 30, "IN", "CNAME", cname))
+        owner = cname
+    if answers:
+        r.answer.append(dns.rrset.from_text(owner, 30, "IN", qtype, *answers))
+    return r.to_wire()
+
+
+class Scenario:
+    def __init__(self, cluster: Cluster, mode: str = "dnat"):
+        assert mode in MODES
+        self.cluster, self.mode = cluster, mode
+        self.drafts: list[tuple[int, int, str, dict]] = []
+        self._order = itertools.count()
+        self._ports = itertools.count(40000)
+        self._pids = itertools.count(5000)
+        self._qid = itertools.count(0x0942)
+        self.kube_proxy = {node: Proc(node, 900 + i, "kube-proxy") for i, node in enumerate(cluster.nodes)}
+
+    # -- primitives ----------------------------------------------------------------
+
+    def proc(self, pod: str | None, comm: str, node: str | None = None) -> Proc:
+        if pod is None:
+            return Proc(node or "node-a", next(self._pids), comm, None)
+        p = self.cluster.pods[pod]
+        return Proc(p.node, next(self._pids), comm, p.container_id)
+
+    def port(self) -> int:
+        return next(self._ports)
+
+    def ev(self, ts: int, proc: Proc, kind: str, syscall: str, fd: int, res: int, **kw) -> None:
+        if res < 0 and "errno" not in kw:
+            kw["errno"] = {-111: "ECONNREFUSED", -115: "EINPROGRESS", -110: "ETIMEDOUT"}[res]
+        data = kw.get("data")
+        if data is not None and kind in ("send", "recv") and "size" not in kw:
+            kw["size"] = res
+        fields = dict(pid=proc.pid, tid=proc.pid, comm=proc.comm, kind=kind, syscall=syscall, fd=fd, res=res,
+                      container_id=proc.container_id, family="ipv4", **kw)
+        self.drafts.append((ts, next(self._order), proc.node, fields))
+
+    def events(self) -> list[SyscallEvent]:
+        """All drafts in time order, numbered per node."""
+        counters: dict[str, int] = {}
+        out = []
+        for ts, _o, node, f in sorted(self.drafts, key=lambda d: (d[0], d[1])):
+            n = counters.get(node, 0) + 1
+            counters[node] = n
+            out.append(SyscallEvent(ts=ts, node=node, n=n, **f))
+        return out
+
+    # -- building blocks -------------------------------------------------------------
+
+    def lookup(self, t: int, client: Proc, client_ip: str, qname: str, answers, resolver: str | None = None,
+               server: bool = True, rcode: int = 0, answer: bool = True, qtype: str = "A") -> int:
+        """A UDP DNS lookup on a connected socket; returns the time it ended."""
+        resolver = resolver or self.cluster.dns_ip
+        fd, port, qid = 3, self.port(), next(self._qid)
+        q, a = dns_query(qname, qtype, qid), dns_answer(qname, qtype, qid, answers, rcode)
+        c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port, remote_ip=resolver, remote_port=53)
+        self.ev(t, client, "connect", "connect", fd, 0, addr_ip=resolver, addr_port=53, **c)
+        self.ev(t + 20 * US, client, "send", "sendto", fd, len(q), data=q, addr_ip=resolver, addr_port=53, **c)
+        if server and resolver == self.cluster.dns_ip:
+            dns_pod = self.cluster.pods["coredns"]
+            srv = Proc(dns_pod.node, 700, "coredns", dns_pod.container_id)
+            s = dict(proto="udp", role="server", local_ip=dns_pod.ip, local_port=53)
+            self.ev(t + 150 * US, srv, "recv", "recvmsg", 6, len(q), data=q, remote_ip=client_ip, remote_port=port,
+                    addr_ip=client_ip, addr_port=port, **s)
+            if answer:
+                self.ev(t + 300 * US, srv, "send", "sendmsg", 6, len(a), data=a, remote_ip=client_ip,
+                        remote_port=port, addr_ip=client_ip, addr_port=port, **s)
+        end = t + 500 * US
+        if answer:
+            self.ev(end, client, "recv", "recvfrom", fd, len(a), data=a, addr_ip=resolver, addr_port=53, **c)
+        self.ev(end + 20 * US, client, "close", "close", fd, 0, **c)
+        return end + 20 * US
+
+    # -- a whole request -------------------------------------------------------------
+
+    def request(self, t: int, fault: str = "healthy", client_pod: str = "client", backend: str | None = None,
+                status: int = 200, qname: str = "my-nginx.default.svc.cluster.local", client: Proc | None = None) -> None:
+        """curl http://my-nginx.default.svc.cluster.local:8080/ from client_pod at time t."""
+        cl = self.cluster
+        svc = cl.services["my-nginx"]
+        if fault == "host_resolver":
+            host = client or self.proc(None, "curl", node="node-a")
+            host_ip = cl.nodes[host.node]
+            t = self.lookup(t, host, host_ip, qname, [cl.foreign_ip], resolver=cl.host_resolver, server=False)
+            port = self.port()
+            c = dict(proto="tcp", role="client", local_ip=host_ip, local_port=port)
+            self.ev(t + 100 * US, host, "connect", "connect", 3, -111, addr_ip=cl.foreign_ip, addr_port=svc.port,
+                    remote_ip=cl.foreign_ip, remote_port=svc.port, **c)
+            self.ev(t + 200 * US, host, "close", "close", 3, 0, **c)
+            return
+        pod = cl.pods[client_pod]
+        curl = client or self.proc(client_pod, "curl")
+        t = self.lookup(t, curl, pod.ip, qname, [svc.cluster_ip])
+        eps = cl.backends("my-nginx")
+        be = cl.pods[backend] if backend else (eps[0] if eps else None)
+        cport = self.port()
+        c = dict(proto="tcp", role="client", local_ip=pod.ip, local_port=cport)
+        vip = dict(addr_ip=svc.cluster_ip, addr_port=svc.port)
+        t += 200 * US
+        mode = self.mode
+
+        if fault == "rules_flushed":
+            self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=svc.cluster_ip, remote_port=svc.port, **vip, **c)
+            self.ev(t + 127 * S, curl, "close", "close", 4, 0, **c)
+            return
+
+        if mode == "userspace":
+            node_ip = cl.nodes[pod.node]
+            kp = self.kube_proxy[pod.node]
+            proxy_port, pport = 39551, self.port()
+            self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=svc.cluster_ip, remote_port=svc.port, **vip, **c)
+            pin = dict(proto="tcp", role="server", local_ip=node_ip, local_port=proxy_port, remote_ip=pod.ip,
+                       remote_port=cport)
+            self.ev(t + 60 * US, kp, "accept", "accept4", 10, 10, **pin)
+            if fault == "no_endpoints":
+                self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
+                self.ev(t + 260 * US, kp, "close", "close", 10, 0, **pin)
+                self.ev(t + 400 * US, curl, "recv", "recvfrom", 4, 0, **c)
+                self.ev(t + 450 * US, curl, "close", "close", 4, 0, **c)
+                return
+            target = svc.target_port
+            pout = dict(proto="tcp", role="client", local_ip=node_ip, local_port=pport)
+            refused = fault == "wrong_port"
+            self.ev(t + 100 * US, kp, "connect", "connect", 11, -111 if refused else -115, addr_ip=be.ip,
+                    addr_port=target, remote_ip=be.ip, remote_port=target, **pout)
+            self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
+            if refused:
+                self.ev(t + 220 * US, kp, "close", "close", 11, 0, **pout)
+                self.ev(t + 260 * US, kp, "close", "close", 10, 0, **pin)
+                self.ev(t + 400 * US, curl, "recv", "recvfrom", 4, 0, **c)
+                self.ev(t + 450 * US, curl, "close", "close", 4, 0, **c)
+                return
+            self.ev(t + 250 * US, kp, "recv", "read", 10, len(REQUEST), data=REQUEST, **pin)
+            self.ev(t + 270 * US, kp, "send", "write", 11, len(REQUEST), data=REQUEST, **pout)
+            resp = RESPONSE_200 if status == 200 else RESPONSE_503
+            nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
+            bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=target, remote_ip=node_ip,
+                        remote_port=pport)
+            self.ev(t + 300 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
+            self.ev(t + 400 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
+            self.ev(t + 600 * US, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
+            self.ev(t + 700 * US, kp, "recv", "read", 11, len(resp), data=resp, **pout)
+            self.ev(t + 720 * US, kp, "send", "write", 10, len(resp), data=resp, **pin)
+            self.ev(t + 800 * US, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
+            self.ev(t + 900 * US, curl, "close", "close", 4, 0, **c)
+            self.ev(t + 950 * US, kp, "close", "close", 10, 0, **pin)
+            self.ev(t + 960 * US, kp, "close", "close", 11, 0, **pout)
+            self.ev(t + 1000 * US, nginx, "close", "close", 3, 0, **bsrv)
+            return
+
+        # DNAT and socket-LB: the backend accepts the client's own ip:port.
+        if fault == "no_endpoints":
+            remote = svc.cluster_ip
+            self.ev(t, curl, "connect", "connect", 4, -111, remote_ip=remote, remote_port=svc.port, **vip, **c)
+            self.ev(t + 50 * US, curl, "close", "close", 4, 0, **c)
+            return
+        target = svc.target_port
+        if mode == "socket_lb":
+            remote, rport = be.ip, target  # rewritten inside connect()
+        else:
+            remote, rport = svc.cluster_ip, svc.port  # the socket keeps the VIP
+        if fault == "wrong_port":
+            self.ev(t, curl, "connect", "connect", 4, -111, remote_ip=remote, remote_port=rport, **vip, **c)
+            self.ev(t + 50 * US, curl, "close", "close", 4, 0, **c)
+            return
+        resp = RESPONSE_200 if status == 200 else RESPONSE_503
+        nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
+        bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=target, remote_ip=pod.ip, remote_port=cport)
+        self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=remote, remote_port=rport, **vip, **c)
+        self.ev(t + 150 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
+        self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
+        self.ev(t + 300 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
+        self.ev(t + 500 * US, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
+        self.ev(t + 650 * US, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
+        self.ev(t + 700 * US, curl, "close", "close", 4, 0, **c)
+        self.ev(t + 800 * US, nginx, "close", "close", 3, 0, **bsrv)
+
+
+def build(fault: str = "healthy", mode: str = "dnat", requests: int = 1, gap_ns: int = 5 * MS,
+          start: int = T0) -> tuple[Cluster, list[SyscallEvent]]:
+    cluster = Cluster(fault)
+    sc = Scenario(cluster, mode)
+    for i in range(requests):
+        sc.request(start + i * gap_ns, fault)
+    return cluster, sc.events()
