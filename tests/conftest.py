@@ -35,3 +35,17 @@ def captures() -> Path:
 def capture_files() -> list[Path]:
     d = captures_dir()
     return sorted(d.glob("*.scap")) if d.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """A real Apache Kafka broker with the catalogue's topics (tests/harness/kafka.py).
+
+    SVCTRACE_KAFKA=host:port uses an existing broker; one that cannot start fails the tests."""
+    from tests.harness.kafka import BrokerError, kafka_session
+
+    try:
+        with kafka_session() as k:
+            yield k
+    except BrokerError as exc:
+        pytest.fail(f"Kafka could not start: {exc}", pytrace=False)

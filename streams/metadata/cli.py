@@ -28,16 +28,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="offline: convert kubectl -o json/yaml snapshots instead of reading the API")
     src.add_argument("--once", action="store_true", help="list everything once, publish, exit")
     out = parser.add_argument_group("output")
-    out.add_argument("--kafka", default=os.environ.get("SVCTRACE_KAFKA"), metavar="BOOTSTRAP",
-                     help="publish to the compacted topic on this broker (env SVCTRACE_KAFKA)")
+    out.add_argument("--kafka", "--bootstrap", dest="kafka", metavar="BOOTSTRAP",
+                     default=os.environ.get("SVCTRACE_KAFKA_BOOTSTRAP") or os.environ.get("SVCTRACE_KAFKA"),
+                     help="publish to the compacted topic on this broker (env SVCTRACE_KAFKA_BOOTSTRAP)")
     out.add_argument("--topic-prefix", default="", help="prefix of the topic name (isolates a deployment)")
     out.add_argument("--output", "-o", metavar="FILE", help="also write records as JSON lines (tombstones: deleted=true)")
-    ha = parser.add_argument_group("leader election (one active replica)")
-    ha.add_argument("--no-leader-election", action="store_true")
+    ha = parser.add_argument_group("leader election (one active replica; on when --lease-name is given)")
+    ha.add_argument("--lease-name", help="coordination.k8s.io/v1 Lease to hold while active")
     ha.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
-    ha.add_argument("--lease-name", default="svctrace-metadata")
-    ha.add_argument("--identity", help="this replica's name in the Lease (default: POD_NAME or host-pid)")
+    ha.add_argument("--lease-identity", "--identity", dest="identity",
+                    help="this replica's name in the Lease (default: POD_NAME or host-pid)")
     ha.add_argument("--lease-duration", type=float, default=15.0, metavar="S")
+    ha.add_argument("--renew-deadline", type=float, default=10.0, metavar="S",
+                    help="step down when the Lease could not be renewed for this long")
+    ha.add_argument("--retry-period", type=float, default=2.0, metavar="S")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus metrics on this port (0: off)")
     parser.add_argument("--verbose", "-v", action="store_true")
@@ -92,11 +96,10 @@ def run(args) -> int:
             sink.flush()
             return 0
         elector = None
-        if not args.no_leader_election:
+        if args.lease_name:
             elector = LeaseElector(api, args.lease_namespace, args.lease_name, args.identity or default_identity(),
-                                   lease_duration_s=args.lease_duration,
-                                   renew_deadline_s=args.lease_duration * 2 / 3,
-                                   retry_period_s=max(0.5, args.lease_duration / 7.5))
+                                   lease_duration_s=args.lease_duration, renew_deadline_s=args.renew_deadline,
+                                   retry_period_s=args.retry_period)
         watcher = Watcher(api, sink, endpoints=args.endpoints, elector=elector, metrics=metrics,
                           watch_timeout_s=args.watch_timeout)
         signal.signal(signal.SIGTERM, lambda *_: watcher.stop())

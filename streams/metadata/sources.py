@@ -268,7 +268,8 @@ def records_from_containers(containers: Iterable[Any], observed_ts: int, node: s
     return out
 
 
-def records_from_capture(reader: Any, node: str | None = None, source: str | None = None) -> list[dict]:
+def records_from_capture(reader: Any, node: str | None = None, source: str | None = None,
+                         observed_ts: int | None = None) -> list[dict]:
     """All Kubernetes records a capture carries: K8S_E states, then pods derived from
     container JSON for pods the states do not describe.
 
@@ -286,10 +287,27 @@ def records_from_capture(reader: Any, node: str | None = None, source: str | Non
         containers = getattr(reader, "containers", None) or ()
         if isinstance(containers, dict):
             containers = list(containers.values())
-        first_ts = min((ts for ts, _ in states), default=0)
+        first_ts = min((ts for ts, _ in states), default=observed_ts or 0)
         known = {(r["namespace"], r["name"]) for r in out if r["kind"] == "Pod"}
         out.extend(r for r in records_from_containers(containers, first_ts, node)
                    if (r["namespace"], r["name"]) not in known)
     except MetadataInputError as e:
         raise e.at(source) from None
     return out
+
+
+def load_capture(path: str | os.PathLike, node: str | None = None) -> list[dict]:
+    """Records from a .scap capture: read it through the scap reader, then
+    records_from_capture(). Container-derived pods are observed at the first event."""
+    from svctrace.agents.scap.reader import open_capture
+
+    first_ts = None
+    try:
+        reader = open_capture(path)
+        for ev in reader:
+            if first_ts is None:
+                first_ts = ev.ts
+    except Exception as e:  # noqa: BLE001 - the reader's own errors name file and offset
+        raise MetadataInputError(f"cannot read capture: {e}", source=str(path)) from None
+    return records_from_capture(reader, node=node or reader.node or None, source=str(path),
+                                observed_ts=first_ts)

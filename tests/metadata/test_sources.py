@@ -239,3 +239,31 @@ def test_bad_k8s_state_events():
         records_from_k8s_state(TS, {"type": "ADDED", "kind": "Gizmo", "items": []})
     with pytest.raises(MetadataInputError, match=r"Pod items\[0\]"):
         records_from_k8s_state(TS, {"type": "ADDED", "kind": "Pod", "items": ["x"]})
+
+
+def test_pods_from_a_real_capture_of_a_kubernetes_1_4_node(captures):
+    """inspect__502Error.scap: dockershim-named containers of a hyperkube 1.4 node (no K8S_E events)."""
+    from svctrace.streams.metadata.sources import load_capture
+
+    records = load_capture(captures / "inspect__502Error.scap")
+    for r in records:
+        validate("k8s-object", r)
+    pods = {(r["namespace"], r["name"]) for r in records}
+    assert ("default", "nginx-3449338310-q9saj") in pods
+    assert ("kube-system", "kube-dns-v19-lbuxg") in pods
+    assert all(ns in ("default", "kube-system") for ns, _ in pods)
+    idx = ClusterIndex.from_records(records)
+    assert idx.pod_by_container("70bf2f2a0c42").name == "k8s-master-127.0.0.1"  # the scheduler container
+    # docker-compose containers of the same capture are not pods.
+    assert idx.pod_by_container("59fd49aa4072") is None and idx.pod_by_container("c78a447010cd") is None
+    dns = next(r for r in records if r["name"] == "kube-dns-v19-lbuxg")
+    assert len(dns["pod"]["container_ids"]) == 4  # POD (sandbox), kubedns, dnsmasq, healthz
+
+
+def test_unreadable_capture_names_the_file(tmp_path):
+    from svctrace.streams.metadata.sources import load_capture
+
+    bad = tmp_path / "broken.scap"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(MetadataInputError, match="broken.scap"):
+        load_capture(bad)
