@@ -43,12 +43,18 @@ class EventInfo:
     name: str  # evt.type as sysdig prints it ("connect", "accept", "syscall" for GENERIC)
     syscall: str  # concrete syscall ("accept4" for PPME_SOCKET_ACCEPT4_5_X)
     is_enter: bool
+    category: frozenset[str]  # EC_* without the prefix: NET, SYSCALL, METAEVENT...
     flags: frozenset[str]
     params: tuple[tuple[str, str], ...]  # (name, type)
 
     @property
     def direction(self) -> str:
         return ">" if self.is_enter else "<"
+
+    @property
+    def is_meta(self) -> bool:
+        """Meta events (procinfo, container, k8s, drop, user added...): not syscalls."""
+        return "METAEVENT" in self.category
 
     @property
     def large_payload(self) -> bool:
@@ -72,7 +78,7 @@ def _syscall_name(enum: str, name: str) -> str:
 def _load() -> tuple[EventInfo, ...]:
     doc = json.loads((Path(__file__).with_name("event_table.json")).read_text())
     out = []
-    for code, enum, name, flags, params in doc["events"]:
+    for code, enum, name, category, flags, params in doc["events"]:
         out.append(
             EventInfo(
                 code=code,
@@ -80,6 +86,7 @@ def _load() -> tuple[EventInfo, ...]:
                 name=name,
                 syscall=_syscall_name(enum, name),
                 is_enter=enum.endswith("_E"),
+                category=frozenset(category),
                 flags=frozenset(flags),
                 params=tuple(tuple(p.split(":", 1)) for p in params),
             )

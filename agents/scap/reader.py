@@ -30,9 +30,9 @@ connect/accept/bind/close/dup exits), so reads and writes on a socket fd carry
 the socket's endpoints. Socket endpoints are kept in libsinsp's orientation
 (client ip/port, server ip/port) plus which end is local; `role` is "client"
 for sockets that connected (or sent first on UDP), "server" for accepted,
-bound and listening ones. fd-list entries of connected sockets keep libscap's
-order (source = client end, local); their role is "server" when the local
-port is a port the process listens on, else "client".
+bound and listening ones. fd-list entries of connected sockets (libscap lists the
+local end first) are oriented like libsinsp: the end with a port the process
+listens on, or else the lower port, is the server.
 
 Performance: event types irrelevant to network state are counted but never
 decoded (one header unpack per block); relevant types use layouts precompiled
@@ -282,9 +282,13 @@ class CaptureReader:
                 table[fd] = Sock("unix", "unix", path=info[2])
             else:
                 table.pop(fd, None)
-        for fd, kind, (proto, sip, sport, dip, dport) in pending:
-            role = "server" if sport in listening else "client"
-            table[fd] = Sock(kind, proto, sip, sport, dip, dport, local_is_client=True, role=role)
+        for fd, kind, (proto, lip, lport, rip, rport) in pending:
+            # libscap lists the local end first; like libsinsp, the end with the
+            # listening (or else the lower) port is the server.
+            if lport in listening or (rport not in listening and lport < rport):
+                table[fd] = Sock(kind, proto, rip, rport, lip, lport, local_is_client=False, role="server")
+            else:
+                table[fd] = Sock(kind, proto, lip, lport, rip, rport, local_is_client=True, role="client")
 
     # -- event handlers ---------------------------------------------------------
     def _thread(self, tid: int) -> Thread:
@@ -494,7 +498,7 @@ class CaptureReader:
                     addr = (t[1], t[2]) if inbound else (t[3], t[4])
             elif kind == "bind":
                 a = p.get("addr")
-                if res >= 0 and a and a[0] in ("ipv4", "ipv6"):
+                if res >= 0 and a and a[0] in ("ipv4", "ipv6") and a[2]:  # port 0: a client picking its source
                     s.sip, s.sport = a[1], a[2]
                     s.local_is_client, s.role = False, "server"
                     self._listen_ports.setdefault(th.pid, set()).add(a[2])
