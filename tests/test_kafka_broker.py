@@ -1,0 +1,171 @@
+"""The real Apache Kafka broker: topics as catalogued, a syscall batch round trip
+with acks=all and idempotence, and a broker that cannot start failing loudly."""
+from __future__ import annotations
+
+import base64
+import socket
+import time
+
+import orjson
+import pytest
+
+from svctrace.kafka import admin, clients, deadletter
+from svctrace.schemas import SyscallBatch, SyscallEvent, decode_batch, encode_batch, load_catalogue, validate
+from svctrace.schemas.catalogue import DEADLETTER, SYSCALLS
+from tests.harness.kafka import BrokerError, lab_broker
+
+pytestmark = pytest.mark.kafka
+
+
+def _batch(node: str, seq: int, count: int) -> SyscallBatch:
+    events = [
+        SyscallEvent(
+            ts=1_700_000_000_000_000_000 + seq * 1_000_000 + i, node=node, n=seq * count + i, pid=100 + i % 7,
+            tid=100 + i % 7, comm="curl", kind="send" if i % 2 else "connect",
+            syscall="sendto" if i % 2 else "connect", fd=3, res=38 if i % 2 else 0, proto="tcp", family="ipv4",
+            role="client", local_ip="10.244.1.5", local_port=40000 + i, remote_ip="10.96.0.17", remote_port=80,
+            addr_ip="10.96.0.17", addr_port=80, size=38 if i % 2 else None,
+            data=b"GET / HTTP/1.1\r\nHost: web\r\n\r\n" if i % 2 else None,
+        )
+        for i in range(count)
+    ]
+    return SyscallBatch(node=node, source="scap", seq=seq, events=events)
+
+
+async def _consume(consumer, want: int, timeout: float = 30.0) -> list:
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            got.extend(records)
+    return got
+
+
+def test_catalogue_topics_exist_with_catalogued_partitions_and_configs(kafka):
+    catalogue = load_catalogue()
+    counts = kafka.run(admin.partition_counts(kafka.bootstrap, catalogue))
+    configs = kafka.run(admin.describe_topic_configs(kafka.bootstrap, catalogue))
+    for name, t in catalogue.items():
+        assert counts[name] == t.partitions, name
+        assert configs[name]["cleanup.policy"] == t.cleanup_policy, name
+        assert int(configs[name]["retention.ms"]) == t.retention_ms, name
+    assert configs["svctrace.k8s.objects"]["cleanup.policy"] == "compact"
+
+
+def test_syscall_batch_round_trip_with_acks_all_and_idempotence(kafka):
+    prefix = kafka.catalogue_topics("rt")
+    topic = admin.topic_name(SYSCALLS, prefix)
+    sent = [_batch(f"node-{k}", seq, 400) for k in range(3) for seq in range(2)]
+    settings = clients.producer_settings()
+    assert settings["acks"] == "all" and settings["enable_idempotence"] is True
+
+    async def go():
+        producer = kafka.producer()
+        await producer.start()
+        try:
+            for b in sent:
+                await producer.send(topic, encode_batch(b), key=b.node.encode())
+            await producer.flush()
+            # The broker handed out a producer id: idempotence is really on, not just asked for.
+            producer_id = producer._txn_manager.producer_id  # noqa: SLF001
+        finally:
+            await producer.stop()
+        consumer = kafka.consumer(topic, group_id=prefix + "g")
+        await consumer.start()
+        try:
+            records = await _consume(consumer, len(sent))
+        finally:
+            await consumer.stop()
+        return producer_id, records
+
+    producer_id, records = kafka.run(go())
+    assert producer_id >= 0
+    assert len(records) == len(sent)
+    got = {(r.key.decode(), decode_batch(r.value).seq): decode_batch(r.value) for r in records}
+    assert got == {(b.node, b.seq): b for b in sent}
+    # Keyed by node: all of one node's batches in one partition, in order.
+    by_node = {}
+    for r in records:
+        by_node.setdefault(r.key, []).append((r.partition, decode_batch(r.value).seq))
+    for seqs in by_node.values():
+        assert len({p for p, _ in seqs}) == 1 and [s for _, s in seqs] == sorted(s for _, s in seqs)
+
+
+def test_dead_letter_keeps_reason_and_original_bytes(kafka):
+    prefix = kafka.catalogue_topics("dl")
+    topic = admin.topic_name(DEADLETTER, prefix)
+    poison = b"\x00not json"
+    dl = deadletter.dead_letter("enrich", "not JSON: unexpected byte", topic=SYSCALLS, value=poison, key=b"node-1",
+                                partition=3, offset=17, error=ValueError("x"))
+
+    async def go():
+        producer = kafka.producer()
+        await producer.start()
+        try:
+            await deadletter.send_dead_letter(producer, dl, topic=topic)
+        finally:
+            await producer.stop()
+        consumer = kafka.consumer(topic, group_id=prefix + "g")
+        await consumer.start()
+        try:
+            return await _consume(consumer, 1)
+        finally:
+            await consumer.stop()
+
+    [record] = kafka.run(go())
+    doc = orjson.loads(record.value)
+    validate("dead-letter", doc)
+    assert record.key == b"node-1"
+    assert (doc["stage"], doc["topic"], doc["partition"], doc["offset"], doc["error"]) == (
+        "enrich", SYSCALLS, 3, 17, "ValueError")
+    assert base64.b64decode(doc["value_b64"]) == poison
+
+
+def test_ensure_topics_refuses_a_topic_with_too_few_partitions(kafka):
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    prefix = kafka.unique_prefix("few")
+    flows = load_catalogue()["svctrace.flows"]
+
+    async def go():
+        client = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await client.start()
+        try:
+            await client.create_topics([NewTopic(prefix + flows.name, 2, 1)])
+        finally:
+            await client.close()
+        await admin.ensure_topics(kafka.bootstrap, [flows], prefix=prefix)
+
+    with pytest.raises(admin.TopicError, match=r"has 2 partitions, the catalogue needs 12"):
+        kafka.run(go())
+
+
+def test_broker_on_a_port_in_use_fails_loudly():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        broker = lab_broker().Broker(port=busy.getsockname()[1])
+        with pytest.raises(BrokerError, match="already in use"):
+            broker.start()
+        broker.close()
+
+
+def test_broker_that_kafka_itself_cannot_bind_fails_loudly():
+    """Controller port bound by another socket but not listening: only Kafka notices; its exit is reported
+    with the log tail."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        broker = lab_broker().Broker(controller_port=busy.getsockname()[1], startup_timeout=60)
+        try:
+            with pytest.raises(BrokerError, match=r"(?s)exited with code .*Address already in use"):
+                broker.start()
+        finally:
+            broker.close()
+
+
+def test_broker_with_a_broken_config_fails_loudly():
+    broker = lab_broker().Broker(extra_config={"num.io.threads": "many"}, startup_timeout=60)
+    try:
+        with pytest.raises(BrokerError, match=r"(?s)num\.io\.threads"):
+            broker.start()
+    finally:
+        broker.close()
