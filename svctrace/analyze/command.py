@@ -92,16 +92,19 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
             render.section(console, "REQUEST CHAINS", "none match the filter")
 
         if args.connections or not result.chains:
-            rows = [r for r in result.connections.rows() if flt.connection(r, result.namespaces_of)]
+            rows = [r for r in result.connections.grouped_rows() if flt.connection(r, result.namespaces_of)]
             if rows:
                 render.section(console, f"CONNECTIONS SEEN ({len(rows)})", "process  proto  client → server  (this process's end)")
                 for line in render.connection_lines(rows, result.describe, limit=args.connections_limit):
                     console.print(line)
-            elif result.connections.net_events == 0:
-                render.section(console, "CONNECTIONS SEEN")
-                console.print(Text("  no network activity in this capture (no TCP/UDP socket events)", style=render.DIM))
-            else:
+            elif flt.active and result.connections.flows:
                 render.section(console, "CONNECTIONS SEEN", "none match the filter")
+            else:
+                render.section(console, "CONNECTIONS SEEN")
+                net = result.connections.net_events
+                text = (f"  {net} TCP/UDP socket events, but no connection with a known peer" if net
+                        else "  no network activity in this capture (no TCP/UDP socket events)")
+                console.print(Text(text, style=render.DIM))
 
     if alerts:
         render.section(console, f"ALERTS ({len(alerts)})")

@@ -52,6 +52,7 @@ class FlowTotals:
 class ConnectionRow:
     key: FlowKey
     totals: FlowTotals
+    connections: int = 1  # flows merged into this row (same process, client IP and server)
 
 
 def _is_service_port(port: int | None, other: int | None) -> bool:
@@ -123,3 +124,32 @@ class ConnectionTable:
     def rows(self) -> list[ConnectionRow]:
         """Deterministic order: first seen, then the key."""
         return [ConnectionRow(k, t) for k, t in sorted(self.flows.items(), key=lambda kv: (kv[1].first_ts, kv[0]))]
+
+    def grouped_rows(self) -> list[ConnectionRow]:
+        """Rows with repeated connections merged: same process, role, client IP and server.
+
+        A client opening 25 connections to one server is one row "×25", the compact view
+        an incident needs; a single connection keeps its client port.
+        """
+        groups: dict[tuple, list[ConnectionRow]] = {}
+        for row in self.rows():
+            k = row.key
+            groups.setdefault((k.node, k.comm, k.pid, k.proto, row.totals.role, k.client.ip, k.server), []).append(row)
+        merged = []
+        for rows in groups.values():
+            if len(rows) == 1:
+                merged.append(rows[0])
+                continue
+            first = rows[0]
+            total = FlowTotals(first_ts=first.totals.first_ts, last_ts=max(r.totals.last_ts for r in rows),
+                               role=first.totals.role, container_id=first.totals.container_id)
+            for r in rows:
+                total.events += r.totals.events
+                total.bytes_out += r.totals.bytes_out
+                total.bytes_in += r.totals.bytes_in
+                for name, n in r.totals.errors.items():
+                    total.errors[name] = total.errors.get(name, 0) + n
+            key = FlowKey(first.key.node, first.key.comm, first.key.pid, first.key.proto,
+                          Endpoint(first.key.client.ip, None), first.key.server)
+            merged.append(ConnectionRow(key, total, connections=len(rows)))
+        return sorted(merged, key=lambda r: (r.totals.first_ts, r.key))

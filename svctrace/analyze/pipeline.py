@@ -210,7 +210,13 @@ class _Progress:
             self.bar.stop()
 
 
-def _capture_error(e: Exception, skip_corrupt: bool) -> AnalyzeError:
+NOT_A_CAPTURE = ("not a scap capture", "empty file", "byte-swapped")
+
+
+def _capture_error(e, skip_corrupt: bool) -> AnalyzeError:
+    """CaptureError -> one line: 'not a capture' for a wrong header, else 'corrupt' with the way out."""
+    if e.offset == 0 and any(m in e.reason for m in NOT_A_CAPTURE):
+        return AnalyzeError(f"{e.file}: not a .scap capture ({e.reason})")
     hint = "" if skip_corrupt else "; rerun with --skip-corrupt to skip damaged blocks"
     return AnalyzeError(f"corrupt capture: {e}{hint}")
 
@@ -224,40 +230,52 @@ def _iter_events(reader, skip_corrupt: bool) -> Iterable:
         raise _capture_error(e, skip_corrupt) from None
 
 
+class _EmbeddedState:
+    """Applies the cluster state a capture carries to the index as the reader meets it.
+
+    Old sysdig captures interleave K8S and container events with the syscalls; the
+    index is time-aware, so applying them when they appear is what the live path does.
+    """
+
+    def __init__(self, reader, index, path: str) -> None:
+        self.reader, self.index, self.path = reader, index, path
+        self.seen = (0, 0)
+        self.records: list[dict] = []
+
+    def poll(self) -> None:
+        now = (len(self.reader.k8s_states), len(self.reader.containers))
+        if now == self.seen:
+            return
+        self.seen = now
+        self.records = capture_records(self.reader, self.path)
+        for record in self.records:
+            self.index.apply(record)
+
+
 def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
             progress_file: TextIO | None = None, want_evidence: bool = True) -> Analysis:
     from svctrace.agents.scap import CaptureError, open_capture
-    from svctrace.streams.core.runner import InProcessRunner
+    from svctrace.streams.core.runner import Runner
     from svctrace.streams.metadata.index import ClusterIndex
 
     p = check_capture_path(path)
     result = Analysis(path=path)
     records = load_cluster_file(cluster) if cluster else []
-    if cluster:
-        result.cluster_source = cluster
+    result.index = index = ClusterIndex.from_records(records)
+    runner = Runner(index)
 
-    size = p.stat().st_size
     with p.open("rb") as raw:
-        try:
-            reader = open_capture(raw, skip_corrupt=skip_corrupt)
-        except CaptureError as e:
-            raise _capture_error(e, skip_corrupt) from None
-        except OSError as e:
-            raise AnalyzeError(f"{path}: cannot read: {e.strerror or e}") from None
-        events = _iter_events(reader, skip_corrupt)
-        progress = _Progress(raw, size, progress_file)
-        try:
-            runner = None
-            table, kinds = result.connections, result.kinds
+        reader = open_capture(raw, skip_corrupt=skip_corrupt)
+        embedded = None if cluster else _EmbeddedState(reader, index, path)
+        progress = _Progress(raw, p.stat().st_size, progress_file)
+        table, kinds = result.connections, result.kinds
+
+        def tap(events):
+            """Count, tabulate and pick up embedded state on the way into the runner."""
             count = 0
             for e in events:
-                if runner is None:  # embedded state is known once the reader reaches the events
-                    if not records:
-                        records = capture_records(reader, path)
-                        if records:
-                            result.cluster_source = "state embedded in the capture"
-                    result.index = ClusterIndex.from_records(records)
-                    runner = InProcessRunner(result.index)
+                if embedded is not None:
+                    embedded.poll()
                 count += 1
                 kinds[e.kind] += 1
                 result.nodes.add(e.node)
@@ -268,25 +286,34 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
                 if e.kind == "lost":
                     result.lost += max(e.res, 0)
                 table.add(e)
-                runner.feed(e)
                 if count % PROGRESS_EVERY == 0:
                     progress.update(count)
-            if runner is None:
-                if not records:
-                    records = capture_records(reader, path)
-                    if records:
-                        result.cluster_source = "state embedded in the capture"
-                result.index = ClusterIndex.from_records(records)
-                runner = InProcessRunner(result.index)
+                yield e
             result.events = count
-            chains, alerts = runner.finish()
+
+        try:
+            runner.feed(tap(_iter_events(reader, skip_corrupt)))
+            if embedded is not None:
+                embedded.poll()
+            run = runner.finish()
+        except CaptureError as e:
+            raise _capture_error(e, skip_corrupt) from None
+        except OSError as e:
+            raise AnalyzeError(f"{path}: cannot read: {e.strerror or e}") from None
         finally:
             progress.close()
-        result.chains, result.alerts = list(chains), list(alerts)
-        result.reader_stats = reader.stats.as_dict() if hasattr(reader.stats, "as_dict") else dict(reader.stats or {})
+        result.chains, result.alerts = list(run.chains), list(run.alerts)
+        result.reader_stats = reader.stats.as_dict()
+
+    if not result.reader_stats.get("blocks"):
+        raise AnalyzeError(f"{path}: not a .scap capture (no valid block in it)")
+    if cluster:
+        result.cluster_source = cluster
+    elif embedded.records:
+        records = embedded.records
+        result.cluster_source = "state embedded in the capture"
     result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
-    for msg in result.reader_stats.get("errors") or ():
-        result.warnings.append(f"skipped: {msg}")
+    result.warnings.extend(f"skipped: {msg}" for msg in result.reader_stats.get("errors") or ())
     if want_evidence:
         result.evidence = _find_evidence(p, result.alerts, skip_corrupt)
     return result

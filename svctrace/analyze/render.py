@@ -111,6 +111,12 @@ def _join(*parts: str) -> str:
     return "  ".join(p for p in parts if p)
 
 
+def is_cluster_name(qname: str | None) -> bool:
+    """A name only the cluster DNS can answer (the default cluster domain)."""
+    name = (qname or "").rstrip(".").lower()
+    return name.endswith((".cluster.local", ".svc")) or ".svc." in name
+
+
 # --- chains ----------------------------------------------------------------------------
 def _hop(chain: dict, *names: str) -> dict | None:
     """The first hop whose name contains one of `names`."""
@@ -169,14 +175,18 @@ def chain_lines(chain: dict) -> list[Text]:
     dns = chain.get("dns")
     if dns:
         resolver = addr(dns.get("resolver_ip"), dns.get("resolver_port"))
-        kind = "cluster DNS" if dns.get("resolver_is_cluster_dns") else "NOT the cluster DNS"
+        cluster_name = is_cluster_name(dns.get("qname")) or bool(chain.get("service"))
+        if dns.get("resolver_is_cluster_dns"):
+            kind = "cluster DNS"
+        else:
+            kind = "NOT the cluster DNS" if cluster_name else "not the cluster DNS"
         queries = dns.get("queries") or 1
         extra = f"{queries} queries" if queries > 1 else ""
         if dns.get("retries"):
             extra = _join(extra, f"{dns['retries']} retries")
         q_ts = _stage_ts(chain, ("dns",)) or start
         rows.append((q_ts, "dns query", _join(f"{dns.get('qtype', '?')} {dns.get('qname')}", f"→ {resolver} ({kind})", extra),
-                     "" if dns.get("resolver_is_cluster_dns") else "red"))
+                     "red" if cluster_name and not dns.get("resolver_is_cluster_dns") else ""))
         rcode = dns.get("rcode")
         if rcode is None and not dns.get("answers"):
             rows.append((None, "dns answer", "no answer seen", "red"))
@@ -320,6 +330,8 @@ def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) 
         line.append(f"{row.key.proto:<3}  ", style=LABEL)
         line.append(f"{client} → {server}")
         line.append(f"  {'client' if t.role == 'client' else 'server'}", style=DIM)
+        if row.connections > 1:
+            line.append(f"  ×{row.connections} connections", style="bold")
         line.append(f"  out {nbytes(t.bytes_out)}  in {nbytes(t.bytes_in)}  {t.events} event{'s' if t.events != 1 else ''}", style=DIM)
         if t.errors:
             line.append("  " + " ".join(f"{k}×{v}" for k, v in sorted(t.errors.items())), style="red")
