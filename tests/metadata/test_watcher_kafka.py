@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
-
 from svctrace.kafka import topic_name
+from svctrace.kafka.admin import describe_topic_configs
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.watcher import TOPIC, KafkaSink, Watcher
 from tests.metadata.test_watcher_apiserver import delete_pod, make_pod, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.apiserver]
-
-
-async def _topic_config(bootstrap, topic):
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        [resp] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        return {entry[0]: entry[1] for entry in resp.resources[0][4]}
-    finally:
-        await admin.close()
 
 
 async def _records(bootstrap, topic, key_part):
@@ -58,7 +47,8 @@ def test_watcher_publishes_to_compacted_topic_with_tombstones(apiserver, kafka):
 
     prefix = kafka.catalogue_topics("meta")
     topic = topic_name(TOPIC, prefix)
-    assert kafka.run(_topic_config(kafka.bootstrap, topic))["cleanup.policy"] == "compact"
+    configs = kafka.run(describe_topic_configs(kafka.bootstrap, [topic]))
+    assert configs[topic]["cleanup.policy"] == "compact"
     ns = apiserver.new_namespace("kafka")
     client = apiserver.api_client()
     core = k8s.CoreV1Api(client)
