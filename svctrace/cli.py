@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "metadata": ("svctrace.streams.metadata.cli", "watch Kubernetes objects, publish projections to the compacted topic"),
     "analyze": ("svctrace.analyze", "analyze a capture: request chains, alerts, connections (exit 1 on alerts)"),
     "agent": ("svctrace.agents.agent.command", "node agent: capture syscalls (eBPF or a .scap replay), redact, publish batches to Kafka"),
+    "read": ("svctrace.agents.scap.cli", "print the network events of a .scap capture, one per line (like sysdig -r)"),
     "capture": ("svctrace.agents.agent.capture", "record a live eBPF capture to a .scap file (-w FILE.scap), readable by sysdig"),
 }
 

@@ -1,0 +1,102 @@
+"""`svctrace read FILE [--json] [--filter net] [--skip-corrupt] [--raw]`
+
+Prints the normalized network events of a .scap capture, one per line (like
+`sysdig -r F` / `sysdig -r F -j`). `--filter net` keeps IPv4/IPv6 sockets and
+loss markers (drops unix sockets). `--raw` prints every decoded event of any
+type with all parameters instead. A damaged capture stops with one error line
+naming file, offset and block; `--skip-corrupt` resumes at the next valid
+block and reports on stderr how much was skipped.
+"""
+from __future__ import annotations
+
+import base64
+import sys
+
+import orjson
+
+from .errors import CaptureError
+from .event_table import EVENTS
+from .reader import open_capture
+
+
+def configure(parser) -> None:
+    parser.add_argument("file", metavar="FILE", help=".scap capture (plain or gzip)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--filter", choices=["net"], help="net: only IPv4/IPv6 socket events and loss markers")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="skip damaged blocks (resume at the next valid one) instead of stopping")
+    parser.add_argument("--raw", action="store_true", help="every decoded event (all types, all params)")
+
+
+def _default(obj):
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def _text(ev) -> str:
+    def end(ip, port):
+        if ip is None:
+            return "?" if port is None else f"?:{port}"
+        return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+    parts = [str(ev.n), str(ev.ts), f"{ev.comm} ({ev.pid}:{ev.tid})", ev.syscall, f"fd={ev.fd}", f"res={ev.res}"]
+    if ev.errno:
+        parts[-1] += f"({ev.errno})"
+    if ev.kind != "lost":
+        parts.append(f"{ev.proto or '?'} {ev.role or '-'} {end(ev.local_ip, ev.local_port)}->"
+                     f"{end(ev.remote_ip, ev.remote_port)}")
+    if ev.addr_ip is not None:
+        parts.append(f"addr={end(ev.addr_ip, ev.addr_port)}")
+    if ev.data:
+        parts.append("data=" + ev.data[:80].decode("ascii", "replace").translate(_PRINTABLE))
+    return " ".join(parts)
+
+
+_PRINTABLE = {i: "." for i in range(32)} | {127: "."}
+
+
+def run(args) -> int:
+    out = sys.stdout.buffer
+    reader = open_capture(args.file, skip_corrupt=args.skip_corrupt)
+    buf: list[bytes] = []
+    try:
+        if args.raw:
+            for r in reader.raw_events():
+                info = EVENTS[r.code]
+                if args.json:
+                    buf.append(orjson.dumps({"n": r.n, "ts": r.ts, "tid": r.tid, "cpu": r.cpu, "type": info.name,
+                                             "dir": info.direction, "enum": info.enum, "params": r.params},
+                                            default=_default))
+                else:
+                    buf.append(f"{r.n} {r.ts} {r.tid} {info.direction} {info.name} {r.params}".encode(
+                        "utf-8", "replace"))
+                if len(buf) >= 4096:
+                    out.write(b"\n".join(buf) + b"\n")
+                    buf.clear()
+        else:
+            net = args.filter == "net"
+            dumps = orjson.dumps
+            for ev in reader:
+                if net and ev.family not in ("ipv4", "ipv6") and ev.kind != "lost":
+                    continue
+                buf.append(dumps(ev, default=_default) if args.json else _text(ev).encode("utf-8", "replace"))
+                if len(buf) >= 4096:
+                    out.write(b"\n".join(buf) + b"\n")
+                    buf.clear()
+    except CaptureError as e:
+        if buf:
+            out.write(b"\n".join(buf) + b"\n")
+        out.flush()
+        print(f"svctrace read: error: {e}", file=sys.stderr)
+        return 1
+    if buf:
+        out.write(b"\n".join(buf) + b"\n")
+    out.flush()
+    st = reader.stats
+    if st.skipped_bytes or st.errors:
+        print(f"svctrace read: skipped {st.skipped_bytes} bytes ({st.skipped_blocks} blocks) of damaged data; "
+              f"first problem: {st.errors[0] if st.errors else 'n/a'}", file=sys.stderr)
+    return 0
