@@ -121,10 +121,11 @@ class _Addresses:
 class Normalizer:
     """Stateful decoder: ring records -> SyscallEvent, like the scap reader makes.
 
-    State (bounded): the role of each (pid, fd) learnt from connect/accept, so
-    later reads and writes on that socket say which end they are; sockets opened
-    before the capture fall back to the kernel's hint (an explicitly bound port
-    means a server: listeners and their accepted children carry it).
+    State (bounded): the role of each (pid, fd) learnt from connect/accept (or,
+    for UDP, from the first datagram: the end that sends first is the client),
+    so later reads and writes on that socket say which end they are; TCP sockets
+    opened before the capture fall back to the kernel's hint (an explicitly bound
+    port means a server: listeners and their accepted children carry it).
     """
 
     MAX_ROLES = 262144
@@ -170,7 +171,13 @@ class Normalizer:
         else:
             role = self.roles.get(key)
             if role is None and flags & F_HAS_TUPLE:
-                role = "server" if flags & F_BOUND else "client"
+                if proto == 17:
+                    # UDP has no connection: the end that spoke first is the client
+                    role = "server" if kind == "recv" else "client"
+                    if kind != "close":
+                        self._remember(key, role)
+                else:
+                    role = "server" if flags & F_BOUND else "client"
             if kind == "close":
                 self.roles.pop(key, None)
 

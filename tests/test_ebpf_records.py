@@ -1,0 +1,82 @@
+"""Ring records -> SyscallEvent normalization, without a kernel (synthetic records)."""
+from __future__ import annotations
+
+import re
+import socket
+
+from svctrace.agents.ebpf import build
+from svctrace.agents.ebpf.records import (AF_INET, AF_INET6, F_BOUND, F_HAS_ADDR, F_HAS_TUPLE, RECORD, SYSCALLS,
+                                          Normalizer, parse)
+
+SC = {name: i for i, (name, _kind) in enumerate(SYSCALLS)}
+V4 = lambda ip: socket.inet_aton(ip) + bytes(12)  # noqa: E731
+V6 = lambda ip: socket.inet_pton(socket.AF_INET6, ip)  # noqa: E731
+
+
+def record(sc, ret=0, fd=3, pid=100, tid=101, data=b"", family=AF_INET, proto=6, laddr=V4("10.0.0.1"), lport=40000,
+           raddr=V4("10.96.0.10"), rport=80, flags=F_HAS_TUPLE, addr=None, afam=AF_INET, aport=0, size=None,
+           netns=4026531840, cg2=1, cg1=35, comm=b"curl", ts=1_000):
+    if addr is not None:
+        flags |= F_HAS_ADDR
+    head = RECORD.pack(ts, cg2, cg1, ret, pid, tid, fd, len(data) if size is None else size, len(data), SC[sc],
+                       afam, aport, 0, addr or bytes(16), family, 1, proto, lport, rport, flags, netns,
+                       laddr, raddr, comm)
+    return head + data
+
+
+def test_table_matches_the_c_enum():
+    src = build.source_path().read_text()
+    enum = re.search(r"enum sc \{(.*?)\};", src, re.S).group(1)
+    names = [n.strip()[3:].lower() for n in enum.split(",") if n.strip()]
+    assert names == [name for name, _ in SYSCALLS]
+
+
+def test_connect_is_client_and_keeps_both_requested_and_actual_peer():
+    norm = Normalizer("node-a", boot_to_epoch_ns=10**18)
+    # socket-LB: connect() asked for the VIP, the kernel socket points at the pod
+    ev = norm.decode(record("connect", ret=-115, raddr=V4("10.244.1.7"), rport=8080,
+                            addr=V4("10.96.0.10"), aport=80))
+    assert (ev.kind, ev.syscall, ev.role, ev.errno) == ("connect", "connect", "client", "EINPROGRESS")
+    assert (ev.remote_ip, ev.remote_port) == ("10.244.1.7", 8080)
+    assert (ev.addr_ip, ev.addr_port) == ("10.96.0.10", 80)
+    assert ev.ts == 10**18 + 1_000 and ev.node == "node-a" and ev.n == 1
+    assert ev.cgroup_id == 35  # v2 root (1) on a hybrid host: the memory cgroup's v1 id
+    # later writes on that fd inherit the role learnt from connect
+    w = norm.decode(record("write", ret=5, data=b"hello", flags=F_HAS_TUPLE | F_BOUND))
+    assert (w.kind, w.role, w.size, w.data) == ("send", "client", 5, b"hello")
+
+
+def test_accept_reports_new_fd_and_server_role():
+    norm = Normalizer("n", 0)
+    ev = norm.decode(record("accept4", ret=7, fd=3, laddr=V4("10.244.1.7"), lport=8080, raddr=V4("10.244.2.9"),
+                            rport=51000, addr=V4("10.244.2.9"), aport=51000, flags=F_HAS_TUPLE | F_BOUND))
+    assert (ev.kind, ev.fd, ev.res, ev.role) == ("accept", 7, 7, "server")
+    r = norm.decode(record("recvfrom", ret=3, fd=7, data=b"GET"))
+    assert r.role == "server"
+    c = norm.decode(record("close", fd=7))
+    assert c.role == "server" and (100, 7) not in norm.roles  # closed: forgotten
+
+
+def test_unconnected_udp_takes_the_peer_from_the_sockaddr():
+    norm = Normalizer("n", 0)
+    ev = norm.decode(record("sendto", ret=30, proto=17, laddr=bytes(16), lport=5353, raddr=bytes(16), rport=0,
+                            addr=V4("10.96.0.10"), aport=53, data=b"q" * 30))
+    assert (ev.proto, ev.local_ip, ev.remote_ip, ev.remote_port, ev.addr_ip) == ("udp", "0.0.0.0", "10.96.0.10", 53,
+                                                                                   "10.96.0.10")
+    assert ev.role == "client"  # port not bound explicitly
+
+
+def test_ipv4_mapped_ipv6_is_written_as_ipv4_and_errno_named():
+    norm = Normalizer("n", 0)
+    ev = norm.decode(record("connect", ret=-111, family=AF_INET6, laddr=V6("::ffff:127.0.0.1"),
+                            raddr=V6("::ffff:10.0.0.2"), addr=V6("2001:db8::1"), afam=AF_INET6, aport=443))
+    assert (ev.family, ev.local_ip, ev.remote_ip, ev.addr_ip, ev.errno) == ("ipv6", "127.0.0.1", "10.0.0.2",
+                                                                             "2001:db8::1", "ECONNREFUSED")
+
+
+def test_parse_and_loss_marker():
+    raw = parse(record("writev", ret=4, data=b"HTTP", comm=b"nginx\0\0\0"))
+    assert (raw.comm, raw.data, SYSCALLS[raw.sc][0]) == ("nginx", b"HTTP", "writev")
+    norm = Normalizer("n", 0)
+    lost = norm.lost(12, ts=5)
+    assert (lost.kind, lost.res, lost.ts) == ("lost", 12, 5)
