@@ -94,7 +94,7 @@ def test_agent_daemonset_least_privilege(rendered):
     sc = c["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
-    assert sc["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_RESOURCE", "SYS_PTRACE"]
+    assert sc["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_RESOURCE"]
     assert "SYS_ADMIN" not in sc["capabilities"]["add"]
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["readOnlyRootFilesystem"] is True
@@ -175,7 +175,7 @@ def test_metadata_one_active_replica_by_lease(rendered):
     dep = only(docs, "Deployment", "metadata")
     c = container(dep)
     lease = "svctrace-metadata"
-    assert f"--lease-name={lease}" in c["args"] and "--lease-identity=$(POD_NAME)" in c["args"]
+    assert f"--lease-name={lease}" in c["args"] and "--identity=$(POD_NAME)" in c["args"]
     assert env_of(c)["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     role = only(docs, "Role")
     assert role["metadata"]["namespace"] == "svctrace"
@@ -202,7 +202,7 @@ def kafka_clients(docs: list[dict]) -> list[dict]:
 
 def test_kafka_settings_without_tls_or_sasl(rendered):
     cm = only(rendered["defaults"], "ConfigMap", "config")
-    assert cm["data"]["SVCTRACE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert cm["data"]["SVCTRACE_BOOTSTRAP"] == "kafka:9092"
     assert cm["data"]["SVCTRACE_KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
     for d in kafka_clients(rendered["defaults"]):
         assert not [v for v in pod_spec(d)["volumes"] if "secret" in v]
@@ -211,7 +211,7 @@ def test_kafka_settings_without_tls_or_sasl(rendered):
 def test_kafka_tls_and_sasl_come_from_existing_secrets(rendered):
     docs = rendered["everything"]
     cm = only(docs, "ConfigMap", "config")
-    assert cm["data"]["SVCTRACE_KAFKA_BOOTSTRAP"] == "broker-0.kafka:9093,broker-1.kafka:9093,[fd00::1]:9093"
+    assert cm["data"]["SVCTRACE_BOOTSTRAP"] == "broker-0.kafka:9093,broker-1.kafka:9093,[fd00::1]:9093"
     assert cm["data"]["SVCTRACE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert cm["data"]["SVCTRACE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256"
     assert cm["data"]["SVCTRACE_KAFKA_SSL_CERTFILE"].endswith("/tls.crt")
@@ -253,7 +253,7 @@ def test_topic_job_is_a_pre_install_hook_built_from_the_catalogue(rendered):
     mount = next(m for m in c["volumeMounts"] if m["name"] == "topics")
     assert catalogue_arg == f"--catalogue={mount['mountPath']}/topics.yaml"
     # the hook runs before the ConfigMap of the release exists, so its settings are inlined
-    assert "envFrom" not in c and env_of(c)["SVCTRACE_KAFKA_BOOTSTRAP"]["value"] == "kafka:9092"
+    assert "envFrom" not in c and env_of(c)["SVCTRACE_BOOTSTRAP"]["value"] == "kafka:9092"
     assert not [d for d in rendered["agent-only"] if d["kind"] == "Job"]
 
 
@@ -324,7 +324,7 @@ def render_notes(helm, tmp_path, values: dict) -> str:
 def test_notes(helm, tmp_path):
     notes = render_notes(helm, tmp_path, {})
     assert "kafka:9092 (PLAINTEXT)" in notes and "helm test svctrace -n svctrace" in notes
-    assert "capabilities: BPF, PERFMON, SYS_RESOURCE, SYS_PTRACE" in notes
+    assert "capabilities: BPF, PERFMON, SYS_RESOURCE" in notes
     assert "one active via Lease svctrace-metadata" in notes
     notes = render_notes(helm, tmp_path / "privileged", VALUE_CASES["privileged-opt-in"])
     assert "PRIVILEGED: agent.privileged=true" in notes

@@ -59,7 +59,7 @@ def test_lease_role_is_namespaced_and_limited_to_the_one_lease(rendered):
     assert role["metadata"]["namespace"] == "svctrace"
     assert grants(role) == {
         ("coordination.k8s.io", "leases", ()): {"create"},  # create cannot be limited by name
-        ("coordination.k8s.io", "leases", ("svctrace-metadata",)): {"get", "update", "patch"},
+        ("coordination.k8s.io", "leases", ("svctrace-metadata",)): {"get", "update"},
     }
 
 

@@ -101,7 +101,7 @@ ConfigMap, the SASL credentials straight from the user's Secret (never copied).
 
 {{/* Non-secret settings as SVCTRACE_* environment variables: the ConfigMap's data, inlined into hooks. */}}
 {{- define "svctrace.settings" -}}
-SVCTRACE_KAFKA_BOOTSTRAP: {{ join "," .Values.kafka.bootstrapServers | quote }}
+SVCTRACE_BOOTSTRAP: {{ join "," .Values.kafka.bootstrapServers | quote }}
 SVCTRACE_KAFKA_SECURITY_PROTOCOL: {{ include "svctrace.kafkaSecurityProtocol" . | quote }}
 {{- if .Values.kafka.sasl.enabled }}
 SVCTRACE_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}
