@@ -31,7 +31,6 @@ DNS_NAMES = frozenset({"kube-dns", "coredns"})
 DNS_LABEL = ("k8s-app", "kube-dns")
 TERMINAL_POD_PHASES = frozenset({"Succeeded", "Failed"})
 DEFAULT_RETENTION_NS = 3600 * 10**9  # one hour: the syscalls topic keeps no more than that
-PRUNE_EVERY = 1024  # applies between automatic prunes
 
 
 # ---------------------------------------------------------------------------
@@ -325,7 +324,7 @@ class ClusterIndex:
         self._slices_of: dict[tuple[str, str], set[_Key]] = {}  # (ns, service) -> slice/Endpoints keys
         self._by_node_ip: dict[str, set[_Key]] = {}
         self._watermark: int | None = None
-        self._applied = 0
+        self._next_prune: int | None = None
 
     # -- construction -------------------------------------------------------
 
@@ -371,8 +370,10 @@ class ClusterIndex:
             self._add_secondary(key, state)
         if self._watermark is None or ts > self._watermark:
             self._watermark = ts
-        self._applied += 1
-        if self._applied % PRUNE_EVERY == 0:
+        # Prune when time has moved on by a quarter of the retention (amortized O(1) per apply).
+        if self._next_prune is None:
+            self._next_prune = ts + self.retention_ns // 4
+        elif self._watermark >= self._next_prune:
             self.prune()
 
     def _add_secondary(self, key: _Key, state: Any) -> None:
@@ -404,6 +405,7 @@ class ClusterIndex:
         if now is None:
             return
         horizon = now - self.retention_ns
+        self._next_prune = now + self.retention_ns // 4
         gone = []
         for key, hist in self._objects.items():
             hist.prune(horizon)
@@ -435,6 +437,11 @@ class ClusterIndex:
         """
         if not keys:
             return None
+        if len(keys) == 1:  # the common case, kept cheap: enrichment asks once per event
+            for key in keys:
+                hist = self._objects.get(key)
+                state = hist.at(ts)[0] if hist is not None else None
+                return state if state is not None and matches(state) else None
         hists = [h for h in map(self._objects.get, keys) if h is not None]
         allow_fallback = ts is not None and all(ts < h.starts[0] for h in hists)
         best, best_rank = None, None
