@@ -165,7 +165,8 @@ class Scenario:
         self._ports = itertools.count(40000)
         self._pids = itertools.count(5000)
         self._qid = itertools.count(0x0942)
-        self.kube_proxy = {node: Proc(node, 900 + i, "kube-proxy") for i, node in enumerate(cluster.nodes)}
+        # the seed's userspace proxy is kube-proxy running inside hyperkube
+        self.kube_proxy = {node: Proc(node, 900 + i, "hyperkube") for i, node in enumerate(cluster.nodes)}
 
     # -- primitives ----------------------------------------------------------------
 
@@ -327,6 +328,37 @@ class Scenario:
         self.ev(t + 650 * US, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
         self.ev(t + 700 * US, curl, "close", "close", 4, 0, **c)
         self.ev(t + 800 * US, nginx, "close", "close", 3, 0, **bsrv)
+
+
+    def keepalive(self, t: int, statuses=(200, 503), client_pod: str = "client", backend: str = "my-nginx-2",
+                  response_delay_ns: int = 200 * US) -> None:
+        """Several requests on one DNAT'd keep-alive connection (no DNS: the name was cached)."""
+        cl = self.cluster
+        svc, pod, be = cl.services["my-nginx"], cl.pods[client_pod], cl.pods[backend]
+        curl = self.proc(client_pod, "python")
+        nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
+        cport = self.port()
+        c = dict(proto="tcp", role="client", local_ip=pod.ip, local_port=cport)
+        bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=svc.target_port, remote_ip=pod.ip,
+                    remote_port=cport)
+        self.ev(t, curl, "connect", "connect", 4, 0, addr_ip=svc.cluster_ip, addr_port=svc.port,
+                remote_ip=svc.cluster_ip, remote_port=svc.port, **c)
+        self.ev(t + 100 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
+        for i, status in enumerate(statuses):
+            ti = t + (i + 1) * MS
+            resp = RESPONSE_200 if status == 200 else RESPONSE_503
+            self.ev(ti, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
+            self.ev(ti + 100 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
+            self.ev(ti + 100 * US + response_delay_ns, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
+            self.ev(ti + 200 * US + response_delay_ns, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
+        tend = t + (len(statuses) + 1) * MS + response_delay_ns
+        self.ev(tend, curl, "close", "close", 4, 0, **c)
+        self.ev(tend + 100 * US, nginx, "close", "close", 3, 0, **bsrv)
+
+    def loss(self, t: int, node: str, count: int = 10) -> None:
+        """A loss marker: `count` events were dropped at t on node."""
+        self.drafts.append((t, next(self._order), node, dict(pid=0, tid=0, comm="", kind="lost", syscall="drop",
+                                                             fd=-1, res=count)))
 
 
 def build(fault: str = "healthy", mode: str = "dnat", requests: int = 1, gap_ns: int = 5 * MS,

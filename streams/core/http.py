@@ -48,19 +48,29 @@ def looks_like_response(data: bytes | None) -> bool:
     return bool(data) and data.startswith(b"HTTP/1.")
 
 
+_NO_HOST = b"svctrace.invalid"
+
+
+def _h11_request(head: bytes):
+    conn = h11.Connection(our_role=h11.SERVER)
+    try:
+        conn.receive_data(head)
+        return conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+
+
 def parse_request(data: bytes) -> HttpRequest | None:
     head = _closed_head(data) if looks_like_request(data) else None
     if head is None:
         return None
-    conn = h11.Connection(our_role=h11.SERVER)
-    try:
-        conn.receive_data(head)
-        ev = conn.next_event()
-    except h11.RemoteProtocolError:
-        return None
+    ev = _h11_request(head)
+    if ev is None:
+        # HTTP/1.1 requires Host; a prefix cut before it still has a valid request line.
+        ev = _h11_request(head[:-2] + b"Host: " + _NO_HOST + b"\r\n\r\n")
     if not isinstance(ev, h11.Request):
         return None
-    host = next((v.decode("latin-1") for k, v in ev.headers if k == b"host"), None)
+    host = next((v.decode("latin-1") for k, v in ev.headers if k == b"host" and v != _NO_HOST), None)
     return HttpRequest(ev.method.decode("ascii"), ev.target.decode("latin-1"), host, ev.http_version.decode())
 
 

@@ -521,7 +521,9 @@ class Stitcher:
             for lk in st["lk"][lkey]:
                 if final or now >= lk["t1"] + self.lookup_timeout_ns:
                     if not lk["claimed"]:
-                        self._emit_lookup(st, lk, out, final=final and now < lk["t1"] + self.lookup_timeout_ns)
+                        # at end of input, a query younger than the resolver timeout may still be answered
+                        cut = final and any(q["ans"] is None and now - q["ts"] < R.RETRY_GAP_NS[0] for q in lk["q"])
+                        self._emit_lookup(st, lk, out, final=cut)
                 else:
                     keep.append(lk)
                     dl = lk["t1"] + self.lookup_timeout_ns
@@ -736,7 +738,7 @@ class Stitcher:
         client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"], cl["container_id"])
         client_pf = _pod_fields(self.index, cl["ip"], dnsx["t0"], cl["container_id"])
         incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
-        if incomplete is None and final and dnsx["answered"] < dnsx["queries"]:
+        if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
         who = client_pf["pod"] and f'{client_pf["namespace"]}/{client_pf["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
         base_vars = {"client": who, "namespace": client_pf["namespace"], "service": None}

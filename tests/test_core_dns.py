@@ -1,0 +1,122 @@
+"""DNS: decoding with dnspython, lookup grouping and the dns.* alerts."""
+from __future__ import annotations
+
+import struct
+
+from svctrace.schemas.validate import validate
+from svctrace.streams.core import run
+from svctrace.streams.core.dns import parse_dns, service_of_name
+from tests.scenario import MS, S, T0, Cluster, Scenario, dns_answer, dns_query
+
+POD_IP = "10.244.1.5"
+
+
+def test_parse_query_answer_cname_chain_and_ttl():
+    q = parse_dns(dns_query("my-nginx.default.svc.cluster.local", "AAAA", 0x1234))
+    assert (q.id, q.is_response, q.qname, q.qtype) == (0x1234, False, "my-nginx.default.svc.cluster.local.", "AAAA")
+    wire = dns_answer("www.example.com", "A", 7, ["93.184.216.34", "93.184.216.35"], cname="edge.example.net")
+    a = parse_dns(wire)
+    assert a.is_response and a.rcode == "NOERROR" and a.answers == ("93.184.216.34", "93.184.216.35")
+    assert a.cnames == ("edge.example.net.",) and a.ttl == 30 and not a.truncated
+    nx = parse_dns(dns_answer("nope.default.svc.cluster.local", "A", 9, rcode=3))
+    assert nx.rcode == "NXDOMAIN" and nx.answers == ()
+
+
+def test_parse_tcp_length_prefixed_and_truncated_prefix():
+    wire = dns_answer("my-nginx.default.svc.cluster.local", "A", 42, ["10.96.0.100"])
+    tcp = struct.pack("!H", len(wire)) + wire
+    assert parse_dns(tcp, tcp=True).answers == ("10.96.0.100",)
+    cut = parse_dns(wire[: len(wire) - 6])  # snaplen cut inside the answer
+    assert cut.truncated and cut.id == 42 and cut.qname.startswith("my-nginx") and cut.answers == ()
+    assert parse_dns(b"\x00\x01garbage") is None and parse_dns(b"") is None
+
+
+def test_service_of_name():
+    assert service_of_name("my-nginx.default.svc.cluster.local.") == ("default", "my-nginx")
+    assert service_of_name("my-nginx.default.cluster.local.") == ("default", "my-nginx")  # the seed's SkyDNS form
+    assert service_of_name("example.com.") == (None, None)
+
+
+def _run(sc: Scenario):
+    result = run(sc.events(), sc.cluster.index())
+    for c in result.chains:
+        validate("chain", c)
+    for a in result.alerts:
+        validate("alert", a)
+    return result
+
+
+def test_nxdomain_for_a_missing_service_is_critical():
+    sc = Scenario(Cluster())
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "nope.default.svc.cluster.local", [], rcode=3)
+    r = _run(sc)
+    assert [c["status"] for c in r.chains] == ["broken"] and r.chains[0]["dns"]["rcode"] == "NXDOMAIN"
+    assert [(a["rule"], a["severity"]) for a in r.alerts] == [("dns.nxdomain", "critical")]
+    assert r.alerts[0]["labels"] == {"namespace": "default", "service": "nope", "pod": "client", "node": "node-a"}
+
+
+def test_no_answer():
+    """glibc: a query, the same again after 5 s, then it gives up; the capture goes on."""
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    for t in (T0, T0 + 5 * S):
+        sc.lookup(t, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False)
+    sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])
+    r = _run(sc)
+    assert len(r.chains) == 2
+    failed = r.chains[0]
+    assert failed["status"] == "broken" and failed["dns"]["rcode"] is None and failed["dns"]["queries"] == 2
+    assert sorted(a["rule"] for a in r.alerts) == ["dns.no_answer", "dns.retry_5s"]
+    assert r.chains[1]["status"] == "ok"
+
+
+def test_end_of_input_right_after_a_query_is_incomplete_not_broken():
+    sc = Scenario(Cluster())
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False)
+    r = _run(sc)
+    assert [c["status"] for c in r.chains] == ["incomplete"] and r.alerts == []
+
+
+def test_retry_after_5s_is_the_conntrack_race_signature():
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    sc.lookup(T0, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False)
+    sc.lookup(T0 + 5 * S, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"])
+    r = _run(sc)
+    assert len(r.chains) == 1
+    dns = r.chains[0]["dns"]
+    assert dns["retries"] == 1 and dns["queries"] == 2 and dns["latency_ns"] > 5 * S
+    assert [a["rule"] for a in r.alerts] == ["dns.retry_5s"]
+    assert r.chains[0]["status"] == "ok"  # the lookup succeeded in the end: a signature, not a break
+
+
+def test_search_path_amplification():
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    t = T0
+    for suffix in ("default.svc.cluster.local", "svc.cluster.local", "cluster.local"):
+        t = sc.lookup(t, curl, POD_IP, f"example.com.{suffix}", [], rcode=3) + 100_000
+    sc.lookup(t, curl, POD_IP, "example.com", ["93.184.216.34"])
+    r = _run(sc)
+    assert len(r.chains) == 1
+    dns = r.chains[0]["dns"]
+    assert dns["qname"] == "example.com" and dns["queries"] == 4 and dns["answers"] == ["93.184.216.34"]
+    assert [a["rule"] for a in r.alerts] == ["dns.search_amplification"]
+    assert r.alerts[0]["severity"] == "info" and r.chains[0]["status"] == "ok"
+
+
+def test_pod_using_a_non_cluster_resolver():
+    sc = Scenario(Cluster())
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "example.com", ["93.184.216.34"], resolver="8.8.8.8", server=False)
+    r = _run(sc)
+    assert [a["rule"] for a in r.alerts] == ["dns.wrong_resolver"]
+
+
+def test_lookups_of_different_processes_stay_apart():
+    sc = Scenario(Cluster())
+    for i in range(3):
+        sc.lookup(T0 + i * MS // 10, sc.proc("client", "curl"), POD_IP, "my-nginx.default.svc.cluster.local",
+                  ["10.96.0.100"])
+    r = _run(sc)
+    assert len(r.chains) == 3 and all(c["status"] == "ok" and c["dns"]["queries"] == 1 for c in r.chains)
+    assert r.alerts == []

@@ -1,0 +1,164 @@
+"""The seed article's healthy trace and its Part-2 faults, in every translation mode.
+
+Each scenario is built by tests/scenario.py as the syscalls every process on every
+node would make; the in-process runner must produce exactly one chain with the
+expected path and exactly the expected alerts, all valid against the schemas.
+"""
+from __future__ import annotations
+
+import pytest
+
+from svctrace.schemas.validate import validate
+from svctrace.streams.core import run
+from tests.scenario import FAULTS, MODES, T0, Cluster, Scenario, build
+
+# (fault, mode) -> expected chain fields and the exact set of alert rules.
+EXPECTED = {
+    ("healthy", "userspace"): dict(status="ok", mode="userspace_proxy", conf="high", backend="my-nginx-1", http=200, error=None, rules=set()),
+    ("healthy", "dnat"): dict(status="ok", mode="dnat", conf="high", backend="my-nginx-1", http=200, error=None, rules=set()),
+    ("healthy", "socket_lb"): dict(status="ok", mode="socket_lb", conf="high", backend="my-nginx-1", http=200, error=None, rules=set()),
+    # 1: wrong targetPort — the proxy's dial is refused and curl gets an empty reply; DNAT/socket-LB get a RST
+    ("wrong_port", "userspace"): dict(status="broken", mode="userspace_proxy", conf="high", backend="my-nginx-1", http=None,
+                                      error="empty reply", rules={"svc.target_port_refused"}),
+    ("wrong_port", "dnat"): dict(status="broken", mode="dnat", conf="low", backend=None, http=None,
+                                 error="connection refused", rules={"svc.target_port_refused"}),
+    ("wrong_port", "socket_lb"): dict(status="broken", mode="socket_lb", conf="high", backend="my-nginx-1", http=None,
+                                      error="connection refused", rules={"svc.target_port_refused"}),
+    # 2: wrong labels — no endpoints: the proxy accepts and closes; iptables/socket-LB refuse
+    ("no_endpoints", "userspace"): dict(status="broken", mode="userspace_proxy", conf="high", backend=None, http=None,
+                                        error="empty reply", rules={"svc.no_endpoints"}),
+    ("no_endpoints", "dnat"): dict(status="broken", mode="none", conf="high", backend=None, http=None,
+                                   error="connection refused", rules={"svc.no_endpoints"}),
+    ("no_endpoints", "socket_lb"): dict(status="broken", mode="none", conf="high", backend=None, http=None,
+                                        error="connection refused", rules={"svc.no_endpoints"}),
+    # 4: host resolver — a non-cluster DNS answers a foreign IP, the connect is refused
+    **{("host_resolver", m): dict(status="broken", mode=None, conf=None, backend=None, http=None,
+                                  error="connection refused", rules={"dns.wrong_resolver", "dns.answer_not_service"})
+       for m in MODES},
+    # 3: flushed rules — the VIP connect is never accepted and times out
+    **{("rules_flushed", m): dict(status="broken", mode="none", conf="high", backend=None, http=None,
+                                  error="connection timed out", rules={"svc.translation_missing"}) for m in MODES},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_seed_scenario(fault, mode):
+    cluster, events = build(fault, mode)
+    result = run(events, cluster.index())
+    exp = EXPECTED[(fault, mode)]
+    assert len(result.chains) == 1, [c["chain_id"] for c in result.chains]
+    chain = result.chains[0]
+    validate("chain", chain)
+    for alert in result.alerts:
+        validate("alert", alert)
+    assert chain["status"] == exp["status"], chain
+    tr = chain["translation"]
+    assert (tr and tr["mode"], tr and tr["confidence"]) == (exp["mode"], exp["conf"])
+    assert (chain["backend"] or {}).get("pod") == exp["backend"]
+    assert (chain["response"] or {}).get("status") == exp["http"]
+    assert (chain["response"] or {}).get("error") == exp["error"]
+    assert {a["rule"] for a in result.alerts} == exp["rules"]
+    assert sorted(chain["alerts"]) == sorted(a["alert_id"] for a in result.alerts)
+    for alert in result.alerts:
+        assert alert["chain_ids"] == [chain["chain_id"]] and alert["count"] == 1
+        assert alert["evidence"], alert
+    # the DNS lookup is part of the chain; the resolver is named
+    dns = chain["dns"]
+    assert dns["qname"] == "my-nginx.default.svc.cluster.local"
+    if fault == "host_resolver":
+        assert dns["resolver_ip"] == cluster.host_resolver and dns["resolver_is_cluster_dns"] is False
+        assert dns["answers"] == [cluster.foreign_ip] and chain["service"] is None
+    else:
+        assert dns["resolver_is_cluster_dns"] is True and dns["answers"] == ["10.96.0.100"]
+        assert dns["server"]["pod"] == "coredns" and dns["server"]["comm"] == "coredns"
+        assert chain["service"] == {"namespace": "default", "name": "my-nginx", "cluster_ip": "10.96.0.100",
+                                    "port": 8080, "protocol": "TCP",
+                                    "target_port": 8080 if fault == "wrong_port" else 80}
+        assert chain["client"]["pod"] == "client" and chain["client"]["comm"] == "curl"
+
+
+def test_seed_part1_userspace_proxy_trace_details():
+    """Part 1: curl -> skydns-style lookup -> connect VIP:8080 -> hyperkube reads the same bytes on the
+    accepted fd and writes them to pod:80 -> nginx serves it."""
+    cluster, events = build("healthy", "userspace")
+    chain = run(events, cluster.index()).chains[0]
+    proxy = chain["translation"]["proxy"]
+    assert proxy["comm"] == "hyperkube" and proxy["ip"] == cluster.nodes["node-a"] and proxy["port"] == 39551
+    assert chain["connect"]["ip"] == "10.96.0.100" and chain["connect"]["port"] == 8080
+    assert chain["backend"]["ip"] == "10.244.1.7" and chain["backend"]["port"] == 80
+    assert chain["response"]["method"] == "GET" and chain["response"]["host"].startswith("my-nginx.default")
+    assert [h["name"] for h in chain["hops"]] == ["dns", "proxy", "response"]
+    whats = [e["what"] for e in chain["evidence"]]
+    assert "client connect" in whats and "accept" in whats and any(w.startswith("proxy dial") for w in whats)
+
+
+def test_alert_ids_are_deterministic_and_dedup_repeats():
+    """Three identical failing requests in one suppression window: one alert, count 3, three chains."""
+    cluster, events = build("wrong_port", "socket_lb", requests=3, gap_ns=50 * 10**6)
+    result = run(events, cluster.index())
+    assert len(result.chains) == 3 and len({c["chain_id"] for c in result.chains}) == 3
+    assert len(result.alerts) == 1
+    alert = result.alerts[0]
+    assert alert["count"] == 3 and sorted(alert["chain_ids"]) == sorted(c["chain_id"] for c in result.chains)
+    assert alert["first_seen"] < alert["last_seen"]
+    again = run(build("wrong_port", "socket_lb", requests=3, gap_ns=50 * 10**6)[1], Cluster("wrong_port").index())
+    assert [a["alert_id"] for a in again.alerts] == [alert["alert_id"]]
+    assert [c["chain_id"] for c in again.chains] == [c["chain_id"] for c in result.chains]
+
+
+def test_keepalive_connection_gives_one_chain_per_request():
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.keepalive(T0, statuses=(200, 503, 200))
+    result = run(sc.events(), cluster.index())
+    assert [c["response"]["status"] for c in result.chains] == [200, 503, 200]
+    assert len({c["chain_id"] for c in result.chains}) == 3
+    assert [c["status"] for c in result.chains] == ["ok", "broken", "ok"]
+    assert all(c["backend"]["pod"] == "my-nginx-2" and c["backend"]["comm"] == "nginx" for c in result.chains)
+    assert [a["rule"] for a in result.alerts] == ["svc.backend_5xx"]
+    assert "503" in result.alerts[0]["summary"]
+    for c in result.chains:
+        validate("chain", c)
+        assert c["dns"] is None and c["translation"]["mode"] == "dnat"
+        assert [h["name"] for h in c["hops"]] == ["connect", "response", "backend"]
+
+
+def test_lost_events_make_a_chain_incomplete_never_broken():
+    for mode in MODES:
+        cluster = Cluster("wrong_port")
+        sc = Scenario(cluster, mode)
+        sc.request(T0, "wrong_port")
+        sc.loss(T0 + 600 * 1000, "node-a", count=5)
+        result = run(sc.events(), cluster.index())
+        assert [c["status"] for c in result.chains] == ["incomplete"], mode
+        assert "lost" in result.chains[0]["incomplete_reason"]
+        assert result.alerts == [] and result.chains[0]["alerts"] == []
+
+
+def test_misrouted_backend_in_another_namespace():
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.request(T0, "healthy", backend="other")
+    result = run(sc.events(), cluster.index())
+    chain = result.chains[0]
+    assert chain["backend"]["pod"] == "other" and chain["backend"]["namespace"] == "prod"
+    assert chain["status"] == "broken" and [a["rule"] for a in result.alerts] == ["svc.misrouted"]
+
+
+def test_slow_response_breaks_the_latency_objective_without_breaking_the_chain():
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.keepalive(T0, statuses=(200,), response_delay_ns=3 * 10**9)
+    result = run(sc.events(), cluster.index())
+    assert [c["status"] for c in result.chains] == ["ok"]
+    assert {a["rule"] for a in result.alerts} == {"svc.hop_latency"}
+    assert any("hop response" in a["summary"] for a in result.alerts)
+
+
+def test_capture_cut_mid_request_is_incomplete():
+    cluster, events = build("healthy", "dnat")
+    cut = [e for e in events if not (e.node == "node-a" and e.kind in ("recv", "close") and e.proto == "tcp")]
+    result = run(cut, cluster.index())
+    assert [c["status"] for c in result.chains] == ["incomplete"]
+    assert result.alerts == []
