@@ -99,6 +99,8 @@ class Libbpf:
         self.libbpf_set_print(ctypes.cast(self._print, c_void_p))
 
     def _on_print(self, level: int, fmt: bytes, va_list: int) -> int:
+        if level > 1:  # LIBBPF_DEBUG: relocation chatter, not worth keeping
+            return 0
         buf = ctypes.create_string_buffer(1024)
         self._libc.vsnprintf(buf, len(buf), fmt, va_list)  # x86-64: va_list is passed as a pointer
         text = buf.value.decode("utf-8", "replace").rstrip()

@@ -1,0 +1,109 @@
+"""`svctrace agent` end to end as root: live eBPF capture -> real Kafka broker -> schema-valid records."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+
+from svctrace.schemas.models import decode_batch
+from svctrace.schemas.validate import validate
+from tests.test_ebpf_live import free_port, wait_listening
+
+pytestmark = [pytest.mark.root, pytest.mark.kafka]
+
+
+def read_line_matching(stream, pattern: str, timeout: float = 60.0) -> re.Match:
+    """Lines of the agent's stderr until one matches (the agent reports readiness there)."""
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m
+    raise AssertionError(f"agent never printed {pattern!r}; stderr: {''.join(lines)[-2000:]}")
+
+
+async def consume_all(kafka, topic: str, want, timeout: float = 60.0) -> list[bytes]:
+    c = kafka.consumer(topic, group_id=None)
+    await c.start()
+    values: list[bytes] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=500)
+            for records in batch.values():
+                values += [r.value for r in records]
+            if want(values):
+                return values
+        raise AssertionError(f"{topic}: condition not met; {len(values)} records")
+    finally:
+        await c.stop()
+
+
+def test_agent_publishes_live_events_to_kafka(kafka, tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("needs root")
+    prefix = kafka.catalogue_topics("ebpf")
+    (tmp_path / "index.html").write_bytes(b"kafka-bound payload\n")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--bootstrap", kafka.bootstrap,
+                              "--topic", prefix + "svctrace.syscalls", "--stats-topic", prefix + "svctrace.agent.stats",
+                              "--metrics-addr", "127.0.0.1:0", "--stats-interval", "1", "--linger", "0.1"],
+                             env=dict(os.environ, NODE_NAME="kafka-test-node"), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, server)
+        m = read_line_matching(agent.stderr, r"metrics on (http://\S+)")
+        read_line_matching(agent.stderr, r"capturing")
+        curl = subprocess.run(["curl", "-s", "-H", "Cookie: session=s3cr3t", f"http://127.0.0.1:{port}/index.html"],
+                              capture_output=True, timeout=30)
+        assert curl.stdout == b"kafka-bound payload\n"
+
+        def has_curl(values):
+            return any(e.comm == "curl" and e.kind == "recv" and e.data and b"kafka-bound" in e.data
+                       for v in values for e in decode_batch(v).events)
+        values = kafka.run(consume_all(kafka, prefix + "svctrace.syscalls", has_curl))
+        deadline = time.monotonic() + 30
+        pattern = r'svctrace_agent_events_published_total\{node="kafka-test-node",source="ebpf"\} [1-9]'
+        while not re.search(pattern, urllib.request.urlopen(m.group(1), timeout=10).read().decode()):
+            assert time.monotonic() < deadline, "metrics never showed published events"
+            time.sleep(0.2)  # poll interval; the agent refreshes its metrics every second
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        rc = agent.wait(60)
+        tail = agent.stderr.read()
+        server.terminate()
+        server.wait(10)
+    assert rc == 0, tail
+    assert "Traceback" not in tail
+
+    events = []
+    for v in values:
+        validate("syscall-batch", orjson.loads(v))
+        b = decode_batch(v)
+        assert b.node == "kafka-test-node" and b.source == "ebpf"
+        events += b.events
+    req = next(e for e in events if e.comm == "curl" and e.kind == "send" and e.remote_port == port)
+    assert req.data.startswith(b"GET /index.html HTTP/1.1") and b"s3cr3t" not in req.data and req.redacted
+    assert b"Cookie: [REDACTED]" in req.data
+    assert all(e.pid != agent.pid for e in events)  # the agent filters itself out
+
+    # the final stats (published on SIGTERM) say nothing was dropped
+    stats = kafka.run(consume_all(kafka, prefix + "svctrace.agent.stats",
+                                  lambda vs: any(orjson.loads(v)["published"] > 0 for v in vs)))
+    for s in stats:
+        validate("agent-stats", orjson.loads(s))
+    last = orjson.loads(stats[-1])
+    assert last["node"] == "kafka-test-node" and last["dropped"] == 0 and last["captured"] >= len(events) > 0
