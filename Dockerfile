@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# The one svctrace image: the node agent, the stream workers and the metadata watcher
+# (the Helm chart in helm/svctrace runs `svctrace agent|worker|metadata` from it).
+#
+#   docker build -t svctrace/svctrace:0.1.0 .
+#
+# Stages: `bpf` compiles the CO-RE BPF object with Debian's clang/bpftool/libbpf-dev,
+# `wheels` builds svctrace and its dependencies into wheels, the runtime stage installs
+# them on python:3.11-slim with Debian's libbpf1 (loaded through ctypes) and nothing else:
+# no compiler, no headers in the image that runs on every node.
+#
+# Debian bookworm everywhere, so the libbpf1 the agent loads at run time (1.1.2) is the
+# one whose headers compiled the object. The object is built for x86-64
+# (-D__TARGET_ARCH_x86 in svctrace/agents/ebpf/build.py): build the image for linux/amd64.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --------------------------------------------------------------------------- BPF object
+FROM ${PYTHON_IMAGE} AS bpf
+# Kernel BTF that vmlinux.h is dumped from. CO-RE relocations make the object load on any
+# kernel with BTF, whichever kernel the builder runs; point this at a file copied into the
+# context (e.g. --build-arg BTF=/src/vmlinux.btf) where the builder has no /sys/kernel/btf.
+ARG BTF=/sys/kernel/btf/vmlinux
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends clang llvm bpftool libbpf-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY svctrace svctrace
+COPY agents agents
+COPY streams streams
+COPY schemas schemas
+# The project's own build helper (the same flags as the tests' build), with its cache in /build.
+RUN pip install --no-cache-dir --no-deps . \
+ && obj="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --force --btf "${BTF}")" \
+ && install -D -m 0644 "${obj}" /out/svctrace.bpf.o
+
+# --------------------------------------------------------------------------- wheels
+FROM ${PYTHON_IMAGE} AS wheels
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY svctrace svctrace
+COPY agents agents
+COPY streams streams
+COPY schemas schemas
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --------------------------------------------------------------------------- runtime
+FROM ${PYTHON_IMAGE}
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libbpf1 \
+ && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels svctrace \
+ && python -c "import ctypes, svctrace.cli, svctrace.agents.ebpf.libbpf; ctypes.CDLL('libbpf.so.1')"
+# Where the chart's agent args point (--bpf-object).
+COPY --from=bpf /out/svctrace.bpf.o /usr/lib/svctrace/svctrace.bpf.o
+# Numeric uid so the kubelet can verify runAsNonRoot. The agent alone runs as uid 0 with
+# only the capabilities the chart grants (see helm/svctrace/values.yaml).
+RUN groupadd --system --gid 10001 svctrace \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/svctrace --create-home \
+      --shell /usr/sbin/nologin svctrace
+USER 10001:10001
+WORKDIR /var/lib/svctrace
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+EXPOSE 9090
+ENTRYPOINT ["svctrace"]
+CMD ["--help"]
