@@ -165,6 +165,7 @@ class Scenario:
         self._ports = itertools.count(40000)
         self._pids = itertools.count(5000)
         self._qid = itertools.count(0x0942)
+        self._fds = itertools.count(10)  # long-lived servers (proxy, nginx) hold many sockets at once
         # the seed's userspace proxy is kube-proxy running inside hyperkube
         self.kube_proxy = {node: Proc(node, 900 + i, "hyperkube") for i, node in enumerate(cluster.nodes)}
 
@@ -262,44 +263,45 @@ class Scenario:
             node_ip = cl.nodes[pod.node]
             kp = self.kube_proxy[pod.node]
             proxy_port, pport = 39551, self.port()
+            fin, fout, fbe = next(self._fds), next(self._fds), next(self._fds)
             self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=svc.cluster_ip, remote_port=svc.port, **vip, **c)
             pin = dict(proto="tcp", role="server", local_ip=node_ip, local_port=proxy_port, remote_ip=pod.ip,
                        remote_port=cport)
-            self.ev(t + 60 * US, kp, "accept", "accept4", 10, 10, **pin)
+            self.ev(t + 60 * US, kp, "accept", "accept4", fin, fin, **pin)
             if fault == "no_endpoints":
                 self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
-                self.ev(t + 260 * US, kp, "close", "close", 10, 0, **pin)
+                self.ev(t + 260 * US, kp, "close", "close", fin, 0, **pin)
                 self.ev(t + 400 * US, curl, "recv", "recvfrom", 4, 0, **c)
                 self.ev(t + 450 * US, curl, "close", "close", 4, 0, **c)
                 return
             target = svc.target_port
             pout = dict(proto="tcp", role="client", local_ip=node_ip, local_port=pport)
             refused = fault == "wrong_port"
-            self.ev(t + 100 * US, kp, "connect", "connect", 11, -111 if refused else -115, addr_ip=be.ip,
+            self.ev(t + 100 * US, kp, "connect", "connect", fout, -111 if refused else -115, addr_ip=be.ip,
                     addr_port=target, remote_ip=be.ip, remote_port=target, **pout)
             self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
             if refused:
-                self.ev(t + 220 * US, kp, "close", "close", 11, 0, **pout)
-                self.ev(t + 260 * US, kp, "close", "close", 10, 0, **pin)
+                self.ev(t + 220 * US, kp, "close", "close", fout, 0, **pout)
+                self.ev(t + 260 * US, kp, "close", "close", fin, 0, **pin)
                 self.ev(t + 400 * US, curl, "recv", "recvfrom", 4, 0, **c)
                 self.ev(t + 450 * US, curl, "close", "close", 4, 0, **c)
                 return
-            self.ev(t + 250 * US, kp, "recv", "read", 10, len(REQUEST), data=REQUEST, **pin)
-            self.ev(t + 270 * US, kp, "send", "write", 11, len(REQUEST), data=REQUEST, **pout)
+            self.ev(t + 250 * US, kp, "recv", "read", fin, len(REQUEST), data=REQUEST, **pin)
+            self.ev(t + 270 * US, kp, "send", "write", fout, len(REQUEST), data=REQUEST, **pout)
             resp = RESPONSE_200 if status == 200 else RESPONSE_503
             nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
             bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=target, remote_ip=node_ip,
                         remote_port=pport)
-            self.ev(t + 300 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
-            self.ev(t + 400 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
-            self.ev(t + 600 * US, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
-            self.ev(t + 700 * US, kp, "recv", "read", 11, len(resp), data=resp, **pout)
-            self.ev(t + 720 * US, kp, "send", "write", 10, len(resp), data=resp, **pin)
+            self.ev(t + 300 * US, nginx, "accept", "accept4", fbe, fbe, **bsrv)
+            self.ev(t + 400 * US, nginx, "recv", "recvfrom", fbe, len(REQUEST), data=REQUEST, **bsrv)
+            self.ev(t + 600 * US, nginx, "send", "writev", fbe, len(resp), data=resp, **bsrv)
+            self.ev(t + 700 * US, kp, "recv", "read", fout, len(resp), data=resp, **pout)
+            self.ev(t + 720 * US, kp, "send", "write", fin, len(resp), data=resp, **pin)
             self.ev(t + 800 * US, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
             self.ev(t + 900 * US, curl, "close", "close", 4, 0, **c)
-            self.ev(t + 950 * US, kp, "close", "close", 10, 0, **pin)
-            self.ev(t + 960 * US, kp, "close", "close", 11, 0, **pout)
-            self.ev(t + 1000 * US, nginx, "close", "close", 3, 0, **bsrv)
+            self.ev(t + 950 * US, kp, "close", "close", fin, 0, **pin)
+            self.ev(t + 960 * US, kp, "close", "close", fout, 0, **pout)
+            self.ev(t + 1000 * US, nginx, "close", "close", fbe, 0, **bsrv)
             return
 
         # DNAT and socket-LB: the backend accepts the client's own ip:port.
@@ -319,15 +321,16 @@ class Scenario:
             return
         resp = RESPONSE_200 if status == 200 else RESPONSE_503
         nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
+        fbe = next(self._fds)
         bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=target, remote_ip=pod.ip, remote_port=cport)
         self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=remote, remote_port=rport, **vip, **c)
-        self.ev(t + 150 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
+        self.ev(t + 150 * US, nginx, "accept", "accept4", fbe, fbe, **bsrv)
         self.ev(t + 200 * US, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
-        self.ev(t + 300 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
-        self.ev(t + 500 * US, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
+        self.ev(t + 300 * US, nginx, "recv", "recvfrom", fbe, len(REQUEST), data=REQUEST, **bsrv)
+        self.ev(t + 500 * US, nginx, "send", "writev", fbe, len(resp), data=resp, **bsrv)
         self.ev(t + 650 * US, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
         self.ev(t + 700 * US, curl, "close", "close", 4, 0, **c)
-        self.ev(t + 800 * US, nginx, "close", "close", 3, 0, **bsrv)
+        self.ev(t + 800 * US, nginx, "close", "close", fbe, 0, **bsrv)
 
 
     def keepalive(self, t: int, statuses=(200, 503), client_pod: str = "client", backend: str = "my-nginx-2",
@@ -337,23 +340,24 @@ class Scenario:
         svc, pod, be = cl.services["my-nginx"], cl.pods[client_pod], cl.pods[backend]
         curl = self.proc(client_pod, "python")
         nginx = Proc(be.node, 8000 + int(be.ip.rsplit(".", 1)[1]), "nginx", be.container_id)
+        fbe = next(self._fds)
         cport = self.port()
         c = dict(proto="tcp", role="client", local_ip=pod.ip, local_port=cport)
         bsrv = dict(proto="tcp", role="server", local_ip=be.ip, local_port=svc.target_port, remote_ip=pod.ip,
                     remote_port=cport)
         self.ev(t, curl, "connect", "connect", 4, 0, addr_ip=svc.cluster_ip, addr_port=svc.port,
                 remote_ip=svc.cluster_ip, remote_port=svc.port, **c)
-        self.ev(t + 100 * US, nginx, "accept", "accept4", 3, 3, **bsrv)
+        self.ev(t + 100 * US, nginx, "accept", "accept4", fbe, fbe, **bsrv)
         for i, status in enumerate(statuses):
             ti = t + (i + 1) * MS
             resp = RESPONSE_200 if status == 200 else RESPONSE_503
             self.ev(ti, curl, "send", "sendto", 4, len(REQUEST), data=REQUEST, **c)
-            self.ev(ti + 100 * US, nginx, "recv", "recvfrom", 3, len(REQUEST), data=REQUEST, **bsrv)
-            self.ev(ti + 100 * US + response_delay_ns, nginx, "send", "writev", 3, len(resp), data=resp, **bsrv)
+            self.ev(ti + 100 * US, nginx, "recv", "recvfrom", fbe, len(REQUEST), data=REQUEST, **bsrv)
+            self.ev(ti + 100 * US + response_delay_ns, nginx, "send", "writev", fbe, len(resp), data=resp, **bsrv)
             self.ev(ti + 200 * US + response_delay_ns, curl, "recv", "recvfrom", 4, len(resp), data=resp, **c)
         tend = t + (len(statuses) + 1) * MS + response_delay_ns
         self.ev(tend, curl, "close", "close", 4, 0, **c)
-        self.ev(tend + 100 * US, nginx, "close", "close", 3, 0, **bsrv)
+        self.ev(tend + 100 * US, nginx, "close", "close", fbe, 0, **bsrv)
 
     def loss(self, t: int, node: str, count: int = 10) -> None:
         """A loss marker: `count` events were dropped at t on node."""

@@ -16,7 +16,7 @@ def test_parse_query_answer_cname_chain_and_ttl():
     assert (q.id, q.is_response, q.qname, q.qtype) == (0x1234, False, "my-nginx.default.svc.cluster.local.", "AAAA")
     wire = dns_answer("www.example.com", "A", 7, ["93.184.216.34", "93.184.216.35"], cname="edge.example.net")
     a = parse_dns(wire)
-    assert a.is_response and a.rcode == "NOERROR" and a.answers == ("93.184.216.34", "93.184.216.35")
+    assert a.is_response and a.rcode == "NOERROR" and sorted(a.answers) == ["93.184.216.34", "93.184.216.35"]
     assert a.cnames == ("edge.example.net.",) and a.ttl == 30 and not a.truncated
     nx = parse_dns(dns_answer("nope.default.svc.cluster.local", "A", 9, rcode=3))
     assert nx.rcode == "NXDOMAIN" and nx.answers == ()
