@@ -446,6 +446,8 @@ class KindWatcher:
         with self._lock:
             self._resp = resp
         try:
+            if stop.is_set():  # stopped while connecting: interrupt() may have missed this response
+                return
             for line in iter_resp_lines(resp):
                 if stop.is_set():
                     return
@@ -504,10 +506,12 @@ class LeaseElector:
         self._last_renew = 0.0
 
     def _spec(self, transitions: int, acquire_time: datetime | None):
-        now = datetime.now(timezone.utc)
+        # MicroTime wants RFC 3339 with exactly six fractional digits (isoformat drops them at .0).
+        now = _rfc3339_micro(datetime.now(timezone.utc))
         return self.k8s.V1LeaseSpec(
             holder_identity=self.identity, lease_duration_seconds=int(max(1, round(self.lease_duration_s))),
-            acquire_time=acquire_time or now, renew_time=now, lease_transitions=transitions)
+            acquire_time=_rfc3339_micro(acquire_time) if acquire_time else now, renew_time=now,
+            lease_transitions=transitions)
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when we hold the Lease afterwards."""
@@ -561,9 +565,12 @@ class LeaseElector:
         """Give the Lease up on clean shutdown so a standby takes over at once."""
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace)
-            if lease.spec and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
-                lease.spec.lease_duration_seconds = 1
+            spec = lease.spec
+            if spec and spec.holder_identity == self.identity:
+                lease.spec = self.k8s.V1LeaseSpec(
+                    holder_identity=None, lease_duration_seconds=1, lease_transitions=spec.lease_transitions,
+                    acquire_time=_rfc3339_micro(spec.acquire_time) if spec.acquire_time else None,
+                    renew_time=_rfc3339_micro(datetime.now(timezone.utc)))
                 self.api.replace_namespaced_lease(self.name, self.namespace, lease)
         except Exception as e:  # noqa: BLE001 - best effort: the lease expires anyway
             log.info("lease release failed: %s", e)
