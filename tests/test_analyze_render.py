@@ -34,7 +34,7 @@ def plain(lines) -> str:
 def test_chain_timeline_names_every_stage_in_order():
     chain = example("chain")
     text = plain([render.chain_title(chain), *render.chain_lines(chain)])
-    stages = ["client", "dns query", "dns answer", "connect", "proxy", "backend", "response"]
+    stages = ["client", "dns query", "dns answer", "connect", "proxy", "backend", "request", "response"]
     positions = [text.index(f"  {s}") for s in stages]
     assert positions == sorted(positions), text
     assert "A my-nginx.default.cluster.local  → 10.0.0.10:53 (cluster DNS)" in text
@@ -42,7 +42,8 @@ def test_chain_timeline_names_every_stage_in_order():
     assert "→ 10.0.0.159:8080  Service default/my-nginx  (port 8080 → targetPort 80)  EINPROGRESS" in text
     assert "userspace proxy  hyperkube (39579)  on node-a" in text
     assert "172.17.0.6:80  nginx (40473)  in default/my-nginx-3800858182-h9v8d" in text
-    assert "GET /  → HTTP/1.1 200  99 B sent, 850 B received" in text
+    assert "request     GET /  Host: my-nginx.default.cluster.local:8080  (99 B)" in text
+    assert "response    HTTP/1.1 200  (850 B)" in text
     assert "+4.354 ms" in text  # connect, relative to the chain's first event
     assert "\x1b[" not in text  # piped: plain text
 
@@ -59,6 +60,22 @@ def test_non_cluster_resolver_and_refused_connect_are_called_out():
     assert "→ 172.30.0.1:8080  ECONNREFUSED" in text
 
 
+def test_timeline_is_chronological_with_evidence_times():
+    chain = example("chain")
+    base = chain["start_ts"]
+    chain["evidence"] = [
+        {"node": "node-a", "n": 1, "ts": base + 5_000_000, "what": "client request"},
+        {"node": "node-a", "n": 2, "ts": base + 6_000_000, "what": "proxy dial ECONNREFUSED"},
+        {"node": "node-a", "n": 3, "ts": base + 4_500_000, "what": "accept"},
+    ]
+    chain["response"].update(status=None, error="empty reply", bytes_received=0)
+    text = plain(render.chain_lines(chain))
+    order = [text.index(s) for s in ("connect", "proxy", "request", "backend", "response")]
+    assert order == sorted(order), text
+    assert "+6.000 ms  backend     172.17.0.6:80" in text and "dial ECONNREFUSED" in text
+    assert "response    empty reply" in text
+
+
 def test_alert_lines_show_rule_summary_labels_and_evidence():
     alert = example("alert")
     found = {}
@@ -70,9 +87,17 @@ def test_alert_lines_show_rule_summary_labels_and_evidence():
     text = plain(render.alert_lines(alert, evidence_text))
     assert " CRITICAL  svc.no_endpoints  Service default/my-nginx has no endpoints" in text
     assert "labels    namespace=default node=node-a pod=client-wd32o service=my-nginx" in text
-    assert "evidence  node-a #43795  proxy accept then close" in text
-    assert "hyperkube (39579) accept4" in text
+    assert "evidence  node-a #43795  15:40:58.357730454 hyperkube (39579) accept4 ...  (proxy accept then close)" in text
     assert found == {("node-a", 43795): True}
+
+
+def test_second_alert_on_the_same_evidence_says_as_above():
+    alert = example("alert")
+    printed: set = set()
+    first = plain(render.alert_lines(alert, None, printed))
+    second = plain(render.alert_lines(dict(alert, rule="dns.wrong_resolver"), None, printed))
+    assert "node-a #43795" in first
+    assert "node-a #43795" not in second and "evidence  1 events, as above" in second
 
 
 def test_colour_only_when_asked_or_on_a_terminal():

@@ -12,6 +12,18 @@ from svctrace.analyze.pipeline import Analysis, analyze
 from svctrace.analyze.render import Text
 
 
+def chain_service(chain: dict) -> tuple[str | None, str | None]:
+    """(namespace, name) of the Service a chain was for: its service stage, or else the
+    cluster name it looked up (`name.namespace.svc.<domain>`) when no Service was reached."""
+    svc = chain.get("service")
+    if svc:
+        return svc.get("namespace"), svc.get("name")
+    labels = ((chain.get("dns") or {}).get("qname") or "").rstrip(".").split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        return labels[1], labels[0]
+    return None, None
+
+
 # --- filters -----------------------------------------------------------------------------
 class Filter:
     """--namespace / --service as predicates over chains, alerts and connections."""
@@ -31,14 +43,11 @@ class Filter:
         return bool(self.namespace or self.service)
 
     def chain(self, c: dict) -> bool:
-        svc = c.get("service") or {}
-        if self.service and svc.get("name") != self.service:
-            return False
+        ns, name = chain_service(c)
+        if self.service:
+            return name == self.service and (not self.namespace or ns == self.namespace)
         if self.namespace:
-            spaces = {svc.get("namespace"), (c.get("client") or {}).get("namespace"), (c.get("backend") or {}).get("namespace")}
-            if self.service:
-                return svc.get("namespace") == self.namespace
-            return self.namespace in spaces
+            return self.namespace in {ns, (c.get("client") or {}).get("namespace"), (c.get("backend") or {}).get("namespace")}
         return True
 
     def alert(self, a: dict) -> bool:
@@ -83,10 +92,11 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
     if not args.alerts_only:
         if chains:
             render.section(console, f"REQUEST CHAINS ({len(chains)})", "times are UTC; +ms from the chain's first event")
+            rules = {a["alert_id"]: a["rule"] for a in result.alerts}
             for chain in chains:
                 console.print()
                 console.print(render.chain_title(chain))
-                for line in render.chain_lines(chain):
+                for line in render.chain_lines(chain, rules):
                     console.print(line)
         elif result.chains and flt.active:
             render.section(console, "REQUEST CHAINS", "none match the filter")
@@ -108,9 +118,10 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
 
     if alerts:
         render.section(console, f"ALERTS ({len(alerts)})")
+        printed: set = set()
         for alert in alerts:
             console.print()
-            for line in render.alert_lines(alert, result.evidence_text):
+            for line in render.alert_lines(alert, result.evidence_text, printed):
                 console.print(line)
 
     render.section(console, "SUMMARY")

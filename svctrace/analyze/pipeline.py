@@ -25,6 +25,10 @@ SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
+
+
 # --- inputs ------------------------------------------------------------------------------
 def check_capture_path(path: str) -> Path:
     """Fail early, in one line, on what is plainly not a capture."""
@@ -57,8 +61,8 @@ def load_cluster_file(path: str) -> list[dict]:
         raise AnalyzeError(f"--cluster {path}: is a directory, expected kubectl get -o json output")
     try:
         records = list(sources.load_file(p))
-    except MetadataInputError as e:
-        raise AnalyzeError(f"--cluster: unreadable cluster state: {e}") from None
+    except MetadataInputError as e:  # YAML errors span lines (a caret diagram): keep the first
+        raise AnalyzeError(f"--cluster: unreadable cluster state: {first_line(e)}") from None
     except OSError as e:
         raise AnalyzeError(f"--cluster {path}: cannot read: {e.strerror or e}") from None
     if not records:
@@ -74,7 +78,7 @@ def capture_records(reader, path: str) -> list[dict]:
     try:
         return sources.records_from_capture(reader, source=path)
     except MetadataInputError as e:
-        raise AnalyzeError(f"unreadable cluster state embedded in the capture: {e}") from None
+        raise AnalyzeError(f"unreadable cluster state embedded in the capture: {first_line(e)}") from None
 
 
 
@@ -130,20 +134,20 @@ class Analysis:
         return found
 
     def evidence_text(self, ref: dict) -> str | None:
-        """A sysdig-like line for the event an evidence ref points at."""
+        """The event an evidence ref points at, the way `sysdig -r` prints one (exit side)."""
         e = self.evidence.get((ref.get("node"), ref.get("n")))
         if e is None:
             return None
         parts = [render.clock_ns(e.ts), f"{e.comm} ({e.tid})", e.syscall, f"fd={e.fd}"]
         if e.local_ip or e.remote_ip:
-            if e.role == "server":
-                parts.append(f"{render.addr(e.remote_ip, e.remote_port)}->{render.addr(e.local_ip, e.local_port)}")
-            else:
-                parts.append(f"{render.addr(e.local_ip, e.local_port)}->{render.addr(e.remote_ip or e.addr_ip, e.remote_port or e.addr_port)}")
-        parts.append(f"res={e.res}" + (f"({e.errno})" if e.errno else ""))
-        if e.data:
-            text = e.data[:60].decode("latin-1")
-            parts.append(repr("".join(ch if 32 <= ord(ch) < 127 else "." for ch in text)))
+            local, remote = render.addr(e.local_ip, e.local_port), render.addr(e.remote_ip or e.addr_ip, e.remote_port or e.addr_port)
+            # sysdig's tuple is client->server
+            parts.append(f"{remote}->{local}" if e.role == "server" else f"{local}->{remote}")
+        parts.append(f"res={e.res}" + (f" {e.errno}" if e.errno else ""))
+        head = (e.data or b"")[:48]
+        printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+        if head and printable >= 0.8 * len(head):  # text protocols; binary (DNS) is in the ref's words
+            parts.append("data=" + "".join(chr(b) if 32 <= b < 127 else "." for b in head))
         return " ".join(parts)
 
     # -- header and summary -----------------------------------------------------------------
@@ -151,8 +155,11 @@ class Analysis:
         t = Text()
         t.append("svctrace analyze ", style="bold")
         t.append(self.path, style="bold cyan")
-        nodes = ", ".join(sorted(self.nodes)) or "no events"
-        t.append(f"  node {nodes}" if len(self.nodes) == 1 else f"  nodes {nodes}", style=render.DIM)
+        if self.nodes:
+            nodes = ", ".join(sorted(self.nodes))
+            t.append(f"  node {nodes}" if len(self.nodes) == 1 else f"  nodes {nodes}", style=render.DIM)
+        else:
+            t.append("  no socket events", style=render.DIM)
         if self.first_ts is not None:
             t.append(f"  {render.date_of(self.first_ts)} {render.clock(self.first_ts)} UTC"
                      f", {render.duration(self.last_ts - self.first_ts)}", style=render.DIM)
@@ -161,12 +168,14 @@ class Analysis:
     def summary_rows(self, chains: list[dict], alerts: list[dict], flt) -> list[tuple[str, str]]:
         rows = []
         net = self.connections.net_events
-        rows.append(("capture", f"{self.events} events ({net} TCP/UDP, {self.connections.unix_events} unix)"
-                     f" on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}"
-                     + (f", {self.lost} lost" if self.lost else "")))
-        skipped = self.reader_stats.get("skipped_blocks") or 0
-        if skipped:
-            rows.append(("corrupt", f"{skipped} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"))
+        in_file = self.reader_stats.get("events", self.events)
+        rows.append(("capture", f"{in_file} events in the file; {self.events} on sockets ({net} TCP/UDP, "
+                     f"{self.connections.unix_events} unix) on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}"
+                     + (f"; {self.lost} events lost while capturing" if self.lost else "")))
+        damaged = len(self.reader_stats.get("errors") or ())
+        if damaged or self.reader_stats.get("skipped_bytes"):
+            rows.append(("corrupt", f"{damaged} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"
+                         " with --skip-corrupt; chains near them may be incomplete"))
         if self.cluster_kinds:
             kinds = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in sorted(self.cluster_kinds.items()))
             rows.append(("cluster", f"{self.cluster_source}: {kinds}"))

@@ -118,28 +118,38 @@ def is_cluster_name(qname: str | None) -> bool:
 
 
 # --- chains ----------------------------------------------------------------------------
-def _hop(chain: dict, *names: str) -> dict | None:
-    """The first hop whose name contains one of `names`."""
+def _hop(chain: dict, name: str) -> dict | None:
     for hop in chain.get("hops") or ():
-        name = hop.get("name", "")
-        if any(n in name for n in names):
+        if hop.get("name") == name:
             return hop
     return None
 
 
-def _evidence_ts(chain: dict, *words: str) -> int | None:
-    for ev in chain.get("evidence") or ():
-        what = (ev.get("what") or "").lower()
-        if ev.get("ts") is not None and any(w in what for w in words):
-            return ev["ts"]
+def _ev(chain: dict, *prefixes: str) -> dict | None:
+    """The first evidence ref whose description starts with one of `prefixes` (the stitcher's words)."""
+    for ref in chain.get("evidence") or ():
+        what = ref.get("what") or ""
+        if ref.get("ts") is not None and what.startswith(prefixes):
+            return ref
     return None
 
 
-def _stage_ts(chain: dict, names: tuple[str, ...], end: bool = False) -> int | None:
-    hop = _hop(chain, *names)
-    if hop:
-        return hop["end_ts"] if end else hop["start_ts"]
-    return _evidence_ts(chain, *names)
+def _ts(chain: dict, prefixes: tuple[str, ...], hop: str | None = None, end: bool = False) -> int | None:
+    ref = _ev(chain, *prefixes)
+    if ref is not None:
+        return ref["ts"]
+    h = _hop(chain, hop) if hop else None
+    if h is not None:
+        return h["end_ts"] if end else h["start_ts"]
+    return None
+
+
+def _errno_in(ref: dict | None) -> str | None:
+    """`proxy dial ECONNREFUSED` -> ECONNREFUSED."""
+    if not ref:
+        return None
+    last = (ref.get("what") or "").split()[-1:]
+    return last[0] if last and last[0].startswith("E") and last[0].isupper() else None
 
 
 def chain_title(chain: dict) -> Text:
@@ -152,20 +162,29 @@ def chain_title(chain: dict) -> Text:
         title.append(f"{svc.get('namespace')}/{svc.get('name')}" + (f":{port}" if port else ""), style="bold")
     else:
         conn = chain.get("connect") or {}
-        dns = chain.get("dns") or {}
-        target = addr(conn.get("ip"), conn.get("port")) if conn.get("ip") else (dns.get("qname") or "?")
-        title.append(f"{target} (no Service)", style="bold")
+        qname = (chain.get("dns") or {}).get("qname")
+        target = addr(conn.get("ip"), conn.get("port")) if conn.get("ip") else "?"
+        title.append(_join(qname or "", f"→ {target}" if qname else target) + " (no Service)", style="bold")
     title.append("  ")
     title.append(status.upper(), style=STATUS_STYLE.get(status, ""))
     if status == "incomplete" and chain.get("incomplete_reason"):
         title.append(f" ({chain['incomplete_reason']})", style="yellow")
     title.append(f"  {duration(chain['end_ts'] - chain['start_ts'])}", style=DIM)
-    title.append(f"  {clock(chain['start_ts'])}  chain {chain['chain_id']}", style=DIM)
+    title.append(f"  {clock(chain['start_ts'])}  {chain['chain_id']}", style=DIM)
     return title
 
 
-def chain_lines(chain: dict) -> list[Text]:
-    """The timeline: client, DNS query and answer, connect, translation, backend, response."""
+TRANSLATION_LABEL = {  # mode -> (timeline stage, description)
+    "userspace_proxy": ("proxy", "userspace proxy"),
+    "dnat": ("dnat", "DNAT (iptables/IPVS/nftables)"),
+    "socket_lb": ("socket-lb", "eBPF socket-LB rewrote the connect"),
+    "nodeport_snat": ("snat", "NodePort SNAT"),
+    "none": ("xlat", "no translation seen"),
+}
+
+
+def chain_lines(chain: dict, alert_rules: dict | None = None) -> list[Text]:
+    """The timeline: client, DNS query and answer, connect, translation, backend, request, response."""
     start = chain["start_ts"]
     rows: list[tuple[int | None, str, str, str]] = []  # (ts, stage, text, style)
     client = chain.get("client") or {}
@@ -184,7 +203,7 @@ def chain_lines(chain: dict) -> list[Text]:
         extra = f"{queries} queries" if queries > 1 else ""
         if dns.get("retries"):
             extra = _join(extra, f"{dns['retries']} retries")
-        q_ts = _stage_ts(chain, ("dns",)) or start
+        q_ts = _ts(chain, ("dns query",), "dns") or start
         rows.append((q_ts, "dns query", _join(f"{dns.get('qtype', '?')} {dns.get('qname')}", f"→ {resolver} ({kind})", extra),
                      "red" if cluster_name and not dns.get("resolver_is_cluster_dns") else ""))
         rcode = dns.get("rcode")
@@ -197,7 +216,7 @@ def chain_lines(chain: dict) -> list[Text]:
             took = f"in {duration(dns['latency_ns'])}" if dns.get("latency_ns") is not None else ""
             server = dns.get("server")
             by = _join(f"answered by {process(server)}", workload(server)) if server else ""
-            a_ts = (q_ts + dns["latency_ns"]) if dns.get("latency_ns") is not None else _stage_ts(chain, ("dns",), end=True)
+            a_ts = _ts(chain, ("dns answer",), "dns", end=True)
             rows.append((a_ts, "dns answer", _join(f"{rcode or '?'} {answers}{cnames}", ttl, took, by),
                          "" if rcode in (None, "NOERROR") else "red"))
 
@@ -211,48 +230,58 @@ def chain_lines(chain: dict) -> list[Text]:
             tp = svc.get("target_port")
             ports = f"port {svc.get('port')} → targetPort {tp}" if tp is not None else ""
             what = _join(what, f"Service {svc.get('namespace')}/{svc.get('name')}", f"({ports})" if ports else "")
-        res = conn.get("res")
         style = ""
         if conn.get("errno"):
             what = _join(what, conn["errno"])
             style = "" if conn["errno"] in ("EINPROGRESS", "EAGAIN") else "red"
-        elif res is not None:
-            what = _join(what, f"res={res}")
+        elif conn.get("res") is not None:
+            what = _join(what, f"res={conn['res']}")
         rows.append((conn.get("ts"), "connect", what, style))
 
     tr = chain.get("translation")
     if tr:
         mode = tr.get("mode", "?")
-        label = {"userspace_proxy": "userspace proxy", "dnat": "DNAT (iptables/IPVS/nft)",
-                 "socket_lb": "eBPF socket-LB", "nodeport_snat": "NodePort SNAT", "none": "none seen"}.get(mode, mode)
+        stage, label = TRANSLATION_LABEL.get(mode, ("xlat", mode))
         proxy = tr.get("proxy")
         text = _join(label, process(proxy) if proxy else "", workload(proxy) if proxy else "",
-                     f"confidence {tr.get('confidence')}" if tr.get("confidence") != "high" else "")
-        stage = {"userspace_proxy": "proxy", "dnat": "dnat", "socket_lb": "socket-lb", "nodeport_snat": "snat"}.get(mode, "xlat")
-        rows.append((_stage_ts(chain, ("proxy", "translation", "dnat", "xlat")), stage, text,
-                     "red" if mode == "none" else ""))
+                     f"accepted on {addr(proxy.get('ip'), proxy.get('port'))}" if proxy and proxy.get("ip") else "",
+                     f"(confidence {tr.get('confidence')})" if tr.get("confidence") != "high" else "")
+        rows.append((_ts(chain, ("accept",), "proxy"), stage, text, "red" if mode == "none" else ""))
 
     backend = chain.get("backend")
+    dial = _ev(chain, "proxy dial")
     if backend:
-        rows.append((_stage_ts(chain, ("backend", "accept")), "backend",
-                     _join(addr(backend.get("ip"), backend.get("port")), process(backend), workload(backend)), ""))
+        refused = _errno_in(dial)
+        text = _join(addr(backend.get("ip"), backend.get("port")), process(backend), workload(backend))
+        if refused:
+            text = _join(text, f"dial {refused}")
+        rows.append((dial["ts"] if dial else _ts(chain, ("backend request",)), "backend", text, "red" if refused else ""))
+    elif tr and chain.get("status") == "broken":
+        rows.append((None, "backend", "none reached", "red"))
 
     resp = chain.get("response")
     if resp:
-        req = " ".join(x for x in (resp.get("method"), resp.get("target")) if x)
+        req = _join(" ".join(x for x in (resp.get("method"), resp.get("target")) if x),
+                    f"Host: {resp['host']}" if resp.get("host") else "",
+                    f"({nbytes(resp['bytes_sent'])})" if resp.get("bytes_sent") else "")
+        if resp.get("method"):
+            rows.append((_ts(chain, ("client request",), "response"), "request", req, ""))
         status = resp.get("status")
-        outcome = f"→ {(resp.get('protocol') or '').upper() or 'status'} {status}" if status is not None else ""
-        sizes = []
-        if resp.get("bytes_sent") is not None:
-            sizes.append(f"{nbytes(resp['bytes_sent'])} sent")
-        if resp.get("bytes_received") is not None:
-            sizes.append(f"{nbytes(resp['bytes_received'])} received")
-        text = _join(req, outcome, ", ".join(sizes), resp.get("error") or "")
+        proto = (resp.get("protocol") or "").upper()
+        outcome = _join(f"{proto or 'status'} {status}" if status is not None else "",
+                        f"({nbytes(resp['bytes_received'])})" if resp.get("bytes_received") else "",
+                        resp.get("error") or "")
         bad = bool(resp.get("error")) or (status is not None and status >= 500)
-        rows.append((_stage_ts(chain, ("response", "http")) or chain["end_ts"], "response", text or "?", "red" if bad else ""))
+        r_ts = _ts(chain, ("client response", "client got EOF", "client recv error"), "response", end=True)
+        rows.append((r_ts or chain["end_ts"], "response", outcome or "?", "red" if bad else "green"))
 
+    # Chronological; a stage with no time of its own stays right after the one before it.
+    keyed, last = [], start - 1
+    for i, row in enumerate(rows):
+        last = row[0] if row[0] is not None else last
+        keyed.append(((last, i), row))
     lines = []
-    for ts, stage, text, style in rows:
+    for _, (ts, stage, text, style) in sorted(keyed, key=lambda kv: kv[0]):
         line = Text("  ")
         line.append(f"{offset_ms(ts, start):>12}  ", style=DIM)
         line.append(f"{stage:<{STAGE_WIDTH}}  ", style=LABEL)
@@ -261,22 +290,25 @@ def chain_lines(chain: dict) -> list[Text]:
     hops = [h for h in chain.get("hops") or () if h.get("latency_ns") is not None]
     if hops:
         line = Text("  " + " " * 14)
-        line.append(f"{'latencies':<{STAGE_WIDTH}}  ", style=LABEL)
+        line.append(f"{'latency':<{STAGE_WIDTH}}  ", style=LABEL)
         line.append("  ".join(f"{h['name']} {duration(h['latency_ns'])}" for h in hops), style=DIM)
         lines.append(line)
     if chain.get("alerts"):
         line = Text("  " + " " * 14)
         line.append(f"{'alerts':<{STAGE_WIDTH}}  ", style=LABEL)
-        line.append(", ".join(chain["alerts"]), style="red")
+        rules = alert_rules or {}
+        line.append(", ".join(rules.get(a, a) for a in chain["alerts"]), style="red")
         lines.append(line)
     return lines
 
 
 # --- alerts ----------------------------------------------------------------------------
-def alert_lines(alert: dict, evidence_text=None) -> list[Text]:
-    """One alert: severity, rule, summary; then labels, when, chains and each piece of evidence.
+def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> list[Text]:
+    """One alert: severity, rule, summary; then labels, when, chains and its evidence, one
+    syscall per line like `sysdig -r` prints it.
 
-    `evidence_text(ref) -> str | None` renders the syscall an evidence ref points at.
+    `evidence_text(ref) -> str | None` renders the event a ref points at; `printed` collects
+    the refs already shown, so a second alert on the same chain says "as above".
     """
     sev = alert.get("severity", "info")
     head = Text("  ")
@@ -287,26 +319,35 @@ def alert_lines(alert: dict, evidence_text=None) -> list[Text]:
     head.append(f"  {alert['summary']}")
     lines = [head]
 
-    def field(name: str, text: str, style: str = "") -> None:
+    def field(name: str, text: str, style: str = "") -> Text:
         line = Text("      ")
         line.append(f"{name:<9} ", style=LABEL)
         line.append(text, style=style)
         lines.append(line)
+        return line
 
     labels = " ".join(f"{k}={v}" for k, v in sorted((alert.get("labels") or {}).items()) if v is not None)
     if labels:
         field("labels", labels)
-    seen = clock(alert.get("first_seen"))
+    seen = f"{date_of(alert.get('first_seen'))} {clock(alert.get('first_seen'))}"
     if alert.get("last_seen") != alert.get("first_seen"):
         seen += f" … {clock(alert.get('last_seen'))}"
-    field("seen", seen)
+    field("seen", seen + " UTC")
     if alert.get("chain_ids"):
         field("chains", ", ".join(alert["chain_ids"]), DIM)
-    for ref in alert.get("evidence") or ():
+    refs = list(alert.get("evidence") or ())
+    keys = {(r.get("node"), r.get("n")) for r in refs}
+    if printed is not None and refs and keys <= printed:
+        field("evidence", f"{len(refs)} events, as above", DIM)
+        return lines
+    if printed is not None:
+        printed |= keys
+    for i, ref in enumerate(refs):
+        line = field("evidence" if i == 0 else "", f"{ref.get('node')} #{ref.get('n')}", DIM)
         text = evidence_text(ref) if evidence_text else None
-        where = f"{ref.get('node')} #{ref.get('n')}"
-        what = ref.get("what") or ""
-        field("evidence", _join(where, what) + (f"\n{' ' * 16}{text}" if text else ""), "")
+        line.append(f"  {text}" if text else f"  {clock_ns(ref.get('ts'))}")
+        if ref.get("what"):
+            line.append(f"  ({ref['what']})", style="cyan")
     return lines
 
 

@@ -1,0 +1,217 @@
+"""`svctrace analyze` end to end on the bundled seed example: timelines, alerts, filters,
+--json, exit codes, and one-line errors for bad input."""
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from svctrace.cli import main
+from svctrace.schemas.validate import validate
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = REPO / "examples" / "seed"
+CAPTURE = SEED / "capture.scap"
+CLUSTER = SEED / "cluster.json"
+
+
+def analyze(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["analyze", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "svctrace", "analyze", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+# --- the demo ----------------------------------------------------------------------------
+def test_demo_prints_the_seed_article_path(capsys):
+    code, out, err = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    assert code == 1, err  # the broken paths raise alerts
+    assert "\x1b[" not in out  # not a terminal: plain text
+    healthy = out.split("● default/my-nginx:8080  OK")[1].split("●")[0]
+    for expected in ("dns query", "A my-nginx.default.svc.cluster.local", "→ 10.0.0.10:53 (cluster DNS)",
+                     "dns answer", "NOERROR 10.0.0.159", "connect", "→ 10.0.0.159:8080",
+                     "Service default/my-nginx", "proxy", "hyperkube (39579)", "backend",
+                     "in default/my-nginx-3800858182-", "request", "GET /", "response", "HTTP 200"):
+        assert expected in healthy, (expected, healthy)
+    assert out.count("● default/my-nginx:8080  OK") == 2
+    assert "ALERTS (" in out and "SUMMARY" in out
+    for rule in ("svc.target_port_refused", "svc.no_endpoints"):
+        assert rule in out
+    assert "evidence" in out
+
+
+def test_demo_command_from_the_makefile_runs_as_a_process():
+    makefile = (REPO / "Makefile").read_text()
+    assert "svctrace analyze examples/seed/capture.scap --cluster examples/seed/cluster.json" in makefile
+    out = run_cli("examples/seed/capture.scap", "--cluster", "examples/seed/cluster.json")
+    assert out.returncode == 1, out.stderr
+    assert "REQUEST CHAINS" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_output_is_deterministic(capsys):
+    first = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    second = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    assert first == second
+
+
+def test_json_emits_only_schema_valid_records(capsys):
+    code, out, err = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--json")
+    assert code == 1, err
+    records = [orjson.loads(line) for line in out.splitlines()]
+    kinds = [r["schema"] for r in records]
+    assert kinds.count("svctrace.chain") >= 4 and kinds.count("svctrace.alert") >= 2
+    for r in records:
+        validate(r["schema"].split(".", 1)[1], r)
+    ok = [r for r in records if r["schema"] == "svctrace.chain" and r["status"] == "ok"]
+    assert {r["backend"]["pod"] for r in ok} == {"my-nginx-3800858182-h9v8d", "my-nginx-3800858182-jlz4r"}
+    alerts = {r["rule"]: r for r in records if r["schema"] == "svctrace.alert"}
+    assert alerts["svc.target_port_refused"]["labels"]["service"] == "my-nginx-legacy"
+    assert alerts["svc.no_endpoints"]["labels"]["service"] == "my-nginx-typo"
+    chain_ids = {r["chain_id"] for r in records if r["schema"] == "svctrace.chain"}
+    for a in alerts.values():
+        assert set(a.get("chain_ids") or ()) <= chain_ids
+
+
+def test_service_filter(capsys):
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--service", "my-nginx-legacy")
+    assert code == 1
+    assert "● default/my-nginx-legacy:8080  BROKEN" in out
+    assert "● default/my-nginx:8080" not in out and "svc.no_endpoints" not in out
+    # my-nginx itself is healthy, but the node's curl looked it up with the wrong resolver
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--service", "default/my-nginx")
+    assert code == 1
+    assert out.count("● default/my-nginx:8080  OK") == 2
+    assert "● my-nginx.default.svc.cluster.local  → 172.30.0.1:8080 (no Service)  BROKEN" in out
+    assert "dns.wrong_resolver" in out and "svc.target_port_refused" not in out
+
+
+def test_namespace_filter(capsys):
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--namespace", "kube-system")
+    assert code == 0
+    assert "none match the filter" in out
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--namespace", "default", "--json")
+    assert code == 1 and out
+
+
+def test_alerts_only(capsys):
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--alerts-only")
+    assert code == 1
+    assert "REQUEST CHAINS" not in out and "ALERTS (" in out and "SUMMARY" in out
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--alerts-only", "--json")
+    assert {orjson.loads(line)["schema"] for line in out.splitlines()} == {"svctrace.alert"}
+
+
+def test_forced_colour(capsys):
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--color")
+    assert "\x1b[" in out
+
+
+def test_without_cluster_flag_the_state_embedded_in_the_capture_is_used(capsys):
+    code, embedded, _ = analyze(capsys, CAPTURE, "--json")
+    assert code == 1
+    assert embedded == analyze(capsys, CAPTURE, "--json", "--cluster", CLUSTER)[1]
+    _, out, _ = analyze(capsys, CAPTURE)
+    assert "cluster   state embedded in the capture: 5 EndpointSlices, 1 Node, 4 Pods, 5 Services" in out
+
+
+def test_connections_listed_on_request(capsys):
+    code, out, err = analyze(capsys, CAPTURE, "--connections")
+    assert code == 1, err
+    listed = out.split("CONNECTIONS SEEN (")[1].split("ALERTS")[0]
+    curl = [line for line in listed.splitlines() if line.lstrip().startswith("curl (51151)")]
+    assert any("tcp  172.17.0.8:50950 (pod default/client-wd32o) → 10.0.0.159:8080 (Service default/my-nginx)"
+               "  client  out 103 B  in 849 B" in line for line in curl), listed
+    assert any("udp  172.17.0.8:40366 (pod default/client-wd32o) → 10.0.0.10:53 (Service kube-system/kube-dns)"
+               in line for line in curl), listed
+    refused = [line for line in listed.splitlines() if "→ 172.17.0.7:8080" in line]
+    assert len(refused) == 1 and "hyperkube (39579)" in refused[0] and "ECONNREFUSED×1" in refused[0]
+
+
+# --- errors: one line on stderr, exit status 2, no traceback ------------------------------
+def assert_one_line_error(out: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("svctrace analyze: error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(run_cli(tmp_path / "nope.scap"), "nope.scap", "no such file")
+
+
+def test_not_a_capture(tmp_path):
+    p = tmp_path / "notes.scap"
+    p.write_text("these are not the syscalls you are looking for\n")
+    assert_one_line_error(run_cli(p), "notes.scap", "not a .scap capture")
+    g = tmp_path / "notes.scap.gz"
+    g.write_bytes(gzip.compress(b"plain text, gzip-compressed" * 10))
+    assert_one_line_error(run_cli(g), "not a .scap capture")
+
+
+def event_block_offsets(data: bytes) -> list[int]:
+    """Offsets of the blocks after the metadata (the event blocks, in a file our writer made)."""
+    offsets, off = [], 0
+    while off + 8 <= len(data):
+        _, length = struct.unpack_from("<II", data, off)
+        offsets.append(off)
+        off += length
+    return offsets
+
+
+def test_corrupt_capture_suggests_skip_corrupt(tmp_path):
+    data = bytearray(CAPTURE.read_bytes())
+    blocks = event_block_offsets(bytes(data))
+    victim = blocks[len(blocks) // 2]
+    struct.pack_into("<I", data, victim + 4, 0xFFFFFFF0)  # an absurd block length
+    p = tmp_path / "damaged.scap"
+    p.write_bytes(bytes(data))
+    assert_one_line_error(run_cli(p, "--cluster", CLUSTER), "damaged.scap", f"offset {victim}", "--skip-corrupt")
+    skipped = run_cli(p, "--cluster", CLUSTER, "--skip-corrupt")
+    assert skipped.returncode in (0, 1), skipped.stderr
+    assert "warning: skipped" in skipped.stdout and "1 damaged block(s) skipped" in skipped.stdout
+
+
+def test_truncated_gzip_capture(tmp_path):
+    p = tmp_path / "cut.scap.gz"
+    p.write_bytes(gzip.compress(CAPTURE.read_bytes())[:-200])
+    assert_one_line_error(run_cli(p), "cut.scap.gz", "--skip-corrupt")
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no such file"),
+    ("{not json", "unreadable cluster state"),
+    ('{"apiVersion": "v1", "kind": "List", "items": [{"kind": "Pod", "metadata": 7}]}', "unreadable cluster state"),
+    ('{"apiVersion": "v1", "kind": "List", "items": []}', "no Kubernetes objects"),
+])
+def test_unreadable_cluster_state(tmp_path, content, fragment):
+    state = tmp_path / "state.json"
+    if content is not None:
+        state.write_text(content)
+    assert_one_line_error(run_cli(CAPTURE, "--cluster", state), "--cluster", fragment)
+
+
+def test_cluster_state_is_a_directory(tmp_path):
+    assert_one_line_error(run_cli(CAPTURE, "--cluster", tmp_path), "is a directory")
+
+
+def test_capture_is_a_directory(tmp_path):
+    assert_one_line_error(run_cli(tmp_path), "is a directory")
+
+
+def test_copied_example_keeps_working(tmp_path):
+    shutil.copy(CAPTURE, tmp_path / "c.scap")
+    shutil.copy(CLUSTER, tmp_path / "k.json")
+    assert run_cli(tmp_path / "c.scap", "--cluster", tmp_path / "k.json").returncode == 1
