@@ -11,5 +11,6 @@ writer, `event_table.py` for the one table everything is derived from and
 """
 from .errors import CaptureError
 from .reader import CaptureReader, RawEvent, open_capture
+from .writer import ScapWriter
 
-__all__ = ["CaptureError", "CaptureReader", "RawEvent", "open_capture"]
+__all__ = ["CaptureError", "CaptureReader", "RawEvent", "open_capture", "ScapWriter"]

@@ -30,9 +30,10 @@ connect/accept/bind/close/dup exits), so reads and writes on a socket fd carry
 the socket's endpoints. Socket endpoints are kept in libsinsp's orientation
 (client ip/port, server ip/port) plus which end is local; `role` is "client"
 for sockets that connected (or sent first on UDP), "server" for accepted,
-bound and listening ones. fd-list entries of connected sockets (libscap lists the
-local end first) are oriented like libsinsp: the end with a port the process
-listens on, or else the lower port, is the server.
+bound and listening ones. fd-list entries of connected sockets list the local end
+first; like libsinsp, the socket is the server end ("server" role, client =
+remote end) when its local port is a listening port of any process in the
+capture's fd lists, else the client end.
 
 Performance: event types irrelevant to network state are counted but never
 decoded (one header unpack per block); relevant types use layouts precompiled
@@ -57,8 +58,8 @@ from .params import LAYOUTS
 _HDR_V1 = struct.Struct("<QQIH")  # ts, tid, len, type (22 bytes)
 _HDR_V2 = struct.Struct("<QQIHI")  # + nparams (26 bytes)
 _QUIRK_LEN3 = frozenset((280, 286))  # NOTIFICATION_E, INFRASTRUCTURE_EVENT_E: len is 3 too large in v1 files
-CLONE_THREAD = 0x10  # PPM_CL_CLONE_THREAD
-CLONE_FILES = 0x2  # PPM_CL_CLONE_FILES
+CLONE_FILES = 0x1  # PPM_CL_CLONE_FILES
+CLONE_THREAD = 0x2000  # PPM_CL_CLONE_THREAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +133,9 @@ class CaptureReader:
     def _reset_state(self) -> None:
         self.threads: dict[int, Thread] = {}
         self.fds: dict[int, dict[int, Sock]] = {}  # pid -> fd -> Sock
-        self._listen_ports: dict[int, set[int]] = {}
         self._enters: dict[int, tuple[int, dict]] = {}  # tid -> last relevant enter event
+        self._server_ports: set[int] = set()
+        self._pending_fdl: list = []
 
     # -- public iterators ---------------------------------------------------
     def __iter__(self) -> Iterator[SyscallEvent]:
@@ -169,6 +171,8 @@ class CaptureReader:
                     self._metadata(stream, off, btype, buf[start:end], n)
                     continue
                 stats.event_blocks += 1
+                if self._pending_fdl:
+                    self._resolve_fdl_sockets()
                 v2 = ev[0]
                 p = start + (6 if ev[1] else 2)
                 try:
@@ -253,7 +257,7 @@ class CaptureReader:
             elif btype in B.PL_VERSION:
                 for p in B.parse_proclist(body, B.PL_VERSION[btype]):
                     self.threads[p["tid"]] = Thread(
-                        p["tid"], p["pid"], p["ptid"], p["comm"], p["exepath"] or p["exe"],
+                        p["tid"], p["pid"], p["ptid"], p["comm"], p["exepath"] or p["exe"] or None,
                         B.container_id_from_cgroups(p["cgroups"]))
             elif btype in B.FDL_TYPES:
                 tid, entries = B.parse_fdlist(body, B.FDL_TYPES[btype])
@@ -269,26 +273,30 @@ class CaptureReader:
         th = self.threads.get(tid)
         pid = th.pid if th else tid
         table = self.fds.setdefault(pid, {})
-        listening = self._listen_ports.setdefault(pid, set())
-        pending = []
         for fd, kind, info in entries:
             if kind in ("ipv4_server", "ipv6_server"):
                 proto, ip, port = info
                 table[fd] = Sock(kind[:4], proto, sip=ip, sport=port, local_is_client=False, role="server")
-                listening.add(port)
+                self._server_ports.add(port)
             elif kind in ("ipv4", "ipv6"):
-                pending.append((fd, kind, info))
+                table[fd] = None  # resolved once every fd list is read: see _resolve_fdl_sockets
+                self._pending_fdl.append((table, fd, kind, info))
             elif kind == "unix":
                 table[fd] = Sock("unix", "unix", path=info[2])
             else:
                 table.pop(fd, None)
-        for fd, kind, (proto, lip, lport, rip, rport) in pending:
-            # libscap lists the local end first; like libsinsp, the end with the
-            # listening (or else the lower) port is the server.
-            if lport in listening or (rport not in listening and lport < rport):
+
+    def _resolve_fdl_sockets(self) -> None:
+        """libscap lists a connected socket local end first; like libsinsp, a socket whose
+        local port is a listening port of any process in the capture is the server end."""
+        for table, fd, kind, (proto, lip, lport, rip, rport) in self._pending_fdl:
+            if table.get(fd, 0) is not None:
+                continue
+            if lport in self._server_ports:
                 table[fd] = Sock(kind, proto, rip, rport, lip, lport, local_is_client=False, role="server")
             else:
                 table[fd] = Sock(kind, proto, lip, lport, rip, rport, local_is_client=True, role="client")
+        self._pending_fdl.clear()
 
     # -- event handlers ---------------------------------------------------------
     def _thread(self, tid: int) -> Thread:
@@ -308,7 +316,6 @@ class CaptureReader:
             th = self.threads.pop(tid, None)
             if th is not None and th.pid == tid:
                 self.fds.pop(tid, None)
-                self._listen_ports.pop(tid, None)
         elif cat == "newfd":
             self._newfd(tid, params)
         elif cat == "dup":
@@ -382,8 +389,7 @@ class CaptureReader:
         if cpid == child and cpid not in self.fds and parent is not None:
             src = self.fds.get(parent.pid)
             if src:  # fork: the child inherits a copy of the parent's fd table
-                self.fds[cpid] = {fd: s.copy() for fd, s in src.items()}
-                self._listen_ports[cpid] = set(self._listen_ports.get(parent.pid, ()))
+                self.fds[cpid] = {fd: s.copy() for fd, s in src.items() if s is not None}
 
     def _exec(self, tid, p) -> None:
         if (p.get("res") or 0) < 0:
@@ -501,12 +507,9 @@ class CaptureReader:
                 if res >= 0 and a and a[0] in ("ipv4", "ipv6") and a[2]:  # port 0: a client picking its source
                     s.sip, s.sport = a[1], a[2]
                     s.local_is_client, s.role = False, "server"
-                    self._listen_ports.setdefault(th.pid, set()).add(a[2])
             elif kind == "listen":
                 if res >= 0:
                     s.local_is_client, s.role = False, "server"
-                    if s.sport is not None:
-                        self._listen_ports.setdefault(th.pid, set()).add(s.sport)
             elif kind == "close":
                 if res >= 0:
                     del table[fd]
