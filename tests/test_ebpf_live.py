@@ -42,7 +42,7 @@ class Live:
         deadline = time.monotonic() + timeout
         while True:
             out: list = []
-            self.cap.ring.drain(self.norm, out)
+            self.cap.ring.drain(self.norm.decode, out)
             self.seen.extend(out)
             got = want(self.seen)
             if got:

@@ -80,11 +80,7 @@ class Agent:
     def ingest(self, events: list[SyscallEvent]) -> None:
         """One chunk from the source (also the unit-test entry point)."""
         self.counters.captured += len(events)
-        if self.opt.redact:
-            events = redact_events(events, self.opt.snaplen, self.counters)
-        for ev in events:
-            if ev.kind == "lost":
-                self.counters.lost += ev.res
+        events = redact_events(events, self.opt.snaplen, self.counters, self.opt.redact)
         self._enqueue(self.batcher.add(events, time.monotonic()))
 
     async def _capture(self) -> None:
@@ -95,6 +91,7 @@ class Agent:
                 lost, markers = src.lost()
                 if lost:
                     self.batcher.note_lost(lost)
+                    self.counters.lost += lost
                     events = events + markers if events else markers
                 if events:
                     self.ingest(events)

@@ -57,7 +57,7 @@ def run(args) -> int:
         with ScapWriter(args.write, hostname=node, gzip=args.gzip, num_cpus=os.cpu_count() or 1) as w:
             while True:
                 events: list = []
-                cap.ring.drain(norm, events)
+                cap.ring.drain(norm.decode, events)
                 drops = cap.drops()[0]
                 if drops > ring_drops:
                     events.append(norm.lost(drops - ring_drops, time.time_ns()))

@@ -6,6 +6,7 @@ batches out, so every rule below is unit-tested without a kernel or a broker.
 from __future__ import annotations
 
 import time
+from binascii import b2a_base64
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -33,20 +34,43 @@ class Counters:
                           lost=self.lost, redacted=self.redacted, batches=self.batches)
 
 
-def redact_events(events: list[SyscallEvent], snaplen: int, counters: Counters) -> list[SyscallEvent]:
-    """Mask credentials in payloads (and bound them to snaplen); counts redacted events."""
+def redact_events(events: list, snaplen: int, counters: Counters, redact_on: bool = True) -> list:
+    """Mask credentials in payloads (and bound them to snaplen); counts redacted events.
+
+    Events are SyscallEvents or their wire dicts (the eBPF fast path); a dict's
+    payload is turned into its base64 text here, once, so encoding needs no
+    per-event callback.
+    """
     out = events
     for i, ev in enumerate(events):
+        if type(ev) is dict:
+            data = ev["data"]
+            if data is None or type(data) is str:
+                continue
+            if redact_on:
+                data, changed = redact(data, snaplen)
+                if changed:
+                    ev["redacted"] = True
+                    counters.redacted += 1
+            ev["data"] = b2a_base64(data, newline=False).decode("ascii")
+            continue
         data = ev.data
         if data is None:
             continue
-        clean, changed = redact(data, snaplen)
+        clean, changed = redact(data, snaplen) if redact_on else (data[:snaplen], False)
         if changed or len(clean) != len(data):
             if out is events:
                 out = list(events)
             out[i] = ev.with_(data=clean, redacted=changed or ev.redacted)
             counters.redacted += changed
     return out
+
+
+def _json_payload_len(ev) -> int:
+    if type(ev) is dict:
+        data = ev["data"]
+        return len(data) if data else 0  # already base64 text
+    return len(ev.data) * 4 // 3 if ev.data else 0
 
 
 @dataclass
@@ -72,13 +96,14 @@ class Batcher:
     pending_lost: int = 0
     opened_at: float = 0.0
 
-    def add(self, events: list[SyscallEvent], now: float) -> list[EncodedBatch]:
+    def add(self, events: list, now: float) -> list[EncodedBatch]:
+        """Events are SyscallEvents or their wire dicts (orjson encodes both the same way)."""
         out = []
         for ev in events:
             if not self.pending:
                 self.opened_at = now
             self.pending.append(ev)
-            self.pending_bytes += EVENT_JSON_OVERHEAD + (len(ev.data) * 4 // 3 if ev.data else 0)
+            self.pending_bytes += EVENT_JSON_OVERHEAD + _json_payload_len(ev)
             if len(self.pending) >= self.max_events or self.pending_bytes >= self.max_bytes:
                 out.append(self._close())
         return out

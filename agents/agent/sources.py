@@ -24,9 +24,10 @@ class EbpfSource:
         self.normalizer = Normalizer(node, boot_to_epoch_ns())
         self._drops = (0, 0)
 
-    def read(self, max_events: int) -> list[SyscallEvent]:
-        out: list[SyscallEvent] = []
-        self.capture.ring.drain(self.normalizer, out, max_events)
+    def read(self, max_events: int) -> list[dict]:
+        """Events in their wire form (dicts with SyscallEvent's fields): no object per event."""
+        out: list[dict] = []
+        self.capture.ring.drain(self.normalizer.decode_wire, out, max_events)
         return out
 
     def lost(self) -> tuple[int, list[SyscallEvent]]:
@@ -64,6 +65,7 @@ class ScapSource:
         self._next: SyscallEvent | None = None
         self._t0_capture: int | None = None
         self._t0_wall = 0.0
+        self._lost = 0
 
     def _due(self, ev: SyscallEvent) -> bool:
         if self.speed <= 0:
@@ -89,6 +91,8 @@ class ScapSource:
                 break
             if node is not None and ev.node != node:
                 ev = ev.with_(node=node)
+            if ev.kind == "lost":
+                self._lost += max(ev.res, 1)
             out.append(ev)
         return out
 
@@ -99,7 +103,9 @@ class ScapSource:
         return max(0.0, wait)
 
     def lost(self) -> tuple[int, list[SyscallEvent]]:
-        return 0, []  # the file's own DROP events arrive as kind="lost" events
+        """The file's own DROP events are already in the stream as kind="lost" markers: only counted."""
+        lost, self._lost = self._lost, 0
+        return lost, []
 
     def close(self) -> None:
         close = getattr(self.reader, "close", None)

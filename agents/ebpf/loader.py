@@ -24,7 +24,7 @@ from pathlib import Path
 
 from svctrace.agents.ebpf import build as _build
 from svctrace.agents.ebpf.libbpf import Libbpf, LibbpfMissing, ObjectOpenOpts, strerror
-from svctrace.agents.ebpf.records import MAX_SNAP, RECORD, Normalizer
+from svctrace.agents.ebpf.records import MAX_SNAP, RECORD
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 RINGBUF_BUSY = 1 << 31
@@ -95,11 +95,11 @@ class RingReader:
         """Block until the kernel signals data (or timeout: records may come without a wakeup)."""
         self.epoll.poll(timeout)
 
-    def drain(self, normalizer: Normalizer, out: list, limit: int = 1 << 30) -> int:
-        """Decode available records into `out`; returns how many were consumed."""
+    def drain(self, decode, out: list, limit: int = 1 << 30) -> int:
+        """Decode available records with `decode(buffer, offset)` (e.g. Normalizer.decode or
+        .decode_wire) into `out`; returns how many records were consumed."""
         data, page, mask = self.data, self.page, self.mask
         u32 = _U32.unpack_from
-        decode = normalizer.decode
         append = out.append
         cons = _U64.unpack_from(self.consumer, 0)[0]
         prod = _U64.unpack_from(data, 0)[0]

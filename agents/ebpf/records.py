@@ -136,8 +136,10 @@ class Normalizer:
         self.n = first_n
         self.roles: dict[tuple[int, int], str] = {}
         self.addrs = _Addresses()
+        self.comms: dict[bytes, str] = {}
 
-    def decode(self, buf, offset: int = 0, length: int | None = None) -> SyscallEvent:
+    def decode_wire(self, buf, offset: int = 0) -> dict:
+        """One ring record as the dict form of a SyscallEvent (the agent's fast path: no object)."""
         (ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc, afam, aport, _idx, addr,
          fam, _skt, proto, lport, rport, flags, netns, laddr, raddr, comm) = RECORD.unpack_from(buf, offset)
         syscall, kind = SYSCALLS[sc]
@@ -184,35 +186,50 @@ class Normalizer:
         data = None
         if dlen:
             start = offset + RECORD.size
-            data = bytes(buf[start:start + dlen])
+            data = buf[start:start + dlen]
+            if type(data) is not bytes:
+                data = bytes(data)
+        name = self.comms.get(comm)
+        if name is None:
+            if len(self.comms) > 65536:
+                self.comms.clear()
+            name = self.comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
         self.n += 1
-        return SyscallEvent(
-            ts=ts + self.offset,
-            node=self.node,
-            n=self.n,
-            pid=pid,
-            tid=tid,
-            comm=comm.split(b"\0", 1)[0].decode("utf-8", "replace"),
-            kind=kind,
-            syscall=syscall,
-            fd=fd,
-            res=ret,
-            errno=ERRNO_NAMES.get(-ret, f"E{-ret}") if ret < 0 else None,
-            proto=proto_name,
-            family=family,
-            role=role,
-            local_ip=local_ip,
-            local_port=local_port,
-            remote_ip=remote_ip,
-            remote_port=remote_port,
-            addr_ip=addr_ip,
-            addr_port=addr_port,
-            size=size if kind in IO_KINDS and ret >= 0 else None,
-            data=data,
+        # The wire form of a SyscallEvent (same keys, same order; data still raw bytes).
+        return {
+            "ts": ts + self.offset,
+            "node": self.node,
+            "n": self.n,
+            "pid": pid,
+            "tid": tid,
+            "comm": name,
+            "kind": kind,
+            "syscall": syscall,
+            "fd": fd,
+            "res": ret,
+            "errno": ERRNO_NAMES.get(-ret, f"E{-ret}") if ret < 0 else None,
+            "proto": proto_name,
+            "family": family,
+            "role": role,
+            "local_ip": local_ip,
+            "local_port": local_port,
+            "remote_ip": remote_ip,
+            "remote_port": remote_port,
+            "addr_ip": addr_ip,
+            "addr_port": addr_port,
+            "size": size if kind in IO_KINDS and ret >= 0 else None,
+            "data": data,
+            "redacted": False,
+            "exe": None,
+            "container_id": None,
             # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
-            cgroup_id=cg2 if cg2 > 1 else (cg1 or cg2 or None),
-            netns=netns or None,
-        )
+            "cgroup_id": cg2 if cg2 > 1 else (cg1 or cg2 or None),
+            "netns": netns or None,
+        }
+
+    def decode(self, buf, offset: int = 0) -> SyscallEvent:
+        """One ring record as a SyscallEvent."""
+        return SyscallEvent(**self.decode_wire(buf, offset))
 
     def _remember(self, key: tuple[int, int], role: str) -> None:
         if len(self.roles) >= self.MAX_ROLES:

@@ -1,0 +1,118 @@
+"""The agent without a kernel: batching, the bounded buffer, scap replay to a file sink."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from svctrace.agents.agent.agent import Agent, AgentOptions
+from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, redact_events
+from svctrace.agents.agent.sources import ScapSource
+from svctrace.agents.scap import open_capture
+from svctrace.agents.scap.writer import ScapWriter
+from svctrace.schemas.models import SyscallEvent, decode_batch
+from svctrace.schemas.validate import validate
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = REPO / "examples" / "seed" / "capture.scap"
+
+
+def ev(n: int, data: bytes | None = b"x" * 10, ts: int = 0) -> SyscallEvent:
+    return SyscallEvent(ts=ts or 1_700_000_000_000_000_000 + n, node="n1", n=n, pid=10, tid=10, comm="curl",
+                        kind="send", syscall="write", fd=3, res=len(data or b""), proto="tcp", family="ipv4",
+                        role="client", local_ip="10.0.0.1", local_port=4000, remote_ip="10.96.0.1", remote_port=80,
+                        size=len(data or b""), data=data)
+
+
+def test_batcher_closes_on_count_bytes_and_linger():
+    b = Batcher("n1", "ebpf", max_events=3, max_bytes=10_000, linger_s=0.5)
+    out = b.add([ev(i) for i in range(7)], now=0.0)
+    assert [x.events for x in out] == [3, 3] and [x.seq for x in out] == [0, 1]
+    assert not b.due(0.4) and b.due(0.5)
+    last = b.flush()
+    assert last.events == 1 and b.flush() is None
+    doc = orjson.loads(out[0].value)
+    validate("syscall-batch", doc)
+    assert [e["n"] for e in doc["events"]] == [0, 1, 2] and doc["node"] == "n1"
+    big = Batcher("n1", "ebpf", max_events=1000, max_bytes=4000)
+    assert len(big.add([ev(i, data=b"y" * 1000) for i in range(10)], 0.0)) >= 3  # ~1.7 kB of JSON each
+
+
+def test_wire_dicts_and_events_encode_alike_and_are_redacted():
+    c = Counters()
+    secret = b"GET / HTTP/1.1\r\nAuthorization: Bearer abc.def\r\n\r\n"
+    wire = dict(ev(1, secret).to_dict(), data=secret)  # the eBPF fast path's form: raw bytes
+    out = redact_events([wire, ev(2, secret)], 256, c)
+    assert c.redacted == 2
+    b = Batcher("n1", "ebpf")
+    b.add(out, 0.0)
+    batch = decode_batch(b.flush().value)
+    assert [e.data for e in batch.events] == [b"GET / HTTP/1.1\r\nAuthorization: Bearer [REDACTED]\r\n\r\n"] * 2
+    assert all(e.redacted for e in batch.events)
+    plain = redact_events([dict(ev(3, secret).to_dict(), data=secret)], 256, Counters(), redact_on=False)
+    assert plain[0]["data"] == ev(3, secret).to_dict()["data"] and not plain[0]["redacted"]  # base64, untouched
+
+
+class _NoSink:
+    name = "test"
+
+
+def test_full_buffer_drops_are_counted_and_announced_in_the_next_batch():
+    agent = Agent(_NoSink(), _NoSink(), AgentOptions(node="n1", batch_events=5, buffer_events=10, redact=False))
+    agent.ingest([ev(i) for i in range(30)])  # 6 batches of 5; room for 2
+    assert (agent.counters.captured, agent.counters.dropped) == (30, 20)
+    assert agent.buffer.events == 10 and len(agent.buffer) == 2
+    agent.buffer.pop()
+    agent.buffer.pop()
+    agent._enqueue([agent.batcher.flush()])
+    marker = decode_batch(agent.buffer.pop().value)
+    assert marker.lost == 20
+    assert [e.kind for e in marker.events] == ["lost"] * 4 and sum(e.res for e in marker.events) == 20
+
+
+def test_bounded_buffer_fifo_and_front_requeue():
+    from svctrace.agents.agent.pipeline import EncodedBatch
+
+    buf = BoundedBuffer(max_events=5)
+    assert buf.offer(EncodedBatch(0, 3, b"a")) and not buf.offer(EncodedBatch(1, 3, b"b"))
+    first = buf.pop()
+    buf.push_front(first)
+    assert buf.pop().seq == 0 and buf.pop() is None and buf.events == 0
+
+
+def test_scap_replay_paces_at_the_recorded_speed(tmp_path):
+    path = tmp_path / "paced.scap"
+    with ScapWriter(str(path), hostname="rec-node") as w:
+        for i, gap in enumerate((0, 400_000_000, 800_000_000)):
+            w.write_event(ev(i + 1, ts=1_700_000_000_000_000_000 + gap))
+    src = ScapSource(str(path), node=None, speed=1.0)
+    first = src.read(100)
+    assert len(first) == 1 and 0.2 < src.seconds_until_next() <= 0.4
+    fast = ScapSource(str(path), node="replayed", speed=0)
+    all_events = fast.read(100)
+    assert len(all_events) == 3 and {e.node for e in all_events} == {"replayed"} and fast.read(100) == []
+    assert fast.exhausted
+
+
+def test_agent_replays_a_capture_to_json_lines(tmp_path):
+    out, stats = tmp_path / "b.jsonl", tmp_path / "s.jsonl"
+    expected = list(open_capture(str(SEED)))
+    assert expected, "the seed capture has network events"
+    p = subprocess.run([sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(SEED),
+                        "--speed", "0", "--output", str(out), "--stats-output", str(stats), "--metrics-addr", "",
+                        "--node", "seed-node", "--batch-events", "50"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    events = []
+    for line in out.read_bytes().splitlines():
+        doc = orjson.loads(line)
+        validate("syscall-batch", doc)
+        events += decode_batch(line).events
+    assert len(events) == len(expected) and {e.node for e in events} == {"seed-node"}
+    assert [(e.n, e.kind, e.fd, e.res) for e in events] == [(e.n, e.kind, e.fd, e.res) for e in expected]
+    final = orjson.loads(stats.read_bytes().splitlines()[-1])
+    validate("agent-stats", final)
+    assert final["captured"] == final["published"] == len(expected) and final["dropped"] == 0
