@@ -329,7 +329,8 @@ class CaptureReader:
         elif cat == "drop":
             th = self._thread(tid)
             return SyscallEvent(ts=ts, node=self.node, n=n, pid=th.pid, tid=tid, comm=th.comm,
-                                kind="lost", syscall="drop", fd=-1, res=1)
+                                kind="lost", syscall="drop", fd=-1, res=1, exe=th.exe,
+                                container_id=th.container_id)
         elif cat == "container":
             self._container(params)
         elif cat == "k8s":
