@@ -65,6 +65,7 @@ class KafkaSink:
         self.overrides = producer_overrides
         self.producer = None
         self.connects = 0
+        self.failed_attempts = 0
 
     async def start(self, stopping: asyncio.Event | None = None) -> None:
         """Connect, retrying with backoff until connected (or `stopping` is set)."""
@@ -77,6 +78,7 @@ class KafkaSink:
                 await producer.start()
             except Exception as e:  # noqa: BLE001 - any failure to connect means: back off, retry
                 await _quietly_stop(producer)
+                self.failed_attempts += 1
                 log.warning("kafka %s unreachable (%s); retrying in %.1fs", self.bootstrap, e, delay)
                 if stopping is not None and stopping.is_set():
                     raise SinkUnavailable(str(e)) from None
