@@ -90,7 +90,14 @@ def open_raw(path) -> tuple[BinaryIO, str]:
     else:
         name = str(path)
         f = open(path, "rb")
-    head = f.peek(2)[:2] if hasattr(f, "peek") else b""
+    if hasattr(f, "peek"):
+        head = f.peek(2)[:2]
+    elif f.seekable():
+        pos = f.tell()
+        head = f.read(2)
+        f.seek(pos)
+    else:
+        head = b""
     if head == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=f, mode="rb"), str(name)
     return f, str(name)
@@ -106,7 +113,8 @@ class BlockStream:
         self._pos = 0  # position in _buf
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
-        self.in_events = False  # set by the reader after the first event block
+        # read1: a truncated gzip stream still yields everything before the damage
+        self._read = getattr(raw, "read1", raw.read)
 
     # -- buffer -------------------------------------------------------------
     def _fill(self, n: int) -> bool:
@@ -121,7 +129,7 @@ class BlockStream:
         self._pos = 0
         while avail < n and not self._eof:
             try:
-                chunk = self._f.read(max(CHUNK, n - avail))
+                chunk = self._read(max(CHUNK, n - avail))
             except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
                 self._eof = True
                 self._buf = b"".join(parts)

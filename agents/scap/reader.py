@@ -351,9 +351,9 @@ class CaptureReader:
                 self.stats.errors.append(f"{self.name}: container event: invalid JSON")
                 return
             c = doc.get("container", doc) if isinstance(doc, dict) else None
-            if isinstance(c, dict) and c.get("id"):
+            if isinstance(c, dict) and isinstance(c.get("id"), str):
                 self.containers[c["id"]] = c
-        elif params.get("id"):
+        elif isinstance(params.get("id"), str):
             self.containers[params["id"]] = {k: params.get(k) for k in ("id", "type", "name", "image")}
 
     def _fdtable(self, tid: int) -> dict[int, Sock]:
@@ -374,12 +374,12 @@ class CaptureReader:
         exe = p.get("exe")
         comm = p.get("comm") or (exe.rsplit("/", 1)[-1] if exe else None)
         if res == 0:  # in the child: tid/pid params are the child's
-            child, cpid, ptid = tid, p.get("pid", tid), p.get("ptid", -1)
+            child, cpid, ptid = tid, p.get("pid") or tid, p.get("ptid") or -1
             parent = self.threads.get(ptid)
         else:  # in the parent: res is the child's tid
             child = res
             parent = self.threads.get(tid)
-            ppid = p.get("pid", parent.pid if parent else tid)
+            ppid = p.get("pid") or (parent.pid if parent else tid)
             cpid = ppid if flags & CLONE_THREAD else res
             ptid = tid
         if child in self.threads and self.threads[child].pid == cpid:
@@ -400,9 +400,9 @@ class CaptureReader:
         comm = p.get("comm") or (exe.rsplit("/", 1)[-1] if exe else "<NA>")
         cgroups = p.get("cgroups")
         cid = B.container_id_from_cgroups(cgroups.decode("utf-8", "replace")) if cgroups else None
-        pid = p.get("pid", th.pid if th else tid)
+        pid = p.get("pid") or (th.pid if th else tid)
         if th is None:
-            self.threads[tid] = Thread(tid, pid, p.get("ptid", -1), comm, exe, cid)
+            self.threads[tid] = Thread(tid, pid, p.get("ptid") or -1, comm, exe, cid)
         else:
             th.comm, th.exe, th.pid = comm, exe, pid
             if cgroups is not None:
