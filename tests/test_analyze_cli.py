@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import struct
 import subprocess
@@ -215,3 +216,37 @@ def test_copied_example_keeps_working(tmp_path):
     shutil.copy(CAPTURE, tmp_path / "c.scap")
     shutil.copy(CLUSTER, tmp_path / "k.json")
     assert run_cli(tmp_path / "c.scap", "--cluster", tmp_path / "k.json").returncode == 1
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_large_files_only_on_a_terminal(monkeypatch):
+    from svctrace.analyze import pipeline
+
+    quiet = FakeTerminal()
+    pipeline.analyze(str(CAPTURE), progress_file=quiet)  # small file: no bar
+    assert quiet.getvalue() == ""
+    monkeypatch.setattr(pipeline, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 1)
+    piped = io.StringIO()
+    pipeline.analyze(str(CAPTURE), progress_file=piped)  # not a terminal: no bar
+    assert piped.getvalue() == ""
+    tty = FakeTerminal()
+    result = pipeline.analyze(str(CAPTURE), progress_file=tty)
+    assert "reading" in tty.getvalue() and "events" in tty.getvalue()
+    assert len(result.chains) == 5  # the bar does not change the analysis
+
+
+def test_evidence_beyond_the_window_is_fetched_by_a_second_pass(monkeypatch):
+    from svctrace.analyze import pipeline
+
+    full = pipeline.analyze(str(CAPTURE))
+    monkeypatch.setattr(pipeline, "EVIDENCE_WINDOW", 2)
+    narrow = pipeline.analyze(str(CAPTURE))
+    cited = {(r["node"], r["n"]) for a in full.alerts for r in a["evidence"]}
+    assert cited and set(full.evidence) == cited == set(narrow.evidence)
+    for key in cited:
+        assert narrow.evidence[key] == full.evidence[key]

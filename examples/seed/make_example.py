@@ -34,7 +34,7 @@ import dns.flags
 import dns.message
 import dns.rrset
 
-from svctrace.agents.scap.writer import ScapWriter
+from svctrace.agents.scap import ScapWriter
 from svctrace.schemas.models import SyscallEvent
 
 HERE = Path(__file__).resolve().parent

@@ -31,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", action="store_true",
                         help="always list the connections seen (by default only when no Service chain was found)")
     parser.add_argument("--connections-limit", type=int, default=40, metavar="N", help="connections to list (default 40)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     color = parser.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
     color.add_argument("--no-color", dest="color", action="store_const", const=False, help="plain text even on a terminal")
@@ -43,4 +44,12 @@ def run(args: argparse.Namespace) -> int:
         return execute(args, sys.stdout, sys.stderr)
     except AnalyzeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise  # the CLI's own handling
+    except Exception as e:  # a bug, not bad input: still one line, with the way to the traceback
+        if args.debug:
+            raise
+        where = f"{type(e).__name__}: {e}".splitlines()[0]
+        print(f"{PROG}: internal error: {where} (rerun with --debug for the traceback)", file=sys.stderr)
         return 2

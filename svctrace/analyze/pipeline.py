@@ -21,6 +21,7 @@ from svctrace.analyze.render import Text
 # Files at least this big get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 4 << 20
 PROGRESS_EVERY = 2048  # events between progress updates
+EVIDENCE_WINDOW = 1 << 16  # recent events kept to print what alerts cite
 SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -120,9 +121,14 @@ class Analysis:
         return ""
 
     def namespaces_of(self, row: ConnectionRow) -> set[str]:
+        """Namespaces a connection touches: its process's pod and the pods/Services at either end."""
         found = set()
         if self.index is None:
             return found
+        if row.totals.container_id:
+            pod = self.index.pod_by_container(row.totals.container_id)
+            if pod is not None:
+                found.add(pod.namespace)
         for ip in (row.key.client.ip, row.key.server.ip):
             pod = self.index.pod_by_ip(ip, row.totals.first_ts)
             if pod is not None:
@@ -261,6 +267,40 @@ class _EmbeddedState:
             self.index.apply(record)
 
 
+class _EvidenceWindow:
+    """The events alerts cite, caught on the first pass.
+
+    Alerts come out of the runner shortly (in events) after the events they cite, so the
+    last `size` events are kept and every new alert's refs are looked up in them; refs
+    that fell out of the window are fetched by a second pass at the end (rarely needed).
+    """
+
+    def __init__(self, runner, size: int | None = None) -> None:
+        self.runner, self.size = runner, size or EVIDENCE_WINDOW
+        self.recent: dict[tuple, Any] = {}  # insertion-ordered: oldest first
+        self.found: dict[tuple, Any] = {}
+        self.alerts_seen = 0
+
+    def add(self, e) -> None:
+        self.recent[(e.node, e.n)] = e
+        if len(self.recent) > self.size:
+            del self.recent[next(iter(self.recent))]
+        if len(self.runner.alerts) != self.alerts_seen:
+            self.collect(self.runner.alerts.values())
+
+    def collect(self, alerts: Iterable[dict]) -> None:
+        self.alerts_seen = len(self.runner.alerts)
+        for alert in alerts:
+            for ref in alert.get("evidence") or ():
+                key = (ref.get("node"), ref.get("n"))
+                if key not in self.found and key in self.recent:
+                    self.found[key] = self.recent[key]
+
+    def missing(self, alerts: list[dict]) -> set[tuple]:
+        self.collect(alerts)
+        return {(r.get("node"), r.get("n")) for a in alerts for r in a.get("evidence") or ()} - set(self.found)
+
+
 def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
             progress_file: TextIO | None = None, want_evidence: bool = True) -> Analysis:
     from svctrace.agents.scap import CaptureError, open_capture
@@ -272,6 +312,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
     records = load_cluster_file(cluster) if cluster else []
     result.index = index = ClusterIndex.from_records(records)
     runner = Runner(index)
+    evidence = _EvidenceWindow(runner) if want_evidence else None
 
     with p.open("rb") as raw:
         reader = open_capture(raw, skip_corrupt=skip_corrupt)
@@ -280,7 +321,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         table, kinds = result.connections, result.kinds
 
         def tap(events):
-            """Count, tabulate and pick up embedded state on the way into the runner."""
+            """Count, tabulate, keep recent events and pick up embedded state on the way into the runner."""
             count = 0
             for e in events:
                 if embedded is not None:
@@ -295,6 +336,8 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
                 if e.kind == "lost":
                     result.lost += max(e.res, 0)
                 table.add(e)
+                if evidence is not None:
+                    evidence.add(e)
                 if count % PROGRESS_EVERY == 0:
                     progress.update(count)
                 yield e
@@ -323,27 +366,28 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         result.cluster_source = "state embedded in the capture"
     result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
     result.warnings.extend(f"skipped: {msg}" for msg in result.reader_stats.get("errors") or ())
-    if want_evidence:
-        result.evidence = _find_evidence(p, result.alerts, skip_corrupt)
+    if evidence is not None:
+        missing = evidence.missing(result.alerts)
+        if missing:
+            evidence.found.update(_second_pass(p, missing, skip_corrupt))
+        result.evidence = evidence.found
     return result
 
 
-def _find_evidence(p: Path, alerts: list[dict], skip_corrupt: bool) -> dict:
-    """Second pass: fetch the events the alerts cite (few), so they print like sysdig lines."""
+def _second_pass(p: Path, wanted: set[tuple], skip_corrupt: bool) -> dict:
+    """Read the capture again for cited events the window no longer held."""
     from svctrace.agents.scap import CaptureError, open_capture
 
-    wanted = {(ref.get("node"), ref.get("n")) for a in alerts for ref in a.get("evidence") or ()}
     found: dict = {}
-    if not wanted:
-        return found
+    last = max(n for _, n in wanted)
     try:
         with p.open("rb") as raw:
             for e in open_capture(raw, skip_corrupt=skip_corrupt):
                 key = (e.node, e.n)
                 if key in wanted:
                     found[key] = e
-                    if len(found) == len(wanted):
-                        break
+                if len(found) == len(wanted) or e.n >= last:
+                    break
     except CaptureError:
-        pass  # the first pass already reported or skipped it; evidence lines are a nicety
+        pass  # the first pass already reported it (or skipped it, with --skip-corrupt)
     return found
