@@ -13,6 +13,8 @@ from svctrace.analyze.connections import ConnectionTable, flow_of
 from svctrace.analyze.errors import AnalyzeError
 from svctrace.schemas.models import SyscallEvent
 from svctrace.schemas.validate import validate
+from svctrace.streams.core import run
+from tests.scenario import FAULTS, MODES, build
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples" / "valid"
 
@@ -183,3 +185,26 @@ def test_connection_table_totals_and_order():
     text = plain(render.connection_lines(rows))
     assert "p (10)  tcp  10.1.0.5:50950 → 10.1.0.9:80  client  out 99 B  in 850 B  4 events" in text
     assert "ECONNREFUSED×1" in text
+
+
+STAGE_OF_MODE = {"userspace_proxy": "proxy", "dnat": "dnat", "socket_lb": "socket-lb", "none": "xlat"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_seed_fault_in_every_translation_mode_reads_as_a_timeline(fault, mode):
+    """The core's scenarios (tests/scenario.py) rendered: status, the translation stage, the outcome."""
+    cluster, events = build(fault, mode)
+    result = run(events, cluster.index())
+    rules = {a["alert_id"]: a["rule"] for a in result.alerts}
+    for chain in result.chains:
+        text = plain([render.chain_title(chain), *render.chain_lines(chain, rules)])
+        assert f"  {chain['status'].upper()}  " in text
+        if chain.get("translation"):
+            stage = STAGE_OF_MODE[chain["translation"]["mode"]]
+            assert f"  {stage:<10}  " in text, text
+        if chain["status"] == "broken":
+            assert chain["response"]["error"] in text
+            assert "alerts      " + ", ".join(rules[a] for a in chain["alerts"]) in text
+        else:
+            assert "response    HTTP 200" in text
