@@ -178,7 +178,20 @@ class BlockStream:
     def __iter__(self) -> Iterator[tuple[int, int, bytes, int, int]]:
         first = True
         stats = self.stats
+        small_events = frozenset(t for t, (_v2, _f, large) in EVENT_BLOCKS.items() if not large)
+        limit = READER_BUF_SIZE + 8
+        hdr, u32 = _HDR.unpack_from, _U32.unpack_from
         while True:
+            # fast path: a whole, well-framed event block already in the buffer
+            buf, pos = self._buf, self._pos
+            if len(buf) - pos >= 8 and not first:
+                btype, blen = hdr(buf, pos)
+                if (btype in small_events and 12 <= blen <= limit and not blen & 3
+                        and len(buf) - pos >= blen and u32(buf, pos + blen - 4)[0] == blen):
+                    self._pos = pos + blen
+                    stats.blocks += 1
+                    yield self._base + pos, btype, buf, pos + 8, pos + blen - 4
+                    continue
             try:
                 got = self._check(first)
             except CaptureError as e:

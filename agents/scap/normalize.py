@@ -66,8 +66,23 @@ def _category(e) -> str | None:
 
 
 CATEGORY: tuple[str | None, ...] = tuple(_category(e) for e in EVENTS)
-# Enter events worth remembering: their exit is handled and they carry params.
+# Enter events worth remembering: their exit is handled and may lack what they carry.
 MERGE_ENTER: tuple[bool, ...] = tuple(
-    e.is_enter and bool(e.params) and e.code + 1 < len(EVENTS) and CATEGORY[e.code + 1] is not None
+    e.is_enter and bool(e.params) and e.code + 1 < len(EVENTS)
+    and CATEGORY[e.code + 1] in ("net", "dup", "socketpair")
+    for e in EVENTS
+)
+# Events on an existing fd that matter only when the fd is a socket: the reader reads
+# just the fd (of the event, or of the stored enter event) before decoding anything.
+_ON_EXISTING_FD = SEND_SYSCALLS | RECV_SYSCALLS | {"close", "shutdown", "listen", "bind"}
+FD_CHECK: tuple[bool, ...] = tuple(
+    e.syscall in _ON_EXISTING_FD and (not e.is_enter or MERGE_ENTER[e.code]) for e in EVENTS
+)
+FD_INDEX: tuple[int, ...] = tuple(
+    next((i for i, (n, t) in enumerate(e.params) if n == "fd" and t == "FD"), -1) for e in EVENTS
+)
+# fds created by events of category "newfd": indexes of their fd-valued params
+NEWFD_INDEXES: tuple[tuple[int, ...], ...] = tuple(
+    tuple(i for i, (n, t) in enumerate(e.params) if t in ("FD", "ERRNO") and n in ("fd", "res", "fd1", "fd2"))
     for e in EVENTS
 )

@@ -116,6 +116,15 @@ class Layout:
         ch = "I" if self.width == 4 else "H"
         return struct.unpack_from(f"<{nparams}{ch}", buf, pos)
 
+    def int_at(self, buf, pos: int, nparams: int, idx: int):
+        """Integer value of param idx without decoding the others (None if empty)."""
+        lens = self.lengths(buf, pos, nparams)
+        ln = lens[idx]
+        if not ln:
+            return None
+        off = pos + self.width * nparams + sum(lens[:idx])
+        return int.from_bytes(buf[off:off + ln], "little", signed=True)
+
     def infer_nparams(self, buf, pos: int, avail: int, evt_len: int, header: int) -> int:
         """v1 blocks carry no nparams: largest n whose lengths add up to evt_len."""
         w = self.width

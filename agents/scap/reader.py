@@ -52,7 +52,8 @@ from svctrace.schemas.models import SyscallEvent
 from . import blocks as B
 from .errors import CaptureError
 from .event_table import EVENTS, PPM_EVENT_MAX
-from .normalize import CATEGORY, FAMILY, IPPROTO, KIND, MERGE_ENTER, SOCK_TYPE_PROTO, errno_name
+from .normalize import (CATEGORY, FAMILY, FD_CHECK, FD_INDEX, IPPROTO, KIND, MERGE_ENTER, NEWFD_INDEXES,
+                        SOCK_TYPE_PROTO, errno_name)
 from .params import LAYOUTS
 
 _HDR_V1 = struct.Struct("<QQIH")  # ts, tid, len, type (22 bytes)
@@ -131,11 +132,16 @@ class CaptureReader:
         return self.machine.get("hostname") or ""
 
     def _reset_state(self) -> None:
-        self.threads: dict[int, Thread] = {}
-        self.fds: dict[int, dict[int, Sock]] = {}  # pid -> fd -> Sock
-        self._enters: dict[int, tuple[int, dict]] = {}  # tid -> last relevant enter event
-        self._server_ports: set[int] = set()
-        self._pending_fdl: list = []
+        """Empty the state (a new section restarts it, like libsinsp); the dicts are
+        cleared in place because the event loop holds references to them."""
+        if not hasattr(self, "threads"):
+            self.threads: dict[int, Thread] = {}
+            self.fds: dict[int, dict[int, Sock]] = {}  # pid -> fd -> Sock
+            self._enters: dict[int, tuple[int, dict]] = {}  # tid -> last relevant enter event
+            self._server_ports: set[int] = set()
+            self._pending_fdl: list = []
+        for d in (self.threads, self.fds, self._enters, self._server_ports, self._pending_fdl):
+            d.clear()
 
     # -- public iterators ---------------------------------------------------
     def __iter__(self) -> Iterator[SyscallEvent]:
@@ -165,6 +171,8 @@ class CaptureReader:
             merge_enter = MERGE_ENTER
             enters = self._enters
             handle = self._handle
+            fd_check, fd_index, newfd_indexes = FD_CHECK, FD_INDEX, NEWFD_INDEXES
+            threads, fds = self.threads, self.fds
             for off, btype, buf, start, end in stream:
                 ev = event_blocks.get(btype)
                 if ev is None:
@@ -207,6 +215,30 @@ class CaptureReader:
                         nparams = layout.infer_nparams(buf, pos, evt_end - pos, elen, hsize)
                     elif nparams > 4096:
                         raise ValueError(f"absurd parameter count {nparams}")
+                    if not raw and fd_check[code]:
+                        # only sockets matter: look at the fd before decoding anything
+                        idx = fd_index[code]
+                        if 0 <= idx < nparams:
+                            fd = layout.int_at(buf, pos, nparams, idx)
+                        else:
+                            got = enters.get(tid)
+                            fd = got[1].get("fd") if got is not None and got[0] == code - 1 else None
+                        th = threads.get(tid)
+                        table = fds.get(th.pid if th is not None else tid)
+                        if fd is None or table is None or table.get(fd) is None:
+                            if enters:
+                                enters.pop(tid, None)
+                            continue
+                    elif cat == "newfd" and not raw:
+                        th = threads.get(tid)
+                        table = fds.get(th.pid if th is not None else tid)
+                        if table:
+                            for idx in newfd_indexes[code]:
+                                if idx < nparams:
+                                    fd = layout.int_at(buf, pos, nparams, idx)
+                                    if fd is not None and fd >= 0:
+                                        table.pop(fd, None)
+                        continue
                     params = layout.decode(buf, pos, evt_end, nparams)
                 except (ValueError, struct.error) as e:
                     n -= 1
