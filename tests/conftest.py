@@ -38,6 +38,20 @@ def capture_files() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def apiserver(tmp_path_factory, pytestconfig):
+    """The real kube-apiserver + etcd (tests/harness/apiserver.py); built on first use, fails loudly."""
+    from tests.harness.apiserver import ControlPlaneError, running_apiserver
+
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    notify = (lambda msg: reporter.write_line(f"[apiserver] {msg}")) if reporter else (lambda msg: None)
+    try:
+        with running_apiserver(tmp_path_factory.mktemp("apiserver"), notify) as server:
+            yield server
+    except ControlPlaneError as exc:
+        pytest.fail(f"kube-apiserver could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def kafka():
     """A real Apache Kafka broker with the catalogue's topics (tests/harness/kafka.py).
 
