@@ -5,6 +5,7 @@ pod status (IP, Ready) and EndpointSlices through the API.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Callable
@@ -200,16 +201,35 @@ def test_reused_pod_ip_maps_by_event_time_live(apiserver, api, tmp_path):
                 _pod_name_at(h.index, ip, t_new)) == ("old", None, "new")
 
 
+class _GoneResponse:
+    """A watch response carrying what kube-apiserver sends when the resourceVersion is too old."""
+
+    LINE = json.dumps({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version: 1 (4242)", "reason": "Expired", "code": 410}}).encode() + b"\n"
+
+    def stream(self, amt=None, decode_content=False):
+        yield self.LINE
+
+    def shutdown(self):
+        pass
+
+    def release_conn(self):
+        pass
+
+
 class GatedWatch:
     """Client-boundary injection for one kind: hold the next watch request until released,
-    and make it ask for a resourceVersion the server has long forgotten."""
+    then answer it with 410 Gone, as the server does for a resourceVersion it has
+    forgotten (an ERROR watch event, or the HTTP status). The kube-apiserver under test
+    serves even compacted resourceVersions from its watch cache, so it is injected here."""
 
-    def __init__(self, kind_watcher, too_old_rv="1"):
+    def __init__(self, kind_watcher, mode):
         self.kw = kind_watcher
         self.original = kind_watcher._list
         self.gate = threading.Event()
         self.waiting = threading.Event()
-        self.too_old_rv = too_old_rv
+        self.mode = mode
         self.armed = True
         kind_watcher._list = self
 
@@ -218,11 +238,14 @@ class GatedWatch:
             self.armed = False
             self.waiting.set()
             self.gate.wait(DEADLINE_S)
-            kwargs["resource_version"] = self.too_old_rv
+            if self.mode == "http_410":
+                raise k8s.ApiException(status=410, reason="Gone")
+            return _GoneResponse()
         return self.original(*args, **kwargs)
 
 
-def test_cut_watch_and_410_relist_leaves_no_stale_ip(apiserver, api, tmp_path):
+@pytest.mark.parametrize("mode", ["error_event", "http_410"])
+def test_cut_watch_and_410_relist_leaves_no_stale_ip(apiserver, api, tmp_path, mode):
     core, _ = api
     ns = apiserver.new_namespace("gone")
     ip = "10.244.3.30"
@@ -233,7 +256,7 @@ def test_cut_watch_and_410_relist_leaves_no_stale_ip(apiserver, api, tmp_path):
         wait_for("pod before", lambda: _pod_name_at(h.index, ip) == "before")
         t_before = time.time_ns()
         pods = h.watcher.kind_watchers["Pod"]
-        gated = GatedWatch(pods)
+        gated = GatedWatch(pods, mode)
         pods.interrupt()  # the connection drops...
         wait_for("watcher reconnecting", gated.waiting.is_set)
         # ...and while it is down the pod is replaced by another with the same IP.
@@ -241,7 +264,7 @@ def test_cut_watch_and_410_relist_leaves_no_stale_ip(apiserver, api, tmp_path):
         delete_pod(core, ns, "bystander")
         make_pod(core, ns, "after", ip=ip)
         assert _pod_name_at(h.index, ip) == "before"  # nothing seen yet
-        gated.gate.set()  # reconnect from a too-old resourceVersion: 410 Gone -> relist and diff
+        gated.gate.set()  # reconnect: 410 Gone -> relist and diff
         wait_for("pod after", lambda: _pod_name_at(h.index, ip) == "after")
         wait_for("bystander gone", lambda: h.index.pod_by_ip("10.244.3.31") is None)
         registry = h.watcher.metrics.registry
