@@ -1,0 +1,13 @@
+"""Run every benchmark module of this folder, one after the other."""
+import subprocess
+import sys
+from pathlib import Path
+
+names = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if not p.stem.startswith("_"))
+failed = []
+for name in names:
+    print(f"== bench.{name}", flush=True)
+    if subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=Path(__file__).parent.parent).returncode:
+        failed.append(name)
+print(f"== {len(names) - len(failed)}/{len(names)} benchmarks ran" + (f"; failed: {', '.join(failed)}" if failed else ""))
+sys.exit(1 if failed else 0)
