@@ -17,7 +17,8 @@ def test_seed_request_and_every_truncation_of_it():
             assert req is None
         else:
             assert req.method == "GET" and req.target == "/"
-            assert (req.host is not None) == (cut >= host_end)
+            # llhttp confirms a header line when the next one starts (obsolete line folding)
+            assert (req.host is not None) == (cut > host_end)
 
 
 def test_responses():

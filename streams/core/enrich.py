@@ -19,10 +19,12 @@ All of this state is keyed by pid/fd/endpoint and expires after `proxy_window_ns
 from __future__ import annotations
 
 import zlib
+from operator import attrgetter
 from typing import Any, Iterable
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
+from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
 
 S = 10**9
@@ -31,7 +33,11 @@ ENRICHED_TOPIC = "svctrace.events.enriched"
 ENRICHED_SCHEMA = "svctrace.enriched-batch"
 
 _FIELDS = SyscallEvent.__slots__
+_VALUES = attrgetter(*_FIELDS)
 _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
+
+
+_SERVICE = object()  # marker: this IP is a ClusterIP (the ref then depends on the port)
 
 
 def _fingerprint(data: bytes | None) -> int | None:
@@ -45,14 +51,16 @@ class Enricher:
 
     def __init__(self, index, partitions: int = 12, lateness_ns: int = 2 * S,
                  proxy_window_ns: int = 2 * S, emit_enriched: bool = False, dns_port: int = 53):
-        self.index = index
+        self.index = MemoIndex(index)
         self.partitions = partitions
         self.lateness_ns = lateness_ns
         self.proxy_window_ns = proxy_window_ns
         self.emit_enriched = emit_enriched
         self.dns_port = dns_port
-        self._ref_cache: dict[tuple, Any] = {}
-        self._ref_cache_sec = None
+        # (ip, port, proto) -> (second, ref): metadata is joined at 1 s granularity of event
+        # time, so a cached answer is exactly what the index says for that second.
+        self._ref_cache: dict[tuple, tuple] = {}
+        self._bucket_cache: dict[str | None, str] = {}
 
     # -- state ---------------------------------------------------------------
 
@@ -60,8 +68,7 @@ class Enricher:
     def new_state() -> dict:
         return {
             "wm": 0,        # released up to (exclusive) this event time
-            "buf": [],      # pending SyscallEvents (dicts once serialized)
-            "pend": [],     # their n, for duplicate detection
+            "buf": [],      # pending SyscallEvents; a duplicate (same n) sorts next to its original
             "vipc": {},     # client endpoint -> ts: local clients that connected to a VIP
             "pin": {},      # pid -> [[ts, client_ep, fd]]: accepted VIP-client conns of host processes
             "pout": {},     # "pid:fd" -> [client_ep, ts]: tagged proxy outbound sockets
@@ -75,9 +82,11 @@ class Enricher:
 
     def deadline(self, state: dict) -> int | None:
         """Earliest watermark at which advance() has work (None: nothing pending)."""
-        if not state["buf"]:
-            return None
-        return min(e.ts for e in state["buf"]) + 1
+        if state["buf"]:
+            return min(e.ts for e in state["buf"]) + 1
+        if state["vipc"] or state["pin"] or state["reads"] or state["pout"]:
+            return state["wm"] + self.proxy_window_ns
+        return None
 
     # -- operator API --------------------------------------------------------
 
@@ -93,19 +102,12 @@ class Enricher:
             events = (item,)
         else:
             events = item
-        wm, buf, pend = state["wm"], state["buf"], state["pend"]
-        pend_set = set(pend) if len(pend) > 32 else None
+        wm, buf = state["wm"], state["buf"]
         for e in events:
             if e.ts < wm:
                 state["late"] += 1
-                continue
-            if (e.n in pend_set) if pend_set is not None else (e.n in pend):
-                state["dups"] += 1
-                continue
-            buf.append(e)
-            pend.append(e.n)
-            if pend_set is not None:
-                pend_set.add(e.n)
+            else:
+                buf.append(e)
         return []
 
     def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
@@ -123,8 +125,13 @@ class Enricher:
         if cut == 0:
             return []
         ready, state["buf"] = buf[:cut], buf[cut:]
-        state["pend"] = [e.n for e in state["buf"]]
-        out = self._release(state, key, ready)
+        deduped = [ready[0]]
+        for e in ready[1:]:
+            if e.n == deduped[-1].n and e.ts == deduped[-1].ts:
+                state["dups"] += 1  # at-least-once delivery: the same event again
+            else:
+                deduped.append(e)
+        out = self._release(state, key, deduped)
         self._expire(state, watermark_ns)
         return out
 
@@ -146,7 +153,13 @@ class Enricher:
             d = self.enrich_event(state, e)
             if d is None:
                 continue
-            by_bucket.setdefault(flow_bucket(d["flow"], self.partitions), []).append(d)
+            flow = d["flow"]
+            bucket = self._bucket_cache.get(flow)
+            if bucket is None:
+                if len(self._bucket_cache) > 65536:
+                    self._bucket_cache.clear()
+                bucket = self._bucket_cache[flow] = flow_bucket(flow, self.partitions)
+            by_bucket.setdefault(bucket, []).append(d)
             if self.emit_enriched:
                 enriched_all.append(d)
         out = []
@@ -170,35 +183,38 @@ class Enricher:
         if ip in UNSPECIFIED_IPS:
             return None
         sec = ts // S
-        if sec != self._ref_cache_sec:  # metadata is joined at 1 s granularity (deterministic: ts-based)
-            self._ref_cache.clear()
-            self._ref_cache_sec = sec
-        k = (ip, port, proto)
-        hit = self._ref_cache.get(k, False)
-        if hit is not False:
-            return hit
-        idx = self.index
-        ref = None
-        svc = idx.service_by_ip(ip, port, (proto or "tcp").upper(), ts)
-        if svc is not None:
-            sv, sp = svc
-            ref = {"kind": "service", "namespace": sv.namespace, "name": sv.name,
-                   "port_name": sp.name if sp else None, "target_port": sp.target_port if sp else None}
-        else:
-            pod = idx.pod_by_ip(ip, ts)
-            if pod is not None and not pod.host_network:
-                kind = "dns" if idx.is_cluster_dns(ip, ts) else "pod"
-                ref = {"kind": kind, "namespace": pod.namespace, "name": pod.name, "node": pod.node}
-            else:
-                node = idx.node_by_ip(ip, ts)
-                if node is not None:
-                    ref = {"kind": "node", "name": node}
-                elif idx.is_cluster_dns(ip, ts):
-                    ref = {"kind": "dns"}
-                else:
-                    ref = {"kind": "external"}
-        self._ref_cache[k] = ref
+        hit = self._ref_cache.get(ip)  # per IP first: ephemeral ports must not defeat the cache
+        if hit is None or hit[0] != sec:
+            hit = (sec, self._ip_ref(ip, ts), {})
+            if len(self._ref_cache) > 65536:
+                self._ref_cache.clear()
+            self._ref_cache[ip] = hit
+        base = hit[1]
+        if base is not _SERVICE:
+            return base
+        by_port = hit[2]  # a ClusterIP: the ref depends on the port too
+        k = (port, proto)
+        ref = by_port.get(k)
+        if ref is None:
+            sv, sp = self.index.service_by_ip(ip, port, (proto or "tcp").upper(), ts)
+            ref = by_port[k] = {"kind": "service", "namespace": sv.namespace, "name": sv.name,
+                                "port_name": sp.name if sp else None, "target_port": sp.target_port if sp else None}
         return ref
+
+    def _ip_ref(self, ip: str, ts: int):
+        idx = self.index
+        if idx.service_by_ip(ip, None, "TCP", ts) is not None:
+            return _SERVICE
+        pod = idx.pod_by_ip(ip, ts)
+        if pod is not None and not pod.host_network:
+            kind = "dns" if idx.is_cluster_dns(ip, ts) else "pod"
+            return {"kind": kind, "namespace": pod.namespace, "name": pod.name, "node": pod.node}
+        node = idx.node_by_ip(ip, ts)
+        if node is not None:
+            return {"kind": "node", "name": node}
+        if idx.is_cluster_dns(ip, ts):
+            return {"kind": "dns"}
+        return {"kind": "external"}
 
     def _client_ip(self, e: SyscallEvent, server_side: bool) -> str | None:
         ip = (e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip) if server_side else e.local_ip
@@ -232,7 +248,7 @@ class Enricher:
             flow = proxy_of["ip"]
         else:
             flow = self._client_ip(e, server_side)
-        d = {f: getattr(e, f) for f in _FIELDS}
+        d = dict(zip(_FIELDS, _VALUES(e)))
         d["flow"] = flow
         d["local_ref"] = lref
         d["remote_ref"] = rref
@@ -246,6 +262,7 @@ class Enricher:
         fdkey = f"{e.pid}:{e.fd}"
         tagged = st["pout"].get(fdkey)
         if tagged is not None:
+            tagged[1] = e.ts
             if kind == "close":
                 del st["pout"][fdkey]
             return _proxy_of(tagged[0])

@@ -1,18 +1,19 @@
-"""HTTP/1.x message heads decoded with h11, from captured payload prefixes.
+"""HTTP/1.x message heads from captured payload prefixes, with httptools (llhttp).
 
-A syscall's captured data is a prefix (snaplen): the head may be cut. We keep
-the complete lines, close the head ourselves and let h11 parse it, so the
-request line, Host and status survive truncation. One call per message: a
-keep-alive connection is several calls, one per send that starts a request.
+A syscall's captured data is a prefix (snaplen): the head may be cut anywhere.
+llhttp is incremental, so feeding the prefix yields whatever is complete: the
+method and target once the request line is, Host once its header line is, the
+status once the status line is. One call per message: a keep-alive connection
+is several calls, one per send that starts a request. (httptools rather than
+h11: ~3 us instead of ~150 us per message, which the 100k events/s target needs.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import h11
+import httptools
 
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
-_PROBE = h11.Request(method="GET", target="/", headers=[("Host", "probe")])
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +31,30 @@ class HttpResponse:
     version: str
 
 
-def _closed_head(data: bytes) -> bytes | None:
-    end = data.find(b"\r\n\r\n")
-    if end >= 0:
-        return data[: end + 4]
-    last = data.rfind(b"\r\n")
-    if last < 0:
-        return None  # not even the first line is complete
-    return data[: last + 2] + b"\r\n"
+class _Head:
+    """llhttp callbacks: collect the request target, Host and the reason phrase."""
+
+    __slots__ = ("url", "host", "reason", "line_done")
+
+    def __init__(self):
+        self.url = b""
+        self.host = None
+        self.reason = b""
+        self.line_done = False
+
+    def on_url(self, part: bytes) -> None:
+        self.url += part
+
+    def on_status(self, part: bytes) -> None:
+        self.reason += part
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.line_done = True
+        if self.host is None and name.lower() == b"host":
+            self.host = value
+
+    def on_headers_complete(self) -> None:
+        self.line_done = True
 
 
 def looks_like_request(data: bytes | None) -> bool:
@@ -48,44 +65,36 @@ def looks_like_response(data: bytes | None) -> bool:
     return bool(data) and data.startswith(b"HTTP/1.")
 
 
-_NO_HOST = b"svctrace.invalid"
-
-
-def _h11_request(head: bytes):
-    conn = h11.Connection(our_role=h11.SERVER)
-    try:
-        conn.receive_data(head)
-        return conn.next_event()
-    except h11.RemoteProtocolError:
-        return None
-
-
 def parse_request(data: bytes) -> HttpRequest | None:
-    head = _closed_head(data) if looks_like_request(data) else None
-    if head is None:
+    if not looks_like_request(data) or b"\r\n" not in data:
+        return None  # the request line itself must be complete
+    head = _Head()
+    parser = httptools.HttpRequestParser(head)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        if not head.line_done:
+            return None
+    method = parser.get_method()
+    if not method or not head.url:
         return None
-    ev = _h11_request(head)
-    if ev is None:
-        # HTTP/1.1 requires Host; a prefix cut before it still has a valid request line.
-        ev = _h11_request(head[:-2] + b"Host: " + _NO_HOST + b"\r\n\r\n")
-    if not isinstance(ev, h11.Request):
-        return None
-    host = next((v.decode("latin-1") for k, v in ev.headers if k == b"host" and v != _NO_HOST), None)
-    return HttpRequest(ev.method.decode("ascii"), ev.target.decode("latin-1"), host, ev.http_version.decode())
+    return HttpRequest(method.decode("ascii"), head.url.decode("latin-1"),
+                       head.host.decode("latin-1") if head.host is not None else None, parser.get_http_version())
 
 
 def parse_response(data: bytes) -> HttpResponse | None:
-    head = _closed_head(data) if looks_like_response(data) else None
-    if head is None:
+    if not looks_like_response(data) or b"\r\n" not in data:
         return None
-    conn = h11.Connection(our_role=h11.CLIENT)
+    head = _Head()
+    parser = httptools.HttpResponseParser(head)
     try:
-        conn.send(_PROBE)
-        conn.send(h11.EndOfMessage())
-        conn.receive_data(head)
-        ev = conn.next_event()
-    except (h11.RemoteProtocolError, h11.LocalProtocolError):
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        if not head.line_done:
+            return None
+    status = parser.get_status_code()
+    if not status:
         return None
-    if not isinstance(ev, (h11.Response, h11.InformationalResponse)):
-        return None
-    return HttpResponse(ev.status_code, ev.reason.decode("latin-1"), ev.http_version.decode())
+    return HttpResponse(status, head.reason.decode("latin-1"), parser.get_http_version())

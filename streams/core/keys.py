@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import zlib
 
-import orjson
-
 UNSPECIFIED_IPS = frozenset({None, "", "0.0.0.0", "::", "::ffff:0.0.0.0"})
 
 
@@ -33,7 +31,7 @@ def bucket_partition(bucket: str) -> int:
 
 
 def _digest(*parts) -> str:
-    raw = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
+    raw = "\x1f".join(map(str, parts)).encode("utf-8")
     return hashlib.blake2b(raw, digest_size=10).hexdigest()
 
 
@@ -55,4 +53,4 @@ def window_start(ts: int, window_ns: int) -> int:
 
 
 def alert_id(rule: str, labels: dict, window_start_ns: int) -> str:
-    return "al-" + _digest("alert", rule, {k: labels[k] for k in sorted(labels)}, window_start_ns)
+    return "al-" + _digest("alert", alert_key(rule, labels), window_start_ns)

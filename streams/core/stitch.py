@@ -21,11 +21,12 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from operator import itemgetter
 
 from . import rules as R
 from .dns import in_cluster_domain, parse_dns, service_of_name
 from .http import looks_like_request, looks_like_response, parse_request, parse_response
+from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
 S = 10**9
@@ -72,7 +73,7 @@ class Stitcher:
 
     def __init__(self, index, lateness_ns: int = 2 * S, settle_ns: int = 2 * S, idle_ns: int = 30 * S,
                  lookup_timeout_ns: int = 12 * S, dns_port: int = 53, cluster_domain: str = "cluster.local."):
-        self.index = index
+        self.index = MemoIndex(index)
         self.lateness_ns = lateness_ns
         self.settle_ns = settle_ns  # other sides' events may follow the client's last one by this much
         self.idle_ns = idle_ns  # a connection with no event for this long is finished
@@ -86,7 +87,7 @@ class Stitcher:
 
     @staticmethod
     def new_state() -> dict:
-        return {"wm": 0, "buf": [], "pend": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
+        return {"wm": 0, "buf": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
                 "next": None, "late": 0, "dups": 0}
 
     @staticmethod
@@ -94,9 +95,7 @@ class Stitcher:
         return not (state["buf"] or state["conns"] or state["lk"] or state["dsrv"] or state["lost"])
 
     def deadline(self, state: dict) -> int | None:
-        cands = [d["ts"] + 1 for d in state["buf"][:1]] if state["buf"] else []
-        if state["buf"]:
-            cands = [min(d["ts"] for d in state["buf"]) + 1]
+        cands = [min(d["ts"] for d in state["buf"]) + 1] if state["buf"] else []
         if state["next"] is not None:
             cands.append(state["next"])
         return min(cands) if cands else None
@@ -108,19 +107,12 @@ class Stitcher:
         wm = state["wm"]
         for loss in batch.get("lost") or ():
             state["lost"].append([loss["node"], loss["ts"], loss["count"]])
-        buf, pend = state["buf"], state["pend"]
-        pend_set = set(pend)
+        buf = state["buf"]
         for d in batch["events"]:
             if d["ts"] < wm:
                 state["late"] += 1
-                continue
-            ident = f'{d["node"]}|{d["n"]}'
-            if ident in pend_set:
-                state["dups"] += 1
-                continue
-            pend_set.add(ident)
-            pend.append(ident)
-            buf.append(d)
+            else:
+                buf.append(d)  # a duplicate (same node, n) sorts next to its original
         return []
 
     def advance(self, state: dict, key: str, watermark_ns: int, final: bool = False) -> list[tuple[str, str, dict]]:
@@ -130,14 +122,18 @@ class Stitcher:
         state["wm"] = max(state["wm"], watermark_ns)
         buf = state["buf"]
         if buf:
-            buf.sort(key=lambda d: (d["ts"], d["node"], d["n"]))
+            buf.sort(key=_order)
             cut = len(buf)
             while cut and buf[cut - 1]["ts"] >= watermark_ns:
                 cut -= 1
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
-                state["pend"] = [f'{d["node"]}|{d["n"]}' for d in state["buf"]]
+                prev = None
                 for d in ready:
+                    if prev is not None and d["n"] == prev["n"] and d["node"] == prev["node"] and d["ts"] == prev["ts"]:
+                        state["dups"] += 1  # at-least-once delivery: the same event again
+                        continue
+                    prev = d
                     self._apply(state, d, out)
         nxt = state["next"]
         if final or (nxt is not None and watermark_ns >= nxt):
@@ -180,9 +176,16 @@ class Stitcher:
             if d["kind"] == "close" and side == "cl":
                 return  # the tail of a connection already finished
             conn = conns[key] = _new_conn(key, d)
-        conn["t1"] = max(conn["t1"], d["ts"])
-        getattr(self, "_" + side)(st, conn, d)
-        self._schedule(st, conn)
+            self._schedule(st, conn)
+        if d["ts"] > conn["t1"]:
+            conn["t1"] = d["ts"]  # only delays the idle deadline: no rescheduling needed
+        if side == "cl":
+            if self._cl(st, conn, d):
+                self._schedule(st, conn)  # a close or a response: a deadline moved earlier
+        elif side == "sv":
+            self._sv(st, conn, d)
+        else:
+            self._px(st, conn, d)
 
     def _schedule(self, st: dict, conn: dict) -> None:
         dl = self._conn_deadline(conn)
@@ -200,7 +203,8 @@ class Stitcher:
 
     # client side ---------------------------------------------------------------
 
-    def _cl(self, st: dict, conn: dict, d: dict) -> None:
+    def _cl(self, st: dict, conn: dict, d: dict) -> bool:
+        """Apply a client-side event; True when it moved a deadline earlier (close, response)."""
         kind, ts = d["kind"], d["ts"]
         if conn["cl"] is None:
             conn["cl"] = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "container_id": d.get("container_id"),
@@ -249,7 +253,7 @@ class Stitcher:
                     if resp is not None and resp.status >= 200 and cur is not None:
                         cur["rts"], cur["st"], cur["rx"] = ts, resp.status, d["res"]
                         cur["ev"].append(_ref(d, "client response"))
-                        return
+                        return True
                 last = conn["creq"][-1] if conn["creq"] else None
                 if last is not None and last["rts"] is not None:
                     last["rx"] += d["res"]
@@ -259,10 +263,11 @@ class Stitcher:
             elif d.get("errno") in FAILED_ERRNOS:
                 conn["err"] = conn["err"] or d["errno"]
                 _evidence(conn, d, "client recv error")
-        elif kind in ("close", "shutdown"):
-            if kind == "close":
-                conn["ccl"] = ts
-                _evidence(conn, d, "client close")
+        elif kind == "close":
+            conn["ccl"] = ts
+            _evidence(conn, d, "client close")
+            return True
+        return False
 
     def _resolve_service(self, st: dict, conn: dict, d: dict) -> None:
         """Which Service this connection is a request to, and how we know."""
@@ -841,6 +846,9 @@ class Stitcher:
 
 
 # helpers ----------------------------------------------------------------------------------
+
+_order = itemgetter("ts", "node", "n")  # event-time order, ties broken by source and sequence
+
 
 def _new_conn(key: str, d: dict) -> dict:
     return {"k": key, "t0": d["ts"], "t1": d["ts"], "a": [d["node"], d["n"]], "cl": None, "cn": None, "ccl": None,

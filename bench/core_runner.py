@@ -1,0 +1,137 @@
+"""Benchmark of the sans-IO core through the in-process runner.
+
+    python -m bench.core_runner [--requests N] [--open-chains N]
+
+1. Throughput (events/s) of the whole graph (enrich -> stitch -> alerts) on
+   scenario traffic: DNS lookup + request per connection in the three
+   translation modes, plus keep-alive connections; in capture order and in
+   shuffled arrival (within the lateness) with 10% duplicates, side by side.
+2. Memory per open chain: N connections connected, request sent, not yet
+   answered or closed, applied into the stitch state; traced Python memory of
+   the runner's state / N (and the state's serialized size).
+Targets (issue 6): >= 100k events/s; <= 200 MB at 10k open chains.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from svctrace.schemas.models import SyscallEvent  # noqa: E402
+from svctrace.streams.core import Runner, Settings, dumps_state, run  # noqa: E402
+from tests.scenario import MODES, MS, REQUEST, S, T0, US, Cluster, Scenario  # noqa: E402
+
+TARGET_EPS = 100_000
+TARGET_MB_10K = 200
+
+
+def traffic(requests: int) -> tuple[Cluster, list[SyscallEvent]]:
+    cluster = Cluster()
+    events: list[SyscallEvent] = []
+    per_mode = requests // (len(MODES) + 1)
+    for m, mode in enumerate(MODES):
+        sc = Scenario(cluster, mode)
+        for i in range(per_mode):
+            sc.request(T0 + m * 3600 * S + i * 2 * MS, "healthy", backend="my-nginx-1" if i % 2 else "my-nginx-2")
+        events += sc.events()
+    sc = Scenario(cluster, "dnat")  # keep-alive: 10 requests per connection, no DNS
+    for i in range(per_mode // 10):
+        sc.keepalive(T0 + 4 * 3600 * S + i * 20 * MS, statuses=(200,) * 9 + (503,))
+    events += sc.events()
+    return cluster, events
+
+
+def shuffled(events, lateness, dup_rate=0.1, seed=1):
+    rng = random.Random(seed)
+    keyed = [(e.ts + rng.randrange(lateness), i, e) for i, e in enumerate(events)]
+    keyed += [(e.ts + rng.randrange(lateness), len(events) + i, e) for i, e in enumerate(events) if rng.random() < dup_rate]
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [e for *_k, e in keyed]
+
+
+def throughput(index, events) -> tuple[float, float, float, int]:
+    """events per CPU second (process time: the machine may be shared) and wall seconds."""
+    gc.collect()
+    c, t = time.process_time(), time.perf_counter()
+    result = run(events, index)
+    cpu, wall = time.process_time() - c, time.perf_counter() - t
+    return len(events) / cpu, cpu, wall, len(result.chains)
+
+
+def open_chain_events(n: int) -> list[SyscallEvent]:
+    """n DNAT connections from many client pods: connect, backend accept, request sent and received."""
+    out, counters = [], {"node-a": 0, "node-b": 0}
+    vip, be = "10.96.0.100", "10.244.2.8"
+    for i in range(n):
+        t = T0 + i * 500 * US
+        cip, cport = f"10.245.{i // 250 % 250}.{i % 250 + 1}", 40000 + i % 20000
+        c = dict(proto="tcp", role="client", local_ip=cip, local_port=cport, family="ipv4")
+        b = dict(proto="tcp", role="server", local_ip=be, local_port=80, remote_ip=cip, remote_port=cport, family="ipv4")
+        for dt, node, pid, comm, kind, sc, fd, res, kw in (
+            (0, "node-a", 5000 + i, "curl", "connect", "connect", 4, -115, dict(addr_ip=vip, addr_port=8080, remote_ip=vip, remote_port=8080, **c)),
+            (100, "node-b", 8008, "nginx", "accept", "accept4", 100 + i, 100 + i, b),
+            (200, "node-a", 5000 + i, "curl", "send", "sendto", 4, len(REQUEST), dict(data=REQUEST, size=len(REQUEST), **c)),
+            (300, "node-b", 8008, "nginx", "recv", "recvfrom", 100 + i, len(REQUEST), dict(data=REQUEST, size=len(REQUEST), **b)),
+        ):
+            counters[node] += 1
+            out.append(SyscallEvent(ts=t + dt * US, node=node, n=counters[node], pid=pid, tid=pid, comm=comm, kind=kind,
+                                    syscall=sc, fd=fd, res=res, **kw))
+    out.sort(key=lambda e: e.ts)
+    return out
+
+
+def memory_per_open_chain(index, n: int) -> tuple[float, float, int, int]:
+    events = open_chain_events(n)
+    settings = Settings(idle_ns=3600 * S)  # nothing may time out while we measure
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    runner = Runner(index, settings)
+    runner.feed(events)
+    runner.step()
+    runner.advance(events[-1].ts + 3 * S)  # everything applied: only open chains remain
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    open_conns = sum(len(st["conns"]) for st in runner.states["svctrace.flows"].values())
+    serialized = sum(len(dumps_state(st)) for st in runner.states["svctrace.flows"].values())
+    return used / 2**20, used / max(open_conns, 1), open_conns, serialized
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=8000)
+    ap.add_argument("--open-chains", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    cluster, events = traffic(args.requests)
+    index = cluster.index()
+    late = Settings().enrich_lateness_ns
+    shuf = shuffled(events, late)
+    print(f"traffic: {len(events)} events, {args.requests} requests (3 modes + keep-alive)")
+    print(f"  load average           : {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs"
+          " (rates are per CPU second of this process)")
+    eps_a, cpu_a, wall_a, chains_a = throughput(index, events)
+    eps_b, cpu_b, wall_b, chains_b = throughput(index, shuf)
+    print(f"  capture order          : {eps_a:>10,.0f} events/s  ({cpu_a:.2f} s CPU, {wall_a:.2f} s wall, {chains_a} chains)")
+    print(f"  shuffled + 10% dups    : {eps_b:>10,.0f} events/s  ({cpu_b:.2f} s CPU, {wall_b:.2f} s wall, {chains_b} chains,"
+          f" {len(shuf)} deliveries)")
+    print(f"  ratio shuffled/ordered : {eps_b / eps_a:.2f}")
+    print(f"  target >= {TARGET_EPS:,} events/s: {'MET' if eps_a >= TARGET_EPS else 'NOT MET'}")
+    mb, per, conns, ser = memory_per_open_chain(index, args.open_chains)
+    print(f"open chains: {conns} open in the stitch state")
+    print(f"  traced memory          : {mb:.1f} MB total, {per / 1024:.2f} KiB per open chain")
+    print(f"  serialized state       : {ser / 2**20:.1f} MB ({ser / max(conns, 1):.0f} B per open chain)")
+    scaled = per * 10_000 / 2**20
+    print(f"  at 10k open chains     : {scaled:.1f} MB; target <= {TARGET_MB_10K} MB: {'MET' if scaled <= TARGET_MB_10K else 'NOT MET'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

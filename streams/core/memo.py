@@ -1,0 +1,65 @@
+"""A memo of ClusterIndex answers at one-second granularity of event time.
+
+Every question is asked of the index as of the END of the event's second, so an
+answer is a pure function of (question, second): identical whichever runner,
+bucket or arrival order asked first. Metadata changes are seconds apart; joins
+at 1 s resolution lose nothing a human would see, and the memo spares the
+index most of its work (chains ask the same few questions over and over).
+Bounded: cleared when it grows past `max_entries`.
+"""
+from __future__ import annotations
+
+S = 10**9
+
+
+class MemoIndex:
+    def __init__(self, index, max_entries: int = 65536):
+        self.index = index
+        self.max_entries = max_entries
+        self._memo: dict[tuple, object] = {}
+
+    def _get(self, key: tuple, compute):
+        memo = self._memo
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        if len(memo) >= self.max_entries:
+            memo.clear()
+        value = memo[key] = compute()
+        return value
+
+    @staticmethod
+    def at(ts: int) -> int:
+        """The instant a question about time ts is asked for: the end of its second."""
+        return ts - ts % S + S - 1
+
+    def pod_by_ip(self, ip, ts):
+        t = self.at(ts)
+        return self._get(("pod", ip, t), lambda: self.index.pod_by_ip(ip, t))
+
+    def pod_by_container(self, container_id):
+        return self._get(("cid", container_id), lambda: self.index.pod_by_container(container_id))
+
+    def service_by_ip(self, ip, port=None, protocol="TCP", ts=None):
+        t = self.at(ts)
+        return self._get(("svc", ip, port, protocol, t), lambda: self.index.service_by_ip(ip, port, protocol, t))
+
+    def endpoints(self, namespace, service, ts):
+        t = self.at(ts)
+        return self._get(("eps", namespace, service, t), lambda: self.index.endpoints(namespace, service, t))
+
+    def services_for_endpoint(self, ip, port=None, ts=None):
+        t = self.at(ts)
+        return self._get(("sfe", ip, port, t), lambda: self.index.services_for_endpoint(ip, port, t))
+
+    def node_by_ip(self, ip, ts):
+        t = self.at(ts)
+        return self._get(("node", ip, t), lambda: self.index.node_by_ip(ip, t))
+
+    def is_cluster_dns(self, ip, ts):
+        t = self.at(ts)
+        return self._get(("dns", ip, t), lambda: self.index.is_cluster_dns(ip, t))
+
+    def objects(self, ts):
+        return self.index.objects(self.at(ts))
