@@ -139,3 +139,63 @@ def test_roles(captures, name, kinds):
     connected = next(e for e in events if e.kind == "connect" and e.res in (0, -115) and e.remote_port)
     assert (accepted.remote_ip, accepted.remote_port) == (connected.local_ip, connected.local_port)
     assert (accepted.local_port) == connected.remote_port
+
+
+def test_events_match_the_syscall_batch_schema(captures):
+    from svctrace.schemas.models import SyscallBatch, encode_batch
+    from svctrace.schemas.validate import errors
+
+    for path in capture_files():
+        reader = open_capture(path)
+        events = list(reader)
+        if not events:
+            continue
+        doc = orjson.loads(encode_batch(SyscallBatch(node=reader.node, source="scap", seq=0, events=events)))
+        problems = errors("syscall-batch", doc)
+        assert not problems, (path.name, problems[:3])
+
+
+def test_cli_json_and_net_filter(captures):
+    import subprocess
+    import sys
+
+    path = captures / "libs__curl_google.scap"
+    cmd = [sys.executable, "-m", "svctrace", "read", str(path)]
+    full = subprocess.run(cmd + ["--json"], capture_output=True, timeout=120, check=True).stdout.splitlines()
+    net = subprocess.run(cmd + ["--json", "--filter", "net"], capture_output=True, timeout=120,
+                         check=True).stdout.splitlines()
+    text = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
+    docs = [orjson.loads(line) for line in full]
+    assert len(docs) == len(text) == 20 and {d["family"] for d in docs} == {"ipv6", "unix"}
+    assert [orjson.loads(line)["n"] for line in net] == [d["n"] for d in docs if d["family"] == "ipv6"]
+    assert any("GET / HTTP/1.1" in line and "sendto" in line for line in text)
+    raw = subprocess.run(cmd + ["--raw", "--json"], capture_output=True, timeout=120, check=True).stdout
+    assert raw.count(b"\n") == 1536
+
+
+def _s(text: str) -> bytes:
+    return struct.pack("<H", len(text)) + text.encode()
+
+
+@pytest.mark.parametrize("version", range(1, 10))
+def test_process_list_versions(version):
+    """PL_V1..V9 field presence (scap-format.md §8); the public captures only have V5-V9."""
+    e = struct.pack("<qqq", 100, 99, 1)
+    e += struct.pack("<q", 7) if version >= 6 else b""  # sid
+    e += struct.pack("<q", 8) if version >= 8 else b""  # vpgid
+    e += _s("nginx") + _s("nginx:")
+    e += _s("/usr/sbin/nginx") if version >= 7 else b""
+    e += _s("-g\0daemon off;") + _s("/") + struct.pack("<QIII", 1024, 0, 0, 0)
+    e += struct.pack("<IIIQQ", 1, 2, 3, 4, 5) if version >= 2 else b""
+    e += _s("PATH=/bin") if version >= 3 else b""
+    cg = "cpuset=/docker/" + "ab" * 32
+    e += struct.pack("<qq", 1, 1) + _s(cg) if version >= 4 else b""
+    e += _s("/") if version >= 5 else b""
+    if version == 9:
+        e += struct.pack("<QI", 0, 0)  # optional tail (pidns_init_start_ts, tty), skipped by sub_len
+        e = struct.pack("<I", len(e) + 4) + e
+    body = e + e  # two entries
+    out = B.parse_proclist(body, version)
+    assert [(p["tid"], p["pid"], p["comm"]) for p in out] == [(100, 99, "nginx")] * 2
+    assert out[0]["exepath"] == ("/usr/sbin/nginx" if version >= 7 else "")
+    assert B.container_id_from_cgroups(out[0]["cgroups"]) == ("abababababab" if version >= 4 else None)
