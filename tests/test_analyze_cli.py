@@ -250,3 +250,19 @@ def test_evidence_beyond_the_window_is_fetched_by_a_second_pass(monkeypatch):
     assert cited and set(full.evidence) == cited == set(narrow.evidence)
     for key in cited:
         assert narrow.evidence[key] == full.evidence[key]
+
+
+def test_cluster_state_as_yaml(tmp_path, capsys):
+    import yaml
+
+    state = tmp_path / "state.yaml"
+    state.write_text(yaml.safe_dump(orjson.loads(CLUSTER.read_bytes())))
+    code, out, err = analyze(capsys, CAPTURE, "--cluster", state, "--json")
+    assert code == 1, err
+    assert out == analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--json")[1]
+
+
+def test_connections_limit(capsys):
+    _, out, _ = analyze(capsys, CAPTURE, "--connections", "--connections-limit", "3")
+    listed = out.split("CONNECTIONS SEEN (17)")[1].split("ALERTS")[0].strip().splitlines()
+    assert len(listed) == 4 and listed[-1].strip() == "… and 14 more (use --connections-limit to show more)"

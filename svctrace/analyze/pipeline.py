@@ -7,11 +7,10 @@ drives them, turns their errors into one-line AnalyzeErrors, and counts.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Iterable, TextIO
 
 from svctrace.analyze import render
 from svctrace.analyze.connections import ConnectionRow, ConnectionTable
