@@ -1,0 +1,77 @@
+"""`svctrace worker`: run the stream processors (any number of workers share the partitions).
+
+    svctrace worker --bootstrap 127.0.0.1:9092
+    svctrace worker --bootstrap kafka:9092 --metrics-addr 0.0.0.0:9466     # in a pod
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "svctrace" / "worker-data")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=os.environ.get("SVCTRACE_BOOTSTRAP"),
+                   help="Kafka bootstrap servers host:port (default $SVCTRACE_BOOTSTRAP)")
+    p.add_argument("--app-id", default="svctrace-worker",
+                   help="Faust application id = consumer group; workers with the same id share the work")
+    p.add_argument("--topic-prefix", default="", help="prefix of every topic name (isolates deployments)")
+    p.add_argument("--data-dir", default=_default_data_dir(), help="Faust's local data folder")
+    p.add_argument("--metrics-addr", default="127.0.0.1:9466",
+                   help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
+    p.add_argument("--idle-flush", type=float, default=10.0,
+                   help="seconds a caught-up input partition stays idle before its state is flushed")
+    p.add_argument("--checkpoint-interval", type=float, default=1.0,
+                   help="seconds between state checkpoints (input offsets commit only after one)")
+    p.add_argument("--session-timeout", type=float, default=10.0,
+                   help="seconds after which a silent worker's partitions move to the others")
+    p.add_argument("--no-enriched", dest="enriched", action="store_false",
+                   help="do not publish svctrace.events.enriched")
+    p.add_argument("--no-create-topics", dest="create_topics", action="store_false",
+                   help="do not create the catalogue's topics at start (they must exist)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.bootstrap:
+        print("svctrace worker: --bootstrap (or $SVCTRACE_BOOTSTRAP) is required", file=sys.stderr)
+        return 2
+    import faust
+
+    from svctrace.kafka.admin import ensure_topics, wait_ready
+    from svctrace.schemas.catalogue import load_catalogue
+    from svctrace.streams.core import Settings
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig, occurrences_topic
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = WorkerConfig(
+        bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
+        settings=Settings(emit_enriched=args.enriched), idle_flush_s=args.idle_flush,
+        checkpoint_s=args.checkpoint_interval, session_timeout_s=args.session_timeout,
+    )
+
+    async def prepare() -> None:
+        await wait_ready(args.bootstrap, timeout=60)
+        topics = list(load_catalogue().values())
+        topics.append(occurrences_topic(args.topic_prefix, topics[0].partitions))
+        await ensure_topics(args.bootstrap, topics if args.create_topics else topics[-1:], prefix=args.topic_prefix)
+
+    asyncio.run(prepare())
+    worker = Worker(config)
+    if args.metrics_addr:
+        host, port = worker.metrics.serve(args.metrics_addr)
+        print(f"svctrace worker: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    faust_worker = faust.Worker(worker.app, loglevel="INFO" if args.verbose else "WARNING", quiet=True,
+                                redirect_stdouts=False)
+    faust_worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
+    return 0

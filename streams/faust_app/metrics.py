@@ -1,0 +1,28 @@
+"""Prometheus /metrics of the worker (prometheus-client, its own registry, loopback by default)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.records = Counter("svctrace_worker_records", "Input records processed", ["stage"], registry=r)
+        self.events = Counter("svctrace_worker_events", "Input events processed", ["stage"], registry=r)
+        self.outputs = Counter("svctrace_worker_outputs", "Records published, by topic", ["topic"], registry=r)
+        self.deadletters = Counter("svctrace_worker_deadletters", "Records sent to the dead-letter topic",
+                                   ["stage"], registry=r)
+        self.checkpoints = Counter("svctrace_worker_checkpoints", "State checkpoints written to the changelogs",
+                                   registry=r)
+        self.watermark = Gauge("svctrace_worker_watermark_seconds", "Event-time watermark of each stage",
+                               ["stage"], registry=r)
+        self.index_objects = Gauge("svctrace_worker_cluster_objects", "Kubernetes objects in the ClusterIndex",
+                                   registry=r)
+        self.server = None
+
+    def serve(self, addr: str) -> tuple[str, int]:
+        """Start the HTTP endpoint at host:port (port 0 = any free port); returns the bound address."""
+        host, _, port = addr.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        return host, self.server.server_port

@@ -1,0 +1,192 @@
+"""Helpers to drive `svctrace worker` processes on the real broker.
+
+Publishing cluster state and syscall batches, starting/killing workers, and
+reading back chains and alerts (the last record per id: at-least-once delivery
+may repeat a record, ids are deterministic).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from svctrace.kafka.admin import ensure_topics, topic_name
+from svctrace.kafka.clients import consumer, producer
+from svctrace.schemas.catalogue import ALERTS, CHAINS, DEADLETTER, K8S_OBJECTS, SYSCALLS, load_catalogue
+from svctrace.schemas.models import SyscallBatch, SyscallEvent, encode_batch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record_key(record: dict) -> str:
+    return f"{record['kind']}/{record.get('namespace') or ''}/{record['name']}"
+
+
+async def publish_cluster(bootstrap: str, prefix: str, records: Iterable[dict]) -> int:
+    p = producer(bootstrap)
+    await p.start()
+    n = 0
+    try:
+        for r in records:
+            await p.send(topic_name(K8S_OBJECTS, prefix), orjson.dumps(r), key=record_key(r).encode())
+            n += 1
+        await p.flush()
+    finally:
+        await p.stop()
+    return n
+
+
+def batches_of(events: Iterable[SyscallEvent], batch_events: int = 500, source: str = "scap") -> list[SyscallBatch]:
+    """Group events per node into batches in arrival order (what an agent per node would publish)."""
+    out, open_, seq = [], {}, {}
+    for e in events:
+        buf = open_.setdefault(e.node, [])
+        buf.append(e)
+        if len(buf) >= batch_events:
+            seq[e.node] = seq.get(e.node, -1) + 1
+            out.append(SyscallBatch(node=e.node, source=source, seq=seq[e.node], events=buf))
+            open_[e.node] = []
+    for node, buf in open_.items():
+        if buf:
+            seq[node] = seq.get(node, -1) + 1
+            out.append(SyscallBatch(node=node, source=source, seq=seq[node], events=buf))
+    return out
+
+
+async def publish_batches(bootstrap: str, prefix: str, batches: Iterable[SyscallBatch],
+                          between: Callable[[int], None] | None = None) -> int:
+    """Publish batches keyed by node; `between(i)` runs after the i-th (for mid-stream faults)."""
+    p = producer(bootstrap)
+    await p.start()
+    n = 0
+    try:
+        for i, b in enumerate(batches):
+            await p.send(topic_name(SYSCALLS, prefix), encode_batch(b), key=b.node.encode())
+            n += len(b.events)
+            if between is not None:
+                await p.flush()
+                between(i)
+        await p.flush()
+    finally:
+        await p.stop()
+    return n
+
+
+async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
+    p = producer(bootstrap)
+    await p.start()
+    try:
+        await p.send_and_wait(topic, value, key=key)
+    finally:
+        await p.stop()
+
+
+def ensure_worker_topics(bootstrap: str, prefix: str) -> None:
+    from svctrace.streams.faust_app.app import occurrences_topic
+
+    topics = list(load_catalogue().values())
+    topics.append(occurrences_topic(prefix, load_catalogue()["svctrace.flows"].partitions))
+    asyncio.run(ensure_topics(bootstrap, topics, prefix=prefix))
+
+
+@dataclass
+class Results:
+    chains: dict[str, dict] = field(default_factory=dict)
+    alerts: dict[str, dict] = field(default_factory=dict)
+    deadletters: list[dict] = field(default_factory=list)
+    chain_records: int = 0  # including repeats
+
+    def chain_ids(self) -> set[str]:
+        return set(self.chains)
+
+
+async def read_results(bootstrap: str, prefix: str, done: Callable[[Results], bool], timeout: float,
+                       settle: float = 0.0) -> Results:
+    """Read chains, alerts and dead letters until done(results) (then `settle` s more) or timeout."""
+    topics = [topic_name(t, prefix) for t in (CHAINS, ALERTS, DEADLETTER)]
+    c = consumer(bootstrap, *topics, group_id=None)
+    await c.start()
+    res = Results()
+    deadline = time.monotonic() + timeout
+    settle_until = None
+    try:
+        while time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for r in records:
+                    doc = orjson.loads(r.value)
+                    if tp.topic == topics[0]:
+                        res.chains[doc["chain_id"]] = doc
+                        res.chain_records += 1
+                    elif tp.topic == topics[1]:
+                        res.alerts[doc["alert_id"]] = doc
+                    else:
+                        res.deadletters.append(doc)
+            if settle_until is None and done(res):
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        await c.stop()
+    return res
+
+
+class WorkerProcess:
+    """One `svctrace worker` subprocess with its own log file."""
+
+    def __init__(self, bootstrap: str, prefix: str, app_id: str, workdir: Path, name: str = "w",
+                 idle_flush: float = 1.0, session_timeout: float = 6.0, extra: list[str] | None = None):
+        self.log_path = workdir / f"{name}.log"
+        self.cmd = [sys.executable, "-m", "svctrace", "worker", "--bootstrap", bootstrap, "--app-id", app_id,
+                    "--topic-prefix", prefix, "--data-dir", str(workdir / f"{name}-data"),
+                    "--metrics-addr", "127.0.0.1:0", "--idle-flush", str(idle_flush),
+                    "--checkpoint-interval", "0.5", "--session-timeout", str(session_timeout), "-v", *(extra or [])]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        return self
+
+    def metrics_url(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if "metrics on " in line:
+                    return line.split("metrics on ", 1)[1].strip()
+            self.check_alive()
+            time.sleep(0.1)  # poll interval
+        raise TimeoutError(f"worker printed no metrics address\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.is_file():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
