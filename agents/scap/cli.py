@@ -86,6 +86,9 @@ def run(args) -> int:
                 if len(buf) >= 4096:
                     out.write(b"\n".join(buf) + b"\n")
                     buf.clear()
+    except OSError as e:  # missing or unreadable file
+        print(f"svctrace read: error: {e}", file=sys.stderr)
+        return 1
     except CaptureError as e:
         if buf:
             out.write(b"\n".join(buf) + b"\n")

@@ -31,8 +31,8 @@ FIXED: dict[str, tuple[int, bool]] = {
 }
 STRING_TYPES = frozenset(("CHARBUF", "FSPATH", "FSRELPATH"))
 
-# Event types whose length array uses u32 entries (EF_LARGE_PAYLOAD).
-# sysdig 0.29.3 (libs 2022-03) knows codes below this value only.
+# sysdig 0.29.3 (libs 2022-03) knows event codes below this value only: it skips newer
+# types without counting them in evt.num, and the writer uses only codes below it.
 SYSDIG_0_29_TABLE_SIZE = 338
 
 
