@@ -264,5 +264,5 @@ def test_cluster_state_as_yaml(tmp_path, capsys):
 
 def test_connections_limit(capsys):
     _, out, _ = analyze(capsys, CAPTURE, "--connections", "--connections-limit", "3")
-    listed = out.split("CONNECTIONS SEEN (17)")[1].split("ALERTS")[0].strip().splitlines()
+    listed = out.split("CONNECTIONS SEEN (17)")[1].split("ALERTS")[0].strip().splitlines()[1:]
     assert len(listed) == 4 and listed[-1].strip() == "… and 14 more (use --connections-limit to show more)"
