@@ -60,6 +60,7 @@ class Service:
     namespace: str = "default"
     protocol: str = "TCP"
     extra_ports: tuple = ()  # (name, port, protocol, target_port)
+    node_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,11 @@ class Cluster:
                 "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in p.ports]}))
         for s in self.services.values():
             ports = [{"name": "http" if s.protocol == "TCP" else "dns", "port": s.port, "protocol": s.protocol,
-                      "target_port": s.target_port, "node_port": None}]
+                      "target_port": s.target_port, "node_port": s.node_port}]
             ports += [{"name": n, "port": p, "protocol": pr, "target_port": tp, "node_port": None}
                       for n, p, pr, tp in s.extra_ports]
             out.append(_rec("Service", s.namespace, s.name, ts, service={
-                "type": "ClusterIP", "cluster_ips": [s.cluster_ip], "selector": dict(s.selector),
+                "type": "NodePort" if s.node_port else "ClusterIP", "cluster_ips": [s.cluster_ip], "selector": dict(s.selector),
                 "session_affinity": "None", "external_traffic_policy": None, "ports": ports}))
             eps = [{"addresses": [p.ip], "ready": True, "serving": True, "terminating": False, "node": p.node,
                     "pod": p.name, "pod_namespace": p.namespace} for p in self.backends(s.name)]
@@ -358,6 +359,32 @@ class Scenario:
         tend = t + (len(statuses) + 1) * MS + response_delay_ns
         self.ev(tend, curl, "close", "close", 4, 0, **c)
         self.ev(tend + 100 * US, nginx, "close", "close", fbe, 0, **bsrv)
+
+    def host_request(self, t: int, via: str = "vip", node_port: int = 30080) -> None:
+        """A host process on node-a (no pod) calls my-nginx: via its ClusterIP (DNAT then SNAT to the
+        node's IP, source port kept) or via node-b's NodePort (SNAT to node-b's IP, new port)."""
+        cl = self.cluster
+        svc, be = cl.services["my-nginx"], cl.pods["my-nginx-2"]
+        host = self.proc(None, "wget", node="node-a")
+        hip, cport = cl.nodes["node-a"], self.port()
+        if via == "vip":
+            target, tport, seen_ip, seen_port = svc.cluster_ip, svc.port, hip, cport
+        else:
+            target, tport, seen_ip, seen_port = cl.nodes["node-b"], node_port, cl.nodes["node-b"], self.port()
+        c = dict(proto="tcp", role="client", local_ip=hip, local_port=cport)
+        nginx = Proc(be.node, 8008, "nginx", be.container_id)
+        fbe = next(self._fds)
+        b = dict(proto="tcp", role="server", local_ip=be.ip, local_port=svc.target_port, remote_ip=seen_ip,
+                 remote_port=seen_port)
+        self.ev(t, host, "connect", "connect", 3, 0, addr_ip=target, addr_port=tport, remote_ip=target,
+                remote_port=tport, **c)
+        self.ev(t + 100 * US, nginx, "accept", "accept4", fbe, fbe, **b)
+        self.ev(t + 200 * US, host, "send", "write", 3, len(REQUEST), data=REQUEST, **c)
+        self.ev(t + 300 * US, nginx, "recv", "read", fbe, len(REQUEST), data=REQUEST, **b)
+        self.ev(t + 400 * US, nginx, "send", "writev", fbe, len(RESPONSE_200), data=RESPONSE_200, **b)
+        self.ev(t + 500 * US, host, "recv", "read", 3, len(RESPONSE_200), data=RESPONSE_200, **c)
+        self.ev(t + 600 * US, host, "close", "close", 3, 0, **c)
+        self.ev(t + 700 * US, nginx, "close", "close", fbe, 0, **b)
 
     def loss(self, t: int, node: str, count: int = 10) -> None:
         """A loss marker: `count` events were dropped at t on node."""

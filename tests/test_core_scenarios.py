@@ -162,3 +162,28 @@ def test_capture_cut_mid_request_is_incomplete():
     result = run(cut, cluster.index())
     assert [c["status"] for c in result.chains] == ["incomplete"]
     assert result.alerts == []
+
+
+def test_host_traffic_to_a_cluster_ip_is_linked_with_low_confidence():
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.host_request(T0, via="vip")
+    result = run(sc.events(), cluster.index())
+    [chain] = result.chains
+    validate("chain", chain)
+    assert chain["translation"] == {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
+    assert chain["backend"]["pod"] == "my-nginx-2" and chain["response"]["status"] == 200
+    assert chain["client"]["pod"] is None and chain["status"] == "ok" and result.alerts == []
+
+
+def test_nodeport_traffic_is_marked_low_confidence():
+    cluster = Cluster()
+    cluster.services["my-nginx"].node_port = 30080
+    sc = Scenario(cluster, "dnat")
+    sc.host_request(T0, via="nodeport")
+    result = run(sc.events(), cluster.index())
+    [chain] = result.chains
+    validate("chain", chain)
+    assert chain["service"]["name"] == "my-nginx" and chain["connect"]["port"] == 30080
+    assert chain["translation"]["mode"] == "nodeport_snat" and chain["translation"]["confidence"] == "low"
+    assert chain["response"]["status"] == 200 and chain["status"] == "ok" and result.alerts == []

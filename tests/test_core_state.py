@@ -117,3 +117,61 @@ def test_every_fault_and_mode_runs_through_the_graph_outputs():
                 g.enrich.process(st, node, [e for e in sc.events() if e.node == node])
                 outs += g.enrich.flush(st, node)
             assert all(t == "svctrace.flows" and k.startswith("b") for t, k, _v in outs)
+
+
+def test_enriched_batches_validate_against_the_schema():
+    import orjson
+
+    from svctrace.schemas.validate import validate
+    from svctrace.streams.core.graph import Settings, encode_value
+
+    for mode in MODES:
+        cluster = Cluster()
+        sc = Scenario(cluster, mode)
+        sc.request(T0, "healthy")
+        sc.loss(T0 + 5 * MS, "node-b", 2)
+        g = Graph(cluster.index(), Settings(emit_enriched=True))
+        outs = []
+        for node in ("node-a", "node-b"):
+            st = g.enrich.new_state()
+            g.enrich.process(st, node, [e for e in sc.events() if e.node == node])
+            outs += g.enrich.flush(st, node)
+        topics = {t for t, _k, _v in outs}
+        assert topics == {"svctrace.flows", "svctrace.events.enriched"}
+        for _t, _k, value in outs:
+            validate("enriched-batch", orjson.loads(encode_value(value)))
+        events = [e for t, _k, v in outs if t == "svctrace.events.enriched" for e in v["events"]]
+        kinds = {(e["kind"], (e["addr_ref"] or {}).get("kind")) for e in events}
+        assert ("connect", "service") in kinds
+        if mode == "userspace":  # the proxy's outbound connection carries the client's endpoint
+            tagged = [e for e in events if e["proxy_of"]]
+            assert tagged and all(e["comm"] == "hyperkube" and e["flow"] == "10.244.1.5" for e in tagged)
+
+
+def test_proxy_detected_by_bytes_when_it_dials_after_reading():
+    """A proxy whose accepted peer is no known VIP client, that reads, then dials and writes the same bytes."""
+    from svctrace.schemas.models import SyscallEvent
+    from tests.scenario import REQUEST
+
+    cluster = Cluster()
+    g = Graph(cluster.index())
+    st = g.enrich.new_state()
+    node_ip, client = "10.0.0.11", ("10.244.1.5", 41000)
+    common = dict(node="node-a", pid=77, tid=77, comm="socat", proto="tcp", family="ipv4")
+    pin = dict(role="server", local_ip=node_ip, local_port=9000, remote_ip=client[0], remote_port=client[1])
+    pout = dict(role="client", local_ip=node_ip, local_port=50000, remote_ip="10.244.2.8", remote_port=80,
+                addr_ip="10.244.2.8", addr_port=80)
+    evs = [
+        SyscallEvent(ts=T0, n=1, kind="accept", syscall="accept4", fd=5, res=5, **common, **pin),
+        SyscallEvent(ts=T0 + 10, n=2, kind="recv", syscall="read", fd=5, res=len(REQUEST), data=REQUEST, **common, **pin),
+        SyscallEvent(ts=T0 + 20, n=3, kind="connect", syscall="connect", fd=6, res=0, **common, **pout),
+        SyscallEvent(ts=T0 + 30, n=4, kind="send", syscall="write", fd=6, res=len(REQUEST), data=REQUEST, **common, **pout),
+        SyscallEvent(ts=T0 + 40, n=5, kind="close", syscall="close", fd=6, res=0, **common, **pout),
+    ]
+    g.enrich.process(st, "node-a", evs)
+    enriched = [e for _t, _k, v in g.enrich.flush(st, "node-a") for e in v["events"]]
+    by_n = {e["n"]: e for e in enriched}
+    assert by_n[3]["proxy_of"] is None  # nothing tells yet that this dial forwards anything
+    assert by_n[4]["proxy_of"] == {"ip": client[0], "port": client[1]} and by_n[4]["flow"] == client[0]
+    assert by_n[5]["proxy_of"] == {"ip": client[0], "port": client[1]}
+    assert st["pout"] == {}  # forgotten at close
