@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import signal
 import struct
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -105,8 +107,14 @@ def test_absurd_length(sample):
     data, blocks, d = sample
     off, btype, blen = blocks[-10]
     bad = data[:off + 4] + struct.pack("<I", 0xFFFFFFF0) + data[off + 8:]
+    tracemalloc.start()
     err = _error(_write(d, "absurd.scap", bad))
+    r = open_capture(d / "absurd.scap", skip_corrupt=True)
+    list(r)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     assert err.offset == off and "absurd block length" in err.reason
+    assert r.stats.skipped_bytes == blen and peak < 16 << 20  # the length is never allocated
 
 
 def test_unknown_block_type_and_skip(sample):
@@ -228,6 +236,19 @@ def test_fuzz_mutated_captures_only_raise_capture_error(originals, m):
     if compress:
         data = gzip.compress(data, 1)
         data = _mutate(data, ops[:1]) if ops[0][0] in ("cut", "flip") else data
+    def hung(*_):
+        raise TimeoutError(f"reader hung on mutation {ops}")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 30)  # a hang fails the test instead of blocking the suite
+    try:
+        _read_both_ways(data)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _read_both_ways(data: bytes) -> None:
     for skip in (False, True):
         try:
             r = open_capture(io.BytesIO(data), skip_corrupt=skip)
