@@ -175,3 +175,50 @@ class DeadLetter:
             "value_b64": b64(self.value),
             "ts": self.ts,
         }
+
+
+# -- Values produced by the stitching core (streams/core): enriched batches, chains, alerts.
+# The core builds them as plain dicts in their schema's form (the graph's outputs); these
+# helpers turn Kafka record bytes back into such dicts, naming what is wrong otherwise.
+
+ENRICHED_BATCH_SCHEMA = "svctrace.enriched-batch"
+CHAIN_SCHEMA = "svctrace.chain"
+ALERT_SCHEMA = "svctrace.alert"
+
+
+def _decode_tagged(raw: bytes, schema: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise DecodeError(f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("schema") != schema:
+        raise DecodeError(f"not a {schema} record (field $.schema)")
+    if doc.get("version") != SCHEMA_VERSION:
+        raise DecodeError(f"unsupported version {doc.get('version')!r} (field $.version)")
+    return doc
+
+
+def decode_enriched_batch(raw: bytes) -> dict[str, Any]:
+    """A svctrace.flows / svctrace.events.enriched record -> dict, payloads back to bytes."""
+    doc = _decode_tagged(raw, ENRICHED_BATCH_SCHEMA)
+    events = doc.get("events")
+    if not isinstance(events, list):
+        raise DecodeError("missing field $.events")
+    for i, e in enumerate(events):
+        if not isinstance(e, dict) or "ts" not in e or "node" not in e or "n" not in e:
+            raise DecodeError(f"bad event in $.events[{i}]: ts, node and n are required")
+        data = e.get("data")
+        if isinstance(data, str):
+            try:
+                e["data"] = base64.b64decode(data, validate=True)
+            except ValueError:
+                raise DecodeError(f"bad base64 in $.events[{i}].data") from None
+    return doc
+
+
+def decode_chain(raw: bytes) -> dict[str, Any]:
+    return _decode_tagged(raw, CHAIN_SCHEMA)
+
+
+def decode_alert(raw: bytes) -> dict[str, Any]:
+    return _decode_tagged(raw, ALERT_SCHEMA)

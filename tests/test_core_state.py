@@ -175,3 +175,27 @@ def test_proxy_detected_by_bytes_when_it_dials_after_reading():
     assert by_n[4]["proxy_of"] == {"ip": client[0], "port": client[1]} and by_n[4]["flow"] == client[0]
     assert by_n[5]["proxy_of"] == {"ip": client[0], "port": client[1]}
     assert st["pout"] == {}  # forgotten at close
+
+
+def test_models_decode_core_records():
+    import pytest
+
+    from svctrace.schemas.models import DecodeError, decode_alert, decode_chain, decode_enriched_batch, dumps
+    from svctrace.streams.core.graph import encode_value
+
+    cluster = Cluster("wrong_port")
+    sc = Scenario(cluster, "userspace")
+    sc.request(T0, "wrong_port")
+    g = Graph(cluster.index())
+    st = g.enrich.new_state()
+    g.enrich.process(st, "node-a", [e for e in sc.events() if e.node == "node-a"])
+    batch = g.enrich.flush(st, "node-a")[0][2]
+    back = decode_enriched_batch(encode_value(batch))
+    assert [e["data"] for e in back["events"]] == [e["data"] for e in batch["events"]]
+    result = run(sc.events(), cluster.index())
+    assert decode_chain(dumps(result.chains[0])) == result.chains[0]
+    assert decode_alert(dumps(result.alerts[0])) == result.alerts[0]
+    with pytest.raises(DecodeError, match=r"\$\.schema"):
+        decode_chain(dumps(result.alerts[0]))
+    with pytest.raises(DecodeError, match="not JSON"):
+        decode_enriched_batch(b"{")
