@@ -204,14 +204,11 @@ class KafkaSink:
     """
 
     def __init__(self, bootstrap: str, topic: str = TOPIC):
-        from svctrace.kafka import producer
-
         self.bootstrap, self.topic = bootstrap, topic
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kafka-sink", daemon=True)
         self._thread.start()
-        self._producer = producer(bootstrap)
-        self._call(self._producer.start())
+        self._producer = self._call(_started_producer(bootstrap))  # built on its loop: aiokafka binds to it
         self._pending: list[Any] = []
 
     def _call(self, coro, timeout: float = 60.0):
@@ -239,6 +236,14 @@ class KafkaSink:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+
+
+async def _started_producer(bootstrap: str):
+    from svctrace.kafka import producer
+
+    p = producer(bootstrap)
+    await p.start()
+    return p
 
 
 async def _gather(futures):
