@@ -86,3 +86,15 @@ def test_bindings_grant_only_to_the_metadata_service_account(rendered, case):
 
 def test_no_rbac_without_the_metadata_watcher(rendered):
     assert not [d for d in rendered["agent-only"] if d["kind"] in RBAC_KINDS]
+
+
+def test_cluster_role_matches_what_the_watcher_lists(rendered):
+    """The watcher's table of watched kinds is the source of truth: the ClusterRole grants
+    get/list/watch on exactly those, and the watcher lists nothing the role lacks."""
+    from svctrace.streams.metadata.watcher import RESOURCES
+
+    group_of_api = {"CoreV1Api": "", "DiscoveryV1Api": "discovery.k8s.io"}
+    watched = {(group_of_api[r.api], r.kind.lower() if r.kind.endswith("s") else r.kind.lower() + "s")
+               for r in RESOURCES.values()}
+    role = next(d for d in rendered["defaults"] if d["kind"] == "ClusterRole")
+    assert {(g, r) for (g, r, _names) in grants(role)} == watched
