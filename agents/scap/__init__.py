@@ -11,6 +11,13 @@ writer, `event_table.py` for the one table everything is derived from and
 """
 from .errors import CaptureError
 from .reader import CaptureReader, RawEvent, open_capture
-from .writer import ScapWriter
+
+
+def __getattr__(name):  # the writer is imported on first use: `svctrace read` starts faster
+    if name == "ScapWriter":
+        from .writer import ScapWriter
+        return ScapWriter
+    raise AttributeError(name)
+
 
 __all__ = ["CaptureError", "CaptureReader", "RawEvent", "open_capture", "ScapWriter"]

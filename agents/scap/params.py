@@ -107,14 +107,19 @@ class Layout:
         self.decoders = tuple(decoder_for(t) for _, t in info.params)
         self.nmax = len(info.params)
         self.width = 4 if info.large_payload else 2
-        ch = "I" if info.large_payload else "H"
-        self.len_structs = [struct.Struct(f"<{n}{ch}") for n in range(self.nmax + 1)]
+        self.len_structs: dict[int, struct.Struct] = {}  # nparams -> length-array layout, built on use
+
+    def _lens_struct(self, nparams: int) -> struct.Struct:
+        s = self.len_structs.get(nparams)
+        if s is None:
+            s = struct.Struct(f"<{nparams}{'I' if self.width == 4 else 'H'}")
+            if nparams <= self.nmax:
+                self.len_structs[nparams] = s
+        return s
 
     def lengths(self, buf, pos: int, nparams: int) -> tuple[int, ...]:
-        if nparams <= self.nmax:
-            return self.len_structs[nparams].unpack_from(buf, pos)
-        ch = "I" if self.width == 4 else "H"
-        return struct.unpack_from(f"<{nparams}{ch}", buf, pos)
+        s = self.len_structs.get(nparams) or self._lens_struct(nparams)
+        return s.unpack_from(buf, pos)
 
     def int_at(self, buf, pos: int, nparams: int, idx: int):
         """Integer value of param idx without decoding the others (None if empty)."""
@@ -129,7 +134,7 @@ class Layout:
         """v1 blocks carry no nparams: largest n whose lengths add up to evt_len."""
         w = self.width
         for n in range(min(self.nmax, avail // w), -1, -1):
-            lens = self.len_structs[n].unpack_from(buf, pos)
+            lens = self.lengths(buf, pos, n)
             if header + w * n + sum(lens) == evt_len:
                 return n
         raise ValueError(f"parameter lengths do not add up to the event length {evt_len}")
