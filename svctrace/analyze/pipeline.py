@@ -276,14 +276,16 @@ class _EvidenceWindow:
 
     def __init__(self, runner, size: int | None = None) -> None:
         self.runner, self.size = runner, size or EVIDENCE_WINDOW
-        self.recent: dict[tuple, Any] = {}  # insertion-ordered: oldest first
+        # Two generations instead of evicting one by one: between `size` and 2*`size` recent events.
+        self.recent: dict[tuple, Any] = {}
+        self.older: dict[tuple, Any] = {}
         self.found: dict[tuple, Any] = {}
         self.alerts_seen = 0
 
     def add(self, e) -> None:
         self.recent[(e.node, e.n)] = e
-        if len(self.recent) > self.size:
-            del self.recent[next(iter(self.recent))]
+        if len(self.recent) >= self.size:
+            self.older, self.recent = self.recent, {}
         if len(self.runner.alerts) != self.alerts_seen:
             self.collect(self.runner.alerts.values())
 
@@ -292,8 +294,10 @@ class _EvidenceWindow:
         for alert in alerts:
             for ref in alert.get("evidence") or ():
                 key = (ref.get("node"), ref.get("n"))
-                if key not in self.found and key in self.recent:
-                    self.found[key] = self.recent[key]
+                if key not in self.found:
+                    e = self.recent.get(key) or self.older.get(key)
+                    if e is not None:
+                        self.found[key] = e
 
     def missing(self, alerts: list[dict]) -> set[tuple]:
         self.collect(alerts)

@@ -397,12 +397,21 @@ def section(console: Console, title: str, note: str = "") -> None:
     console.print(t)
 
 
-def make_console(file, color: bool | None) -> Console:
+class PlainConsole:
+    """The part of rich's Console the report uses, writing plain text: piped output of
+    thousands of lines is written directly instead of through rich's renderer."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def print(self, text: Text | str = "") -> None:
+        self.file.write((text.plain if isinstance(text, Text) else text) + "\n")
+
+
+def make_console(file, color: bool | None) -> Console | PlainConsole:
     """Colour on a terminal (or when forced), plain text otherwise; never wrap lines."""
-    kwargs = dict(file=file, highlight=False, soft_wrap=True, emoji=False)
     if color is True:
-        kwargs["force_terminal"] = True
-    elif color is False:
-        kwargs["no_color"] = True
-        kwargs["force_terminal"] = False
-    return Console(**kwargs)
+        return Console(file=file, highlight=False, soft_wrap=True, emoji=False, force_terminal=True)
+    if color is None and Console(file=file).is_terminal:
+        return Console(file=file, highlight=False, soft_wrap=True, emoji=False)
+    return PlainConsole(file)

@@ -1,0 +1,102 @@
+"""Benchmark of `svctrace analyze`: what the command adds on top of the reader and the core.
+
+    python -m bench.analyze [--repeats N]
+
+Builds a capture of the seed example's scenario repeated N times (client ports shifted so
+every repeat is a new set of connections; 90 socket events, 5 chains and 4 alerts per
+repeat), then measures side by side, in CPU seconds (the machine may be shared):
+
+1. the scap reader alone (iterate the SyscallEvents);
+2. reader + in-process runner (the core's chains and alerts);
+3. `analyze()`: 2 plus the connection table, embedded-state polling and the evidence window;
+4. the whole command (3 plus rendering every chain and alert as text).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from svctrace.agents.scap import ScapWriter, open_capture  # noqa: E402
+from svctrace.analyze import pipeline  # noqa: E402
+from svctrace.analyze.command import execute  # noqa: E402
+from svctrace.streams.core import run  # noqa: E402
+from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
+from svctrace.streams.metadata.sources import load_file  # noqa: E402
+
+SEED = ROOT / "examples" / "seed"
+PERIOD_NS = 5_000_000_000  # one repeat of the scenario every 5 s of event time
+
+
+def seed_generator():
+    spec = importlib.util.spec_from_file_location("make_example", SEED / "make_example.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def shifted(port: int | None, r: int) -> int | None:
+    """Ephemeral ports move with the repeat, service ports stay."""
+    return port if port is None or port < 32768 else 32768 + (port - 32768 + r) % 28000
+
+
+def build(path: Path, repeats: int) -> int:
+    events = seed_generator().scenario_events()
+    with ScapWriter(path, hostname="node-a") as w:
+        for r in range(repeats):
+            for e in events:
+                w.write_event(e.with_(ts=e.ts + r * PERIOD_NS, local_port=shifted(e.local_port, r),
+                                      remote_port=shifted(e.remote_port, r), addr_port=shifted(e.addr_port, r)))
+    return repeats * len(events)
+
+
+def cpu(fn) -> tuple[float, object]:
+    gc.collect()
+    start = time.process_time()
+    out = fn()
+    return time.process_time() - start, out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=400)
+    args = parser.parse_args()
+    cluster = str(SEED / "cluster.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        capture = Path(tmp) / "seed-x.scap"
+        n = build(capture, args.repeats)
+        size = capture.stat().st_size
+        print(f"capture: {args.repeats} repeats of the seed scenario, {n} socket events, {size / 2**20:.1f} MiB")
+
+        t_read, count = cpu(lambda: sum(1 for _ in open_capture(capture)))
+        index = ClusterIndex.from_records(load_file(cluster))
+        t_core, res = cpu(lambda: run(open_capture(capture), index))
+        t_analyze, result = cpu(lambda: pipeline.analyze(str(capture), cluster=cluster))
+        ns = argparse.Namespace(capture=str(capture), cluster=cluster, json=False, namespace=None, service=None,
+                                 alerts_only=False, skip_corrupt=False, connections=False, connections_limit=40,
+                                 color=False, debug=False)
+        sink = io.StringIO()
+        t_command, code = cpu(lambda: execute(ns, sink, io.StringIO()))
+
+    assert count == n and len(res.chains) == len(result.chains) == 5 * args.repeats, "unexpected chain count"
+    rows = [("reader only", t_read), ("reader + core runner", t_core),
+            ("analyze() pipeline", t_analyze), ("whole command, text out", t_command)]
+    print(f"chains {len(result.chains)}, alerts {len(result.alerts)} (deduplicated), exit status {code}, "
+          f"{len(sink.getvalue().splitlines())} lines of output")
+    print(f"{'stage':<26}{'CPU s':>8}{'events/s':>12}{'vs core':>9}")
+    for name, t in rows:
+        print(f"{name:<26}{t:>8.2f}{n / t:>12,.0f}{t / t_core:>9.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
