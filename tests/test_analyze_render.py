@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import orjson
@@ -112,10 +113,30 @@ def test_colour_only_when_asked_or_on_a_terminal():
     assert "\x1b[" not in buf.getvalue()
 
 
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_gets_colour_and_the_same_words():
+    chain = example("chain")
+    tty = FakeTerminal()
+    console = render.make_console(tty, None)
+    for line in render.chain_lines(chain):
+        console.print(line)
+    assert "\x1b[" in tty.getvalue()
+    stripped = re.sub(r"\x1b\[[0-9;]*m", "", tty.getvalue())
+    assert stripped == plain(render.chain_lines(chain))
+
+
 def test_markup_in_data_is_printed_literally():
     chain = example("chain")
     chain["client"]["comm"] = "[bold]x[/bold]"
-    assert "[bold]x[/bold] (51151)" in plain(render.chain_lines(chain))
+    tty = FakeTerminal()
+    console = render.make_console(tty, True)
+    for line in render.chain_lines(chain):
+        console.print(line)
+    assert "[bold]x[/bold] (51151)" in tty.getvalue()
 
 
 def test_long_lines_are_not_wrapped_when_piped():
