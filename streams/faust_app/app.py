@@ -158,14 +158,12 @@ class StageShell:
         self.meta: dict[int, dict] = {}
 
     # state ------------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Forget live state (after a rebalance: the tables hold the last checkpoint and
-        Faust re-reads everything after the committed offsets)."""
-        self.live.clear()
-        self.dirty.clear()
-        self.deleted.clear()
-        self.pending.clear()
-        self.meta.clear()
+    def forget(self, p: int) -> None:
+        meta = self.meta.pop(p, None)
+        for key in (meta or {}).get("keys", ()):
+            self.live.pop(key, None)
+        for table in (self.dirty, self.deleted, self.pending):
+            table.pop(p, None)
 
     def _stored(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())
@@ -344,11 +342,18 @@ class Worker:
         return app
 
     async def _on_revoked(self, sender, revoked, **kwargs) -> None:
-        for stage in self.stages:
-            stage.reset()
-        self.hb_due.clear()
-        self.hb_sent.clear()
-        self.last_offset.clear()
+        """Forget the live state of partitions moving away; what we keep stays live (Faust may or
+        may not re-deliver its uncommitted records: the operators drop what they already applied)."""
+        inputs = {self.t_syscalls.get_topic_name(): self.enrich, self.t_flows.get_topic_name(): self.stitch,
+                  self.t_occ.get_topic_name(): self.alerts}
+        for tp in revoked or ():
+            stage = inputs.get(tp.topic)
+            if stage is not None:
+                stage.forget(tp.partition)
+            if stage is self.enrich:
+                self.last_offset.pop(tp.partition, None)
+                self.last_input.pop(tp.partition, None)
+        self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
     # -- the three agents ------------------------------------------------------------------
     async def _enrich_agent(self, stream):

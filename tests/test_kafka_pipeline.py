@@ -1,0 +1,315 @@
+"""`svctrace worker` on the real broker: the same chains and alerts as the in-process
+runner, through failures (a killed worker, a restarted broker, a poison record, a
+restarted worker restoring its tables).
+
+Chains and alerts are compared as whole documents, keyed by their deterministic ids
+(at-least-once delivery may repeat a record; the last one per id is the result).
+"""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from svctrace.kafka.admin import topic_name
+from svctrace.schemas import validate
+from svctrace.schemas.catalogue import AGENT_STATS, SYSCALLS
+from svctrace.streams.core import run
+from svctrace.streams.metadata.index import ClusterIndex
+from tests import scenario
+from tests.harness import pipeline as P
+from tests.harness.kafka import start_private_broker
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parent.parent
+SEED = REPO / "examples" / "seed"
+RESULT_TIMEOUT = 90.0
+
+
+def expected_results(events, records):
+    result = run(events, ClusterIndex.from_records(records))
+    return {c["chain_id"]: c for c in result.chains}, {a["alert_id"]: a for a in result.alerts}
+
+
+def complete(chains: dict, alerts: dict):
+    """done() for read_results: every expected chain and every alert at its final count."""
+    def done(res: P.Results) -> bool:
+        return set(chains) <= set(res.chains) and all(
+            a["alert_id"] in res.alerts and res.alerts[a["alert_id"]]["count"] == a["count"] for a in alerts.values())
+    return done
+
+
+def assert_same(res: P.Results, chains: dict, alerts: dict, workers=()) -> None:
+    logs = "\n".join(w.log_tail(30) for w in workers)
+    assert set(res.chains) == set(chains), f"chain ids differ\n{logs}"
+    for cid, chain in chains.items():
+        assert res.chains[cid] == chain, cid
+    assert res.alerts == alerts
+    for doc in res.chains.values():
+        validate("chain", doc)
+    for doc in res.alerts.values():
+        validate("alert", doc)
+
+
+def start_workers(kafka, prefix: str, tmp_path: Path, n: int, **kw) -> list[P.WorkerProcess]:
+    app_id = "app-" + prefix.strip(".")
+    return [P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name=f"w{i}", **kw).start() for i in range(n)]
+
+
+def stop_all(workers) -> None:
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture
+def prefix(kafka):
+    p = kafka.unique_prefix("pl")
+    P.ensure_worker_topics(kafka.bootstrap, p)
+    return p
+
+
+def scenario_workload(fault: str, mode: str, requests: int, gap_ms: int = 20):
+    cluster, events = scenario.build(fault, mode, requests=requests, gap_ns=gap_ms * scenario.MS)
+    return cluster.records(), events
+
+
+def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path):
+    """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture."""
+    from svctrace.analyze.pipeline import analyze, load_cluster_file
+
+    capture, cluster = SEED / "capture.scap", SEED / "cluster.json"
+    analysis = analyze(str(capture), str(cluster), want_evidence=False)
+    chains = {c["chain_id"]: c for c in analysis.chains}
+    alerts = {a["alert_id"]: a for a in analysis.alerts}
+    assert chains and alerts  # the example has broken paths: something to compare
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, load_cluster_file(str(cluster))))
+    workers = start_workers(kafka, prefix, tmp_path, 2)
+    try:
+        [node] = analysis.nodes
+        agent = subprocess.run(
+            [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture), "--speed", "0",
+             "--node", node, "--bootstrap", kafka.bootstrap, "--topic", topic_name(SYSCALLS, prefix),
+             "--stats-topic", topic_name(AGENT_STATS, prefix), "--metrics-addr", "", "--batch-events", "25"],
+            capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert agent.returncode == 0, agent.stderr
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, workers)
+        for w in workers:
+            w.check_alive()
+    finally:
+        stop_all(workers)
+
+
+def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner(kafka, prefix, tmp_path):
+    """Client on node-a, backend on node-b: the repartition by flow bucket joins both sides."""
+    records, events = scenario_workload("wrong_port", "userspace", requests=150)
+    assert {e.node for e in events} == {"node-a", "node-b"}
+    chains, alerts = expected_results(events, records)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    workers = start_workers(kafka, prefix, tmp_path, 2)
+    try:
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, P.batches_of(events, 200)))
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, workers)
+        metrics = urllib.request.urlopen(workers[0].metrics_url(), timeout=5).read().decode()
+        assert "svctrace_worker_events_total" in metrics
+    finally:
+        stop_all(workers)
+
+
+def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kafka, prefix, tmp_path):
+    records, events = scenario_workload("healthy", "userspace", requests=300)
+    chains, alerts = expected_results(events, records)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    workers = start_workers(kafka, prefix, tmp_path, 2, idle_flush=4.0)
+    batches = P.batches_of(events, 100)
+    half = len(batches) // 2
+    try:
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[:half]))
+        # Kill only once both workers are processing (chains flowing), so the victim holds state.
+        kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: len(r.chains) >= 20, RESULT_TIMEOUT))
+        workers[1].kill()
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[half:]))
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, workers)
+        workers[0].check_alive()
+    finally:
+        stop_all(workers)
+
+
+def test_restarting_a_worker_restores_its_tables_from_the_changelog(kafka, prefix, tmp_path):
+    """Connections open across the restart are finished correctly: their state came back."""
+    records, events = scenario_workload("healthy", "userspace", requests=200)
+    chains, alerts = expected_results(events, records)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    batches = P.batches_of(events, 100)
+    half = len(batches) // 2
+    [first] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=30.0)
+    try:
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[:half]))
+        kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: len(r.chains) >= 20, RESULT_TIMEOUT))
+        first.stop()
+        assert first.proc.returncode == 0, first.log_tail()
+    finally:
+        first.kill()
+    second = P.WorkerProcess(kafka.bootstrap, prefix, "app-" + prefix.strip("."), tmp_path, name="again",
+                             idle_flush=1.0).start()
+    try:
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[half:]))
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, [second])
+        log = second.log_path.read_text()
+        assert "stitch-state-changelog" in log and "Restore complete" in log
+    finally:
+        second.stop()
+
+
+def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka, prefix, tmp_path):
+    records, events = scenario_workload("no_endpoints", "dnat", requests=30)
+    chains, alerts = expected_results(events, records)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    topic = topic_name(SYSCALLS, prefix)
+    poison = [
+        (b"node-a", b"\xff\x00 not json"),
+        (b"node-a", orjson.dumps({"schema": "svctrace.syscall-batch", "version": 1, "node": "node-a",
+                                  "source": "scap", "seq": 99, "events": [{"ts": 1}]})),
+        (b"node-b", orjson.dumps({"schema": "something-else"})),
+    ]
+    [worker] = start_workers(kafka, prefix, tmp_path, 1)
+    try:
+        batches = P.batches_of(events, 50)
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[:1]))
+        for key, value in poison:
+            kafka.run(P.publish_raw(kafka.bootstrap, topic, value, key))
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[1:]))
+        done = complete(chains, alerts)
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: done(r) and len(r.deadletters) >= 3,
+                                       RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, [worker])
+        assert len(res.deadletters) == 3
+        for dl in res.deadletters:
+            validate("dead-letter", dl)
+            assert dl["stage"] == "enrich" and dl["topic"] == topic and dl["reason"]
+        reasons = sorted(dl["reason"] for dl in res.deadletters)
+        assert any("not JSON" in r for r in reasons)
+        assert any("$.schema" in r for r in reasons)
+        assert any("$.events" in r for r in reasons)
+        worker.check_alive()
+    finally:
+        worker.stop()
+
+
+def test_broker_restart_mid_stream_loses_nothing(tmp_path):
+    """The agent buffers while the broker is down; its idempotent producer writes every batch
+    exactly once; the worker rides through and still finishes every chain."""
+    from svctrace.agents.scap.writer import ScapWriter
+
+    records, events = scenario_workload("healthy", "dnat", requests=150, gap_ms=40)
+    node_events = [e for e in events if e.node == "node-a"]
+    capture = tmp_path / "node-a.scap"
+    with ScapWriter(capture, hostname="node-a") as w:
+        for e in node_events:
+            w.write_event(e)
+    from svctrace.agents.scap import open_capture
+
+    node_events = list(open_capture(str(capture)))  # as the agent will read them (scap event numbers)
+    events = node_events + [e for e in events if e.node != "node-a"]
+    broker = start_private_broker()
+    try:
+        kafka = _Private(broker)
+        prefix = kafka.unique_prefix("br")
+        P.ensure_worker_topics(broker.bootstrap, prefix)
+        kafka.run(P.publish_cluster(broker.bootstrap, prefix, records))
+        other_nodes = [e for e in events if e.node != "node-a"]
+        kafka.run(P.publish_batches(broker.bootstrap, prefix, P.batches_of(other_nodes, 100)))
+        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=20.0)
+        span_s = (node_events[-1].ts - node_events[0].ts) / 1e9
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
+             "--speed", str(span_s / 6.0), "--node", "node-a", "--bootstrap", broker.bootstrap,
+             "--topic", topic_name(SYSCALLS, prefix), "--stats-topic", topic_name(AGENT_STATS, prefix),
+             "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        try:
+            _wait_for_records(broker.bootstrap, topic_name(SYSCALLS, prefix), 3, timeout=30)
+            broker.restart()
+            out, _ = agent.communicate(timeout=120)
+            assert agent.returncode == 0, out
+            counts = _count_events(broker.bootstrap, topic_name(SYSCALLS, prefix))
+            assert counts["node-a"] == sorted(e.n for e in node_events), "lost or duplicated events"
+            chains, alerts = expected_results(events, records)
+            res = kafka.run(P.read_results(broker.bootstrap, prefix, complete(chains, alerts), 120, settle=1.0))
+            assert_same(res, chains, alerts, [worker])
+        finally:
+            agent.kill()
+            worker.stop()
+    finally:
+        broker.close()
+
+
+class _Private:
+    """The bits of the `kafka` fixture a test with its own broker needs."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.bootstrap = broker.bootstrap
+        self._n = 0
+
+    def run(self, coro):
+        return asyncio.run(coro)
+
+    def unique_prefix(self, label: str) -> str:
+        self._n += 1
+        return f"{label}{self._n}."
+
+
+def _wait_for_records(bootstrap: str, topic: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(_count_events(bootstrap, topic, timeout=2.0, batches=True).values()) >= count:
+            return
+    raise TimeoutError(f"fewer than {count} records on {topic} after {timeout}s")
+
+
+def _count_events(bootstrap: str, topic: str, timeout: float = 15.0, batches: bool = False) -> dict:
+    """node -> sorted event numbers on the topic (or node -> record count with batches=True)."""
+    from aiokafka import TopicPartition
+
+    from svctrace.kafka.clients import consumer
+    from svctrace.schemas.catalogue import load_catalogue
+    from svctrace.schemas.models import decode_batch
+
+    async def go():
+        c = consumer(bootstrap, group_id=None)
+        await c.start()
+        out: dict = {}
+        try:
+            tps = [TopicPartition(topic, p) for p in range(load_catalogue()[SYSCALLS].partitions)]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            end = await c.end_offsets(tps)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                positions = {tp: await c.position(tp) for tp in tps}
+                if all(positions[tp] >= off for tp, off in end.items()):
+                    break
+                got = await c.getmany(timeout_ms=300)
+                for records in got.values():
+                    for r in records:
+                        b = decode_batch(r.value)
+                        if batches:
+                            out[b.node] = out.get(b.node, 0) + 1
+                        else:
+                            out.setdefault(b.node, []).extend(e.n for e in b.events)
+        finally:
+            await c.stop()
+        return out if batches else {k: sorted(v) for k, v in out.items()}
+
+    return asyncio.run(go())
