@@ -45,6 +45,9 @@ def test_demo_prints_the_seed_article_path(capsys):
                      "in default/my-nginx-3800858182-", "request", "GET /", "response", "HTTP 200"):
         assert expected in healthy, (expected, healthy)
     assert out.count("● default/my-nginx:8080  OK") == 2
+    # the proxied backend's process, as the article shows nginx serving the request
+    assert "backend     172.17.0.6:80  nginx (40473)  in default/my-nginx-3800858182-h9v8d on node-a" in out
+    assert "backend     172.17.0.7:80  nginx (40512)  in default/my-nginx-3800858182-jlz4r on node-a" in out
     assert "ALERTS (" in out and "SUMMARY" in out
     for rule in ("svc.target_port_refused", "svc.no_endpoints"):
         assert rule in out

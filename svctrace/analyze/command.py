@@ -96,7 +96,7 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
             for chain in chains:
                 console.print()
                 console.print(render.chain_title(chain))
-                for line in render.chain_lines(chain, rules):
+                for line in render.chain_lines(chain, rules, result.server_process):
                     console.print(line)
         elif result.chains and flt.active:
             render.section(console, "REQUEST CHAINS", "none match the filter")

@@ -101,6 +101,7 @@ class Analysis:
     index: Any = None  # ClusterIndex, when there is cluster state
     warnings: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)  # (node, n) -> SyscallEvent
+    _servers: dict | None = field(default=None, repr=False)  # (ip, port) -> {(node, comm, pid)} serving it
 
     # -- lookups used by the renderer -------------------------------------------------------
     def describe(self, ip: str, ts: int | None = None) -> str:
@@ -118,6 +119,19 @@ class Analysis:
         if node:
             return f"node {node}"
         return ""
+
+    def server_process(self, ip: str | None, port: int | None, node: str | None = None) -> str | None:
+        """`comm (pid)` of the one process seen serving ip:port (accepting/reading there), if unique."""
+        if self._servers is None:
+            self._servers = {}
+            for key, totals in self.connections.flows.items():
+                if totals.role == "server":
+                    self._servers.setdefault((key.server.ip, key.server.port), set()).add((key.node, key.comm, key.pid))
+        found = {p for p in self._servers.get((ip, port), ()) if node is None or p[0] == node}
+        if len(found) != 1:
+            return None
+        _, comm, pid = next(iter(found))
+        return f"{comm} ({pid})"
 
     def namespaces_of(self, row: ConnectionRow) -> set[str]:
         """Namespaces a connection touches: its process's pod and the pods/Services at either end."""

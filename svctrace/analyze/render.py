@@ -183,7 +183,7 @@ TRANSLATION_LABEL = {  # mode -> (timeline stage, description)
 }
 
 
-def chain_lines(chain: dict, alert_rules: dict | None = None) -> list[Text]:
+def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=None) -> list[Text]:
     """The timeline: client, DNS query and answer, connect, translation, backend, request, response."""
     start = chain["start_ts"]
     rows: list[tuple[int | None, str, str, str]] = []  # (ts, stage, text, style)
@@ -252,7 +252,10 @@ def chain_lines(chain: dict, alert_rules: dict | None = None) -> list[Text]:
     dial = _ev(chain, "proxy dial")
     if backend:
         refused = _errno_in(dial)
-        text = _join(addr(backend.get("ip"), backend.get("port")), process(backend), workload(backend))
+        who = process(backend)
+        if not who and server_process and not refused:  # a proxied backend's events are in another flow
+            who = server_process(backend.get("ip"), backend.get("port"), backend.get("node")) or ""
+        text = _join(addr(backend.get("ip"), backend.get("port")), who, workload(backend))
         if refused:
             text = _join(text, f"dial {refused}")
         rows.append((dial["ts"] if dial else _ts(chain, ("backend request",)), "backend", text, "red" if refused else ""))
