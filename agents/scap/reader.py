@@ -204,6 +204,8 @@ class CaptureReader:
                               f"event length {elen} does not fit its block (type {code})")
                     continue
                 n += 1
+                if tid >= 1 << 63:  # meta events carry tid -1
+                    tid -= 1 << 64
                 cat = categories[code]
                 if not raw and cat is None and not merge_enter[code]:
                     continue
@@ -245,7 +247,6 @@ class CaptureReader:
                     self._bad(stream, off, btype, end - start + 12, f"{EVENTS[code].enum}: {e}")
                     continue
                 stats.events = n
-                tid = tid - (1 << 64) if tid >= 1 << 63 else tid
                 if raw:
                     yield RawEvent(n, off, ts, tid, buf[start] | buf[start + 1] << 8, code, params, nparams)
                     if cat in ("container", "k8s"):
@@ -348,8 +349,6 @@ class CaptureReader:
             th = self.threads.pop(tid, None)
             if th is not None and th.pid == tid:
                 self.fds.pop(tid, None)
-        elif cat == "newfd":
-            self._newfd(tid, params)
         elif cat == "dup":
             self._dup(tid, params)
         elif cat == "socketpair":
@@ -439,12 +438,6 @@ class CaptureReader:
             th.comm, th.exe, th.pid = comm, exe, pid
             if cgroups is not None:
                 th.container_id = cid
-
-    def _newfd(self, tid, p) -> None:
-        for k in ("fd", "res", "fd1", "fd2"):
-            v = p.get(k)
-            if isinstance(v, int) and v >= 0:
-                self._fdtable(tid).pop(v, None)
 
     def _dup(self, tid, p) -> None:
         res = p.get("res")
