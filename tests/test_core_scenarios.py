@@ -187,3 +187,13 @@ def test_nodeport_traffic_is_marked_low_confidence():
     assert chain["service"]["name"] == "my-nginx" and chain["connect"]["port"] == 30080
     assert chain["translation"]["mode"] == "nodeport_snat" and chain["translation"]["confidence"] == "low"
     assert chain["response"]["status"] == 200 and chain["status"] == "ok" and result.alerts == []
+
+
+def test_many_requests_on_one_connection_all_give_chains():
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.keepalive(T0, statuses=(200,) * 30 + (503,))
+    result = run(sc.events(), cluster.index())
+    assert len(result.chains) == 31 and len({c["chain_id"] for c in result.chains}) == 31
+    assert [c["response"]["status"] for c in result.chains] == [200] * 30 + [503]
+    assert all(any(h["name"] == "backend" for h in c["hops"]) for c in result.chains)

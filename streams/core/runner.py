@@ -10,8 +10,10 @@ drives the very same operators (graph.Graph) with Kafka in between.
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
@@ -120,8 +122,22 @@ class Runner:
         return {t: len(v) for t, v in self.states.items()}
 
 
+@contextmanager
+def fewer_gc_passes(gen0: int = 100_000) -> Iterator[None]:
+    """The graph allocates many small, short-lived dicts; CPython's default gen-0
+    threshold (700) then runs the cycle collector constantly for nothing (~15% of
+    the time). Raised for the duration of a batch run only, then restored."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], gen0), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
 def run(source: Iterable[SyscallEvent | SyscallBatch], index, settings: Settings | None = None,
         step_events: int = 4096) -> RunResult:
-    runner = Runner(index, settings, step_events)
-    runner.feed(source)
-    return runner.finish()
+    with fewer_gc_passes():
+        runner = Runner(index, settings, step_events)
+        runner.feed(source)
+        return runner.finish()

@@ -36,7 +36,7 @@ OCCURRENCES_TOPIC = "svctrace.alerts.occurrences"
 CHAIN_SCHEMA = "svctrace.chain"
 
 MAX_EVIDENCE = 24
-MAX_REQS_KEPT = 8
+MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
@@ -233,7 +233,7 @@ class Stitcher:
                         conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
                                              "h": req.host, "tx": d["res"], "rx": 0, "rts": None, "st": None,
                                              "ev": [_ref(d, "client request")], "done": False})
-                        _trim(conn["creq"])
+                        _trim_client(conn)
                         return
                 if conn["creq"] and conn["creq"][-1]["rts"] is None:
                     conn["creq"][-1]["tx"] += d["res"]
@@ -863,6 +863,17 @@ def _evidence(conn: dict, d: dict, what: str) -> None:
 
 def _trim(reqs: list) -> None:
     if len(reqs) > MAX_REQS_KEPT:
+        del reqs[:-MAX_REQS_KEPT]
+
+
+def _trim_client(conn: dict) -> None:
+    """Emitted requests are dropped; pending ones only past the bound (then never emitted:
+    a connection pipelining that many unanswered requests is not followed further)."""
+    reqs = conn["creq"]
+    if len(reqs) > 1 and reqs[0]["done"]:
+        reqs[:] = [r for r in reqs if not r["done"]]
+    if len(reqs) > MAX_REQS_KEPT:
+        conn["dropped"] = conn.get("dropped", 0) + len(reqs) - MAX_REQS_KEPT
         del reqs[:-MAX_REQS_KEPT]
 
 
