@@ -180,7 +180,10 @@ def compare(v: View) -> tuple[list[str], collections.Counter]:
         for name, theirs, mine in (("time", d["evt.rawtime"], e.ts), ("tid", d["thread.tid"], e.tid),
                                    ("type", d["evt.type"], EVENTS[v.raw_by_n[n].code].name),
                                    ("res", d["evt.rawres"], e.res), ("fd", d["fd.num"], e.fd),
-                                   ("payload", data, e.data), ("pid", d["proc.pid"], e.pid)):
+                                   ("payload", data, e.data), ("pid", d["proc.pid"], e.pid),
+                                   ("comm", d["proc.name"], e.comm),
+                                   ("container", None if d["container.id"] == "host" else d["container.id"],
+                                    e.container_id)):
             if theirs != mine:
                 problems.append(f"{where}: {name} sysdig={theirs!r} ours={mine!r}")
         if d["fd.type"] == "ipv6" and d["fd.l4proto"] == "<NA>" and sd_tuple(d) == (None,) * 4 \
