@@ -24,7 +24,8 @@ by the number of threads and sockets.
 Round trip SyscallEvent -> file -> reader gives equal events except for what
 the format cannot carry: `n` is renumbered (the position in the written file),
 `pid`/`comm`/`exe`/`container_id` are per thread (the last values written for
-a tid win), `cgroup_id`, `netns` and `redacted` are not stored, a "lost"
+a tid win; the container id is stored in a docker cgroup path and reads back
+as its 12-character form, like sysdig's container.id), `cgroup_id`, `netns` and `redacted` are not stored, a "lost"
 marker reads back with res=1 (scap drop events carry no count), `addr_*` of
 TCP send/recv and of connect without an address are not stored separately,
 the `role` of a socket first seen mid-connection (written to the fd list)
