@@ -332,10 +332,23 @@ class _Proc:
         return self.popen.returncode
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: kill it when the process that started it dies (even by SIGKILL).
+
+    SIGKILL, not SIGTERM: both would get it at once, and kube-apiserver's graceful
+    shutdown hangs retrying an etcd that is already gone. Their state is throwaway.
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def _spawn(name: str, argv: list[str], logfile: Path) -> _Proc:
     with open(logfile, "ab") as lf:
         popen = subprocess.Popen(argv, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)  # Ctrl-C reaches us, we stop them in order
+                                 start_new_session=True,  # Ctrl-C reaches us; we stop them in order
+                                 preexec_fn=_die_with_parent)
     return _Proc(name, popen, logfile)
 
 
