@@ -120,3 +120,23 @@ def test_lookups_of_different_processes_stay_apart():
     r = _run(sc)
     assert len(r.chains) == 3 and all(c["status"] == "ok" and c["dns"]["queries"] == 1 for c in r.chains)
     assert r.alerts == []
+
+
+def test_answers_pair_by_client_endpoint_server_and_id():
+    """An answer with the right id from another server is not the answer (spoofing, stray packets)."""
+    from svctrace.schemas.models import SyscallEvent
+
+    cluster = Cluster()
+    q = dns_query("my-nginx.default.svc.cluster.local", "A", 0x77)
+    a = dns_answer("my-nginx.default.svc.cluster.local", "A", 0x77, ["10.96.0.100"])
+    base = dict(node="node-a", pid=5, tid=5, comm="curl", proto="udp", role="client", local_ip=POD_IP,
+                local_port=40000, fd=3, container_id="c11e47000001")
+    events = [
+        SyscallEvent(ts=T0, n=1, kind="send", syscall="sendto", res=len(q), data=q, addr_ip="10.96.0.10", addr_port=53, **base),
+        SyscallEvent(ts=T0 + MS, n=2, kind="recv", syscall="recvfrom", res=len(a), data=a, addr_ip="6.6.6.6", addr_port=53, **base),
+    ]
+    r = run(events + [SyscallEvent(ts=T0 + 30 * S, n=3, kind="close", syscall="close", res=0, **base)], cluster.index())
+    assert r.chains[0]["dns"]["rcode"] is None and [a["rule"] for a in r.alerts] == ["dns.no_answer"]
+    events[1] = events[1].with_(addr_ip="10.96.0.10")
+    r = run(events, cluster.index())
+    assert r.chains[0]["dns"]["answers"] == ["10.96.0.100"] and r.alerts == []

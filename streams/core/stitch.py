@@ -424,9 +424,11 @@ class Stitcher:
                                  "sport": d.get("addr_port") or d.get("remote_port"),
                                  "ref": _ref(d, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
             return
+        src = d.get("addr_ip") or d.get("remote_ip")
         for lk in reversed(lookups):
+            # paired by client endpoint, server and id (a resolver ignores answers from elsewhere)
             q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == msg.id and q["ans"] is None
-                      and q["qn"] == msg.qname), None)
+                      and q["qn"] == msg.qname and (src is None or q["srv"] in (None, src))), None)
             if q is None:
                 continue
             q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
