@@ -53,3 +53,24 @@ def test_lab_script_runs_by_hand():
     out = subprocess.run([sys.executable, str(KUBELAB_PATH), "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert all(cmd in out.stdout for cmd in ("build", "up", "times"))
+
+
+@pytest.mark.apiserver
+def test_a_control_plane_that_cannot_start_says_why(tmp_path, monkeypatch):
+    # a binary that dies at once stands in for any start failure; the real etcd is started and stopped
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    broken = kubelab.binary_path()
+    broken.parent.mkdir(parents=True)
+    broken.write_text("#!/bin/sh\necho 'Error: unknown flag: --bogus' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    plane = kubelab.ControlPlane(tmp_path / "run")
+    with pytest.raises(kubelab.ControlPlaneError, match=r"kube-apiserver exited with code 3[\s\S]*unknown flag"):
+        plane.start()
+    assert plane._procs == [], "etcd must be stopped when kube-apiserver fails"
+
+
+def test_no_go_toolchain_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(kubelab.ControlPlaneError, match="`go` is not on PATH"):
+        kubelab.build()
