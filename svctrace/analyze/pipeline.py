@@ -205,7 +205,7 @@ class Analysis:
         if chains or self.chains:
             rows.append(("chains", f"{len(chains)}{of}: " + (render.counts(chains, lambda c: c["status"]) or "none shown")))
         else:
-            rows.append(("chains", "no Service request chains found"))
+            rows.append(("chains", "no request chains found (DNS lookup → connect → response)"))
         if alerts:
             rows.append(("alerts", f"{len(alerts)}: " + render.counts(alerts, lambda a: a["severity"]) + "  (exit status 1)"))
         else:
