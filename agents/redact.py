@@ -28,12 +28,14 @@ _PARAM_NAMES = (
 _PARAM = re.compile(rb"(?im)((?:[?&;]|^)(?:" + _PARAM_NAMES + rb")=)([^&\s#\"']+)")
 
 
+# Cheap pre-check on the lower-cased payload: most payloads (DNS, binary protocols,
+# plain requests) contain none of these words, and one regex scan of a short
+# lower-cased copy is measurably cheaper than ten substring scans.
+_MAYBE = re.compile(rb"auth|cookie|token|key|pass|secret|sig|session|pwd|bearer")
+
+
 def _maybe(data: bytes) -> bool:
-    """Cheap pre-check (substring scans beat a regex alternation several times over):
-    most payloads (DNS, binary protocols, plain requests) contain none of these words."""
-    low = data.lower()
-    return (b"auth" in low or b"cookie" in low or b"token" in low or b"key" in low or b"pass" in low
-            or b"secret" in low or b"sig" in low or b"session" in low or b"pwd" in low or b"bearer" in low)
+    return _MAYBE.search(data.lower()) is not None
 
 
 def _header(m: re.Match) -> bytes:

@@ -283,9 +283,13 @@ static __always_inline void submit(struct event *e)
 
 	if (size > sizeof(*e))
 		return;
-	/* Wake the reader only once a useful amount is waiting; it also polls on a timer. */
-	flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	/* Wake a waiting reader once per `wakeup_bytes` crossed, never per record: a
+	 * wakeup per event (irq_work + IPI) would cost the traced program more than
+	 * the capture itself. Readers also poll on a timer. */
+	{
+		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	}
 	if (bpf_ringbuf_output(&events, e, size, flags))
 		count_drop(0);
 }

@@ -45,6 +45,14 @@ RECORD = struct.Struct(
     "16s"  # comm
 )
 assert RECORD.size == 140, RECORD.size
+# The same layout in pieces, for the decoder's caches.
+HEAD = struct.Struct("<QQQqIIiIIH")  # ts .. sc
+ADDR_AT, ADDR_END = 54, 76  # addr_family, addr_port, msg_index, pad, addr
+SOCKADDR = struct.Struct("<HHBx16s")
+TUPLE_AT, TUPLE_END = 76, 124
+TUPLE = struct.Struct("<HHHHHBxI16s16s")
+COMM_AT, COMM_END = 124, 140
+assert HEAD.size == ADDR_AT and SOCKADDR.size == TUPLE_AT - ADDR_AT and TUPLE.size == TUPLE_END - TUPLE_AT
 
 F_BOUND, F_HAS_ADDR, F_HAS_TUPLE = 1, 2, 4
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
@@ -137,28 +145,31 @@ class Normalizer:
         self.roles: dict[tuple[int, int], str] = {}
         self.addrs = _Addresses()
         self.comms: dict[bytes, str] = {}
+        self.tuples: dict[bytes, tuple] = {}
+        self.sockaddrs: dict[bytes, tuple] = {}
 
     def decode_wire(self, buf, offset: int = 0) -> dict:
         """One ring record as the dict form of a SyscallEvent (the agent's fast path: no object)."""
-        (ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc, afam, aport, _idx, addr,
-         fam, _skt, proto, lport, rport, flags, netns, laddr, raddr, comm) = RECORD.unpack_from(buf, offset)
+        ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc = HEAD.unpack_from(buf, offset)
         syscall, kind = SYSCALLS[sc]
-        text = self.addrs.text
-
-        local_ip = local_port = remote_ip = remote_port = addr_ip = addr_port = None
-        family = proto_name = None
-        if flags & F_HAS_TUPLE:
-            family = FAMILIES.get(fam)
-            proto_name = "unix" if fam == AF_UNIX else PROTOS.get(proto, "raw")
-            if fam != AF_UNIX:
-                local_ip, local_port = text(fam, laddr), lport
-                if rport or raddr != _ZERO16:
-                    remote_ip, remote_port = text(fam, raddr), rport
+        # The socket tuple and the sockaddr repeat across a connection's events: decode
+        # each distinct byte string once (bounded caches keyed by the raw record bytes).
+        raw_tuple = buf[offset + TUPLE_AT:offset + TUPLE_END]
+        t = self.tuples.get(raw_tuple)
+        if t is None:
+            t = self._tuple(raw_tuple)
+        family, proto_name, local_ip, local_port, remote_ip, remote_port, netns, flags, proto = t
+        addr_ip = addr_port = None
         if flags & F_HAS_ADDR:
-            addr_ip, addr_port = text(afam, addr), aport
+            raw_addr = buf[offset + ADDR_AT:offset + ADDR_END]
+            a = self.sockaddrs.get(raw_addr)
+            if a is None:
+                a = self._sockaddr(raw_addr)
+            addr_ip, addr_port = a
             if remote_ip is None and kind != "connect":
                 # unconnected UDP: the peer is only in the sockaddr argument
                 remote_ip, remote_port = addr_ip, addr_port
+        comm = buf[offset + COMM_AT:offset + COMM_END]
 
         if kind == "accept" and ret >= 0:
             fd = ret  # the new connection's fd, the one later events use
@@ -191,6 +202,7 @@ class Normalizer:
                 data = bytes(data)
         name = self.comms.get(comm)
         if name is None:
+            comm = bytes(comm)
             if len(self.comms) > 65536:
                 self.comms.clear()
             name = self.comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -224,12 +236,36 @@ class Normalizer:
             "container_id": None,
             # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
             "cgroup_id": cg2 if cg2 > 1 else (cg1 or cg2 or None),
-            "netns": netns or None,
+            "netns": netns,
         }
 
     def decode(self, buf, offset: int = 0) -> SyscallEvent:
         """One ring record as a SyscallEvent."""
         return SyscallEvent(**self.decode_wire(buf, offset))
+
+    def _tuple(self, raw: bytes) -> tuple:
+        fam, _skt, proto, lport, rport, flags, netns, laddr, raddr = TUPLE.unpack(raw)
+        family = proto_name = local_ip = local_port = remote_ip = remote_port = None
+        if flags & F_HAS_TUPLE:
+            family = FAMILIES.get(fam)
+            proto_name = "unix" if fam == AF_UNIX else PROTOS.get(proto, "raw")
+            if fam != AF_UNIX:
+                local_ip, local_port = self.addrs.text(fam, laddr), lport
+                if rport or raddr != _ZERO16:
+                    remote_ip, remote_port = self.addrs.text(fam, raddr), rport
+        t = (family, proto_name, local_ip, local_port, remote_ip, remote_port, netns or None, flags, proto)
+        if len(self.tuples) > 65536:
+            self.tuples.clear()
+        self.tuples[bytes(raw)] = t
+        return t
+
+    def _sockaddr(self, raw: bytes) -> tuple:
+        afam, aport, _idx, addr = SOCKADDR.unpack(raw)
+        a = (self.addrs.text(afam, addr), aport)
+        if len(self.sockaddrs) > 65536:
+            self.sockaddrs.clear()
+        self.sockaddrs[bytes(raw)] = a
+        return a
 
     def _remember(self, key: tuple[int, int], role: str) -> None:
         if len(self.roles) >= self.MAX_ROLES:

@@ -1,0 +1,199 @@
+"""eBPF capture benchmark: events/s captured and published, drops, writer slowdown, agent CPU.
+
+    python -m bench.ebpf_capture [--writes 400000] [--writers 2] [--rates 50000,100000,200000] [--sink kafka|file]
+
+Load: bench/ebpf_writer.c (compiled here with clang) does write()s of `--size`
+bytes on UDP sockets connected to a loopback port nobody reads: every write is
+one captured `send` event with payload, and nothing leaves loopback.
+Measured side by side in one run:
+1. the writers alone (no capture): ns per write;
+2. the same writers with `svctrace agent` capturing and publishing (to a real
+   Kafka broker: SVCTRACE_KAFKA=host:port, else a private one; or --sink file):
+   ns per write (the slowdown), events/s from the first write until the agent
+   published them all, the agent's CPU seconds per million events, ring drops
+   (kernel) and buffer drops (agent);
+3. paced runs at fixed rates (--rates): drops at each rate, i.e. the highest
+   rate this machine captures with zero drops.
+The capture sees the whole machine: events of other processes are counted too
+(reported as `other`). Needs root.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "svctrace" / "bench"
+
+
+def build_writer() -> Path:
+    src = HERE / "ebpf_writer.c"
+    out = cache_dir() / f"ebpf_writer-{int(src.stat().st_mtime)}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cc = shutil.which("clang") or shutil.which("cc")
+        subprocess.run([cc, "-O2", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def run_writers(writer: Path, port: int, writers: int, writes: int, size: int, rate: float = 0) -> tuple[float, float]:
+    """(mean ns per write, wall seconds) of `writers` parallel writers of `writes` each (rate: total writes/s)."""
+    per_rate = rate / writers if rate else 0
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([str(writer), str(port), str(writes), str(size), str(per_rate)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(writers)]
+    ns = [int(p.communicate()[0]) for p in procs]
+    wall = time.monotonic() - t0
+    return sum(ns) / len(ns) / writes, wall
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+class AgentProc:
+    """`svctrace agent` as a subprocess, read through its /metrics."""
+
+    def __init__(self, sink_args: list[str], extra: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--metrics-addr", "127.0.0.1:0",
+                                      "--stats-interval", "1", *sink_args, *extra],
+                                     stderr=subprocess.PIPE, text=True, env=dict(os.environ, NODE_NAME="bench-node"))
+        self.url = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                raise SystemExit(f"agent exited: {self.proc.wait()}")
+            m = re.search(r"metrics on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+            if "capturing" in line:
+                return
+        raise SystemExit("agent did not start")
+
+    def metrics(self) -> dict[str, float]:
+        text = urllib.request.urlopen(self.url, timeout=10).read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            m = re.match(r"svctrace_agent_(\w+?)(?:_total)?(\{[^}]*\})? ([0-9.e+]+)$", line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(3))
+        return out
+
+    def wait_published(self, at_least: float, timeout: float = 300) -> dict[str, float]:
+        """Poll until the agent published `at_least` events and its buffer is empty."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.metrics()
+            if m.get("events_published", 0) >= at_least and m.get("buffer_events", 0) == 0:
+                return m
+            if time.monotonic() > deadline:
+                return m
+            time.sleep(0.2)  # poll interval (metrics refresh every second)
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        return self.proc.stderr.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ebpf_capture", description=__doc__.splitlines()[0])
+    ap.add_argument("--writes", type=int, default=400_000, help="writes per writer in the flat-out runs")
+    ap.add_argument("--writers", type=int, default=2)
+    ap.add_argument("--size", type=int, default=64, help="bytes per write (payload captured up to the snaplen)")
+    ap.add_argument("--rates", default="50000,100000,150000,200000,250000", help="paced runs, total writes/s")
+    ap.add_argument("--paced-seconds", type=float, default=4.0)
+    ap.add_argument("--sink", choices=("kafka", "file"), default="kafka")
+    ap.add_argument("--agent-args", default="", help="extra arguments for svctrace agent")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench.ebpf_capture needs root (eBPF)", file=sys.stderr)
+        return 2
+
+    writer = build_writer()
+    sink_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink_sock.bind(("127.0.0.1", 0))
+    port = sink_sock.getsockname()[1]
+    total = args.writes * args.writers
+    with ExitStack() as stack:
+        if args.sink == "kafka":
+            bootstrap = os.environ.get("SVCTRACE_KAFKA")
+            if not bootstrap:
+                sys.path.insert(0, str(REPO))
+                from tests.harness.kafka import start_private_broker
+
+                print("starting a private Kafka broker ...", file=sys.stderr)
+                broker = start_private_broker()
+                stack.callback(broker.close)
+                bootstrap = broker.bootstrap
+            sink_args = ["--bootstrap", bootstrap]
+        else:
+            out = Path(tempfile.mkdtemp(prefix="svctrace-bench-")) / "batches.jsonl"
+            stack.callback(shutil.rmtree, out.parent, True)
+            sink_args = ["--output", str(out)]
+
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+              f"{args.writers} writers x {args.writes} writes of {args.size} B; sink {args.sink}")
+        base_ns, base_wall = run_writers(writer, port, args.writers, args.writes, args.size)
+        print(f"1. no capture:   {base_ns:8.0f} ns/write   {total / base_wall:10.0f} writes/s")
+
+        agent = AgentProc(sink_args, args.agent_args.split())
+        try:
+            before = agent.wait_published(0, timeout=5)
+            cpu0 = cpu_seconds(agent.proc.pid)
+            t0 = time.monotonic()
+            cap_ns, cap_wall = run_writers(writer, port, args.writers, args.writes, args.size)
+            m = agent.wait_published(before.get("events_captured", 0) + total)
+            t_all = time.monotonic() - t0
+            cpu = cpu_seconds(agent.proc.pid) - cpu0
+            captured = m.get("events_captured", 0) - before.get("events_captured", 0)
+            published = m.get("events_published", 0) - before.get("events_published", 0)
+            print(f"2. with capture: {cap_ns:8.0f} ns/write   {total / cap_wall:10.0f} writes/s   "
+                  f"slowdown x{cap_ns / base_ns:.2f}")
+            print(f"   agent: captured {captured:.0f} (writer {total}, other {max(0, captured - total):.0f}), "
+                  f"published {published:.0f} in {t_all:.2f}s = {published / t_all:,.0f} events/s end to end; "
+                  f"kernel drops {m.get('events_lost', 0):.0f}, buffer drops {m.get('events_dropped', 0):.0f}; "
+                  f"agent CPU {cpu:.2f}s = {cpu / max(published, 1) * 1e6:.2f} us/event "
+                  f"({cpu / t_all * 100:.0f}% of a core)")
+            print("3. paced runs (total writes/s for {:.0f}s each):".format(args.paced_seconds))
+            for rate in [float(r) for r in args.rates.split(",") if r]:
+                before = agent.wait_published(0, timeout=1)
+                lost0, drop0 = before.get("events_lost", 0), before.get("events_dropped", 0)
+                writes = int(rate * args.paced_seconds / args.writers)
+                cpu0 = cpu_seconds(agent.proc.pid)
+                ns, wall = run_writers(writer, port, args.writers, writes, args.size, rate)
+                m = agent.wait_published(before.get("events_captured", 0) + writes * args.writers)
+                cpu = cpu_seconds(agent.proc.pid) - cpu0
+                achieved = writes * args.writers / wall
+                lost = m.get("events_lost", 0) - lost0
+                dropped = m.get("events_dropped", 0) - drop0
+                print(f"   target {rate:9,.0f}/s achieved {achieved:9,.0f}/s  {ns:6.0f} ns/write  "
+                      f"kernel drops {lost:6.0f}  buffer drops {dropped:6.0f}  agent CPU {cpu / wall * 100:4.0f}%"
+                      f"  {'ZERO DROPS' if lost == 0 and dropped == 0 else 'DROPS'}")
+        finally:
+            tail = agent.stop()
+            print("   " + (tail.strip().splitlines() or [""])[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
