@@ -231,7 +231,9 @@ class Broker:
     def format_storage(self, libs: Path) -> None:
         props, log4j = self._write_files()
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        cmd = self._java_cmd(libs, log4j, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props))
+        cmd = self._java_cmd(libs, log4j, "kafka.tools.StorageTool", "format",
+                             f"--cluster-id={cluster_id}",  # "=": an id may start with "-"
+                             "--config", str(props))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BrokerError(
