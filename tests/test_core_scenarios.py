@@ -197,3 +197,17 @@ def test_many_requests_on_one_connection_all_give_chains():
     assert len(result.chains) == 31 and len({c["chain_id"] for c in result.chains}) == 31
     assert [c["response"]["status"] for c in result.chains] == [200] * 30 + [503]
     assert all(any(h["name"] == "backend" for h in c["hops"]) for c in result.chains)
+
+
+def test_request_without_response_until_the_client_gives_up():
+    """The backend accepts and reads but never answers; curl gives up after 10 s."""
+    cluster, events = build("healthy", "dnat")
+    hung = [e for e in events if not (e.kind == "send" and e.comm == "nginx")
+            and not (e.kind == "recv" and e.comm == "curl" and e.proto == "tcp")]
+    hung = sorted((e.with_(ts=e.ts + 10 * 10**9) if e.kind == "close" else e for e in hung), key=lambda e: e.ts)
+    result = run(hung, cluster.index())
+    [chain] = result.chains
+    assert chain["response"]["error"] == "no response" and chain["response"]["status"] is None
+    assert chain["translation"]["mode"] == "dnat" and chain["backend"]["pod"] == "my-nginx-1"
+    assert [a["rule"] for a in result.alerts] == ["svc.hop_latency"] and chain["status"] == "ok"
+    assert any(h["name"] == "response" and h["latency_ns"] >= 10 * 10**9 for h in chain["hops"])

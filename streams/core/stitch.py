@@ -476,9 +476,11 @@ class Stitcher:
         seen, retries, retry_gap = set(), 0, None
         for i, q in enumerate(qs):
             k = (q["qn"], q["qt"])
-            if k in seen:
+            prev = next((p for p in reversed(qs[:i]) if (p["qn"], p["qt"]) == k), None) if k in seen else None
+            # a retry: the same question again on the same socket, or after a resolver timeout
+            # (two threads asking at once from two sockets are not retrying)
+            if prev is not None and (prev["ep"] == q["ep"] or q["ts"] - prev["ts"] >= S):
                 retries += 1
-                prev = next(p for p in reversed(qs[:i]) if (p["qn"], p["qt"]) == k)
                 gap = q["ts"] - prev["ts"]
                 if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
                     retry_gap = [q["qn"], q["qt"], gap]
@@ -515,7 +517,9 @@ class Stitcher:
         for key in list(conns):
             conn = conns[key]
             if final or (conn["ccl"] is not None and now >= conn["ccl"] + self.settle_ns) or now >= conn["t1"] + self.idle_ns:
-                self._finish(st, conn, out, final=final and now < conn["t1"] + self.idle_ns)
+                # cut by the end of input only if neither the client's close nor the idle timeout ended it
+                cut = final and conn["ccl"] is None and now < conn["t1"] + self.idle_ns
+                self._finish(st, conn, out, final=cut)
                 del conns[key]
                 continue
             for r in conn["creq"]:
@@ -635,7 +639,7 @@ class Stitcher:
                 host_client = bool(client_pf.get("host_network")) or client_pf["pod"] is None
                 translation = {"mode": "nodeport_snat" if host_client else "dnat",
                                "confidence": "low" if host_client else "high", "proxy": None}
-            elif conn["est"] == 2 or (cn["errno"] == "ECONNREFUSED" and ready_eps):
+            elif conn["est"] or (cn["errno"] == "ECONNREFUSED" and ready_eps):
                 # the VIP answered (data, or a backend's RST): translated somewhere we did not see
                 translation = {"mode": "dnat", "confidence": "low", "proxy": None}
             else:
@@ -668,6 +672,12 @@ class Stitcher:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
                         "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": None}
         outcome = _outcome(conn, req, idle_closed=not final and conn["ccl"] is None)
+        if req is not None and req["rts"] is None and outcome == "pending" and not final:
+            # the client stopped waiting (close) or the idle timeout ran out: how long it waited
+            waited_until = conn["ccl"] if conn["ccl"] is not None else conn["t1"] + self.idle_ns
+            outcome = "no response"
+            hops.append({"name": "response", "start_ts": req["ts"], "end_ts": waited_until,
+                         "latency_ns": waited_until - req["ts"]})
         if outcome not in ("ok", "pending") and response is not None:
             response["error"] = outcome
         elif outcome not in ("ok", "pending"):
@@ -831,7 +841,7 @@ class Stitcher:
                 occs.append(("svc.target_port_refused", labels, dict(v, backend_port=svc["target_port"]), []))
         elif proxies and px is None and failed:
             occs.append(("svc.no_endpoints", labels, v, []))
-        elif failed and not conn["sv"] and not conn["px"] and conn["est"] != 2 and svc["via"] in ("vip", "pod") and (
+        elif failed and not conn["sv"] and not conn["px"] and not conn["est"] and svc["via"] in ("vip", "pod") and (
                 mode in (None, "none") or not cn.get("ts") or cn.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
             if not ready_eps:
                 occs.append(("svc.no_endpoints", labels, v, []))
