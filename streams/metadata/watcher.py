@@ -421,11 +421,16 @@ class KindWatcher:
                 stop.wait(delay)
 
     def relist(self, reason: str = "initial") -> None:
+        # Like client-go's reflector: the first list may be served by the watch cache as it
+        # is (resourceVersion "0": cheap, no quorum read, the watch then catches up); after a
+        # 410 the list must be consistent, or we could step back in time.
+        any_rv = "0" if reason in ("initial", "once") else None
         items, rv, token = [], None, None
         while True:
             try:
+                kwargs = {"resource_version": any_rv} if any_rv and not token else {}
                 resp = self._list(limit=self.page_size, _continue=token, _preload_content=False,
-                                  _request_timeout=(10, 60))
+                                  _request_timeout=(10, 60), **kwargs)
             except Exception as e:
                 if token and _is_gone(e):  # continue token expired mid-list: start over
                     items, token = [], None
