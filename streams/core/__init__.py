@@ -35,6 +35,10 @@ watermark as (largest event ts seen) - lateness; `Settings` holds the
 latenesses. Events older than a stage's watermark are counted (state["late"])
 and dropped. State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(raw)`.
 
+Metadata joins (enrich and stitch) ask the ClusterIndex through memo.MemoIndex,
+as of the end of the event's second: answers are a pure function of (question,
+second), so every runner and arrival order gets the same ones.
+
 Ids are deterministic: chain_id from the chain's anchor event (node, n), its
 client endpoint and the request index; alert_id from rule + labels + the start
 of the rule's suppression window on a fixed grid (keys.py). Flow buckets use a
@@ -43,8 +47,15 @@ stable crc32 (keys.flow_bucket), never Python's hash().
 The in-process runner: `runner.run(events_or_batches, index) -> RunResult` with
 `.chains` and `.alerts` (schemas/chain.schema.json, alert.schema.json).
 
-Modules: dns.py (dnspython), http.py (h11), keys.py, rules.py (the alert
-catalogue: one table), enrich.py, stitch.py, alerts.py, graph.py, runner.py.
+Chains close on the client's close (+ settle_ns for the other sides' events),
+after idle_ns without events, or per request once its response is in; unclaimed
+DNS lookups close after lookup_timeout_ns. An occurrence reaches the alerts stage
+at most Settings.alerts_lateness_ns after its time; a suppression window closes
+that long after its end.
+
+Modules: dns.py (dnspython, memoized), http.py (httptools/llhttp), keys.py,
+rules.py (the alert catalogue: ONE table), memo.py, enrich.py, stitch.py,
+alerts.py, graph.py, runner.py.
 """
 from .graph import Graph, Settings, dumps_state, loads_state
 from .runner import RunResult, Runner, run

@@ -11,6 +11,7 @@ only says which operator consumes which topic, so a runner is a loop over it.
 """
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import orjson
@@ -54,8 +55,6 @@ class Graph:
         self.consumers = {SYSCALLS_TOPIC: self.enrich, FLOWS_TOPIC: self.stitch, OCCURRENCES_TOPIC: self.alerts}
         self.outputs = (CHAINS_TOPIC, ALERTS_TOPIC, ENRICHED_TOPIC)
 
-    def lateness_ns(self, op) -> int:
-        return op.lateness_ns
 
 
 # -- state <-> bytes (for changelog-backed tables) ---------------------------------
@@ -64,7 +63,6 @@ def _default(obj):
     if isinstance(obj, SyscallEvent):
         return {"__ev__": obj.to_dict()}
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        import base64
         return base64.b64encode(bytes(obj)).decode("ascii")
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
