@@ -328,3 +328,30 @@ def test_leader_election_one_active_then_failover(apiserver, api, tmp_path):
         wait_for("new leader publishes", lambda: _pod_name_at(standby.index, "10.244.5.50") == "p1")
         assert holder().holder_identity == standby.watcher.elector.identity
         assert holder().lease_transitions >= 1
+
+
+def test_leader_that_cannot_renew_steps_down_before_the_standby_takes_over(apiserver, tmp_path):
+    ns = apiserver.new_namespace("lease2")
+    lease = "svctrace-metadata-expiry"
+
+    def elector(identity):
+        return LeaseElector(apiserver.api_client(), ns, lease, identity,
+                            lease_duration_s=2.0, renew_deadline_s=1.2, retry_period_s=0.2)
+
+    with Harness(apiserver, tmp_path, "a", elector=elector("replica-a")) as a:
+        wait_for("a leads", lambda: a.watcher.leading)
+        with Harness(apiserver, tmp_path, "b", elector=elector("replica-b")) as b:
+            # a loses the API (a partition): its renewals fail, it holds on until the renew
+            # deadline, then steps down; b waits for the Lease to expire, then takes over.
+            def unreachable():
+                raise k8s.ApiException(status=0, reason="connection refused")
+            a.watcher.elector.try_acquire_or_renew = unreachable
+            both = []
+
+            def b_leads():
+                both.append(a.watcher.leading and b.watcher.leading)
+                return b.watcher.leading
+            wait_for("b takes over", b_leads)
+            assert not a.watcher.leading
+            assert not any(both), "two active replicas at once"
+            wait_for("b synced", b.watcher.synced)
