@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import zlib
 from operator import attrgetter
-from typing import Any, Iterable
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
@@ -325,9 +324,3 @@ class Enricher:
 def _proxy_of(client_ep: str) -> dict:
     ip, _, port = client_ep.rpartition(":")
     return {"ip": ip.strip("[]"), "port": int(port)}
-
-
-def events_from(item: Any) -> Iterable[SyscallEvent]:
-    if isinstance(item, SyscallBatch):
-        return item.events
-    return item

@@ -943,9 +943,3 @@ def _dns_out(dnsx: dict, index, ts: int) -> dict:
             "server": server, "rcode": dnsx["rcode"], "answers": dnsx["answers"],
             "cnames": [c.rstrip(".") for c in dnsx["cnames"]], "ttl": dnsx["ttl"],
             "latency_ns": dnsx["latency_ns"], "retries": dnsx["retries"], "queries": max(1, dnsx["queries"])}
-
-
-def chain_events(outputs: list) -> list[dict]:
-    return [v for t, _k, v in outputs if t == CHAINS_TOPIC]
-
-
