@@ -229,3 +229,9 @@ def test_every_seed_fault_in_every_translation_mode_reads_as_a_timeline(fault, m
             assert "alerts      " + ", ".join(rules[a] for a in chain["alerts"]) in text
         else:
             assert "response    HTTP 200" in text
+
+
+@pytest.mark.parametrize("ns,text", [(999, "999 ns"), (702_000, "702.0 µs"), (6_874_000, "6.87 ms"),
+                                     (4_000_000_000, "4.00 s"), (1499 * 10**9, "24 min 59 s"), (7300 * 10**9, "2 h 1 min")])
+def test_durations(ns, text):
+    assert render.duration(ns) == text

@@ -57,7 +57,11 @@ def duration(ns: int | None) -> str:
         return f"{ns / 1_000:.1f} µs"
     if ns < 1_000_000_000:
         return f"{ns / 1_000_000:.2f} ms"
-    return f"{ns / 1_000_000_000:.2f} s"
+    if ns < 60_000_000_000:
+        return f"{ns / 1_000_000_000:.2f} s"
+    minutes, secs = divmod(ns // 1_000_000_000, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
 
 
 def offset_ms(ts: int | None, start: int) -> str:
