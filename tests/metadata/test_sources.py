@@ -267,3 +267,30 @@ def test_unreadable_capture_names_the_file(tmp_path):
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(MetadataInputError, match="broken.scap"):
         load_capture(bad)
+
+
+def test_k8s_state_events_through_the_scap_writer_and_reader(tmp_path):
+    """K8S_E and container JSON events written into a capture, read back by the real reader."""
+    from svctrace.agents.scap.event_table import BY_ENUM
+    from svctrace.agents.scap.writer import ScapWriter
+    from svctrace.streams.metadata.sources import load_capture
+
+    k8s_e, container_e = BY_ENUM["PPME_K8S_E"].code, BY_ENUM["PPME_CONTAINER_JSON_E"].code
+    path = tmp_path / "k8s.scap"
+    with ScapWriter(path, hostname="node-a") as w:
+        for i, state in enumerate([SYSDIG_POD_STATE, SYSDIG_SERVICE_STATE, SYSDIG_NODE_STATE_OLD]):
+            w.write_raw(TS + i, -1, k8s_e, {"json": orjson.dumps(state).decode()})
+        w.write_raw(TS + 5, -1, container_e, {"json": orjson.dumps({"container": {
+            "id": "aaaaaaaaaaaa", "name": "k8s_app_other-pod_default_u-9_0", "ip": "172.17.0.9"}}).decode()})
+        w.write_raw(TS + 10, -1, k8s_e, {"json": orjson.dumps(RAW_WATCH_EVENT).decode()})
+    records = load_capture(path)
+    for r in records:
+        validate("k8s-object", r)
+    assert [(r["kind"], r["name"], r["deleted"]) for r in records] == [
+        ("Pod", "nginx-3449338310-q9saj", False), ("Service", "kube-dns", False), ("Node", "127.0.0.1", False),
+        ("Pod", "nginx-3449338310-q9saj", True), ("Pod", "other-pod", False)]
+    idx = ClusterIndex.from_records(records)
+    assert idx.pod_by_ip("172.17.0.4", TS + 3).name == "nginx-3449338310-q9saj"
+    assert idx.pod_by_ip("172.17.0.4", TS + 11) is None
+    assert idx.pod_by_ip("172.17.0.9").node == "node-a"
+    assert idx.is_cluster_dns("10.0.0.10")
