@@ -199,3 +199,24 @@ def test_models_decode_core_records():
         decode_chain(dumps(result.alerts[0]))
     with pytest.raises(DecodeError, match="not JSON"):
         decode_enriched_batch(b"{")
+
+
+def test_a_bad_event_goes_to_the_dead_letters_and_the_rest_still_stitches():
+    from svctrace.schemas.validate import validate
+
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.request(T0, "healthy")
+    sc.request(T0 + 100 * MS, "healthy")
+    events = sc.events()
+    bad = events[3].with_(res=None, kind="send", proto="tcp", role="client", n=10_000, ts=events[3].ts + 1)
+    result = run(sorted(events + [bad], key=lambda e: e.ts), cluster.index())
+    assert [c["status"] for c in result.chains] == ["ok", "ok"]
+    [dl] = result.deadletters
+    validate("dead-letter", dl)
+    assert dl["stage"] == "stitch" and dl["topic"] == "svctrace.flows" and "TypeError" in dl["reason"]
+    assert dl["ts"] == bad.ts and dl["value_b64"]
+    # and a bad occurrence at the alerts stage
+    g = Graph(cluster.index())
+    [(topic, _k, value)] = g.alerts.process(g.alerts.new_state(), "x|y", {"rule": "no.such_rule", "ts": 5})
+    assert topic == "svctrace.deadletter" and value["stage"] == "alerts"

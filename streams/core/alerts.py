@@ -10,10 +10,12 @@ alert_id is the alert (the topic is keyed by alert_id).
 from __future__ import annotations
 
 from . import rules as R
+from .deadletter import dead_letter
 from .keys import alert_id, window_start
 
 S = 10**9
 ALERTS_TOPIC = "svctrace.alerts"
+OCCURRENCES_TOPIC = "svctrace.alerts.occurrences"
 ALERT_SCHEMA = "svctrace.alert"
 MAX_CHAIN_IDS = 100
 MAX_EVIDENCE = 20
@@ -40,6 +42,13 @@ class Alerter:
         return min(ends) if ends else None
 
     def process(self, state: dict, key: str, occ: dict) -> list[tuple[str, str, dict]]:
+        try:
+            return self._process(state, occ)
+        except Exception as exc:  # one bad occurrence must not stop the stage
+            ts = occ.get("ts") if isinstance(occ, dict) and isinstance(occ.get("ts"), int) else 0
+            return [dead_letter(self.name, OCCURRENCES_TOPIC, key, occ, exc, ts)]
+
+    def _process(self, state: dict, occ: dict) -> list[tuple[str, str, dict]]:
         rule = R.RULES[occ["rule"]]
         ws = window_start(occ["ts"], rule.suppress_ns)
         w = state["w"].get(str(ws))

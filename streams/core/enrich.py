@@ -23,10 +23,12 @@ from operator import attrgetter
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
+from .deadletter import dead_letter
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
 
 S = 10**9
+SYSCALLS_TOPIC = "svctrace.syscalls"
 FLOWS_TOPIC = "svctrace.flows"
 ENRICHED_TOPIC = "svctrace.events.enriched"
 ENRICHED_SCHEMA = "svctrace.enriched-batch"
@@ -142,6 +144,7 @@ class Enricher:
     # -- enrichment ----------------------------------------------------------
 
     def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
+        out: list = []
         by_bucket: dict[str, list[dict]] = {}
         lost: list[dict] = []
         enriched_all: list[dict] = []
@@ -149,7 +152,11 @@ class Enricher:
             if e.kind == "lost":
                 lost.append({"node": e.node, "ts": e.ts, "count": max(e.res, 0)})
                 continue
-            d = self.enrich_event(state, e)
+            try:
+                d = self.enrich_event(state, e)
+            except Exception as exc:  # one bad event must not stop the node's stream
+                out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, e.ts if isinstance(e.ts, int) else 0))
+                continue
             if d is None:
                 continue
             flow = d["flow"]
@@ -161,7 +168,6 @@ class Enricher:
             by_bucket.setdefault(bucket, []).append(d)
             if self.emit_enriched:
                 enriched_all.append(d)
-        out = []
         if lost:  # a loss may concern any flow of this node: every bucket hears of it
             for p in range(self.partitions):
                 b = f"b{p:04d}"

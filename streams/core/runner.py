@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 from .alerts import ALERTS_TOPIC
+from .deadletter import DEADLETTER_TOPIC
 from .graph import SYSCALLS_TOPIC, Graph, Settings
 from .stitch import CHAINS_TOPIC
 
@@ -27,6 +28,7 @@ class RunResult:
     chains: list[dict] = field(default_factory=list)  # in emission order
     alerts: list[dict] = field(default_factory=list)  # the final record of each alert id, sorted by first_seen
     enriched: list[dict] = field(default_factory=list)
+    deadletters: list[dict] = field(default_factory=list)  # records a stage could not process, with the reason
     stats: dict = field(default_factory=dict)
 
 
@@ -43,6 +45,7 @@ class Runner:
         self.chains: list[dict] = []
         self.alerts: dict[str, dict] = {}
         self.enriched: list[dict] = []
+        self.deadletters: list[dict] = []
         self.events_in = 0
 
     # -- feeding -------------------------------------------------------------------
@@ -92,10 +95,11 @@ class Runner:
         return self.result()
 
     def result(self) -> RunResult:
-        stats = {"events_in": self.events_in, "chains": len(self.chains), "alerts": len(self.alerts)}
+        stats = {"events_in": self.events_in, "chains": len(self.chains), "alerts": len(self.alerts),
+                 "deadletters": len(self.deadletters)}
         return RunResult(chains=list(self.chains),
                          alerts=sorted(self.alerts.values(), key=lambda a: (a["first_seen"], a["alert_id"])),
-                         enriched=list(self.enriched), stats=stats)
+                         enriched=list(self.enriched), deadletters=list(self.deadletters), stats=stats)
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -115,6 +119,8 @@ class Runner:
             self.chains.append(value)
         elif topic == ALERTS_TOPIC:
             self.alerts[value["alert_id"]] = value
+        elif topic == DEADLETTER_TOPIC:
+            self.deadletters.append(value)
         else:
             self.enriched.append(value)
 

@@ -26,13 +26,15 @@ from operator import itemgetter
 from . import rules as R
 from .dns import in_cluster_domain, parse_dns, service_of_name
 from .http import looks_like_request, looks_like_response, parse_request, parse_response
+from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
+from .deadletter import dead_letter
+from .enrich import FLOWS_TOPIC
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
 S = 10**9
 MS = 10**6
 CHAINS_TOPIC = "svctrace.chains"
-OCCURRENCES_TOPIC = "svctrace.alerts.occurrences"
 CHAIN_SCHEMA = "svctrace.chain"
 
 MAX_EVIDENCE = 24
@@ -134,7 +136,10 @@ class Stitcher:
                         state["dups"] += 1  # at-least-once delivery: the same event again
                         continue
                     prev = d
-                    self._apply(state, d, out)
+                    try:
+                        self._apply(state, d, out)
+                    except Exception as exc:  # one bad event must not stop the bucket
+                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, d, exc, d["ts"]))
         nxt = state["next"]
         if final or (nxt is not None and watermark_ns >= nxt):
             self._timers(state, watermark_ns, out, final)
@@ -519,12 +524,19 @@ class Stitcher:
             if final or (conn["ccl"] is not None and now >= conn["ccl"] + self.settle_ns) or now >= conn["t1"] + self.idle_ns:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
                 cut = final and conn["ccl"] is None and now < conn["t1"] + self.idle_ns
-                self._finish(st, conn, out, final=cut)
+                try:
+                    self._finish(st, conn, out, final=cut)
+                except Exception as exc:  # a connection we cannot describe is reported, not fatal
+                    out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn["t1"]))
                 del conns[key]
                 continue
             for r in conn["creq"]:
                 if not r["done"] and r["rts"] is not None and now >= r["rts"] + self.settle_ns:
-                    self._emit_request(st, conn, r, out, final=False)
+                    try:
+                        self._emit_request(st, conn, r, out, final=False)
+                    except Exception as exc:
+                        r["done"] = True
+                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r["ts"]))
             dl = self._conn_deadline(conn)
             nxt = dl if nxt is None or dl < nxt else nxt
         for lkey in list(st["lk"]):
@@ -534,7 +546,10 @@ class Stitcher:
                     if not lk["claimed"]:
                         # at end of input, a query younger than the resolver timeout may still be answered
                         cut = final and any(q["ans"] is None and now - q["ts"] < R.RETRY_GAP_NS[0] for q in lk["q"])
-                        self._emit_lookup(st, lk, out, final=cut)
+                        try:
+                            self._emit_lookup(st, lk, out, final=cut)
+                        except Exception as exc:
+                            out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk["t1"]))
                 else:
                     keep.append(lk)
                     dl = lk["t1"] + self.lookup_timeout_ns
