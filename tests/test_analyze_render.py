@@ -235,3 +235,13 @@ def test_every_seed_fault_in_every_translation_mode_reads_as_a_timeline(fault, m
                                      (4_000_000_000, "4.00 s"), (1499 * 10**9, "24 min 59 s"), (7300 * 10**9, "2 h 1 min")])
 def test_durations(ns, text):
     assert render.duration(ns) == text
+
+
+def test_summary_counts_dead_letters():
+    from svctrace.analyze.pipeline import Analysis
+
+    a = Analysis(path="x.scap")
+    a.deadletters = [{"stage": "stitch", "reason": "stitch failed on this record: KeyError", "error": "'ts'"}] * 2
+    rows = dict(a.summary_rows([], [], Filter(None, None)))
+    assert rows["skipped"] == ("2 record(s) the pipeline could not process"
+                               " (dead letters; 2× stitch failed on this record: KeyError: 'ts')")

@@ -101,6 +101,7 @@ class Analysis:
     index: Any = None  # ClusterIndex, when there is cluster state
     warnings: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)  # (node, n) -> SyscallEvent
+    deadletters: list[dict] = field(default_factory=list)  # records a stage of the core could not process
     _servers: dict | None = field(default=None, repr=False)  # (ip, port) -> {(node, comm, pid)} serving it
 
     # -- lookups used by the renderer -------------------------------------------------------
@@ -201,6 +202,11 @@ class Analysis:
         else:
             rows.append(("cluster", "no cluster state (pass --cluster with kubectl get ... -o json output)"))
         rows.append(("flows", f"{len(self.connections.flows)} process/connection pairs"))
+        if self.deadletters:
+            why = Counter(f"{d.get('reason')}: {d.get('error')}" for d in self.deadletters)
+            worst, n = min(why.items(), key=lambda kv: (-kv[1], kv[0]))
+            rows.append(("skipped", f"{len(self.deadletters)} record(s) the pipeline could not process"
+                         f" (dead letters; {n}× {worst})"))
         of = f" of {len(self.chains)}" if flt.active else ""
         if chains or self.chains:
             rows.append(("chains", f"{len(chains)}{of}: " + (render.counts(chains, lambda c: c["status"]) or "none shown")))
@@ -372,6 +378,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         finally:
             progress.close()
         result.chains, result.alerts = list(run.chains), list(run.alerts)
+        result.deadletters = list(getattr(run, "deadletters", None) or ())
         result.reader_stats = reader.stats.as_dict()
 
     if not result.reader_stats.get("blocks"):
