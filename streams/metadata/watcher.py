@@ -71,6 +71,9 @@ class Change:
         return tombstone(self.kind, ns or None, name, self.observed_ts)
 
 
+UNPUBLISHED: dict = {"unpublished": True}
+
+
 class WatchGone(Exception):
     """The server no longer has our resourceVersion (HTTP 410 Gone): relist."""
 
@@ -103,6 +106,12 @@ class KindState:
             self.objects[key] = stable
             out.append(Change(key, rec, self.kind, ts))
         return key
+
+    def unpublished(self, keys: Iterable[str]) -> None:
+        """Publishing these changes failed: force a relist whose diff sends them again."""
+        for key in keys:
+            self.objects[key] = UNPUBLISHED  # differs from any projection; absent from a list -> tombstone
+        self.resource_version = None
 
     def relist(self, items: Iterable[dict], resource_version: str | None, ts: int) -> list[Change]:
         """A full list replaces the state: changed objects upserted, vanished ones tombstoned."""
@@ -418,6 +427,8 @@ class KindWatcher:
                 if _is_gone(e):
                     self.state.resource_version = None
                     reason = "gone"
+                elif self.state.resource_version is None and self.synced.is_set():
+                    reason = "resync"  # e.g. the sink failed: relist, republish what did not go out
                 stop.wait(delay)
 
     def relist(self, reason: str = "initial") -> None:
@@ -481,7 +492,11 @@ class KindWatcher:
         self.metrics.bad_objects.labels(kind).set(self.state.bad_objects)
         if not changes:
             return
-        self._publish(changes)
+        try:
+            self._publish(changes)
+        except Exception:
+            self.state.unpublished(c.key for c in changes)  # the relist that follows republishes them
+            raise
         for c in changes:
             self.metrics.published.labels(kind, "delete" if c.record is None else "upsert").inc()
 

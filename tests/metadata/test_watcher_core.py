@@ -104,3 +104,66 @@ def test_jsonlines_sink_round_trips_through_load_file(tmp_path):
 def test_change_offline_form_of_cluster_scoped_tombstone():
     c = Change("Node//n1", None, "Node", 5)
     assert c.offline()["namespace"] is None and c.offline()["name"] == "n1"
+
+
+def test_failed_publish_is_republished_by_the_next_relist():
+    st = KindState("Pod")
+    first = st.relist([_pod("a", "10.0.0.1", "1"), _pod("b", "10.0.0.2", "1")], "1", 10)
+    st.unpublished(c.key for c in first)  # the sink was down
+    assert st.resource_version is None
+    # b was deleted meanwhile: a is sent again, b gets a tombstone (it may have reached consumers).
+    again = st.relist([_pod("a", "10.0.0.1", "2")], "2", 20)
+    assert [(c.key, c.record is None) for c in again] == [("Pod/shop/a", False), ("Pod/shop/b", True)]
+
+
+class _FakeResponse:
+    def __init__(self, lines=(), data=b""):
+        self.lines, self.data = list(lines), data
+
+    def stream(self, amt=None, decode_content=False):
+        yield from self.lines
+
+    def shutdown(self):
+        pass
+
+    def release_conn(self):
+        pass
+
+
+def test_kind_watcher_loop_survives_a_failing_sink_and_republishes():
+    """The I/O loop with the API and the sink replaced at their boundaries."""
+    import threading
+
+    from svctrace.streams.metadata.watcher import RESOURCES, KindWatcher, Metrics
+
+    stop = threading.Event()
+    published, publishes = [], []
+
+    def publish(changes):
+        publishes.append(changes)
+        if len(publishes) == 2:  # the first watch event: the broker is down
+            raise ConnectionError("broker down")
+        published.extend(changes)
+
+    calls = []
+
+    def fake_list(**kwargs):
+        calls.append(kwargs)
+        watches = [c for c in calls if c.get("watch")]
+        if kwargs.get("watch"):
+            if len(watches) >= 2:
+                stop.set()
+            return _FakeResponse([orjson.dumps({"type": "ADDED", "object": _pod("c", "10.0.0.3", "5")}) + b"\n"])
+        items = [_pod("a", "10.0.0.1", "4")] + ([_pod("c", "10.0.0.3", "5")] if watches else [])
+        page = {"kind": "PodList", "metadata": {"resourceVersion": "5" if watches else "4"}, "items": items}
+        return _FakeResponse(data=orjson.dumps(page))
+
+    kw = KindWatcher(None, RESOURCES["Pod"], publish, Metrics(), backoff=Backoff(0.001, 0.002))
+    kw._list = fake_list
+    kw.run(stop)
+    assert [c.key for c in published] == ["Pod/shop/a", "Pod/shop/c"]
+    lists = [c for c in calls if not c.get("watch")]
+    assert [c.get("resource_version") for c in lists] == ["0", None]  # cache list, then a consistent relist
+    assert kw.metrics.registry.get_sample_value("svctrace_metadata_relists_total",
+                                                {"kind": "Pod", "reason": "resync"}) == 1
+    assert kw.metrics.registry.get_sample_value("svctrace_metadata_errors_total", {"kind": "Pod"}) == 1
