@@ -160,6 +160,12 @@ def test_create_update_delete_converge_in_sink_and_index(apiserver, api, tmp_pat
         wait_for("pod unready", lambda: idx.pod_by_ip("10.244.1.10").ready is False)
         wait_for("endpoint terminating", lambda: idx.endpoints(ns, "web")[0].terminating)
 
+        # Connections drop: every watch resumes from its resourceVersion, nothing is relisted
+        # and nothing that changed in between is missed.
+        h.watcher.interrupt_watches()
+        core.patch_namespaced_pod("web-1", ns, {"metadata": {"labels": {"app": "web", "rev": "2"}}})
+        wait_for("change made while reconnecting", lambda: idx.pod_by_ip("10.244.1.10").labels.get("rev") == "2")
+
         # Delete: tombstones in the sink, gone from the index.
         core.delete_namespaced_service("web", ns)
         disc.delete_namespaced_endpoint_slice("web-abc", ns)
@@ -179,7 +185,10 @@ def test_create_update_delete_converge_in_sink_and_index(apiserver, api, tmp_pat
     assert {k for k, _ in replay.objects() if f"/{ns}/" in k} == {k for k, _ in h.index.objects() if f"/{ns}/" in k}
     metrics = h.watcher.metrics.registry
     assert metrics.get_sample_value("svctrace_metadata_published_total", {"kind": "Pod", "op": "delete"}) >= 1
-    assert metrics.get_sample_value("svctrace_metadata_relists_total", {"kind": "Pod", "reason": "initial"}) == 1
+    for kind in h.watcher.kinds:  # one list each; the interrupted watches resumed without relisting
+        assert metrics.get_sample_value("svctrace_metadata_relists_total", {"kind": kind, "reason": "initial"}) == 1
+        assert metrics.get_sample_value("svctrace_metadata_relists_total", {"kind": kind, "reason": "resync"}) is None
+        assert metrics.get_sample_value("svctrace_metadata_relists_total", {"kind": kind, "reason": "gone"}) is None
 
 
 def test_reused_pod_ip_maps_by_event_time_live(apiserver, api, tmp_path):
