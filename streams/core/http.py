@@ -65,7 +65,36 @@ def looks_like_response(data: bytes | None) -> bool:
     return bool(data) and data.startswith(b"HTTP/1.")
 
 
+# The same bytes are parsed on every side of a hop (client send, proxy read and write,
+# backend recv) and clients repeat their requests: a memo of this pure function,
+# keyed by the captured bytes, bounded by clearing.
+_MEMO_MAX = 4096
+_REQUESTS: dict[bytes, HttpRequest | None] = {}
+_RESPONSES: dict[bytes, HttpResponse | None] = {}
+
+
 def parse_request(data: bytes) -> HttpRequest | None:
+    hit = _REQUESTS.get(data, False)
+    if hit is False:
+        if len(_REQUESTS) >= _MEMO_MAX:
+            _REQUESTS.clear()
+        hit = _REQUESTS[data] = _parse_request(data)
+    return hit
+
+
+def parse_response(data: bytes) -> HttpResponse | None:
+    # only the status line matters: responses differ in Date, lengths, cookies
+    end = data.find(b"\r\n")
+    line = data[: end + 2] if end >= 0 else data
+    hit = _RESPONSES.get(line, False)
+    if hit is False:
+        if len(_RESPONSES) >= _MEMO_MAX:
+            _RESPONSES.clear()
+        hit = _RESPONSES[line] = _parse_response(line)
+    return hit
+
+
+def _parse_request(data: bytes) -> HttpRequest | None:
     if not looks_like_request(data) or b"\r\n" not in data:
         return None  # the request line itself must be complete
     head = _Head()
@@ -84,7 +113,7 @@ def parse_request(data: bytes) -> HttpRequest | None:
                        head.host.decode("latin-1") if head.host is not None else None, parser.get_http_version())
 
 
-def parse_response(data: bytes) -> HttpResponse | None:
+def _parse_response(data: bytes) -> HttpResponse | None:
     if not looks_like_response(data) or b"\r\n" not in data:
         return None
     head = _Head()
