@@ -220,3 +220,24 @@ def test_a_bad_event_goes_to_the_dead_letters_and_the_rest_still_stitches():
     g = Graph(cluster.index())
     [(topic, _k, value)] = g.alerts.process(g.alerts.new_state(), "x|y", {"rule": "no.such_rule", "ts": 5})
     assert topic == "svctrace.deadletter" and value["stage"] == "alerts"
+
+
+def test_metadata_applied_while_running_is_used_after_metadata_changed():
+    from svctrace.streams.core import Settings
+    from svctrace.streams.metadata.index import ClusterIndex
+
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.request(T0, "healthy")
+    events = sc.events()
+    index = ClusterIndex()  # empty: the watcher has not delivered anything yet
+    runner = Runner(index, Settings(enrich_lateness_ns=1, stitch_lateness_ns=1), step_events=1)
+    runner.feed(events[:3])  # the DNS query is enriched against the empty index
+    assert runner.graph.enrich.index._memo
+    for record in cluster.records():
+        index.apply(record)
+    runner.graph.metadata_changed()
+    runner.feed(events[3:])
+    [chain] = runner.finish().chains
+    assert chain["dns"]["resolver_is_cluster_dns"] is True and chain["service"]["name"] == "my-nginx"
+    assert chain["status"] == "ok" and chain["client"]["pod"] == "client"

@@ -37,7 +37,9 @@ and dropped. State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(ra
 
 Metadata joins (enrich and stitch) ask the ClusterIndex through memo.MemoIndex,
 as of the end of the event's second: answers are a pure function of (question,
-second), so every runner and arrival order gets the same ones.
+second), so every runner and arrival order gets the same ones. A runner that
+applies k8s records to the index while events flow calls `graph.metadata_changed()`
+after applying them.
 
 Ids are deterministic: chain_id from the chain's anchor event (node, n), its
 client endpoint and the request index; alert_id from rule + labels + the start

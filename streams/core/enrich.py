@@ -89,6 +89,10 @@ class Enricher:
             return state["wm"] + self.proxy_window_ns
         return None
 
+    def metadata_changed(self) -> None:
+        self.index.invalidate()
+        self._ref_cache.clear()
+
     # -- operator API --------------------------------------------------------
 
     def process(self, state: dict, key: str, item) -> list[tuple[str, str, dict]]:
@@ -227,7 +231,7 @@ class Enricher:
             if server_side:
                 return None
             if e.container_id:  # an unbound UDP socket: the pod's IP is its source address
-                pod = self.index.pod_by_container(e.container_id)
+                pod = self.index.pod_by_container(e.container_id, e.ts)
                 if pod is not None and pod.ips:
                     return pod.ips[0]
             return f"node:{e.node}"

@@ -55,6 +55,12 @@ class Graph:
         self.consumers = {SYSCALLS_TOPIC: self.enrich, FLOWS_TOPIC: self.stitch, OCCURRENCES_TOPIC: self.alerts}
         self.outputs = (CHAINS_TOPIC, ALERTS_TOPIC, ENRICHED_TOPIC)
 
+    def metadata_changed(self) -> None:
+        """Call after applying k8s records to the index while running: the operators'
+        memos of index answers are dropped (otherwise reused only within their second)."""
+        self.enrich.metadata_changed()
+        self.stitch.metadata_changed()
+
 
 
 # -- state <-> bytes (for changelog-backed tables) ---------------------------------

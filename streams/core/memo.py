@@ -5,7 +5,9 @@ answer is a pure function of (question, second): identical whichever runner,
 bucket or arrival order asked first. Metadata changes are seconds apart; joins
 at 1 s resolution lose nothing a human would see, and the memo spares the
 index most of its work (chains ask the same few questions over and over).
-Bounded: cleared when it grows past `max_entries`.
+Bounded: cleared when it grows past `max_entries`. When records are applied to
+the index while the graph runs (the Faust app), `Graph.metadata_changed()`
+forgets what was answered; otherwise an answer is reused only within its second.
 """
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ class MemoIndex:
         self.index = index
         self.max_entries = max_entries
         self._memo: dict[tuple, object] = {}
+
+    def invalidate(self) -> None:
+        """Forget every answer (call after applying records to the index)."""
+        self._memo.clear()
 
     def _get(self, key: tuple, compute):
         memo = self._memo
@@ -38,8 +44,9 @@ class MemoIndex:
         t = self.at(ts)
         return self._get(("pod", ip, t), lambda: self.index.pod_by_ip(ip, t))
 
-    def pod_by_container(self, container_id):
-        return self._get(("cid", container_id), lambda: self.index.pod_by_container(container_id))
+    def pod_by_container(self, container_id, ts):
+        # keyed by the second too: an answer given before the pod's record arrived is not kept
+        return self._get(("cid", container_id, ts // S), lambda: self.index.pod_by_container(container_id))
 
     def service_by_ip(self, ip, port=None, protocol="TCP", ts=None):
         t = self.at(ts)

@@ -59,7 +59,7 @@ def _data(d: dict) -> bytes | None:
 def _pod_fields(index, ip: str | None, ts: int, container_id: str | None = None) -> dict:
     pod = None
     if container_id:
-        pod = index.pod_by_container(container_id)
+        pod = index.pod_by_container(container_id, ts)
     if pod is None and ip and ip not in UNSPECIFIED_IPS:
         pod = index.pod_by_ip(ip, ts)
     if pod is None:
@@ -101,6 +101,10 @@ class Stitcher:
         if state["next"] is not None:
             cands.append(state["next"])
         return min(cands) if cands else None
+
+    def metadata_changed(self) -> None:
+        self.index.invalidate()
+        self._nodeports_at = None
 
     # -- operator API --------------------------------------------------------
 
