@@ -241,3 +241,13 @@ def test_metadata_applied_while_running_is_used_after_metadata_changed():
     [chain] = runner.finish().chains
     assert chain["dns"]["resolver_is_cluster_dns"] is True and chain["service"]["name"] == "my-nginx"
     assert chain["status"] == "ok" and chain["client"]["pod"] == "client"
+
+
+def test_scenario_cluster_records_are_valid_k8s_objects():
+    from svctrace.schemas.validate import validate
+
+    for fault in FAULTS:
+        records = Cluster(fault).records()
+        assert {r["kind"] for r in records} == {"Node", "Pod", "Service", "EndpointSlice"}
+        for record in records:
+            validate("k8s-object", record)
