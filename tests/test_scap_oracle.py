@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import struct
 from functools import cache
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def compare(v: View) -> tuple[list[str], collections.Counter]:
                                    ("type", d["evt.type"], EVENTS[v.raw_by_n[n].code].name),
                                    ("res", d["evt.rawres"], e.res), ("fd", d["fd.num"], e.fd),
                                    ("payload", data, e.data), ("pid", d["proc.pid"], e.pid),
-                                   ("comm", d["proc.name"], e.comm),
+                                   ("comm", d["proc.name"], e.comm), ("family", d["fd.type"], e.family),
                                    ("container", None if d["container.id"] == "host" else d["container.id"],
                                     e.container_id)):
             if theirs != mine:
@@ -321,6 +322,39 @@ def test_d7_fdl_ipv6_socket_without_tuple(sysdig, tmp_path):
     assert (v.events[0].local_ip, v.events[0].remote_port, v.events[0].proto) == ("fd00::1", 51000, "tcp")
     problems, rules = compare(v)
     assert not problems and rules["d7_fdl_ipv6_socket_without_tuple"] == 1
+
+
+def test_d8_buflen_is_the_result_and_payload_the_captured_prefix(captures, sysdig):
+    """sysdig's evt.buflen is the syscall result (bytes moved), not the captured length: ours is
+    `size`; the payload is the snaplen-bounded prefix (80 bytes by default) in both."""
+    v = view(_by_path(captures, "sfc__objectstore_download.scap"), sysdig)
+    io = [e for e in v.events if e.kind in ("send", "recv") and e.family in NET_FD_TYPES and e.res > 0]
+    assert io
+    for e in io:
+        d = v.sd_by_n[e.n]
+        assert d["evt.buflen"] == e.size == e.res
+        assert len(e.data or b"") == len(base64.b64decode(d["evt.buffer"] or "")) <= e.size
+    assert any(len(e.data) < e.size for e in io)  # truncated to the snaplen
+
+
+def test_ipv4_mapped_ipv6_tuples_are_ipv4(captures, sysdig):
+    """Dual-stack listeners see IPv4 peers as ::ffff:a.b.c.d; sysdig prints them as IPv4, and
+    so do we (SyscallEvent contract), with family ipv4."""
+    v = view(_by_path(captures, "sfc__objectstore_ls.scap"), sysdig)
+    acc = next(e for e in v.events if e.kind == "accept")
+    raw = v.raw_by_n[acc.n]
+    data = v.path.read_bytes()
+    block = data[raw.offset:raw.offset + struct.unpack_from("<I", data, raw.offset + 4)[0]]
+    assert b"\x0a" + bytes(10) + b"\xff\xff" in block  # AF_INET6 tuple with a mapped address
+    assert "." in acc.remote_ip and acc.family == "ipv4" and raw.params["tuple"][0] == "ipv4"
+    assert v.sd_by_n[acc.n]["fd.type"] == "ipv4"
+
+
+def test_empty_capture_has_only_meta_events(captures, sysdig):
+    """falco__empty: process/fd tables and PROCINFO events only; both readers print nothing."""
+    v = view(_by_path(captures, "falco__empty.scap"), sysdig)
+    assert v.sd == [] and v.events == []
+    assert v.raw and {EVENTS[r.code].enum for r in v.raw} == {"PPME_PROCINFO_E"}
 
 
 def test_d9_evt_num_skips_event_types_newer_than_sysdig(captures, sysdig):

@@ -381,7 +381,8 @@ def parse_fdlist(body: bytes, v2: bool) -> tuple[int, list[tuple]]:
             off += 13
         elif ftype == FD_IPV6_SOCK:
             sip, dip, sport, dport, l4 = struct.unpack_from("<16s16sHHB", body, off)
-            out.append((fd, "ipv6", (L4.get(l4), ip6(sip), sport, ip6(dip), dport)))
+            sip, dip = ip6(sip), ip6(dip)  # IPv4-mapped ends come back as IPv4 text
+            out.append((fd, "ipv4" if "." in sip and "." in dip else "ipv6", (L4.get(l4), sip, sport, dip, dport)))
             off += 37
         elif ftype == FD_IPV4_SERVSOCK:
             ip, port, l4 = struct.unpack_from("<4sHB", body, off)
@@ -389,7 +390,8 @@ def parse_fdlist(body: bytes, v2: bool) -> tuple[int, list[tuple]]:
             off += 7
         elif ftype == FD_IPV6_SERVSOCK:
             ip, port, l4 = struct.unpack_from("<16sHB", body, off)
-            out.append((fd, "ipv6_server", (L4.get(l4), ip6(ip), port)))
+            ip = ip6(ip)
+            out.append((fd, "ipv4_server" if "." in ip else "ipv6_server", (L4.get(l4), ip, port)))
             off += 19
         elif ftype == FD_UNIX_SOCK:
             src, dst = struct.unpack_from("<QQ", body, off)

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 # oracle tests compare. -b prints evt.buffer in base64: byte-exact payloads.
 FIELDS = (
     "evt.num evt.rawtime evt.dir evt.type thread.tid proc.pid proc.name fd.num fd.type fd.l4proto "
-    "fd.cip fd.cport fd.sip fd.sport evt.rawres evt.buffer container.id"
+    "fd.cip fd.cport fd.sip fd.sport evt.rawres evt.buflen evt.buffer container.id"
 )
 
 
