@@ -271,8 +271,8 @@ class _EmbeddedState:
     index is time-aware, so applying them when they appear is what the live path does.
     """
 
-    def __init__(self, reader, index, path: str) -> None:
-        self.reader, self.index, self.path = reader, index, path
+    def __init__(self, reader, index, path: str, graph=None) -> None:
+        self.reader, self.index, self.path, self.graph = reader, index, path, graph
         self.seen = (0, 0)
         self.records: list[dict] = []
 
@@ -284,6 +284,9 @@ class _EmbeddedState:
         self.records = capture_records(self.reader, self.path)
         for record in self.records:
             self.index.apply(record)
+        changed = getattr(self.graph, "metadata_changed", None)
+        if changed is not None:  # the operators memoize index answers
+            changed()
 
 
 class _EvidenceWindow:
@@ -339,7 +342,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
 
     with p.open("rb") as raw:
         reader = open_capture(raw, skip_corrupt=skip_corrupt)
-        embedded = None if cluster else _EmbeddedState(reader, index, path)
+        embedded = None if cluster else _EmbeddedState(reader, index, path, runner.graph)
         progress = _Progress(raw, p.stat().st_size, progress_file)
         table, kinds = result.connections, result.kinds
 
