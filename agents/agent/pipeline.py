@@ -10,7 +10,7 @@ from binascii import b2a_base64
 from collections import deque
 from dataclasses import dataclass, field
 
-from svctrace.agents.redact import redact
+from svctrace.agents.redact import _MAYBE, redact
 from svctrace.schemas.models import AgentStats, SyscallBatch, SyscallEvent, encode_batch
 
 # A base64 payload grows by 4/3; the other fields of an event take ~400 bytes of JSON.
@@ -42,12 +42,15 @@ def redact_events(events: list, snaplen: int, counters: Counters, redact_on: boo
     per-event callback.
     """
     out = events
+    maybe = _MAYBE.search
     for i, ev in enumerate(events):
         if type(ev) is dict:
             data = ev["data"]
             if data is None or type(data) is str:
                 continue
-            if redact_on:
+            if len(data) > snaplen:
+                data = data[:snaplen]
+            if redact_on and maybe(data.lower()):  # the common case skips redact() entirely
                 data, changed = redact(data, snaplen)
                 if changed:
                     ev["redacted"] = True
@@ -99,13 +102,18 @@ class Batcher:
     def add(self, events: list, now: float) -> list[EncodedBatch]:
         """Events are SyscallEvents or their wire dicts (orjson encodes both the same way)."""
         out = []
+        if events and not self.pending:
+            self.opened_at = now
         for ev in events:
-            if not self.pending:
-                self.opened_at = now
             self.pending.append(ev)
-            self.pending_bytes += EVENT_JSON_OVERHEAD + _json_payload_len(ev)
+            if type(ev) is dict:
+                data = ev["data"]
+                self.pending_bytes += EVENT_JSON_OVERHEAD + (len(data) if data else 0)  # base64 text already
+            else:
+                self.pending_bytes += EVENT_JSON_OVERHEAD + _json_payload_len(ev)
             if len(self.pending) >= self.max_events or self.pending_bytes >= self.max_bytes:
                 out.append(self._close())
+                self.opened_at = now
         return out
 
     def add_marker(self, ev: SyscallEvent, now: float) -> None:
