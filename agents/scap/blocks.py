@@ -77,7 +77,15 @@ class Stats:
     emitted: int = 0  # SyscallEvents yielded
     skipped_bytes: int = 0
     skipped_blocks: int = 0
-    errors: list[str] = field(default_factory=list)  # CaptureError messages skipped with --skip-corrupt
+    errors: list[str] = field(default_factory=list)  # first MAX_ERRORS problems skipped with --skip-corrupt
+    error_count: int = 0
+
+    MAX_ERRORS = 100  # a long damaged stretch must not grow memory
+
+    def error(self, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < self.MAX_ERRORS:
+            self.errors.append(message)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -197,7 +205,7 @@ class BlockStream:
             except CaptureError as e:
                 if not self.skip_corrupt:
                     raise
-                stats.errors.append(str(e))
+                stats.error(str(e))
                 stats.skipped_bytes += max(0, len(self._buf) - self._pos)
                 return
             if got == "EOF":
@@ -210,7 +218,7 @@ class BlockStream:
                 err = CaptureError(self.name, off, block_name(btype) if btype is not None else "?", got)
                 if not self.skip_corrupt or (first and "byte-swapped" in got):
                     raise err
-                stats.errors.append(str(err))
+                stats.error(str(err))
                 if not self._resync():
                     return
                 first = False
@@ -236,7 +244,7 @@ class BlockStream:
                 more = self._fill(8)
                 got = self._check(False) if more else None
             except CaptureError as e:
-                self.stats.errors.append(str(e))
+                self.stats.error(str(e))
                 more = False
             if not more:
                 self.stats.skipped_bytes += self.offset() - start + (len(self._buf) - self._pos)

@@ -100,6 +100,6 @@ def run(args) -> int:
     out.flush()
     st = reader.stats
     if st.skipped_bytes or st.errors:
-        print(f"svctrace read: skipped {st.skipped_bytes} bytes ({st.skipped_blocks} blocks) of damaged data; "
-              f"first problem: {st.errors[0] if st.errors else 'n/a'}", file=sys.stderr)
+        print(f"svctrace read: skipped {st.skipped_bytes} bytes ({st.skipped_blocks} blocks) of damaged data, "
+              f"{st.error_count} problem(s); first: {st.errors[0] if st.errors else 'n/a'}", file=sys.stderr)
     return 0

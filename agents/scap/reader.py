@@ -272,7 +272,7 @@ class CaptureReader:
         err = CaptureError(self.name, off, B.block_name(btype), reason)
         if not self.skip_corrupt:
             raise err
-        self.stats.errors.append(str(err))
+        self.stats.error(str(err))
         stream.skip_current(off, length)
 
     # -- metadata blocks -------------------------------------------------------
@@ -370,7 +370,7 @@ class CaptureReader:
                 try:
                     self.k8s_states.append((ts, orjson.loads(js)))
                 except orjson.JSONDecodeError:
-                    self.stats.errors.append(f"{self.name}: K8S_E event {n}: invalid JSON")
+                    self.stats.error(f"{self.name}: K8S_E event {n}: invalid JSON")
         return None
 
     def _container(self, params) -> None:
@@ -379,7 +379,7 @@ class CaptureReader:
             try:
                 doc = orjson.loads(js) if js else None
             except orjson.JSONDecodeError:
-                self.stats.errors.append(f"{self.name}: container event: invalid JSON")
+                self.stats.error(f"{self.name}: container event: invalid JSON")
                 return
             c = doc.get("container", doc) if isinstance(doc, dict) else None
             if isinstance(c, dict) and isinstance(c.get("id"), str):
