@@ -91,3 +91,26 @@ def test_state_survives_serialization(mode, fault, count, step):
     r = RoundTripRunner(cluster.index(), step_events=step)
     r.feed(events)
     assert _canonical(r.finish()) == _canonical(baseline)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(MODES), loss_at=st.one_of(st.none(), st.integers(0, 4000)),
+       loss_node=st.sampled_from(["node-a", "node-b"]), seed=st.integers(0, 2**32 - 1), step=st.integers(1, 32))
+def test_keepalive_and_loss_markers_under_shuffling(mode, loss_at, loss_node, seed, step):
+    cluster = Cluster()
+    sc = Scenario(cluster, mode)
+    sc.request(T0, "healthy")
+    sc.keepalive(T0 + 500 * US, statuses=(200, 503, 200))
+    sc.request(T0 + 1500 * US, "healthy", backend="my-nginx-2")
+    if loss_at is not None:
+        sc.loss(T0 + loss_at * US, loss_node, 3)
+    events = sc.events()
+    baseline = run(events, cluster.index())
+    assert len(baseline.chains) == 5
+    if loss_at is None:
+        assert sorted(c["status"] for c in baseline.chains) == ["broken", "ok", "ok", "ok", "ok"]
+    else:
+        assert "incomplete" in {c["status"] for c in baseline.chains}
+        assert all(c["alerts"] == [] for c in baseline.chains if c["status"] == "incomplete")
+    again = run(_arrival(events, random.Random(seed), 0.3), cluster.index(), step_events=step)
+    assert _canonical(again) == _canonical(baseline)
