@@ -269,3 +269,18 @@ def test_connections_limit(capsys):
     _, out, _ = analyze(capsys, CAPTURE, "--connections", "--connections-limit", "3")
     listed = out.split("CONNECTIONS SEEN (17)")[1].split("ALERTS")[0].strip().splitlines()[1:]
     assert len(listed) == 4 and listed[-1].strip() == "… and 14 more (use --connections-limit to show more)"
+
+
+def test_many_damaged_blocks_are_counted_not_all_listed(tmp_path, capsys):
+    data = bytearray(CAPTURE.read_bytes())
+    blocks = event_block_offsets(bytes(data))
+    victims = blocks[len(blocks) // 3: len(blocks) // 3 + 40: 5]  # 8 separate damaged blocks
+    for off in victims:
+        struct.pack_into("<I", data, off + 4, 0xFFFFFFF0)
+    p = tmp_path / "scratched.scap"
+    p.write_bytes(bytes(data))
+    code, out, err = analyze(capsys, p, "--skip-corrupt")
+    assert code in (0, 1), err
+    warnings = [line for line in out.splitlines() if line.startswith("  warning: ")]
+    assert len(warnings) == 6 and warnings[-1] == "  warning: … and 3 more damaged block(s)"
+    assert f"corrupt   {len(victims)} damaged block(s) skipped" in out

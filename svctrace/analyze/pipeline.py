@@ -21,6 +21,7 @@ from svctrace.analyze.render import Text
 PROGRESS_MIN_BYTES = 4 << 20
 PROGRESS_EVERY = 2048  # events between progress updates
 EVIDENCE_WINDOW = 1 << 16  # recent events kept to print what alerts cite
+MAX_WARNINGS = 5  # damaged blocks listed one per line; the rest are counted
 SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -192,7 +193,7 @@ class Analysis:
         rows.append(("capture", f"{in_file} events in the file; {self.events} on sockets ({net} TCP/UDP, "
                      f"{self.connections.unix_events} unix) on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}"
                      + (f"; {self.lost} events lost while capturing" if self.lost else "")))
-        damaged = len(self.reader_stats.get("errors") or ())
+        damaged = self.reader_stats.get("error_count") or len(self.reader_stats.get("errors") or ())
         if damaged or self.reader_stats.get("skipped_bytes"):
             rows.append(("corrupt", f"{damaged} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"
                          " with --skip-corrupt; chains near them may be incomplete"))
@@ -392,7 +393,11 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         records = embedded.records
         result.cluster_source = "state embedded in the capture"
     result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
-    result.warnings.extend(f"skipped: {msg}" for msg in result.reader_stats.get("errors") or ())
+    skipped = list(result.reader_stats.get("errors") or ())
+    result.warnings.extend(f"skipped: {msg}" for msg in skipped[:MAX_WARNINGS])
+    more = max(result.reader_stats.get("error_count") or 0, len(skipped)) - min(len(skipped), MAX_WARNINGS)
+    if more > 0:
+        result.warnings.append(f"… and {more} more damaged block(s)")
     if evidence is not None:
         missing = evidence.missing(result.alerts)
         if missing:
