@@ -102,8 +102,9 @@ def test_curl_against_local_http_server(live, tmp_path):
         assert body == b"hello svctrace\n"
 
         def done(seen):
-            return (any(e.pid == curl.pid and e.kind == "close" for e in seen)
-                    and any(e.pid == server.pid and e.kind == "send" and e.data and b"hello svctrace" in e.data
+            conn = first([e for e in seen if e.pid == curl.pid], kind="connect")
+            return (conn is not None and any(e.pid == curl.pid and e.kind == "close" for e in seen)
+                    and any(e.pid == server.pid and e.kind == "close" and e.remote_port == conn.local_port
                             for e in seen))
         live.until(done, what="curl and http.server events")
     finally:
