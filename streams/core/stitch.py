@@ -910,7 +910,7 @@ def _trim_client(conn: dict) -> None:
 
 def _dedup_refs(refs: list) -> list:
     seen, out = set(), []
-    for r in sorted(refs, key=lambda r: (r.get("ts", 0), r["node"], r["n"])):
+    for r in sorted(refs, key=_order):  # every ref has ts, node, n
         k = (r["node"], r["n"])
         if k not in seen:
             seen.add(k)
