@@ -19,6 +19,7 @@ All of this state is keyed by pid/fd/endpoint and expires after `proxy_window_ns
 from __future__ import annotations
 
 import zlib
+from bisect import bisect_left
 from operator import attrgetter
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
@@ -35,6 +36,8 @@ ENRICHED_SCHEMA = "svctrace.enriched-batch"
 
 _FIELDS = SyscallEvent.__slots__
 _VALUES = attrgetter(*_FIELDS)
+_EVENT_ORDER = attrgetter("ts", "n")  # one node's events: event time, then capture order
+_TS = attrgetter("ts")
 _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 
@@ -123,10 +126,8 @@ class Enricher:
         if not buf:
             self._expire(state, watermark_ns)
             return []
-        buf.sort(key=lambda e: (e.ts, e.n))
-        cut = len(buf)
-        while cut and buf[cut - 1].ts >= watermark_ns:
-            cut -= 1
+        buf.sort(key=_EVENT_ORDER)
+        cut = bisect_left(buf, watermark_ns, key=_TS)  # events before the watermark are released
         if cut == 0:
             return []
         ready, state["buf"] = buf[:cut], buf[cut:]

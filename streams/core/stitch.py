@@ -21,6 +21,7 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 from __future__ import annotations
 
 import base64
+from bisect import bisect_left
 from operator import itemgetter
 
 from . import rules as R
@@ -129,9 +130,7 @@ class Stitcher:
         buf = state["buf"]
         if buf:
             buf.sort(key=_order)
-            cut = len(buf)
-            while cut and buf[cut - 1]["ts"] >= watermark_ns:
-                cut -= 1
+            cut = bisect_left(buf, watermark_ns, key=_ts)  # events before the watermark are applied
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
                 prev = None
@@ -879,6 +878,7 @@ class Stitcher:
 # helpers ----------------------------------------------------------------------------------
 
 _order = itemgetter("ts", "node", "n")  # event-time order, ties broken by source and sequence
+_ts = itemgetter("ts")
 
 
 def _new_conn(key: str, d: dict) -> dict:
