@@ -27,6 +27,7 @@ def _int_decoder(signed: bool):
     return dec
 
 
+
 def dec_str(b: bytes):
     if not b:
         return None
@@ -146,14 +147,16 @@ class Layout:
         if p + sum(lens) > end:
             raise ValueError("parameter lengths run past the event")
         out = {}
-        names, decs, nmax = self.names, self.decoders, self.nmax
+        if nparams <= self.nmax:
+            for name, dec, ln in zip(self.names, self.decoders, lens):
+                out[name] = dec(buf[p:p + ln])
+                p += ln
+            return out
+        names, decs = self.names, self.decoders
         for i, ln in enumerate(lens):
             b = buf[p:p + ln]
             p += ln
-            if i < nmax:
-                out[names[i]] = decs[i](b)
-            else:
-                out[f"param{i}"] = b
+            out[names[i] if i < self.nmax else f"param{i}"] = decs[i](b) if i < self.nmax else b
         return out
 
 

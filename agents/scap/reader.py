@@ -42,8 +42,7 @@ from the event table.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import orjson
 
@@ -63,8 +62,8 @@ CLONE_FILES = 0x1  # PPM_CL_CLONE_FILES
 CLONE_THREAD = 0x2000  # PPM_CL_CLONE_THREAD
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
+class RawEvent(NamedTuple):
+    """One decoded event as in the file (enter and exit separate), params by table name."""
     n: int
     offset: int  # byte offset of the block
     ts: int
