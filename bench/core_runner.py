@@ -125,7 +125,11 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=8000)
     ap.add_argument("--open-chains", type=int, default=10_000)
     args = ap.parse_args(argv)
+    c = time.process_time()
+    sum(range(10**7))
+    speed = time.process_time() - c
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs;"
+          f" interpreter speed: sum(range(10**7)) takes {speed:.3f} s CPU here;"
           " rates are events per CPU second of this process (best of 3)")
     late = Settings().enrich_lateness_ns
     best = 0.0
