@@ -35,6 +35,12 @@ first; like libsinsp, the socket is the server end ("server" role, client =
 remote end) when its local port is a listening port of any process in the
 capture's fd lists, else the client end.
 
+`data` is the captured payload prefix exactly as in the file (snaplen-bounded,
+NOT redacted: `redacted` is False; the agent redacts before publishing).
+`container_id` is the 12-character id from the thread's cgroups (docker,
+containerd, cri-o paths); `cgroup_id`/`netns` are not in scap files (None).
+Each iteration re-reads the file from the start with fresh state.
+
 Performance: event types irrelevant to network state are counted but never
 decoded (one header unpack per block); relevant types use layouts precompiled
 from the event table.
