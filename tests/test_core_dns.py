@@ -140,3 +140,29 @@ def test_answers_pair_by_client_endpoint_server_and_id():
     events[1] = events[1].with_(addr_ip="10.96.0.10")
     r = run(events, cluster.index())
     assert r.chains[0]["dns"]["answers"] == ["10.96.0.100"] and r.alerts == []
+
+
+def test_lookup_over_tcp_length_prefixed_is_paired_and_claimed():
+    from svctrace.schemas.models import SyscallEvent
+
+    cluster = Cluster()
+    q = dns_query("my-nginx.default.svc.cluster.local", "A", 0x55)
+    a = dns_answer("my-nginx.default.svc.cluster.local", "A", 0x55, ["10.96.0.100"])
+    q, a = struct.pack("!H", len(q)) + q, struct.pack("!H", len(a)) + a
+    base = dict(node="node-a", pid=9, tid=9, comm="dig", proto="tcp", role="client", local_ip=POD_IP,
+                container_id="c11e47000001")
+    dns_sock = dict(local_port=45000, remote_ip="10.96.0.10", remote_port=53, fd=5, **base)
+    http_sock = dict(local_port=45001, remote_ip="10.96.0.100", remote_port=8080, fd=6, **base)
+    events = [
+        SyscallEvent(ts=T0, n=1, kind="connect", syscall="connect", res=0, addr_ip="10.96.0.10", addr_port=53, **dns_sock),
+        SyscallEvent(ts=T0 + 10_000, n=2, kind="send", syscall="writev", res=len(q), data=q, **dns_sock),
+        SyscallEvent(ts=T0 + 400_000, n=3, kind="recv", syscall="read", res=len(a), data=a, **dns_sock),
+        SyscallEvent(ts=T0 + 410_000, n=4, kind="close", syscall="close", res=0, **dns_sock),
+        SyscallEvent(ts=T0 + 500_000, n=5, kind="connect", syscall="connect", res=-111, errno="ECONNREFUSED",
+                     addr_ip="10.96.0.100", addr_port=8080, **http_sock),
+    ]
+    r = run(events, cluster.index())
+    [chain] = r.chains
+    assert chain["dns"]["answers"] == ["10.96.0.100"] and chain["dns"]["latency_ns"] == 390_000
+    assert chain["service"]["name"] == "my-nginx" and chain["response"]["error"] == "connection refused"
+    assert [a["rule"] for a in r.alerts] == ["svc.target_port_refused"]

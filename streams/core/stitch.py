@@ -158,7 +158,9 @@ class Stitcher:
     def _apply(self, st: dict, d: dict, out: list) -> None:
         proto = d.get("proto")
         if proto == "udp" or (proto == "tcp" and self.dns_port in (d.get("remote_port"), d.get("local_port"), d.get("addr_port"))):
-            if d["kind"] in ("send", "recv") and d["res"] > 0:
+            # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
+            if d["kind"] in ("send", "recv") and d["res"] > 0 and self.dns_port in (
+                    d.get("remote_port"), d.get("local_port"), d.get("addr_port")):
                 self._apply_dns(st, d)
             return
         if proto != "tcp" or d["kind"] not in ("connect", "accept", "send", "recv", "close", "shutdown"):
