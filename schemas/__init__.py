@@ -3,28 +3,32 @@ Python models that encode/decode records with orjson.
 
 Everything a downstream tool relies on lives in this folder; code elsewhere
 imports names from here rather than repeating topic names or field lists.
-"""
-from svctrace.schemas.catalogue import Topic, load_catalogue, topic
-from svctrace.schemas.models import (
-    AgentStats,
-    DeadLetter,
-    SyscallBatch,
-    SyscallEvent,
-    decode_batch,
-    encode_batch,
-)
-from svctrace.schemas.validate import SchemaError, validate
 
-__all__ = [
-    "AgentStats",
-    "DeadLetter",
-    "SchemaError",
-    "SyscallBatch",
-    "SyscallEvent",
-    "Topic",
-    "decode_batch",
-    "encode_batch",
-    "load_catalogue",
-    "topic",
-    "validate",
-]
+Names are imported lazily: validation pulls in jsonschema and the catalogue
+pulls in yaml, which a hot path such as `svctrace read` never needs.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "Topic": "catalogue",
+    "load_catalogue": "catalogue",
+    "topic": "catalogue",
+    "AgentStats": "models",
+    "DeadLetter": "models",
+    "SyscallBatch": "models",
+    "SyscallEvent": "models",
+    "decode_batch": "models",
+    "encode_batch": "models",
+    "SchemaError": "validation",
+    "validate": "validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f"svctrace.schemas.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'svctrace.schemas' has no attribute {name!r}")

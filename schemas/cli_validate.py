@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from svctrace.schemas.validate import SCHEMA_NAMES, errors
+from svctrace.schemas.validation import SCHEMA_NAMES, errors
 
 
 def configure(parser) -> None:

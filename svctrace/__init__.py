@@ -1,7 +1,4 @@
 """svctrace: see why a Kubernetes Service request goes wrong, from syscalls alone."""
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("svctrace")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+src"
+# The one place the version is written; pyproject.toml reads it from here.
+__version__ = "0.1.0"

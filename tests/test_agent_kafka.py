@@ -11,7 +11,7 @@ import pytest
 from svctrace.agents.agent.agent import Agent, AgentOptions
 from svctrace.agents.agent.sinks import KafkaSink
 from svctrace.schemas.models import SyscallEvent, decode_batch
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from tests.harness.kafka import lab_broker
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,7 @@ from svctrace.agents.agent.sources import ScapSource
 from svctrace.agents.scap import open_capture
 from svctrace.agents.scap.writer import ScapWriter
 from svctrace.schemas.models import SyscallEvent, decode_batch
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed" / "capture.scap"

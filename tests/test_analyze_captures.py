@@ -8,7 +8,7 @@ import pytest
 from svctrace.agents.scap import open_capture
 from svctrace.analyze.connections import flow_of
 from svctrace.cli import main
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from tests.conftest import capture_files
 
 FILES = capture_files()

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from svctrace.cli import main
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed"

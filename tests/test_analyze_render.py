@@ -13,7 +13,7 @@ from svctrace.analyze.command import Filter
 from svctrace.analyze.connections import ConnectionTable, flow_of
 from svctrace.analyze.errors import AnalyzeError
 from svctrace.schemas.models import SyscallEvent
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
 from tests.scenario import FAULTS, MODES, build
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from svctrace.agents.scap import open_capture
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
 

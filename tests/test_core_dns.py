@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
 from svctrace.streams.core.dns import parse_dns, service_of_name
 from tests.scenario import MS, S, T0, Cluster, Scenario, dns_answer, dns_query

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
 from tests.scenario import FAULTS, MODES, T0, Cluster, Scenario, build
 

@@ -122,7 +122,7 @@ def test_every_fault_and_mode_runs_through_the_graph_outputs():
 def test_enriched_batches_validate_against_the_schema():
     import orjson
 
-    from svctrace.schemas.validate import validate
+    from svctrace.schemas.validation import validate
     from svctrace.streams.core.graph import Settings, encode_value
 
     for mode in MODES:
@@ -202,7 +202,7 @@ def test_models_decode_core_records():
 
 
 def test_a_bad_event_goes_to_the_dead_letters_and_the_rest_still_stitches():
-    from svctrace.schemas.validate import validate
+    from svctrace.schemas.validation import validate
 
     cluster = Cluster()
     sc = Scenario(cluster, "dnat")
@@ -244,7 +244,7 @@ def test_metadata_applied_while_running_is_used_after_metadata_changed():
 
 
 def test_scenario_cluster_records_are_valid_k8s_objects():
-    from svctrace.schemas.validate import validate
+    from svctrace.schemas.validation import validate
 
     for fault in FAULTS:
         records = Cluster(fault).records()

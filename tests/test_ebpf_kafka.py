@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from svctrace.schemas.models import decode_batch
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from tests.test_ebpf_live import free_port, wait_listening
 
 pytestmark = [pytest.mark.root, pytest.mark.kafka]

@@ -143,7 +143,7 @@ def test_roles(captures, name, kinds):
 
 def test_events_match_the_syscall_batch_schema(captures):
     from svctrace.schemas.models import SyscallBatch, encode_batch
-    from svctrace.schemas.validate import errors
+    from svctrace.schemas.validation import errors
 
     for path in capture_files():
         reader = open_capture(path)

@@ -11,7 +11,7 @@ import yaml
 from svctrace.schemas import SchemaError, SyscallBatch, SyscallEvent, decode_batch, encode_batch, validate
 from svctrace.schemas import catalogue
 from svctrace.schemas.models import AgentStats, DeadLetter, DecodeError
-from svctrace.schemas.validate import SCHEMA_NAMES, errors, schema_document
+from svctrace.schemas.validation import SCHEMA_NAMES, errors, schema_document
 
 EXAMPLES = Path(catalogue.HERE) / "examples"
 INVALID = yaml.safe_load((EXAMPLES / "invalid" / "expected.yaml").read_text())

@@ -77,7 +77,7 @@ def alert_order(a: dict):
 # --- output ----------------------------------------------------------------------------
 def emit_json(out: TextIO, chains: list[dict], alerts: list[dict]) -> None:
     """Chain then alert records, one per line, each checked against its schema first."""
-    from svctrace.schemas.validate import errors
+    from svctrace.schemas.validation import errors
 
     for name, docs in (("chain", chains), ("alert", alerts)):
         for doc in docs:

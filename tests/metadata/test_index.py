@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.metadata.index import ClusterIndex, record_key
 from tests.metadata.records import S, endpoint, node, pod, rec, service, slice_
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from svctrace.schemas.validate import validate
+from svctrace.schemas.validation import validate
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.project import MetadataInputError, project, record_key, tombstone
 from svctrace.streams.metadata.sources import (
