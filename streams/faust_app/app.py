@@ -58,6 +58,8 @@ log = logging.getLogger("svctrace.worker")
 # changelogs); it has as many partitions as svctrace.flows so one worker's share of
 # every stage lines up (Faust assigns co-partitioned topics together).
 OCCURRENCES_RETENTION_MS = 3_600_000
+# A stitch bucket's state (open connections of its flows) can exceed Kafka's 1 MiB default.
+MAX_STATE_BYTES = 32 * 1024 * 1024
 EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "events": []})
 
 
@@ -302,7 +304,7 @@ class Worker:
             producer_acks=-1,
             producer_compression_type=COMPRESSION,
             producer_linger_ms=5,
-            producer_max_request_size=1_048_576,
+            producer_max_request_size=MAX_STATE_BYTES,  # one key's state is one changelog record
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=c.session_timeout_s,
             broker_heartbeat_interval=max(1.0, c.session_timeout_s / 5),
@@ -325,8 +327,9 @@ class Worker:
         )
         self.k8s_table.index = self.index
         self.k8s_table.on_bad_record = self._bad_k8s_record
-        table = lambda name: app.Table(name, partitions=self.partitions, key_type=bytes,
-                                       value_type=bytes)  # noqa: E731
+        table = lambda name: app.Table(  # noqa: E731
+            name, partitions=self.partitions, key_type=bytes, value_type=bytes,
+            extra_topic_configs={"max.message.bytes": str(MAX_STATE_BYTES)})
         g = self.graph
         self.enrich = StageShell(self, "enrich", g.enrich, table("enrich-state"), self.partitions, 0)
         self.stitch = StageShell(self, "stitch", g.stitch, table("stitch-state"), self.partitions,

@@ -61,19 +61,18 @@ def batches_of(events: Iterable[SyscallEvent], batch_events: int = 500, source: 
     return out
 
 
-async def publish_batches(bootstrap: str, prefix: str, batches: Iterable[SyscallBatch],
-                          between: Callable[[int], None] | None = None) -> int:
-    """Publish batches keyed by node; `between(i)` runs after the i-th (for mid-stream faults)."""
+async def publish_batches(bootstrap: str, prefix: str, batches: Iterable[SyscallBatch | tuple[bytes, bytes]]) -> int:
+    """Publish batches keyed by node (or raw (key, value) records, e.g. poison) with one producer."""
     p = producer(bootstrap)
     await p.start()
     n = 0
     try:
-        for i, b in enumerate(batches):
+        for b in batches:
+            if isinstance(b, tuple):
+                await p.send(topic_name(SYSCALLS, prefix), b[1], key=b[0])
+                continue
             await p.send(topic_name(SYSCALLS, prefix), encode_batch(b), key=b.node.encode())
             n += len(b.events)
-            if between is not None:
-                await p.flush()
-                between(i)
         await p.flush()
     finally:
         await p.stop()
@@ -143,7 +142,7 @@ class WorkerProcess:
     """One `svctrace worker` subprocess with its own log file."""
 
     def __init__(self, bootstrap: str, prefix: str, app_id: str, workdir: Path, name: str = "w",
-                 idle_flush: float = 1.0, session_timeout: float = 6.0, extra: list[str] | None = None):
+                 idle_flush: float = 5.0, session_timeout: float = 6.0, extra: list[str] | None = None):
         self.log_path = workdir / f"{name}.log"
         self.cmd = [sys.executable, "-m", "svctrace", "worker", "--bootstrap", bootstrap, "--app-id", app_id,
                     "--topic-prefix", prefix, "--data-dir", str(workdir / f"{name}-data"),
@@ -190,3 +189,29 @@ class WorkerProcess:
         if not self.log_path.is_file():
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """One sample of a worker's /metrics (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, workers=()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for w in workers:
+            w.check_alive()
+        time.sleep(0.2)  # poll interval
+    raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
