@@ -48,7 +48,10 @@ def complete(chains: dict, alerts: dict):
 
 def assert_same(res: P.Results, chains: dict, alerts: dict, workers=()) -> None:
     logs = "\n".join(w.log_tail(30) for w in workers)
-    assert set(res.chains) == set(chains), f"chain ids differ\n{logs}"
+    missing, extra = set(chains) - set(res.chains), set(res.chains) - set(chains)
+    assert not missing and not extra, (
+        f"chain ids differ: {len(missing)} missing {sorted(chains[c]['status'] for c in missing)[:5]}, "
+        f"{len(extra)} extra {sorted(res.chains[c]['status'] for c in extra)[:5]} of {len(chains)}\n{logs}")
     for cid, chain in chains.items():
         assert res.chains[cid] == chain, cid
     assert set(res.alerts) == set(alerts), f"alert ids differ\n{logs}"
@@ -214,48 +217,52 @@ def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka
 
 
 def test_broker_restart_mid_stream_loses_nothing(tmp_path):
-    """The agent buffers while the broker is down; its idempotent producer writes every batch
-    exactly once; the worker rides through and still finishes every chain."""
+    """Two node agents replay their captures; the broker restarts mid-stream. The agents buffer
+    while it is down and their idempotent producers write every event exactly once; the worker
+    rides through and still finishes every chain as the in-process runner does."""
+    from svctrace.agents.scap import open_capture
     from svctrace.agents.scap.writer import ScapWriter
 
     records, events = scenario_workload("healthy", "dnat", requests=150, gap_ms=40)
-    node_events = [e for e in events if e.node == "node-a"]
-    capture = tmp_path / "node-a.scap"
-    with ScapWriter(capture, hostname="node-a") as w:
-        for e in node_events:
-            w.write_event(e)
-    from svctrace.agents.scap import open_capture
-
-    node_events = list(open_capture(str(capture)))  # as the agent will read them (scap event numbers)
-    events = node_events + [e for e in events if e.node != "node-a"]
+    replayed = []
+    for node in ("node-a", "node-b"):
+        capture = tmp_path / f"{node}.scap"
+        with ScapWriter(capture, hostname=node) as w:
+            for e in events:
+                if e.node == node:
+                    w.write_event(e)
+        replayed.append((node, capture, list(open_capture(str(capture)))))  # as the agent reads them
+    events = [e for _, _, evs in replayed for e in evs]
+    span_s = (max(e.ts for e in events) - min(e.ts for e in events)) / 1e9
     broker = start_private_broker()
     try:
         kafka = _Private(broker)
         prefix = kafka.unique_prefix("br")
         P.ensure_worker_topics(broker.bootstrap, prefix)
         kafka.run(P.publish_cluster(broker.bootstrap, prefix, records))
-        other_nodes = [e for e in events if e.node != "node-a"]
-        kafka.run(P.publish_batches(broker.bootstrap, prefix, P.batches_of(other_nodes, 100)))
-        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=20.0)
-        span_s = (node_events[-1].ts - node_events[0].ts) / 1e9
-        agent = subprocess.Popen(
+        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=10.0)
+        worker.metrics_url(timeout=60)  # started
+        agents = [subprocess.Popen(
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
-             "--speed", str(span_s / 6.0), "--node", "node-a", "--bootstrap", broker.bootstrap,
+             "--speed", str(span_s / 8.0), "--node", node, "--bootstrap", broker.bootstrap,
              "--topic", topic_name(SYSCALLS, prefix), "--stats-topic", topic_name(AGENT_STATS, prefix),
              "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) for node, capture, _ in replayed]
         try:
             _wait_for_records(broker.bootstrap, topic_name(SYSCALLS, prefix), 3, timeout=30)
             broker.restart()
-            out, _ = agent.communicate(timeout=120)
-            assert agent.returncode == 0, out
+            for agent in agents:
+                out, _ = agent.communicate(timeout=120)
+                assert agent.returncode == 0, out
             counts = _count_events(broker.bootstrap, topic_name(SYSCALLS, prefix))
-            assert counts["node-a"] == sorted(e.n for e in node_events), "lost or duplicated events"
-            chains, alerts = expected_results(events, records)
+            for node, _, evs in replayed:
+                assert counts[node] == sorted(e.n for e in evs), f"{node}: lost or duplicated events"
+            chains, alerts = expected_results(sorted(events, key=lambda e: e.ts), records)
             res = kafka.run(P.read_results(broker.bootstrap, prefix, complete(chains, alerts), 120, settle=1.0))
             assert_same(res, chains, alerts, [worker])
         finally:
-            agent.kill()
+            for agent in agents:
+                agent.kill()
             worker.stop()
     finally:
         broker.close()

@@ -188,7 +188,10 @@ class WorkerProcess:
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.is_file():
             return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        noise = ("Heartbeat failed", "NotLeaderForPartition", "Unable connect to", "|", "+")
+        text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if not ln.startswith(noise)
+                and not any(n in ln for n in noise[:3])]
+        return "\n".join(text[-lines:])
 
 
 def metric_value(url: str, name: str, **labels: str) -> float:
