@@ -63,6 +63,7 @@ _SIGNATURES = {
     "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
     "bpf_program__name": (c_char_p, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
+    "bpf_program__attach_cgroup": (c_void_p, [c_void_p, c_int]),
     "bpf_link__destroy": (c_int, [c_void_p]),
     "bpf_map__name": (c_char_p, [c_void_p]),
     "bpf_map__fd": (c_int, [c_void_p]),
