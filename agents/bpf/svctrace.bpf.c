@@ -185,6 +185,13 @@ static __always_inline int read_tuple(struct socket *sock, struct tuple *t)
 	return 1;
 }
 
+static __always_inline int captured_family(struct socket *sock)
+{
+	__u16 family = BPF_CORE_READ(sock, sk, __sk_common.skc_family);
+
+	return family == AF_INET || family == AF_INET6 || (family == AF_UNIX && capture_unix);
+}
+
 /* A user sockaddr (connect target, sendto destination, recvfrom source). */
 static __always_inline void read_sockaddr(struct event *e, const void *uaddr, __u32 len)
 {
@@ -316,16 +323,13 @@ static __always_inline int enter(__u16 sc, long fd, __u64 buf, __u64 count, __u6
 	if (sc == SC_CLOSE) {
 		if (!read_tuple(sock, &st.snap))
 			return 0;
-	} else if (sc == SC_ACCEPT || sc == SC_ACCEPT4) {
-		/* the listener's family decides; the accepted socket is read at exit */
-		struct tuple t = {};
-		if (!read_tuple(sock, &t))
-			return 0;
 	} else {
-		struct tuple t = {};
-		if (!read_tuple(sock, &t))
+		/* Only the family decides here; the tuple is read at exit, when connect()
+		 * has chosen the peer and a first sendto() has bound the local port. */
+		if (!captured_family(sock))
 			return 0;
-		st.sock = (__u64)sock;
+		if (sc != SC_ACCEPT && sc != SC_ACCEPT4) /* accept: the new socket is read at exit */
+			st.sock = (__u64)sock;
 	}
 	bpf_map_update_elem(&inflight, &id, &st, BPF_ANY);
 	return 0;
