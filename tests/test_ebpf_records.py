@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 import socket
 
+import pytest
+
 from svctrace.agents.ebpf import build
 from svctrace.agents.ebpf.records import (AF_INET, AF_INET6, F_BOUND, F_HAS_ADDR, F_HAS_TUPLE, RECORD, SYSCALLS,
                                           Normalizer, parse)
@@ -80,3 +82,10 @@ def test_parse_and_loss_marker():
     norm = Normalizer("n", 0)
     lost = norm.lost(12, ts=5)
     assert (lost.kind, lost.res, lost.ts) == ("lost", 12, 5)
+
+
+def test_a_record_with_an_unknown_syscall_number_is_an_error_not_garbage():
+    bad = bytearray(record("write", ret=1, data=b"x"))
+    bad[52:54] = (200).to_bytes(2, "little")  # sc field
+    with pytest.raises(IndexError):  # the ring reader counts such records and goes on
+        Normalizer("n", 0).decode(bytes(bad))

@@ -82,6 +82,7 @@ class RingReader:
         self.size = size
         self.mask = size - 1
         self.page = page
+        self.bad = 0
         self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # producer page, then the data area mapped twice so a record never wraps
         self.data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
@@ -111,7 +112,10 @@ class RingReader:
                 break
             length = hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD)
             if not hdr & RINGBUF_DISCARD:
-                append(decode(data, off + RINGBUF_HDR))
+                try:
+                    append(decode(data, off + RINGBUF_HDR))
+                except (IndexError, KeyError, ValueError, struct.error):
+                    self.bad += 1  # a record this decoder cannot read: counted, never fatal
             cons += (length + RINGBUF_HDR + 7) & ~7
             done += 1
         if done:
