@@ -44,11 +44,18 @@ async def publish_cluster(bootstrap: str, prefix: str, records: Iterable[dict]) 
     return n
 
 
-def batches_of(events: Iterable[SyscallEvent], batch_events: int = 500, source: str = "scap") -> list[SyscallBatch]:
-    """Group events per node into batches in arrival order (what an agent per node would publish)."""
+def batches_of(events: Iterable[SyscallEvent], batch_events: int = 500, source: str = "scap",
+               span_ns: int = 200_000_000) -> list[SyscallBatch]:
+    """Group events per node into batches in arrival order, as agents publish them: at most
+    `batch_events` events and `span_ns` of event time per batch (an agent's linger), so the
+    nodes sharing a partition stay close in event time."""
     out, open_, seq = [], {}, {}
     for e in events:
         buf = open_.setdefault(e.node, [])
+        if buf and e.ts - buf[0].ts > span_ns:
+            seq[e.node] = seq.get(e.node, -1) + 1
+            out.append(SyscallBatch(node=e.node, source=source, seq=seq[e.node], events=buf))
+            buf = open_[e.node] = []
         buf.append(e)
         if len(buf) >= batch_events:
             seq[e.node] = seq.get(e.node, -1) + 1
