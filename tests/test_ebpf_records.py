@@ -87,5 +87,11 @@ def test_parse_and_loss_marker():
 def test_a_record_with_an_unknown_syscall_number_is_an_error_not_garbage():
     bad = bytearray(record("write", ret=1, data=b"x"))
     bad[52:54] = (200).to_bytes(2, "little")  # sc field
-    with pytest.raises(IndexError):  # the ring reader counts such records and goes on
-        Normalizer("n", 0).decode(bytes(bad))
+    bad = bytes(bad)
+    norm = Normalizer("n", 0)
+    with pytest.raises(ValueError, match="unknown syscall"):
+        norm.decode(bad)
+    out: list = []
+    good = record("write", ret=1, data=b"y")
+    assert norm.decode_many(bad + good, (0, len(bad)), out) == 1  # skipped and counted, the next one decoded
+    assert norm.bad == 2 and out[0]["data"] == b"y"

@@ -27,7 +27,7 @@ class EbpfSource:
     def read(self, max_events: int) -> list[dict]:
         """Events in their wire form (dicts with SyscallEvent's fields): no object per event."""
         out: list[dict] = []
-        self.capture.ring.drain(self.normalizer.decode_wire, out, max_events)
+        self.capture.ring.drain_many(self.normalizer.decode_many, out, max_events)
         return out
 
     def lost(self) -> tuple[int, list[SyscallEvent]]:

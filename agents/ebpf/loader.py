@@ -99,25 +99,35 @@ class RingReader:
     def drain(self, decode, out: list, limit: int = 1 << 30) -> int:
         """Decode available records with `decode(buffer, offset)` (e.g. Normalizer.decode or
         .decode_wire) into `out`; returns how many records were consumed."""
+        def each(buf, offsets, o):
+            for off in offsets:
+                try:
+                    o.append(decode(buf, off))
+                except ValueError:
+                    self.bad += 1  # a record this decoder cannot read: counted, never fatal
+
+        return self.drain_many(each, out, limit)
+
+    def drain_many(self, decode_many, out: list, limit: int = 1 << 30) -> int:
+        """Hand the offsets of all available records to `decode_many(buffer, offsets, out)`
+        (Normalizer.decode_many: one call per drain), then release them to the kernel."""
         data, page, mask = self.data, self.page, self.mask
         u32 = _U32.unpack_from
-        append = out.append
         cons = _U64.unpack_from(self.consumer, 0)[0]
         prod = _U64.unpack_from(data, 0)[0]
+        offsets = []
         done = 0
         while cons < prod and done < limit:
             off = page + (cons & mask)
             hdr = u32(data, off)[0]
             if hdr & RINGBUF_BUSY:
                 break
-            length = hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD)
             if not hdr & RINGBUF_DISCARD:
-                try:
-                    append(decode(data, off + RINGBUF_HDR))
-                except (IndexError, KeyError, ValueError, struct.error):
-                    self.bad += 1  # a record this decoder cannot read: counted, never fatal
-            cons += (length + RINGBUF_HDR + 7) & ~7
+                offsets.append(off + RINGBUF_HDR)
+            cons += ((hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD)) + RINGBUF_HDR + 7) & ~7
             done += 1
+        if offsets:
+            decode_many(data, offsets, out)  # before the release: the kernel may overwrite them after
         if done:
             _U64.pack_into(self.consumer, 0, cons)
         return done

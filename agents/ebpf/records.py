@@ -32,6 +32,7 @@ SYSCALLS: tuple[tuple[str, str], ...] = (
     ("close", "close"),
 )
 IO_KINDS = frozenset({"send", "recv"})
+NSYSCALLS = len(SYSCALLS)
 
 MAX_SNAP = 4096  # the C program's compile-time bound on the snaplen
 
@@ -145,6 +146,7 @@ class Normalizer:
         self.roles: dict[tuple[int, int], str] = {}
         self.addrs = _Addresses()
         self.comms: dict[bytes, str] = {}
+        self.bad = 0
         self.tuples: dict[bytes, tuple] = {}
         # every SyscallEvent field, in order, at its default: the start of each event's dict
         self.base = {f.name: (f.default if f.default is not MISSING else None) for f in fields(SyscallEvent)}
@@ -152,82 +154,108 @@ class Normalizer:
         self.sockaddrs: dict[bytes, tuple] = {}
 
     def decode_wire(self, buf, offset: int = 0) -> dict:
-        """One ring record as the dict form of a SyscallEvent (the agent's fast path: no object).
+        """One ring record as the dict form of a SyscallEvent."""
+        out: list[dict] = []
+        if not self.decode_many(buf, (offset,), out):
+            raise ValueError("not a svctrace.bpf.c record (unknown syscall number)")
+        return out[0]
+
+    def decode_many(self, buf, offsets, out: list) -> int:
+        """Ring records at `offsets` of `buf` -> dict forms of SyscallEvents appended to `out`
+        (the agent's fast path: no object per event, one call per ring drain).
 
         The socket tuple repeats across a connection's events, so each distinct raw
         tuple is decoded once into a template dict holding every field in
         SyscallEvent order; an event is a copy of it (far cheaper than building a
-        27-key dict) with the per-event fields set.
+        27-key dict) with the per-event fields set. A record that cannot be decoded
+        is counted in `self.bad` and skipped; returns the number decoded.
         """
-        ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc = HEAD.unpack_from(buf, offset)
-        syscall, kind = SYSCALLS[sc]
-        raw_tuple = buf[offset + TUPLE_AT:offset + TUPLE_END]
-        t = self.tuples.get(raw_tuple)
-        if t is None:
-            t = self._tuple(raw_tuple)
-        template, flags, proto = t
-        d = template.copy()
-        if flags & F_HAS_ADDR:
-            raw_addr = buf[offset + ADDR_AT:offset + ADDR_END]
-            a = self.sockaddrs.get(raw_addr)
-            if a is None:
-                a = self._sockaddr(raw_addr)
-            d["addr_ip"], d["addr_port"] = a
-            if template["remote_ip"] is None and kind != "connect":
-                # unconnected UDP: the peer is only in the sockaddr argument
-                d["remote_ip"], d["remote_port"] = a
+        head = HEAD.unpack_from
+        tuples, sockaddrs, roles, comms = self.tuples, self.sockaddrs, self.roles, self.comms
+        remember = self._remember
+        toff = self.offset
+        n = self.n
+        append = out.append
+        start_len = len(out)
+        for offset in offsets:
+            ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc = head(buf, offset)
+            if sc >= NSYSCALLS:
+                self.bad += 1  # not a record of this program version: counted, never fatal
+                continue
+            syscall, kind = SYSCALLS[sc]
+            raw_tuple = buf[offset + TUPLE_AT:offset + TUPLE_END]
+            t = tuples.get(raw_tuple)
+            if t is None:
+                t = self._tuple(raw_tuple)
+            template, flags, proto = t
+            d = template.copy()
+            if flags & F_HAS_ADDR:
+                raw_addr = buf[offset + ADDR_AT:offset + ADDR_END]
+                a = sockaddrs.get(raw_addr)
+                if a is None:
+                    a = self._sockaddr(raw_addr)
+                d["addr_ip"], d["addr_port"] = a
+                if template["remote_ip"] is None and kind != "connect":
+                    # unconnected UDP: the peer is only in the sockaddr argument
+                    d["remote_ip"], d["remote_port"] = a
 
-        if kind == "accept" and ret >= 0:
-            fd = ret  # the new connection's fd, the one later events use
-        key = (pid, fd)
-        if kind == "connect":
-            role = "client"
-            self._remember(key, role)
-        elif kind == "accept":
-            role = "server"
-            if ret >= 0:
-                self._remember(key, role)
-        else:
-            role = self.roles.get(key)
-            if role is None and flags & F_HAS_TUPLE:
-                if proto == 17:
-                    # UDP has no connection: the end that spoke first is the client
-                    role = "server" if kind == "recv" else "client"
-                    if kind != "close":
-                        self._remember(key, role)
-                else:
-                    role = "server" if flags & F_BOUND else "client"
-            if kind == "close":
-                self.roles.pop(key, None)
+            if kind == "accept" and ret >= 0:
+                fd = ret  # the new connection's fd, the one later events use
+            if kind == "connect":
+                role = "client"
+                remember((pid, fd), role)
+            elif kind == "accept":
+                role = "server"
+                if ret >= 0:
+                    remember((pid, fd), role)
+            else:
+                key = (pid, fd)
+                role = roles.get(key)
+                if role is None and flags & F_HAS_TUPLE:
+                    if proto == 17:
+                        # UDP has no connection: the end that spoke first is the client
+                        role = "server" if kind == "recv" else "client"
+                        if kind != "close":
+                            remember(key, role)
+                    else:
+                        role = "server" if flags & F_BOUND else "client"
+                if kind == "close":
+                    roles.pop(key, None)
 
-        if dlen:
-            start = offset + RECORD.size
-            d["data"] = buf[start:start + dlen]
-        comm = buf[offset + COMM_AT:offset + COMM_END]
-        name = self.comms.get(comm)
-        if name is None:
-            comm = bytes(comm)
-            if len(self.comms) > 65536:
-                self.comms.clear()
-            name = self.comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
-        self.n += 1
-        d["ts"] = ts + self.offset
-        d["n"] = self.n
-        d["pid"] = pid
-        d["tid"] = tid
-        d["comm"] = name
-        d["kind"] = kind
-        d["syscall"] = syscall
-        d["fd"] = fd
-        d["res"] = ret
-        d["role"] = role
-        if ret < 0:
-            d["errno"] = ERRNO_NAMES.get(-ret, f"E{-ret}")
-        elif kind in IO_KINDS:
-            d["size"] = size
-        # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
-        d["cgroup_id"] = cg2 if cg2 > 1 else (cg1 or cg2 or None)
-        return d
+            if dlen:
+                start = offset + RECORD.size
+                d["data"] = buf[start:start + dlen]
+            comm = buf[offset + COMM_AT:offset + COMM_END]
+            name = comms.get(comm)
+            if name is None:
+                name = self._comm(comm)
+            n += 1
+            d["ts"] = ts + toff
+            d["n"] = n
+            d["pid"] = pid
+            d["tid"] = tid
+            d["comm"] = name
+            d["kind"] = kind
+            d["syscall"] = syscall
+            d["fd"] = fd
+            d["res"] = ret
+            d["role"] = role
+            if ret < 0:
+                d["errno"] = ERRNO_NAMES.get(-ret, f"E{-ret}")
+            elif kind in IO_KINDS:
+                d["size"] = size
+            # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
+            d["cgroup_id"] = cg2 if cg2 > 1 else (cg1 or cg2 or None)
+            append(d)
+        self.n = n
+        return len(out) - start_len
+
+    def _comm(self, comm) -> str:
+        comm = bytes(comm)
+        if len(self.comms) > 65536:
+            self.comms.clear()
+        name = self.comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return name
 
     def decode(self, buf, offset: int = 0) -> SyscallEvent:
         """One ring record as a SyscallEvent."""
