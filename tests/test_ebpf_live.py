@@ -6,6 +6,7 @@ events by the pid of the process the test started.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from svctrace.agents.ebpf.containers import ContainerIds
 from svctrace.agents.ebpf.loader import CaptureConfig, CaptureError, EbpfCapture, boot_to_epoch_ns
 from svctrace.agents.ebpf.records import Normalizer
 
@@ -34,7 +36,7 @@ class Live:
     def __init__(self) -> None:
         # exclude_pid=0: the test process itself (DNS responder) must be visible
         self.cap = EbpfCapture(CaptureConfig(exclude_pid=0))
-        self.norm = Normalizer("test-node", boot_to_epoch_ns())
+        self.norm = Normalizer("test-node", boot_to_epoch_ns(), containers=ContainerIds())
         self.seen: list = []
 
     def until(self, want, timeout: float = 15.0, what: str = "events"):
@@ -268,17 +270,21 @@ SEND = "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b
 def test_new_netns_and_cgroups_get_distinct_ids(live):
     tag = f"svct{os.getpid()}"
     ns = f"{tag}-ns"
-    v2 = Path(f"/sys/fs/cgroup/unified/{tag}")
-    v1 = Path(f"/sys/fs/cgroup/memory/{tag}")
+    # named like container runtimes name a container's cgroup, so the container id resolves too
+    cid_a, cid_b = (hashlib.sha256(f"{tag}{x}".encode()).hexdigest() for x in "AB")
+    v2 = Path(f"/sys/fs/cgroup/unified/cri-containerd-{cid_a}.scope")
+    v1 = Path(f"/sys/fs/cgroup/memory/docker/{cid_b}")
+    ours = [d for d in (v1.parent,) if not d.exists()]  # remove only what this test created
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)  # lo only: no route out
         made = []
         for d in (v2, v1):
-            if d.parent.is_dir():
-                d.mkdir()
+            if d.parent.parent.is_dir():
+                d.mkdir(parents=True)
                 made.append(d)
         assert made, "no cgroup hierarchy to create a test cgroup in"
+        live.norm.containers.refresh()
         procs = []
         # A: new netns + new cgroup (v2 when mounted, else v1)
         procs.append(subprocess.Popen(["sh", "-c", f'echo $$ > {made[0]}/cgroup.procs && exec ip netns exec {ns} '
@@ -295,15 +301,18 @@ def test_new_netns_and_cgroups_get_distinct_ids(live):
         a = next(e for e in live.seen if e.data == f"{tag}A".encode())
         assert a.netns == os.stat(f"/run/netns/{ns}").st_ino != host_netns
         assert a.cgroup_id == made[0].stat().st_ino
-        mine = live.until(lambda seen: [e for e in seen if e.pid == os.getpid() and e.cgroup_id], what="own events")
+        assert a.container_id == (cid_a if made[0] == v2 else cid_b)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own:
+            own.sendto(f"{tag}self".encode(), ("127.0.0.1", 9))
+        mine = live.until(lambda seen: [e for e in seen if e.data == f"{tag}self".encode()], what="own event")
         assert a.cgroup_id != mine[0].cgroup_id
         if v1 in made and len(procs) > 1:
             b = next(e for e in live.seen if e.data == f"{tag}B".encode())
             assert b.netns == host_netns
-            assert b.cgroup_id == v1.stat().st_ino != a.cgroup_id
+            assert b.cgroup_id == v1.stat().st_ino != a.cgroup_id and b.container_id == cid_b
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
-        for d in (v2, v1):
+        for d in [v2, v1, *ours]:
             if d.is_dir():
                 deadline = time.monotonic() + 10
                 while True:

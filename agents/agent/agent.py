@@ -180,6 +180,9 @@ class Agent:
             try:
                 await asyncio.wait_for(self.capture_done.wait(), min(1.0, self.opt.stats_interval))
             except asyncio.TimeoutError:
+                maintain = getattr(self.source, "maintain", None)
+                if maintain is not None:
+                    await asyncio.to_thread(maintain)
                 self.update_metrics()
                 if time.monotonic() >= next_stats:
                     next_stats += self.opt.stats_interval

@@ -17,11 +17,14 @@ class EbpfSource:
     exhausted = False
 
     def __init__(self, node: str, config) -> None:
+        from svctrace.agents.ebpf.containers import ContainerIds
         from svctrace.agents.ebpf.loader import EbpfCapture, boot_to_epoch_ns
         from svctrace.agents.ebpf.records import Normalizer
 
         self.capture = EbpfCapture(config)
-        self.normalizer = Normalizer(node, boot_to_epoch_ns())
+        self.containers = ContainerIds()
+        self.containers.refresh()
+        self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
         self._drops = (0, 0)
 
     def read(self, max_events: int) -> list[dict]:
@@ -38,6 +41,11 @@ class EbpfSource:
         if new <= 0:
             return 0, []
         return new, [self.normalizer.lost(new, time.time_ns())]
+
+    def maintain(self) -> None:
+        """Timer work (the agent calls it every second): resolve new cgroups to container ids."""
+        if self.containers.missing:
+            self.containers.refresh()
 
     def drops_per_cpu(self) -> list[int]:
         return self.capture.drops_per_cpu(0)

@@ -139,8 +139,9 @@ class Normalizer:
 
     MAX_ROLES = 262144
 
-    def __init__(self, node: str, boot_to_epoch_ns: int, first_n: int = 0) -> None:
+    def __init__(self, node: str, boot_to_epoch_ns: int, first_n: int = 0, containers=None) -> None:
         self.node = node
+        self.containers = containers  # optional ContainerIds: cgroup id -> container id
         self.offset = boot_to_epoch_ns
         self.n = first_n
         self.roles: dict[tuple[int, int], str] = {}
@@ -173,6 +174,7 @@ class Normalizer:
         head = HEAD.unpack_from
         tuples, sockaddrs, roles, comms = self.tuples, self.sockaddrs, self.roles, self.comms
         remember = self._remember
+        containers = self.containers
         toff = self.offset
         n = self.n
         append = out.append
@@ -245,7 +247,14 @@ class Normalizer:
             elif kind in IO_KINDS:
                 d["size"] = size
             # v2 id, or on a v1/v2 hybrid host (v2 root = id 1) the memory-controller v1 id
-            d["cgroup_id"] = cg2 if cg2 > 1 else (cg1 or cg2 or None)
+            if cg2 > 1:
+                d["cgroup_id"] = cg2
+                if containers is not None:
+                    d["container_id"] = containers.lookup(cg2, False)
+            else:
+                d["cgroup_id"] = cg1 or cg2 or None
+                if containers is not None and cg1:
+                    d["container_id"] = containers.lookup(cg1, True)
             append(d)
         self.n = n
         return len(out) - start_len
