@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from svctrace.agents.agent.agent import Agent, AgentOptions
 from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, redact_events
