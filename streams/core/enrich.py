@@ -78,6 +78,7 @@ class Enricher:
             "pout": {},     # "pid:fd" -> [client_ep, ts]: tagged proxy outbound sockets
             "reads": {},    # pid -> [[ts, fingerprint, client_ep]]: recent reads on accepted conns
             "late": 0, "dups": 0,
+            "unsorted": False,  # buf may be out of (ts, n) order (a state without this flag: treated as unsorted)
         }
 
     @staticmethod
@@ -111,11 +112,21 @@ class Enricher:
         else:
             events = item
         wm, buf = state["wm"], state["buf"]
+        # Events mostly arrive in order: note when one does not, so advance() re-sorts
+        # the buffer (up to `lateness` of traffic, re-released every step) only then.
+        last = buf[-1] if buf else None
+        in_order = not state.get("unsorted", True)
+        late = 0
         for e in events:
             if e.ts < wm:
-                state["late"] += 1
-            else:
-                buf.append(e)
+                late += 1
+                continue
+            if in_order and last is not None and (e.ts < last.ts or (e.ts == last.ts and e.n < last.n)):
+                in_order = False
+            buf.append(e)
+            last = e
+        state["late"] += late
+        state["unsorted"] = not in_order
         return []
 
     def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
@@ -126,7 +137,9 @@ class Enricher:
         if not buf:
             self._expire(state, watermark_ns)
             return []
-        buf.sort(key=_EVENT_ORDER)
+        if state.get("unsorted", True):
+            buf.sort(key=_EVENT_ORDER)
+            state["unsorted"] = False
         cut = bisect_left(buf, watermark_ns, key=_TS)  # events before the watermark are released
         if cut == 0:
             return []
