@@ -114,3 +114,24 @@ def test_agent_replays_a_capture_to_json_lines(tmp_path):
     final = orjson.loads(stats.read_bytes().splitlines()[-1])
     validate("agent-stats", final)
     assert final["captured"] == final["published"] == len(expected) and final["dropped"] == 0
+
+
+def test_events_already_json_batch_like_objects():
+    """The eBPF fast path hands the batcher each event's JSON: the same documents, split by the same limits
+    (bytes exactly, as the JSON is known)."""
+    from svctrace.schemas.models import dumps
+
+    events = [ev(i) for i in range(7)]
+    as_json = [dumps(e) for e in events]
+    objs, raw = Batcher("n1", "ebpf", max_events=3), Batcher("n1", "ebpf", max_events=3)
+    a, b = objs.add(events, 0.0), raw.add(as_json, 0.0)
+    assert [x.value for x in a] == [x.value for x in b] and len(b) == 2
+    marker = SyscallEvent(ts=1, node="n1", n=0, pid=0, tid=0, comm="", kind="lost", syscall="", fd=-1, res=4)
+    raw.add_marker(marker, 0.0)
+    last = orjson.loads(raw.flush().value)
+    validate("syscall-batch", last)
+    assert [e["n"] for e in last["events"]] == [6, 0] and last["events"][-1]["kind"] == "lost"
+    small = Batcher("n1", "ebpf", max_events=1000, max_bytes=2 * len(as_json[0]) + 10)
+    out = small.add(as_json, 0.0) + [small.flush()]
+    assert [x.events for x in out] == [3, 3, 1]  # closed at the first event reaching max_bytes
+    assert [e.n for x in out for e in decode_batch(x.value).events] == list(range(7))

@@ -95,3 +95,45 @@ def test_a_record_with_an_unknown_syscall_number_is_an_error_not_garbage():
     good = record("write", ret=1, data=b"y")
     assert norm.decode_many(bad + good, (0, len(bad)), out) == 1  # skipped and counted, the next one decoded
     assert norm.bad == 2 and out[0]["data"] == b"y"
+
+
+def test_json_fast_path_equals_the_decoded_dicts():
+    """encode_many (templates per socket, the agent's path) writes what decode_many + redaction + orjson write."""
+    import orjson
+
+    from svctrace.agents.agent.pipeline import Counters, payload_encoder, redact_events
+
+    secret = b"GET /?token=abc HTTP/1.1\r\nCookie: s=1\r\n\r\n"
+    recs = [record("connect", ret=-115, addr=V4("10.96.0.10"), aport=80),
+            record("write", ret=5, data=b"hello", flags=F_HAS_TUPLE | F_BOUND),
+            record("write", ret=len(secret), data=secret),
+            record("write", ret=len(secret), data=secret, tid=102),  # same template, other thread
+            record("read", ret=-11),
+            record("read", ret=0),
+            record("sendto", ret=30, fd=5, proto=17, laddr=bytes(16), lport=5353, raddr=bytes(16), rport=0,
+                   addr=V4("10.96.0.10"), aport=53, data=b"q" * 30),
+            record("recvfrom", ret=3, fd=5, proto=17, laddr=bytes(16), lport=5353, raddr=bytes(16), rport=0,
+                   addr=V4("10.96.0.10"), aport=53, data=b"a%d"),
+            record("sendto", ret=2, fd=6, proto=17, data=b"zz", comm=b'c"%s\\'),
+            record("accept4", ret=7, fd=3, flags=F_HAS_TUPLE | F_BOUND, addr=V4("10.0.0.9"), aport=51000),
+            record("recvmsg", ret=4, fd=7, data=b"ping"),
+            record("close", fd=7),
+            record("recvmsg", ret=4, fd=7, data=b"pong", cg2=4000, cg1=0),
+            record("writev", ret=300, fd=8, proto=17, data=bytes(range(256)) + b"x" * 44)]
+    buf = b"".join(recs)
+    offsets = [sum(map(len, recs[:i])) for i in range(len(recs))]
+    slow, fast = Normalizer("n", 10**18), Normalizer("n", 10**18)
+    for a in (slow, fast):
+        a._remember((100, 8), "client")
+    dicts: list = []
+    slow.decode_many(buf, offsets, dicts)
+    c_slow, c_fast = Counters(), Counters()
+    expected = [orjson.loads(orjson.dumps(d)) for d in redact_events(dicts, 256, c_slow)]
+    out: list = []
+    assert fast.encode_many(buf, offsets, out, payload_encoder(256, c_fast)) == len(recs)
+    got = [orjson.loads(js) for js in out]
+    assert got == expected
+    assert [list(g) for g in got] == [list(e) for e in expected]  # same field order too
+    assert c_fast.redacted == c_slow.redacted == 2 and fast.n == slow.n == len(recs) and fast.roles == slow.roles
+    assert got[2]["redacted"] and b"abc" not in orjson.dumps(got[2])
+    assert len(fast.templates) < len(recs)  # sends/receives of one socket share a template

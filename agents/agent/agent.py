@@ -17,9 +17,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, EncodedBatch, redact_events
+from svctrace.agents.agent.pipeline import (Batcher, BoundedBuffer, Counters, EncodedBatch, payload_encoder,
+                                            redact_events)
 from svctrace.agents.agent.sinks import SinkUnavailable
-from svctrace.schemas.models import SyscallEvent
+from svctrace.schemas.models import SyscallEvent, dumps
 
 log = logging.getLogger("svctrace.agent")
 
@@ -54,6 +55,9 @@ class Agent:
         self.has_data = asyncio.Event()
         self.inflight: set[asyncio.Future] = set()
         self.send_failures = 0
+        encode_with = getattr(source, "encode_with", None)
+        if encode_with is not None:  # the source writes each event's JSON, redacted by our rules
+            encode_with(payload_encoder(options.snaplen, self.counters, options.redact))
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -80,7 +84,8 @@ class Agent:
     def ingest(self, events: list[SyscallEvent]) -> None:
         """One chunk from the source (also the unit-test entry point)."""
         self.counters.captured += len(events)
-        events = redact_events(events, self.opt.snaplen, self.counters, self.opt.redact)
+        if events and type(events[0]) is not bytes:  # JSON from the source is redacted already
+            events = redact_events(events, self.opt.snaplen, self.counters, self.opt.redact)
         self._enqueue(self.batcher.add(events, time.monotonic()))
 
     async def _capture(self) -> None:
@@ -92,6 +97,8 @@ class Agent:
                 if lost:
                     self.batcher.note_lost(lost)
                     self.counters.lost += lost
+                    if events and type(events[0]) is bytes:
+                        markers = [dumps(m) for m in markers]  # joining events that are JSON already
                     events = events + markers if events else markers
                 if events:
                     self.ingest(events)

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from svctrace.agents.redact import _MAYBE, redact
-from svctrace.schemas.models import AgentStats, SyscallBatch, SyscallEvent, encode_batch
+from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallBatch, SyscallEvent, dumps, encode_batch
 
 # A base64 payload grows by 4/3; the other fields of an event take ~400 bytes of JSON.
 EVENT_JSON_OVERHEAD = 400
@@ -69,6 +69,27 @@ def redact_events(events: list, snaplen: int, counters: Counters, redact_on: boo
     return out
 
 
+def payload_encoder(snaplen: int, counters: Counters, redact_on: bool = True):
+    """`payload(data) -> bytes` for `Normalizer.encode_many`: the payload bounded to snaplen,
+    credentials masked (counted in `counters.redacted`), as its JSON "data"/"redacted" members
+    (records.payload_json)."""
+    from svctrace.agents.ebpf.records import payload_json
+
+    maybe = _MAYBE.search
+
+    def payload(data: bytes) -> bytes:
+        if len(data) > snaplen:
+            data = data[:snaplen]
+        if redact_on and maybe(data.lower()):  # the common case skips redact() entirely
+            data, changed = redact(data, snaplen)
+            if changed:
+                counters.redacted += 1
+                return payload_json(data, True)
+        return b'"%b","redacted":false' % b2a_base64(data, newline=False)  # payload_json(data), inlined
+
+    return payload
+
+
 def _json_payload_len(ev) -> int:
     if type(ev) is dict:
         data = ev["data"]
@@ -97,16 +118,24 @@ class Batcher:
     pending: list[SyscallEvent] = field(default_factory=list)
     pending_bytes: int = 0
     pending_lost: int = 0
+    pending_json: bool = False  # some pending events are JSON already (bytes)
     opened_at: float = 0.0
 
     def add(self, events: list, now: float) -> list[EncodedBatch]:
-        """Events are SyscallEvents or their wire dicts (orjson encodes both the same way)."""
+        """Events are SyscallEvents, their wire dicts (orjson encodes both the same way) or
+        their JSON already (bytes, from `Normalizer.encode_many`)."""
         out = []
         if events and not self.pending:
             self.opened_at = now
+        if events and type(events[0]) is bytes:
+            self.pending_json = True
+            return self._add_encoded(events, now)
         for ev in events:
             self.pending.append(ev)
-            if type(ev) is dict:
+            if type(ev) is bytes:
+                self.pending_json = True
+                self.pending_bytes += len(ev) + 1
+            elif type(ev) is dict:
                 data = ev["data"]
                 self.pending_bytes += EVENT_JSON_OVERHEAD + (len(data) if data else 0)  # base64 text already
             else:
@@ -114,6 +143,32 @@ class Batcher:
             if len(self.pending) >= self.max_events or self.pending_bytes >= self.max_bytes:
                 out.append(self._close())
                 self.opened_at = now
+        return out
+
+    def _add_encoded(self, events: list, now: float) -> list[EncodedBatch]:
+        """Events already JSON: whole slices at a time while they fit (their size is exact)."""
+        out = []
+        i, total = 0, len(events)
+        while i < total:
+            room = self.max_events - len(self.pending)
+            chunk = events[i:i + room]
+            size = sum(map(len, chunk)) + len(chunk)
+            if self.pending_bytes + size < self.max_bytes:
+                self.pending.extend(chunk)
+                self.pending_bytes += size
+                i += len(chunk)
+                if len(self.pending) < self.max_events:
+                    break
+            else:
+                for ev in chunk:
+                    self.pending.append(ev)
+                    self.pending_bytes += len(ev) + 1
+                    i += 1
+                    if self.pending_bytes >= self.max_bytes:
+                        break
+            out.append(self._close())
+            self.pending_json = True  # the rest of `events` go into the next batch
+            self.opened_at = now
         return out
 
     def add_marker(self, ev: SyscallEvent, now: float) -> None:
@@ -134,10 +189,19 @@ class Batcher:
         return self._close() if self.pending or self.pending_lost else None
 
     def _close(self) -> EncodedBatch:
-        batch = SyscallBatch(node=self.node, source=self.source, seq=self.seq, events=self.pending, lost=self.pending_lost)
-        encoded = EncodedBatch(self.seq, len(self.pending), encode_batch(batch))
+        pending = self.pending
+        if self.pending_json:
+            # the same document encode_batch writes, around events that are JSON already
+            head = b'{"schema":"svctrace.syscall-batch","version":%d,"node":%b,"source":%b,"seq":%d,"lost":%d,"events":[' % (
+                SCHEMA_VERSION, dumps(self.node), dumps(self.source), self.seq, self.pending_lost)
+            value = head + b",".join([ev if type(ev) is bytes else dumps(ev) for ev in pending]) + b"]}"
+        else:
+            value = encode_batch(SyscallBatch(node=self.node, source=self.source, seq=self.seq, events=pending,
+                                              lost=self.pending_lost))
+        encoded = EncodedBatch(self.seq, len(pending), value)
         self.seq += 1
         self.pending = []
+        self.pending_json = False
         self.pending_bytes = 0
         self.pending_lost = 0
         return encoded

@@ -26,11 +26,22 @@ class EbpfSource:
         self.containers.refresh()
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
         self._drops = (0, 0)
+        self.payload = None
 
-    def read(self, max_events: int) -> list[dict]:
-        """Events in their wire form (dicts with SyscallEvent's fields): no object per event."""
-        out: list[dict] = []
-        self.capture.ring.drain_many(self.normalizer.decode_many, out, max_events)
+    def encode_with(self, payload) -> None:
+        """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
+        (redaction, base64; see pipeline.payload_encoder): the agent's fast path."""
+        self.payload = payload
+
+    def read(self, max_events: int) -> list:
+        """Events in their wire form: dicts with SyscallEvent's fields, or their JSON after
+        `encode_with` (no object per event either way)."""
+        out: list = []
+        if self.payload is None:
+            self.capture.ring.drain_many(self.normalizer.decode_many, out, max_events)
+        else:
+            payload, encode = self.payload, self.normalizer.encode_many
+            self.capture.ring.drain_many(lambda buf, offsets, o: encode(buf, offsets, o, payload), out, max_events)
         return out
 
     def lost(self) -> tuple[int, list[SyscallEvent]]:
