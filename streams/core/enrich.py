@@ -202,10 +202,10 @@ class Enricher:
             out.append((ENRICHED_TOPIC, node, batch))
         return out
 
-    def _ref(self, ip: str | None, port: int | None, proto: str | None, ts: int) -> dict | None:
+    def _ref(self, ip: str | None, port: int | None, proto: str | None, ts: int, sec: int) -> dict | None:
+        """What `ip` (port) is as of the second `sec` (= ts // S) of event time."""
         if ip in UNSPECIFIED_IPS:
             return None
-        sec = ts // S
         hit = self._ref_cache.get(ip)  # per IP first: ephemeral ports must not defeat the cache
         if hit is None or hit[0] != sec:
             hit = (sec, self._ip_ref(ip, ts), {})
@@ -251,22 +251,20 @@ class Enricher:
             return f"node:{e.node}"
         return ip
 
-    def _server_side(self, e: SyscallEvent) -> bool:
-        if e.role is not None:
-            return e.role == "server"
-        return e.local_port == self.dns_port
-
     def enrich_event(self, state: dict, e: SyscallEvent) -> dict | None:
         """One event -> its enriched dict (schema form; `data` stays bytes in-process)."""
-        ts = e.ts
-        lref = self._ref(e.local_ip, e.local_port, e.proto, ts)
-        rref = self._ref(e.remote_ip, e.remote_port, e.proto, ts)
+        ts, proto = e.ts, e.proto
+        sec = ts // S
+        ref = self._ref
+        lref = ref(e.local_ip, e.local_port, proto, ts, sec)
+        rref = ref(e.remote_ip, e.remote_port, proto, ts, sec)
         if e.addr_ip == e.remote_ip and e.addr_port == e.remote_port:
             aref = rref
         else:
-            aref = self._ref(e.addr_ip, e.addr_port, e.proto, ts)
-        server_side = self._server_side(e)
-        proxy_of = self._track_proxy(state, e, lref, aref, server_side) if e.proto == "tcp" else None
+            aref = ref(e.addr_ip, e.addr_port, proto, ts, sec)
+        role = e.role
+        server_side = role == "server" if role is not None else e.local_port == self.dns_port
+        proxy_of = self._track_proxy(state, e, lref, aref, server_side) if proto == "tcp" else None
         if proxy_of is not None:
             flow = proxy_of["ip"]
         else:
@@ -281,14 +279,15 @@ class Enricher:
 
     def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
         kind = e.kind
-        pid = str(e.pid)
+        pout = st["pout"]
         fdkey = f"{e.pid}:{e.fd}"
-        tagged = st["pout"].get(fdkey)
+        tagged = pout.get(fdkey) if pout else None
         if tagged is not None:
             tagged[1] = e.ts
             if kind == "close":
-                del st["pout"][fdkey]
+                del pout[fdkey]
             return _proxy_of(tagged[0])
+        pid = str(e.pid)
         if kind == "connect":
             if server_side:
                 return None

@@ -38,6 +38,7 @@ MS = 10**6
 CHAINS_TOPIC = "svctrace.chains"
 CHAIN_SCHEMA = "svctrace.chain"
 
+_TCP_KINDS = frozenset(("connect", "accept", "send", "recv", "close", "shutdown"))  # what a chain is made of
 MAX_EVIDENCE = 24
 MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
@@ -157,33 +158,40 @@ class Stitcher:
 
     def _apply(self, st: dict, d: dict, out: list) -> None:
         proto = d.get("proto")
-        if proto == "udp" or (proto == "tcp" and self.dns_port in (d.get("remote_port"), d.get("local_port"), d.get("addr_port"))):
+        if proto != "tcp" and proto != "udp":
+            return
+        kind = d["kind"]
+        dns_port = self.dns_port
+        on_dns_port = d.get("remote_port") == dns_port or d.get("local_port") == dns_port or d.get("addr_port") == dns_port
+        if proto == "udp" or on_dns_port:
             # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
-            if d["kind"] in ("send", "recv") and d["res"] > 0 and self.dns_port in (
-                    d.get("remote_port"), d.get("local_port"), d.get("addr_port")):
+            if on_dns_port and (kind == "send" or kind == "recv") and d["res"] > 0:
                 self._apply_dns(st, d)
             return
-        if proto != "tcp" or d["kind"] not in ("connect", "accept", "send", "recv", "close", "shutdown"):
+        if kind not in _TCP_KINDS:
             return
-        if d.get("proxy_of"):
-            side, key = "px", endpoint_key(d["proxy_of"]["ip"], d["proxy_of"]["port"])
-        elif d.get("role") == "server":
-            side, key = "sv", endpoint_key(d.get("remote_ip"), d.get("remote_port"))
-        elif d.get("role") == "client":
-            ip = d.get("local_ip")
-            if ip in UNSPECIFIED_IPS:
-                ip = d["flow"]
-            side, key = "cl", endpoint_key(ip, d.get("local_port"))
+        proxy_of = d.get("proxy_of")
+        if proxy_of:
+            side, key = "px", endpoint_key(proxy_of["ip"], proxy_of["port"])
         else:
-            return
+            role = d.get("role")
+            if role == "server":
+                side, key = "sv", endpoint_key(d.get("remote_ip"), d.get("remote_port"))
+            elif role == "client":
+                ip = d.get("local_ip")
+                if ip in UNSPECIFIED_IPS:
+                    ip = d["flow"]
+                side, key = "cl", endpoint_key(ip, d.get("local_port"))
+            else:
+                return
         conns = st["conns"]
         conn = conns.get(key)
-        if conn is not None and side == "cl" and d["kind"] == "connect" and conn["cn"] is not None:
+        if conn is not None and side == "cl" and kind == "connect" and conn["cn"] is not None:
             # The client port is reused: the previous connection is over.
             self._finish(st, conn, out, final=False)
             conn = None
         if conn is None:
-            if d["kind"] == "close" and side == "cl":
+            if kind == "close" and side == "cl":
                 return  # the tail of a connection already finished
             conn = conns[key] = _new_conn(key, d)
             self._schedule(st, conn)
@@ -323,7 +331,7 @@ class Stitcher:
 
     def _sv(self, st: dict, conn: dict, d: dict) -> None:
         kind, ts = d["kind"], d["ts"]
-        me = next((s for s in conn["sv"] if s["node"] == d["node"] and s["pid"] == d["pid"] and s["fd"] == d["fd"]), None)
+        me = _side_of(conn["sv"], d)
         if me is None:
             lref = d.get("local_ref") or {}
             me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
@@ -360,7 +368,7 @@ class Stitcher:
 
     def _px(self, st: dict, conn: dict, d: dict) -> None:
         kind, ts = d["kind"], d["ts"]
-        me = next((p for p in conn["px"] if p["node"] == d["node"] and p["pid"] == d["pid"] and p["fd"] == d["fd"]), None)
+        me = _side_of(conn["px"], d)
         if me is None:
             me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
                   "ip": d.get("addr_ip") or d.get("remote_ip"), "port": d.get("addr_port") or d.get("remote_port"),
@@ -887,6 +895,15 @@ def _new_conn(key: str, d: dict) -> dict:
     return {"k": key, "t0": d["ts"], "t1": d["ts"], "a": [d["node"], d["n"]], "cl": None, "cn": None, "ccl": None,
             "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
             "eof": None, "err": None, "tx": 0, "rx": 0}
+
+
+def _side_of(sides: list, d: dict) -> dict | None:
+    """The acceptor (or proxy dial) of a connection that event d is on: same node, pid and fd."""
+    node, pid, fd = d["node"], d["pid"], d["fd"]
+    for s in sides:
+        if s["fd"] == fd and s["pid"] == pid and s["node"] == node:
+            return s
+    return None
 
 
 def _evidence(conn: dict, d: dict, what: str) -> None:
