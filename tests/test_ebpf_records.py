@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 
 import pytest
 
 from svctrace.agents.ebpf import build
-from svctrace.agents.ebpf.records import (AF_INET, AF_INET6, F_BOUND, F_HAS_ADDR, F_HAS_TUPLE, RECORD, SYSCALLS,
-                                          Normalizer, parse)
+from svctrace.agents.ebpf.records import (AF_INET, AF_INET6, F_BOUND, F_HAS_ADDR, F_HAS_TUPLE, RECORD,
+                                          RINGBUF_BUSY, RINGBUF_DISCARD, SYSCALLS, Normalizer, parse)
 
 SC = {name: i for i, (name, _kind) in enumerate(SYSCALLS)}
 V4 = lambda ip: socket.inet_aton(ip) + bytes(12)  # noqa: E731
@@ -98,7 +99,7 @@ def test_a_record_with_an_unknown_syscall_number_is_an_error_not_garbage():
 
 
 def test_json_fast_path_equals_the_decoded_dicts():
-    """encode_many (templates per socket, the agent's path) writes what decode_many + redaction + orjson write."""
+    """encode_ring (templates per socket, the agent's path) writes what decode_many + redaction + orjson write."""
     import orjson
 
     from svctrace.agents.agent.pipeline import Counters, payload_encoder, redact_events
@@ -129,11 +130,26 @@ def test_json_fast_path_equals_the_decoded_dicts():
     slow.decode_many(buf, offsets, dicts)
     c_slow, c_fast = Counters(), Counters()
     expected = [orjson.loads(orjson.dumps(d)) for d in redact_events(dicts, 256, c_slow)]
+    # the same records as the kernel's ring holds them: 8-byte header, 8-byte aligned, one discarded
+    discarded = record("write", ret=1, data=b"!")
+    ring = b"".join(struct.pack("<II", len(r) | (RINGBUF_DISCARD if r is discarded else 0), 0) + r
+                    + bytes(-len(r) % 8) for r in [recs[0], discarded] + recs[1:])
+    ring += struct.pack("<II", RINGBUF_BUSY | 200, 0) + bytes(200)  # still being written: not read
     out: list = []
-    assert fast.encode_many(buf, offsets, out, payload_encoder(256, c_fast)) == len(recs)
+    pay = payload_encoder(256, c_fast)
+    size = 1 << 16
+    base = 64
+    mem = bytes(base) + ring + bytes(size - len(ring))
+    pos, done = fast.encode_ring(mem, size * 3, size * 3 + len(ring), base, size - 1, 1000, out, pay, pay.snaplen,
+                                 pay.suspicious)  # positions past a wrap of the ring
+    assert done == len(recs) + 1 and pos == size * 3 + len(ring) - 208 and len(out) == len(recs)
     got = [orjson.loads(js) for js in out]
     assert got == expected
     assert [list(g) for g in got] == [list(e) for e in expected]  # same field order too
     assert c_fast.redacted == c_slow.redacted == 2 and fast.n == slow.n == len(recs) and fast.roles == slow.roles
     assert got[2]["redacted"] and b"abc" not in orjson.dumps(got[2])
+    every: list = []  # without the inline pre-check: every payload through payload(); and a limit
+    again = Normalizer("n", 10**18)
+    assert again.encode_ring(mem, 0, len(ring), base, size - 1, 7, every, payload_encoder(256, Counters()))[1] == 7
+    assert [orjson.loads(js) for js in every] == expected[:6]  # the discarded record was consumed, not encoded
     assert len(fast.templates) < len(recs)  # sends/receives of one socket share a template

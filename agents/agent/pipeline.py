@@ -70,7 +70,7 @@ def redact_events(events: list, snaplen: int, counters: Counters, redact_on: boo
 
 
 def payload_encoder(snaplen: int, counters: Counters, redact_on: bool = True):
-    """`payload(data) -> bytes` for `Normalizer.encode_many`: the payload bounded to snaplen,
+    """`payload(data) -> bytes` for `Normalizer.encode_ring`: the payload bounded to snaplen,
     credentials masked (counted in `counters.redacted`), as its JSON "data"/"redacted" members
     (records.payload_json)."""
     from svctrace.agents.ebpf.records import payload_json
@@ -87,6 +87,9 @@ def payload_encoder(snaplen: int, counters: Counters, redact_on: bool = True):
                 return payload_json(data, True)
         return b'"%b","redacted":false' % b2a_base64(data, newline=False)  # payload_json(data), inlined
 
+    # what encode_ring needs to encode the payloads the pre-check clears without calling us
+    payload.snaplen = snaplen
+    payload.suspicious = maybe if redact_on else None
     return payload
 
 
@@ -123,7 +126,7 @@ class Batcher:
 
     def add(self, events: list, now: float) -> list[EncodedBatch]:
         """Events are SyscallEvents, their wire dicts (orjson encodes both the same way) or
-        their JSON already (bytes, from `Normalizer.encode_many`)."""
+        their JSON already (bytes, from `Normalizer.encode_ring`)."""
         out = []
         if events and not self.pending:
             self.opened_at = now

@@ -40,8 +40,11 @@ class EbpfSource:
         if self.payload is None:
             self.capture.ring.drain_many(self.normalizer.decode_many, out, max_events)
         else:
-            payload, encode = self.payload, self.normalizer.encode_many
-            self.capture.ring.drain_many(lambda buf, offsets, o: encode(buf, offsets, o, payload), out, max_events)
+            payload, encode = self.payload, self.normalizer.encode_ring
+            snaplen, suspicious = payload.snaplen, payload.suspicious
+            self.capture.ring.drain_walk(
+                lambda buf, cons, prod, base, mask, limit, o: encode(buf, cons, prod, base, mask, limit, o, payload,
+                                                                     snaplen, suspicious), out, max_events)
         return out
 
     def lost(self) -> tuple[int, list[SyscallEvent]]:

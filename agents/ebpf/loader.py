@@ -24,12 +24,9 @@ from pathlib import Path
 
 from svctrace.agents.ebpf import build as _build
 from svctrace.agents.ebpf.libbpf import Libbpf, LibbpfMissing, ObjectOpenOpts, strerror
-from svctrace.agents.ebpf.records import MAX_SNAP, RECORD
+from svctrace.agents.ebpf.records import MAX_SNAP, RECORD, RINGBUF_BUSY, RINGBUF_DISCARD, RINGBUF_HDR
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-RINGBUF_BUSY = 1 << 31
-RINGBUF_DISCARD = 1 << 30
-RINGBUF_HDR = 8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
@@ -130,6 +127,19 @@ class RingReader:
             decode_many(data, offsets, out)  # before the release: the kernel may overwrite them after
         if done:
             _U64.pack_into(self.consumer, 0, cons)
+        return done
+
+    def drain_walk(self, walk, out: list, limit: int = 1 << 30) -> int:
+        """Let `walk(buffer, cons, prod, base, mask, limit, out) -> (cons, consumed)` walk the
+        available records itself (Normalizer.encode_ring: one loop for walking and encoding),
+        then release what it consumed. Returns how many records were consumed."""
+        cons = _U64.unpack_from(self.consumer, 0)[0]
+        prod = _U64.unpack_from(self.data, 0)[0]
+        if cons >= prod:
+            return 0
+        new, done = walk(self.data, cons, prod, self.page, self.mask, limit, out)
+        if done:
+            _U64.pack_into(self.consumer, 0, new)  # after encoding: the kernel may overwrite them now
         return done
 
     def close(self) -> None:

@@ -58,6 +58,13 @@ SOCKADDR = struct.Struct("<HHBx16s")
 TUPLE_AT, TUPLE_END = 76, 124
 TUPLE = struct.Struct("<HHHHHBxI16s16s")
 COMM_AT, COMM_END = 124, 140
+# The kernel's ring-buffer record header (length with busy/discard bits, page offset),
+# and that header together with the record head: one unpack per record while walking the ring.
+RINGBUF_BUSY = 1 << 31
+RINGBUF_DISCARD = 1 << 30
+RINGBUF_LEN = RINGBUF_DISCARD - 1
+RINGBUF_HDR = 8
+RING_HEAD = struct.Struct("<II" + HEAD.format[1:])
 assert HEAD.size == ADDR_AT and SOCKADDR.size == TUPLE_AT - ADDR_AT and TUPLE.size == TUPLE_END - TUPLE_AT
 
 F_BOUND, F_HAS_ADDR, F_HAS_TUPLE = 1, 2, 4
@@ -98,7 +105,7 @@ class RawRecord:
 
 
 def payload_json(data: bytes, redacted: bool = False) -> bytes:
-    """The "data" value and the "redacted" member of an event's JSON, as `encode_many` splices them in."""
+    """The "data" value and the "redacted" member of an event's JSON, as `encode_ring` splices them in."""
     return b'"' + b2a_base64(data, newline=False) + (b'","redacted":true' if redacted else b'","redacted":false')
 
 
@@ -174,29 +181,45 @@ class Normalizer:
         self.templates: dict[tuple, tuple] = {}
         self._templates_for = None  # the container maps the templates' container ids came from
 
-    def encode_many(self, buf, offsets, out: list, payload) -> int:
-        """Ring records at `offsets` of `buf` -> each event's JSON object (bytes) appended to `out`:
-        the agent's fast path, equal to `orjson.dumps` of `decode_many`'s dicts.
+    def encode_ring(self, buf, cons: int, prod: int, base: int, mask: int, limit: int, out: list, payload,
+                    snaplen: int = MAX_SNAP, suspicious=None) -> tuple[int, int]:
+        """Walk a BPF ring buffer's records from position `cons` to `prod` (at most `limit`; the
+        record at position p sits at `base + (p & mask)` of `buf` behind its 8-byte ring header)
+        and append each event's JSON object (bytes) to `out`: the agent's fast path, equal to
+        `orjson.dumps` of `decode_many`'s dicts. Returns (position reached, records consumed);
+        the caller releases them to the kernel. The ring header and the record head are read
+        with one unpack, so walking the ring costs no loop of its own.
 
         `payload(data) -> bytes` turns a payload into its JSON (`payload_json`: bound, redact,
-        base64). Sends and receives (nearly every event) are one %-format of a template built
-        per socket, process, cgroup and role: the JSON of a decoded event whose per-event fields
-        (ts, n, tid, res, size, payload) are placeholders. Other syscalls and failed calls go
-        through `decode_many`. Returns the number encoded.
+        base64). With `suspicious(lowercased data)` (a redaction pre-check) given, payloads it
+        clears are bounded to `snaplen` and encoded inline; only the others go to `payload`.
+        Sends and receives (nearly every event) are one %-format of a template built per socket,
+        process, cgroup and role: the JSON of a decoded event whose per-event fields (ts, n,
+        tid, res, size, payload) are placeholders. Other syscalls and failed calls go through
+        `decode_many`.
         """
         containers = self.containers
         if containers is not None and self._templates_for != (containers.v2, containers.v1):
             self.templates.clear()  # container ids were re-resolved: templates may name them now
             self._templates_for = (containers.v2, containers.v1)
-        head = HEAD.unpack_from
+        head = RING_HEAD.unpack_from
         templates, roles, io = self.templates, self.roles, IO_SYSCALLS
         toff = self.offset
         append = out.append
-        start_len = len(out)
         data_at = RECORD.size
+        b64 = b2a_base64
         n = self.n
-        for offset in offsets:
-            ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc = head(buf, offset)
+        done = 0
+        while cons < prod and done < limit:
+            offset = base + (cons & mask)
+            hdr, _pgoff, ts, cg2, cg1, ret, pid, tid, fd, size, dlen, sc = head(buf, offset)
+            if hdr & RINGBUF_BUSY:
+                break  # not committed yet: the rest comes with the next drain
+            cons += ((hdr & RINGBUF_LEN) + RINGBUF_HDR + 7) & ~7
+            done += 1
+            if hdr & RINGBUF_DISCARD:
+                continue
+            offset += RINGBUF_HDR
             if ret < 0 or sc not in io:
                 self.n = n
                 self._encode_slow(buf, offset, out, payload)
@@ -214,11 +237,15 @@ class Normalizer:
             n += 1
             if dlen:
                 start = offset + data_at
-                append(template % (ts + toff, n, tid, ret, size, payload(buf[start:start + dlen])))
+                data = buf[start:start + (dlen if dlen <= snaplen else snaplen)]
+                if suspicious is None or suspicious(data.lower()):
+                    append(template % (ts + toff, n, tid, ret, size, payload(data)))
+                else:
+                    append(template % (ts + toff, n, tid, ret, size, b'"%b","redacted":false' % b64(data, newline=False)))
             else:
                 append(template % (ts + toff, n, tid, ret, size, NO_PAYLOAD))
         self.n = n
-        return len(out) - start_len
+        return cons, done
 
     def _encode_slow(self, buf, offset: int, out: list, payload) -> None:
         evs: list[dict] = []
