@@ -51,13 +51,17 @@ class Runner:
     # -- feeding -------------------------------------------------------------------
 
     def feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
+        pending = self.pending  # step() empties it in place
         for item in items:
             if isinstance(item, SyscallBatch):
                 self._deliver(SYSCALLS_TOPIC, item.node, item)
                 n = len(item.events)
                 ts = max((e.ts for e in item.events), default=None)
             else:
-                self.pending.setdefault(item.node, []).append(item)
+                events = pending.get(item.node)
+                if events is None:
+                    events = pending[item.node] = []
+                events.append(item)
                 n, ts = 1, item.ts
             self.events_in += n
             self.npending += n
@@ -68,8 +72,8 @@ class Runner:
 
     def step(self) -> None:
         for node, events in self.pending.items():
-            self._deliver(SYSCALLS_TOPIC, node, events)
-        self.pending = {}
+            self._deliver(SYSCALLS_TOPIC, node, events)  # the enrich stage copies the events into its buffer
+        self.pending.clear()
         self.npending = 0
         if self.clock is not None:
             self.advance(self.clock - self.lateness_ns)

@@ -604,8 +604,10 @@ class Stitcher:
                 return f"{count} events lost on node {node}"
         return None
 
-    def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> dict:
-        pf = _pod_fields(self.index, ip, ts, container_id)
+    def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None, pf=None) -> dict:
+        """pf: _pod_fields(ip, ts, container_id) when the caller already has them."""
+        if pf is None:
+            pf = _pod_fields(self.index, ip, ts, container_id)
         return {"ip": ip, "port": port, "pod": pf["pod"], "namespace": pf["namespace"],
                 "node": node if node is not None else pf.get("node_of_pod"),
                 "container_id": container_id if container_id else ((pf.get("containers") or [None])[0]),
@@ -617,8 +619,8 @@ class Stitcher:
         i = req["i"] if req is not None else 0
         cid = chain_id(conn["a"][0], conn["a"][1], conn["k"], i)
         t_conn = cn["ts"] if cn else conn["t0"]
-        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn, cl["container_id"])
         client_pf = _pod_fields(idx, cl["ip"], t_conn, cl["container_id"])
+        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn, cl["container_id"], client_pf)
         evidence = list(dnsx["refs"]) if dnsx else []
         evidence += conn["ev"]
         nodes = {cl["node"]}
@@ -677,7 +679,10 @@ class Stitcher:
             backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])
             b_ip, b_port = b["ip"], b["port"]
             if req is not None:
-                backend_req = next((r for r in b["reqs"] if r["i"] == req["i"]), None)
+                for r in b["reqs"]:
+                    if r["i"] == i:  # i: the client request's index
+                        backend_req = r
+                        break
             hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)
@@ -780,8 +785,9 @@ class Stitcher:
         dnsx = self._dns_summary(st, lk)
         cl = dnsx["client"]
         cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
-        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"], cl["container_id"])
         client_pf = _pod_fields(self.index, cl["ip"], dnsx["t0"], cl["container_id"])
+        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"], cl["container_id"],
+                                client_pf)
         incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
         if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
@@ -848,41 +854,43 @@ class Stitcher:
 
     def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
                     b_ip, b_port, base_vars, labels, evidence) -> list:
-        occs = []
+        found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
         cn = conn["cn"] or {}
+        failed = outcome not in ("ok", "pending")
+        mode = translation["mode"] if translation else None
+        if px is not None and px["errno"] == "ECONNREFUSED":
+            found.append(("svc.target_port_refused", None))
+        elif cn.get("errno") == "ECONNREFUSED":
+            if mode == "socket_lb" or (ready_eps and mode != "none"):
+                found.append(("svc.target_port_refused", {"backend_port": b_port or svc["target_port"]}))
+            elif not ready_eps:
+                found.append(("svc.no_endpoints", None))
+            else:
+                found.append(("svc.target_port_refused", {"backend_port": svc["target_port"]}))
+        elif proxies and px is None and failed:
+            found.append(("svc.no_endpoints", None))
+        elif failed and not conn["sv"] and not conn["px"] and not conn["est"] and svc["via"] in ("vip", "pod") and (
+                mode in (None, "none") or not cn.get("ts") or cn.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
+            if not ready_eps:
+                found.append(("svc.no_endpoints", None))
+            elif mode in (None, "none"):
+                found.append(("svc.translation_missing", None))
+        if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
+            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
+            eps_ips = {e.ip for e in ready_eps}
+            if (ready_eps and b_ip not in eps_ips) or (pod is not None and pod.namespace != svc["namespace"]):
+                found.append(("svc.misrouted", None))
+        if req is not None and req["st"] is not None and req["st"] >= 500:
+            found.append(("svc.backend_5xx", {"status": req["st"], "method": req["m"], "target": req["tg"]}))
+        if not found:
+            return []  # most chains: no summary variables to build
         v = dict(base_vars, in_cluster=True, backend=endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)",
                  backend_port=b_port)
         if b_ip:
             pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
             if pod is not None:
                 v["backend"] = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
-        failed = outcome not in ("ok", "pending")
-        mode = translation["mode"] if translation else None
-        if px is not None and px["errno"] == "ECONNREFUSED":
-            occs.append(("svc.target_port_refused", labels, v, []))
-        elif cn.get("errno") == "ECONNREFUSED":
-            if mode == "socket_lb" or (ready_eps and mode != "none"):
-                occs.append(("svc.target_port_refused", labels, dict(v, backend_port=b_port or svc["target_port"]), []))
-            elif not ready_eps:
-                occs.append(("svc.no_endpoints", labels, v, []))
-            else:
-                occs.append(("svc.target_port_refused", labels, dict(v, backend_port=svc["target_port"]), []))
-        elif proxies and px is None and failed:
-            occs.append(("svc.no_endpoints", labels, v, []))
-        elif failed and not conn["sv"] and not conn["px"] and not conn["est"] and svc["via"] in ("vip", "pod") and (
-                mode in (None, "none") or not cn.get("ts") or cn.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
-            if not ready_eps:
-                occs.append(("svc.no_endpoints", labels, v, []))
-            elif mode in (None, "none"):
-                occs.append(("svc.translation_missing", labels, v, []))
-        if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
-            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
-            eps_ips = {e.ip for e in ready_eps}
-            if (ready_eps and b_ip not in eps_ips) or (pod is not None and pod.namespace != svc["namespace"]):
-                occs.append(("svc.misrouted", labels, v, []))
-        if req is not None and req["st"] is not None and req["st"] >= 500:
-            occs.append(("svc.backend_5xx", labels, dict(v, status=req["st"], method=req["m"], target=req["tg"]), []))
-        return occs
+        return [(rule, labels, v if extra is None else {**v, **extra}, []) for rule, extra in found]
 
 
 # helpers ----------------------------------------------------------------------------------
