@@ -27,6 +27,7 @@ class EbpfSource:
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
         self._drops = (0, 0)
         self.payload = None
+        self.drops_with_room = 0  # ring drops while the ring had room (read at close)
 
     def encode_with(self, payload) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
@@ -68,6 +69,10 @@ class EbpfSource:
         return self._drops[1]
 
     def close(self) -> None:
+        try:
+            self.drops_with_room = self.capture.drops_with_room()  # for the exit summary
+        except Exception:  # noqa: BLE001 - a diagnostic only; closing must go on
+            pass
         self.capture.close()
 
 

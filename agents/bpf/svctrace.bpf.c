@@ -113,10 +113,12 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* [0] ring full, [1] in-flight entry missing at exit (capture started mid-syscall / LRU eviction) */
+/* [0] record not written (ring full or reservation failed), [1] in-flight entry missing at exit
+ * (capture started mid-syscall / LRU eviction), [2] those of [0] that failed while the ring had room
+ * (the reservation lock gave up: not the reader's fault) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -297,8 +299,12 @@ static __always_inline void submit(struct event *e)
 		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 		flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	}
-	if (bpf_ringbuf_output(&events, e, size, flags))
+	if (bpf_ringbuf_output(&events, e, size, flags)) {
 		count_drop(0);
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 <=
+		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+			count_drop(2);
+	}
 }
 
 /* ---- entry side ----------------------------------------------------------- */
