@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from svctrace.kafka.clients import connection_settings
 from svctrace.schemas.catalogue import Topic, load_catalogue
 
 TOPIC_ALREADY_EXISTS = 36
@@ -43,7 +44,7 @@ async def wait_ready(bootstrap: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **connection_settings(), request_timeout_ms=5000)
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
@@ -71,7 +72,7 @@ async def ensure_topics(
     """
     topics = _catalogue_topics(catalogue)
     deadline = time.monotonic() + timeout
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **connection_settings(), request_timeout_ms=10000)
     await admin.start()
     created: list[str] = []
     try:
@@ -142,7 +143,7 @@ async def _check_partitions(admin: AIOKafkaAdminClient, wanted: dict[str, Topic]
 
 async def describe_topic_configs(bootstrap: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
     """Topic name -> {config: value} as the broker reports them (for checks and `svctrace topics`)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **connection_settings(), request_timeout_ms=10000)
     await admin.start()
     try:
         responses = await admin.describe_configs(
@@ -161,7 +162,7 @@ async def describe_topic_configs(bootstrap: str, names: Iterable[str]) -> dict[s
 
 
 async def partition_counts(bootstrap: str, names: Iterable[str]) -> dict[str, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **connection_settings(), request_timeout_ms=10000)
     await admin.start()
     try:
         return {d["topic"]: len(d.get("partitions") or []) for d in await admin.describe_topics(list(names))}
