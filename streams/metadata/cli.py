@@ -29,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--once", action="store_true", help="list everything once, publish, exit")
     out = parser.add_argument_group("output")
     out.add_argument("--kafka", "--bootstrap", dest="kafka", metavar="BOOTSTRAP",
-                     default=os.environ.get("SVCTRACE_KAFKA_BOOTSTRAP") or os.environ.get("SVCTRACE_KAFKA"),
-                     help="publish to the compacted topic on this broker (env SVCTRACE_KAFKA_BOOTSTRAP)")
+                     default=os.environ.get("SVCTRACE_BOOTSTRAP"),
+                     help="publish to the compacted topic on this broker (default $SVCTRACE_BOOTSTRAP, like every command)")
     out.add_argument("--topic-prefix", default="", help="prefix of the topic name (isolates a deployment)")
     out.add_argument("--output", "-o", metavar="FILE", help="also write records as JSON lines (tombstones: deleted=true)")
     ha = parser.add_argument_group("leader election (one active replica; on when --lease-name is given)")
