@@ -444,6 +444,9 @@ class ControlPlane:
         ], wd / "kube-apiserver.log")
         self._procs.append(apiserver)
         _wait_until("kube-apiserver /readyz", self._ready, [etcd, apiserver], START_TIMEOUT_S)
+        # /readyz can answer before the bootstrap controller has created the default
+        # namespaces and the `kubernetes` Service; tests expect a finished server.
+        _wait_until("kube-apiserver bootstrap objects", self._bootstrapped, [etcd, apiserver], START_TIMEOUT_S)
         self.kubeconfig = wd / "kubeconfig"
         self.kubeconfig.write_text(json.dumps(self.kubeconfig_dict(), indent=2))  # JSON is YAML
         self.kubeconfig.chmod(0o600)
@@ -462,6 +465,11 @@ class ControlPlane:
     def _ready(self) -> bool:
         status, body = self.get("/readyz")
         return status == 200 and body.strip() == b"ok"
+
+    def _bootstrapped(self) -> bool:
+        paths = ("/api/v1/namespaces/kube-public", "/api/v1/namespaces/kube-system",
+                 "/api/v1/namespaces/default/services/kubernetes")
+        return all(self.get(p)[0] == 200 for p in paths)
 
     def kubeconfig_dict(self) -> dict:
         ca_data = base64.b64encode(Path(self.ca_file).read_bytes()).decode()
