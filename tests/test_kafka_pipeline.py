@@ -94,6 +94,7 @@ def scenario_workload(fault: str, mode: str, requests: int, gap_ms: int = 20):
     return cluster.records(), events
 
 
+@GLOBALTABLE_RECOVERY
 def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path):
     """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture."""
     from svctrace.analyze.pipeline import analyze, load_cluster_file
