@@ -27,19 +27,20 @@ STAGE_WIDTH = 10
 # --- formatting helpers ------------------------------------------------------------------
 def clock(ts: int | None) -> str:
     """HH:MM:SS.uuuuuu (UTC) of a ns timestamp."""
-    if ts is None:
-        return "?"
-    secs, ns = divmod(ts, 1_000_000_000)
-    t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
-    return f"{t:%H:%M:%S}.{ns // 1000:06d}"
+    return _time_of_day(ts, 6)
 
 
 def clock_ns(ts: int | None) -> str:
+    """HH:MM:SS.nnnnnnnnn (UTC) of a ns timestamp, as sysdig prints it."""
+    return _time_of_day(ts, 9)
+
+
+def _time_of_day(ts: int | None, digits: int) -> str:
     if ts is None:
         return "?"
     secs, ns = divmod(ts, 1_000_000_000)
     t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
-    return f"{t:%H:%M:%S}.{ns:09d}"
+    return f"{t:%H:%M:%S}.{ns // 10 ** (9 - digits):0{digits}d}"
 
 
 def date_of(ts: int | None) -> str:
