@@ -12,7 +12,11 @@ userspace mode (netfilter REDIRECT to the `hyperkube` proxy process):
    curl gets an empty reply ("curl: (52) Empty reply from server").
 3. Part 2, fault 2 (no endpoints): Service my-nginx-typo selects run=my-nginxx, which no pod
    carries; the proxy accepts and closes at once, again an empty reply.
-4. Part 2, fault 4 (wrong resolver): curl on the node itself asks the provider's resolver,
+4. Part 2, fault 3 (firewall misconfiguration): a script flushed the nat table, so the
+   REDIRECT rule for the ClusterIP is gone; curl's connect to 10.0.0.159:8080 goes out
+   untranslated, nothing accepts it, and curl gives up after the kernel's SYN retries
+   ("curl: (7) ... Connection timed out" after minutes).
+5. Part 2, fault 4 (wrong resolver): curl on the node itself asks the provider's resolver,
    which answers the cluster name with an address that is no Service; the connect is refused.
 
 The capture also carries the cluster state, as K8S events the way sysdig embedded it, so
@@ -326,8 +330,18 @@ def scenario_events() -> list[SyscallEvent]:
         end = s.lookup(start, curl, kube_dns, qname, vip, qid, dport, SKYDNS, tid=pid + 1)
         s.request_via_proxy(end + 3634 * US, curl, vip, f"{qname[:-1]}:8080", sport, 10 + 2 * i,
                             backend, bport, 41230 + i, refused=refused)
+    # Part 2, fault 3: the nat table was flushed. curl goes to the ClusterIP directly (the lookup
+    # would need the kube-dns ClusterIP, which is just as untranslated): the SYN leaves
+    # untranslated, nobody accepts, and after the kernel's SYN retries (~127 s) curl closes.
+    curl = curl_in_pod(51310)
+    cli = dict(proto="tcp", family="ipv4", role="client", local_ip=CLIENT_IP, local_port=50998,
+               remote_ip="10.0.0.159", remote_port=8080)
+    s.add(4000 * MS, curl, "socket", "socket", 3, 3, proto="tcp", family="ipv4")
+    s.add(4000 * MS + 4 * US, curl, "connect", "connect", 3, -115, errno="EINPROGRESS", addr_ip="10.0.0.159",
+          addr_port=8080, **cli)
+    s.add(4000 * MS + 127 * 1000 * MS, curl, "close", "close", 3, 0, **cli)
     # Part 2, fault 4: on the node itself, resolv.conf points at the provider's resolver.
-    start = 4000 * MS
+    start = 5000 * MS
     qname = "my-nginx.default.svc.cluster.local."
     end = s.lookup(start, HOST_CURL, PROVIDER_DNS, qname, "172.30.0.1", 0x7a44, 48811, None, tid=HOST_CURL.pid + 1)
     cli = dict(proto="tcp", family="ipv4", role="client", local_ip=NODE_IP, local_port=51002, remote_ip="172.30.0.1", remote_port=8080)

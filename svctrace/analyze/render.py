@@ -174,7 +174,8 @@ def chain_title(chain: dict) -> Text:
     title.append(status.upper(), style=STATUS_STYLE.get(status, ""))
     if status == "incomplete" and chain.get("incomplete_reason"):
         title.append(f" ({chain['incomplete_reason']})", style="yellow")
-    title.append(f"  {duration(chain['end_ts'] - chain['start_ts'])}", style=DIM)
+    if chain["end_ts"] > chain["start_ts"]:  # a one-event chain has no duration worth printing
+        title.append(f"  {duration(chain['end_ts'] - chain['start_ts'])}", style=DIM)
     title.append(f"  {clock(chain['start_ts'])}  {chain['chain_id']}", style=DIM)
     return title
 
@@ -281,7 +282,10 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
                         resp.get("error") or "")
         bad = bool(resp.get("error")) or (status is not None and status >= 500)
         r_ts = _ts(chain, ("client response", "client got EOF", "client recv error"), "response", end=True)
-        rows.append((r_ts or chain["end_ts"], "response", outcome or "?", "red" if bad else "green"))
+        if r_ts is None and resp.get("error") != "connection timed out":
+            r_ts = chain["end_ts"]
+        # A timeout is inferred from silence: no event shows it, so its line has no time of its own.
+        rows.append((r_ts, "response", outcome or "?", "red" if bad else "green"))
 
     # Chronological; a stage with no time of its own stays right after the one before it.
     keyed, last = [], start - 1
