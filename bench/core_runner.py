@@ -54,7 +54,15 @@ def traffic(requests: int, kind: str = "mixed") -> tuple[Cluster, list[SyscallEv
     for i in range((requests - curl) // 10):
         sc.keepalive(T0 + 4 * 3600 * S + i * 20 * MS, statuses=(200,) * 9 + (503,))
     events += sc.events()
-    return cluster, events
+    # Each Scenario numbers its events from 1 per node; the scenarios follow each other in
+    # time, so number every node's events once more across all of them, as a capture would:
+    # (node, n) is an event's identity (chain ids derive from it).
+    counters: dict[str, int] = {}
+    numbered = []
+    for e in events:
+        n = counters[e.node] = counters.get(e.node, 0) + 1
+        numbered.append(e.with_(n=n))
+    return cluster, numbered
 
 
 def reference(events) -> float:

@@ -89,11 +89,15 @@ class SyscallBatch:
 def _default(obj):
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(obj).decode("ascii")
+    wire = getattr(obj, "__wire__", None)  # an object that knows its topic form (the core's enriched events)
+    if wire is not None:
+        return wire()
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
 def dumps(obj: Any) -> bytes:
-    """orjson with the project's conventions (dataclasses native, bytes as base64)."""
+    """orjson with the project's conventions (dataclasses native, bytes as base64,
+    objects with a `__wire__()` method as the value it returns)."""
     return orjson.dumps(obj, default=_default)
 
 

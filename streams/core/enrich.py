@@ -5,7 +5,9 @@ watermark passes them (so arrival order and duplicates do not matter), joined
 with the ClusterIndex as of their own time, given their correlation key `flow`
 (the connection's client IP) and, for a userspace proxy's outbound connection,
 `proxy_of` (the client endpoint whose bytes it forwards). Outputs enriched
-batches grouped by flow bucket for the stitch stage.
+batches grouped by flow bucket for the stitch stage: dicts in the
+enriched-batch schema's form whose `events` are EnrichedEvent objects
+(enriched.py; `schemas.models.dumps` writes them in their schema form).
 
 Proxy detection, from one node's syscalls only:
 * a client on this node connects to a Service VIP from ip:port P;
@@ -25,6 +27,7 @@ from operator import attrgetter
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 from .deadletter import dead_letter
+from .enriched import EnrichedEvent
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
 
@@ -34,8 +37,6 @@ FLOWS_TOPIC = "svctrace.flows"
 ENRICHED_TOPIC = "svctrace.events.enriched"
 ENRICHED_SCHEMA = "svctrace.enriched-batch"
 
-_FIELDS = SyscallEvent.__slots__
-_VALUES = attrgetter(*_FIELDS)
 _EVENT_ORDER = attrgetter("ts", "n")  # one node's events: event time, then capture order
 _TS = attrgetter("ts")
 _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
@@ -163,9 +164,10 @@ class Enricher:
 
     def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
         out: list = []
-        by_bucket: dict[str, list[dict]] = {}
+        by_bucket: dict[str, list[EnrichedEvent]] = {}
         lost: list[dict] = []
-        enriched_all: list[dict] = []
+        enriched_all: list[EnrichedEvent] = []
+        bucket_cache = self._bucket_cache
         for e in events:
             if e.kind == "lost":
                 lost.append({"node": e.node, "ts": e.ts, "count": max(e.res, 0)})
@@ -177,13 +179,17 @@ class Enricher:
                 continue
             if d is None:
                 continue
-            flow = d["flow"]
-            bucket = self._bucket_cache.get(flow)
+            flow = d.flow
+            bucket = bucket_cache.get(flow)
             if bucket is None:
-                if len(self._bucket_cache) > 65536:
-                    self._bucket_cache.clear()
-                bucket = self._bucket_cache[flow] = flow_bucket(flow, self.partitions)
-            by_bucket.setdefault(bucket, []).append(d)
+                if len(bucket_cache) > 65536:
+                    bucket_cache.clear()
+                bucket = bucket_cache[flow] = flow_bucket(flow, self.partitions)
+            events_of = by_bucket.get(bucket)
+            if events_of is None:
+                by_bucket[bucket] = [d]
+            else:
+                events_of.append(d)
             if self.emit_enriched:
                 enriched_all.append(d)
         if lost:  # a loss may concern any flow of this node: every bucket hears of it
@@ -251,8 +257,8 @@ class Enricher:
             return f"node:{e.node}"
         return ip
 
-    def enrich_event(self, state: dict, e: SyscallEvent) -> dict | None:
-        """One event -> its enriched dict (schema form; `data` stays bytes in-process)."""
+    def enrich_event(self, state: dict, e: SyscallEvent) -> EnrichedEvent | None:
+        """One event -> its EnrichedEvent (enriched.to_wire gives the schema form)."""
         ts, proto = e.ts, e.proto
         sec = ts // S
         ref = self._ref
@@ -269,13 +275,7 @@ class Enricher:
             flow = proxy_of["ip"]
         else:
             flow = self._client_ip(e, server_side)
-        d = dict(zip(_FIELDS, _VALUES(e)))
-        d["flow"] = flow
-        d["local_ref"] = lref
-        d["remote_ref"] = rref
-        d["addr_ref"] = aref
-        d["proxy_of"] = proxy_of
-        return d
+        return EnrichedEvent(e, flow, lref, rref, aref, proxy_of)
 
     def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
         kind = e.kind

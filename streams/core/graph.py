@@ -20,6 +20,7 @@ from svctrace.schemas.models import SyscallEvent, dumps
 
 from .alerts import ALERTS_TOPIC, Alerter
 from .enrich import ENRICHED_TOPIC, FLOWS_TOPIC, Enricher
+from .enriched import EnrichedEvent, batch_to_wire, from_wire, to_wire
 from .stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC, Stitcher
 
 S = 10**9
@@ -66,27 +67,57 @@ class Graph:
 # -- state <-> bytes (for changelog-backed tables) ---------------------------------
 
 def _default(obj):
-    if isinstance(obj, SyscallEvent):
-        return {"__ev__": obj.to_dict()}
+    if isinstance(obj, EnrichedEvent):
+        return to_wire(obj)  # a stitch buffer's event, in its schema form
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(obj)).decode("ascii")
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 
 def dumps_state(state: dict) -> bytes:
-    """Any operator's state -> bytes (orjson). Payload bytes become base64 text, which
-    the stitch stage accepts as such."""
-    return orjson.dumps(state, default=_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+    """Any operator's state -> bytes (orjson). SyscallEvents (the enrich buffer) are written
+    by orjson natively, EnrichedEvents (the stitch buffer) in their schema form; payload
+    bytes become base64 text."""
+    return orjson.dumps(state, default=_default)
+
+
+def _event_from_dict(d: dict) -> SyscallEvent:
+    data = d.get("data")
+    if isinstance(data, str):
+        d = dict(d, data=base64.b64decode(data))
+    return SyscallEvent(**d)
 
 
 def loads_state(raw: bytes) -> dict:
+    """bytes -> operator state; also reads states written by earlier versions (enrich
+    buffer entries as {"__ev__": event}, stitch buffer entries as plain dicts)."""
     state = orjson.loads(raw)
     buf = state.get("buf")
-    if buf and isinstance(buf[0], dict) and "__ev__" in buf[0]:
-        state["buf"] = [SyscallEvent.from_dict(e["__ev__"]) for e in buf]
+    if buf and isinstance(buf[0], dict):
+        if "__ev__" in buf[0]:
+            state["buf"] = [_event_from_dict(e["__ev__"]) for e in buf]
+        elif "flow" in buf[0]:
+            state["buf"] = [from_wire(e) for e in buf]
+        else:
+            state["buf"] = [_event_from_dict(e) for e in buf]
     return state
 
 
 def encode_value(value: dict) -> bytes:
-    """A graph output value -> Kafka record bytes (bytes payloads as base64)."""
+    """A graph output value -> Kafka record bytes (enriched events in their schema form,
+    bytes payloads as base64). Same bytes as `schemas.models.dumps(value)`."""
     return dumps(value)
+
+
+def decode_value(topic: str, raw: bytes) -> dict | None:
+    """Kafka record bytes of a consumed topic -> the value its operator's process() takes.
+    (process() also takes the plain orjson.loads() dict: enriched events are converted on entry.)"""
+    if not raw:
+        return None
+    return orjson.loads(raw)
+
+
+def enriched_to_wire(batch: dict) -> dict:
+    """An enriched batch output (svctrace.flows / svctrace.events.enriched) with its events
+    as schema dicts: what a consumer of the topic reads back."""
+    return batch_to_wire(batch)

@@ -19,6 +19,7 @@ from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 from .alerts import ALERTS_TOPIC
 from .deadletter import DEADLETTER_TOPIC
+from .enriched import batch_to_wire
 from .graph import SYSCALLS_TOPIC, Graph, Settings
 from .stitch import CHAINS_TOPIC
 
@@ -126,7 +127,7 @@ class Runner:
         elif topic == DEADLETTER_TOPIC:
             self.deadletters.append(value)
         else:
-            self.enriched.append(value)
+            self.enriched.append(batch_to_wire(value))  # the topic's schema form
 
     def open_state_sizes(self) -> dict[str, int]:
         return {t: len(v) for t, v in self.states.items()}

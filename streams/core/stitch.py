@@ -20,9 +20,10 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 """
 from __future__ import annotations
 
-import base64
 from bisect import bisect_left
-from operator import itemgetter
+from operator import attrgetter, itemgetter
+
+from svctrace.schemas.models import SyscallEvent
 
 from . import rules as R
 from .dns import in_cluster_domain, parse_dns, service_of_name
@@ -30,6 +31,7 @@ from .http import looks_like_request, looks_like_response, parse_request, parse_
 from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
 from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
+from .enriched import EnrichedEvent, from_wire, to_wire
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -47,15 +49,8 @@ FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection 
                  "ECONNRESET": "connection reset"}
 
 
-def _ref(d: dict, what: str) -> dict:
-    return {"node": d["node"], "n": d["n"], "ts": d["ts"], "what": what}
-
-
-def _data(d: dict) -> bytes | None:
-    data = d.get("data")
-    if isinstance(data, str):  # arrived through Kafka: base64
-        data = base64.b64decode(data)
-    return data
+def _ref(e: SyscallEvent, what: str) -> dict:
+    return {"node": e.node, "n": e.n, "ts": e.ts, "what": what}
 
 
 def _pod_fields(index, ip: str | None, ts: int, container_id: str | None = None) -> dict:
@@ -99,7 +94,7 @@ class Stitcher:
         return not (state["buf"] or state["conns"] or state["lk"] or state["dsrv"] or state["lost"])
 
     def deadline(self, state: dict) -> int | None:
-        cands = [min(d["ts"] for d in state["buf"]) + 1] if state["buf"] else []
+        cands = [min(d.ev.ts for d in state["buf"]) + 1] if state["buf"] else []
         if state["next"] is not None:
             cands.append(state["next"])
         return min(cands) if cands else None
@@ -111,17 +106,29 @@ class Stitcher:
     # -- operator API --------------------------------------------------------
 
     def process(self, state: dict, key: str, batch: dict) -> list[tuple[str, str, dict]]:
-        """Buffer one enriched batch (svctrace.enriched-batch). Emits nothing itself."""
+        """Buffer one enriched batch (svctrace.enriched-batch): its events are EnrichedEvents
+        (in-process) or their schema dicts (from Kafka). Emits only dead letters (an event
+        dict that is no SyscallEvent)."""
         wm = state["wm"]
         for loss in batch.get("lost") or ():
             state["lost"].append([loss["node"], loss["ts"], loss["count"]])
         buf = state["buf"]
+        out: list = []
+        late = 0
         for d in batch["events"]:
-            if d["ts"] < wm:
-                state["late"] += 1
+            if d.__class__ is not EnrichedEvent:
+                try:
+                    d = from_wire(d)
+                except Exception as exc:  # one bad event must not stop the bucket
+                    ts = d.get("ts") if isinstance(d, dict) and isinstance(d.get("ts"), int) else 0
+                    out.append(dead_letter(self.name, FLOWS_TOPIC, key, d, exc, ts))
+                    continue
+            if d.ev.ts < wm:
+                late += 1
             else:
                 buf.append(d)  # a duplicate (same node, n) sorts next to its original
-        return []
+        state["late"] += late
+        return out
 
     def advance(self, state: dict, key: str, watermark_ns: int, final: bool = False) -> list[tuple[str, str, dict]]:
         out: list = []
@@ -130,20 +137,22 @@ class Stitcher:
         state["wm"] = max(state["wm"], watermark_ns)
         buf = state["buf"]
         if buf:
-            buf.sort(key=_order)
-            cut = bisect_left(buf, watermark_ns, key=_ts)  # events before the watermark are applied
+            buf.sort(key=_event_order)
+            cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
                 prev = None
+                apply = self._apply
                 for d in ready:
-                    if prev is not None and d["n"] == prev["n"] and d["node"] == prev["node"] and d["ts"] == prev["ts"]:
+                    e = d.ev
+                    if prev is not None and e.n == prev.n and e.ts == prev.ts and e.node == prev.node:
                         state["dups"] += 1  # at-least-once delivery: the same event again
                         continue
-                    prev = d
+                    prev = e
                     try:
-                        self._apply(state, d, out)
+                        apply(state, d, out)
                     except Exception as exc:  # one bad event must not stop the bucket
-                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, d, exc, d["ts"]))
+                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, to_wire(d), exc, e.ts))
         nxt = state["next"]
         if final or (nxt is not None and watermark_ns >= nxt):
             self._timers(state, watermark_ns, out, final)
@@ -151,37 +160,38 @@ class Stitcher:
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
         """End of input: apply everything buffered and close every chain (open ones as incomplete)."""
-        end = max([d["ts"] for d in state["buf"]] + [state["wm"]]) + 1
+        end = max([d.ev.ts for d in state["buf"]] + [state["wm"]]) + 1
         return self.advance(state, key, end, final=True)
 
     # -- applying one event (in event-time order) ------------------------------
 
-    def _apply(self, st: dict, d: dict, out: list) -> None:
-        proto = d.get("proto")
+    def _apply(self, st: dict, d: EnrichedEvent, out: list) -> None:
+        e = d.ev
+        proto = e.proto
         if proto != "tcp" and proto != "udp":
             return
-        kind = d["kind"]
+        kind = e.kind
         dns_port = self.dns_port
-        on_dns_port = d.get("remote_port") == dns_port or d.get("local_port") == dns_port or d.get("addr_port") == dns_port
+        on_dns_port = e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port
         if proto == "udp" or on_dns_port:
             # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
-            if on_dns_port and (kind == "send" or kind == "recv") and d["res"] > 0:
+            if on_dns_port and (kind == "send" or kind == "recv") and e.res > 0:
                 self._apply_dns(st, d)
             return
         if kind not in _TCP_KINDS:
             return
-        proxy_of = d.get("proxy_of")
+        proxy_of = d.proxy_of
         if proxy_of:
             side, key = "px", endpoint_key(proxy_of["ip"], proxy_of["port"])
         else:
-            role = d.get("role")
+            role = e.role
             if role == "server":
-                side, key = "sv", endpoint_key(d.get("remote_ip"), d.get("remote_port"))
+                side, key = "sv", endpoint_key(e.remote_ip, e.remote_port)
             elif role == "client":
-                ip = d.get("local_ip")
+                ip = e.local_ip
                 if ip in UNSPECIFIED_IPS:
-                    ip = d["flow"]
-                side, key = "cl", endpoint_key(ip, d.get("local_port"))
+                    ip = d.flow
+                side, key = "cl", endpoint_key(ip, e.local_port)
             else:
                 return
         conns = st["conns"]
@@ -193,10 +203,10 @@ class Stitcher:
         if conn is None:
             if kind == "close" and side == "cl":
                 return  # the tail of a connection already finished
-            conn = conns[key] = _new_conn(key, d)
+            conn = conns[key] = _new_conn(key, e)
             self._schedule(st, conn)
-        if d["ts"] > conn["t1"]:
-            conn["t1"] = d["ts"]  # only delays the idle deadline: no rescheduling needed
+        if e.ts > conn["t1"]:
+            conn["t1"] = e.ts  # only delays the idle deadline: no rescheduling needed
         if side == "cl":
             if self._cl(st, conn, d):
                 self._schedule(st, conn)  # a close or a response: a deadline moved earlier
@@ -221,78 +231,80 @@ class Stitcher:
 
     # client side ---------------------------------------------------------------
 
-    def _cl(self, st: dict, conn: dict, d: dict) -> bool:
+    def _cl(self, st: dict, conn: dict, d: EnrichedEvent) -> bool:
         """Apply a client-side event; True when it moved a deadline earlier (close, response)."""
-        kind, ts = d["kind"], d["ts"]
+        e = d.ev
+        kind, ts = e.kind, e.ts
         if conn["cl"] is None:
-            conn["cl"] = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "container_id": d.get("container_id"),
-                          "ip": d.get("local_ip") if d.get("local_ip") not in UNSPECIFIED_IPS else d["flow"],
-                          "port": d.get("local_port"), "flow": d["flow"]}
-            conn["a"] = [d["node"], d["n"]]
+            conn["cl"] = {"node": e.node, "pid": e.pid, "comm": e.comm, "container_id": e.container_id,
+                          "ip": e.local_ip if e.local_ip not in UNSPECIFIED_IPS else d.flow,
+                          "port": e.local_port, "flow": d.flow}
+            conn["a"] = [e.node, e.n]
         if kind == "connect":
-            conn["cn"] = {"ts": ts, "aip": d.get("addr_ip") or d.get("remote_ip"),
-                          "aport": d.get("addr_port") or d.get("remote_port"),
-                          "rip": d.get("remote_ip"), "rport": d.get("remote_port"),
-                          "res": d["res"], "errno": d.get("errno")}
-            conn["a"] = [d["node"], d["n"]]
-            _evidence(conn, d, "client connect")
+            conn["cn"] = {"ts": ts, "aip": e.addr_ip or e.remote_ip,
+                          "aport": e.addr_port or e.remote_port,
+                          "rip": e.remote_ip, "rport": e.remote_port,
+                          "res": e.res, "errno": e.errno}
+            conn["a"] = [e.node, e.n]
+            _evidence(conn, e, "client connect")
             self._resolve_service(st, conn, d)
-            if d["res"] == 0:
+            if e.res == 0:
                 conn["est"] = max(conn["est"] or 0, 1)
         elif kind == "send":
-            if d["res"] > 0:
+            if e.res > 0:
                 conn["est"] = conn["est"] or 1
-                conn["tx"] += d["res"]
-                data = _data(d)
+                conn["tx"] += e.res
+                data = e.data
                 if looks_like_request(data):
                     req = parse_request(data)
                     if req is not None:
                         conn["nreq"] += 1
                         conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
-                                             "h": req.host, "tx": d["res"], "rx": 0, "rts": None, "st": None,
-                                             "ev": [_ref(d, "client request")], "done": False})
+                                             "h": req.host, "tx": e.res, "rx": 0, "rts": None, "st": None,
+                                             "ev": [_ref(e, "client request")], "done": False})
                         _trim_client(conn)
                         return
                 if conn["creq"] and conn["creq"][-1]["rts"] is None:
-                    conn["creq"][-1]["tx"] += d["res"]
-            elif d.get("errno") in FAILED_ERRNOS:
-                conn["err"] = conn["err"] or d["errno"]
-                _evidence(conn, d, "client send error")
+                    conn["creq"][-1]["tx"] += e.res
+            elif e.errno in FAILED_ERRNOS:
+                conn["err"] = conn["err"] or e.errno
+                _evidence(conn, e, "client send error")
             if conn["svc"] is None and conn["cn"] is None:
                 self._resolve_service(st, conn, d)
         elif kind == "recv":
-            if d["res"] > 0:
+            if e.res > 0:
                 conn["est"] = 2
-                conn["rx"] += d["res"]
-                data = _data(d)
+                conn["rx"] += e.res
+                data = e.data
                 cur = next((r for r in conn["creq"] if r["rts"] is None), None)
                 if looks_like_response(data):
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
-                        cur["rts"], cur["st"], cur["rx"] = ts, resp.status, d["res"]
-                        cur["ev"].append(_ref(d, "client response"))
+                        cur["rts"], cur["st"], cur["rx"] = ts, resp.status, e.res
+                        cur["ev"].append(_ref(e, "client response"))
                         return True
                 last = conn["creq"][-1] if conn["creq"] else None
                 if last is not None and last["rts"] is not None:
-                    last["rx"] += d["res"]
-            elif d["res"] == 0:
+                    last["rx"] += e.res
+            elif e.res == 0:
                 conn["eof"] = conn["eof"] or ts
-                _evidence(conn, d, "client got EOF")
-            elif d.get("errno") in FAILED_ERRNOS:
-                conn["err"] = conn["err"] or d["errno"]
-                _evidence(conn, d, "client recv error")
+                _evidence(conn, e, "client got EOF")
+            elif e.errno in FAILED_ERRNOS:
+                conn["err"] = conn["err"] or e.errno
+                _evidence(conn, e, "client recv error")
         elif kind == "close":
             conn["ccl"] = ts
-            _evidence(conn, d, "client close")
+            _evidence(conn, e, "client close")
             return True
         return False
 
-    def _resolve_service(self, st: dict, conn: dict, d: dict) -> None:
+    def _resolve_service(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
         """Which Service this connection is a request to, and how we know."""
+        e = d.ev
         cn = conn["cn"] or {}
-        aip = cn.get("aip") or d.get("remote_ip")
-        aport = cn.get("aport") or d.get("remote_port")
-        ts = d["ts"]
+        aip = cn.get("aip") or e.remote_ip
+        aport = cn.get("aport") or e.remote_port
+        ts = e.ts
         lookup = self._claim_lookup(st, conn, d, aip)
         idx = self.index
         hit = idx.service_by_ip(aip, aport, "TCP", ts) if aip else None
@@ -308,7 +320,7 @@ class Stitcher:
                     sp = _port_for_target(sv, aport)
                     conn["svc"] = _svc(sv, sp, vip, sp.port if sp else None, "pod")
                     return
-        ref = d.get("addr_ref") or d.get("remote_ref")
+        ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
             found = self._nodeport_service(aport, ts)
             if found is not None:
@@ -329,65 +341,67 @@ class Stitcher:
 
     # acceptor side (proxy or backend) -------------------------------------------
 
-    def _sv(self, st: dict, conn: dict, d: dict) -> None:
-        kind, ts = d["kind"], d["ts"]
-        me = _side_of(conn["sv"], d)
+    def _sv(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
+        e = d.ev
+        kind, ts = e.kind, e.ts
+        me = _side_of(conn["sv"], e)
         if me is None:
-            lref = d.get("local_ref") or {}
-            me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
-                  "container_id": d.get("container_id"), "ip": d.get("local_ip"), "port": d.get("local_port"),
+            lref = d.local_ref or {}
+            me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
+                  "container_id": e.container_id, "ip": e.local_ip, "port": e.local_port,
                   "ts": ts, "host": lref.get("kind") in (None, "node", "external"), "cts": None,
                   "reqs": [], "nreq": 0, "tx": 0, "rx": 0}
             conn["sv"].append(me)
             del conn["sv"][:-4]
             conn["est"] = 2
-            _evidence(conn, d, "accept")
-        if kind == "recv" and d["res"] > 0:
-            me["rx"] += d["res"]
-            data = _data(d)
+            _evidence(conn, e, "accept")
+        if kind == "recv" and e.res > 0:
+            me["rx"] += e.res
+            data = e.data
             if looks_like_request(data):
                 req = parse_request(data)
                 if req is not None:
                     me["nreq"] += 1
                     me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                       "ev": [_ref(d, "backend request")]})
+                                       "ev": [_ref(e, "backend request")]})
                     _trim(me["reqs"])
-        elif kind == "send" and d["res"] > 0:
-            me["tx"] += d["res"]
-            data = _data(d)
+        elif kind == "send" and e.res > 0:
+            me["tx"] += e.res
+            data = e.data
             if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
                 resp = parse_response(data)
                 if resp is not None and resp.status >= 200:
                     r = me["reqs"][-1]
                     r["sts"], r["st"] = ts, resp.status
-                    r["ev"].append(_ref(d, "backend response"))
+                    r["ev"].append(_ref(e, "backend response"))
         elif kind == "close":
             me["cts"] = ts
 
     # a userspace proxy's outbound connection ------------------------------------
 
-    def _px(self, st: dict, conn: dict, d: dict) -> None:
-        kind, ts = d["kind"], d["ts"]
-        me = _side_of(conn["px"], d)
+    def _px(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
+        e = d.ev
+        kind, ts = e.kind, e.ts
+        me = _side_of(conn["px"], e)
         if me is None:
-            me = {"node": d["node"], "pid": d["pid"], "comm": d["comm"], "fd": d["fd"],
-                  "ip": d.get("addr_ip") or d.get("remote_ip"), "port": d.get("addr_port") or d.get("remote_port"),
-                  "lip": d.get("local_ip"), "lport": d.get("local_port"), "ts": ts, "res": None, "errno": None,
+            me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
+                  "ip": e.addr_ip or e.remote_ip, "port": e.addr_port or e.remote_port,
+                  "lip": e.local_ip, "lport": e.local_port, "ts": ts, "res": None, "errno": None,
                   "cts": None, "reqs": [], "nreq": 0}
             conn["px"].append(me)
             del conn["px"][:-4]
         if kind == "connect":
-            me["res"], me["errno"], me["ts"] = d["res"], d.get("errno"), ts
-            _evidence(conn, d, "proxy dial" + (f" {d.get('errno')}" if d["res"] < 0 and d.get("errno") else ""))
-        elif kind == "send" and d["res"] > 0:
-            data = _data(d)
+            me["res"], me["errno"], me["ts"] = e.res, e.errno, ts
+            _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
+        elif kind == "send" and e.res > 0:
+            data = e.data
             if looks_like_request(data):
                 me["nreq"] += 1
                 me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                   "ev": [_ref(d, "proxy forwards request")]})
+                                   "ev": [_ref(e, "proxy forwards request")]})
                 _trim(me["reqs"])
-        elif kind == "recv" and d["res"] > 0:
-            data = _data(d)
+        elif kind == "recv" and e.res > 0:
+            data = e.data
             if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
                 resp = parse_response(data)
                 if resp is not None:
@@ -397,40 +411,41 @@ class Stitcher:
 
     # DNS ---------------------------------------------------------------------------
 
-    def _apply_dns(self, st: dict, d: dict) -> None:
-        data = _data(d)
-        msg = parse_dns(data, tcp=d.get("proto") == "tcp")
+    def _apply_dns(self, st: dict, d: EnrichedEvent) -> None:
+        e = d.ev
+        data = e.data
+        msg = parse_dns(data, tcp=e.proto == "tcp")
         if msg is None:
             return
-        server_side = d.get("local_port") == self.dns_port
+        server_side = e.local_port == self.dns_port
         if server_side:
-            peer = endpoint_key(d.get("remote_ip") if d.get("remote_ip") not in UNSPECIFIED_IPS else d.get("addr_ip"),
-                                d.get("remote_port") or d.get("addr_port"))
+            peer = endpoint_key(e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip,
+                                e.remote_port or e.addr_port)
             k = f"{peer}|{msg.id}"
             if not msg.is_response:
-                st["dsrv"][k] = {"ts": d["ts"], "node": d["node"], "pid": d["pid"], "comm": d["comm"],
-                                 "ip": d.get("local_ip"), "port": d.get("local_port"),
-                                 "container_id": d.get("container_id"), "ref": _ref(d, "dns server got query")}
+                st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
+                                 "ip": e.local_ip, "port": e.local_port,
+                                 "container_id": e.container_id, "ref": _ref(e, "dns server got query")}
             elif k in st["dsrv"]:
-                st["dsrv"][k]["ans_ts"] = d["ts"]
+                st["dsrv"][k]["ans_ts"] = e.ts
             return
-        ip = d.get("local_ip")
+        ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
-            ip = d["flow"]
-        ep = endpoint_key(ip, d.get("local_port"))
-        lkey = f'{d["flow"]}|{d["node"]}|{d["pid"]}'
+            ip = d.flow
+        ep = endpoint_key(ip, e.local_port)
+        lkey = f'{d.flow}|{e.node}|{e.pid}'
         lookups = st["lk"].setdefault(lkey, [])
-        ts = d["ts"]
+        ts = e.ts
         if not msg.is_response:
             cur = lookups[-1] if lookups else None
             if cur is not None and (ts - cur["t1"] > self.lookup_timeout_ns or (
                     cur["res"] is not None and not (msg.qname in cur["qnames"] and ts - cur["res"] < S))):
                 cur = None
             if cur is None:
-                cur = {"a": [d["node"], d["n"]], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
-                       "claimed": 0, "client": {"node": d["node"], "pid": d["pid"], "comm": d["comm"],
-                                                "container_id": d.get("container_id"), "ip": ip,
-                                                "port": d.get("local_port"), "flow": d["flow"]}}
+                cur = {"a": [e.node, e.n], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
+                       "claimed": 0, "client": {"node": e.node, "pid": e.pid, "comm": e.comm,
+                                                "container_id": e.container_id, "ip": ip,
+                                                "port": e.local_port, "flow": d.flow}}
                 lookups.append(cur)
                 del lookups[:-8]
             cur["t1"] = ts
@@ -438,11 +453,11 @@ class Stitcher:
                 cur["qnames"].append(msg.qname)
             if len(cur["q"]) < MAX_QUERIES:
                 cur["q"].append({"id": msg.id, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
-                                 "srv": d.get("addr_ip") or d.get("remote_ip"),
-                                 "sport": d.get("addr_port") or d.get("remote_port"),
-                                 "ref": _ref(d, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
+                                 "srv": e.addr_ip or e.remote_ip,
+                                 "sport": e.addr_port or e.remote_port,
+                                 "ref": _ref(e, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
             return
-        src = d.get("addr_ip") or d.get("remote_ip")
+        src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
             # paired by client endpoint, server and id (a resolver ignores answers from elsewhere)
             q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == msg.id and q["ans"] is None
@@ -450,20 +465,21 @@ class Stitcher:
             if q is None:
                 continue
             q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
-                        "from": d.get("addr_ip") or d.get("remote_ip"),
-                        "ref": _ref(d, f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip())}
+                        "from": e.addr_ip or e.remote_ip,
+                        "ref": _ref(e, f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip())}
             lk["t1"] = max(lk["t1"], ts)
             if msg.rcode == "NOERROR" and msg.answers and lk["res"] is None:
                 lk["res"] = ts
             return
 
-    def _claim_lookup(self, st: dict, conn: dict, d: dict, aip: str | None) -> dict | None:
+    def _claim_lookup(self, st: dict, conn: dict, d: EnrichedEvent, aip: str | None) -> dict | None:
+        e = d.ev
         if not aip:
             return None
-        lookups = st["lk"].get(f'{d["flow"]}|{d["node"]}|{d["pid"]}')
+        lookups = st["lk"].get(f'{d.flow}|{e.node}|{e.pid}')
         if not lookups:
             return None
-        ts = d["ts"]
+        ts = e.ts
         for lk in reversed(lookups):
             if lk["res"] is None or ts - lk["res"] > self.lookup_timeout_ns:
                 continue
@@ -895,28 +911,29 @@ class Stitcher:
 
 # helpers ----------------------------------------------------------------------------------
 
-_order = itemgetter("ts", "node", "n")  # event-time order, ties broken by source and sequence
-_ts = itemgetter("ts")
+_order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
+_event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents
+_event_ts = attrgetter("ev.ts")
 
 
-def _new_conn(key: str, d: dict) -> dict:
-    return {"k": key, "t0": d["ts"], "t1": d["ts"], "a": [d["node"], d["n"]], "cl": None, "cn": None, "ccl": None,
+def _new_conn(key: str, e: SyscallEvent) -> dict:
+    return {"k": key, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
             "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
             "eof": None, "err": None, "tx": 0, "rx": 0}
 
 
-def _side_of(sides: list, d: dict) -> dict | None:
-    """The acceptor (or proxy dial) of a connection that event d is on: same node, pid and fd."""
-    node, pid, fd = d["node"], d["pid"], d["fd"]
+def _side_of(sides: list, e: SyscallEvent) -> dict | None:
+    """The acceptor (or proxy dial) of a connection that event e is on: same node, pid and fd."""
+    node, pid, fd = e.node, e.pid, e.fd
     for s in sides:
         if s["fd"] == fd and s["pid"] == pid and s["node"] == node:
             return s
     return None
 
 
-def _evidence(conn: dict, d: dict, what: str) -> None:
+def _evidence(conn: dict, e: SyscallEvent, what: str) -> None:
     if len(conn["ev"]) < MAX_EVIDENCE:
-        conn["ev"].append(_ref(d, what))
+        conn["ev"].append(_ref(e, what))
 
 
 def _trim(reqs: list) -> None:

@@ -1,0 +1,96 @@
+"""The enriched event: what the enrich stage hands the stitch stage, one object per event.
+
+In-process the stitch stage reads the SyscallEvent and the enrichment (flow,
+metadata refs, proxy_of) straight from this object: no per-event dict is built
+between the stages. Only at the wire boundary (svctrace.flows and
+svctrace.events.enriched on Kafka) does an event take its schema form
+(schemas/enriched-batch.schema.json): the SyscallEvent's fields, flat, plus
+flow, local_ref, remote_ref, addr_ref and proxy_of.
+
+    to_wire(rec)  -> dict     (payload `data` stays bytes; `dumps` writes it as base64)
+    from_wire(d)  -> EnrichedEvent   (payload as bytes or base64 text)
+
+`schemas.models.dumps` serializes an EnrichedEvent as its wire dict (it calls
+`__wire__`), so a shell that encodes graph outputs with it needs no change.
+"""
+from __future__ import annotations
+
+import base64
+from operator import attrgetter
+
+from svctrace.schemas.models import SyscallEvent
+
+_FIELDS = SyscallEvent.__slots__
+_FIELD_SET = frozenset(_FIELDS)
+_VALUES = attrgetter(*_FIELDS)
+_EXTRA = ("flow", "local_ref", "remote_ref", "addr_ref", "proxy_of")
+
+
+class EnrichedEvent:
+    """A SyscallEvent (`ev`) and what enrichment added. Treated as immutable."""
+
+    __slots__ = ("ev",) + _EXTRA
+
+    def __init__(self, ev: SyscallEvent, flow, local_ref, remote_ref, addr_ref, proxy_of):
+        self.ev = ev
+        self.flow = flow
+        self.local_ref = local_ref
+        self.remote_ref = remote_ref
+        self.addr_ref = addr_ref
+        self.proxy_of = proxy_of
+
+    def __wire__(self) -> dict:
+        return to_wire(self)
+
+    # Read access in the wire form's terms (tests, tools): rec["kind"], rec.get("flow").
+    def __getitem__(self, name: str):
+        if name in _FIELD_SET:
+            return getattr(self.ev, name)
+        if name in _EXTRA:
+            return getattr(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, EnrichedEvent):
+            return NotImplemented
+        return self.ev == other.ev and all(getattr(self, k) == getattr(other, k) for k in _EXTRA)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"EnrichedEvent({self.ev!r}, flow={self.flow!r}, proxy_of={self.proxy_of!r})"
+
+
+def to_wire(rec: EnrichedEvent) -> dict:
+    """The schema form of one enriched event (svctrace.enriched-batch `events[]` item)."""
+    d = dict(zip(_FIELDS, _VALUES(rec.ev)))
+    d["flow"] = rec.flow
+    d["local_ref"] = rec.local_ref
+    d["remote_ref"] = rec.remote_ref
+    d["addr_ref"] = rec.addr_ref
+    d["proxy_of"] = rec.proxy_of
+    return d
+
+
+def from_wire(d: dict) -> EnrichedEvent:
+    """An `events[]` item as read from Kafka (or any dict of that form) -> EnrichedEvent."""
+    fields = {k: v for k, v in d.items() if k in _FIELD_SET}
+    data = fields.get("data")
+    if isinstance(data, str):
+        fields["data"] = base64.b64decode(data)
+    return EnrichedEvent(SyscallEvent(**fields), d.get("flow"), d.get("local_ref"), d.get("remote_ref"),
+                         d.get("addr_ref"), d.get("proxy_of"))
+
+
+def batch_to_wire(batch: dict) -> dict:
+    """An enriched batch (graph output) with its events in schema form."""
+    events = batch.get("events") or ()
+    if any(isinstance(e, EnrichedEvent) for e in events):
+        batch = dict(batch, events=[to_wire(e) if isinstance(e, EnrichedEvent) else e for e in events])
+    return batch
