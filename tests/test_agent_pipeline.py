@@ -133,5 +133,21 @@ def test_events_already_json_batch_like_objects():
     assert [e["n"] for e in last["events"]] == [6, 0] and last["events"][-1]["kind"] == "lost"
     small = Batcher("n1", "ebpf", max_events=1000, max_bytes=2 * len(as_json[0]) + 10)
     out = small.add(as_json, 0.0) + [small.flush()]
-    assert [x.events for x in out] == [3, 3, 1]  # closed at the first event reaching max_bytes
+    assert [x.events for x in out] == [2, 2, 2, 1]  # closed before the event that would pass max_bytes
     assert [e.n for x in out for e in decode_batch(x.value).events] == list(range(7))
+
+
+def test_batches_stay_under_the_byte_bound_whatever_the_event_count():
+    """The default 2000 events of 4 KiB payloads would be ~11 MB: the byte bound closes batches first,
+    so every record fits Kafka's 1 MiB request (and a bound past 1 MiB is refused)."""
+    import pytest
+
+    from svctrace.agents.agent.pipeline import MAX_BATCH_BYTES
+
+    b = Batcher("n1", "ebpf")  # the agent's defaults
+    out = b.add([ev(i, data=bytes(range(256)) * 16) for i in range(2000)], 0.0) + [b.flush()]
+    assert sum(x.events for x in out) == 2000 and len(out) > 10
+    assert max(len(x.value) for x in out) <= b.max_bytes + 200  # the batch head and brackets
+    assert [e.n for x in out for e in decode_batch(x.value).events] == list(range(2000))
+    with pytest.raises(ValueError, match="1 MiB"):
+        Batcher("n1", "ebpf", max_bytes=MAX_BATCH_BYTES + 1)

@@ -51,7 +51,9 @@ async def consume_all(kafka, topic: str, want, timeout: float = 60.0) -> list[by
         await c.stop()
 
 
-def test_agent_publishes_live_events_to_kafka(kafka, tmp_path):
+@pytest.mark.parametrize("encoder", ["native", "Python"])
+def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
+    """Both per-event loops: the native one (fastpath.c, the default) and the Python fallback."""
     if os.geteuid() != 0:
         pytest.fail("needs root")
     prefix = kafka.catalogue_topics("ebpf")
@@ -61,12 +63,13 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path):
                                "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--bootstrap", kafka.bootstrap,
                               "--topic", prefix + "svctrace.syscalls", "--stats-topic", prefix + "svctrace.agent.stats",
-                              "--metrics-addr", "127.0.0.1:0", "--stats-interval", "1", "--linger", "0.1"],
+                              "--metrics-addr", "127.0.0.1:0", "--stats-interval", "1", "--linger", "0.1"]
+                             + (["--no-native"] if encoder == "Python" else []),
                              env=dict(os.environ, NODE_NAME="kafka-test-node"), stderr=subprocess.PIPE, text=True)
     try:
         wait_listening(port, server)
         m = read_line_matching(agent.stderr, r"metrics on (http://\S+)")
-        read_line_matching(agent.stderr, r"capturing")
+        assert read_line_matching(agent.stderr, r"\((\w+) encoder\), capturing").group(1) == encoder
         curl = subprocess.run(["curl", "-s", "-H", "Cookie: session=s3cr3t", f"http://127.0.0.1:{port}/index.html"],
                               capture_output=True, timeout=30)
         assert curl.stdout == b"kafka-bound payload\n"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from svctrace.agents.agent.pipeline import (Batcher, BoundedBuffer, Counters, EncodedBatch, payload_encoder,
                                             redact_events)
 from svctrace.agents.agent.sinks import SinkUnavailable
-from svctrace.schemas.models import SyscallEvent, dumps
+from svctrace.schemas.models import SyscallEvent
 
 log = logging.getLogger("svctrace.agent")
 
@@ -39,6 +39,7 @@ class AgentOptions:
     read_chunk: int = 8192
     stats_interval: float = 10.0
     drain_timeout: float = 30.0
+    native: bool = True  # the eBPF source's per-event loop in C (fastpath.c) when it builds
 
 
 class Agent:
@@ -57,7 +58,8 @@ class Agent:
         self.send_failures = 0
         encode_with = getattr(source, "encode_with", None)
         if encode_with is not None:  # the source writes each event's JSON, redacted by our rules
-            encode_with(payload_encoder(options.snaplen, self.counters, options.redact))
+            encode_with(payload_encoder(options.snaplen, self.counters, options.redact), options.native)
+        self.native = getattr(source, "native", None) is not None  # the source fills batches itself
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -92,13 +94,18 @@ class Agent:
         src = self.source
         try:
             while not self.stopping.is_set():
-                events = src.read(self.opt.read_chunk)
+                if self.native:
+                    read, captured, batches = src.read_batches(self.batcher, self.opt.read_chunk, time.monotonic())
+                    self.counters.captured += captured
+                    self._enqueue(batches)
+                    events = []
+                else:
+                    events = src.read(self.opt.read_chunk)
+                    read = len(events)
                 lost, markers = src.lost()
                 if lost:
                     self.batcher.note_lost(lost)
                     self.counters.lost += lost
-                    if events and type(events[0]) is bytes:
-                        markers = [dumps(m) for m in markers]  # joining events that are JSON already
                     events = events + markers if events else markers
                 if events:
                     self.ingest(events)
@@ -107,7 +114,7 @@ class Agent:
                     self._enqueue([self.batcher.flush()])
                 if src.exhausted:
                     break
-                if len(events) < self.opt.read_chunk:
+                if read < self.opt.read_chunk:
                     wait = getattr(src, "seconds_until_next", lambda: 0.0)()
                     await asyncio.sleep(min(max(wait, self.opt.poll_s), 0.1))
                 else:

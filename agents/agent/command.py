@@ -36,7 +36,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snaplen", type=int, default=256, help="payload bytes captured per event (0..4096)")
     p.add_argument("--no-redact", dest="redact", action="store_false",
                    help="publish payloads without masking credentials (default: redact)")
-    p.add_argument("--batch-events", type=int, default=2000)
+    p.add_argument("--batch-events", type=int, default=2000, help="events per published batch, at most")
+    p.add_argument("--batch-bytes", type=int, default=600_000,
+                   help="JSON bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
+    p.add_argument("--no-native", dest="native", action="store_false",
+                   help="encode events in Python, not in the native per-event loop (default: native when a C "
+                        "compiler builds it)")
     p.add_argument("--linger", type=float, default=0.2, help="seconds a batch may wait to fill")
     p.add_argument("--buffer-events", type=int, default=500_000, help="bound of the in-memory buffer")
     p.add_argument("--stats-interval", type=float, default=10.0)
@@ -93,15 +98,21 @@ async def _main(args) -> int:
         metrics = AgentMetrics(node, source.name)
         host, port = metrics.serve(args.metrics_addr)
         print(f"svctrace agent: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+    from svctrace.agents.agent.pipeline import MAX_BATCH_BYTES
+
+    if not 0 < args.batch_bytes <= MAX_BATCH_BYTES or args.batch_events < 1:
+        raise SystemExit(f"svctrace agent: --batch-bytes must be within 1..{MAX_BATCH_BYTES} and --batch-events >= 1")
     opts = AgentOptions(node=node, redact=args.redact, snaplen=args.snaplen, batch_events=args.batch_events,
-                        linger_s=args.linger, buffer_events=args.buffer_events, stats_interval=args.stats_interval)
+                        batch_bytes=args.batch_bytes, native=args.native, linger_s=args.linger,
+                        buffer_events=args.buffer_events, stats_interval=args.stats_interval)
     agent = Agent(source, sink, opts, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)
     if args.duration > 0:
         loop.call_later(args.duration, agent.stop)
-    print(f"svctrace agent: node {node}, source {source.name}, capturing", file=sys.stderr, flush=True)
+    path = "" if args.source != "ebpf" else " (native encoder)" if agent.native else " (Python encoder)"
+    print(f"svctrace agent: node {node}, source {source.name}{path}, capturing", file=sys.stderr, flush=True)
     try:
         c = await agent.run()
     finally:

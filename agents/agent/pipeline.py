@@ -11,10 +11,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from svctrace.agents.redact import _MAYBE, redact
-from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallBatch, SyscallEvent, dumps, encode_batch
+from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallEvent, dumps
 
-# A base64 payload grows by 4/3; the other fields of an event take ~400 bytes of JSON.
-EVENT_JSON_OVERHEAD = 400
+# A batch is one Kafka record: its JSON must stay under the producer's max_request_size (1 MiB,
+# svctrace.kafka.clients) with room for the record's framing.
+MAX_BATCH_BYTES = 1_048_576 - 16_384
 
 
 @dataclass
@@ -93,13 +94,6 @@ def payload_encoder(snaplen: int, counters: Counters, redact_on: bool = True):
     return payload
 
 
-def _json_payload_len(ev) -> int:
-    if type(ev) is dict:
-        data = ev["data"]
-        return len(data) if data else 0  # already base64 text
-    return len(ev.data) * 4 // 3 if ev.data else 0
-
-
 @dataclass
 class EncodedBatch:
     seq: int
@@ -107,10 +101,17 @@ class EncodedBatch:
     value: bytes
 
 
+# A batch is one Kafka record: its JSON must stay under the producer's max_request_size (1 MiB,
+# svctrace.kafka.clients) with room for the record's own framing.
+MAX_BATCH_BYTES = 1_048_576 - 16_384
+
+
 @dataclass
 class Batcher:
-    """Groups events into SyscallBatch records: at most `max_events` events or about
-    `max_bytes` of JSON per record, and never older than `linger_s` (event arrival time)."""
+    """Groups events into SyscallBatch records: at most `max_events` events and `max_bytes` of
+    event JSON per record (exact: each event is encoded on arrival), never older than `linger_s`
+    (arrival time). A batch closes at max_events, or before the event that would take it past
+    max_bytes (one event alone larger than max_bytes still goes, alone)."""
 
     node: str
     source: str
@@ -118,68 +119,69 @@ class Batcher:
     max_bytes: int = 600_000
     linger_s: float = 0.2
     seq: int = 0
-    pending: list[SyscallEvent] = field(default_factory=list)
-    pending_bytes: int = 0
+    pending: list = field(default_factory=list)  # event JSON, or runs of it joined by commas
+    pending_events: int = 0
+    pending_bytes: int = 0  # JSON bytes of the pending events, plus one separator each
     pending_lost: int = 0
-    pending_json: bool = False  # some pending events are JSON already (bytes)
     opened_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_bytes <= MAX_BATCH_BYTES:
+            raise ValueError(f"batch bytes must be within 1..{MAX_BATCH_BYTES} (a batch is one Kafka record "
+                             f"of at most 1 MiB), got {self.max_bytes}")
+        if self.max_events < 1:
+            raise ValueError(f"batch events must be >= 1, got {self.max_events}")
 
     def add(self, events: list, now: float) -> list[EncodedBatch]:
         """Events are SyscallEvents, their wire dicts (orjson encodes both the same way) or
         their JSON already (bytes, from `Normalizer.encode_ring`)."""
+        events = [ev if type(ev) is bytes else dumps(ev) for ev in events]
         out = []
         if events and not self.pending:
             self.opened_at = now
-        if events and type(events[0]) is bytes:
-            self.pending_json = True
-            return self._add_encoded(events, now)
-        for ev in events:
-            self.pending.append(ev)
-            if type(ev) is bytes:
-                self.pending_json = True
-                self.pending_bytes += len(ev) + 1
-            elif type(ev) is dict:
-                data = ev["data"]
-                self.pending_bytes += EVENT_JSON_OVERHEAD + (len(data) if data else 0)  # base64 text already
-            else:
-                self.pending_bytes += EVENT_JSON_OVERHEAD + _json_payload_len(ev)
-            if len(self.pending) >= self.max_events or self.pending_bytes >= self.max_bytes:
-                out.append(self._close())
-                self.opened_at = now
-        return out
-
-    def _add_encoded(self, events: list, now: float) -> list[EncodedBatch]:
-        """Events already JSON: whole slices at a time while they fit (their size is exact)."""
-        out = []
         i, total = 0, len(events)
         while i < total:
-            room = self.max_events - len(self.pending)
+            room = self.max_events - self.pending_events
             chunk = events[i:i + room]
             size = sum(map(len, chunk)) + len(chunk)
-            if self.pending_bytes + size < self.max_bytes:
+            if self.pending_bytes + size <= self.max_bytes:  # the common case: whole slices
                 self.pending.extend(chunk)
+                self.pending_events += len(chunk)
                 self.pending_bytes += size
                 i += len(chunk)
-                if len(self.pending) < self.max_events:
-                    break
             else:
                 for ev in chunk:
-                    self.pending.append(ev)
-                    self.pending_bytes += len(ev) + 1
-                    i += 1
-                    if self.pending_bytes >= self.max_bytes:
+                    size = len(ev) + 1
+                    if self.pending_events and self.pending_bytes + size > self.max_bytes:
                         break
-            out.append(self._close())
-            self.pending_json = True  # the rest of `events` go into the next batch
-            self.opened_at = now
+                    self.pending.append(ev)
+                    self.pending_events += 1
+                    self.pending_bytes += size
+                    i += 1
+            if i < total or self.pending_events >= self.max_events:
+                out.append(self.close(now))
         return out
+
+    def add_joined(self, joined: bytes, events: int, size: int, now: float) -> list[EncodedBatch]:
+        """A run of `events` event JSONs joined by commas, `size` bytes counted as `add` counts
+        them (the native fast path fills the open batch's room exactly)."""
+        if not self.pending:
+            self.opened_at = now
+        self.pending.append(joined)
+        self.pending_events += events
+        self.pending_bytes += size
+        if self.pending_events >= self.max_events:
+            return [self.close(now)]
+        return []
 
     def add_marker(self, ev: SyscallEvent, now: float) -> None:
         """A loss marker goes into the open batch whatever its size (never closes one)."""
         if not self.pending:
             self.opened_at = now
-        self.pending.append(ev)
-        self.pending_bytes += EVENT_JSON_OVERHEAD
+        js = dumps(ev)
+        self.pending.append(js)
+        self.pending_events += 1
+        self.pending_bytes += len(js) + 1
 
     def note_lost(self, count: int) -> None:
         """Events lost before this batch (kernel drops, buffer overflow): carried in its `lost`."""
@@ -191,20 +193,19 @@ class Batcher:
     def flush(self) -> EncodedBatch | None:
         return self._close() if self.pending or self.pending_lost else None
 
+    def close(self, now: float) -> EncodedBatch:
+        """Close the open batch; the next one opens now."""
+        self.opened_at = now
+        return self._close()
+
     def _close(self) -> EncodedBatch:
-        pending = self.pending
-        if self.pending_json:
-            # the same document encode_batch writes, around events that are JSON already
-            head = b'{"schema":"svctrace.syscall-batch","version":%d,"node":%b,"source":%b,"seq":%d,"lost":%d,"events":[' % (
-                SCHEMA_VERSION, dumps(self.node), dumps(self.source), self.seq, self.pending_lost)
-            value = head + b",".join([ev if type(ev) is bytes else dumps(ev) for ev in pending]) + b"]}"
-        else:
-            value = encode_batch(SyscallBatch(node=self.node, source=self.source, seq=self.seq, events=pending,
-                                              lost=self.pending_lost))
-        encoded = EncodedBatch(self.seq, len(pending), value)
+        # the document encode_batch writes, around events that are JSON already
+        head = b'{"schema":"svctrace.syscall-batch","version":%d,"node":%b,"source":%b,"seq":%d,"lost":%d,"events":[' % (
+            SCHEMA_VERSION, dumps(self.node), dumps(self.source), self.seq, self.pending_lost)
+        encoded = EncodedBatch(self.seq, self.pending_events, head + b",".join(self.pending) + b"]}")
         self.seq += 1
         self.pending = []
-        self.pending_json = False
+        self.pending_events = 0
         self.pending_bytes = 0
         self.pending_lost = 0
         return encoded

@@ -6,10 +6,13 @@ them since the previous call, `exhausted` tells a finite source has ended.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Iterator
 
 from svctrace.schemas.models import SyscallEvent
+
+log = logging.getLogger("svctrace.agent")
 
 
 class EbpfSource:
@@ -27,12 +30,27 @@ class EbpfSource:
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
         self._drops = (0, 0)
         self.payload = None
+        self.native = None  # fastpath.NativeRing once `encode_with(..., native=True)` loaded it
         self.drops_with_room = 0  # ring drops while the ring had room (read at close)
 
-    def encode_with(self, payload) -> None:
+    def encode_with(self, payload, native: bool = True) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
-        (redaction, base64; see pipeline.payload_encoder): the agent's fast path."""
+        (redaction, base64; see pipeline.payload_encoder): the agent's fast path. With `native`,
+        `read_batches` runs the per-event loop in C (fastpath.c) when it can be built and loaded;
+        otherwise the reason is logged and the Python path stays."""
         self.payload = payload
+        if not native:
+            return
+        from svctrace.agents.ebpf.fastpath import NativeEncoder, NativeRing, NativeUnavailable
+
+        try:
+            self.native = NativeRing(self.capture.ring, NativeEncoder(self.normalizer, payload))
+        except NativeUnavailable as e:
+            log.warning("native fast path unavailable (%s): encoding events in Python", e)
+
+    def read_batches(self, batcher, max_events: int, now: float) -> tuple[int, int, list]:
+        """The native path: (records consumed, events, batches closed) straight into `batcher`."""
+        return self.native.drain(batcher, max_events, now)
 
     def read(self, max_events: int) -> list:
         """Events in their wire form: dicts with SyscallEvent's fields, or their JSON after
@@ -73,6 +91,9 @@ class EbpfSource:
             self.drops_with_room = self.capture.drops_with_room()  # for the exit summary
         except Exception:  # noqa: BLE001 - a diagnostic only; closing must go on
             pass
+        if self.native is not None:
+            self.native.close()
+            self.native = None
         self.capture.close()
 
 

@@ -95,6 +95,42 @@ def build(force: bool = False, btf: str = DEFAULT_BTF, out_dir: Path | None = No
     return obj
 
 
+NATIVE_SOURCE = "fastpath.c"
+NATIVE_CFLAGS = ("-O2", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter")
+
+
+def native_source_path() -> Path:
+    return Path(str(resources.files("svctrace.agents").joinpath("ebpf", NATIVE_SOURCE)))
+
+
+def _compiler() -> str:
+    for name in ("cc", "gcc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BuildError("no C compiler found (cc, gcc or clang): install the Debian package gcc or clang")
+
+
+def build_native(force: bool = False, out_dir: Path | None = None) -> Path:
+    """Path of the agent's native fast path (a shared library loaded with ctypes), building it
+    when missing or stale: named by a hash of its source, the compiler and the flags."""
+    out_dir = (out_dir or cache_dir()).parent / "native"
+    src = native_source_path()
+    if not src.exists():
+        raise BuildError(f"native fast path source missing from the package: {src}")
+    cc = _compiler()
+    version = _run([cc, "--version"], f"{cc} --version")
+    key = _digest(src.read_bytes(), version, " ".join(NATIVE_CFLAGS).encode())
+    lib = out_dir / f"fastpath-{key}.so"
+    if lib.exists() and not force:
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f"fastpath-{key}.tmp{os.getpid()}.so"
+    _run([cc, *NATIVE_CFLAGS, "-o", str(tmp), str(src)], "cc (native fast path)")
+    tmp.replace(lib)
+    return lib
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m svctrace.agents.ebpf.build", description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when the cached object is current")
@@ -102,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         print(build(force=args.force, btf=args.btf))
+        print(build_native(force=args.force))
     except BuildError as e:
         print(f"svctrace: cannot build the BPF object: {e}", file=sys.stderr)
         return 1

@@ -80,11 +80,20 @@ class RingReader:
         self.mask = size - 1
         self.page = page
         self.bad = 0
+        self.map_fd = map_fd
         self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # producer page, then the data area mapped twice so a record never wraps
         self.data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self.epoll = select.epoll()
         self.epoll.register(map_fd, select.EPOLLIN)
+
+    def positions(self) -> tuple[int, int]:
+        """(consumer, producer) positions."""
+        return _U64.unpack_from(self.consumer, 0)[0], _U64.unpack_from(self.data, 0)[0]
+
+    def release(self, position: int) -> None:
+        """Hand the records before `position` back to the kernel."""
+        _U64.pack_into(self.consumer, 0, position)
 
     def pending(self) -> int:
         return _U64.unpack_from(self.data, 0)[0] - _U64.unpack_from(self.consumer, 0)[0]

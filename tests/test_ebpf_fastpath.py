@@ -1,0 +1,236 @@
+"""The native per-event loop (fastpath.c) writes the same batches as the Python path, byte for byte.
+
+Same ring records (the kernel's ring layout, synthetic records as in test_ebpf_records) through
+`Normalizer.encode_ring` + `Batcher.add` on one side and `NativeEncoder.drain` on the other, with
+batch bounds small enough that batches close on both counts and bytes in the middle of drains.
+"""
+from __future__ import annotations
+
+import base64
+import ctypes
+import random
+import struct
+
+import orjson
+import pytest
+
+from svctrace.agents.agent.pipeline import Batcher, Counters, payload_encoder
+from svctrace.agents.ebpf.fastpath import NativeEncoder, load
+from svctrace.agents.ebpf.records import F_BOUND, F_HAS_TUPLE, RINGBUF_BUSY, RINGBUF_DISCARD, Normalizer
+from svctrace.schemas.validation import validate
+from tests.test_ebpf_records import V4, record
+
+SECRET = b"GET /?token=abc HTTP/1.1\r\nCookie: s=1\r\nAuthorization: Bearer xyz\r\n\r\n"
+
+
+def traffic(count: int, seed: int) -> list[bytes]:
+    """A mix like a node's: connections with requests and responses, UDP both ways, failures,
+    accepts and closes, payloads of every length (past the snaplen too), some with credentials."""
+    rng = random.Random(seed)
+    recs = [record("connect", ret=-115, fd=3, addr=V4("10.96.0.10"), aport=80),
+            record("accept4", ret=7, fd=4, flags=F_HAS_TUPLE | F_BOUND, addr=V4("10.0.0.9"), aport=51000)]
+    sockets = [dict(fd=3), dict(fd=7, flags=F_HAS_TUPLE | F_BOUND), dict(fd=5, proto=17, laddr=bytes(16), lport=5353,
+                                                                           raddr=bytes(16), rport=0),
+               dict(fd=6, proto=17, comm=b'c"%s\\'), dict(fd=9, pid=200, tid=201, cg2=4000, cg1=0),
+               dict(fd=8, proto=17, laddr=V4("10.0.0.2"), lport=53, raddr=V4("10.0.0.3"), rport=40000)]
+    for i in range(count):
+        sock = rng.choice(sockets)
+        roll = rng.random()
+        if roll < 0.03:
+            recs.append(record("read", ret=-11, **sock))
+        elif roll < 0.05:
+            recs.append(record("close", **sock))
+        elif roll < 0.06:
+            recs.append(record("connect", ret=0, addr=V4("10.96.0.11"), aport=443, **sock))
+        else:
+            sc = rng.choice(["write", "read", "sendto", "recvfrom", "writev", "readv", "sendmsg", "recvmsg",
+                             "sendmmsg", "recvmmsg"])
+            data = SECRET if roll > 0.97 else bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 2, 3, 64, 300])))
+            if sc in ("sendto", "recvfrom") and sock.get("proto") == 17 and "laddr" in sock:
+                extra = dict(addr=V4("10.96.0.10"), aport=53)
+            else:
+                extra = {}
+            recs.append(record(sc, ret=len(data) or rng.randrange(5), data=data, ts=1000 + i,
+                               **{"tid": rng.choice([101, 102]), **sock, **extra}))
+    return recs
+
+
+def ring_of(recs: list[bytes], discard_every: int = 50) -> bytes:
+    out = []
+    for i, r in enumerate(recs):
+        flag = RINGBUF_DISCARD if discard_every and i % discard_every == 7 else 0
+        out.append(struct.pack("<II", len(r) | flag, 0) + r + bytes(-len(r) % 8))
+    return b"".join(out)
+
+
+def python_path(mem, pos, end, base, mask, counters, snaplen, offset=10**18, node="n",
+                **bounds) -> tuple[list, Normalizer]:
+    norm = Normalizer(node, offset)
+    batcher = Batcher(node, "ebpf", **bounds)
+    pay = payload_encoder(snaplen, counters)
+    batches = []
+    while pos < end:
+        out: list = []
+        pos, _done = norm.encode_ring(mem, pos, end, base, mask, 97, out, pay, pay.snaplen, pay.suspicious)
+        batches += batcher.add(out, 0.0)
+    return batches + [batcher.flush()], norm
+
+
+def native_path(mem, pos, end, base, mask, counters, snaplen, **bounds) -> tuple[list, Normalizer, NativeEncoder]:
+    norm = Normalizer("n", 10**18)
+    batcher = Batcher("n", "ebpf", **bounds)
+    enc = NativeEncoder(norm, payload_encoder(snaplen, counters))
+    addr = ctypes.addressof((ctypes.c_char * len(mem)).from_buffer(mem))
+    view = bytes(mem)  # what Python reads of the same memory (an mmap slices to bytes too)
+    batches = []
+    while pos < end:
+        pos, _done, _events, closed = enc.drain(addr, view, pos, end, base, mask, 97, batcher, 0.0)
+        batches += closed
+    return batches + [batcher.flush()], norm, enc
+
+
+def run_both(recs, snaplen=256, **bounds):
+    ring = ring_of(recs)
+    ring += struct.pack("<II", RINGBUF_BUSY | 200, 0) + bytes(200)  # being written: neither path reads it
+    size = 1 << 20
+    base = 64
+    mem = bytearray(bytes(base) + ring + bytes(size - len(ring)))
+    start = size * 3  # positions past a few wraps of the ring
+    end = start + len(ring) - 208
+    c_py, c_native = Counters(), Counters()
+    py, norm_py = python_path(bytes(mem), start, end, base, size - 1, c_py, snaplen, **bounds)
+    native, norm_native, enc = native_path(mem, start, end, base, size - 1, c_native, snaplen, **bounds)
+    return py, native, (c_py, c_native), (norm_py, norm_native), enc
+
+
+def test_native_and_python_paths_write_identical_batches():
+    load()  # builds fastpath.c: fails loudly here when no compiler is installed
+    recs = traffic(3000, seed=7)
+    py, native, (c_py, c_native), (norm_py, norm_native), enc = run_both(recs, max_events=150, max_bytes=40_000)
+    try:
+        assert len(py) > 20  # closed on counts and on bytes, mid-drain
+        assert {x.events for x in py} != {150}
+        assert [(x.seq, x.events) for x in native] == [(x.seq, x.events) for x in py]
+        assert [x.value for x in native] == [x.value for x in py]
+        for x in native:
+            doc = orjson.loads(x.value)
+            validate("syscall-batch", doc)
+            assert len(x.value) <= 40_000 + 200
+        assert c_native.redacted == c_py.redacted > 0
+        assert norm_native.n == norm_py.n == sum(x.events for x in py)
+        assert dict(norm_native.roles.items()) == norm_py.roles
+        assert enc.handed_back < len(recs) / 5  # most records never leave C
+    finally:
+        enc.close()
+
+
+def test_native_path_bounds_payloads_to_the_snaplen_and_redacts():
+    load()
+    recs = traffic(800, seed=11)
+    py, native, (c_py, c_native), _norms, enc = run_both(recs, snaplen=64, max_events=2000, max_bytes=600_000)
+    try:
+        assert [x.value for x in native] == [x.value for x in py]
+        events = [e for x in native for e in orjson.loads(x.value)["events"]]
+        assert max(len(e["data"] or "") for e in events if not e["redacted"]) == 88  # 64 bytes in base64
+        payloads = [base64.b64decode(e["data"]) for e in events if e["data"]]
+        assert c_native.redacted == c_py.redacted == sum(e["redacted"] for e in events) > 0
+        assert not any(b"token=abc" in p or b"s=1" in p or b"Bearer xy" in p for p in payloads)
+    finally:
+        enc.close()
+
+
+def test_native_prefilter_flags_the_redactor_words_like_the_regex():
+    from svctrace.agents.redact import _MAYBE
+
+    lib = load()
+    rng = random.Random(3)
+    words = [b"auth", b"Cookie", b"TOKEN", b"key", b"pass", b"secret", b"sig", b"session", b"pwd", b"bearer",
+             b"autx", b"cooki", b"tok", b"ke", b"pas", b"secre", b"si", b"sessio", b"pw", b"beare"]
+    for _ in range(3000):
+        parts = [bytes(rng.randrange(256) for _ in range(rng.randrange(6))) for _ in range(3)]
+        data = parts[0] + rng.choice(words) + parts[1] + (rng.choice(words) if rng.random() < 0.3 else b"") + parts[2]
+        data = data[:rng.randrange(len(data) + 1)]
+        assert bool(lib.fp_suspicious(data, len(data))) == bool(_MAYBE.search(data.lower())), data
+
+
+# -- on the real kernel: live ring records through both paths ------------------------------------
+
+@pytest.mark.root
+def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
+    """curl -> http.server with a Cookie header while the whole machine is captured: the native loop's
+    batches carry the expected events (tuples, roles, redacted payload), and the Python path writes
+    the very same batches from the very same ring records (kept before each release)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
+    from svctrace.schemas.models import decode_batch
+    from tests.test_ebpf_live import free_port, wait_listening
+
+    if os.geteuid() != 0:
+        pytest.fail("eBPF tests need root (they are marked `root`)")
+    cap = EbpfCapture(CaptureConfig())
+    ring = cap.ring
+    offset = boot_to_epoch_ns()
+    counters = Counters()
+    norm = Normalizer("live-node", offset)
+    enc = NativeEncoder(norm, payload_encoder(256, counters))
+    addr = enc.lib.fp_map(ring.map_fd, ring.page + 2 * ring.size, ring.page)
+    assert addr, "cannot map the ring"
+    batcher = Batcher("live-node", "ebpf", max_events=500, max_bytes=100_000)
+    recorded: list[bytes] = []
+    batches: list = []
+    (tmp_path / "hello.txt").write_bytes(b"hello native\n")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, server)
+        curl = subprocess.run(["curl", "-s", "-H", "Cookie: session=s3cr3t", f"http://127.0.0.1:{port}/hello.txt"],
+                              capture_output=True, timeout=30)
+        assert curl.stdout == b"hello native\n"
+
+        def curl_closed() -> bool:
+            events = [e for b in batches for e in orjson.loads(b.value)["events"]]
+            events += orjson.loads(b"[" + b",".join(batcher.pending) + b"]")  # the open batch
+            return any(e["comm"] == "curl" and e["kind"] == "close" for e in events)
+        deadline = time.monotonic() + 20
+        while not curl_closed():
+            assert time.monotonic() < deadline, f"no close of curl among {len(recorded)} drains"
+            cons, prod = ring.positions()
+            if cons < prod:
+                new, _done, _events, closed = enc.drain(addr, ring.data, cons, prod, ring.page, ring.mask, 1 << 30,
+                                                        batcher, 0.0)
+                start = ring.page + (cons & ring.mask)  # the data area is mapped twice: one slice
+                recorded.append(bytes(ring.data[start:start + new - cons]))
+                ring.release(new)
+                batches += closed
+            ring.wait(0.05)
+    finally:
+        server.terminate()
+        server.wait(10)
+        enc.lib.fp_unmap(addr, ring.page + 2 * ring.size)
+        cap.close()
+    batches.append(batcher.flush())
+    events = [e for b in batches for e in decode_batch(b.value).events]
+    c = [e for e in events if e.comm == "curl"]
+    conn = next(e for e in c if e.kind == "connect")
+    req = next(e for e in c if e.kind == "send")
+    assert (conn.role, conn.remote_ip, conn.remote_port) == ("client", "127.0.0.1", port)
+    assert req.role == "client" and (req.local_port, req.remote_port) == (conn.local_port, port)
+    assert req.data.startswith(b"GET /hello.txt HTTP/1.1") and b"Cookie: [REDACTED]" in req.data and req.redacted
+    assert any(e.kind == "recv" and e.data and b"hello native" in e.data for e in c)
+    served = [e for e in events if e.kind == "recv" and e.remote_port == conn.local_port and e.local_port == port]
+    assert served and served[0].role == "server" and b"s3cr3t" not in served[0].data
+
+    ring_bytes = b"".join(recorded)
+    size = 1 << (len(ring_bytes) + 64).bit_length()
+    mem = bytes(64) + ring_bytes + bytes(size - len(ring_bytes))
+    py_counters = Counters()
+    py, py_norm = python_path(mem, 0, len(ring_bytes), 64, size - 1, py_counters, 256, max_events=500,
+                              max_bytes=100_000, offset=offset, node="live-node")
+    assert len(events) > 20 and py_norm.n == norm.n == len(events)
+    assert [b.value for b in py] == [b.value for b in batches]
+    assert py_counters.redacted == counters.redacted >= 2  # the request, and the server's read of it
