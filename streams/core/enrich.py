@@ -145,13 +145,7 @@ class Enricher:
         if cut == 0:
             return []
         ready, state["buf"] = buf[:cut], buf[cut:]
-        deduped = [ready[0]]
-        for e in ready[1:]:
-            if e.n == deduped[-1].n and e.ts == deduped[-1].ts:
-                state["dups"] += 1  # at-least-once delivery: the same event again
-            else:
-                deduped.append(e)
-        out = self._release(state, key, deduped)
+        out = self._release(state, key, ready)
         self._expire(state, watermark_ns)
         return out
 
@@ -163,17 +157,25 @@ class Enricher:
     # -- enrichment ----------------------------------------------------------
 
     def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
+        """Enrich events in (ts, n) order; a duplicate (same ts and n as the one before) is skipped."""
         out: list = []
+        enrich_event = self.enrich_event
+        prev = None
+        dups = 0
         by_bucket: dict[str, list[EnrichedEvent]] = {}
         lost: list[dict] = []
         enriched_all: list[EnrichedEvent] = []
         bucket_cache = self._bucket_cache
         for e in events:
+            if prev is not None and e.n == prev.n and e.ts == prev.ts:
+                dups += 1  # at-least-once delivery: the same event again
+                continue
+            prev = e
             if e.kind == "lost":
                 lost.append({"node": e.node, "ts": e.ts, "count": max(e.res, 0)})
                 continue
             try:
-                d = self.enrich_event(state, e)
+                d = enrich_event(state, e)
             except Exception as exc:  # one bad event must not stop the node's stream
                 out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, e.ts if isinstance(e.ts, int) else 0))
                 continue
@@ -192,6 +194,8 @@ class Enricher:
                 events_of.append(d)
             if self.emit_enriched:
                 enriched_all.append(d)
+        if dups:
+            state["dups"] += dups
         if lost:  # a loss may concern any flow of this node: every bucket hears of it
             for p in range(self.partitions):
                 b = f"b{p:04d}"
@@ -261,10 +265,21 @@ class Enricher:
         """One event -> its EnrichedEvent (enriched.to_wire gives the schema form)."""
         ts, proto = e.ts, e.proto
         sec = ts // S
-        ref = self._ref
-        lref = ref(e.local_ip, e.local_port, proto, ts, sec)
-        rref = ref(e.remote_ip, e.remote_port, proto, ts, sec)
-        if e.addr_ip == e.remote_ip and e.addr_port == e.remote_port:
+        ref, cached = self._ref, self._ref_cache.get
+        # the common case inline: an IP seen this second that is no ClusterIP
+        ip = e.local_ip
+        hit = cached(ip)
+        if hit is not None and hit[0] == sec and hit[1] is not _SERVICE:
+            lref = hit[1]
+        else:
+            lref = ref(ip, e.local_port, proto, ts, sec)
+        ip = e.remote_ip
+        hit = cached(ip)
+        if hit is not None and hit[0] == sec and hit[1] is not _SERVICE:
+            rref = hit[1]
+        else:
+            rref = ref(ip, e.remote_port, proto, ts, sec)
+        if e.addr_ip == ip and e.addr_port == e.remote_port:
             aref = rref
         else:
             aref = ref(e.addr_ip, e.addr_port, proto, ts, sec)
@@ -280,13 +295,16 @@ class Enricher:
     def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
         kind = e.kind
         pout = st["pout"]
-        fdkey = f"{e.pid}:{e.fd}"
-        tagged = pout.get(fdkey) if pout else None
-        if tagged is not None:
-            tagged[1] = e.ts
-            if kind == "close":
-                del pout[fdkey]
-            return _proxy_of(tagged[0])
+        if pout:
+            fdkey = f"{e.pid}:{e.fd}"
+            tagged = pout.get(fdkey)
+            if tagged is not None:
+                tagged[1] = e.ts
+                if kind == "close":
+                    del pout[fdkey]
+                return _proxy_of(tagged[0])
+        if kind == "close" and not server_side:
+            return None  # the common case: nothing below concerns a client's close
         pid = str(e.pid)
         if kind == "connect":
             if server_side:
@@ -299,7 +317,7 @@ class Enricher:
                 ts0, client_ep, _fd = pending.pop(0)  # first accepted, first dialed
                 if not pending:
                     del st["pin"][pid]
-                st["pout"][fdkey] = [client_ep, e.ts]
+                st["pout"][f"{e.pid}:{e.fd}"] = [client_ep, e.ts]
                 return _proxy_of(client_ep)
             return None
         if kind == "accept":
@@ -319,7 +337,7 @@ class Enricher:
             fp = _fingerprint(e.data)
             for ts0, fp0, client_ep in reversed(st["reads"].get(pid, ())):
                 if fp0 == fp:
-                    st["pout"][fdkey] = [client_ep, e.ts]
+                    st["pout"][f"{e.pid}:{e.fd}"] = [client_ep, e.ts]
                     return _proxy_of(client_ep)
             return None
         if kind == "close" and server_side:

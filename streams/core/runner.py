@@ -24,6 +24,9 @@ from .graph import SYSCALLS_TOPIC, Graph, Settings
 from .stitch import CHAINS_TOPIC
 
 
+_NO_CLOCK = float("-inf")  # no event seen yet (compares below every ts)
+
+
 @dataclass
 class RunResult:
     chains: list[dict] = field(default_factory=list)  # in emission order
@@ -53,23 +56,41 @@ class Runner:
 
     def feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
         pending = self.pending  # step() empties it in place
+        step_events = self.step_events
+        clock = self.clock if self.clock is not None else _NO_CLOCK
+        npending = self.npending
+        events_in = 0
+        last_node, last_list = None, None
         for item in items:
-            if isinstance(item, SyscallBatch):
+            if item.__class__ is not SyscallBatch:  # an event (the common case, kept lean)
+                node = item.node
+                if node != last_node:  # events mostly come in runs from one node
+                    last_list = pending.get(node)
+                    if last_list is None:
+                        last_list = pending[node] = []
+                    last_node = node
+                last_list.append(item)
+                events_in += 1
+                npending += 1
+                if item.ts > clock:
+                    clock = item.ts
+            else:
                 self._deliver(SYSCALLS_TOPIC, item.node, item)
                 n = len(item.events)
+                events_in += n
+                npending += n
                 ts = max((e.ts for e in item.events), default=None)
-            else:
-                events = pending.get(item.node)
-                if events is None:
-                    events = pending[item.node] = []
-                events.append(item)
-                n, ts = 1, item.ts
-            self.events_in += n
-            self.npending += n
-            if ts is not None and (self.clock is None or ts > self.clock):
-                self.clock = ts
-            if self.npending >= self.step_events:
-                self.step()
+                if ts is not None and ts > clock:
+                    clock = ts
+            if npending >= step_events:
+                self.clock = None if clock is _NO_CLOCK else clock
+                self.npending = npending
+                self.step()  # empties `pending` in place
+                npending = 0
+                last_node = None
+        self.events_in += events_in
+        self.npending = npending
+        self.clock = None if clock is _NO_CLOCK else clock
 
     def step(self) -> None:
         for node, events in self.pending.items():

@@ -21,6 +21,7 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 from __future__ import annotations
 
 from bisect import bisect_left
+from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
 
 from svctrace.schemas.models import SyscallEvent
@@ -87,7 +88,18 @@ class Stitcher:
     @staticmethod
     def new_state() -> dict:
         return {"wm": 0, "buf": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
-                "next": None, "late": 0, "dups": 0}
+                "next": None, "late": 0, "dups": 0,
+                "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
+                "seq": 0}  # conns are numbered in creation order (conn["seq"]): timers handle them in that order
+
+    @staticmethod
+    def _upgrade(state: dict) -> None:
+        """A state written before the timer queue existed: number its conns and queue them."""
+        state["tq"] = [[0, k] for k in state["conns"]]  # validated (set to the real deadline) at the next pass
+        heapify(state["tq"])
+        for i, conn in enumerate(state["conns"].values()):
+            conn["seq"] = i
+        state["seq"] = len(state["conns"])
 
     @staticmethod
     def is_idle(state: dict) -> bool:
@@ -135,6 +147,8 @@ class Stitcher:
         if watermark_ns <= state["wm"] and not final:
             return out
         state["wm"] = max(state["wm"], watermark_ns)
+        if "tq" not in state:
+            self._upgrade(state)
         buf = state["buf"]
         if buf:
             buf.sort(key=_event_order)
@@ -199,11 +213,15 @@ class Stitcher:
         if conn is not None and side == "cl" and kind == "connect" and conn["cn"] is not None:
             # The client port is reused: the previous connection is over.
             self._finish(st, conn, out, final=False)
-            conn = None
-        if conn is None:
+            seq = conn["seq"]  # the new conn takes the old one's place in `conns` (and in timer order)
+            conn = conns[key] = _new_conn(key, e, seq)
+            self._schedule(st, conn)
+        elif conn is None:
             if kind == "close" and side == "cl":
                 return  # the tail of a connection already finished
-            conn = conns[key] = _new_conn(key, e)
+            seq = st["seq"]
+            st["seq"] = seq + 1
+            conn = conns[key] = _new_conn(key, e, seq)
             self._schedule(st, conn)
         if e.ts > conn["t1"]:
             conn["t1"] = e.ts  # only delays the idle deadline: no rescheduling needed
@@ -217,6 +235,7 @@ class Stitcher:
 
     def _schedule(self, st: dict, conn: dict) -> None:
         dl = self._conn_deadline(conn)
+        heappush(st["tq"], [dl, conn["k"]])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
@@ -547,12 +566,31 @@ class Stitcher:
 
     def _timers(self, st: dict, now: int, out: list, final: bool) -> None:
         conns = st["conns"]
-        nxt = None
-        for key in list(conns):
+        tq = st["tq"]
+        if final:
+            due = list(conns)
+        else:
+            # Only conns whose deadline has come (the queue's entries <= now), in creation order:
+            # what a scan of every conn would find, in the order it would find it.
+            found: dict[str, int] = {}
+            conn_deadline = self._conn_deadline
+            while tq and tq[0][0] <= now:
+                key = heappop(tq)[1]
+                conn = conns.get(key)
+                if conn is None or key in found:
+                    continue
+                dl = conn_deadline(conn)
+                if dl <= now:
+                    found[key] = conn["seq"]
+                else:
+                    heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
+            due = sorted(found, key=found.__getitem__)
+        settle_ns, idle_ns = self.settle_ns, self.idle_ns
+        for key in due:
             conn = conns[key]
-            if final or (conn["ccl"] is not None and now >= conn["ccl"] + self.settle_ns) or now >= conn["t1"] + self.idle_ns:
+            if final or (conn["ccl"] is not None and now >= conn["ccl"] + settle_ns) or now >= conn["t1"] + idle_ns:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
-                cut = final and conn["ccl"] is None and now < conn["t1"] + self.idle_ns
+                cut = final and conn["ccl"] is None and now < conn["t1"] + idle_ns
                 try:
                     self._finish(st, conn, out, final=cut)
                 except Exception as exc:  # a connection we cannot describe is reported, not fatal
@@ -560,14 +598,27 @@ class Stitcher:
                 del conns[key]
                 continue
             for r in conn["creq"]:
-                if not r["done"] and r["rts"] is not None and now >= r["rts"] + self.settle_ns:
+                if not r["done"] and r["rts"] is not None and now >= r["rts"] + settle_ns:
                     try:
                         self._emit_request(st, conn, r, out, final=False)
                     except Exception as exc:
                         r["done"] = True
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r["ts"]))
-            dl = self._conn_deadline(conn)
-            nxt = dl if nxt is None or dl < nxt else nxt
+            heappush(tq, [self._conn_deadline(conn), key])
+        if not conns:
+            tq.clear()
+        # The earliest deadline of the open conns: the queue's head, once it is exact.
+        while tq:
+            dl, key = tq[0]
+            conn = conns.get(key)
+            if conn is None:
+                heappop(tq)
+                continue
+            actual = self._conn_deadline(conn)
+            if actual == dl:
+                break
+            heapreplace(tq, [actual, key])
+        nxt = tq[0][0] if tq else None
         for lkey in list(st["lk"]):
             keep = []
             for lk in st["lk"][lkey]:
@@ -912,12 +963,12 @@ class Stitcher:
 # helpers ----------------------------------------------------------------------------------
 
 _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
-_event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents
+_event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
 
-def _new_conn(key: str, e: SyscallEvent) -> dict:
-    return {"k": key, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
+def _new_conn(key: str, e: SyscallEvent, seq: int) -> dict:
+    return {"k": key, "seq": seq, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
             "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
             "eof": None, "err": None, "tx": 0, "rx": 0}
 
