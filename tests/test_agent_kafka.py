@@ -37,7 +37,7 @@ class ScriptedSource:
         out, self.pending = self.pending[:max_events], self.pending[max_events:]
         return out
 
-    def lost(self):
+    def lost(self, final: bool = False):
         return 0, []
 
     def close(self) -> None:

@@ -172,11 +172,11 @@ def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
     if os.geteuid() != 0:
         pytest.fail("eBPF tests need root (they are marked `root`)")
     cap = EbpfCapture(CaptureConfig())
-    ring = cap.ring
     offset = boot_to_epoch_ns()
     counters = Counters()
     norm = Normalizer("live-node", offset)
     enc = NativeEncoder(norm, payload_encoder(256, counters))
+    ring = cap.ring
     addr = enc.lib.fp_map(ring.map_fd, ring.page + 2 * ring.size, ring.page)
     assert addr, "cannot map the ring"
     batcher = Batcher("live-node", "ebpf", max_events=500, max_bytes=100_000)
@@ -234,3 +234,38 @@ def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
     assert len(events) > 20 and py_norm.n == norm.n == len(events)
     assert [b.value for b in py] == [b.value for b in batches]
     assert py_counters.redacted == counters.redacted >= 2  # the request, and the server's read of it
+
+
+def test_without_a_compiler_the_native_path_is_unavailable_with_the_reason(monkeypatch, tmp_path):
+    from svctrace.agents.ebpf import build, fastpath
+
+    monkeypatch.setattr(fastpath, "_lib", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: it must build
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)
+    with pytest.raises(fastpath.NativeUnavailable, match="no C compiler found"):
+        NativeEncoder(Normalizer("n", 0), payload_encoder(256, Counters()))
+
+
+@pytest.mark.root
+def test_the_agent_source_falls_back_to_python_with_a_log_line(monkeypatch, tmp_path, caplog):
+    """No compiler on the node: `svctrace agent` logs why and encodes in Python; it does not fail."""
+    import logging
+    import os
+
+    from svctrace.agents.agent.sources import EbpfSource
+    from svctrace.agents.ebpf import build, fastpath
+    from svctrace.agents.ebpf.loader import CaptureConfig
+
+    if os.geteuid() != 0:
+        pytest.fail("eBPF tests need root (they are marked `root`)")
+    source = EbpfSource("n", CaptureConfig())  # the BPF object is built (or cached) with the real tools
+    try:
+        monkeypatch.setattr(fastpath, "_lib", None)
+        monkeypatch.setattr(build, "cache_dir", lambda: tmp_path / "bpf")  # no cached library either
+        monkeypatch.setattr(build.shutil, "which", lambda name: None)
+        with caplog.at_level(logging.WARNING, logger="svctrace.agent"):
+            source.encode_with(payload_encoder(256, Counters()))
+        assert source.native is None and source.payload is not None
+        assert "native fast path unavailable" in caplog.text and "no C compiler" in caplog.text
+    finally:
+        source.close()

@@ -90,6 +90,15 @@ class Agent:
             events = redact_events(events, self.opt.snaplen, self.counters, self.opt.redact)
         self._enqueue(self.batcher.add(events, time.monotonic()))
 
+    def _with_losses(self, lost_markers: tuple[int, list], events: list) -> list:
+        """Count the source's losses into the open batch; `events` with the loss markers appended."""
+        lost, markers = lost_markers
+        if not lost:
+            return events
+        self.batcher.note_lost(lost)
+        self.counters.lost += lost
+        return events + markers if events else markers
+
     async def _capture(self) -> None:
         src = self.source
         try:
@@ -102,11 +111,7 @@ class Agent:
                 else:
                     events = src.read(self.opt.read_chunk)
                     read = len(events)
-                lost, markers = src.lost()
-                if lost:
-                    self.batcher.note_lost(lost)
-                    self.counters.lost += lost
-                    events = events + markers if events else markers
+                events = self._with_losses(src.lost(), events)
                 if events:
                     self.ingest(events)
                 now = time.monotonic()
@@ -120,6 +125,9 @@ class Agent:
                 else:
                     await asyncio.sleep(0)  # let the publisher run between chunks
         finally:
+            markers = self._with_losses(src.lost(final=True), [])
+            if markers:
+                self.ingest(markers)
             last = self.batcher.flush()
             if last is not None:
                 self._enqueue([last])

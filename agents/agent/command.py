@@ -120,7 +120,9 @@ async def _main(args) -> int:
             metrics.close()
     print(f"svctrace agent: captured {c.captured} published {c.published} dropped {c.dropped} lost {c.lost} "
           f"redacted {c.redacted} batches {c.batches}"
-          + (f" (lost with room in the ring: {source.drops_with_room})" if getattr(source, "drops_with_room", 0) else ""),
+          + (f" (lost with room in the ring: {source.drops_with_room})" if getattr(source, "drops_with_room", 0) else "")
+          + (f" (written on a retry of the ring reservation: {source.saved_by_retry})"
+             if getattr(source, "saved_by_retry", 0) else ""),
           file=sys.stderr, flush=True)
     return 0 if agent.buffer.events == 0 else 1  # 1: the drain timeout left events unpublished
 

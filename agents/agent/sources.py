@@ -29,9 +29,11 @@ class EbpfSource:
         self.containers.refresh()
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
         self._drops = (0, 0)
+        self._next_loss_check = 0.0
         self.payload = None
         self.native = None  # fastpath.NativeRing once `encode_with(..., native=True)` loaded it
         self.drops_with_room = 0  # ring drops while the ring had room (read at close)
+        self.saved_by_retry = 0  # records written on a retry after such a failure (read at close)
 
     def encode_with(self, payload, native: bool = True) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
@@ -66,8 +68,15 @@ class EbpfSource:
                                                                      snaplen, suspicious), out, max_events)
         return out
 
-    def lost(self) -> tuple[int, list[SyscallEvent]]:
-        """(ring-buffer drops since the last call, loss marker events)."""
+    LOSS_CHECK_S = 0.02  # the per-CPU drop counters are read at most this often (two syscalls)
+
+    def lost(self, final: bool = False) -> tuple[int, list[SyscallEvent]]:
+        """(ring-buffer drops since the last call, loss marker events); `final`: read the counters
+        now, however recently they were read."""
+        now = time.monotonic()
+        if now < self._next_loss_check and not final:
+            return 0, []
+        self._next_loss_check = now + self.LOSS_CHECK_S
         drops = self.capture.drops()
         new = drops[0] - self._drops[0]
         self._drops = drops
@@ -89,6 +98,7 @@ class EbpfSource:
     def close(self) -> None:
         try:
             self.drops_with_room = self.capture.drops_with_room()  # for the exit summary
+            self.saved_by_retry = self.capture.saved_by_retry()
         except Exception:  # noqa: BLE001 - a diagnostic only; closing must go on
             pass
         if self.native is not None:
@@ -150,7 +160,7 @@ class ScapSource:
         wait = (self._next.ts - self._t0_capture) / 1e9 / self.speed - (time.monotonic() - self._t0_wall)
         return max(0.0, wait)
 
-    def lost(self) -> tuple[int, list[SyscallEvent]]:
+    def lost(self, final: bool = False) -> tuple[int, list[SyscallEvent]]:
         """The file's own DROP events are already in the stream as kind="lost" markers: only counted."""
         lost, self._lost = self._lost, 0
         return lost, []

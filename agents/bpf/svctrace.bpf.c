@@ -106,6 +106,8 @@ struct {
 	__uint(max_entries, 16 * 1024 * 1024);
 } events SEC(".maps");
 
+#define RESERVE_TRIES 4 /* attempts at writing a record while the ring has room */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -115,10 +117,11 @@ struct {
 
 /* [0] record not written (ring full or reservation failed), [1] in-flight entry missing at exit
  * (capture started mid-syscall / LRU eviction), [2] those of [0] that failed while the ring had room
- * (the reservation lock gave up: not the reader's fault) */
+ * (the reservation lock gave up: not the reader's fault), [3] records written on a retry after
+ * such a failure (so not lost) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } drops SEC(".maps");
@@ -299,12 +302,21 @@ static __always_inline void submit(struct event *e)
 		__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 		flags = (avail < wakeup_bytes && avail + size >= wakeup_bytes) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	}
-	if (bpf_ringbuf_output(&events, e, size, flags)) {
-		count_drop(0);
-		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 <=
-		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
-			count_drop(2);
+	/* A reservation can fail with room in the ring (this kernel's ring lock gives up now and
+	 * then): try again a few times before counting a drop; a ring really full fails at once. */
+	for (int i = 0; i < RESERVE_TRIES; i++) {
+		if (!bpf_ringbuf_output(&events, e, size, flags)) {
+			if (i)
+				count_drop(3);
+			return;
+		}
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + size + 8 > bpf_ringbuf_query(&events, BPF_RB_RING_SIZE)) {
+			count_drop(0);
+			return;
+		}
 	}
+	count_drop(0);
+	count_drop(2);
 }
 
 /* ---- entry side ----------------------------------------------------------- */

@@ -150,8 +150,8 @@ class NativeEncoder:
             self.ptr = None
 
     def _check_containers(self) -> None:
-        containers = self.norm.containers
-        if containers is not None and self._containers_seen != (containers.v2, containers.v1):
+        containers, seen = self.norm.containers, self._containers_seen
+        if containers is not None and (seen is None or seen[0] is not containers.v2 or seen[1] is not containers.v1):
             self._containers_seen = (containers.v2, containers.v1)
             self.lib.fp_clear_templates(self.ptr)  # container ids were re-resolved: templates may name them now
 
@@ -210,7 +210,7 @@ class NativeEncoder:
 
 
 class NativeRing:
-    """The native loop over a live ring (loader.RingReader): its data pages mapped once more for C."""
+    """The native loop over the live ring (loader.RingReader): its data pages mapped once more, for C."""
 
     def __init__(self, ring, encoder: NativeEncoder) -> None:
         self.ring = ring

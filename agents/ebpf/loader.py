@@ -287,7 +287,8 @@ class EbpfCapture:
     # -- running -------------------------------------------------------------
     def drops_per_cpu(self, which: int = 0) -> list[int]:
         """Per-CPU counter `which`: 0 = ring-buffer drops, 1 = exits without their entry,
-        2 = ring-buffer drops while the ring had room (its reservation lock gave up)."""
+        2 = ring-buffer drops while the ring had room (its reservation lock gave up), 3 = records
+        written on a retry after such a failure."""
         k = ctypes.c_uint32(which)
         vals = (ctypes.c_uint64 * self.ncpus)()
         if self.bpf.bpf_map_lookup_elem(self.drops_fd, ctypes.byref(k), vals) != 0:
@@ -297,6 +298,10 @@ class EbpfCapture:
     def drops(self) -> tuple[int, int]:
         """(ring-buffer drops, exits without a matching entry), summed over CPUs."""
         return sum(self.drops_per_cpu(0)), sum(self.drops_per_cpu(1))
+
+    def saved_by_retry(self) -> int:
+        """Records whose first reservation failed with room in the ring, written on a retry."""
+        return sum(self.drops_per_cpu(3))
 
     def drops_with_room(self) -> int:
         """Ring-buffer drops that happened while the ring had room for the record."""

@@ -199,8 +199,11 @@ class Normalizer:
         `decode_many`.
         """
         containers = self.containers
-        if containers is not None and self._templates_for != (containers.v2, containers.v1):
-            self.templates.clear()  # container ids were re-resolved: templates may name them now
+        seen = self._templates_for
+        if containers is not None and (seen is None or seen[0] is not containers.v2 or seen[1] is not containers.v1):
+            # container ids were re-resolved (new maps; compared by identity, not content): templates
+            # may name them now
+            self.templates.clear()
             self._templates_for = (containers.v2, containers.v1)
         head = RING_HEAD.unpack_from
         templates, roles, io = self.templates, self.roles, IO_SYSCALLS
