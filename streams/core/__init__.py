@@ -20,13 +20,32 @@ Every operator `op` has:
     op.flush(state, key) -> outputs             end of input: close everything
     op.deadline(state) -> int | None            watermark at which advance() has work
     op.is_idle(state) -> bool                   state may be deleted (it has expired)
+    op.durable(state) -> dict                   what a checkpoint must keep (no re-readable input)
+    op.restore(durable) -> dict                 a durable (or full) state -> a state to drive
+
+state["wm"] (enrich, stitch): every input event with ts < wm has been applied
+(enrich: released downstream; stitch: applied to the chain state); the stage's
+input buffer holds only events with ts >= wm, and an event arriving with ts < wm
+is counted (state["late"]) and dropped. So a shell that acknowledges an input
+record once all its events are older than wm, and re-reads unacknowledged
+records after a restart, may checkpoint `durable(state)` (the state without
+its input buffer) and resume from `restore(...)`: the re-read events older
+than wm are dropped as late, the others buffered again. The alerts stage
+buffers nothing: durable(state) is the state. Alerter.flush emits every
+window's record but keeps the window until the watermark passes end + lateness
+(is_idle is False until then), so a later occurrence counts on under the same
+alert_id; a shell that flushes idle partitions keeps such state.
 
 `outputs` is a list of (topic, key, value) triples: values on a consumed topic go
 to that topic's operator (through Kafka on Faust, directly in-process); values on
 svctrace.chains / svctrace.alerts / svctrace.events.enriched are final records in
 their schema's form. Input values: enrich takes a SyscallBatch, a list of
-SyscallEvents or one SyscallEvent; stitch takes an enriched-batch dict (payload
-`data` as bytes or base64 text); alerts takes an occurrence dict.
+SyscallEvents or one SyscallEvent; stitch takes an enriched-batch dict whose
+events are EnrichedEvent objects (in-process: enriched.py, no dict per event)
+or their schema dicts as read from Kafka (payload `data` as bytes or base64
+text); alerts takes an occurrence dict. Enriched batches carry EnrichedEvents:
+`schemas.models.dumps` / `graph.encode_value` write them in their schema form
+(enriched.to_wire), `graph.enriched_to_wire(batch)` gives the dict form.
 
 Watermarks: each stage buffers its input and applies it in event-time order
 once the watermark passes it, so arrival order within the lateness and

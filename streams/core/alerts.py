@@ -6,6 +6,12 @@ alert id — rule + labels + window start — is the same in every runner. An al
 is emitted when its window opens (count 1, for latency) and re-emitted, final,
 when the watermark closes the window if anything changed; the last record per
 alert_id is the alert (the topic is keyed by alert_id).
+
+flush() (end of input, or a shell flushing an idle partition) emits every
+window's final record but keeps the window until the watermark passes its
+end + lateness: an occurrence that still arrives for it counts on (count,
+first/last seen) under the same alert_id instead of restarting at 1. A shell
+that wants that must keep the state after flush while `is_idle` is False.
 """
 from __future__ import annotations
 
@@ -85,12 +91,24 @@ class Alerter:
         return out
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
+        """Emit every window's record now (if it changed since last emitted). The windows stay
+        (is_idle stays False) until advance() passes end + lateness, so late occurrences merge."""
         out = []
         for w in state["w"].values():
             if w["emitted"] != w["count"]:
+                w["emitted"] = w["count"]
                 out.append((ALERTS_TOPIC, self._id(w), self._record(w)))
-        state["w"] = {}
         return out
+
+    # -- durable state (what a checkpoint keeps) ---------------------------------------
+
+    @staticmethod
+    def durable(state: dict) -> dict:
+        """The alerts stage buffers no input: all of its state is durable."""
+        return state
+
+    def restore(self, durable: dict) -> dict:
+        return durable
 
     @staticmethod
     def _id(w: dict) -> str:

@@ -98,6 +98,25 @@ class Enricher:
         self.index.invalidate()
         self._ref_cache.clear()
 
+    # -- durable state (what a checkpoint keeps) ------------------------------
+    # state["wm"]: every event with ts < wm has been released (enriched and emitted);
+    # the buffer holds only events with ts >= wm. A shell that re-reads every input
+    # record not yet acknowledged, and acknowledges a record once all its events are
+    # older than wm, may checkpoint durable(state) and resume with restore(it).
+
+    @staticmethod
+    def durable(state: dict) -> dict:
+        """The state minus the input buffer (re-readable from the source topic)."""
+        return {k: v for k, v in state.items() if k != "buf"}
+
+    def restore(self, durable: dict) -> dict:
+        """A durable state (or a full one) -> a state process/advance take."""
+        state = self.new_state()
+        state.update(durable)
+        if "buf" not in durable:
+            state["buf"], state["unsorted"] = [], False
+        return state
+
     # -- operator API --------------------------------------------------------
 
     def process(self, state: dict, key: str, item) -> list[tuple[str, str, dict]]:

@@ -115,6 +115,27 @@ class Stitcher:
         self.index.invalidate()
         self._nodeports_at = None
 
+    # -- durable state (what a checkpoint keeps) ------------------------------
+    # state["wm"]: every event with ts < wm has been applied to the chain state; the
+    # buffer holds only events with ts >= wm (later ones are counted late and dropped).
+    # A shell that re-reads unacknowledged input records, acknowledging a record once
+    # all its events are older than wm, may checkpoint durable(state) only.
+
+    @staticmethod
+    def durable(state: dict) -> dict:
+        """The state minus the input buffer (re-readable from svctrace.flows)."""
+        return {k: v for k, v in state.items() if k != "buf"}
+
+    def restore(self, durable: dict) -> dict:
+        """A durable state (or a full one) -> a state process/advance take."""
+        state = self.new_state()
+        state.update(durable)
+        if "buf" not in durable:
+            state["buf"] = []
+        if "tq" not in durable:
+            self._upgrade(state)
+        return state
+
     # -- operator API --------------------------------------------------------
 
     def process(self, state: dict, key: str, batch: dict) -> list[tuple[str, str, dict]]:

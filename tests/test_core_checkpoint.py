@@ -1,0 +1,151 @@
+"""What a shell (the Faust worker) may rely on to checkpoint and resume the operators:
+op.durable(state) / op.restore(...), state["wm"], dumps_state/loads_state across versions,
+and alert windows that survive a flush."""
+from __future__ import annotations
+
+import orjson
+
+from svctrace.streams.core import Graph, Runner, dumps_state, loads_state, run
+from svctrace.streams.core.alerts import ALERTS_TOPIC, Alerter
+from svctrace.streams.core.enriched import EnrichedEvent, to_wire
+from svctrace.streams.core.graph import SYSCALLS_TOPIC
+from svctrace.streams.core.enrich import FLOWS_TOPIC
+from tests.scenario import MODES, MS, S, T0, Cluster, Scenario
+
+
+def _traffic():
+    cluster = Cluster("wrong_port")
+    events = []
+    for m, mode in enumerate(MODES):
+        sc = Scenario(cluster, mode)
+        for i in range(4):
+            sc.request(T0 + m * 20 * S + i * 300 * MS, "wrong_port" if i % 2 else "healthy")
+        events += sc.events()
+    # one numbering per node across the scenarios, as a capture would have
+    counters: dict[str, int] = {}
+    numbered = []
+    for e in sorted(events, key=lambda e: e.ts):
+        counters[e.node] = counters.get(e.node, 0) + 1
+        numbered.append(e.with_(n=counters[e.node]))
+    return cluster, numbered
+
+
+def test_resuming_from_durable_state_and_re_read_input_gives_the_same_records():
+    cluster, events = _traffic()
+    baseline = run(events, cluster.index())
+    assert baseline.chains and baseline.alerts
+
+    half = len(events) // 2
+    first = Runner(cluster.index(), step_events=32)
+    first.feed(events[:half])
+    first.step()
+    # on Kafka each stage has its own watermark: let enrich run ahead of stitch
+    for node, st in first.states[SYSCALLS_TOPIC].items():
+        for out in first.graph.enrich.advance(st, node, first.clock + 1):
+            first._route(*out)
+    enrich_wm = {node: st["wm"] for node, st in first.states[SYSCALLS_TOPIC].items()}
+    assert enrich_wm and all(wm > 0 for wm in enrich_wm.values())
+    # what a shell re-reads after a restore: input records not yet acknowledged, i.e. those
+    # holding an event at or after the stage's wm (events before it come again: dropped as late)
+    stitch_reread = {key: [to_wire(r) for r in st["buf"]] for key, st in first.states[FLOWS_TOPIC].items()}
+    assert any(stitch_reread.values()), "the checkpoint should cut through buffered stitch input"
+
+    second = Runner(cluster.index(), step_events=32)
+    for topic, op in second.graph.consumers.items():
+        for key, st in first.states[topic].items():
+            durable = op.durable(st)
+            assert "buf" not in durable
+            second.states[topic][key] = op.restore(loads_state(dumps_state(durable)))
+    second.clock = first.clock
+    second.chains = list(first.chains)
+    second.alerts = dict(first.alerts)
+    for key, wire_events in stitch_reread.items():
+        second._deliver(FLOWS_TOPIC, key, {"schema": "svctrace.enriched-batch", "version": 1, "events": wire_events})
+    reread = [e for e in events[:half] if e.ts >= enrich_wm.get(e.node, 0) - 1 * S]
+    second.feed(reread + events[half:])
+    resumed = second.finish()
+    by_id = lambda records: sorted(records, key=lambda r: r["chain_id"])  # noqa: E731 (emission order follows steps)
+    assert by_id(resumed.chains) == by_id(baseline.chains)
+    assert resumed.alerts == baseline.alerts
+    assert sum(st.get("late", 0) for st in second.states[SYSCALLS_TOPIC].values()) == 0  # states deleted at finish
+
+
+def test_wm_means_every_older_event_was_applied():
+    cluster, events = _traffic()
+    runner = Runner(cluster.index(), step_events=16)
+    runner.feed(events[: len(events) // 3])
+    runner.step()
+    for topic in (SYSCALLS_TOPIC, FLOWS_TOPIC):
+        for st in runner.states[topic].values():
+            buffered = [r.ev.ts if isinstance(r, EnrichedEvent) else r.ts for r in st["buf"]]
+            assert all(ts >= st["wm"] for ts in buffered)
+
+
+def test_states_written_by_the_previous_version_still_load():
+    cluster, events = _traffic()
+    node_a = [e for e in events if e.node == "node-a"][:5]
+    old_enrich = {"wm": 0, "buf": [{"__ev__": e.to_dict()} for e in node_a], "vipc": {}, "pin": {}, "pout": {},
+                  "reads": {}, "late": 0, "dups": 0, "unsorted": False}
+    back = loads_state(orjson.dumps(old_enrich))
+    assert back["buf"] == node_a
+    # a stitch state of the previous version: plain event dicts in buf, no timer queue
+    runner = Runner(cluster.index(), step_events=8)
+    runner.feed(events[:60])
+    runner.step()
+    for key, st in runner.states[FLOWS_TOPIC].items():
+        old = {k: v for k, v in st.items() if k not in ("tq", "seq")}
+        for conn in old["conns"].values():
+            conn.pop("seq", None)
+        old["buf"] = [to_wire(r) for r in st["buf"]]
+        restored = loads_state(dumps_state(old))
+        assert restored["buf"] == st["buf"]
+        runner.states[FLOWS_TOPIC][key] = restored
+    runner.feed(events[60:])
+    by_id = lambda records: sorted(records, key=lambda r: r["chain_id"])  # noqa: E731
+    assert by_id(runner.finish().chains) == by_id(run(events, cluster.index()).chains)
+
+
+def _occ(ts, chain):
+    return {"rule": "svc.target_port_refused", "labels": {"namespace": "default", "service": "my-nginx", "pod": "client",
+                                                         "node": "node-a"},
+            "ts": ts, "chain_id": chain, "evidence": [{"node": "node-a", "n": 1, "ts": ts, "what": "x"}],
+            "vars": {"client": "default/client", "namespace": "default", "service": "my-nginx", "outcome": "x",
+                     "vip": "10.96.0.100", "backend": "b", "backend_port": 80}, "in_cluster": True}
+
+
+def test_an_alert_window_flushed_then_reopened_counts_on_under_the_same_id():
+    alerter = Alerter(lateness_ns=10 * S)
+    st = alerter.new_state()
+    [(topic, aid, opened)] = alerter.process(st, "k", _occ(T0 + 1 * S, "ch-1"))
+    assert topic == ALERTS_TOPIC and opened["count"] == 1
+    assert alerter.flush(st, "k") == []  # nothing changed since it was emitted
+    assert not alerter.is_idle(st)  # the window is kept until end + lateness
+    assert alerter.process(st, "k", _occ(T0 + 2 * S, "ch-2")) == []
+    assert alerter.process(st, "k", _occ(T0 + 1 * S, "ch-1")) == []  # a duplicate occurrence
+    [(_t, aid2, again)] = alerter.flush(st, "k")
+    assert aid2 == aid and again["alert_id"] == aid
+    assert (again["count"], again["first_seen"], again["last_seen"]) == (2, T0 + 1 * S, T0 + 2 * S)
+    assert alerter.flush(st, "k") == []
+    # the window expires by event time like any other
+    end = opened["first_seen"] - opened["first_seen"] % opened["suppress_ns"] + opened["suppress_ns"]
+    assert alerter.advance(st, "k", end + 10 * S) == []
+    assert alerter.is_idle(st)
+    assert alerter.durable(st) == st == {"w": {}}
+
+
+def test_state_with_enriched_events_round_trips_through_bytes():
+    cluster, events = _traffic()
+    graph = Graph(cluster.index())
+    stitch_states: dict[str, dict] = {}
+    for node in ("node-a", "node-b"):
+        st = graph.enrich.new_state()
+        graph.enrich.process(st, node, [e for e in events[:40] if e.node == node])
+        for topic, key, value in graph.enrich.flush(st, node):
+            if topic == FLOWS_TOPIC:
+                graph.stitch.process(stitch_states.setdefault(key, graph.stitch.new_state()), key, value)
+    assert any(st["buf"] for st in stitch_states.values())
+    assert any(r.ev.data for st in stitch_states.values() for r in st["buf"])
+    for st in stitch_states.values():
+        back = loads_state(dumps_state(st))
+        assert back["buf"] == st["buf"]  # EnrichedEvents, payload bytes included
+        assert orjson.loads(dumps_state(back)) == orjson.loads(dumps_state(st))
