@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 from operator import attrgetter
 import os
 import random
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svctrace.agents.scap import ScapWriter, open_capture  # noqa: E402
-from svctrace.schemas.models import SyscallEvent  # noqa: E402
+from svctrace.schemas.models import SyscallEvent, dumps  # noqa: E402
 from svctrace.streams.core import Runner, Settings, dumps_state, run  # noqa: E402
 from tests.scenario import MODES, MS, REQUEST, S, T0, US, Cluster, Scenario  # noqa: E402
 
@@ -113,13 +114,19 @@ def shuffled(events, lateness, dup_rate=0.1, seed=1):
     return [e for *_k, e in keyed]
 
 
-def throughput(index, events) -> tuple[float, float, float, int]:
-    """events per CPU second (process time: the machine may be shared) and wall seconds."""
+def digest(result) -> str:
+    """A fingerprint of the chains and alerts: optimizations must leave it unchanged."""
+    return hashlib.sha1(dumps({"chains": result.chains, "alerts": result.alerts})).hexdigest()[:16]
+
+
+def throughput(index, events) -> tuple[float, float, float, int, str]:
+    """events per CPU second (process time: the machine may be shared), wall seconds,
+    chains and the output digest."""
     gc.collect()
     c, t = time.process_time(), time.perf_counter()
     result = run(events, index)
     cpu, wall = time.process_time() - c, time.perf_counter() - t
-    return len(events) / cpu, cpu, wall, len(result.chains)
+    return len(events) / cpu, cpu, wall, len(result.chains), digest(result)
 
 
 def open_chain_events(n: int) -> list[SyscallEvent]:
@@ -184,8 +191,8 @@ def main(argv=None) -> int:
         read_eps, read_n = reader_alone(events)
         runs_a = [throughput(index, events) for _ in range(3)]
         runs_b = [throughput(index, shuf) for _ in range(3)]
-        eps_a, cpu_a, wall_a, chains_a = max(runs_a)
-        eps_b, cpu_b, wall_b, chains_b = max(runs_b)
+        eps_a, cpu_a, wall_a, chains_a, digest_a = max(runs_a)
+        eps_b, cpu_b, wall_b, chains_b, digest_b = max(runs_b)
         best = max(best, eps_a)
         print(f"{kind} traffic: {len(events)} events, {args.requests} requests, {chains_a} chains")
         print(f"  capture order          : {eps_a:>10,.0f} events/s  ({cpu_a:.2f} s CPU, {wall_a:.2f} s wall)")
@@ -197,6 +204,7 @@ def main(argv=None) -> int:
               f" -> reader + graph: {1 / (1 / read_eps + 1 / eps_a):,.0f} events/s, the graph's share"
               f" {read_eps / (read_eps + eps_a):.0%}")
         print(f"  ratio shuffled/ordered : {eps_b / eps_a:.2f}")
+        print(f"  output digest          : {digest_a} (shuffled + dups: {'same' if digest_b == digest_a else digest_b})")
     print(f"target >= {TARGET_EPS:,} events/s: {'MET' if best >= TARGET_EPS else 'NOT MET'} (best {best:,.0f})")
     cluster = Cluster()
     index = cluster.index()

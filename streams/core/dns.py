@@ -55,16 +55,26 @@ _MEMO_MAX = 4096
 
 
 def parse_dns(data: bytes | None, tcp: bool = False) -> DnsMessage | None:
+    msg, qid = parse_dns_with_id(data, tcp)
+    if msg is None or msg.id == qid:
+        return msg
+    return DnsMessage(qid, msg.is_response, msg.qname, msg.qtype, msg.rcode, msg.answers, msg.cnames, msg.ttl,
+                      msg.truncated)
+
+
+def parse_dns_with_id(data: bytes | None, tcp: bool = False) -> tuple[DnsMessage | None, int]:
+    """(message, id): the memoized message may carry another message's id (all else equal),
+    `id` is this one's. Spares building a DnsMessage per message (ids differ every time)."""
     if not data:
-        return None
+        return None, 0
     wire = data
     if tcp:
         if len(data) < 14:
-            return None
+            return None, 0
         length = struct.unpack_from("!H", data, 0)[0]
         wire = data[2:2 + length]
     if len(wire) < 12:
-        return None
+        return None, 0
     key = wire[2:]
     hit = _MEMO.get(key, False)
     if hit is False:
@@ -72,13 +82,7 @@ def parse_dns(data: bytes | None, tcp: bool = False) -> DnsMessage | None:
         if len(_MEMO) >= _MEMO_MAX:
             _MEMO.clear()
         _MEMO[key] = hit
-    if hit is None:
-        return None
-    qid = (wire[0] << 8) | wire[1]
-    if hit.id == qid:
-        return hit
-    return DnsMessage(qid, hit.is_response, hit.qname, hit.qtype, hit.rcode, hit.answers, hit.cnames, hit.ttl,
-                      hit.truncated)
+    return hit, (wire[0] << 8) | wire[1]
 
 
 def _decode(wire: bytes) -> DnsMessage | None:

@@ -24,15 +24,11 @@ class MemoIndex:
         """Forget every answer (call after applying records to the index)."""
         self._memo.clear()
 
-    def _get(self, key: tuple, compute):
+    def _put(self, key: tuple, value):
         memo = self._memo
-        try:
-            return memo[key]
-        except KeyError:
-            pass
         if len(memo) >= self.max_entries:
             memo.clear()
-        value = memo[key] = compute()
+        memo[key] = value
         return value
 
     @staticmethod
@@ -40,33 +36,63 @@ class MemoIndex:
         """The instant a question about time ts is asked for: the end of its second."""
         return ts - ts % S + S - 1
 
+    # Each question: a hit costs one tuple and one dict lookup (these run per event and per chain).
+
     def pod_by_ip(self, ip, ts):
-        t = self.at(ts)
-        return self._get(("pod", ip, t), lambda: self.index.pod_by_ip(ip, t))
+        t = ts - ts % S + S - 1
+        key = ("pod", ip, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.pod_by_ip(ip, t))
 
     def pod_by_container(self, container_id, ts):
         # keyed by the second too: an answer given before the pod's record arrived is not kept
-        return self._get(("cid", container_id, ts // S), lambda: self.index.pod_by_container(container_id))
+        key = ("cid", container_id, ts // S)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.pod_by_container(container_id))
 
     def service_by_ip(self, ip, port=None, protocol="TCP", ts=None):
-        t = self.at(ts)
-        return self._get(("svc", ip, port, protocol, t), lambda: self.index.service_by_ip(ip, port, protocol, t))
+        t = ts - ts % S + S - 1
+        key = ("svc", ip, port, protocol, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.service_by_ip(ip, port, protocol, t))
 
     def endpoints(self, namespace, service, ts):
-        t = self.at(ts)
-        return self._get(("eps", namespace, service, t), lambda: self.index.endpoints(namespace, service, t))
+        t = ts - ts % S + S - 1
+        key = ("eps", namespace, service, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.endpoints(namespace, service, t))
 
     def services_for_endpoint(self, ip, port=None, ts=None):
-        t = self.at(ts)
-        return self._get(("sfe", ip, port, t), lambda: self.index.services_for_endpoint(ip, port, t))
+        t = ts - ts % S + S - 1
+        key = ("sfe", ip, port, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.services_for_endpoint(ip, port, t))
 
     def node_by_ip(self, ip, ts):
-        t = self.at(ts)
-        return self._get(("node", ip, t), lambda: self.index.node_by_ip(ip, t))
+        t = ts - ts % S + S - 1
+        key = ("node", ip, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.node_by_ip(ip, t))
 
     def is_cluster_dns(self, ip, ts):
-        t = self.at(ts)
-        return self._get(("dns", ip, t), lambda: self.index.is_cluster_dns(ip, t))
+        t = ts - ts % S + S - 1
+        key = ("dns", ip, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            return self._put(key, self.index.is_cluster_dns(ip, t))
 
     def objects(self, ts):
         return self.index.objects(self.at(ts))

@@ -27,7 +27,7 @@ from operator import attrgetter, itemgetter
 from svctrace.schemas.models import SyscallEvent
 
 from . import rules as R
-from .dns import in_cluster_domain, parse_dns, service_of_name
+from .dns import in_cluster_domain, parse_dns_with_id, service_of_name
 from .http import looks_like_request, looks_like_response, parse_request, parse_response
 from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
 from .deadletter import dead_letter
@@ -90,7 +90,12 @@ class Stitcher:
         return {"wm": 0, "buf": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
                 "next": None, "late": 0, "dups": 0,
                 "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
-                "seq": 0}  # conns are numbered in creation order (conn["seq"]): timers handle them in that order
+                "seq": 0,  # conns are numbered in creation order (conn["seq"]): timers handle them in that order
+                # lookups: "lks" numbers the keys of "lk" in creation order, lk["ls"] each lookup;
+                # "lq" min-heap of [expiry, ls, lkey] (each lookup has an entry <= its expiry);
+                # "lke" keys whose (empty) list an unmatched answer created: dropped at the next pass
+                "lks": {}, "lq": [], "lke": [],
+                "dq": []}  # min-heap of [ts, key] of "dsrv" entries: expiry without scanning them all
 
     @staticmethod
     def _upgrade(state: dict) -> None:
@@ -99,7 +104,21 @@ class Stitcher:
         heapify(state["tq"])
         for i, conn in enumerate(state["conns"].values()):
             conn["seq"] = i
-        state["seq"] = len(state["conns"])
+        seq = len(state["conns"])
+        state["lks"], state["lq"], state["lke"] = {}, [], []
+        for lkey, lookups in state["lk"].items():
+            state["lks"][lkey] = seq
+            for lk in lookups:
+                lk["ls"] = seq
+                state["lq"].append([0, seq, lkey])
+                seq += 1
+            if not lookups:
+                state["lke"].append(lkey)
+            seq += 1
+        heapify(state["lq"])
+        state["seq"] = seq
+        state["dq"] = [[v["ts"], k] for k, v in state["dsrv"].items()]
+        heapify(state["dq"])
 
     @staticmethod
     def is_idle(state: dict) -> bool:
@@ -454,18 +473,19 @@ class Stitcher:
     def _apply_dns(self, st: dict, d: EnrichedEvent) -> None:
         e = d.ev
         data = e.data
-        msg = parse_dns(data, tcp=e.proto == "tcp")
+        msg, qid = parse_dns_with_id(data, e.proto == "tcp")  # msg.id may be another message's: use qid
         if msg is None:
             return
         server_side = e.local_port == self.dns_port
         if server_side:
             peer = endpoint_key(e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip,
                                 e.remote_port or e.addr_port)
-            k = f"{peer}|{msg.id}"
+            k = f"{peer}|{qid}"
             if not msg.is_response:
                 st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
                                  "ip": e.local_ip, "port": e.local_port,
                                  "container_id": e.container_id, "ref": _ref(e, "dns server got query")}
+                heappush(st["dq"], [e.ts, k])
             elif k in st["dsrv"]:
                 st["dsrv"][k]["ans_ts"] = e.ts
             return
@@ -474,7 +494,13 @@ class Stitcher:
             ip = d.flow
         ep = endpoint_key(ip, e.local_port)
         lkey = f'{d.flow}|{e.node}|{e.pid}'
-        lookups = st["lk"].setdefault(lkey, [])
+        lookups = st["lk"].get(lkey)
+        if lookups is None:
+            lookups = st["lk"][lkey] = []
+            st["lks"][lkey] = st["seq"]
+            st["seq"] += 1
+            if msg.is_response:
+                st["lke"].append(lkey)  # an answer to no query we saw: the empty list goes at the next pass
         ts = e.ts
         if not msg.is_response:
             cur = lookups[-1] if lookups else None
@@ -482,17 +508,19 @@ class Stitcher:
                     cur["res"] is not None and not (msg.qname in cur["qnames"] and ts - cur["res"] < S))):
                 cur = None
             if cur is None:
-                cur = {"a": [e.node, e.n], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
+                cur = {"a": [e.node, e.n], "ls": st["seq"], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
                        "claimed": 0, "client": {"node": e.node, "pid": e.pid, "comm": e.comm,
                                                 "container_id": e.container_id, "ip": ip,
                                                 "port": e.local_port, "flow": d.flow}}
                 lookups.append(cur)
+                heappush(st["lq"], [ts + self.lookup_timeout_ns, st["seq"], lkey])
+                st["seq"] += 1
                 del lookups[:-8]
             cur["t1"] = ts
             if msg.qname not in cur["qnames"]:
                 cur["qnames"].append(msg.qname)
             if len(cur["q"]) < MAX_QUERIES:
-                cur["q"].append({"id": msg.id, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
+                cur["q"].append({"id": qid, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
                                  "srv": e.addr_ip or e.remote_ip,
                                  "sport": e.addr_port or e.remote_port,
                                  "ref": _ref(e, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
@@ -500,7 +528,7 @@ class Stitcher:
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
             # paired by client endpoint, server and id (a resolver ignores answers from elsewhere)
-            q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == msg.id and q["ans"] is None
+            q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == qid and q["ans"] is None
                       and q["qn"] == msg.qname and (src is None or q["srv"] in (None, src))), None)
             if q is None:
                 continue
@@ -640,32 +668,74 @@ class Stitcher:
                 break
             heapreplace(tq, [actual, key])
         nxt = tq[0][0] if tq else None
-        for lkey in list(st["lk"]):
-            keep = []
-            for lk in st["lk"][lkey]:
-                if final or now >= lk["t1"] + self.lookup_timeout_ns:
-                    if not lk["claimed"]:
-                        # at end of input, a query younger than the resolver timeout may still be answered
-                        cut = final and any(q["ans"] is None and now - q["ts"] < R.RETRY_GAP_NS[0] for q in lk["q"])
-                        try:
-                            self._emit_lookup(st, lk, out, final=cut)
-                        except Exception as exc:
-                            out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk["t1"]))
-                else:
-                    keep.append(lk)
-                    dl = lk["t1"] + self.lookup_timeout_ns
-                    nxt = dl if nxt is None or dl < nxt else nxt
-            if keep:
-                st["lk"][lkey] = keep
-            else:
-                del st["lk"][lkey]
+        self._expire_lookups(st, now, out, final)
+        lq = st["lq"]
+        if lq:
+            dl = lq[0][0]
+            nxt = dl if nxt is None or dl < nxt else nxt
         horizon = now - self.lookup_timeout_ns - self.idle_ns
-        st["dsrv"] = {k: v for k, v in st["dsrv"].items() if v["ts"] >= horizon and not final}
+        if final:
+            st["dsrv"], st["dq"] = {}, []
+        else:
+            dsrv, dq = st["dsrv"], st["dq"]
+            while dq and dq[0][0] < horizon:
+                k = heappop(dq)[1]
+                v = dsrv.get(k)
+                if v is not None and v["ts"] < horizon:
+                    del dsrv[k]
         st["lost"] = [x for x in st["lost"] if x[1] >= horizon and not final]
         if st["dsrv"] or st["lost"]:
             dl = now + self.lookup_timeout_ns
             nxt = dl if nxt is None or dl < nxt else nxt
         st["next"] = nxt
+
+    def _expire_lookups(self, st: dict, now: int, out: list, final: bool) -> None:
+        """Lookups past their timeout leave the state; unclaimed ones become chains. In the
+        order of their key's creation, then their own (as a scan of st["lk"] would find them)."""
+        lk_by_key, lks, lq, timeout = st["lk"], st["lks"], st["lq"], self.lookup_timeout_ns
+        due: list[tuple[int, int, str, dict]] = []
+        if final:
+            for lkey, lookups in lk_by_key.items():
+                due += [(lks[lkey], lk["ls"], lkey, lk) for lk in lookups]
+            lq.clear()
+        else:
+            while lq and lq[0][0] <= now:
+                _dl, ls, lkey = heappop(lq)
+                lk = next((x for x in lk_by_key.get(lkey, ()) if x["ls"] == ls), None)
+                if lk is None:
+                    continue  # already gone (trimmed, or expired through another entry)
+                if now >= lk["t1"] + timeout:
+                    due.append((lks[lkey], ls, lkey, lk))
+                else:
+                    heappush(lq, [lk["t1"] + timeout, ls, lkey])  # its last query came later
+            due.sort(key=lambda x: (x[0], x[1]))
+        for _ks, _ls, lkey, lk in due:
+            if not lk["claimed"]:
+                # at end of input, a query younger than the resolver timeout may still be answered
+                cut = final and any(q["ans"] is None and now - q["ts"] < R.RETRY_GAP_NS[0] for q in lk["q"])
+                try:
+                    self._emit_lookup(st, lk, out, final=cut)
+                except Exception as exc:
+                    out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk["t1"]))
+            lookups = lk_by_key[lkey]
+            lookups.remove(lk)
+            if not lookups:
+                del lk_by_key[lkey], lks[lkey]
+        for lkey in st["lke"]:  # lists an unmatched answer created, still empty
+            if lk_by_key.get(lkey) == []:
+                del lk_by_key[lkey], lks[lkey]
+        st["lke"] = []
+        # the earliest expiry of the remaining lookups: the queue's head, once it is exact
+        while lq:
+            dl, ls, lkey = lq[0]
+            lk = next((x for x in lk_by_key.get(lkey, ()) if x["ls"] == ls), None)
+            if lk is None:
+                heappop(lq)
+                continue
+            actual = lk["t1"] + timeout
+            if actual == dl:
+                break
+            heapreplace(lq, [actual, ls, lkey])
 
     # building chains -----------------------------------------------------------------
 
