@@ -134,6 +134,82 @@ class AgentProc:
         return self.proc.stderr.read()
 
 
+def synthetic_ring(count: int, size: int) -> tuple[bytearray, int]:
+    """`count` records as the kernel writes them for the writers' UDP writes (two sockets, a
+    `size`-byte payload), in a ring's layout: (memory with a 64-byte lead, end position)."""
+    import struct
+
+    from svctrace.agents.ebpf.records import AF_INET, F_HAS_TUPLE, RECORD, SYSCALLS
+
+    write = next(i for i, (name, _kind) in enumerate(SYSCALLS) if name == "write")
+    data = (b"GET /bench HTTP/1.1\r\nHost: bench\r\n\r\n" + b"x" * size)[:size]
+    lo = socket.inet_aton("127.0.0.1") + bytes(12)
+    out = []
+    for i in range(count):
+        pid = 4000 + (i & 1)
+        rec = RECORD.pack(i * 1000, 1, 35, len(data), pid, pid, 3, len(data), len(data), write, 0, 0, 0, bytes(16),
+                          AF_INET, 2, 17, 40000 + (i & 1), 9999, F_HAS_TUPLE, 4026531840, lo, lo,
+                          b"ebpf_writer") + data
+        out.append(struct.pack("<II", len(rec), 0) + rec + bytes(-len(rec) % 8))
+    ring = b"".join(out)
+    return bytearray(bytes(64) + ring + bytes((1 << (len(ring).bit_length())) - len(ring))), len(ring)
+
+
+def pipeline_cpu(sink_args: list[str], encoders: list[str], count: int, size: int) -> dict[str, float]:
+    """The agent's whole per-event path in this process on a synthetic ring (no kernel, no
+    writers): records -> event JSON -> batches -> the sink (zstd + Kafka produce, acks awaited).
+    Process CPU microseconds per event, best of 3, for each per-event loop."""
+    import asyncio
+    import ctypes
+
+    from svctrace.agents.agent.pipeline import Batcher, Counters, payload_encoder
+    from svctrace.agents.agent.sinks import FileSink, KafkaSink
+    from svctrace.agents.ebpf.fastpath import NativeEncoder
+    from svctrace.agents.ebpf.records import Normalizer
+
+    mem, end = synthetic_ring(count, size)
+    view = bytes(mem)
+    mask = (1 << end.bit_length()) - 1  # the ring area after the 64-byte lead
+    addr = ctypes.addressof((ctypes.c_char * len(mem)).from_buffer(mem))
+
+    async def once(encoder: str) -> float:
+        if sink_args[0] == "--bootstrap":
+            sink = KafkaSink(sink_args[1])  # the agent's topic
+        else:
+            sink = FileSink(sink_args[1] + ".pipeline")
+        await sink.start()
+        try:
+            norm = Normalizer("bench-node", 10**18)
+            batcher = Batcher("bench-node", "ebpf")
+            pay = payload_encoder(256, Counters())
+            native = NativeEncoder(norm, pay) if encoder == "native" else None
+            futures = []
+            t0 = time.process_time()
+            pos = 0
+            while pos < end:
+                if native is not None:
+                    pos, _done, _events, closed = native.drain(addr, view, pos, end, 64, mask, 8192, batcher, 0.0)
+                else:
+                    out: list = []
+                    pos, _done = norm.encode_ring(view, pos, end, 64, mask, 8192, out, pay, pay.snaplen,
+                                                  pay.suspicious)
+                    closed = batcher.add(out, 0.0)
+                for b in closed:
+                    futures.append(await sink.send(b"bench-node", b.value))
+            last = batcher.flush()
+            if last is not None:
+                futures.append(await sink.send(b"bench-node", last.value))
+            await asyncio.gather(*futures)
+            cpu = time.process_time() - t0
+            if native is not None:
+                native.close()
+            return cpu / count * 1e6
+        finally:
+            await sink.stop()
+
+    return {e: min(asyncio.run(once(e)) for _ in range(3)) for e in encoders}
+
+
 def measure(args, sink_args: list[str], extra: list[str], writer: Path, port: int,
             base_ns: float) -> tuple[float, float, float, float]:
     """Phases 2 and 3 for one agent configuration: (highest zero-drop rate, agent CPU us/event
@@ -209,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the agent at this nice value (negative: more CPU weight than the writers)")
     ap.add_argument("--encoders", default="python,native",
                     help="agent per-event loops to measure, in this order (python = --no-native)")
+    ap.add_argument("--pipeline-events", type=int, default=200_000,
+                    help="events of the synthetic-ring phase (0. agent pipeline alone)")
     ap.add_argument("--agent-args", default="", help="extra arguments for svctrace agent, e.g. '--ring-mb 64'")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the broker and the agent
@@ -241,11 +319,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
               f"{args.writers} writers x {args.writes} writes of {args.size} B; sink {args.sink}; "
               f"agent nice {args.agent_nice}")
+        encoders = args.encoders.split(",")
+        per_event = pipeline_cpu(sink_args, encoders, args.pipeline_events, args.size)
+        print(f"0. agent pipeline alone on a synthetic ring ({args.pipeline_events:,} events, process CPU, "
+              f"best of 3): " + ", ".join(f"{e} {us:.2f} us/event" for e, us in per_event.items())
+              + (f"; native/python x{per_event['native'] / per_event['python']:.2f}"
+                 if {"native", "python"} <= per_event.keys() else ""))
         base_ns, base_wall = run_writers(writer, port, args.writers, args.writes, args.size)
         print(f"1. no capture:   {base_ns:8.0f} ns/write   {total / base_wall:10.0f} writes/s")
 
         results = {}
-        for encoder in args.encoders.split(","):
+        for encoder in encoders:
             extra = args.agent_args.split() + (["--no-native"] if encoder == "python" else [])
             print(f"== {encoder} per-event loop ==")
             results[encoder] = measure(args, sink_args, extra, writer, port, base_ns)

@@ -122,7 +122,8 @@ async def _main(args) -> int:
           f"redacted {c.redacted} batches {c.batches}"
           + (f" (lost with room in the ring: {source.drops_with_room})" if getattr(source, "drops_with_room", 0) else "")
           + (f" (written on a retry of the ring reservation: {source.saved_by_retry})"
-             if getattr(source, "saved_by_retry", 0) else ""),
+             if getattr(source, "saved_by_retry", 0) else "")
+          + (f" (native loop; records encoded in Python: {source.handed_back})" if agent.native else ""),
           file=sys.stderr, flush=True)
     return 0 if agent.buffer.events == 0 else 1  # 1: the drain timeout left events unpublished
 

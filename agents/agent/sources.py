@@ -34,6 +34,7 @@ class EbpfSource:
         self.native = None  # fastpath.NativeRing once `encode_with(..., native=True)` loaded it
         self.drops_with_room = 0  # ring drops while the ring had room (read at close)
         self.saved_by_retry = 0  # records written on a retry after such a failure (read at close)
+        self.handed_back = 0  # records the native loop left to the Python encoder (read at close)
 
     def encode_with(self, payload, native: bool = True) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
@@ -102,6 +103,7 @@ class EbpfSource:
         except Exception:  # noqa: BLE001 - a diagnostic only; closing must go on
             pass
         if self.native is not None:
+            self.handed_back = self.native.encoder.handed_back  # for the exit summary
             self.native.close()
             self.native = None
         self.capture.close()

@@ -27,7 +27,6 @@ from svctrace.agents.ebpf.libbpf import Libbpf, LibbpfMissing, ObjectOpenOpts, s
 from svctrace.agents.ebpf.records import MAX_SNAP, RECORD, RINGBUF_BUSY, RINGBUF_DISCARD, RINGBUF_HDR
 
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
@@ -84,19 +83,25 @@ class RingReader:
         self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # producer page, then the data area mapped twice so a record never wraps
         self.data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        # The positions are read and written as whole aligned 8-byte words (memoryview items are
+        # one load/store), never with struct, which moves them a byte at a time: the kernel reading
+        # a half-written consumer position saw the ring up to 16 MiB fuller than it was and dropped
+        # records, and a half-read producer position could point past the records written.
+        self._consumer_pos = memoryview(self.consumer).cast("Q")
+        self._producer_pos = memoryview(self.data)[:8].cast("Q")
         self.epoll = select.epoll()
         self.epoll.register(map_fd, select.EPOLLIN)
 
     def positions(self) -> tuple[int, int]:
         """(consumer, producer) positions."""
-        return _U64.unpack_from(self.consumer, 0)[0], _U64.unpack_from(self.data, 0)[0]
+        return self._consumer_pos[0], self._producer_pos[0]
 
     def release(self, position: int) -> None:
         """Hand the records before `position` back to the kernel."""
-        _U64.pack_into(self.consumer, 0, position)
+        self._consumer_pos[0] = position
 
     def pending(self) -> int:
-        return _U64.unpack_from(self.data, 0)[0] - _U64.unpack_from(self.consumer, 0)[0]
+        return self._producer_pos[0] - self._consumer_pos[0]
 
     def wait(self, timeout: float) -> None:
         """Block until the kernel signals data (or timeout: records may come without a wakeup)."""
@@ -119,8 +124,7 @@ class RingReader:
         (Normalizer.decode_many: one call per drain), then release them to the kernel."""
         data, page, mask = self.data, self.page, self.mask
         u32 = _U32.unpack_from
-        cons = _U64.unpack_from(self.consumer, 0)[0]
-        prod = _U64.unpack_from(data, 0)[0]
+        cons, prod = self.positions()
         offsets = []
         done = 0
         while cons < prod and done < limit:
@@ -135,24 +139,25 @@ class RingReader:
         if offsets:
             decode_many(data, offsets, out)  # before the release: the kernel may overwrite them after
         if done:
-            _U64.pack_into(self.consumer, 0, cons)
+            self.release(cons)
         return done
 
     def drain_walk(self, walk, out: list, limit: int = 1 << 30) -> int:
         """Let `walk(buffer, cons, prod, base, mask, limit, out) -> (cons, consumed)` walk the
         available records itself (Normalizer.encode_ring: one loop for walking and encoding),
         then release what it consumed. Returns how many records were consumed."""
-        cons = _U64.unpack_from(self.consumer, 0)[0]
-        prod = _U64.unpack_from(self.data, 0)[0]
+        cons, prod = self.positions()
         if cons >= prod:
             return 0
         new, done = walk(self.data, cons, prod, self.page, self.mask, limit, out)
         if done:
-            _U64.pack_into(self.consumer, 0, new)  # after encoding: the kernel may overwrite them now
+            self.release(new)  # after encoding: the kernel may overwrite them now
         return done
 
     def close(self) -> None:
         self.epoll.close()
+        self._consumer_pos.release()
+        self._producer_pos.release()
         self.consumer.close()
         self.data.close()
 
