@@ -151,3 +151,7 @@ def test_batches_stay_under_the_byte_bound_whatever_the_event_count():
     assert [e.n for x in out for e in decode_batch(x.value).events] == list(range(2000))
     with pytest.raises(ValueError, match="1 MiB"):
         Batcher("n1", "ebpf", max_bytes=MAX_BATCH_BYTES + 1)
+    b.note_lost(5)  # a batch of nothing but a loss count is still a valid document
+    only_lost = orjson.loads(b.flush().value)
+    validate("syscall-batch", only_lost)
+    assert (only_lost["lost"], only_lost["events"]) == (5, [])

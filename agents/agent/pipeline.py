@@ -202,7 +202,13 @@ class Batcher:
         # the document encode_batch writes, around events that are JSON already
         head = b'{"schema":"svctrace.syscall-batch","version":%d,"node":%b,"source":%b,"seq":%d,"lost":%d,"events":[' % (
             SCHEMA_VERSION, dumps(self.node), dumps(self.source), self.seq, self.pending_lost)
-        encoded = EncodedBatch(self.seq, self.pending_events, head + b",".join(self.pending) + b"]}")
+        pending = self.pending
+        parts = [b","] * (2 * len(pending) + 1)  # head, item, ",", item, ..., "]}": one copy of the JSON
+        parts[1::2] = pending
+        parts[0], parts[-1] = head, b"]}"
+        if not pending:
+            parts = [head, b"]}"]
+        encoded = EncodedBatch(self.seq, self.pending_events, b"".join(parts))
         self.seq += 1
         self.pending = []
         self.pending_events = 0

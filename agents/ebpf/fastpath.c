@@ -163,7 +163,7 @@ uint32_t fp_role_dump(struct fp_ctx *c, uint64_t *keys, uint32_t *roles, uint32_
 
 static void make_key(struct tkey *k, const uint8_t *rec, uint32_t role)
 {
-	memset(k, 0, sizeof(*k));
+	k->pad = 0; /* every other byte is set below: the key hashes and compares as raw bytes */
 	memcpy(k->rec, rec + KEY_AT, KEY_BYTES);
 	memcpy(&k->pid, rec + 32, 4);
 	memcpy(&k->fd, rec + 40, 4);
@@ -253,30 +253,51 @@ bad:
 
 /* ---- encoding ----------------------------------------------------------------------------- */
 
+static const char DIGITS2[201] =
+	"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+	"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+	"8081828384858687888990919293949596979899";
+
+/* Decimal digits of v, two at a time from the end (timestamps have 19). */
 static char *put_u64(char *p, uint64_t v)
 {
-	char tmp[20];
-	int n = 0;
-	do {
-		tmp[n++] = '0' + v % 10;
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
+	int n = 1;
+	for (uint64_t t = v; t >= 10; t /= 10)
+		n++;
+	char *end = p + n;
+	while (v >= 100) {
+		uint32_t r = v % 100;
+		v /= 100;
+		end -= 2;
+		memcpy(end, DIGITS2 + 2 * r, 2);
+	}
+	if (v >= 10) {
+		end -= 2;
+		memcpy(end, DIGITS2 + 2 * v, 2);
+	} else {
+		*--end = '0' + v;
+	}
+	return p + n;
 }
 
 static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+static uint16_t B64_PAIRS[4096]; /* 12 bits -> their two base64 characters */
+
+static void init_base64(void)
+{
+	for (int i = 0; i < 4096; i++) {
+		char pair[2] = {B64[i >> 6], B64[i & 63]};
+		memcpy(&B64_PAIRS[i], pair, 2);
+	}
+}
 
 static char *put_base64(char *p, const uint8_t *d, uint32_t n)
 {
 	uint32_t i = 0;
 	for (; i + 3 <= n; i += 3) {
 		uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
-		p[0] = B64[v >> 18];
-		p[1] = B64[(v >> 12) & 63];
-		p[2] = B64[(v >> 6) & 63];
-		p[3] = B64[v & 63];
+		memcpy(p, &B64_PAIRS[v >> 12], 2);
+		memcpy(p + 2, &B64_PAIRS[v & 4095], 2);
 		p += 4;
 	}
 	if (n - i == 1) {
@@ -494,6 +515,7 @@ out:
 
 struct fp_ctx *fp_new(void)
 {
+	init_base64(); /* idempotent: the same table every time */
 	struct fp_ctx *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
