@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import httptools
 
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
+REQUEST_PREFIXES = _METHODS  # data.startswith(REQUEST_PREFIXES): looks_like_request, for inlining in hot loops
+RESPONSE_PREFIX = b"HTTP/1."
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from svctrace.schemas.models import SyscallEvent
 
 from . import rules as R
 from .dns import in_cluster_domain, parse_dns_with_id, service_of_name
-from .http import looks_like_request, looks_like_response, parse_request, parse_response
+from .http import REQUEST_PREFIXES, RESPONSE_PREFIX, parse_request, parse_response
 from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
 from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
@@ -226,28 +226,29 @@ class Stitcher:
             return
         kind = e.kind
         dns_port = self.dns_port
-        on_dns_port = e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port
-        if proto == "udp" or on_dns_port:
+        if proto == "udp" or e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
             # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
-            if on_dns_port and (kind == "send" or kind == "recv") and e.res > 0:
+            if (kind == "send" or kind == "recv") and e.res > 0 and (
+                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
                 self._apply_dns(st, d)
             return
         if kind not in _TCP_KINDS:
             return
         proxy_of = d.proxy_of
         if proxy_of:
-            side, key = "px", endpoint_key(proxy_of["ip"], proxy_of["port"])
+            side, ip, port = "px", proxy_of["ip"], proxy_of["port"]
         else:
             role = e.role
             if role == "server":
-                side, key = "sv", endpoint_key(e.remote_ip, e.remote_port)
+                side, ip, port = "sv", e.remote_ip, e.remote_port
             elif role == "client":
                 ip = e.local_ip
                 if ip in UNSPECIFIED_IPS:
                     ip = d.flow
-                side, key = "cl", endpoint_key(ip, e.local_port)
+                side, port = "cl", e.local_port
             else:
                 return
+        key = f"[{ip}]:{port}" if ip and ":" in ip else f"{ip}:{port}"  # keys.endpoint_key, inline
         conns = st["conns"]
         conn = conns.get(key)
         if conn is not None and side == "cl" and kind == "connect" and conn["cn"] is not None:
@@ -314,7 +315,7 @@ class Stitcher:
                 conn["est"] = conn["est"] or 1
                 conn["tx"] += e.res
                 data = e.data
-                if looks_like_request(data):
+                if data and data.startswith(REQUEST_PREFIXES):
                     req = parse_request(data)
                     if req is not None:
                         conn["nreq"] += 1
@@ -335,8 +336,12 @@ class Stitcher:
                 conn["est"] = 2
                 conn["rx"] += e.res
                 data = e.data
-                cur = next((r for r in conn["creq"] if r["rts"] is None), None)
-                if looks_like_response(data):
+                cur = None  # the oldest request still waiting for its response
+                for r in conn["creq"]:
+                    if r["rts"] is None:
+                        cur = r
+                        break
+                if data and data.startswith(RESPONSE_PREFIX):
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
                         cur["rts"], cur["st"], cur["rx"] = ts, resp.status, e.res
@@ -417,7 +422,7 @@ class Stitcher:
         if kind == "recv" and e.res > 0:
             me["rx"] += e.res
             data = e.data
-            if looks_like_request(data):
+            if data and data.startswith(REQUEST_PREFIXES):
                 req = parse_request(data)
                 if req is not None:
                     me["nreq"] += 1
@@ -427,7 +432,7 @@ class Stitcher:
         elif kind == "send" and e.res > 0:
             me["tx"] += e.res
             data = e.data
-            if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
+            if data and data.startswith(RESPONSE_PREFIX) and me["reqs"] and me["reqs"][-1]["sts"] is None:
                 resp = parse_response(data)
                 if resp is not None and resp.status >= 200:
                     r = me["reqs"][-1]
@@ -454,14 +459,14 @@ class Stitcher:
             _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
         elif kind == "send" and e.res > 0:
             data = e.data
-            if looks_like_request(data):
+            if data and data.startswith(REQUEST_PREFIXES):
                 me["nreq"] += 1
                 me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
                                    "ev": [_ref(e, "proxy forwards request")]})
                 _trim(me["reqs"])
         elif kind == "recv" and e.res > 0:
             data = e.data
-            if looks_like_response(data) and me["reqs"] and me["reqs"][-1]["sts"] is None:
+            if data and data.startswith(RESPONSE_PREFIX) and me["reqs"] and me["reqs"][-1]["sts"] is None:
                 resp = parse_response(data)
                 if resp is not None:
                     me["reqs"][-1]["sts"], me["reqs"][-1]["st"] = ts, resp.status
@@ -528,9 +533,11 @@ class Stitcher:
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
             # paired by client endpoint, server and id (a resolver ignores answers from elsewhere)
-            q = next((q for q in lk["q"] if q["ep"] == ep and q["id"] == qid and q["ans"] is None
-                      and q["qn"] == msg.qname and (src is None or q["srv"] in (None, src))), None)
-            if q is None:
+            for q in lk["q"]:
+                if q["ep"] == ep and q["id"] == qid and q["ans"] is None and q["qn"] == msg.qname and (
+                        src is None or q["srv"] in (None, src)):
+                    break
+            else:
                 continue
             q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
                         "from": e.addr_ip or e.remote_ip,
@@ -564,8 +571,24 @@ class Stitcher:
 
     def _dns_summary(self, st: dict, lk: dict) -> dict:
         qs = lk["q"]
-        positive = next((q for q in qs if q["ans"] and q["ans"]["rc"] == "NOERROR" and q["ans"]["a"]), None)
-        answered = [q for q in qs if q["ans"]]
+        # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end
+        positive, answered, nx, refs, end = None, [], 0, [], qs[0]["ts"]
+        for i, q in enumerate(qs):
+            if q["ts"] > end:
+                end = q["ts"]
+            a = q["ans"]
+            if i < MAX_EVIDENCE // 2:
+                refs.append(q["ref"])
+                if a:
+                    refs.append(a["ref"])
+            if a:
+                answered.append(q)
+                if a["ts"] > end:
+                    end = a["ts"]
+                if a["rc"] == "NXDOMAIN":
+                    nx += 1
+                elif positive is None and a["rc"] == "NOERROR" and a["a"]:
+                    positive = q
         final = positive or (answered[-1] if answered else qs[-1])
         if positive is None:
             # The name the application asked for is the shortest one tried.
@@ -587,15 +610,8 @@ class Stitcher:
                 if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
                     retry_gap = [q["qn"], q["qt"], gap]
             seen.add(k)
-        nx = sum(1 for q in answered if q["ans"]["rc"] == "NXDOMAIN")
-        refs = []
-        for q in qs[:MAX_EVIDENCE // 2]:
-            refs.append(q["ref"])
-            if q["ans"]:
-                refs.append(q["ans"]["ref"])
         if srv is not None:
             refs.append(srv["ref"])
-        end = max([q["ts"] for q in qs] + [q["ans"]["ts"] for q in answered])
         return {
             "qname": final_name, "qtype": (positive or final)["qt"], "resolver_ip": resolver,
             "resolver_port": final["sport"],
@@ -982,32 +998,46 @@ class Stitcher:
         idx, t0 = self.index, dnsx["t0"]
         qname = dnsx["qname"]
         in_cluster = in_cluster_domain(qname, self.cluster_domain)
+        answers = dnsx["answers"]
+        found: list[tuple[str, object]] = []  # (rule, what its vars add); most lookups: none
+        if dnsx["answered"] == 0:
+            found.append(("dns.no_answer", None))
+        elif not answers and dnsx["rcode"] == "NXDOMAIN":
+            found.append(("dns.nxdomain", None))
+        if dnsx["retry_gap"] is not None:
+            found.append(("dns.retry_5s", None))
+        if answers and dnsx["nxdomain"] >= R.SEARCH_AMPLIFICATION_MIN_NXDOMAIN:
+            found.append(("dns.search_amplification", None))
+        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
+        if resolver:
+            asked = dnsx["resolver_ip"]
+            cluster_resolver = (not asked or idx.is_cluster_dns(asked, t0)) and idx.is_cluster_dns(resolver, t0)
+            if not cluster_resolver:
+                pod_client = client_pf["pod"] is not None and not client_pf.get("host_network")
+                if pod_client or in_cluster:
+                    found.append(("dns.wrong_resolver", None))
+        if in_cluster and answers:
+            for a in answers:
+                if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
+                    found.append(("dns.answer_not_service", a))
+                    break
+        if not found:
+            return found
         ns, name = service_of_name(qname, self.cluster_domain)
         labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pf["pod"],
                   "node": dnsx["client"]["node"]}
-        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
         v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx["qtype"], resolver=resolver,
                  queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], in_cluster=in_cluster)
         occs = []
-        if dnsx["answered"] == 0:
-            occs.append(("dns.no_answer", labels, v, []))
-        elif not dnsx["answers"] and dnsx["rcode"] == "NXDOMAIN":
-            occs.append(("dns.nxdomain", labels, v, []))
-        if dnsx["retry_gap"] is not None:
-            qn, qt, gap = dnsx["retry_gap"]
-            occs.append(("dns.retry_5s", labels, dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS), []))
-        if dnsx["answers"] and dnsx["nxdomain"] >= R.SEARCH_AMPLIFICATION_MIN_NXDOMAIN:
-            occs.append(("dns.search_amplification", labels, v, []))
-        cluster_resolver = all(idx.is_cluster_dns(ip, t0) for ip in {dnsx["resolver_ip"], resolver} if ip)
-        if resolver and not cluster_resolver:
-            pod_client = client_pf["pod"] is not None and not client_pf.get("host_network")
-            if pod_client or in_cluster:
-                occs.append(("dns.wrong_resolver", labels, v, []))
-        if in_cluster and dnsx["answers"]:
-            for a in dnsx["answers"]:
-                if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
-                    occs.append(("dns.answer_not_service", labels, dict(v, answer=a), []))
-                    break
+        for rule, extra in found:
+            if rule == "dns.retry_5s":
+                qn, qt, gap = dnsx["retry_gap"]
+                vars_ = dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS)
+            elif rule == "dns.answer_not_service":
+                vars_ = dict(v, answer=extra)
+            else:
+                vars_ = v
+            occs.append((rule, labels, vars_, []))
         return occs
 
     def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
