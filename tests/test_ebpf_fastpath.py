@@ -231,7 +231,7 @@ def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
     py_counters = Counters()
     py, py_norm = python_path(mem, 0, len(ring_bytes), 64, size - 1, py_counters, 256, max_events=500,
                               max_bytes=100_000, offset=offset, node="live-node")
-    assert len(events) > 20 and py_norm.n == norm.n == len(events)
+    assert len(events) >= 6 and py_norm.n == norm.n == len(events)
     assert [b.value for b in py] == [b.value for b in batches]
     assert py_counters.redacted == counters.redacted >= 2  # the request, and the server's read of it
 

@@ -99,21 +99,26 @@ class Agent:
         self.counters.lost += lost
         return events + markers if events else markers
 
+    def _read_once(self, src) -> int:
+        """One chunk from the source into the batcher; returns how many records it read."""
+        if self.native:
+            read, captured, batches = src.read_batches(self.batcher, self.opt.read_chunk, time.monotonic())
+            self.counters.captured += captured
+            self._enqueue(batches)
+            events = []
+        else:
+            events = src.read(self.opt.read_chunk)
+            read = len(events)
+        events = self._with_losses(src.lost(), events)
+        if events:
+            self.ingest(events)
+        return read
+
     async def _capture(self) -> None:
         src = self.source
         try:
             while not self.stopping.is_set():
-                if self.native:
-                    read, captured, batches = src.read_batches(self.batcher, self.opt.read_chunk, time.monotonic())
-                    self.counters.captured += captured
-                    self._enqueue(batches)
-                    events = []
-                else:
-                    events = src.read(self.opt.read_chunk)
-                    read = len(events)
-                events = self._with_losses(src.lost(), events)
-                if events:
-                    self.ingest(events)
+                read = self._read_once(src)
                 now = time.monotonic()
                 if self.batcher.due(now):
                     self._enqueue([self.batcher.flush()])
@@ -124,6 +129,11 @@ class Agent:
                     await asyncio.sleep(min(max(wait, self.opt.poll_s), 0.1))
                 else:
                     await asyncio.sleep(0)  # let the publisher run between chunks
+            if self.stopping.is_set() and getattr(src, "live", False):
+                # what the kernel recorded before the stop (bounded: new records keep coming)
+                for _ in range(64):
+                    if self._read_once(src) < self.opt.read_chunk:
+                        break
         finally:
             markers = self._with_losses(src.lost(final=True), [])
             if markers:

@@ -55,7 +55,11 @@ def run(args) -> int:
     print(f"svctrace capture: writing {args.write}, capturing", file=sys.stderr, flush=True)
     try:
         with ScapWriter(args.write, hostname=node, gzip=args.gzip, num_cpus=os.cpu_count() or 1) as w:
+            full = False
             while True:
+                # a stop (signal or --duration) seen before a drain makes that drain the last one, so
+                # everything the kernel recorded before the stop is written
+                last = stop or (deadline is not None and time.monotonic() >= deadline)
                 events: list = []
                 cap.ring.drain(norm.decode, events)
                 drops = cap.drops()[0]
@@ -71,9 +75,9 @@ def run(args) -> int:
                     w.write_event(ev)
                     written += 1
                     if args.count and written >= args.count:
-                        stop = True
+                        full = True
                         break
-                if stop or (deadline is not None and time.monotonic() >= deadline):
+                if last or full:
                     break
                 if not events:
                     cap.ring.wait(0.05)

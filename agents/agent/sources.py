@@ -18,6 +18,7 @@ log = logging.getLogger("svctrace.agent")
 class EbpfSource:
     name = "ebpf"
     exhausted = False
+    live = True  # records keep arriving: a stop drains what the kernel recorded before it
 
     def __init__(self, node: str, config) -> None:
         from svctrace.agents.ebpf.containers import ContainerIds
