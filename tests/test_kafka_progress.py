@@ -1,5 +1,7 @@
 """Cross-partition event-time progress (pure): the watermark a downstream partition may use."""
-from svctrace.streams.faust_app.progress import DONE, SourceProgress, decode_headers, encode_mark
+from svctrace.streams.faust_app.progress import (
+    DONE, SourceProgress, decode_headers, decode_progress, encode_mark, encode_marks,
+)
 
 
 def test_no_watermark_until_every_source_has_spoken():
@@ -31,7 +33,21 @@ def test_state_round_trips_and_headers_decode():
     p = SourceProgress(2)
     p.note(0, 5)
     q = SourceProgress(2, p.state)
-    assert q.state == {"src": {"0": 5, "1": None}, "flushed": False}
+    assert q.state == {"src": {"0": 5, "1": None}, "flushed": False, "hi": 5}
     assert decode_headers([("svctrace-src", b"3"), ("svctrace-wm", encode_mark(DONE))]) == (3, DONE)
     assert decode_headers({"svctrace-src": b"1", "svctrace-wm": b"42"}) == (1, 42)
     assert decode_headers(None) == (None, None)
+
+
+def test_one_record_announces_every_source_of_a_worker_and_the_high_mark_outlives_done():
+    headers = [("svctrace-marks", encode_marks({0: 120, 3: DONE}))]
+    assert decode_progress(headers) == (None, {0: 120, 3: DONE})
+    assert decode_progress([("svctrace-src", b"2"), ("svctrace-wm", b"7")]) == (2, {2: 7})
+    assert decode_progress([("svctrace-src", b"2")]) == (2, {})  # a data record: no announcement
+    p = SourceProgress(2)
+    for source, mark in {0: 120, 1: 90}.items():
+        p.note(source, mark)
+    p.note(1, DONE)
+    p.note(0, DONE)
+    assert p.should_flush() and p.watermark() is None
+    assert p.high() == 120  # a stage advances to it before flushing (timers in event-time order)

@@ -9,15 +9,23 @@ spoken: a partition not yet heard from may still send old events. When every
 upstream partition is DONE the stage flushes, like the in-process runner at
 end of input.
 
-Pure: no Kafka, no clock. The Faust app carries announcements in record headers.
+Pure: no Kafka, no clock. The Faust app carries announcements in record headers:
+a data record names its upstream partition (svctrace-src); a progress record
+carries the marks of every upstream partition its worker owns at once
+(svctrace-marks: {"3": wm, "7": "done"}), so announcing costs one record per
+downstream partition whatever the number of upstream partitions. The single-source
+form (svctrace-src + svctrace-wm) is still understood.
 """
 from __future__ import annotations
+
+import orjson
 
 DONE = "done"
 
 # Record headers of progress announcements (and of data records, for the source).
 SOURCE_HEADER = "svctrace-src"
 WATERMARK_HEADER = "svctrace-wm"
+MARKS_HEADER = "svctrace-marks"
 
 
 class SourceProgress:
@@ -37,7 +45,11 @@ class SourceProgress:
         old = src.get(key)
         if mark == DONE:
             src[key] = DONE
-        elif isinstance(old, int):
+            return
+        hi = self.state.get("hi")
+        if hi is None or int(mark) > hi:
+            self.state["hi"] = int(mark)
+        if isinstance(old, int):
             src[key] = max(old, int(mark))
         else:
             src[key] = int(mark)  # first word, or a DONE source active again
@@ -52,6 +64,12 @@ class SourceProgress:
             return None
         active = [m for m in marks if m != DONE]
         return min(active) if active else None
+
+    def high(self) -> int | None:
+        """The largest watermark any source has announced (kept when sources turn DONE): at the
+        end of input a stage first advances to it, as the in-process runner's last step does with
+        its global clock, and only then flushes, so event-time timers still fire in order."""
+        return self.state.get("hi")
 
     def all_done(self) -> bool:
         return all(m == DONE for m in self.state["src"].values())
@@ -79,3 +97,27 @@ def decode_headers(headers) -> tuple[int | None, int | str | None]:
             text = v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
             mark = DONE if text == DONE else int(text)
     return source, mark
+
+
+def encode_marks(marks: dict[int, int | str]) -> bytes:
+    """Several upstream partitions' marks in one header value."""
+    return orjson.dumps({str(source): mark for source, mark in marks.items()})
+
+
+def decode_progress(headers) -> tuple[int | None, dict[int, int | str]]:
+    """(source partition of a data record or None, {source: mark} announced) from a record's headers."""
+    items = headers.items() if hasattr(headers, "items") else (headers or ())
+    source = mark = None
+    marks: dict[int, int | str] = {}
+    for k, v in items:
+        if k == SOURCE_HEADER:
+            source = int(v)
+        elif k == WATERMARK_HEADER:
+            text = v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+            mark = DONE if text == DONE else int(text)
+        elif k == MARKS_HEADER:
+            for src, m in orjson.loads(v).items():
+                marks[int(src)] = DONE if m == DONE else int(m)
+    if source is not None and mark is not None:
+        marks[source] = mark
+    return source, marks

@@ -1,0 +1,84 @@
+"""The worker's codecs (streams/faust_app/wire.py): the fast syscall-batch decoder agrees with
+schemas.models.decode_batch, rejects what it rejects with a reason naming the field, and operator
+state round-trips through changelog bytes without its re-readable input buffer."""
+import orjson
+import pytest
+
+from svctrace.schemas.models import DecodeError, SyscallBatch, decode_batch, encode_batch
+from svctrace.streams.core import Graph, Settings
+from svctrace.streams.faust_app.wire import decode_state, decode_syscall_batch, encode_state
+from tests import scenario
+
+
+def _batches():
+    cluster, events = scenario.build("wrong_port", "userspace", requests=20)
+    by_node: dict[str, list] = {}
+    for e in events:
+        by_node.setdefault(e.node, []).append(e)
+    return cluster, [SyscallBatch(node=n, source="scap", seq=0, events=evs, lost=3) for n, evs in by_node.items()]
+
+
+def test_decoder_gives_the_same_events_as_the_schema_decoder():
+    _, batches = _batches()
+    for b in batches:
+        raw = encode_batch(b)
+        assert decode_syscall_batch(raw) == decode_batch(raw) == b
+        assert any(e.data for e in decode_syscall_batch(raw).events)  # payloads come back as bytes
+    doc = orjson.loads(encode_batch(batches[0]))
+    for e in doc["events"]:  # a writer that leaves optional fields out
+        for name in ("exe", "netns", "cgroup_id", "data", "redacted"):
+            e.pop(name, None)
+    raw = orjson.dumps(doc)
+    assert decode_syscall_batch(raw) == decode_batch(raw)
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"{not json", "not JSON"),
+    (b'{"schema": "other"}', "$.schema"),
+    (b'{"schema": "svctrace.syscall-batch", "version": 9}', "$.version"),
+    (b'{"schema": "svctrace.syscall-batch", "version": 1, "node": "n", "source": "s", "seq": 0}', "$.events"),
+    (b'{"schema": "svctrace.syscall-batch", "version": 1, "node": "n", "source": "s", "seq": 0, '
+     b'"events": [{"ts": 1}]}', "$.events"),
+    (b'{"schema": "svctrace.syscall-batch", "version": 1, "node": "n", "source": "s", "seq": 0, '
+     b'"events": [7]}', "$.events"),
+])
+def test_decoder_rejects_bad_records_naming_the_field(raw, reason):
+    with pytest.raises(DecodeError, match=reason.replace("$", r"\$")):
+        decode_syscall_batch(raw)
+
+
+def test_state_round_trips_without_its_input_buffer():
+    cluster, batches = _batches()
+    graph = Graph(cluster.index(), Settings())
+    enrich = graph.enrich
+    state = enrich.new_state()
+    for b in batches:
+        enrich.process(state, b.node, b)
+    half = sorted(e.ts for b in batches for e in b.events)[len(batches[0].events) // 2]
+    enrich.advance(state, batches[0].node, half)
+    assert state["buf"] and state["wm"] == half
+    restored = decode_state(encode_state(state, enrich), enrich)
+    assert restored["buf"] == [] and restored["wm"] == half
+    assert {k: v for k, v in restored.items() if k not in ("buf", "unsorted")} == \
+        {k: v for k, v in orjson.loads(orjson.dumps(state, default=str)).items() if k not in ("buf", "unsorted")}
+
+
+def test_enriched_events_decode_like_the_core_and_bad_ones_are_refused():
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.enriched import from_wire
+    from svctrace.streams.faust_app.wire import decode_enriched_events
+
+    cluster, batches = _batches()
+    graph = Graph(cluster.index(), Settings())
+    state = graph.enrich.new_state()
+    outs = []
+    for b in batches:
+        graph.enrich.process(state, b.node, b)
+    outs = graph.enrich.flush(state, "node")
+    wire = [orjson.loads(dumps(value)) for topic, _key, value in outs if topic == "svctrace.flows"]
+    assert wire and any(batch["events"] for batch in wire)
+    for batch in wire:
+        expected = [from_wire(dict(d)) for d in batch["events"]]
+        assert decode_enriched_events(batch["events"]) == expected
+    with pytest.raises(DecodeError, match=r"\$\.events"):
+        decode_enriched_events([{"ts": 1, "flow": "10.0.0.1"}])
