@@ -236,14 +236,22 @@ def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
     assert py_counters.redacted == counters.redacted >= 2  # the request, and the server's read of it
 
 
-def test_without_a_compiler_the_native_path_is_unavailable_with_the_reason(monkeypatch, tmp_path):
+def test_without_a_compiler_the_native_path_is_unavailable_unless_prebuilt(monkeypatch, tmp_path):
+    """No compiler: a clear reason; a library prebuilt elsewhere (an image's build stage,
+    `--native-lib`) loads all the same."""
     from svctrace.agents.ebpf import build, fastpath
 
+    prebuilt = build.build_native(out_dir=tmp_path / "stage" / "bpf")  # while the compiler is there
     monkeypatch.setattr(fastpath, "_lib", None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing cached: it must build
     monkeypatch.setattr(build.shutil, "which", lambda name: None)
     with pytest.raises(fastpath.NativeUnavailable, match="no C compiler found"):
         NativeEncoder(Normalizer("n", 0), payload_encoder(256, Counters()))
+    enc = NativeEncoder(Normalizer("n", 0), payload_encoder(256, Counters()), library=str(prebuilt))
+    try:
+        assert enc.lib.fp_suspicious(b"Cookie: x", 9) == 1
+    finally:
+        enc.close()
 
 
 @pytest.mark.root

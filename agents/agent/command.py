@@ -39,6 +39,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-events", type=int, default=2000, help="events per published batch, at most")
     p.add_argument("--batch-bytes", type=int, default=600_000,
                    help="JSON bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
+    p.add_argument("--native-lib", default=os.environ.get("SVCTRACE_NATIVE_LIB"),
+                   help="prebuilt native per-event loop (`python -m svctrace.agents.ebpf.build --native`; "
+                        "default: $SVCTRACE_NATIVE_LIB, else built into the cache with the node's C compiler)")
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="encode events in Python, not in the native per-event loop (default: native when a C "
                         "compiler builds it)")
@@ -103,7 +106,8 @@ async def _main(args) -> int:
     if not 0 < args.batch_bytes <= MAX_BATCH_BYTES or args.batch_events < 1:
         raise SystemExit(f"svctrace agent: --batch-bytes must be within 1..{MAX_BATCH_BYTES} and --batch-events >= 1")
     opts = AgentOptions(node=node, redact=args.redact, snaplen=args.snaplen, batch_events=args.batch_events,
-                        batch_bytes=args.batch_bytes, native=args.native, linger_s=args.linger,
+                        batch_bytes=args.batch_bytes, native=args.native, native_lib=args.native_lib,
+                        linger_s=args.linger,
                         buffer_events=args.buffer_events, stats_interval=args.stats_interval)
     agent = Agent(source, sink, opts, metrics)
     loop = asyncio.get_running_loop()

@@ -37,7 +37,7 @@ class EbpfSource:
         self.saved_by_retry = 0  # records written on a retry after such a failure (read at close)
         self.handed_back = 0  # records the native loop left to the Python encoder (read at close)
 
-    def encode_with(self, payload, native: bool = True) -> None:
+    def encode_with(self, payload, native: bool = True, native_lib: str | None = None) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
         (redaction, base64; see pipeline.payload_encoder): the agent's fast path. With `native`,
         `read_batches` runs the per-event loop in C (fastpath.c) when it can be built and loaded;
@@ -48,7 +48,7 @@ class EbpfSource:
         from svctrace.agents.ebpf.fastpath import NativeEncoder, NativeRing, NativeUnavailable
 
         try:
-            self.native = NativeRing(self.capture.ring, NativeEncoder(self.normalizer, payload))
+            self.native = NativeRing(self.capture.ring, NativeEncoder(self.normalizer, payload, native_lib))
         except NativeUnavailable as e:
             log.warning("native fast path unavailable (%s): encoding events in Python", e)
 

@@ -135,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m svctrace.agents.ebpf.build", description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rebuild even when the cached object is current")
     ap.add_argument("--btf", default=DEFAULT_BTF, help="kernel BTF to generate vmlinux.h from")
+    ap.add_argument("--native", action="store_true",
+                    help="build the agent's native per-event loop (a shared library) instead of the BPF object")
     args = ap.parse_args(argv)
     try:
-        print(build(force=args.force, btf=args.btf))
-        print(build_native(force=args.force))
+        # one path per run: the image build captures it (the BPF object, or with --native the library)
+        print(build_native(force=args.force) if args.native else build(force=args.force, btf=args.btf))
     except BuildError as e:
-        print(f"svctrace: cannot build the BPF object: {e}", file=sys.stderr)
+        print(f"svctrace: cannot build the {'native fast path' if args.native else 'BPF object'}: {e}", file=sys.stderr)
         return 1
     return 0
 

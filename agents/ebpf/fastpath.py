@@ -42,16 +42,16 @@ class Ctx(ctypes.Structure):
 _lib = None
 
 
-def load():
-    """The loaded library (built on first use)."""
+def load(path: str | None = None):
+    """The loaded library: the prebuilt one at `path` (an image without a compiler ships it, see
+    `python -m svctrace.agents.ebpf.build --native`), else built on first use."""
     global _lib
     if _lib is not None:
         return _lib
     from svctrace.agents.ebpf import build
 
     try:
-        path = build.build_native()
-        lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path or build.build_native()))
     except (build.BuildError, OSError) as e:
         raise NativeUnavailable(str(e)) from None
     P = POINTER(Ctx)
@@ -120,8 +120,8 @@ class NativeEncoder:
     """One ring consumer's native loop, bound to a Normalizer (whose roles it takes over) and a
     payload encoder (pipeline.payload_encoder: bound, redact, base64)."""
 
-    def __init__(self, normalizer: Normalizer, payload) -> None:
-        self.lib = lib = load()
+    def __init__(self, normalizer: Normalizer, payload, library: str | None = None) -> None:
+        self.lib = lib = load(library)
         ptr = lib.fp_new()
         if not ptr:
             raise NativeUnavailable("out of memory for the native fast path's tables")
