@@ -139,6 +139,27 @@ def test_native_path_bounds_payloads_to_the_snaplen_and_redacts():
         enc.close()
 
 
+def test_loss_markers_between_native_drains_keep_sequence_numbers_unique():
+    recs = traffic(300, seed=5)
+    ring = ring_of(recs, discard_every=0)
+    size = 1 << 20
+    mem = bytearray(bytes(64) + ring + bytes(size - len(ring)))
+    addr = ctypes.addressof((ctypes.c_char * len(mem)).from_buffer(mem))
+    view = bytes(mem)
+    norm = Normalizer("n", 0)
+    enc = NativeEncoder(norm, payload_encoder(256, Counters()))
+    batcher = Batcher("n", "ebpf")
+    try:
+        pos, ns = 0, []
+        while pos < len(ring):
+            pos, _done, _events, _closed = enc.drain(addr, view, pos, len(ring), 64, size - 1, 50, batcher, 0.0)
+            ns.append(norm.lost(1, 0).n)  # a loss marker between drains, as the agent makes them
+        events = [e["n"] for e in orjson.loads(batcher.flush().value)["events"]]
+        assert len(set(events + ns)) == len(events) + len(ns) and max(events + ns) == norm.n
+    finally:
+        enc.close()
+
+
 def test_native_prefilter_flags_the_redactor_words_like_the_regex():
     from svctrace.agents.redact import _MAYBE
 

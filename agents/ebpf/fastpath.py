@@ -163,6 +163,7 @@ class NativeEncoder:
         releases the position to the kernel."""
         self._check_containers()
         lib, ptr, c, norm = self.lib, self.ptr, self.ctx, self.norm
+        c.n = norm.n  # loss markers between drains took sequence numbers too
         walk = lib.fp_walk
         closed: list = []
         done = events = 0
