@@ -29,10 +29,14 @@ COPY svctrace svctrace
 COPY agents agents
 COPY streams streams
 COPY schemas schemas
-# The project's own build helper (the same flags as the tests' build), with its cache in /build.
+# The project's own build helper (the same flags as the tests' build), with its cache in /build:
+# the BPF object, and the agent's native per-event loop (a plain shared library, libc only;
+# the runtime stage has no compiler, so it is built here and loaded with --native-lib).
 RUN pip install --no-cache-dir --no-deps . \
  && obj="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --force --btf "${BTF}")" \
- && install -D -m 0644 "${obj}" /out/svctrace.bpf.o
+ && install -D -m 0644 "${obj}" /out/svctrace.bpf.o \
+ && lib="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --native --force)" \
+ && install -D -m 0644 "${lib}" /out/svctrace-fastpath.so
 
 # --------------------------------------------------------------------------- wheels
 FROM ${PYTHON_IMAGE} AS wheels
@@ -52,8 +56,9 @@ RUN apt-get update \
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels svctrace \
  && python -c "import ctypes, svctrace.cli, svctrace.agents.ebpf.libbpf; ctypes.CDLL('libbpf.so.1')"
-# Where the chart's agent args point (--bpf-object).
+# Where the chart's agent args point (--bpf-object, --native-lib).
 COPY --from=bpf /out/svctrace.bpf.o /usr/lib/svctrace/svctrace.bpf.o
+COPY --from=bpf /out/svctrace-fastpath.so /usr/lib/svctrace/svctrace-fastpath.so
 # Numeric uid so the kubelet can verify runAsNonRoot. The agent alone runs as uid 0 with
 # only the capabilities the chart grants (see helm/svctrace/values.yaml).
 RUN groupadd --system --gid 10001 svctrace \

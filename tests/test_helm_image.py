@@ -68,6 +68,9 @@ def test_image_and_chart_agree(helm):
     args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
     bpf_object = next(a.split("=", 1)[1] for a in args if a.startswith("--bpf-object="))
     assert ("COPY", f"--from=bpf /out/svctrace.bpf.o {bpf_object}") in ins
+    native_lib = next(a.split("=", 1)[1] for a in args if a.startswith("--native-lib="))
+    assert ("COPY", f"--from=bpf /out/svctrace-fastpath.so {native_lib}") in ins
+    assert "svctrace.agents.ebpf.build --native" in runs(stages()[0]), "the native loop is built in the bpf stage"
     user = next(rest for word, rest in ins if word == "USER")
     uid, gid = (int(x) for x in user.split(":"))
     values = yaml.safe_load((CHART / "values.yaml").read_text())
