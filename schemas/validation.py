@@ -10,7 +10,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 HERE = Path(__file__).resolve().parent
-SCHEMA_NAMES = ("syscall-batch", "enriched-batch", "k8s-object", "chain", "alert", "dead-letter", "agent-stats")
+SCHEMA_NAMES = ("syscall-batch", "enriched-batch", "k8s-object", "chain", "alert", "dead-letter", "agent-stats",
+                "alert-occurrence")
 
 
 class SchemaError(ValueError):

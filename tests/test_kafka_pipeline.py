@@ -33,14 +33,6 @@ SEED = REPO / "examples" / "seed"
 RESULT_TIMEOUT = 90.0
 
 
-# Known open defect (issue 8): with several workers, one worker sometimes never finishes
-# Faust's GlobalTable recovery of svctrace.k8s.objects, so its partitions produce no
-# chains. These tests run and report; they are expected to fail until the worker
-# reads the compacted topic itself instead of through GlobalTable.
-GLOBALTABLE_RECOVERY = pytest.mark.xfail(
-    strict=False, reason="issue 8: a worker can hang in GlobalTable recovery with several workers")
-
-
 def expected_results(events, records):
     result = run(events, ClusterIndex.from_records(records))
     return {c["chain_id"]: c for c in result.chains}, {a["alert_id"]: a for a in result.alerts}
@@ -82,6 +74,13 @@ def stop_all(workers) -> None:
         w.stop()
 
 
+@pytest.fixture(autouse=True)
+def no_orphan_workers():
+    """Whatever a test leaves running (it failed before its own cleanup) dies with it."""
+    yield
+    P.kill_all_workers()
+
+
 @pytest.fixture
 def prefix(kafka):
     p = kafka.unique_prefix("pl")
@@ -94,7 +93,6 @@ def scenario_workload(fault: str, mode: str, requests: int, gap_ms: int = 20):
     return cluster.records(), events
 
 
-@GLOBALTABLE_RECOVERY
 def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path):
     """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture."""
     from svctrace.analyze.pipeline import analyze, load_cluster_file
@@ -112,7 +110,7 @@ def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture), "--speed", "0",
              "--node", node, "--bootstrap", kafka.bootstrap, "--topic", topic_name(SYSCALLS, prefix),
              "--stats-topic", topic_name(AGENT_STATS, prefix), "--metrics-addr", "", "--batch-events", "25"],
-            capture_output=True, text=True, timeout=120, cwd=REPO)
+            capture_output=True, text=True, timeout=120, cwd=REPO, **P.CHILD)
         assert agent.returncode == 0, agent.stderr
         res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
         assert_same(res, chains, alerts, workers)
@@ -122,7 +120,6 @@ def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(
         stop_all(workers)
 
 
-@GLOBALTABLE_RECOVERY
 def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner(kafka, prefix, tmp_path):
     """Client on node-a, backend on node-b: the repartition by flow bucket joins both sides."""
     records, events = scenario_workload("wrong_port", "userspace", requests=150)
@@ -140,7 +137,6 @@ def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner
         stop_all(workers)
 
 
-@GLOBALTABLE_RECOVERY
 def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kafka, prefix, tmp_path):
     records, events = scenario_workload("healthy", "userspace", requests=300)
     chains, alerts = expected_results(events, records)
@@ -150,17 +146,27 @@ def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kaf
     half = len(batches) // 2
     try:
         sent = kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[:half]))
-        # Kill once the first half is processed and the victim has checkpointed state of its own.
+        # Kill once the first half is processed, choosing a victim that holds stitch state of
+        # its own and has checkpointed it (which worker owns which partitions is Faust's choice).
         urls = [w.metrics_url() for w in workers]
-        P.wait_until(lambda: sum(P.metric_value(u, "svctrace_worker_events_total", stage="enrich") for u in urls)
-                     >= sent and P.metric_value(urls[1], "svctrace_worker_checkpoints_total") > 0,
-                     RESULT_TIMEOUT, "first half processed by both workers", workers)
-        assert P.metric_value(urls[1], "svctrace_worker_events_total", stage="stitch") > 0
-        workers[1].kill()
+
+        def victim() -> int | None:
+            if sum(P.metric_value(u, "svctrace_worker_events_total", stage="enrich") for u in urls) < sent:
+                return None
+            for i, u in enumerate(urls):
+                if (P.metric_value(u, "svctrace_worker_events_total", stage="stitch") > 0
+                        and P.metric_value(u, "svctrace_worker_checkpoints_total") > 0):
+                    return i
+            return None
+
+        P.wait_until(lambda: victim() is not None, RESULT_TIMEOUT,
+                     "first half processed and a worker with checkpointed stitch state", workers)
+        dead = victim()
+        workers[dead].kill()
         kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[half:]))
         res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
         assert_same(res, chains, alerts, workers)
-        workers[0].check_alive()
+        workers[1 - dead].check_alive()
     finally:
         stop_all(workers)
 
@@ -227,7 +233,6 @@ def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka
         worker.stop()
 
 
-@GLOBALTABLE_RECOVERY
 def test_broker_restart_mid_stream_loses_nothing(tmp_path):
     """Two node agents replay their captures; the broker restarts mid-stream. The agents buffer
     while it is down and their idempotent producers write every event exactly once; the worker
@@ -259,7 +264,8 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path):
              "--speed", str(span_s / 8.0), "--node", node, "--bootstrap", broker.bootstrap,
              "--topic", topic_name(SYSCALLS, prefix), "--stats-topic", topic_name(AGENT_STATS, prefix),
              "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO) for node, capture, _ in replayed]
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, **P.CHILD)
+            for node, capture, _ in replayed]
         try:
             _wait_for_records(broker.bootstrap, topic_name(SYSCALLS, prefix), 3, timeout=30)
             broker.restart()

@@ -3,7 +3,7 @@
     svctrace.syscalls    --enrich-->  svctrace.flows (by flow bucket)  + svctrace.events.enriched
     svctrace.flows       --stitch-->  svctrace.chains + <alert occurrences> (by alert key)
     <alert occurrences>  --alerts-->  svctrace.alerts
-    svctrace.k8s.objects --GlobalTable--> the ClusterIndex every stage joins with
+    svctrace.k8s.objects --ClusterFeed--> the ClusterIndex every stage joins with
 
 This module is a shell: it decodes records, hands them to the core operators
 (`process` / `advance` / `flush`) and routes their (topic, key, value) outputs.
@@ -46,6 +46,7 @@ from svctrace.streams.core.alerts import ALERTS_TOPIC
 from svctrace.streams.core.enrich import ENRICHED_TOPIC, FLOWS_TOPIC
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
+from svctrace.streams.faust_app.cluster_feed import ClusterFeed
 from svctrace.streams.faust_app.metrics import WorkerMetrics
 from svctrace.streams.faust_app.progress import (
     DONE, SOURCE_HEADER, WATERMARK_HEADER, SourceProgress, decode_headers, encode_mark,
@@ -54,10 +55,6 @@ from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
 
-# The alert-occurrence repartition topic is internal to the worker (like Faust's own
-# changelogs); it has as many partitions as svctrace.flows so one worker's share of
-# every stage lines up (Faust assigns co-partitioned topics together).
-OCCURRENCES_RETENTION_MS = 3_600_000
 # A stitch bucket's state (open connections of its flows) can exceed Kafka's 1 MiB default.
 MAX_STATE_BYTES = 32 * 1024 * 1024
 EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "events": []})
@@ -77,23 +74,40 @@ class WorkerConfig:
     standby_replicas: int = 1
 
 
-def occurrences_topic(prefix: str, partitions: int) -> cat.Topic:
-    return cat.Topic(name=OCCURRENCES_TOPIC, key="alert key: rule|labels (utf-8)", value_schema="alert",
-                     partitions=partitions, cleanup_policy="delete", retention_ms=OCCURRENCES_RETENTION_MS,
-                     description="Worker-internal repartition of alert occurrences by alert key.")
-
-
 def stable_partition(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
 
 
-# -- Faust plumbing: an idempotent producer, and the GlobalTable feeding the ClusterIndex ------
+# -- Faust plumbing: an idempotent producer ------------------------------------------------
 
 class IdempotentProducer(faust_aiokafka.Producer):
     """Faust enables idempotence only for exactly-once transactions; we want it always."""
 
     def _settings_extra(self):
         return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+    def _new_producer(self, transactional_id=None):
+        producer = super()._new_producer(transactional_id)
+        track_every_topic(producer.client)
+        return producer
+
+
+def track_every_topic(client) -> None:
+    """Make an aiokafka client keep metadata for every topic it produces to.
+
+    aiokafka adds a topic to its tracked list only when the topic was missing from its
+    metadata at the first send. Once anything is tracked, refreshes fetch only the tracked
+    topics, and a topic first seen through a full refresh (our changelogs, dead letters)
+    drops out: its queued batches wait for a leader forever and producer.flush() never
+    returns (a worker's checkpoints, hence its progress announcements, stopped for good)."""
+    wait_on_metadata = client._wait_on_metadata
+
+    async def tracked_wait_on_metadata(topic):
+        if topic not in client._topics:
+            client.add_topic(topic)
+        return await wait_on_metadata(topic)
+
+    client._wait_on_metadata = tracked_wait_on_metadata
 
 
 class IdempotentTransport(faust_aiokafka.Transport):
@@ -103,35 +117,6 @@ class IdempotentTransport(faust_aiokafka.Transport):
 class SvctraceApp(faust.App):
     def _new_transport(self):
         return IdempotentTransport(self.conf.broker_consumer, self)
-
-
-class ClusterTable(faust.GlobalTable):
-    """GlobalTable over the compacted svctrace.k8s.objects topic; every change is also
-    applied to the worker's ClusterIndex (time-aware: it keeps validity intervals)."""
-
-    index: ClusterIndex | None = None
-    on_bad_record = None
-
-    def _changelog_topic_name(self) -> str:
-        # Faust's assignor looks the changelog up by this name; it ignores a custom
-        # changelog_topic otherwise (KeyError '<app>-<table>-changelog' during assignment).
-        if self._changelog_topic is not None:
-            return self._changelog_topic.get_topic_name()
-        return super()._changelog_topic_name()
-
-    async def on_changelog_event(self, event) -> None:
-        """Faust's recovery/standby reader calls this for every record of the topic, in order."""
-        await super().on_changelog_event(event)
-        self._apply_to_index(event)
-
-    def _apply_to_index(self, event) -> None:
-        msg = event.message
-        try:
-            record = None if msg.value is None else orjson.loads(msg.value)
-            self.index.apply_keyed(msg.key, record, (msg.timestamp or 0) and int(msg.timestamp * 1e9))
-        except Exception as e:  # noqa: BLE001 - one bad object must not stop the worker
-            if self.on_bad_record is not None:
-                self.on_bad_record(msg, e)
 
 
 # -- one keyed stage on Faust ------------------------------------------------------------
@@ -279,6 +264,9 @@ class Worker:
         if self.source_partitions != self.partitions:
             raise ValueError("svctrace.syscalls and svctrace.flows must have the same partition count "
                              "(their stages are co-partitioned)")
+        if catalogue[cat.ALERT_OCCURRENCES].partitions != self.partitions:
+            # Faust assigns co-partitioned topics together: one worker's share of every stage lines up.
+            raise ValueError("svctrace.alerts.occurrences and svctrace.flows must have the same partition count")
         self.app = self._build_app(catalogue)
         self.hb_due: dict[tuple[str, int], tuple[int | str, float]] = {}
         self.hb_sent: dict[tuple[str, int], int | str] = {}
@@ -310,7 +298,6 @@ class Worker:
             broker_heartbeat_interval=max(1.0, c.session_timeout_s / 5),
             broker_commit_interval=max(0.5, c.checkpoint_s),
             stream_wait_empty=False,
-            GlobalTable=ClusterTable,
         )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         n = self.names
@@ -319,14 +306,9 @@ class Worker:
         self.t_occ = app.topic(n[OCCURRENCES_TOPIC], partitions=self.partitions, **raw)
         self.t_out = {name: app.topic(n[name], **raw) for name in (ENRICHED_TOPIC, CHAINS_TOPIC, ALERTS_TOPIC,
                                                                   cat.DEADLETTER)}
-        k8s = catalogue[cat.K8S_OBJECTS]
-        self.k8s_table = app.GlobalTable(
-            "k8s-objects", partitions=k8s.partitions, recovery_buffer_size=1,
-            changelog_topic=app.topic(n[cat.K8S_OBJECTS], partitions=k8s.partitions, **raw),
-            key_type=bytes, value_type=bytes,
-        )
-        self.k8s_table.index = self.index
-        self.k8s_table.on_bad_record = self._bad_k8s_record
+        self.cluster_feed = ClusterFeed(c.bootstrap, n[cat.K8S_OBJECTS], self.index,
+                                        on_change=self.graph.metadata_changed, on_bad_record=self._bad_k8s_record)
+        app.task(self._run_cluster_feed)
         table = lambda name: app.Table(  # noqa: E731
             name, partitions=self.partitions, key_type=bytes, value_type=bytes,
             extra_topic_configs={"max.message.bytes": str(MAX_STATE_BYTES)})
@@ -358,16 +340,28 @@ class Worker:
                 self.last_input.pop(tp.partition, None)
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
-    # -- the three agents ------------------------------------------------------------------
+    async def _run_cluster_feed(self) -> None:
+        try:
+            await self.cluster_feed.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - without cluster state no stage may run: stop loudly
+            log.exception("cluster feed of %s failed", self.cluster_feed.topic)
+            await self.app.crash(e)
+
+    # -- the three agents (each waits for the ClusterIndex to catch up first) ----------------
     async def _enrich_agent(self, stream):
+        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
             await self._guard("enrich", event, self._enrich_one)
 
     async def _stitch_agent(self, stream):
+        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
             await self._guard("stitch", event, self._stitch_one)
 
     async def _alerts_agent(self, stream):
+        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
             await self._guard("alerts", event, self._alerts_one)
 
@@ -519,6 +513,8 @@ class Worker:
 
     # -- the timer: idle partitions, announcements, checkpoints ---------------------------------
     async def _tick(self) -> None:
+        if not self.cluster_feed.ready.is_set():
+            return  # no stage has started yet
         try:
             await self._flush_idle_sources()
             await self._send_announcements()

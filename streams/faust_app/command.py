@@ -47,9 +47,8 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
-    from svctrace.schemas.catalogue import load_catalogue
     from svctrace.streams.core import Settings
-    from svctrace.streams.faust_app.app import Worker, WorkerConfig, occurrences_topic
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     async def prepare() -> None:
         await wait_ready(args.bootstrap, timeout=60)
-        topics = list(load_catalogue().values())
-        topics.append(occurrences_topic(args.topic_prefix, topics[0].partitions))
-        await ensure_topics(args.bootstrap, topics if args.create_topics else topics[-1:], prefix=args.topic_prefix)
+        if args.create_topics:
+            await ensure_topics(args.bootstrap, prefix=args.topic_prefix)  # the whole catalogue
 
     asyncio.run(prepare())
     worker = Worker(config)

@@ -7,6 +7,7 @@ may repeat a record, ids are deterministic).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -20,10 +21,31 @@ import orjson
 
 from svctrace.kafka.admin import ensure_topics, topic_name
 from svctrace.kafka.clients import consumer, producer
-from svctrace.schemas.catalogue import ALERTS, CHAINS, DEADLETTER, K8S_OBJECTS, SYSCALLS, load_catalogue
+from svctrace.schemas.catalogue import ALERTS, CHAINS, DEADLETTER, K8S_OBJECTS, SYSCALLS
 from svctrace.schemas.models import SyscallBatch, SyscallEvent, encode_batch
 
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the kernel SIGKILLs the child when the test process dies, however it dies
+    (a failed or killed test must not leave `svctrace worker` processes behind)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
+# Popen options for every child a test starts: its own process group (killed as a whole)
+# and death with the test process.
+CHILD = {"preexec_fn": die_with_parent, "start_new_session": True}
+_running: set["WorkerProcess"] = set()
+
+
+def kill_all_workers() -> None:
+    """Fixture finalizer: kill every worker a test started and did not stop."""
+    for w in list(_running):
+        w.kill()
 
 
 def record_key(record: dict) -> str:
@@ -96,11 +118,7 @@ async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | Non
 
 
 def ensure_worker_topics(bootstrap: str, prefix: str) -> None:
-    from svctrace.streams.faust_app.app import occurrences_topic
-
-    topics = list(load_catalogue().values())
-    topics.append(occurrences_topic(prefix, load_catalogue()["svctrace.flows"].partitions))
-    asyncio.run(ensure_topics(bootstrap, topics, prefix=prefix))
+    asyncio.run(ensure_topics(bootstrap, prefix=prefix))  # the whole catalogue
 
 
 @dataclass
@@ -160,8 +178,9 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **CHILD)
         log.close()
+        _running.add(self)
         return self
 
     def metrics_url(self, timeout: float = 30.0) -> str:
@@ -179,8 +198,13 @@ class WorkerProcess:
             raise RuntimeError(f"worker exited with {self.proc.returncode}\n{self.log_tail()}")
 
     def kill(self) -> None:
+        """SIGKILL the worker's whole process group."""
+        _running.discard(self)
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -189,8 +213,8 @@ class WorkerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                pass
+        self.kill()  # what is left of its process group
 
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.is_file():
@@ -224,4 +248,5 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, workers
         for w in workers:
             w.check_alive()
         time.sleep(0.2)  # poll interval
-    raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
+    logs = "\n".join(w.log_tail(20) for w in workers)
+    raise TimeoutError(f"{what} not reached within {timeout:.0f}s\n{logs}")
