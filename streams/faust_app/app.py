@@ -37,6 +37,7 @@ import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import topic_name
+from svctrace.kafka.clients import connection_settings
 from svctrace.kafka.clients import COMPRESSION
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
@@ -78,7 +79,20 @@ def stable_partition(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
 
 
-# -- Faust plumbing: an idempotent producer ------------------------------------------------
+# -- Faust plumbing: TLS/SASL, an idempotent producer ---------------------------------------
+
+def faust_credentials(settings: dict):
+    """connection_settings() (TLS/SASL from the environment the Helm chart sets) as Faust's
+    broker_credentials, which its consumer, producer and admin client all use."""
+    protocol = settings.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(settings["ssl_context"])
+    return faust.SASLCredentials(username=settings.get("sasl_plain_username"),
+                                 password=settings.get("sasl_plain_password"),
+                                 ssl_context=settings.get("ssl_context"), mechanism=settings.get("sasl_mechanism"))
+
 
 class IdempotentProducer(faust_aiokafka.Producer):
     """Faust enables idempotence only for exactly-once transactions; we want it always."""
@@ -281,6 +295,7 @@ class Worker:
         app = SvctraceApp(
             c.app_id,
             broker=f"kafka://{c.bootstrap}",
+            broker_credentials=faust_credentials(connection_settings()),
             store="memory://",
             datadir=c.data_dir,
             web_enabled=False,
