@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import asdict, dataclass, field, replace
+from binascii import a2b_base64
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -62,8 +63,38 @@ class SyscallEvent:
             d = dict(d, data=base64.b64decode(data))
         return cls(**d)
 
+    @staticmethod
+    def from_wire(d: dict[str, Any]) -> "SyscallEvent":
+        """Like from_dict (same event; TypeError for an unknown or missing field), several times
+        faster: the values go straight into the slots, without the keyword __init__ of a
+        frozen dataclass. The decoders of every hot path use it."""
+        e = _new_event(SyscallEvent)
+        setters = _EVENT_SETTERS
+        if len(d) != _EVENT_NFIELDS:  # a writer may leave optional fields out
+            missing = _EVENT_REQUIRED - d.keys()
+            if missing:
+                raise TypeError(f"missing field {sorted(missing)[0]}")
+            for name, default in _EVENT_DEFAULTS:
+                setters[name](e, default)
+        for name, value in d.items():
+            setter = setters.get(name)
+            if setter is None:
+                raise TypeError(f"unknown field {name}")
+            setter(e, value)
+        data = d.get("data")
+        if data is not None:
+            setters["data"](e, a2b_base64(data))
+        return e
+
     def with_(self, **changes) -> "SyscallEvent":
         return replace(self, **changes)
+
+
+_new_event = object.__new__
+_EVENT_SETTERS = {f.name: getattr(SyscallEvent, f.name).__set__ for f in fields(SyscallEvent)}
+_EVENT_NFIELDS = len(_EVENT_SETTERS)
+_EVENT_DEFAULTS = tuple((f.name, f.default) for f in fields(SyscallEvent) if f.default is not MISSING)
+_EVENT_REQUIRED = frozenset(f.name for f in fields(SyscallEvent) if f.default is MISSING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +159,14 @@ def decode_batch(raw: bytes) -> SyscallBatch:
     if doc.get("version") != SCHEMA_VERSION:
         raise DecodeError(f"unsupported version {doc.get('version')!r} (field $.version)")
     try:
-        events = [SyscallEvent.from_dict(e) for e in doc["events"]]
+        items = doc["events"]
+        if not isinstance(items, list):
+            raise DecodeError("field $.events is not a list")
+        events = []
+        for e in items:
+            if e.__class__ is not dict:
+                raise DecodeError("bad event in $.events: an event is not an object")
+            events.append(SyscallEvent.from_wire(e))
         return SyscallBatch(node=doc["node"], source=doc["source"], seq=doc["seq"], events=events, lost=doc.get("lost", 0))
     except KeyError as e:
         raise DecodeError(f"missing field $.{e.args[0]}") from None

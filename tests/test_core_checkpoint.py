@@ -149,3 +149,23 @@ def test_state_with_enriched_events_round_trips_through_bytes():
         back = loads_state(dumps_state(st))
         assert back["buf"] == st["buf"]  # EnrichedEvents, payload bytes included
         assert orjson.loads(dumps_state(back)) == orjson.loads(dumps_state(st))
+
+
+def test_event_codecs_fast_path_equals_from_dict_and_rejects_what_it_rejects():
+    import pytest
+
+    from svctrace.schemas.models import DecodeError, SyscallEvent, decode_batch
+
+    _cluster, events = _traffic()
+    for e in events[:200]:
+        d = orjson.loads(orjson.dumps(e.to_dict()))
+        assert SyscallEvent.from_wire(d) == SyscallEvent.from_dict(d) == e
+        slim = {k: v for k, v in d.items() if v is not None or k in ("ts", "node", "n")}
+        assert SyscallEvent.from_wire(slim) == SyscallEvent.from_dict(slim)
+    with pytest.raises(TypeError, match="unknown field bogus"):
+        SyscallEvent.from_wire(dict(events[0].to_dict(), bogus=1))
+    with pytest.raises(TypeError, match="missing field"):
+        SyscallEvent.from_wire({"ts": 1})
+    raw = b'{"schema": "svctrace.syscall-batch", "version": 1, "node": "n", "source": "s", "seq": 0, "events": [7]}'
+    with pytest.raises(DecodeError, match=r"\$\.events: an event is not an object"):
+        decode_batch(raw)

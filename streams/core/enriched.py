@@ -83,9 +83,9 @@ def from_wire(d: dict) -> EnrichedEvent:
     """An `events[]` item as read from Kafka (or any dict of that form) -> EnrichedEvent."""
     fields = {k: v for k, v in d.items() if k in _FIELD_SET}
     data = fields.get("data")
-    if isinstance(data, str):
-        fields["data"] = base64.b64decode(data)
-    return EnrichedEvent(SyscallEvent(**fields), d.get("flow"), d.get("local_ref"), d.get("remote_ref"),
+    if data is not None and not isinstance(data, str):
+        fields["data"] = base64.b64encode(data)  # bytes already (in-process dicts): from_wire decodes text
+    return EnrichedEvent(SyscallEvent.from_wire(fields), d.get("flow"), d.get("local_ref"), d.get("remote_ref"),
                          d.get("addr_ref"), d.get("proxy_of"))
 
 

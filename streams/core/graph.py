@@ -83,9 +83,9 @@ def dumps_state(state: dict) -> bytes:
 
 def _event_from_dict(d: dict) -> SyscallEvent:
     data = d.get("data")
-    if isinstance(data, str):
-        d = dict(d, data=base64.b64decode(data))
-    return SyscallEvent(**d)
+    if data is not None and not isinstance(data, str):
+        d = dict(d, data=base64.b64encode(data))  # bytes already: from_wire decodes base64 text
+    return SyscallEvent.from_wire(d)
 
 
 def loads_state(raw: bytes) -> dict:
