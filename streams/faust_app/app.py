@@ -36,7 +36,7 @@ import faust
 import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from svctrace.kafka.admin import topic_name
+from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
 from svctrace.kafka.clients import connection_settings
 from svctrace.kafka.clients import COMPRESSION
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
@@ -56,6 +56,8 @@ from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
 
+TOPIC_CREATE_TIMEOUT_S = 60.0
+TOPIC_CREATE_RETRY_S = 0.5
 # A stitch bucket's state (open connections of its flows) can exceed Kafka's 1 MiB default.
 MAX_STATE_BYTES = 32 * 1024 * 1024
 EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "events": []})
@@ -126,6 +128,21 @@ def track_every_topic(client) -> None:
 
 class IdempotentTransport(faust_aiokafka.Transport):
     Producer = IdempotentProducer
+
+    async def _create_topic(self, *args, **kwargs) -> None:
+        """Faust creates its changelog topics itself and gives up at the first error, and the
+        worker with it. A broker briefly fenced under load (INVALID_REPLICATION_FACTOR) or a
+        controller move is retried, as svctrace.kafka.admin.ensure_topics does."""
+        deadline = time.monotonic() + TOPIC_CREATE_TIMEOUT_S
+        while True:
+            try:
+                return await super()._create_topic(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - Faust raises KafkaError subclasses and RuntimeError
+                retriable = getattr(e, "errno", None) in RETRIABLE_CREATE_ERRORS or "Invalid controller" in str(e)
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                log.warning("creating a topic failed, retrying: %s", e)
+            await asyncio.sleep(TOPIC_CREATE_RETRY_S)  # back off, not synchronisation
 
 
 class SvctraceApp(faust.App):
