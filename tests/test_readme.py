@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def readme_topics() -> dict[str, tuple[int, str]]:
     rows = {}
     for line in README.read_text().splitlines():
-        m = re.match(r"\| `(svctrace\.[a-z0-9.]+)` \|.*\| (\d+) \|[^|]*\| `([a-z-]+)` \|$", line)
+        m = re.match(r"\| `(svctrace\.[a-z0-9.]+)` \|.*\| (\d+) \|[^|]*\| `([a-z0-9-]+)` \|$", line)
         if m:
             rows[m.group(1)] = (int(m.group(2)), m.group(3))
     return rows
