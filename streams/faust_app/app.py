@@ -131,14 +131,16 @@ class IdempotentTransport(faust_aiokafka.Transport):
 
     async def _create_topic(self, *args, **kwargs) -> None:
         """Faust creates its changelog topics itself and gives up at the first error, and the
-        worker with it. A broker briefly fenced under load (INVALID_REPLICATION_FACTOR) or a
-        controller move is retried, as svctrace.kafka.admin.ensure_topics does."""
+        worker with it. Retriable errors (a broker restarting: NodeNotReady), a broker briefly
+        fenced under load (INVALID_REPLICATION_FACTOR) and a controller move are retried, as
+        svctrace.kafka.admin.ensure_topics does."""
         deadline = time.monotonic() + TOPIC_CREATE_TIMEOUT_S
         while True:
             try:
                 return await super()._create_topic(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - Faust raises KafkaError subclasses and RuntimeError
-                retriable = getattr(e, "errno", None) in RETRIABLE_CREATE_ERRORS or "Invalid controller" in str(e)
+                retriable = (getattr(e, "retriable", False) or getattr(e, "errno", None) in RETRIABLE_CREATE_ERRORS
+                             or "Invalid controller" in str(e))
                 if not retriable or time.monotonic() > deadline:
                     raise
                 log.warning("creating a topic failed, retrying: %s", e)
