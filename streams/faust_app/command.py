@@ -29,6 +29,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
     p.add_argument("--idle-flush", type=float, default=10.0,
                    help="seconds a caught-up input partition stays idle before its state is flushed")
+    p.add_argument("--lateness", type=float, default=2.0,
+                   help="seconds events of one partition's nodes may arrive out of order: must cover the agents' "
+                        "batch interval (0.2 s) + transport + clock skew between nodes; later events are dropped "
+                        "(counted). Every chain and alert waits this long (0.4 is enough for agents on synchronized "
+                        "clocks; see docs/architecture.md)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds a chain waits after the client's close (or response) for the other nodes' events "
+                        "(causal delays + clock skew); adds to the latency like --lateness (0.25 usually enough)")
     p.add_argument("--checkpoint-interval", type=float, default=1.0,
                    help="seconds between state checkpoints (input offsets commit only after one)")
     p.add_argument("--session-timeout", type=float, default=10.0,
@@ -40,6 +48,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
+def event_time_settings(lateness_s: float, settle_s: float, enriched: bool = True):
+    """The core's Settings for a live worker: `svctrace analyze` keeps the core's roomier defaults
+    (nothing waits on it); the worker trades them for latency (docs/architecture.md, Latency)."""
+    from svctrace.streams.core import Settings
+
+    lateness = int(lateness_s * 1e9)
+    return Settings(enrich_lateness_ns=lateness, stitch_lateness_ns=lateness, settle_ns=int(settle_s * 1e9),
+                    emit_enriched=enriched)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         print("svctrace worker: --bootstrap (or $SVCTRACE_BOOTSTRAP) is required", file=sys.stderr)
@@ -47,14 +65,13 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
-    from svctrace.streams.core import Settings
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
-        settings=Settings(emit_enriched=args.enriched), idle_flush_s=args.idle_flush,
+        settings=event_time_settings(args.lateness, args.settle, args.enriched), idle_flush_s=args.idle_flush,
         checkpoint_s=args.checkpoint_interval, session_timeout_s=args.session_timeout,
     )
 

@@ -16,6 +16,9 @@ class WorkerMetrics:
                                    registry=r)
         self.watermark = Gauge("svctrace_worker_watermark_seconds", "Event-time watermark of each stage",
                                ["stage"], registry=r)
+        self.sources_done = Gauge("svctrace_worker_sources_done",
+                                  "Syscalls partitions of this worker at their end of input (caught up, idle, flushed)",
+                                  registry=r)
         self.index_objects = Gauge("svctrace_worker_cluster_objects", "Kubernetes objects in the ClusterIndex",
                                    registry=r)
         self.server = None
