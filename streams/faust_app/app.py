@@ -22,10 +22,16 @@ What it adds is what only a distributed runner needs:
   (duplicates, or events behind their watermark), and chains/alerts carry
   deterministic ids, so downstream dedup by id is exact.
 * Bad records never stop the worker: they go to svctrace.deadletter with the reason.
+* Cost per event close to the core's: syscall batches decode straight into SyscallEvents
+  (wire.py), a syscalls partition is advanced once its fetched backlog is read (so releases,
+  and the flows records they make, hold thousands of events), progress goes out as one record
+  per downstream partition for all sources of this worker, and the process runs the cycle
+  collector rarely (fewer_gc_passes).
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import zlib
@@ -37,11 +43,10 @@ import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.clients import connection_settings
-from svctrace.kafka.clients import COMPRESSION
+from svctrace.kafka.clients import COMPRESSION, connection_settings
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
-from svctrace.schemas.models import DecodeError, decode_batch, dumps
+from svctrace.schemas.models import DecodeError, dumps
 from svctrace.streams.core import Graph, Settings, dumps_state, loads_state
 from svctrace.streams.core.alerts import ALERTS_TOPIC
 from svctrace.streams.core.enrich import ENRICHED_TOPIC, FLOWS_TOPIC
@@ -50,8 +55,9 @@ from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
 from svctrace.streams.faust_app.cluster_feed import ClusterFeed
 from svctrace.streams.faust_app.metrics import WorkerMetrics
 from svctrace.streams.faust_app.progress import (
-    DONE, SOURCE_HEADER, WATERMARK_HEADER, SourceProgress, decode_headers, encode_mark,
+    DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
+from svctrace.streams.faust_app.wire import decode_enriched_events, decode_syscall_batch
 from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
@@ -61,6 +67,9 @@ TOPIC_CREATE_RETRY_S = 0.5
 # A stitch bucket's state (open connections of its flows) can exceed Kafka's 1 MiB default.
 MAX_STATE_BYTES = 32 * 1024 * 1024
 EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "events": []})
+# Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
+# of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
+RECORD_EVENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -72,13 +81,29 @@ class WorkerConfig:
     settings: Settings = field(default_factory=lambda: Settings(emit_enriched=True))
     idle_flush_s: float = 10.0  # a caught-up partition idle this long flushes (end of input)
     checkpoint_s: float = 1.0  # operator state -> changelog, then input offsets acknowledged
-    heartbeat_s: float = 0.2  # progress announcements at most this often per source
+    heartbeat_s: float = 0.1  # progress to the stitch stage at most this often (chain latency)
+    occurrences_heartbeat_s: float = 1.0  # ... to the alerts stage (it only closes suppression windows)
+    release_events: int = 20_000  # a backlogged syscalls partition is advanced every this many events
+    live_lag_s: float = 10.0  # a source whose events arrive at most this old is live (see _advance_idle)
     session_timeout_s: float = 10.0  # a dead worker's partitions move after this
     standby_replicas: int = 1
 
 
 def stable_partition(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+def _chunks(batch: dict):
+    """An enriched batch as records of at most RECORD_EVENTS events (loss markers in the first)."""
+    events = batch.get("events") or ()
+    if len(events) <= RECORD_EVENTS:
+        yield batch
+        return
+    for i in range(0, len(events), RECORD_EVENTS):
+        chunk = {**batch, "events": events[i:i + RECORD_EVENTS]}
+        if i and "lost" in chunk:
+            del chunk["lost"]
+        yield chunk
 
 
 # -- Faust plumbing: TLS/SASL, an idempotent producer ---------------------------------------
@@ -234,13 +259,20 @@ class StageShell:
 
     async def flush_partition(self, p: int) -> None:
         for key in list(self.part_meta(p)["keys"]):
-            outs = self.op.flush(self.state(key), key)
+            st = self.state(key)
+            outs = self.op.flush(st, key)
             await self.worker.route(self.name, p, outs)
-            self.drop(p, key)
+            if self.op.is_idle(st):
+                self.drop(p, key)
+            else:  # e.g. alert windows, kept until the watermark passes their end + lateness
+                self.touch(p, key)
 
     # checkpoints --------------------------------------------------------------------------
     def snapshot(self) -> tuple[list[tuple[int, bytes, bytes | None]], list[Any]]:
-        """Serialize dirty state; return (changelog writes, events now safe to acknowledge)."""
+        """Serialize dirty state; return (changelog writes, events now safe to acknowledge).
+        A record is acknowledged only once every event in it is below its key's watermark (applied).
+        The whole state is written, input buffers included: without them (op.durable) a checkpoint
+        is cheaper, but restarts then lost chains here (not yet understood)."""
         writes: list[tuple[int, bytes, bytes | None]] = []
         ackable: list[Any] = []
         for p in set(self.dirty) | set(self.deleted) | set(self.pending):
@@ -249,14 +281,18 @@ class StageShell:
             for key in self.deleted.get(p, ()):
                 writes.append((p, key.encode(), None))
             writes.append((p, f"#{p}".encode(), orjson.dumps(self.part_meta(p))))
-            keep = []
-            for item in self.pending.get(p, ()):
+            # Acknowledge in offset order only, up to the first record still needed: Faust commits
+            # the run of acknowledged offsets that follows the committed one, and an out-of-order
+            # acknowledgement can let it commit past a record we still need (seen: lost chains).
+            items = self.pending.get(p, [])
+            done = 0
+            for item in items:
                 st = self.live.get(item.key) if item.key is not None else None
-                if item.max_ts is None or st is None or item.max_ts < st.get("wm", 0):
-                    ackable.append(item.event)
-                else:
-                    keep.append(item)
-            self.pending[p] = keep
+                if not (item.max_ts is None or st is None or item.max_ts < st.get("wm", 0)):
+                    break
+                ackable.append(item.event)
+                done += 1
+            self.pending[p] = items[done:]
         self.dirty.clear()
         self.deleted.clear()
         return writes, ackable
@@ -276,10 +312,22 @@ class StageShell:
             await changelog.send(key=key, value=value, partition=p, key_serializer="raw", value_serializer="raw")
 
 
+def fewer_gc_passes(gen0: int = 100_000) -> None:
+    """The stages allocate many small, short-lived objects: with CPython's default gen-0 threshold
+    (700) the cycle collector runs constantly, and its older generations walk the whole live state
+    (the in-process runner raises the threshold for a run: runner.fewer_gc_passes). A worker lives
+    long: raise it for the process, and freeze what start-up allocated out of the collector's way."""
+    gc.freeze()
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], gen0), threshold[1], threshold[2])
+
+
 class Worker:
     """Builds the Faust app for a WorkerConfig; `app` is the faust.App to run."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None):
+        fewer_gc_passes()
+
         self.config = c = config
         self.metrics = metrics or WorkerMetrics()
         self.index = ClusterIndex()
@@ -301,10 +349,13 @@ class Worker:
             # Faust assigns co-partitioned topics together: one worker's share of every stage lines up.
             raise ValueError("svctrace.alerts.occurrences and svctrace.flows must have the same partition count")
         self.app = self._build_app(catalogue)
-        self.hb_due: dict[tuple[str, int], tuple[int | str, float]] = {}
+        self.hb_due: dict[str, dict[int, int | str]] = {}  # downstream topic -> {source: mark} to announce
         self.hb_sent: dict[tuple[str, int], int | str] = {}
+        self.hb_last: dict[str, float] = {}  # downstream topic -> when marks were last sent
         self.last_input: dict[int, float] = {}
         self.last_offset: dict[int, int] = {}
+        self.live: dict[int, bool] = {}  # syscalls partition -> its latest events arrived fresh (live agents)
+        self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
 
@@ -356,7 +407,8 @@ class Worker:
         app.agent(self.t_syscalls, name="svctrace.enrich")(self._enrich_agent)
         app.agent(self.t_flows, name="svctrace.stitch")(self._stitch_agent)
         app.agent(self.t_occ, name="svctrace.alerts")(self._alerts_agent)
-        app.timer(min(c.heartbeat_s, c.checkpoint_s), name="svctrace.tick")(self._tick)
+        app.timer(c.heartbeat_s, name="svctrace.tick")(self._tick)
+        app.timer(c.checkpoint_s, name="svctrace.checkpoint")(self._checkpoint_tick)
         app.on_partitions_revoked.connect(self._on_revoked)
         return app
 
@@ -370,8 +422,8 @@ class Worker:
             if stage is not None:
                 stage.forget(tp.partition)
             if stage is self.enrich:
-                self.last_offset.pop(tp.partition, None)
-                self.last_input.pop(tp.partition, None)
+                for table in (self.last_offset, self.last_input, self.live, self.unreleased):
+                    table.pop(tp.partition, None)
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
     async def _run_cluster_feed(self) -> None:
@@ -414,34 +466,50 @@ class Worker:
             stage.pending.setdefault(msg.partition, []).append(Pending(event, None, None))
 
     async def _enrich_one(self, event) -> None:
+        """Buffer one syscall batch in its node's state; advance the partition once its backlog
+        is read (or every `release_events`), so releases and flows records stay large."""
         msg = event.message
         q = msg.partition
         self.last_input[q] = time.monotonic()
         self.last_offset[q] = msg.offset
-        batch = decode_batch(msg.value)
+        batch = decode_syscall_batch(msg.value)
+        events = batch.events
         self.metrics.records.labels("enrich").inc()
-        self.metrics.events.labels("enrich").inc(len(batch.events))
+        self.metrics.events.labels("enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
         meta["done"] = False
         node = batch.node
         stage.op.process(stage.state(node), node, batch)
         stage.touch(q, node)
-        max_ts = max((e.ts for e in batch.events), default=None)
+        max_ts = max(e.ts for e in events) if events else None
         stage.pending.setdefault(q, []).append(Pending(event, node, max_ts))
-        if max_ts is not None and (meta.get("clock") is None or max_ts > meta["clock"]):
-            meta["clock"] = max_ts
-        if meta.get("clock") is not None:
-            wm = meta["clock"] - self.lateness
-            await stage.advance_partition(q, wm)
-            self.metrics.watermark.labels("enrich").set(wm / 1e9)
-            self._announce(FLOWS_TOPIC, q, wm)
+        if max_ts is not None:
+            if meta.get("clock") is None or max_ts > meta["clock"]:
+                meta["clock"] = max_ts
+            self.live[q] = time.time_ns() - max_ts <= self.config.live_lag_s * 1e9
+        self.unreleased[q] = self.unreleased.get(q, 0) + len(events)
+        if self.unreleased[q] >= self.config.release_events or self._caught_up(self.app.consumer, msg.tp):
+            await self._release(q)
+
+    async def _release(self, q: int) -> None:
+        """Advance syscalls partition q to its clock minus the lateness and announce it downstream."""
+        self.unreleased.pop(q, None)
+        clock = self.enrich.part_meta(q).get("clock")
+        if clock is not None:
+            await self._advance_enrich(q, clock - self.lateness)
+
+    async def _advance_enrich(self, q: int, wm: int) -> None:
+        await self.enrich.advance_partition(q, wm)
+        self.metrics.watermark.labels("enrich").set(wm / 1e9)
+        self._announce(FLOWS_TOPIC, q, wm)
+        await self._send_announcements(FLOWS_TOPIC)
 
     async def _stitch_one(self, event) -> None:
         msg = event.message
         p = msg.partition
         stage = self.stitch
-        source, mark = decode_headers(msg.headers)
+        _source, marks = decode_progress(msg.headers)
         batch = orjson.loads(msg.value) if msg.value else None
         if batch is not None and batch.get("events"):
             if not isinstance(batch["events"], list):
@@ -449,21 +517,27 @@ class Worker:
             key = msg.key.decode() if msg.key else f"b{p:04d}"
             self.metrics.records.labels("stitch").inc()
             self.metrics.events.labels("stitch").inc(len(batch["events"]))
-            stage.op.process(stage.state(key), key, batch)
+            max_ts = max(d["ts"] for d in batch["events"])
+            try:
+                batch["events"] = decode_enriched_events(batch["events"])
+            except DecodeError:  # the stage takes the dicts and dead-letters the bad events alone
+                batch = orjson.loads(msg.value)
+            outs = stage.op.process(stage.state(key), key, batch)
             stage.touch(p, key)
-            stage.pending.setdefault(p, []).append(
-                Pending(event, key, max(d["ts"] for d in batch["events"])))
+            stage.pending.setdefault(p, []).append(Pending(event, key, max_ts))
+            if outs:
+                await self.route("stitch", p, outs)
             SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
         else:
             stage.pending.setdefault(p, []).append(Pending(event, None, None))
-        if source is not None and mark is not None:
-            await self._progress(stage, p, source, mark)
+        if marks:
+            await self._progress(stage, p, marks)
 
     async def _alerts_one(self, event) -> None:
         msg = event.message
         r = msg.partition
         stage = self.alerts
-        source, mark = decode_headers(msg.headers)
+        _source, marks = decode_progress(msg.headers)
         if msg.value:
             occ = orjson.loads(msg.value)
             key = msg.key.decode()
@@ -473,15 +547,16 @@ class Worker:
             SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
             await self.route("alerts", r, outs)
         stage.pending.setdefault(r, []).append(Pending(event, None, None))
-        if source is not None and mark is not None:
-            await self._progress(stage, r, source, mark)
+        if marks:
+            await self._progress(stage, r, marks)
 
-    async def _progress(self, stage: StageShell, p: int, source: int, mark) -> None:
-        """An upstream partition's announcement: advance or flush this partition, then pass it on."""
+    async def _progress(self, stage: StageShell, p: int, marks: dict) -> None:
+        """Upstream partitions' announcements: advance or flush this partition, then pass it on."""
         meta = stage.part_meta(p)
         prog = SourceProgress(stage.sources, meta["progress"])
         before = prog.watermark()
-        prog.note(source, mark)
+        for source, mark in marks.items():
+            prog.note(source, mark)
         stage.dirty.setdefault(p, set())
         wm = prog.watermark()
         if wm is not None and (before is None or wm > before):
@@ -489,49 +564,64 @@ class Worker:
             self.metrics.watermark.labels(stage.name).set(wm / 1e9)
             if stage is self.stitch:
                 self._announce(OCCURRENCES_TOPIC, p, wm)
+                await self._send_announcements(OCCURRENCES_TOPIC)
         elif prog.should_flush():
+            if prog.high() is not None:
+                await stage.advance_partition(p, prog.high())  # timers up to the last watermark first
             await stage.flush_partition(p)
             prog.mark_flushed()
             if stage is self.stitch:
-                self._announce(OCCURRENCES_TOPIC, p, DONE, now=True)
+                self._announce(OCCURRENCES_TOPIC, p, DONE)
+                await self._send_announcements(OCCURRENCES_TOPIC, force=True)
 
     # -- outputs ------------------------------------------------------------------------------
     async def route(self, stage_name: str, p: int, outs) -> None:
         for topic, key, value in outs:
             if topic == FLOWS_TOPIC:
-                await self.t_flows.send(key=key.encode(), value=dumps(value), partition=bucket_partition(key),
-                                        headers=[(SOURCE_HEADER, str(p).encode())])
+                headers = [(SOURCE_HEADER, str(p).encode())]
+                for chunk in _chunks(value):
+                    await self.t_flows.send(key=key.encode(), value=dumps(chunk), partition=bucket_partition(key),
+                                            headers=headers)
             elif topic == OCCURRENCES_TOPIC:
                 await self.t_occ.send(key=key.encode(), value=dumps(value),
                                       partition=stable_partition(key, self.partitions),
                                       headers=[(SOURCE_HEADER, str(p).encode())])
+            elif topic == ENRICHED_TOPIC:
+                for chunk in _chunks(value):
+                    await self.t_out[topic].send(key=key.encode(), value=dumps(chunk))
             elif topic in self.t_out:
                 await self.t_out[topic].send(key=key.encode(), value=dumps(value))
             else:
                 raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
             self.metrics.outputs.labels(topic).inc()
 
-    def _announce(self, downstream: str, source: int, mark, now: bool = False) -> None:
+    def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
-        key = (downstream, source)
-        if self.hb_sent.get(key) == mark:
+        if self.hb_sent.get((downstream, source)) == mark:
+            self.hb_due.get(downstream, {}).pop(source, None)
             return
-        due = self.hb_due.get(key)
-        self.hb_due[key] = (mark, 0.0 if now else (due[1] if due else time.monotonic() + self.config.heartbeat_s))
+        self.hb_due.setdefault(downstream, {})[source] = mark
 
-    async def _send_announcements(self, force: bool = False) -> None:
+    async def _send_announcements(self, downstream: str | None = None, force: bool = False) -> None:
+        """Send the queued marks: one record per downstream partition carrying every source's mark,
+        at most every heartbeat_s per downstream topic (unless forced: DONE, flushes)."""
         now = time.monotonic()
-        for key, (mark, due) in list(self.hb_due.items()):
-            if not force and due > now:
+        for topic_name_ in ([downstream] if downstream else list(self.hb_due)):
+            marks = self.hb_due.get(topic_name_)
+            if not marks:
                 continue
-            downstream, source = key
-            topic = self.t_flows if downstream == FLOWS_TOPIC else self.t_occ
-            value = EMPTY_ENRICHED if downstream == FLOWS_TOPIC else b""
-            headers = [(SOURCE_HEADER, str(source).encode()), (WATERMARK_HEADER, encode_mark(mark))]
+            every = self.config.heartbeat_s if topic_name_ == FLOWS_TOPIC else self.config.occurrences_heartbeat_s
+            if not force and now - self.hb_last.get(topic_name_, 0.0) < every:
+                continue
+            topic = self.t_flows if topic_name_ == FLOWS_TOPIC else self.t_occ
+            value = EMPTY_ENRICHED if topic_name_ == FLOWS_TOPIC else b""
+            headers = [(MARKS_HEADER, encode_marks(marks))]
+            del self.hb_due[topic_name_]
+            self.hb_last[topic_name_] = now
             for partition in range(self.partitions):
                 await topic.send(key=None, value=value, partition=partition, headers=headers)
-            self.hb_sent[key] = mark
-            del self.hb_due[key]
+            for source, mark in marks.items():
+                self.hb_sent[(topic_name_, source)] = mark
 
     async def _dead_letter(self, stage: str, msg, reason: str, error: BaseException) -> None:
         self.metrics.deadletters.labels(stage).inc()
@@ -550,35 +640,82 @@ class Worker:
         if not self.cluster_feed.ready.is_set():
             return  # no stage has started yet
         try:
-            await self._flush_idle_sources()
+            await self._idle_sources()
             await self._send_announcements()
-            if time.monotonic() - self.last_checkpoint >= self.config.checkpoint_s:
-                await self.checkpoint()
             self.metrics.index_objects.set(len(self.index))
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("worker tick failed")
 
-    async def _flush_idle_sources(self) -> None:
-        """A syscalls partition caught up and idle for idle_flush_s is at its end of input."""
+    async def _checkpoint_tick(self) -> None:
+        """Its own timer: a checkpoint may take longer than a heartbeat."""
+        if not self.cluster_feed.ready.is_set():
+            return
+        try:
+            await self.checkpoint()
+        except Exception:  # noqa: BLE001 - retried at the next one
+            log.exception("worker checkpoint failed")
+
+    async def _idle_sources(self) -> None:
+        """Syscalls partitions with nothing new: release a deferred backlog once caught up; a live
+        source advances by processing time (_advance_idle); any other partition caught up and idle
+        for idle_flush_s is at its end of input (flushed, announced DONE)."""
         consumer = self.app.consumer
         now = time.monotonic()
+        done = False
+        finished = 0
         for tp in consumer.assignment():
             if tp.topic != self.t_syscalls.get_topic_name():
                 continue
             q = tp.partition
             meta = self.enrich.part_meta(q)
             if meta.get("done"):
+                finished += 1
                 if self.hb_sent.get((FLOWS_TOPIC, q)) != DONE:
-                    self._announce(FLOWS_TOPIC, q, DONE, now=True)
-                continue
-            if now - self.last_input.get(q, self._started) < self.config.idle_flush_s:
+                    self._announce(FLOWS_TOPIC, q, DONE)
+                    done = True
                 continue
             if not self._caught_up(consumer, tp):
+                continue
+            if self.unreleased.get(q):
+                await self._release(q)
+            idle = now - self.last_input.get(q, self._started)
+            if self.live.get(q):
+                await self._advance_idle(q, idle, self._last_poll_ns(consumer, tp))
+                continue
+            if idle < self.config.idle_flush_s:
                 continue
             await self.enrich.flush_partition(q)
             meta["done"] = True
             self.enrich.dirty.setdefault(q, set())
-            self._announce(FLOWS_TOPIC, q, DONE, now=True)
+            self._announce(FLOWS_TOPIC, q, DONE)
+            done = True
+            finished += 1
+        self.metrics.sources_done.set(finished)
+        if done:
+            await self._send_announcements(FLOWS_TOPIC, force=True)
+
+    async def _advance_idle(self, q: int, idle_s: float, polled_ns: int | None) -> None:
+        """A live source (agents publishing fresh events) that is caught up: event time goes on while
+        nothing arrives. The last fetch (at polled_ns, worker clock) found nothing newer than what we
+        processed, so any event still to come was captured after it or was waiting in an agent's batch
+        (linger) or in flight: it is at most `lateness` (which covers linger + transport + clock skew
+        between nodes) older than polled_ns, nor than last event time + idle time. Without this the
+        watermark of a quiet partition stops, and with it every stitch partition (they wait for the
+        slowest source) until idle_flush_s declares it finished. Time the worker spends starved of
+        CPU does not count: only a fetch moves polled_ns. Replays (old event times) never get here."""
+        clock = self.enrich.part_meta(q).get("clock")
+        if clock is None or polled_ns is None or idle_s <= 0:
+            return
+        await self._advance_enrich(q, min(clock + int(idle_s * 1e9), polled_ns) - self.lateness)
+
+    @staticmethod
+    def _last_poll_ns(consumer, tp) -> int | None:
+        """When the consumer last heard from the broker about tp (wall clock, ns), if it can say."""
+        try:
+            ms = consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+        except Exception:  # noqa: BLE001 - not started, or a Faust without this consumer thread
+            return None
+        return None if ms is None else ms * 1_000_000
 
     def _caught_up(self, consumer, tp) -> bool:
         """Everything written to tp so far has been processed (no blocking call to the broker)."""
