@@ -172,6 +172,16 @@ class IdempotentTransport(faust_aiokafka.Transport):
             await asyncio.sleep(TOPIC_CREATE_RETRY_S)  # back off, not synchronisation
 
 
+@dataclass(frozen=True, slots=True)
+class InternalTopic(cat.Topic):
+    """A worker-internal topic (a table's changelog) with its extra Kafka configs."""
+
+    extra_configs: tuple[tuple[str, str], ...] = ()
+
+    def kafka_config(self) -> dict[str, str]:
+        return {**cat.Topic.kafka_config(self), **dict(self.extra_configs)}
+
+
 class SvctraceApp(faust.App):
     def _new_transport(self):
         return IdempotentTransport(self.conf.broker_consumer, self)
@@ -412,6 +422,17 @@ class Worker:
         app.on_partitions_revoked.connect(self._on_revoked)
         return app
 
+    def internal_topics(self) -> list[InternalTopic]:
+        """The tables' changelog topics, to create before Faust starts: a topic Faust creates
+        itself while its consumer starts can be missing from that consumer's first metadata
+        ("Ignoring missing topic" at assignment), and the stage then got no partitions of it
+        for a metadata refresh or more (a worker that emitted nothing under load)."""
+        return [InternalTopic(name=st.table.changelog_topic.get_topic_name(), key="operator state key",
+                              value_schema="", partitions=self.partitions, cleanup_policy="compact",
+                              retention_ms=-1, description=f"{st.name} stage state",
+                              extra_configs=(("max.message.bytes", str(MAX_STATE_BYTES)),))
+                for st in self.stages]
+
     async def _on_revoked(self, sender, revoked, **kwargs) -> None:
         """Forget the live state of partitions moving away; what we keep stays live (Faust may or
         may not re-deliver its uncommitted records: the operators drop what they already applied)."""
@@ -436,20 +457,29 @@ class Worker:
             await self.app.crash(e)
 
     # -- the three agents (each waits for the ClusterIndex to catch up first) ----------------
+    # The wait is inside the loop, not before it: a stream registers its topic with Faust's
+    # conductor when iteration starts, and the conductor subscribes once, when the agents have
+    # started. A topic registered later waits for the conductor's resubscribe (45 s): a worker
+    # whose cluster feed caught up after that first subscribe got no partitions and emitted
+    # nothing for that long (the intermittent failures of the multi-worker tests under load).
     async def _enrich_agent(self, stream):
-        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
+            await self._cluster_ready()
             await self._guard("enrich", event, self._enrich_one)
 
     async def _stitch_agent(self, stream):
-        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
+            await self._cluster_ready()
             await self._guard("stitch", event, self._stitch_one)
 
     async def _alerts_agent(self, stream):
-        await self.cluster_feed.ready.wait()
         async for event in stream.noack().events():
+            await self._cluster_ready()
             await self._guard("alerts", event, self._alerts_one)
+
+    async def _cluster_ready(self) -> None:
+        if not self.cluster_feed.ready.is_set():
+            await self.cluster_feed.ready.wait()
 
     async def _guard(self, stage_name: str, event, handler) -> None:
         """One record: processed, or dead-lettered with the reason. Never raises."""

@@ -75,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_s=args.checkpoint_interval, session_timeout_s=args.session_timeout,
     )
 
+    worker = Worker(config)
+
     async def prepare() -> None:
         await wait_ready(args.bootstrap, timeout=60)
         if args.create_topics:
             await ensure_topics(args.bootstrap, prefix=args.topic_prefix)  # the whole catalogue
+        await ensure_topics(args.bootstrap, worker.internal_topics())  # the worker's own changelogs
 
     asyncio.run(prepare())
-    worker = Worker(config)
     if args.metrics_addr:
         host, port = worker.metrics.serve(args.metrics_addr)
         print(f"svctrace worker: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
