@@ -54,6 +54,15 @@ watermark as (largest event ts seen) - lateness; `Settings` holds the
 latenesses. Events older than a stage's watermark are counted (state["late"])
 and dropped. State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(raw)`.
 
+Timers (stitch: a connection's idle timeout, the settle time after a close or a
+response, an unclaimed lookup's timeout) fire at their own deadline, between the
+events they fall between: inside one advance(), the timers due at or before an
+event's ts fire before that event is applied (tie rule: a timer due at ts T comes
+before an event at T, as when a watermark stops exactly at T). So outputs do not
+depend on how far each advance moves the watermark: one jump (a worker catching
+up, an end-of-input flush) and many small steps (analyze) give the same chains and
+alerts, and one bucket emits them in the same order (tests/test_core_parity.py).
+
 Metadata joins (enrich and stitch) ask the ClusterIndex through memo.MemoIndex,
 as of the end of the event's second: answers are a pure function of (question,
 second), so every runner and arrival order gets the same ones. A runner that
