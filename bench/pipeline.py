@@ -76,9 +76,18 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def worker_defaults() -> argparse.Namespace:
+    """`svctrace worker`'s own defaults (what a deployment runs unless told otherwise)."""
+    p = argparse.ArgumentParser()
+    worker_command.configure(p)
+    return p.parse_args([])
+
+
 def start_worker(bootstrap, prefix, workdir, name, extra, profile=None) -> P.WorkerProcess:
+    # The harness checkpoints every 0.5 s (tests); the bench measures the worker's default.
+    checkpoint = ["--checkpoint-interval", str(worker_defaults().checkpoint_interval)]
     worker = P.WorkerProcess(bootstrap, prefix, "bench-" + prefix.strip("."), workdir, name=name,
-                             idle_flush=3.0, extra=["--no-enriched", *extra])
+                             idle_flush=3.0, extra=["--no-enriched", *checkpoint, *extra])
     if profile:
         i = worker.cmd.index("-m")
         worker.cmd[i:i] = ["-m", "cProfile", "-o", profile]
@@ -120,13 +129,14 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
         P.wait_until(lambda: events_in("stitch") >= sent, 600, "backlog through stitch", [worker])
         cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
         flows_records = metric("svctrace_worker_records_total", stage="stitch")
+        progress_records = metric("svctrace_worker_progress_records_total", stage="stitch")
         res = asyncio.run(P.read_results(bootstrap, prefix, lambda r: len(r.chains) >= len(result.chains), 120))
     finally:
         worker.stop()
     # The span starts after the first record was counted: about one record's worth is not in it.
     measured = sent - BATCH_EVENTS
     print(f"  (worker CPU {cpu:.2f} s over {wall:.2f} s wall; in-process CPU {inproc_cpu:.2f} s; "
-          f"{flows_records:,.0f} records on svctrace.flows; {load()})")
+          f"{flows_records:,.0f} data + {progress_records:,.0f} progress records on svctrace.flows; {load()})")
     row("events per CPU-second", measured / cpu, len(events) / inproc_cpu, "ev/cpu-s")
     w_us, i_us = cpu / measured * 1e6, inproc_cpu / len(events) * 1e6
     row("CPU per event", w_us, i_us, "us", "{:.1f}")
@@ -305,9 +315,12 @@ def main() -> int:
     ap.add_argument("--latency-requests", type=int, default=100)
     ap.add_argument("--rate", type=float, default=20.0, help="latency workload: requests per second")
     ap.add_argument("--linger", type=float, default=0.2, help="latency workload: agent batch interval (s)")
-    ap.add_argument("--lateness", type=float, default=0.4,
-                    help="event-time lateness (s), both runners: agent batch interval + transport + clock skew")
-    ap.add_argument("--settle", type=float, default=0.25, help="chain settle time (s), both runners")
+    defaults = worker_defaults()
+    ap.add_argument("--lateness", type=float, default=defaults.lateness,
+                    help="event-time lateness (s), both runners: agent batch interval + transport + clock skew "
+                         "(default: the worker's default)")
+    ap.add_argument("--settle", type=float, default=defaults.settle,
+                    help="chain settle time (s), both runners (default: the worker's default)")
     ap.add_argument("--profile", help="run the throughput worker under cProfile, writing this file")
     ap.add_argument("--profile-latency", help="run the latency worker under cProfile, writing this file")
     ap.add_argument("--skip-throughput", action="store_true")

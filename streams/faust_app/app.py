@@ -40,16 +40,18 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.clients import COMPRESSION, connection_settings
+from svctrace.kafka.clients import connection_settings
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
 from svctrace.streams.core import Graph, Settings, dumps_state, loads_state
 from svctrace.streams.core.alerts import ALERTS_TOPIC
 from svctrace.streams.core.enrich import ENRICHED_TOPIC, FLOWS_TOPIC
+from svctrace.streams.core.enriched import EnrichedEvent
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
 from svctrace.streams.faust_app.cluster_feed import ClusterFeed
@@ -57,7 +59,9 @@ from svctrace.streams.faust_app.metrics import WorkerMetrics
 from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
-from svctrace.streams.faust_app.wire import decode_enriched_events, decode_syscall_batch
+from svctrace.streams.faust_app.wire import (
+    HANDOFF_HEADER, LocalHandoff, decode_enriched_events, decode_syscall_batch,
+)
 from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
@@ -70,6 +74,9 @@ EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1
 # Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
 # of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
 RECORD_EVENTS = 1000
+# The worker's producer (flows, changelogs, chains): aiokafka compresses lz4 at level 9 (LZ4-HC),
+# ~5x the CPU of zstd at its default level 3 here, for a worse ratio on this JSON.
+WORKER_COMPRESSION = "zstd"
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,27 @@ def track_every_topic(client) -> None:
     client._wait_on_metadata = tracked_wait_on_metadata
 
 
+# Longest a fetch waits at the broker for new records (Faust hard-codes 1.5 s). A live source's
+# watermark follows the time of the last fetch response (Worker._advance_idle): with nothing
+# arriving, the long poll left it up to this far behind (the tail of the alert latency).
+FETCH_MAX_WAIT_MS = 50
+
+
+class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by start(), which builds the Fetcher
+        return consumer
+
+
+class ShortPollConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self):
+        return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 class IdempotentTransport(faust_aiokafka.Transport):
     Producer = IdempotentProducer
+    Consumer = ShortPollConsumer
 
     async def _create_topic(self, *args, **kwargs) -> None:
         """Faust creates its changelog topics itself and gives up at the first error, and the
@@ -261,6 +287,12 @@ class StageShell:
     async def advance_partition(self, p: int, watermark: int) -> None:
         for key in list(self.part_meta(p)["keys"]):
             st = self.state(key)
+            if "wm" not in st and not self.op.is_idle(st):
+                # A stage without a clock in its state (alerts: one key per rule + labels, many of
+                # them): nothing changes before its deadline, so nothing to rewrite at the checkpoint.
+                due = self.op.deadline(st)
+                if due is not None and due > watermark:
+                    continue
             outs = self.op.advance(st, key, watermark)
             self.touch(p, key)
             await self.worker.route(self.name, p, outs)
@@ -311,7 +343,8 @@ class StageShell:
         """Local store + changelog (sent now, in order; the caller flushes the producer)."""
         store = self.table.data
         key_partition = getattr(store, "_key_partition", None)
-        changelog = self.table.changelog_topic
+        changelog = self.table.changelog_topic.get_topic_name()
+        send = self.worker.app.producer.send  # the bytes as they are: no Faust message machinery per record
         for p, key, value in writes:
             if value is None:
                 store.pop(key, None)
@@ -319,7 +352,7 @@ class StageShell:
                 store[key] = value
                 if key_partition is not None:
                     key_partition[key] = p
-            await changelog.send(key=key, value=value, partition=p, key_serializer="raw", value_serializer="raw")
+            await send(changelog, key, value, p, None, None)
 
 
 def fewer_gc_passes(gen0: int = 100_000) -> None:
@@ -368,6 +401,7 @@ class Worker:
         self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
+        self.handoff = LocalHandoff()  # flows batches sent to our own stitch partitions, as objects
 
     # -- building ----------------------------------------------------------------------------
     def _build_app(self, catalogue):
@@ -385,7 +419,7 @@ class Worker:
             topic_allow_declare=True,
             table_standby_replicas=c.standby_replicas,
             producer_acks=-1,
-            producer_compression_type=COMPRESSION,
+            producer_compression_type=WORKER_COMPRESSION,
             producer_linger_ms=5,
             producer_max_request_size=MAX_STATE_BYTES,  # one key's state is one changelog record
             consumer_auto_offset_reset="earliest",
@@ -522,36 +556,43 @@ class Worker:
         if self.unreleased[q] >= self.config.release_events or self._caught_up(self.app.consumer, msg.tp):
             await self._release(q)
 
-    async def _release(self, q: int) -> None:
+    async def _release(self, q: int, send: bool = True) -> None:
         """Advance syscalls partition q to its clock minus the lateness and announce it downstream."""
         self.unreleased.pop(q, None)
         clock = self.enrich.part_meta(q).get("clock")
         if clock is not None:
-            await self._advance_enrich(q, clock - self.lateness)
+            await self._advance_enrich(q, clock - self.lateness, send)
 
-    async def _advance_enrich(self, q: int, wm: int) -> None:
+    async def _advance_enrich(self, q: int, wm: int, send: bool = True) -> None:
+        """Advance syscalls partition q to wm and queue the mark; send it now unless the caller
+        (the tick, which advances every partition before it sends) does."""
         await self.enrich.advance_partition(q, wm)
         self.metrics.watermark.labels("enrich").set(wm / 1e9)
         self._announce(FLOWS_TOPIC, q, wm)
-        await self._send_announcements(FLOWS_TOPIC)
+        if send:
+            await self._send_announcements(FLOWS_TOPIC)
 
     async def _stitch_one(self, event) -> None:
         msg = event.message
         p = msg.partition
         stage = self.stitch
         _source, marks = decode_progress(msg.headers)
-        batch = orjson.loads(msg.value) if msg.value else None
+        batch = self.handoff.take(msg.headers)  # our own record: the enrich stage's objects
+        if batch is None:
+            batch = orjson.loads(msg.value) if msg.value else None
+            if batch is not None and batch.get("events"):
+                if not isinstance(batch["events"], list):
+                    raise ValueError("enriched batch without an events list (field $.events)")
+                try:
+                    batch["events"] = decode_enriched_events(batch["events"])
+                except DecodeError:  # the stage takes the dicts and dead-letters the bad events alone
+                    batch = orjson.loads(msg.value)
         if batch is not None and batch.get("events"):
-            if not isinstance(batch["events"], list):
-                raise ValueError("enriched batch without an events list (field $.events)")
             key = msg.key.decode() if msg.key else f"b{p:04d}"
+            events = batch["events"]
             self.metrics.records.labels("stitch").inc()
-            self.metrics.events.labels("stitch").inc(len(batch["events"]))
-            max_ts = max(d["ts"] for d in batch["events"])
-            try:
-                batch["events"] = decode_enriched_events(batch["events"])
-            except DecodeError:  # the stage takes the dicts and dead-letters the bad events alone
-                batch = orjson.loads(msg.value)
+            self.metrics.events.labels("stitch").inc(len(events))
+            max_ts = max(e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events)
             outs = stage.op.process(stage.state(key), key, batch)
             stage.touch(p, key)
             stage.pending.setdefault(p, []).append(Pending(event, key, max_ts))
@@ -559,6 +600,7 @@ class Worker:
                 await self.route("stitch", p, outs)
             SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
         else:
+            self.metrics.progress_records.labels("stitch").inc()
             stage.pending.setdefault(p, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, p, marks)
@@ -576,6 +618,8 @@ class Worker:
             stage.touch(r, key)
             SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
             await self.route("alerts", r, outs)
+        else:
+            self.metrics.progress_records.labels("alerts").inc()
         stage.pending.setdefault(r, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, r, marks)
@@ -606,21 +650,27 @@ class Worker:
 
     # -- outputs ------------------------------------------------------------------------------
     async def route(self, stage_name: str, p: int, outs) -> None:
+        """Send a stage's outputs. Records go to the producer as bytes (Faust's per-message
+        machinery of Topic.send cost more than the rest of a chain record's path)."""
+        send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
+        names = self.names
         for topic, key, value in outs:
             if topic == FLOWS_TOPIC:
-                headers = [(SOURCE_HEADER, str(p).encode())]
+                partition = bucket_partition(key)
+                local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                 for chunk in _chunks(value):
-                    await self.t_flows.send(key=key.encode(), value=dumps(chunk), partition=bucket_partition(key),
-                                            headers=headers)
+                    headers = [(SOURCE_HEADER, str(p).encode())]
+                    if local:  # our own stitch stage reads it back: hand it the objects
+                        headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
+                    await send(names[FLOWS_TOPIC], key.encode(), dumps(chunk), partition, None, headers)
             elif topic == OCCURRENCES_TOPIC:
-                await self.t_occ.send(key=key.encode(), value=dumps(value),
-                                      partition=stable_partition(key, self.partitions),
-                                      headers=[(SOURCE_HEADER, str(p).encode())])
+                await send(names[OCCURRENCES_TOPIC], key.encode(), dumps(value),
+                           stable_partition(key, self.partitions), None, [(SOURCE_HEADER, str(p).encode())])
             elif topic == ENRICHED_TOPIC:
                 for chunk in _chunks(value):
-                    await self.t_out[topic].send(key=key.encode(), value=dumps(chunk))
+                    await send(names[topic], key.encode(), dumps(chunk), None, None, None)
             elif topic in self.t_out:
-                await self.t_out[topic].send(key=key.encode(), value=dumps(value))
+                await send(names[topic], key.encode(), dumps(value), None, None, None)
             else:
                 raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
             self.metrics.outputs.labels(topic).inc()
@@ -643,13 +693,13 @@ class Worker:
             every = self.config.heartbeat_s if topic_name_ == FLOWS_TOPIC else self.config.occurrences_heartbeat_s
             if not force and now - self.hb_last.get(topic_name_, 0.0) < every:
                 continue
-            topic = self.t_flows if topic_name_ == FLOWS_TOPIC else self.t_occ
+            topic = self.names[topic_name_]
             value = EMPTY_ENRICHED if topic_name_ == FLOWS_TOPIC else b""
             headers = [(MARKS_HEADER, encode_marks(marks))]
             del self.hb_due[topic_name_]
             self.hb_last[topic_name_] = now
             for partition in range(self.partitions):
-                await topic.send(key=None, value=value, partition=partition, headers=headers)
+                await self.app.producer.send(topic, None, value, partition, None, headers)
             for source, mark in marks.items():
                 self.hb_sent[(topic_name_, source)] = mark
 
@@ -671,7 +721,10 @@ class Worker:
             return  # no stage has started yet
         try:
             await self._idle_sources()
-            await self._send_announcements()
+            # The tick is the heartbeat: what _idle_sources advanced goes out now, in one record per
+            # stitch partition, whatever a data-driven announcement sent a moment ago.
+            await self._send_announcements(FLOWS_TOPIC, force=True)
+            await self._send_announcements(OCCURRENCES_TOPIC)
             self.metrics.index_objects.set(len(self.index))
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("worker tick failed")
@@ -707,7 +760,7 @@ class Worker:
             if not self._caught_up(consumer, tp):
                 continue
             if self.unreleased.get(q):
-                await self._release(q)
+                await self._release(q, send=False)
             idle = now - self.last_input.get(q, self._started)
             if self.live.get(q):
                 await self._advance_idle(q, idle, self._last_poll_ns(consumer, tp))
@@ -736,7 +789,7 @@ class Worker:
         clock = self.enrich.part_meta(q).get("clock")
         if clock is None or polled_ns is None or idle_s <= 0:
             return
-        await self._advance_enrich(q, min(clock + int(idle_s * 1e9), polled_ns) - self.lateness)
+        await self._advance_enrich(q, min(clock + int(idle_s * 1e9), polled_ns) - self.lateness, send=False)
 
     @staticmethod
     def _last_poll_ns(consumer, tp) -> int | None:

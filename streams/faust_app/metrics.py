@@ -9,6 +9,9 @@ class WorkerMetrics:
         self.registry = r = CollectorRegistry()
         self.records = Counter("svctrace_worker_records", "Input records processed", ["stage"], registry=r)
         self.events = Counter("svctrace_worker_events", "Input events processed", ["stage"], registry=r)
+        self.progress_records = Counter("svctrace_worker_progress_records",
+                                        "Progress-only input records (watermark announcements without data)",
+                                        ["stage"], registry=r)
         self.outputs = Counter("svctrace_worker_outputs", "Records published, by topic", ["topic"], registry=r)
         self.deadletters = Counter("svctrace_worker_deadletters", "Records sent to the dead-letter topic",
                                    ["stage"], registry=r)

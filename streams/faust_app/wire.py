@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from binascii import Error as Base64Error
 
 import orjson
@@ -45,6 +46,47 @@ def decode_enriched_events(events: list) -> list:
     except (KeyError, TypeError, ValueError, Base64Error) as e:
         raise DecodeError(f"bad event in $.events: {e}") from None
     return out
+
+
+# -- records this worker sends to itself ---------------------------------------------
+
+HANDOFF_HEADER = "svctrace-handoff"
+
+
+class LocalHandoff:
+    """Enriched batches this worker sent to svctrace.flows partitions it also consumes, kept as
+    the objects the enrich stage made: when such a record comes back (a header names it) the
+    stitch stage takes the objects instead of decoding the record's JSON again. Anything else
+    (another worker's record, a record re-read after a restart or sent before a rebalance)
+    is decoded as usual, so the outputs cannot differ: the in-process runner hands the stitch
+    stage the very same objects. Bounded: the oldest batches go first past `max_events`."""
+
+    def __init__(self, max_events: int = 100_000):
+        self.token = os.urandom(6).hex().encode()  # this process: tags never match another's
+        self.max_events = max_events
+        self.batches: dict[bytes, dict] = {}
+        self.events = 0
+        self.seq = 0
+
+    def keep(self, batch: dict) -> bytes:
+        """Remember `batch`; returns the tag to send in its record's HANDOFF_HEADER."""
+        self.seq += 1
+        tag = b"%s:%d" % (self.token, self.seq)
+        self.batches[tag] = batch
+        self.events += len(batch["events"])
+        while self.events > self.max_events and self.batches:
+            self.events -= len(self.batches.pop(next(iter(self.batches)))["events"])
+        return tag
+
+    def take(self, headers) -> dict | None:
+        """The batch a record with these headers carries, if this process kept it (once)."""
+        for k, v in (headers.items() if hasattr(headers, "items") else headers or ()):
+            if k == HANDOFF_HEADER:
+                batch = self.batches.pop(bytes(v), None)
+                if batch is not None:
+                    self.events -= len(batch["events"])
+                return batch
+        return None
 
 
 # -- operator state <-> changelog bytes --------------------------------------------------
