@@ -82,3 +82,21 @@ def test_enriched_events_decode_like_the_core_and_bad_ones_are_refused():
         assert decode_enriched_events(batch["events"]) == expected
     with pytest.raises(DecodeError, match=r"\$\.events"):
         decode_enriched_events([{"ts": 1, "flow": "10.0.0.1"}])
+
+
+def test_local_handoff_gives_each_kept_batch_back_once_and_stays_bounded():
+    from svctrace.streams.faust_app.wire import HANDOFF_HEADER, LocalHandoff
+
+    handoff = LocalHandoff(max_events=5)
+    a, b = {"events": [1, 2, 3]}, {"events": [4, 5]}
+    tag_a, tag_b = handoff.keep(a), handoff.keep(b)
+    assert tag_a != tag_b
+    assert handoff.take([("svctrace-src", b"3"), (HANDOFF_HEADER, tag_b)]) is b
+    assert handoff.take([(HANDOFF_HEADER, tag_b)]) is None  # once: a re-delivered record is decoded
+    assert handoff.take({HANDOFF_HEADER: tag_a}) is a  # headers as a mapping too
+    assert handoff.take([("svctrace-src", b"3")]) is None and handoff.take(None) is None
+    assert handoff.take([(HANDOFF_HEADER, LocalHandoff().keep({"events": []}))]) is None  # another process's tag
+    first = handoff.keep({"events": [1, 2, 3]})
+    handoff.keep({"events": [4, 5, 6]})  # past max_events: the oldest batch goes
+    assert handoff.take([(HANDOFF_HEADER, first)]) is None
+    assert handoff.events == 3

@@ -29,14 +29,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
     p.add_argument("--idle-flush", type=float, default=10.0,
                    help="seconds a caught-up input partition stays idle before its state is flushed")
-    p.add_argument("--lateness", type=float, default=2.0,
+    p.add_argument("--lateness", type=float, default=0.4,
                    help="seconds events of one partition's nodes may arrive out of order: must cover the agents' "
                         "batch interval (0.2 s) + transport + clock skew between nodes; later events are dropped "
-                        "(counted). Every chain and alert waits this long (0.4 is enough for agents on synchronized "
-                        "clocks; see docs/architecture.md)")
-    p.add_argument("--settle", type=float, default=2.0,
+                        "(counted). Every chain and alert waits this long (default: agents on NTP-synchronized "
+                        "clocks; raise it for more skew or longer batches, see docs/architecture.md)")
+    p.add_argument("--settle", type=float, default=0.25,
                    help="seconds a chain waits after the client's close (or response) for the other nodes' events "
-                        "(causal delays + clock skew); adds to the latency like --lateness (0.25 usually enough)")
+                        "(causal delays + clock skew); adds to the latency like --lateness")
     p.add_argument("--checkpoint-interval", type=float, default=1.0,
                    help="seconds between state checkpoints (input offsets commit only after one)")
     p.add_argument("--session-timeout", type=float, default=10.0,

@@ -5,6 +5,8 @@
   straight into the frozen SyscallEvent's slots (about 3x cheaper per event than the
   keyword constructor).
 * `decode_enriched_events(events)`: the same for the stitch stage's input (svctrace.flows).
+* `LocalHandoff`: flows batches a worker sends to partitions it consumes itself, kept as objects
+  and matched by a record header when they come back, so they are not decoded at all.
 * `encode_state(state, op)` / `decode_state(raw, op)`: operator state <-> changelog bytes,
   orjson end to end. Only the durable part is written (`op.durable`: without the input
   buffer of events not yet applied): the shell acknowledges an input record only once
