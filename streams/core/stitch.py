@@ -649,6 +649,8 @@ class Stitcher:
         tq = st["tq"]
         if final:
             due = list(conns)
+        elif not tq or tq[0][0] > now:
+            due = ()  # a lookup's or a DNS record's timer: no conn is due
         else:
             # Only conns whose deadline has come (the queue's entries <= now), in creation order:
             # what a scan of every conn would find, in the order it would find it.
@@ -664,7 +666,7 @@ class Stitcher:
                     found[key] = conn["seq"]
                 else:
                     heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
-            due = sorted(found, key=found.__getitem__)
+            due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         for key in due:
             conn = conns[key]
@@ -699,8 +701,11 @@ class Stitcher:
                 break
             heapreplace(tq, [actual, key])
         nxt = tq[0][0] if tq else None
-        self._expire_lookups(st, now, out, final)
         lq = st["lq"]
+        if final or st["lke"] or (lq and lq[0][0] <= now):
+            self._expire_lookups(st, now, out, final)
+        elif lq:
+            self._exact_lookup_head(st)
         if lq:
             dl = lq[0][0]
             nxt = dl if nxt is None or dl < nxt else nxt
@@ -714,7 +719,10 @@ class Stitcher:
                 v = dsrv.get(k)
                 if v is not None and v["ts"] < horizon:
                     del dsrv[k]
-        st["lost"] = [x for x in st["lost"] if x[1] >= horizon and not final]
+        if final:
+            st["lost"] = []
+        elif st["lost"]:
+            st["lost"] = [x for x in st["lost"] if x[1] >= horizon]
         if st["dsrv"] or st["lost"]:
             dl = now + self.lookup_timeout_ns
             nxt = dl if nxt is None or dl < nxt else nxt
@@ -732,14 +740,19 @@ class Stitcher:
         else:
             while lq and lq[0][0] <= now:
                 _dl, ls, lkey = heappop(lq)
-                lk = next((x for x in lk_by_key.get(lkey, ()) if x["ls"] == ls), None)
+                lk = None
+                for x in lk_by_key.get(lkey, ()):
+                    if x["ls"] == ls:
+                        lk = x
+                        break
                 if lk is None:
                     continue  # already gone (trimmed, or expired through another entry)
                 if now >= lk["t1"] + timeout:
                     due.append((lks[lkey], ls, lkey, lk))
                 else:
                     heappush(lq, [lk["t1"] + timeout, ls, lkey])  # its last query came later
-            due.sort(key=lambda x: (x[0], x[1]))
+            if len(due) > 1:
+                due.sort(key=lambda x: (x[0], x[1]))
         for _ks, _ls, lkey, lk in due:
             if not lk["claimed"]:
                 # at end of input, a query younger than the resolver timeout may still be answered
@@ -756,10 +769,18 @@ class Stitcher:
             if lk_by_key.get(lkey) == []:
                 del lk_by_key[lkey], lks[lkey]
         st["lke"] = []
-        # the earliest expiry of the remaining lookups: the queue's head, once it is exact
+        self._exact_lookup_head(st)
+
+    def _exact_lookup_head(self, st: dict) -> None:
+        """The earliest expiry of the remaining lookups: the queue's head, once it is exact."""
+        lq, lk_by_key, timeout = st["lq"], st["lk"], self.lookup_timeout_ns
         while lq:
             dl, ls, lkey = lq[0]
-            lk = next((x for x in lk_by_key.get(lkey, ()) if x["ls"] == ls), None)
+            lk = None
+            for x in lk_by_key.get(lkey, ()):
+                if x["ls"] == ls:
+                    lk = x
+                    break
             if lk is None:
                 heappop(lq)
                 continue
@@ -958,7 +979,9 @@ class Stitcher:
             "incomplete_reason": incomplete, "start_ts": start_ts, "end_ts": end_ts,
             "client": client,
             "dns": _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None,
-            "service": None if svc is None else {k: svc[k] for k in ("namespace", "name", "cluster_ip", "port", "protocol", "target_port")},
+            "service": None if svc is None else {"namespace": svc["namespace"], "name": svc["name"],
+                                                 "cluster_ip": svc["cluster_ip"], "port": svc["port"],
+                                                 "protocol": svc["protocol"], "target_port": svc["target_port"]},
             "connect": None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
                                                 "errno": cn["errno"], "ts": cn["ts"]},
             "translation": translation,
@@ -1140,13 +1163,10 @@ def _trim_client(conn: dict) -> None:
 
 
 def _dedup_refs(refs: list) -> list:
-    seen, out = set(), []
-    for r in sorted(refs, key=_order):  # every ref has ts, node, n
-        k = (r["node"], r["n"])
-        if k not in seen:
-            seen.add(k)
-            out.append(r)
-    return out
+    """Event refs in event-time order, each event once (the first ref of it in `refs`).
+    Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
+    first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
+    return sorted(first.values(), key=_order)  # every ref has ts, node, n
 
 
 def _svc(sv, sp, vip, port, via) -> dict:
