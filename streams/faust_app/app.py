@@ -240,6 +240,17 @@ class StageShell:
         self.deleted: dict[int, set[str]] = {}
         self.pending: dict[int, list[Pending]] = {}
         self.meta: dict[int, dict] = {}
+        self.locks: dict[int, asyncio.Lock] = {}
+
+    def lock(self, p: int) -> asyncio.Lock:
+        """Held while partition p advances or flushes and announces it. An advance changes the state
+        at once but sends its outputs over several awaits: meanwhile no other advance of p may
+        announce a mark past outputs not yet sent (they would arrive late downstream), and no
+        checkpoint may write p's state (a crash would lose the outputs the state says were sent)."""
+        lock = self.locks.get(p)
+        if lock is None:
+            lock = self.locks[p] = asyncio.Lock()
+        return lock
 
     # state ------------------------------------------------------------------------------
     def forget(self, p: int) -> None:
@@ -320,7 +331,8 @@ class StageShell:
         is cheaper, but restarts then lost chains here (not yet understood)."""
         writes: list[tuple[int, bytes, bytes | None]] = []
         ackable: list[Any] = []
-        for p in set(self.dirty) | set(self.deleted) | set(self.pending):
+        busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
+        for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
                 writes.append((p, key.encode(), dumps_state(self.live[key])))
             for key in self.deleted.get(p, ()):
@@ -338,8 +350,8 @@ class StageShell:
                 ackable.append(item.event)
                 done += 1
             self.pending[p] = items[done:]
-        self.dirty.clear()
-        self.deleted.clear()
+            self.dirty.pop(p, None)
+            self.deleted.pop(p, None)
         return writes, ackable
 
     async def write(self, writes) -> None:
@@ -569,9 +581,10 @@ class Worker:
     async def _advance_enrich(self, q: int, wm: int, send: bool = True) -> None:
         """Advance syscalls partition q to wm and queue the mark; send it now unless the caller
         (the tick, which advances every partition before it sends) does."""
-        await self.enrich.advance_partition(q, wm)
-        self.metrics.watermark.labels("enrich").set(wm / 1e9)
-        self._announce(FLOWS_TOPIC, q, wm)
+        async with self.enrich.lock(q):
+            await self.enrich.advance_partition(q, wm)
+            self.metrics.watermark.labels("enrich").set(wm / 1e9)
+            self._announce(FLOWS_TOPIC, q, wm)
         if send:
             await self._send_announcements(FLOWS_TOPIC)
 
@@ -629,27 +642,30 @@ class Worker:
 
     async def _progress(self, stage: StageShell, p: int, marks: dict) -> None:
         """Upstream partitions' announcements: advance or flush this partition, then pass it on."""
-        meta = stage.part_meta(p)
-        prog = SourceProgress(stage.sources, meta["progress"])
-        before = prog.watermark()
-        for source, mark in marks.items():
-            prog.note(source, mark)
-        stage.dirty.setdefault(p, set())
-        wm = prog.watermark()
-        if wm is not None and (before is None or wm > before):
-            await stage.advance_partition(p, wm)
-            self.metrics.watermark.labels(stage.name).set(wm / 1e9)
-            if stage is self.stitch:
-                self._announce(OCCURRENCES_TOPIC, p, wm)
-                await self._send_announcements(OCCURRENCES_TOPIC)
-        elif prog.should_flush():
-            if prog.high() is not None:
-                await stage.advance_partition(p, prog.high())  # timers up to the last watermark first
-            await stage.flush_partition(p)
-            prog.mark_flushed()
-            if stage is self.stitch:
-                self._announce(OCCURRENCES_TOPIC, p, DONE)
-                await self._send_announcements(OCCURRENCES_TOPIC, force=True)
+        async with stage.lock(p):
+            meta = stage.part_meta(p)
+            prog = SourceProgress(stage.sources, meta["progress"])
+            before = prog.watermark()
+            for source, mark in marks.items():
+                prog.note(source, mark)
+            stage.dirty.setdefault(p, set())
+            wm = prog.watermark()
+            if wm is not None and (before is None or wm > before):
+                await stage.advance_partition(p, wm)
+                self.metrics.watermark.labels(stage.name).set(wm / 1e9)
+                if stage is self.stitch:
+                    self._announce(OCCURRENCES_TOPIC, p, wm)
+            elif prog.should_flush():
+                if prog.high() is not None:
+                    await stage.advance_partition(p, prog.high())  # timers up to the last watermark first
+                await stage.flush_partition(p)
+                prog.mark_flushed()
+                if stage is self.stitch:
+                    self._announce(OCCURRENCES_TOPIC, p, DONE)
+                    await self._send_announcements(OCCURRENCES_TOPIC, force=True)
+                return
+        if stage is self.stitch and wm is not None and (before is None or wm > before):
+            await self._send_announcements(OCCURRENCES_TOPIC)
 
     # -- outputs ------------------------------------------------------------------------------
     async def route(self, stage_name: str, p: int, outs) -> None:
@@ -683,7 +699,10 @@ class Worker:
         if self.hb_sent.get((downstream, source)) == mark:
             self.hb_due.get(downstream, {}).pop(source, None)
             return
-        self.hb_due.setdefault(downstream, {})[source] = mark
+        due = self.hb_due.setdefault(downstream, {})
+        if isinstance(mark, int) and isinstance(due.get(source), int) and due[source] > mark:
+            return  # an advance that waited for the lock behind a further one
+        due[source] = mark
 
     async def _send_announcements(self, downstream: str | None = None, force: bool = False) -> None:
         """Send the queued marks: one record per downstream partition carrying every source's mark,
@@ -770,10 +789,11 @@ class Worker:
                 continue
             if idle < self.config.idle_flush_s:
                 continue
-            await self.enrich.flush_partition(q)
-            meta["done"] = True
-            self.enrich.dirty.setdefault(q, set())
-            self._announce(FLOWS_TOPIC, q, DONE)
+            async with self.enrich.lock(q):
+                await self.enrich.flush_partition(q)
+                meta["done"] = True
+                self.enrich.dirty.setdefault(q, set())
+                self._announce(FLOWS_TOPIC, q, DONE)
             done = True
             finished += 1
         self.metrics.sources_done.set(finished)
