@@ -181,7 +181,7 @@ def main(argv=None) -> int:
           f" interpreter speed: sum(range(10**7)) takes {speed:.3f} s CPU here;"
           " rates are events per CPU second of this process (best of 3)")
     late = Settings().enrich_lateness_ns
-    best = 0.0
+    rates: dict[str, float] = {}
     for kind in ("mixed", "curl", "keepalive"):
         cluster, events = traffic(args.requests, kind)
         index = cluster.index()
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         runs_b = [throughput(index, shuf) for _ in range(3)]
         eps_a, cpu_a, wall_a, chains_a, digest_a = max(runs_a)
         eps_b, cpu_b, wall_b, chains_b, digest_b = max(runs_b)
-        best = max(best, eps_a)
+        rates[kind] = eps_a
         print(f"{kind} traffic: {len(events)} events, {args.requests} requests, {chains_a} chains")
         print(f"  capture order          : {eps_a:>10,.0f} events/s  ({cpu_a:.2f} s CPU, {wall_a:.2f} s wall)")
         print(f"  shuffled + 10% dups    : {eps_b:>10,.0f} events/s  ({cpu_b:.2f} s CPU, {len(shuf)} deliveries,"
@@ -205,7 +205,9 @@ def main(argv=None) -> int:
               f" {read_eps / (read_eps + eps_a):.0%}")
         print(f"  ratio shuffled/ordered : {eps_b / eps_a:.2f}")
         print(f"  output digest          : {digest_a} (shuffled + dups: {'same' if digest_b == digest_a else digest_b})")
-    print(f"target >= {TARGET_EPS:,} events/s: {'MET' if best >= TARGET_EPS else 'NOT MET'} (best {best:,.0f})")
+    worst = min(rates, key=rates.__getitem__)
+    print(f"target >= {TARGET_EPS:,} events/s on every traffic: {'MET' if rates[worst] >= TARGET_EPS else 'NOT MET'}"
+          f" (worst: {worst} {rates[worst]:,.0f}; " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()) + ")")
     cluster = Cluster()
     index = cluster.index()
     mb, per, conns, ser = memory_per_open_chain(index, args.open_chains)
