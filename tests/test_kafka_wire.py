@@ -100,3 +100,32 @@ def test_local_handoff_gives_each_kept_batch_back_once_and_stays_bounded():
     handoff.keep({"events": [4, 5, 6]})  # past max_events: the oldest batch goes
     assert handoff.take([(HANDOFF_HEADER, first)]) is None
     assert handoff.events == 3
+
+
+def test_a_flows_record_of_loss_markers_alone_is_data_not_progress():
+    """The enrich stage sends a node's losses to every bucket, most of them without events of that
+    release: the stitch stage must apply them (its chains overlapping the loss turn incomplete)."""
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.enriched import EnrichedEvent
+    from svctrace.streams.faust_app.wire import HANDOFF_HEADER, LocalHandoff, read_flows_record
+
+    handoff = LocalHandoff()
+    lost = [{"node": "node-a", "ts": 1_000, "count": 5}]
+    losses_only = {"schema": "svctrace.enriched-batch", "version": 1, "events": [], "lost": lost}
+    assert read_flows_record(orjson.dumps(losses_only), [], handoff) == losses_only
+    assert read_flows_record(orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "lost": lost}),
+                             [], handoff)["events"] == []
+    tag = handoff.keep(losses_only)  # this worker's own record comes back as the same object
+    assert read_flows_record(orjson.dumps(losses_only), [(HANDOFF_HEADER, tag)], handoff) is losses_only
+    for progress_only in (None, b"", orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1, "events": []})):
+        assert read_flows_record(progress_only, [], handoff) is None
+    with pytest.raises(ValueError, match="not an object"):
+        read_flows_record(b"[1]", [], handoff)
+
+    cluster, events = scenario.build("healthy", "dnat", requests=1)
+    enrich = Graph(cluster.index(), Settings(partitions=1)).enrich
+    state = enrich.new_state()
+    enrich.process(state, "node-a", SyscallBatch(node="node-a", source="scap", seq=0, events=events))
+    [batch] = [value for topic, _, value in enrich.flush(state, "node-a") if topic == "svctrace.flows"]
+    decoded = read_flows_record(dumps(batch), [], handoff)  # as the worker's route() sends it
+    assert all(e.__class__ is EnrichedEvent for e in decoded["events"]) and len(decoded["events"]) == len(events)

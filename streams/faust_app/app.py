@@ -63,7 +63,7 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    HANDOFF_HEADER, LocalHandoff, decode_enriched_events, decode_syscall_batch,
+    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -593,22 +593,14 @@ class Worker:
         p = msg.partition
         stage = self.stitch
         _source, marks = decode_progress(msg.headers)
-        batch = self.handoff.take(msg.headers)  # our own record: the enrich stage's objects
-        if batch is None:
-            batch = orjson.loads(msg.value) if msg.value else None
-            if batch is not None and batch.get("events"):
-                if not isinstance(batch["events"], list):
-                    raise ValueError("enriched batch without an events list (field $.events)")
-                try:
-                    batch["events"] = decode_enriched_events(batch["events"])
-                except DecodeError:  # the stage takes the dicts and dead-letters the bad events alone
-                    batch = orjson.loads(msg.value)
-        if batch is not None and batch.get("events"):
+        batch = read_flows_record(msg.value, msg.headers, self.handoff)
+        if batch is not None:
             key = msg.key.decode() if msg.key else f"b{p:04d}"
             events = batch["events"]
             self.metrics.records.labels("stitch").inc()
             self.metrics.events.labels("stitch").inc(len(events))
-            max_ts = max(e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events)
+            # loss markers alone are applied at once (state["lost"]): nothing buffered to wait for
+            max_ts = max((e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events), default=None)
             outs = stage.op.process(stage.state(key), key, batch)
             stage.touch(p, key)
             stage.pending.setdefault(p, []).append(Pending(event, key, max_ts))

@@ -5,6 +5,8 @@
   straight into the frozen SyscallEvent's slots (about 3x cheaper per event than the
   keyword constructor).
 * `decode_enriched_events(events)`: the same for the stitch stage's input (svctrace.flows).
+* `read_flows_record(value, headers, handoff)`: a svctrace.flows record -> the enriched batch
+  the stitch stage processes, or None for a progress-only record.
 * `LocalHandoff`: flows batches a worker sends to partitions it consumes itself, kept as objects
   and matched by a record header when they come back, so they are not decoded at all.
 * `encode_state(state, op)` / `decode_state(raw, op)`: operator state <-> changelog bytes,
@@ -48,6 +50,33 @@ def decode_enriched_events(events: list) -> list:
     except (KeyError, TypeError, ValueError, Base64Error) as e:
         raise DecodeError(f"bad event in $.events: {e}") from None
     return out
+
+
+def read_flows_record(value: bytes | None, headers, handoff: "LocalHandoff") -> dict | None:
+    """A svctrace.flows record -> its enriched batch (EnrichedEvents; the event dicts when one of
+    them is malformed, so the stage dead-letters just that one), or None when the record only
+    carries progress. A batch of loss markers without events is data: the enrich stage sends a
+    node's losses to every bucket, most of them without events of that release, and each
+    bucket's chains overlapping the loss must turn "incomplete" as in the in-process runner."""
+    batch = handoff.take(headers)  # our own record: the enrich stage's objects
+    if batch is None:
+        if not value:
+            return None
+        batch = orjson.loads(value)
+        if batch.__class__ is not dict:
+            raise ValueError("enriched batch is not an object")
+        events = batch.get("events")
+        if events:
+            if events.__class__ is not list:
+                raise ValueError("enriched batch without an events list (field $.events)")
+            try:
+                batch["events"] = decode_enriched_events(events)
+            except DecodeError:
+                batch = orjson.loads(value)
+    if batch.get("events") or batch.get("lost"):
+        batch.setdefault("events", [])
+        return batch
+    return None
 
 
 # -- records this worker sends to itself ---------------------------------------------
