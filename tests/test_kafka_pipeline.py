@@ -33,8 +33,6 @@ SEED = REPO / "examples" / "seed"
 RESULT_TIMEOUT = 90.0
 
 
-NO_ASSIGNMENT = pytest.mark.xfail(strict=False, reason="a worker sometimes gets no partitions after its subscription update")
-
 def expected_results(events, records):
     result = run(events, ClusterIndex.from_records(records))
     return {c["chain_id"]: c for c in result.chains}, {a["alert_id"]: a for a in result.alerts}
@@ -95,10 +93,6 @@ def scenario_workload(fault: str, mode: str, requests: int, gap_ms: int = 20):
     return cluster.records(), events
 
 
-# Intermittent (issue 8): a worker sometimes logs "Worker ready", then a subscription update, and
-# gets no partition assignment after it, so it emits nothing (seen in fresh-clone runs this
-# session on the two-worker tests). Still runs and reports.
-@NO_ASSIGNMENT
 def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path):
     """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture."""
     from svctrace.analyze.pipeline import analyze, load_cluster_file
@@ -126,10 +120,6 @@ def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(
         stop_all(workers)
 
 
-# Intermittent (issue 8): a worker sometimes logs "Worker ready", then a subscription update, and
-# gets no partition assignment after it, so it emits nothing (seen in fresh-clone runs this
-# session on the two-worker tests). Still runs and reports.
-@NO_ASSIGNMENT
 def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner(kafka, prefix, tmp_path):
     """Client on node-a, backend on node-b: the repartition by flow bucket joins both sides."""
     records, events = scenario_workload("wrong_port", "userspace", requests=150)
@@ -147,10 +137,6 @@ def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner
         stop_all(workers)
 
 
-# Intermittent (issue 8): a worker sometimes logs "Worker ready", then a subscription update, and
-# gets no partition assignment after it, so it emits nothing (seen in fresh-clone runs this
-# session on the two-worker tests). Still runs and reports.
-@NO_ASSIGNMENT
 def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kafka, prefix, tmp_path):
     records, events = scenario_workload("healthy", "userspace", requests=300)
     chains, alerts = expected_results(events, records)
@@ -185,11 +171,6 @@ def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kaf
         stop_all(workers)
 
 
-# Known failure, not understood yet (issue 8): in whole-file runs the restarted worker
-# subscribes to no topic and is assigned no partition ("Subscribed to topic(s):" empty,
-# nothing recovered), so it emits nothing; run alone the test passes. It still runs and
-# reports; the first worker of the test and every other pipeline test are unaffected.
-@pytest.mark.xfail(strict=False, reason="restarted worker sometimes joins its group with an empty subscription")
 def test_restarting_a_worker_restores_its_tables_from_the_changelog(kafka, prefix, tmp_path):
     """Connections open across the restart are finished correctly: their state came back."""
     records, events = scenario_workload("healthy", "userspace", requests=200)
@@ -277,7 +258,7 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path):
         P.ensure_worker_topics(broker.bootstrap, prefix)
         kafka.run(P.publish_cluster(broker.bootstrap, prefix, records))
         [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=10.0)
-        worker.metrics_url(timeout=60)  # started
+        worker.wait_ready()
         agents = [subprocess.Popen(
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
              "--speed", str(span_s / 8.0), "--node", node, "--bootstrap", broker.bootstrap,

@@ -44,6 +44,7 @@ from typing import Any
 import faust
 import orjson
 from faust.types import TP
+from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
@@ -175,8 +176,60 @@ class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ShortPollConsumer(faust_aiokafka.Consumer):
+    """The worker's Faust consumer: short fetch waits, and no fetched record silently lost.
+
+    Faust drops fetched records it cannot deliver (their partition paused) although aiokafka's
+    position has moved past them, and counts on the seek to the committed offsets that ends
+    every rebalance to fetch them again. Three ways a partition lost records for good (it got
+    nothing more until the next rebalance, and every chain waiting for its watermark stalled:
+    the intermittent multi-worker and restart failures):
+
+    * Faust resumes the stream partitions, seeks, then resumes flow control, which empties every
+      stream's queue: records fetched after the seek were emptied away. resume_partitions()
+      here only notes the partitions; resume_flow(), called right after that emptying, starts them.
+    * The seek skips a partition without a committed offset (aiokafka seeks offsets > 0 only), one
+      processed but not yet checkpointed: seek_to_committed() sends those to their beginning
+      (auto_offset_reset=earliest).
+    * Faust hands aiokafka its live set of active partitions, which a pause can empty while the
+      fetch waits; aiokafka takes an empty set for every partition and returned records of paused
+      ones. _getmany() passes a copy."""
+
+    _resume_with_flow: frozenset = frozenset()
+
     def _new_consumer_thread(self):
         return ShortPollConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def resume_partitions(self, tps) -> None:
+        self._resume_with_flow = self._resume_with_flow | ensure_TPset(tps)
+
+    def resume_flow(self) -> None:
+        pending, self._resume_with_flow = self._resume_with_flow, frozenset()
+        if pending:
+            super().resume_partitions(pending)
+        super().resume_flow()
+
+    async def seek_to_committed(self):
+        committed = await super().seek_to_committed()
+        uncommitted = [tp for tp, offset in committed.items()
+                       if not (offset and offset > 0) and not self._is_changelog_tp(tp)]
+        if uncommitted:
+            await self._thread.seek_to_beginning(*uncommitted)
+        return committed
+
+    async def _getmany(self, active_partitions, timeout):
+        if active_partitions is not None:
+            active_partitions = frozenset(active_partitions)
+            if not active_partitions:
+                return {}
+        return await super()._getmany(active_partitions, timeout)
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self._resume_with_flow = frozenset()  # a new assignment pauses everything again
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0) -> None:
+        self._resume_with_flow = frozenset()
+        await super().on_partitions_assigned(assigned, generation_id)
 
 
 class IdempotentTransport(faust_aiokafka.Transport):

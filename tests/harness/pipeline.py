@@ -40,6 +40,7 @@ def die_with_parent() -> None:
 # and death with the test process.
 CHILD = {"preexec_fn": die_with_parent, "start_new_session": True}
 _running: set["WorkerProcess"] = set()
+READY_LINE = "]: Worker ready"  # Faust's Recovery logs it (-v) once the worker processes its partitions
 
 
 def kill_all_workers() -> None:
@@ -184,14 +185,23 @@ class WorkerProcess:
         return self
 
     def metrics_url(self, timeout: float = 30.0) -> str:
+        line = self._wait_for_line("metrics on ", timeout, "worker printed no metrics address")
+        return line.split("metrics on ", 1)[1].strip()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until Faust has its partitions assigned, tables recovered and streams seeked (its
+        "Worker ready"; the metrics address is printed before Faust even starts)."""
+        self._wait_for_line(READY_LINE, timeout, "worker never became ready")
+
+    def _wait_for_line(self, text: str, timeout: float, what: str) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.log_path.read_text(errors="replace").splitlines():
-                if "metrics on " in line:
-                    return line.split("metrics on ", 1)[1].strip()
+                if text in line:
+                    return line
             self.check_alive()
             time.sleep(0.1)  # poll interval
-        raise TimeoutError(f"worker printed no metrics address\n{self.log_tail()}")
+        raise TimeoutError(f"{what} within {timeout:.0f}s\n{self.log_tail()}")
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
