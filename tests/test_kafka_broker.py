@@ -2,6 +2,7 @@
 with acks=all and idempotence, and a broker that cannot start failing loudly."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import time
@@ -169,3 +170,33 @@ def test_broker_with_a_broken_config_fails_loudly():
             broker.start()
     finally:
         broker.close()
+
+
+def test_a_producer_keeps_metadata_for_every_topic_it_sent_to(kafka):
+    """aiokafka tracks a topic only if it was missing at its first send; once one is tracked,
+    refreshes fetch only tracked topics. Without track_every_topic the topic found in the first
+    full metadata (here: syscalls) drops out when a topic created later is sent to, and its
+    queued batches never find a leader."""
+    from svctrace.schemas.catalogue import Topic
+
+    prefix = kafka.catalogue_topics("md")
+    first = admin.topic_name(SYSCALLS, prefix)
+    later = Topic(name=prefix + "later", key="k", value_schema="x", partitions=1, cleanup_policy="delete",
+                  retention_ms=3_600_000, description="created after the producer started")
+
+    async def go():
+        producer = kafka.producer()
+        await producer.start()
+        try:
+            await producer.send_and_wait(first, b"a", key=b"k")  # known from the start's full metadata
+            await admin.ensure_topics(kafka.bootstrap, [later])
+            await producer.send_and_wait(later.name, b"b", key=b"k")  # missing at first send: tracked
+            await producer.client.force_metadata_update()  # a refresh of the tracked topics only
+            known = producer.client.cluster.topics()
+            await asyncio.wait_for(producer.send_and_wait(first, b"c", key=b"k"), 30)
+            return known
+        finally:
+            await producer.stop()
+
+    known = kafka.run(go())
+    assert {first, later.name} <= known

@@ -48,7 +48,7 @@ from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.clients import connection_settings
+from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every_topic
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
@@ -78,9 +78,6 @@ EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1
 # Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
 # of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
 RECORD_EVENTS = 1000
-# The worker's producer (flows, changelogs, chains): aiokafka compresses lz4 at level 9 (LZ4-HC),
-# ~5x the CPU of zstd at its default level 3 here, for a worse ratio on this JSON.
-WORKER_COMPRESSION = "zstd"
 
 
 @dataclass(frozen=True)
@@ -142,24 +139,6 @@ class IdempotentProducer(faust_aiokafka.Producer):
         producer = super()._new_producer(transactional_id)
         track_every_topic(producer.client)
         return producer
-
-
-def track_every_topic(client) -> None:
-    """Make an aiokafka client keep metadata for every topic it produces to.
-
-    aiokafka adds a topic to its tracked list only when the topic was missing from its
-    metadata at the first send. Once anything is tracked, refreshes fetch only the tracked
-    topics, and a topic first seen through a full refresh (our changelogs, dead letters)
-    drops out: its queued batches wait for a leader forever and producer.flush() never
-    returns (a worker's checkpoints, hence its progress announcements, stopped for good)."""
-    wait_on_metadata = client._wait_on_metadata
-
-    async def tracked_wait_on_metadata(topic):
-        if topic not in client._topics:
-            client.add_topic(topic)
-        return await wait_on_metadata(topic)
-
-    client._wait_on_metadata = tracked_wait_on_metadata
 
 
 # Longest a fetch waits at the broker for new records (Faust hard-codes 1.5 s). A live source's
@@ -487,7 +466,7 @@ class Worker:
             topic_allow_declare=True,
             table_standby_replicas=c.standby_replicas,
             producer_acks=-1,
-            producer_compression_type=WORKER_COMPRESSION,
+            producer_compression_type=COMPRESSION,
             producer_linger_ms=5,
             producer_max_request_size=MAX_STATE_BYTES,  # one key's state is one changelog record
             consumer_auto_offset_reset="earliest",

@@ -1,9 +1,11 @@
 """Producer and consumer factories with the project's settings.
 
 Producers: acks=all + idempotence, so a broker restart or a retried request
-neither loses nor duplicates a batch; lz4 compression (cheap on CPU, and our
-JSON batches of many events compress well). Consumers start at the earliest
-offset of a new group and commit explicitly.
+neither loses nor duplicates a batch; zstd compression (our JSON batches of many
+events compress well; aiokafka's lz4 is LZ4-HC at level 9, measured here at
+~3.3 us per 700-byte event against ~0.7 us for zstd); metadata kept for every
+topic they send to (track_every_topic). Consumers start at the earliest offset
+of a new group and commit explicitly.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-COMPRESSION = "lz4"
+COMPRESSION = "zstd"
 # Records carry many events; keep each request well under the broker's default
 # message.max.bytes (1 MiB) after compression.
 MAX_REQUEST_SIZE = 1_048_576
@@ -58,7 +60,28 @@ def producer_settings(**overrides: Any) -> dict[str, Any]:
 
 def producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
     """An (unstarted) idempotent producer; `await p.start()` before use."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, **(connection_settings() | producer_settings(**overrides)))
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **(connection_settings() | producer_settings(**overrides)))
+    track_every_topic(p.client)
+    return p
+
+
+def track_every_topic(client) -> None:
+    """Make an aiokafka client keep metadata for every topic it produces to.
+
+    aiokafka adds a topic to its tracked list only when the topic was missing from its
+    metadata at the first send. Once anything is tracked, refreshes fetch only the tracked
+    topics, and a topic first seen through a full refresh drops out: its queued batches
+    wait for a leader forever and producer.flush() never returns (seen in the worker: its
+    changelog and dead-letter topics; an agent whose stats topic appeared after its start
+    would lose the syscalls topic the same way)."""
+    wait_on_metadata = client._wait_on_metadata
+
+    async def tracked_wait_on_metadata(topic):
+        if topic not in client._topics:
+            client.add_topic(topic)
+        return await wait_on_metadata(topic)
+
+    client._wait_on_metadata = tracked_wait_on_metadata
 
 
 def consumer(bootstrap: str, *topics: str, group_id: str | None = None, **overrides: Any) -> AIOKafkaConsumer:
