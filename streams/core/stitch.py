@@ -297,11 +297,14 @@ class Stitcher:
 
     def _conn_deadline(self, conn: dict) -> int:
         dl = conn["t1"] + self.idle_ns
-        if conn["ccl"] is not None:
-            dl = min(dl, conn["ccl"] + self.settle_ns)
-        for r in conn["creq"]:
-            if r["rts"] is not None and not r["done"]:
-                dl = min(dl, r["rts"] + self.settle_ns)
+        settle_ns = self.settle_ns
+        ccl = conn["ccl"]
+        if ccl is not None and ccl + settle_ns < dl:
+            dl = ccl + settle_ns
+        for r in conn["creq"]:  # answered requests not yet emitted (keep-alive: up to MAX_REQS_KEPT)
+            rts = r["rts"]
+            if rts is not None and rts + settle_ns < dl and not r["done"]:
+                dl = rts + settle_ns
         return dl
 
     # client side ---------------------------------------------------------------
@@ -679,13 +682,17 @@ class Stitcher:
                     out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn["t1"]))
                 del conns[key]
                 continue
+            emitted = False
             for r in conn["creq"]:
                 if not r["done"] and r["rts"] is not None and now >= r["rts"] + settle_ns:
+                    emitted = True
                     try:
                         self._emit_request(st, conn, r, out, final=False)
                     except Exception as exc:
                         r["done"] = True
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r["ts"]))
+            if emitted:  # emitted requests are not needed any more (keep-alive: 10s of them)
+                conn["creq"] = [r for r in conn["creq"] if not r["done"]]
             heappush(tq, [self._conn_deadline(conn), key])
         if not conns:
             tq.clear()
