@@ -240,11 +240,10 @@ class Stitcher:
         if proto != "tcp" and proto != "udp":
             return
         kind = e.kind
-        dns_port = self.dns_port
-        if proto == "udp" or e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
+        on_dns_port = self.dns_port in (e.remote_port, e.local_port, e.addr_port)
+        if proto == "udp" or on_dns_port:
             # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
-            if (kind == "send" or kind == "recv") and e.res > 0 and (
-                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
+            if (kind == "send" or kind == "recv") and e.res > 0 and on_dns_port:
                 self._apply_dns(st, d)
             return
         if kind not in _TCP_KINDS:
