@@ -325,7 +325,15 @@ class Enricher:
         if proxy_of is not None:
             flow = proxy_of["ip"]
         else:
-            flow = self._client_ip(e, server_side)
+            # _client_ip's common case inline: the address is specified
+            if server_side:
+                flow = e.remote_ip
+                if flow in UNSPECIFIED_IPS:
+                    flow = e.addr_ip
+            else:
+                flow = e.local_ip
+            if flow in UNSPECIFIED_IPS:
+                flow = self._client_ip(e, server_side)
         return EnrichedEvent(e, flow, lref, rref, aref, proxy_of)
 
     def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:

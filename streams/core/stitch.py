@@ -198,18 +198,19 @@ class Stitcher:
                 prev = None
                 apply = self._apply
                 for d in ready:
-                    e = d.ev
-                    if prev is not None and e.n == prev.n and e.ts == prev.ts and e.node == prev.node:
+                    order = d.order  # (ts, node, n)
+                    if order == prev:
                         state["dups"] += 1  # at-least-once delivery: the same event again
                         continue
-                    prev = e
+                    prev = order
+                    ts = order[0]
                     nxt = state["next"]
-                    if nxt is not None and nxt <= e.ts:
-                        self._fire_until(state, e.ts, out)  # timers due at or before e come first
+                    if nxt is not None and nxt <= ts:
+                        self._fire_until(state, ts, out)  # timers due at or before e come first
                     try:
                         apply(state, d, out)
                     except Exception as exc:  # one bad event must not stop the bucket
-                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, to_wire(d), exc, e.ts))
+                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, to_wire(d), exc, ts))
         self._fire_until(state, watermark_ns, out)
         if final:
             self._timers(state, watermark_ns, out, True)
