@@ -70,6 +70,17 @@ class MemoIndex:
         except KeyError:
             return self._put(key, self.index.endpoints(namespace, service, t))
 
+    def ready_endpoints(self, namespace, service, ts) -> tuple[list, frozenset]:
+        """endpoints() that take traffic (ready, or serving and not terminating), and their
+        IPs; callers only read them (every chain of a Service in that second shares them)."""
+        t = ts - ts % S + S - 1
+        key = ("ready", namespace, service, t)
+        try:
+            return self._memo[key]
+        except KeyError:
+            ready = [e for e in self.endpoints(namespace, service, ts) if e.ready or (e.serving and not e.terminating)]
+            return self._put(key, (ready, frozenset(e.ip for e in ready)))
+
     def services_for_endpoint(self, ip, port=None, ts=None):
         t = ts - ts % S + S - 1
         key = ("sfe", ip, port, t)

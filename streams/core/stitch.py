@@ -844,11 +844,10 @@ class Stitcher:
         hops: list[dict] = []
 
         # the acceptors: a userspace proxy, or the backend itself
-        ready_eps = []
         if svc is not None:
-            eps = idx.endpoints(svc["namespace"], svc["name"], t_conn)
-            ready_eps = [e for e in eps if e.ready or (e.serving and not e.terminating)]
-        ep_ips = {e.ip for e in ready_eps}
+            ready_eps, ep_ips = idx.ready_endpoints(svc["namespace"], svc["name"], t_conn)
+        else:
+            ready_eps, ep_ips = [], frozenset()
         proxies, backends = [], []
         for s in conn["sv"]:
             nodes.add(s["node"])
@@ -896,10 +895,15 @@ class Stitcher:
             backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])
             b_ip, b_port = b["ip"], b["port"]
             if req is not None:
-                for r in b["reqs"]:
-                    if r["i"] == i:  # i: the client request's index
-                        backend_req = r
-                        break
+                breqs = b["reqs"]  # numbered consecutively ("i"), the oldest trimmed: r["i"] == i at i - first
+                k = i - breqs[0]["i"] if breqs else -1
+                if 0 <= k < len(breqs) and breqs[k]["i"] == i:
+                    backend_req = breqs[k]
+                else:
+                    for r in breqs:
+                        if r["i"] == i:  # i: the client request's index
+                            backend_req = r
+                            break
             hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)
@@ -960,7 +964,7 @@ class Stitcher:
             if dnsx is not None:
                 occs += self._dns_alerts(dnsx, base_vars, client_pf)
             if svc is not None:
-                occs += self._svc_alerts(conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
+                occs += self._svc_alerts(conn, svc, req, outcome, translation, ready_eps, ep_ips, proxies, backends, px,
                                          b_ip, b_port, base_vars, labels, evidence)
             for h in hops:
                 obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
@@ -977,7 +981,7 @@ class Stitcher:
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
             occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid,
-                   "evidence": _dedup_refs(extra + ev)[:MAX_EVIDENCE], "vars": vars_,
+                   "evidence": (_dedup_refs(extra + ev) if extra else ev)[:MAX_EVIDENCE], "vars": vars_,
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
         status = "incomplete" if incomplete else ("broken" if breaks else "ok")
@@ -1085,7 +1089,7 @@ class Stitcher:
             occs.append((rule, labels, vars_, []))
         return occs
 
-    def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, proxies, backends, px,
+    def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, eps_ips, proxies, backends, px,
                     b_ip, b_port, base_vars, labels, evidence) -> list:
         found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
         cn = conn["cn"] or {}
@@ -1110,7 +1114,6 @@ class Stitcher:
                 found.append(("svc.translation_missing", None))
         if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
             pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
-            eps_ips = {e.ip for e in ready_eps}
             if (ready_eps and b_ip not in eps_ips) or (pod is not None and pod.namespace != svc["namespace"]):
                 found.append(("svc.misrouted", None))
         if req is not None and req["st"] is not None and req["st"] >= 500:
