@@ -50,10 +50,6 @@ FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection 
                  "ECONNRESET": "connection reset"}
 
 
-def _ref(e: SyscallEvent, what: str) -> dict:
-    return {"node": e.node, "n": e.n, "ts": e.ts, "what": what}
-
-
 def _pod_fields(index, ip: str | None, ts: int, container_id: str | None = None) -> dict:
     pod = None
     if container_id:
@@ -339,7 +335,7 @@ class Stitcher:
                         conn["nreq"] += 1
                         conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
                                              "h": req.host, "tx": e.res, "rx": 0, "rts": None, "st": None,
-                                             "ev": [_ref(e, "client request")], "done": False})
+                                             "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "client request"}], "done": False})
                         _trim_client(conn)
                         return
                 if conn["creq"] and conn["creq"][-1]["rts"] is None:
@@ -363,7 +359,7 @@ class Stitcher:
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
                         cur["rts"], cur["st"], cur["rx"] = ts, resp.status, e.res
-                        cur["ev"].append(_ref(e, "client response"))
+                        cur["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": "client response"})
                         return True
                 last = conn["creq"][-1] if conn["creq"] else None
                 if last is not None and last["rts"] is not None:
@@ -426,8 +422,11 @@ class Stitcher:
     def _sv(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
         e = d.ev
         kind, ts = e.kind, e.ts
-        me = _side_of(conn["sv"], e)
-        if me is None:
+        node, pid, fd = e.node, e.pid, e.fd
+        for me in conn["sv"]:  # the acceptor this event is on (_side_of, inline)
+            if me["fd"] == fd and me["pid"] == pid and me["node"] == node:
+                break
+        else:
             lref = d.local_ref or {}
             me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
                   "container_id": e.container_id, "ip": e.local_ip, "port": e.local_port,
@@ -445,7 +444,7 @@ class Stitcher:
                 if req is not None:
                     me["nreq"] += 1
                     me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                       "ev": [_ref(e, "backend request")]})
+                                       "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "backend request"}]})
                     _trim(me["reqs"])
         elif kind == "send" and e.res > 0:
             me["tx"] += e.res
@@ -455,7 +454,7 @@ class Stitcher:
                 if resp is not None and resp.status >= 200:
                     r = me["reqs"][-1]
                     r["sts"], r["st"] = ts, resp.status
-                    r["ev"].append(_ref(e, "backend response"))
+                    r["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": "backend response"})
         elif kind == "close":
             me["cts"] = ts
 
@@ -464,8 +463,11 @@ class Stitcher:
     def _px(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
         e = d.ev
         kind, ts = e.kind, e.ts
-        me = _side_of(conn["px"], e)
-        if me is None:
+        node, pid, fd = e.node, e.pid, e.fd
+        for me in conn["px"]:  # the proxy dial this event is on (_side_of, inline)
+            if me["fd"] == fd and me["pid"] == pid and me["node"] == node:
+                break
+        else:
             me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
                   "ip": e.addr_ip or e.remote_ip, "port": e.addr_port or e.remote_port,
                   "lip": e.local_ip, "lport": e.local_port, "ts": ts, "res": None, "errno": None,
@@ -480,7 +482,7 @@ class Stitcher:
             if data and data.startswith(REQUEST_PREFIXES):
                 me["nreq"] += 1
                 me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                   "ev": [_ref(e, "proxy forwards request")]})
+                                   "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "proxy forwards request"}]})
                 _trim(me["reqs"])
         elif kind == "recv" and e.res > 0:
             data = e.data
@@ -507,7 +509,7 @@ class Stitcher:
             if not msg.is_response:
                 st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
                                  "ip": e.local_ip, "port": e.local_port,
-                                 "container_id": e.container_id, "ref": _ref(e, "dns server got query")}
+                                 "container_id": e.container_id, "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}}
                 heappush(st["dq"], [e.ts, k])
             elif k in st["dsrv"]:
                 st["dsrv"][k]["ans_ts"] = e.ts
@@ -546,7 +548,7 @@ class Stitcher:
                 cur["q"].append({"id": qid, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
                                  "srv": e.addr_ip or e.remote_ip,
                                  "sport": e.addr_port or e.remote_port,
-                                 "ref": _ref(e, f"dns query {msg.qname} {msg.qtype}"), "ans": None})
+                                 "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": f"dns query {msg.qname} {msg.qtype}"}, "ans": None})
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
@@ -559,7 +561,7 @@ class Stitcher:
                 continue
             q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
                         "from": e.addr_ip or e.remote_ip,
-                        "ref": _ref(e, f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip())}
+                        "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip()}}
             lk["t1"] = max(lk["t1"], ts)
             if msg.rcode == "NOERROR" and msg.answers and lk["res"] is None:
                 lk["res"] = ts
@@ -1142,18 +1144,10 @@ def _new_conn(key: str, e: SyscallEvent, seq: int) -> dict:
             "eof": None, "err": None, "tx": 0, "rx": 0}
 
 
-def _side_of(sides: list, e: SyscallEvent) -> dict | None:
-    """The acceptor (or proxy dial) of a connection that event e is on: same node, pid and fd."""
-    node, pid, fd = e.node, e.pid, e.fd
-    for s in sides:
-        if s["fd"] == fd and s["pid"] == pid and s["node"] == node:
-            return s
-    return None
-
-
 def _evidence(conn: dict, e: SyscallEvent, what: str) -> None:
+    # an event ref; built inline wherever one is made (no call per ref): keys in this order
     if len(conn["ev"]) < MAX_EVIDENCE:
-        conn["ev"].append(_ref(e, what))
+        conn["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
 
 
 def _trim(reqs: list) -> None:
