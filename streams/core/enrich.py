@@ -194,6 +194,7 @@ class Enricher:
         lost: list[dict] = []
         enriched_all: list[EnrichedEvent] = []
         bucket_cache = self._bucket_cache
+        emit_enriched = self.emit_enriched
         for e in events:
             if prev is not None and e.n == prev.n and e.ts == prev.ts:
                 dups += 1  # at-least-once delivery: the same event again
@@ -220,7 +221,7 @@ class Enricher:
                 by_bucket[bucket] = [d]
             else:
                 events_of.append(d)
-            if self.emit_enriched:
+            if emit_enriched:
                 enriched_all.append(d)
         if dups:
             state["dups"] += dups
