@@ -1,12 +1,11 @@
 """The worker's codecs (streams/faust_app/wire.py): the fast syscall-batch decoder agrees with
-schemas.models.decode_batch, rejects what it rejects with a reason naming the field, and operator
-state round-trips through changelog bytes without its re-readable input buffer."""
+schemas.models.decode_batch, rejects what it rejects with a reason naming the field; flows records and the local handoff."""
 import orjson
 import pytest
 
 from svctrace.schemas.models import DecodeError, SyscallBatch, decode_batch, encode_batch
 from svctrace.streams.core import Graph, Settings
-from svctrace.streams.faust_app.wire import decode_state, decode_syscall_batch, encode_state
+from svctrace.streams.faust_app.wire import decode_syscall_batch
 from tests import scenario
 
 
@@ -45,22 +44,6 @@ def test_decoder_gives_the_same_events_as_the_schema_decoder():
 def test_decoder_rejects_bad_records_naming_the_field(raw, reason):
     with pytest.raises(DecodeError, match=reason.replace("$", r"\$")):
         decode_syscall_batch(raw)
-
-
-def test_state_round_trips_without_its_input_buffer():
-    cluster, batches = _batches()
-    graph = Graph(cluster.index(), Settings())
-    enrich = graph.enrich
-    state = enrich.new_state()
-    for b in batches:
-        enrich.process(state, b.node, b)
-    half = sorted(e.ts for b in batches for e in b.events)[len(batches[0].events) // 2]
-    enrich.advance(state, batches[0].node, half)
-    assert state["buf"] and state["wm"] == half
-    restored = decode_state(encode_state(state, enrich), enrich)
-    assert restored["buf"] == [] and restored["wm"] == half
-    assert {k: v for k, v in restored.items() if k not in ("buf", "unsorted")} == \
-        {k: v for k, v in orjson.loads(orjson.dumps(state, default=str)).items() if k not in ("buf", "unsorted")}
 
 
 def test_enriched_events_decode_like_the_core_and_bad_ones_are_refused():

@@ -1,4 +1,4 @@
-"""The worker's record and state codecs, built for the per-event hot path.
+"""The worker's record codecs, built for the per-event hot path.
 
 * `decode_syscall_batch(raw)`: a svctrace.syscall-batch record -> SyscallBatch; it is
   schemas.models.decode_batch, whose SyscallEvent.from_wire stores each event dict's values
@@ -9,17 +9,9 @@
   the stitch stage processes, or None for a progress-only record.
 * `LocalHandoff`: flows batches a worker sends to partitions it consumes itself, kept as objects
   and matched by a record header when they come back, so they are not decoded at all.
-* `encode_state(state, op)` / `decode_state(raw, op)`: operator state <-> changelog bytes,
-  orjson end to end. Only the durable part is written (`op.durable`: without the input
-  buffer of events not yet applied): the shell acknowledges an input record only once
-  every event in it is below the state's watermark (`state["wm"]`), so after a restore
-  (`op.restore`) the records that fed the buffer are read again (app.StageShell.snapshot). A checkpoint then costs the size of the
-  state proper (open connections, lookups, proxy tables), not that of the traffic
-  inside the lateness window.
 """
 from __future__ import annotations
 
-import base64
 import os
 from binascii import Error as Base64Error
 
@@ -118,26 +110,3 @@ class LocalHandoff:
                     self.events -= len(batch["events"])
                 return batch
         return None
-
-
-# -- operator state <-> changelog bytes --------------------------------------------------
-
-def _default(obj):
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        return base64.b64encode(obj).decode("ascii")
-    wire = getattr(obj, "__wire__", None)  # the core's enriched events know their schema form
-    if wire is not None:
-        return wire()
-    raise TypeError(f"cannot serialize {type(obj).__name__} in operator state")
-
-
-def encode_state(state: dict, op) -> bytes:
-    """Operator state -> bytes: the operator's durable part (op.durable: without the input buffer,
-    which is re-read from Kafka after a restore). SyscallEvents are written natively by orjson."""
-    return orjson.dumps(op.durable(state), default=_default)
-
-
-def decode_state(raw: bytes, op) -> dict:
-    durable = orjson.loads(raw)
-    durable.pop("buf", None)  # a checkpoint of an older worker may hold one: its records are re-read anyway
-    return op.restore(durable)
