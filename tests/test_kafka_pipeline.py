@@ -260,7 +260,10 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path):
         prefix = kafka.unique_prefix("br")
         P.ensure_worker_topics(broker.bootstrap, prefix)
         kafka.run(P.publish_cluster(broker.bootstrap, prefix, records))
-        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=10.0)
+        # A replay has no processing-time progress: a source silent for --idle-flush is taken as
+        # finished. The broker's restart silences both agents (11 s measured under load), and an
+        # idle flush inside it would let one node's resumed events pass the other's still to come.
+        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=30.0)
         worker.wait_ready()
         agents = [subprocess.Popen(
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
