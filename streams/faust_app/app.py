@@ -78,6 +78,9 @@ EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1
 # Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
 # of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
 RECORD_EVENTS = 1000
+# A partition whose last fetch response is older than this has no known "nothing new": the broker
+# is unreachable (restarting) or the partition is paused, so its silence does not count as idle.
+BROKER_SILENT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -443,6 +446,8 @@ class Worker:
         self.hb_sent: dict[tuple[str, int], int | str] = {}
         self.hb_last: dict[str, float] = {}  # downstream topic -> when marks were last sent
         self.last_input: dict[int, float] = {}
+        # since when the broker has kept answering fetches of a syscalls partition (monotonic s)
+        self.answering_since: dict[int, float] = {}
         self.last_offset: dict[int, int] = {}
         self.live: dict[int, bool] = {}  # syscalls partition -> its latest events arrived fresh (live agents)
         self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
@@ -808,10 +813,18 @@ class Worker:
             if self.unreleased.get(q):
                 await self._release(q, send=False)
             idle = now - self.last_input.get(q, self._started)
+            polled_ns = self._last_poll_ns(consumer, tp)
             if self.live.get(q):
-                await self._advance_idle(q, idle, self._last_poll_ns(consumer, tp))
+                await self._advance_idle(q, idle, polled_ns)
                 continue
-            if idle < self.config.idle_flush_s:
+            # Idle time counts only while the broker answers: an outage (a broker restarting, the
+            # agents buffering) is no end of input, or one node's resumed events would pass the
+            # events another node still has to send.
+            if polled_ns is not None and time.time_ns() - polled_ns > BROKER_SILENT_S * 1e9:
+                self.answering_since.pop(q, None)
+                continue
+            answering_since = self.answering_since.setdefault(q, now)
+            if min(idle, now - answering_since) < self.config.idle_flush_s:
                 continue
             async with self.enrich.lock(q):
                 await self.enrich.flush_partition(q)
