@@ -52,7 +52,10 @@ once the watermark passes it, so arrival order within the lateness and
 duplicates ((node, n) seen twice) do not change outputs. A caller computes the
 watermark as (largest event ts seen) - lateness; `Settings` holds the
 latenesses. Events older than a stage's watermark are counted (state["late"])
-and dropped. State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(raw)`.
+and dropped; the enrich stage also sends them on as loss markers (the next
+advance's "lost" list, every bucket), unless they are redeliveries (n not above
+every n it released or dropped before), so the chains they overlap are
+"incomplete", never "broken". State <-> bytes: `graph.dumps_state(state)` / `graph.loads_state(raw)`.
 
 Timers (stitch: a connection's idle timeout, the settle time after a close or a
 response, an unclaimed lookup's timeout) fire at their own deadline, between the

@@ -17,6 +17,15 @@ Proxy detection, from one node's syscalls only:
 * or, byte evidence: a process writes on an untagged outbound socket the same
   bytes it just read on an accepted socket -> tagged with that socket's peer.
 All of this state is keyed by pid/fd/endpoint and expires after `proxy_window_ns`.
+
+Late events (ts behind the node's watermark) are dropped, and are losses: the next
+advance sends loss markers ({"node", "ts", "count"}, one per node and `late_slot_ns`
+of event time, at its oldest late event) to every bucket, as for capture loss, so the
+stitch stage makes the chains they overlap "incomplete". A slot no wider than the
+stitch stage's settle time puts a marker within settle of every late event's chain.
+Only an event newer (by n) than every one released or dropped before is a loss: one
+node's events come from one agent in n order, so a late event with a lower n is a
+redelivery (a worker re-reading input after a restart), counted late, not lost.
 """
 from __future__ import annotations
 
@@ -39,6 +48,8 @@ ENRICHED_SCHEMA = "svctrace.enriched-batch"
 
 _EVENT_ORDER = attrgetter("ts", "n")  # one node's events: event time, then capture order
 _TS = attrgetter("ts")
+_N = attrgetter("n")
+_LATE_MARKERS = 64  # pending late-loss markers per node at most (more are folded into the last)
 _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 
@@ -56,13 +67,15 @@ class Enricher:
     name = "enrich"
 
     def __init__(self, index, partitions: int = 12, lateness_ns: int = 2 * S,
-                 proxy_window_ns: int = 2 * S, emit_enriched: bool = False, dns_port: int = 53):
+                 proxy_window_ns: int = 2 * S, emit_enriched: bool = False, dns_port: int = 53,
+                 late_slot_ns: int = S // 4):
         self.index = MemoIndex(index)
         self.partitions = partitions
         self.lateness_ns = lateness_ns
         self.proxy_window_ns = proxy_window_ns
         self.emit_enriched = emit_enriched
         self.dns_port = dns_port
+        self.late_slot_ns = max(late_slot_ns, 1)
         # (ip, port, proto) -> (second, ref): metadata is joined at 1 s granularity of event
         # time, so a cached answer is exactly what the index says for that second.
         self._ref_cache: dict[tuple, tuple] = {}
@@ -84,15 +97,20 @@ class Enricher:
             "pout": {},     # "pid:fd" -> [client_ep, ts]: tagged proxy outbound sockets
             "reads": {},    # pid -> [[ts, fingerprint, client_ep]]: recent reads on accepted conns
             "late": 0, "dups": 0,
+            "nmax": -1,     # highest n released or dropped late (absent: not known, an older checkpoint)
+            "llost": [],    # [[node, ts, count]]: late drops not yet sent downstream as loss markers
             "unsorted": False,  # buf may be out of (ts, n) order (a state without this flag: treated as unsorted)
         }
 
     @staticmethod
     def is_idle(state: dict) -> bool:
-        return not state["buf"] and not state["vipc"] and not state["pin"] and not state["pout"] and not state["reads"]
+        return (not state["buf"] and not state["vipc"] and not state["pin"] and not state["pout"]
+                and not state["reads"] and not state.get("llost"))
 
     def deadline(self, state: dict) -> int | None:
         """Earliest watermark at which advance() has work (None: nothing pending)."""
+        if state.get("llost"):
+            return state["wm"] + 1
         if state["buf"]:
             return min(e.ts for e in state["buf"]) + 1
         if state["vipc"] or state["pin"] or state["reads"] or state["pout"]:
@@ -154,24 +172,59 @@ class Enricher:
                     in_order = False
             append(e)
             last_ts, last_n = ts, e.n
-        state["late"] += late
+        if late:
+            state["late"] += late
+            self._late_losses(state, events, wm)
         state["unsorted"] = not in_order
         return []
 
+    def _late_losses(self, state: dict, events, wm: int) -> None:
+        """Note the late events of `events` that are no redelivery as pending loss markers."""
+        nmax = state.get("nmax")
+        if nmax is None:
+            return  # a state from before this was tracked: a late event may be a redelivery
+        pending = state.get("llost")
+        if pending is None:
+            pending = state["llost"] = []
+        slot = self.late_slot_ns
+        for e in events:
+            ts = e.ts
+            if ts >= wm:
+                continue
+            if e.kind == "lost":  # a capture loss marker itself came late: its count is lost all the same
+                count = max(e.res, 0)
+            elif e.n > nmax:
+                count = 1
+                nmax = e.n  # a redelivery of it later is no second loss
+            else:
+                continue
+            for marker in reversed(pending):
+                if marker[0] == e.node and marker[1] // slot == ts // slot:
+                    marker[2] += count
+                    marker[1] = min(marker[1], ts)
+                    break
+            else:
+                if len(pending) < _LATE_MARKERS:
+                    pending.append([e.node, ts, count])
+                else:
+                    pending[-1][1] = min(pending[-1][1], ts)
+                    pending[-1][2] += count
+        state["nmax"] = nmax
+
     def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
         if watermark_ns <= state["wm"]:
-            return []
+            return self._release(state, key, []) if state.get("llost") else []
         state["wm"] = watermark_ns
         buf = state["buf"]
         if not buf:
             self._expire(state, watermark_ns)
-            return []
+            return self._release(state, key, []) if state.get("llost") else []
         if state.get("unsorted", True):
             buf.sort(key=_EVENT_ORDER)
             state["unsorted"] = False
         cut = bisect_left(buf, watermark_ns, key=_TS)  # events before the watermark are released
         if cut == 0:
-            return []
+            return self._release(state, key, []) if state.get("llost") else []
         ready, state["buf"] = buf[:cut], buf[cut:]
         out = self._release(state, key, ready)
         self._expire(state, watermark_ns)
@@ -179,7 +232,7 @@ class Enricher:
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
         if not state["buf"]:
-            return []
+            return self._release(state, key, []) if state.get("llost") else []
         return self.advance(state, key, max(e.ts for e in state["buf"]) + 1)
 
     # -- enrichment ----------------------------------------------------------
@@ -225,6 +278,14 @@ class Enricher:
                 enriched_all.append(d)
         if dups:
             state["dups"] += dups
+        if events:
+            top = max(map(_N, events))
+            nmax = state.get("nmax")
+            if nmax is None or top > nmax:
+                state["nmax"] = top
+        if state.get("llost"):  # late drops since the last release: losses too
+            lost += [{"node": n, "ts": ts, "count": count} for n, ts, count in state["llost"]]
+            state["llost"] = []
         if lost:  # a loss may concern any flow of this node: every bucket hears of it
             for p in range(self.partitions):
                 b = f"b{p:04d}"

@@ -47,8 +47,10 @@ class Graph:
 
     def __init__(self, index, settings: Settings | None = None):
         s = self.settings = settings or Settings()
+        # late drops are coalesced per settle time: the stitch stage then finds a marker within
+        # settle of every chain a late event belonged to
         self.enrich = Enricher(index, partitions=s.partitions, lateness_ns=s.enrich_lateness_ns,
-                               emit_enriched=s.emit_enriched)
+                               emit_enriched=s.emit_enriched, late_slot_ns=s.settle_ns)
         self.stitch = Stitcher(index, lateness_ns=s.stitch_lateness_ns, settle_ns=s.settle_ns, idle_ns=s.idle_ns,
                                lookup_timeout_ns=s.lookup_timeout_ns)
         self.alerts = Alerter(lateness_ns=s.alerts_lateness_ns)
