@@ -13,7 +13,9 @@ State, all JSON-able and expired by event time:
 * lookups: "flow|node|pid" -> DNS lookups (queries grouped: search expansions,
   A/AAAA pairs, retries) waiting to be claimed by a connect to an answer.
 * dsrv: what DNS servers saw ("client ep|id"), to name the resolver process.
-* lost: loss markers; a chain overlapping one is "incomplete", never "broken".
+* lost: loss markers; a chain overlapping one is "incomplete", never "broken". An
+  event arriving behind the watermark (late) is a loss too, unless it is a redelivery
+  (no newer by n than its node's events seen before: "nmax").
 
 A chain is emitted per HTTP request (keep-alive: several per connection) or
 per connection when no request was seen, and per unclaimed DNS lookup.
@@ -45,6 +47,7 @@ _TCP_KINDS = frozenset(("connect", "accept", "send", "recv", "close", "shutdown"
 MAX_EVIDENCE = 24
 MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
+MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at most (more are folded)
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -85,6 +88,7 @@ class Stitcher:
     def new_state() -> dict:
         return {"wm": 0, "buf": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
                 "next": None, "late": 0, "dups": 0,
+                "nmax": {},  # node -> the highest n of its events seen: a late event below it is a redelivery
                 "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
                 "seq": 0,  # conns are numbered in creation order (conn["seq"]): timers handle them in that order
                 # lookups: "lks" numbers the keys of "lk" in creation order, lk["ls"] each lookup;
@@ -149,6 +153,8 @@ class Stitcher:
             state["buf"] = []
         if "tq" not in durable:
             self._upgrade(state)
+        if "nmax" not in durable:
+            state["nmax"] = None  # written before it was tracked: a late event may be a redelivery
         return state
 
     # -- operator API --------------------------------------------------------
@@ -156,13 +162,16 @@ class Stitcher:
     def process(self, state: dict, key: str, batch: dict) -> list[tuple[str, str, dict]]:
         """Buffer one enriched batch (svctrace.enriched-batch): its events are EnrichedEvents
         (in-process) or their schema dicts (from Kafka). Emits only dead letters (an event
-        dict that is no SyscallEvent)."""
+        dict that is no SyscallEvent). An event behind the watermark is dropped and counted
+        late; unless it is a redelivery, it is a loss too (see _late_losses)."""
         wm = state["wm"]
         for loss in batch.get("lost") or ():
             state["lost"].append([loss["node"], loss["ts"], loss["count"]])
         buf = state["buf"]
         out: list = []
-        late = 0
+        late: list | None = None
+        tops: dict[str, int] = {}  # the highest n of each node in this batch
+        node, top = None, -1  # the current run of one node's events (batches mostly hold one node)
         for d in batch["events"]:
             if d.__class__ is not EnrichedEvent:
                 try:
@@ -171,12 +180,65 @@ class Stitcher:
                     ts = d.get("ts") if isinstance(d, dict) and isinstance(d.get("ts"), int) else 0
                     out.append(dead_letter(self.name, FLOWS_TOPIC, key, d, exc, ts))
                     continue
-            if d.ev.ts < wm:
-                late += 1
+            e = d.ev
+            if e.ts < wm:
+                if late is None:
+                    late = []
+                late.append(e)
             else:
                 buf.append(d)  # a duplicate (same node, n) sorts next to its original
-        state["late"] += late
+            if e.node == node:
+                if e.n > top:
+                    top = e.n
+            else:
+                if node is not None and top > tops.get(node, -1):
+                    tops[node] = top
+                node, top = e.node, e.n
+        if node is not None and top > tops.get(node, -1):
+            tops[node] = top
+        nmax = state.get("nmax")
+        if late is not None:
+            state["late"] += len(late)
+            if nmax is not None:
+                self._late_losses(state, late, nmax)
+        if nmax is not None:
+            for node, top in tops.items():
+                if top > nmax.get(node, -1):
+                    nmax[node] = top
         return out
+
+    def _late_losses(self, state: dict, late: list, nmax: dict) -> None:
+        """Late events are losses (rule 5: a chain missing one is "incomplete", never "broken"),
+        noted as loss markers [node, ts, count] like a capture's: one per node and slot of
+        event time (at most settle_ns wide, so a marker at the slot's oldest late event lies
+        within settle of every chain holding one of them), their number bounded. A late event
+        no newer (by n) than every event of its node seen before in this bucket is a
+        redelivery of one already applied (a worker re-reading input after a restart): no loss.
+        nmax: the highest n per node before this batch."""
+        lost = state["lost"]
+        slot = max(1, min(self.settle_ns, S))
+        seen: dict[str, int] = {}
+        for e in late:
+            node, n, ts = e.node, e.n, e.ts
+            if n <= seen.get(node, nmax.get(node, -1)):
+                continue
+            seen[node] = n  # a redelivery of it later is no second loss
+            newest = None  # the node's newest marker
+            for marker in reversed(lost):
+                if marker[0] == node:
+                    if marker[1] // slot == ts // slot:
+                        break
+                    if newest is None:
+                        newest = marker
+            else:
+                if len(lost) < MAX_LOST_MARKERS:
+                    lost.append([node, ts, 1])
+                    continue
+                marker = newest or lost[-1]  # folded into it: the list stays bounded
+            marker[1] = min(marker[1], ts)
+            marker[2] += 1
+        if lost and state["next"] is None:
+            state["next"] = state["wm"] + self.lookup_timeout_ns  # a timer pass trims old markers
 
     def advance(self, state: dict, key: str, watermark_ns: int, final: bool = False) -> list[tuple[str, str, dict]]:
         out: list = []
@@ -950,7 +1012,14 @@ class Stitcher:
         start_ts, end_ts = min(times), max(times)
 
         # completeness
-        incomplete = self._lost_on(st, nodes, start_ts, end_ts)
+        incomplete = None
+        if st["lost"]:
+            # A lost event may be one the chain never saw, on a node it never saw (a backend's
+            # accept): the nodes of the Service's ready endpoints and of the backend count too.
+            nodes.update(ep.node for ep in ready_eps if ep.node)
+            if backend is not None and backend["node"]:
+                nodes.add(backend["node"])
+            incomplete = self._lost_on(st, nodes, start_ts, end_ts)
         if incomplete is None and cn is None:
             incomplete = "connect not captured (connection older than the capture)"
         if incomplete is None and final and outcome == "pending":
