@@ -10,7 +10,7 @@ import yaml
 
 from svctrace.schemas import SchemaError, SyscallBatch, SyscallEvent, decode_batch, encode_batch, validate
 from svctrace.schemas import catalogue
-from svctrace.schemas.models import AgentStats, DeadLetter, DecodeError
+from svctrace.schemas.models import AgentStats, DeadLetter, DecodeError, make_event
 from svctrace.schemas.validation import SCHEMA_NAMES, errors, schema_document
 
 EXAMPLES = Path(catalogue.HERE) / "examples"
@@ -74,6 +74,22 @@ def test_syscall_batch_roundtrip_keeps_payload_bytes():
     validate("syscall-batch", orjson.loads(raw))
     back = decode_batch(raw)
     assert back.events == events and back.lost == 7 and back.seq == 3
+
+
+def test_make_event_is_the_dataclass_constructor_in_field_order():
+    full = SyscallEvent(ts=1, node="n", n=2, pid=3, tid=4, comm="c", kind="send", syscall="sendto", fd=5, res=6,
+                        errno=None, proto="tcp", family="ipv4", role="client", local_ip="10.0.0.1", local_port=7,
+                        remote_ip="10.0.0.2", remote_port=80, addr_ip="10.0.0.3", addr_port=8, size=6,
+                        data=b"GET /", redacted=True, exe="/bin/c", container_id="abc", cgroup_id=9, netns=10)
+    made = make_event(1, "n", 2, 3, 4, "c", "send", "sendto", 5, 6, None, "tcp", "ipv4", "client", "10.0.0.1", 7,
+                      "10.0.0.2", 80, "10.0.0.3", 8, 6, b"GET /", True, "/bin/c", "abc", 9, 10)
+    assert made == full and hash(made) == hash(full) and made.to_dict() == full.to_dict()
+    short = make_event(1, "n", 2, 3, 4, "c", "close", "close", 5, 0)
+    assert short == SyscallEvent(ts=1, node="n", n=2, pid=3, tid=4, comm="c", kind="close", syscall="close", fd=5, res=0)
+    with pytest.raises(TypeError):
+        make_event(1, "n")
+    with pytest.raises(AttributeError):
+        made.ts = 2  # still immutable
 
 
 def test_to_dict_matches_encoder():

@@ -122,9 +122,10 @@ class Layout:
         s = self.len_structs.get(nparams) or self._lens_struct(nparams)
         return s.unpack_from(buf, pos)
 
-    def int_at(self, buf, pos: int, nparams: int, idx: int):
+    def int_at(self, buf, pos: int, nparams: int, idx: int, lens: tuple[int, ...] | None = None):
         """Integer value of param idx without decoding the others (None if empty)."""
-        lens = self.lengths(buf, pos, nparams)
+        if lens is None:
+            lens = self.lengths(buf, pos, nparams)
         ln = lens[idx]
         if not ln:
             return None
@@ -140,9 +141,11 @@ class Layout:
                 return n
         raise ValueError(f"parameter lengths do not add up to the event length {evt_len}")
 
-    def decode(self, buf, pos: int, end: int, nparams: int) -> dict:
-        """All params by name; pos = start of the length array, end = event end."""
-        lens = self.lengths(buf, pos, nparams)
+    def decode(self, buf, pos: int, end: int, nparams: int, lens: tuple[int, ...] | None = None) -> dict:
+        """All params by name; pos = start of the length array, end = event end (lens: the
+        length array when the caller has read it already)."""
+        if lens is None:
+            lens = self.lengths(buf, pos, nparams)
         p = pos + self.width * nparams
         if p + sum(lens) > end:
             raise ValueError("parameter lengths run past the event")

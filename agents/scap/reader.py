@@ -52,7 +52,7 @@ from typing import Iterator, NamedTuple
 
 import orjson
 
-from svctrace.schemas.models import SyscallEvent
+from svctrace.schemas.models import SyscallEvent, make_event
 
 from . import blocks as B
 from .errors import CaptureError
@@ -222,11 +222,13 @@ class CaptureReader:
                         nparams = layout.infer_nparams(buf, pos, evt_end - pos, elen, hsize)
                     elif nparams > 4096:
                         raise ValueError(f"absurd parameter count {nparams}")
+                    lens = None
                     if not raw and fd_check[code]:
                         # only sockets matter: look at the fd before decoding anything
                         idx = fd_index[code]
                         if 0 <= idx < nparams:
-                            fd = layout.int_at(buf, pos, nparams, idx)
+                            lens = layout.lengths(buf, pos, nparams)
+                            fd = layout.int_at(buf, pos, nparams, idx, lens)
                         else:
                             got = enters.get(tid)
                             fd = got[1].get("fd") if got is not None and got[0] == code - 1 else None
@@ -246,7 +248,7 @@ class CaptureReader:
                                     if fd is not None and fd >= 0:
                                         table.pop(fd, None)
                         continue
-                    params = layout.decode(buf, pos, evt_end, nparams)
+                    params = layout.decode(buf, pos, evt_end, nparams, lens)
                 except (ValueError, struct.error) as e:
                     n -= 1
                     self._bad(stream, off, btype, end - start + 12, f"{EVENTS[code].enum}: {e}")
@@ -262,9 +264,7 @@ class CaptureReader:
                     continue
                 got = enters.pop(tid, None)
                 if got is not None and got[0] == code - 1:
-                    for k, v in got[1].items():
-                        if k not in params:
-                            params[k] = v
+                    params = {**got[1], **params}  # the exit's values win; the enter fills in the rest
                 out = handle(cat, code, n, ts, tid, params)
                 if out is not None:
                     stats.emitted += 1
@@ -548,14 +548,15 @@ class CaptureReader:
             lip, lport, rip, rport = s.cip, s.cport, s.sip, s.sport
         else:
             lip, lport, rip, rport = s.sip, s.sport, s.cip, s.cport
-        data = p.get("data") if kind in ("send", "recv") else None
-        return SyscallEvent(
-            ts=ts, node=self.node, n=n, pid=th.pid, tid=tid, comm=th.comm, kind=kind, syscall=syscall,
-            fd=fd if fd is not None else -1, res=res, errno=errno_name(res), proto=s.proto, family=s.family,
-            role=s.role, local_ip=lip, local_port=lport, remote_ip=rip, remote_port=rport,
-            addr_ip=addr[0] if addr else None, addr_port=addr[1] if addr else None,
-            size=res if kind in ("send", "recv") and res >= 0 else None,
-            data=data if data else None, exe=th.exe, container_id=th.container_id,
+        moves = kind == "send" or kind == "recv"
+        data = p.get("data") if moves else None
+        # SyscallEvent's fields in order (make_event: positional, no keyword __init__ per event)
+        return make_event(
+            ts, self.node, n, th.pid, tid, th.comm, kind, syscall,
+            fd if fd is not None else -1, res, errno_name(res) if res < 0 else None, s.proto, s.family,
+            s.role, lip, lport, rip, rport,
+            addr[0] if addr else None, addr[1] if addr else None,
+            res if moves and res >= 0 else None, data if data else None, False, th.exe, th.container_id,
         )
 
 
