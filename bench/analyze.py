@@ -3,8 +3,8 @@
     python -m bench.analyze [--repeats N]
 
 Builds a capture of the seed example's scenario repeated N times (client ports shifted so
-every repeat is a new set of connections; 90 socket events, 5 chains and 4 alerts per
-repeat), then measures side by side, in CPU seconds (the machine may be shared):
+every repeat is a new set of connections: each repeat gives the chains of one scenario run),
+then measures side by side, in CPU seconds (the machine may be shared):
 
 1. the scap reader alone (iterate the SyscallEvents);
 2. reader + in-process runner (the core's chains and alerts);
@@ -34,6 +34,8 @@ from svctrace.streams.metadata.sources import load_file  # noqa: E402
 
 SEED = ROOT / "examples" / "seed"
 PERIOD_NS = 5_000_000_000  # one repeat of the scenario every 5 s of event time
+PORT_STEP = 64
+PID_STEP = 10_000
 
 
 def seed_generator():
@@ -45,18 +47,25 @@ def seed_generator():
 
 
 def shifted(port: int | None, r: int) -> int | None:
-    """Ephemeral ports move with the repeat, service ports stay."""
-    return port if port is None or port < 32768 else 32768 + (port - 32768 + r) % 28000
+    """Ephemeral ports move with the repeat, service ports stay. The scenario spans ~131 s of
+    event time (fault 3's connect retries), so ~27 repeats run at once: each repeat moves by more
+    than the scenario's range of client ports (~52), or their connections would collide."""
+    return port if port is None or port < 32768 else 32768 + (port - 32768 + r * PORT_STEP) % 28000
 
 
 def build(path: Path, repeats: int) -> int:
     events = seed_generator().scenario_events()
+    # A repeat spans ~131 s of event time, so repeats overlap: written in event-time order, as a
+    # capture is (repeat after repeat, event time would jump back and the core drop them as late),
+    # each repeat by its own processes (pids, tids), or their fds would collide.
+    every = sorted((e.with_(ts=e.ts + r * PERIOD_NS, local_port=shifted(e.local_port, r),
+                            remote_port=shifted(e.remote_port, r), addr_port=shifted(e.addr_port, r),
+                            pid=e.pid + r * PID_STEP, tid=e.tid + r * PID_STEP)
+                    for r in range(repeats) for e in events), key=lambda e: e.ts)
     with ScapWriter(path, hostname="node-a") as w:
-        for r in range(repeats):
-            for e in events:
-                w.write_event(e.with_(ts=e.ts + r * PERIOD_NS, local_port=shifted(e.local_port, r),
-                                      remote_port=shifted(e.remote_port, r), addr_port=shifted(e.addr_port, r)))
-    return repeats * len(events)
+        for e in every:
+            w.write_event(e)
+    return len(every)
 
 
 def cpu(fn) -> tuple[float, object]:
@@ -87,7 +96,9 @@ def main() -> int:
         sink = io.StringIO()
         t_command, code = cpu(lambda: execute(ns, sink, io.StringIO()))
 
-    assert count == n and len(res.chains) == len(result.chains) == 5 * args.repeats, "unexpected chain count"
+    per_repeat = len(run(seed_generator().scenario_events(), index).chains)
+    assert count == n and len(res.chains) == len(result.chains) == per_repeat * args.repeats, \
+        f"unexpected chain count: {len(res.chains)}, {len(result.chains)} for {per_repeat} x {args.repeats}"
     rows = [("reader only", t_read), ("reader + core runner", t_core),
             ("analyze() pipeline", t_analyze), ("whole command, text out", t_command)]
     print(f"chains {len(result.chains)}, alerts {len(result.alerts)} (deduplicated), exit status {code}, "
