@@ -63,23 +63,34 @@ def _is_service_port(port: int | None, other: int | None) -> bool:
     return port < other
 
 
-def flow_of(e) -> tuple[str | None, Endpoint, Endpoint] | None:
-    """(role, client, server) of a network event, or None when it has no IP peer to name."""
+def _ends(e) -> tuple[str, str, int | None, str, int | None] | None:
+    """(role, client ip, client port, server ip, server port) of a network event, or None when
+    it has no IP peer to name: flow_of in plain values (the table keys on them, per event)."""
     if e.proto not in NET_PROTOS:
         return None
-    local = Endpoint(e.local_ip, e.local_port) if e.local_ip else None
     peer_ip, peer_port = (e.remote_ip, e.remote_port) if e.remote_ip else (e.addr_ip, e.addr_port)
-    peer = Endpoint(peer_ip, peer_port) if peer_ip else None
-    if peer is None or (peer.ip in ("0.0.0.0", "::") and not peer.port):
+    if not peer_ip or (peer_ip in ("0.0.0.0", "::") and not peer_port):
         return None
-    if local is None:
-        local = Endpoint("0.0.0.0" if ":" not in peer.ip else "::", None)
+    local_ip, local_port = e.local_ip, e.local_port
+    if not local_ip:
+        local_ip, local_port = "0.0.0.0" if ":" not in peer_ip else "::", None
     role = e.role
     # UDP has no connection: the end on the service (lower, non-ephemeral) port is the server,
     # whichever socket bound or sent first. Same when the socket's opening was not captured.
-    if (e.proto == "udp" and local.port and peer.port and local.port != peer.port) or role is None:
-        role = "server" if _is_service_port(local.port, peer.port) else "client"
-    return (role, local, peer) if role == "client" else (role, peer, local)
+    if (e.proto == "udp" and local_port and peer_port and local_port != peer_port) or role is None:
+        role = "server" if _is_service_port(local_port, peer_port) else "client"
+    if role == "client":
+        return role, local_ip, local_port, peer_ip, peer_port
+    return role, peer_ip, peer_port, local_ip, local_port
+
+
+def flow_of(e) -> tuple[str | None, Endpoint, Endpoint] | None:
+    """(role, client, server) of a network event, or None when it has no IP peer to name."""
+    ends = _ends(e)
+    if ends is None:
+        return None
+    role, cip, cport, sip, sport = ends
+    return role, Endpoint(cip, cport), Endpoint(sip, sport)
 
 
 class ConnectionTable:
@@ -87,39 +98,53 @@ class ConnectionTable:
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self.flows: dict[FlowKey, FlowTotals] = {}
+        # keyed by plain values (node, comm, pid, proto, client ip, port, server ip, port): the
+        # FlowKey objects are built only for `flows`/`rows`, not per event
+        self._totals: dict[tuple, FlowTotals] = {}
         self.overflow = 0  # events of flows beyond the limit
         self.unix_events = 0
         self.net_events = 0
 
+    @property
+    def flows(self) -> dict[FlowKey, FlowTotals]:
+        return {FlowKey(node, comm, pid, proto, Endpoint(cip, cport), Endpoint(sip, sport)): t
+                for (node, comm, pid, proto, cip, cport, sip, sport), t in self._totals.items()}
+
     def add(self, e) -> None:
-        if e.proto == "unix" or e.family == "unix":
+        proto = e.proto
+        if proto == "unix" or e.family == "unix":
             self.unix_events += 1
             return
-        if e.proto not in NET_PROTOS and e.family not in ("ipv4", "ipv6"):
+        if proto not in NET_PROTOS and e.family not in ("ipv4", "ipv6"):
             return
         self.net_events += 1
-        found = flow_of(e)
-        if found is None:
+        ends = _ends(e)
+        if ends is None:
             return
-        role, client, server = found
-        key = FlowKey(e.node, e.comm, e.pid, e.proto, client, server)
-        t = self.flows.get(key)
+        role, cip, cport, sip, sport = ends
+        key = (e.node, e.comm, e.pid, proto, cip, cport, sip, sport)
+        ts = e.ts
+        t = self._totals.get(key)
         if t is None:
-            if len(self.flows) >= self.limit:
+            if len(self._totals) >= self.limit:
                 self.overflow += 1
                 return
-            t = self.flows[key] = FlowTotals(first_ts=e.ts, last_ts=e.ts, role=role, container_id=e.container_id)
+            t = self._totals[key] = FlowTotals(first_ts=ts, last_ts=ts, role=role, container_id=e.container_id)
         t.events += 1
-        t.first_ts = min(t.first_ts, e.ts)
-        t.last_ts = max(t.last_ts, e.ts)
-        if e.res < 0 and e.errno not in BENIGN_ERRNOS:
-            name = e.errno or str(e.res)
+        if ts < t.first_ts:
+            t.first_ts = ts
+        if ts > t.last_ts:
+            t.last_ts = ts
+        res = e.res
+        if res < 0 and e.errno not in BENIGN_ERRNOS:
+            name = e.errno or str(res)
             t.errors[name] = t.errors.get(name, 0) + 1
-        elif e.kind == "send" and e.res > 0:
-            t.bytes_out += e.res
-        elif e.kind == "recv" and e.res > 0:
-            t.bytes_in += e.res
+        elif res > 0:
+            kind = e.kind
+            if kind == "send":
+                t.bytes_out += res
+            elif kind == "recv":
+                t.bytes_in += res
 
     def rows(self) -> list[ConnectionRow]:
         """Deterministic order: first seen, then the key."""
