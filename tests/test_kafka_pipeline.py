@@ -46,7 +46,9 @@ def complete(chains: dict, alerts: dict):
     return done
 
 
-def assert_same(res: P.Results, chains: dict, alerts: dict, workers=()) -> None:
+def assert_same(res: P.Results, chains: dict, alerts: dict, workers=(), opened: dict | None = None) -> None:
+    """The worker's chains and alerts are these (opened: alerts whose window is still open on the
+    worker, each its first record: the same alert, counting one of the window's chains)."""
     logs = "\n".join(w.log_tail(30) for w in workers)
     missing, extra = set(chains) - set(res.chains), set(res.chains) - set(chains)
     assert not missing and not extra, (
@@ -54,7 +56,12 @@ def assert_same(res: P.Results, chains: dict, alerts: dict, workers=()) -> None:
         f"{len(extra)} extra {sorted(res.chains[c]['status'] for c in extra)[:5]} of {len(chains)}\n{logs}")
     for cid, chain in chains.items():
         assert res.chains[cid] == chain, cid
-    assert set(res.alerts) == set(alerts), f"alert ids differ\n{logs}"
+    assert set(res.alerts) == set(alerts) | set(opened or {}), f"alert ids differ\n{logs}"
+    for aid, alert in (opened or {}).items():
+        first = res.alerts[aid]
+        assert first["count"] == 1 and set(first["chain_ids"]) <= set(alert["chain_ids"]), aid
+        assert {k: first[k] for k in ("rule", "labels", "suppress_ns")} == {
+            k: alert[k] for k in ("rule", "labels", "suppress_ns")}, aid
     for aid, alert in alerts.items():
         diff = {k: (res.alerts[aid].get(k), v) for k, v in alert.items() if res.alerts[aid].get(k) != v}
         assert not diff, f"{aid}: (worker, in-process) {diff}"
@@ -135,6 +142,53 @@ def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner
         assert "svctrace_worker_events_total" in metrics
     finally:
         stop_all(workers)
+
+
+def test_nodes_sharing_a_partition_each_keep_their_own_clock_on_a_live_worker(kafka, prefix, tmp_path):
+    """Live agents of node-a and node-b publish to one syscalls partition, node-b's a second behind
+    node-a's (more than the worker's 0.4 s lateness: a backlogged agent, a slower link). Each node is
+    released by its own clock and the partition announces the slower one downstream: no event is
+    late, and the chains and alerts are analyze's on the same events."""
+    from dataclasses import replace
+
+    from svctrace.schemas.catalogue import load_catalogue
+    from svctrace.schemas.models import SyscallEvent
+
+    lag_s, partition = 1.0, 0
+    records, events = scenario_workload("wrong_port", "userspace", requests=100, gap_ms=50)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    [worker] = start_workers(kafka, prefix, tmp_path, 1)
+    try:
+        worker.wait_ready()
+        url = worker.metrics_url()
+        # Every partition at its end of input first: from then on the stitch stage moves with what this
+        # partition announces, as on a worker that has run for a while.
+        sources = load_catalogue()[SYSCALLS].partitions
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_sources_done") == sources, RESULT_TIMEOUT,
+                     "every syscalls partition idle and flushed", [worker])
+        # Event times become wall-clock times, so the worker takes the agents for live ones. node-b's
+        # agent has published before the traffic (a background syscall), as agents running before a
+        # worker joins have: a node's first events are late if its partition has already passed them.
+        start = time.time_ns() + 300_000_000
+        shift = start + int((lag_s + 1.0) * 1e9) - min(e.ts for e in events)
+        background = SyscallEvent(ts=start, node="node-b", n=0, pid=1, tid=1, comm="systemd-journal", kind="close",
+                                  syscall="close", fd=42, res=0)
+        events = [background, *(replace(e, ts=e.ts + shift, n=e.n + (e.node == "node-b")) for e in events)]
+        chains, alerts = expected_results(events, records)
+        assert {c["status"] for c in chains.values()} and alerts
+        schedule = P.live_schedule(events, {"node-b": lag_s})
+        assert schedule[0][1].node == "node-b"
+        kafka.run(P.publish_live(kafka.bootstrap, prefix, schedule, partition=partition))
+        # A live worker's alert is its window's first record until the window closes (its suppression
+        # time + the alerts stage's lateness: minutes): the alerts are compared as opened.
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: set(chains) <= set(r.chains)
+                                       and set(alerts) <= set(r.alerts), RESULT_TIMEOUT, settle=1.0))
+        late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
+                for stage in ("enrich", "stitch")}
+        assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{worker.log_tail(30)}"
+        assert_same(res, chains, {}, [worker], opened=alerts)
+    finally:
+        worker.stop()
 
 
 def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kafka, prefix, tmp_path):
@@ -240,6 +294,25 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path):
     """Two node agents replay their captures; the broker restarts mid-stream. The agents buffer
     while it is down and their idempotent producers write every event exactly once; the worker
     rides through and still finishes every chain as the in-process runner does."""
+    # A replay has no processing-time progress: a source silent for --idle-flush is taken as
+    # finished, unless the broker is unreachable. The long idle flush keeps this test about the
+    # restart itself (11 s measured under load); the next one makes the outage the longer.
+    _replay_through_broker_outage(tmp_path, idle_flush=30.0, outage_s=None)
+
+
+def test_broker_outage_longer_than_the_idle_flush_loses_nothing(tmp_path):
+    """The broker stays down longer than the worker's --idle-flush: the replayed sources' silence
+    counts only while the broker answers, so neither partition is taken as finished and one node's
+    resumed events do not pass the other's still to come."""
+    # The idle flush outlasts the agents' start (the partitions stay unfinished until they publish);
+    # the replay outlasts the outage (an agent drains its buffer for 30 s at most once it is done).
+    _replay_through_broker_outage(tmp_path, idle_flush=8.0, outage_s=12.0, replay_s=25.0)
+
+
+def _replay_through_broker_outage(tmp_path, idle_flush: float, outage_s: float | None, replay_s: float = 8.0) -> None:
+    """Agents of node-a and node-b replay their captures (in replay_s) through a broker that goes
+    down mid-stream (restarted at once, or crashed and kept down outage_s); every event is on the
+    topic exactly once and the worker's chains and alerts are the in-process runner's."""
     from svctrace.agents.scap import open_capture
     from svctrace.agents.scap.writer import ScapWriter
 
@@ -260,21 +333,26 @@ def test_broker_restart_mid_stream_loses_nothing(tmp_path):
         prefix = kafka.unique_prefix("br")
         P.ensure_worker_topics(broker.bootstrap, prefix)
         kafka.run(P.publish_cluster(broker.bootstrap, prefix, records))
-        # A replay has no processing-time progress: a source silent for --idle-flush is taken as
-        # finished. The broker's restart silences both agents (11 s measured under load), and an
-        # idle flush inside it would let one node's resumed events pass the other's still to come.
-        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=30.0)
+        [worker] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=idle_flush)
         worker.wait_ready()
         agents = [subprocess.Popen(
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
-             "--speed", str(span_s / 8.0), "--node", node, "--bootstrap", broker.bootstrap,
+             "--speed", str(span_s / replay_s), "--node", node, "--bootstrap", broker.bootstrap,
              "--topic", topic_name(SYSCALLS, prefix), "--stats-topic", topic_name(AGENT_STATS, prefix),
              "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, **P.CHILD)
             for node, capture, _ in replayed]
         try:
             _wait_for_records(broker.bootstrap, topic_name(SYSCALLS, prefix), 3, timeout=30)
-            broker.restart()
+            if outage_s is None:
+                broker.restart()
+            else:
+                broker.kill()
+                down_until = time.monotonic() + outage_s
+                while time.monotonic() < down_until:  # the outage's length, watching the worker live through it
+                    worker.check_alive()
+                    time.sleep(0.2)
+                broker.start()
             for agent in agents:
                 out, _ = agent.communicate(timeout=120)
                 assert agent.returncode == 0, out

@@ -39,7 +39,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 import orjson
@@ -260,6 +260,14 @@ class Pending:
     max_ts: int | None  # None: nothing buffered by the operator (ack at the next checkpoint)
 
 
+class Heard(NamedTuple):
+    """A node's last events on a syscalls partition: when they arrived (monotonic s), and whether
+    they were fresh (a live agent, not a replay)."""
+
+    at: float
+    live: bool
+
+
 class StageShell:
     """Drives one core operator for the partitions this worker owns.
 
@@ -334,7 +342,14 @@ class StageShell:
 
     # driving the operator ---------------------------------------------------------------
     async def advance_partition(self, p: int, watermark: int) -> None:
+        await self.advance_keys(p, {}, watermark)
+
+    async def advance_keys(self, p: int, marks: dict[str, int], default: int) -> None:
+        """Advance every key of partition p to its own mark (marks[key], else default): the enrich
+        stage's keys are nodes, each following its own clock."""
+        dups_counter = self.worker.metrics.dups.labels(self.name)
         for key in list(self.part_meta(p)["keys"]):
+            watermark = marks.get(key, default)
             st = self.state(key)
             if "wm" not in st and not self.op.is_idle(st):
                 # A stage without a clock in its state (alerts: one key per rule + labels, many of
@@ -342,16 +357,25 @@ class StageShell:
                 due = self.op.deadline(st)
                 if due is not None and due > watermark:
                     continue
+            dups = st.get("dups")
             outs = self.op.advance(st, key, watermark)
+            if st.get("dups") != dups:
+                dups_counter.inc(st["dups"] - dups)
             self.touch(p, key)
             await self.worker.route(self.name, p, outs)
             if self.op.is_idle(st):
                 self.drop(p, key)
 
     async def flush_partition(self, p: int) -> None:
-        for key in list(self.part_meta(p)["keys"]):
+        await self.flush_keys(p, list(self.part_meta(p)["keys"]))
+
+    async def flush_keys(self, p: int, keys: list[str]) -> None:
+        for key in keys:
             st = self.state(key)
+            dups = st.get("dups")
             outs = self.op.flush(st, key)
+            if st.get("dups") != dups:
+                self.worker.metrics.dups.labels(self.name).inc(st["dups"] - dups)
             await self.worker.route(self.name, p, outs)
             if self.op.is_idle(st):
                 self.drop(p, key)
@@ -450,6 +474,9 @@ class Worker:
         self.answering_since: dict[int, float] = {}
         self.last_offset: dict[int, int] = {}
         self.live: dict[int, bool] = {}  # syscalls partition -> its latest events arrived fresh (live agents)
+        # syscalls partition -> node -> when its last events arrived, fresh or not (each node of a
+        # partition has its own clock, meta["nodes"], and its own silence)
+        self.heard: dict[int, dict[str, Heard]] = {}
         self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
@@ -529,7 +556,7 @@ class Worker:
             if stage is not None:
                 stage.forget(tp.partition)
             if stage is self.enrich:
-                for table in (self.last_offset, self.last_input, self.live, self.unreleased):
+                for table in (self.last_offset, self.last_input, self.live, self.heard, self.unreleased):
                     table.pop(tp.partition, None)
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
@@ -586,7 +613,7 @@ class Worker:
         is read (or every `release_events`), so releases and flows records stay large."""
         msg = event.message
         q = msg.partition
-        self.last_input[q] = time.monotonic()
+        now = self.last_input[q] = time.monotonic()
         self.last_offset[q] = msg.offset
         batch = decode_syscall_batch(msg.value)
         events = batch.events
@@ -596,30 +623,59 @@ class Worker:
         meta = stage.part_meta(q)
         meta["done"] = False
         node = batch.node
-        stage.op.process(stage.state(node), node, batch)
+        st = stage.state(node)
+        late = st["late"]
+        stage.op.process(st, node, batch)
+        if st["late"] != late:
+            self.metrics.late.labels("enrich").inc(st["late"] - late)
         stage.touch(q, node)
         max_ts = max(e.ts for e in events) if events else None
         stage.pending.setdefault(q, []).append(Pending(event, node, max_ts))
         if max_ts is not None:
             if meta.get("clock") is None or max_ts > meta["clock"]:
                 meta["clock"] = max_ts
-            self.live[q] = time.time_ns() - max_ts <= self.config.live_lag_s * 1e9
+            live = self.live[q] = time.time_ns() - max_ts <= self.config.live_lag_s * 1e9
+            clocks = meta.setdefault("nodes", {})  # node -> [its newest event time, its mark]
+            own = clocks.get(node)
+            if own is None:
+                clocks[node] = [max_ts, None]
+            elif max_ts > own[0]:
+                own[0] = max_ts
+            self.heard.setdefault(q, {})[node] = Heard(now, live)
         self.unreleased[q] = self.unreleased.get(q, 0) + len(events)
         if self.unreleased[q] >= self.config.release_events or self._caught_up(self.app.consumer, msg.tp):
             await self._release(q)
 
     async def _release(self, q: int, send: bool = True) -> None:
-        """Advance syscalls partition q to its clock minus the lateness and announce it downstream."""
+        """Advance each node of syscalls partition q to its own clock minus the lateness, and
+        announce the partition's mark downstream (_advance_enrich)."""
         self.unreleased.pop(q, None)
-        clock = self.enrich.part_meta(q).get("clock")
-        if clock is not None:
-            await self._advance_enrich(q, clock - self.lateness, send)
+        clocks = self.enrich.part_meta(q).get("nodes")
+        if clocks:
+            await self._advance_enrich(q, {node: clock - self.lateness for node, (clock, _) in clocks.items()}, send)
 
-    async def _advance_enrich(self, q: int, wm: int, send: bool = True) -> None:
-        """Advance syscalls partition q to wm and queue the mark; send it now unless the caller
-        (the tick, which advances every partition before it sends) does."""
+    async def _advance_enrich(self, q: int, marks: dict[str, int], send: bool = True,
+                              nodeless: int | None = None) -> None:
+        """Advance the nodes of syscalls partition q to their marks (a mark never goes back) and queue
+        the partition's mark: the smallest of its nodes' (`nodeless` when it has none left), which
+        every event still to come from them passes; keys of finished nodes advance to it. Sent now
+        unless the caller (the tick, which advances every partition before it sends) does.
+
+        Nodes share a partition (more nodes than partitions) and their agents need not be in step
+        (clock skew, a backlogged agent, a slower link): one clock for the partition, its newest
+        event, dropped a lagging node's events as late."""
         async with self.enrich.lock(q):
-            await self.enrich.advance_partition(q, wm)
+            clocks = self.enrich.part_meta(q).setdefault("nodes", {})
+            for node, mark in marks.items():
+                own = clocks.get(node)
+                if own is not None and (own[1] is None or mark > own[1]):
+                    own[1] = mark
+            node_marks = {node: own[0] - self.lateness if own[1] is None else own[1]
+                          for node, own in clocks.items()}
+            wm = min(node_marks.values()) if node_marks else nodeless
+            if wm is None:
+                return
+            await self.enrich.advance_keys(q, node_marks, wm)
             self.metrics.watermark.labels("enrich").set(wm / 1e9)
             self._announce(FLOWS_TOPIC, q, wm)
         if send:
@@ -638,7 +694,11 @@ class Worker:
             self.metrics.events.labels("stitch").inc(len(events))
             # loss markers alone are applied at once (state["lost"]): nothing buffered to wait for
             max_ts = max((e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events), default=None)
-            outs = stage.op.process(stage.state(key), key, batch)
+            st = stage.state(key)
+            late = st["late"]
+            outs = stage.op.process(st, key, batch)
+            if st["late"] != late:
+                self.metrics.late.labels("stitch").inc(st["late"] - late)
             stage.touch(p, key)
             stage.pending.setdefault(p, []).append(Pending(event, key, max_ts))
             if outs:
@@ -790,7 +850,8 @@ class Worker:
             log.exception("worker checkpoint failed")
 
     async def _idle_sources(self) -> None:
-        """Syscalls partitions with nothing new: release a deferred backlog once caught up; a live
+        """Syscalls partitions with nothing new: release a deferred backlog once caught up; a node
+        silent for idle_flush_s is finished (flushed, no longer holding its partition back); a live
         source advances by processing time (_advance_idle); any other partition caught up and idle
         for idle_flush_s is at its end of input (flushed, announced DONE)."""
         consumer = self.app.consumer
@@ -812,19 +873,20 @@ class Worker:
                 continue
             if self.unreleased.get(q):
                 await self._release(q, send=False)
-            idle = now - self.last_input.get(q, self._started)
+            # Silence counts only while the broker answers: an outage (a broker restarting, the agents
+            # buffering) is no end of input, nor time a live source's events stop coming, or one node's
+            # resumed events would pass the events another node still has to send.
             polled_ns = self._last_poll_ns(consumer, tp)
-            if self.live.get(q):
-                await self._advance_idle(q, idle, polled_ns)
-                continue
-            # Idle time counts only while the broker answers: an outage (a broker restarting, the
-            # agents buffering) is no end of input, or one node's resumed events would pass the
-            # events another node still has to send.
             if polled_ns is not None and time.time_ns() - polled_ns > BROKER_SILENT_S * 1e9:
                 self.answering_since.pop(q, None)
                 continue
             answering_since = self.answering_since.setdefault(q, now)
-            if min(idle, now - answering_since) < self.config.idle_flush_s:
+            await self._finish_silent_nodes(q, now, answering_since)
+            if self.live.get(q):
+                await self._advance_idle(q, now, answering_since, polled_ns)
+                continue
+            idle = now - self.last_input.get(q, self._started)
+            if meta.get("nodes") or min(idle, now - answering_since) < self.config.idle_flush_s:
                 continue
             async with self.enrich.lock(q):
                 await self.enrich.flush_partition(q)
@@ -837,19 +899,61 @@ class Worker:
         if done:
             await self._send_announcements(FLOWS_TOPIC, force=True)
 
-    async def _advance_idle(self, q: int, idle_s: float, polled_ns: int | None) -> None:
+    def _silent_s(self, q: int, node: str, now: float, answering_since: float) -> float:
+        """How long node has sent nothing to partition q while the broker answered (since this worker
+        started, for a node it has not heard itself: one known from a checkpoint)."""
+        heard = self.heard.get(q, {}).get(node)
+        return now - max(self._started if heard is None else heard.at, answering_since)
+
+    async def _finish_silent_nodes(self, q: int, now: float, answering_since: float) -> None:
+        """A node of caught-up partition q silent for idle_flush_s is finished (an agent stopped, a
+        replay at its end, a node gone): its buffered events are released and its clock no longer
+        holds the partition's mark back. Should it send again, it is a new node to the partition."""
+        clocks = self.enrich.part_meta(q).get("nodes")
+        silent = [node for node in clocks or () if self._silent_s(q, node, now, answering_since) >= self.config.idle_flush_s]
+        if not silent:
+            return
+        stage = self.enrich
+        async with stage.lock(q):
+            keys = stage.part_meta(q)["keys"]
+            for node in silent:
+                del clocks[node]
+                self.heard.get(q, {}).pop(node, None)
+                if node in keys:
+                    await stage.flush_keys(q, [node])
+        if clocks:
+            await self._advance_enrich(q, {}, send=False)
+
+    async def _advance_idle(self, q: int, now: float, answering_since: float, polled_ns: int | None) -> None:
         """A live source (agents publishing fresh events) that is caught up: event time goes on while
         nothing arrives. The last fetch (at polled_ns, worker clock) found nothing newer than what we
-        processed, so any event still to come was captured after it or was waiting in an agent's batch
-        (linger) or in flight: it is at most `lateness` (which covers linger + transport + clock skew
-        between nodes) older than polled_ns, nor than last event time + idle time. Without this the
-        watermark of a quiet partition stops, and with it every stitch partition (they wait for the
-        slowest source) until idle_flush_s declares it finished. Time the worker spends starved of
-        CPU does not count: only a fetch moves polled_ns. Replays (old event times) never get here."""
-        clock = self.enrich.part_meta(q).get("clock")
-        if clock is None or polled_ns is None or idle_s <= 0:
+        processed, so any event a node still has to send was captured after it or was waiting in its
+        agent's batch (linger) or in flight: it is at most `lateness` (which covers linger + transport
+        + clock skew between nodes) older than polled_ns, nor than that node's last event time + the
+        time it has been silent (its own: an agent behind the others stays behind by as much). Without
+        this the watermark of a quiet partition stops, and with it every stitch partition (they wait
+        for the slowest source) until idle_flush_s declares it finished. Time the worker spends starved
+        of CPU or the broker spends unreachable does not count: only a fetch moves polled_ns, only an
+        answering broker the silence. Replays (old event times) never get here."""
+        if polled_ns is None:
             return
-        await self._advance_enrich(q, min(clock + int(idle_s * 1e9), polled_ns) - self.lateness, send=False)
+        meta = self.enrich.part_meta(q)
+        clocks = meta.get("nodes")
+        if clocks:
+            marks = {}
+            for node, (clock, _) in clocks.items():
+                heard = self.heard.get(q, {}).get(node)
+                silent_s = self._silent_s(q, node, now, answering_since)
+                if heard is not None and heard.live and silent_s > 0:
+                    marks[node] = min(clock + int(silent_s * 1e9), polled_ns) - self.lateness
+            if marks:
+                await self._advance_enrich(q, marks, send=False)
+            return
+        clock = meta.get("clock")  # every node finished: the partition's own newest event
+        idle_s = now - max(self.last_input.get(q, self._started), answering_since)
+        if clock is not None and idle_s > 0:
+            await self._advance_enrich(q, {}, send=False,
+                                       nodeless=min(clock + int(idle_s * 1e9), polled_ns) - self.lateness)
 
     @staticmethod
     def _last_poll_ns(consumer, tp) -> int | None:

@@ -24,6 +24,13 @@ class WorkerMetrics:
                                   registry=r)
         self.index_objects = Gauge("svctrace_worker_cluster_objects", "Kubernetes objects in the ClusterIndex",
                                    registry=r)
+        self.late = Counter("svctrace_worker_late_events", "Events dropped as behind their key's watermark "
+                            "(late; after a restart or rebalance also re-read ones already applied)",
+                            ["stage"], registry=r)
+        self.dups = Counter("svctrace_worker_duplicate_events", "Events dropped as repeats of one already applied",
+                            ["stage"], registry=r)
+        for stage in ("enrich", "stitch"):  # exported at 0 from the start
+            self.late.labels(stage), self.dups.labels(stage)
         self.server = None
 
     def serve(self, addr: str) -> tuple[str, int]:

@@ -109,6 +109,36 @@ async def publish_batches(bootstrap: str, prefix: str, batches: Iterable[Syscall
     return n
 
 
+def live_schedule(events: Iterable[SyscallEvent], delays: dict[str, float],
+                  linger_s: float = 0.2) -> list[tuple[int, SyscallBatch]]:
+    """(wall-clock time in ns, batch) as live agents publish `events` (event times = wall clock):
+    each node's events in batches of `linger_s` of event time, sent `linger_s` after their first
+    event plus the node's extra delay (a backlogged agent, a slower link), in sending order."""
+    span = int(linger_s * 1e9)
+    schedule = [(b.events[0].ts + span + int(delays.get(b.node, 0.0) * 1e9), b)
+                for b in batches_of(events, batch_events=10_000, source="ebpf", span_ns=span)]
+    return sorted(schedule, key=lambda item: item[0])
+
+
+async def publish_live(bootstrap: str, prefix: str, schedule: list[tuple[int, SyscallBatch]],
+                       partition: int | None = None) -> int:
+    """Publish a live_schedule at its times (to one partition: agents whose nodes share it)."""
+    p = producer(bootstrap)
+    await p.start()
+    n = 0
+    try:
+        for at_ns, b in schedule:
+            ahead = (at_ns - time.time_ns()) / 1e9
+            if ahead > 0:
+                await asyncio.sleep(ahead)  # an agent's pace, not synchronisation
+            await p.send(topic_name(SYSCALLS, prefix), encode_batch(b), key=b.node.encode(), partition=partition)
+            n += len(b.events)
+        await p.flush()
+    finally:
+        await p.stop()
+    return n
+
+
 async def publish_raw(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
     p = producer(bootstrap)
     await p.start()
