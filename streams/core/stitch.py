@@ -53,16 +53,39 @@ FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection 
                  "ECONNRESET": "connection reset"}
 
 
-def _pod_fields(index, ip: str | None, ts: int, container_id: str | None = None) -> dict:
+def _pod_of(index, ip: str | None, ts: int, container_id: str | None = None):
+    """The pod of an endpoint (by its container, else its IP) as of ts's second, or None."""
     pod = None
     if container_id:
         pod = index.pod_by_container(container_id, ts)
     if pod is None and ip and ip not in UNSPECIFIED_IPS:
         pod = index.pod_by_ip(ip, ts)
-    if pod is None:
-        return {"pod": None, "namespace": None}
-    return {"pod": pod.name, "namespace": pod.namespace, "node_of_pod": pod.node,
-            "host_network": pod.host_network, "containers": list(pod.container_ids)}
+    return pod
+
+
+_MEMO_MAX = 16384  # entries of the emission memos (endpoints, connection parts): cleared when full
+
+
+class _ConnParts:
+    """What every chain record of one connection shares, whatever its request (Stitcher._parts):
+    built once per connection (keep-alive: reused by each request) and rebuilt when what it
+    derives from changes. The state replaces the cl/cn/svc/dns dicts rather than mutating
+    them, and acceptor and dial dicts keep the fields read here (but a dial's result: px_at),
+    so identity checks tell. Its output dicts are shared by the records: nobody mutates them."""
+
+    __slots__ = ("cl", "cn", "svc", "dns", "est", "sv", "pxs", "px_at",  # what the parts derive from
+                 "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
+                 "loss_nodes", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
+                 "svc_if_failed", "misrouted", "backend_desc")
+
+
+def _same_items(kept: tuple, now: list) -> bool:
+    if len(kept) != len(now):
+        return False
+    for x, y in zip(kept, now):
+        if x is not y:
+            return False
+    return True
 
 
 class Stitcher:
@@ -81,6 +104,9 @@ class Stitcher:
         self.cluster_domain = cluster_domain
         self._nodeports: dict[int, tuple] = {}
         self._nodeports_at = None
+        # emission memos (pure functions of the state and the index; dropped with metadata_changed)
+        self._endpoints: dict[tuple, tuple[dict, object]] = {}
+        self._conn_parts: dict[str, _ConnParts] = {}
 
     # -- state ---------------------------------------------------------------
 
@@ -133,6 +159,8 @@ class Stitcher:
     def metadata_changed(self) -> None:
         self.index.invalidate()
         self._nodeports_at = None
+        self._endpoints.clear()
+        self._conn_parts.clear()
 
     # -- durable state (what a checkpoint keeps) ------------------------------
     # state["wm"]: every event with ts < wm has been applied to the chain state; the
@@ -714,6 +742,7 @@ class Stitcher:
     def _timers(self, st: dict, now: int, out: list, final: bool) -> None:
         conns = st["conns"]
         tq = st["tq"]
+        exact: dict[str, int] = {}  # deadlines computed in this pass (no event is applied during it)
         if final:
             due = list(conns)
         elif not tq or tq[0][0] > now:
@@ -733,6 +762,7 @@ class Stitcher:
                     found[key] = conn["seq"]
                 else:
                     heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
+                    exact[key] = dl
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         for key in due:
@@ -745,6 +775,7 @@ class Stitcher:
                 except Exception as exc:  # a connection we cannot describe is reported, not fatal
                     out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn["t1"]))
                 del conns[key]
+                self._conn_parts.pop(key, None)
                 continue
             emitted = False
             for r in conn["creq"]:
@@ -757,12 +788,15 @@ class Stitcher:
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r["ts"]))
             if emitted:  # emitted requests are not needed any more (keep-alive: 10s of them)
                 conn["creq"] = [r for r in conn["creq"] if not r["done"]]
-            heappush(tq, [self._conn_deadline(conn), key])
+            dl = exact[key] = self._conn_deadline(conn)
+            heappush(tq, [dl, key])
         if not conns:
             tq.clear()
         # The earliest deadline of the open conns: the queue's head, once it is exact.
         while tq:
             dl, key = tq[0]
+            if exact.get(key) == dl:
+                break
             conn = conns.get(key)
             if conn is None:
                 heappop(tq)
@@ -885,27 +919,46 @@ class Stitcher:
                 return f"{count} events lost on node {node}"
         return None
 
-    def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None, pf=None) -> dict:
-        """pf: _pod_fields(ip, ts, container_id) when the caller already has them."""
-        if pf is None:
-            pf = _pod_fields(self.index, ip, ts, container_id)
-        return {"ip": ip, "port": port, "pod": pf["pod"], "namespace": pf["namespace"],
-                "node": node if node is not None else pf.get("node_of_pod"),
-                "container_id": container_id if container_id else ((pf.get("containers") or [None])[0]),
-                "pid": pid, "comm": comm}
+    def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> tuple[dict, object]:
+        """A chain record's endpoint (client, proxy, backend) and its pod (None: no pod), as of
+        ts's second. Memoized: one process endpoint (a backend, a proxy) is in many records,
+        which share the dict (nobody mutates a record)."""
+        key = (node, pid, comm, ip, port, ts // S, container_id)
+        hit = self._endpoints.get(key)
+        if hit is None:
+            pod = _pod_of(self.index, ip, ts, container_id)
+            if pod is None:
+                ep = {"ip": ip, "port": port, "pod": None, "namespace": None, "node": node,
+                      "container_id": container_id if container_id else None, "pid": pid, "comm": comm}
+            else:
+                ep = {"ip": ip, "port": port, "pod": pod.name, "namespace": pod.namespace,
+                      "node": node if node is not None else pod.node,
+                      "container_id": container_id if container_id else (
+                          pod.container_ids[0] if pod.container_ids else None),
+                      "pid": pid, "comm": comm}
+            if len(self._endpoints) >= _MEMO_MAX:
+                self._endpoints.clear()
+            hit = self._endpoints[key] = (ep, pod)
+        return hit
 
-    def _emit(self, st: dict, conn: dict, req: dict | None, out: list, final: bool) -> None:
+    def _parts(self, conn: dict) -> _ConnParts:
+        """The request-independent parts of a connection's records, reused while what they
+        derive from is unchanged (keep-alive: built once for all of its requests)."""
+        cl, cn, svc, dnsx, sv, pxs = conn["cl"], conn["cn"], conn["svc"], conn["dns"], conn["sv"], conn["px"]
+        est = bool(conn["est"])
+        px_at = (pxs[-1]["ts"], pxs[-1]["errno"]) if pxs else None
+        p = self._conn_parts.get(conn["k"])
+        if (p is not None and p.cl is cl and p.cn is cn and p.svc is svc and p.dns is dnsx and p.est is est
+                and p.px_at == px_at and _same_items(p.sv, sv) and _same_items(p.pxs, pxs)):
+            return p
+        p = _ConnParts()
+        p.cl, p.cn, p.svc, p.dns, p.est, p.px_at, p.sv, p.pxs = cl, cn, svc, dnsx, est, px_at, tuple(sv), tuple(pxs)
         idx = self.index
-        cl, cn, svc, dnsx = conn["cl"], conn["cn"], conn["svc"], conn["dns"]
-        i = req["i"] if req is not None else 0
-        cid = chain_id(conn["a"][0], conn["a"][1], conn["k"], i)
-        t_conn = cn["ts"] if cn else conn["t0"]
-        client_pf = _pod_fields(idx, cl["ip"], t_conn, cl["container_id"])
-        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn, cl["container_id"], client_pf)
-        evidence = list(dnsx["refs"]) if dnsx else []
-        evidence += conn["ev"]
+        p.t_conn = t_conn = cn["ts"] if cn else conn["t0"]
+        p.client, client_pod = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn,
+                                              cl["container_id"])
+        p.client_pod = client_pod
         nodes = {cl["node"]}
-        hops: list[dict] = []
 
         # the acceptors: a userspace proxy, or the backend itself
         if svc is not None:
@@ -913,30 +966,30 @@ class Stitcher:
         else:
             ready_eps, ep_ips = [], frozenset()
         proxies, backends = [], []
-        for s in conn["sv"]:
+        for s in sv:
             nodes.add(s["node"])
-            is_backend_ep = s["ip"] in ep_ips
-            if s["host"] and not is_backend_ep and (conn["px"] or (svc and svc["via"] == "vip")):
+            if s["host"] and s["ip"] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
                 proxies.append(s)
             else:
                 backends.append(s)
-        px = conn["px"][-1] if conn["px"] else None
+        px = pxs[-1] if pxs else None
         if px is not None:
             nodes.add(px["node"])
 
         # translation mode and backend
-        translation, backend, backend_req = None, None, None
+        translation, backend = None, None
         b_ip = b_port = None
+        hops: list[dict] = []
         if px is not None or proxies:
-            p = proxies[0] if proxies else None
-            proxy = self._endpoint(p["node"], p["pid"], p["comm"], p["ip"], p["port"], p["ts"], p["container_id"]) if p else \
-                self._endpoint(px["node"], px["pid"], px["comm"], px["lip"], px["lport"], px["ts"])
+            q = proxies[0] if proxies else None
+            proxy = self._endpoint(q["node"], q["pid"], q["comm"], q["ip"], q["port"], q["ts"], q["container_id"])[0] \
+                if q else self._endpoint(px["node"], px["pid"], px["comm"], px["lip"], px["lport"], px["ts"])[0]
             translation = {"mode": "userspace_proxy", "confidence": "high", "proxy": proxy}
             if px is not None:
                 b_ip, b_port = px["ip"], px["port"]
-                backend = self._endpoint(None, None, None, b_ip, b_port, px["ts"])
-                if p is not None:
-                    hops.append({"name": "proxy", "start_ts": p["ts"], "end_ts": px["ts"], "latency_ns": px["ts"] - p["ts"]})
+                backend = self._endpoint(None, None, None, b_ip, b_port, px["ts"])[0]
+                if q is not None:
+                    hops.append({"name": "proxy", "start_ts": q["ts"], "end_ts": px["ts"], "latency_ns": px["ts"] - q["ts"]})
         elif svc is not None and cn is not None:
             rip = cn["rip"]
             rewritten = rip not in UNSPECIFIED_IPS and rip != cn["aip"] and rip not in (svc["cluster_ip"],)
@@ -946,19 +999,107 @@ class Stitcher:
             elif svc["via"] == "nodeport":
                 translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
             elif backends:
-                host_client = bool(client_pf.get("host_network")) or client_pf["pod"] is None
+                host_client = client_pod is None or bool(client_pod.host_network)
                 translation = {"mode": "nodeport_snat" if host_client else "dnat",
                                "confidence": "low" if host_client else "high", "proxy": None}
-            elif conn["est"] or (cn["errno"] == "ECONNREFUSED" and ready_eps):
+            elif est or (cn["errno"] == "ECONNREFUSED" and ready_eps):
                 # the VIP answered (data, or a backend's RST): translated somewhere we did not see
                 translation = {"mode": "dnat", "confidence": "low", "proxy": None}
             else:
                 translation = {"mode": "none", "confidence": "high", "proxy": None}
+        b = None
         if backends:
             b = backends[0]
-            backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])
+            backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])[0]
             b_ip, b_port = b["ip"], b["port"]
-            if req is not None:
+            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
+        elif backend is None and b_ip is not None:
+            backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
+        if dnsx is not None and dnsx["latency_ns"] is not None:
+            hops.insert(0, {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"],
+                            "latency_ns": dnsx["latency_ns"]})
+        p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
+        # A lost event may be one the chain never saw, on a node it never saw (a backend's
+        # accept): the nodes of the Service's ready endpoints and of the backend count too.
+        nodes.update(ep.node for ep in ready_eps if ep.node)
+        if backend is not None and backend["node"]:
+            nodes.add(backend["node"])
+        p.loss_nodes = nodes
+
+        p.dns_out = _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None
+        p.service = None if svc is None else {"namespace": svc["namespace"], "name": svc["name"],
+                                              "cluster_ip": svc["cluster_ip"], "port": svc["port"],
+                                              "protocol": svc["protocol"], "target_port": svc["target_port"]}
+        p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
+                                             "errno": cn["errno"], "ts": cn["ts"]}
+        client = p.client
+        p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
+                    "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl["node"]}
+        p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+
+        # what the detectors find whatever the request (most connections: nothing)
+        p.dns_found = self._dns_findings(dnsx, client_pod) if dnsx is not None else ()
+        p.svc_always = p.svc_if_failed = None
+        p.misrouted = False
+        if svc is not None:
+            cn_ = cn or {}
+            mode = translation["mode"] if translation else None
+            if px is not None and px["errno"] == "ECONNREFUSED":
+                p.svc_always = ("svc.target_port_refused", None)
+            elif cn_.get("errno") == "ECONNREFUSED":
+                if mode == "socket_lb" or (ready_eps and mode != "none"):
+                    p.svc_always = ("svc.target_port_refused", {"backend_port": b_port or svc["target_port"]})
+                elif not ready_eps:
+                    p.svc_always = ("svc.no_endpoints", None)
+                else:
+                    p.svc_always = ("svc.target_port_refused", {"backend_port": svc["target_port"]})
+            elif proxies and px is None:
+                p.svc_if_failed = ("svc.no_endpoints", None)
+            elif not sv and not pxs and not est and svc["via"] in ("vip", "pod") and (
+                    mode in (None, "none") or not cn_.get("ts") or cn_.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
+                if not ready_eps:
+                    p.svc_if_failed = ("svc.no_endpoints", None)
+                elif mode in (None, "none"):
+                    p.svc_if_failed = ("svc.translation_missing", None)
+            if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
+                pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn["t0"])
+                p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
+        p.backend_desc = None
+        conn_parts = self._conn_parts
+        if len(conn_parts) >= _MEMO_MAX:
+            conn_parts.clear()
+        conn_parts[conn["k"]] = p
+        return p
+
+    def _backend_desc(self, p: _ConnParts, conn: dict) -> str:
+        """How a Service alert names the backend (built only when one fires)."""
+        if p.backend_desc is None:
+            b_ip, b_port = p.b_ip, p.b_port
+            desc = endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)"
+            if b_ip:
+                pod = self.index.pod_by_ip(b_ip, (p.cn or {}).get("ts") or conn["t0"])
+                if pod is not None:
+                    desc = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
+            p.backend_desc = desc
+        return p.backend_desc
+
+    def _emit(self, st: dict, conn: dict, req: dict | None, out: list, final: bool) -> None:
+        p = self._parts(conn)
+        cn, svc, dnsx = p.cn, p.svc, p.dns
+        i = req["i"] if req is not None else 0
+        a = conn["a"]
+        cid = chain_id(a[0], a[1], conn["k"], i)
+        t_conn = p.t_conn
+        evidence = list(dnsx["refs"]) if dnsx else []
+        evidence += conn["ev"]
+        hops = list(p.hops)  # dns, proxy, connect: then this request's
+
+        # response
+        response = None
+        if req is not None:
+            backend_req = None
+            b = p.b
+            if b is not None:
                 breqs = b["reqs"]  # numbered consecutively ("i"), the oldest trimmed: r["i"] == i at i - first
                 k = i - breqs[0]["i"] if breqs else -1
                 if 0 <= k < len(breqs) and breqs[k]["i"] == i:
@@ -968,13 +1109,6 @@ class Stitcher:
                         if r["i"] == i:  # i: the client request's index
                             backend_req = r
                             break
-            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
-        elif backend is None and b_ip is not None:
-            backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)
-
-        # response
-        response = None
-        if req is not None:
             response = {"protocol": "http", "method": req["m"], "target": req["tg"], "host": req["h"],
                         "status": req["st"], "bytes_sent": req["tx"], "bytes_received": req["rx"], "error": None}
             evidence += req["ev"]
@@ -996,52 +1130,73 @@ class Stitcher:
             outcome = "no response"
             hops.append({"name": "response", "start_ts": req["ts"], "end_ts": waited_until,
                          "latency_ns": waited_until - req["ts"]})
-        if outcome not in ("ok", "pending") and response is not None:
-            response["error"] = outcome
-        elif outcome not in ("ok", "pending"):
-            response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                        "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": outcome}
-        if dnsx is not None and dnsx["latency_ns"] is not None:
-            hops.insert(0, {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"],
-                            "latency_ns": dnsx["latency_ns"]})
+        failed = outcome != "ok" and outcome != "pending"
+        if failed:
+            if response is not None:
+                response["error"] = outcome
+            else:
+                response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
+                            "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": outcome}
 
         # time span
-        times = [t_conn, conn["t1"] if req is None else (req["rts"] or req["ts"])]
+        start_ts = end_ts = t_conn
+        last = conn["t1"] if req is None else (req["rts"] or req["ts"])
+        if last < start_ts:
+            start_ts = last
+        elif last > end_ts:
+            end_ts = last
         if dnsx is not None:
-            times.append(dnsx["t0"])
-        start_ts, end_ts = min(times), max(times)
+            t0 = dnsx["t0"]
+            if t0 < start_ts:
+                start_ts = t0
+            elif t0 > end_ts:
+                end_ts = t0
 
         # completeness
-        incomplete = None
-        if st["lost"]:
-            # A lost event may be one the chain never saw, on a node it never saw (a backend's
-            # accept): the nodes of the Service's ready endpoints and of the backend count too.
-            nodes.update(ep.node for ep in ready_eps if ep.node)
-            if backend is not None and backend["node"]:
-                nodes.add(backend["node"])
-            incomplete = self._lost_on(st, nodes, start_ts, end_ts)
+        incomplete = self._lost_on(st, p.loss_nodes, start_ts, end_ts) if st["lost"] else None
         if incomplete is None and cn is None:
             incomplete = "connect not captured (connection older than the capture)"
         if incomplete is None and final and outcome == "pending":
             incomplete = "end of input before the request finished"
 
-        labels = {"namespace": svc["namespace"] if svc else client_pf["namespace"],
-                  "service": svc["name"] if svc else None, "pod": client_pf["pod"], "node": cl["node"]}
-        who = client_pf["pod"] and f'{client_pf["namespace"]}/{client_pf["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
-        base_vars = {"client": who, "namespace": labels["namespace"], "service": labels["service"],
-                     "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
+        labels = p.labels
         occs: list[tuple[str, dict, dict, list]] = []
         if incomplete is None:
-            if dnsx is not None:
-                occs += self._dns_alerts(dnsx, base_vars, client_pf)
+            base_vars = None
+            if p.dns_found:
+                base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
+                             "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
+                occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client["pod"])
             if svc is not None:
-                occs += self._svc_alerts(conn, svc, req, outcome, translation, ready_eps, ep_ips, proxies, backends, px,
-                                         b_ip, b_port, base_vars, labels, evidence)
-            for h in hops:
-                obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
-                if obj is not None and h["latency_ns"] > obj and svc is not None:
-                    occs.append(("svc.hop_latency", labels, dict(base_vars, hop=h["name"], latency_ms=h["latency_ns"] // MS,
-                                                                 objective_ms=obj // MS), []))
+                found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
+                if p.svc_always is not None:
+                    found.append(p.svc_always)
+                elif failed and p.svc_if_failed is not None:
+                    found.append(p.svc_if_failed)
+                if p.misrouted:
+                    found.append(("svc.misrouted", None))
+                if req is not None and req["st"] is not None and req["st"] >= 500:
+                    found.append(("svc.backend_5xx", {"status": req["st"], "method": req["m"], "target": req["tg"]}))
+                for h in hops:
+                    obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
+                    if obj is not None and h["latency_ns"] > obj:
+                        found.append(("svc.hop_latency", h))
+                if found:
+                    if base_vars is None:
+                        base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
+                                     "outcome": outcome, "vip": svc["cluster_ip"]}
+                    v = None
+                    for rule_id, extra in found:
+                        if rule_id == "svc.hop_latency":
+                            obj = R.LATENCY_OBJECTIVES_NS[extra["name"]]
+                            occs.append((rule_id, labels, dict(base_vars, hop=extra["name"],
+                                                               latency_ms=extra["latency_ns"] // MS,
+                                                               objective_ms=obj // MS), []))
+                            continue
+                        if v is None:
+                            v = dict(base_vars, in_cluster=True, backend=self._backend_desc(p, conn),
+                                     backend_port=p.b_port)
+                        occs.append((rule_id, labels, v if extra is None else {**v, **extra}, []))
         alerts_ids = []
         breaks = False
         ev = _dedup_refs(evidence)
@@ -1059,15 +1214,12 @@ class Stitcher:
         chain = {
             "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid, "status": status,
             "incomplete_reason": incomplete, "start_ts": start_ts, "end_ts": end_ts,
-            "client": client,
-            "dns": _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None,
-            "service": None if svc is None else {"namespace": svc["namespace"], "name": svc["name"],
-                                                 "cluster_ip": svc["cluster_ip"], "port": svc["port"],
-                                                 "protocol": svc["protocol"], "target_port": svc["target_port"]},
-            "connect": None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
-                                                "errno": cn["errno"], "ts": cn["ts"]},
-            "translation": translation,
-            "backend": backend,
+            "client": p.client,
+            "dns": p.dns_out,
+            "service": p.service,
+            "connect": p.connect,
+            "translation": p.translation,
+            "backend": p.backend,
             "response": response,
             "hops": hops,
             "alerts": alerts_ids,
@@ -1079,15 +1231,20 @@ class Stitcher:
         dnsx = self._dns_summary(st, lk)
         cl = dnsx["client"]
         cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
-        client_pf = _pod_fields(self.index, cl["ip"], dnsx["t0"], cl["container_id"])
-        client = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"], cl["container_id"],
-                                client_pf)
+        client, client_pod = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
+                                            cl["container_id"])
         incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
         if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
-        who = client_pf["pod"] and f'{client_pf["namespace"]}/{client_pf["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
-        base_vars = {"client": who, "namespace": client_pf["namespace"], "service": None}
-        occs = [] if incomplete else self._dns_alerts(dnsx, base_vars, client_pf)
+        if incomplete:
+            occs = []
+        else:
+            found = self._dns_findings(dnsx, client_pod)
+            occs = []
+            if found:
+                who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+                base_vars = {"client": who, "namespace": client["namespace"], "service": None}
+                occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
         ev = _dedup_refs(dnsx["refs"])
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
@@ -1114,12 +1271,11 @@ class Stitcher:
 
     # detectors ------------------------------------------------------------------------
 
-    def _dns_alerts(self, dnsx: dict, base_vars: dict, client_pf: dict) -> list:
+    def _dns_findings(self, dnsx: dict, client_pod) -> list[tuple[str, object]]:
+        """The DNS rules a lookup breaks: (rule, what its vars add); most lookups: none."""
         idx, t0 = self.index, dnsx["t0"]
-        qname = dnsx["qname"]
-        in_cluster = in_cluster_domain(qname, self.cluster_domain)
         answers = dnsx["answers"]
-        found: list[tuple[str, object]] = []  # (rule, what its vars add); most lookups: none
+        found: list[tuple[str, object]] = []
         if dnsx["answered"] == 0:
             found.append(("dns.no_answer", None))
         elif not answers and dnsx["rcode"] == "NXDOMAIN":
@@ -1128,23 +1284,33 @@ class Stitcher:
             found.append(("dns.retry_5s", None))
         if answers and dnsx["nxdomain"] >= R.SEARCH_AMPLIFICATION_MIN_NXDOMAIN:
             found.append(("dns.search_amplification", None))
+        in_cluster = None
         resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
         if resolver:
             asked = dnsx["resolver_ip"]
             cluster_resolver = (not asked or idx.is_cluster_dns(asked, t0)) and idx.is_cluster_dns(resolver, t0)
             if not cluster_resolver:
-                pod_client = client_pf["pod"] is not None and not client_pf.get("host_network")
+                pod_client = client_pod is not None and not client_pod.host_network
+                if not pod_client:
+                    in_cluster = in_cluster_domain(dnsx["qname"], self.cluster_domain)
                 if pod_client or in_cluster:
                     found.append(("dns.wrong_resolver", None))
-        if in_cluster and answers:
-            for a in answers:
-                if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
-                    found.append(("dns.answer_not_service", a))
-                    break
-        if not found:
-            return found
+        if answers:
+            if in_cluster is None:
+                in_cluster = in_cluster_domain(dnsx["qname"], self.cluster_domain)
+            if in_cluster:
+                for a in answers:
+                    if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
+                        found.append(("dns.answer_not_service", a))
+                        break
+        return found
+
+    def _dns_occs(self, dnsx: dict, found: list, base_vars: dict, client_pod_name) -> list:
+        qname = dnsx["qname"]
+        in_cluster = in_cluster_domain(qname, self.cluster_domain)
+        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
         ns, name = service_of_name(qname, self.cluster_domain)
-        labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pf["pod"],
+        labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pod_name,
                   "node": dnsx["client"]["node"]}
         v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx["qtype"], resolver=resolver,
                  queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], in_cluster=in_cluster)
@@ -1160,49 +1326,11 @@ class Stitcher:
             occs.append((rule, labels, vars_, []))
         return occs
 
-    def _svc_alerts(self, conn, svc, req, outcome, translation, ready_eps, eps_ips, proxies, backends, px,
-                    b_ip, b_port, base_vars, labels, evidence) -> list:
-        found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
-        cn = conn["cn"] or {}
-        failed = outcome not in ("ok", "pending")
-        mode = translation["mode"] if translation else None
-        if px is not None and px["errno"] == "ECONNREFUSED":
-            found.append(("svc.target_port_refused", None))
-        elif cn.get("errno") == "ECONNREFUSED":
-            if mode == "socket_lb" or (ready_eps and mode != "none"):
-                found.append(("svc.target_port_refused", {"backend_port": b_port or svc["target_port"]}))
-            elif not ready_eps:
-                found.append(("svc.no_endpoints", None))
-            else:
-                found.append(("svc.target_port_refused", {"backend_port": svc["target_port"]}))
-        elif proxies and px is None and failed:
-            found.append(("svc.no_endpoints", None))
-        elif failed and not conn["sv"] and not conn["px"] and not conn["est"] and svc["via"] in ("vip", "pod") and (
-                mode in (None, "none") or not cn.get("ts") or cn.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
-            if not ready_eps:
-                found.append(("svc.no_endpoints", None))
-            elif mode in (None, "none"):
-                found.append(("svc.translation_missing", None))
-        if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
-            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
-            if (ready_eps and b_ip not in eps_ips) or (pod is not None and pod.namespace != svc["namespace"]):
-                found.append(("svc.misrouted", None))
-        if req is not None and req["st"] is not None and req["st"] >= 500:
-            found.append(("svc.backend_5xx", {"status": req["st"], "method": req["m"], "target": req["tg"]}))
-        if not found:
-            return []  # most chains: no summary variables to build
-        v = dict(base_vars, in_cluster=True, backend=endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)",
-                 backend_port=b_port)
-        if b_ip:
-            pod = self.index.pod_by_ip(b_ip, cn.get("ts") or conn["t0"])
-            if pod is not None:
-                v["backend"] = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
-        return [(rule, labels, v if extra is None else {**v, **extra}, []) for rule, extra in found]
-
 
 # helpers ----------------------------------------------------------------------------------
 
 _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
+_event_id = itemgetter("node", "n")  # an event ref's event
 _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
@@ -1238,6 +1366,8 @@ def _trim_client(conn: dict) -> None:
 def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
     Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
+    if len(set(map(_event_id, refs))) == len(refs):
+        return sorted(refs, key=_order)  # no event twice (the common case): nothing to drop
     first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
     return sorted(first.values(), key=_order)  # every ref has ts, node, n
 
@@ -1275,8 +1405,9 @@ def _outcome(conn: dict, req: dict | None, idle_closed: bool = False) -> str:
 def _dns_out(dnsx: dict, index, ts: int) -> dict:
     server = dnsx["server"]
     if server is not None:
-        pf = _pod_fields(index, server["ip"], ts, server["container_id"])
-        server = {"ip": server["ip"], "port": server["port"], "pod": pf["pod"], "namespace": pf["namespace"],
+        pod = _pod_of(index, server["ip"], ts, server["container_id"])
+        server = {"ip": server["ip"], "port": server["port"], "pod": pod.name if pod is not None else None,
+                  "namespace": pod.namespace if pod is not None else None,
                   "node": server["node"], "container_id": server["container_id"], "pid": server["pid"],
                   "comm": server["comm"]}
     resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
