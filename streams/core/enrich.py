@@ -55,6 +55,8 @@ _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 _SERVICE = object()  # marker: this IP is a ClusterIP (the ref then depends on the port)
 _MISS = object()  # marker: not in the fast ref table
+_HOST_REF_KINDS = frozenset({"node", "external"})  # a local address of these: a host process (maybe a proxy)
+_new_object = object.__new__
 
 
 def _fingerprint(data: bytes | None) -> int | None:
@@ -238,44 +240,94 @@ class Enricher:
     # -- enrichment ----------------------------------------------------------
 
     def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
-        """Enrich events in (ts, n) order; a duplicate (same ts and n as the one before) is skipped."""
+        """Enrich events in (ts, n) order; a duplicate (same ts and n as the one before) is skipped.
+
+        Each event gets its metadata refs (local, remote, address), its proxy tag and its flow,
+        and goes to its flow bucket's list. This loop runs once per event: the common case is
+        inline (refs from the per-second table, proxy tracking only for the events it can
+        concern, the EnrichedEvent's slots written here), the rare ones call out."""
         out: list = []
-        enrich_event = self.enrich_event
-        prev = None
         dups = 0
-        by_bucket: dict[str, list[EnrichedEvent]] = {}
         lost: list[dict] = []
-        enriched_all: list[EnrichedEvent] = []
-        bucket_cache = self._bucket_cache
-        emit_enriched = self.emit_enriched
+        by_bucket: dict[str, list[EnrichedEvent]] = {}
+        lists: dict = {}  # flow -> its bucket's list, for this release
+        released: list | None = [] if self.emit_enriched else None
+        ref, track, client_ip, bucket_list = self._ref, self._track_proxy, self._client_ip, self._bucket_list
+        dns_port = self.dns_port
+        unspecified, host_kinds = UNSPECIFIED_IPS, _HOST_REF_KINDS
+        new, Enriched = _new_object, EnrichedEvent
+        pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
+        fast_sec, fast = self._fast_sec, self._fast_refs
+        prev_ts = prev_n = None
         for e in events:
-            if prev is not None and e.n == prev.n and e.ts == prev.ts:
+            ts = e.ts
+            n = e.n
+            if n == prev_n and ts == prev_ts:
                 dups += 1  # at-least-once delivery: the same event again
                 continue
-            prev = e
-            if e.kind == "lost":
-                lost.append({"node": e.node, "ts": e.ts, "count": max(e.res, 0)})
+            prev_ts, prev_n = ts, n
+            kind = e.kind
+            if kind == "lost":
+                lost.append({"node": e.node, "ts": ts, "count": max(e.res, 0)})
                 continue
             try:
-                d = enrich_event(state, e)
+                proto = e.proto
+                sec = ts // S
+                if sec != fast_sec:  # ref() fills the table of the second it is told is current
+                    self._fast_sec = fast_sec = sec
+                    self._fast_refs = fast = {}
+                lip = e.local_ip
+                lref = fast.get(lip, _MISS)
+                if lref is _MISS:
+                    lref = ref(lip, e.local_port, proto, ts, sec)
+                rip = e.remote_ip
+                rref = fast.get(rip, _MISS)
+                if rref is _MISS:
+                    rref = ref(rip, e.remote_port, proto, ts, sec)
+                aip = e.addr_ip
+                if aip == rip and e.addr_port == e.remote_port:
+                    aref = rref
+                else:
+                    aref = fast.get(aip, _MISS)
+                    if aref is _MISS:
+                        aref = ref(aip, e.addr_port, proto, ts, sec)
+                role = e.role
+                server_side = role == "server" if role is not None else e.local_port == dns_port
+                # Proxy detection concerns tagged sockets, connects, host processes (a pod's
+                # accept/recv never starts it) and the pids it already follows.
+                if proto == "tcp" and (pout or kind == "connect" or lref is None or lref["kind"] in host_kinds
+                                       or pin or reads):
+                    proxy_of = track(state, e, lref, aref, server_side)
+                else:
+                    proxy_of = None
+                if proxy_of is None:
+                    if server_side:
+                        flow = rip if rip not in unspecified else aip
+                    else:
+                        flow = lip
+                    if flow in unspecified:
+                        flow = client_ip(e, server_side)
+                else:
+                    flow = proxy_of["ip"]
+                # EnrichedEvent(e, flow, lref, rref, aref, proxy_of), its slots written here
+                # (a class call costs twice as much)
+                d = new(Enriched)
+                d.ev = e
+                d.order = (ts, e.node, n)
+                d.flow = flow
+                d.local_ref = lref
+                d.remote_ref = rref
+                d.addr_ref = aref
+                d.proxy_of = proxy_of
             except Exception as exc:  # one bad event must not stop the node's stream
-                out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, e.ts if isinstance(e.ts, int) else 0))
+                out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, ts if isinstance(ts, int) else 0))
                 continue
-            if d is None:
-                continue
-            flow = d.flow
-            bucket = bucket_cache.get(flow)
-            if bucket is None:
-                if len(bucket_cache) > 65536:
-                    bucket_cache.clear()
-                bucket = bucket_cache[flow] = flow_bucket(flow, self.partitions)
-            events_of = by_bucket.get(bucket)
+            events_of = lists.get(flow)
             if events_of is None:
-                by_bucket[bucket] = [d]
-            else:
-                events_of.append(d)
-            if emit_enriched:
-                enriched_all.append(d)
+                events_of = lists[flow] = bucket_list(flow, by_bucket)
+            events_of.append(d)
+            if released is not None:
+                released.append(d)
         if dups:
             state["dups"] += dups
         if events:
@@ -295,12 +347,25 @@ class Enricher:
             if lost:
                 batch["lost"] = lost
             out.append((FLOWS_TOPIC, bucket, batch))
-        if self.emit_enriched and (enriched_all or lost):
-            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": enriched_all}
+        if released is not None and (released or lost):
+            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": released}
             if lost:
                 batch["lost"] = lost
             out.append((ENRICHED_TOPIC, node, batch))
         return out
+
+    def _bucket_list(self, flow: str | None, by_bucket: dict) -> list:
+        """The list of `flow`'s bucket in by_bucket (created empty if new)."""
+        cache = self._bucket_cache
+        bucket = cache.get(flow)
+        if bucket is None:
+            if len(cache) > 65536:
+                cache.clear()
+            bucket = cache[flow] = flow_bucket(flow, self.partitions)
+        events_of = by_bucket.get(bucket)
+        if events_of is None:
+            events_of = by_bucket[bucket] = []
+        return events_of
 
     def _ref(self, ip: str | None, port: int | None, proto: str | None, ts: int, sec: int) -> dict | None:
         """What `ip` (port) is as of the second `sec` (= ts // S) of event time."""
@@ -356,48 +421,6 @@ class Enricher:
             return f"node:{e.node}"
         return ip
 
-    def enrich_event(self, state: dict, e: SyscallEvent) -> EnrichedEvent | None:
-        """One event -> its EnrichedEvent (enriched.to_wire gives the schema form)."""
-        ts, proto = e.ts, e.proto
-        sec = ts // S
-        # the common case inline: an IP seen this second that is no ClusterIP
-        if sec == self._fast_sec:
-            fast = self._fast_refs
-        else:
-            self._fast_sec = sec
-            fast = self._fast_refs = {}
-        ip = e.local_ip
-        lref = fast.get(ip, _MISS)
-        if lref is _MISS:
-            lref = self._ref(ip, e.local_port, proto, ts, sec)
-        ip = e.remote_ip
-        rref = fast.get(ip, _MISS)
-        if rref is _MISS:
-            rref = self._ref(ip, e.remote_port, proto, ts, sec)
-        aip = e.addr_ip
-        if aip == ip and e.addr_port == e.remote_port:
-            aref = rref
-        else:
-            aref = fast.get(aip, _MISS)
-            if aref is _MISS:
-                aref = self._ref(aip, e.addr_port, proto, ts, sec)
-        role = e.role
-        server_side = role == "server" if role is not None else e.local_port == self.dns_port
-        proxy_of = self._track_proxy(state, e, lref, aref, server_side) if proto == "tcp" else None
-        if proxy_of is not None:
-            flow = proxy_of["ip"]
-        else:
-            # _client_ip's common case inline: the address is specified
-            if server_side:
-                flow = e.remote_ip
-                if flow in UNSPECIFIED_IPS:
-                    flow = e.addr_ip
-            else:
-                flow = e.local_ip
-            if flow in UNSPECIFIED_IPS:
-                flow = self._client_ip(e, server_side)
-        return EnrichedEvent(e, flow, lref, rref, aref, proxy_of)
-
     def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
         kind = e.kind
         pout = st["pout"]
@@ -409,44 +432,46 @@ class Enricher:
                 if kind == "close":
                     del pout[fdkey]
                 return _proxy_of(tagged[0])
-        if kind == "close" and not server_side:
-            return None  # the common case: nothing below concerns a client's close
-        pid = str(e.pid)
         if kind == "connect":
             if server_side:
                 return None
             if aref is not None and aref["kind"] == "service" and e.local_port:
                 st["vipc"][endpoint_key(e.local_ip, e.local_port)] = e.ts
                 return None
-            pending = st["pin"].get(pid)
+            pending = st["pin"].get(str(e.pid))
             if pending:
                 ts0, client_ep, _fd = pending.pop(0)  # first accepted, first dialed
                 if not pending:
-                    del st["pin"][pid]
+                    del st["pin"][str(e.pid)]
                 st["pout"][f"{e.pid}:{e.fd}"] = [client_ep, e.ts]
                 return _proxy_of(client_ep)
             return None
+        host = lref is None or lref["kind"] in _HOST_REF_KINDS  # only a host process can be the proxy
         if kind == "accept":
-            client_ep = endpoint_key(e.remote_ip, e.remote_port)
-            if client_ep in st["vipc"] and (lref is None or lref["kind"] in ("node", "external")):
-                st["pin"].setdefault(pid, []).append([e.ts, client_ep, e.fd])
+            if host:
+                client_ep = endpoint_key(e.remote_ip, e.remote_port)
+                if client_ep in st["vipc"]:
+                    st["pin"].setdefault(str(e.pid), []).append([e.ts, client_ep, e.fd])
             return None
-        if kind == "recv" and server_side and e.data:
-            client_ep = endpoint_key(e.remote_ip, e.remote_port)
-            if lref is None or lref["kind"] in ("node", "external"):
-                reads = st["reads"].setdefault(pid, [])
-                reads.append([e.ts, _fingerprint(e.data), client_ep])
+        if kind == "recv":
+            if server_side and host and e.data:
+                reads = st["reads"].setdefault(str(e.pid), [])
+                reads.append([e.ts, _fingerprint(e.data), endpoint_key(e.remote_ip, e.remote_port)])
                 if len(reads) > _RECENT_READS:
                     del reads[0]
             return None
-        if kind == "send" and not server_side and e.data:
-            fp = _fingerprint(e.data)
-            for ts0, fp0, client_ep in reversed(st["reads"].get(pid, ())):
-                if fp0 == fp:
-                    st["pout"][f"{e.pid}:{e.fd}"] = [client_ep, e.ts]
-                    return _proxy_of(client_ep)
+        if kind == "send":
+            if not server_side and e.data:
+                recent = st["reads"].get(str(e.pid))
+                if recent:
+                    fp = _fingerprint(e.data)
+                    for ts0, fp0, client_ep in reversed(recent):
+                        if fp0 == fp:
+                            st["pout"][f"{e.pid}:{e.fd}"] = [client_ep, e.ts]
+                            return _proxy_of(client_ep)
             return None
         if kind == "close" and server_side:
+            pid = str(e.pid)
             pending = st["pin"].get(pid)
             if pending:
                 pending[:] = [p for p in pending if p[2] != e.fd]
