@@ -75,7 +75,7 @@ class _ConnParts:
 
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv", "pxs", "px_at",  # what the parts derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
-                 "loss_nodes", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
+                 "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
                  "svc_if_failed", "misrouted", "backend_desc")
 
 
@@ -410,7 +410,8 @@ class Stitcher:
                           "rip": e.remote_ip, "rport": e.remote_port,
                           "res": e.res, "errno": e.errno}
             conn["a"] = [e.node, e.n]
-            _evidence(conn, e, "client connect")
+            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
+                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
             self._resolve_service(st, conn, d)
             if e.res == 0:
                 conn["est"] = max(conn["est"] or 0, 1)
@@ -426,7 +427,9 @@ class Stitcher:
                         conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
                                              "h": req.host, "tx": e.res, "rx": 0, "rts": None, "st": None,
                                              "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "client request"}], "done": False})
-                        _trim_client(conn)
+                        reqs = conn["creq"]
+                        if (len(reqs) > 1 and reqs[0]["done"]) or len(reqs) > MAX_REQS_KEPT:
+                            _trim_client(conn)
                         return
                 if conn["creq"] and conn["creq"][-1]["rts"] is None:
                     conn["creq"][-1]["tx"] += e.res
@@ -462,7 +465,8 @@ class Stitcher:
                 _evidence(conn, e, "client recv error")
         elif kind == "close":
             conn["ccl"] = ts
-            _evidence(conn, e, "client close")
+            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
+                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
             return True
         return False
 
@@ -522,10 +526,13 @@ class Stitcher:
                   "container_id": e.container_id, "ip": e.local_ip, "port": e.local_port,
                   "ts": ts, "host": lref.get("kind") in (None, "node", "external"), "cts": None,
                   "reqs": [], "nreq": 0, "tx": 0, "rx": 0}
-            conn["sv"].append(me)
-            del conn["sv"][:-4]
+            acceptors = conn["sv"]
+            acceptors.append(me)
+            if len(acceptors) > 4:
+                del acceptors[:-4]
             conn["est"] = 2
-            _evidence(conn, e, "accept")
+            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
+                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
         if kind == "recv" and e.res > 0:
             me["rx"] += e.res
             data = e.data
@@ -533,9 +540,11 @@ class Stitcher:
                 req = parse_request(data)
                 if req is not None:
                     me["nreq"] += 1
-                    me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                       "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "backend request"}]})
-                    _trim(me["reqs"])
+                    reqs = me["reqs"]
+                    reqs.append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
+                                 "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "backend request"}]})
+                    if len(reqs) > MAX_REQS_KEPT:
+                        del reqs[:-MAX_REQS_KEPT]
         elif kind == "send" and e.res > 0:
             me["tx"] += e.res
             data = e.data
@@ -809,7 +818,8 @@ class Stitcher:
         lq = st["lq"]
         if final or st["lke"] or (lq and lq[0][0] <= now):
             self._expire_lookups(st, now, out, final)
-        elif lq:
+        elif lq and (nxt is None or lq[0][0] < nxt):
+            # (a head not before the conns' next deadline is no earlier once exact: left as it is)
             self._exact_lookup_head(st)
         if lq:
             dl = lq[0][0]
@@ -1019,12 +1029,8 @@ class Stitcher:
             hops.insert(0, {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"],
                             "latency_ns": dnsx["latency_ns"]})
         p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
-        # A lost event may be one the chain never saw, on a node it never saw (a backend's
-        # accept): the nodes of the Service's ready endpoints and of the backend count too.
-        nodes.update(ep.node for ep in ready_eps if ep.node)
-        if backend is not None and backend["node"]:
-            nodes.add(backend["node"])
-        p.loss_nodes = nodes
+        p.slow_hops = [h for h in hops if h["latency_ns"] > R.LATENCY_OBJECTIVES_NS.get(h["name"], h["latency_ns"])]
+        p.nodes, p.ready_eps = nodes, ready_eps  # what a loss may concern: see _loss_nodes
 
         p.dns_out = _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None
         p.service = None if svc is None else {"namespace": svc["namespace"], "name": svc["name"],
@@ -1070,6 +1076,18 @@ class Stitcher:
             conn_parts.clear()
         conn_parts[conn["k"]] = p
         return p
+
+    @staticmethod
+    def _loss_nodes(p: _ConnParts) -> set:
+        """The nodes whose losses make the connection's records incomplete. A lost event may be
+        one the chain never saw, on a node it never saw (a backend's accept): the nodes of the
+        Service's ready endpoints and of the backend count too."""
+        nodes = p.nodes
+        if p.ready_eps:
+            nodes = nodes | {ep.node for ep in p.ready_eps if ep.node}
+        if p.backend is not None and p.backend["node"]:
+            nodes = nodes | {p.backend["node"]}
+        return nodes
 
     def _backend_desc(self, p: _ConnParts, conn: dict) -> str:
         """How a Service alert names the backend (built only when one fires)."""
@@ -1153,7 +1171,7 @@ class Stitcher:
                 end_ts = t0
 
         # completeness
-        incomplete = self._lost_on(st, p.loss_nodes, start_ts, end_ts) if st["lost"] else None
+        incomplete = self._lost_on(st, self._loss_nodes(p), start_ts, end_ts) if st["lost"] else None
         if incomplete is None and cn is None:
             incomplete = "connect not captured (connection older than the capture)"
         if incomplete is None and final and outcome == "pending":
@@ -1177,7 +1195,9 @@ class Stitcher:
                     found.append(("svc.misrouted", None))
                 if req is not None and req["st"] is not None and req["st"] >= 500:
                     found.append(("svc.backend_5xx", {"status": req["st"], "method": req["m"], "target": req["tg"]}))
-                for h in hops:
+                if p.slow_hops:
+                    found += [("svc.hop_latency", h) for h in p.slow_hops]
+                for h in hops[len(p.hops):]:  # this request's hops
                     obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
                     if obj is not None and h["latency_ns"] > obj:
                         found.append(("svc.hop_latency", h))
