@@ -63,7 +63,8 @@ def _pod_of(index, ip: str | None, ts: int, container_id: str | None = None):
     return pod
 
 
-_MEMO_MAX = 16384  # entries of the emission memos (endpoints, connection parts): cleared when full
+_MEMO_MAX = 16384  # server-side endpoints memoized for chain records: cleared when full
+_PARTS_MAX = 4096  # connections whose record parts are kept (dropped when a connection ends): cleared when full
 
 
 class _ConnParts:
@@ -73,19 +74,10 @@ class _ConnParts:
     them, and acceptor and dial dicts keep the fields read here (but a dial's result: px_at),
     so identity checks tell. Its output dicts are shared by the records: nobody mutates them."""
 
-    __slots__ = ("cl", "cn", "svc", "dns", "est", "sv", "pxs", "px_at",  # what the parts derive from
+    __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
                  "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
                  "svc_if_failed", "misrouted", "backend_desc")
-
-
-def _same_items(kept: tuple, now: list) -> bool:
-    if len(kept) != len(now):
-        return False
-    for x, y in zip(kept, now):
-        if x is not y:
-            return False
-    return True
 
 
 class Stitcher:
@@ -930,43 +922,50 @@ class Stitcher:
         return None
 
     def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> tuple[dict, object]:
-        """A chain record's endpoint (client, proxy, backend) and its pod (None: no pod), as of
-        ts's second. Memoized: one process endpoint (a backend, a proxy) is in many records,
-        which share the dict (nobody mutates a record)."""
+        """A chain record's server-side endpoint (proxy, backend) and its pod, as of ts's second.
+        Memoized: one process endpoint is in many records, which share the dict (nobody
+        mutates a record)."""
         key = (node, pid, comm, ip, port, ts // S, container_id)
         hit = self._endpoints.get(key)
         if hit is None:
-            pod = _pod_of(self.index, ip, ts, container_id)
-            if pod is None:
-                ep = {"ip": ip, "port": port, "pod": None, "namespace": None, "node": node,
-                      "container_id": container_id if container_id else None, "pid": pid, "comm": comm}
-            else:
-                ep = {"ip": ip, "port": port, "pod": pod.name, "namespace": pod.namespace,
-                      "node": node if node is not None else pod.node,
-                      "container_id": container_id if container_id else (
-                          pod.container_ids[0] if pod.container_ids else None),
-                      "pid": pid, "comm": comm}
             if len(self._endpoints) >= _MEMO_MAX:
                 self._endpoints.clear()
-            hit = self._endpoints[key] = (ep, pod)
+            hit = self._endpoints[key] = self._new_endpoint(node, pid, comm, ip, port, ts, container_id)
         return hit
+
+    def _new_endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> tuple[dict, object]:
+        """A chain record's endpoint and its pod (None: no pod), as of ts's second."""
+        pod = _pod_of(self.index, ip, ts, container_id)
+        if pod is None:
+            return {"ip": ip, "port": port, "pod": None, "namespace": None, "node": node,
+                    "container_id": container_id if container_id else None, "pid": pid, "comm": comm}, None
+        return {"ip": ip, "port": port, "pod": pod.name, "namespace": pod.namespace,
+                "node": node if node is not None else pod.node,
+                "container_id": container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
+                "pid": pid, "comm": comm}, pod
 
     def _parts(self, conn: dict) -> _ConnParts:
         """The request-independent parts of a connection's records, reused while what they
         derive from is unchanged (keep-alive: built once for all of its requests)."""
         cl, cn, svc, dnsx, sv, pxs = conn["cl"], conn["cn"], conn["svc"], conn["dns"], conn["sv"], conn["px"]
         est = bool(conn["est"])
-        px_at = (pxs[-1]["ts"], pxs[-1]["errno"]) if pxs else None
+        # acceptors and dials are only appended (then the oldest trimmed): the same count and
+        # the same last one are the same list
+        sv_last = sv[-1] if sv else None
+        px = pxs[-1] if pxs else None
+        px_at = (px["ts"], px["errno"]) if px is not None else None
         p = self._conn_parts.get(conn["k"])
         if (p is not None and p.cl is cl and p.cn is cn and p.svc is svc and p.dns is dnsx and p.est is est
-                and p.px_at == px_at and _same_items(p.sv, sv) and _same_items(p.pxs, pxs)):
+                and p.sv_last is sv_last and p.px is px and p.px_at == px_at and p.nsv == len(sv)
+                and p.npx == len(pxs)):
             return p
         p = _ConnParts()
-        p.cl, p.cn, p.svc, p.dns, p.est, p.px_at, p.sv, p.pxs = cl, cn, svc, dnsx, est, px_at, tuple(sv), tuple(pxs)
+        p.cl, p.cn, p.svc, p.dns, p.est, p.sv_last, p.px, p.px_at = cl, cn, svc, dnsx, est, sv_last, px, px_at
+        p.nsv, p.npx = len(sv), len(pxs)
         idx = self.index
         p.t_conn = t_conn = cn["ts"] if cn else conn["t0"]
-        p.client, client_pod = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn,
-                                              cl["container_id"])
+        p.client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn,
+                                                  cl["container_id"])  # one per connection: not memoized
         p.client_pod = client_pod
         nodes = {cl["node"]}
 
@@ -982,7 +981,6 @@ class Stitcher:
                 proxies.append(s)
             else:
                 backends.append(s)
-        px = pxs[-1] if pxs else None
         if px is not None:
             nodes.add(px["node"])
 
@@ -1072,7 +1070,7 @@ class Stitcher:
                 p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
         p.backend_desc = None
         conn_parts = self._conn_parts
-        if len(conn_parts) >= _MEMO_MAX:
+        if len(conn_parts) >= _PARTS_MAX:
             conn_parts.clear()
         conn_parts[conn["k"]] = p
         return p
@@ -1251,8 +1249,8 @@ class Stitcher:
         dnsx = self._dns_summary(st, lk)
         cl = dnsx["client"]
         cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
-        client, client_pod = self._endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
-                                            cl["container_id"])
+        client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
+                                                cl["container_id"])
         incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
         if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
