@@ -54,7 +54,6 @@ _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 
 _SERVICE = object()  # marker: this IP is a ClusterIP (the ref then depends on the port)
-_MISS = object()  # marker: not in the fast ref table
 _HOST_REF_KINDS = frozenset({"node", "external"})  # a local address of these: a host process (maybe a proxy)
 _new_object = object.__new__
 
@@ -81,8 +80,9 @@ class Enricher:
         # (ip, port, proto) -> (second, ref): metadata is joined at 1 s granularity of event
         # time, so a cached answer is exactly what the index says for that second.
         self._ref_cache: dict[tuple, tuple] = {}
-        # ip -> ref of the IPs of second `_fast_sec` that are no ClusterIP (or unspecified:
-        # None): the same objects as _ref_cache's, found with one lookup per event field.
+        # ip -> ref of the IPs of second `_fast_sec` (unspecified: None; a ClusterIP: _SERVICE,
+        # its ref depends on the port): the same objects as _ref_cache's, found with one
+        # lookup per event field.
         self._fast_sec: int | None = None
         self._fast_refs: dict = {}
         self._bucket_cache: dict[str | None, str] = {}
@@ -277,19 +277,28 @@ class Enricher:
                     self._fast_sec = fast_sec = sec
                     self._fast_refs = fast = {}
                 lip = e.local_ip
-                lref = fast.get(lip, _MISS)
-                if lref is _MISS:
+                try:  # (a subscript is cheaper than .get(); misses are rare)
+                    lref = fast[lip]
+                except KeyError:
+                    lref = _SERVICE
+                if lref is _SERVICE:  # not yet seen this second, or a ClusterIP (the ref depends on the port)
                     lref = ref(lip, e.local_port, proto, ts, sec)
                 rip = e.remote_ip
-                rref = fast.get(rip, _MISS)
-                if rref is _MISS:
+                try:
+                    rref = fast[rip]
+                except KeyError:
+                    rref = _SERVICE
+                if rref is _SERVICE:  # not yet seen this second, or a ClusterIP (the ref depends on the port)
                     rref = ref(rip, e.remote_port, proto, ts, sec)
                 aip = e.addr_ip
                 if aip == rip and e.addr_port == e.remote_port:
                     aref = rref
                 else:
-                    aref = fast.get(aip, _MISS)
-                    if aref is _MISS:
+                    try:
+                        aref = fast[aip]
+                    except KeyError:
+                        aref = _SERVICE
+                    if aref is _SERVICE:
                         aref = ref(aip, e.addr_port, proto, ts, sec)
                 role = e.role
                 server_side = role == "server" if role is not None else e.local_port == dns_port
@@ -322,10 +331,11 @@ class Enricher:
             except Exception as exc:  # one bad event must not stop the node's stream
                 out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, ts if isinstance(ts, int) else 0))
                 continue
-            events_of = lists.get(flow)
-            if events_of is None:
+            try:
+                lists[flow].append(d)
+            except KeyError:
                 events_of = lists[flow] = bucket_list(flow, by_bucket)
-            events_of.append(d)
+                events_of.append(d)
             if released is not None:
                 released.append(d)
         if dups:
@@ -385,6 +395,8 @@ class Enricher:
             if sec == self._fast_sec:
                 self._fast_refs[ip] = base
             return base
+        if sec == self._fast_sec:
+            self._fast_refs[ip] = _SERVICE
         by_port = hit[2]  # a ClusterIP: the ref depends on the port too
         k = (port, proto)
         ref = by_port.get(k)
