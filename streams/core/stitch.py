@@ -594,9 +594,10 @@ class Stitcher:
             return
         server_side = e.local_port == self.dns_port
         if server_side:
-            peer = endpoint_key(e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip,
-                                e.remote_port or e.addr_port)
-            k = f"{peer}|{qid}"
+            pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
+            pport = e.remote_port or e.addr_port
+            # the peer's endpoint_key, inline
+            k = f"[{pip}]:{pport}|{qid}" if pip and ":" in pip else f"{pip}:{pport}|{qid}"
             if not msg.is_response:
                 st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
                                  "ip": e.local_ip, "port": e.local_port,
@@ -608,7 +609,7 @@ class Stitcher:
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
-        ep = endpoint_key(ip, e.local_port)
+        ep = f"[{ip}]:{e.local_port}" if ip and ":" in ip else f"{ip}:{e.local_port}"  # endpoint_key, inline
         lkey = f'{d.flow}|{e.node}|{e.pid}'
         lookups = st["lk"].get(lkey)
         if lookups is None:
