@@ -11,8 +11,11 @@ What it adds is what only a distributed runner needs:
 
 * Event-time progress across partitions (progress.py): each upstream partition
   announces its watermark (or DONE) in record headers to every downstream
-  partition; a stage advances to the smallest one. A partition caught up to its
-  high-water mark and idle for `idle_flush_s` flushes (end of input, as the
+  partition; a stage advances to the smallest one. A syscalls partition's own mark
+  is the smallest of its nodes' (each node's newest event minus the lateness: nodes
+  share partitions, their agents need not be in step). A node silent for
+  `idle_flush_s` is finished; a partition caught up to its high-water mark, all its
+  nodes finished and idle for `idle_flush_s` flushes (end of input, as the
   in-process runner's finish()).
 * State in changelog-backed tables with checkpoints: operator state lives in a
   dict per key and is written to the table's changelog every `checkpoint_s`.

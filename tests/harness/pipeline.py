@@ -259,7 +259,9 @@ class WorkerProcess:
     def log_tail(self, lines: int = 60) -> str:
         if not self.log_path.is_file():
             return "(no log)"
-        noise = ("Heartbeat failed", "NotLeaderForPartition", "Unable connect to", "|", "+")
+        # "Heartbeat failed for group ...": the coordinator moving (a broker restart). "Heartbeat failed:
+        # <error>" stays visible: an error aiokafka does not expect ends its heartbeat task for good.
+        noise = ("Heartbeat failed for group", "NotLeaderForPartition", "Unable connect to", "|", "+")
         text = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if not ln.startswith(noise)
                 and not any(n in ln for n in noise[:3])]
         return "\n".join(text[-lines:])
