@@ -131,3 +131,20 @@ def test_a_state_written_before_redeliveries_were_told_apart_counts_late_events_
     assert st["late"] == 2 and st["lost"] == []  # not known to be new: counted, as before
     chains = [v for t, _k, v in stitch.flush(st, key) if t == CHAINS_TOPIC]
     assert [c["status"] for c in chains] == ["ok", "ok"]
+
+
+def test_a_loss_on_a_node_the_chain_never_needed_leaves_it_ok():
+    """Losses count for a chain's own nodes and, when its backend's accept was not seen, for
+    the nodes of the Service's endpoints: a request served on node-a stays "ok" through a loss
+    on node-b (where the Service's other endpoint runs); served on node-b, it is incomplete."""
+    from svctrace.streams.core import run
+
+    statuses = {}
+    for backend in ("my-nginx-1", "my-nginx-2"):
+        cluster = Cluster()
+        sc = Scenario(cluster, "dnat")
+        sc.request(T0, "healthy", backend=backend)
+        sc.loss(T0 + 600 * US, "node-b", 3)
+        [chain] = run(sc.events(), cluster.index()).chains
+        statuses[backend] = (chain["backend"]["node"], chain["status"])
+    assert statuses == {"my-nginx-1": ("node-a", "ok"), "my-nginx-2": ("node-b", "incomplete")}

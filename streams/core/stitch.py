@@ -1079,10 +1079,10 @@ class Stitcher:
     @staticmethod
     def _loss_nodes(p: _ConnParts) -> set:
         """The nodes whose losses make the connection's records incomplete. A lost event may be
-        one the chain never saw, on a node it never saw (a backend's accept): the nodes of the
-        Service's ready endpoints and of the backend count too."""
+        one the chain never saw, on a node it never saw: without a backend's accept, the nodes
+        of the Service's ready endpoints count too, and the backend's node when it is known."""
         nodes = p.nodes
-        if p.ready_eps:
+        if p.b is None and p.ready_eps:
             nodes = nodes | {ep.node for ep in p.ready_eps if ep.node}
         if p.backend is not None and p.backend["node"]:
             nodes = nodes | {p.backend["node"]}
