@@ -1,5 +1,7 @@
 """The worker's codecs (streams/faust_app/wire.py): the fast syscall-batch decoder agrees with
-schemas.models.decode_batch, rejects what it rejects with a reason naming the field; flows records and the local handoff."""
+schemas.models.decode_batch and rejects what it rejects with its reason (and wrong types with one naming
+the field); the enriched-batch encoder writes the very bytes of schemas.models.dumps; flows records
+decode to the enrich stage's objects; the local handoff."""
 import orjson
 import pytest
 
@@ -44,6 +46,71 @@ def test_decoder_gives_the_same_events_as_the_schema_decoder():
 def test_decoder_rejects_bad_records_naming_the_field(raw, reason):
     with pytest.raises(DecodeError, match=reason.replace("$", r"\$")):
         decode_syscall_batch(raw)
+
+
+def test_decoder_refuses_wrong_types_naming_the_field_and_ignores_unknown_event_fields():
+    _, batches = _batches()
+    doc = orjson.loads(encode_batch(batches[0]))
+    doc["events"][3]["ts"] = "yesterday"
+    with pytest.raises(DecodeError, match=r"\$\.events\[3\]\.ts"):
+        decode_syscall_batch(orjson.dumps(doc))
+    doc = orjson.loads(encode_batch(batches[0]))
+    doc["events"][0]["data"] = "QUJD!!!!"  # the schema decoder (binascii) skips the "!"s
+    with pytest.raises(DecodeError, match=r"\$\.events\[0\]\.data"):
+        decode_syscall_batch(orjson.dumps(doc))
+    doc = orjson.loads(encode_batch(batches[0]))
+    doc["events"][0]["from_a_newer_agent"] = 1  # an optional field added later: the event still counts
+    assert decode_syscall_batch(orjson.dumps(doc)) == batches[0]
+
+
+def _enriched_batches(requests: int = 20):
+    """The enrich stage's svctrace.flows and svctrace.events.enriched batches (EnrichedEvents)."""
+    cluster, batches = _batches()
+    graph = Graph(cluster.index(), Settings(emit_enriched=True))
+    state = graph.enrich.new_state()
+    for b in batches:
+        graph.enrich.process(state, b.node, b)
+    return [value for topic, _key, value in graph.enrich.flush(state, "node")]
+
+
+def test_enriched_batch_encoder_writes_the_bytes_of_the_schema_encoder():
+    from dataclasses import replace
+
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.enriched import EnrichedEvent
+    from svctrace.streams.faust_app.wire import encode_enriched_batch
+
+    batches = _enriched_batches()
+    assert any(e.ev.data for b in batches for e in b["events"])  # payloads (base64) included
+    for batch in batches:
+        assert encode_enriched_batch(batch) == dumps(batch)
+    # Strings that need escaping, and text that looks like the join point, inside values.
+    e = next(e for b in batches for e in b["events"] if e.ev.data and e.local_ref)
+    odd = EnrichedEvent(replace(e.ev, comm='x},{"flow":"y\\"\n\u00e9\u2028\x01', data=b'},{"flow":'),
+                        '},{"flow":', {**e.local_ref, "name": '"},{"flow":'}, None, None, {"ip": "1.2.3.4", "port": 5})
+    batch = {"schema": "svctrace.enriched-batch", "version": 1, "events": [odd, e, odd],
+             "lost": [{"node": "n", "ts": 1, "count": 2}]}
+    assert encode_enriched_batch(batch) == dumps(batch)
+    assert orjson.loads(encode_enriched_batch(batch))["events"][0]["comm"] == odd.ev.comm
+    for other in ({"schema": "svctrace.enriched-batch", "version": 1, "events": []},
+                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [e, {"ts": 1}]}):
+        assert encode_enriched_batch(other) == dumps(other)  # nothing to splice: the plain encoder
+
+
+def test_flows_records_decode_to_the_enrich_stage_objects():
+    from svctrace.streams.faust_app.wire import LocalHandoff, encode_enriched_batch, read_flows_record
+
+    handoff = LocalHandoff()
+    batches = [b for b in _enriched_batches() if b["events"]]
+    assert batches
+    for batch in batches:
+        decoded = read_flows_record(encode_enriched_batch(batch), [], handoff)
+        assert decoded == batch  # EnrichedEvents equal to the enrich stage's, same head and losses
+    # A malformed event: the stage gets the dicts (and dead-letters just that one).
+    doc = orjson.loads(encode_enriched_batch(batches[0]))
+    del doc["events"][1]["node"]
+    decoded = read_flows_record(orjson.dumps(doc), [], handoff)
+    assert "node" not in decoded["events"][1] and decoded["events"][0].__class__ is dict
 
 
 def test_enriched_events_decode_like_the_core_and_bad_ones_are_refused():
