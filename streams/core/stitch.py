@@ -349,14 +349,14 @@ class Stitcher:
             self._finish(st, conn, out, final=False)
             seq = conn["seq"]  # the new conn takes the old one's place in `conns` (and in timer order)
             conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule(st, conn)
+            self._schedule_new(st, key, e.ts)
         elif conn is None:
             if kind == "close" and side == "cl":
                 return  # the tail of a connection already finished
             seq = st["seq"]
             st["seq"] = seq + 1
             conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule(st, conn)
+            self._schedule_new(st, key, e.ts)
         if e.ts > conn["t1"]:
             conn["t1"] = e.ts  # only delays the idle deadline: no rescheduling needed
         if side == "cl":
@@ -370,6 +370,13 @@ class Stitcher:
     def _schedule(self, st: dict, conn: dict) -> None:
         dl = self._conn_deadline(conn)
         heappush(st["tq"], [dl, conn["k"]])
+        if st["next"] is None or dl < st["next"]:
+            st["next"] = dl
+
+    def _schedule_new(self, st: dict, key: str, ts: int) -> None:
+        """_schedule of a new conn (created at ts: no request, no close): its idle deadline."""
+        dl = ts + self.idle_ns
+        heappush(st["tq"], [dl, key])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
