@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -84,11 +85,11 @@ def worker_defaults() -> argparse.Namespace:
     return p.parse_args([])
 
 
-def start_worker(bootstrap, prefix, workdir, name, extra, profile=None) -> P.WorkerProcess:
+def start_worker(bootstrap, prefix, workdir, name, extra, profile=None, enriched=False) -> P.WorkerProcess:
     # The harness checkpoints every 0.5 s (tests); the bench measures the worker's default.
     checkpoint = ["--checkpoint-interval", str(worker_defaults().checkpoint_interval)]
     worker = P.WorkerProcess(bootstrap, prefix, "bench-" + prefix.strip("."), workdir, name=name,
-                             idle_flush=3.0, extra=["--no-enriched", *checkpoint, *extra])
+                             idle_flush=3.0, extra=[*([] if enriched else ["--no-enriched"]), *checkpoint, *extra])
     if profile:
         i = worker.cmd.index("-m")
         worker.cmd[i:i] = ["-m", "cProfile", "-o", profile]
@@ -96,7 +97,7 @@ def start_worker(bootstrap, prefix, workdir, name, extra, profile=None) -> P.Wor
 
 
 def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings, settings_args: list[str],
-               profile=None) -> None:
+               profile=None, enriched=False) -> None:
     cluster, events = traffic(requests)
     # traffic() concatenates scenarios that each number events from 1: give every event of a
     # node its own number, as a capture would ((node, n) is an event's identity).
@@ -108,7 +109,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     events = renumbered
     index = ClusterIndex.from_records(cluster.records())
     c, w = time.process_time(), time.perf_counter()
-    result = run(events, index, settings)  # lowers the GC's pressure itself, as the worker does
+    # lowers the GC's pressure itself, as the worker does
+    result = run(events, index, replace(settings, emit_enriched=enriched))
     inproc_cpu, inproc_wall = time.process_time() - c, time.perf_counter() - w
 
     prefix = f"bt{os.getpid()}."
@@ -117,8 +119,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     batches = P.batches_of(events, BATCH_EVENTS)
     sent = asyncio.run(P.publish_batches(bootstrap, prefix, batches))
     print(f"throughput: {sent:,} events ({len(result.chains):,} chains) in {len(batches):,} records of <= "
-          f"{BATCH_EVENTS} events, 1 worker, {load()}")
-    worker = start_worker(bootstrap, prefix, workdir, "bench-tp", settings_args, profile)
+          f"{BATCH_EVENTS} events, 1 worker{' publishing svctrace.events.enriched' if enriched else ''}, {load()}")
+    worker = start_worker(bootstrap, prefix, workdir, "bench-tp", settings_args, profile, enriched)
     try:
         url = worker.metrics_url(timeout=120)
         metric = lambda name, **kw: P.metric_value(url, name, **kw)  # noqa: E731
@@ -131,6 +133,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
         cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
         flows_records = metric("svctrace_worker_records_total", stage="stitch")
         progress_records = metric("svctrace_worker_progress_records_total", stage="stitch")
+        state_bytes = {stage: metric("svctrace_worker_checkpoint_bytes_total", stage=stage)
+                       for stage in ("enrich", "stitch", "alerts")}
         res = asyncio.run(P.read_results(bootstrap, prefix, lambda r: len(r.chains) >= len(result.chains), 120))
     finally:
         worker.stop()
@@ -138,6 +142,9 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     measured = sent - BATCH_EVENTS
     print(f"  (worker CPU {cpu:.2f} s over {wall:.2f} s wall; in-process CPU {inproc_cpu:.2f} s; "
           f"{flows_records:,.0f} data + {progress_records:,.0f} progress records on svctrace.flows; {load()})")
+    print(f"  changelog writes (durable state of changed keys): "
+          + ", ".join(f"{stage} {n / 1e6:.1f} MB" for stage, n in state_bytes.items())
+          + f" ({sum(state_bytes.values()) / sent:,.0f} B per event)")
     row("events per CPU-second", measured / cpu, len(events) / inproc_cpu, "ev/cpu-s")
     w_us, i_us = cpu / measured * 1e6, inproc_cpu / len(events) * 1e6
     row("CPU per event", w_us, i_us, "us", "{:.1f}")
@@ -324,6 +331,9 @@ def main() -> int:
                     help="chain settle time (s), both runners (default: the worker's default)")
     ap.add_argument("--profile", help="run the throughput worker under cProfile, writing this file")
     ap.add_argument("--profile-latency", help="run the latency worker under cProfile, writing this file")
+    ap.add_argument("--enriched", action="store_true",
+                    help="throughput: the worker also publishes svctrace.events.enriched (its default; the bench "
+                         "measures without it by default, as the in-process runner does)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -337,7 +347,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="svctrace-bench-") as tmp:
             if not args.skip_throughput:
-                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args, args.profile)
+                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args, args.profile, args.enriched)
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
                         args.profile_latency)

@@ -51,3 +51,57 @@ def test_one_record_announces_every_source_of_a_worker_and_the_high_mark_outlive
     p.note(0, DONE)
     assert p.should_flush() and p.watermark() is None
     assert p.high() == 120  # a stage advances to it before flushing (timers in event-time order)
+
+
+def test_a_checkpoint_writes_durable_state_once_and_acknowledges_only_applied_records():
+    """StageShell.snapshot: the operator's durable state (no input buffer: its records stay
+    unacknowledged, a successor re-reads them), nothing rewritten that the changelog already has,
+    no tombstone for a key it never had; a successor's state is op.restore of what was written."""
+    from types import SimpleNamespace
+
+    from svctrace.schemas.models import SyscallBatch
+    from svctrace.streams.core import Graph, Settings, dumps_state, loads_state
+    from svctrace.streams.faust_app.app import Pending, StageShell
+    from tests import scenario
+
+    cluster, events = scenario.build("healthy", "dnat", requests=3)
+    node = events[0].node
+    mine = [e for e in events if e.node == node]
+    op = Graph(cluster.index(), Settings(partitions=1)).enrich
+    table = SimpleNamespace(data={})
+    shell = StageShell(None, "enrich", op, table, 1, 0)
+
+    def checkpoint(shell):
+        writes, acks = shell.snapshot()
+        for _p, key, value in writes:  # what StageShell.write does to the local store
+            table.data.pop(key, None) if value is None else table.data.__setitem__(key, value)
+        return {key: value for _p, key, value in writes}, acks
+
+    st = shell.state(node)
+    op.process(st, node, SyscallBatch(node=node, source="scap", seq=0, events=mine))
+    shell.touch(0, node)
+    shell.pending.setdefault(0, []).append(Pending("record-1", node, max(e.ts for e in mine)))
+    writes, acks = checkpoint(shell)
+    assert acks == []  # its events are only buffered
+    assert "buf" not in loads_state(writes[node.encode()]) and st["buf"]
+    assert b"#0" in writes
+
+    shell.touch(0, node)  # touched, unchanged: nothing to write
+    assert checkpoint(shell) == ({}, [])
+
+    op.advance(st, node, max(e.ts for e in mine) + 1)
+    shell.touch(0, node)
+    writes, acks = checkpoint(shell)
+    assert acks == ["record-1"] and node.encode() in writes
+
+    successor = StageShell(None, "enrich", op, table, 1, 0)
+    restored = successor.state(node)
+    assert restored["wm"] == st["wm"] and restored["buf"] == []
+    assert {k: v for k, v in restored.items() if k != "buf"} == loads_state(dumps_state(op.durable(st)))
+
+    shell.touch(0, "never-written")
+    shell.drop(0, "never-written")
+    shell.drop(0, node)
+    writes, _ = checkpoint(shell)
+    assert writes.get(node.encode(), b"") is None and b"never-written" not in writes
+

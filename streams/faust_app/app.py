@@ -18,16 +18,19 @@ What it adds is what only a distributed runner needs:
   nodes finished and idle for `idle_flush_s` flushes (end of input, as the
   in-process runner's finish()).
 * State in changelog-backed tables with checkpoints: operator state lives in a
-  dict per key and is written to the table's changelog every `checkpoint_s`.
-  Input records are acknowledged (their offsets committed) only once a durable
-  checkpoint covers them: a killed worker's successor restores the checkpoint
-  and re-reads what came after it; the operators drop what they already applied
-  (duplicates, or events behind their watermark), and chains/alerts carry
+  dict per key; every `checkpoint_s` what must survive of each changed key goes to
+  the table's changelog (op.durable: the state without its input buffer). Input
+  records are acknowledged (their offsets committed) only once every event in them
+  is below their key's watermark and a checkpoint covers it: a killed worker's
+  successor restores the checkpoint (op.restore) and re-reads every record not
+  acknowledged, which refills the buffers; the operators drop what they already
+  applied (duplicates, or events behind their watermark), and chains/alerts carry
   deterministic ids, so downstream dedup by id is exact.
 * Bad records never stop the worker: they go to svctrace.deadletter with the reason.
 * Cost per event close to the core's: syscall batches decode straight into SyscallEvents
-  (wire.py), a syscalls partition is advanced once its fetched backlog is read (so releases,
-  and the flows records they make, hold thousands of events), the stitch stage takes the
+  and enriched batches encode without a dict per event (wire.py), a syscalls partition is
+  advanced once its fetched backlog is read (so releases, and the flows records they make,
+  hold thousands of events), the stitch stage takes the
   flows records this worker sent itself as the enrich stage's objects (wire.LocalHandoff: no
   JSON decode), records go to the producer as bytes (no Faust message machinery per record),
   compressed with zstd (aiokafka's lz4 is LZ4-HC), progress goes out as one record per
@@ -67,7 +70,7 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, read_flows_record,
+    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, encode_enriched_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -313,7 +316,7 @@ class StageShell:
         st = self.live.get(key)
         if st is None:
             raw = self._stored(key)
-            st = loads_state(raw) if raw else self.op.new_state()
+            st = self.op.restore(loads_state(raw)) if raw else self.op.new_state()
             self.live[key] = st
         return st
 
@@ -387,19 +390,33 @@ class StageShell:
 
     # checkpoints --------------------------------------------------------------------------
     def snapshot(self) -> tuple[list[tuple[int, bytes, bytes | None]], list[Any]]:
-        """Serialize dirty state; return (changelog writes, events now safe to acknowledge).
-        A record is acknowledged only once every event in it is below its key's watermark (applied).
-        The whole state is written, input buffers included: without them (op.durable) a checkpoint
-        is cheaper, but restarts then lost chains here (not yet understood)."""
+        """Serialize changed state; return (changelog writes, events now safe to acknowledge).
+
+        Only what must survive is written, op.durable(state): the operators' input buffers are
+        re-readable, because a record is acknowledged only once every event in it is below its
+        key's watermark (applied), so a successor re-reads every record whose events a buffer
+        held, and op.restore gives it a state that takes them again. A key or partition entry
+        whose bytes equal what the changelog already has is not written again (a key touched
+        only by buffering), nor a tombstone for a key never written."""
         writes: list[tuple[int, bytes, bytes | None]] = []
         ackable: list[Any] = []
+        store = self.table.data
+        durable = self.op.durable
         busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
-                writes.append((p, key.encode(), dumps_state(self.live[key])))
+                k = key.encode()
+                value = dumps_state(durable(self.live[key]))
+                if store.get(k) != value:
+                    writes.append((p, k, value))
             for key in self.deleted.get(p, ()):
-                writes.append((p, key.encode(), None))
-            writes.append((p, f"#{p}".encode(), orjson.dumps(self.part_meta(p))))
+                k = key.encode()
+                if k in store:
+                    writes.append((p, k, None))
+            k = f"#{p}".encode()
+            value = orjson.dumps(self.part_meta(p))
+            if store.get(k) != value:
+                writes.append((p, k, value))
             # Acknowledge in offset order only, up to the first record still needed: Faust commits
             # the run of acknowledged offsets that follows the committed one, and an out-of-order
             # acknowledgement can let it commit past a record we still need (seen: lost chains).
@@ -773,13 +790,14 @@ class Worker:
                     headers = [(SOURCE_HEADER, str(p).encode())]
                     if local:  # our own stitch stage reads it back: hand it the objects
                         headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
-                    await send(names[FLOWS_TOPIC], key.encode(), dumps(chunk), partition, None, headers)
+                    await send(names[FLOWS_TOPIC], key.encode(), encode_enriched_batch(chunk), partition, None,
+                               headers)
             elif topic == OCCURRENCES_TOPIC:
                 await send(names[OCCURRENCES_TOPIC], key.encode(), dumps(value),
                            stable_partition(key, self.partitions), None, [(SOURCE_HEADER, str(p).encode())])
             elif topic == ENRICHED_TOPIC:
                 for chunk in _chunks(value):
-                    await send(names[topic], key.encode(), dumps(chunk), None, None, None)
+                    await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
             elif topic in self.t_out:
                 await send(names[topic], key.encode(), dumps(value), None, None, None)
             else:
@@ -985,20 +1003,23 @@ class Worker:
         return last + 1 >= highwater
 
     async def checkpoint(self) -> None:
-        """Write dirty state to the changelogs, wait until the broker has it, then acknowledge
-        the input records it covers (Faust commits acknowledged offsets)."""
+        """Write changed state to the changelogs, wait until the broker has it, then acknowledge
+        the input records it covers (Faust commits acknowledged offsets). Counted once the worker
+        holds state, also when nothing changed since the last one (its state is durable as of now)."""
         async with self._checkpointing:
             self.last_checkpoint = time.monotonic()
+            holds_state = any(stage.dirty or stage.deleted or stage.pending for stage in self.stages)
             snapshots = [(stage, *stage.snapshot()) for stage in self.stages]
-            if not any(writes or acks for _, writes, acks in snapshots):
-                return
-            for stage, writes, _ in snapshots:
-                await stage.write(writes)
-            await self.app.producer.flush()
-            for _, _, acks in snapshots:
-                for event in acks:
-                    event.ack()
-            self.metrics.checkpoints.inc()
+            if any(writes or acks for _, writes, acks in snapshots):
+                for stage, writes, _ in snapshots:
+                    await stage.write(writes)
+                    self.metrics.checkpoint_bytes.labels(stage.name).inc(sum(len(v) for _, _, v in writes if v))
+                await self.app.producer.flush()
+                for _, _, acks in snapshots:
+                    for event in acks:
+                        event.ack()
+            if holds_state:
+                self.metrics.checkpoints.inc()
 
     @property
     def _started(self) -> float:

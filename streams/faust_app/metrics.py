@@ -17,6 +17,9 @@ class WorkerMetrics:
                                    ["stage"], registry=r)
         self.checkpoints = Counter("svctrace_worker_checkpoints", "State checkpoints written to the changelogs",
                                    registry=r)
+        self.checkpoint_bytes = Counter("svctrace_worker_checkpoint_bytes",
+                                        "Operator state bytes written to the changelogs (durable state of changed keys)",
+                                        ["stage"], registry=r)
         self.watermark = Gauge("svctrace_worker_watermark_seconds", "Event-time watermark of each stage",
                                ["stage"], registry=r)
         self.sources_done = Gauge("svctrace_worker_sources_done",
