@@ -55,6 +55,10 @@ class Runner:
     # -- feeding -------------------------------------------------------------------
 
     def feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
+        with fewer_gc_passes():  # (a caller driving the Runner itself, like analyze, gets it too)
+            self._feed(items)
+
+    def _feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
         pending = self.pending  # step() empties it in place
         step_events = self.step_events
         clock = self.clock if self.clock is not None else _NO_CLOCK
@@ -111,6 +115,10 @@ class Runner:
                     del table[key]
 
     def finish(self) -> RunResult:
+        with fewer_gc_passes():
+            return self._finish()
+
+    def _finish(self) -> RunResult:
         self.step()
         for topic, op in self.graph.consumers.items():
             table = self.states[topic]
@@ -158,7 +166,8 @@ class Runner:
 def fewer_gc_passes(gen0: int = 100_000) -> Iterator[None]:
     """The graph allocates many small, short-lived dicts; CPython's default gen-0
     threshold (700) then runs the cycle collector constantly for nothing (~15% of
-    the time). Raised for the duration of a batch run only, then restored."""
+    the time). Raised while a Runner feeds or finishes (whoever drives it: run(),
+    analyze, tests) and for a whole run(), then restored."""
     old = gc.get_threshold()
     gc.set_threshold(max(old[0], gen0), old[1], old[2])
     try:
