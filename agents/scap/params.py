@@ -100,15 +100,38 @@ def decoder_for(ptype: str):
 
 class Layout:
     """Precompiled parameter layout of one event type."""
-    __slots__ = ("code", "names", "decoders", "nmax", "width", "len_structs")
+    __slots__ = ("code", "names", "decoders", "signed", "nmax", "width", "len_structs", "unrolled")
 
     def __init__(self, info):
         self.code = info.code
         self.names = info.param_names
         self.decoders = tuple(decoder_for(t) for _, t in info.params)
+        self.signed = tuple(FIXED[t][1] if t in FIXED else None for _, t in info.params)  # None: not an integer
         self.nmax = len(info.params)
         self.width = 4 if info.large_payload else 2
         self.len_structs: dict[int, struct.Struct] = {}  # nparams -> length-array layout, built on use
+        self.unrolled: dict[int, object] = {}  # nparams -> its decode loop unrolled, built on use
+
+    def _unrolled(self, nparams: int):
+        """decode()'s loop for `nparams` (<= nmax) params, written out once: integers read in
+        place, the other decoders called directly (this runs for every event of the capture)."""
+        scope = {"_from": int.from_bytes}
+        lines = ["def decode(buf, p, lens):"]
+        if nparams:
+            lines.append(f"    {''.join(f'l{i}, ' for i in range(nparams))}= lens")
+        items = []
+        for i in range(nparams):
+            lines.append(f"    e{i} = {'p' if i == 0 else f'e{i - 1}'} + l{i}")
+            value = f"buf[{'p' if i == 0 else f'e{i - 1}'}:e{i}]"
+            if self.signed[i] is None:
+                scope[f"_d{i}"] = self.decoders[i]
+                items.append(f"{self.names[i]!r}: _d{i}({value})")
+            else:  # as _int_decoder's: an empty value is None
+                items.append(f"{self.names[i]!r}: _from({value}, 'little', signed={self.signed[i]}) if l{i} else None")
+        lines.append("    return {" + ", ".join(items) + "}")
+        exec("\n".join(lines) + "\n", scope)  # noqa: S102 - generated from the event table only
+        fn = self.unrolled[nparams] = scope["decode"]
+        return fn
 
     def _lens_struct(self, nparams: int) -> struct.Struct:
         s = self.len_structs.get(nparams)
@@ -149,12 +172,9 @@ class Layout:
         p = pos + self.width * nparams
         if p + sum(lens) > end:
             raise ValueError("parameter lengths run past the event")
-        out = {}
         if nparams <= self.nmax:
-            for name, dec, ln in zip(self.names, self.decoders, lens):
-                out[name] = dec(buf[p:p + ln])
-                p += ln
-            return out
+            return (self.unrolled.get(nparams) or self._unrolled(nparams))(buf, p, lens)
+        out = {}
         names, decs = self.names, self.decoders
         for i, ln in enumerate(lens):
             b = buf[p:p + ln]
