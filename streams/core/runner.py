@@ -51,6 +51,7 @@ class Runner:
         self.enriched: list[dict] = []
         self.deadletters: list[dict] = []
         self.events_in = 0
+        self.late = 0  # events the stages dropped as late, of states already dropped (see result())
 
     # -- feeding -------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ class Runner:
                 for out in op.advance(table[key], key, watermark_ns):
                     self._route(*out)
                 if op.is_idle(table[key]):
-                    del table[key]
+                    self.late += table.pop(key).get("late", 0)
 
     def finish(self) -> RunResult:
         with fewer_gc_passes():
@@ -125,12 +126,13 @@ class Runner:
             for key in list(table):
                 for out in op.flush(table[key], key):
                     self._route(*out)
-                del table[key]
+                self.late += table.pop(key).get("late", 0)
         return self.result()
 
     def result(self) -> RunResult:
+        late = self.late + sum(st.get("late", 0) for table in self.states.values() for st in table.values())
         stats = {"events_in": self.events_in, "chains": len(self.chains), "alerts": len(self.alerts),
-                 "deadletters": len(self.deadletters)}
+                 "deadletters": len(self.deadletters), "late": late}
         return RunResult(chains=list(self.chains),
                          alerts=sorted(self.alerts.values(), key=lambda a: (a["first_seen"], a["alert_id"])),
                          enriched=list(self.enriched), deadletters=list(self.deadletters), stats=stats)

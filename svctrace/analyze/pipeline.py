@@ -96,6 +96,7 @@ class Analysis:
     first_ts: int | None = None
     last_ts: int | None = None
     lost: int = 0
+    late: int = 0  # events the core dropped for arriving too far out of time order
     reader_stats: dict = field(default_factory=dict)
     cluster_source: str = "none"
     cluster_kinds: Counter = field(default_factory=Counter)
@@ -192,7 +193,9 @@ class Analysis:
         in_file = self.reader_stats.get("events", self.events)
         rows.append(("capture", f"{in_file} events in the file; {self.events} on sockets ({net} TCP/UDP, "
                      f"{self.connections.unix_events} unix) on {len(self.nodes)} node{'s' if len(self.nodes) != 1 else ''}"
-                     + (f"; {self.lost} events lost while capturing" if self.lost else "")))
+                     + (f"; {self.lost} events lost while capturing" if self.lost else "")
+                     + (f"; {self.late} events too far out of time order, left out (chains they touch are"
+                        " incomplete)" if self.late else "")))
         damaged = self.reader_stats.get("error_count") or len(self.reader_stats.get("errors") or ())
         if damaged or self.reader_stats.get("skipped_bytes"):
             rows.append(("corrupt", f"{damaged} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"
@@ -382,6 +385,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         finally:
             progress.close()
         result.chains, result.alerts = list(run.chains), list(run.alerts)
+        result.late = run.stats.get("late", 0)
         result.deadletters = list(getattr(run, "deadletters", None) or ())
         result.reader_stats = reader.stats.as_dict()
 
