@@ -59,6 +59,7 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
     prefix = kafka.catalogue_topics("ebpf")
     (tmp_path / "index.html").write_bytes(b"kafka-bound payload\n")
     port = free_port()
+    started_us = time.time_ns() // 1000
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--bootstrap", kafka.bootstrap,
@@ -102,6 +103,7 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
     assert req.data.startswith(b"GET /index.html HTTP/1.1") and b"s3cr3t" not in req.data and req.redacted
     assert b"Cookie: [REDACTED]" in req.data
     assert all(e.pid != agent.pid for e in events)  # the agent filters itself out
+    assert min(e.n for e in events) > started_us  # numbered from the agent's start: unique across restarts
 
     # the final stats (published on SIGTERM) say nothing was dropped
     stats = kafka.run(consume_all(kafka, prefix + "svctrace.agent.stats",

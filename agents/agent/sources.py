@@ -23,12 +23,13 @@ class EbpfSource:
     def __init__(self, node: str, config) -> None:
         from svctrace.agents.ebpf.containers import ContainerIds
         from svctrace.agents.ebpf.loader import EbpfCapture, boot_to_epoch_ns
-        from svctrace.agents.ebpf.records import Normalizer
+        from svctrace.agents.ebpf.records import Normalizer, restart_safe_first_n
 
         self.capture = EbpfCapture(config)
         self.containers = ContainerIds()
         self.containers.refresh()
-        self.normalizer = Normalizer(node, boot_to_epoch_ns(), containers=self.containers)
+        self.normalizer = Normalizer(node, boot_to_epoch_ns(), first_n=restart_safe_first_n(time.time_ns()),
+                                     containers=self.containers)
         self._drops = (0, 0)
         self._next_loss_check = 0.0
         self.payload = None

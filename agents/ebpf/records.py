@@ -152,6 +152,15 @@ class _Addresses:
         return s
 
 
+def restart_safe_first_n(now_ns: int) -> int:
+    """Where a live agent starts numbering its events: its start time in microseconds since the
+    epoch. (node, n) identifies an event and chain ids derive from it, so the numbers must not
+    start again at 1 when the agent restarts (every rollout of the DaemonSet restarts it):
+    starting from the clock keeps them increasing across restarts while the agent averages
+    under a million events a second."""
+    return now_ns // 1000
+
+
 class Normalizer:
     """Stateful decoder: ring records -> SyscallEvent, like the scap reader makes.
 
