@@ -31,11 +31,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MAX_IOV 8     /* iovecs copied per message */
 #define MAX_MMSG 8    /* messages reported per sendmmsg/recvmmsg */
 
-/* Our syscall numbers (records.py SYSCALLS is the same list, same order). */
+/* Our syscall numbers (records.py SYSCALLS is the same list, same order). SC_GETSOCKOPT is
+ * getsockopt(SOL_SOCKET, SO_ERROR) only: how a non-blocking connect ended. */
 enum sc {
 	SC_CONNECT, SC_ACCEPT, SC_ACCEPT4, SC_SENDTO, SC_RECVFROM, SC_SENDMSG, SC_RECVMSG,
-	SC_SENDMMSG, SC_RECVMMSG, SC_READ, SC_WRITE, SC_READV, SC_WRITEV, SC_CLOSE,
+	SC_SENDMMSG, SC_RECVMMSG, SC_READ, SC_WRITE, SC_READV, SC_WRITEV, SC_CLOSE, SC_GETSOCKOPT,
 };
+
+#define SOL_SOCKET 1
+#define SO_ERROR 4
 
 enum flag {
 	F_BOUND = 1,     /* the port was bound explicitly (listener or accepted child): server hint */
@@ -407,6 +411,17 @@ SEC("tracepoint/syscalls/sys_enter_writev")
 int enter_writev(struct trace_event_raw_sys_enter *ctx)
 { return enter(SC_WRITEV, ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), 0, 0); }
 
+/* A non-blocking connect() returns EINPROGRESS; the program learns how it ended (refused,
+ * unreachable, timed out, or connected) from getsockopt(SO_ERROR) — curl, Go, Java NIO,
+ * libuv, asyncio and nginx all ask that way. Other options are not traced. */
+SEC("tracepoint/syscalls/sys_enter_getsockopt")
+int enter_getsockopt(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ARG(ctx, 1) != SOL_SOCKET || ARG(ctx, 2) != SO_ERROR)
+		return 0;
+	return enter(SC_GETSOCKOPT, ARG(ctx, 0), ARG(ctx, 3), 0, 0, 0);
+}
+
 SEC("tracepoint/syscalls/sys_enter_close")
 int enter_close(struct trace_event_raw_sys_enter *ctx)
 { return enter(SC_CLOSE, ARG(ctx, 0), 0, 0, 0, 0); }
@@ -474,6 +489,29 @@ SEC("tracepoint/syscalls/sys_exit_readv")
 int exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_simple(ctx, 1); }
 SEC("tracepoint/syscalls/sys_exit_writev")
 int exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_simple(ctx, 1); }
+
+/* getsockopt(SO_ERROR): reported like a connect's result, ret = -(the socket's pending error),
+ * 0 once connected. A failed getsockopt itself says nothing about the connection: skipped. */
+SEC("tracepoint/syscalls/sys_exit_getsockopt")
+int exit_getsockopt(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 id;
+	struct inflight *st = take(&id);
+	struct event *e;
+	int so_error = 0;
+
+	if (!st)
+		return 0;
+	if (ctx->ret == 0 && !bpf_probe_read_user(&so_error, sizeof(so_error), (const void *)st->buf)) {
+		e = new_event(st, so_error > 0 ? -(long)so_error : 0);
+		if (e) {
+			read_tuple((struct socket *)st->sock, &e->t);
+			submit(e);
+		}
+	}
+	bpf_map_delete_elem(&inflight, &id);
+	return 0;
+}
 
 /* accept/accept4: the new fd's tuple; the peer address the kernel wrote back. */
 static __always_inline int exit_accept(struct trace_event_raw_sys_exit *ctx)

@@ -33,6 +33,7 @@ SYSCALLS: tuple[tuple[str, str], ...] = (
     ("readv", "recv"),
     ("writev", "send"),
     ("close", "close"),
+    ("getsockopt", "connect"),  # SO_ERROR only: the outcome of a non-blocking connect (res -errno, or 0)
 )
 IO_KINDS = frozenset({"send", "recv"})
 NSYSCALLS = len(SYSCALLS)

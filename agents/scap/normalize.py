@@ -20,6 +20,12 @@ KIND: dict[str, str] = {
     **{k: k for k in ("connect", "accept", "accept4", "close", "socket", "bind", "listen", "shutdown")},
 }
 KIND["accept4"] = "accept"
+# getsockopt(SOL_SOCKET, SO_ERROR): how a non-blocking connect ended; the reader keeps only that
+# option and reports it as a connect result (res -errno, 0 once connected), as the eBPF agent does
+KIND["getsockopt"] = "connect"
+PPM_SOCKOPT_LEVEL_SOL_SOCKET = 1
+PPM_SOCKOPT_SO_ERROR = 4
+PPM_SOCKOPT_IDX_ERRNO = 1  # the DYN val's type index: an int64, -errno
 CLONE_SYSCALLS = frozenset(("clone", "fork", "vfork", "clone3"))
 EXEC_SYSCALLS = frozenset(("execve", "execveat"))
 DUP_SYSCALLS = frozenset(("dup", "dup2", "dup3"))
@@ -74,7 +80,7 @@ MERGE_ENTER: tuple[bool, ...] = tuple(
 )
 # Events on an existing fd that matter only when the fd is a socket: the reader reads
 # just the fd (of the event, or of the stored enter event) before decoding anything.
-_ON_EXISTING_FD = SEND_SYSCALLS | RECV_SYSCALLS | {"close", "shutdown", "listen", "bind"}
+_ON_EXISTING_FD = SEND_SYSCALLS | RECV_SYSCALLS | {"close", "shutdown", "listen", "bind", "getsockopt"}
 FD_CHECK: tuple[bool, ...] = tuple(
     e.syscall in _ON_EXISTING_FD and (not e.is_enter or MERGE_ENTER[e.code]) for e in EVENTS
 )

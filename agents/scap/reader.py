@@ -58,6 +58,7 @@ from . import blocks as B
 from .errors import CaptureError
 from .event_table import EVENTS, PPM_EVENT_MAX
 from .normalize import (CATEGORY, FAMILY, FD_CHECK, FD_INDEX, IPPROTO, KIND, MERGE_ENTER, NEWFD_INDEXES,
+                        PPM_SOCKOPT_IDX_ERRNO, PPM_SOCKOPT_LEVEL_SOL_SOCKET, PPM_SOCKOPT_SO_ERROR,
                         SOCK_TYPE_PROTO, errno_name)
 from .params import LAYOUTS
 
@@ -500,7 +501,11 @@ class CaptureReader:
                 return None
             s = table.get(fd)
             t = p.get("tuple")
-            if kind == "connect":
+            if syscall == "getsockopt":
+                res = _connect_result(p, s)
+                if res is None:
+                    return None
+            elif kind == "connect":
                 a = p.get("addr")
                 if a and a[0] in ("ipv4", "ipv6"):
                     addr = (a[1], a[2])
@@ -558,6 +563,19 @@ class CaptureReader:
             addr[0] if addr else None, addr[1] if addr else None,
             res if moves and res >= 0 else None, data if data else None, False, th.exe, th.container_id,
         )
+
+
+def _connect_result(p: dict, s: Sock | None) -> int | None:
+    """getsockopt(SOL_SOCKET, SO_ERROR) on a TCP socket: its pending error as -errno (0: connected),
+    the outcome of a non-blocking connect. None for any other option, socket or a failed call."""
+    if s is None or s.proto != "tcp" or (p.get("res") or 0) < 0:
+        return None
+    if p.get("level") != PPM_SOCKOPT_LEVEL_SOL_SOCKET or p.get("optname") != PPM_SOCKOPT_SO_ERROR:
+        return None
+    val = p.get("val")
+    if not val or len(val) < 9 or val[0] != PPM_SOCKOPT_IDX_ERRNO:
+        return None
+    return int.from_bytes(val[1:9], "little", signed=True)
 
 
 def open_capture(path, *, skip_corrupt: bool = False) -> CaptureReader:

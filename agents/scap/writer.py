@@ -50,6 +50,7 @@ from svctrace.schemas.models import SyscallEvent
 from . import blocks as B
 from .reader import CLONE_FILES, CLONE_THREAD
 from .event_table import EVENTS, FIXED, STRING_TYPES, SYSDIG_0_29_TABLE_SIZE
+from .normalize import PPM_SOCKOPT_IDX_ERRNO, PPM_SOCKOPT_LEVEL_SOL_SOCKET, PPM_SOCKOPT_SO_ERROR
 
 SCAP_MINOR = 2
 _ZERO_IP6 = bytes(16)
@@ -128,7 +129,7 @@ def _exit_code(syscall: str) -> int:
 WRITE_CODES = {s: _exit_code(s) for s in (
     "connect", "accept", "accept4", "socket", "bind", "listen", "shutdown", "close",
     "send", "sendto", "sendmsg", "sendmmsg", "write", "writev", "pwrite", "pwritev",
-    "recv", "recvfrom", "recvmsg", "recvmmsg", "read", "readv", "pread", "preadv")}
+    "recv", "recvfrom", "recvmsg", "recvmmsg", "read", "readv", "pread", "preadv", "getsockopt")}
 SOCKETPAIR_X = _exit_code("socketpair")
 DROP_E = next(e.code for e in EVENTS if e.enum == "PPME_DROP_E")
 FAMILY_CODE = {"unix": 1, "ipv4": 2, "ipv6": 10}
@@ -230,6 +231,9 @@ class ScapWriter:
             fam = FAMILY_CODE.get(ev.family or "", 0)
             p.update(fd=ev.res, domain=fam, type=SOCK_TYPE.get(ev.proto or "", 0),
                      proto=0 if fam == 1 else IPPROTO.get(ev.proto or "", 0), flags=0)
+        elif ev.syscall == "getsockopt":  # a connect result: getsockopt(SOL_SOCKET, SO_ERROR) as sysdig records it
+            p.update(res=0, fd=ev.fd, level=PPM_SOCKOPT_LEVEL_SOL_SOCKET, optname=PPM_SOCKOPT_SO_ERROR, optlen=4,
+                     val=bytes([PPM_SOCKOPT_IDX_ERRNO]) + min(ev.res, 0).to_bytes(8, "little", signed=True))
         else:
             p["res"] = ev.res
             p["fd"] = ev.fd
