@@ -139,6 +139,15 @@ def test_markup_in_data_is_printed_literally():
     assert "[bold]x[/bold] (51151)" in tty.getvalue()
 
 
+def test_piped_line_is_what_rich_would_print_with_control_codes_in_data():
+    chain = example("chain")
+    chain["client"]["comm"] = "cu\rrl\x07\x08"  # rich drops BEL, BS, VT, FF, CR; piped output must too
+    lines = [render.chain_title(chain), *render.chain_lines(chain)]
+    text = plain(lines)
+    assert "curl (51151)" in text
+    assert text == "".join(line.__rich__().plain + "\n" for line in lines)
+
+
 def test_long_lines_are_not_wrapped_when_piped():
     chain = example("chain")
     chain["dns"]["qname"] = "a" * 200 + ".default.svc.cluster.local"

@@ -9,7 +9,7 @@ import orjson
 from svctrace.analyze import render
 from svctrace.analyze.errors import AnalyzeError
 from svctrace.analyze.pipeline import Analysis, analyze
-from svctrace.analyze.render import Text
+from svctrace.analyze.render import Line
 
 
 def chain_service(chain: dict) -> tuple[str | None, str | None]:
@@ -107,14 +107,14 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
                 render.section(console, f"CONNECTIONS SEEN ({len(rows)})", "process  proto  client → server  (this process's end)")
                 for line in render.connection_lines(rows, result.describe, limit=args.connections_limit):
                     console.print(line)
-            elif flt.active and result.connections.flows:
+            elif flt.active and len(result.connections):
                 render.section(console, "CONNECTIONS SEEN", "none match the filter")
             else:
                 render.section(console, "CONNECTIONS SEEN")
                 net = result.connections.net_events
                 text = (f"  {net} TCP/UDP socket events, but no connection with a known peer" if net
                         else "  no network activity in this capture (no TCP/UDP socket events)")
-                console.print(Text(text, style=render.DIM))
+                console.print(Line(text, style=render.DIM))
 
     if alerts:
         render.section(console, f"ALERTS ({len(alerts)})")
@@ -126,7 +126,7 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
 
     render.section(console, "SUMMARY")
     for name, text in result.summary_rows(chains, alerts, flt):
-        line = Text("  ")
+        line = Line("  ")
         line.append(f"{name:<9} ", style=render.LABEL)
         line.append(text)
         console.print(line)
@@ -138,6 +138,11 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise AnalyzeError("--connections-limit must be 0 or more")
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
                      progress_file=err, want_evidence=not args.json)
+    return output(args, result, flt, out)
+
+
+def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO) -> int:
+    """Print an analysis as asked (text or JSON Lines); the exit status."""
     chains = sorted((c for c in result.chains if flt.chain(c)), key=chain_order)
     alerts = sorted((a for a in result.alerts if flt.alert(a)), key=alert_order)
     if args.json:
@@ -146,6 +151,6 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         console = render.make_console(out, args.color)
         console.print(result.header())
         for warning in result.warnings:
-            console.print(Text(f"  warning: {warning}", style="yellow"))
+            console.print(Line(f"  warning: {warning}", style="yellow"))
         print_report(console, result, chains, alerts, args, flt)
     return 1 if alerts else 0

@@ -110,6 +110,17 @@ class ConnectionTable:
         return {FlowKey(node, comm, pid, proto, Endpoint(cip, cport), Endpoint(sip, sport)): t
                 for (node, comm, pid, proto, cip, cport, sip, sport), t in self._totals.items()}
 
+    def __len__(self) -> int:
+        """Flows tabulated (the size of `flows`, without building its keys)."""
+        return len(self._totals)
+
+    def servers(self):
+        """(server ip, server port, node, comm, pid) of every flow seen at its server's end,
+        in plain values (no FlowKey built per flow)."""
+        for (node, comm, pid, _proto, _cip, _cport, sip, sport), t in self._totals.items():
+            if t.role == "server":
+                yield sip, sport, node, comm, pid
+
     def add(self, e) -> None:
         proto = e.proto
         if proto == "unix" or e.family == "unix":

@@ -15,7 +15,7 @@ from typing import Any, Iterable, TextIO
 from svctrace.analyze import render
 from svctrace.analyze.connections import ConnectionRow, ConnectionTable
 from svctrace.analyze.errors import AnalyzeError
-from svctrace.analyze.render import Text
+from svctrace.analyze.render import Line
 
 # Files at least this big get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 4 << 20
@@ -105,6 +105,7 @@ class Analysis:
     evidence: dict = field(default_factory=dict)  # (node, n) -> SyscallEvent
     deadletters: list[dict] = field(default_factory=list)  # records a stage of the core could not process
     _servers: dict | None = field(default=None, repr=False)  # (ip, port) -> {(node, comm, pid)} serving it
+    _server_names: dict = field(default_factory=dict, repr=False)  # (ip, port, node) -> server_process's answer
 
     # -- lookups used by the renderer -------------------------------------------------------
     def describe(self, ip: str, ts: int | None = None) -> str:
@@ -126,15 +127,19 @@ class Analysis:
     def server_process(self, ip: str | None, port: int | None, node: str | None = None) -> str | None:
         """`comm (pid)` of the one process seen serving ip:port (accepting/reading there), if unique."""
         if self._servers is None:
-            self._servers = {}
-            for key, totals in self.connections.flows.items():
-                if totals.role == "server":
-                    self._servers.setdefault((key.server.ip, key.server.port), set()).add((key.node, key.comm, key.pid))
-        found = {p for p in self._servers.get((ip, port), ()) if node is None or p[0] == node}
-        if len(found) != 1:
-            return None
-        _, comm, pid = next(iter(found))
-        return f"{comm} ({pid})"
+            self._servers, self._server_names = {}, {}
+            for sip, sport, snode, comm, pid in self.connections.servers():
+                self._servers.setdefault((sip, sport), set()).add((snode, comm, pid))
+        # Asked once per chain, for a few backends: a busy one has a process per repeat to scan.
+        name = self._server_names.get((ip, port, node), False)
+        if name is False:
+            found = {p for p in self._servers.get((ip, port), ()) if node is None or p[0] == node}
+            name = None
+            if len(found) == 1:
+                _, comm, pid = next(iter(found))
+                name = f"{comm} ({pid})"
+            self._server_names[(ip, port, node)] = name
+        return name
 
     def namespaces_of(self, row: ConnectionRow) -> set[str]:
         """Namespaces a connection touches: its process's pod and the pods/Services at either end."""
@@ -173,8 +178,8 @@ class Analysis:
         return " ".join(parts)
 
     # -- header and summary -----------------------------------------------------------------
-    def header(self) -> Text:
-        t = Text()
+    def header(self) -> Line:
+        t = Line()
         t.append("svctrace analyze ", style="bold")
         t.append(self.path, style="bold cyan")
         if self.nodes:
@@ -205,7 +210,7 @@ class Analysis:
             rows.append(("cluster", f"{self.cluster_source}: {kinds}"))
         else:
             rows.append(("cluster", "no cluster state (pass --cluster with kubectl get ... -o json output)"))
-        rows.append(("flows", f"{len(self.connections.flows)} process/connection pairs"))
+        rows.append(("flows", f"{len(self.connections)} process/connection pairs"))
         if self.deadletters:
             why = Counter(f"{d.get('reason')}: {d.get('error')}" for d in self.deadletters)
             worst, n = min(why.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -1,18 +1,18 @@
 """Human output of `svctrace analyze`: request chains as timelines, alerts with their
 evidence, connections seen, and a summary.
 
-Everything is built as rich `Text` (never console markup, so a process named
-"[bold]" prints as itself). On a terminal rich adds colour; piped, the same
-lines come out as plain text, unwrapped. Times are UTC so output is the same
-on every machine.
+Every line is a `Line` of (text, style) pieces, never console markup (a process
+named "[bold]" prints as itself). On a terminal each becomes a rich `Text` and rich
+adds colour; piped, the pieces are joined and written as plain text, unwrapped:
+rich's per-line machinery is not paid for thousands of lines nobody sees coloured.
+Times are UTC so output is the same on every machine.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
 
-from rich.console import Console
-from rich.text import Text
+from rich.control import strip_control_codes
 
 from svctrace.analyze.connections import ConnectionRow
 
@@ -22,6 +22,39 @@ SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 LABEL = "bold cyan"
 DIM = "dim"
 STAGE_WIDTH = 10
+
+
+class Line:
+    """One output line as (text, style) pieces, built like rich's `Text` (a base style for
+    the whole line, then appended pieces) but without its per-piece work: `plain` joins the
+    pieces, `__rich__` makes the `Text` a terminal console prints."""
+
+    __slots__ = ("style", "texts", "styles")
+
+    def __init__(self, text: str = "", style: str = "") -> None:
+        self.style = style
+        self.texts = [text]
+        self.styles = [""]
+
+    def append(self, text: str, style: str = "") -> Line:
+        self.texts.append(text)
+        self.styles.append(style)
+        return self
+
+    @property
+    def plain(self) -> str:
+        """What rich's `Text.plain` would be: control codes (BEL, BS, VT, FF, CR) stripped.
+        str.translate is slow on non-ASCII text (every line has an arrow): only when needed."""
+        text = "".join(self.texts)
+        return text if text.isprintable() else strip_control_codes(text)
+
+    def __rich__(self):
+        from rich.text import Text
+
+        text = Text(self.texts[0], style=self.style)
+        for piece, style in zip(self.texts[1:], self.styles[1:]):
+            text.append(piece, style=style)
+        return text
 
 
 # --- formatting helpers ------------------------------------------------------------------
@@ -157,10 +190,10 @@ def _errno_in(ref: dict | None) -> str | None:
     return last[0] if last and last[0].startswith("E") and last[0].isupper() else None
 
 
-def chain_title(chain: dict) -> Text:
+def chain_title(chain: dict) -> Line:
     status = chain.get("status", "?")
     svc = chain.get("service") or {}
-    title = Text()
+    title = Line()
     title.append("● ", style=STATUS_STYLE.get(status, ""))
     if svc:
         port = svc.get("port")
@@ -189,7 +222,7 @@ TRANSLATION_LABEL = {  # mode -> (timeline stage, description)
 }
 
 
-def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=None) -> list[Text]:
+def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=None) -> list[Line]:
     """The timeline: client, DNS query and answer, connect, translation, backend, request, response."""
     start = chain["start_ts"]
     rows: list[tuple[int | None, str, str, str]] = []  # (ts, stage, text, style)
@@ -294,19 +327,19 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         keyed.append(((last, i), row))
     lines = []
     for _, (ts, stage, text, style) in sorted(keyed, key=lambda kv: kv[0]):
-        line = Text("  ")
+        line = Line("  ")
         line.append(f"{offset_ms(ts, start):>12}  ", style=DIM)
         line.append(f"{stage:<{STAGE_WIDTH}}  ", style=LABEL)
         line.append(text, style=style)
         lines.append(line)
     hops = [h for h in chain.get("hops") or () if h.get("latency_ns") is not None]
     if hops:
-        line = Text("  " + " " * 14)
+        line = Line("  " + " " * 14)
         line.append(f"{'latency':<{STAGE_WIDTH}}  ", style=LABEL)
         line.append("  ".join(f"{h['name']} {duration(h['latency_ns'])}" for h in hops), style=DIM)
         lines.append(line)
     if chain.get("alerts"):
-        line = Text("  " + " " * 14)
+        line = Line("  " + " " * 14)
         line.append(f"{'alerts':<{STAGE_WIDTH}}  ", style=LABEL)
         rules = alert_rules or {}
         line.append(", ".join(rules.get(a, a) for a in chain["alerts"]), style="red")
@@ -315,7 +348,7 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
 
 
 # --- alerts ----------------------------------------------------------------------------
-def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> list[Text]:
+def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> list[Line]:
     """One alert: severity, rule, summary; then labels, when, chains and its evidence, one
     syscall per line like `sysdig -r` prints it.
 
@@ -323,7 +356,7 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> 
     the refs already shown, so a second alert on the same chain says "as above".
     """
     sev = alert.get("severity", "info")
-    head = Text("  ")
+    head = Line("  ")
     head.append(f" {sev.upper()} ", style=SEVERITY_STYLE.get(sev, ""))
     head.append(f" {alert['rule']}", style="bold")
     if alert.get("count", 1) > 1:
@@ -331,8 +364,8 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> 
     head.append(f"  {alert['summary']}")
     lines = [head]
 
-    def field(name: str, text: str, style: str = "") -> Text:
-        line = Text("      ")
+    def field(name: str, text: str, style: str = "") -> Line:
+        line = Line("      ")
         line.append(f"{name:<9} ", style=LABEL)
         line.append(text, style=style)
         lines.append(line)
@@ -364,7 +397,7 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> 
 
 
 # --- connections -------------------------------------------------------------------------
-def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) -> list[Text]:
+def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) -> list[Line]:
     """`process  proto  client -> server  bytes  errors`, aligned; `describe(ip) -> str` names pods/services."""
     lines = []
     shown = rows[:limit]
@@ -378,7 +411,7 @@ def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) 
             c, s = describe(row.key.client.ip, t.first_ts), describe(row.key.server.ip, t.first_ts)
             client += f" ({c})" if c else ""
             server += f" ({s})" if s else ""
-        line = Text("  ")
+        line = Line("  ")
         line.append(f"{proc:<{width}}  ", style="bold")
         line.append(f"{row.key.proto:<3}  ", style=LABEL)
         line.append(f"{client} → {server}")
@@ -390,7 +423,7 @@ def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) 
             line.append("  " + " ".join(f"{k}×{v}" for k, v in sorted(t.errors.items())), style="red")
         lines.append(line)
     if len(rows) > limit:
-        lines.append(Text(f"  … and {len(rows) - limit} more (use --connections-limit to show more)", style=DIM))
+        lines.append(Line(f"  … and {len(rows) - limit} more (use --connections-limit to show more)", style=DIM))
     return lines
 
 
@@ -400,8 +433,8 @@ def counts(items, key) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def section(console: Console, title: str, note: str = "") -> None:
-    t = Text()
+def section(console, title: str, note: str = "") -> None:
+    t = Line()
     t.append(title, style="bold underline")
     if note:
         t.append(f"  {note}", style=DIM)
@@ -416,12 +449,14 @@ class PlainConsole:
     def __init__(self, file) -> None:
         self.file = file
 
-    def print(self, text: Text | str = "") -> None:
-        self.file.write((text.plain if isinstance(text, Text) else text) + "\n")
+    def print(self, line: Line | str = "") -> None:
+        self.file.write((line if isinstance(line, str) else line.plain) + "\n")
 
 
-def make_console(file, color: bool | None) -> Console | PlainConsole:
+def make_console(file, color: bool | None):
     """Colour on a terminal (or when forced), plain text otherwise; never wrap lines."""
+    from rich.console import Console
+
     if color is True:
         return Console(file=file, highlight=False, soft_wrap=True, emoji=False, force_terminal=True)
     if color is None and Console(file=file).is_terminal:
