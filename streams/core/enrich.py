@@ -444,7 +444,7 @@ class Enricher:
                 if kind == "close":
                     del pout[fdkey]
                 return _proxy_of(tagged[0])
-        if kind == "connect":
+        if kind == "connect" and e.syscall != "getsockopt":  # a connect result dials nothing new
             if server_side:
                 return None
             if aref is not None and aref["kind"] == "service" and e.local_port:

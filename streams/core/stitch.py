@@ -344,6 +344,10 @@ class Stitcher:
         key = f"[{ip}]:{port}" if ip and ":" in ip else f"{ip}:{port}"  # keys.endpoint_key, inline
         conns = st["conns"]
         conn = conns.get(key)
+        if kind == "connect" and e.syscall == "getsockopt":
+            if conn is not None:
+                self._connect_result(conn, side, e)
+            return
         if conn is not None and side == "cl" and kind == "connect" and conn["cn"] is not None:
             # The client port is reused: the previous connection is over.
             self._finish(st, conn, out, final=False)
@@ -366,6 +370,28 @@ class Stitcher:
             self._sv(st, conn, d)
         else:
             self._px(st, conn, d)
+
+    @staticmethod
+    def _connect_result(conn: dict, side: str, e) -> None:
+        """getsockopt(SO_ERROR) after a non-blocking connect (EINPROGRESS): res -errno when it failed
+        (refused, unreachable, timed out). Real clients learn a refusal only so: their connect()
+        itself returned EINPROGRESS. A 0 says only that no error is pending (not that the connect
+        completed: anyone may ask at any time), so it changes nothing; neither does a result for a
+        connect no longer in progress."""
+        if e.res >= 0:
+            return
+        if side == "cl":
+            cn = conn["cn"]
+            if cn is not None and cn["errno"] == "EINPROGRESS":
+                conn["cn"] = {**cn, "res": e.res, "errno": e.errno}  # replaced, never mutated (_ConnParts)
+                _evidence(conn, e, f"client connect {e.errno}")
+        elif side == "px":
+            for me in conn["px"]:
+                if me["fd"] == e.fd and me["pid"] == e.pid and me["node"] == e.node:
+                    if me["errno"] == "EINPROGRESS":
+                        me["res"], me["errno"] = e.res, e.errno
+                        _evidence(conn, e, f"proxy dial {e.errno}")
+                    break
 
     def _schedule(self, st: dict, conn: dict) -> None:
         dl = self._conn_deadline(conn)
