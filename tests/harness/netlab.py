@@ -1,0 +1,146 @@
+"""A one-node Kubernetes network in network namespaces, for tests on the real kernel (root).
+
+    with NetLab() as lab:
+        lab.pod("client", "10.244.0.2")
+        lab.pod("backend", "10.244.0.3")
+        lab.service("10.96.0.100", 8080, "tcp", [("10.244.0.3", 80)])
+        lab.run("client", ["curl", ...])
+
+The node is a namespace with a bridge (the pod network's gateway) and kube-proxy's iptables
+shape: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT. Each pod is a
+namespace with a veth on that bridge and its default route through the node. Nothing has a
+route out of the lab: the node namespace has no uplink, and every ClusterIP without rules
+is blackholed there (a SYN to it vanishes, as after kube-proxy's rules were flushed).
+Pods resolve through `ip netns exec`'s per-namespace resolv.conf (/etc/netns/<ns>/).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SERVICE_CIDR = "10.96.0.0/12"
+
+
+def sh(*argv: str) -> None:
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"lab: {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+class NetLab:
+    def __init__(self, gateway: str = "10.244.0.1", prefix: int = 24) -> None:
+        self.tag = f"svtlab{os.getpid()}"
+        self.node = f"{self.tag}-node"
+        self.gateway, self.prefix = gateway, prefix
+        self.pods: dict[str, str] = {}  # pod name -> its namespace
+        self.made: list[str] = []  # namespaces created, in order
+        self.services = 0
+
+    # -- building ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> "NetLab":
+        if os.geteuid() != 0:
+            raise RuntimeError("the network lab needs root")
+        try:
+            self._add_ns(self.node)
+            self.node_sh("ip", "link", "set", "lo", "up")
+            self.node_sh("ip", "link", "add", "br0", "type", "bridge")
+            self.node_sh("ip", "addr", "add", f"{self.gateway}/{self.prefix}", "dev", "br0")
+            self.node_sh("ip", "link", "set", "br0", "up")
+            self.node_sh("ip", "route", "add", "blackhole", SERVICE_CIDR)
+            self.node_sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # replies between pods on one bridge are bridged, not routed: without this conntrack
+            # never sees them and cannot undo the DNAT
+            self.node_sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
+            self.node_sh("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
+            for hook in ("PREROUTING", "OUTPUT"):
+                self.node_sh("iptables", "-t", "nat", "-A", hook, "-j", "KUBE-SERVICES")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _add_ns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.made.append(name)
+
+    def node_sh(self, *argv: str) -> None:
+        sh("ip", "netns", "exec", self.node, *argv)
+
+    def pod(self, name: str, ip: str, resolver: str | None = None,
+            search: tuple[str, ...] = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")) -> str:
+        """A pod namespace with `ip` on the bridge; `resolver`: its resolv.conf's nameserver
+        (kubelet's shape: the cluster DNS Service, the namespace's search list, ndots:5)."""
+        ns = f"{self.tag}-{name}"
+        self._add_ns(ns)
+        host_end = f"v{self.tag[-6:]}{len(self.pods)}"  # <= 15 characters
+        self.node_sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self.node_sh("ip", "link", "set", host_end, "master", "br0", "up")
+        for argv in (("ip", "link", "set", "lo", "up"), ("ip", "addr", "add", f"{ip}/{self.prefix}", "dev", "eth0"),
+                     ("ip", "link", "set", "eth0", "up"), ("ip", "route", "add", "default", "via", self.gateway)):
+            sh("ip", "netns", "exec", ns, *argv)
+        if resolver:
+            conf = Path("/etc/netns") / ns
+            conf.mkdir(parents=True, exist_ok=True)
+            (conf / "resolv.conf").write_text(f"nameserver {resolver}\nsearch {' '.join(search)}\noptions ndots:5\n")
+        self.pods[name] = ns
+        return ns
+
+    def service(self, vip: str, port: int, proto: str, backends: list[tuple[str, int]]) -> None:
+        """kube-proxy's iptables rules for one Service port: VIP:port -> one of `backends`."""
+        self.services += 1
+        svc = f"KUBE-SVC-{self.services}"
+        self.node_sh("iptables", "-t", "nat", "-N", svc)
+        self.node_sh("iptables", "-t", "nat", "-A", "KUBE-SERVICES", "-d", f"{vip}/32", "-p", proto,
+                     "--dport", str(port), "-j", svc)
+        for i, (ip, target) in enumerate(backends):
+            sep = f"KUBE-SEP-{self.services}-{i}"
+            self.node_sh("iptables", "-t", "nat", "-N", sep)
+            rest = len(backends) - i
+            pick = ["-m", "statistic", "--mode", "random", "--probability", f"{1 / rest:.5f}"] if rest > 1 else []
+            self.node_sh("iptables", "-t", "nat", "-A", svc, *pick, "-j", sep)
+            self.node_sh("iptables", "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
+                         "--to-destination", f"{ip}:{target}")
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def argv(self, pod: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.pods[pod], *argv]
+
+    def start(self, pod: str, argv: list[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.argv(pod, argv), **kw)
+
+    def run(self, pod: str, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(pod, argv), capture_output=True, timeout=timeout)
+
+    def wait_listening(self, pod: str, ip: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+        """Until a TCP socket listens on ip:port in the pod (read from the kernel: no traffic)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise RuntimeError(f"lab: {proc.args} exited ({proc.returncode}) before listening: {err}")
+            r = subprocess.run(self.argv(pod, ["ss", "-Hltn", f"src {ip}:{port}"]), capture_output=True, text=True)
+            if r.stdout.strip():
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"lab: nothing listens on {ip}:{port} in {pod} after {timeout} s")
+            time.sleep(0.05)  # poll interval of a readiness check, bounded by the deadline
+
+    def netns_ids(self) -> set[int]:
+        """The pods' network namespace ids, as the capture reports them (SyscallEvent.netns)."""
+        return {os.stat(f"/run/netns/{ns}").st_ino for ns in self.pods.values()}
+
+    def close(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)  # its veths go with it
+            conf = Path("/etc/netns") / ns
+            if conf.is_dir():
+                shutil.rmtree(conf)
+        self.made.clear()
