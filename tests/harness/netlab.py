@@ -46,6 +46,11 @@ class NetLab:
             raise RuntimeError("the network lab needs root")
         try:
             self._add_ns(self.node)
+            # the node routes ClusterIP traffic back out of the interface it came in on: an ICMP
+            # redirect each time would spend the per-host ICMP rate limit that a Service without
+            # endpoints needs for its "port unreachable" (kube-proxy's REJECT)
+            for scope in ("all", "default"):
+                self.node_sh("sysctl", "-qw", f"net.ipv4.conf.{scope}.send_redirects=0")
             self.node_sh("ip", "link", "set", "lo", "up")
             self.node_sh("ip", "link", "add", "br0", "type", "bridge")
             self.node_sh("ip", "addr", "add", f"{self.gateway}/{self.prefix}", "dev", "br0")
@@ -108,18 +113,31 @@ class NetLab:
             self.node_sh("iptables", "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
                          "--to-destination", f"{ip}:{target}")
 
+    def reject(self, vip: str, port: int, proto: str) -> None:
+        """kube-proxy's rule for a Service without endpoints: the ClusterIP's packets are
+        forwarded (a route onward) and the filter table rejects them (ICMP port unreachable:
+        the client's connect is refused)."""
+        self.node_sh("ip", "route", "add", f"{vip}/32", "dev", "br0")
+        self.node_sh("iptables", "-A", "FORWARD", "-d", f"{vip}/32", "-p", proto, "--dport", str(port),
+                     "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+
+    def node_address(self, ip: str) -> None:
+        """An address of the node itself (on its lo): a host service pods can reach."""
+        self.node_sh("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+
     # -- running ----------------------------------------------------------------------------------
 
     def argv(self, pod: str, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.pods[pod], *argv]
+        """`pod`: a pod's name, or None for the node itself."""
+        return ["ip", "netns", "exec", self.node if pod is None else self.pods[pod], *argv]
 
-    def start(self, pod: str, argv: list[str], **kw) -> subprocess.Popen:
+    def start(self, pod: str | None, argv: list[str], **kw) -> subprocess.Popen:
         return subprocess.Popen(self.argv(pod, argv), **kw)
 
     def run(self, pod: str, argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(pod, argv), capture_output=True, timeout=timeout)
 
-    def wait_listening(self, pod: str, ip: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    def wait_listening(self, pod: str | None, ip: str, port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
         """Until a TCP socket listens on ip:port in the pod (read from the kernel: no traffic)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -134,8 +152,9 @@ class NetLab:
             time.sleep(0.05)  # poll interval of a readiness check, bounded by the deadline
 
     def netns_ids(self) -> set[int]:
-        """The pods' network namespace ids, as the capture reports them (SyscallEvent.netns)."""
-        return {os.stat(f"/run/netns/{ns}").st_ino for ns in self.pods.values()}
+        """The lab's network namespace ids (node and pods), as the capture reports them
+        (SyscallEvent.netns)."""
+        return {os.stat(f"/run/netns/{ns}").st_ino for ns in self.made}
 
     def close(self) -> None:
         for ns in reversed(self.made):
