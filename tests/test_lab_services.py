@@ -1,18 +1,22 @@
-"""The seed article's request on a real kernel network: kube-proxy-style iptables DNAT in network
-namespaces, captured live with eBPF, stitched by the core (as root).
+"""The seed article's request and its faults on a real kernel network, captured live with eBPF and
+stitched by the core (as root).
 
-A client pod resolves my-nginx through the cluster DNS Service (itself DNATed to a DNS pod, with
-the search list and ndots:5 a kubelet writes) and curls the ClusterIP; iptables DNAT sends it to
-the nginx pod. Two faults of the article's Part 2 run beside the healthy request: a Service whose
-targetPort nothing listens on, and a Service whose rules were flushed (the SYN to the ClusterIP
-vanishes). From the syscalls alone the core must tell the DNAT hop, the backend pod, and each
-fault's alert. The lab has no route out (tests/harness/netlab.py).
+tests/harness/netlab.py builds one node in network namespaces: pods on a bridge, kube-proxy's
+iptables shape, no route out. A DNS pod serves the cluster domain behind the kube-dns ClusterIP
+(pods resolve with kubelet's search list and ndots:5), nginx serves my-nginx. The client pod
+curls one Service per case: iptables DNAT (healthy, and a targetPort nothing listens on); the
+userspace proxy of the seed's time (a node process accepting the ClusterIP's connections and
+dialing the backend: healthy, and its dial refused); rules flushed (the SYN vanishes); a
+Service without endpoints (kube-proxy's REJECT); and another pod whose resolver is the node's,
+answering an address that is no Service. From the syscalls alone the core must name each hop
+and raise each fault's alerts.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,30 +31,49 @@ from tests.test_ebpf_live import Live
 pytestmark = pytest.mark.root
 
 REPO = Path(__file__).resolve().parent.parent
-NODE = "lab-node"
-DNS_VIP, NGINX_VIP, WRONG_PORT_VIP, FLUSHED_VIP = "10.96.0.10", "10.96.0.100", "10.96.0.101", "10.96.0.102"
-CLIENT_IP, NGINX_IP, DNS_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4"
-NAMES = {"my-nginx": NGINX_VIP, "my-nginx-wrong-port": WRONG_PORT_VIP, "my-nginx-flushed": FLUSHED_VIP}
+NODE, NODE_IP = "lab-node", "10.244.0.1"
+CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
+DNS_VIP = "10.96.0.10"
+HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
+NGINX = {"run": "my-nginx"}
+DOMAIN = "default.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One Service the client curls, and how the lab's kube-proxy treats its ClusterIP."""
+    vip: str
+    path: str  # "dnat" to its target port | "userspace" via the node's proxy | "flushed" | "reject"
+    target_port: int = 80
+    selector: tuple = tuple(NGINX.items())
+
+
+CASES = {
+    "my-nginx": Case("10.96.0.100", "dnat"),
+    "my-nginx-wrong-port": Case("10.96.0.101", "dnat", target_port=8081),  # nothing listens on 8081
+    "my-nginx-flushed": Case("10.96.0.102", "flushed"),
+    "my-nginx-no-endpoints": Case("10.96.0.103", "reject", selector=(("run", "my-nginxx"),)),
+    "my-nginx-userspace": Case("10.96.0.104", "userspace"),
+    "my-nginx-userspace-wrong-port": Case("10.96.0.105", "userspace", target_port=8081),
+}
+HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
 
 
 def lab_cluster() -> Cluster:
     """What the metadata watcher would publish for the lab."""
     c = Cluster()
-    c.nodes = {NODE: "10.244.0.1"}
-    nginx = {"run": "my-nginx"}
+    c.nodes = {NODE: NODE_IP}
     c.pods = {
         "client": Pod("client", CLIENT_IP, NODE, labels={"run": "client"}),
-        "my-nginx-1": Pod("my-nginx-1", NGINX_IP, NODE, labels=nginx, ports=(("http", 80),)),
+        "other-client": Pod("other-client", OTHER_CLIENT_IP, NODE, labels={"run": "client"}),
+        "my-nginx-1": Pod("my-nginx-1", NGINX_IP, NODE, labels=NGINX, ports=(("http", 80),)),
         "coredns": Pod("coredns", DNS_IP, NODE, namespace="kube-system", labels={"k8s-app": "kube-dns"},
                        ports=(("dns", 53),)),
     }
-    c.services = {
-        "my-nginx": Service("my-nginx", NGINX_VIP, 8080, 80, nginx),
-        "my-nginx-wrong-port": Service("my-nginx-wrong-port", WRONG_PORT_VIP, 8080, 8081, nginx),
-        "my-nginx-flushed": Service("my-nginx-flushed", FLUSHED_VIP, 8080, 80, nginx),
-        "kube-dns": Service("kube-dns", DNS_VIP, 53, 53, {"k8s-app": "kube-dns"}, namespace="kube-system",
-                            protocol="UDP"),
-    }
+    c.services = {name: Service(name, case.vip, 8080, case.target_port, dict(case.selector))
+                  for name, case in CASES.items()}
+    c.services["kube-dns"] = Service("kube-dns", DNS_VIP, 53, 53, {"k8s-app": "kube-dns"}, namespace="kube-system",
+                                     protocol="UDP")
     c.dns_ip = DNS_VIP
     return c
 
@@ -89,9 +112,43 @@ def read_until(proc: subprocess.Popen, marker: str) -> None:
     raise AssertionError(f"{proc.args} exited ({proc.wait()}) before printing {marker!r}")
 
 
+def build(lab: NetLab, www: Path, servers: list) -> None:
+    """Pods, kube-proxy's rules for every case, and the servers (DNS, nginx, proxies, host resolver)."""
+    lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
+    lab.pod("other-client", OTHER_CLIENT_IP, resolver=HOST_RESOLVER)
+    lab.pod("my-nginx-1", NGINX_IP)
+    lab.pod("coredns", DNS_IP)
+    lab.node_address(HOST_RESOLVER)
+    lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
+    names = [f"{name}.{DOMAIN}={case.vip}" for name, case in CASES.items()]
+    servers.append(lab.start("coredns", [sys.executable, "-m", "tests.harness.lab_dns", DNS_IP, *names],
+                             cwd=REPO, stdout=subprocess.PIPE, text=True))
+    read_until(servers[-1], "ready")
+    # the node's resolver answers my-nginx with an address that is no Service: the node's own
+    servers.append(lab.start(None, [sys.executable, "-m", "tests.harness.lab_dns", HOST_RESOLVER,
+                                    f"my-nginx.{DOMAIN}={NODE_IP}"], cwd=REPO, stdout=subprocess.PIPE, text=True))
+    read_until(servers[-1], "ready")
+    servers.append(lab.start("my-nginx-1", ["nginx", "-c", str(nginx_conf(www))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
+    for i, case in enumerate(CASES.values()):
+        if case.path == "dnat":
+            lab.service(case.vip, 8080, "tcp", [(NGINX_IP, case.target_port)])
+        elif case.path == "reject":
+            lab.reject(case.vip, 8080, "tcp")
+        elif case.path == "userspace":
+            proxy_port = 40080 + i
+            servers.append(lab.start(None, [sys.executable, "-m", "tests.harness.lab_proxy", NODE_IP, str(proxy_port),
+                                            NGINX_IP, str(case.target_port)], cwd=REPO, stdout=subprocess.PIPE,
+                                     text=True))
+            read_until(servers[-1], "ready")
+            lab.service(case.vip, 8080, "tcp", [(NODE_IP, proxy_port)])
+        # flushed: no rules at all, the ClusterIP is blackholed
+
+
 @pytest.fixture(scope="module")
 def lab_capture(tmp_path_factory):
-    """Build the lab, capture while the client curls the three Services, return (events, curl results)."""
+    """Build the lab, capture while the clients curl every case; returns (events, curl results by case)."""
     if os.geteuid() != 0:
         pytest.fail("the network lab needs root (this test is marked `root`)")
     www = tmp_path_factory.mktemp("www")
@@ -100,28 +157,16 @@ def lab_capture(tmp_path_factory):
     live.norm = Normalizer(NODE, boot_to_epoch_ns(), containers=live.norm.containers)
     servers: list[subprocess.Popen] = []
     try:
-        with NetLab() as lab:
-            lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
-            lab.pod("my-nginx-1", NGINX_IP)
-            lab.pod("coredns", DNS_IP)
-            lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
-            lab.service(NGINX_VIP, 8080, "tcp", [(NGINX_IP, 80)])
-            lab.service(WRONG_PORT_VIP, 8080, "tcp", [(NGINX_IP, 8081)])  # nothing listens on 8081
-            # my-nginx-flushed: no rules at all
-            names = [f"{n}.default.svc.cluster.local={ip}" for n, ip in NAMES.items()]
-            servers.append(lab.start("coredns", [sys.executable, "-m", "tests.harness.lab_dns", DNS_IP, *names],
-                                     cwd=REPO, stdout=subprocess.PIPE, text=True))
-            read_until(servers[-1], "ready")
-            servers.append(lab.start("my-nginx-1", ["nginx", "-c", str(nginx_conf(www))],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-            lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
+        with NetLab(gateway=NODE_IP) as lab:
+            build(lab, www, servers)
             curls = {}
-            for name in NAMES:
-                proc = lab.start("client", ["curl", "-s", "--connect-timeout", "2",
-                                            f"http://{name}.default.svc.cluster.local:8080/index.html"],
+            todo = [("client", name) for name in CASES] + [("other-client", HOST_RESOLVED)]
+            for pod, case in todo:
+                name = "my-nginx" if case == HOST_RESOLVED else case
+                proc = lab.start(pod, ["curl", "-s", "--connect-timeout", "2", f"http://{name}.{DOMAIN}:8080/index.html"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                out, err = proc.communicate(timeout=30)
-                curls[name] = (proc.pid, proc.returncode, out)
+                out, _err = proc.communicate(timeout=30)
+                curls[case] = (proc.pid, proc.returncode, out)
             lab_ns = lab.netns_ids()
             # every curl's last syscall on its connection is its close: then the capture has it all
             live.until(lambda seen: all(any(e.pid == pid and e.kind == "close" and e.proto == "tcp" for e in seen)
@@ -138,60 +183,77 @@ def lab_capture(tmp_path_factory):
     return [e for e in live.seen if e.netns in lab_ns], curls
 
 
-def chains_by_service(events) -> tuple[dict, list]:
+AMPLIFIED = "dns.search_amplification"  # ndots:5 and a name of 4 dots: every pod's lookup tries the search list
+# case -> curl's exit status, and what the chain must say: status, translation mode (None: not
+# checked), backend pod, HTTP status, error, alert rules
+EXPECTED = {
+    "my-nginx": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # curl 7: could not connect (refused; nothing accepts, so no translation is seen)
+    "my-nginx-wrong-port": (7, "broken", None, None, None, "connection refused",
+                            {"svc.target_port_refused", AMPLIFIED}),
+    # curl 28: connect timed out (the SYN to a ClusterIP without rules vanishes)
+    "my-nginx-flushed": (28, "broken", "none", None, None, "connection timed out",
+                         {"svc.translation_missing", AMPLIFIED}),
+    "my-nginx-no-endpoints": (7, "broken", "none", None, None, "connection refused", {"svc.no_endpoints", AMPLIFIED}),
+    "my-nginx-userspace": (0, "ok", "userspace_proxy", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # curl 52: empty reply (the proxy accepted, its dial was refused, it closed)
+    "my-nginx-userspace-wrong-port": (52, "broken", "userspace_proxy", "my-nginx-1", None, "empty reply",
+                                      {"svc.target_port_refused", AMPLIFIED}),
+    HOST_RESOLVED: (7, "broken", None, None, None, "connection refused",
+                    {"dns.wrong_resolver", "dns.answer_not_service", AMPLIFIED}),
+}
+
+
+def chain_of(case: str, events) -> tuple[dict, set[str]]:
+    """The one chain of a case's curl, and the rules of its alerts."""
     result = run(events, lab_cluster().index())
-    by_service: dict[str, list] = {}
-    for ch in result.chains:
-        name = (ch.get("service") or {}).get("name")
-        by_service.setdefault(name, []).append(ch)
-    return by_service, result.alerts
+    rules = {a["alert_id"]: a["rule"] for a in result.alerts}
+    service = None if case == HOST_RESOLVED else case
+    client = "other-client" if case == HOST_RESOLVED else "client"
+    [chain] = [ch for ch in result.chains
+               if (ch["service"] or {}).get("name") == service and ch["client"]["pod"] == client]
+    return chain, {rules[i] for i in chain["alerts"]}
 
 
-def rules_of(chain: dict, alerts: list) -> set[str]:
-    by_id = {a["alert_id"]: a["rule"] for a in alerts}
-    return {by_id[i] for i in chain["alerts"]}
-
-
-def test_curls_behave_as_the_faults_say(lab_capture):
-    _events, curls = lab_capture
-    assert curls["my-nginx"][1:] == (0, b"hello from the lab\n")
-    assert curls["my-nginx-wrong-port"][1] == 7  # curl: failed to connect (refused)
-    assert curls["my-nginx-flushed"][1] == 28  # curl: connect timed out
-
-
-def test_healthy_request_is_one_dnat_chain_to_the_nginx_pod(lab_capture):
+@pytest.mark.parametrize("case", EXPECTED)
+def test_each_case_gives_its_chain_and_alerts(lab_capture, case):
     events, curls = lab_capture
-    by_service, alerts = chains_by_service(events)
-    [chain] = by_service["my-nginx"]
-    assert chain["status"] == "ok"
-    # ndots:5 and a name of 4 dots: glibc tries the search list first (A and AAAA each), as in
-    # every pod; that is the only thing to say about this request
-    assert rules_of(chain, alerts) == {"dns.search_amplification"}
-    assert chain["dns"]["queries"] == 8
-    assert chain["client"]["pod"] == "client" and chain["client"]["pid"] == curls["my-nginx"][0]
+    rc, status, mode, backend, http, error, rules = EXPECTED[case]
+    assert curls[case][1] == rc, curls[case]
+    chain, alerted = chain_of(case, events)
+    assert chain["client"]["pid"] == curls[case][0]
+    assert chain["status"] == status
+    if mode is not None:
+        assert chain["translation"]["mode"] == mode
+    assert (chain["backend"] or {}).get("pod") == backend
+    assert (chain["response"] or {}).get("status") == http and (chain["response"] or {}).get("error") == error
+    assert alerted == rules
+    assert chain["dns"]["queries"] == 8  # A and AAAA for 3 search expansions, then the name itself
+
+
+def test_dnat_chain_names_every_hop(lab_capture):
+    events, _curls = lab_capture
+    chain, _ = chain_of("my-nginx", events)
     dns = chain["dns"]
-    assert dns["qname"] == "my-nginx.default.svc.cluster.local" and dns["rcode"] == "NOERROR"
-    assert dns["answers"] == [NGINX_VIP] and dns["resolver_ip"] == DNS_VIP and dns["resolver_is_cluster_dns"]
-    assert dns["server"]["pod"] == "coredns"
-    assert chain["connect"]["ip"] == NGINX_VIP and chain["connect"]["port"] == 8080
-    assert chain["translation"]["mode"] == "dnat"
-    assert chain["backend"]["pod"] == "my-nginx-1" and chain["backend"]["ip"] == NGINX_IP
-    assert chain["backend"]["port"] == 80
-    assert chain["response"]["status"] == 200 and chain["response"]["target"] == "/index.html"
+    assert dns["qname"] == f"my-nginx.{DOMAIN}" and dns["rcode"] == "NOERROR" and dns["answers"] == ["10.96.0.100"]
+    assert dns["resolver_ip"] == DNS_VIP and dns["resolver_is_cluster_dns"] and dns["server"]["pod"] == "coredns"
+    assert (chain["connect"]["ip"], chain["connect"]["port"]) == ("10.96.0.100", 8080)
+    assert chain["service"]["name"] == "my-nginx" and chain["service"]["target_port"] == 80
+    assert (chain["backend"]["ip"], chain["backend"]["port"]) == (NGINX_IP, 80)
+    assert chain["response"]["target"] == "/index.html" and chain["response"]["method"] == "GET"
 
 
-def test_wrong_target_port_is_refused_at_the_backend(lab_capture):
+def test_userspace_proxy_is_the_node_process_that_copies_the_bytes(lab_capture):
     events, _curls = lab_capture
-    by_service, alerts = chains_by_service(events)
-    [chain] = by_service["my-nginx-wrong-port"]
-    assert chain["status"] == "broken"
-    assert rules_of(chain, alerts) == {"svc.target_port_refused", "dns.search_amplification"}
+    chain, _ = chain_of("my-nginx-userspace", events)
+    proxy = chain["translation"]["proxy"]
+    assert (proxy["node"], proxy["ip"], proxy["pod"]) == (NODE, NODE_IP, None)  # a host process, not a pod
+    assert chain["translation"]["confidence"] == "high"
 
 
-def test_flushed_rules_leave_the_clusterip_connect_untranslated(lab_capture):
+def test_host_resolver_answer_is_no_service(lab_capture):
     events, _curls = lab_capture
-    by_service, alerts = chains_by_service(events)
-    [chain] = by_service["my-nginx-flushed"]
-    assert chain["status"] == "broken"
-    assert rules_of(chain, alerts) == {"svc.translation_missing", "dns.search_amplification"}
-    assert chain["backend"] is None
+    chain, _ = chain_of(HOST_RESOLVED, events)
+    dns = chain["dns"]
+    assert dns["resolver_ip"] == HOST_RESOLVER and dns["resolver_is_cluster_dns"] is False
+    assert dns["answers"] == [NODE_IP] and chain["service"] is None
