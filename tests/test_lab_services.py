@@ -6,7 +6,9 @@ iptables shape, no route out. A DNS pod serves the cluster domain behind the kub
 (pods resolve with kubelet's search list and ndots:5), nginx serves my-nginx. The client pod
 curls one Service per case: iptables DNAT (healthy, and a targetPort nothing listens on); the
 userspace proxy of the seed's time (a node process accepting the ClusterIP's connections and
-dialing the backend: healthy, and its dial refused); rules flushed (the SYN vanishes); a
+dialing the backend: healthy, and its dial refused); Cilium-style socket-level load balancing
+(a cgroup/connect4 program sends the client's connect to the pod itself, tests/harness/socklb.py);
+rules flushed (the SYN vanishes); a
 Service without endpoints (kube-proxy's REJECT); and another pod whose resolver is the node's,
 answering an address that is no Service. From the syscalls alone the core must name each hop
 and raise each fault's alerts.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from svctrace.agents.ebpf.loader import boot_to_epoch_ns
 from svctrace.agents.ebpf.records import Normalizer
 from svctrace.streams.core import run
 from tests.harness.netlab import NetLab
+from tests.harness.socklb import SocketLB
 from tests.scenario import Cluster, Pod, Service
 from tests.test_ebpf_live import Live
 
@@ -43,7 +47,7 @@ DOMAIN = "default.svc.cluster.local"
 class Case:
     """One Service the client curls, and how the lab's kube-proxy treats its ClusterIP."""
     vip: str
-    path: str  # "dnat" to its target port | "userspace" via the node's proxy | "flushed" | "reject"
+    path: str  # "dnat" to its target port | "userspace" via the node's proxy | "flushed" | "reject" | "socklb"
     target_port: int = 80
     selector: tuple = tuple(NGINX.items())
 
@@ -55,6 +59,7 @@ CASES = {
     "my-nginx-no-endpoints": Case("10.96.0.103", "reject", selector=(("run", "my-nginxx"),)),
     "my-nginx-userspace": Case("10.96.0.104", "userspace"),
     "my-nginx-userspace-wrong-port": Case("10.96.0.105", "userspace", target_port=8081),
+    "my-nginx-socklb": Case("10.96.0.106", "socklb"),  # the client's cgroup connects to the pod directly
 }
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
 
@@ -143,7 +148,20 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
                                      text=True))
             read_until(servers[-1], "ready")
             lab.service(case.vip, 8080, "tcp", [(NODE_IP, proxy_port)])
-        # flushed: no rules at all, the ClusterIP is blackholed
+        # flushed: no rules at all, the ClusterIP is blackholed; socklb: the client's cgroup never
+        # sends to the ClusterIP (lab_capture attaches the program)
+
+
+def remove_cgroup(cgroup: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cgroup.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # an exited process leaves its cgroup asynchronously
 
 
 @pytest.fixture(scope="module")
@@ -153,18 +171,26 @@ def lab_capture(tmp_path_factory):
         pytest.fail("the network lab needs root (this test is marked `root`)")
     www = tmp_path_factory.mktemp("www")
     (www / "index.html").write_bytes(b"hello from the lab\n")
+    cgroup = Path(f"/sys/fs/cgroup/unified/svct-lab-{os.getpid()}")  # the socket-LB client's
+    assert cgroup.parent.is_dir(), "the socket-LB case needs a cgroup v2 hierarchy"
+    cgroup.mkdir()
     live = Live()
     live.norm = Normalizer(NODE, boot_to_epoch_ns(), containers=live.norm.containers)
     servers: list[subprocess.Popen] = []
+    socklb = next(case for case in CASES.values() if case.path == "socklb")
     try:
-        with NetLab(gateway=NODE_IP) as lab:
+        with NetLab(gateway=NODE_IP) as lab, \
+                SocketLB(tmp_path_factory.mktemp("socklb"), cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
             build(lab, www, servers)
             curls = {}
             todo = [("client", name) for name in CASES] + [("other-client", HOST_RESOLVED)]
             for pod, case in todo:
                 name = "my-nginx" if case == HOST_RESOLVED else case
-                proc = lab.start(pod, ["curl", "-s", "--connect-timeout", "2", f"http://{name}.{DOMAIN}:8080/index.html"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", "2",
+                                      f"http://{name}.{DOMAIN}:8080/index.html"])
+                if CASES.get(case) is socklb:  # join the cgroup first: `ip netns exec` remounts /sys
+                    argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 out, _err = proc.communicate(timeout=30)
                 curls[case] = (proc.pid, proc.returncode, out)
             lab_ns = lab.netns_ids()
@@ -180,6 +206,7 @@ def lab_capture(tmp_path_factory):
             s.kill()
             s.wait(10)
         live.cap.close()
+        remove_cgroup(cgroup)
     return [e for e in live.seen if e.netns in lab_ns], curls
 
 
@@ -199,6 +226,7 @@ EXPECTED = {
     # curl 52: empty reply (the proxy accepted, its dial was refused, it closed)
     "my-nginx-userspace-wrong-port": (52, "broken", "userspace_proxy", "my-nginx-1", None, "empty reply",
                                       {"svc.target_port_refused", AMPLIFIED}),
+    "my-nginx-socklb": (0, "ok", "socket_lb", "my-nginx-1", 200, None, {AMPLIFIED}),
     HOST_RESOLVED: (7, "broken", None, None, None, "connection refused",
                     {"dns.wrong_resolver", "dns.answer_not_service", AMPLIFIED}),
 }
