@@ -260,6 +260,45 @@ def test_restarting_a_worker_restores_its_tables_from_the_changelog(kafka, prefi
         second.stop()
 
 
+@pytest.mark.parametrize("fault, logged", [("heartbeat", "Heartbeat failed: KafkaError"),
+                                           ("fetch", "Unexpected error in fetcher routine")])
+def test_a_consumer_error_aiokafka_leaves_to_its_user_stops_the_worker_and_its_successor_loses_nothing(
+        kafka, prefix, tmp_path, fault, logged):
+    """An error aiokafka leaves to its consumer's user (UNKNOWN_SERVER_ERROR answering a heartbeat; an
+    error handling a fetch response) ends the member's heartbeats or fetches for good: the worker must
+    exit non-zero at once, saying why, not go on as a silently dead group member (it did: Faust never
+    looks). A restarted worker resumes from the checkpoint, nothing lost."""
+    records, events = scenario_workload("healthy", "userspace", requests=200)
+    chains, alerts = expected_results(events, records)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    batches = P.batches_of(events, 100)
+    half = len(batches) // 2
+    app_id = "app-" + prefix.strip(".")
+    trigger = tmp_path / "fault"
+    first = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="faulty", idle_flush=30.0,
+                            launcher=["-m", "tests.harness.consumer_faults", fault, str(trigger)]).start()
+    try:
+        sent = kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[:half]))
+        url = first.metrics_url()
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="enrich") >= sent
+                     and P.metric_value(url, "svctrace_worker_checkpoints_total") > 1,
+                     RESULT_TIMEOUT, "first half processed and checkpointed", [first])
+        trigger.touch()
+        status = first.wait_exit(30.0)  # a heartbeat every 1.2 s (session timeout 6 s), a fetch every 50 ms
+        log = first.log_path.read_text(errors="replace")
+        assert status != 0, first.log_tail()
+        assert logged in log and "Kafka consumer failed: KafkaError" in log, first.log_tail()
+    finally:
+        first.kill()
+    second = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="again", idle_flush=1.0).start()
+    try:
+        kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches[half:]))
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, [second])
+    finally:
+        second.stop()
+
+
 def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka, prefix, tmp_path):
     records, events = scenario_workload("no_endpoints", "dnat", requests=30)
     chains, alerts = expected_results(events, records)

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from faust.types import TP
 from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -156,11 +157,42 @@ class IdempotentProducer(faust_aiokafka.Producer):
 FETCH_MAX_WAIT_MS = 50
 
 
+class ConsumerFailed(Exception):
+    """aiokafka's consumer stopped working on an error it leaves to its user (the cause)."""
+
+
 class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by start(), which builds the Fetcher
         return consumer
+
+    async def _fetch_records(self, consumer, active_partitions, timeout=None, max_records=None):
+        """Faust fetches from aiokafka's Fetcher directly, skipping the check_errors() that starts
+        AIOKafkaConsumer.getmany(). An error the group coordinator does not handle itself (an
+        unexpected heartbeat error, lost group authorization) parks its coordination routine until
+        that call: no heartbeats, no rejoin, the member silently dead while its partitions wait for
+        it. (A fetch waiting for records at that moment gets a copy of the error, surfaced here too.)
+        Nor does anything look at aiokafka's background fetch task, which an unexpected error in
+        handling a fetch response ends for good: no records ever after."""
+        self._check_consumer(consumer)
+        try:
+            return await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                                max_records=max_records)
+        except KafkaError:
+            self._check_consumer(consumer)
+            raise
+
+    @staticmethod
+    def _check_consumer(consumer) -> None:
+        try:
+            consumer._coordinator.check_errors()
+        except Exception as e:  # noqa: BLE001 - whatever it raises, the group membership is gone
+            raise ConsumerFailed(e) from e
+        fetch_task = consumer._fetcher._fetch_task
+        if fetch_task.done() and not (consumer._closed or consumer._fetcher._closed):
+            error = None if fetch_task.cancelled() else fetch_task.exception()
+            raise ConsumerFailed(error or RuntimeError("aiokafka's fetch task ended")) from error
 
 
 class ShortPollConsumer(faust_aiokafka.Consumer):
@@ -209,7 +241,19 @@ class ShortPollConsumer(faust_aiokafka.Consumer):
             active_partitions = frozenset(active_partitions)
             if not active_partitions:
                 return {}
-        return await super()._getmany(active_partitions, timeout)
+        try:
+            return await super()._getmany(active_partitions, timeout)
+        except ConsumerFailed as e:
+            await self._stop_on_consumer_failure(e.args[0])
+            return {}
+
+    async def _stop_on_consumer_failure(self, error: BaseException) -> None:
+        """Stop the worker with a non-zero exit (its pod restarts): the consumer cannot recover
+        (aiokafka restarts neither its heartbeat nor its fetch task after such an error), and a
+        restart loses nothing (state is checkpointed, input acknowledged only once applied)."""
+        if not self.app.should_stop:
+            log.error("Kafka consumer failed: %r; stopping the worker (exit status 1)", error)
+            await self.app.crash(error)
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._resume_with_flow = frozenset()  # a new assignment pauses everything again

@@ -198,10 +198,12 @@ class WorkerProcess:
     """One `svctrace worker` subprocess with its own log file."""
 
     def __init__(self, bootstrap: str, prefix: str, app_id: str, workdir: Path, name: str = "w",
-                 idle_flush: float = 5.0, session_timeout: float = 6.0, extra: list[str] | None = None):
+                 idle_flush: float = 5.0, session_timeout: float = 6.0, extra: list[str] | None = None,
+                 launcher: list[str] | None = None):
+        """launcher: python arguments that run the svctrace CLI (a fault-injecting wrapper)."""
         self.log_path = workdir / f"{name}.log"
-        self.cmd = [sys.executable, "-m", "svctrace", "worker", "--bootstrap", bootstrap, "--app-id", app_id,
-                    "--topic-prefix", prefix, "--data-dir", str(workdir / f"{name}-data"),
+        self.cmd = [sys.executable, *(launcher or ["-m", "svctrace"]), "worker", "--bootstrap", bootstrap,
+                    "--app-id", app_id, "--topic-prefix", prefix, "--data-dir", str(workdir / f"{name}-data"),
                     "--metrics-addr", "127.0.0.1:0", "--idle-flush", str(idle_flush),
                     "--checkpoint-interval", "0.5", "--session-timeout", str(session_timeout), "-v", *(extra or [])]
         self.proc: subprocess.Popen | None = None
@@ -232,6 +234,13 @@ class WorkerProcess:
             self.check_alive()
             time.sleep(0.1)  # poll interval
         raise TimeoutError(f"{what} within {timeout:.0f}s\n{self.log_tail()}")
+
+    def wait_exit(self, timeout: float) -> int:
+        """Until the worker exits by itself; its exit status."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"worker still running after {timeout:.0f}s\n{self.log_tail()}") from None
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
