@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -260,6 +261,39 @@ def test_nginx_answers_with_writev(live, tmp_path):
     assert (w.local_port, w.remote_port) == (port, conn.local_port)
     r = first(live.of(server.pid), kind="recv", remote_port=conn.local_port)
     assert r.data.startswith(b"GET /index.html HTTP/1.1") and r.remote_port == conn.local_port
+
+
+# -- a connection reset by its peer ----------------------------------------------------------------
+
+def test_events_after_a_reset_keep_the_local_port(live):
+    """A TCP socket reset by its peer leaves the port table (its port reads 0 in the kernel's
+    socket) before the syscalls that meet the reset return: they must still name the client's
+    port, or no chain can join them (a userspace proxy that closes at once does this to curl)."""
+    tag = f"reset{os.getpid()}".encode()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        port, fd = client.getsockname()[1], client.fileno()
+        peer, _ = server.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # linger 0: an RST, and the client's socket is closed by the kernel
+        with pytest.raises(ConnectionResetError):
+            client.recv(16)  # returns once the reset has arrived
+        with pytest.raises(OSError):
+            client.send(tag)  # the connection is gone: EPIPE
+        client.close()
+    pid = os.getpid()
+
+    def after_the_reset(seen):
+        connect = next((e for e in seen if e.pid == pid and e.kind == "connect" and e.local_port == port), None)
+        later = [e for e in seen if connect and e.pid == pid and e.fd == fd and e.ts > connect.ts]
+        return later if any(e.kind == "close" for e in later) else None
+
+    events = live.until(after_the_reset, what="the client's syscalls after the reset")
+    assert [e.kind for e in events] == ["recv", "send", "close"]
+    assert [e.errno for e in events] == ["ECONNRESET", "EPIPE", None]
+    assert [e.local_port for e in events] == [port] * 3
 
 
 # -- network namespace and cgroups ----------------------------------------------------------------

@@ -189,6 +189,10 @@ static __always_inline int read_tuple(struct socket *sock, struct tuple *t)
 	}
 	if (t->family != AF_UNIX) {
 		t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		/* A TCP socket reset by its peer leaves the port table: skc_num is 0 by the end of
+		 * the syscall that met the reset, while inet_sport still holds the port it had. */
+		if (!t->lport)
+			t->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 		t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	}
 	return 1;
