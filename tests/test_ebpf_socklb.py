@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.socklb import SocketLB
+from lab.net.socklb import SocketLB
 from tests.test_ebpf_live import Live, free_port, wait_listening
 
 pytestmark = pytest.mark.root

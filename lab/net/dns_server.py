@@ -1,6 +1,6 @@
 """The lab's cluster DNS: a dnspython UDP server answering A queries for the names it is given.
 
-    python -m tests.harness.lab_dns BIND_IP NAME=IP [NAME=IP ...]
+    python -m lab.net.dns_server BIND_IP NAME=IP [NAME=IP ...]
 
 Known names: A -> their IP (TTL 30), any other type -> NOERROR with no answer (as CoreDNS
 answers AAAA for an IPv4 Service); unknown names -> NXDOMAIN (what the search list's

@@ -1,6 +1,6 @@
 """The lab's userspace kube-proxy: accept on the node, dial the backend, copy bytes both ways.
 
-    python -m tests.harness.lab_proxy LISTEN_IP LISTEN_PORT BACKEND_IP BACKEND_PORT
+    python -m lab.net.userspace_proxy LISTEN_IP LISTEN_PORT BACKEND_IP BACKEND_PORT
 
 What kube-proxy's userspace mode did (the seed article's hyperkube): iptables sends the
 ClusterIP's traffic to this port; each accepted connection gets its own outbound one (asyncio:

@@ -1,0 +1,237 @@
+"""The lab's cluster: one Service per kube-proxy mode and per fault of the seed article, requested
+by curl in a pod and captured live with eBPF (root).
+
+    events, curls = record(workdir)   # SyscallEvents of the lab's namespaces, curl results by case
+
+One node (netlab.NetLab), no route out. A DNS pod serves the cluster domain behind the kube-dns
+ClusterIP (dns_server.py); pods resolve with kubelet's search list and ndots:5. nginx serves
+my-nginx. The cases:
+
+* iptables DNAT to the nginx pod (kube-proxy's iptables mode): healthy, and a targetPort nothing
+  listens on;
+* the userspace proxy of the seed's time (userspace_proxy.py, a node process): healthy, and its
+  dial refused;
+* socket-level load balancing (socklb.py: the client's connect goes to the pod itself);
+* rules flushed (the SYN to the ClusterIP vanishes), and a Service without endpoints (kube-proxy's
+  REJECT);
+* another pod whose resolver is the node's, answering my-nginx with an address that is no Service.
+
+`cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .netlab import NetLab
+from .socklb import SocketLB
+
+REPO = Path(__file__).resolve().parent.parent.parent
+NODE, NODE_IP = "lab-node", "10.244.0.1"
+CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
+DNS_VIP = "10.96.0.10"
+HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
+NGINX = {"run": "my-nginx"}
+DOMAIN = "default.svc.cluster.local"
+CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # cgroup v2 (on this hybrid host), for socket-LB
+
+
+@dataclass(frozen=True)
+class Case:
+    """One Service the client curls, and how the lab's kube-proxy treats its ClusterIP."""
+    vip: str
+    path: str  # "dnat" to its target port | "userspace" via the node's proxy | "socklb" | "flushed" | "reject"
+    target_port: int = 80
+    selector: tuple = tuple(NGINX.items())
+
+
+CASES = {
+    "my-nginx": Case("10.96.0.100", "dnat"),
+    "my-nginx-wrong-port": Case("10.96.0.101", "dnat", target_port=8081),  # nothing listens on 8081
+    "my-nginx-flushed": Case("10.96.0.102", "flushed"),
+    "my-nginx-no-endpoints": Case("10.96.0.103", "reject", selector=(("run", "my-nginxx"),)),
+    "my-nginx-userspace": Case("10.96.0.104", "userspace"),
+    "my-nginx-userspace-wrong-port": Case("10.96.0.105", "userspace", target_port=8081),
+    "my-nginx-socklb": Case("10.96.0.106", "socklb"),
+}
+HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
+PODS = (  # namespace, name, ip, labels, port
+    ("default", "client", CLIENT_IP, {"run": "client"}, None),
+    ("default", "other-client", OTHER_CLIENT_IP, {"run": "client"}, None),
+    ("default", "my-nginx-1", NGINX_IP, NGINX, 80),
+    ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, 53),
+)
+
+
+def cluster_list() -> dict:
+    """The lab's cluster as `kubectl get nodes,pods,services,endpointslices -A -o json` prints it."""
+    items: list[dict] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": f"uid-node-{NODE}"},
+                          "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}]
+    for ns, name, ip, labels, port in PODS:
+        container = {"name": name.split("-")[0], "ports": [{"containerPort": port}] if port else []}
+        items.append({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"namespace": ns, "name": name, "uid": f"uid-pod-{name}", "labels": labels},
+                      "spec": {"nodeName": NODE, "containers": [container]},
+                      "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_IP,
+                                 "conditions": [{"type": "Ready", "status": "True"}]}})
+    services = {name: ("default", case.vip, 8080, "TCP", case.target_port, dict(case.selector))
+                for name, case in CASES.items()}
+    services["kube-dns"] = ("kube-system", DNS_VIP, 53, "UDP", 53, {"k8s-app": "kube-dns"})
+    for name, (ns, vip, port, proto, target, selector) in services.items():
+        items.append({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"namespace": ns, "name": name, "uid": f"uid-svc-{name}"},
+                      "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip], "selector": selector,
+                               "ports": [{"name": "p", "port": port, "protocol": proto, "targetPort": target}]}})
+        backends = [(pns, pname, ip) for pns, pname, ip, labels, _ in PODS
+                    if pns == ns and all(labels.get(k) == v for k, v in selector.items())]
+        items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                      "metadata": {"namespace": ns, "name": f"{name}-lab", "uid": f"uid-eps-{name}",
+                                   "labels": {"kubernetes.io/service-name": name}},
+                      "ports": [{"name": "p", "port": target, "protocol": proto}],
+                      "endpoints": [{"addresses": [ip], "nodeName": NODE,
+                                     "conditions": {"ready": True, "serving": True, "terminating": False},
+                                     "targetRef": {"kind": "Pod", "namespace": pns, "name": pname}}
+                                    for pns, pname, ip in backends]})
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def nginx_conf(www: Path) -> Path:
+    """nginx in the foreground, one process, everything under `www`'s parent (no system paths)."""
+    run_dir = www.parent / "nginx"
+    run_dir.mkdir(exist_ok=True)
+    conf = run_dir / "nginx.conf"
+    conf.write_text(f"""daemon off;
+master_process off;
+pid {run_dir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {run_dir}/body;
+    proxy_temp_path {run_dir}/proxy;
+    fastcgi_temp_path {run_dir}/fastcgi;
+    uwsgi_temp_path {run_dir}/uwsgi;
+    scgi_temp_path {run_dir}/scgi;
+    server {{
+        listen {NGINX_IP}:80;
+        root {www};
+    }}
+}}
+""")
+    return conf
+
+
+def read_until(proc: subprocess.Popen, marker: str) -> None:
+    """A started server's readiness line on its stdout (it prints it once bound)."""
+    for line in proc.stdout:
+        if marker in line:
+            return
+    raise RuntimeError(f"lab: {proc.args} exited ({proc.wait()}) before printing {marker!r}")
+
+
+def build(lab: NetLab, www: Path, servers: list) -> None:
+    """Pods, kube-proxy's rules for every case, and the servers (DNS, nginx, proxies, host resolver)."""
+    lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
+    lab.pod("other-client", OTHER_CLIENT_IP, resolver=HOST_RESOLVER)
+    lab.pod("my-nginx-1", NGINX_IP)
+    lab.pod("coredns", DNS_IP)
+    lab.node_address(HOST_RESOLVER)
+    lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
+    dns = [sys.executable, "-m", "lab.net.dns_server"]
+    names = [f"{name}.{DOMAIN}={case.vip}" for name, case in CASES.items()]
+    servers.append(lab.start("coredns", [*dns, DNS_IP, *names], cwd=REPO, stdout=subprocess.PIPE, text=True))
+    read_until(servers[-1], "ready")
+    # the node's resolver answers my-nginx with an address that is no Service: the node's own
+    servers.append(lab.start(None, [*dns, HOST_RESOLVER, f"my-nginx.{DOMAIN}={NODE_IP}"], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True))
+    read_until(servers[-1], "ready")
+    servers.append(lab.start("my-nginx-1", ["nginx", "-c", str(nginx_conf(www))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
+    for i, case in enumerate(CASES.values()):
+        if case.path == "dnat":
+            lab.service(case.vip, 8080, "tcp", [(NGINX_IP, case.target_port)])
+        elif case.path == "reject":
+            lab.reject(case.vip, 8080, "tcp")
+        elif case.path == "userspace":
+            proxy_port = 40080 + i
+            servers.append(lab.start(None, [sys.executable, "-m", "lab.net.userspace_proxy", NODE_IP, str(proxy_port),
+                                            NGINX_IP, str(case.target_port)], cwd=REPO, stdout=subprocess.PIPE,
+                                     text=True))
+            read_until(servers[-1], "ready")
+            lab.service(case.vip, 8080, "tcp", [(NODE_IP, proxy_port)])
+        # flushed: no rules at all, the ClusterIP is blackholed; socklb: the client's cgroup never
+        # sends to the ClusterIP (record() attaches the program)
+
+
+def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None) -> tuple[int, int, bytes]:
+    """curl http://NAME.default.svc.cluster.local:8080/index.html in `pod` (and `cgroup`):
+    (pid, exit status, body)."""
+    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", "2", f"http://{name}.{DOMAIN}:8080/index.html"])
+    if cgroup is not None:  # join the cgroup first: `ip netns exec` remounts /sys
+        argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, _err = proc.communicate(timeout=30)
+    return proc.pid, proc.returncode, out
+
+
+def remove_cgroup(cgroup: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cgroup.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # an exited process leaves its cgroup asynchronously
+
+
+def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
+    """Build the lab, capture while the clients curl every case: (the SyscallEvents of the lab's
+    namespaces, {case: (curl pid, exit status, body)})."""
+    from svctrace.agents.ebpf.containers import ContainerIds
+    from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
+    from svctrace.agents.ebpf.records import Normalizer
+
+    www = workdir / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_bytes(b"hello from the lab\n")
+    cgroup = CGROUP_ROOT / f"svct-lab-{os.getpid()}"  # the socket-LB client's
+    if not CGROUP_ROOT.is_dir():
+        raise RuntimeError(f"lab: the socket-LB case needs a cgroup v2 hierarchy at {CGROUP_ROOT}")
+    cgroup.mkdir()
+    cap = EbpfCapture(CaptureConfig())
+    norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
+    seen: list = []
+    servers: list[subprocess.Popen] = []
+    socklb = CASES["my-nginx-socklb"]
+    try:
+        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
+            build(lab, www, servers)
+            curls = {name: curl(lab, "client", name, cgroup if case is socklb else None) for name, case in CASES.items()}
+            curls[HOST_RESOLVED] = curl(lab, "other-client", "my-nginx")
+            lab_ns = lab.netns_ids()
+            # each curl's last syscall on its connection is its close: then the capture has it all
+            deadline = time.monotonic() + timeout
+            while not all(any(e.pid == pid and e.kind == "close" and e.proto == "tcp" for e in seen)
+                          for pid, _rc, _out in curls.values()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"lab: the capture never showed every curl's close ({len(seen)} events)")
+                cap.ring.wait(0.05)
+                cap.ring.drain(norm.decode, seen)
+            for s in servers:
+                s.kill()
+                s.wait(10)
+            servers.clear()
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait(10)
+        cap.close()
+        remove_cgroup(cgroup)
+    return [e for e in seen if e.netns in lab_ns], curls
