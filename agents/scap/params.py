@@ -38,6 +38,31 @@ def dec_bytes(b: bytes):
     return b
 
 
+def _memoized(decode):
+    """`decode` with a memo by the value's bytes: a connection's events repeat its socket
+    tuple and address, so most are decoded once. Values are immutable tuples (shared is
+    safe); the memo is emptied when it reaches _MEMO_MAX entries (bounded)."""
+    memo: dict[bytes, object] = {}
+
+    def memoized(b: bytes):
+        try:
+            return memo[b]
+        except KeyError:
+            pass
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        value = memo[b] = decode(b)
+        return value
+
+    memoized.__name__ = memoized.__qualname__ = decode.__name__
+    memoized.__doc__ = decode.__doc__
+    return memoized
+
+
+_MEMO_MAX = 4096
+
+
+@_memoized
 def dec_tuple(b: bytes):
     if not b:
         return None
@@ -57,6 +82,7 @@ def dec_tuple(b: bytes):
     return ("other", fam)
 
 
+@_memoized
 def dec_sockaddr(b: bytes):
     if not b:
         return None
