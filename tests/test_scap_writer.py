@@ -153,3 +153,34 @@ def test_truncated_written_file_is_a_capture_error(tmp_path):
     (tmp_path / "cut.scap.gz").write_bytes(gzip.compress(data)[:-20])
     with pytest.raises(CaptureError):
         list(open_capture(tmp_path / "cut.scap.gz"))
+
+
+def test_sockets_reusing_a_closed_fd_keep_their_protocol(tmp_path):
+    """The eBPF agent records no socket(): a process that closes a socket and opens another on
+    the same fd (curl: a UDP socket per DNS lookup, then its TCP connection) must read back
+    with each socket's protocol. The writer records the socket() that must have happened."""
+    base = dict(node="node-a", pid=500, tid=500, comm="curl", fd=5)
+    ts = 1_700_000_000_000_000_000
+    udp = dict(proto="udp", family="ipv4", role="client", local_ip="10.244.0.2", local_port=53000,
+               remote_ip="10.96.0.10", remote_port=53)
+    tcp = dict(proto="tcp", family="ipv4", role="client", local_ip="10.244.0.2", local_port=41000,
+               remote_ip="10.96.0.100", remote_port=8080)
+    events = [
+        SyscallEvent(ts=ts, n=1, kind="connect", syscall="connect", res=0, **udp, **base),
+        SyscallEvent(ts=ts + 10, n=2, kind="close", syscall="close", res=0, **udp, **base),
+        SyscallEvent(ts=ts + 20, n=3, kind="connect", syscall="connect", res=-115, errno="EINPROGRESS",
+                     addr_ip="10.96.0.100", addr_port=8080, **tcp, **base),
+        SyscallEvent(ts=ts + 30, n=4, kind="close", syscall="close", res=0, **tcp, **base),
+        SyscallEvent(ts=ts + 40, n=5, kind="connect", syscall="connect", res=0, **{**udp, "local_port": 53001},
+                     **base),
+    ]
+    path = tmp_path / "reuse.scap"
+    with ScapWriter(path, hostname="node-a") as w:
+        for e in events:
+            w.write_event(e)
+    back = list(open_capture(path))
+    assert [(e.kind, e.proto) for e in back] == [
+        ("connect", "udp"), ("close", "udp"),
+        ("socket", "tcp"), ("connect", "tcp"), ("close", "tcp"),
+        ("socket", "udp"), ("connect", "udp")]
+    assert [_strip(e) for e in back if e.kind != "socket"] == [_strip(e) for e in events]

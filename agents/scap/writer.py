@@ -196,6 +196,13 @@ class ScapWriter:
             # reused by a syscall we do not emit (socketpair, dup...): recreate it silently
             self.write_raw(ev.ts, ev.tid, SOCKETPAIR_X, {"res": 0, "fd1": ev.fd})
             self._closed_fds.discard(key)
+        elif key in self._closed_fds and ev.family in ("ipv4", "ipv6"):
+            # a new socket on a closed socket's fd, made by a socket() the source did not record (the
+            # eBPF agent traces no socket()): without it a reader would not know the new one's
+            # protocol (connect and I/O tuples carry none), nor that it is a new socket
+            self.write_raw(ev.ts, ev.tid, WRITE_CODES["socket"], self._params(WRITE_CODES["socket"], ev.with_(
+                kind="socket", syscall="socket", res=ev.fd)))
+            self._closed_fds.discard(key)
         if ev.kind == "close" and ev.res >= 0:
             self._closed_fds.add(key)
         code = WRITE_CODES.get(ev.syscall) or WRITE_CODES[ev.kind if ev.kind != "send" else "write"]
