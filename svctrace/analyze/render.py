@@ -183,11 +183,22 @@ def _ts(chain: dict, prefixes: tuple[str, ...], hop: str | None = None, end: boo
 
 
 def _errno_in(ref: dict | None) -> str | None:
-    """`proxy dial ECONNREFUSED` -> ECONNREFUSED."""
+    """`proxy dial ECONNREFUSED` -> ECONNREFUSED. EINPROGRESS is no error: a non-blocking
+    connect's result comes later (its getsockopt(SO_ERROR), a second `proxy dial` ref)."""
     if not ref:
         return None
     last = (ref.get("what") or "").split()[-1:]
-    return last[0] if last and last[0].startswith("E") and last[0].isupper() else None
+    return last[0] if last and last[0].startswith("E") and last[0].isupper() and last[0] != "EINPROGRESS" else None
+
+
+def _dial_error(chain: dict) -> str | None:
+    """The proxy dial's error, from the dial itself or from its later result."""
+    for ref in chain.get("evidence") or ():
+        if (ref.get("what") or "").startswith("proxy dial"):
+            errno = _errno_in(ref)
+            if errno:
+                return errno
+    return None
 
 
 def chain_title(chain: dict) -> Line:
@@ -290,7 +301,7 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
     backend = chain.get("backend")
     dial = _ev(chain, "proxy dial")
     if backend:
-        refused = _errno_in(dial)
+        refused = _dial_error(chain)
         who = process(backend)
         if not who and server_process and not refused:  # a proxied backend's events are in another flow
             who = server_process(backend.get("ip"), backend.get("port"), backend.get("node")) or ""
