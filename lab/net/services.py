@@ -59,11 +59,11 @@ CASES = {
     "my-nginx-socklb": Case("10.96.0.106", "socklb"),
 }
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
-PODS = (  # namespace, name, ip, labels, port
-    ("default", "client", CLIENT_IP, {"run": "client"}, None),
-    ("default", "other-client", OTHER_CLIENT_IP, {"run": "client"}, None),
-    ("default", "my-nginx-1", NGINX_IP, NGINX, 80),
-    ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, 53),
+PODS = (  # namespace, name, ip, labels, container, port
+    ("default", "client", CLIENT_IP, {"run": "client"}, "curl", None),
+    ("default", "other-client", OTHER_CLIENT_IP, {"run": "client"}, "curl", None),
+    ("default", "my-nginx-1", NGINX_IP, NGINX, "nginx", 80),
+    ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, "coredns", 53),
 )
 
 
@@ -71,8 +71,8 @@ def cluster_list() -> dict:
     """The lab's cluster as `kubectl get nodes,pods,services,endpointslices -A -o json` prints it."""
     items: list[dict] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": f"uid-node-{NODE}"},
                           "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}]
-    for ns, name, ip, labels, port in PODS:
-        container = {"name": name.split("-")[0], "ports": [{"containerPort": port}] if port else []}
+    for ns, name, ip, labels, cname, port in PODS:
+        container = {"name": cname, "ports": [{"containerPort": port}] if port else []}
         items.append({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-pod-{name}", "labels": labels},
                       "spec": {"nodeName": NODE, "containers": [container]},
@@ -86,7 +86,7 @@ def cluster_list() -> dict:
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-svc-{name}"},
                       "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip], "selector": selector,
                                "ports": [{"name": "p", "port": port, "protocol": proto, "targetPort": target}]}})
-        backends = [(pns, pname, ip) for pns, pname, ip, labels, _ in PODS
+        backends = [(pns, pname, ip) for pns, pname, ip, labels, _, _ in PODS
                     if pns == ns and all(labels.get(k) == v for k, v in selector.items())]
         items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
                       "metadata": {"namespace": ns, "name": f"{name}-lab", "uid": f"uid-eps-{name}",

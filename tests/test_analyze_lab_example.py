@@ -1,0 +1,42 @@
+"""examples/lab: a capture recorded on a real kernel (examples/lab/record.py, lab/net/services.py),
+analyzed as a user would: `svctrace analyze capture.scap --cluster cluster.json --json`.
+
+Every case of the lab must read back from the file as it did live (tests/test_lab_services.py):
+the recording went through the scap writer, the file through the reader. No root needed.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.test_lab_services import EXPECTED, assert_case, pick
+
+LAB = Path(__file__).resolve().parent.parent / "examples" / "lab"
+
+
+@pytest.fixture(scope="module")
+def analyzed():
+    out = subprocess.run([sys.executable, "-m", "svctrace", "analyze", str(LAB / "capture.scap"),
+                          "--cluster", str(LAB / "cluster.json"), "--json"], capture_output=True, timeout=120)
+    assert out.returncode == 1, out.stderr.decode()  # alerts: exit status 1
+    records = [orjson.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    chains = [r for r in records if r.get("schema") == "svctrace.chain"]
+    alerts = [r for r in records if r.get("schema") == "svctrace.alert"]
+    return chains, alerts
+
+
+@pytest.mark.parametrize("case", EXPECTED)
+def test_recorded_case_reads_as_it_ran(analyzed, case):
+    chains, alerts = analyzed
+    chain, alerted = pick(case, chains, alerts)
+    assert_case(case, chain, alerted)
+
+
+def test_every_chain_is_a_case(analyzed):
+    """Nothing else in the file makes a chain: the search list's NXDOMAIN lookups belong to them."""
+    chains, _alerts = analyzed
+    assert len(chains) == len(EXPECTED)
