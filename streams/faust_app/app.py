@@ -55,6 +55,7 @@ from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
+from svctrace.kafka.batches import PartitionBatches
 from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every_topic
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
@@ -823,30 +824,39 @@ class Worker:
     # -- outputs ------------------------------------------------------------------------------
     async def route(self, stage_name: str, p: int, outs) -> None:
         """Send a stage's outputs. Records go to the producer as bytes (Faust's per-message
-        machinery of Topic.send cost more than the rest of a chain record's path)."""
+        machinery of Topic.send cost more than the rest of a chain record's path); the small ones
+        (chains, alerts, occurrences: thousands per advance) as one producer batch per partition,
+        queued before this returns (a mark announced after it follows them)."""
         send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
         names = self.names
-        for topic, key, value in outs:
-            if topic == FLOWS_TOPIC:
-                partition = bucket_partition(key)
-                local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
-                for chunk in _chunks(value):
-                    headers = [(SOURCE_HEADER, str(p).encode())]
-                    if local:  # our own stitch stage reads it back: hand it the objects
-                        headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
-                    await send(names[FLOWS_TOPIC], key.encode(), encode_enriched_batch(chunk), partition, None,
-                               headers)
-            elif topic == OCCURRENCES_TOPIC:
-                await send(names[OCCURRENCES_TOPIC], key.encode(), dumps(value),
-                           stable_partition(key, self.partitions), None, [(SOURCE_HEADER, str(p).encode())])
-            elif topic == ENRICHED_TOPIC:
-                for chunk in _chunks(value):
-                    await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
-            elif topic in self.t_out:
-                await send(names[topic], key.encode(), dumps(value), None, None, None)
-            else:
-                raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
-            self.metrics.outputs.labels(topic).inc()
+        batches = PartitionBatches(self.app.producer._ensure_producer())
+        counts: dict[str, int] = {}
+        try:
+            for topic, key, value in outs:
+                if topic == FLOWS_TOPIC:
+                    partition = bucket_partition(key)
+                    local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
+                    for chunk in _chunks(value):
+                        headers = [(SOURCE_HEADER, str(p).encode())]
+                        if local:  # our own stitch stage reads it back: hand it the objects
+                            headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
+                        await send(names[FLOWS_TOPIC], key.encode(), encode_enriched_batch(chunk), partition, None,
+                                   headers)
+                elif topic == OCCURRENCES_TOPIC:
+                    batches.add(names[OCCURRENCES_TOPIC], stable_partition(key, self.partitions), key.encode(),
+                                dumps(value), [(SOURCE_HEADER, str(p).encode())])
+                elif topic == ENRICHED_TOPIC:
+                    for chunk in _chunks(value):
+                        await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
+                elif topic in self.t_out:
+                    await batches.add_keyed(names[topic], key.encode(), dumps(value))
+                else:
+                    raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
+                counts[topic] = counts.get(topic, 0) + 1
+        finally:
+            await batches.send()  # what was made before a failure goes out too
+            for topic, n in counts.items():
+                self.metrics.outputs.labels(topic).inc(n)
 
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
