@@ -21,6 +21,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from lab.net.socklb import remove_cgroup
 from svctrace.agents.ebpf.containers import ContainerIds
 from svctrace.agents.ebpf.loader import CaptureConfig, CaptureError, EbpfCapture, boot_to_epoch_ns
 from svctrace.agents.ebpf.records import Normalizer
@@ -348,15 +349,7 @@ def test_new_netns_and_cgroups_get_distinct_ids(live):
         subprocess.run(["ip", "netns", "delete", ns], check=False)
         for d in [v2, v1, *ours]:
             if d.is_dir():
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        d.rmdir()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)  # the exited children leave the cgroup asynchronously
+                remove_cgroup(d)
 
 
 # -- clear errors, no tracebacks ------------------------------------------------------------------

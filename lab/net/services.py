@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .netlab import NetLab
-from .socklb import SocketLB
+from .socklb import SocketLB, remove_cgroup
 
 REPO = Path(__file__).resolve().parent.parent.parent
 NODE, NODE_IP = "lab-node", "10.244.0.1"
@@ -177,18 +177,6 @@ def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None) -> tuple[
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, _err = proc.communicate(timeout=30)
     return proc.pid, proc.returncode, out
-
-
-def remove_cgroup(cgroup: Path, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cgroup.rmdir()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)  # an exited process leaves its cgroup asynchronously
 
 
 def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:

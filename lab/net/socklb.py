@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from svctrace.agents.ebpf import build
@@ -89,3 +90,16 @@ class SocketLB:
         if self.obj:
             self.lib.bpf_object__close(self.obj)
             self.obj = None
+
+
+def remove_cgroup(cgroup: Path, timeout: float = 10.0) -> None:
+    """rmdir a test cgroup once its exited processes have left it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cgroup.rmdir()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # an exited process leaves its cgroup asynchronously
