@@ -126,7 +126,7 @@ def decoder_for(ptype: str):
 
 class Layout:
     """Precompiled parameter layout of one event type."""
-    __slots__ = ("code", "names", "decoders", "signed", "nmax", "width", "len_structs", "unrolled")
+    __slots__ = ("code", "names", "decoders", "signed", "nmax", "width", "len_structs", "unrolled", "covers")
 
     def __init__(self, info):
         self.code = info.code
@@ -137,6 +137,7 @@ class Layout:
         self.width = 4 if info.large_payload else 2
         self.len_structs: dict[int, struct.Struct] = {}  # nparams -> length-array layout, built on use
         self.unrolled: dict[int, object] = {}  # nparams -> its decode loop unrolled, built on use
+        self.covers: dict[tuple[int, int], bool] = {}  # (nparams, enter's nparams) -> repeats(), on use
 
     def _unrolled(self, nparams: int):
         """decode()'s loop for `nparams` (<= nmax) params, written out once: integers read in
@@ -190,6 +191,26 @@ class Layout:
                 return n
         raise ValueError(f"parameter lengths do not add up to the event length {evt_len}")
 
+    def checked_lengths(self, buf, pos: int, end: int, nparams: int,
+                        lens: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The length array, checked to fit the event (ValueError otherwise): once it
+        fits, decode() cannot fail (decoders never raise on a value's bytes). (decode() checks
+        the same inline.)"""
+        if lens is None:
+            lens = self.lengths(buf, pos, nparams)
+        if pos + self.width * nparams + sum(lens) > end:
+            raise ValueError("parameter lengths run past the event")
+        return lens
+
+    def repeats(self, nparams: int, enter: "Layout", enter_nparams: int) -> bool:
+        """Does this exit event (with nparams) carry every param of its enter event (with
+        enter_nparams)? Then merging the enter adds nothing (the exit's values win)."""
+        key = (nparams, enter_nparams)
+        known = self.covers.get(key)
+        if known is None:
+            known = self.covers[key] = set(_names(enter, enter_nparams)) <= set(_names(self, nparams))
+        return known
+
     def decode(self, buf, pos: int, end: int, nparams: int, lens: tuple[int, ...] | None = None) -> dict:
         """All params by name; pos = start of the length array, end = event end (lens: the
         length array when the caller has read it already)."""
@@ -207,6 +228,11 @@ class Layout:
             p += ln
             out[names[i] if i < self.nmax else f"param{i}"] = decs[i](b) if i < self.nmax else b
         return out
+
+
+def _names(layout: Layout, nparams: int) -> list[str]:
+    """decode()'s names of the first nparams params."""
+    return [layout.names[i] if i < layout.nmax else f"param{i}" for i in range(nparams)]
 
 
 LAYOUTS: tuple[Layout, ...] = tuple(Layout(e) for e in EVENTS)

@@ -146,6 +146,12 @@ class Sock:
                     self.local_is_client, self.role, self.path)
 
 
+def _enter_params(got: tuple) -> dict:
+    """The params of a stored enter event (code, nparams, its param bytes, length array)."""
+    code, nparams, body, lens = got
+    return LAYOUTS[code].decode(body, 0, len(body), nparams, lens)
+
+
 def _tuple_family(t) -> str | None:
     return t[0] if t and t[0] in ("ipv4", "ipv6", "unix") else None
 
@@ -173,7 +179,7 @@ class CaptureReader:
         if not hasattr(self, "threads"):
             self.threads: dict[int, Thread] = {}
             self.fds: dict[int, dict[int, Sock]] = {}  # pid -> fd -> Sock
-            self._enters: dict[int, tuple[int, dict]] = {}  # tid -> last relevant enter event
+            self._enters: dict[int, tuple] = {}  # tid -> last relevant enter event, undecoded (_enter_params)
             self._server_ports: set[int] = set()
             self._pending_fdl: list = []
         for d in (self.threads, self.fds, self._enters, self._server_ports, self._pending_fdl):
@@ -262,7 +268,7 @@ class CaptureReader:
                             fd = layout.int_at(buf, pos, nparams, idx, lens)
                         else:
                             got = enters.get(tid)
-                            fd = got[1].get("fd") if got is not None and got[0] == code - 1 else None
+                            fd = _enter_params(got).get("fd") if got is not None and got[0] == code - 1 else None
                         th = threads.get(tid)
                         table = fds.get(th.pid if th is not None else tid)
                         if fd is None or table is None or table.get(fd) is None:
@@ -279,6 +285,12 @@ class CaptureReader:
                                     if fd is not None and fd >= 0:
                                         table.pop(fd, None)
                         continue
+                    if merge_enter[code] and not raw:
+                        # kept undecoded (its own bytes): decoded only if its exit lacks a param
+                        # it carries (modern exits repeat them all); a bad length fails here as before
+                        lens = layout.checked_lengths(buf, pos, evt_end, nparams, lens)
+                        enters[tid] = (code, nparams, buf[pos:evt_end], lens)
+                        continue
                     params = layout.decode(buf, pos, evt_end, nparams, lens)
                 except (ValueError, struct.error) as e:
                     n -= 1
@@ -290,12 +302,9 @@ class CaptureReader:
                     if cat in ("container", "k8s"):
                         handle(cat, code, n, ts, tid, params)
                     continue
-                if merge_enter[code]:
-                    enters[tid] = (code, params)
-                    continue
                 got = enters.pop(tid, None)
-                if got is not None and got[0] == code - 1:
-                    params = {**got[1], **params}  # the exit's values win; the enter fills in the rest
+                if got is not None and got[0] == code - 1 and not layout.repeats(nparams, layouts[got[0]], got[1]):
+                    params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
                 out = handle(cat, code, n, ts, tid, params)
                 if out is not None:
                     stats.emitted += 1
