@@ -24,6 +24,7 @@ EVIDENCE_WINDOW = 1 << 16  # recent events kept to print what alerts cite
 MAX_WARNINGS = 5  # damaged blocks listed one per line; the rest are counted
 SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
 GZIP_MAGIC = b"\x1f\x8b"
+NO_TS_FIRST, NO_TS_LAST = 1 << 80, -(1 << 80)  # below/above any event time (ns): no None check per event
 
 
 def first_line(e: Exception) -> str:
@@ -264,15 +265,6 @@ def _capture_error(e, skip_corrupt: bool) -> AnalyzeError:
     return AnalyzeError(f"corrupt capture: {e}{hint}")
 
 
-def _iter_events(reader, skip_corrupt: bool) -> Iterable:
-    from svctrace.agents.scap import CaptureError
-
-    try:
-        yield from reader
-    except CaptureError as e:
-        raise _capture_error(e, skip_corrupt) from None
-
-
 class _EmbeddedState:
     """Applies the cluster state a capture carries to the index as the reader meets it.
 
@@ -356,30 +348,40 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         table, kinds = result.connections, result.kinds
 
         def tap(events):
-            """Count, tabulate, keep recent events and pick up embedded state on the way into the runner."""
-            count = 0
-            for e in events:
-                if embedded is not None:
-                    embedded.poll()
-                count += 1
-                kinds[e.kind] += 1
-                result.nodes.add(e.node)
-                if result.first_ts is None or e.ts < result.first_ts:
-                    result.first_ts = e.ts
-                if result.last_ts is None or e.ts > result.last_ts:
-                    result.last_ts = e.ts
-                if e.kind == "lost":
-                    result.lost += max(e.res, 0)
-                table.add(e)
-                if evidence is not None:
-                    evidence.add(e)
-                if count % PROGRESS_EVERY == 0:
-                    progress.update(count)
-                yield e
-            result.events = count
+            """Count, tabulate, keep recent events and pick up embedded state on the way into the runner.
+            Per event, so kept lean: locals, bound methods, first/last time as plain ints."""
+            count, first_ts, last_ts, lost = 0, NO_TS_FIRST, NO_TS_LAST, 0
+            nodes_add, table_add = result.nodes.add, table.add
+            keep = evidence.add if evidence is not None else None
+            poll = embedded.poll if embedded is not None else None
+            try:
+                for e in events:
+                    if poll is not None:
+                        poll()
+                    count += 1
+                    kind = e.kind
+                    kinds[kind] += 1
+                    nodes_add(e.node)
+                    ts = e.ts
+                    if ts < first_ts:
+                        first_ts = ts
+                    if ts > last_ts:
+                        last_ts = ts
+                    if kind == "lost":
+                        lost += max(e.res, 0)
+                    table_add(e)
+                    if keep is not None:
+                        keep(e)
+                    if count % PROGRESS_EVERY == 0:
+                        progress.update(count)
+                    yield e
+            finally:
+                result.events, result.lost = count, lost
+                if count:
+                    result.first_ts, result.last_ts = first_ts, last_ts
 
         try:
-            runner.feed(tap(_iter_events(reader, skip_corrupt)))
+            runner.feed(tap(reader))  # a CaptureError from the reader comes out of feed: caught below
             if embedded is not None:
                 embedded.poll()
             run = runner.finish()
