@@ -122,6 +122,58 @@ def test_alerts_only(capsys):
     assert {orjson.loads(line)["schema"] for line in out.splitlines()} == {"svctrace.alert"}
 
 
+def chain_titles(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("● ")]
+
+
+def alerts_section(out: str) -> str:
+    return out.split("\nALERTS (")[1].split("\nSUMMARY\n")[0]
+
+
+def test_status_filter_keeps_chains_of_that_status_and_every_alert(capsys):
+    _, everything, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    everyone = chain_titles(everything)
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "broken")
+    assert code == 1
+    assert chain_titles(out) == [t for t in everyone if "  BROKEN" in t] and len(chain_titles(out)) == 4
+    assert f"chains    4 of {len(everyone)}: 4 broken" in out
+    assert alerts_section(out) == alerts_section(everything)  # alerts are not filtered
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "ok,incomplete")
+    assert chain_titles(out) == [t for t in everyone if "  OK" in t] and len(chain_titles(out)) == 2
+    assert out == analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "ok", "--status", "incomplete")[1]
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "incomplete")
+    assert "REQUEST CHAINS  none match the filter" in out
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "broken", "--json")
+    statuses = [r["status"] for r in map(orjson.loads, out.splitlines()) if r["schema"] == "svctrace.chain"]
+    assert statuses == ["broken"] * 4
+
+
+def test_unknown_status_is_a_one_line_error():
+    assert_one_line_error(run_cli(CAPTURE, "--status", "borken"), "--status borken", "ok, broken, incomplete")
+
+
+def test_limit_prints_the_first_chains_and_counts_the_rest(capsys):
+    _, everything, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--limit", "2")
+    assert code == 1
+    assert chain_titles(out) == chain_titles(everything)[:2]
+    assert "  … and 4 more chains (use --limit to show more)\n" in out
+    assert "REQUEST CHAINS (6)" in out and "chains    6: 4 broken, 2 ok" in out  # the summary counts them all
+    assert alerts_section(out) == alerts_section(everything)
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--status", "broken", "--limit", "1")
+    assert chain_titles(out) == [t for t in chain_titles(everything) if "  BROKEN" in t][:1]
+    assert "… and 3 more chains" in out
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--limit", "6")
+    assert out == everything  # nothing cut, nothing said
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--limit", "2", "--json")
+    schemas = [orjson.loads(line)["schema"] for line in out.splitlines()]
+    assert schemas.count("svctrace.chain") == 2 and "svctrace.alert" in schemas
+
+
+def test_negative_limit_is_a_one_line_error():
+    assert_one_line_error(run_cli(CAPTURE, "--limit", "-1"), "--limit must be 0 or more")
+
+
 def test_forced_colour(capsys):
     _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--color")
     assert "\x1b[" in out

@@ -4,7 +4,9 @@ Runs the same operator graph as the stream workers, in-process, over one capture
 (`svctrace.streams.core.runner`), then prints every request chain as a timeline
 in the spirit of the sysdig article it grew from, the alerts with their evidence,
 the connections seen, and a summary. `--json` prints the chain and alert records
-only, one per line, each valid against its schema.
+only, one per line, each valid against its schema. On a big capture, `--status broken`
+and `--limit N` cut the chains printed to the ones worth reading (the summary still
+counts them all); `--alerts-only` prints the alerts and the summary.
 
 Exit status: 0 no alerts, 1 alerts, 2 error (one line on stderr, no traceback).
 """
@@ -26,6 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print chain and alert records only (JSON Lines, schema-valid)")
     parser.add_argument("--namespace", "-n", metavar="NS", help="only chains, alerts and connections touching namespace NS")
     parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
+    parser.add_argument("--status", metavar="STATUS", action="append",
+                        help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
+                             "alerts are not filtered)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="print at most N chains, the first in time order (default all); the summary counts all")
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts (and the summary) only")
     parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks instead of stopping at the first one")
     parser.add_argument("--connections", action="store_true",

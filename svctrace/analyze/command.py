@@ -25,10 +25,26 @@ def chain_service(chain: dict) -> tuple[str | None, str | None]:
 
 
 # --- filters -----------------------------------------------------------------------------
-class Filter:
-    """--namespace / --service as predicates over chains, alerts and connections."""
+CHAIN_STATUSES = tuple(render.STATUS_STYLE)  # ok, broken, incomplete
 
-    def __init__(self, namespace: str | None, service: str | None) -> None:
+
+def parse_statuses(values: list[str] | None) -> frozenset[str] | None:
+    """--status broken --status incomplete, or --status broken,incomplete."""
+    if not values:
+        return None
+    found = {v.strip().lower() for value in values for v in value.split(",") if v.strip()}
+    unknown = sorted(found - set(CHAIN_STATUSES))
+    if unknown or not found:
+        raise AnalyzeError(f"--status {', '.join(unknown) or '(empty)'}: not a chain status"
+                           f" (one of {', '.join(CHAIN_STATUSES)})")
+    return frozenset(found)
+
+
+class Filter:
+    """--namespace / --service / --status as predicates over chains, alerts and connections."""
+
+    def __init__(self, namespace: str | None, service: str | None, statuses: frozenset[str] | None = None) -> None:
+        self.statuses = statuses
         if service and "/" in service:
             ns, _, service = service.partition("/")
             if namespace and namespace != ns:
@@ -40,9 +56,11 @@ class Filter:
 
     @property
     def active(self) -> bool:
-        return bool(self.namespace or self.service)
+        return bool(self.namespace or self.service or self.statuses)
 
     def chain(self, c: dict) -> bool:
+        if self.statuses is not None and c.get("status") not in self.statuses:
+            return False
         ns, name = chain_service(c)
         if self.service:
             return name == self.service and (not self.namespace or ns == self.namespace)
@@ -57,7 +75,8 @@ class Filter:
         return not self.namespace or labels.get("namespace") == self.namespace
 
     def connection(self, row, namespaces_of) -> bool:
-        """Connections only know namespaces (through the cluster state); a --service filter hides them."""
+        """Connections only know namespaces (through the cluster state); a --service filter hides them,
+        --status does not apply to them."""
         if self.service:
             return False
         if not self.namespace:
@@ -93,11 +112,16 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
         if chains:
             render.section(console, f"REQUEST CHAINS ({len(chains)})", "times are UTC; +ms from the chain's first event")
             rules = {a["alert_id"]: a["rule"] for a in result.alerts}
-            for chain in chains:
+            shown = chains[:args.limit]  # None: all
+            for chain in shown:
                 console.print()
                 console.print(render.chain_title(chain))
                 for line in render.chain_lines(chain, rules, result.server_process):
                     console.print(line)
+            if len(shown) < len(chains):
+                console.print()
+                console.print(Line(f"  … and {len(chains) - len(shown)} more chains (use --limit to show more)",
+                                   style=render.DIM))
         elif result.chains and flt.active:
             render.section(console, "REQUEST CHAINS", "none match the filter")
 
@@ -133,9 +157,11 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
 
 
 def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    flt = Filter(args.namespace, args.service)
+    flt = Filter(args.namespace, args.service, parse_statuses(args.status))
     if args.connections_limit < 0:
         raise AnalyzeError("--connections-limit must be 0 or more")
+    if args.limit is not None and args.limit < 0:
+        raise AnalyzeError("--limit must be 0 or more")
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
                      progress_file=err, want_evidence=not args.json)
     return output(args, result, flt, out)
@@ -146,7 +172,7 @@ def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO)
     chains = sorted((c for c in result.chains if flt.chain(c)), key=chain_order)
     alerts = sorted((a for a in result.alerts if flt.alert(a)), key=alert_order)
     if args.json:
-        emit_json(out, [] if args.alerts_only else chains, alerts)
+        emit_json(out, [] if args.alerts_only else chains[:args.limit], alerts)
     else:
         console = render.make_console(out, args.color)
         console.print(result.header())
