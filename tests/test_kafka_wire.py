@@ -97,6 +97,39 @@ def test_enriched_batch_encoder_writes_the_bytes_of_the_schema_encoder():
         assert encode_enriched_batch(other) == dumps(other)  # nothing to splice: the plain encoder
 
 
+def test_shared_events_json_writes_each_records_bytes_from_one_encoding_of_the_release():
+    from dataclasses import replace
+
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.enriched import EnrichedEvent
+    from svctrace.streams.faust_app.wire import SharedEventsJSON
+
+    batches = _enriched_batches()
+    released = max(batches, key=lambda b: len(b["events"]))  # the node's svctrace.events.enriched batch
+    assert all(e in released["events"] for b in batches for e in b["events"])
+    shared = SharedEventsJSON(released["events"])
+    assert shared.json  # the release was split into its events
+    assert shared.encode(released) == dumps(released)  # the release itself: its encoding as it is
+    for batch in batches:  # every flows bucket's batch and the enriched one
+        assert shared.encode(batch) == dumps(batch)
+        assert shared.encode({**batch, "events": list(batch["events"])}) == dumps(batch)
+        chunk = {**batch, "events": batch["events"][1::3]}  # a record of some of them
+        assert shared.encode(chunk) == dumps(chunk)
+    # Escapes and text that looks like the split or join points, inside values.
+    e = next(e for e in released["events"] if e.ev.data and e.local_ref)
+    odd = EnrichedEvent(replace(e.ev, comm='x},{"ts":1,"flow":"y\\"\n\u00e9\u2028\x01', data=b'},{"ts":'),
+                        '},{"ts":', {**e.local_ref, "name": '"},{"ts":'}, None, None, {"ip": "1.2.3.4", "port": 5})
+    lost = [{"node": "n", "ts": 1, "count": 2}]
+    other = next(x for x in released["events"] if x is not e)
+    shared = SharedEventsJSON([odd, e, odd])
+    assert len(shared.json) == 2  # split there (odd twice: one id)
+    for batch in ({"schema": "svctrace.enriched-batch", "version": 1, "events": [odd, e], "lost": lost},
+                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [e]},
+                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [], "lost": lost},
+                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [e, other]}):
+        assert shared.encode(batch) == dumps(batch)  # the last: an event it did not encode (the plain encoder)
+
+
 def test_flows_records_decode_to_the_enrich_stage_objects():
     from svctrace.streams.faust_app.wire import LocalHandoff, encode_enriched_batch, read_flows_record
 

@@ -72,7 +72,7 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, encode_enriched_batch, read_flows_record,
+    HANDOFF_HEADER, LocalHandoff, SharedEventsJSON, decode_syscall_batch, encode_enriched_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -86,6 +86,11 @@ EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1
 # Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
 # of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
 RECORD_EVENTS = 1000
+# Records per producer batch, in bytes before compression (Faust's default: 16 KiB). Chain records
+# (~2 KiB) go out thousands at a time: each batch costs a compression call (zstd: ~25 us fixed),
+# CRC, a request entry and a future; bigger ones also compress better. Compressed, it stays far
+# below a topic's max.message.bytes (1 MiB).
+PRODUCER_BATCH_BYTES = 256 * 1024
 # A partition whose last fetch response is older than this has no known "nothing new": the broker
 # is unreachable (restarting) or the partition is paused, so its silence does not count as idle.
 BROKER_SILENT_S = 2.0
@@ -565,6 +570,7 @@ class Worker:
             producer_acks=-1,
             producer_compression_type=COMPRESSION,
             producer_linger_ms=5,
+            producer_max_batch_size=PRODUCER_BATCH_BYTES,
             producer_max_request_size=MAX_STATE_BYTES,  # one key's state is one changelog record
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=c.session_timeout_s,
@@ -830,6 +836,11 @@ class Worker:
         send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
         names = self.names
         batches = PartitionBatches(self.app.producer._ensure_producer())
+        encode = encode_enriched_batch
+        if stage_name == "enrich":  # a release's events go to flows and (by default) enriched: encoded once
+            released = next((value for topic, _, value in outs if topic == ENRICHED_TOPIC), None)
+            if released is not None and released.get("events"):
+                encode = SharedEventsJSON(released["events"]).encode
         counts: dict[str, int] = {}
         try:
             for topic, key, value in outs:
@@ -840,14 +851,13 @@ class Worker:
                         headers = [(SOURCE_HEADER, str(p).encode())]
                         if local:  # our own stitch stage reads it back: hand it the objects
                             headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
-                        await send(names[FLOWS_TOPIC], key.encode(), encode_enriched_batch(chunk), partition, None,
-                                   headers)
+                        await send(names[FLOWS_TOPIC], key.encode(), encode(chunk), partition, None, headers)
                 elif topic == OCCURRENCES_TOPIC:
                     batches.add(names[OCCURRENCES_TOPIC], stable_partition(key, self.partitions), key.encode(),
                                 dumps(value), [(SOURCE_HEADER, str(p).encode())])
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
-                        await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
+                        await send(names[topic], key.encode(), encode(chunk), None, None, None)
                 elif topic in self.t_out:
                     await batches.add_keyed(names[topic], key.encode(), dumps(value))
                 else:

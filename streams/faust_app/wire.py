@@ -8,7 +8,8 @@
   Unlike decode_batch it ignores event fields it does not know (a newer agent's optional field).
 * `encode_enriched_batch(batch)`: an enriched batch of EnrichedEvents (svctrace.flows,
   svctrace.events.enriched) -> the same bytes as schemas.models.dumps(batch), without building
-  each event's schema dict (to_wire): see the function.
+  each event's schema dict (to_wire): see the function. `SharedEventsJSON`: the same bytes for
+  records that share events (flows and enriched records of one release), each event encoded once.
 * `decode_enriched_events(events)`: event dicts of an enriched batch -> EnrichedEvents.
 * `read_flows_record(value, headers, handoff)`: a svctrace.flows record -> the enriched batch
   the stitch stage processes, or None for a progress-only record.
@@ -75,11 +76,58 @@ def encode_enriched_batch(batch: dict) -> bytes:
     events = batch.get("events")
     if not events or not all(e.__class__ is EnrichedEvent for e in events):
         return dumps(batch)
+    return _encoder.encode({**batch, "events": _interleaved(events)}).replace(_EVENT_MEETS_ENRICHMENT, b',"flow":')
+
+
+def _interleaved(events: list) -> list:
+    """[event, {flow...proxy_of}, event, ...]: what msgspec writes as the events' objects, split."""
     items: list = [None] * (2 * len(events))
     items[0::2] = [e.ev for e in events]
     items[1::2] = [{"flow": e.flow, "local_ref": e.local_ref, "remote_ref": e.remote_ref,
                     "addr_ref": e.addr_ref, "proxy_of": e.proxy_of} for e in events]
-    return _encoder.encode({**batch, "events": items}).replace(_EVENT_MEETS_ENRICHMENT, b',"flow":')
+    return items
+
+
+# Between two events' objects in an encoded list: an event's object starts with its first field, ts
+# (SyscallEvent's order), and no other object of a batch has a "ts" key right after '},{'.
+_BETWEEN_EVENTS = b'},{"ts":'
+
+
+class SharedEventsJSON:
+    """EnrichedEvents encoded once for several records that each hold some of them.
+
+    The enrich stage sends every event it releases twice: in its flow bucket's svctrace.flows batch
+    and in its node's svctrace.events.enriched batch (the worker's default). The release's events are
+    encoded in one msgspec call, the result split into each event's JSON; encode(batch) then joins
+    the ones of its events (same bytes as encode_enriched_batch), or encodes the batch itself when
+    one of its events is not among them."""
+
+    def __init__(self, events: list):
+        self.events = events  # alive while we hold them: their id()s stay theirs
+        self.json: dict[int, bytes] = {}
+        self.body = b""
+        if not events or not all(e.__class__ is EnrichedEvent for e in events):
+            return
+        body = _encoder.encode(_interleaved(events)).replace(_EVENT_MEETS_ENRICHMENT, b',"flow":')
+        parts = body[len(b'[{"ts":'):-len(b"}]")].split(_BETWEEN_EVENTS)  # each event's JSON minus '{"ts":' and '}'
+        if len(parts) == len(events) and body.startswith(b'[{"ts":'):
+            self.json = dict(zip(map(id, events), parts))
+            self.body = body
+
+    def encode(self, batch: dict) -> bytes:
+        events = batch.get("events")
+        if events is self.events and self.body:  # the whole release (its enriched record): as encoded
+            head, tail = _encoder.encode({**batch, "events": []}).split(b'"events":[]', 1)
+            return b"".join((head, b'"events":', self.body, tail))
+        json = self.json
+        try:
+            parts = [json[id(e)] for e in events]
+        except (KeyError, TypeError):
+            return encode_enriched_batch(batch)
+        if not parts:
+            return encode_enriched_batch(batch)
+        head, tail = _encoder.encode({**batch, "events": []}).split(b'"events":[]', 1)
+        return b"".join((head, b'"events":[{"ts":', _BETWEEN_EVENTS.join(parts), b"}]", tail))
 
 
 class _Enrichment(msgspec.Struct):
