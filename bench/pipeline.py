@@ -1,7 +1,8 @@
 """Benchmark of `svctrace worker` (Faust on a real Kafka broker) beside the in-process runner.
 
     python -m bench.pipeline [--requests N] [--latency-requests N] [--rate R] [--linger S]
-                             [--lateness S] [--settle S] [--profile FILE]
+                             [--lateness S] [--settle S] [--profile FILE] [--enriched]
+                             [--stages [--compression CODEC]]
 
 Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an existing one).
 1. Throughput: the same scenario traffic (bench.core_runner.traffic) through the in-process
@@ -18,6 +19,9 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
    syscall. Each request comes from its own client pod, so every request raises its own alert
    (the alert key is rule + labels). Both runners use the same event-time settings (--lateness,
    --settle; default: the worker's own defaults); they bound the latency from below in both.
+--stages runs the throughput worker with CPU clocks on its stages (bench.worker_stages) and prints
+each stage's own CPU per event (core, codecs, shell, Faust, aiokafka, per thread what no clock
+covers) and the bytes its sockets moved; --compression then swaps the worker producer's codec.
 The worker runs with its default checkpoint interval (the test harness checkpoints more often).
 Its progress records (watermark announcements without data) are counted beside the data records.
 Targets (issue 8): >= 100k events/s per worker; p99 syscall -> alert <= 1 s.
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
+from bench import worker_stages  # noqa: E402
 from bench.core_runner import traffic  # noqa: E402
 from svctrace.kafka.admin import topic_name  # noqa: E402
 from svctrace.kafka.clients import consumer  # noqa: E402
@@ -85,19 +90,41 @@ def worker_defaults() -> argparse.Namespace:
     return p.parse_args([])
 
 
-def start_worker(bootstrap, prefix, workdir, name, extra, profile=None, enriched=False) -> P.WorkerProcess:
+def start_worker(bootstrap, prefix, workdir, name, extra, profile=None, enriched=False,
+                 stages=None) -> P.WorkerProcess:
     # The harness checkpoints every 0.5 s (tests); the bench measures the worker's default.
     checkpoint = ["--checkpoint-interval", str(worker_defaults().checkpoint_interval)]
+    launcher = ["-m", "bench.worker_stages", stages] if stages else None
     worker = P.WorkerProcess(bootstrap, prefix, "bench-" + prefix.strip("."), workdir, name=name,
-                             idle_flush=3.0, extra=[*([] if enriched else ["--no-enriched"]), *checkpoint, *extra])
+                             idle_flush=3.0, extra=[*([] if enriched else ["--no-enriched"]), *checkpoint, *extra],
+                             launcher=launcher)
     if profile:
         i = worker.cmd.index("-m")
         worker.cmd[i:i] = ["-m", "cProfile", "-o", profile]
     return worker.start()
 
 
+def print_stages(report: dict, events: int, cpu: float) -> None:
+    """bench.worker_stages' report: each clocked stage's self CPU per event, and per thread what no
+    clock covers (Faust, asyncio, aiokafka outside the clocked calls)."""
+    stages, threads = report["stages"], report["threads"]
+    print(f"  stages (self CPU per event over the measured span; {cpu / events * 1e6:.1f} us/event in all):")
+    per_thread: dict[str, int] = {}
+    for label, (ns, calls) in sorted(stages.items(), key=lambda item: -item[1][0]):
+        thread = label.rsplit(" [", 1)[1][:-1] if label.endswith("]") else "main"
+        per_thread[thread] = per_thread.get(thread, 0) + ns
+        print(f"    {label:<52} {ns / events / 1e3:7.2f} us  {calls:>9,} calls")
+    for thread, ns in sorted(threads.items(), key=lambda item: -item[1]):
+        if ns:
+            print(f"    thread {thread:<30} {ns / events / 1e3:7.2f} us in all, "
+                  f"{(ns - per_thread.get(thread, 0)) / events / 1e3:7.2f} us not clocked")
+    moved = report["bytes"]
+    print(f"    sockets: {moved['written'] / events:,.0f} B/event written, {moved['read'] / events:,.0f} B/event read "
+          f"(the broker's traffic)")
+
+
 def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings, settings_args: list[str],
-               profile=None, enriched=False) -> None:
+               profile=None, enriched=False, stages=None) -> None:
     cluster, events = traffic(requests)
     # traffic() concatenates scenarios that each number events from 1: give every event of a
     # node its own number, as a capture would ((node, n) is an event's identity).
@@ -120,17 +147,25 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     sent = asyncio.run(P.publish_batches(bootstrap, prefix, batches))
     print(f"throughput: {sent:,} events ({len(result.chains):,} chains) in {len(batches):,} records of <= "
           f"{BATCH_EVENTS} events, 1 worker{' publishing svctrace.events.enriched' if enriched else ''}, {load()}")
-    worker = start_worker(bootstrap, prefix, workdir, "bench-tp", settings_args, profile, enriched)
+    report_path = workdir / "stages.json" if stages else None
+    worker = start_worker(bootstrap, prefix, workdir, "bench-tp", settings_args, profile, enriched,
+                          str(report_path) if stages else None)
     try:
         url = worker.metrics_url(timeout=120)
         metric = lambda name, **kw: P.metric_value(url, name, **kw)  # noqa: E731
         events_in = lambda stage: metric("svctrace_worker_events_total", stage=stage)  # noqa: E731
         P.wait_until(lambda: events_in("enrich") > 0, 120, "first batch processed", [worker])
+        if stages:
+            os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
         cpu0, t0 = cpu_seconds(worker.proc.pid), time.perf_counter()
         P.wait_until(lambda: events_in("enrich") >= sent, 600, "backlog through enrich", [worker])
         t_enrich = time.perf_counter() - t0
         P.wait_until(lambda: events_in("stitch") >= sent, 600, "backlog through stitch", [worker])
         cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
+        if stages:
+            os.kill(worker.proc.pid, worker_stages.REPORT_SIGNAL)
+            P.wait_until(report_path.exists, 30, "the worker's stage report", [worker])
+            stage_report = orjson.loads(report_path.read_bytes())
         flows_records = metric("svctrace_worker_records_total", stage="stitch")
         progress_records = metric("svctrace_worker_progress_records_total", stage="stitch")
         state_bytes = {stage: metric("svctrace_worker_checkpoint_bytes_total", stage=stage)
@@ -145,6 +180,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     print(f"  changelog writes (durable state of changed keys): "
           + ", ".join(f"{stage} {n / 1e6:.1f} MB" for stage, n in state_bytes.items())
           + f" ({sum(state_bytes.values()) / sent:,.0f} B per event)")
+    if stages:
+        print_stages(stage_report, measured, cpu)
     row("events per CPU-second", measured / cpu, len(events) / inproc_cpu, "ev/cpu-s")
     w_us, i_us = cpu / measured * 1e6, inproc_cpu / len(events) * 1e6
     row("CPU per event", w_us, i_us, "us", "{:.1f}")
@@ -334,9 +371,18 @@ def main() -> int:
     ap.add_argument("--enriched", action="store_true",
                     help="throughput: the worker also publishes svctrace.events.enriched (its default; the bench "
                          "measures without it by default, as the in-process runner does)")
+    ap.add_argument("--stages", action="store_true",
+                    help="throughput: clock the worker's stages (bench.worker_stages) and print their CPU per event "
+                         "(the clocks add a little CPU of their own)")
+    ap.add_argument("--compression", choices=("zstd", "lz4", "snappy", "gzip", "none"),
+                    help="with --stages: the worker producer's codec instead of its own (to compare CPU and bytes)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
+    if args.compression:
+        if not args.stages:
+            ap.error("--compression needs --stages")
+        os.environ[worker_stages.COMPRESSION_ENV] = args.compression
     settings = worker_command.event_time_settings(args.lateness, args.settle)
     settings_args = ["--lateness", str(args.lateness), "--settle", str(args.settle)]
     from tests.harness.kafka import start_private_broker
@@ -347,7 +393,8 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="svctrace-bench-") as tmp:
             if not args.skip_throughput:
-                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args, args.profile, args.enriched)
+                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args, args.profile, args.enriched,
+                           args.stages)
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
                         args.profile_latency)
