@@ -347,8 +347,18 @@ def parse_proclist(body: bytes, version: int) -> list[dict]:
     return out
 
 
+_IP4_TEXT: dict[bytes, str] = {}  # a capture holds few addresses: inet_ntop (a sprintf) once each
+
+
 def ip4(b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET, b)
+    try:
+        return _IP4_TEXT[b]
+    except KeyError:
+        pass
+    if len(_IP4_TEXT) >= 4096:
+        _IP4_TEXT.clear()
+    text = _IP4_TEXT[b] = socket.inet_ntop(socket.AF_INET, b)
+    return text
 
 
 def ip6(b: bytes) -> str:
