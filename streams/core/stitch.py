@@ -48,6 +48,16 @@ MAX_EVIDENCE = 24
 MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
 MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at most (more are folded)
+# Records kept per connection as lists (cheaper to build and read than dicts; JSON-able):
+# an acceptor (a proxy or the backend: its accepted socket), A_*
+A_NODE, A_PID, A_COMM, A_FD, A_CID, A_IP, A_PORT, A_TS, A_HOST, A_REQS, A_NREQ = range(11)
+# a request an acceptor received (R_I: its index on the connection; R_STS: when it was answered), R_*
+R_I, R_TS, R_STS, R_EV = range(4)
+# a request the client sent (C_I: its index on the connection; C_RTS: when its response came;
+# C_DONE: its chain was emitted), C_*
+C_I, C_TS, C_M, C_TG, C_H, C_TX, C_RX, C_RTS, C_ST, C_EV, C_DONE = range(11)
+# a userspace proxy's dial to the backend (D_IP/D_PORT: the backend; D_LIP/D_LPORT: the dial's own), D_*
+D_NODE, D_PID, D_COMM, D_FD, D_IP, D_PORT, D_LIP, D_LPORT, D_TS, D_RES, D_ERRNO = range(11)
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -71,7 +81,7 @@ class _ConnParts:
     """What every chain record of one connection shares, whatever its request (Stitcher._parts):
     built once per connection (keep-alive: reused by each request) and rebuilt when what it
     derives from changes. The state replaces the cl/cn/svc/dns dicts rather than mutating
-    them, and acceptor and dial dicts keep the fields read here (but a dial's result: px_at),
+    them, and acceptor and dial records keep the fields read here (but a dial's result: px_at),
     so identity checks tell. Its output dicts are shared by the records: nobody mutates them."""
 
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
@@ -118,8 +128,7 @@ class Stitcher:
     @staticmethod
     def _upgrade(state: dict) -> None:
         """A state written before the timer queue existed: number its conns and queue them."""
-        state["tq"] = [[0, k] for k in state["conns"]]  # validated (set to the real deadline) at the next pass
-        heapify(state["tq"])
+        Stitcher._requeue(state)
         for i, conn in enumerate(state["conns"].values()):
             conn["seq"] = i
         seq = len(state["conns"])
@@ -137,6 +146,23 @@ class Stitcher:
         state["seq"] = seq
         state["dq"] = [[v["ts"], k] for k, v in state["dsrv"].items()]
         heapify(state["dq"])
+
+    @staticmethod
+    def _requeue(state: dict) -> None:
+        """A state written before conns kept their queued deadline (conn["qd"]) and their
+        acceptors and dials as lists: one live timer entry per conn, [0, key], validated (set
+        to the real deadline) at the next pass; dict records become lists."""
+        state["tq"] = [[0, k] for k in state["conns"]]
+        heapify(state["tq"])
+        for conn in state["conns"].values():
+            conn["qd"] = 0
+            conn["creq"] = [[r["i"], r["ts"], r["m"], r["tg"], r["h"], r["tx"], r["rx"], r["rts"], r["st"], r["ev"], r["done"]]
+                            if isinstance(r, dict) else r for r in conn["creq"]]
+            conn["sv"] = [[a["node"], a["pid"], a["comm"], a["fd"], a["container_id"], a["ip"], a["port"], a["ts"],
+                           a["host"], [[r["i"], r["ts"], r["sts"], r["ev"]] for r in a["reqs"]], a["nreq"]]
+                          if isinstance(a, dict) else a for a in conn["sv"]]
+            conn["px"] = [[x["node"], x["pid"], x["comm"], x["fd"], x["ip"], x["port"], x["lip"], x["lport"], x["ts"],
+                           x["res"], x["errno"]] if isinstance(x, dict) else x for x in conn["px"]]
 
     @staticmethod
     def is_idle(state: dict) -> bool:
@@ -173,6 +199,8 @@ class Stitcher:
             state["buf"] = []
         if "tq" not in durable:
             self._upgrade(state)
+        elif state["conns"] and "qd" not in next(iter(state["conns"].values())):
+            self._requeue(state)
         if "nmax" not in durable:
             state["nmax"] = None  # written before it was tracked: a late event may be a redelivery
         return state
@@ -191,8 +219,24 @@ class Stitcher:
         out: list = []
         late: list | None = None
         tops: dict[str, int] = {}  # the highest n of each node in this batch
+        events = batch["events"]
+        try:
+            orders = list(map(_event_order, events))  # EnrichedEvents (in-process): (ts, node, n) each
+        except AttributeError:
+            orders = None  # schema dicts (from Kafka)
+        if orders and min(orders)[0] >= wm:
+            # the common case, done at C speed where it can: no event to convert, none late
+            buf.extend(events)  # a duplicate (same node, n) sorts next to its original
+            nodes = set(map(_second, orders))
+            if len(nodes) == 1:
+                tops[nodes.pop()] = max(map(_third, orders))
+            else:
+                for _ts, node, n in orders:
+                    if n > tops.get(node, -1):
+                        tops[node] = n
+            events = ()
         node, top = None, -1  # the current run of one node's events (batches mostly hold one node)
-        for d in batch["events"]:
+        for d in events:
             if d.__class__ is not EnrichedEvent:
                 try:
                     d = from_wire(d)
@@ -267,21 +311,27 @@ class Stitcher:
         state["wm"] = max(state["wm"], watermark_ns)
         if "tq" not in state:
             self._upgrade(state)
+        elif state["conns"] and "qd" not in next(iter(state["conns"].values())):
+            self._requeue(state)  # a state written before conn["qd"], not given to restore
         buf = state["buf"]
         if buf:
             buf.sort(key=_event_order)
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
-                prev = None
                 apply = self._apply
-                for d in ready:
-                    order = d.order  # (ts, node, n)
-                    if order == prev:
-                        state["dups"] += 1  # at-least-once delivery: the same event again
-                        continue
-                    prev = order
-                    ts = order[0]
+                orders = list(map(_event_order, ready))  # (ts, node, n) each
+                if len(set(orders)) == len(orders):
+                    timed = zip(ready, map(_first, orders))  # no event twice (the common case)
+                else:
+                    timed, prev = [], None
+                    for d, order in zip(ready, orders):
+                        if order == prev:
+                            state["dups"] += 1  # at-least-once delivery: the same event again
+                        else:
+                            timed.append((d, order[0]))
+                        prev = order
+                for d, ts in timed:
                     nxt = state["next"]
                     if nxt is not None and nxt <= ts:
                         self._fire_until(state, ts, out)  # timers due at or before e come first
@@ -316,15 +366,23 @@ class Stitcher:
     def _apply(self, st: dict, d: EnrichedEvent, out: list) -> None:
         e = d.ev
         proto = e.proto
-        if proto != "tcp" and proto != "udp":
-            return
-        kind = e.kind
-        on_dns_port = self.dns_port in (e.remote_port, e.local_port, e.addr_port)
-        if proto == "udp" or on_dns_port:
-            # DNS on port 53 (UDP, or TCP length-prefixed); other UDP is not followed
-            if (kind == "send" or kind == "recv") and e.res > 0 and on_dns_port:
+        dns_port = self.dns_port
+        if proto == "tcp":
+            if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
+                kind = e.kind  # DNS over TCP (length-prefixed)
+                if (kind == "send" or kind == "recv") and e.res > 0:
+                    self._apply_dns(st, d)
+                return
+        elif proto == "udp":
+            # DNS on port 53; other UDP is not followed
+            kind = e.kind
+            if (kind == "send" or kind == "recv") and e.res > 0 and (
+                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
                 self._apply_dns(st, d)
             return
+        else:
+            return
+        kind = e.kind
         if kind not in _TCP_KINDS:
             return
         proxy_of = d.proxy_of
@@ -353,14 +411,14 @@ class Stitcher:
             self._finish(st, conn, out, final=False)
             seq = conn["seq"]  # the new conn takes the old one's place in `conns` (and in timer order)
             conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule_new(st, key, e.ts)
+            self._schedule_new(st, conn)
         elif conn is None:
             if kind == "close" and side == "cl":
                 return  # the tail of a connection already finished
             seq = st["seq"]
             st["seq"] = seq + 1
             conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule_new(st, key, e.ts)
+            self._schedule_new(st, conn)
         if e.ts > conn["t1"]:
             conn["t1"] = e.ts  # only delays the idle deadline: no rescheduling needed
         if side == "cl":
@@ -387,22 +445,29 @@ class Stitcher:
                 _evidence(conn, e, f"client connect {e.errno}")
         elif side == "px":
             for me in conn["px"]:
-                if me["fd"] == e.fd and me["pid"] == e.pid and me["node"] == e.node:
-                    if me["errno"] == "EINPROGRESS":
-                        me["res"], me["errno"] = e.res, e.errno
+                if me[D_FD] == e.fd and me[D_PID] == e.pid and me[D_NODE] == e.node:
+                    if me[D_ERRNO] == "EINPROGRESS":
+                        me[D_RES], me[D_ERRNO] = e.res, e.errno
                         _evidence(conn, e, f"proxy dial {e.errno}")
                     break
 
+    # The timer queue st["tq"] holds [deadline, conn key] entries; a conn's live entry is the one
+    # whose deadline is conn["qd"] (<= its actual deadline), any other entry of it is stale and
+    # is dropped when it comes up (no deadline computed). A deadline moving later (new events)
+    # is found when the live entry comes up; one moving earlier (close, response) queues anew.
+
     def _schedule(self, st: dict, conn: dict) -> None:
         dl = self._conn_deadline(conn)
-        heappush(st["tq"], [dl, conn["k"]])
+        if dl < conn["qd"]:
+            conn["qd"] = dl
+            heappush(st["tq"], [dl, conn["k"]])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
-    def _schedule_new(self, st: dict, key: str, ts: int) -> None:
-        """_schedule of a new conn (created at ts: no request, no close): its idle deadline."""
-        dl = ts + self.idle_ns
-        heappush(st["tq"], [dl, key])
+    def _schedule_new(self, st: dict, conn: dict) -> None:
+        """_schedule of a new conn (no request, no close): its idle deadline."""
+        dl = conn["qd"] = conn["t1"] + self.idle_ns
+        heappush(st["tq"], [dl, conn["k"]])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
@@ -413,8 +478,8 @@ class Stitcher:
         if ccl is not None and ccl + settle_ns < dl:
             dl = ccl + settle_ns
         for r in conn["creq"]:  # answered requests not yet emitted (keep-alive: up to MAX_REQS_KEPT)
-            rts = r["rts"]
-            if rts is not None and rts + settle_ns < dl and not r["done"]:
+            rts = r[C_RTS]
+            if rts is not None and rts + settle_ns < dl and not r[C_DONE]:
                 dl = rts + settle_ns
         return dl
 
@@ -449,15 +514,15 @@ class Stitcher:
                     req = parse_request(data)
                     if req is not None:
                         conn["nreq"] += 1
-                        conn["creq"].append({"i": conn["nreq"] - 1, "ts": ts, "m": req.method, "tg": req.target,
-                                             "h": req.host, "tx": e.res, "rx": 0, "rts": None, "st": None,
-                                             "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "client request"}], "done": False})
                         reqs = conn["creq"]
-                        if (len(reqs) > 1 and reqs[0]["done"]) or len(reqs) > MAX_REQS_KEPT:
+                        reqs.append([conn["nreq"] - 1, ts, req.method, req.target, req.host, e.res, 0, None, None,
+                                     [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}], False])  # C_*
+                        if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
                             _trim_client(conn)
                         return
-                if conn["creq"] and conn["creq"][-1]["rts"] is None:
-                    conn["creq"][-1]["tx"] += e.res
+                reqs = conn["creq"]
+                if reqs and reqs[-1][C_RTS] is None:
+                    reqs[-1][C_TX] += e.res
             elif e.errno in FAILED_ERRNOS:
                 conn["err"] = conn["err"] or e.errno
                 _evidence(conn, e, "client send error")
@@ -470,18 +535,18 @@ class Stitcher:
                 data = e.data
                 cur = None  # the oldest request still waiting for its response
                 for r in conn["creq"]:
-                    if r["rts"] is None:
+                    if r[C_RTS] is None:
                         cur = r
                         break
                 if data and data.startswith(RESPONSE_PREFIX):
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
-                        cur["rts"], cur["st"], cur["rx"] = ts, resp.status, e.res
-                        cur["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": "client response"})
+                        cur[C_RTS], cur[C_ST], cur[C_RX] = ts, resp.status, e.res
+                        cur[C_EV].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
                         return True
                 last = conn["creq"][-1] if conn["creq"] else None
-                if last is not None and last["rts"] is not None:
-                    last["rx"] += e.res
+                if last is not None and last[C_RTS] is not None:
+                    last[C_RX] += e.res
             elif e.res == 0:
                 conn["eof"] = conn["eof"] or ts
                 _evidence(conn, e, "client got EOF")
@@ -543,14 +608,12 @@ class Stitcher:
         kind, ts = e.kind, e.ts
         node, pid, fd = e.node, e.pid, e.fd
         for me in conn["sv"]:  # the acceptor this event is on (_side_of, inline)
-            if me["fd"] == fd and me["pid"] == pid and me["node"] == node:
+            if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
                 break
         else:
             lref = d.local_ref or {}
-            me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
-                  "container_id": e.container_id, "ip": e.local_ip, "port": e.local_port,
-                  "ts": ts, "host": lref.get("kind") in (None, "node", "external"), "cts": None,
-                  "reqs": [], "nreq": 0, "tx": 0, "rx": 0}
+            me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
+                  lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
             acceptors = conn["sv"]
             acceptors.append(me)
             if len(acceptors) > 4:
@@ -559,28 +622,25 @@ class Stitcher:
             if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
                 conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
         if kind == "recv" and e.res > 0:
-            me["rx"] += e.res
             data = e.data
             if data and data.startswith(REQUEST_PREFIXES):
                 req = parse_request(data)
                 if req is not None:
-                    me["nreq"] += 1
-                    reqs = me["reqs"]
-                    reqs.append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                 "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "backend request"}]})
+                    i = me[A_NREQ]
+                    me[A_NREQ] = i + 1
+                    reqs = me[A_REQS]
+                    reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
                     if len(reqs) > MAX_REQS_KEPT:
                         del reqs[:-MAX_REQS_KEPT]
         elif kind == "send" and e.res > 0:
-            me["tx"] += e.res
             data = e.data
-            if data and data.startswith(RESPONSE_PREFIX) and me["reqs"] and me["reqs"][-1]["sts"] is None:
+            reqs = me[A_REQS]
+            if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_STS] is None:
                 resp = parse_response(data)
                 if resp is not None and resp.status >= 200:
-                    r = me["reqs"][-1]
-                    r["sts"], r["st"] = ts, resp.status
-                    r["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": "backend response"})
-        elif kind == "close":
-            me["cts"] = ts
+                    r = reqs[-1]
+                    r[R_STS] = ts
+                    r[R_EV].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
 
     # a userspace proxy's outbound connection ------------------------------------
 
@@ -589,33 +649,18 @@ class Stitcher:
         kind, ts = e.kind, e.ts
         node, pid, fd = e.node, e.pid, e.fd
         for me in conn["px"]:  # the proxy dial this event is on (_side_of, inline)
-            if me["fd"] == fd and me["pid"] == pid and me["node"] == node:
+            if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
                 break
         else:
-            me = {"node": e.node, "pid": e.pid, "comm": e.comm, "fd": e.fd,
-                  "ip": e.addr_ip or e.remote_ip, "port": e.addr_port or e.remote_port,
-                  "lip": e.local_ip, "lport": e.local_port, "ts": ts, "res": None, "errno": None,
-                  "cts": None, "reqs": [], "nreq": 0}
+            me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
+                  e.local_ip, e.local_port, ts, None, None]  # the D_* fields
             conn["px"].append(me)
             del conn["px"][:-4]
         if kind == "connect":
-            me["res"], me["errno"], me["ts"] = e.res, e.errno, ts
+            me[D_RES], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
             _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
-        elif kind == "send" and e.res > 0:
-            data = e.data
-            if data and data.startswith(REQUEST_PREFIXES):
-                me["nreq"] += 1
-                me["reqs"].append({"i": me["nreq"] - 1, "ts": ts, "sts": None, "st": None,
-                                   "ev": [{"node": e.node, "n": e.n, "ts": e.ts, "what": "proxy forwards request"}]})
-                _trim(me["reqs"])
-        elif kind == "recv" and e.res > 0:
-            data = e.data
-            if data and data.startswith(RESPONSE_PREFIX) and me["reqs"] and me["reqs"][-1]["sts"] is None:
-                resp = parse_response(data)
-                if resp is not None:
-                    me["reqs"][-1]["sts"], me["reqs"][-1]["st"] = ts, resp.status
-        elif kind == "close":
-            me["cts"] = ts
+        # (the requests a proxy forwards and the responses it gets back: a chain shows the
+        # client's and the backend's)
 
     # DNS ---------------------------------------------------------------------------
 
@@ -636,9 +681,7 @@ class Stitcher:
                                  "ip": e.local_ip, "port": e.local_port,
                                  "container_id": e.container_id, "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}}
                 heappush(st["dq"], [e.ts, k])
-            elif k in st["dsrv"]:
-                st["dsrv"][k]["ans_ts"] = e.ts
-            return
+            return  # (the server's answer adds nothing a chain shows: the client's receipt of it does)
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
@@ -716,11 +759,15 @@ class Stitcher:
 
     def _dns_summary(self, st: dict, lk: dict) -> dict:
         qs = lk["q"]
-        # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end
+        # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
+        # and retries (a query asked again: its previous ask is the latest one of the same question)
         positive, answered, nx, refs, end = None, [], 0, [], qs[0]["ts"]
+        last_ask: dict[tuple, dict] = {}
+        retries, retry_gap = 0, None
         for i, q in enumerate(qs):
-            if q["ts"] > end:
-                end = q["ts"]
+            qts = q["ts"]
+            if qts > end:
+                end = qts
             a = q["ans"]
             if i < MAX_EVIDENCE // 2:
                 refs.append(q["ref"])
@@ -734,6 +781,16 @@ class Stitcher:
                     nx += 1
                 elif positive is None and a["rc"] == "NOERROR" and a["a"]:
                     positive = q
+            k = (q["qn"], q["qt"])
+            prev = last_ask.get(k)
+            # a retry: the same question again on the same socket, or after a resolver timeout
+            # (two threads asking at once from two sockets are not retrying)
+            if prev is not None and (prev["ep"] == q["ep"] or qts - prev["ts"] >= S):
+                retries += 1
+                gap = qts - prev["ts"]
+                if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
+                    retry_gap = [q["qn"], q["qt"], gap]
+            last_ask[k] = q
         final = positive or (answered[-1] if answered else qs[-1])
         if positive is None:
             # The name the application asked for is the shortest one tried.
@@ -743,25 +800,14 @@ class Stitcher:
         ans = final["ans"]
         resolver = final["srv"]
         srv = st["dsrv"].get(f'{final["ep"]}|{final["id"]}')
-        seen, retries, retry_gap = set(), 0, None
-        for i, q in enumerate(qs):
-            k = (q["qn"], q["qt"])
-            prev = next((p for p in reversed(qs[:i]) if (p["qn"], p["qt"]) == k), None) if k in seen else None
-            # a retry: the same question again on the same socket, or after a resolver timeout
-            # (two threads asking at once from two sockets are not retrying)
-            if prev is not None and (prev["ep"] == q["ep"] or q["ts"] - prev["ts"] >= S):
-                retries += 1
-                gap = q["ts"] - prev["ts"]
-                if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
-                    retry_gap = [q["qn"], q["qt"], gap]
-            seen.add(k)
         if srv is not None:
             refs.append(srv["ref"])
         return {
             "qname": final_name, "qtype": (positive or final)["qt"], "resolver_ip": resolver,
             "resolver_port": final["sport"],
             "answered_by": ans["from"] if ans else None,
-            "server": None if srv is None else {k: srv[k] for k in ("node", "pid", "comm", "ip", "port", "container_id")},
+            "server": None if srv is None else {"node": srv["node"], "pid": srv["pid"], "comm": srv["comm"], "ip": srv["ip"],
+                                                "port": srv["port"], "container_id": srv["container_id"]},
             "rcode": ans["rc"] if ans else None,
             "answers": list(positive["ans"]["a"]) if positive else [],
             "cnames": list(positive["ans"]["cn"]) if positive else [],
@@ -788,16 +834,16 @@ class Stitcher:
             found: dict[str, int] = {}
             conn_deadline = self._conn_deadline
             while tq and tq[0][0] <= now:
-                key = heappop(tq)[1]
+                qd, key = heappop(tq)
                 conn = conns.get(key)
-                if conn is None or key in found:
-                    continue
+                if conn is None or conn["qd"] != qd or key in found:
+                    continue  # a stale entry (or this conn's live one seen already)
                 dl = conn_deadline(conn)
                 if dl <= now:
                     found[key] = conn["seq"]
                 else:
                     heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
-                    exact[key] = dl
+                    conn["qd"] = exact[key] = dl
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         for key in due:
@@ -814,32 +860,33 @@ class Stitcher:
                 continue
             emitted = False
             for r in conn["creq"]:
-                if not r["done"] and r["rts"] is not None and now >= r["rts"] + settle_ns:
+                if not r[C_DONE] and r[C_RTS] is not None and now >= r[C_RTS] + settle_ns:
                     emitted = True
                     try:
                         self._emit_request(st, conn, r, out, final=False)
                     except Exception as exc:
-                        r["done"] = True
-                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r["ts"]))
+                        r[C_DONE] = True
+                        out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r[C_TS]))
             if emitted:  # emitted requests are not needed any more (keep-alive: 10s of them)
-                conn["creq"] = [r for r in conn["creq"] if not r["done"]]
-            dl = exact[key] = self._conn_deadline(conn)
+                conn["creq"] = [r for r in conn["creq"] if not r[C_DONE]]
+            dl = conn["qd"] = exact[key] = self._conn_deadline(conn)
             heappush(tq, [dl, key])
         if not conns:
             tq.clear()
         # The earliest deadline of the open conns: the queue's head, once it is exact.
         while tq:
             dl, key = tq[0]
+            conn = conns.get(key)
+            if conn is None or conn["qd"] != dl:
+                heappop(tq)  # stale
+                continue
             if exact.get(key) == dl:
                 break
-            conn = conns.get(key)
-            if conn is None:
-                heappop(tq)
-                continue
             actual = self._conn_deadline(conn)
             if actual == dl:
                 break
             heapreplace(tq, [actual, key])
+            conn["qd"] = actual
         nxt = tq[0][0] if tq else None
         lq = st["lq"]
         if final or st["lke"] or (lq and lq[0][0] <= now):
@@ -937,14 +984,14 @@ class Stitcher:
             return  # only the accepting side was seen: not a request we can attribute
         if conn["svc"] is None and conn["dns"] is None:
             return  # not a Service request (and not a name lookup's target)
-        pending = [r for r in conn["creq"] if not r["done"]]
+        pending = [r for r in conn["creq"] if not r[C_DONE]]
         if conn["nreq"] == 0:
             self._emit(st, conn, None, out, final)
         for r in pending:
             self._emit_request(st, conn, r, out, final)
 
     def _emit_request(self, st: dict, conn: dict, req: dict, out: list, final: bool) -> None:
-        req["done"] = True
+        req[C_DONE] = True
         if conn["cl"] is None or (conn["svc"] is None and conn["dns"] is None):
             return
         self._emit(st, conn, req, out, final)
@@ -987,7 +1034,7 @@ class Stitcher:
         # the same last one are the same list
         sv_last = sv[-1] if sv else None
         px = pxs[-1] if pxs else None
-        px_at = (px["ts"], px["errno"]) if px is not None else None
+        px_at = (px[D_TS], px[D_ERRNO]) if px is not None else None
         p = self._conn_parts.get(conn["k"])
         if (p is not None and p.cl is cl and p.cn is cn and p.svc is svc and p.dns is dnsx and p.est is est
                 and p.sv_last is sv_last and p.px is px and p.px_at == px_at and p.nsv == len(sv)
@@ -1010,13 +1057,13 @@ class Stitcher:
             ready_eps, ep_ips = [], frozenset()
         proxies, backends = [], []
         for s in sv:
-            nodes.add(s["node"])
-            if s["host"] and s["ip"] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
+            nodes.add(s[A_NODE])
+            if s[A_HOST] and s[A_IP] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
                 proxies.append(s)
             else:
                 backends.append(s)
         if px is not None:
-            nodes.add(px["node"])
+            nodes.add(px[D_NODE])
 
         # translation mode and backend
         translation, backend = None, None
@@ -1024,14 +1071,14 @@ class Stitcher:
         hops: list[dict] = []
         if px is not None or proxies:
             q = proxies[0] if proxies else None
-            proxy = self._endpoint(q["node"], q["pid"], q["comm"], q["ip"], q["port"], q["ts"], q["container_id"])[0] \
-                if q else self._endpoint(px["node"], px["pid"], px["comm"], px["lip"], px["lport"], px["ts"])[0]
+            proxy = self._endpoint(q[A_NODE], q[A_PID], q[A_COMM], q[A_IP], q[A_PORT], q[A_TS], q[A_CID])[0] \
+                if q else self._endpoint(px[D_NODE], px[D_PID], px[D_COMM], px[D_LIP], px[D_LPORT], px[D_TS])[0]
             translation = {"mode": "userspace_proxy", "confidence": "high", "proxy": proxy}
             if px is not None:
-                b_ip, b_port = px["ip"], px["port"]
-                backend = self._endpoint(None, None, None, b_ip, b_port, px["ts"])[0]
+                b_ip, b_port = px[D_IP], px[D_PORT]
+                backend = self._endpoint(None, None, None, b_ip, b_port, px[D_TS])[0]
                 if q is not None:
-                    hops.append({"name": "proxy", "start_ts": q["ts"], "end_ts": px["ts"], "latency_ns": px["ts"] - q["ts"]})
+                    hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
         elif svc is not None and cn is not None:
             rip = cn["rip"]
             rewritten = rip not in UNSPECIFIED_IPS and rip != cn["aip"] and rip not in (svc["cluster_ip"],)
@@ -1052,9 +1099,9 @@ class Stitcher:
         b = None
         if backends:
             b = backends[0]
-            backend = self._endpoint(b["node"], b["pid"], b["comm"], b["ip"], b["port"], b["ts"], b["container_id"])[0]
-            b_ip, b_port = b["ip"], b["port"]
-            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b["ts"], "latency_ns": max(0, b["ts"] - t_conn)})
+            backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CID])[0]
+            b_ip, b_port = b[A_IP], b[A_PORT]
+            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": max(0, b[A_TS] - t_conn)})
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
         if dnsx is not None and dnsx["latency_ns"] is not None:
@@ -1082,7 +1129,7 @@ class Stitcher:
         if svc is not None:
             cn_ = cn or {}
             mode = translation["mode"] if translation else None
-            if px is not None and px["errno"] == "ECONNREFUSED":
+            if px is not None and px[D_ERRNO] == "ECONNREFUSED":
                 p.svc_always = ("svc.target_port_refused", None)
             elif cn_.get("errno") == "ECONNREFUSED":
                 if mode == "socket_lb" or (ready_eps and mode != "none"):
@@ -1136,7 +1183,7 @@ class Stitcher:
     def _emit(self, st: dict, conn: dict, req: dict | None, out: list, final: bool) -> None:
         p = self._parts(conn)
         cn, svc, dnsx = p.cn, p.svc, p.dns
-        i = req["i"] if req is not None else 0
+        i = req[C_I] if req is not None else 0
         a = conn["a"]
         cid = chain_id(a[0], a[1], conn["k"], i)
         t_conn = p.t_conn
@@ -1150,36 +1197,37 @@ class Stitcher:
             backend_req = None
             b = p.b
             if b is not None:
-                breqs = b["reqs"]  # numbered consecutively ("i"), the oldest trimmed: r["i"] == i at i - first
-                k = i - breqs[0]["i"] if breqs else -1
-                if 0 <= k < len(breqs) and breqs[k]["i"] == i:
+                breqs = b[A_REQS]  # numbered consecutively (R_I), the oldest trimmed: r[R_I] == i at i - first
+                k = i - breqs[0][R_I] if breqs else -1
+                if 0 <= k < len(breqs) and breqs[k][R_I] == i:
                     backend_req = breqs[k]
                 else:
                     for r in breqs:
-                        if r["i"] == i:  # i: the client request's index
+                        if r[R_I] == i:  # i: the client request's index
                             backend_req = r
                             break
-            response = {"protocol": "http", "method": req["m"], "target": req["tg"], "host": req["h"],
-                        "status": req["st"], "bytes_sent": req["tx"], "bytes_received": req["rx"], "error": None}
-            evidence += req["ev"]
-            if req["rts"] is not None:
-                hops.append({"name": "response", "start_ts": req["ts"], "end_ts": req["rts"],
-                             "latency_ns": req["rts"] - req["ts"]})
+            rts = req[C_RTS]
+            response = {"protocol": "http", "method": req[C_M], "target": req[C_TG], "host": req[C_H],
+                        "status": req[C_ST], "bytes_sent": req[C_TX], "bytes_received": req[C_RX], "error": None}
+            evidence += req[C_EV]
+            if rts is not None:
+                hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": rts - req[C_TS]})
             if backend_req is not None:
-                evidence += backend_req["ev"]
-                if backend_req["sts"] is not None:
-                    hops.append({"name": "backend", "start_ts": backend_req["ts"], "end_ts": backend_req["sts"],
-                                 "latency_ns": backend_req["sts"] - backend_req["ts"]})
+                evidence += backend_req[R_EV]
+                sts = backend_req[R_STS]
+                if sts is not None:
+                    hops.append({"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
+                                 "latency_ns": sts - backend_req[R_TS]})
         elif conn["tx"] or conn["rx"]:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
                         "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": None}
         outcome = _outcome(conn, req, idle_closed=not final and conn["ccl"] is None)
-        if req is not None and req["rts"] is None and outcome == "pending" and not final:
+        if req is not None and req[C_RTS] is None and outcome == "pending" and not final:
             # the client stopped waiting (close) or the idle timeout ran out: how long it waited
             waited_until = conn["ccl"] if conn["ccl"] is not None else conn["t1"] + self.idle_ns
             outcome = "no response"
-            hops.append({"name": "response", "start_ts": req["ts"], "end_ts": waited_until,
-                         "latency_ns": waited_until - req["ts"]})
+            hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": waited_until,
+                         "latency_ns": waited_until - req[C_TS]})
         failed = outcome != "ok" and outcome != "pending"
         if failed:
             if response is not None:
@@ -1190,7 +1238,7 @@ class Stitcher:
 
         # time span
         start_ts = end_ts = t_conn
-        last = conn["t1"] if req is None else (req["rts"] or req["ts"])
+        last = conn["t1"] if req is None else (req[C_RTS] or req[C_TS])
         if last < start_ts:
             start_ts = last
         elif last > end_ts:
@@ -1225,8 +1273,8 @@ class Stitcher:
                     found.append(p.svc_if_failed)
                 if p.misrouted:
                     found.append(("svc.misrouted", None))
-                if req is not None and req["st"] is not None and req["st"] >= 500:
-                    found.append(("svc.backend_5xx", {"status": req["st"], "method": req["m"], "target": req["tg"]}))
+                if req is not None and req[C_ST] is not None and req[C_ST] >= 500:
+                    found.append(("svc.backend_5xx", {"status": req[C_ST], "method": req[C_M], "target": req[C_TG]}))
                 if p.slow_hops:
                     found += [("svc.hop_latency", h) for h in p.slow_hops]
                 for h in hops[len(p.hops):]:  # this request's hops
@@ -1385,10 +1433,11 @@ _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties
 _event_id = itemgetter("node", "n")  # an event ref's event
 _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _new_conn(key: str, e: SyscallEvent, seq: int) -> dict:
-    return {"k": key, "seq": seq, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
+    return {"k": key, "seq": seq, "qd": None, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
             "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
             "eof": None, "err": None, "tx": 0, "rx": 0}
 
@@ -1399,19 +1448,13 @@ def _evidence(conn: dict, e: SyscallEvent, what: str) -> None:
         conn["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
 
 
-def _trim(reqs: list) -> None:
-    if len(reqs) > MAX_REQS_KEPT:
-        del reqs[:-MAX_REQS_KEPT]
-
-
 def _trim_client(conn: dict) -> None:
     """Emitted requests are dropped; pending ones only past the bound (then never emitted:
     a connection pipelining that many unanswered requests is not followed further)."""
     reqs = conn["creq"]
-    if len(reqs) > 1 and reqs[0]["done"]:
-        reqs[:] = [r for r in reqs if not r["done"]]
+    if len(reqs) > 1 and reqs[0][C_DONE]:
+        reqs[:] = [r for r in reqs if not r[C_DONE]]
     if len(reqs) > MAX_REQS_KEPT:
-        conn["dropped"] = conn.get("dropped", 0) + len(reqs) - MAX_REQS_KEPT
         del reqs[:-MAX_REQS_KEPT]
 
 
@@ -1441,7 +1484,7 @@ def _outcome(conn: dict, req: dict | None, idle_closed: bool = False) -> str:
     errno = cn.get("errno")
     if cn and cn.get("res", 0) < 0 and errno in FAILED_ERRNOS:
         return FAILED_ERRNOS[errno]
-    if req is not None and req["st"] is not None:
+    if req is not None and req[C_ST] is not None:
         return "ok"
     if conn["err"] in FAILED_ERRNOS:
         return FAILED_ERRNOS[conn["err"]]

@@ -1,0 +1,164 @@
+"""Stitch states written by an earlier version still load (Stitcher.restore upgrades them)
+and resume to the same chains as an uninterrupted run.
+
+tests/core_states/stitch_dict_form.json holds the stitch stage's states of the scenario below,
+cut in the middle of a run, as the code at git 8810524 wrote them (every record a dict) with dumps_state
+(`python -m tests.test_core_stitch_state <file>` writes them with the code at hand)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from svctrace.streams.core import Runner, dumps_state, loads_state
+from svctrace.streams.core.enrich import FLOWS_TOPIC
+from svctrace.streams.core.stitch import CHAINS_TOPIC, Stitcher
+from tests.scenario import MODES, MS, S, T0, Cluster, Scenario
+
+DICT_FORM = Path(__file__).parent / "core_states" / "stitch_dict_form.json"
+
+
+def _traffic():
+    """Every translation mode, healthy and refused requests, DNS lookups, and keep-alive
+    connections (requests still unanswered at the cut)."""
+    cluster = Cluster("wrong_port")
+    events = []
+    for m, mode in enumerate(MODES):
+        sc = Scenario(cluster, mode)
+        for i in range(30):
+            sc.request(T0 + m * 20 * S + i * 100 * MS, "wrong_port" if i % 3 == 1 else "healthy")
+        events += sc.events()
+    sc = Scenario(cluster, "dnat")
+    for i in range(30):
+        sc.keepalive(T0 + 70 * S + i * 100 * MS, statuses=(200, 503, 200))
+    events += sc.events()
+    counters: dict[str, int] = {}
+    numbered = []
+    for e in sorted(events, key=lambda e: e.ts):
+        counters[e.node] = counters.get(e.node, 0) + 1
+        numbered.append(e.with_(n=counters[e.node]))
+    return cluster, numbered
+
+
+def _stitch_calls(cluster, events) -> list[tuple]:
+    """The stitch stage's inputs in a run: ("p", key, batch) and ("a", key, watermark)."""
+    calls: list[tuple] = []
+    runner = Runner(cluster.index(), step_events=16)
+    stage = runner.graph.consumers[FLOWS_TOPIC]
+    process, advance = stage.process, stage.advance
+
+    def recorded_process(state, key, batch):
+        calls.append(("p", key, batch))
+        return process(state, key, batch)
+
+    def recorded_advance(state, key, watermark_ns, final=False):
+        if not final:
+            calls.append(("a", key, watermark_ns))
+        return advance(state, key, watermark_ns, final)
+
+    stage.process, stage.advance = recorded_process, recorded_advance
+    runner.feed(events)
+    runner.finish()
+    return calls
+
+
+def _cuts(cluster, calls) -> list[int]:
+    """Cuts after an advance: where the most connections are open, the most client requests,
+    acceptors and proxy dials are kept, and the most DNS lookups (the first of each)."""
+    op, states = Stitcher(cluster.index()), {}
+    best: dict[str, tuple[int, int]] = {}
+    for i, (what, key, arg) in enumerate(calls):
+        st = states.setdefault(key, op.new_state())
+        op.process(st, key, arg) if what == "p" else op.advance(st, key, arg)
+        if what == "a":
+            if op.is_idle(st):
+                del states[key]
+            conns = [c for s in states.values() for c in s["conns"].values()]
+            counts = {"conns": len(conns), "creq": sum(len(c["creq"]) for c in conns),
+                      "sv": sum(len(c["sv"]) for c in conns), "px": sum(len(c["px"]) for c in conns),
+                      "lk": sum(len(x) for s in states.values() for x in s["lk"].values())}
+            for what_, n in counts.items():
+                if n > best.get(what_, (0, 0))[0]:
+                    best[what_] = (n, i + 1)
+    return sorted({cut for _n, cut in best.values()})
+
+
+def _prefix(cluster, calls, cut) -> tuple[list[dict], dict]:
+    """The chains the stage emits up to the cut, and its states there."""
+    op, states, chains = Stitcher(cluster.index()), {}, []
+    for what, key, arg in calls[:cut]:
+        st = states.setdefault(key, op.new_state())
+        outs = op.process(st, key, arg) if what == "p" else op.advance(st, key, arg)
+        chains += [v for topic, _k, v in outs if topic == CHAINS_TOPIC]
+        if what == "a" and op.is_idle(st):
+            del states[key]
+    return chains, states
+
+
+def _replay(op: Stitcher, calls, states: dict) -> list[dict]:
+    chains = []
+    for what, key, arg in calls:
+        st = states.get(key)
+        if st is None:
+            st = states[key] = op.new_state()
+        outs = op.process(st, key, arg) if what == "p" else op.advance(st, key, arg)
+        chains += [v for topic, _k, v in outs if topic == CHAINS_TOPIC]
+        if what == "a" and op.is_idle(st):
+            del states[key]
+    for key in sorted(states):
+        chains += [v for topic, _k, v in op.flush(states[key], key) if topic == CHAINS_TOPIC]
+    return chains
+
+
+def _write_states(path: Path) -> None:
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    written = {}
+    for cut in _cuts(cluster, calls):
+        _chains, states = _prefix(cluster, calls, cut)
+        written[str(cut)] = {key: dumps_state(st).decode() for key, st in sorted(states.items())}
+    path.write_text(json.dumps(written, indent=0) + "\n")
+
+
+def test_dict_form_states_resume_to_the_same_chains():
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    whole = _replay(Stitcher(cluster.index()), calls, {})
+    assert len(whole) >= 20 and any(c["status"] == "broken" for c in whole)
+    written = json.loads(DICT_FORM.read_text())
+    assert sorted(map(int, written)) == _cuts(cluster, calls)
+    held = {"conns": 0, "creq": 0, "sv": 0, "px": 0, "lk": 0}
+    for cut, raw_states in written.items():
+        old_states = {key: loads_state(raw.encode()) for key, raw in raw_states.items()}
+        for st in old_states.values():
+            for conn in st["conns"].values():
+                assert "qd" not in conn  # the form before this version
+                held["conns"] += 1
+                for k in ("creq", "sv", "px"):
+                    held[k] += len(conn[k])
+                    assert all(isinstance(r, dict) for r in conn[k])
+            held["lk"] += len(st["lk"])
+        before, states_now = _prefix(cluster, calls, int(cut))
+        assert sorted(states_now) == sorted(old_states)
+        for restore in (True, False):  # through restore (the worker), or handed over as they are
+            op = Stitcher(cluster.index())
+            states = {key: op.restore(loads_state(raw.encode())) if restore else loads_state(raw.encode())
+                      for key, raw in raw_states.items()}
+            assert before + _replay(op, calls[int(cut):], states) == whole, (cut, restore)
+    assert all(held.values()), held  # every kind of record was held by some cut
+
+
+def test_current_states_round_trip():
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    whole = _replay(Stitcher(cluster.index()), calls, {})
+    for cut in _cuts(cluster, calls):
+        before, states = _prefix(cluster, calls, cut)
+        op = Stitcher(cluster.index())
+        resumed = {key: op.restore(loads_state(dumps_state(op.durable(st)) if not st["buf"] else dumps_state(st)))
+                   for key, st in states.items()}
+        assert before + _replay(op, calls[cut:], resumed) == whole
+
+
+if __name__ == "__main__":
+    _write_states(Path(sys.argv[1]))
