@@ -33,9 +33,15 @@ What it adds is what only a distributed runner needs:
   hold thousands of events), the stitch stage takes the
   flows records this worker sent itself as the enrich stage's objects (wire.LocalHandoff: no
   JSON decode), records go to the producer as bytes (no Faust message machinery per record),
-  compressed with zstd (aiokafka's lz4 is LZ4-HC), progress goes out as one record per
-  downstream partition for all sources of this worker, and the process runs the cycle
-  collector rarely (fewer_gc_passes).
+  chains, alerts and occurrences as one producer batch per partition (no send() per record),
+  a release's events are encoded once for svctrace.flows and svctrace.events.enriched,
+  compressed with zstd in batches of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs
+  less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
+  for all sources of this worker, and the process runs the cycle collector rarely
+  (fewer_gc_passes). `python -m bench.pipeline --stages` shows where the CPU goes.
+* A consumer that stopped working stops the worker (exit status 1, the error logged): an error
+  aiokafka leaves to its user (a heartbeat error it does not expect, its fetch task ending),
+  which Faust never looks at, would otherwise leave a silently dead group member.
 """
 from __future__ import annotations
 
