@@ -85,6 +85,9 @@ class Enricher:
         # lookup per event field.
         self._fast_sec: int | None = None
         self._fast_refs: dict = {}
+        # (ip, port, proto) -> ref of the ClusterIPs' ports of second `_fast_sec` (one subscript
+        # for an event field holding a VIP, instead of a _ref() call)
+        self._fast_ports: dict = {}
         self._bucket_cache: dict[str | None, str] = {}
 
     # -- state ---------------------------------------------------------------
@@ -123,6 +126,7 @@ class Enricher:
         self.index.invalidate()
         self._ref_cache.clear()
         self._fast_refs.clear()
+        self._fast_ports.clear()
 
     # -- durable state (what a checkpoint keeps) ------------------------------
     # state["wm"]: every event with ts < wm has been released (enriched and emitted);
@@ -161,19 +165,21 @@ class Enricher:
         # Events mostly arrive in order: note when one does not, so advance() re-sorts
         # the buffer (up to `lateness` of traffic, re-released every step) only then.
         in_order = not state.get("unsorted", True)
-        last_ts, last_n = (buf[-1].ts, buf[-1].n) if buf else (wm, None)  # every buffered ts >= wm
+        last = buf[-1] if buf else None
+        last_ts = last.ts if last is not None else wm  # every buffered ts >= wm: so is last_ts
         append = buf.append
         late = 0
         for e in events:
             ts = e.ts
-            if ts < wm:
-                late += 1
-                continue
-            if in_order and ts <= last_ts:
-                if ts < last_ts or (last_n is not None and e.n < last_n):
+            if ts <= last_ts:  # (the common case, a newer event, is checked by this alone)
+                if ts < wm:
+                    late += 1
+                    continue
+                if in_order and (ts < last_ts or (last is not None and e.n < last.n)):
                     in_order = False
             append(e)
-            last_ts, last_n = ts, e.n
+            last_ts = ts
+            last = e
         if late:
             state["late"] += late
             self._late_losses(state, events, wm)
@@ -257,7 +263,7 @@ class Enricher:
         unspecified, host_kinds = UNSPECIFIED_IPS, _HOST_REF_KINDS
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
-        fast_sec, fast = self._fast_sec, self._fast_refs
+        fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
         prev_ts = prev_n = None
         for e in events:
             ts = e.ts
@@ -273,23 +279,30 @@ class Enricher:
             try:
                 proto = e.proto
                 sec = ts // S
-                if sec != fast_sec:  # ref() fills the table of the second it is told is current
+                if sec != fast_sec:  # ref() fills the tables of the second it is told is current
                     self._fast_sec = fast_sec = sec
                     self._fast_refs = fast = {}
+                    self._fast_ports = fast_ports = {}
                 lip = e.local_ip
                 try:  # (a subscript is cheaper than .get(); misses are rare)
                     lref = fast[lip]
                 except KeyError:
                     lref = _SERVICE
                 if lref is _SERVICE:  # not yet seen this second, or a ClusterIP (the ref depends on the port)
-                    lref = ref(lip, e.local_port, proto, ts, sec)
+                    try:
+                        lref = fast_ports[lip, e.local_port, proto]
+                    except KeyError:
+                        lref = ref(lip, e.local_port, proto, ts, sec)
                 rip = e.remote_ip
                 try:
                     rref = fast[rip]
                 except KeyError:
                     rref = _SERVICE
                 if rref is _SERVICE:  # not yet seen this second, or a ClusterIP (the ref depends on the port)
-                    rref = ref(rip, e.remote_port, proto, ts, sec)
+                    try:
+                        rref = fast_ports[rip, e.remote_port, proto]
+                    except KeyError:
+                        rref = ref(rip, e.remote_port, proto, ts, sec)
                 aip = e.addr_ip
                 if aip == rip and e.addr_port == e.remote_port:
                     aref = rref
@@ -299,7 +312,10 @@ class Enricher:
                     except KeyError:
                         aref = _SERVICE
                     if aref is _SERVICE:
-                        aref = ref(aip, e.addr_port, proto, ts, sec)
+                        try:
+                            aref = fast_ports[aip, e.addr_port, proto]
+                        except KeyError:
+                            aref = ref(aip, e.addr_port, proto, ts, sec)
                 role = e.role
                 server_side = role == "server" if role is not None else e.local_port == dns_port
                 # Proxy detection concerns tagged sockets, connects, host processes (a pod's
@@ -389,6 +405,7 @@ class Enricher:
             if len(self._ref_cache) > 65536:
                 self._ref_cache.clear()
                 self._fast_refs.clear()
+                self._fast_ports.clear()
             self._ref_cache[ip] = hit
         base = hit[1]
         if base is not _SERVICE:
@@ -404,6 +421,8 @@ class Enricher:
             sv, sp = self.index.service_by_ip(ip, port, (proto or "tcp").upper(), ts)
             ref = by_port[k] = {"kind": "service", "namespace": sv.namespace, "name": sv.name,
                                 "port_name": sp.name if sp else None, "target_port": sp.target_port if sp else None}
+        if sec == self._fast_sec:
+            self._fast_ports[ip, port, proto] = ref
         return ref
 
     def _ip_ref(self, ip: str, ts: int):
