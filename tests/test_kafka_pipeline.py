@@ -346,7 +346,7 @@ def test_broker_outage_longer_than_the_idle_flush_loses_nothing(tmp_path):
     counts only while the broker answers, so neither partition is taken as finished and one node's
     resumed events do not pass the other's still to come."""
     # The idle flush outlasts the agents' start (the partitions stay unfinished until they publish);
-    # the replay outlasts the outage (an agent drains its buffer for 30 s at most once it is done).
+    # the replay outlasts the outage (an agent drains its buffer for --drain-timeout once it is done).
     _replay_through_broker_outage(tmp_path, idle_flush=8.0, outage_s=12.0, replay_s=25.0)
 
 
@@ -380,7 +380,9 @@ def _replay_through_broker_outage(tmp_path, idle_flush: float, outage_s: float |
             [sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(capture),
              "--speed", str(span_s / replay_s), "--node", node, "--bootstrap", broker.bootstrap,
              "--topic", topic_name(SYSCALLS, prefix), "--stats-topic", topic_name(AGENT_STATS, prefix),
-             "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05"],
+             "--metrics-addr", "", "--batch-events", "50", "--linger", "0.05",
+             # the broker's restart (a JVM start) may outlast the default drain on a loaded machine
+             "--drain-timeout", "120"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, **P.CHILD)
             for node, capture, _ in replayed]
         try:

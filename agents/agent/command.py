@@ -48,6 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linger", type=float, default=0.2, help="seconds a batch may wait to fill")
     p.add_argument("--buffer-events", type=int, default=500_000, help="bound of the in-memory buffer")
     p.add_argument("--stats-interval", type=float, default=10.0)
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds to keep publishing buffered events once stopped (or a replay ended); "
+                        "what is left then is counted lost and the exit status is 1")
     p.add_argument("--metrics-addr", default="127.0.0.1:9464",
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
     p.add_argument("--metrics-port", type=int,
@@ -108,7 +111,8 @@ async def _main(args) -> int:
     opts = AgentOptions(node=node, redact=args.redact, snaplen=args.snaplen, batch_events=args.batch_events,
                         batch_bytes=args.batch_bytes, native=args.native, native_lib=args.native_lib,
                         linger_s=args.linger,
-                        buffer_events=args.buffer_events, stats_interval=args.stats_interval)
+                        buffer_events=args.buffer_events, stats_interval=args.stats_interval,
+                        drain_timeout=args.drain_timeout)
     agent = Agent(source, sink, opts, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
