@@ -10,7 +10,8 @@ then measures side by side, in CPU seconds (the machine may be shared):
 2. reader + in-process runner (the core's chains and alerts);
 3. `analyze()`: 2 plus the connection table, embedded-state polling and the evidence window;
 4. the whole command (3 plus rendering every chain and alert as text);
-and, on its own, the text output of 3's result (what 4 adds to 3).
+and, on their own, the text output of 3's result (what 4 adds to 3), plain and in colour
+(what a terminal gets).
 Each stage runs `--rounds` times, interleaved; its smallest CPU time is printed (a teammate's
 build steals cycles from a run, never gives them).
 """
@@ -109,14 +110,17 @@ def main() -> int:
         }
         best: dict[str, float] = {}
         outs: dict[str, object] = {}
-        text_only = float("inf")
+        text_only = colour_only = float("inf")
+        colour = argparse.Namespace(**dict(vars(ns), color=True))
         for _ in range(max(args.rounds, 1)):
             for name, fn in stages.items():
                 t, outs[name] = cpu(fn)
                 best[name] = min(t, best.get(name, t))
-            # a fresh result each round: rendering fills the result's lookup caches
+            # a fresh result each time: rendering fills the result's lookup caches
             result = outs["analyze() pipeline"]
             text_only = min(text_only, cpu(lambda: output(ns, result, Filter(None, None), io.StringIO()))[0])
+            result = pipeline.analyze(str(capture), cluster=cluster)
+            colour_only = min(colour_only, cpu(lambda: output(colour, result, Filter(None, None), io.StringIO()))[0])
 
     count, res, code = outs["reader only"], outs["reader + core runner"], outs["whole command, text out"]
     per_repeat = len(run(seed_generator().scenario_events(), index).chains)
@@ -129,8 +133,8 @@ def main() -> int:
     print(f"{'stage':<26}{'CPU s':>8}{'events/s':>12}{'vs core':>9}")
     for name, t in best.items():
         print(f"{name:<26}{t:>8.2f}{n / t:>12,.0f}{t / t_core:>9.2f}")
-    print(f"{'text output alone':<26}{text_only:>8.2f}{'':>12}{text_only / t_core:>9.2f}"
-          f"   {text_only / lines * 1e6:.1f} us per line")
+    for name, t in (("text output alone", text_only), ("same, colour (terminal)", colour_only)):
+        print(f"{name:<26}{t:>8.2f}{'':>12}{t / t_core:>9.2f}   {t / lines * 1e6:.1f} us per line")
     return 0
 
 

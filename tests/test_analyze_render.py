@@ -129,6 +129,30 @@ def test_terminal_gets_colour_and_the_same_words():
     assert stripped == plain(render.chain_lines(chain))
 
 
+@pytest.mark.parametrize("color_system", ["standard", "256", "truecolor", None])
+def test_terminal_lines_are_the_bytes_rich_writes(color_system):
+    from rich.console import Console
+
+    chain = example("chain")
+    lines = [render.chain_title(chain), *render.chain_lines(chain), None,
+             *render.alert_lines(example("alert"), lambda ref: "15:40:58.357730454 hyperkube (39579) accept4")]
+    lines += [render.Line("p", "dim").append("a").append("b").append("\x07", "red").append("c").append("d", "bold"),
+              render.Line("ctl\rx\x08y", "yellow").append("[bold]m[/bold]", "cyan"), render.Line("", "dim"),
+              render.Line("  ").append("", "bold").append("q"), render.Line("tab\there", "red"),
+              render.Line("new\nline").append("z", "bold"), render.Line("宽 trailing   ", "bold white on red")]
+    assert isinstance(render.make_console(FakeTerminal(), True), render.TerminalConsole)
+    written = []
+    for ours in (False, True):
+        console = Console(file=io.StringIO(), highlight=False, soft_wrap=True, emoji=False, force_terminal=True,
+                          color_system=color_system)
+        console = render.TerminalConsole(console) if ours else console
+        for line in lines:
+            console.print() if line is None else console.print(line)
+        written.append(console.file.getvalue())
+    assert written[0] == written[1]
+    assert color_system is None or "\x1b[" in written[1]
+
+
 def test_markup_in_data_is_printed_literally():
     chain = example("chain")
     chain["client"]["comm"] = "[bold]x[/bold]"
