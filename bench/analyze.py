@@ -86,7 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     cluster = str(SEED / "cluster.json")
     index = ClusterIndex.from_records(load_file(cluster))
-    ns = argparse.Namespace(cluster=cluster, json=False, namespace=None, service=None, status=None, limit=None,
+    ns = argparse.Namespace(cluster=cluster, json=False, namespace=None, service=None, status=None, limit=None, summary=False,
                             alerts_only=False, skip_corrupt=False, connections=False, connections_limit=40,
                             color=False, debug=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -170,6 +170,18 @@ def test_limit_prints_the_first_chains_and_counts_the_rest(capsys):
     assert schemas.count("svctrace.chain") == 2 and "svctrace.alert" in schemas
 
 
+def test_summary_prints_the_header_and_the_summary_only(capsys):
+    _, everything, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--summary")
+    assert code == 1  # still the alerts' exit status
+    header, summary = everything.splitlines()[0], everything[everything.index("\nSUMMARY\n"):]
+    assert out == header + "\n" + summary
+    assert "alerts    5: 5 critical" in out and "REQUEST CHAINS" not in out and "ALERTS (" not in out
+    _, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--summary", "--status", "ok")
+    assert "chains    2 of 6: 2 ok" in out
+    assert_one_line_error(run_cli(CAPTURE, "--summary", "--json"), "--summary is a text report")
+
+
 def test_negative_limit_is_a_one_line_error():
     assert_one_line_error(run_cli(CAPTURE, "--limit", "-1"), "--limit must be 0 or more")
 

@@ -6,7 +6,8 @@ in the spirit of the sysdig article it grew from, the alerts with their evidence
 the connections seen, and a summary. `--json` prints the chain and alert records
 only, one per line, each valid against its schema. On a big capture, `--status broken`
 and `--limit N` cut the chains printed to the ones worth reading (the summary still
-counts them all); `--alerts-only` prints the alerts and the summary.
+counts them all); `--alerts-only` prints the alerts and the summary, `--summary` the
+summary alone.
 
 Exit status: 0 no alerts, 1 alerts, 2 error (one line on stderr, no traceback).
 """
@@ -34,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N",
                         help="print at most N chains, the first in time order (default all); the summary counts all")
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts (and the summary) only")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the summary only (counts of chains by status, alerts by severity; exit status as usual)")
     parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks instead of stopping at the first one")
     parser.add_argument("--connections", action="store_true",
                         help="always list the connections seen (by default only when no Service chain was found)")

@@ -108,7 +108,7 @@ def emit_json(out: TextIO, chains: list[dict], alerts: list[dict]) -> None:
 
 
 def print_report(console, result: Analysis, chains: list[dict], alerts: list[dict], args, flt: Filter) -> None:
-    if not args.alerts_only:
+    if not (args.alerts_only or args.summary):
         if chains:
             render.section(console, f"REQUEST CHAINS ({len(chains)})", "times are UTC; +ms from the chain's first event")
             rules = {a["alert_id"]: a["rule"] for a in result.alerts}
@@ -140,7 +140,7 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
                         else "  no network activity in this capture (no TCP/UDP socket events)")
                 console.print(Line(text, style=render.DIM))
 
-    if alerts:
+    if alerts and not args.summary:
         render.section(console, f"ALERTS ({len(alerts)})")
         printed: set = set()
         for alert in alerts:
@@ -162,8 +162,10 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise AnalyzeError("--connections-limit must be 0 or more")
     if args.limit is not None and args.limit < 0:
         raise AnalyzeError("--limit must be 0 or more")
+    if args.summary and args.json:
+        raise AnalyzeError("--summary is a text report; --json prints the records only")
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
-                     progress_file=err, want_evidence=not args.json)
+                     progress_file=err, want_evidence=not (args.json or args.summary))
     return output(args, result, flt, out)
 
 
