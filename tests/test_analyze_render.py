@@ -278,3 +278,14 @@ def test_summary_counts_dead_letters():
     rows = dict(a.summary_rows([], [], Filter(None, None)))
     assert rows["skipped"] == ("2 record(s) the pipeline could not process"
                                " (dead letters; 2× stitch failed on this record: KeyError: 'ts')")
+
+
+def test_an_alert_over_many_chains_names_five_and_counts_the_rest():
+    from svctrace.analyze.render import MAX_CHAIN_IDS, alert_lines
+    ids = [f"ch-{i:020x}" for i in range(12)]
+    alert = {"severity": "critical", "rule": "dns.nxdomain", "summary": "x does not exist", "labels": {},
+             "first_seen": 1, "last_seen": 2, "count": 12, "chain_ids": ids, "evidence": []}
+    text = "\n".join(line.plain for line in alert_lines(alert))
+    [chains] = [t for t in text.splitlines() if t.strip().startswith("chains")]
+    assert ids[MAX_CHAIN_IDS - 1] in chains and ids[MAX_CHAIN_IDS] not in chains
+    assert chains.endswith(f"… and {len(ids) - MAX_CHAIN_IDS} more")

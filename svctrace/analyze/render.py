@@ -360,6 +360,9 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
 
 
 # --- alerts ----------------------------------------------------------------------------
+MAX_CHAIN_IDS = 5  # an alert's chains listed by id (an alert counted over many: the rest are in --json)
+
+
 def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> list[Line]:
     """One alert: severity, rule, summary; then labels, when, chains and its evidence, one
     syscall per line like `sysdig -r` prints it.
@@ -390,8 +393,10 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> 
     if alert.get("last_seen") != alert.get("first_seen"):
         seen += f" … {clock(alert.get('last_seen'))}"
     field("seen", seen + " UTC")
-    if alert.get("chain_ids"):
-        field("chains", ", ".join(alert["chain_ids"]), DIM)
+    ids = alert.get("chain_ids")
+    if ids:
+        shown = ", ".join(ids[:MAX_CHAIN_IDS])
+        field("chains", shown if len(ids) <= MAX_CHAIN_IDS else f"{shown} … and {len(ids) - MAX_CHAIN_IDS} more", DIM)
     refs = list(alert.get("evidence") or ())
     keys = {(r.get("node"), r.get("n")) for r in refs}
     if printed is not None and refs and keys <= printed:
