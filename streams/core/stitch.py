@@ -219,24 +219,8 @@ class Stitcher:
         out: list = []
         late: list | None = None
         tops: dict[str, int] = {}  # the highest n of each node in this batch
-        events = batch["events"]
-        try:
-            orders = list(map(_event_order, events))  # EnrichedEvents (in-process): (ts, node, n) each
-        except AttributeError:
-            orders = None  # schema dicts (from Kafka)
-        if orders and min(orders)[0] >= wm:
-            # the common case, done at C speed where it can: no event to convert, none late
-            buf.extend(events)  # a duplicate (same node, n) sorts next to its original
-            nodes = set(map(_second, orders))
-            if len(nodes) == 1:
-                tops[nodes.pop()] = max(map(_third, orders))
-            else:
-                for _ts, node, n in orders:
-                    if n > tops.get(node, -1):
-                        tops[node] = n
-            events = ()
         node, top = None, -1  # the current run of one node's events (batches mostly hold one node)
-        for d in events:
+        for d in batch["events"]:
             if d.__class__ is not EnrichedEvent:
                 try:
                     d = from_wire(d)
@@ -319,19 +303,15 @@ class Stitcher:
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
+                prev = None
                 apply = self._apply
-                orders = list(map(_event_order, ready))  # (ts, node, n) each
-                if len(set(orders)) == len(orders):
-                    timed = zip(ready, map(_first, orders))  # no event twice (the common case)
-                else:
-                    timed, prev = [], None
-                    for d, order in zip(ready, orders):
-                        if order == prev:
-                            state["dups"] += 1  # at-least-once delivery: the same event again
-                        else:
-                            timed.append((d, order[0]))
-                        prev = order
-                for d, ts in timed:
+                for d in ready:
+                    order = d.order  # (ts, node, n)
+                    if order == prev:
+                        state["dups"] += 1  # at-least-once delivery: the same event again
+                        continue
+                    prev = order
+                    ts = order[0]
                     nxt = state["next"]
                     if nxt is not None and nxt <= ts:
                         self._fire_until(state, ts, out)  # timers due at or before e come first
@@ -477,10 +457,16 @@ class Stitcher:
         ccl = conn["ccl"]
         if ccl is not None and ccl + settle_ns < dl:
             dl = ccl + settle_ns
-        for r in conn["creq"]:  # answered requests not yet emitted (keep-alive: up to MAX_REQS_KEPT)
+        # The oldest answered request not yet emitted: requests are answered oldest first and
+        # emitted oldest first, so creq is [emitted..., answered..., unanswered...] in time order.
+        for r in conn["creq"]:
             rts = r[C_RTS]
-            if rts is not None and rts + settle_ns < dl and not r[C_DONE]:
-                dl = rts + settle_ns
+            if rts is None:
+                break
+            if not r[C_DONE]:
+                if rts + settle_ns < dl:
+                    dl = rts + settle_ns
+                break
         return dl
 
     # client side ---------------------------------------------------------------
@@ -534,10 +520,10 @@ class Stitcher:
                 conn["rx"] += e.res
                 data = e.data
                 cur = None  # the oldest request still waiting for its response
-                for r in conn["creq"]:
-                    if r[C_RTS] is None:
-                        cur = r
+                for r in reversed(conn["creq"]):  # (answered oldest first: the waiting ones trail)
+                    if r[C_RTS] is not None:
                         break
+                    cur = r
                 if data and data.startswith(RESPONSE_PREFIX):
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
@@ -859,8 +845,11 @@ class Stitcher:
                 self._conn_parts.pop(key, None)
                 continue
             emitted = False
-            for r in conn["creq"]:
-                if not r[C_DONE] and r[C_RTS] is not None and now >= r[C_RTS] + settle_ns:
+            for r in conn["creq"]:  # answered oldest first: the settled ones lead (see _conn_deadline)
+                rts = r[C_RTS]
+                if rts is None or now < rts + settle_ns:
+                    break
+                if not r[C_DONE]:
                     emitted = True
                     try:
                         self._emit_request(st, conn, r, out, final=False)
@@ -1431,9 +1420,9 @@ class Stitcher:
 
 _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
 _event_id = itemgetter("node", "n")  # an event ref's event
+_ref_ts = itemgetter("ts")
 _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
-_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
 def _new_conn(key: str, e: SyscallEvent, seq: int) -> dict:
@@ -1461,8 +1450,10 @@ def _trim_client(conn: dict) -> None:
 def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
     Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
+    if len(set(map(_ref_ts, refs))) == len(refs):
+        return sorted(refs, key=_ref_ts)  # no two refs at one time (the common case): no repeat, no tie
     if len(set(map(_event_id, refs))) == len(refs):
-        return sorted(refs, key=_order)  # no event twice (the common case): nothing to drop
+        return sorted(refs, key=_order)  # no event twice: nothing to drop
     first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
     return sorted(first.values(), key=_order)  # every ref has ts, node, n
 
