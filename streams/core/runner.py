@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Iterable, Iterator
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
@@ -24,7 +25,7 @@ from .graph import SYSCALLS_TOPIC, Graph, Settings
 from .stitch import CHAINS_TOPIC
 
 
-_NO_CLOCK = float("-inf")  # no event seen yet (compares below every ts)
+_TS = attrgetter("ts")
 
 
 @dataclass
@@ -60,11 +61,11 @@ class Runner:
             self._feed(items)
 
     def _feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
+        # Per event only its node's pending list and the count: the clock and events_in
+        # take the pending events in step(), by C-level passes over each node's list.
         pending = self.pending  # step() empties it in place
         step_events = self.step_events
-        clock = self.clock if self.clock is not None else _NO_CLOCK
         npending = self.npending
-        events_in = 0
         last_node, last_list = None, None
         for item in items:
             if item.__class__ is not SyscallBatch:  # an event (the common case, kept lean)
@@ -75,35 +76,35 @@ class Runner:
                         last_list = pending[node] = []
                     last_node = node
                 last_list.append(item)
-                events_in += 1
                 npending += 1
-                if item.ts > clock:
-                    clock = item.ts
             else:
                 self._deliver(SYSCALLS_TOPIC, item.node, item)
                 n = len(item.events)
-                events_in += n
+                self.events_in += n
                 npending += n
                 ts = max((e.ts for e in item.events), default=None)
-                if ts is not None and ts > clock:
-                    clock = ts
+                if ts is not None and (self.clock is None or ts > self.clock):
+                    self.clock = ts
             if npending >= step_events:
-                self.clock = None if clock is _NO_CLOCK else clock
                 self.npending = npending
                 self.step()  # empties `pending` in place
                 npending = 0
                 last_node = None
-        self.events_in += events_in
         self.npending = npending
-        self.clock = None if clock is _NO_CLOCK else clock
 
     def step(self) -> None:
+        clock = self.clock
         for node, events in self.pending.items():
+            self.events_in += len(events)
+            top = max(map(_TS, events))  # the event-time clock: the largest ts seen
+            if clock is None or top > clock:
+                clock = top
             self._deliver(SYSCALLS_TOPIC, node, events)  # the enrich stage copies the events into its buffer
+        self.clock = clock
         self.pending.clear()
         self.npending = 0
-        if self.clock is not None:
-            self.advance(self.clock - self.lateness_ns)
+        if clock is not None:
+            self.advance(clock - self.lateness_ns)
 
     def advance(self, watermark_ns: int) -> None:
         """Move every stage's event-time watermark, in graph order, and drop idle state."""
@@ -131,7 +132,8 @@ class Runner:
 
     def result(self) -> RunResult:
         late = self.late + sum(st.get("late", 0) for table in self.states.values() for st in table.values())
-        stats = {"events_in": self.events_in, "chains": len(self.chains), "alerts": len(self.alerts),
+        events_in = self.events_in + sum(map(len, self.pending.values()))  # (pending: not yet counted by step())
+        stats = {"events_in": events_in, "chains": len(self.chains), "alerts": len(self.alerts),
                  "deadletters": len(self.deadletters), "late": late}
         return RunResult(chains=list(self.chains),
                          alerts=sorted(self.alerts.values(), key=lambda a: (a["first_seen"], a["alert_id"])),
