@@ -152,6 +152,10 @@ def _enter_params(got: tuple) -> dict:
     return LAYOUTS[code].decode(body, 0, len(body), nparams, lens)
 
 
+# code -> (syscall, SyscallEvent kind) of the events _net handles
+_NET_NAMES = tuple((e.syscall, KIND.get(e.syscall)) for e in EVENTS)
+
+
 def _tuple_family(t) -> str | None:
     return t[0] if t and t[0] in ("ipv4", "ipv6", "unix") else None
 
@@ -162,6 +166,7 @@ class CaptureReader:
         self.skip_corrupt = skip_corrupt
         self.stats = B.Stats()
         self.machine: dict = {}
+        self._node = ""
         self.containers: dict[str, dict] = {}
         self.k8s_states: list[tuple[int, dict]] = []
         self.interfaces: list[dict] = []
@@ -332,6 +337,7 @@ class CaptureReader:
                 raise ValueError("block before the section header")
             elif btype in B.MI_TYPES:
                 self.machine = B.parse_machine_info(body)
+                self._node = self.node  # (read for every event)
             elif btype in B.PL_VERSION:
                 for p in B.parse_proclist(body, B.PL_VERSION[btype]):
                     self.threads[p["tid"]] = Thread(
@@ -497,9 +503,7 @@ class CaptureReader:
             table.pop(res, None)
 
     def _net(self, code, n, ts, tid, p):
-        info = EVENTS[code]
-        syscall = info.syscall
-        kind = KIND[syscall]
+        syscall, kind = _NET_NAMES[code]
         th = self.threads.get(tid) or self._thread(tid)
         table = self.fds.get(th.pid)
         if table is None:
@@ -564,8 +568,8 @@ class CaptureReader:
             elif s is None:
                 return None
             elif kind == "send" or kind == "recv":
-                fam = _tuple_family(t)
-                if fam in ("ipv4", "ipv6") and s.proto != "tcp":
+                fam = _tuple_family(t) if s.proto != "tcp" else None
+                if fam in ("ipv4", "ipv6"):
                     # unconnected datagram sockets: the peer travels with each message
                     inbound = kind == "recv"
                     if s.role is None:
@@ -596,7 +600,7 @@ class CaptureReader:
         data = p.get("data") if moves else None
         # SyscallEvent's fields in order (build_event: positional, no keyword __init__ per event)
         return build_event(
-            ts, self.node, n, th.pid, tid, th.comm, kind, syscall,
+            ts, self._node, n, th.pid, tid, th.comm, kind, syscall,
             fd if fd is not None else -1, res, errno_name(res) if res < 0 else None, s.proto, s.family,
             s.role, lip, lport, rip, rport,
             addr[0] if addr else None, addr[1] if addr else None,
