@@ -48,7 +48,6 @@ from the event table.
 from __future__ import annotations
 
 import struct
-from dataclasses import MISSING, fields
 from typing import Iterator, NamedTuple
 
 import orjson
@@ -68,35 +67,6 @@ _HDR_V2 = struct.Struct("<QQIHI")  # + nparams (26 bytes)
 _QUIRK_LEN3 = frozenset((280, 286))  # NOTIFICATION_E, INFRASTRUCTURE_EVENT_E: len is 3 too large in v1 files
 CLONE_FILES = 0x1  # PPM_CL_CLONE_FILES
 CLONE_THREAD = 0x2000  # PPM_CL_CLONE_THREAD
-
-
-def _compile_event_builder():
-    """build_event(ts, node, n, ...): models.make_event's SyscallEvent (same positional fields),
-    about 3x cheaper. A frozen dataclass refuses attribute stores, so make_event calls each
-    slot's descriptor (one C call per field). Here the event is born as an instance of a
-    plain twin class with the same slots (plain stores, specialized by the interpreter)
-    and then becomes a SyscallEvent by __class__ assignment (allowed: same slot layout).
-    Checked once against make_event at import; where the interpreter refuses the class
-    change, make_event itself is used."""
-    twin = type("_MutableSyscallEvent", (), {"__slots__": SyscallEvent.__slots__})
-    fs = fields(SyscallEvent)
-    params = ", ".join(f.name if f.default is MISSING else f"{f.name}=_d_{f.name}" for f in fs)
-    body = "".join(f"    e.{f.name} = {f.name}\n" for f in fs)
-    scope = {"_new": object.__new__, "_twin": twin, "_cls": SyscallEvent}
-    scope.update((f"_d_{f.name}", f.default) for f in fs if f.default is not MISSING)
-    exec(f"def build_event({params}):\n    e = _new(_twin)\n{body}    e.__class__ = _cls\n    return e\n",
-         scope)  # noqa: S102 - generated from the dataclass fields only
-    build = scope["build_event"]
-    sample = (1, "node", 2, 3, 4, "comm", "send", "sendto", 5, 6, None, "tcp", "ipv4", "client",
-              "10.0.0.1", 7, "10.0.0.2", 8, None, None, 9, b"x", False, "/bin/x", "c0ffee")
-    try:
-        made = build(*sample)
-    except TypeError:
-        return make_event
-    return build if made.__class__ is SyscallEvent and made == make_event(*sample) else make_event
-
-
-build_event = _compile_event_builder()
 
 
 class RawEvent(NamedTuple):
@@ -598,8 +568,8 @@ class CaptureReader:
             lip, lport, rip, rport = s.sip, s.sport, s.cip, s.cport
         moves = kind == "send" or kind == "recv"
         data = p.get("data") if moves else None
-        # SyscallEvent's fields in order (build_event: positional, no keyword __init__ per event)
-        return build_event(
+        # SyscallEvent's fields in order (make_event: positional, no keyword __init__ per event)
+        return make_event(
             ts, self._node, n, th.pid, tid, th.comm, kind, syscall,
             fd if fd is not None else -1, res, errno_name(res) if res < 0 else None, s.proto, s.family,
             s.role, lip, lport, rip, rport,
