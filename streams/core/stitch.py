@@ -656,18 +656,17 @@ class Stitcher:
         msg, qid = parse_dns_with_id(data, e.proto == "tcp")  # msg.id may be another message's: use qid
         if msg is None:
             return
-        server_side = e.local_port == self.dns_port
-        if server_side:
-            pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
-            pport = e.remote_port or e.addr_port
-            # the peer's endpoint_key, inline
-            k = f"[{pip}]:{pport}|{qid}" if pip and ":" in pip else f"{pip}:{pport}|{qid}"
-            if not msg.is_response:
+        if e.local_port == self.dns_port:  # the server's side
+            if not msg.is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
+                pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
+                pport = e.remote_port or e.addr_port
+                # the peer's endpoint_key, inline
+                k = f"[{pip}]:{pport}|{qid}" if pip and ":" in pip else f"{pip}:{pport}|{qid}"
                 st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
                                  "ip": e.local_ip, "port": e.local_port,
                                  "container_id": e.container_id, "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}}
                 heappush(st["dq"], [e.ts, k])
-            return  # (the server's answer adds nothing a chain shows: the client's receipt of it does)
+            return
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
