@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from svctrace.agents.scap import ScapWriter, open_capture  # noqa: E402
 from svctrace.schemas.models import SyscallEvent, dumps  # noqa: E402
 from svctrace.streams.core import Runner, Settings, dumps_state, run  # noqa: E402
-from tests.scenario import MODES, MS, REQUEST, S, T0, US, Cluster, Scenario  # noqa: E402
+from tests.scenario import MODES, MS, REQUEST, S, T0, US, Cluster, Scenario, renumber  # noqa: E402
 
 TARGET_EPS = 100_000
 TARGET_MB_10K = 200
@@ -56,14 +56,8 @@ def traffic(requests: int, kind: str = "mixed") -> tuple[Cluster, list[SyscallEv
         sc.keepalive(T0 + 4 * 3600 * S + i * 20 * MS, statuses=(200,) * 9 + (503,))
     events += sc.events()
     # Each Scenario numbers its events from 1 per node; the scenarios follow each other in
-    # time, so number every node's events once more across all of them, as a capture would:
-    # (node, n) is an event's identity (chain ids derive from it).
-    counters: dict[str, int] = {}
-    numbered = []
-    for e in events:
-        n = counters[e.node] = counters.get(e.node, 0) + 1
-        numbered.append(e.with_(n=n))
-    return cluster, numbered
+    # time, so number every node's events once more across all of them, as a capture would.
+    return cluster, renumber(events)
 
 
 def reference(events) -> float:

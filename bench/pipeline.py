@@ -125,15 +125,7 @@ def print_stages(report: dict, events: int, cpu: float) -> None:
 
 def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings, settings_args: list[str],
                profile=None, enriched=False, stages=None) -> None:
-    cluster, events = traffic(requests)
-    # traffic() concatenates scenarios that each number events from 1: give every event of a
-    # node its own number, as a capture would ((node, n) is an event's identity).
-    counters: dict[str, int] = {}
-    renumbered = []
-    for e in events:
-        counters[e.node] = counters.get(e.node, 0) + 1
-        renumbered.append(e.with_(n=counters[e.node]))
-    events = renumbered
+    cluster, events = traffic(requests)  # numbered per node across its scenarios, as a capture
     index = ClusterIndex.from_records(cluster.records())
     c, w = time.process_time(), time.perf_counter()
     # lowers the GC's pressure itself, as the worker does

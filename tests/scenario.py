@@ -392,6 +392,18 @@ class Scenario:
                                                              fd=-1, res=count)))
 
 
+def renumber(events) -> list[SyscallEvent]:
+    """Events (in the order given) numbered again per node from 1, as one capture numbers them:
+    (node, n) is an event's identity and chain ids derive from it, so scenarios put one after
+    another, or events added to one, need numbering across all of them."""
+    counters: dict[str, int] = {}
+    out = []
+    for e in events:
+        n = counters[e.node] = counters.get(e.node, 0) + 1
+        out.append(e.with_(n=n))
+    return out
+
+
 def build(fault: str = "healthy", mode: str = "dnat", requests: int = 1, gap_ns: int = 5 * MS,
           start: int = T0) -> tuple[Cluster, list[SyscallEvent]]:
     cluster = Cluster(fault)

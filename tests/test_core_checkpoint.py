@@ -10,7 +10,7 @@ from svctrace.streams.core.alerts import ALERTS_TOPIC, Alerter
 from svctrace.streams.core.enriched import EnrichedEvent, to_wire
 from svctrace.streams.core.graph import SYSCALLS_TOPIC
 from svctrace.streams.core.enrich import FLOWS_TOPIC
-from tests.scenario import MODES, MS, S, T0, Cluster, Scenario
+from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 
 def _traffic():
@@ -21,13 +21,7 @@ def _traffic():
         for i in range(4):
             sc.request(T0 + m * 20 * S + i * 300 * MS, "wrong_port" if i % 2 else "healthy")
         events += sc.events()
-    # one numbering per node across the scenarios, as a capture would have
-    counters: dict[str, int] = {}
-    numbered = []
-    for e in sorted(events, key=lambda e: e.ts):
-        counters[e.node] = counters.get(e.node, 0) + 1
-        numbered.append(e.with_(n=counters[e.node]))
-    return cluster, numbered
+    return cluster, renumber(sorted(events, key=lambda e: e.ts))  # one numbering per node, as a capture
 
 
 def test_resuming_from_durable_state_and_re_read_input_gives_the_same_records():

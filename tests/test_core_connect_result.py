@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from svctrace.streams.core import run
-from tests.scenario import FAULTS, MODES, US, build
+from tests.scenario import FAULTS, MODES, US, build, renumber
 
 RESULT_AFTER_NS = 5 * US  # a connect's result comes before the socket's next syscall in every scenario
 
@@ -35,13 +35,7 @@ def non_blocking(events):
             out.append(e)
         if result is not None:
             out.append(result.with_(ts=e.ts + RESULT_AFTER_NS, syscall="getsockopt", addr_ip=None, addr_port=None))
-    out.sort(key=lambda e: e.ts)
-    counters: dict[str, int] = {}
-    numbered = []
-    for e in out:  # (node, n) identifies an event: number again, as a capture would
-        counters[e.node] = counters.get(e.node, 0) + 1
-        numbered.append(e.with_(n=counters[e.node]))
-    return numbered
+    return renumber(sorted(out, key=lambda e: e.ts))
 
 
 def outcome(result) -> list[tuple]:

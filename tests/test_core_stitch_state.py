@@ -13,7 +13,7 @@ from pathlib import Path
 from svctrace.streams.core import Runner, dumps_state, loads_state
 from svctrace.streams.core.enrich import FLOWS_TOPIC
 from svctrace.streams.core.stitch import CHAINS_TOPIC, Stitcher
-from tests.scenario import MODES, MS, S, T0, Cluster, Scenario
+from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 DICT_FORM = Path(__file__).parent / "core_states" / "stitch_dict_form.json"
 
@@ -32,12 +32,7 @@ def _traffic():
     for i in range(30):
         sc.keepalive(T0 + 70 * S + i * 100 * MS, statuses=(200, 503, 200))
     events += sc.events()
-    counters: dict[str, int] = {}
-    numbered = []
-    for e in sorted(events, key=lambda e: e.ts):
-        counters[e.node] = counters.get(e.node, 0) + 1
-        numbered.append(e.with_(n=counters[e.node]))
-    return cluster, numbered
+    return cluster, renumber(sorted(events, key=lambda e: e.ts))  # one numbering per node, as a capture
 
 
 def _stitch_calls(cluster, events) -> list[tuple]:
