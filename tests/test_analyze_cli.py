@@ -93,6 +93,52 @@ def test_json_emits_only_schema_valid_records(capsys):
         assert set(a.get("chain_ids") or ()) <= chain_ids
 
 
+def _broken_copies(doc: dict):
+    """Copies of `doc` with one field's value of the wrong type (top level and one level down)."""
+    for key, value in doc.items():
+        yield {**doc, key: [value]}, f"$.{key}"
+        if isinstance(value, dict):
+            for sub in value:
+                yield {**doc, key: {**value, sub: {"not": "this"}}}, f"$.{key}.{sub}"
+
+
+def test_json_record_check_agrees_with_the_schema_validator():
+    """--json checks records with a compiled validator, then names the field with jsonschema's
+    (schemas.validation): both must call the same records invalid."""
+    from svctrace.analyze.command import record_problem
+    from svctrace.analyze.pipeline import analyze as run_analysis
+    from svctrace.schemas.validation import errors
+
+    result = run_analysis(str(CAPTURE), cluster=str(CLUSTER), want_evidence=False)
+    checked = 0
+    for name, docs in (("chain", result.chains), ("alert", result.alerts)):
+        for doc in docs:
+            assert record_problem(name, doc) is None
+            for broken, field in _broken_copies(doc):
+                problem = record_problem(name, broken)
+                assert (problem is None) == (not errors(name, broken)), (name, field)
+                checked += problem is not None
+    assert checked > 100
+    problem = record_problem("chain", {**result.chains[0], "status": "weird"})
+    assert problem is not None and "field $.status" in problem
+
+
+def test_json_refuses_an_invalid_record_naming_its_field(monkeypatch, capsys):
+    from svctrace.analyze import command
+
+    real = command.analyze
+
+    def with_a_bad_chain(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.chains[0] = {**result.chains[0], "status": "weird"}
+        return result
+
+    monkeypatch.setattr(command, "analyze", with_a_bad_chain)
+    code, out, err = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--json")
+    assert code == 2
+    assert "invalid chain record: chain: field $.status: 'weird' is not one of" in err
+
+
 def test_service_filter(capsys):
     code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--service", "my-nginx-legacy")
     assert code == 1
