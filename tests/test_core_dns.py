@@ -166,3 +166,33 @@ def test_lookup_over_tcp_length_prefixed_is_paired_and_claimed():
     assert chain["dns"]["answers"] == ["10.96.0.100"] and chain["dns"]["latency_ns"] == 390_000
     assert chain["service"]["name"] == "my-nginx" and chain["response"]["error"] == "connection refused"
     assert [a["rule"] for a in r.alerts] == ["svc.target_port_refused"]
+
+
+def test_glibc_retransmission_with_the_same_id_is_the_5s_retry():
+    """What the network lab captured from curl when the node dropped its first DNS packet:
+    glibc sends A and AAAA at once (sendmmsg) on one socket, gets only the AAAA answer, and 5 s
+    later asks again one at a time (single-request) with the SAME ids. The answer after the
+    retransmission answers the retransmission: the first A query stays unanswered."""
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    name, vip, dns_ip = "my-nginx.default.svc.cluster.local", "10.96.0.100", sc.cluster.dns_ip
+    c = dict(proto="udp", role="client", local_ip=POD_IP, local_port=sc.port(), remote_ip=dns_ip, remote_port=53)
+    qa, qaaaa = dns_query(name, "A", 0x3000), dns_query(name, "AAAA", 0x3001)
+    aa, aaaaa = dns_answer(name, "A", 0x3000, [vip]), dns_answer(name, "AAAA", 0x3001, [])
+    sc.ev(T0, curl, "connect", "connect", 3, 0, addr_ip=dns_ip, addr_port=53, **c)
+    sc.ev(T0 + 10_000, curl, "send", "sendmmsg", 3, len(qa), data=qa, **c)  # lost on the way
+    sc.ev(T0 + 10_000, curl, "send", "sendmmsg", 3, len(qaaaa), data=qaaaa, **c)
+    sc.ev(T0 + 1 * MS, curl, "recv", "recvfrom", 3, len(aaaaa), data=aaaaa, addr_ip=dns_ip, addr_port=53, **c)
+    t = T0 + 5 * S + 5 * MS
+    sc.ev(t, curl, "send", "sendto", 3, len(qa), data=qa, **c)
+    sc.ev(t + 4 * MS, curl, "recv", "recvfrom", 3, len(aa), data=aa, addr_ip=dns_ip, addr_port=53, **c)
+    sc.ev(t + 5 * MS, curl, "send", "sendto", 3, len(qaaaa), data=qaaaa, **c)
+    sc.ev(t + 6 * MS, curl, "recv", "recvfrom", 3, len(aaaaa), data=aaaaa, addr_ip=dns_ip, addr_port=53, **c)
+    sc.ev(t + 7 * MS, curl, "close", "close", 3, 0, **c)
+    sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])  # input goes on
+    r = _run(sc)
+    chain = r.chains[0]
+    dns = chain["dns"]
+    assert dns["queries"] == 4 and dns["retries"] == 2 and dns["answers"] == [vip]
+    assert dns["latency_ns"] > 5 * S and chain["status"] == "ok"
+    assert "dns.retry_5s" in {a["rule"] for a in r.alerts}

@@ -705,8 +705,10 @@ class Stitcher:
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
-            # paired by client endpoint, server and id (a resolver ignores answers from elsewhere)
-            for q in lk["q"]:
+            # paired by client endpoint, server and id (a resolver ignores answers from elsewhere);
+            # the latest ask first: glibc retransmits with the same id after its timeout, and an
+            # answer then answers the retransmission (the first ask stays unanswered: a 5 s retry)
+            for q in reversed(lk["q"]):
                 if q["ep"] == ep and q["id"] == qid and q["ans"] is None and q["qn"] == msg.qname and (
                         src is None or q["srv"] in (None, src)):
                     break
