@@ -5,8 +5,11 @@ lab/net/services.py builds one node in network namespaces (no route out) with on
 kube-proxy mode and fault — iptables DNAT (healthy; a targetPort nothing listens on), the
 userspace proxy of the seed's time (healthy; its dial refused), Cilium-style socket-level load
 balancing, rules flushed, a Service without endpoints (kube-proxy's REJECT) — and a pod whose
-resolver is the node's, answering an address that is no Service; curl asks each one. From the
-syscalls alone the core must name each hop and raise each fault's alerts.
+resolver is the node's, answering an address that is no Service; stale rules sending a Service to a
+pod its EndpointSlice no longer lists; nginx answering 503; a name that does not exist; a pod whose
+first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
+Service (hairpin, masqueraded). curl asks each one. From the syscalls alone the core must name each
+hop and raise each fault's alerts.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ import os
 
 import pytest
 
-from lab.net.services import DNS_VIP, DOMAIN, HOST_RESOLVED, HOST_RESOLVER, NGINX_IP, NODE, NODE_IP, \
-    cluster_list, record
+from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, NGINX_IP, \
+    NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.sources import records_from_documents
@@ -55,14 +58,26 @@ EXPECTED = {
     "my-nginx-socklb": (0, "ok", "socket_lb", "my-nginx-1", 200, None, {AMPLIFIED}),
     HOST_RESOLVED: (7, "broken", None, None, None, "connection refused",
                     {"dns.wrong_resolver", "dns.answer_not_service", AMPLIFIED}),
+    # kube-proxy still DNATs to my-nginx-1; the EndpointSlice lists my-nginx-2 only
+    "my-nginx-stale": (0, "broken", "dnat", "my-nginx-1", 200, None, {"svc.misrouted", AMPLIFIED}),
+    "my-nginx-503": (0, "broken", "dnat", "my-nginx-1", 503, None, {"svc.backend_5xx", AMPLIFIED}),
+    # curl 6: could not resolve (NXDOMAIN for every expansion): a lookup with no connection
+    NO_SUCH_NAME: (6, "broken", None, None, None, None, {"dns.nxdomain"}),
+    # the node dropped the first query: glibc waited 5 s and asked again; the DNS hop's latency shows it
+    DNS_RETRY: (0, "ok", "dnat", "my-nginx-1", 200, None, {"dns.retry_5s", "svc.hop_latency", AMPLIFIED}),
+    # masqueraded: the backend sees the node's address, not the client's (its accept is not linked,
+    # see test_hairpin_is_translated_with_low_confidence)
+    HAIRPIN: (0, "ok", "dnat", ..., 200, None, set()),
 }
+# case -> the curl's pod, the Service its chain names, the DNS queries it made
+CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
+           DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None)}
 
 
 def pick(case: str, chains: list, alerts: list) -> tuple[dict, set[str]]:
     """The one chain of a case's curl, and the rules of its alerts."""
     rules = {a["alert_id"]: a["rule"] for a in alerts}
-    service = None if case == HOST_RESOLVED else case
-    client = "other-client" if case == HOST_RESOLVED else "client"
+    client, service, _queries = CLIENTS.get(case, ("client", case, 8))
     [chain] = [ch for ch in chains if (ch["service"] or {}).get("name") == service and ch["client"]["pod"] == client]
     return chain, {rules[i] for i in chain["alerts"]}
 
@@ -77,10 +92,12 @@ def assert_case(case: str, chain: dict, alerted: set[str]) -> None:
     assert chain["status"] == status
     if mode is not None:
         assert chain["translation"]["mode"] == mode
-    assert (chain["backend"] or {}).get("pod") == backend
+    if backend is not ...:
+        assert (chain["backend"] or {}).get("pod") == backend
     assert (chain["response"] or {}).get("status") == http and (chain["response"] or {}).get("error") == error
     assert alerted == rules
-    assert chain["dns"]["queries"] == 8  # A and AAAA for 3 search expansions, then the name itself
+    # A and AAAA for 3 search expansions, then the name itself (and the retry's two again)
+    assert (chain["dns"] or {}).get("queries") == CLIENTS.get(case, (None, None, 8))[2]
 
 
 @pytest.mark.parametrize("case", EXPECTED)
@@ -118,3 +135,25 @@ def test_host_resolver_answer_is_no_service(lab_capture):
     dns = chain["dns"]
     assert dns["resolver_ip"] == HOST_RESOLVER and dns["resolver_is_cluster_dns"] is False
     assert dns["answers"] == [NODE_IP] and chain["service"] is None
+
+
+def test_dns_retry_is_the_same_question_after_glibcs_timeout(lab_capture):
+    events, _curls = lab_capture
+    chain, _ = chain_of(DNS_RETRY, events)
+    dns = chain["dns"]
+    assert dns["retries"] == 2 and dns["answers"] == ["10.96.0.100"]  # the lost A, then the AAAA asked again
+    assert 5_000_000_000 <= dns["latency_ns"] < 6_000_000_000
+    [hop] = [h for h in chain["hops"] if h["name"] == "dns"]
+    assert hop["latency_ns"] == dns["latency_ns"]
+
+
+def test_hairpin_is_translated_with_low_confidence(lab_capture):
+    """A pod requesting its own Service: kube-proxy masquerades it, so the backend's accept shows the
+    node's address and the client's port. The client's chain says the VIP was translated somewhere
+    it did not see, with low confidence, and is not called broken."""
+    events, _curls = lab_capture
+    chain, _ = chain_of(HAIRPIN, events)
+    assert chain["translation"] == {"mode": "dnat", "confidence": "low", "proxy": None}
+    accepts = [e for e in events if e.kind == "accept" and e.local_ip == NGINX_IP and e.remote_ip == NODE_IP
+               and e.remote_port == chain["client"]["port"]]
+    assert len(accepts) == 1  # the backend did accept it, from the node's address

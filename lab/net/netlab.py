@@ -7,7 +7,8 @@
         lab.run("client", ["curl", ...])
 
 The node is a namespace with a bridge (the pod network's gateway) and kube-proxy's iptables
-shape: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT. Each pod is a
+shape: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT (a pod reaching
+itself through its Service masqueraded in POSTROUTING). Each pod is a
 namespace with a veth on that bridge and its default route through the node. Nothing has a
 route out of the lab: the node namespace has no uplink, and every ClusterIP without rules
 is blackholed there (a SYN to it vanishes, as after kube-proxy's rules were flushed).
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/12"
+MASQ_MARK = "0x4000"  # kube-proxy's "masquerade this" mark
 
 
 def sh(*argv: str) -> None:
@@ -63,6 +65,8 @@ class NetLab:
             self.node_sh("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
             for hook in ("PREROUTING", "OUTPUT"):
                 self.node_sh("iptables", "-t", "nat", "-A", hook, "-j", "KUBE-SERVICES")
+            self.node_sh("iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark",
+                         f"{MASQ_MARK}/{MASQ_MARK}", "-j", "MASQUERADE")
         except BaseException:
             self.close()
             raise
@@ -87,6 +91,8 @@ class NetLab:
         host_end = f"v{self.tag[-6:]}{len(self.pods)}"  # <= 15 characters
         self.node_sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
         self.node_sh("ip", "link", "set", host_end, "master", "br0", "up")
+        # kubelet's hairpin-veth: a frame DNATed back to the pod it came from leaves by the port it entered
+        self.node_sh("ip", "link", "set", host_end, "type", "bridge_slave", "hairpin", "on")
         for argv in (("ip", "link", "set", "lo", "up"), ("ip", "addr", "add", f"{ip}/{self.prefix}", "dev", "eth0"),
                      ("ip", "link", "set", "eth0", "up"), ("ip", "route", "add", "default", "via", self.gateway)):
             sh("ip", "netns", "exec", ns, *argv)
@@ -110,6 +116,10 @@ class NetLab:
             rest = len(backends) - i
             pick = ["-m", "statistic", "--mode", "random", "--probability", f"{1 / rest:.5f}"] if rest > 1 else []
             self.node_sh("iptables", "-t", "nat", "-A", svc, *pick, "-j", sep)
+            # a pod reaching itself through its Service: masqueraded, or its reply would not
+            # come back through the node (kube-proxy's KUBE-MARK-MASQ, then MASQUERADE on the way out)
+            self.node_sh("iptables", "-t", "nat", "-A", sep, "-s", f"{ip}/32", "-j", "MARK", "--set-xmark",
+                         f"{MASQ_MARK}/{MASQ_MARK}")
             self.node_sh("iptables", "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
                          "--to-destination", f"{ip}:{target}")
 
@@ -120,6 +130,12 @@ class NetLab:
         self.node_sh("ip", "route", "add", f"{vip}/32", "dev", "br0")
         self.node_sh("iptables", "-A", "FORWARD", "-d", f"{vip}/32", "-p", proto, "--dport", str(port),
                      "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+
+    def drop_first(self, source: str, port: int, proto: str) -> None:
+        """Drop the first packet `source` sends to `port` through the node (once: later ones
+        pass), as a conntrack race loses one of two parallel DNS queries."""
+        self.node_sh("iptables", "-I", "FORWARD", "-s", f"{source}/32", "-p", proto, "--dport", str(port),
+                     "-m", "statistic", "--mode", "nth", "--every", "1000000", "--packet", "0", "-j", "DROP")
 
     def node_address(self, ip: str) -> None:
         """An address of the node itself (on its lo): a host service pods can reach."""

@@ -14,7 +14,14 @@ my-nginx. The cases:
 * socket-level load balancing (socklb.py: the client's connect goes to the pod itself);
 * rules flushed (the SYN to the ClusterIP vanishes), and a Service without endpoints (kube-proxy's
   REJECT);
-* another pod whose resolver is the node's, answering my-nginx with an address that is no Service.
+* another pod whose resolver is the node's, answering my-nginx with an address that is no Service;
+* stale rules: kube-proxy still sends the Service to a pod its EndpointSlice no longer lists;
+* nginx answering 503 behind a Service;
+* a name that does not exist (NXDOMAIN for every search expansion);
+* a pod whose first DNS query is dropped on the node (the conntrack race's signature: glibc asks
+  again after its 5 s timeout);
+* the nginx pod requesting its own Service (hairpin: kube-proxy masquerades it, the backend sees
+  the node's address).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -33,6 +40,7 @@ from .socklb import SocketLB, remove_cgroup
 REPO = Path(__file__).resolve().parent.parent.parent
 NODE, NODE_IP = "lab-node", "10.244.0.1"
 CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
+NEW_NGINX_IP, RETRY_CLIENT_IP = "10.244.0.6", "10.244.0.7"  # the pod a stale rule misses; a client whose DNS drops
 DNS_VIP = "10.96.0.10"
 HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
 NGINX = {"run": "my-nginx"}
@@ -47,6 +55,7 @@ class Case:
     path: str  # "dnat" to its target port | "userspace" via the node's proxy | "socklb" | "flushed" | "reject"
     target_port: int = 80
     selector: tuple = tuple(NGINX.items())
+    rule_to: str = NGINX_IP  # where the lab's rules send it (a stale rule: not the EndpointSlice's pod)
 
 
 CASES = {
@@ -57,12 +66,20 @@ CASES = {
     "my-nginx-userspace": Case("10.96.0.104", "userspace"),
     "my-nginx-userspace-wrong-port": Case("10.96.0.105", "userspace", target_port=8081),
     "my-nginx-socklb": Case("10.96.0.106", "socklb"),
+    # the Service now selects my-nginx-2; kube-proxy has not caught up and still DNATs to my-nginx-1
+    "my-nginx-stale": Case("10.96.0.107", "dnat", selector=(("run", "my-nginx-v2"),)),
+    "my-nginx-503": Case("10.96.0.108", "dnat", target_port=8082),  # nginx's server that answers 503
 }
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
+NO_SUCH_NAME = "my-nginxx"  # the client asks for a Service that does not exist
+DNS_RETRY = "my-nginx-after-dns-retry"  # the retry client's first DNS query is dropped
+HAIRPIN = "my-nginx-hairpin"  # the nginx pod requests my-nginx's ClusterIP (no DNS)
 PODS = (  # namespace, name, ip, labels, container, port
     ("default", "client", CLIENT_IP, {"run": "client"}, "curl", None),
     ("default", "other-client", OTHER_CLIENT_IP, {"run": "client"}, "curl", None),
     ("default", "my-nginx-1", NGINX_IP, NGINX, "nginx", 80),
+    ("default", "my-nginx-2", NEW_NGINX_IP, {"run": "my-nginx-v2"}, "nginx", 80),  # in the state only
+    ("default", "retry-client", RETRY_CLIENT_IP, {"run": "client"}, "curl", None),
     ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, "coredns", 53),
 )
 
@@ -120,6 +137,10 @@ http {{
         listen {NGINX_IP}:80;
         root {www};
     }}
+    server {{
+        listen {NGINX_IP}:8082;
+        return 503;
+    }}
 }}
 """)
     return conf
@@ -137,8 +158,10 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     """Pods, kube-proxy's rules for every case, and the servers (DNS, nginx, proxies, host resolver)."""
     lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
     lab.pod("other-client", OTHER_CLIENT_IP, resolver=HOST_RESOLVER)
+    lab.pod("retry-client", RETRY_CLIENT_IP, resolver=DNS_VIP)
     lab.pod("my-nginx-1", NGINX_IP)
     lab.pod("coredns", DNS_IP)
+    lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
     lab.node_address(HOST_RESOLVER)
     lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
     dns = [sys.executable, "-m", "lab.net.dns_server"]
@@ -152,9 +175,10 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     servers.append(lab.start("my-nginx-1", ["nginx", "-c", str(nginx_conf(www))],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
+    lab.wait_listening("my-nginx-1", NGINX_IP, 8082, servers[-1])
     for i, case in enumerate(CASES.values()):
         if case.path == "dnat":
-            lab.service(case.vip, 8080, "tcp", [(NGINX_IP, case.target_port)])
+            lab.service(case.vip, 8080, "tcp", [(case.rule_to, case.target_port)])
         elif case.path == "reject":
             lab.reject(case.vip, 8080, "tcp")
         elif case.path == "userspace":
@@ -168,10 +192,11 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
         # sends to the ClusterIP (record() attaches the program)
 
 
-def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None) -> tuple[int, int, bytes]:
-    """curl http://NAME.default.svc.cluster.local:8080/index.html in `pod` (and `cgroup`):
-    (pid, exit status, body)."""
-    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", "2", f"http://{name}.{DOMAIN}:8080/index.html"])
+def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2) -> tuple[int, int, bytes]:
+    """curl http://NAME.default.svc.cluster.local:8080/index.html in `pod` (and `cgroup`); NAME may
+    be an IP: (pid, exit status, body). The connect timeout includes name resolution."""
+    host = name if name[0].isdigit() else f"{name}.{DOMAIN}"
+    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", str(connect_timeout), f"http://{host}:8080/index.html"])
     if cgroup is not None:  # join the cgroup first: `ip netns exec` remounts /sys
         argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -203,11 +228,16 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
             build(lab, www, servers)
             curls = {name: curl(lab, "client", name, cgroup if case is socklb else None) for name, case in CASES.items()}
             curls[HOST_RESOLVED] = curl(lab, "other-client", "my-nginx")
+            curls[NO_SUCH_NAME] = curl(lab, "client", NO_SUCH_NAME)
+            curls[DNS_RETRY] = curl(lab, "retry-client", "my-nginx", connect_timeout=15)  # glibc waits 5 s
+            curls[HAIRPIN] = curl(lab, "my-nginx-1", CASES["my-nginx"].vip)
             lab_ns = lab.netns_ids()
-            # each curl's last syscall on its connection is its close: then the capture has it all
+            # each curl's last syscall on its connection is its close (the one that resolved nothing
+            # had no connection: its resolver socket's): then the capture has it all
+            last = {pid: "udp" if name == NO_SUCH_NAME else "tcp" for name, (pid, _rc, _out) in curls.items()}
             deadline = time.monotonic() + timeout
-            while not all(any(e.pid == pid and e.kind == "close" and e.proto == "tcp" for e in seen)
-                          for pid, _rc, _out in curls.values()):
+            while not all(any(e.pid == pid and e.kind == "close" and e.proto == proto for e in seen)
+                          for pid, proto in last.items()):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"lab: the capture never showed every curl's close ({len(seen)} events)")
                 cap.ring.wait(0.05)
