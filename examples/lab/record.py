@@ -7,7 +7,8 @@ out), curls every case while the eBPF capture runs, and writes what the lab's na
 
 * `capture.scap`: the cluster state embedded up front (K8S events, as sysdig wrote them), then
   every network syscall of the lab's pods and node, as `svctrace capture` writes them;
-* `cluster.json`: that state as `kubectl get nodes,pods,services,endpointslices -A -o json`.
+* `cluster.json`: that state as `kubectl get nodes,pods,services,endpointslices -A -o json`;
+* `cases.json`: the cases curled, with curl's exit status (what the recording holds).
 
 Unlike examples/seed (built from the article's trace), this one is real: pids, timestamps,
 ports and payloads are whatever the kernel and the programs did, so each recording differs.
@@ -30,9 +31,9 @@ K8S_E = 260  # PPME_K8S_E: cluster state as JSON, as sysdig wrote it when run wi
 META_TID = -1  # meta events carry no thread
 
 
-def write(out_dir: Path, events: list) -> tuple[Path, Path]:
+def write(out_dir: Path, events: list, curls: dict) -> tuple[Path, Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    capture, cluster = out_dir / "capture.scap", out_dir / "cluster.json"
+    capture, cluster, cases = out_dir / "capture.scap", out_dir / "cluster.json", out_dir / "cases.json"
     state = cluster_list()
     t0 = min(e.ts for e in events)
     with ScapWriter(capture, hostname=NODE) as writer:
@@ -42,7 +43,8 @@ def write(out_dir: Path, events: list) -> tuple[Path, Path]:
         for n, event in enumerate(sorted(events, key=lambda e: e.ts), 1):
             writer.write_event(event.with_(n=n))  # numbered as the file's events, like evt.num
     cluster.write_text(json.dumps(state, indent=4) + "\n")
-    return capture, cluster
+    cases.write_text(json.dumps({case: rc for case, (_pid, rc, _body) in curls.items()}, indent=4) + "\n")
+    return capture, cluster, cases
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         events, curls = record(Path(work))
     for case, (_pid, rc, _body) in curls.items():
         print(f"{case}: curl exit status {rc}", file=sys.stderr)
-    for path in write(args.out, events):
+    for path in write(args.out, events, curls):
         print(path)
     return 0
 
