@@ -8,7 +8,8 @@ balancing, rules flushed, a Service without endpoints (kube-proxy's REJECT) — 
 resolver is the node's, answering an address that is no Service; stale rules sending a Service to a
 pod its EndpointSlice no longer lists; nginx answering 503; a name that does not exist; a pod whose
 first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
-Service (hairpin, masqueraded). curl asks each one. From the syscalls alone the core must name each
+Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
+the userspace proxy. curl asks each one. From the syscalls alone the core must name each
 hop and raise each fault's alerts.
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ import os
 
 import pytest
 
-from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, NGINX_IP, \
-    NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
+from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
+    KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.sources import records_from_documents
@@ -157,3 +158,21 @@ def test_hairpin_is_translated_with_low_confidence(lab_capture):
     accepts = [e for e in events if e.kind == "accept" and e.local_ip == NGINX_IP and e.remote_ip == NODE_IP
                and e.remote_port == chain["client"]["port"]]
     assert len(accepts) == 1  # the backend did accept it, from the node's address
+
+
+@pytest.mark.parametrize("case", KEEPALIVE)
+def test_keepalive_connection_gives_a_chain_per_request(lab_capture, case):
+    events, curls = lab_capture
+    assert curls[case][1] == 0
+    assert_keepalive(case, run(events, lab_index()).chains)
+
+
+def assert_keepalive(case: str, chains: list) -> None:
+    """One chain per request of the one connection, in order, each with its own status."""
+    mine = sorted((ch for ch in chains if (ch["service"] or {}).get("name") == case), key=lambda ch: ch["start_ts"])
+    assert [(ch["response"]["target"], ch["response"]["status"]) for ch in mine] == \
+        list(zip(KEEPALIVE_PATHS, (200, 404, 200)))
+    assert len({ch["client"]["port"] for ch in mine}) == 1 and len({ch["chain_id"] for ch in mine}) == 3
+    mode = "userspace_proxy" if "userspace" in case else "dnat"
+    assert all(ch["status"] == "ok" and ch["translation"]["mode"] == mode and ch["backend"]["pod"] == "my-nginx-1"
+               for ch in mine)

@@ -21,7 +21,8 @@ my-nginx. The cases:
 * a pod whose first DNS query is dropped on the node (the conntrack race's signature: glibc asks
   again after its 5 s timeout);
 * the nginx pod requesting its own Service (hairpin: kube-proxy masquerades it, the backend sees
-  the node's address).
+  the node's address);
+* three requests on one keep-alive connection, through DNAT and through the userspace proxy.
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -69,7 +70,11 @@ CASES = {
     # the Service now selects my-nginx-2; kube-proxy has not caught up and still DNATs to my-nginx-1
     "my-nginx-stale": Case("10.96.0.107", "dnat", selector=(("run", "my-nginx-v2"),)),
     "my-nginx-503": Case("10.96.0.108", "dnat", target_port=8082),  # nginx's server that answers 503
+    "my-nginx-keepalive": Case("10.96.0.109", "dnat"),
+    "my-nginx-userspace-keepalive": Case("10.96.0.110", "userspace"),
 }
+KEEPALIVE_PATHS = ("/index.html", "/missing.html", "/index.html")  # one curl, one connection: 200, 404, 200
+KEEPALIVE = ("my-nginx-keepalive", "my-nginx-userspace-keepalive")
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
 NO_SUCH_NAME = "my-nginxx"  # the client asks for a Service that does not exist
 DNS_RETRY = "my-nginx-after-dns-retry"  # the retry client's first DNS query is dropped
@@ -192,11 +197,14 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
         # sends to the ClusterIP (record() attaches the program)
 
 
-def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2) -> tuple[int, int, bytes]:
-    """curl http://NAME.default.svc.cluster.local:8080/index.html in `pod` (and `cgroup`); NAME may
-    be an IP: (pid, exit status, body). The connect timeout includes name resolution."""
+def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2,
+         paths: tuple[str, ...] = ("/index.html",)) -> tuple[int, int, bytes]:
+    """curl http://NAME.default.svc.cluster.local:8080/PATH in `pod` (and `cgroup`); NAME may be an
+    IP; several paths go on one keep-alive connection: (pid, exit status, body). The connect
+    timeout includes name resolution."""
     host = name if name[0].isdigit() else f"{name}.{DOMAIN}"
-    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", str(connect_timeout), f"http://{host}:8080/index.html"])
+    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", str(connect_timeout),
+                          *(f"http://{host}:8080{path}" for path in paths)])
     if cgroup is not None:  # join the cgroup first: `ip netns exec` remounts /sys
         argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -226,7 +234,9 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
     try:
         with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
             build(lab, www, servers)
-            curls = {name: curl(lab, "client", name, cgroup if case is socklb else None) for name, case in CASES.items()}
+            curls = {name: curl(lab, "client", name, cgroup if case is socklb else None,
+                                paths=KEEPALIVE_PATHS if name in KEEPALIVE else ("/index.html",))
+                     for name, case in CASES.items()}
             curls[HOST_RESOLVED] = curl(lab, "other-client", "my-nginx")
             curls[NO_SUCH_NAME] = curl(lab, "client", NO_SUCH_NAME)
             curls[DNS_RETRY] = curl(lab, "retry-client", "my-nginx", connect_timeout=15)  # glibc waits 5 s
