@@ -125,7 +125,7 @@ CLOCKS = [
     ("svctrace.streams.faust_app.app", "StageShell.flush_keys", "shell: flush keys", True),
     ("svctrace.streams.faust_app.app", "StageShell.snapshot", "checkpoint: snapshot", False),
     ("svctrace.streams.faust_app.app", "StageShell.write", "checkpoint: write", True),
-    ("svctrace.streams.faust_app.app", "dumps_state", "checkpoint: dumps_state", False),
+    ("svctrace.streams.faust_app.app", "dumps_checkpoint", "checkpoint: dumps_state", False),
     ("svctrace.streams.faust_app.app", "decode_syscall_batch", "codec: decode syscall batch", False),
     ("svctrace.streams.faust_app.app", "encode_enriched_batch", "codec: encode flows/enriched", False),
     ("svctrace.streams.faust_app.wire", "SharedEventsJSON.__init__", "codec: encode flows/enriched", False),

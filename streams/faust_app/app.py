@@ -25,7 +25,9 @@ What it adds is what only a distributed runner needs:
   successor restores the checkpoint (op.restore) and re-reads every record not
   acknowledged, which refills the buffers; the operators drop what they already
   applied (duplicates, or events behind their watermark), and chains/alerts carry
-  deterministic ids, so downstream dedup by id is exact.
+  deterministic ids, so downstream dedup by id is exact. Each changelog record carries its
+  format (checkpoint.py): a worker meeting one it does not read (written by a newer worker)
+  stops with exit status 1 and says what to do, instead of misreading it.
 * Bad records never stop the worker: they go to svctrace.deadletter with the reason.
 * Cost per event close to the core's: syscall batches decode straight into SyscallEvents
   and enriched batches encode without a dict per event (wire.py), a syscalls partition is
@@ -66,12 +68,15 @@ from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
-from svctrace.streams.core import Graph, Settings, dumps_state, loads_state
+from svctrace.streams.core import Graph, Settings
 from svctrace.streams.core.alerts import ALERTS_TOPIC
 from svctrace.streams.core.enrich import ENRICHED_TOPIC, FLOWS_TOPIC
 from svctrace.streams.core.enriched import EnrichedEvent
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
+from svctrace.streams.faust_app.checkpoint import (
+    CheckpointFormatError, dumps_checkpoint, dumps_meta, loads_checkpoint, loads_meta,
+)
 from svctrace.streams.faust_app.cluster_feed import ClusterFeed
 from svctrace.streams.faust_app.metrics import WorkerMetrics
 from svctrace.streams.faust_app.progress import (
@@ -372,7 +377,7 @@ class StageShell:
         st = self.live.get(key)
         if st is None:
             raw = self._stored(key)
-            st = self.op.restore(loads_state(raw)) if raw else self.op.new_state()
+            st = self.op.restore(self._load(loads_checkpoint, raw, key)) if raw else self.op.new_state()
             self.live[key] = st
         return st
 
@@ -380,9 +385,15 @@ class StageShell:
         m = self.meta.get(p)
         if m is None:
             raw = self._stored(f"#{p}")
-            m = orjson.loads(raw) if raw else self.new_meta()
+            m = self._load(loads_meta, raw, f"#{p}") if raw else self.new_meta()
             self.meta[p] = m
         return m
+
+    def _load(self, loads, raw: bytes, key: str) -> dict:
+        try:
+            return loads(raw)
+        except CheckpointFormatError as e:
+            raise e.at(f"the record of key {key!r} in changelog {self.table.changelog_topic.get_topic_name()}") from None
 
     def new_meta(self) -> dict:
         return {"keys": [], "progress": SourceProgress(self.sources).state}
@@ -462,7 +473,7 @@ class StageShell:
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
                 k = key.encode()
-                value = dumps_state(durable(self.live[key]))
+                value = dumps_checkpoint(durable(self.live[key]))
                 if store.get(k) != value:
                     writes.append((p, k, value))
             for key in self.deleted.get(p, ()):
@@ -470,7 +481,7 @@ class StageShell:
                 if k in store:
                     writes.append((p, k, None))
             k = f"#{p}".encode()
-            value = orjson.dumps(self.part_meta(p))
+            value = dumps_meta(self.part_meta(p))
             if store.get(k) != value:
                 writes.append((p, k, value))
             # Acknowledge in offset order only, up to the first record still needed: Faust commits
@@ -677,6 +688,8 @@ class Worker:
         stage = getattr(self, stage_name)
         try:
             await handler(event)
+        except CheckpointFormatError as e:  # not the record's fault: no dead letter, not acknowledged
+            await self._stop_on_unreadable_checkpoint(e)
         except (DecodeError, ValueError, KeyError, TypeError) as e:
             await self._dead_letter(stage_name, msg, f"{type(e).__name__}: {e}", e)
             stage.pending.setdefault(msg.partition, []).append(Pending(event, None, None))
@@ -928,6 +941,8 @@ class Worker:
             await self._send_announcements(FLOWS_TOPIC, force=True)
             await self._send_announcements(OCCURRENCES_TOPIC)
             self.metrics.index_objects.set(len(self.index))
+        except CheckpointFormatError as e:
+            await self._stop_on_unreadable_checkpoint(e)
         except Exception:  # noqa: BLE001 - a failed tick is retried at the next one
             log.exception("worker tick failed")
 
@@ -937,8 +952,23 @@ class Worker:
             return
         try:
             await self.checkpoint()
+        except CheckpointFormatError as e:
+            await self._stop_on_unreadable_checkpoint(e)
         except Exception:  # noqa: BLE001 - retried at the next one
             log.exception("worker checkpoint failed")
+
+    async def _stop_on_unreadable_checkpoint(self, error: CheckpointFormatError) -> None:
+        """A changelog written by a newer worker (checkpoint.py): reading on would misread its
+        state, and no retry makes it readable. Stop with exit status 1, saying what to do."""
+        if self.app.should_stop:
+            return
+        changelogs = ", ".join(st.table.changelog_topic.get_topic_name() for st in self.stages)
+        log.error("Unreadable checkpoint: %s. It was written by a newer svctrace worker. Roll forward (run "
+                  "that version or a newer one), or reset the state of consumer group %s: stop every worker, "
+                  "delete the changelog topics %s and start again (the workers then start with empty state "
+                  "at the committed input offsets; chains open at that moment may come out incomplete). "
+                  "Stopping the worker (exit status 1)", error, self.config.app_id, changelogs)
+        await self.app.crash(error)
 
     async def _idle_sources(self) -> None:
         """Syscalls partitions with nothing new: release a deferred backlog once caught up; a node

@@ -1,0 +1,99 @@
+"""The worker's checkpoint records, with a format version.
+
+A stage's changelog holds two kinds of records, both JSON objects: a key's operator state
+(op.durable(state), dumps_state) and a partition's progress entry ("#<partition>": its keys,
+clocks and upstream progress). Each record written here starts with its format version:
+
+    {"checkpoint_format":2, ...the state's own fields...}
+
+so a worker can tell a record it cannot read from one it can, instead of misreading it. Records
+without the field are format 1: every record written before versions were (their content is
+today's, or older forms the operators' restore() still upgrades). A worker that meets a format
+it does not know stops (Worker._stop_on_unreadable_checkpoint): the changelog was written by a
+newer worker, and only rolling forward or resetting the changelogs can go on from there.
+
+Bump CHECKPOINT_FORMAT when what a record holds changes so that this worker could not read
+it (a new state layout, a renamed field), and teach the reader the older formats it must go
+on reading (an operator's restore() upgrading them). A change an older reader takes as it is
+(a new optional field) needs no bump. Workers before format 2 check nothing: they read a
+format-2 record as format 1 (same content, one unknown field), and anything newer wrongly.
+"""
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from svctrace.streams.core import dumps_state, loads_state
+
+FORMAT_FIELD = "checkpoint_format"
+UNVERSIONED = 1  # records without FORMAT_FIELD
+CHECKPOINT_FORMAT = 2  # what this worker writes
+READABLE = frozenset({UNVERSIONED, CHECKPOINT_FORMAT})
+
+# The version, written first: read without parsing the record (which a newer format may not allow).
+_LEADING_FORMAT = re.compile(rb'\{"checkpoint_format":([^,}]*)[,}]')
+
+
+class CheckpointFormatError(Exception):
+    """A changelog record in a format this worker does not read."""
+
+    def __init__(self, found, where: str = "a checkpoint record"):
+        self.found, self.where = found, where
+        super().__init__(f"{where} has checkpoint format {found!r}; this worker reads formats "
+                         f"{', '.join(map(str, sorted(READABLE)))} ({UNVERSIONED}: records without a format)")
+
+    def at(self, where: str) -> "CheckpointFormatError":
+        """The same error, saying where the record is."""
+        return CheckpointFormatError(self.found, where)
+
+
+def format_of(raw: bytes):
+    """The format a record says it has (UNVERSIONED when it says none); what is no JSON value as text."""
+    m = _LEADING_FORMAT.match(raw)
+    if m is None:
+        return UNVERSIONED
+    try:
+        return orjson.loads(m.group(1))
+    except orjson.JSONDecodeError:
+        return m.group(1).decode("utf-8", "replace")
+
+
+def _readable(found) -> bool:
+    return found.__class__ is int and found in READABLE
+
+
+def _versioned(value: dict) -> dict:
+    return {FORMAT_FIELD: CHECKPOINT_FORMAT, **value}
+
+
+def dumps_checkpoint(state: dict) -> bytes:
+    """A key's durable operator state -> its changelog record (dumps_state, versioned)."""
+    return dumps_state(_versioned(state))
+
+
+def dumps_meta(meta: dict) -> bytes:
+    """A partition's progress entry -> its changelog record (versioned)."""
+    return orjson.dumps(_versioned(meta))
+
+
+def _loads(raw: bytes, loads) -> dict:
+    found = format_of(raw)
+    if not _readable(found):
+        raise CheckpointFormatError(found)
+    value = loads(raw)
+    found = value.pop(FORMAT_FIELD, found)  # also where a writer put it elsewhere than first
+    if not _readable(found):
+        raise CheckpointFormatError(found)
+    return value
+
+
+def loads_checkpoint(raw: bytes) -> dict:
+    """A key's changelog record -> its durable state (for op.restore); CheckpointFormatError if
+    its format is not one this worker reads."""
+    return _loads(raw, loads_state)
+
+
+def loads_meta(raw: bytes) -> dict:
+    """A partition's changelog record -> its progress entry; CheckpointFormatError as above."""
+    return _loads(raw, orjson.loads)

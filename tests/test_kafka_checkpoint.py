@@ -1,0 +1,164 @@
+"""The worker's checkpoint records carry a format version (streams/faust_app/checkpoint.py): records
+without one (written before versions were) keep loading, a format the worker does not read is refused
+naming the record, and a worker meeting one on the real broker stops with exit status 1, saying what
+it found, what it reads and what to do."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import orjson
+import pytest
+
+from svctrace.kafka.clients import consumer, producer
+from svctrace.schemas.models import SyscallBatch
+from svctrace.streams.core import Graph, Settings, dumps_state, loads_state
+from svctrace.streams.faust_app.app import StageShell
+from svctrace.streams.faust_app.checkpoint import (
+    CHECKPOINT_FORMAT, FORMAT_FIELD, UNVERSIONED, CheckpointFormatError, dumps_checkpoint, dumps_meta, format_of,
+    loads_checkpoint, loads_meta,
+)
+from tests import scenario
+from tests.harness import pipeline as P
+
+
+def _enrich_state():
+    cluster, events = scenario.build("healthy", "dnat", requests=3)
+    node = events[0].node
+    op = Graph(cluster.index(), Settings(partitions=1)).enrich
+    st = op.new_state()
+    op.process(st, node, SyscallBatch(node=node, source="scap", seq=0, events=[e for e in events if e.node == node]))
+    op.advance(st, node, events[len(events) // 2].ts)
+    return op, node, st
+
+
+def _newer(raw: bytes, version) -> bytes:
+    """A record as a worker writing format `version` would (the version first, then the fields)."""
+    return b'{"checkpoint_format":' + orjson.dumps(version) + b"," + raw.split(b",", 1)[1]
+
+
+def test_records_are_written_with_their_format_first_and_read_back_without_it():
+    op, _, st = _enrich_state()
+    raw = dumps_checkpoint(op.durable(st))
+    assert raw.startswith(b'{"checkpoint_format":%d,' % CHECKPOINT_FORMAT) and format_of(raw) == CHECKPOINT_FORMAT
+    assert loads_checkpoint(raw) == loads_state(dumps_state(op.durable(st)))
+    meta = {"keys": ["node-a"], "progress": {}, "nodes": {"node-a": [5, None]}}
+    assert format_of(dumps_meta(meta)) == CHECKPOINT_FORMAT and loads_meta(dumps_meta(meta)) == meta
+    assert loads_meta(dumps_meta({})) == {}
+
+
+def test_records_without_a_format_are_todays_and_keep_loading():
+    op, _, st = _enrich_state()
+    old = dumps_state(op.durable(st))  # what workers before format versions wrote
+    assert format_of(old) == UNVERSIONED
+    assert loads_checkpoint(old) == loads_state(old)
+    meta = {"keys": ["b0001"], "progress": {"marks": [None, 3]}}
+    assert loads_meta(orjson.dumps(meta)) == meta
+
+
+@pytest.mark.parametrize("version", [CHECKPOINT_FORMAT + 1, 99, "3-beta", -1, 0, 2.5, True, None])
+def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_reads(version):
+    op, _, st = _enrich_state()
+    for raw, loads in ((dumps_checkpoint(op.durable(st)), loads_checkpoint), (dumps_meta({"keys": []}), loads_meta)):
+        with pytest.raises(CheckpointFormatError) as e:
+            loads(_newer(raw, version))
+        assert e.value.found == version
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2" in str(e.value)
+
+
+def test_a_format_field_elsewhere_than_first_is_checked_too():
+    raw = orjson.dumps({"keys": [], FORMAT_FIELD: CHECKPOINT_FORMAT + 1})
+    with pytest.raises(CheckpointFormatError):
+        loads_meta(raw)
+    assert loads_meta(orjson.dumps({"keys": [], FORMAT_FIELD: CHECKPOINT_FORMAT})) == {"keys": []}
+
+
+def test_the_stage_shell_names_the_record_it_cannot_read_and_restores_the_ones_it_can():
+    op, node, st = _enrich_state()
+    changelog = SimpleNamespace(get_topic_name=lambda: "app-enrich-state-changelog")
+    table = SimpleNamespace(data={}, changelog_topic=changelog)
+    table.data[node.encode()] = dumps_state(op.durable(st))  # unversioned
+    table.data[b"#0"] = orjson.dumps({"keys": [node], "progress": {}})
+    shell = StageShell(None, "enrich", op, table, 1, 0)
+    assert shell.state(node)["wm"] == st["wm"] and shell.part_meta(0)["keys"] == [node]
+
+    table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), 3)
+    table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), 3)
+    successor = StageShell(None, "enrich", op, table, 1, 0)
+    for load, key in ((lambda: successor.state(node), node), (lambda: successor.part_meta(0), "#0")):
+        with pytest.raises(CheckpointFormatError) as e:
+            load()
+        assert f"key {key!r} in changelog app-enrich-state-changelog has checkpoint format 3" in str(e.value)
+    assert successor.live == {} and successor.meta == {}
+
+
+# -- on the real broker ----------------------------------------------------------------------
+
+async def _read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
+    """Every record of `topic` up to its end when its partitions were assigned (no group: all of them)."""
+    c = consumer(bootstrap, topic, group_id=None)
+    await c.start()
+    try:
+        out: list = []
+        ends = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while ends is None or any([await c.position(tp) < end for tp, end in ends.items()]):
+            if loop.time() > deadline:
+                raise TimeoutError(f"{topic}: not read to its end within {timeout:.0f}s")
+            for records in (await c.getmany(timeout_ms=200)).values():
+                out += records
+            if ends is None and c.assignment():
+                ends = await c.end_offsets(list(c.assignment()))
+        return out
+    finally:
+        await c.stop()
+
+
+async def _send(bootstrap: str, topic: str, partition: int, key: bytes, value: bytes) -> None:
+    p = producer(bootstrap)
+    await p.start()
+    try:
+        await p.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await p.stop()
+
+
+@pytest.mark.kafka
+def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_what_to_do(kafka, tmp_path):
+    """A worker writes its checkpoints (format 2 on the changelog); a newer worker rewrites a partition's
+    entry in format 3; a worker of this version restarted on that changelog must stop, not misread it."""
+    prefix = kafka.unique_prefix("ck")
+    P.ensure_worker_topics(kafka.bootstrap, prefix)
+    app_id = "app-" + prefix.strip(".")
+    cluster, events = scenario.build("healthy", "dnat", requests=40)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, cluster.records()))
+    first = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="first", idle_flush=30.0).start()
+    try:
+        sent = kafka.run(P.publish_batches(kafka.bootstrap, prefix, P.batches_of(events, 100)))
+        url = first.metrics_url()
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="enrich") >= sent
+                     and P.metric_value(url, "svctrace_worker_checkpoints_total") > 1,
+                     90.0, "events processed and checkpointed", [first])
+        first.stop()
+        assert first.proc.returncode == 0, first.log_tail()
+    finally:
+        first.kill()
+
+    changelog = f"{app_id}-enrich-state-changelog"
+    written = [r for r in kafka.run(_read_topic(kafka.bootstrap, changelog)) if r.value is not None]
+    assert written and {format_of(r.value) for r in written} == {CHECKPOINT_FORMAT}
+    entry = [r for r in written if r.key.startswith(b"#")][-1]  # a syscalls partition's progress entry
+    kafka.run(_send(kafka.bootstrap, changelog, entry.partition, entry.key, _newer(entry.value, 3)))
+
+    again = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="again", idle_flush=30.0).start()
+    try:
+        status = again.wait_exit(90.0)
+        log = again.log_path.read_text(errors="replace")
+        assert status == 1, again.log_tail()
+        [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
+        assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format 3" in line
+        assert "this worker reads formats 1, 2" in line and "Roll forward" in line
+        assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
+    finally:
+        again.kill()
