@@ -196,3 +196,36 @@ def test_glibc_retransmission_with_the_same_id_is_the_5s_retry():
     assert dns["queries"] == 4 and dns["retries"] == 2 and dns["answers"] == [vip]
     assert dns["latency_ns"] > 5 * S and chain["status"] == "ok"
     assert "dns.retry_5s" in {a["rule"] for a in r.alerts}
+
+
+def test_glibc_falls_back_to_tcp_after_a_truncated_answer():
+    """What the network lab captured from curl for a name whose UDP answer was truncated (TC):
+    glibc sends both queries in one writev, each length-prefixed, then reads each answer's
+    2-byte length and its message in two reads."""
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    name, vip, dns_ip = "my-nginx.default.svc.cluster.local", "10.96.0.100", sc.cluster.dns_ip
+    qa, qaaaa = dns_query(name, "A", 0x4000), dns_query(name, "AAAA", 0x4001)
+    tc = bytearray(dns_answer(name, "A", 0x4000, []))
+    tc[2] |= 0x02  # TC: the answer did not fit
+    aa, aaaaa = dns_answer(name, "A", 0x4000, [vip]), dns_answer(name, "AAAA", 0x4001, [])
+    u = dict(proto="udp", role="client", local_ip=POD_IP, local_port=sc.port(), remote_ip=dns_ip, remote_port=53)
+    sc.ev(T0, curl, "connect", "connect", 3, 0, addr_ip=dns_ip, addr_port=53, **u)
+    sc.ev(T0 + 10_000, curl, "send", "sendmmsg", 3, len(qa), data=qa, **u)
+    sc.ev(T0 + 10_000, curl, "send", "sendmmsg", 3, len(qaaaa), data=qaaaa, **u)
+    sc.ev(T0 + 1 * MS, curl, "recv", "recvfrom", 3, len(tc), data=bytes(tc), addr_ip=dns_ip, addr_port=53, **u)
+    sc.ev(T0 + 1 * MS + 10_000, curl, "close", "close", 3, 0, **u)
+    t = T0 + 2 * MS
+    c = dict(proto="tcp", role="client", local_ip=POD_IP, local_port=sc.port(), remote_ip=dns_ip, remote_port=53)
+    both = struct.pack("!H", len(qa)) + qa + struct.pack("!H", len(qaaaa)) + qaaaa
+    sc.ev(t, curl, "connect", "connect", 3, 0, addr_ip=dns_ip, addr_port=53, **c)
+    sc.ev(t + 100_000, curl, "send", "writev", 3, len(both), data=both, **c)
+    for i, answer in enumerate((aa, aaaaa)):
+        sc.ev(t + (2 + 2 * i) * 100_000, curl, "recv", "read", 3, 2, data=struct.pack("!H", len(answer)), **c)
+        sc.ev(t + (3 + 2 * i) * 100_000, curl, "recv", "read", 3, len(answer), data=answer, **c)
+    sc.ev(t + 1 * MS, curl, "close", "close", 3, 0, **c)
+    sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])  # input goes on
+    r = _run(sc)
+    dns = r.chains[0]["dns"]
+    assert (dns["rcode"], dns["answers"], dns["queries"]) == ("NOERROR", [vip], 4)
+    assert 0 < dns["latency_ns"] < 5 * MS and r.chains[0]["status"] == "ok"

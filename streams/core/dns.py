@@ -4,6 +4,11 @@
 bytes are not DNS. Over TCP a message carries a two-byte length prefix. When the
 captured prefix cuts the message, the header and question are still decoded
 (struct + dns.name) and `truncated` is set; answers are then unknown.
+
+`tcp_dns_messages(data, size)` splits one TCP syscall's payload into DNS messages the
+way resolvers really write and read them (glibc, seen live: one writev of the A and
+AAAA queries, each length-prefixed; then a read of the 2-byte length and a read of
+the bare message).
 """
 from __future__ import annotations
 
@@ -52,6 +57,25 @@ def _header_only(wire: bytes) -> DnsMessage | None:
 # message. A pure function's memo; bounded by clearing.
 _MEMO: dict[bytes, DnsMessage | None] = {}
 _MEMO_MAX = 4096
+
+
+def tcp_dns_messages(data: bytes | None, size: int) -> list[bytes]:
+    """The DNS messages in `data`, the captured prefix of a TCP send/recv of `size` bytes:
+    length-prefixed messages that tile the whole syscall exactly, or else one bare message
+    (its length was read by an earlier syscall; a bare message reads as prefixed only if its
+    id happens to equal its length). A 2-byte read (a length alone) holds none."""
+    if not data or size < 12:
+        return []
+    out, i, n = [], 0, len(data)
+    while i + 2 <= n and i < size:
+        length = (data[i] << 8) | data[i + 1]
+        if length < 12:
+            break
+        out.append(data[i + 2:i + 2 + length])
+        i += 2 + length
+    if i == size:
+        return [m for m in out if len(m) >= 12]
+    return [data] if n == size else []
 
 
 def parse_dns(data: bytes | None, tcp: bool = False) -> DnsMessage | None:

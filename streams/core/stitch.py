@@ -29,7 +29,7 @@ from operator import attrgetter, itemgetter
 from svctrace.schemas.models import SyscallEvent
 
 from . import rules as R
-from .dns import in_cluster_domain, parse_dns_with_id, service_of_name
+from .dns import in_cluster_domain, parse_dns_with_id, service_of_name, tcp_dns_messages
 from .http import REQUEST_PREFIXES, RESPONSE_PREFIX, parse_request, parse_response
 from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
 from .deadletter import dead_letter
@@ -349,9 +349,10 @@ class Stitcher:
         dns_port = self.dns_port
         if proto == "tcp":
             if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
-                kind = e.kind  # DNS over TCP (length-prefixed)
+                kind = e.kind  # DNS over TCP: length-prefixed, possibly several per syscall or split
                 if (kind == "send" or kind == "recv") and e.res > 0:
-                    self._apply_dns(st, d)
+                    for wire in tcp_dns_messages(e.data, e.res):
+                        self._apply_dns(st, d, wire)
                 return
         elif proto == "udp":
             # DNS on port 53; other UDP is not followed
@@ -650,10 +651,10 @@ class Stitcher:
 
     # DNS ---------------------------------------------------------------------------
 
-    def _apply_dns(self, st: dict, d: EnrichedEvent) -> None:
+    def _apply_dns(self, st: dict, d: EnrichedEvent, wire: bytes | None = None) -> None:
+        """One DNS message: the event's UDP payload, or `wire`, one message of its TCP payload."""
         e = d.ev
-        data = e.data
-        msg, qid = parse_dns_with_id(data, e.proto == "tcp")  # msg.id may be another message's: use qid
+        msg, qid = parse_dns_with_id(e.data if wire is None else wire)  # msg.id may be another message's: use qid
         if msg is None:
             return
         if e.local_port == self.dns_port:  # the server's side
