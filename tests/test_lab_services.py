@@ -9,7 +9,8 @@ resolver is the node's, answering an address that is no Service; stale rules sen
 pod its EndpointSlice no longer lists; nginx answering 503; a name that does not exist; a pod whose
 first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
 Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
-the userspace proxy. curl asks each one. From the syscalls alone the core must name each
+the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP). curl
+asks each one. From the syscalls alone the core must name each
 hop and raise each fault's alerts.
 """
 from __future__ import annotations
@@ -69,10 +70,13 @@ EXPECTED = {
     # masqueraded: the backend sees the node's address, not the client's (its accept is not linked,
     # see test_hairpin_is_translated_with_low_confidence)
     HAIRPIN: (0, "ok", "dnat", ..., 200, None, set()),
+    # the UDP answer was truncated: the resolver asked A and AAAA again over TCP (not a retry)
+    "my-nginx-tcp-dns": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
-           DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None)}
+           DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
+           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10)}
 
 
 def pick(case: str, chains: list, alerts: list) -> tuple[dict, set[str]]:
@@ -176,3 +180,13 @@ def assert_keepalive(case: str, chains: list) -> None:
     mode = "userspace_proxy" if "userspace" in case else "dnat"
     assert all(ch["status"] == "ok" and ch["translation"]["mode"] == mode and ch["backend"]["pod"] == "my-nginx-1"
                for ch in mine)
+
+
+def test_truncated_answer_is_asked_again_over_tcp(lab_capture):
+    events, _curls = lab_capture
+    chain, _ = chain_of("my-nginx-tcp-dns", events)
+    dns = chain["dns"]
+    assert (dns["rcode"], dns["answers"], dns["retries"]) == ("NOERROR", ["10.96.0.111"], 0)
+    assert dns["server"]["pod"] == "coredns"
+    tcp = [e for e in events if e.pid == chain["client"]["pid"] and e.proto == "tcp" and e.remote_port == 53]
+    assert {e.kind for e in tcp} >= {"connect", "send", "recv"}  # the answer came over TCP

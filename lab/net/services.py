@@ -22,7 +22,8 @@ my-nginx. The cases:
   again after its 5 s timeout);
 * the nginx pod requesting its own Service (hairpin: kube-proxy masquerades it, the backend sees
   the node's address);
-* three requests on one keep-alive connection, through DNAT and through the userspace proxy.
+* three requests on one keep-alive connection, through DNAT and through the userspace proxy;
+* a name whose UDP answer is truncated: the resolver asks again over TCP.
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -72,6 +73,7 @@ CASES = {
     "my-nginx-503": Case("10.96.0.108", "dnat", target_port=8082),  # nginx's server that answers 503
     "my-nginx-keepalive": Case("10.96.0.109", "dnat"),
     "my-nginx-userspace-keepalive": Case("10.96.0.110", "userspace"),
+    "my-nginx-tcp-dns": Case("10.96.0.111", "dnat"),  # its UDP answer is truncated: the resolver asks over TCP
 }
 KEEPALIVE_PATHS = ("/index.html", "/missing.html", "/index.html")  # one curl, one connection: 200, 404, 200
 KEEPALIVE = ("my-nginx-keepalive", "my-nginx-userspace-keepalive")
@@ -169,8 +171,9 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
     lab.node_address(HOST_RESOLVER)
     lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
+    lab.service(DNS_VIP, 53, "tcp", [(DNS_IP, 53)])
     dns = [sys.executable, "-m", "lab.net.dns_server"]
-    names = [f"{name}.{DOMAIN}={case.vip}" for name, case in CASES.items()]
+    names = [f"{'+' if name == 'my-nginx-tcp-dns' else ''}{name}.{DOMAIN}={case.vip}" for name, case in CASES.items()]
     servers.append(lab.start("coredns", [*dns, DNS_IP, *names], cwd=REPO, stdout=subprocess.PIPE, text=True))
     read_until(servers[-1], "ready")
     # the node's resolver answers my-nginx with an address that is no Service: the node's own
