@@ -2,7 +2,8 @@
 and resume to the same chains as an uninterrupted run.
 
 tests/core_states/stitch_dict_form.json holds the stitch stage's states of the scenario below,
-cut in the middle of a run, as the code at git 8810524 wrote them (every record a dict) with dumps_state
+cut in the middle of a run, as the code at git 8810524 wrote them (every record a dict) with dumps_state;
+stitch_list_form.json the same cuts as the code at d66efa0 wrote them (a conn's records as lists)
 (`python -m tests.test_core_stitch_state <file>` writes them with the code at hand)."""
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from svctrace.streams.core.stitch import CHAINS_TOPIC, Stitcher
 from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 DICT_FORM = Path(__file__).parent / "core_states" / "stitch_dict_form.json"
+LIST_FORM = Path(__file__).parent / "core_states" / "stitch_list_form.json"
 
 
 def _traffic():
@@ -132,14 +134,43 @@ def test_dict_form_states_resume_to_the_same_chains():
                     held[k] += len(conn[k])
                     assert all(isinstance(r, dict) for r in conn[k])
             held["lk"] += len(st["lk"])
-        before, states_now = _prefix(cluster, calls, int(cut))
-        assert sorted(states_now) == sorted(old_states)
-        for restore in (True, False):  # through restore (the worker), or handed over as they are
-            op = Stitcher(cluster.index())
-            states = {key: op.restore(loads_state(raw.encode())) if restore else loads_state(raw.encode())
-                      for key, raw in raw_states.items()}
-            assert before + _replay(op, calls[int(cut):], states) == whole, (cut, restore)
+        _assert_resumes(cluster, calls, whole, int(cut), raw_states)
     assert all(held.values()), held  # every kind of record was held by some cut
+
+
+def _assert_resumes(cluster, calls, whole, cut: int, raw_states: dict) -> None:
+    """States written at `cut` resume to the chains of the uninterrupted run."""
+    before, states_now = _prefix(cluster, calls, cut)
+    assert sorted(states_now) == sorted(raw_states)
+    for restore in (True, False):  # through restore (the worker), or handed over as they are
+        op = Stitcher(cluster.index())
+        states = {key: op.restore(loads_state(raw.encode())) if restore else loads_state(raw.encode())
+                  for key, raw in raw_states.items()}
+        assert before + _replay(op, calls[cut:], states) == whole, (cut, restore)
+
+
+def test_list_form_states_resume_to_the_same_chains():
+    """States as the code at d66efa0 wrote them (conns as dicts, their records as lists)."""
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    whole = _replay(Stitcher(cluster.index()), calls, {})
+    written = json.loads(LIST_FORM.read_text())
+    for cut, raw_states in written.items():
+        assert any(json.loads(raw)["conns"] for raw in raw_states.values())
+        _assert_resumes(cluster, calls, whole, int(cut), raw_states)
+
+
+def test_checkpoints_are_written_as_the_list_form_was():
+    """Conns are Conn objects now, written as the JSON objects they were: the same bytes as the
+    code at d66efa0 wrote at every cut (so a worker of that version reads them; no format bump)."""
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    written = json.loads(LIST_FORM.read_text())
+    for cut, raw_states in written.items():
+        _chains, states = _prefix(cluster, calls, int(cut))
+        assert {key: dumps_state(st).decode() for key, st in states.items()} == raw_states, cut
+
+
 
 
 def test_current_states_round_trip():

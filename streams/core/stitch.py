@@ -23,6 +23,7 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
 
@@ -90,6 +91,45 @@ class _ConnParts:
                  "svc_if_failed", "misrouted", "backend_desc")
 
 
+@dataclass(slots=True, eq=False)
+class Conn:
+    """One TCP connection as every side saw it (state["conns"][k]). A slotted record: its
+    fields are read and written on every event (cheaper than a dict's keys); orjson writes it
+    as the JSON object of these fields in this order, the form checkpoints always had, and
+    restore()/advance() turn such objects (and older forms) back into Conns."""
+
+    k: str  # the client endpoint "ip:port" (its key in state["conns"])
+    seq: int  # creation number: timers handle conns in this order
+    qd: int | None  # the deadline of its live timer entry (see _schedule)
+    t0: int  # first event time
+    t1: int  # last event time
+    a: list  # [node, n] of the event that anchors its chain ids (the client's connect)
+    cl: dict | None  # the client process and endpoint
+    cn: dict | None  # the client's connect (replaced, never mutated: _ConnParts)
+    ccl: int | None  # the client's close time
+    est: int  # 0: not known established, 1: the client sent data, 2: answered or accepted
+    creq: list  # the client's requests not yet emitted, C_* records
+    nreq: int  # requests the client sent (the next one's index)
+    sv: list  # acceptors (a userspace proxy, the backend), A_* records
+    px: list  # a userspace proxy's dials to the backend, D_* records
+    dns: dict | None  # the summary of the DNS lookup this connection claimed
+    svc: dict | None  # the Service it is a request to, and how we know ("via")
+    ev: list  # evidence: event refs of the connection itself (connect, accept, close, errors)
+    eof: int | None  # when the client read EOF
+    err: str | None  # the client's first send/recv error (errno name)
+    tx: int  # bytes the client sent
+    rx: int  # bytes the client received
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Conn":
+        """The JSON form (a checkpoint's) -> a Conn."""
+        return cls(d["k"], d["seq"], d["qd"], d["t0"], d["t1"], d["a"], d["cl"], d["cn"], d["ccl"], d["est"], d["creq"],
+                   d["nreq"], d["sv"], d["px"], d["dns"], d["svc"], d["ev"], d["eof"], d["err"], d["tx"], d["rx"])
+
+    def __getitem__(self, name: str):  # read access in the JSON form's terms (tests, tools): conn["creq"]
+        return getattr(self, name)
+
+
 class Stitcher:
     """The stitch operator. State: a JSON-able dict per bucket (see new_state)."""
 
@@ -118,12 +158,24 @@ class Stitcher:
                 "next": None, "late": 0, "dups": 0,
                 "nmax": {},  # node -> the highest n of its events seen: a late event below it is a redelivery
                 "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
-                "seq": 0,  # conns are numbered in creation order (conn["seq"]): timers handle them in that order
+                "seq": 0,  # conns are numbered in creation order (conn.seq): timers handle them in that order
                 # lookups: "lks" numbers the keys of "lk" in creation order, lk["ls"] each lookup;
                 # "lq" min-heap of [expiry, ls, lkey] (each lookup has an entry <= its expiry);
                 # "lke" keys whose (empty) list an unmatched answer created: dropped at the next pass
                 "lks": {}, "lq": [], "lke": [],
                 "dq": []}  # min-heap of [ts, key] of "dsrv" entries: expiry without scanning them all
+
+    @staticmethod
+    def _upgrade_older(state: dict) -> None:
+        """A state as read from JSON (a checkpoint: conns are JSON objects), or written by an
+        earlier version (no timer queue; no conn["qd"]; dict records): conns become Conns."""
+        if "tq" not in state:
+            Stitcher._upgrade(state)
+        conns = state["conns"]
+        if conns and next(iter(conns.values())).__class__ is dict:
+            if "qd" not in next(iter(conns.values())):
+                Stitcher._requeue(state)
+            state["conns"] = {k: Conn.from_dict(c) for k, c in conns.items()}
 
     @staticmethod
     def _upgrade(state: dict) -> None:
@@ -197,10 +249,7 @@ class Stitcher:
         state.update(durable)
         if "buf" not in durable:
             state["buf"] = []
-        if "tq" not in durable:
-            self._upgrade(state)
-        elif state["conns"] and "qd" not in next(iter(state["conns"].values())):
-            self._requeue(state)
+        self._upgrade_older(state)
         if "nmax" not in durable:
             state["nmax"] = None  # written before it was tracked: a late event may be a redelivery
         return state
@@ -293,10 +342,9 @@ class Stitcher:
         if watermark_ns <= state["wm"] and not final:
             return out
         state["wm"] = max(state["wm"], watermark_ns)
-        if "tq" not in state:
-            self._upgrade(state)
-        elif state["conns"] and "qd" not in next(iter(state["conns"].values())):
-            self._requeue(state)  # a state written before conn["qd"], not given to restore
+        conns = state["conns"]
+        if "tq" not in state or (conns and next(iter(conns.values())).__class__ is not Conn):
+            self._upgrade_older(state)  # a state read from JSON (or written earlier) not given to restore
         buf = state["buf"]
         if buf:
             buf.sort(key=_event_order)
@@ -387,10 +435,10 @@ class Stitcher:
             if conn is not None:
                 self._connect_result(conn, side, e)
             return
-        if conn is not None and side == "cl" and kind == "connect" and conn["cn"] is not None:
+        if conn is not None and side == "cl" and kind == "connect" and conn.cn is not None:
             # The client port is reused: the previous connection is over.
             self._finish(st, conn, out, final=False)
-            seq = conn["seq"]  # the new conn takes the old one's place in `conns` (and in timer order)
+            seq = conn.seq  # the new conn takes the old one's place in `conns` (and in timer order)
             conn = conns[key] = _new_conn(key, e, seq)
             self._schedule_new(st, conn)
         elif conn is None:
@@ -400,8 +448,8 @@ class Stitcher:
             st["seq"] = seq + 1
             conn = conns[key] = _new_conn(key, e, seq)
             self._schedule_new(st, conn)
-        if e.ts > conn["t1"]:
-            conn["t1"] = e.ts  # only delays the idle deadline: no rescheduling needed
+        if e.ts > conn.t1:
+            conn.t1 = e.ts  # only delays the idle deadline: no rescheduling needed
         if side == "cl":
             if self._cl(st, conn, d):
                 self._schedule(st, conn)  # a close or a response: a deadline moved earlier
@@ -411,7 +459,7 @@ class Stitcher:
             self._px(st, conn, d)
 
     @staticmethod
-    def _connect_result(conn: dict, side: str, e) -> None:
+    def _connect_result(conn: Conn, side: str, e) -> None:
         """getsockopt(SO_ERROR) after a non-blocking connect (EINPROGRESS): res -errno when it failed
         (refused, unreachable, timed out). Real clients learn a refusal only so: their connect()
         itself returned EINPROGRESS. A 0 says only that no error is pending (not that the connect
@@ -420,12 +468,12 @@ class Stitcher:
         if e.res >= 0:
             return
         if side == "cl":
-            cn = conn["cn"]
+            cn = conn.cn
             if cn is not None and cn["errno"] == "EINPROGRESS":
-                conn["cn"] = {**cn, "res": e.res, "errno": e.errno}  # replaced, never mutated (_ConnParts)
+                conn.cn = {**cn, "res": e.res, "errno": e.errno}  # replaced, never mutated (_ConnParts)
                 _evidence(conn, e, f"client connect {e.errno}")
         elif side == "px":
-            for me in conn["px"]:
+            for me in conn.px:
                 if me[D_FD] == e.fd and me[D_PID] == e.pid and me[D_NODE] == e.node:
                     if me[D_ERRNO] == "EINPROGRESS":
                         me[D_RES], me[D_ERRNO] = e.res, e.errno
@@ -433,34 +481,34 @@ class Stitcher:
                     break
 
     # The timer queue st["tq"] holds [deadline, conn key] entries; a conn's live entry is the one
-    # whose deadline is conn["qd"] (<= its actual deadline), any other entry of it is stale and
+    # whose deadline is conn.qd (<= its actual deadline), any other entry of it is stale and
     # is dropped when it comes up (no deadline computed). A deadline moving later (new events)
     # is found when the live entry comes up; one moving earlier (close, response) queues anew.
 
-    def _schedule(self, st: dict, conn: dict) -> None:
+    def _schedule(self, st: dict, conn: Conn) -> None:
         dl = self._conn_deadline(conn)
-        if dl < conn["qd"]:
-            conn["qd"] = dl
-            heappush(st["tq"], [dl, conn["k"]])
+        if dl < conn.qd:
+            conn.qd = dl
+            heappush(st["tq"], [dl, conn.k])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
-    def _schedule_new(self, st: dict, conn: dict) -> None:
+    def _schedule_new(self, st: dict, conn: Conn) -> None:
         """_schedule of a new conn (no request, no close): its idle deadline."""
-        dl = conn["qd"] = conn["t1"] + self.idle_ns
-        heappush(st["tq"], [dl, conn["k"]])
+        dl = conn.qd = conn.t1 + self.idle_ns
+        heappush(st["tq"], [dl, conn.k])
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
-    def _conn_deadline(self, conn: dict) -> int:
-        dl = conn["t1"] + self.idle_ns
+    def _conn_deadline(self, conn: Conn) -> int:
+        dl = conn.t1 + self.idle_ns
         settle_ns = self.settle_ns
-        ccl = conn["ccl"]
+        ccl = conn.ccl
         if ccl is not None and ccl + settle_ns < dl:
             dl = ccl + settle_ns
         # The oldest answered request not yet emitted: requests are answered oldest first and
         # emitted oldest first, so creq is [emitted..., answered..., unanswered...] in time order.
-        for r in conn["creq"]:
+        for r in conn.creq:
             rts = r[C_RTS]
             if rts is None:
                 break
@@ -472,56 +520,56 @@ class Stitcher:
 
     # client side ---------------------------------------------------------------
 
-    def _cl(self, st: dict, conn: dict, d: EnrichedEvent) -> bool:
+    def _cl(self, st: dict, conn: Conn, d: EnrichedEvent) -> bool:
         """Apply a client-side event; True when it moved a deadline earlier (close, response)."""
         e = d.ev
         kind, ts = e.kind, e.ts
-        if conn["cl"] is None:
-            conn["cl"] = {"node": e.node, "pid": e.pid, "comm": e.comm, "container_id": e.container_id,
+        if conn.cl is None:
+            conn.cl = {"node": e.node, "pid": e.pid, "comm": e.comm, "container_id": e.container_id,
                           "ip": e.local_ip if e.local_ip not in UNSPECIFIED_IPS else d.flow,
                           "port": e.local_port, "flow": d.flow}
-            conn["a"] = [e.node, e.n]
+            conn.a = [e.node, e.n]
         if kind == "connect":
-            conn["cn"] = {"ts": ts, "aip": e.addr_ip or e.remote_ip,
+            conn.cn = {"ts": ts, "aip": e.addr_ip or e.remote_ip,
                           "aport": e.addr_port or e.remote_port,
                           "rip": e.remote_ip, "rport": e.remote_port,
                           "res": e.res, "errno": e.errno}
-            conn["a"] = [e.node, e.n]
-            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
-                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
+            conn.a = [e.node, e.n]
+            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
             self._resolve_service(st, conn, d)
             if e.res == 0:
-                conn["est"] = max(conn["est"] or 0, 1)
+                conn.est = max(conn.est or 0, 1)
         elif kind == "send":
             if e.res > 0:
-                conn["est"] = conn["est"] or 1
-                conn["tx"] += e.res
+                conn.est = conn.est or 1
+                conn.tx += e.res
                 data = e.data
                 if data and data.startswith(REQUEST_PREFIXES):
                     req = parse_request(data)
                     if req is not None:
-                        conn["nreq"] += 1
-                        reqs = conn["creq"]
-                        reqs.append([conn["nreq"] - 1, ts, req.method, req.target, req.host, e.res, 0, None, None,
+                        conn.nreq += 1
+                        reqs = conn.creq
+                        reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, e.res, 0, None, None,
                                      [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}], False])  # C_*
                         if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
                             _trim_client(conn)
                         return
-                reqs = conn["creq"]
+                reqs = conn.creq
                 if reqs and reqs[-1][C_RTS] is None:
                     reqs[-1][C_TX] += e.res
             elif e.errno in FAILED_ERRNOS:
-                conn["err"] = conn["err"] or e.errno
+                conn.err = conn.err or e.errno
                 _evidence(conn, e, "client send error")
-            if conn["svc"] is None and conn["cn"] is None:
+            if conn.svc is None and conn.cn is None:
                 self._resolve_service(st, conn, d)
         elif kind == "recv":
             if e.res > 0:
-                conn["est"] = 2
-                conn["rx"] += e.res
+                conn.est = 2
+                conn.rx += e.res
                 data = e.data
                 cur = None  # the oldest request still waiting for its response
-                for r in reversed(conn["creq"]):  # (answered oldest first: the waiting ones trail)
+                for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
                     if r[C_RTS] is not None:
                         break
                     cur = r
@@ -531,26 +579,26 @@ class Stitcher:
                         cur[C_RTS], cur[C_ST], cur[C_RX] = ts, resp.status, e.res
                         cur[C_EV].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
                         return True
-                last = conn["creq"][-1] if conn["creq"] else None
+                last = conn.creq[-1] if conn.creq else None
                 if last is not None and last[C_RTS] is not None:
                     last[C_RX] += e.res
             elif e.res == 0:
-                conn["eof"] = conn["eof"] or ts
+                conn.eof = conn.eof or ts
                 _evidence(conn, e, "client got EOF")
             elif e.errno in FAILED_ERRNOS:
-                conn["err"] = conn["err"] or e.errno
+                conn.err = conn.err or e.errno
                 _evidence(conn, e, "client recv error")
         elif kind == "close":
-            conn["ccl"] = ts
-            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
-                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
+            conn.ccl = ts
+            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
             return True
         return False
 
-    def _resolve_service(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
+    def _resolve_service(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
         """Which Service this connection is a request to, and how we know."""
         e = d.ev
-        cn = conn["cn"] or {}
+        cn = conn.cn or {}
         aip = cn.get("aip") or e.remote_ip
         aport = cn.get("aport") or e.remote_port
         ts = e.ts
@@ -559,7 +607,7 @@ class Stitcher:
         hit = idx.service_by_ip(aip, aport, "TCP", ts) if aip else None
         if hit is not None:
             sv, sp = hit
-            conn["svc"] = _svc(sv, sp, aip, aport, "vip")
+            conn.svc = _svc(sv, sp, aip, aport, "vip")
             return
         if lookup is not None:
             answers = set(lookup["answers"])
@@ -567,14 +615,14 @@ class Stitcher:
                 if answers.intersection(sv.cluster_ips):
                     vip = next(ip for ip in sv.cluster_ips if ip in answers)
                     sp = _port_for_target(sv, aport)
-                    conn["svc"] = _svc(sv, sp, vip, sp.port if sp else None, "pod")
+                    conn.svc = _svc(sv, sp, vip, sp.port if sp else None, "pod")
                     return
         ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
             found = self._nodeport_service(aport, ts)
             if found is not None:
                 sv, sp = found
-                conn["svc"] = _svc(sv, sp, None, aport, "nodeport")
+                conn.svc = _svc(sv, sp, None, aport, "nodeport")
 
     def _nodeport_service(self, port: int, ts: int):
         bucket = ts // (10 * S)
@@ -590,24 +638,24 @@ class Stitcher:
 
     # acceptor side (proxy or backend) -------------------------------------------
 
-    def _sv(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
+    def _sv(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
         e = d.ev
         kind, ts = e.kind, e.ts
         node, pid, fd = e.node, e.pid, e.fd
-        for me in conn["sv"]:  # the acceptor this event is on (_side_of, inline)
+        for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
             if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
                 break
         else:
             lref = d.local_ref or {}
             me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
                   lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
-            acceptors = conn["sv"]
+            acceptors = conn.sv
             acceptors.append(me)
             if len(acceptors) > 4:
                 del acceptors[:-4]
-            conn["est"] = 2
-            if len(conn["ev"]) < MAX_EVIDENCE:  # _evidence, inline
-                conn["ev"].append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+            conn.est = 2
+            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
         if kind == "recv" and e.res > 0:
             data = e.data
             if data and data.startswith(REQUEST_PREFIXES):
@@ -631,18 +679,18 @@ class Stitcher:
 
     # a userspace proxy's outbound connection ------------------------------------
 
-    def _px(self, st: dict, conn: dict, d: EnrichedEvent) -> None:
+    def _px(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
         e = d.ev
         kind, ts = e.kind, e.ts
         node, pid, fd = e.node, e.pid, e.fd
-        for me in conn["px"]:  # the proxy dial this event is on (_side_of, inline)
+        for me in conn.px:  # the proxy dial this event is on (_side_of, inline)
             if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
                 break
         else:
             me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
                   e.local_ip, e.local_port, ts, None, None]  # the D_* fields
-            conn["px"].append(me)
-            del conn["px"][:-4]
+            conn.px.append(me)
+            del conn.px[:-4]
         if kind == "connect":
             me[D_RES], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
             _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
@@ -723,7 +771,7 @@ class Stitcher:
                 lk["res"] = ts
             return
 
-    def _claim_lookup(self, st: dict, conn: dict, d: EnrichedEvent, aip: str | None) -> dict | None:
+    def _claim_lookup(self, st: dict, conn: Conn, d: EnrichedEvent, aip: str | None) -> dict | None:
         e = d.ev
         if not aip:
             return None
@@ -741,8 +789,8 @@ class Stitcher:
                             for sv in self.index.services_for_endpoint(aip, None, ts))
             if match:
                 lk["claimed"] += 1
-                conn["dns"] = self._dns_summary(st, lk)
-                return conn["dns"]
+                conn.dns = self._dns_summary(st, lk)
+                return conn.dns
         return None
 
     def _dns_summary(self, st: dict, lk: dict) -> dict:
@@ -824,30 +872,30 @@ class Stitcher:
             while tq and tq[0][0] <= now:
                 qd, key = heappop(tq)
                 conn = conns.get(key)
-                if conn is None or conn["qd"] != qd or key in found:
+                if conn is None or conn.qd != qd or key in found:
                     continue  # a stale entry (or this conn's live one seen already)
                 dl = conn_deadline(conn)
                 if dl <= now:
-                    found[key] = conn["seq"]
+                    found[key] = conn.seq
                 else:
                     heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
-                    conn["qd"] = exact[key] = dl
+                    conn.qd = exact[key] = dl
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         for key in due:
             conn = conns[key]
-            if final or (conn["ccl"] is not None and now >= conn["ccl"] + settle_ns) or now >= conn["t1"] + idle_ns:
+            if final or (conn.ccl is not None and now >= conn.ccl + settle_ns) or now >= conn.t1 + idle_ns:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
-                cut = final and conn["ccl"] is None and now < conn["t1"] + idle_ns
+                cut = final and conn.ccl is None and now < conn.t1 + idle_ns
                 try:
                     self._finish(st, conn, out, final=cut)
                 except Exception as exc:  # a connection we cannot describe is reported, not fatal
-                    out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn["t1"]))
+                    out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn.t1))
                 del conns[key]
                 self._conn_parts.pop(key, None)
                 continue
             emitted = False
-            for r in conn["creq"]:  # answered oldest first: the settled ones lead (see _conn_deadline)
+            for r in conn.creq:  # answered oldest first: the settled ones lead (see _conn_deadline)
                 rts = r[C_RTS]
                 if rts is None or now < rts + settle_ns:
                     break
@@ -859,8 +907,8 @@ class Stitcher:
                         r[C_DONE] = True
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r[C_TS]))
             if emitted:  # emitted requests are not needed any more (keep-alive: 10s of them)
-                conn["creq"] = [r for r in conn["creq"] if not r[C_DONE]]
-            dl = conn["qd"] = exact[key] = self._conn_deadline(conn)
+                conn.creq = [r for r in conn.creq if not r[C_DONE]]
+            dl = conn.qd = exact[key] = self._conn_deadline(conn)
             heappush(tq, [dl, key])
         if not conns:
             tq.clear()
@@ -868,7 +916,7 @@ class Stitcher:
         while tq:
             dl, key = tq[0]
             conn = conns.get(key)
-            if conn is None or conn["qd"] != dl:
+            if conn is None or conn.qd != dl:
                 heappop(tq)  # stale
                 continue
             if exact.get(key) == dl:
@@ -877,7 +925,7 @@ class Stitcher:
             if actual == dl:
                 break
             heapreplace(tq, [actual, key])
-            conn["qd"] = actual
+            conn.qd = actual
         nxt = tq[0][0] if tq else None
         lq = st["lq"]
         if final or st["lke"] or (lq and lq[0][0] <= now):
@@ -970,20 +1018,20 @@ class Stitcher:
 
     # building chains -----------------------------------------------------------------
 
-    def _finish(self, st: dict, conn: dict, out: list, final: bool) -> None:
-        if conn["cl"] is None:
+    def _finish(self, st: dict, conn: Conn, out: list, final: bool) -> None:
+        if conn.cl is None:
             return  # only the accepting side was seen: not a request we can attribute
-        if conn["svc"] is None and conn["dns"] is None:
+        if conn.svc is None and conn.dns is None:
             return  # not a Service request (and not a name lookup's target)
-        pending = [r for r in conn["creq"] if not r[C_DONE]]
-        if conn["nreq"] == 0:
+        pending = [r for r in conn.creq if not r[C_DONE]]
+        if conn.nreq == 0:
             self._emit(st, conn, None, out, final)
         for r in pending:
             self._emit_request(st, conn, r, out, final)
 
-    def _emit_request(self, st: dict, conn: dict, req: dict, out: list, final: bool) -> None:
+    def _emit_request(self, st: dict, conn: Conn, req: dict, out: list, final: bool) -> None:
         req[C_DONE] = True
-        if conn["cl"] is None or (conn["svc"] is None and conn["dns"] is None):
+        if conn.cl is None or (conn.svc is None and conn.dns is None):
             return
         self._emit(st, conn, req, out, final)
 
@@ -1016,17 +1064,17 @@ class Stitcher:
                 "container_id": container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
                 "pid": pid, "comm": comm}, pod
 
-    def _parts(self, conn: dict) -> _ConnParts:
+    def _parts(self, conn: Conn) -> _ConnParts:
         """The request-independent parts of a connection's records, reused while what they
         derive from is unchanged (keep-alive: built once for all of its requests)."""
-        cl, cn, svc, dnsx, sv, pxs = conn["cl"], conn["cn"], conn["svc"], conn["dns"], conn["sv"], conn["px"]
-        est = bool(conn["est"])
+        cl, cn, svc, dnsx, sv, pxs = conn.cl, conn.cn, conn.svc, conn.dns, conn.sv, conn.px
+        est = bool(conn.est)
         # acceptors and dials are only appended (then the oldest trimmed): the same count and
         # the same last one are the same list
         sv_last = sv[-1] if sv else None
         px = pxs[-1] if pxs else None
         px_at = (px[D_TS], px[D_ERRNO]) if px is not None else None
-        p = self._conn_parts.get(conn["k"])
+        p = self._conn_parts.get(conn.k)
         if (p is not None and p.cl is cl and p.cn is cn and p.svc is svc and p.dns is dnsx and p.est is est
                 and p.sv_last is sv_last and p.px is px and p.px_at == px_at and p.nsv == len(sv)
                 and p.npx == len(pxs)):
@@ -1035,7 +1083,7 @@ class Stitcher:
         p.cl, p.cn, p.svc, p.dns, p.est, p.sv_last, p.px, p.px_at = cl, cn, svc, dnsx, est, sv_last, px, px_at
         p.nsv, p.npx = len(sv), len(pxs)
         idx = self.index
-        p.t_conn = t_conn = cn["ts"] if cn else conn["t0"]
+        p.t_conn = t_conn = cn["ts"] if cn else conn.t0
         p.client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn,
                                                   cl["container_id"])  # one per connection: not memoized
         p.client_pod = client_pod
@@ -1138,13 +1186,13 @@ class Stitcher:
                 elif mode in (None, "none"):
                     p.svc_if_failed = ("svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
-                pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn["t0"])
+                pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn.t0)
                 p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
         p.backend_desc = None
         conn_parts = self._conn_parts
         if len(conn_parts) >= _PARTS_MAX:
             conn_parts.clear()
-        conn_parts[conn["k"]] = p
+        conn_parts[conn.k] = p
         return p
 
     @staticmethod
@@ -1159,27 +1207,27 @@ class Stitcher:
             nodes = nodes | {p.backend["node"]}
         return nodes
 
-    def _backend_desc(self, p: _ConnParts, conn: dict) -> str:
+    def _backend_desc(self, p: _ConnParts, conn: Conn) -> str:
         """How a Service alert names the backend (built only when one fires)."""
         if p.backend_desc is None:
             b_ip, b_port = p.b_ip, p.b_port
             desc = endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)"
             if b_ip:
-                pod = self.index.pod_by_ip(b_ip, (p.cn or {}).get("ts") or conn["t0"])
+                pod = self.index.pod_by_ip(b_ip, (p.cn or {}).get("ts") or conn.t0)
                 if pod is not None:
                     desc = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
             p.backend_desc = desc
         return p.backend_desc
 
-    def _emit(self, st: dict, conn: dict, req: dict | None, out: list, final: bool) -> None:
+    def _emit(self, st: dict, conn: Conn, req: dict | None, out: list, final: bool) -> None:
         p = self._parts(conn)
         cn, svc, dnsx = p.cn, p.svc, p.dns
         i = req[C_I] if req is not None else 0
-        a = conn["a"]
-        cid = chain_id(a[0], a[1], conn["k"], i)
+        a = conn.a
+        cid = chain_id(a[0], a[1], conn.k, i)
         t_conn = p.t_conn
         evidence = list(dnsx["refs"]) if dnsx else []
-        evidence += conn["ev"]
+        evidence += conn.ev
         hops = list(p.hops)  # dns, proxy, connect: then this request's
 
         # response
@@ -1209,13 +1257,13 @@ class Stitcher:
                 if sts is not None:
                     hops.append({"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
                                  "latency_ns": sts - backend_req[R_TS]})
-        elif conn["tx"] or conn["rx"]:
+        elif conn.tx or conn.rx:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                        "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": None}
-        outcome = _outcome(conn, req, idle_closed=not final and conn["ccl"] is None)
+                        "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
+        outcome = _outcome(conn, req, idle_closed=not final and conn.ccl is None)
         if req is not None and req[C_RTS] is None and outcome == "pending" and not final:
             # the client stopped waiting (close) or the idle timeout ran out: how long it waited
-            waited_until = conn["ccl"] if conn["ccl"] is not None else conn["t1"] + self.idle_ns
+            waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
             hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": waited_until,
                          "latency_ns": waited_until - req[C_TS]})
@@ -1225,11 +1273,11 @@ class Stitcher:
                 response["error"] = outcome
             else:
                 response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                            "bytes_sent": conn["tx"], "bytes_received": conn["rx"], "error": outcome}
+                            "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": outcome}
 
         # time span
         start_ts = end_ts = t_conn
-        last = conn["t1"] if req is None else (req[C_RTS] or req[C_TS])
+        last = conn.t1 if req is None else (req[C_RTS] or req[C_TS])
         if last < start_ts:
             start_ts = last
         elif last > end_ts:
@@ -1427,22 +1475,21 @@ _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, nod
 _event_ts = attrgetter("ev.ts")
 
 
-def _new_conn(key: str, e: SyscallEvent, seq: int) -> dict:
-    return {"k": key, "seq": seq, "qd": None, "t0": e.ts, "t1": e.ts, "a": [e.node, e.n], "cl": None, "cn": None, "ccl": None,
-            "est": 0, "creq": [], "nreq": 0, "sv": [], "px": [], "dns": None, "svc": None, "ev": [],
-            "eof": None, "err": None, "tx": 0, "rx": 0}
+def _new_conn(key: str, e: SyscallEvent, seq: int) -> Conn:
+    return Conn(key, seq, None, e.ts, e.ts, [e.node, e.n], None, None, None, 0, [], 0, [], [], None, None, [], None, None,
+                0, 0)
 
 
-def _evidence(conn: dict, e: SyscallEvent, what: str) -> None:
+def _evidence(conn: Conn, e: SyscallEvent, what: str) -> None:
     # an event ref; built inline wherever one is made (no call per ref): keys in this order
-    if len(conn["ev"]) < MAX_EVIDENCE:
-        conn["ev"].append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
+    if len(conn.ev) < MAX_EVIDENCE:
+        conn.ev.append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
 
 
-def _trim_client(conn: dict) -> None:
+def _trim_client(conn: Conn) -> None:
     """Emitted requests are dropped; pending ones only past the bound (then never emitted:
     a connection pipelining that many unanswered requests is not followed further)."""
-    reqs = conn["creq"]
+    reqs = conn.creq
     if len(reqs) > 1 and reqs[0][C_DONE]:
         reqs[:] = [r for r in reqs if not r[C_DONE]]
     if len(reqs) > MAX_REQS_KEPT:
@@ -1472,20 +1519,20 @@ def _port_for_target(sv, port):
     return sv.ports[0] if len(sv.ports) == 1 else None
 
 
-def _outcome(conn: dict, req: dict | None, idle_closed: bool = False) -> str:
-    cn = conn["cn"] or {}
+def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
+    cn = conn.cn or {}
     errno = cn.get("errno")
     if cn and cn.get("res", 0) < 0 and errno in FAILED_ERRNOS:
         return FAILED_ERRNOS[errno]
     if req is not None and req[C_ST] is not None:
         return "ok"
-    if conn["err"] in FAILED_ERRNOS:
-        return FAILED_ERRNOS[conn["err"]]
-    if req is None and conn["rx"] > 0:
+    if conn.err in FAILED_ERRNOS:
+        return FAILED_ERRNOS[conn.err]
+    if req is None and conn.rx > 0:
         return "ok"
-    if conn["eof"] is not None:
-        return "empty reply" if conn["rx"] == 0 or req is not None else "ok"
-    if conn["est"] == 0 and (conn["ccl"] is not None or idle_closed):
+    if conn.eof is not None:
+        return "empty reply" if conn.rx == 0 or req is not None else "ok"
+    if conn.est == 0 and (conn.ccl is not None or idle_closed):
         return "connection timed out"  # never established: closed, or silent for the idle timeout
     return "pending"
 
