@@ -9,8 +9,8 @@ resolver is the node's, answering an address that is no Service; stale rules sen
 pod its EndpointSlice no longer lists; nginx answering 503; a name that does not exist; a pod whose
 first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
 Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
-the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP). curl
-asks each one. From the syscalls alone the core must name each
+the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP); a Go client (Go's own
+resolver and net/http, no glibc). curl asks each one. From the syscalls alone the core must name each
 hop and raise each fault's alerts.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
+from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, GO_CLIENT, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
     KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
@@ -72,11 +72,13 @@ EXPECTED = {
     HAIRPIN: (0, "ok", "dnat", ..., 200, None, set()),
     # the UDP answer was truncated: the resolver asked A and AAAA again over TCP (not a retry)
     "my-nginx-tcp-dns": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # Go's resolver: A and AAAA on two sockets at once (not a retry), non-blocking reads (EAGAIN first)
+    GO_CLIENT: (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
-           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10)}
+           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8)}
 
 
 def pick(case: str, chains: list, alerts: list) -> tuple[dict, set[str]]:

@@ -23,7 +23,8 @@ my-nginx. The cases:
 * the nginx pod requesting its own Service (hairpin: kube-proxy masquerades it, the backend sees
   the node's address);
 * three requests on one keep-alive connection, through DNAT and through the userspace proxy;
-* a name whose UDP answer is truncated: the resolver asks again over TCP.
+* a name whose UDP answer is truncated: the resolver asks again over TCP;
+* a Go client (goclient/: net/http and Go's own resolver, no glibc) requesting my-nginx.
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -36,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .goclient import build as build_goclient
 from .netlab import NetLab
 from .socklb import SocketLB, remove_cgroup
 
@@ -43,6 +45,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 NODE, NODE_IP = "lab-node", "10.244.0.1"
 CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
 NEW_NGINX_IP, RETRY_CLIENT_IP = "10.244.0.6", "10.244.0.7"  # the pod a stale rule misses; a client whose DNS drops
+GO_CLIENT_IP = "10.244.0.8"
 DNS_VIP = "10.96.0.10"
 HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
 NGINX = {"run": "my-nginx"}
@@ -81,12 +84,14 @@ HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the no
 NO_SUCH_NAME = "my-nginxx"  # the client asks for a Service that does not exist
 DNS_RETRY = "my-nginx-after-dns-retry"  # the retry client's first DNS query is dropped
 HAIRPIN = "my-nginx-hairpin"  # the nginx pod requests my-nginx's ClusterIP (no DNS)
+GO_CLIENT = "my-nginx-from-go"  # the Go client requests my-nginx
 PODS = (  # namespace, name, ip, labels, container, port
     ("default", "client", CLIENT_IP, {"run": "client"}, "curl", None),
     ("default", "other-client", OTHER_CLIENT_IP, {"run": "client"}, "curl", None),
     ("default", "my-nginx-1", NGINX_IP, NGINX, "nginx", 80),
     ("default", "my-nginx-2", NEW_NGINX_IP, {"run": "my-nginx-v2"}, "nginx", 80),  # in the state only
     ("default", "retry-client", RETRY_CLIENT_IP, {"run": "client"}, "curl", None),
+    ("default", "go-client", GO_CLIENT_IP, {"run": "go-client"}, "app", None),
     ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, "coredns", 53),
 )
 
@@ -166,6 +171,7 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
     lab.pod("other-client", OTHER_CLIENT_IP, resolver=HOST_RESOLVER)
     lab.pod("retry-client", RETRY_CLIENT_IP, resolver=DNS_VIP)
+    lab.pod("go-client", GO_CLIENT_IP, resolver=DNS_VIP)
     lab.pod("my-nginx-1", NGINX_IP)
     lab.pod("coredns", DNS_IP)
     lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
@@ -201,13 +207,14 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
 
 
 def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2,
-         paths: tuple[str, ...] = ("/index.html",)) -> tuple[int, int, bytes]:
+         paths: tuple[str, ...] = ("/index.html",), client: list[str] | None = None) -> tuple[int, int, bytes]:
     """curl http://NAME.default.svc.cluster.local:8080/PATH in `pod` (and `cgroup`); NAME may be an
     IP; several paths go on one keep-alive connection: (pid, exit status, body). The connect
-    timeout includes name resolution."""
+    timeout includes name resolution. `client`: another program taking the URLs instead of curl."""
     host = name if name[0].isdigit() else f"{name}.{DOMAIN}"
-    argv = lab.argv(pod, ["curl", "-s", "--connect-timeout", str(connect_timeout),
-                          *(f"http://{host}:8080{path}" for path in paths)])
+    urls = [f"http://{host}:8080{path}" for path in paths]
+    argv = lab.argv(pod, [*client, *urls] if client else
+                    ["curl", "-s", "--connect-timeout", str(connect_timeout), *urls])
     if cgroup is not None:  # join the cgroup first: `ip netns exec` remounts /sys
         argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -222,6 +229,7 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
     from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
     from svctrace.agents.ebpf.records import Normalizer
 
+    goclient = build_goclient()  # before the capture starts: the build's syscalls are not the lab's
     www = workdir / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "index.html").write_bytes(b"hello from the lab\n")
@@ -244,6 +252,7 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
             curls[NO_SUCH_NAME] = curl(lab, "client", NO_SUCH_NAME)
             curls[DNS_RETRY] = curl(lab, "retry-client", "my-nginx", connect_timeout=15)  # glibc waits 5 s
             curls[HAIRPIN] = curl(lab, "my-nginx-1", CASES["my-nginx"].vip)
+            curls[GO_CLIENT] = curl(lab, "go-client", "my-nginx", client=[str(goclient)])
             lab_ns = lab.netns_ids()
             # each curl's last syscall on its connection is its close (the one that resolved nothing
             # had no connection: its resolver socket's): then the capture has it all
