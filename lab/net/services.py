@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,14 +223,34 @@ def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_t
     return proc.pid, proc.returncode, out
 
 
-def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
-    """Build the lab, capture while the clients curl every case: (the SyscallEvents of the lab's
-    namespaces, {case: (curl pid, exit status, body)})."""
+def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
+    """case -> (the pod that asks, the name it asks for, curl()'s options): every request of the lab,
+    in the order made."""
+    socklb = CASES["my-nginx-socklb"]
+    out = {name: ("client", name, {"paths": KEEPALIVE_PATHS if name in KEEPALIVE else ("/index.html",),
+                                   "socklb": case is socklb})
+           for name, case in CASES.items()}
+    out[HOST_RESOLVED] = ("other-client", "my-nginx", {})
+    out[NO_SUCH_NAME] = ("client", NO_SUCH_NAME, {})
+    out[DNS_RETRY] = ("retry-client", "my-nginx", {"connect_timeout": 15})  # glibc waits 5 s
+    out[HAIRPIN] = ("my-nginx-1", CASES["my-nginx"].vip, {})
+    out[GO_CLIENT] = ("go-client", "my-nginx", {"client": [str(goclient)]})
+    return out
+
+
+def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
+           ring_bytes: int = 16 << 20, drain: bool = True) -> tuple[list, dict]:
+    """Build the lab, capture while the clients request every case (or `cases`): (the SyscallEvents
+    of the lab's namespaces and a loss marker if the kernel dropped any, as the agent adds one,
+    {case: (curl pid, exit status, body)}). The ring is drained while the clients run (the capture
+    sees the whole host); `drain=False` leaves it until they are done (with a small ring: losses)."""
     from svctrace.agents.ebpf.containers import ContainerIds
     from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
     from svctrace.agents.ebpf.records import Normalizer
 
     goclient = build_goclient()  # before the capture starts: the build's syscalls are not the lab's
+    todo = requests(goclient)
+    todo = {case: todo[case] for case in (cases or todo)}
     www = workdir / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "index.html").write_bytes(b"hello from the lab\n")
@@ -237,22 +258,26 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
     if not CGROUP_ROOT.is_dir():
         raise RuntimeError(f"lab: the socket-LB case needs a cgroup v2 hierarchy at {CGROUP_ROOT}")
     cgroup.mkdir()
-    cap = EbpfCapture(CaptureConfig())
+    cap = EbpfCapture(CaptureConfig(ring_bytes=ring_bytes))
     norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
     seen: list = []
     servers: list[subprocess.Popen] = []
     socklb = CASES["my-nginx-socklb"]
     try:
-        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
+        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)), \
+                ThreadPoolExecutor(1) as pool:
             build(lab, www, servers)
-            curls = {name: curl(lab, "client", name, cgroup if case is socklb else None,
-                                paths=KEEPALIVE_PATHS if name in KEEPALIVE else ("/index.html",))
-                     for name, case in CASES.items()}
-            curls[HOST_RESOLVED] = curl(lab, "other-client", "my-nginx")
-            curls[NO_SUCH_NAME] = curl(lab, "client", NO_SUCH_NAME)
-            curls[DNS_RETRY] = curl(lab, "retry-client", "my-nginx", connect_timeout=15)  # glibc waits 5 s
-            curls[HAIRPIN] = curl(lab, "my-nginx-1", CASES["my-nginx"].vip)
-            curls[GO_CLIENT] = curl(lab, "go-client", "my-nginx", client=[str(goclient)])
+
+            def ask_all() -> dict:
+                return {case: curl(lab, pod, name, cgroup if opts.get("socklb") else None,
+                                   **{k: v for k, v in opts.items() if k != "socklb"})
+                        for case, (pod, name, opts) in todo.items()}
+
+            asking = pool.submit(ask_all)
+            while drain and not asking.done():
+                cap.ring.wait(0.05)
+                cap.ring.drain(norm.decode, seen)
+            curls = asking.result()
             lab_ns = lab.netns_ids()
             # each curl's last syscall on its connection is its close (the one that resolved nothing
             # had no connection: its resolver socket's): then the capture has it all
@@ -261,9 +286,12 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
             while not all(any(e.pid == pid and e.kind == "close" and e.proto == proto for e in seen)
                           for pid, proto in last.items()):
                 if time.monotonic() > deadline:
+                    if cap.drops()[0]:
+                        break  # lost in the kernel: the loss marker below says so
                     raise RuntimeError(f"lab: the capture never showed every curl's close ({len(seen)} events)")
                 cap.ring.wait(0.05)
                 cap.ring.drain(norm.decode, seen)
+            drops = cap.drops()[0]
             for s in servers:
                 s.kill()
                 s.wait(10)
@@ -274,4 +302,7 @@ def record(workdir: Path, timeout: float = 30.0) -> tuple[list, dict]:
             s.wait(10)
         cap.close()
         remove_cgroup(cgroup)
-    return [e for e in seen if e.netns in lab_ns], curls
+    events = [e for e in seen if e.netns in lab_ns]
+    if drops:
+        events.append(norm.lost(drops, time.time_ns()))  # what `svctrace agent` publishes after a drain
+    return events, curls
