@@ -2,6 +2,8 @@
 by curl in a pod and captured live with eBPF (root).
 
     events, curls = record(workdir)   # SyscallEvents of the lab's namespaces, curl results by case
+    with running(workdir) as lab:     # or: the lab serving, for another capture
+        curls = lab.ask(["my-nginx"])
 
 One node (netlab.NetLab), no route out. A DNS pod serves the cluster domain behind the kube-dns
 ClusterIP (dns_server.py); pods resolve with kubelet's search list and ndots:5. nginx serves
@@ -35,8 +37,10 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .goclient import build as build_goclient
 from .netlab import NetLab
@@ -238,19 +242,27 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     return out
 
 
-def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
-           ring_bytes: int = 16 << 20, drain: bool = True) -> tuple[list, dict]:
-    """Build the lab, capture while the clients request every case (or `cases`): (the SyscallEvents
-    of the lab's namespaces and a loss marker if the kernel dropped any, as the agent adds one,
-    {case: (curl pid, exit status, body)}). The ring is drained while the clients run (the capture
-    sees the whole host); `drain=False` leaves it until they are done (with a small ring: losses)."""
-    from svctrace.agents.ebpf.containers import ContainerIds
-    from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
-    from svctrace.agents.ebpf.records import Normalizer
+class Running:
+    """The lab built and serving: `ask(cases)` makes the cases' requests, in order."""
 
-    goclient = build_goclient()  # before the capture starts: the build's syscalls are not the lab's
-    todo = requests(goclient)
-    todo = {case: todo[case] for case in (cases or todo)}
+    def __init__(self, lab: NetLab, cgroup: Path, todo: dict) -> None:
+        self.lab, self.cgroup, self.todo = lab, cgroup, todo
+
+    def ask(self, cases: list[str] | None = None) -> dict:
+        """{case: (client pid, exit status, body)}."""
+        return {case: curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
+                           **{k: v for k, v in opts.items() if k != "socklb"})
+                for case in (cases or self.todo) for pod, name, opts in [self.todo[case]]}
+
+    def netns_ids(self) -> set[int]:
+        return self.lab.netns_ids()
+
+
+@contextmanager
+def running(workdir: Path) -> Iterator[Running]:
+    """Build the lab (namespaces, rules, servers, the socket-LB client's cgroup); tear it all down
+    on exit."""
+    goclient = build_goclient()
     www = workdir / "www"
     www.mkdir(parents=True, exist_ok=True)
     (www / "index.html").write_bytes(b"hello from the lab\n")
@@ -258,40 +270,12 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
     if not CGROUP_ROOT.is_dir():
         raise RuntimeError(f"lab: the socket-LB case needs a cgroup v2 hierarchy at {CGROUP_ROOT}")
     cgroup.mkdir()
-    cap = EbpfCapture(CaptureConfig(ring_bytes=ring_bytes))
-    norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
-    seen: list = []
     servers: list[subprocess.Popen] = []
     socklb = CASES["my-nginx-socklb"]
     try:
-        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)), \
-                ThreadPoolExecutor(1) as pool:
+        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
             build(lab, www, servers)
-
-            def ask_all() -> dict:
-                return {case: curl(lab, pod, name, cgroup if opts.get("socklb") else None,
-                                   **{k: v for k, v in opts.items() if k != "socklb"})
-                        for case, (pod, name, opts) in todo.items()}
-
-            asking = pool.submit(ask_all)
-            while drain and not asking.done():
-                cap.ring.wait(0.05)
-                cap.ring.drain(norm.decode, seen)
-            curls = asking.result()
-            lab_ns = lab.netns_ids()
-            # each curl's last syscall on its connection is its close (the one that resolved nothing
-            # had no connection: its resolver socket's): then the capture has it all
-            last = {pid: "udp" if name == NO_SUCH_NAME else "tcp" for name, (pid, _rc, _out) in curls.items()}
-            deadline = time.monotonic() + timeout
-            while not all(any(e.pid == pid and e.kind == "close" and e.proto == proto for e in seen)
-                          for pid, proto in last.items()):
-                if time.monotonic() > deadline:
-                    if cap.drops()[0]:
-                        break  # lost in the kernel: the loss marker below says so
-                    raise RuntimeError(f"lab: the capture never showed every curl's close ({len(seen)} events)")
-                cap.ring.wait(0.05)
-                cap.ring.drain(norm.decode, seen)
-            drops = cap.drops()[0]
+            yield Running(lab, cgroup, requests(goclient))
             for s in servers:
                 s.kill()
                 s.wait(10)
@@ -300,8 +284,48 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
         for s in servers:
             s.kill()
             s.wait(10)
-        cap.close()
         remove_cgroup(cgroup)
+
+
+def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
+           ring_bytes: int = 16 << 20, drain: bool = True) -> tuple[list, dict]:
+    """Build the lab, capture while the clients request every case (or `cases`): (the SyscallEvents
+    of the lab's namespaces and a loss marker if the kernel dropped any, as the agent adds one,
+    {case: (client pid, exit status, body)}). The ring is drained while the clients run (the capture
+    sees the whole host); `drain=False` leaves it until they are done (with a small ring: losses)."""
+    from svctrace.agents.ebpf.containers import ContainerIds
+    from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
+    from svctrace.agents.ebpf.records import Normalizer
+
+    seen: list = []
+    build_goclient()  # before the capture starts: the build's syscalls are not the lab's
+    # capturing before the servers start: a server already blocked in recvfrom/accept when a
+    # capture starts shows no first request (the syscall's entry was never seen)
+    cap = EbpfCapture(CaptureConfig(ring_bytes=ring_bytes))
+    try:
+        norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
+        with running(workdir) as lab, ThreadPoolExecutor(1) as pool:
+            asking = pool.submit(lab.ask, cases)
+            while drain and not asking.done():
+                cap.ring.wait(0.05)
+                cap.ring.drain(norm.decode, seen)
+            curls = asking.result()
+            # each client's last syscall on its connection is its close (the one that resolved
+            # nothing had no connection: its resolver socket's): then the capture has it all
+            last = {pid: "udp" if name == NO_SUCH_NAME else "tcp" for name, (pid, _rc, _out) in curls.items()}
+            deadline = time.monotonic() + timeout
+            while not all(any(e.pid == pid and e.kind == "close" and e.proto == proto for e in seen)
+                          for pid, proto in last.items()):
+                if time.monotonic() > deadline:
+                    if cap.drops()[0]:
+                        break  # lost in the kernel: the loss marker below says so
+                    raise RuntimeError(f"lab: the capture never showed every client's close ({len(seen)} events)")
+                cap.ring.wait(0.05)
+                cap.ring.drain(norm.decode, seen)
+            drops = cap.drops()[0]
+            lab_ns = lab.netns_ids()
+    finally:
+        cap.close()
     events = [e for e in seen if e.netns in lab_ns]
     if drops:
         events.append(norm.lost(drops, time.time_ns()))  # what `svctrace agent` publishes after a drain
