@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("svctrace.agents.agent.command", "node agent: capture syscalls (eBPF or a .scap replay), redact, publish batches to Kafka"),
     "read": ("svctrace.agents.scap.cli", "print the network events of a .scap capture, one per line (like sysdig -r)"),
     "capture": ("svctrace.agents.agent.capture", "record a live eBPF capture to a .scap file (-w FILE.scap), readable by sysdig"),
+    "watch": ("svctrace.watch", "this node's Service requests live (eBPF, in-process, no broker): chains and alerts as they happen"),
     "worker": ("svctrace.streams.faust_app.command", "stream processors on Kafka (Faust): enrich -> stitch -> chains and alerts"),
 }
 

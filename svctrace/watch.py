@@ -1,0 +1,163 @@
+"""`svctrace watch`: this node's Service requests, live — `svctrace analyze` on the running kernel.
+
+Captures network syscalls with the agent's eBPF program (root), redacts payloads as the agent
+does, and runs the same operator graph in-process (`streams.core.runner.Runner`): no broker, no
+worker. Each chain is printed once it is settled, each alert when it first fires. Event time
+comes from the syscalls; while nothing happens the wall clock moves the watermark, so a request
+is shown about a second after it ended (the runner's lateness and settle time). Kernel ring drops
+become loss markers: the chains they may have touched are "incomplete", never "broken".
+
+Ctrl-C (or --duration) ends the capture; open chains are then printed as incomplete.
+Exit status: 0 no alerts, 1 alerts, 2 error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+
+PROG = "svctrace watch"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", metavar="STATE",
+                        help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
+                             "(a List, JSON or YAML); without it, lookups and connections are shown by address")
+    parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: at Ctrl-C)")
+    parser.add_argument("--snaplen", type=int, default=256, help="payload bytes captured per event (0..4096)")
+    parser.add_argument("--ring-mb", type=int, default=16, help="kernel ring buffer size (MiB, a power of two)")
+    parser.add_argument("--node", help="node name (default: $NODE_NAME, else the hostname)")
+    parser.add_argument("--btf", default="/sys/kernel/btf/vmlinux")
+    parser.add_argument("--bpf-object", help="prebuilt BPF object (default: build into the cache)")
+    color = parser.add_mutually_exclusive_group()
+    color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
+    color.add_argument("--no-color", dest="color", action="store_const", const=False, help="plain text even on a terminal")
+
+
+class Printer:
+    """Chains and alerts as the runner produces them, each once."""
+
+    def __init__(self, out, as_json: bool, color: bool | None) -> None:
+        from svctrace.analyze import render
+
+        self.out, self.as_json, self.render = out, as_json, render
+        self.console = None if as_json else render.make_console(out, color)
+        self.rules: dict[str, str] = {}  # alert id -> rule, for the chains' alert names
+        self.alerts = 0
+
+    def take(self, runner) -> None:
+        new_alerts = [a for aid, a in runner.alerts.items() if aid not in self.rules]
+        for a in new_alerts:
+            self.rules[a["alert_id"]] = a["rule"]
+        for chain in runner.chains:
+            self._chain(chain)
+        runner.chains.clear()  # printed: a long watch keeps no chain
+        for a in new_alerts:
+            self._alert(a)
+        for d in runner.deadletters:
+            print(f"{PROG}: dead letter: {d.get('reason')}: {d.get('error')}", file=sys.stderr)
+        runner.deadletters.clear()
+
+    def _chain(self, chain: dict) -> None:
+        if self.as_json:
+            self._json("chain", chain)
+            return
+        self.console.print()
+        self.console.print(self.render.chain_title(chain))
+        for line in self.render.chain_lines(chain, self.rules):
+            self.console.print(line)
+
+    def _alert(self, alert: dict) -> None:
+        self.alerts += 1
+        if self.as_json:
+            self._json("alert", alert)
+            return
+        self.console.print()
+        for line in self.render.alert_lines(alert):
+            self.console.print(line)
+
+    def _json(self, name: str, doc: dict) -> None:
+        import orjson
+
+        from svctrace.analyze.command import record_problem
+
+        problem = record_problem(name, doc)
+        if problem is not None:
+            raise RuntimeError(f"internal: the pipeline produced an invalid {name} record: {problem}")
+        self.out.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+        self.out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from svctrace.agents.ebpf.containers import ContainerIds
+    from svctrace.agents.ebpf.loader import CaptureConfig, CaptureError, EbpfCapture, boot_to_epoch_ns
+    from svctrace.agents.ebpf.records import Normalizer
+    from svctrace.agents.redact import redact
+    from svctrace.analyze.errors import AnalyzeError
+    from svctrace.analyze.pipeline import load_cluster_file
+    from svctrace.streams.core.runner import Runner, fewer_gc_passes
+    from svctrace.streams.metadata.index import ClusterIndex
+
+    try:
+        records = load_cluster_file(args.cluster) if args.cluster else []
+    except AnalyzeError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
+    try:
+        cap = EbpfCapture(CaptureConfig(snaplen=args.snaplen, ring_bytes=args.ring_mb << 20,
+                                        btf_path=args.btf, object_path=args.bpf_object))
+    except CaptureError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    stop = False
+
+    def on_signal(_sig, _frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runner = Runner(ClusterIndex.from_records(records))
+    printer = Printer(sys.stdout, args.json, args.color)
+    norm = Normalizer(node, boot_to_epoch_ns(), containers=ContainerIds())
+    drops = 0
+    deadline = time.monotonic() + args.duration if args.duration > 0 else None
+    print(f"{PROG}: watching {node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        with fewer_gc_passes():
+            while True:
+                # a stop seen before a drain makes that drain the last one
+                last = stop or (deadline is not None and time.monotonic() >= deadline)
+                events: list = []
+                cap.ring.drain(norm.decode, events)
+                now_drops = cap.drops()[0]
+                if now_drops > drops:
+                    events.append(norm.lost(now_drops - drops, time.time_ns()))
+                    drops = now_drops
+                for i, ev in enumerate(events):
+                    if ev.data:
+                        clean, changed = redact(ev.data, args.snaplen)
+                        if changed:
+                            events[i] = ev.with_(data=clean, redacted=True)
+                if events:
+                    runner.feed(events)
+                runner.step()
+                # nothing arrives for a quiet while: the wall clock says event time went on
+                runner.advance(time.time_ns() - runner.lateness_ns)
+                printer.take(runner)
+                if last:
+                    break
+                cap.ring.wait(0.1)
+            runner.finish()
+            printer.take(runner)
+    except BrokenPipeError:
+        return 0
+    finally:
+        cap.close()
+    print(f"{PROG}: {drops} events lost in the kernel" if drops else f"{PROG}: stopped", file=sys.stderr)
+    return 1 if printer.alerts else 0

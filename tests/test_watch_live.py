@@ -1,0 +1,80 @@
+"""`svctrace watch` on the real kernel (root): the network lab's requests come out live, as chains
+and alerts, while the capture runs — the same operators as analyze, no broker."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+
+from lab.net.services import NODE, cluster_list, running
+
+pytestmark = pytest.mark.root
+
+
+def lines_of(stream) -> queue.Queue:
+    """A stream's lines as they come (None at its end), read by a thread."""
+    q: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in stream:
+            q.put(line)
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def next_line(q: queue.Queue, deadline: float, what: str) -> str:
+    try:
+        line = q.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise AssertionError(f"svctrace watch: no {what} in time") from None
+    if line is None:
+        raise AssertionError(f"svctrace watch ended before printing {what}")
+    return line
+
+
+def test_watch_prints_each_request_while_it_runs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("svctrace watch captures with eBPF: this test needs root (it is marked `root`)")
+    state = tmp_path / "cluster.json"
+    state.write_text(json.dumps(cluster_list()))
+    with running(tmp_path) as lab:
+        proc = subprocess.Popen([sys.executable, "-m", "svctrace", "watch", "--cluster", str(state), "--json",
+                                 "--node", NODE], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            err = lines_of(proc.stderr)
+            assert "watching" in next_line(err, time.monotonic() + 60, "readiness line")
+            curls = lab.ask(["my-nginx", "my-nginx-wrong-port"])
+            out = lines_of(proc.stdout)
+            records: list[dict] = []
+            deadline = time.monotonic() + 30
+            # live: both chains and the refusal's alert come out while the capture still runs
+            while {"my-nginx", "my-nginx-wrong-port", "svc.target_port_refused"} - {
+                    (r["service"] or {}).get("name") if r["schema"] == "svctrace.chain" else r["rule"] for r in records}:
+                records.append(orjson.loads(next_line(out, deadline, "chain or alert of the lab's requests")))
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=60)
+            while (line := out.get(timeout=10)) is not None:  # what it printed on its way out
+                records.append(orjson.loads(line))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc == 1  # alerts fired
+    chains = {c["service"]["name"]: c for c in records if c["schema"] == "svctrace.chain" and c["service"]}
+    ok, refused = chains["my-nginx"], chains["my-nginx-wrong-port"]
+    assert (ok["status"], ok["translation"]["mode"], ok["backend"]["pod"], ok["response"]["status"]) == \
+        ("ok", "dnat", "my-nginx-1", 200)
+    assert ok["client"]["pid"] == curls["my-nginx"][0]
+    assert refused["status"] == "broken" and refused["response"]["error"] == "connection refused"
+    rules = {a["rule"] for a in records if a["schema"] == "svctrace.alert"}
+    assert "svc.target_port_refused" in rules
