@@ -49,10 +49,16 @@ class Printer:
         self.rules: dict[str, str] = {}  # alert id -> rule, for the chains' alert names
         self.alerts = 0
 
+    MAX_ALERT_IDS = 50_000  # remembered to name chains' alerts and print each alert once
+
     def take(self, runner) -> None:
         new_alerts = [a for aid, a in runner.alerts.items() if aid not in self.rules]
+        runner.alerts.clear()  # (a later update of an alert comes back under the same id)
         for a in new_alerts:
             self.rules[a["alert_id"]] = a["rule"]
+        if len(self.rules) > self.MAX_ALERT_IDS:  # the oldest first: a long watch stays bounded
+            for aid in list(self.rules)[:len(self.rules) - self.MAX_ALERT_IDS]:
+                del self.rules[aid]
         for chain in runner.chains:
             self._chain(chain)
         runner.chains.clear()  # printed: a long watch keeps no chain
