@@ -104,7 +104,8 @@ class Enricher:
             "late": 0, "dups": 0,
             "nmax": -1,     # highest n released or dropped late (absent: not known, an older checkpoint)
             "llost": [],    # [[node, ts, count]]: late drops not yet sent downstream as loss markers
-            "unsorted": False,  # buf may be out of (ts, n) order (a state without this flag: treated as unsorted)
+            # buf may be out of (ts, n) order or hold a repeat (a state without this flag: treated so)
+            "unsorted": False,
         }
 
     @staticmethod
@@ -162,8 +163,8 @@ class Enricher:
         else:
             events = item
         wm, buf = state["wm"], state["buf"]
-        # Events mostly arrive in order: note when one does not, so advance() re-sorts
-        # the buffer (up to `lateness` of traffic, re-released every step) only then.
+        # Events mostly arrive in order: note when one does not (or repeats the one before),
+        # so advance() re-sorts the buffer and drops repeats only then.
         in_order = not state.get("unsorted", True)
         last = buf[-1] if buf else None
         last_ts = last.ts if last is not None else wm  # every buffered ts >= wm: so is last_ts
@@ -175,7 +176,7 @@ class Enricher:
                 if ts < wm:
                     late += 1
                     continue
-                if in_order and (ts < last_ts or (last is not None and e.n < last.n)):
+                if in_order and (ts < last_ts or (last is not None and e.n <= last.n)):
                     in_order = False
             append(e)
             last_ts = ts
@@ -227,13 +228,16 @@ class Enricher:
         if not buf:
             self._expire(state, watermark_ns)
             return self._release(state, key, []) if state.get("llost") else []
-        if state.get("unsorted", True):
-            buf.sort(key=_EVENT_ORDER)
-            state["unsorted"] = False
+        unsorted = state.get("unsorted", True)
+        if unsorted:
+            buf.sort(key=_EVENT_ORDER)  # a repeat (same ts and n) now follows its original
         cut = bisect_left(buf, watermark_ns, key=_TS)  # events before the watermark are released
         if cut == 0:
             return self._release(state, key, []) if state.get("llost") else []
         ready, state["buf"] = buf[:cut], buf[cut:]
+        if unsorted:
+            ready = self._without_repeats(state, ready)
+            state["unsorted"] = bool(state["buf"])  # sorted, but it may still hold repeats
         out = self._release(state, key, ready)
         self._expire(state, watermark_ns)
         return out
@@ -243,17 +247,30 @@ class Enricher:
             return self._release(state, key, []) if state.get("llost") else []
         return self.advance(state, key, max(e.ts for e in state["buf"]) + 1)
 
+    @staticmethod
+    def _without_repeats(state: dict, events: list[SyscallEvent]) -> list[SyscallEvent]:
+        """Sorted events without repeats (at-least-once delivery: the same ts and n again), counted."""
+        kept: list[SyscallEvent] = []
+        prev_ts = prev_n = None
+        for e in events:
+            if e.n == prev_n and e.ts == prev_ts:
+                continue
+            prev_ts, prev_n = e.ts, e.n
+            kept.append(e)
+        if len(kept) < len(events):
+            state["dups"] += len(events) - len(kept)
+        return kept
+
     # -- enrichment ----------------------------------------------------------
 
     def _release(self, state: dict, node: str, events: list[SyscallEvent]) -> list[tuple[str, str, dict]]:
-        """Enrich events in (ts, n) order; a duplicate (same ts and n as the one before) is skipped.
+        """Enrich events in (ts, n) order, without repeats (advance() drops them).
 
         Each event gets its metadata refs (local, remote, address), its proxy tag and its flow,
         and goes to its flow bucket's list. This loop runs once per event: the common case is
         inline (refs from the per-second table, proxy tracking only for the events it can
         concern, the EnrichedEvent's slots written here), the rare ones call out."""
         out: list = []
-        dups = 0
         lost: list[dict] = []
         by_bucket: dict[str, list[EnrichedEvent]] = {}
         lists: dict = {}  # flow -> its bucket's list, for this release
@@ -264,14 +281,8 @@ class Enricher:
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
-        prev_ts = prev_n = None
         for e in events:
             ts = e.ts
-            n = e.n
-            if n == prev_n and ts == prev_ts:
-                dups += 1  # at-least-once delivery: the same event again
-                continue
-            prev_ts, prev_n = ts, n
             kind = e.kind
             if kind == "lost":
                 lost.append({"node": e.node, "ts": ts, "count": max(e.res, 0)})
@@ -338,7 +349,7 @@ class Enricher:
                 # (a class call costs twice as much)
                 d = new(Enriched)
                 d.ev = e
-                d.order = (ts, e.node, n)
+                d.order = (ts, e.node, e.n)
                 d.flow = flow
                 d.local_ref = lref
                 d.remote_ref = rref
@@ -354,8 +365,6 @@ class Enricher:
                 events_of.append(d)
             if released is not None:
                 released.append(d)
-        if dups:
-            state["dups"] += dups
         if events:
             top = max(map(_N, events))
             nmax = state.get("nmax")

@@ -75,6 +75,7 @@ def _pod_of(index, ip: str | None, ts: int, container_id: str | None = None):
 
 
 _MEMO_MAX = 16384  # server-side endpoints memoized for chain records: cleared when full
+_KEYS_MAX = 65536  # client endpoints whose conn key is memoized: cleared when full
 _PARTS_MAX = 4096  # connections whose record parts are kept (dropped when a connection ends): cleared when full
 
 
@@ -88,7 +89,7 @@ class _ConnParts:
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
                  "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
-                 "svc_if_failed", "misrouted", "backend_desc")
+                 "svc_if_failed", "misrouted", "backend_desc", "connect_error")
 
 
 @dataclass(slots=True, eq=False)
@@ -149,6 +150,7 @@ class Stitcher:
         # emission memos (pure functions of the state and the index; dropped with metadata_changed)
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
         self._conn_parts: dict[str, _ConnParts] = {}
+        self._conn_keys: dict[tuple, str] = {}  # (ip, port) -> endpoint_key(ip, port): formatted once
 
     # -- state ---------------------------------------------------------------
 
@@ -428,7 +430,10 @@ class Stitcher:
                 side, port = "cl", e.local_port
             else:
                 return
-        key = f"[{ip}]:{port}" if ip and ":" in ip else f"{ip}:{port}"  # keys.endpoint_key, inline
+        try:
+            key = self._conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
+        except KeyError:
+            key = self._conn_key(ip, port)
         conns = st["conns"]
         conn = conns.get(key)
         if kind == "connect" and e.syscall == "getsockopt":
@@ -457,6 +462,13 @@ class Stitcher:
             self._sv(st, conn, d)
         else:
             self._px(st, conn, d)
+
+    def _conn_key(self, ip: str | None, port: int | None) -> str:
+        keys = self._conn_keys
+        if len(keys) >= _KEYS_MAX:
+            keys.clear()
+        key = keys[ip, port] = endpoint_key(ip, port)
+        return key
 
     @staticmethod
     def _connect_result(conn: Conn, side: str, e) -> None:
@@ -1156,6 +1168,8 @@ class Stitcher:
                                               "protocol": svc["protocol"], "target_port": svc["target_port"]}
         p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
                                              "errno": cn["errno"], "ts": cn["ts"]}
+        p.connect_error = FAILED_ERRNOS[cn["errno"]] if (cn and cn.get("res", 0) < 0
+                                                         and cn.get("errno") in FAILED_ERRNOS) else None
         client = p.client
         p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
                     "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl["node"]}
@@ -1260,7 +1274,10 @@ class Stitcher:
         elif conn.tx or conn.rx:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
                         "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
-        outcome = _outcome(conn, req, idle_closed=not final and conn.ccl is None)
+        if req is not None and req[C_ST] is not None and p.connect_error is None:
+            outcome = "ok"  # (_outcome's answer: a response, and a connect that did not fail)
+        else:
+            outcome = _outcome(conn, req, idle_closed=not final and conn.ccl is None)
         if req is not None and req[C_RTS] is None and outcome == "pending" and not final:
             # the client stopped waiting (close) or the idle timeout ran out: how long it waited
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
@@ -1362,7 +1379,7 @@ class Stitcher:
             "response": response,
             "hops": hops,
             "alerts": alerts_ids,
-            "evidence": ev[:MAX_EVIDENCE],
+            "evidence": ev if len(ev) <= MAX_EVIDENCE else ev[:MAX_EVIDENCE],  # (records may share it)
         }
         out.append((CHAINS_TOPIC, cid, chain))
 
@@ -1372,7 +1389,10 @@ class Stitcher:
         cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
         client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
                                                 cl["container_id"])
-        incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], dnsx["t1"])
+        # without a positive answer it waited for one until its timeout: a loss on its node until
+        # then may hold that answer, or the next query of its search list
+        waited = dnsx["t1"] if dnsx["latency_ns"] is not None else dnsx["t1"] + self.lookup_timeout_ns
+        incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], waited)
         if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
         if incomplete:
