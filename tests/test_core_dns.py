@@ -229,3 +229,22 @@ def test_glibc_falls_back_to_tcp_after_a_truncated_answer():
     dns = r.chains[0]["dns"]
     assert (dns["rcode"], dns["answers"], dns["queries"]) == ("NOERROR", [vip], 4)
     assert 0 < dns["latency_ns"] < 5 * MS and r.chains[0]["status"] == "ok"
+
+
+def test_a_loss_while_a_lookup_waits_makes_it_incomplete_not_broken():
+    """The network lab, its ring too small while the agent was stalled: a lookup's last query was
+    seen, its answer lost in the kernel, and the loss marker came when the agent caught up, seconds
+    later. The lookup waited for that answer until its timeout: a loss on its node in that time
+    may have taken it, so the lookup is incomplete (it read as NXDOMAIN: broken)."""
+    sc = Scenario(Cluster())
+    curl = sc.proc("client", "curl")
+    t = T0
+    for suffix in ("default.svc.cluster.local", "svc.cluster.local", "cluster.local"):
+        t = sc.lookup(t, curl, POD_IP, f"my-nginx.default.svc.cluster.local.{suffix}", [], rcode=3) + 100_000
+    sc.lookup(t, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False, server=False)
+    sc.loss(t + 3 * S, "node-a", 40)  # the agent caught up 3 s later
+    sc.lookup(T0 + 30 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])  # input goes on
+    r = _run(sc)
+    chain = r.chains[0]
+    assert chain["dns"]["queries"] == 4 and chain["status"] == "incomplete"
+    assert r.alerts == []

@@ -1306,8 +1306,14 @@ class Stitcher:
             elif t0 > end_ts:
                 end_ts = t0
 
-        # completeness
-        incomplete = self._lost_on(st, self._loss_nodes(p), start_ts, end_ts) if st["lost"] else None
+        # completeness: an outcome read from what did NOT happen (no response, no answer to the
+        # connect) waited until the client gave up or the idle timeout: a loss until then may hold it
+        incomplete = None
+        if st["lost"]:
+            waited = end_ts
+            if outcome == "no response" or outcome == "connection timed out":
+                waited = max(end_ts, conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns)
+            incomplete = self._lost_on(st, self._loss_nodes(p), start_ts, waited)
         if incomplete is None and cn is None:
             incomplete = "connect not captured (connection older than the capture)"
         if incomplete is None and final and outcome == "pending":
