@@ -7,6 +7,9 @@ comes from the syscalls; while nothing happens the wall clock moves the watermar
 is shown about a second after it ended (the runner's lateness and settle time). Kernel ring drops
 become loss markers: the chains they may have touched are "incomplete", never "broken".
 
+The cluster's state comes from a file (--cluster, as analyze takes it) or from the API server
+(--kube: the metadata watcher's list+watch, in-process).
+
 Ctrl-C (or --duration) ends the capture; open chains are then printed as incomplete.
 Exit status: 0 no alerts, 1 alerts, 2 error.
 """
@@ -23,9 +26,15 @@ PROG = "svctrace watch"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cluster", metavar="STATE",
-                        help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
-                             "(a List, JSON or YAML); without it, lookups and connections are shown by address")
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument("--cluster", metavar="STATE",
+                       help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
+                            "(a List, JSON or YAML)")
+    state.add_argument("--kube", action="store_true",
+                       help="cluster state from the API server, kept current by a watch (kubeconfig, or the "
+                            "in-cluster service account); without --cluster or --kube, requests are shown by address")
+    parser.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, else ~/.kube/config)")
+    parser.add_argument("--context", help="with --kube: kubeconfig context")
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: at Ctrl-C)")
     parser.add_argument("--snaplen", type=int, default=256, help="payload bytes captured per event (0..4096)")
@@ -36,6 +45,52 @@ def configure(parser: argparse.ArgumentParser) -> None:
     color = parser.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
     color.add_argument("--no-color", dest="color", action="store_const", const=False, help="plain text even on a terminal")
+
+
+class LiveState:
+    """The cluster from the API server: the metadata watcher's list+watch threads publish into a
+    queue; the capture loop applies what arrived between drains (the index is not shared
+    between threads)."""
+
+    SYNC_TIMEOUT_S = 60.0
+
+    def __init__(self, args, index) -> None:
+        import queue
+        import threading
+
+        from svctrace.streams.metadata.cli import _api_client
+        from svctrace.streams.metadata.watcher import Watcher
+
+        self.index, self.changes = index, queue.SimpleQueue()
+        self.api = _api_client(args)
+        self.watcher = Watcher(self.api, self)
+        self.thread = threading.Thread(target=self.watcher.run, name="kube-watch", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + self.SYNC_TIMEOUT_S
+        while not self.watcher.synced():
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                self.close()
+                raise RuntimeError(f"the API server's objects were not listed within {self.SYNC_TIMEOUT_S:.0f} s "
+                                   "(see the log above)")
+            time.sleep(0.1)  # poll interval of the initial list, bounded by the deadline
+        self.apply()
+
+    # the Sink protocol (called from the watcher's threads)
+    def publish(self, changes) -> None:
+        self.changes.put(changes)
+
+    def flush(self) -> None:
+        pass
+
+    def apply(self) -> None:
+        while not self.changes.empty():
+            for c in self.changes.get():
+                self.index.apply(c.offline())
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.thread.join(10)
+        self.api.close()
 
 
 class Printer:
@@ -128,7 +183,17 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    runner = Runner(ClusterIndex.from_records(records))
+    index = ClusterIndex.from_records(records)
+    live = None
+    if args.kube or args.kubeconfig:
+        try:
+            live = LiveState(args, index)
+        except Exception as e:  # unreachable, unauthorized, no kubeconfig: one line
+            cap.close()
+            print(f"{PROG}: error: cluster state: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  file=sys.stderr)
+            return 2
+    runner = Runner(index)
     printer = Printer(sys.stdout, args.json, args.color)
     norm = Normalizer(node, boot_to_epoch_ns(), containers=ContainerIds())
     drops = 0
@@ -150,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
                         clean, changed = redact(ev.data, args.snaplen)
                         if changed:
                             events[i] = ev.with_(data=clean, redacted=True)
+                if live is not None:
+                    live.apply()  # the cluster as of now, before the events of now
                 if events:
                     runner.feed(events)
                 runner.step()
@@ -165,5 +232,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         cap.close()
+        if live is not None:
+            live.close()
     print(f"{PROG}: {drops} events lost in the kernel" if drops else f"{PROG}: stopped", file=sys.stderr)
     return 1 if printer.alerts else 0

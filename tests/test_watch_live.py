@@ -78,3 +78,71 @@ def test_watch_prints_each_request_while_it_runs(tmp_path):
     assert refused["status"] == "broken" and refused["response"]["error"] == "connection refused"
     rules = {a["rule"] for a in records if a["schema"] == "svctrace.alert"}
     assert "svc.target_port_refused" in rules
+
+
+def put_lab_in(api) -> list:
+    """The lab's cluster (lab.net.services.cluster_list) created in a real API server, statuses
+    included, as kubelet and the EndpointSlice controller would have left them. Returns what to
+    delete afterwards."""
+    import kubernetes.client as k8s
+
+    core, disc = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+    made = []
+    for obj in cluster_list()["items"]:
+        kind, meta = obj["kind"], obj["metadata"]
+        ns, name = meta.get("namespace"), meta["name"]
+        body = {k: v for k, v in obj.items() if k != "status"}
+        body["metadata"] = {k: v for k, v in meta.items() if k != "uid"}
+        if kind == "Node":
+            core.create_node(body)
+            core.patch_node_status(name, {"status": obj["status"]})
+            made.append(lambda n=name: core.delete_node(n))
+        elif kind == "Pod":
+            for c in body["spec"]["containers"]:
+                c["image"] = "lab"
+            core.create_namespaced_pod(ns, body)
+            core.patch_namespaced_pod_status(name, ns, {"status": obj["status"]})
+            made.append(lambda n=name, s=ns: core.delete_namespaced_pod(n, s, grace_period_seconds=0))
+        elif kind == "Service":
+            core.create_namespaced_service(ns, body)
+            made.append(lambda n=name, s=ns: core.delete_namespaced_service(n, s))
+        else:
+            disc.create_namespaced_endpoint_slice(ns, body)
+            made.append(lambda n=name, s=ns: disc.delete_namespaced_endpoint_slice(n, s))
+    return made
+
+
+@pytest.mark.apiserver
+def test_watch_takes_the_cluster_from_the_api_server(tmp_path, apiserver):
+    """`--kube`: the metadata watcher's list+watch in-process. Stale rules send my-nginx-stale to a
+    pod its EndpointSlice (read from the API server) does not list: svc.misrouted."""
+    if os.geteuid() != 0:
+        pytest.fail("svctrace watch captures with eBPF: this test needs root (it is marked `root`)")
+    api = apiserver.api_client()
+    made = put_lab_in(api)
+    try:
+        with running(tmp_path) as lab:
+            proc = subprocess.Popen([sys.executable, "-m", "svctrace", "watch", "--kube", "--kubeconfig",
+                                     apiserver.kubeconfig, "--json", "--node", NODE],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                err = lines_of(proc.stderr)
+                assert "watching" in next_line(err, time.monotonic() + 90, "readiness line")
+                curls = lab.ask(["my-nginx-stale"])
+                out = lines_of(proc.stdout)
+                records: list[dict] = []
+                deadline = time.monotonic() + 30
+                while {"my-nginx-stale", "svc.misrouted"} - {
+                        (r["service"] or {}).get("name") if r["schema"] == "svctrace.chain" else r["rule"]
+                        for r in records}:
+                    records.append(orjson.loads(next_line(out, deadline, "the stale Service's chain and alert")))
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
+    finally:
+        for delete in reversed(made):
+            delete()
+        api.close()
+    [chain] = [r for r in records if r["schema"] == "svctrace.chain" and (r["service"] or {}).get("name")]
+    assert chain["client"]["pid"] == curls["my-nginx-stale"][0]
+    assert (chain["client"]["pod"], chain["backend"]["pod"], chain["status"]) == ("client", "my-nginx-1", "broken")
