@@ -184,8 +184,9 @@ static __always_inline int read_tuple(struct socket *sock, struct tuple *t)
 		BPF_CORE_READ_INTO((__u32 *)t->laddr, sk, __sk_common.skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)t->raddr, sk, __sk_common.skc_daddr);
 	} else if (t->family == AF_INET6) {
-		BPF_CORE_READ_INTO(t->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(t->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* &array: BPF_CORE_READ_INTO copies sizeof(*dst) bytes (16; t->laddr alone would be 1) */
+		BPF_CORE_READ_INTO(&t->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&t->raddr, sk, __sk_common.skc_v6_daddr);
 	}
 	if (t->family != AF_UNIX) {
 		t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
