@@ -10,7 +10,7 @@ pod its EndpointSlice no longer lists; nginx answering 503; a name that does not
 first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
 Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
 the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP); a Go client (Go's own
-resolver and net/http, no glibc). curl asks each one. From the syscalls alone the core must name each
+resolver and net/http, no glibc); an IPv6 Service requested by dual-stack pods. curl asks each one. From the syscalls alone the core must name each
 hop and raise each fault's alerts.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 
 import pytest
 
-from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, GO_CLIENT, HAIRPIN, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
+from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, GO_CLIENT, HAIRPIN, IP6, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
     KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
@@ -74,6 +74,8 @@ EXPECTED = {
     "my-nginx-tcp-dns": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
     # Go's resolver: A and AAAA on two sockets at once (not a retry), non-blocking reads (EAGAIN first)
     GO_CLIENT: (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # dual stack: the lookup over IPv4 (an AAAA answer), the request over IPv6 through ip6tables
+    "my-nginx-v6": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
@@ -192,6 +194,17 @@ def test_truncated_answer_is_asked_again_over_tcp(lab_capture):
     assert dns["server"]["pod"] == "coredns"
     tcp = [e for e in events if e.pid == chain["client"]["pid"] and e.proto == "tcp" and e.remote_port == 53]
     assert {e.kind for e in tcp} >= {"connect", "send", "recv"}  # the answer came over TCP
+
+
+def test_ipv6_service_from_a_dual_stack_pod(lab_capture):
+    """Both ends' IPv6 addresses come from the sockets (the eBPF tuple), and the lookup made over
+    IPv4 belongs to the request made over IPv6: one flow per pod."""
+    events, _curls = lab_capture
+    chain, _ = chain_of("my-nginx-v6", events)
+    assert (chain["client"]["ip"], chain["backend"]["ip"]) == (IP6["client"], IP6["my-nginx-1"])
+    assert (chain["connect"]["ip"], chain["service"]["cluster_ip"]) == ("fd00:10:96::100", "fd00:10:96::100")
+    dns = chain["dns"]
+    assert (dns["qtype"], dns["answers"], dns["resolver_ip"]) == ("AAAA", ["fd00:10:96::100"], DNS_VIP)
 
 
 def test_kernel_losses_make_chains_incomplete_never_broken(tmp_path):

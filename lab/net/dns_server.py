@@ -3,8 +3,8 @@ UDP and TCP.
 
     python -m lab.net.dns_server BIND_IP NAME=IP [+NAME=IP ...]
 
-Known names: A -> their IP (TTL 30), any other type -> NOERROR with no answer (as CoreDNS
-answers AAAA for an IPv4 Service); unknown names -> NXDOMAIN (what the search list's
+Known names: A (AAAA for an IPv6 address) -> their IP (TTL 30), any other type -> NOERROR with
+no answer (as CoreDNS answers AAAA for an IPv4 Service); unknown names -> NXDOMAIN (what the search list's
 expansions get). A name given as +NAME is answered over UDP truncated (TC, no records), as a
 big answer is: the client asks again over TCP, where it gets the answer. Prints "ready" once
 bound; runs until killed.
@@ -49,8 +49,8 @@ class Zone:
             reply.set_rcode(dns.rcode.NXDOMAIN)
         elif udp and name in self.truncated:
             reply.flags |= dns.flags.TC
-        elif q.rdtype == dns.rdatatype.A:
-            reply.answer.append(dns.rrset.from_text(q.name, 30, "IN", "A", ip))
+        elif q.rdtype == (dns.rdatatype.AAAA if ":" in ip else dns.rdatatype.A):
+            reply.answer.append(dns.rrset.from_text(q.name, 30, "IN", "AAAA" if ":" in ip else "A", ip))
         return reply.to_wire()
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 SERVICE_CIDR = "10.96.0.0/12"
+GATEWAY6, PREFIX6, SERVICE_CIDR6 = "fd00:10:244::1", 64, "fd00:10:96::/112"  # the dual-stack half
 MASQ_MARK = "0x4000"  # kube-proxy's "masquerade this" mark
 
 
@@ -62,11 +63,17 @@ class NetLab:
             # replies between pods on one bridge are bridged, not routed: without this conntrack
             # never sees them and cannot undo the DNAT
             self.node_sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
-            self.node_sh("iptables", "-t", "nat", "-N", "KUBE-SERVICES")
-            for hook in ("PREROUTING", "OUTPUT"):
-                self.node_sh("iptables", "-t", "nat", "-A", hook, "-j", "KUBE-SERVICES")
-            self.node_sh("iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark",
-                         f"{MASQ_MARK}/{MASQ_MARK}", "-j", "MASQUERADE")
+            # IPv6 alike (dual stack): the same chains in ip6tables
+            self.node_sh("ip", "addr", "add", f"{GATEWAY6}/{PREFIX6}", "dev", "br0", "nodad")
+            self.node_sh("ip", "-6", "route", "add", "blackhole", SERVICE_CIDR6)
+            self.node_sh("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+            self.node_sh("sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1")
+            for tables in ("iptables", "ip6tables"):
+                self.node_sh(tables, "-t", "nat", "-N", "KUBE-SERVICES")
+                for hook in ("PREROUTING", "OUTPUT"):
+                    self.node_sh(tables, "-t", "nat", "-A", hook, "-j", "KUBE-SERVICES")
+                self.node_sh(tables, "-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark",
+                             f"{MASQ_MARK}/{MASQ_MARK}", "-j", "MASQUERADE")
         except BaseException:
             self.close()
             raise
@@ -83,9 +90,11 @@ class NetLab:
         sh("ip", "netns", "exec", self.node, *argv)
 
     def pod(self, name: str, ip: str, resolver: str | None = None,
-            search: tuple[str, ...] = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local")) -> str:
-        """A pod namespace with `ip` on the bridge; `resolver`: its resolv.conf's nameserver
-        (kubelet's shape: the cluster DNS Service, the namespace's search list, ndots:5)."""
+            search: tuple[str, ...] = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local"),
+            ip6: str | None = None) -> str:
+        """A pod namespace with `ip` (and `ip6`: dual stack) on the bridge; `resolver`: its
+        resolv.conf's nameserver (kubelet's shape: the cluster DNS Service, the namespace's search
+        list, ndots:5)."""
         ns = f"{self.tag}-{name}"
         self._add_ns(ns)
         host_end = f"v{self.tag[-6:]}{len(self.pods)}"  # <= 15 characters
@@ -96,6 +105,9 @@ class NetLab:
         for argv in (("ip", "link", "set", "lo", "up"), ("ip", "addr", "add", f"{ip}/{self.prefix}", "dev", "eth0"),
                      ("ip", "link", "set", "eth0", "up"), ("ip", "route", "add", "default", "via", self.gateway)):
             sh("ip", "netns", "exec", ns, *argv)
+        if ip6:
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ip6}/{PREFIX6}", "dev", "eth0", "nodad")
+            sh("ip", "netns", "exec", ns, "ip", "-6", "route", "add", "default", "via", GATEWAY6)
         if resolver:
             conf = Path("/etc/netns") / ns
             conf.mkdir(parents=True, exist_ok=True)
@@ -107,21 +119,23 @@ class NetLab:
         """kube-proxy's iptables rules for one Service port: VIP:port -> one of `backends`."""
         self.services += 1
         svc = f"KUBE-SVC-{self.services}"
-        self.node_sh("iptables", "-t", "nat", "-N", svc)
-        self.node_sh("iptables", "-t", "nat", "-A", "KUBE-SERVICES", "-d", f"{vip}/32", "-p", proto,
+        v6 = ":" in vip
+        tables, host = ("ip6tables", "/128") if v6 else ("iptables", "/32")
+        self.node_sh(tables, "-t", "nat", "-N", svc)
+        self.node_sh(tables, "-t", "nat", "-A", "KUBE-SERVICES", "-d", f"{vip}{host}", "-p", proto,
                      "--dport", str(port), "-j", svc)
         for i, (ip, target) in enumerate(backends):
             sep = f"KUBE-SEP-{self.services}-{i}"
-            self.node_sh("iptables", "-t", "nat", "-N", sep)
+            self.node_sh(tables, "-t", "nat", "-N", sep)
             rest = len(backends) - i
             pick = ["-m", "statistic", "--mode", "random", "--probability", f"{1 / rest:.5f}"] if rest > 1 else []
-            self.node_sh("iptables", "-t", "nat", "-A", svc, *pick, "-j", sep)
+            self.node_sh(tables, "-t", "nat", "-A", svc, *pick, "-j", sep)
             # a pod reaching itself through its Service: masqueraded, or its reply would not
             # come back through the node (kube-proxy's KUBE-MARK-MASQ, then MASQUERADE on the way out)
-            self.node_sh("iptables", "-t", "nat", "-A", sep, "-s", f"{ip}/32", "-j", "MARK", "--set-xmark",
+            self.node_sh(tables, "-t", "nat", "-A", sep, "-s", f"{ip}{host}", "-j", "MARK", "--set-xmark",
                          f"{MASQ_MARK}/{MASQ_MARK}")
-            self.node_sh("iptables", "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
-                         "--to-destination", f"{ip}:{target}")
+            self.node_sh(tables, "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
+                         "--to-destination", f"[{ip}]:{target}" if v6 else f"{ip}:{target}")
 
     def reject(self, vip: str, port: int, proto: str) -> None:
         """kube-proxy's rule for a Service without endpoints: the ClusterIP's packets are

@@ -26,7 +26,8 @@ my-nginx. The cases:
   the node's address);
 * three requests on one keep-alive connection, through DNAT and through the userspace proxy;
 * a name whose UDP answer is truncated: the resolver asks again over TCP;
-* a Go client (goclient/: net/http and Go's own resolver, no glibc) requesting my-nginx.
+* a Go client (goclient/: net/http and Go's own resolver, no glibc) requesting my-nginx;
+* an IPv6 Service (the client and nginx are dual-stack; ip6tables DNAT; the name has an AAAA).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -51,6 +52,7 @@ NODE, NODE_IP = "lab-node", "10.244.0.1"
 CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
 NEW_NGINX_IP, RETRY_CLIENT_IP = "10.244.0.6", "10.244.0.7"  # the pod a stale rule misses; a client whose DNS drops
 GO_CLIENT_IP = "10.244.0.8"
+IP6 = {"client": "fd00:10:244::2", "my-nginx-1": "fd00:10:244::3"}  # dual-stack pods: their IPv6 address
 DNS_VIP = "10.96.0.10"
 HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
 NGINX = {"run": "my-nginx"}
@@ -82,6 +84,7 @@ CASES = {
     "my-nginx-keepalive": Case("10.96.0.109", "dnat"),
     "my-nginx-userspace-keepalive": Case("10.96.0.110", "userspace"),
     "my-nginx-tcp-dns": Case("10.96.0.111", "dnat"),  # its UDP answer is truncated: the resolver asks over TCP
+    "my-nginx-v6": Case("fd00:10:96::100", "dnat", rule_to=IP6["my-nginx-1"]),  # an IPv6 Service (ip6tables)
 }
 KEEPALIVE_PATHS = ("/index.html", "/missing.html", "/index.html")  # one curl, one connection: 200, 404, 200
 KEEPALIVE = ("my-nginx-keepalive", "my-nginx-userspace-keepalive")
@@ -107,29 +110,33 @@ def cluster_list() -> dict:
                           "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}]
     for ns, name, ip, labels, cname, port in PODS:
         container = {"name": cname, "ports": [{"containerPort": port}] if port else []}
+        ips = [{"ip": ip}] + ([{"ip": IP6[name]}] if name in IP6 else [])
         items.append({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-pod-{name}", "labels": labels},
                       "spec": {"nodeName": NODE, "containers": [container]},
-                      "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_IP,
+                      "status": {"phase": "Running", "podIP": ip, "podIPs": ips, "hostIP": NODE_IP,
                                  "conditions": [{"type": "Ready", "status": "True"}]}})
     services = {name: ("default", case.vip, 8080, "TCP", case.target_port, dict(case.selector))
                 for name, case in CASES.items()}
     services["kube-dns"] = ("kube-system", DNS_VIP, 53, "UDP", 53, {"k8s-app": "kube-dns"})
     for name, (ns, vip, port, proto, target, selector) in services.items():
+        v6 = ":" in vip
         items.append({"apiVersion": "v1", "kind": "Service",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-svc-{name}"},
                       "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip], "selector": selector,
+                               "ipFamilies": ["IPv6" if v6 else "IPv4"],
                                "ports": [{"name": "p", "port": port, "protocol": proto, "targetPort": target}]}})
-        backends = [(pns, pname, ip) for pns, pname, ip, labels, _, _ in PODS
+        backends = [(pns, pname, IP6.get(pname) if v6 else ip) for pns, pname, ip, labels, _, _ in PODS
                     if pns == ns and all(labels.get(k) == v for k, v in selector.items())]
-        items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                      "addressType": "IPv6" if v6 else "IPv4",
                       "metadata": {"namespace": ns, "name": f"{name}-lab", "uid": f"uid-eps-{name}",
                                    "labels": {"kubernetes.io/service-name": name}},
                       "ports": [{"name": "p", "port": target, "protocol": proto}],
                       "endpoints": [{"addresses": [ip], "nodeName": NODE,
                                      "conditions": {"ready": True, "serving": True, "terminating": False},
                                      "targetRef": {"kind": "Pod", "namespace": pns, "name": pname}}
-                                    for pns, pname, ip in backends]})
+                                    for pns, pname, ip in backends if ip]})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
@@ -152,6 +159,7 @@ http {{
     scgi_temp_path {run_dir}/scgi;
     server {{
         listen {NGINX_IP}:80;
+        listen [{IP6["my-nginx-1"]}]:80;
         root {www};
     }}
     server {{
@@ -173,11 +181,11 @@ def read_until(proc: subprocess.Popen, marker: str) -> None:
 
 def build(lab: NetLab, www: Path, servers: list) -> None:
     """Pods, kube-proxy's rules for every case, and the servers (DNS, nginx, proxies, host resolver)."""
-    lab.pod("client", CLIENT_IP, resolver=DNS_VIP)
+    lab.pod("client", CLIENT_IP, resolver=DNS_VIP, ip6=IP6["client"])
     lab.pod("other-client", OTHER_CLIENT_IP, resolver=HOST_RESOLVER)
     lab.pod("retry-client", RETRY_CLIENT_IP, resolver=DNS_VIP)
     lab.pod("go-client", GO_CLIENT_IP, resolver=DNS_VIP)
-    lab.pod("my-nginx-1", NGINX_IP)
+    lab.pod("my-nginx-1", NGINX_IP, ip6=IP6["my-nginx-1"])
     lab.pod("coredns", DNS_IP)
     lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
     lab.node_address(HOST_RESOLVER)

@@ -88,6 +88,10 @@ class Enricher:
         # (ip, port, proto) -> ref of the ClusterIPs' ports of second `_fast_sec` (one subscript
         # for an event field holding a VIP, instead of a _ref() call)
         self._fast_ports: dict = {}
+        # a dual-stack pod's other address -> its first one: one flow per pod (its lookup over
+        # IPv4 and its connect over IPv6 are one request); filled by _ip_ref, empty in
+        # single-stack clusters
+        self._other_ips: dict[str, str] = {}
         self._bucket_cache: dict[str | None, str] = {}
 
     # -- state ---------------------------------------------------------------
@@ -128,6 +132,7 @@ class Enricher:
         self._ref_cache.clear()
         self._fast_refs.clear()
         self._fast_ports.clear()
+        self._other_ips.clear()
 
     # -- durable state (what a checkpoint keeps) ------------------------------
     # state["wm"]: every event with ts < wm has been released (enriched and emitted);
@@ -281,6 +286,7 @@ class Enricher:
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
+        other_ips = self._other_ips
         for e in events:
             ts = e.ts
             kind = e.kind
@@ -345,6 +351,8 @@ class Enricher:
                         flow = client_ip(e, server_side)
                 else:
                     flow = proxy_of["ip"]
+                if other_ips:  # (dual-stack pods only)
+                    flow = other_ips.get(flow, flow)
                 # EnrichedEvent(e, flow, lref, rref, aref, proxy_of), its slots written here
                 # (a class call costs twice as much)
                 d = new(Enriched)
@@ -439,6 +447,11 @@ class Enricher:
         if idx.service_by_ip(ip, None, "TCP", ts) is not None:
             return _SERVICE
         pod = idx.pod_by_ip(ip, ts)
+        first = pod.ips[0] if pod is not None and pod.ips else ip
+        if first != ip:
+            self._other_ips[ip] = first
+        elif self._other_ips:
+            self._other_ips.pop(ip, None)
         if pod is not None and not pod.host_network:
             kind = "dns" if idx.is_cluster_dns(ip, ts) else "pod"
             return {"kind": kind, "namespace": pod.namespace, "name": pod.name, "node": pod.node}
