@@ -10,7 +10,8 @@ pod its EndpointSlice no longer lists; nginx answering 503; a name that does not
 first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requesting its own
 Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
 the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP); a Go client (Go's own
-resolver and net/http, no glibc); an IPv6 Service requested by dual-stack pods. curl asks each one. From the syscalls alone the core must name each
+resolver and net/http, no glibc); an IPv6 Service requested by dual-stack pods; a named targetPort; a headless Service. curl asks each
+one. From the syscalls alone the core must name each
 hop and raise each fault's alerts.
 """
 from __future__ import annotations
@@ -76,18 +77,27 @@ EXPECTED = {
     GO_CLIENT: (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
     # dual stack: the lookup over IPv4 (an AAAA answer), the request over IPv6 through ip6tables
     "my-nginx-v6": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    "my-nginx-named-port": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # straight to the pod the name resolved to: no translation; the chain names no Service (its
+    # lookup names it)
+    "my-nginx-headless": (0, "ok", None, "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
-           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8)}
+           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8),
+           "my-nginx-headless": ("client", None, 8)}
+ASKED = {HOST_RESOLVED: "my-nginx"}  # the name a case's client asks for, where it is not the case's
 
 
 def pick(case: str, chains: list, alerts: list) -> tuple[dict, set[str]]:
-    """The one chain of a case's curl, and the rules of its alerts."""
+    """The one chain of a case's curl, and the rules of its alerts. A chain naming no Service is
+    told by the name its lookup asked for."""
     rules = {a["alert_id"]: a["rule"] for a in alerts}
     client, service, _queries = CLIENTS.get(case, ("client", case, 8))
-    [chain] = [ch for ch in chains if (ch["service"] or {}).get("name") == service and ch["client"]["pod"] == client]
+    qname = None if service else f"{ASKED.get(case, case)}.{DOMAIN}"
+    [chain] = [ch for ch in chains if (ch["service"] or {}).get("name") == service and ch["client"]["pod"] == client
+               and (qname is None or (ch["dns"] or {}).get("qname") == qname)]
     return chain, {rules[i] for i in chain["alerts"]}
 
 

@@ -27,7 +27,9 @@ my-nginx. The cases:
 * three requests on one keep-alive connection, through DNAT and through the userspace proxy;
 * a name whose UDP answer is truncated: the resolver asks again over TCP;
 * a Go client (goclient/: net/http and Go's own resolver, no glibc) requesting my-nginx;
-* an IPv6 Service (the client and nginx are dual-stack; ip6tables DNAT; the name has an AAAA).
+* an IPv6 Service (the client and nginx are dual-stack; ip6tables DNAT; the name has an AAAA);
+* a Service whose targetPort is a container port's name, and a headless Service (the name
+  resolves to the pod itself).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -65,7 +67,7 @@ class Case:
     """One Service the client curls, and how the lab's kube-proxy treats its ClusterIP."""
     vip: str
     path: str  # "dnat" to its target port | "userspace" via the node's proxy | "socklb" | "flushed" | "reject"
-    target_port: int = 80
+    target_port: int | str = 80  # a name: the backend container's port of that name
     selector: tuple = tuple(NGINX.items())
     rule_to: str = NGINX_IP  # where the lab's rules send it (a stale rule: not the EndpointSlice's pod)
 
@@ -85,7 +87,12 @@ CASES = {
     "my-nginx-userspace-keepalive": Case("10.96.0.110", "userspace"),
     "my-nginx-tcp-dns": Case("10.96.0.111", "dnat"),  # its UDP answer is truncated: the resolver asks over TCP
     "my-nginx-v6": Case("fd00:10:96::100", "dnat", rule_to=IP6["my-nginx-1"]),  # an IPv6 Service (ip6tables)
+    "my-nginx-named-port": Case("10.96.0.112", "dnat", target_port="http"),  # nginx's container port "http"
+    # headless (clusterIP None): DNS answers the pod's own address, nothing translates; port 80
+    "my-nginx-headless": Case("None", "headless"),
 }
+NAMED_PORTS = {"http": 80}  # the nginx container's named ports
+SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
 KEEPALIVE_PATHS = ("/index.html", "/missing.html", "/index.html")  # one curl, one connection: 200, 404, 200
 KEEPALIVE = ("my-nginx-keepalive", "my-nginx-userspace-keepalive")
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
@@ -109,15 +116,16 @@ def cluster_list() -> dict:
     items: list[dict] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": f"uid-node-{NODE}"},
                           "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}]
     for ns, name, ip, labels, cname, port in PODS:
-        container = {"name": cname, "ports": [{"containerPort": port}] if port else []}
+        named = [{"name": n, "containerPort": p} for n, p in NAMED_PORTS.items() if p == port and cname == "nginx"]
+        container = {"name": cname, "ports": named or ([{"containerPort": port}] if port else [])}
         ips = [{"ip": ip}] + ([{"ip": IP6[name]}] if name in IP6 else [])
         items.append({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-pod-{name}", "labels": labels},
                       "spec": {"nodeName": NODE, "containers": [container]},
                       "status": {"phase": "Running", "podIP": ip, "podIPs": ips, "hostIP": NODE_IP,
                                  "conditions": [{"type": "Ready", "status": "True"}]}})
-    services = {name: ("default", case.vip, 8080, "TCP", case.target_port, dict(case.selector))
-                for name, case in CASES.items()}
+    services = {name: ("default", case.vip, SERVICE_PORT.get(name, 8080), "TCP", case.target_port,
+                       dict(case.selector)) for name, case in CASES.items()}
     services["kube-dns"] = ("kube-system", DNS_VIP, 53, "UDP", 53, {"k8s-app": "kube-dns"})
     for name, (ns, vip, port, proto, target, selector) in services.items():
         v6 = ":" in vip
@@ -132,7 +140,7 @@ def cluster_list() -> dict:
                       "addressType": "IPv6" if v6 else "IPv4",
                       "metadata": {"namespace": ns, "name": f"{name}-lab", "uid": f"uid-eps-{name}",
                                    "labels": {"kubernetes.io/service-name": name}},
-                      "ports": [{"name": "p", "port": target, "protocol": proto}],
+                      "ports": [{"name": "p", "port": NAMED_PORTS.get(target, target), "protocol": proto}],
                       "endpoints": [{"addresses": [ip], "nodeName": NODE,
                                      "conditions": {"ready": True, "serving": True, "terminating": False},
                                      "targetRef": {"kind": "Pod", "namespace": pns, "name": pname}}
@@ -192,7 +200,8 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
     lab.service(DNS_VIP, 53, "tcp", [(DNS_IP, 53)])
     dns = [sys.executable, "-m", "lab.net.dns_server"]
-    names = [f"{'+' if name == 'my-nginx-tcp-dns' else ''}{name}.{DOMAIN}={case.vip}" for name, case in CASES.items()]
+    names = [f"{'+' if name == 'my-nginx-tcp-dns' else ''}{name}.{DOMAIN}="
+             f"{NGINX_IP if case.path == 'headless' else case.vip}" for name, case in CASES.items()]
     servers.append(lab.start("coredns", [*dns, DNS_IP, *names], cwd=REPO, stdout=subprocess.PIPE, text=True))
     read_until(servers[-1], "ready")
     # the node's resolver answers my-nginx with an address that is no Service: the node's own
@@ -205,7 +214,7 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.wait_listening("my-nginx-1", NGINX_IP, 8082, servers[-1])
     for i, case in enumerate(CASES.values()):
         if case.path == "dnat":
-            lab.service(case.vip, 8080, "tcp", [(case.rule_to, case.target_port)])
+            lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))])
         elif case.path == "reject":
             lab.reject(case.vip, 8080, "tcp")
         elif case.path == "userspace":
@@ -220,12 +229,13 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
 
 
 def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2,
-         paths: tuple[str, ...] = ("/index.html",), client: list[str] | None = None) -> tuple[int, int, bytes]:
+         paths: tuple[str, ...] = ("/index.html",), client: list[str] | None = None,
+         port: int = 8080) -> tuple[int, int, bytes]:
     """curl http://NAME.default.svc.cluster.local:8080/PATH in `pod` (and `cgroup`); NAME may be an
     IP; several paths go on one keep-alive connection: (pid, exit status, body). The connect
     timeout includes name resolution. `client`: another program taking the URLs instead of curl."""
     host = name if name[0].isdigit() else f"{name}.{DOMAIN}"
-    urls = [f"http://{host}:8080{path}" for path in paths]
+    urls = [f"http://{host}:{port}{path}" for path in paths]
     argv = lab.argv(pod, [*client, *urls] if client else
                     ["curl", "-s", "--connect-timeout", str(connect_timeout), *urls])
     if cgroup is not None:  # join the cgroup first: `ip netns exec` remounts /sys
@@ -240,7 +250,7 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     in the order made."""
     socklb = CASES["my-nginx-socklb"]
     out = {name: ("client", name, {"paths": KEEPALIVE_PATHS if name in KEEPALIVE else ("/index.html",),
-                                   "socklb": case is socklb})
+                                   "socklb": case is socklb, "port": SERVICE_PORT.get(name, 8080)})
            for name, case in CASES.items()}
     out[HOST_RESOLVED] = ("other-client", "my-nginx", {})
     out[NO_SUCH_NAME] = ("client", NO_SUCH_NAME, {})
