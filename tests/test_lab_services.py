@@ -78,15 +78,13 @@ EXPECTED = {
     # dual stack: the lookup over IPv4 (an AAAA answer), the request over IPv6 through ip6tables
     "my-nginx-v6": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
     "my-nginx-named-port": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
-    # straight to the pod the name resolved to: no translation; the chain names no Service (its
-    # lookup names it)
-    "my-nginx-headless": (0, "ok", None, "my-nginx-1", 200, None, {AMPLIFIED}),
+    # straight to the pod the name resolved to: nothing translates, by design
+    "my-nginx-headless": (0, "ok", "none", "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
-           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8),
-           "my-nginx-headless": ("client", None, 8)}
+           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8)}
 ASKED = {HOST_RESOLVED: "my-nginx"}  # the name a case's client asks for, where it is not the case's
 
 
@@ -230,3 +228,10 @@ def test_kernel_losses_make_chains_incomplete_never_broken(tmp_path):
     assert result.chains and {ch["status"] for ch in result.chains} <= {"ok", "incomplete"}
     assert "incomplete" in {ch["status"] for ch in result.chains}
     assert [a["rule"] for a in result.alerts] == [AMPLIFIED] * len(result.alerts)  # info only: nothing breaks
+
+
+def test_headless_service_is_named_without_a_cluster_ip(lab_capture):
+    events, _curls = lab_capture
+    chain, _ = chain_of("my-nginx-headless", events)
+    assert chain["service"]["cluster_ip"] is None and chain["dns"]["answers"] == [NGINX_IP]
+    assert (chain["connect"]["ip"], chain["connect"]["port"]) == (NGINX_IP, 80)

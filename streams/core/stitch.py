@@ -629,6 +629,14 @@ class Stitcher:
                     sp = _port_for_target(sv, aport)
                     conn.svc = _svc(sv, sp, vip, sp.port if sp else None, "pod")
                     return
+            if aip in answers:
+                # a headless Service (no ClusterIP): its name resolves to its endpoints, and the
+                # client connects to one itself; nothing translates
+                named = service_of_name(lookup["qname"])
+                for sv in idx.services_for_endpoint(aip, aport, ts):
+                    if not sv.cluster_ips and (sv.namespace, sv.name) == named:
+                        conn.svc = _svc(sv, _port_for_target(sv, aport), None, aport, "headless")
+                        return
         ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
             found = self._nodeport_service(aport, ts)
@@ -1130,6 +1138,10 @@ class Stitcher:
                 backend = self._endpoint(None, None, None, b_ip, b_port, px[D_TS])[0]
                 if q is not None:
                     hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
+        elif svc is not None and svc["via"] == "headless":
+            translation = {"mode": "none", "confidence": "high", "proxy": None}
+            if cn is not None and not backends:
+                b_ip, b_port = cn["aip"], cn["aport"]
         elif svc is not None and cn is not None:
             rip = cn["rip"]
             rewritten = rip not in UNSPECIFIED_IPS and rip != cn["aip"] and rip not in (svc["cluster_ip"],)
