@@ -48,7 +48,6 @@ ENRICHED_SCHEMA = "svctrace.enriched-batch"
 
 _EVENT_ORDER = attrgetter("ts", "n")  # one node's events: event time, then capture order
 _TS = attrgetter("ts")
-_N = attrgetter("n")
 _LATE_MARKERS = 64  # pending late-loss markers per node at most (more are folded into the last)
 _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
@@ -287,8 +286,12 @@ class Enricher:
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
         other_ips = self._other_ips
+        top = -1  # the highest n released (a Python comparison per event costs less than max(map(...)))
         for e in events:
             ts = e.ts
+            n = e.n
+            if n > top:
+                top = n
             kind = e.kind
             if kind == "lost":
                 lost.append({"node": e.node, "ts": ts, "count": max(e.res, 0)})
@@ -357,7 +360,7 @@ class Enricher:
                 # (a class call costs twice as much)
                 d = new(Enriched)
                 d.ev = e
-                d.order = (ts, e.node, e.n)
+                d.order = (ts, e.node, n)
                 d.flow = flow
                 d.local_ref = lref
                 d.remote_ref = rref
@@ -374,7 +377,6 @@ class Enricher:
             if released is not None:
                 released.append(d)
         if events:
-            top = max(map(_N, events))
             nmax = state.get("nmax")
             if nmax is None or top > nmax:
                 state["nmax"] = top
