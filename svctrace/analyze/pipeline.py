@@ -92,7 +92,6 @@ class Analysis:
     alerts: list[dict] = field(default_factory=list)
     connections: ConnectionTable = field(default_factory=ConnectionTable)
     events: int = 0
-    kinds: Counter = field(default_factory=Counter)
     nodes: set = field(default_factory=set)
     first_ts: int | None = None
     last_ts: int | None = None
@@ -345,7 +344,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         reader = open_capture(raw, skip_corrupt=skip_corrupt)
         embedded = None if cluster else _EmbeddedState(reader, index, path, runner.graph)
         progress = _Progress(raw, p.stat().st_size, progress_file)
-        table, kinds = result.connections, result.kinds
+        table = result.connections
 
         def tap(events):
             """Count, tabulate, keep recent events and pick up embedded state on the way into the runner.
@@ -360,7 +359,6 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
                         poll()
                     count += 1
                     kind = e.kind
-                    kinds[kind] += 1
                     nodes_add(e.node)
                     ts = e.ts
                     if ts < first_ts:
