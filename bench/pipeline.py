@@ -20,8 +20,9 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
    (the alert key is rule + labels). Both runners use the same event-time settings (--lateness,
    --settle; default: the worker's own defaults); they bound the latency from below in both.
 --stages runs the throughput worker with CPU clocks on its stages (bench.worker_stages) and prints
-each stage's own CPU per event (core, codecs, shell, Faust, aiokafka, per thread what no clock
-covers) and the bytes its sockets moved; --compression then swaps the worker producer's codec.
+each stage's own CPU per event (core, codecs, shell, Faust, aiokafka, the cycle collector's passes,
+per thread what no clock covers) and the bytes its sockets moved, beside each core and gc row the
+same clock in an in-process run of the same traffic; --compression then swaps the worker producer's codec.
 The worker runs with its default checkpoint interval (the test harness checkpoints more often).
 Its progress records (watermark announcements without data) are counted beside the data records.
 Targets (issue 8): >= 100k events/s per worker; p99 syscall -> alert <= 1 s.
@@ -104,16 +105,34 @@ def start_worker(bootstrap, prefix, workdir, name, extra, profile=None, enriched
     return worker.start()
 
 
-def print_stages(report: dict, events: int, cpu: float) -> None:
+def core_stages(events, index, settings: Settings) -> dict:
+    """The in-process run again, its core stages clocked as the worker's are: {label: [ns, calls]}."""
+    uninstall = worker_stages.install("core:")  # and the cycle collector's passes
+    worker_stages.STATS.clear()
+    try:
+        run(events, index, settings)
+        return dict(worker_stages.STATS)
+    finally:
+        uninstall()
+        worker_stages.STATS.clear()
+
+
+def print_stages(report: dict, events: int, cpu: float, inproc: dict | None = None, inproc_events: int = 0) -> None:
     """bench.worker_stages' report: each clocked stage's self CPU per event, and per thread what no
-    clock covers (Faust, asyncio, aiokafka outside the clocked calls)."""
+    clock covers (Faust, asyncio, aiokafka outside the clocked calls); beside a core stage, the same
+    clock in an in-process run of the same traffic."""
     stages, threads = report["stages"], report["threads"]
-    print(f"  stages (self CPU per event over the measured span; {cpu / events * 1e6:.1f} us/event in all):")
+    print(f"  stages (self CPU per event over the measured span; {cpu / events * 1e6:.1f} us/event in all"
+          f"{'; core stages also in-process, clocked the same way' if inproc else ''}):")
     per_thread: dict[str, int] = {}
     for label, (ns, calls) in sorted(stages.items(), key=lambda item: -item[1][0]):
         thread = label.rsplit(" [", 1)[1][:-1] if label.endswith("]") else "main"
         per_thread[thread] = per_thread.get(thread, 0) + ns
-        print(f"    {label:<52} {ns / events / 1e3:7.2f} us  {calls:>9,} calls")
+        beside = ""
+        if inproc and label in inproc:  # the core and gc rows
+            i_ns, i_calls = inproc[label]
+            beside = f"   in-process {i_ns / inproc_events / 1e3:7.2f} us  {i_calls:>9,} calls"
+        print(f"    {label:<52} {ns / events / 1e3:7.2f} us  {calls:>9,} calls{beside}")
     for thread, ns in sorted(threads.items(), key=lambda item: -item[1]):
         if ns:
             print(f"    thread {thread:<30} {ns / events / 1e3:7.2f} us in all, "
@@ -131,6 +150,7 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     # lowers the GC's pressure itself, as the worker does
     result = run(events, index, replace(settings, emit_enriched=enriched))
     inproc_cpu, inproc_wall = time.process_time() - c, time.perf_counter() - w
+    inproc_stages = core_stages(events, index, replace(settings, emit_enriched=enriched)) if stages else None
 
     prefix = f"bt{os.getpid()}."
     P.ensure_worker_topics(bootstrap, prefix)
@@ -173,7 +193,7 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
           + ", ".join(f"{stage} {n / 1e6:.1f} MB" for stage, n in state_bytes.items())
           + f" ({sum(state_bytes.values()) / sent:,.0f} B per event)")
     if stages:
-        print_stages(stage_report, measured, cpu)
+        print_stages(stage_report, measured, cpu, inproc_stages, len(events))
     row("events per CPU-second", measured / cpu, len(events) / inproc_cpu, "ev/cpu-s")
     w_us, i_us = cpu / measured * 1e6, inproc_cpu / len(events) * 1e6
     row("CPU per event", w_us, i_us, "us", "{:.1f}")

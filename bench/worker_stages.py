@@ -15,6 +15,7 @@ The clocks cost a syscall each (~0.3 us): wrapped functions are per record or co
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -22,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from time import thread_time_ns
 
@@ -181,14 +183,33 @@ def _count_bytes(direction: str, fn):
     return wrapper
 
 
-def install() -> None:
-    import asyncio.selector_events
-    import asyncio.streams
+def _clock_gc(phase: str, info: dict) -> None:
+    """The cycle collector's passes as their own stage (not the self time of the stage they interrupt)."""
+    if phase == "start":
+        _local.gc_t0 = thread_time_ns()
+        return
+    t0 = getattr(_local, "gc_t0", None)
+    if t0 is not None:
+        _local.gc_t0 = None
+        _account(f"gc: generation {info.get('generation')}", thread_time_ns() - t0, 0, _stack())
 
-    transport = asyncio.selector_events._SelectorSocketTransport
-    transport.write = _count_bytes("written", transport.write)
-    asyncio.streams.StreamReader.feed_data = _count_bytes("read", asyncio.streams.StreamReader.feed_data)
+
+def install(labels: str = "") -> Callable[[], None]:
+    """Clock every function of CLOCKS whose label starts with `labels` (all by default); returns
+    what undoes it. The cycle collector's passes are clocked too, and the whole worker counts the bytes
+    its sockets move."""
+    undo: list[tuple[object, str, object]] = []
+    if not labels:
+        import asyncio.selector_events
+        import asyncio.streams
+
+        transport = asyncio.selector_events._SelectorSocketTransport
+        transport.write = _count_bytes("written", transport.write)
+        asyncio.streams.StreamReader.feed_data = _count_bytes("read", asyncio.streams.StreamReader.feed_data)
+    gc.callbacks.append(_clock_gc)
     for module_name, path, label, is_async in CLOCKS:
+        if not label.startswith(labels):
+            continue
         module = importlib.import_module(module_name)
         *owners, name = path.split(".")
         owner = module
@@ -199,10 +220,18 @@ def install() -> None:
         except AttributeError:  # another version of the worker (an A/B run): say so, clock the rest
             print(f"bench.worker_stages: no {module_name}.{path}, not clocked", file=sys.stderr)
             continue
+        original = inspect.getattr_static(owner, name)
         wrapped = (clocked_async if is_async else clocked)(label, fn)
-        if isinstance(inspect.getattr_static(owner, name), staticmethod):
+        if isinstance(original, staticmethod):
             wrapped = staticmethod(wrapped)
         setattr(owner, name, wrapped)
+        undo.append((owner, name, original))
+
+    def uninstall() -> None:
+        gc.callbacks.remove(_clock_gc)
+        for owner, name, original in reversed(undo):
+            setattr(owner, name, original)
+    return uninstall
 
 
 def _thread_cpu_ns() -> dict[str, int]:
