@@ -31,6 +31,30 @@ def test_all_state_expires_by_event_time_without_flush():
         assert len(runner.chains) == 23  # 20 requests, 2 on the keep-alive connection, 1 lookup
 
 
+def test_lookups_a_dns_server_view_and_loss_markers_alone_expire_by_event_time():
+    """A bucket holding only DNS lookups (a pod that resolves names and connects nowhere), only
+    what a DNS server saw (its client's events not captured), or only a loss marker has no
+    connection timer: their own timers, not a flush, end them (found: they waited for the flush)."""
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    dig = sc.proc("client", "dig")
+    for i in range(3):
+        sc.lookup(T0 + i * 20 * S, dig, "10.244.1.5", "nothere.default.svc.cluster.local.", [], rcode=3)
+    lookups = sc.events()
+    server_only = [e for e in lookups if e.comm == "coredns"]
+    sc = Scenario(cluster, "dnat")
+    sc.loss(T0, "node-a")
+    for events, chains in ((lookups, 3), (server_only, 0), (sc.events(), 0)):
+        runner = Runner(cluster.index(), step_events=4)
+        runner.feed(events)
+        runner.step()
+        assert any(runner.states.values())
+        runner.advance(T0 + 3600 * S)  # only the watermark moves
+        assert runner.open_state_sizes() == {t: 0 for t in runner.states}
+        assert len(runner.chains) == chains
+        assert all(c["status"] == "broken" and c["dns"]["rcode"] == "NXDOMAIN" for c in runner.chains)
+
+
 def test_open_chains_are_closed_by_the_idle_timeout():
     cluster = Cluster()
     sc = Scenario(cluster, "dnat")

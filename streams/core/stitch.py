@@ -266,6 +266,8 @@ class Stitcher:
         wm = state["wm"]
         for loss in batch.get("lost") or ():
             state["lost"].append([loss["node"], loss["ts"], loss["count"]])
+            if state["next"] is None:  # a timer pass trims old markers
+                state["next"] = max(wm, loss["ts"]) + self.lookup_timeout_ns
         buf = state["buf"]
         out: list = []
         late: list | None = None
@@ -735,6 +737,8 @@ class Stitcher:
                                  "ip": e.local_ip, "port": e.local_port,
                                  "container_id": e.container_id, "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}}
                 heappush(st["dq"], [e.ts, k])
+                if st["next"] is None:
+                    st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
@@ -760,7 +764,10 @@ class Stitcher:
                                                 "container_id": e.container_id, "ip": ip,
                                                 "port": e.local_port, "flow": d.flow}}
                 lookups.append(cur)
-                heappush(st["lq"], [ts + self.lookup_timeout_ns, st["seq"], lkey])
+                dl = ts + self.lookup_timeout_ns
+                heappush(st["lq"], [dl, st["seq"], lkey])
+                if st["next"] is None or dl < st["next"]:
+                    st["next"] = dl  # (a bucket of lookups alone has no other timer to pass it)
                 st["seq"] += 1
                 del lookups[:-8]
             cur["t1"] = ts
