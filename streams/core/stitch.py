@@ -49,16 +49,39 @@ MAX_EVIDENCE = 24
 MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
 MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at most (more are folded)
-# Records kept per connection as lists (cheaper to build and read than dicts; JSON-able):
-# an acceptor (a proxy or the backend: its accepted socket), A_*
-A_NODE, A_PID, A_COMM, A_FD, A_CID, A_IP, A_PORT, A_TS, A_HOST, A_REQS, A_NREQ = range(11)
-# a request an acceptor received (R_I: its index on the connection; R_STS: when it was answered), R_*
-R_I, R_TS, R_STS, R_EV = range(4)
-# a request the client sent (C_I: its index on the connection; C_RTS: when its response came;
-# C_DONE: its chain was emitted), C_*
-C_I, C_TS, C_M, C_TG, C_H, C_TX, C_RX, C_RTS, C_ST, C_EV, C_DONE = range(11)
-# a userspace proxy's dial to the backend (D_IP/D_PORT: the backend; D_LIP/D_LPORT: the dial's own), D_*
-D_NODE, D_PID, D_COMM, D_FD, D_IP, D_PORT, D_LIP, D_LPORT, D_TS, D_RES, D_ERRNO = range(11)
+# Records kept per connection as lists (cheaper to build and read than dicts; JSON-able),
+# read and written through these index names:
+#
+# an acceptor: the socket a userspace proxy or the backend accepted (conn.sv), A_*
+#   A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID  the accepting process
+#   A_IP, A_PORT                                 its local endpoint
+#   A_TS                                         when it accepted
+#   A_HOST_PROCESS                               a host process (not a pod's): may be a userspace proxy
+#   A_REQUESTS                                   the requests it received, R_* records (bounded)
+#   A_NREQUESTS                                  how many it received (the next one's index)
+A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS = range(11)
+# a request an acceptor received, R_*
+#   R_INDEX        its index on the connection (the client's request of the same index)
+#   R_TS           when it was received
+#   R_RESPONSE_TS  when the acceptor answered it (None: not yet)
+#   R_EVIDENCE     its event refs (received, answered)
+R_INDEX, R_TS, R_RESPONSE_TS, R_EVIDENCE = range(4)
+# a request the client sent (conn.creq), C_*
+#   C_INDEX                        its index on the connection (chain ids: one chain per request)
+#   C_TS                           when it was sent
+#   C_METHOD, C_TARGET, C_HOST     its request line and Host header
+#   C_SENT, C_RECEIVED             bytes sent (the request) and received (its response)
+#   C_RESPONSE_TS, C_STATUS        when its response came and its status (None: not yet)
+#   C_EVIDENCE                     its event refs (sent, response received)
+#   C_DONE                         its chain was emitted
+C_INDEX, C_TS, C_METHOD, C_TARGET, C_HOST, C_SENT, C_RECEIVED, C_RESPONSE_TS, C_STATUS, C_EVIDENCE, C_DONE = range(11)
+# a userspace proxy's dial to the backend (conn.px), D_*
+#   D_NODE, D_PID, D_COMM, D_FD        the dialing process
+#   D_BACKEND_IP, D_BACKEND_PORT       where it dialed (the backend)
+#   D_LOCAL_IP, D_LOCAL_PORT           the dial's own endpoint
+#   D_TS                               when it dialed
+#   D_RESULT, D_ERRNO                  the connect's result and errno name (EINPROGRESS: see _connect_result)
+D_NODE, D_PID, D_COMM, D_FD, D_BACKEND_IP, D_BACKEND_PORT, D_LOCAL_IP, D_LOCAL_PORT, D_TS, D_RESULT, D_ERRNO = range(11)
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -490,7 +513,7 @@ class Stitcher:
             for me in conn.px:
                 if me[D_FD] == e.fd and me[D_PID] == e.pid and me[D_NODE] == e.node:
                     if me[D_ERRNO] == "EINPROGRESS":
-                        me[D_RES], me[D_ERRNO] = e.res, e.errno
+                        me[D_RESULT], me[D_ERRNO] = e.res, e.errno
                         _evidence(conn, e, f"proxy dial {e.errno}")
                     break
 
@@ -523,7 +546,7 @@ class Stitcher:
         # The oldest answered request not yet emitted: requests are answered oldest first and
         # emitted oldest first, so creq is [emitted..., answered..., unanswered...] in time order.
         for r in conn.creq:
-            rts = r[C_RTS]
+            rts = r[C_RESPONSE_TS]
             if rts is None:
                 break
             if not r[C_DONE]:
@@ -570,8 +593,8 @@ class Stitcher:
                             _trim_client(conn)
                         return
                 reqs = conn.creq
-                if reqs and reqs[-1][C_RTS] is None:
-                    reqs[-1][C_TX] += e.res
+                if reqs and reqs[-1][C_RESPONSE_TS] is None:
+                    reqs[-1][C_SENT] += e.res
             elif e.errno in FAILED_ERRNOS:
                 conn.err = conn.err or e.errno
                 _evidence(conn, e, "client send error")
@@ -584,18 +607,18 @@ class Stitcher:
                 data = e.data
                 cur = None  # the oldest request still waiting for its response
                 for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
-                    if r[C_RTS] is not None:
+                    if r[C_RESPONSE_TS] is not None:
                         break
                     cur = r
                 if data and data.startswith(RESPONSE_PREFIX):
                     resp = parse_response(data)
                     if resp is not None and resp.status >= 200 and cur is not None:
-                        cur[C_RTS], cur[C_ST], cur[C_RX] = ts, resp.status, e.res
-                        cur[C_EV].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
+                        cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, e.res
+                        cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
                         return True
                 last = conn.creq[-1] if conn.creq else None
-                if last is not None and last[C_RTS] is not None:
-                    last[C_RX] += e.res
+                if last is not None and last[C_RESPONSE_TS] is not None:
+                    last[C_RECEIVED] += e.res
             elif e.res == 0:
                 conn.eof = conn.eof or ts
                 _evidence(conn, e, "client got EOF")
@@ -683,21 +706,21 @@ class Stitcher:
             if data and data.startswith(REQUEST_PREFIXES):
                 req = parse_request(data)
                 if req is not None:
-                    i = me[A_NREQ]
-                    me[A_NREQ] = i + 1
-                    reqs = me[A_REQS]
+                    i = me[A_NREQUESTS]
+                    me[A_NREQUESTS] = i + 1
+                    reqs = me[A_REQUESTS]
                     reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
                     if len(reqs) > MAX_REQS_KEPT:
                         del reqs[:-MAX_REQS_KEPT]
         elif kind == "send" and e.res > 0:
             data = e.data
-            reqs = me[A_REQS]
-            if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_STS] is None:
+            reqs = me[A_REQUESTS]
+            if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_RESPONSE_TS] is None:
                 resp = parse_response(data)
                 if resp is not None and resp.status >= 200:
                     r = reqs[-1]
-                    r[R_STS] = ts
-                    r[R_EV].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+                    r[R_RESPONSE_TS] = ts
+                    r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
 
     # a userspace proxy's outbound connection ------------------------------------
 
@@ -714,7 +737,7 @@ class Stitcher:
             conn.px.append(me)
             del conn.px[:-4]
         if kind == "connect":
-            me[D_RES], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
+            me[D_RESULT], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
             _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
         # (the requests a proxy forwards and the responses it gets back: a chain shows the
         # client's and the backend's)
@@ -923,7 +946,7 @@ class Stitcher:
                 continue
             emitted = False
             for r in conn.creq:  # answered oldest first: the settled ones lead (see _conn_deadline)
-                rts = r[C_RTS]
+                rts = r[C_RESPONSE_TS]
                 if rts is None or now < rts + settle_ns:
                     break
                 if not r[C_DONE]:
@@ -1124,7 +1147,7 @@ class Stitcher:
         proxies, backends = [], []
         for s in sv:
             nodes.add(s[A_NODE])
-            if s[A_HOST] and s[A_IP] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
+            if s[A_HOST_PROCESS] and s[A_IP] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
                 proxies.append(s)
             else:
                 backends.append(s)
@@ -1137,11 +1160,11 @@ class Stitcher:
         hops: list[dict] = []
         if px is not None or proxies:
             q = proxies[0] if proxies else None
-            proxy = self._endpoint(q[A_NODE], q[A_PID], q[A_COMM], q[A_IP], q[A_PORT], q[A_TS], q[A_CID])[0] \
-                if q else self._endpoint(px[D_NODE], px[D_PID], px[D_COMM], px[D_LIP], px[D_LPORT], px[D_TS])[0]
+            proxy = self._endpoint(q[A_NODE], q[A_PID], q[A_COMM], q[A_IP], q[A_PORT], q[A_TS], q[A_CONTAINER_ID])[0] \
+                if q else self._endpoint(px[D_NODE], px[D_PID], px[D_COMM], px[D_LOCAL_IP], px[D_LOCAL_PORT], px[D_TS])[0]
             translation = {"mode": "userspace_proxy", "confidence": "high", "proxy": proxy}
             if px is not None:
-                b_ip, b_port = px[D_IP], px[D_PORT]
+                b_ip, b_port = px[D_BACKEND_IP], px[D_BACKEND_PORT]
                 backend = self._endpoint(None, None, None, b_ip, b_port, px[D_TS])[0]
                 if q is not None:
                     hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
@@ -1169,7 +1192,7 @@ class Stitcher:
         b = None
         if backends:
             b = backends[0]
-            backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CID])[0]
+            backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CONTAINER_ID])[0]
             b_ip, b_port = b[A_IP], b[A_PORT]
             hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": max(0, b[A_TS] - t_conn)})
         elif backend is None and b_ip is not None:
@@ -1255,7 +1278,7 @@ class Stitcher:
     def _emit(self, st: dict, conn: Conn, req: dict | None, out: list, final: bool) -> None:
         p = self._parts(conn)
         cn, svc, dnsx = p.cn, p.svc, p.dns
-        i = req[C_I] if req is not None else 0
+        i = req[C_INDEX] if req is not None else 0
         a = conn.a
         cid = chain_id(a[0], a[1], conn.k, i)
         t_conn = p.t_conn
@@ -1269,35 +1292,35 @@ class Stitcher:
             backend_req = None
             b = p.b
             if b is not None:
-                breqs = b[A_REQS]  # numbered consecutively (R_I), the oldest trimmed: r[R_I] == i at i - first
-                k = i - breqs[0][R_I] if breqs else -1
-                if 0 <= k < len(breqs) and breqs[k][R_I] == i:
+                breqs = b[A_REQUESTS]  # numbered consecutively (R_INDEX), the oldest trimmed: r[R_INDEX] == i at i - first
+                k = i - breqs[0][R_INDEX] if breqs else -1
+                if 0 <= k < len(breqs) and breqs[k][R_INDEX] == i:
                     backend_req = breqs[k]
                 else:
                     for r in breqs:
-                        if r[R_I] == i:  # i: the client request's index
+                        if r[R_INDEX] == i:  # i: the client request's index
                             backend_req = r
                             break
-            rts = req[C_RTS]
-            response = {"protocol": "http", "method": req[C_M], "target": req[C_TG], "host": req[C_H],
-                        "status": req[C_ST], "bytes_sent": req[C_TX], "bytes_received": req[C_RX], "error": None}
-            evidence += req[C_EV]
+            rts = req[C_RESPONSE_TS]
+            response = {"protocol": "http", "method": req[C_METHOD], "target": req[C_TARGET], "host": req[C_HOST],
+                        "status": req[C_STATUS], "bytes_sent": req[C_SENT], "bytes_received": req[C_RECEIVED], "error": None}
+            evidence += req[C_EVIDENCE]
             if rts is not None:
                 hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": rts - req[C_TS]})
             if backend_req is not None:
-                evidence += backend_req[R_EV]
-                sts = backend_req[R_STS]
+                evidence += backend_req[R_EVIDENCE]
+                sts = backend_req[R_RESPONSE_TS]
                 if sts is not None:
                     hops.append({"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
                                  "latency_ns": sts - backend_req[R_TS]})
         elif conn.tx or conn.rx:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
                         "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
-        if req is not None and req[C_ST] is not None and p.connect_error is None:
+        if req is not None and req[C_STATUS] is not None and p.connect_error is None:
             outcome = "ok"  # (_outcome's answer: a response, and a connect that did not fail)
         else:
             outcome = _outcome(conn, req, idle_closed=not final and conn.ccl is None)
-        if req is not None and req[C_RTS] is None and outcome == "pending" and not final:
+        if req is not None and req[C_RESPONSE_TS] is None and outcome == "pending" and not final:
             # the client stopped waiting (close) or the idle timeout ran out: how long it waited
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
@@ -1313,7 +1336,7 @@ class Stitcher:
 
         # time span
         start_ts = end_ts = t_conn
-        last = conn.t1 if req is None else (req[C_RTS] or req[C_TS])
+        last = conn.t1 if req is None else (req[C_RESPONSE_TS] or req[C_TS])
         if last < start_ts:
             start_ts = last
         elif last > end_ts:
@@ -1354,8 +1377,9 @@ class Stitcher:
                     found.append(p.svc_if_failed)
                 if p.misrouted:
                     found.append(("svc.misrouted", None))
-                if req is not None and req[C_ST] is not None and req[C_ST] >= 500:
-                    found.append(("svc.backend_5xx", {"status": req[C_ST], "method": req[C_M], "target": req[C_TG]}))
+                if req is not None and req[C_STATUS] is not None and req[C_STATUS] >= 500:
+                    found.append(("svc.backend_5xx", {"status": req[C_STATUS], "method": req[C_METHOD],
+                                                       "target": req[C_TARGET]}))
                 if p.slow_hops:
                     found += [("svc.hop_latency", h) for h in p.slow_hops]
                 for h in hops[len(p.hops):]:  # this request's hops
@@ -1569,7 +1593,7 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     errno = cn.get("errno")
     if cn and cn.get("res", 0) < 0 and errno in FAILED_ERRNOS:
         return FAILED_ERRNOS[errno]
-    if req is not None and req[C_ST] is not None:
+    if req is not None and req[C_STATUS] is not None:
         return "ok"
     if conn.err in FAILED_ERRNOS:
         return FAILED_ERRNOS[conn.err]
