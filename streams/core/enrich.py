@@ -285,6 +285,12 @@ class Enricher:
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
+        # the current second's bounds: ts in [sec_start, sec_end) is ts // S == fast_sec, checked
+        # without a division per event
+        sec_start = sec_end = 0
+        if fast_sec is not None:
+            sec_start = fast_sec * S
+            sec_end = sec_start + S
         other_ips = self._other_ips
         top = -1  # the highest n released (a Python comparison per event costs less than max(map(...)))
         for e in events:
@@ -298,9 +304,10 @@ class Enricher:
                 continue
             try:
                 proto = e.proto
-                sec = ts // S
-                if sec != fast_sec:  # ref() fills the tables of the second it is told is current
-                    self._fast_sec = fast_sec = sec
+                if not sec_start <= ts < sec_end:  # ref() fills the tables of the second it is told is current
+                    self._fast_sec = fast_sec = ts // S
+                    sec_start = fast_sec * S
+                    sec_end = sec_start + S
                     self._fast_refs = fast = {}
                     self._fast_ports = fast_ports = {}
                 lip = e.local_ip
@@ -312,7 +319,7 @@ class Enricher:
                     try:
                         lref = fast_ports[lip, e.local_port, proto]
                     except KeyError:
-                        lref = ref(lip, e.local_port, proto, ts, sec)
+                        lref = ref(lip, e.local_port, proto, ts, fast_sec)
                 rip = e.remote_ip
                 try:
                     rref = fast[rip]
@@ -322,7 +329,7 @@ class Enricher:
                     try:
                         rref = fast_ports[rip, e.remote_port, proto]
                     except KeyError:
-                        rref = ref(rip, e.remote_port, proto, ts, sec)
+                        rref = ref(rip, e.remote_port, proto, ts, fast_sec)
                 aip = e.addr_ip
                 if aip == rip and e.addr_port == e.remote_port:
                     aref = rref
@@ -335,7 +342,7 @@ class Enricher:
                         try:
                             aref = fast_ports[aip, e.addr_port, proto]
                         except KeyError:
-                            aref = ref(aip, e.addr_port, proto, ts, sec)
+                            aref = ref(aip, e.addr_port, proto, ts, fast_sec)
                 role = e.role
                 server_side = role == "server" if role is not None else e.local_port == dns_port
                 # Proxy detection concerns tagged sockets, connects, host processes (a pod's
