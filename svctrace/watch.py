@@ -16,11 +16,10 @@ Exit status: 0 no alerts, 1 alerts, 2 error.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
 import sys
 import time
+
+from svctrace.agents.agent.live import LiveCapture, add_options
 
 PROG = "svctrace watch"
 
@@ -36,12 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, else ~/.kube/config)")
     parser.add_argument("--context", help="with --kube: kubeconfig context")
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: at Ctrl-C)")
-    parser.add_argument("--snaplen", type=int, default=256, help="payload bytes captured per event (0..4096)")
-    parser.add_argument("--ring-mb", type=int, default=16, help="kernel ring buffer size (MiB, a power of two)")
-    parser.add_argument("--node", help="node name (default: $NODE_NAME, else the hostname)")
-    parser.add_argument("--btf", default="/sys/kernel/btf/vmlinux")
-    parser.add_argument("--bpf-object", help="prebuilt BPF object (default: build into the cache)")
+    add_options(parser)
     color = parser.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
     color.add_argument("--no-color", dest="color", action="store_const", const=False, help="plain text even on a terminal")
@@ -154,10 +148,6 @@ class Printer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svctrace.agents.ebpf.containers import ContainerIds
-    from svctrace.agents.ebpf.loader import CaptureConfig, CaptureError, EbpfCapture, boot_to_epoch_ns
-    from svctrace.agents.ebpf.records import Normalizer
-    from svctrace.agents.redact import redact
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
@@ -168,55 +158,29 @@ def run(args: argparse.Namespace) -> int:
     except AnalyzeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
-    node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
-    try:
-        cap = EbpfCapture(CaptureConfig(snaplen=args.snaplen, ring_bytes=args.ring_mb << 20,
-                                        btf_path=args.btf, object_path=args.bpf_object))
-    except CaptureError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+    live = LiveCapture.open(args, PROG, containers=True)
+    if live is None:
         return 2
-    stop = False
-
-    def on_signal(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     index = ClusterIndex.from_records(records)
-    live = None
+    state = None
     if args.kube or args.kubeconfig:
         try:
-            live = LiveState(args, index)
+            state = LiveState(args, index)
         except Exception as e:  # unreachable, unauthorized, no kubeconfig: one line
-            cap.close()
+            live.close()
             print(f"{PROG}: error: cluster state: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                   file=sys.stderr)
             return 2
     runner = Runner(index)
     printer = Printer(sys.stdout, args.json, args.color)
-    norm = Normalizer(node, boot_to_epoch_ns(), containers=ContainerIds())
-    drops = 0
-    deadline = time.monotonic() + args.duration if args.duration > 0 else None
-    print(f"{PROG}: watching {node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    print(f"{PROG}: watching {live.node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         with fewer_gc_passes():
             while True:
-                # a stop seen before a drain makes that drain the last one
-                last = stop or (deadline is not None and time.monotonic() >= deadline)
-                events: list = []
-                cap.ring.drain(norm.decode, events)
-                now_drops = cap.drops()[0]
-                if now_drops > drops:
-                    events.append(norm.lost(now_drops - drops, time.time_ns()))
-                    drops = now_drops
-                for i, ev in enumerate(events):
-                    if ev.data:
-                        clean, changed = redact(ev.data, args.snaplen)
-                        if changed:
-                            events[i] = ev.with_(data=clean, redacted=True)
-                if live is not None:
-                    live.apply()  # the cluster as of now, before the events of now
+                last = live.stopping()  # a stop seen before a drain makes that drain the last one
+                events = live.read()
+                if state is not None:
+                    state.apply()  # the cluster as of now, before the events of now
                 if events:
                     runner.feed(events)
                 runner.step()
@@ -225,14 +189,14 @@ def run(args: argparse.Namespace) -> int:
                 printer.take(runner)
                 if last:
                     break
-                cap.ring.wait(0.1)
+                live.wait(0.1)
             runner.finish()
             printer.take(runner)
     except BrokenPipeError:
         return 0
     finally:
-        cap.close()
-        if live is not None:
-            live.close()
-    print(f"{PROG}: {drops} events lost in the kernel" if drops else f"{PROG}: stopped", file=sys.stderr)
+        live.close()
+        if state is not None:
+            state.close()
+    print(f"{PROG}: {live.drops} events lost in the kernel" if live.drops else f"{PROG}: stopped", file=sys.stderr)
     return 1 if printer.alerts else 0
