@@ -123,6 +123,19 @@ def test_json_record_check_agrees_with_the_schema_validator():
     assert problem is not None and "field $.status" in problem
 
 
+def test_summary_and_alerts_only_keep_slim_chains(monkeypatch):
+    """--summary/--alerts-only print no chain: the analysis keeps what filters and counts read."""
+    from svctrace.analyze import pipeline
+    from svctrace.analyze.pipeline import analyze as run_analysis, slim_chain
+
+    full = run_analysis(str(CAPTURE), cluster=str(CLUSTER), want_evidence=False)
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 7)  # slimmed on the way too, not only at the end
+    slim = run_analysis(str(CAPTURE), cluster=str(CLUSTER), want_evidence=False, want_chains=False)
+    assert slim.chains == [slim_chain(c) for c in full.chains] and len(slim.chains) >= 4
+    assert all(len(orjson.dumps(s)) < len(orjson.dumps(c)) / 3 for s, c in zip(slim.chains, full.chains))
+    assert slim.alerts == full.alerts
+
+
 def test_json_refuses_an_invalid_record_naming_its_field(monkeypatch, capsys):
     from svctrace.analyze import command
 

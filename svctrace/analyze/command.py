@@ -189,7 +189,8 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.summary and args.json:
         raise AnalyzeError("--summary is a text report; --json prints the records only")
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
-                     progress_file=err, want_evidence=not (args.json or args.summary))
+                     progress_file=err, want_evidence=not (args.json or args.summary),
+                     want_chains=not (args.summary or args.alerts_only))
     return output(args, result, flt, out)
 
 

@@ -327,8 +327,38 @@ class _EvidenceWindow:
         return {(r.get("node"), r.get("n")) for a in alerts for r in a.get("evidence") or ()} - set(self.found)
 
 
+def slim_chain(chain: dict) -> dict:
+    """What of a chain the filters, the ordering and the summary read."""
+    slim = {k: chain.get(k) for k in ("chain_id", "start_ts", "status")}
+    for k in ("client", "backend"):
+        if chain.get(k):
+            slim[k] = {"namespace": chain[k].get("namespace")}
+    service, dns = chain.get("service"), chain.get("dns")
+    if service:
+        slim["service"] = {"namespace": service.get("namespace"), "name": service.get("name")}
+    if dns:
+        slim["dns"] = {"qname": dns.get("qname")}
+    return slim
+
+
+class _Slimmer:
+    """Replaces the chains of a list (the runner's, as they come out) by their slim form."""
+
+    def __init__(self, chains: list) -> None:
+        self.chains, self.done = chains, 0
+
+    def take(self) -> None:
+        chains = self.chains
+        if len(chains) > self.done:
+            chains[self.done:] = map(slim_chain, chains[self.done:])
+            self.done = len(chains)
+
+
 def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
-            progress_file: TextIO | None = None, want_evidence: bool = True) -> Analysis:
+            progress_file: TextIO | None = None, want_evidence: bool = True, want_chains: bool = True) -> Analysis:
+    """Run the capture through the in-process pipeline. want_evidence=False: alerts' events
+    are not kept for printing; want_chains=False: chains are kept only as `slim_chain`s
+    (what filters and the summary read), not whole (~5 KiB each), as they come out."""
     from svctrace.agents.scap import CaptureError, open_capture
     from svctrace.streams.core.runner import Runner
     from svctrace.streams.metadata.index import ClusterIndex
@@ -345,6 +375,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         embedded = None if cluster else _EmbeddedState(reader, index, path, runner.graph)
         progress = _Progress(raw, p.stat().st_size, progress_file)
         table = result.connections
+        slimmer = _Slimmer(runner.chains)
 
         def tap(events):
             """Count, tabulate, keep recent events and pick up embedded state on the way into the runner.
@@ -353,6 +384,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
             nodes_add, table_add = result.nodes.add, table.add
             keep = evidence.add if evidence is not None else None
             poll = embedded.poll if embedded is not None else None
+            slim = None if want_chains else slimmer.take
             try:
                 for e in events:
                     if poll is not None:
@@ -372,6 +404,8 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
                         keep(e)
                     if count % PROGRESS_EVERY == 0:
                         progress.update(count)
+                        if slim is not None:
+                            slim()
                     yield e
             finally:
                 result.events, result.lost = count, lost
@@ -390,6 +424,8 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         finally:
             progress.close()
         result.chains, result.alerts = list(run.chains), list(run.alerts)
+        if not want_chains:
+            _Slimmer(result.chains).take()
         result.late = run.stats.get("late", 0)
         result.deadletters = list(getattr(run, "deadletters", None) or ())
         result.reader_stats = reader.stats.as_dict()
