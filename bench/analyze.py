@@ -9,7 +9,8 @@ then measures side by side, in CPU seconds (the machine may be shared):
 1. the scap reader alone (iterate the SyscallEvents);
 2. reader + in-process runner (the core's chains and alerts);
 3. `analyze()`: 2 plus the connection table, embedded-state polling and the evidence window;
-4. the whole command (3 plus rendering every chain and alert as text);
+4. the whole command (3 plus rendering every chain and alert as text), and with --json
+   (every record checked against its schema) and --summary (counts only);
 and, on their own, the text output of 3's result (what 4 adds to 3), plain and in colour
 (what a terminal gets).
 Each stage runs `--rounds` times, interleaved; its smallest CPU time is printed (a teammate's
@@ -97,16 +98,23 @@ def main() -> int:
         ns.capture = str(capture)
         sink = io.StringIO()
 
-        def command():
-            sink.seek(0)
-            sink.truncate()
-            return execute(ns, sink, io.StringIO())
+        def command(**options):
+            args = argparse.Namespace(**dict(vars(ns), **options))
+
+            def whole():
+                out = sink if not options else io.StringIO()
+                out.seek(0)
+                out.truncate()
+                return execute(args, out, io.StringIO())
+            return whole
 
         stages = {
             "reader only": lambda: sum(1 for _ in open_capture(capture)),
             "reader + core runner": lambda: run(open_capture(capture), index),
             "analyze() pipeline": lambda: pipeline.analyze(str(capture), cluster=cluster),
-            "whole command, text out": command,
+            "whole command, text out": command(),
+            "whole command, --json": command(json=True),
+            "whole command, --summary": command(summary=True),
         }
         best: dict[str, float] = {}
         outs: dict[str, object] = {}
