@@ -30,6 +30,7 @@ pytestmark = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed"
+LAB = REPO / "examples" / "lab"  # recorded live on a real kernel (lab/net/)
 RESULT_TIMEOUT = 90.0
 
 
@@ -100,11 +101,13 @@ def scenario_workload(fault: str, mode: str, requests: int, gap_ms: int = 20):
     return cluster.records(), events
 
 
-def test_seed_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path):
-    """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture."""
+@pytest.mark.parametrize("example", [SEED, LAB], ids=["seed", "lab"])
+def test_capture_replayed_by_the_agent_through_two_workers_matches_analyze(kafka, prefix, tmp_path, example):
+    """`svctrace agent --source scap` -> broker -> two workers == `svctrace analyze` on the capture:
+    the seed article's path, and the network lab's real traffic."""
     from svctrace.analyze.pipeline import analyze, load_cluster_file
 
-    capture, cluster = SEED / "capture.scap", SEED / "cluster.json"
+    capture, cluster = example / "capture.scap", example / "cluster.json"
     analysis = analyze(str(capture), str(cluster), want_evidence=False)
     chains = {c["chain_id"]: c for c in analysis.chains}
     alerts = {a["alert_id"]: a for a in analysis.alerts}
