@@ -148,3 +148,15 @@ def test_watch_takes_the_cluster_from_the_api_server(tmp_path, apiserver):
     [chain] = [r for r in records if r["schema"] == "svctrace.chain" and (r["service"] or {}).get("name")]
     assert chain["client"]["pid"] == curls["my-nginx-stale"][0]
     assert (chain["client"]["pod"], chain["backend"]["pod"], chain["status"]) == ("client", "my-nginx-1", "broken")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cluster", "/nonexistent/state.json"], "--cluster /nonexistent/state.json: no such file"),
+    (["--kube", "--kubeconfig", "/nonexistent/kubeconfig"], "cluster state:"),
+])
+def test_watch_says_in_one_line_why_it_cannot_start(argv, message):
+    out = subprocess.run([sys.executable, "-m", "svctrace", "watch", *argv, "--duration", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert line.startswith("svctrace watch: error: ") and message in line
