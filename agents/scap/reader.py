@@ -187,7 +187,7 @@ class CaptureReader:
             layouts = LAYOUTS
             merge_enter = MERGE_ENTER
             enters = self._enters
-            handle = self._handle
+            handle, net = self._handle, self._net
             fd_check, fd_index, newfd_indexes = FD_CHECK, FD_INDEX, NEWFD_INDEXES
             threads, fds = self.threads, self.fds
             for off, btype, buf, start, end in stream:
@@ -280,7 +280,8 @@ class CaptureReader:
                 got = enters.pop(tid, None)
                 if got is not None and got[0] == code - 1 and not layout.repeats(nparams, layouts[got[0]], got[1]):
                     params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
-                out = handle(cat, code, n, ts, tid, params)
+                # socket events (most of a capture) straight to _net: no _handle frame per event
+                out = net(code, n, ts, tid, params) if cat == "net" else handle(cat, code, n, ts, tid, params)
                 if out is not None:
                     stats.emitted += 1
                     yield out
