@@ -47,3 +47,11 @@ def test_every_chain_is_a_case(analyzed):
     """Nothing else in the file makes a chain: the search list's NXDOMAIN lookups belong to them."""
     chains, _alerts = analyzed
     assert len(chains) == len(RECORDED) + sum(len(KEEPALIVE_PATHS) - 1 for case in RECORDED if case in KEEPALIVE)
+
+
+def test_headless_request_reads_as_direct_not_as_a_missing_translation():
+    out = subprocess.run([sys.executable, "-m", "svctrace", "analyze", str(LAB / "capture.scap"), "--cluster",
+                          str(LAB / "cluster.json"), "--service", "my-nginx-headless", "--no-color"],
+                         capture_output=True, text=True, timeout=120)
+    assert "headless Service: the client connects to the pod itself" in out.stdout
+    assert "no translation seen" not in out.stdout

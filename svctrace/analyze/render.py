@@ -297,7 +297,10 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         text = _join(label, process(proxy) if proxy else "", workload(proxy) if proxy else "",
                      f"accepted on {addr(proxy.get('ip'), proxy.get('port'))}" if proxy and proxy.get("ip") else "",
                      f"(confidence {tr.get('confidence')})" if tr.get("confidence") != "high" else "")
-        rows.append((_ts(chain, ("accept",), "proxy"), stage, text, "red" if mode == "none" else ""))
+        headless = mode == "none" and chain.get("service") and not chain["service"].get("cluster_ip")
+        if headless:  # by design: the name resolved to the pods themselves
+            stage, text = "direct", "headless Service: the client connects to the pod itself"
+        rows.append((_ts(chain, ("accept",), "proxy"), stage, text, "red" if mode == "none" and not headless else ""))
 
     backend = chain.get("backend")
     dial = _ev(chain, "proxy dial")
