@@ -234,7 +234,9 @@ def test_kernel_losses_never_make_a_working_request_broken(tmp_path):
     result = run(events, lab_index())
     assert result.chains
     for ch in result.chains:
-        case = (ch["service"] or {}).get("name") or ch["dns"]["qname"].removesuffix(f".{DOMAIN}")
+        # a lookup alone: its name's first label (the later queries may be the lost ones, so the
+        # name it reads as may be a search expansion)
+        case = (ch["service"] or {}).get("name") or ch["dns"]["qname"].split(".")[0]
         rc = curls[case][1]
         if ch["status"] == "broken":
             assert rc != 0, f"{case}: curl succeeded, its chain says broken: {ch['response']}"
