@@ -35,6 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, else ~/.kube/config)")
     parser.add_argument("--context", help="with --kube: kubeconfig context")
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
+    parser.add_argument("--evidence", type=int, default=6, metavar="N",
+                        help="events shown per alert: the first and the last N-1, where a request failed "
+                             "(default 6; 0: all; --json always has all)")
     add_options(parser)
     color = parser.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
@@ -52,11 +55,11 @@ class LiveState:
         import queue
         import threading
 
-        from svctrace.streams.metadata.cli import _api_client
+        from svctrace.streams.metadata.cli import api_client
         from svctrace.streams.metadata.watcher import Watcher
 
         self.index, self.changes = index, queue.SimpleQueue()
-        self.api = _api_client(args)
+        self.api = api_client(args.kubeconfig, args.context)
         self.watcher = Watcher(self.api, self)
         self.thread = threading.Thread(target=self.watcher.run, name="kube-watch", daemon=True)
         self.thread.start()
@@ -90,10 +93,11 @@ class LiveState:
 class Printer:
     """Chains and alerts as the runner produces them, each once."""
 
-    def __init__(self, out, as_json: bool, color: bool | None) -> None:
+    def __init__(self, out, as_json: bool, color: bool | None, max_evidence: int = 0) -> None:
         from svctrace.analyze import render
 
         self.out, self.as_json, self.render = out, as_json, render
+        self.max_evidence = max_evidence  # 0: every evidence ref
         self.console = None if as_json else render.make_console(out, color)
         self.rules: dict[str, str] = {}  # alert id -> rule, for the chains' alert names
         self.alerts = 0
@@ -132,7 +136,7 @@ class Printer:
             self._json("alert", alert)
             return
         self.console.print()
-        for line in self.render.alert_lines(alert):
+        for line in self.render.alert_lines(alert, max_evidence=self.max_evidence):
             self.console.print(line)
 
     def _json(self, name: str, doc: dict) -> None:
@@ -172,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     runner = Runner(index)
-    printer = Printer(sys.stdout, args.json, args.color)
+    printer = Printer(sys.stdout, args.json, args.color, args.evidence)
     print(f"{PROG}: watching {live.node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         with fewer_gc_passes():

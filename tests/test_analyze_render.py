@@ -289,3 +289,15 @@ def test_an_alert_over_many_chains_names_five_and_counts_the_rest():
     [chains] = [t for t in text.splitlines() if t.strip().startswith("chains")]
     assert ids[MAX_CHAIN_IDS - 1] in chains and ids[MAX_CHAIN_IDS] not in chains
     assert chains.endswith(f"… and {len(ids) - MAX_CHAIN_IDS} more")
+
+
+def test_a_bounded_evidence_list_keeps_the_first_and_the_last_events():
+    """`svctrace watch` shows the first event and where the request ended, and counts the rest."""
+    refs = [{"node": "node-a", "n": n, "ts": 1_000 + n, "what": f"step {n}"} for n in range(1, 21)]
+    alert = {"severity": "critical", "rule": "svc.target_port_refused", "summary": "refused", "labels": {},
+             "first_seen": 1, "last_seen": 1, "count": 1, "chain_ids": [], "evidence": refs}
+    shown = [t for t in plain(render.alert_lines(alert, max_evidence=6)).splitlines() if "#" in t or "more" in t]
+    assert [re.search(r"#(\d+)", t).group(1) for t in shown if "#" in t] == ["1", "16", "17", "18", "19", "20"]
+    assert shown[1].strip() == "… 14 more events"
+    every = plain(render.alert_lines(alert)).count("node-a #")
+    assert every == 20 and plain(render.alert_lines(alert, max_evidence=20)).count("node-a #") == 20

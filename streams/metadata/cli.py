@@ -47,15 +47,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true")
 
 
-def _api_client(args):
+def api_client(kubeconfig: str | None = None, context: str | None = None):
+    """A Kubernetes API client: the kubeconfig file given, else the in-cluster service account
+    when running in a pod, else the default kubeconfig (~/.kube/config), at `context`."""
     from kubernetes import client, config
 
-    if args.kubeconfig:
-        return config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config(context=args.context)
+    return config.new_client_from_config(context=context)
 
 
 def _sink(args):
@@ -81,7 +83,7 @@ def run(args) -> int:
         RESOURCES, KindWatcher, LeaseElector, Metrics, Watcher, default_identity, endpoint_kind,
     )
 
-    api = _api_client(args)
+    api = api_client(args.kubeconfig, args.context)
     sink = _sink(args)
     metrics = Metrics()
     if args.metrics_port:

@@ -366,12 +366,15 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
 MAX_CHAIN_IDS = 5  # an alert's chains listed by id (an alert counted over many: the rest are in --json)
 
 
-def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> list[Line]:
+def alert_lines(alert: dict, evidence_text=None, printed: set | None = None,
+                max_evidence: int | None = None) -> list[Line]:
     """One alert: severity, rule, summary; then labels, when, chains and its evidence, one
     syscall per line like `sysdig -r` prints it.
 
     `evidence_text(ref) -> str | None` renders the event a ref points at; `printed` collects
-    the refs already shown, so a second alert on the same chain says "as above".
+    the refs already shown, so a second alert on the same chain says "as above";
+    `max_evidence` shows only the first ref and the last ones (where a chain's failure is),
+    saying how many were left out.
     """
     sev = alert.get("severity", "info")
     head = Line("  ")
@@ -407,7 +410,14 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None) -> 
         return lines
     if printed is not None:
         printed |= keys
+    left_out = 0
+    if max_evidence and len(refs) > max_evidence:
+        left_out = len(refs) - max_evidence
+        refs = refs[:1] + [None] + refs[1 + left_out:]
     for i, ref in enumerate(refs):
+        if ref is None:
+            field("", f"… {left_out} more events", DIM)
+            continue
         line = field("evidence" if i == 0 else "", f"{ref.get('node')} #{ref.get('n')}", DIM)
         text = evidence_text(ref) if evidence_text else None
         line.append(f"  {text}" if text else f"  {clock_ns(ref.get('ts'))}")
