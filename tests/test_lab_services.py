@@ -80,6 +80,8 @@ EXPECTED = {
     "my-nginx-named-port": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
     # straight to the pod the name resolved to: nothing translates, by design
     "my-nginx-headless": (0, "ok", "none", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # kube-proxy's nftables mode: to the syscalls, a DNAT like iptables' (the backend accepts the client's ip:port)
+    "my-nginx-nft": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),

@@ -8,7 +8,8 @@
 
 The node is a namespace with a bridge (the pod network's gateway) and kube-proxy's iptables
 shape: nat PREROUTING/OUTPUT -> KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* DNAT (a pod reaching
-itself through its Service masqueraded in POSTROUTING). Each pod is a
+itself through its Service masqueraded in POSTROUTING); `nft_service` adds a Service the way
+kube-proxy's nftables mode does (its own table, a verdict map, numgen, dnat). Each pod is a
 namespace with a veth on that bridge and its default route through the node. Nothing has a
 route out of the lab: the node namespace has no uplink, and every ClusterIP without rules
 is blackholed there (a SYN to it vanishes, as after kube-proxy's rules were flushed).
@@ -41,6 +42,7 @@ class NetLab:
         self.pods: dict[str, str] = {}  # pod name -> its namespace
         self.made: list[str] = []  # namespaces created, in order
         self.services = 0
+        self.nft_services = 0
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -136,6 +138,40 @@ class NetLab:
                          f"{MASQ_MARK}/{MASQ_MARK}")
             self.node_sh(tables, "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
                          "--to-destination", f"[{ip}]:{target}" if v6 else f"{ip}:{target}")
+
+    def nft_service(self, name: str, vip: str, port: int, proto: str, backends: list[tuple[str, int]]) -> None:
+        """kube-proxy's nftables mode for one IPv4 Service port: its own `kube-proxy` table, a
+        verdict map from VIP . protocol . port to the Service's chain, which picks an endpoint
+        chain with numgen; the endpoint chain DNATs (and marks a pod reaching itself for
+        masquerade). The iptables-shaped Services keep working beside it."""
+        if not self.nft_services:
+            self.node_nft(f"""
+                table ip kube-proxy {{
+                    map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+                    chain nat-prerouting {{ type nat hook prerouting priority dstnat; jump services; }}
+                    chain nat-output {{ type nat hook output priority -100; jump services; }}
+                    chain nat-postrouting {{ type nat hook postrouting priority srcnat; jump masquerading; }}
+                    chain masquerading {{ meta mark & {MASQ_MARK} == 0 return; masquerade; }}
+                    chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK}; }}
+                    chain services {{ ip daddr . meta l4proto . th dport vmap @service-ips; }}
+                }}""")
+        self.nft_services += 1
+        svc = f"service-{self.nft_services}-{name}/{proto}"
+        endpoints = [f"endpoint-{self.nft_services}-{i}-{ip}/{target}" for i, (ip, target) in enumerate(backends)]
+        rules = [f'add chain ip kube-proxy {c}' for c in (svc, *endpoints)]
+        for chain, (ip, target) in zip(endpoints, backends):
+            rules.append(f'add rule ip kube-proxy {chain} ip saddr {ip} jump mark-for-masquerade')
+            rules.append(f'add rule ip kube-proxy {chain} meta l4proto {proto} dnat to {ip}:{target}')
+        picks = ", ".join(f'{i} : goto {chain}' for i, chain in enumerate(endpoints))
+        rules.append(f'add rule ip kube-proxy {svc} numgen random mod {len(endpoints)} vmap {{ {picks} }}')
+        rules.append(f'add element ip kube-proxy service-ips {{ {vip} . {proto} . {port} : goto {svc} }}')
+        self.node_nft("\n".join(rules))
+
+    def node_nft(self, script: str) -> None:
+        r = subprocess.run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], input=script,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"lab: nft -f failed ({r.returncode}): {r.stderr.strip()}\n{script}")
 
     def reject(self, vip: str, port: int, proto: str) -> None:
         """kube-proxy's rule for a Service without endpoints: the ClusterIP's packets are

@@ -10,7 +10,7 @@ ClusterIP (dns_server.py); pods resolve with kubelet's search list and ndots:5. 
 my-nginx. The cases:
 
 * iptables DNAT to the nginx pod (kube-proxy's iptables mode): healthy, and a targetPort nothing
-  listens on;
+  listens on; and the same through kube-proxy's nftables mode (its own table and verdict map);
 * the userspace proxy of the seed's time (userspace_proxy.py, a node process): healthy, and its
   dial refused;
 * socket-level load balancing (socklb.py: the client's connect goes to the pod itself);
@@ -67,7 +67,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # cgroup v2 (on this hybrid host),
 class Case:
     """One Service the client curls, and how the lab's kube-proxy treats its ClusterIP."""
     vip: str
-    path: str  # "dnat" to its target port | "userspace" via the node's proxy | "socklb" | "flushed" | "reject"
+    path: str  # "dnat" to its target port (iptables) | "nft" (kube-proxy's nftables mode) | "userspace" via the
+    #            node's proxy | "socklb" | "flushed" | "reject" | "headless"
     target_port: int | str = 80  # a name: the backend container's port of that name
     selector: tuple = tuple(NGINX.items())
     rule_to: str = NGINX_IP  # where the lab's rules send it (a stale rule: not the EndpointSlice's pod)
@@ -91,6 +92,7 @@ CASES = {
     "my-nginx-named-port": Case("10.96.0.112", "dnat", target_port="http"),  # nginx's container port "http"
     # headless (clusterIP None): DNS answers the pod's own address, nothing translates; port 80
     "my-nginx-headless": Case("None", "headless"),
+    "my-nginx-nft": Case("10.96.0.113", "nft"),  # kube-proxy's nftables mode: a verdict map, then dnat
 }
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
@@ -213,9 +215,11 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
     lab.wait_listening("my-nginx-1", NGINX_IP, 8082, servers[-1])
-    for i, case in enumerate(CASES.values()):
+    for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
             lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))])
+        elif case.path == "nft":
+            lab.nft_service(f"default/{name}", case.vip, 8080, "tcp", [(case.rule_to, case.target_port)])
         elif case.path == "reject":
             lab.reject(case.vip, 8080, "tcp")
         elif case.path == "userspace":
