@@ -49,6 +49,9 @@ class SyscallEvent:
     container_id: str | None = None
     cgroup_id: int | None = None
     netns: int | None = None
+    # a loss marker (kind "lost") only: the start of the window in which its `res` events were lost
+    # (the agent's previous drain, or its start), ending at ts (when it noticed); None: a point at ts
+    lost_since_ns: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

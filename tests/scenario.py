@@ -386,10 +386,11 @@ class Scenario:
         self.ev(t + 600 * US, host, "close", "close", 3, 0, **c)
         self.ev(t + 700 * US, nginx, "close", "close", fbe, 0, **b)
 
-    def loss(self, t: int, node: str, count: int = 10) -> None:
-        """A loss marker: `count` events were dropped at t on node."""
+    def loss(self, t: int, node: str, count: int = 10, since: int | None = None) -> None:
+        """A loss marker: `count` events were dropped at t on node (`since`: in the window since..t,
+        as a live agent says it: from its previous drain to the one that noticed)."""
         self.drafts.append((t, next(self._order), node, dict(pid=0, tid=0, comm="", kind="lost", syscall="drop",
-                                                             fd=-1, res=count)))
+                                                             fd=-1, res=count, lost_since_ns=since)))
 
 
 def renumber(events) -> list[SyscallEvent]:

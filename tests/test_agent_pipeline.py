@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,7 @@ from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, red
 from svctrace.agents.agent.sources import ScapSource
 from svctrace.agents.scap import open_capture
 from svctrace.agents.scap.writer import ScapWriter
-from svctrace.schemas.models import SyscallEvent, decode_batch
+from svctrace.schemas.models import SyscallEvent, decode_batch, dumps
 from svctrace.schemas.validation import validate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,3 +156,86 @@ def test_batches_stay_under_the_byte_bound_whatever_the_event_count():
     only_lost = orjson.loads(b.flush().value)
     validate("syscall-batch", only_lost)
     assert (only_lost["lost"], only_lost["events"]) == (5, [])
+
+
+class _FakeNormalizer:
+    """The eBPF normalizer's loss-marker builder (agents/ebpf/records.Normalizer.lost)."""
+
+    def lost(self, count: int, ts: int) -> SyscallEvent:
+        return SyscallEvent(ts=ts, node="n1", n=0, pid=0, tid=0, comm="", kind="lost", syscall="", fd=-1, res=count)
+
+
+def test_kernel_drop_markers_carry_the_window_since_the_previous_drain():
+    """The drop counter tells how many since it was last read, not when: each marker covers the window
+    from the previous read (the first: the capture's start) to now, and a read without new drops moves
+    the window on (its drops were all counted)."""
+    from svctrace.agents.agent.sources import LossWindows
+
+    clock = iter(range(1000, 2000, 10))  # each reading of the clock 10 ns later
+    totals = iter([0, 3, 3, 7])
+    losses = LossWindows(_FakeNormalizer(), lambda: next(totals), started_ns=500, clock=lambda: next(clock))
+    assert losses.check() == (0, [])  # read at 1000: nothing dropped since 500
+    new, [first] = losses.check()  # read at 1010 (marker made at 1020): 3 dropped since 1000
+    assert (new, first.kind, first.res, first.lost_since_ns, first.ts) == (3, "lost", 3, 1000, 1020)
+    assert losses.check() == (0, [])  # read at 1030
+    new, [second] = losses.check()  # read at 1040: 4 more since 1030
+    assert (new, second.res, second.lost_since_ns, second.ts) == (4, 4, 1030, 1050)
+    validate("syscall-batch", {"schema": "svctrace.syscall-batch", "version": 1, "node": "n1", "source": "ebpf",
+                               "seq": 0, "lost": 7, "events": [orjson.loads(dumps(second))]})
+
+
+class _LiveQueue:
+    """A live source whose events wait in a queue (the kernel ring) until read, `read_chunk` at most."""
+
+    name = "ebpf"
+    live = True
+    exhausted = False
+
+    def __init__(self) -> None:
+        self.started_ns = time.time_ns()
+        self.ring: list[SyscallEvent] = []
+        self.n = 0
+
+    def syscalls(self, count: int) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.ring.append(ev(self.n, ts=time.time_ns()))
+
+    def read(self, max_events: int) -> list:
+        out, self.ring = self.ring[:max_events], self.ring[max_events:]
+        return out
+
+    def lost(self, final: bool = False):
+        return 0, []
+
+
+def test_full_buffer_markers_carry_the_window_of_the_dropped_events():
+    """A batch dropped from the full buffer is announced with a marker whose window holds the time of
+    every event it dropped, though the source hands events over in chunks, some from a backlog (an event
+    is no older than the start of the latest read that emptied the source before it was read)."""
+    src = _LiveQueue()
+    agent = Agent(src, _NoSink(), AgentOptions(node="n1", batch_events=5, buffer_events=5, redact=False,
+                                                read_chunk=4))
+    rejected: list = []
+    markers: list = []
+    offer, add_marker = agent.buffer.offer, agent.batcher.add_marker
+
+    def offer_(b):
+        ok = offer(b)
+        if not ok:
+            rejected.append(decode_batch(b.value))
+        return ok
+
+    agent.buffer.offer = offer_
+    agent.batcher.add_marker = lambda m, now: (markers.append(m), add_marker(m, now))
+    for burst in (5, 5, 5, 7, 3):
+        src.syscalls(burst)
+        while agent._read_once(src) == agent.opt.read_chunk:
+            pass
+    assert len(rejected) >= 3 and len(markers) == len(rejected)
+    floors = []
+    for batch, m in zip(rejected, markers):
+        assert m.kind == "lost" and m.res == len(batch.events)
+        assert m.lost_since_ns <= min(e.ts for e in batch.events) and max(e.ts for e in batch.events) <= m.ts
+        floors.append(m.lost_since_ns)
+    assert floors[-1] > src.started_ns  # the window moved on with the reads (not all since the start)

@@ -62,6 +62,15 @@ class Agent:
             encode_with(payload_encoder(options.snaplen, self.counters, options.redact), options.native,
                         options.native_lib)
         self.native = getattr(source, "native", None) is not None  # the source fills batches itself
+        # The window of a dropped batch's events, for its loss marker (live sources only: a replay's
+        # events are not of the wall clock). A read that empties the source had every event older
+        # than its start: `caught_up_ns`, the start of the latest such read, is no later than any
+        # event read after it; `read_floor_ns`, its value when the current read began, bounds this
+        # read's events; `offer_floor_ns`, the read floor when the previous batch was buffered (or
+        # dropped), bounds the events of every batch after it.
+        self.live = bool(getattr(source, "live", False))
+        started = getattr(source, "started_ns", None)  # (the source started capturing before the agent)
+        self.caught_up_ns = self.read_floor_ns = self.offer_floor_ns = time.time_ns() if started is None else started
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -72,18 +81,20 @@ class Agent:
     # -- capture ---------------------------------------------------------------
     def _enqueue(self, batches: list[EncodedBatch]) -> None:
         for b in batches:
+            since, self.offer_floor_ns = self.offer_floor_ns, self.read_floor_ns
             if self.buffer.offer(b):
                 self.has_data.set()
             else:
                 self.counters.dropped += b.events
                 self.batcher.note_lost(b.events)
-                self.batcher.add_marker(self._overflow_marker(b.events), time.monotonic())
+                self.batcher.add_marker(self._overflow_marker(b.events, since), time.monotonic())
         if self.metrics:
             self.metrics.buffered(self.buffer.events)
 
-    def _overflow_marker(self, count: int) -> SyscallEvent:
+    def _overflow_marker(self, count: int, since_ns: int) -> SyscallEvent:
+        """A dropped batch's marker: its events are no older than since_ns (live sources)."""
         return SyscallEvent(ts=time.time_ns(), node=self.opt.node, n=0, pid=0, tid=0, comm="", kind="lost",
-                            syscall="", fd=-1, res=count)
+                            syscall="", fd=-1, res=count, lost_since_ns=since_ns if self.live else None)
 
     def ingest(self, events: list[SyscallEvent]) -> None:
         """One chunk from the source (also the unit-test entry point)."""
@@ -103,6 +114,14 @@ class Agent:
 
     def _read_once(self, src) -> int:
         """One chunk from the source into the batcher; returns how many records it read."""
+        started = time.time_ns()
+        self.read_floor_ns = self.caught_up_ns
+        read = self._read_chunk(src)
+        if read < self.opt.read_chunk:
+            self.caught_up_ns = started  # the source is empty: every event older than `started` was read
+        return read
+
+    def _read_chunk(self, src) -> int:
         if self.native:
             read, captured, batches = src.read_batches(self.batcher, self.opt.read_chunk, time.monotonic())
             self.counters.captured += captured

@@ -34,12 +34,17 @@ def add_options(parser, *, snaplen: int = 256) -> None:
 
 
 class LiveCapture:
-    def __init__(self, cap, norm, node: str, snaplen: int, redact: bool, duration: float) -> None:
+    def __init__(self, cap, norm, node: str, snaplen: int, redact: bool, duration: float,
+                 started_ns: int | None = None) -> None:
+        from svctrace.agents.agent.sources import LossWindows
+
         self.cap, self.norm, self.node = cap, norm, node
         self.snaplen, self.redact = snaplen, redact
         self.deadline = time.monotonic() + duration if duration > 0 else None
         self.stopped = False
-        self.drops = self.redacted = 0
+        self.redacted = 0
+        # kernel drops, each marker with its window: since the previous drain (or the capture's start)
+        self.losses = LossWindows(norm, lambda: cap.drops()[0], time.time_ns() if started_ns is None else started_ns)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -52,6 +57,7 @@ class LiveCapture:
         from svctrace.agents.ebpf.records import Normalizer
 
         node = args.node or os.environ.get("NODE_NAME") or socket.gethostname()
+        started = time.time_ns()
         try:
             cap = EbpfCapture(CaptureConfig(snaplen=args.snaplen, ring_bytes=args.ring_mb << 20,
                                             btf_path=args.btf, object_path=args.bpf_object))
@@ -59,7 +65,12 @@ class LiveCapture:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return None
         norm = Normalizer(node, boot_to_epoch_ns(), containers=ContainerIds() if containers else None)
-        return cls(cap, norm, node, args.snaplen, args.redact, args.duration)
+        return cls(cap, norm, node, args.snaplen, args.redact, args.duration, started)
+
+    @property
+    def drops(self) -> int:
+        """Events the kernel dropped so far (as the markers counted them)."""
+        return self.losses.seen
 
     def _on_signal(self, _sig, _frame) -> None:
         self.stopped = True
@@ -69,15 +80,13 @@ class LiveCapture:
         return self.stopped or (self.deadline is not None and time.monotonic() >= self.deadline)
 
     def read(self) -> list:
-        """What the ring holds now, and a loss marker for what the kernel dropped since."""
+        """What the ring holds now, and a loss marker for what the kernel dropped since the
+        previous drain (its window: lost_since_ns .. ts)."""
         from svctrace.agents.redact import redact
 
         events: list = []
         self.cap.ring.drain(self.norm.decode, events)
-        drops = self.cap.drops()[0]
-        if drops > self.drops:
-            events.append(self.norm.lost(drops - self.drops, time.time_ns()))
-            self.drops = drops
+        events += self.losses.check()[1]
         if self.redact:
             for i, ev in enumerate(events):
                 if ev.data:

@@ -15,6 +15,30 @@ from svctrace.schemas.models import SyscallEvent
 log = logging.getLogger("svctrace.agent")
 
 
+class LossWindows:
+    """Kernel ring drops as loss markers that say WHEN the events were lost: the drop counter
+    only tells how many since it was last read, so a marker covers the window from that read (or
+    the capture's start) to now (SyscallEvent.lost_since_ns .. ts). An agent stalled longer than
+    a chain waits (a lookup's timeout, the idle timeout) still marks the chains it may have cut.
+    `read_drops()`: the counter's total; `clock()`: ns since the epoch (the events' time)."""
+
+    def __init__(self, normalizer, read_drops, started_ns: int, clock=time.time_ns) -> None:
+        self.normalizer, self.read_drops, self.clock = normalizer, read_drops, clock
+        self.since = started_ns  # drops counted before this read are in earlier markers
+        self.seen = 0  # the counter's total at the last read
+
+    def check(self) -> tuple[int, list[SyscallEvent]]:
+        """(drops since the last check, [their marker] or [])."""
+        checked = self.clock()  # (before the read: a drop counted by it happened after this)
+        total = self.read_drops()
+        since, self.since = self.since, checked
+        new = total - self.seen
+        if new <= 0:
+            return 0, []
+        self.seen = total
+        return new, [self.normalizer.lost(new, self.clock()).with_(lost_since_ns=since)]
+
+
 class EbpfSource:
     name = "ebpf"
     exhausted = False
@@ -25,12 +49,14 @@ class EbpfSource:
         from svctrace.agents.ebpf.loader import EbpfCapture, boot_to_epoch_ns
         from svctrace.agents.ebpf.records import Normalizer, restart_safe_first_n
 
+        self.started_ns = started = time.time_ns()  # no event it captures is older
         self.capture = EbpfCapture(config)
         self.containers = ContainerIds()
         self.containers.refresh()
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), first_n=restart_safe_first_n(time.time_ns()),
                                      containers=self.containers)
-        self._drops = (0, 0)
+        self._missed = 0
+        self._losses = LossWindows(self.normalizer, self._ring_drops, started)
         self._next_loss_check = 0.0
         self.payload = None
         self.native = None  # fastpath.NativeRing once `encode_with(..., native=True)` loaded it
@@ -74,18 +100,17 @@ class EbpfSource:
     LOSS_CHECK_S = 0.02  # the per-CPU drop counters are read at most this often (two syscalls)
 
     def lost(self, final: bool = False) -> tuple[int, list[SyscallEvent]]:
-        """(ring-buffer drops since the last call, loss marker events); `final`: read the counters
-        now, however recently they were read."""
+        """(ring-buffer drops since the last call, loss marker events with their window:
+        LossWindows); `final`: read the counters now, however recently they were read."""
         now = time.monotonic()
         if now < self._next_loss_check and not final:
             return 0, []
         self._next_loss_check = now + self.LOSS_CHECK_S
-        drops = self.capture.drops()
-        new = drops[0] - self._drops[0]
-        self._drops = drops
-        if new <= 0:
-            return 0, []
-        return new, [self.normalizer.lost(new, time.time_ns())]
+        return self._losses.check()
+
+    def _ring_drops(self) -> int:
+        drops, self._missed = self.capture.drops()
+        return drops
 
     def maintain(self) -> None:
         """Timer work (the agent calls it every second): resolve new cgroups to container ids."""
@@ -96,7 +121,7 @@ class EbpfSource:
         return self.capture.drops_per_cpu(0)
 
     def missed_entries(self) -> int:
-        return self._drops[1]
+        return self._missed
 
     def close(self) -> None:
         try:

@@ -26,6 +26,12 @@ stitch stage's settle time puts a marker within settle of every late event's cha
 Only an event newer (by n) than every one released or dropped before is a loss: one
 node's events come from one agent in n order, so a late event with a lower n is a
 redelivery (a worker re-reading input after a restart), counted late, not lost.
+
+A capture loss marker with its window (SyscallEvent.lost_since_ns: the events were lost
+between the agent's previous drain and ts, when it noticed) is not buffered until ts: it
+goes downstream ({"node", "ts", "count", "since_ns"}) once the watermark passes the
+window's start. An agent that stalled longer than a chain waits sends it long after the
+events it concerns; released at ts, it would come after those chains were emitted.
 """
 from __future__ import annotations
 
@@ -107,6 +113,7 @@ class Enricher:
             "late": 0, "dups": 0,
             "nmax": -1,     # highest n released or dropped late (absent: not known, an older checkpoint)
             "llost": [],    # [[node, ts, count]]: late drops not yet sent downstream as loss markers
+            "wlost": [],    # [[node, ts, count, since]]: windowed capture loss markers, sent once wm > since
             # buf may be out of (ts, n) order or hold a repeat (a state without this flag: treated so)
             "unsorted": False,
         }
@@ -114,17 +121,18 @@ class Enricher:
     @staticmethod
     def is_idle(state: dict) -> bool:
         return (not state["buf"] and not state["vipc"] and not state["pin"] and not state["pout"]
-                and not state["reads"] and not state.get("llost"))
+                and not state["reads"] and not state.get("llost") and not state.get("wlost"))
 
     def deadline(self, state: dict) -> int | None:
         """Earliest watermark at which advance() has work (None: nothing pending)."""
         if state.get("llost"):
             return state["wm"] + 1
+        cands = [min(w[3] for w in state["wlost"]) + 1] if state.get("wlost") else []
         if state["buf"]:
-            return min(e.ts for e in state["buf"]) + 1
-        if state["vipc"] or state["pin"] or state["reads"] or state["pout"]:
-            return state["wm"] + self.proxy_window_ns
-        return None
+            cands.append(min(e.ts for e in state["buf"]) + 1)
+        elif state["vipc"] or state["pin"] or state["reads"] or state["pout"]:
+            cands.append(state["wm"] + self.proxy_window_ns)
+        return min(cands) if cands else None
 
     def metadata_changed(self) -> None:
         self.index.invalidate()
@@ -175,6 +183,9 @@ class Enricher:
         append = buf.append
         late = 0
         for e in events:
+            if e.lost_since_ns is not None:  # a capture loss marker with its window: not buffered
+                self._window(state, e)
+                continue
             ts = e.ts
             if ts <= last_ts:  # (the common case, a newer event, is checked by this alone)
                 if ts < wm:
@@ -190,6 +201,31 @@ class Enricher:
             self._late_losses(state, events, wm)
         state["unsorted"] = not in_order
         return []
+
+    @staticmethod
+    def _window(state: dict, e: SyscallEvent) -> None:
+        """Keep a windowed loss marker until the watermark passes its start (advance)."""
+        windows = state.get("wlost")
+        if windows is None:
+            windows = state["wlost"] = []
+        since = min(e.lost_since_ns, e.ts)
+        if len(windows) < _LATE_MARKERS:
+            windows.append([e.node, e.ts, max(e.res, 0), since])
+        else:  # folded into the last one: the list stays bounded, its window covers both
+            w = windows[-1]
+            w[1], w[2], w[3] = max(w[1], e.ts), w[2] + max(e.res, 0), min(w[3], since)
+
+    @staticmethod
+    def _windows_due(state: dict, now: int, final: bool = False) -> None:
+        """The windowed markers whose window started before `now` join the late-loss markers sent
+        at the next release (every marker at `final`)."""
+        due = [w for w in state["wlost"] if final or w[3] < now]
+        if due:
+            state["wlost"] = [w for w in state["wlost"] if not (final or w[3] < now)]
+            pending = state.get("llost")
+            if pending is None:
+                pending = state["llost"] = []
+            pending += due
 
     def _late_losses(self, state: dict, events, wm: int) -> None:
         """Note the late events of `events` that are no redelivery as pending loss markers."""
@@ -212,7 +248,7 @@ class Enricher:
             else:
                 continue
             for marker in reversed(pending):
-                if marker[0] == e.node and marker[1] // slot == ts // slot:
+                if marker[0] == e.node and marker[1] // slot == ts // slot and len(marker) == 3:  # (not a window)
                     marker[2] += count
                     marker[1] = min(marker[1], ts)
                     break
@@ -225,6 +261,8 @@ class Enricher:
         state["nmax"] = nmax
 
     def advance(self, state: dict, key: str, watermark_ns: int) -> list[tuple[str, str, dict]]:
+        if state.get("wlost"):
+            self._windows_due(state, max(watermark_ns, state["wm"]))
         if watermark_ns <= state["wm"]:
             return self._release(state, key, []) if state.get("llost") else []
         state["wm"] = watermark_ns
@@ -247,6 +285,8 @@ class Enricher:
         return out
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
+        if state.get("wlost"):
+            self._windows_due(state, 0, final=True)
         if not state["buf"]:
             return self._release(state, key, []) if state.get("llost") else []
         return self.advance(state, key, max(e.ts for e in state["buf"]) + 1)
@@ -388,7 +428,8 @@ class Enricher:
             if nmax is None or top > nmax:
                 state["nmax"] = top
         if state.get("llost"):  # late drops since the last release: losses too
-            lost += [{"node": n, "ts": ts, "count": count} for n, ts, count in state["llost"]]
+            lost += [{"node": m[0], "ts": m[1], "count": m[2]} if len(m) == 3 else
+                     {"node": m[0], "ts": m[1], "count": m[2], "since_ns": m[3]} for m in state["llost"]]
             state["llost"] = []
         if lost:  # a loss may concern any flow of this node: every bucket hears of it
             for p in range(self.partitions):

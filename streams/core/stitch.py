@@ -13,9 +13,11 @@ State, all JSON-able and expired by event time:
 * lookups: "flow|node|pid" -> DNS lookups (queries grouped: search expansions,
   A/AAAA pairs, retries) waiting to be claimed by a connect to an answer.
 * dsrv: what DNS servers saw ("client ep|id"), to name the resolver process.
-* lost: loss markers; a chain overlapping one is "incomplete", never "broken". An
-  event arriving behind the watermark (late) is a loss too, unless it is a redelivery
-  (no newer by n than its node's events seen before: "nmax").
+* lost: loss markers [node, ts, count] (a point at ts) or [node, ts, count, since] (the
+  events were lost in the window since..ts: an agent's drain interval); a chain whose span,
+  up to the moment it stopped waiting, overlaps one on its nodes is "incomplete", never
+  "broken". An event arriving behind the watermark (late) is a loss too, unless it is a
+  redelivery (no newer by n than its node's events seen before: "nmax").
 
 A chain is emitted per HTTP request (keep-alive: several per connection) or
 per connection when no request was seen, and per unclaimed DNS lookup.
@@ -288,7 +290,9 @@ class Stitcher:
         late; unless it is a redelivery, it is a loss too (see _late_losses)."""
         wm = state["wm"]
         for loss in batch.get("lost") or ():
-            state["lost"].append([loss["node"], loss["ts"], loss["count"]])
+            since = loss.get("since_ns")
+            state["lost"].append([loss["node"], loss["ts"], loss["count"]] if since is None else
+                                 [loss["node"], loss["ts"], loss["count"], since])
             if state["next"] is None:  # a timer pass trims old markers
                 state["next"] = max(wm, loss["ts"]) + self.lookup_timeout_ns
         buf = state["buf"]
@@ -349,7 +353,7 @@ class Stitcher:
             seen[node] = n  # a redelivery of it later is no second loss
             newest = None  # the node's newest marker
             for marker in reversed(lost):
-                if marker[0] == node:
+                if marker[0] == node and len(marker) == 3:  # (a capture window is not folded into)
                     if marker[1] // slot == ts // slot:
                         break
                     if newest is None:
@@ -358,7 +362,10 @@ class Stitcher:
                 if len(lost) < MAX_LOST_MARKERS:
                     lost.append([node, ts, 1])
                     continue
-                marker = newest or lost[-1]  # folded into it: the list stays bounded
+                marker = newest or next((m for m in reversed(lost) if len(m) == 3), None)  # folded into it:
+                if marker is None:  # the list stays bounded (but for capture windows)
+                    lost.append([node, ts, 1])
+                    continue
             marker[1] = min(marker[1], ts)
             marker[2] += 1
         if lost and state["next"] is None:
@@ -1086,9 +1093,11 @@ class Stitcher:
         self._emit(st, conn, req, out, final)
 
     def _lost_on(self, st: dict, nodes: set, t0: int, t1: int) -> str | None:
-        for node, ts, count in st["lost"]:
-            if node in nodes and t0 - self.settle_ns <= ts <= t1 + self.settle_ns:
-                return f"{count} events lost on node {node}"
+        """A loss on `nodes` whose time (a point, or a window [since, ts]) falls within settle of [t0, t1]."""
+        lo, hi = t0 - self.settle_ns, t1 + self.settle_ns
+        for x in st["lost"]:
+            if x[0] in nodes and x[1] >= lo and (x[3] if len(x) > 3 else x[1]) <= hi:
+                return f"{x[2]} events lost on node {x[0]}"
         return None
 
     def _endpoint(self, node, pid, comm, ip, port, ts, container_id=None) -> tuple[dict, object]:
