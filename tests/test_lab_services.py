@@ -21,7 +21,7 @@ import os
 import pytest
 
 from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, GO_CLIENT, HAIRPIN, IP6, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
-    KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, cluster_list, record
+    KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, NODE_PORTS, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.sources import records_from_documents
@@ -82,11 +82,15 @@ EXPECTED = {
     "my-nginx-headless": (0, "ok", "none", "my-nginx-1", 200, None, {AMPLIFIED}),
     # kube-proxy's nftables mode: to the syscalls, a DNAT like iptables' (the backend accepts the client's ip:port)
     "my-nginx-nft": (0, "ok", "dnat", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # a process on the node at the node's address: KUBE-NODEPORTS DNATs and masquerades (the node's
+    # address again, the port kept): linked by that endpoint, with low confidence
+    "my-nginx-nodeport": (0, "ok", "nodeport_snat", "my-nginx-1", 200, None, set()),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
-           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8)}
+           "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8),
+           "my-nginx-nodeport": (None, "my-nginx-nodeport", None)}
 ASKED = {HOST_RESOLVED: "my-nginx"}  # the name a case's client asks for, where it is not the case's
 
 
@@ -176,6 +180,20 @@ def test_hairpin_is_translated_with_low_confidence(lab_capture):
     accepts = [e for e in events if e.kind == "accept" and e.local_ip == NGINX_IP and e.remote_ip == NODE_IP
                and e.remote_port == chain["client"]["port"]]
     assert len(accepts) == 1  # the backend did accept it, from the node's address
+
+
+def test_nodeport_from_the_node_is_linked_with_low_confidence(lab_capture):
+    """A process on the node requests the node's own address at the NodePort: kube-proxy DNATs it to
+    the pod and masquerades it, so the backend accepts the node's address with the client's port
+    and the two sides meet by that endpoint; SNAT makes the link less certain, and the chain says so."""
+    events, curls = lab_capture
+    chain, _ = chain_of("my-nginx-nodeport", events)
+    assert chain["client"]["pod"] is None and chain["client"]["ip"] == NODE_IP
+    assert chain["connect"]["ip"] == NODE_IP and chain["connect"]["port"] == NODE_PORTS["my-nginx-nodeport"]
+    assert chain["translation"] == {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
+    accepts = [e for e in events if e.kind == "accept" and e.local_ip == NGINX_IP and e.remote_ip == NODE_IP
+               and e.remote_port == chain["client"]["port"]]
+    assert len(accepts) == 1 and chain["backend"]["pod"] == "my-nginx-1"
 
 
 @pytest.mark.parametrize("case", KEEPALIVE)

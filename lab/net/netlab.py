@@ -43,6 +43,7 @@ class NetLab:
         self.made: list[str] = []  # namespaces created, in order
         self.services = 0
         self.nft_services = 0
+        self.node_ports = 0
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -117,8 +118,11 @@ class NetLab:
         self.pods[name] = ns
         return ns
 
-    def service(self, vip: str, port: int, proto: str, backends: list[tuple[str, int]]) -> None:
-        """kube-proxy's iptables rules for one Service port: VIP:port -> one of `backends`."""
+    def service(self, vip: str, port: int, proto: str, backends: list[tuple[str, int]],
+                node_port: int | None = None) -> None:
+        """kube-proxy's iptables rules for one Service port: VIP:port -> one of `backends`; with
+        `node_port`, also any of the node's own addresses at that port (KUBE-NODEPORTS, masqueraded:
+        the backend sees the node's address)."""
         self.services += 1
         svc = f"KUBE-SVC-{self.services}"
         v6 = ":" in vip
@@ -138,6 +142,15 @@ class NetLab:
                          f"{MASQ_MARK}/{MASQ_MARK}")
             self.node_sh(tables, "-t", "nat", "-A", sep, "-p", proto, "-j", "DNAT",
                          "--to-destination", f"[{ip}]:{target}" if v6 else f"{ip}:{target}")
+        if node_port is not None:
+            if not self.node_ports:  # kube-proxy's last KUBE-SERVICES rule: the node's own addresses
+                self.node_sh(tables, "-t", "nat", "-N", "KUBE-NODEPORTS")
+                self.node_sh(tables, "-t", "nat", "-A", "KUBE-SERVICES", "-m", "addrtype", "--dst-type", "LOCAL",
+                             "-j", "KUBE-NODEPORTS")
+            self.node_ports += 1
+            for then in (["MARK", "--set-xmark", f"{MASQ_MARK}/{MASQ_MARK}"], [svc]):
+                self.node_sh(tables, "-t", "nat", "-A", "KUBE-NODEPORTS", "-p", proto, "--dport", str(node_port),
+                             "-j", *then)
 
     def nft_service(self, name: str, vip: str, port: int, proto: str, backends: list[tuple[str, int]]) -> None:
         """kube-proxy's nftables mode for one IPv4 Service port: its own `kube-proxy` table, a

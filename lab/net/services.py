@@ -29,7 +29,9 @@ my-nginx. The cases:
 * a Go client (goclient/: net/http and Go's own resolver, no glibc) requesting my-nginx;
 * an IPv6 Service (the client and nginx are dual-stack; ip6tables DNAT; the name has an AAAA);
 * a Service whose targetPort is a container port's name, and a headless Service (the name
-  resolves to the pod itself).
+  resolves to the pod itself);
+* a NodePort Service, requested by a process on the node at the node's address (kube-proxy's
+  KUBE-NODEPORTS: DNAT, then masquerade).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -93,9 +95,12 @@ CASES = {
     # headless (clusterIP None): DNS answers the pod's own address, nothing translates; port 80
     "my-nginx-headless": Case("None", "headless"),
     "my-nginx-nft": Case("10.96.0.113", "nft"),  # kube-proxy's nftables mode: a verdict map, then dnat
+    # a NodePort Service, requested by a process on the node at the node's address (NODE_PORTS)
+    "my-nginx-nodeport": Case("10.96.0.114", "dnat"),
 }
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
+NODE_PORTS = {"my-nginx-nodeport": 30080}  # type NodePort: its port on every node's addresses
 KEEPALIVE_PATHS = ("/index.html", "/missing.html", "/index.html")  # one curl, one connection: 200, 404, 200
 KEEPALIVE = ("my-nginx-keepalive", "my-nginx-userspace-keepalive")
 HOST_RESOLVED = "my-nginx-via-host-resolver"  # the other client pod asks the node's resolver for my-nginx
@@ -132,11 +137,14 @@ def cluster_list() -> dict:
     services["kube-dns"] = ("kube-system", DNS_VIP, 53, "UDP", 53, {"k8s-app": "kube-dns"})
     for name, (ns, vip, port, proto, target, selector) in services.items():
         v6 = ":" in vip
+        service_port = {"name": "p", "port": port, "protocol": proto, "targetPort": target}
+        if name in NODE_PORTS:
+            service_port["nodePort"] = NODE_PORTS[name]
         items.append({"apiVersion": "v1", "kind": "Service",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-svc-{name}"},
-                      "spec": {"type": "ClusterIP", "clusterIP": vip, "clusterIPs": [vip], "selector": selector,
-                               "ipFamilies": ["IPv6" if v6 else "IPv4"],
-                               "ports": [{"name": "p", "port": port, "protocol": proto, "targetPort": target}]}})
+                      "spec": {"type": "NodePort" if name in NODE_PORTS else "ClusterIP", "clusterIP": vip,
+                               "clusterIPs": [vip], "selector": selector, "ipFamilies": ["IPv6" if v6 else "IPv4"],
+                               "ports": [service_port]}})
         backends = [(pns, pname, IP6.get(pname) if v6 else ip) for pns, pname, ip, labels, _, _ in PODS
                     if pns == ns and all(labels.get(k) == v for k, v in selector.items())]
         items.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -217,7 +225,8 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.wait_listening("my-nginx-1", NGINX_IP, 8082, servers[-1])
     for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
-            lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))])
+            lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))],
+                        node_port=NODE_PORTS.get(name))
         elif case.path == "nft":
             lab.nft_service(f"default/{name}", case.vip, 8080, "tcp", [(case.rule_to, case.target_port)])
         elif case.path == "reject":
@@ -233,12 +242,12 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
         # sends to the ClusterIP (record() attaches the program)
 
 
-def curl(lab: NetLab, pod: str, name: str, cgroup: Path | None = None, connect_timeout: int = 2,
+def curl(lab: NetLab, pod: str | None, name: str, cgroup: Path | None = None, connect_timeout: int = 2,
          paths: tuple[str, ...] = ("/index.html",), client: list[str] | None = None,
          port: int = 8080) -> tuple[int, int, bytes]:
-    """curl http://NAME.default.svc.cluster.local:8080/PATH in `pod` (and `cgroup`); NAME may be an
-    IP; several paths go on one keep-alive connection: (pid, exit status, body). The connect
-    timeout includes name resolution. `client`: another program taking the URLs instead of curl."""
+    """curl http://NAME.default.svc.cluster.local:8080/PATH in `pod` (None: on the node itself) and
+    `cgroup`; NAME may be an IP; several paths go on one keep-alive connection: (pid, exit status,
+    body). The connect timeout includes name resolution. `client`: another program taking the URLs instead of curl."""
     host = name if name[0].isdigit() else f"{name}.{DOMAIN}"
     urls = [f"http://{host}:{port}{path}" for path in paths]
     argv = lab.argv(pod, [*client, *urls] if client else
@@ -261,6 +270,8 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     out[NO_SUCH_NAME] = ("client", NO_SUCH_NAME, {})
     out[DNS_RETRY] = ("retry-client", "my-nginx", {"connect_timeout": 15})  # glibc waits 5 s
     out[HAIRPIN] = ("my-nginx-1", CASES["my-nginx"].vip, {})
+    for name, node_port in NODE_PORTS.items():  # a process on the node itself (pod None), at the node's address
+        out[name] = (None, NODE_IP, {"port": node_port})
     out[GO_CLIENT] = ("go-client", "my-nginx", {"client": [str(goclient)]})
     return out
 
@@ -330,6 +341,7 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
     build_goclient()  # before the capture starts: the build's syscalls are not the lab's
     # capturing before the servers start: a server already blocked in recvfrom/accept when a
     # capture starts shows no first request (the syscall's entry was never seen)
+    started = time.time_ns()  # a loss marker's window starts here: the ring is drained only at the end
     cap = EbpfCapture(CaptureConfig(ring_bytes=ring_bytes))
     try:
         norm = Normalizer(NODE, boot_to_epoch_ns(), containers=ContainerIds())
@@ -359,5 +371,6 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
         cap.close()
     events = [e for e in seen if e.netns in lab_ns]
     if drops:
-        events.append(norm.lost(drops, time.time_ns()))  # what `svctrace agent` publishes after a drain
+        # what `svctrace agent` publishes after a drain: how many, and the window they were lost in
+        events.append(norm.lost(drops, time.time_ns()).with_(lost_since_ns=started))
     return events, curls
