@@ -301,3 +301,31 @@ def test_a_bounded_evidence_list_keeps_the_first_and_the_last_events():
     assert shown[1].strip() == "… 14 more events"
     every = plain(render.alert_lines(alert)).count("node-a #")
     assert every == 20 and plain(render.alert_lines(alert, max_evidence=20)).count("node-a #") == 20
+
+
+def test_connection_rows_count_the_http_statuses_each_end_saw():
+    """A response counts on the end that sent it (server) and the end that read it (client); a
+    request, or a response seen the wrong way round, counts nowhere."""
+    c = dict(local_ip="10.1.0.5", local_port=50950, remote_ip="10.1.0.9", remote_port=80)
+    s = dict(local_ip="10.1.0.9", local_port=80, remote_ip="10.1.0.5", remote_port=50950, pid=20, tid=20, comm="srv")
+    t = ConnectionTable()
+    for status in (200, 200, 502):
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode()
+        t.add(ev(role="client", data=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", **c))
+        t.add(ev(role="server", kind="send", data=head, res=len(head), **s))
+        t.add(ev(role="client", kind="recv", syscall="read", data=head, res=len(head), **c))
+    [client, server] = sorted(t.rows(), key=lambda r: r.totals.role)
+    assert client.totals.statuses == server.totals.statuses == {200: 2, 502: 1}
+    text = plain(render.connection_lines(t.grouped_rows()))
+    assert text.count("HTTP 200×2 502") == 2
+
+
+def test_the_proxy_that_turned_a_200_into_a_502(captures):
+    """sysdig-inspect's 502Error capture: haproxy answers one request 502 while every response its
+    python backend sent, and haproxy read, was 200 (the backend's header lines were malformed)."""
+    from svctrace.analyze.pipeline import analyze
+
+    rows = {(r.key.comm, r.totals.role, r.key.server.port): r.totals.statuses
+            for r in analyze(captures / "inspect__502Error.scap").connections.grouped_rows()}
+    assert rows[("haproxy", "server", 80)] == {200: 36, 502: 1}
+    assert rows[("haproxy", "client", 80)] == rows[("python", "server", 80)] == {200: 37}

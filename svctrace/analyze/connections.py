@@ -1,5 +1,6 @@
 """The "connections seen" summary: one row per process and network flow, like
-`sysdig -c echo_fds` condensed to totals. Pure: fed SyscallEvents, asked for rows.
+`sysdig -c echo_fds` condensed to totals (bytes, errors, HTTP statuses). Pure: fed
+SyscallEvents, asked for rows.
 
 A flow is named from the client's point of view (client -> server) whichever end
 the event was recorded on, so both processes of a loopback connection show the
@@ -8,6 +9,8 @@ same arrow and sort next to each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from svctrace.streams.core.http import RESPONSE_PREFIX, parse_response
 
 NET_PROTOS = ("tcp", "udp")
 # Below this a port is a service's, above it an ephemeral one (Linux default range starts at 32768).
@@ -46,6 +49,7 @@ class FlowTotals:
     bytes_in: int = 0  # read by this process
     errors: dict[str, int] = field(default_factory=dict)
     container_id: str | None = None
+    statuses: dict[int, int] = field(default_factory=dict)  # HTTP responses this end sent or got, by status
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,14 @@ class ConnectionTable:
                 t.bytes_out += res
             elif kind == "recv":
                 t.bytes_in += res
+            else:
+                return
+            data = e.data
+            # an HTTP response: sent by the server's end, received by the client's
+            if data and data.startswith(RESPONSE_PREFIX) and (kind == "send") == (role == "server"):
+                resp = parse_response(data)
+                if resp is not None:
+                    t.statuses[resp.status] = t.statuses.get(resp.status, 0) + 1
 
     def rows(self) -> list[ConnectionRow]:
         """Deterministic order: first seen, then the key."""
@@ -185,6 +197,8 @@ class ConnectionTable:
                 total.bytes_in += r.totals.bytes_in
                 for name, n in r.totals.errors.items():
                     total.errors[name] = total.errors.get(name, 0) + n
+                for status, n in r.totals.statuses.items():
+                    total.statuses[status] = total.statuses.get(status, 0) + n
             key = FlowKey(first.key.node, first.key.comm, first.key.pid, first.key.proto,
                           Endpoint(first.key.client.ip, None), first.key.server)
             merged.append(ConnectionRow(key, total, connections=len(rows)))

@@ -428,7 +428,8 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None,
 
 # --- connections -------------------------------------------------------------------------
 def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) -> list[Line]:
-    """`process  proto  client -> server  bytes  errors`, aligned; `describe(ip) -> str` names pods/services."""
+    """`process  proto  client -> server  bytes  HTTP statuses  errors`, aligned; `describe(ip) -> str`
+    names pods/services."""
     lines = []
     shown = rows[:limit]
     procs = [f"{r.key.comm} ({r.key.pid})" for r in shown]
@@ -449,6 +450,10 @@ def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) 
         if row.connections > 1:
             line.append(f"  ×{row.connections} connections", style="bold")
         line.append(f"  out {nbytes(t.bytes_out)}  in {nbytes(t.bytes_in)}  {t.events} event{'s' if t.events != 1 else ''}", style=DIM)
+        if t.statuses:
+            line.append("  HTTP")
+            for status, n in sorted(t.statuses.items()):
+                line.append(f" {status}" + (f"×{n}" if n > 1 else ""), style="red" if status >= 500 else "")
         if t.errors:
             line.append("  " + " ".join(f"{k}×{v}" for k, v in sorted(t.errors.items())), style="red")
         lines.append(line)
