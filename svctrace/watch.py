@@ -10,8 +10,9 @@ become loss markers: the chains they may have touched are "incomplete", never "b
 The cluster's state comes from a file (--cluster, as analyze takes it) or from the API server
 (--kube: the metadata watcher's list+watch, in-process).
 
+--namespace, --service, --status and --alerts-only choose what is printed, as analyze's do.
 Ctrl-C (or --duration) ends the capture; open chains are then printed as incomplete.
-Exit status: 0 no alerts, 1 alerts, 2 error.
+Exit status: 0 no alerts (of those printed), 1 alerts, 2 error.
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, else ~/.kube/config)")
     parser.add_argument("--context", help="with --kube: kubeconfig context")
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
+    parser.add_argument("--namespace", "-n", metavar="NS", help="only chains and alerts touching namespace NS")
+    parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
+    parser.add_argument("--status", metavar="STATUS", action="append",
+                        help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
+                             "alerts are not filtered)")
+    parser.add_argument("--alerts-only", action="store_true", help="print the alerts only, not every chain")
     parser.add_argument("--evidence", type=int, default=6, metavar="N",
                         help="events shown per alert: the first and the last N-1, where a request failed "
                              "(default 6; 0: all; --json always has all)")
@@ -93,11 +100,15 @@ class LiveState:
 class Printer:
     """Chains and alerts as the runner produces them, each once."""
 
-    def __init__(self, out, as_json: bool, color: bool | None, max_evidence: int = 0) -> None:
+    def __init__(self, out, as_json: bool, color: bool | None, max_evidence: int = 0, only=None,
+                 alerts_only: bool = False) -> None:
         from svctrace.analyze import render
+        from svctrace.analyze.command import Filter
 
         self.out, self.as_json, self.render = out, as_json, render
         self.max_evidence = max_evidence  # 0: every evidence ref
+        self.only = only or Filter(None, None)  # analyze's --namespace/--service/--status
+        self.alerts_only = alerts_only
         self.console = None if as_json else render.make_console(out, color)
         self.rules: dict[str, str] = {}  # alert id -> rule, for the chains' alert names
         self.alerts = 0
@@ -122,6 +133,8 @@ class Printer:
         runner.deadletters.clear()
 
     def _chain(self, chain: dict) -> None:
+        if self.alerts_only or not self.only.chain(chain):
+            return
         if self.as_json:
             self._json("chain", chain)
             return
@@ -131,6 +144,8 @@ class Printer:
             self.console.print(line)
 
     def _alert(self, alert: dict) -> None:
+        if not self.only.alert(alert):
+            return
         self.alerts += 1
         if self.as_json:
             self._json("alert", alert)
@@ -152,12 +167,14 @@ class Printer:
 
 
 def run(args: argparse.Namespace) -> int:
+    from svctrace.analyze.command import Filter, parse_statuses
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
     from svctrace.streams.metadata.index import ClusterIndex
 
     try:
+        only = Filter(args.namespace, args.service, parse_statuses(args.status))
         records = load_cluster_file(args.cluster) if args.cluster else []
     except AnalyzeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -176,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     runner = Runner(index)
-    printer = Printer(sys.stdout, args.json, args.color, args.evidence)
+    printer = Printer(sys.stdout, args.json, args.color, args.evidence, only, args.alerts_only)
     print(f"{PROG}: watching {live.node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         with fewer_gc_passes():
