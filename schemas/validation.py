@@ -11,7 +11,7 @@ from referencing import Registry, Resource
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_NAMES = ("syscall-batch", "enriched-batch", "k8s-object", "chain", "alert", "dead-letter", "agent-stats",
-                "alert-occurrence")
+                "alert-occurrence", "flows-batch")
 
 
 class SchemaError(ValueError):

@@ -1,7 +1,8 @@
 """The worker's codecs (streams/faust_app/wire.py): the fast syscall-batch decoder agrees with
 schemas.models.decode_batch and rejects what it rejects with its reason (and wrong types with one naming
 the field); the enriched-batch encoder writes the very bytes of schemas.models.dumps; flows records
-decode to the enrich stage's objects; the local handoff."""
+(the flows-batch form, and the enriched-batch JSON of older workers) decode to the enrich stage's
+objects; the local handoff."""
 import orjson
 import pytest
 
@@ -97,37 +98,63 @@ def test_enriched_batch_encoder_writes_the_bytes_of_the_schema_encoder():
         assert encode_enriched_batch(other) == dumps(other)  # nothing to splice: the plain encoder
 
 
-def test_shared_events_json_writes_each_records_bytes_from_one_encoding_of_the_release():
-    from dataclasses import replace
+def test_flows_batch_records_read_back_as_the_enrich_stage_made_them():
+    """svctrace.flows records of the flows-batch form (msgpack): every bucket's batch of a release
+    reads back equal (events, refs, losses); each ref object is written once per record; the form
+    is what its schema says; a batch holding something else than EnrichedEvents goes as JSON."""
+    import msgspec
 
     from svctrace.schemas.models import dumps
+    from svctrace.schemas.validation import validate
     from svctrace.streams.core.enriched import EnrichedEvent
-    from svctrace.streams.faust_app.wire import SharedEventsJSON
+    from svctrace.streams.faust_app.wire import LocalHandoff, encode_flows_batch, read_flows_record
 
+    handoff = LocalHandoff()
     batches = _enriched_batches()
-    released = max(batches, key=lambda b: len(b["events"]))  # the node's svctrace.events.enriched batch
-    assert all(e in released["events"] for b in batches for e in b["events"])
-    shared = SharedEventsJSON(released["events"])
-    assert shared.json  # the release was split into its events
-    assert shared.encode(released) == dumps(released)  # the release itself: its encoding as it is
-    for batch in batches:  # every flows bucket's batch and the enriched one
-        assert shared.encode(batch) == dumps(batch)
-        assert shared.encode({**batch, "events": list(batch["events"])}) == dumps(batch)
-        chunk = {**batch, "events": batch["events"][1::3]}  # a record of some of them
-        assert shared.encode(chunk) == dumps(chunk)
-    # Escapes and text that looks like the split or join points, inside values.
-    e = next(e for e in released["events"] if e.ev.data and e.local_ref)
-    odd = EnrichedEvent(replace(e.ev, comm='x},{"ts":1,"flow":"y\\"\n\u00e9\u2028\x01', data=b'},{"ts":'),
-                        '},{"ts":', {**e.local_ref, "name": '"},{"ts":'}, None, None, {"ip": "1.2.3.4", "port": 5})
-    lost = [{"node": "n", "ts": 1, "count": 2}]
-    other = next(x for x in released["events"] if x is not e)
-    shared = SharedEventsJSON([odd, e, odd])
-    assert len(shared.json) == 2  # split there (odd twice: one id)
-    for batch in ({"schema": "svctrace.enriched-batch", "version": 1, "events": [odd, e], "lost": lost},
-                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [e]},
-                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [], "lost": lost},
-                  {"schema": "svctrace.enriched-batch", "version": 1, "events": [e, other]}):
-        assert shared.encode(batch) == dumps(batch)  # the last: an event it did not encode (the plain encoder)
+    assert any(b["events"] for b in batches) and any(e.ev.data for b in batches for e in b["events"])
+    lost = [{"node": "node-a", "ts": 5, "count": 2}]
+    for batch in [*batches, {**batches[1], "lost": lost}, {**batches[1], "events": [], "lost": lost}]:
+        raw = encode_flows_batch(batch)
+        doc = msgspec.msgpack.decode(raw)
+        assert doc["schema"] == "svctrace.flows-batch"
+        refs = {id(r): r for e in batch["events"] for r in (e.local_ref, e.remote_ref, e.addr_ref)}
+        assert len(doc["refs"]) == len(refs)  # each ref once
+        validate("flows-batch", {**doc, "events": [[None if isinstance(v, bytes) else v for v in row]
+                                                  for row in doc["events"]]})  # (JSON has no bytes)
+        decoded = read_flows_record(raw, [], handoff)
+        if batch["events"] or batch.get("lost"):
+            assert decoded == batch and all(e.__class__ is EnrichedEvent for e in decoded["events"])
+            assert decoded.get("lost") == batch.get("lost")
+        else:
+            assert decoded is None  # nothing but the head: progress
+    e = batches[1]["events"][0]
+    mixed = {**batches[1], "events": [e, {"ts": 1}]}
+    assert encode_flows_batch(mixed) == dumps(mixed)  # not only EnrichedEvents: the enriched-batch JSON
+
+
+def test_flows_batch_rows_of_another_worker_version_are_read_by_field_name():
+    """A newer worker's rows carry a field this one does not know (ignored), an older one's lack
+    one (its default); a malformed record is refused naming what is wrong."""
+    import msgspec
+
+    from svctrace.streams.faust_app.wire import LocalHandoff, encode_flows_batch, read_flows_record
+
+    handoff = LocalHandoff()
+    batch = next(b for b in _enriched_batches() if b["events"])
+    doc = msgspec.msgpack.decode(encode_flows_batch(batch))
+    newer = {**doc, "fields": ["added_later", *doc["fields"]], "events": [["x", *row] for row in doc["events"]]}
+    assert read_flows_record(msgspec.msgpack.encode(newer), [], handoff) == batch
+    i = doc["fields"].index("netns")  # always None here: an older writer without it reads the same
+    older = {**doc, "fields": doc["fields"][:i] + doc["fields"][i + 1:],
+             "events": [row[:i] + row[i + 1:] for row in doc["events"]]}
+    assert read_flows_record(msgspec.msgpack.encode(older), [], handoff) == batch
+    for bad, reason in (({**doc, "enrichment": doc["enrichment"][1:]}, "enrichment rows"),
+                        ({**doc, "refs": []}, "ref index"),
+                        ({**doc, "enrichment": [[r[0], -1, *r[2:]] for r in doc["enrichment"]]}, r"\$\.enrichment"),
+                        ({**doc, "events": [[str(row[0]), *row[1:]] for row in doc["events"]]}, r"\$\[0\]"),
+                        ({**doc, "version": 2}, r"\$\.version")):
+        with pytest.raises(DecodeError, match=reason):
+            read_flows_record(msgspec.msgpack.encode(bad), [], handoff)
 
 
 def test_flows_records_decode_to_the_enrich_stage_objects():

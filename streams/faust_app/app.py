@@ -36,9 +36,9 @@ What it adds is what only a distributed runner needs:
   flows records this worker sent itself as the enrich stage's objects (wire.LocalHandoff: no
   JSON decode), records go to the producer as bytes (no Faust message machinery per record),
   chains, alerts and occurrences as one producer batch per partition (no send() per record),
-  a release's events are encoded once for svctrace.flows and svctrace.events.enriched,
-  compressed with zstd in batches of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs
-  less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
+  flows records are msgpack rows (the flows-batch form: ~40% of the enriched-batch JSON's CPU
+  to write, ~30% to read, a quarter of the bytes), everything compressed with zstd in batches
+  of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
   for all sources of this worker, and the process runs the cycle collector rarely
   (fewer_gc_passes). `python -m bench.pipeline --stages` shows where the CPU goes.
 * A consumer that stopped working stops the worker (exit status 1, the error logged): an error
@@ -83,7 +83,7 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    HANDOFF_HEADER, LocalHandoff, SharedEventsJSON, decode_syscall_batch, encode_enriched_batch, read_flows_record,
+    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, encode_enriched_batch, encode_flows_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -855,11 +855,6 @@ class Worker:
         send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
         names = self.names
         batches = PartitionBatches(self.app.producer._ensure_producer())
-        encode = encode_enriched_batch
-        if stage_name == "enrich":  # a release's events go to flows and (by default) enriched: encoded once
-            released = next((value for topic, _, value in outs if topic == ENRICHED_TOPIC), None)
-            if released is not None and released.get("events"):
-                encode = SharedEventsJSON(released["events"]).encode
         counts: dict[str, int] = {}
         try:
             for topic, key, value in outs:
@@ -870,13 +865,14 @@ class Worker:
                         headers = [(SOURCE_HEADER, str(p).encode())]
                         if local:  # our own stitch stage reads it back: hand it the objects
                             headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
-                        await send(names[FLOWS_TOPIC], key.encode(), encode(chunk), partition, None, headers)
+                        await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition, None,
+                                   headers)
                 elif topic == OCCURRENCES_TOPIC:
                     batches.add(names[OCCURRENCES_TOPIC], stable_partition(key, self.partitions), key.encode(),
                                 dumps(value), [(SOURCE_HEADER, str(p).encode())])
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
-                        await send(names[topic], key.encode(), encode(chunk), None, None, None)
+                        await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
                 elif topic in self.t_out:
                     await batches.add_keyed(names[topic], key.encode(), dumps(value))
                 else:

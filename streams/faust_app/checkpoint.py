@@ -4,7 +4,7 @@ A stage's changelog holds two kinds of records, both JSON objects: a key's opera
 (op.durable(state), dumps_state) and a partition's progress entry ("#<partition>": its keys,
 clocks and upstream progress). Each record written here starts with its format version:
 
-    {"checkpoint_format":2, ...the state's own fields...}
+    {"checkpoint_format":3, ...the state's own fields...}
 
 so a worker can tell a record it cannot read from one it can, instead of misreading it. Records
 without the field are format 1: every record written before versions were (their content is
@@ -28,8 +28,11 @@ from svctrace.streams.core import dumps_state, loads_state
 
 FORMAT_FIELD = "checkpoint_format"
 UNVERSIONED = 1  # records without FORMAT_FIELD
-CHECKPOINT_FORMAT = 2  # what this worker writes
-READABLE = frozenset({UNVERSIONED, CHECKPOINT_FORMAT})
+# What this worker writes. 3: the stitch state's `lost` may hold [node, ts, count, since_ns] (loss
+# markers with their window) and the enrich state has `wlost`: a format-2 reader would misread them.
+# Formats 1 and 2 hold the same layouts minus those and load as they are.
+CHECKPOINT_FORMAT = 3
+READABLE = frozenset({UNVERSIONED, 2, CHECKPOINT_FORMAT})
 
 # The version, written first: read without parsing the record (which a newer format may not allow).
 _LEADING_FORMAT = re.compile(rb'\{"checkpoint_format":([^,}]*)[,}]')
