@@ -267,7 +267,11 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
             took = f"in {duration(dns['latency_ns'])}" if dns.get("latency_ns") is not None else ""
             server = dns.get("server")
             by = _join(f"answered by {process(server)}", workload(server)) if server else ""
-            a_ts = _ts(chain, ("dns answer",), "dns", end=True)
+            # the answer the lookup ended with: the dns hop ends at it (earlier answers may be
+            # the search list's NXDOMAINs); without a hop, the last answer seen
+            hop = _hop(chain, "dns")
+            answered = [r for r in chain.get("evidence") or () if (r.get("what") or "").startswith("dns answer")]
+            a_ts = hop["end_ts"] if hop else answered[-1].get("ts") if answered else None
             rows.append((a_ts, "dns answer", _join(f"{rcode or '?'} {answers}{cnames}", ttl, took, by),
                          "" if rcode in (None, "NOERROR") else "red"))
 
