@@ -329,3 +329,19 @@ def test_the_proxy_that_turned_a_200_into_a_502(captures):
             for r in analyze(captures / "inspect__502Error.scap").connections.grouped_rows()}
     assert rows[("haproxy", "server", 80)] == {200: 36, 502: 1}
     assert rows[("haproxy", "client", 80)] == rows[("python", "server", 80)] == {200: 37}
+
+
+def test_the_dns_answer_line_is_at_the_answer_the_lookup_ended_with():
+    """With ndots:5 the first answers are the search list's NXDOMAINs: the line goes where the dns
+    hop ends (the positive answer), beside the lookup's latency."""
+    chain = example("chain")
+    start = chain["start_ts"]
+    chain["evidence"] = [{"node": "node-a", "n": 1, "ts": start, "what": "dns query x.default.svc.cluster.local. A"},
+                         {"node": "node-a", "n": 2, "ts": start + 4_585_000, "what": "dns answer NXDOMAIN"},
+                         {"node": "node-a", "n": 3, "ts": start + 17_214_000, "what": "dns answer NOERROR 10.0.0.1"}]
+    chain["hops"] = [{"name": "dns", "start_ts": start, "end_ts": start + 17_214_000, "latency_ns": 17_214_000}]
+    [answer] = [t for t in plain(render.chain_lines(chain)).splitlines() if "dns answer" in t]
+    assert answer.split()[0] == "+17.214"
+    del chain["hops"][0]  # no hop (no positive answer): the last answer seen
+    [answer] = [t for t in plain(render.chain_lines(chain)).splitlines() if "dns answer" in t]
+    assert answer.split()[0] == "+17.214"
