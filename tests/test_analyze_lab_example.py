@@ -55,3 +55,11 @@ def test_headless_request_reads_as_direct_not_as_a_missing_translation():
                          capture_output=True, text=True, timeout=120)
     assert "headless Service: the client connects to the pod itself" in out.stdout
     assert "no translation seen" not in out.stdout
+
+
+@pytest.mark.parametrize("case", KEEPALIVE)
+def test_keepalive_requests_are_printed_in_the_order_sent(analyzed, case):
+    """One connection, one start: its chains follow the order of the requests on it."""
+    chains, _alerts = analyzed
+    targets = [c["response"]["target"] for c in chains if (c["service"] or {}).get("name") == case]
+    assert tuple(targets) == KEEPALIVE_PATHS

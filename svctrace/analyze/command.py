@@ -87,7 +87,9 @@ class Filter:
 
 # --- ordering --------------------------------------------------------------------------
 def chain_order(c: dict):
-    return (c["start_ts"], c["chain_id"])
+    """In time order; the requests of one keep-alive connection (one start) in the order sent."""
+    sent = next((r["ts"] for r in c.get("evidence") or () if (r.get("what") or "").startswith("client request")), 0)
+    return (c["start_ts"], sent, c["chain_id"])
 
 
 def alert_order(a: dict):
