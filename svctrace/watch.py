@@ -112,6 +112,8 @@ class Printer:
         self.console = None if as_json else render.make_console(out, color)
         self.rules: dict[str, str] = {}  # alert id -> rule, for the chains' alert names
         self.alerts = 0
+        self.statuses: dict[str, int] = {}  # printed chains by status, for the closing line
+        self.severities: dict[str, int] = {}  # printed alerts by severity
 
     MAX_ALERT_IDS = 50_000  # remembered to name chains' alerts and print each alert once
 
@@ -135,6 +137,7 @@ class Printer:
     def _chain(self, chain: dict) -> None:
         if self.alerts_only or not self.only.chain(chain):
             return
+        self.statuses[chain["status"]] = self.statuses.get(chain["status"], 0) + 1
         if self.as_json:
             self._json("chain", chain)
             return
@@ -147,12 +150,22 @@ class Printer:
         if not self.only.alert(alert):
             return
         self.alerts += 1
+        sev = alert.get("severity", "info")
+        self.severities[sev] = self.severities.get(sev, 0) + 1
         if self.as_json:
             self._json("alert", alert)
             return
         self.console.print()
         for line in self.render.alert_lines(alert, max_evidence=self.max_evidence):
             self.console.print(line)
+
+    def totals(self) -> str:
+        """`3 chains (2 ok, 1 broken), 1 alert (1 critical)`: what was printed."""
+        def counted(n: int, noun: str, parts: dict) -> str:
+            kinds = ", ".join(f"{v} {k}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+            return f"{n} {noun}{'s' if n != 1 else ''}" + (f" ({kinds})" if kinds else "")
+        return f"{counted(sum(self.statuses.values()), 'chain', self.statuses)}, " \
+               f"{counted(self.alerts, 'alert', self.severities)}"
 
     def _json(self, name: str, doc: dict) -> None:
         import orjson
@@ -219,5 +232,6 @@ def run(args: argparse.Namespace) -> int:
         live.close()
         if state is not None:
             state.close()
-    print(f"{PROG}: {live.drops} events lost in the kernel" if live.drops else f"{PROG}: stopped", file=sys.stderr)
+    lost = f"; {live.drops} events lost in the kernel" if live.drops else ""
+    print(f"{PROG}: stopped: {printer.totals()} printed{lost}", file=sys.stderr)
     return 1 if printer.alerts else 0

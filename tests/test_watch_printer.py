@@ -67,3 +67,14 @@ def test_a_bad_filter_is_refused_before_capturing(service):
 
     with pytest.raises(AnalyzeError):
         Filter("default", service)
+
+
+def test_the_closing_line_counts_what_was_printed():
+    with open_capture(SEED / "capture.scap") as capture:
+        events = [e for e in capture if e.proto in ("tcp", "udp")]
+    runner = Runner(ClusterIndex.from_records(load_cluster_file(str(SEED / "cluster.json"))))
+    printer = Printer(io.StringIO(), True, False)
+    runner.feed(events)
+    runner.finish()
+    printer.take(runner)
+    assert printer.totals() == "6 chains (4 broken, 2 ok), 5 alerts (5 critical)"
