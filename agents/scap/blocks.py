@@ -54,6 +54,8 @@ EVENT_BLOCKS: dict[int, tuple[bool, bool, bool]] = {
     0x208: (False, True, False), 0x217: (True, True, False), 0x222: (True, True, True),
 }
 
+SMALL_EVENT_BLOCKS = frozenset(t for t, (_v2, _flags, large) in EVENT_BLOCKS.items() if not large)
+
 READER_BUF_SIZE = 65536  # libscap: larger event blocks only in the *_LARGE types
 MAX_BLOCK = 64 << 20  # our bound for metadata/large blocks: memory stays bounded
 CHUNK = 1 << 20
@@ -121,6 +123,7 @@ class BlockStream:
         self._pos = 0  # position in _buf
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
+        self._first = True  # the section header block is not read yet
         # read1: a truncated gzip stream still yields everything before the damage
         self._read = getattr(raw, "read1", raw.read)
 
@@ -184,15 +187,14 @@ class BlockStream:
         return btype, blen
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes, int, int]]:
-        first = True
         stats = self.stats
-        small_events = frozenset(t for t, (_v2, _f, large) in EVENT_BLOCKS.items() if not large)
+        small_events = SMALL_EVENT_BLOCKS
         limit = READER_BUF_SIZE + 8
         hdr, u32 = _HDR.unpack_from, _U32.unpack_from
         while True:
             # fast path: a whole, well-framed event block already in the buffer
             buf, pos = self._buf, self._pos
-            if len(buf) - pos >= 8 and not first:
+            if len(buf) - pos >= 8 and not self._first:
                 btype, blen = hdr(buf, pos)
                 if (btype in small_events and 12 <= blen <= limit and not blen & 3
                         and len(buf) - pos >= blen and u32(buf, pos + blen - 4)[0] == blen):
@@ -200,6 +202,19 @@ class BlockStream:
                     stats.blocks += 1
                     yield self._base + pos, btype, buf, pos + 8, pos + blen - 4
                     continue
+            got = self.next_block()
+            if got is None:
+                return
+            yield got
+
+    def next_block(self) -> tuple[int, int, bytes, int, int] | None:
+        """The block at the read position, framing checked in full (refilling the buffer; with
+        skip_corrupt, resynchronizing past damage): (offset, type, buf, start, end) or None at the
+        end. The reader's own loop takes well-framed event blocks straight from `_buf` at `_pos`
+        (as __iter__'s fast path does) and calls this for everything else."""
+        stats = self.stats
+        while True:
+            first = self._first
             try:
                 got = self._check(first)
             except CaptureError as e:
@@ -207,11 +222,11 @@ class BlockStream:
                     raise
                 stats.error(str(e))
                 stats.skipped_bytes += max(0, len(self._buf) - self._pos)
-                return
+                return None
             if got == "EOF":
                 if first:
                     raise CaptureError(self.name, 0, "SHB", "empty file: no section header block")
-                return
+                return None
             if isinstance(got, str):
                 off = self.offset()
                 btype = _U32.unpack_from(self._buf, self._pos)[0] if len(self._buf) - self._pos >= 4 else None
@@ -220,15 +235,15 @@ class BlockStream:
                     raise err
                 stats.error(str(err))
                 if not self._resync():
-                    return
-                first = False
+                    return None
+                self._first = False
                 continue
             btype, blen = got
-            first = False
+            self._first = False
             start = self._pos
             self._pos = start + blen
             stats.blocks += 1
-            yield self._base + start, btype, self._buf, start + 8, start + blen - 4
+            return self._base + start, btype, self._buf, start + 8, start + blen - 4
 
     def skip_current(self, offset: int, length: int) -> None:
         """Account a well-framed block whose content the reader rejected."""

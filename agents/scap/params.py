@@ -124,13 +124,26 @@ def decoder_for(ptype: str):
     }.get(ptype, dec_bytes)
 
 
+# struct codes of the fixed-size types (little-endian, no padding)
+_SIGNED_CODES = {1: "b", 2: "h", 4: "i", 8: "q"}
+FIXED_CODES: dict[str, str] = {t: _SIGNED_CODES[w] if signed else _SIGNED_CODES[w].upper()
+                               for t, (w, signed) in FIXED.items()}
+
+
+def _no_fast(buf, pos, end):
+    """Where no fast path fits (more params than the table knows): the slow path judges."""
+    return None
+
+
 class Layout:
     """Precompiled parameter layout of one event type."""
-    __slots__ = ("code", "names", "decoders", "signed", "nmax", "width", "len_structs", "unrolled", "covers")
+    __slots__ = ("code", "names", "types", "decoders", "signed", "nmax", "width", "len_structs", "unrolled", "covers",
+                 "fast_exits", "fast_enters")
 
     def __init__(self, info):
         self.code = info.code
         self.names = info.param_names
+        self.types = tuple(t for _, t in info.params)
         self.decoders = tuple(decoder_for(t) for _, t in info.params)
         self.signed = tuple(FIXED[t][1] if t in FIXED else None for _, t in info.params)  # None: not an integer
         self.nmax = len(info.params)
@@ -138,6 +151,8 @@ class Layout:
         self.len_structs: dict[int, struct.Struct] = {}  # nparams -> length-array layout, built on use
         self.unrolled: dict[int, object] = {}  # nparams -> its decode loop unrolled, built on use
         self.covers: dict[tuple[int, int], bool] = {}  # (nparams, enter's nparams) -> repeats(), on use
+        self.fast_exits: dict[int, object] = {}  # nparams -> fast(), built on use
+        self.fast_enters: dict[int, object] = {}  # nparams -> fast_enter(), built on use
 
     def _unrolled(self, nparams: int):
         """decode()'s loop for `nparams` (<= nmax) params, written out once: integers read in
@@ -159,6 +174,83 @@ class Layout:
         exec("\n".join(lines) + "\n", scope)  # noqa: S102 - generated from the event table only
         fn = self.unrolled[nparams] = scope["decode"]
         return fn
+
+    def fast(self, nparams: int):
+        """decode() of a well-formed event with `nparams` params, from one precompiled struct per
+        run of fixed-size params (the length array and the leading run in one): the reader's
+        per-event path. `fast(buf, pos, end)` returns decode()'s dict, or None where decode() must
+        judge (a fixed-size value of another width or empty, lengths past the event, more params
+        than the table knows); it may raise struct.error near the end of the buffer (the same)."""
+        fn = self.fast_exits.get(nparams)
+        if fn is None:
+            fn = self.fast_exits[nparams] = self._compile_fast(nparams, enter=False)
+        return fn
+
+    def fast_enter(self, nparams: int):
+        """For an enter event kept for its exit: `fn(buf, pos, end)` checks that its lengths fit
+        the event (as checked_lengths) and returns its fd where param 0 is one (type FD, 8 bytes
+        wide), else True; None where the slow path must judge."""
+        fn = self.fast_enters.get(nparams)
+        if fn is None:
+            fn = self.fast_enters[nparams] = self._compile_fast(nparams, enter=True)
+        return fn
+
+    def _compile_fast(self, nparams: int, enter: bool):
+        if nparams > self.nmax:
+            return _no_fast
+        lc = "I" if self.width == 4 else "H"
+        lens = [f"l{i}" for i in range(nparams)]
+        scope: dict = {}
+        fixed = [FIXED_CODES.get(t) for t in self.types[:nparams]]
+        lead = 0
+        while lead < nparams and fixed[lead] is not None:
+            lead += 1
+        if enter:
+            with_fd = self.names[:1] == ("fd",) and self.types[0] == "FD"
+            if with_fd and not nparams:
+                return _no_fast  # an event without its fd: the slow path judges
+            lead = 1 if with_fd else 0
+        scope["_s0"] = struct.Struct("<" + lc * nparams + "".join(fixed[:lead]))
+        lines = ["def fast(buf, pos, end):"]
+        if nparams:
+            lines.append(f"    {''.join(f'{x}, ' for x in lens + [f'v{i}' for i in range(lead)])}= _s0.unpack_from(buf, pos)")
+        if enter:
+            if with_fd:
+                lines.append("    if l0 != 8: return None")
+            total = " + ".join([f"pos + {self.width * nparams}"] + lens)
+            lines.append(f"    if {total} > end: return None")
+            lines.append(f"    return {'v0' if with_fd else 'True'}")
+        else:
+            bad = [f"l{i} != {struct.calcsize('<' + c)}" for i, c in enumerate(fixed) if c is not None]
+            if bad:
+                lines.append(f"    if {' or '.join(bad)}: return None")
+            off = f"pos + {self.width * nparams + sum(struct.calcsize('<' + c) for c in fixed[:lead])}"
+            values = [f"v{i}" for i in range(lead)]
+            i = lead
+            while i < nparams:
+                if fixed[i] is None:
+                    lines.append(f"    e{i} = {off} + l{i}")
+                    value = f"buf[{off}:e{i}]"
+                    if self.decoders[i] is not dec_bytes:
+                        scope[f"_d{i}"] = self.decoders[i]
+                        value = f"_d{i}({value})"
+                    values.append(value)
+                    off = f"e{i}"
+                    i += 1
+                    continue
+                j = i
+                while j < nparams and fixed[j] is not None:
+                    j += 1
+                scope[f"_s{i}"] = run = struct.Struct("<" + "".join(fixed[i:j]))
+                lines.append(f"    {''.join(f'v{k}, ' for k in range(i, j))}= _s{i}.unpack_from(buf, {off})")
+                values += [f"v{k}" for k in range(i, j)]
+                lines.append(f"    e{j - 1} = {off} + {run.size}")
+                off = f"e{j - 1}"
+                i = j
+            lines.append(f"    if {off} > end: return None")
+            lines.append("    return {" + ", ".join(f"{self.names[k]!r}: {v}" for k, v in enumerate(values)) + "}")
+        exec("\n".join(lines) + "\n", scope)  # noqa: S102 - generated from the event table only
+        return scope["fast"]
 
     def _lens_struct(self, nparams: int) -> struct.Struct:
         s = self.len_structs.get(nparams)

@@ -42,8 +42,13 @@ containerd, cri-o paths); `cgroup_id`/`netns` are not in scap files (None).
 Each iteration re-reads the file from the start with fresh state.
 
 Performance: event types irrelevant to network state are counted but never
-decoded (one header unpack per block); relevant types use layouts precompiled
-from the event table.
+decoded; relevant types use layouts precompiled from the event table. The
+iteration takes well-framed v2 event blocks straight from the stream's buffer
+(block and event header in one struct) and decodes with `Layout.fast()` (one
+struct per run of fixed-size params); whatever that path does not vouch for
+goes through the general path (`BlockStream.next_block`, `_event`, `_body`),
+which `raw_events()` uses throughout: the same events and errors either way
+(tests/test_scap_fast_path.py).
 """
 from __future__ import annotations
 
@@ -64,6 +69,14 @@ from .params import LAYOUTS
 
 _HDR_V1 = struct.Struct("<QQIH")  # ts, tid, len, type (22 bytes)
 _HDR_V2 = struct.Struct("<QQIHI")  # + nparams (26 bytes)
+_U32 = struct.Struct("<I")
+# v2 event block types the fast path reads: block header (type, length) and event header in one
+# struct (cpuid and flags skipped), the offset of the event header in the block, the length bound
+_FAST_HEADERS: dict[int, tuple] = {
+    btype: (struct.Struct(f"<II{6 if with_flags else 2}xQQIHI").unpack_from, 8 + (6 if with_flags else 2),
+            B.MAX_BLOCK if large else B.READER_BUF_SIZE + 8)
+    for btype, (v2, with_flags, large) in B.EVENT_BLOCKS.items() if v2
+}
 _QUIRK_LEN3 = frozenset((280, 286))  # NOTIFICATION_E, INFRASTRUCTURE_EVENT_E: len is 3 too large in v1 files
 CLONE_FILES = 0x1  # PPM_CL_CLONE_FILES
 CLONE_THREAD = 0x2000  # PPM_CL_CLONE_THREAD
@@ -126,6 +139,19 @@ def _enter_params(got: tuple) -> dict:
 _NET_NAMES = tuple((e.syscall, KIND.get(e.syscall)) for e in EVENTS)
 
 
+# what the fast path does with each event type (derived from normalize's tables)
+_SKIP, _ENTER, _NET, _NET_FD, _OTHER = "skip", "enter", "net", "net_fd", "other"
+_ACTIONS = tuple(
+    _SKIP if CATEGORY[c] is None and not MERGE_ENTER[c]
+    else _ENTER if MERGE_ENTER[c] and (not FD_CHECK[c] or FD_INDEX[c] == 0)
+    else (_NET_FD if FD_CHECK[c] else _NET) if CATEGORY[c] == "net"
+    else _OTHER
+    for c in range(PPM_EVENT_MAX)
+)
+_FAST_EXITS = tuple(layout.fast_exits for layout in LAYOUTS)
+_FAST_ENTERS = tuple(layout.fast_enters for layout in LAYOUTS)
+
+
 def _tuple_family(t) -> str | None:
     return t[0] if t and t[0] in ("ipv4", "ipv6", "unix") else None
 
@@ -162,7 +188,7 @@ class CaptureReader:
 
     # -- public iterators ---------------------------------------------------
     def __iter__(self) -> Iterator[SyscallEvent]:
-        return self._walk(raw=False)
+        return self._events()
 
     def raw_events(self) -> Iterator[RawEvent]:
         return self._walk(raw=True)
@@ -175,119 +201,247 @@ class CaptureReader:
 
     # -- the walk ------------------------------------------------------------
     def _walk(self, raw: bool):
+        """Every block through the stream's full framing check, every event through _event (the
+        general path: raw_events, and the oracle of the fast path in _events)."""
         self.stats = stats = B.Stats()
         self._reset_state()
         f, name = B.open_raw(self.path)
         self.name = name
         try:
             stream = B.BlockStream(f, name, stats, self.skip_corrupt)
-            n = 0
+            self._n = 0
             event_blocks = B.EVENT_BLOCKS
-            categories = CATEGORY
-            layouts = LAYOUTS
-            merge_enter = MERGE_ENTER
-            enters = self._enters
-            handle, net = self._handle, self._net
-            fd_check, fd_index, newfd_indexes = FD_CHECK, FD_INDEX, NEWFD_INDEXES
-            threads, fds = self.threads, self.fds
             for off, btype, buf, start, end in stream:
-                ev = event_blocks.get(btype)
-                if ev is None:
-                    self._metadata(stream, off, btype, buf[start:end], n)
+                if btype not in event_blocks:
+                    self._metadata(stream, off, btype, buf[start:end], self._n)
                     continue
-                stats.event_blocks += 1
-                if self._pending_fdl:
-                    self._resolve_fdl_sockets()
-                v2 = ev[0]
-                p = start + (6 if ev[1] else 2)
+                out = self._event(stream, off, btype, buf, start, end, raw)
+                if out is not None:
+                    yield out
+                    if raw and CATEGORY[out.code] in ("container", "k8s"):
+                        self._handle(CATEGORY[out.code], out.code, out.n, out.ts, out.tid, out.params)
+            stats.events = self._n
+        finally:
+            f.close()
+
+    def _events(self):
+        """The SyscallEvents. Well-framed event blocks of the v2 types are taken straight from
+        the stream's buffer, block and event header in one struct; the types that matter are
+        decoded by their layout's fast() (one struct per run of fixed-size params). Anything
+        unusual (another block type, a header or value the fast path does not vouch for) goes
+        through the stream's next_block() and the general _event/_body, which judge it exactly
+        as before: same events, same errors at the same offsets."""
+        self.stats = stats = B.Stats()
+        self._reset_state()
+        f, name = B.open_raw(self.path)
+        self.name = name
+        try:
+            stream = B.BlockStream(f, name, stats, self.skip_corrupt)
+            self._n = n = 0
+            event_blocks = B.EVENT_BLOCKS
+            actions, fast_exits, fast_enters, layouts = _ACTIONS, _FAST_EXITS, _FAST_ENTERS, LAYOUTS
+            fd_index, fd_check = FD_INDEX, FD_CHECK
+            enters, pending_fdl = self._enters, self._pending_fdl
+            threads, fds = self.threads, self.fds
+            net, body = self._net, self._body
+            u32 = _U32.unpack_from
+            struct_error = struct.error
+            buf, pos, base = b"", 0, 0
+            buflen = 0
+            cur_type, unpack, shift, limit = -1, _FAST_HEADERS[0x216][0], 0, 0
+            while True:
                 try:
-                    if v2:
-                        ts, tid, elen, code, nparams = _HDR_V2.unpack_from(buf, p)
-                        hsize = 26
-                    else:
-                        ts, tid, elen, code = _HDR_V1.unpack_from(buf, p)
-                        hsize = 22
-                        nparams = -1
-                except struct.error:
-                    self._bad(stream, off, btype, end - start + 12, "event block too short for its header")
+                    btype, blen, ts, tid, elen, code, nparams = unpack(buf, pos)
+                except struct_error:
+                    btype = -2
+                if not (btype == cur_type and shift + 30 <= blen <= limit and not blen & 3
+                        and pos + blen <= buflen and u32(buf, pos + blen - 4)[0] == blen
+                        and 26 <= elen <= blen - shift - 4 and code < PPM_EVENT_MAX):
+                    # the stream's full check, then the general path
+                    stream._pos = pos
+                    got = stream.next_block()
+                    if got is None:
+                        break
+                    off, btype, buf, start, end = got
+                    pos, base, buflen = stream._pos, stream._base, len(buf)
+                    if btype not in event_blocks:
+                        self._metadata(stream, off, btype, buf[start:end], n)
+                        continue
+                    fast = _FAST_HEADERS.get(btype)
+                    if fast is not None:
+                        unpack, shift, limit = fast
+                        cur_type = btype
+                    self._n = n
+                    out = self._event(stream, off, btype, buf, start, end, False)
+                    n = self._n
+                    if out is not None:
+                        yield out
                     continue
-                if code >= PPM_EVENT_MAX:
-                    stats.unknown_event_types += 1
-                    continue
-                if not v2 and code in _QUIRK_LEN3 and elen == end - p + 3:
-                    elen -= 3
-                if elen < hsize or p + elen > end:
-                    self._bad(stream, off, btype, end - start + 12,
-                              f"event length {elen} does not fit its block (type {code})")
-                    continue
+                # a whole, well-framed event block of the current type, its header plausible
+                at = pos
+                pos += blen
+                stats.blocks += 1
+                stats.event_blocks += 1
+                if pending_fdl:
+                    self._resolve_fdl_sockets()
                 n += 1
                 if tid >= 1 << 63:  # meta events carry tid -1
                     tid -= 1 << 64
-                cat = categories[code]
-                if not raw and cat is None and not merge_enter[code]:
+                act = actions[code]
+                if act is _SKIP:
                     continue
-                layout = layouts[code]
+                p = at + shift
                 evt_end = p + elen
-                pos = p + hsize
-                try:
-                    if nparams < 0:
-                        nparams = layout.infer_nparams(buf, pos, evt_end - pos, elen, hsize)
-                    elif nparams > 4096:
-                        raise ValueError(f"absurd parameter count {nparams}")
-                    lens = None
-                    if not raw and fd_check[code]:
-                        # only sockets matter: look at the fd before decoding anything
-                        idx = fd_index[code]
-                        if 0 <= idx < nparams:
-                            lens = layout.lengths(buf, pos, nparams)
-                            fd = layout.int_at(buf, pos, nparams, idx, lens)
-                        else:
-                            got = enters.get(tid)
-                            fd = _enter_params(got).get("fd") if got is not None and got[0] == code - 1 else None
-                        th = threads.get(tid)
-                        table = fds.get(th.pid if th is not None else tid)
-                        if fd is None or table is None or table.get(fd) is None:
-                            if enters:
-                                enters.pop(tid, None)
-                            continue
-                    elif cat == "newfd" and not raw:
-                        th = threads.get(tid)
-                        table = fds.get(th.pid if th is not None else tid)
-                        if table:
-                            for idx in newfd_indexes[code]:
-                                if idx < nparams:
-                                    fd = layout.int_at(buf, pos, nparams, idx)
-                                    if fd is not None and fd >= 0:
-                                        table.pop(fd, None)
+                p += 26
+                if act is _NET or act is _NET_FD:
+                    try:
+                        params = (fast_exits[code].get(nparams) or layouts[code].fast(nparams))(buf, p, evt_end)
+                    except struct_error:
+                        params = None
+                    if params is not None:
+                        if act is _NET_FD:
+                            # only sockets matter
+                            if 0 <= fd_index[code] < nparams:
+                                fd = params["fd"]
+                            else:
+                                got = enters.get(tid)
+                                fd = _enter_params(got).get("fd") if got is not None and got[0] == code - 1 else None
+                            th = threads.get(tid)
+                            table = fds.get(th.pid if th is not None else tid)
+                            if fd is None or table is None or table.get(fd) is None:
+                                if enters:
+                                    enters.pop(tid, None)
+                                continue
+                        stats.events = n
+                        got = enters.pop(tid, None)
+                        if got is not None and got[0] == code - 1 and not layouts[code].repeats(nparams, layouts[got[0]], got[1]):
+                            params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
+                        out = net(code, n, ts, tid, params)
+                        if out is not None:
+                            stats.emitted += 1
+                            yield out
                         continue
-                    if merge_enter[code] and not raw:
-                        # kept undecoded (its own bytes): decoded only if its exit lacks a param
-                        # it carries (modern exits repeat them all); a bad length fails here as before
-                        lens = layout.checked_lengths(buf, pos, evt_end, nparams, lens)
-                        enters[tid] = (code, nparams, buf[pos:evt_end], lens)
+                elif act is _ENTER:
+                    try:
+                        fd = (fast_enters[code].get(nparams) or layouts[code].fast_enter(nparams))(buf, p, evt_end)
+                    except struct_error:
+                        fd = None
+                    if fd is not None:
+                        if fd_check[code]:  # only sockets matter (param 0 is the fd: see _ACTIONS)
+                            th = threads.get(tid)
+                            table = fds.get(th.pid if th is not None else tid)
+                            if table is None or table.get(fd) is None:
+                                if enters:
+                                    enters.pop(tid, None)
+                                continue
+                        # kept undecoded (its own bytes): decoded only if its exit lacks a param it carries
+                        enters[tid] = (code, nparams, buf[p:evt_end], None)
                         continue
-                    params = layout.decode(buf, pos, evt_end, nparams, lens)
-                except (ValueError, struct.error) as e:
-                    n -= 1
-                    self._bad(stream, off, btype, end - start + 12, f"{EVENTS[code].enum}: {e}")
-                    continue
-                stats.events = n
-                if raw:
-                    yield RawEvent(n, off, ts, tid, buf[start] | buf[start + 1] << 8, code, params, nparams)
-                    if cat in ("container", "k8s"):
-                        handle(cat, code, n, ts, tid, params)
-                    continue
-                got = enters.pop(tid, None)
-                if got is not None and got[0] == code - 1 and not layout.repeats(nparams, layouts[got[0]], got[1]):
-                    params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
-                # socket events (most of a capture) straight to _net: no _handle frame per event
-                out = net(code, n, ts, tid, params) if cat == "net" else handle(cat, code, n, ts, tid, params)
+                self._n = n
+                out = body(stream, base + at, cur_type, buf, at + 8, at + blen - 4, False, ts, tid, code, nparams,
+                           at + shift, 26, elen)
+                n = self._n
                 if out is not None:
-                    stats.emitted += 1
                     yield out
             stats.events = n
         finally:
             f.close()
+
+    def _event(self, stream, off, btype, buf, start, end, raw):
+        """One event block the general way: header, then _body. self._n counts the events."""
+        stats = self.stats
+        stats.event_blocks += 1
+        if self._pending_fdl:
+            self._resolve_fdl_sockets()
+        v2, with_flags, _large = B.EVENT_BLOCKS[btype]
+        p = start + (6 if with_flags else 2)
+        try:
+            if v2:
+                ts, tid, elen, code, nparams = _HDR_V2.unpack_from(buf, p)
+                hsize = 26
+            else:
+                ts, tid, elen, code = _HDR_V1.unpack_from(buf, p)
+                hsize = 22
+                nparams = -1
+        except struct.error:
+            self._bad(stream, off, btype, end - start + 12, "event block too short for its header")
+            return None
+        if code >= PPM_EVENT_MAX:
+            stats.unknown_event_types += 1
+            return None
+        if not v2 and code in _QUIRK_LEN3 and elen == end - p + 3:
+            elen -= 3
+        if elen < hsize or p + elen > end:
+            self._bad(stream, off, btype, end - start + 12, f"event length {elen} does not fit its block (type {code})")
+            return None
+        self._n += 1
+        if tid >= 1 << 63:  # meta events carry tid -1
+            tid -= 1 << 64
+        return self._body(stream, off, btype, buf, start, end, raw, ts, tid, code, nparams, p, hsize, elen)
+
+    def _body(self, stream, off, btype, buf, start, end, raw, ts, tid, code, nparams, p, hsize, elen=None):
+        """An event after its header (counted in self._n already): decoded as far as needed,
+        then the state and the SyscallEvent (or RawEvent) it gives, if any."""
+        cat = CATEGORY[code]
+        if not raw and cat is None and not MERGE_ENTER[code]:
+            return None
+        stats, enters = self.stats, self._enters
+        layout = LAYOUTS[code]
+        evt_end = p + elen
+        pos = p + hsize
+        try:
+            if nparams < 0:
+                nparams = layout.infer_nparams(buf, pos, evt_end - pos, elen, hsize)
+            elif nparams > 4096:
+                raise ValueError(f"absurd parameter count {nparams}")
+            lens = None
+            if not raw and FD_CHECK[code]:
+                # only sockets matter: look at the fd before decoding anything
+                idx = FD_INDEX[code]
+                if 0 <= idx < nparams:
+                    lens = layout.lengths(buf, pos, nparams)
+                    fd = layout.int_at(buf, pos, nparams, idx, lens)
+                else:
+                    got = enters.get(tid)
+                    fd = _enter_params(got).get("fd") if got is not None and got[0] == code - 1 else None
+                th = self.threads.get(tid)
+                table = self.fds.get(th.pid if th is not None else tid)
+                if fd is None or table is None or table.get(fd) is None:
+                    if enters:
+                        enters.pop(tid, None)
+                    return None
+            elif cat == "newfd" and not raw:
+                th = self.threads.get(tid)
+                table = self.fds.get(th.pid if th is not None else tid)
+                if table:
+                    for idx in NEWFD_INDEXES[code]:
+                        if idx < nparams:
+                            fd = layout.int_at(buf, pos, nparams, idx)
+                            if fd is not None and fd >= 0:
+                                table.pop(fd, None)
+                return None
+            if MERGE_ENTER[code] and not raw:
+                # kept undecoded (its own bytes): decoded only if its exit lacks a param
+                # it carries (modern exits repeat them all); a bad length fails here as before
+                lens = layout.checked_lengths(buf, pos, evt_end, nparams, lens)
+                enters[tid] = (code, nparams, buf[pos:evt_end], lens)
+                return None
+            params = layout.decode(buf, pos, evt_end, nparams, lens)
+        except (ValueError, struct.error) as e:
+            self._n -= 1
+            self._bad(stream, off, btype, end - start + 12, f"{EVENTS[code].enum}: {e}")
+            return None
+        n = stats.events = self._n
+        if raw:  # (_walk hands container and k8s events to _handle once yielded)
+            return RawEvent(n, off, ts, tid, buf[start] | buf[start + 1] << 8, code, params, nparams)
+        got = enters.pop(tid, None)
+        if got is not None and got[0] == code - 1 and not layout.repeats(nparams, LAYOUTS[got[0]], got[1]):
+            params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
+        # socket events (most of a capture) straight to _net: no _handle frame per event
+        out = self._net(code, n, ts, tid, params) if cat == "net" else self._handle(cat, code, n, ts, tid, params)
+        if out is not None:
+            stats.emitted += 1
+        return out
 
     def _bad(self, stream, off, btype, length, reason) -> None:
         err = CaptureError(self.name, off, B.block_name(btype), reason)
