@@ -26,6 +26,8 @@ PROG = "svctrace watch"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from svctrace.analyze.command import add_filter_options
+
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--cluster", metavar="STATE",
                        help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
@@ -36,11 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", help="with --kube: kubeconfig file (default: in-cluster, else ~/.kube/config)")
     parser.add_argument("--context", help="with --kube: kubeconfig context")
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
-    parser.add_argument("--namespace", "-n", metavar="NS", help="only chains and alerts touching namespace NS")
-    parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
-    parser.add_argument("--status", metavar="STATUS", action="append",
-                        help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
-                             "alerts are not filtered)")
+    add_filter_options(parser)
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts only, not every chain")
     parser.add_argument("--evidence", type=int, default=6, metavar="N",
                         help="events shown per alert: the first and the last N-1, where a request failed "

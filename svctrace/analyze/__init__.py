@@ -22,16 +22,14 @@ PROG = "svctrace analyze"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from svctrace.analyze.command import add_filter_options
+
     parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip)")
     parser.add_argument("--cluster", metavar="STATE",
                         help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
                              "(a List, JSON or YAML); default: the state embedded in the capture, if any")
     parser.add_argument("--json", action="store_true", help="print chain and alert records only (JSON Lines, schema-valid)")
-    parser.add_argument("--namespace", "-n", metavar="NS", help="only chains, alerts and connections touching namespace NS")
-    parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
-    parser.add_argument("--status", metavar="STATUS", action="append",
-                        help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
-                             "alerts are not filtered)")
+    add_filter_options(parser, connections=True)
     parser.add_argument("--limit", type=int, metavar="N",
                         help="print at most N chains, the first in time order (default all); the summary counts all")
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts (and the summary) only")

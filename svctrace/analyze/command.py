@@ -41,6 +41,16 @@ def parse_statuses(values: list[str] | None) -> frozenset[str] | None:
     return frozenset(found)
 
 
+def add_filter_options(parser: argparse.ArgumentParser, connections: bool = False) -> None:
+    """--namespace, --service, --status: what `Filter` takes (analyze's, and watch's)."""
+    touching = "chains, alerts and connections" if connections else "chains and alerts"
+    parser.add_argument("--namespace", "-n", metavar="NS", help=f"only {touching} touching namespace NS")
+    parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
+    parser.add_argument("--status", metavar="STATUS", action="append",
+                        help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
+                             "alerts are not filtered)")
+
+
 class Filter:
     """--namespace / --service / --status as predicates over chains, alerts and connections."""
 
