@@ -63,3 +63,11 @@ def test_keepalive_requests_are_printed_in_the_order_sent(analyzed, case):
     chains, _alerts = analyzed
     targets = [c["response"]["target"] for c in chains if (c["service"] or {}).get("name") == case]
     assert tuple(targets) == KEEPALIVE_PATHS
+
+
+def test_a_refused_dnat_names_the_services_only_ready_endpoint(analyzed):
+    """Nothing accepted the refused connect, but the Service had one ready endpoint: that pod refused."""
+    _chains, alerts = analyzed
+    [alert] = [a for a in alerts if a["rule"] == "svc.target_port_refused"
+               and a["labels"]["service"] == "my-nginx-wrong-port"]
+    assert "backend default/my-nginx-1 (its only ready endpoint) refused port 8081" in alert["summary"]

@@ -1276,13 +1276,23 @@ class Stitcher:
         """How a Service alert names the backend (built only when one fires)."""
         if p.backend_desc is None:
             b_ip, b_port = p.b_ip, p.b_port
-            desc = endpoint_key(b_ip, b_port) if b_ip else "(unseen pod)"
+            desc = endpoint_key(b_ip, b_port) if b_ip else self._unseen_backend(p.ready_eps)
             if b_ip:
                 pod = self.index.pod_by_ip(b_ip, (p.cn or {}).get("ts") or conn.t0)
                 if pod is not None:
                     desc = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
             p.backend_desc = desc
         return p.backend_desc
+
+    @staticmethod
+    def _unseen_backend(ready_eps) -> str:
+        """A backend nothing showed (a refused DNAT: no accept): the Service's only ready
+        endpoint is the one that refused; among several, which one is unknown."""
+        pods = {(ep.pod_namespace, ep.pod, ep.ip) for ep in ready_eps or ()}
+        if len(pods) == 1:
+            [(ns, pod, ip)] = pods
+            return f"{ns}/{pod} (its only ready endpoint)" if pod else f"{ip} (its only ready endpoint)"
+        return f"(one of {len(pods)} ready endpoints, unseen)" if pods else "(unseen pod)"
 
     def _emit(self, st: dict, conn: Conn, req: dict | None, out: list, final: bool) -> None:
         p = self._parts(conn)
