@@ -62,19 +62,21 @@ def _memoized(decode):
 _MEMO_MAX = 4096
 
 
+_TUPLE4 = struct.Struct("<x4sH4sH").unpack_from  # family, source ip and port, destination ip and port
+_TUPLE6 = struct.Struct("<x16sH16sH").unpack_from
+
+
 @_memoized
 def dec_tuple(b: bytes):
     if not b:
         return None
     fam = b[0]
     if fam == PPM_AF_INET and len(b) >= 13:
-        sport, = struct.unpack_from("<H", b, 5)
-        dport, = struct.unpack_from("<H", b, 11)
-        return ("ipv4", ip4(b[1:5]), sport, ip4(b[7:11]), dport)
+        sip, sport, dip, dport = _TUPLE4(b)
+        return ("ipv4", ip4(sip), sport, ip4(dip), dport)
     if fam == PPM_AF_INET6 and len(b) >= 37:
-        sport, = struct.unpack_from("<H", b, 17)
-        dport, = struct.unpack_from("<H", b, 35)
-        sip, dip = ip6(b[1:17]), ip6(b[19:35])
+        sip, sport, dip, dport = _TUPLE6(b)
+        sip, dip = ip6(sip), ip6(dip)
         return ("ipv4" if "." in sip and "." in dip else "ipv6", sip, sport, dip, dport)
     if fam == PPM_AF_UNIX and len(b) >= 17:
         src, dst = struct.unpack_from("<QQ", b, 1)
@@ -150,7 +152,7 @@ class Layout:
         self.width = 4 if info.large_payload else 2
         self.len_structs: dict[int, struct.Struct] = {}  # nparams -> length-array layout, built on use
         self.unrolled: dict[int, object] = {}  # nparams -> its decode loop unrolled, built on use
-        self.covers: dict[tuple[int, int], bool] = {}  # (nparams, enter's nparams) -> repeats(), on use
+        self.covers: dict[int, bool] = {}  # nparams << 16 | enter's nparams -> repeats(), on use
         self.fast_exits: dict[int, object] = {}  # nparams -> fast(), built on use
         self.fast_enters: dict[int, object] = {}  # nparams -> fast_enter(), built on use
 
@@ -297,7 +299,7 @@ class Layout:
     def repeats(self, nparams: int, enter: "Layout", enter_nparams: int) -> bool:
         """Does this exit event (with nparams) carry every param of its enter event (with
         enter_nparams)? Then merging the enter adds nothing (the exit's values win)."""
-        key = (nparams, enter_nparams)
+        key = nparams << 16 | enter_nparams  # (both below 4097: the reader refuses more)
         known = self.covers.get(key)
         if known is None:
             known = self.covers[key] = set(_names(enter, enter_nparams)) <= set(_names(self, nparams))

@@ -150,6 +150,7 @@ _ACTIONS = tuple(
 )
 _FAST_EXITS = tuple(layout.fast_exits for layout in LAYOUTS)
 _FAST_ENTERS = tuple(layout.fast_enters for layout in LAYOUTS)
+_COVERS = tuple(layout.covers for layout in LAYOUTS)
 
 
 def _tuple_family(t) -> str | None:
@@ -240,6 +241,8 @@ class CaptureReader:
             self._n = n = 0
             event_blocks = B.EVENT_BLOCKS
             actions, fast_exits, fast_enters, layouts = _ACTIONS, _FAST_EXITS, _FAST_ENTERS, LAYOUTS
+            covers = _COVERS
+            skip, enter, net_fd, net_other = _SKIP, _ENTER, _NET_FD, _NET
             fd_index, fd_check = FD_INDEX, FD_CHECK
             enters, pending_fdl = self._enters, self._pending_fdl
             threads, fds = self.threads, self.fds
@@ -288,18 +291,23 @@ class CaptureReader:
                 if tid >= 1 << 63:  # meta events carry tid -1
                     tid -= 1 << 64
                 act = actions[code]
-                if act is _SKIP:
+                if act is skip:
                     continue
                 p = at + shift
                 evt_end = p + elen
                 p += 26
-                if act is _NET or act is _NET_FD:
+                if act is net_fd or act is net_other:
                     try:
-                        params = (fast_exits[code].get(nparams) or layouts[code].fast(nparams))(buf, p, evt_end)
+                        fast = fast_exits[code][nparams]
+                    except KeyError:
+                        fast = layouts[code].fast(nparams)
+                    try:
+                        params = fast(buf, p, evt_end)
                     except struct_error:
                         params = None
                     if params is not None:
-                        if act is _NET_FD:
+                        th = table = None
+                        if act is net_fd:
                             # only sockets matter
                             if 0 <= fd_index[code] < nparams:
                                 fd = params["fd"]
@@ -314,16 +322,24 @@ class CaptureReader:
                                 continue
                         stats.events = n
                         got = enters.pop(tid, None)
-                        if got is not None and got[0] == code - 1 and not layouts[code].repeats(nparams, layouts[got[0]], got[1]):
-                            params = {**_enter_params(got), **params}  # the exit's values win; the enter fills in the rest
-                        out = net(code, n, ts, tid, params)
+                        if got is not None and got[0] == code - 1:
+                            covered = covers[code].get(nparams << 16 | got[1])
+                            if covered is None:
+                                covered = layouts[code].repeats(nparams, layouts[got[0]], got[1])
+                            if not covered:  # the exit's values win; the enter fills in the rest
+                                params = {**_enter_params(got), **params}
+                        out = net(code, n, ts, tid, params, th, table)
                         if out is not None:
                             stats.emitted += 1
                             yield out
                         continue
-                elif act is _ENTER:
+                elif act is enter:
                     try:
-                        fd = (fast_enters[code].get(nparams) or layouts[code].fast_enter(nparams))(buf, p, evt_end)
+                        fast = fast_enters[code][nparams]
+                    except KeyError:
+                        fast = layouts[code].fast_enter(nparams)
+                    try:
+                        fd = fast(buf, p, evt_end)
                     except struct_error:
                         fd = None
                     if fd is not None:
@@ -627,12 +643,17 @@ class CaptureReader:
         elif s is None:
             table.pop(res, None)
 
-    def _net(self, code, n, ts, tid, p):
+    def _net(self, code, n, ts, tid, p, th=None, table=None):
+        """A socket event's state change and SyscallEvent. th, table: the thread (None: not in the
+        thread table) and its process's fd table, when the caller has looked them up already."""
         syscall, kind = _NET_NAMES[code]
-        th = self.threads.get(tid) or self._thread(tid)
-        table = self.fds.get(th.pid)
         if table is None:
-            table = self.fds[th.pid] = {}
+            th = self.threads.get(tid) or self._thread(tid)
+            table = self.fds.get(th.pid)
+            if table is None:
+                table = self.fds[th.pid] = {}
+        elif th is None:
+            th = self._thread(tid)
         addr = None
         if kind == "accept":
             fd = p.get("fd")
