@@ -85,12 +85,14 @@ EXPECTED = {
     # a process on the node at the node's address: KUBE-NODEPORTS DNATs and masquerades (the node's
     # address again, the port kept): linked by that endpoint, with low confidence
     "my-nginx-nodeport": (0, "ok", "nodeport_snat", "my-nginx-1", 200, None, set()),
+    # a pod requesting its own Service from a bridge port without hairpin mode: curl 28, nothing accepted
+    "my-selfie": (28, "broken", "none", None, None, "connection timed out", {"svc.hairpin"}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
            "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8),
-           "my-nginx-nodeport": (None, "my-nginx-nodeport", None)}
+           "my-nginx-nodeport": (None, "my-nginx-nodeport", None), "my-selfie": ("selfie", "my-selfie", None)}
 ASKED = {HOST_RESOLVED: "my-nginx"}  # the name a case's client asks for, where it is not the case's
 
 

@@ -94,17 +94,18 @@ class NetLab:
 
     def pod(self, name: str, ip: str, resolver: str | None = None,
             search: tuple[str, ...] = ("default.svc.cluster.local", "svc.cluster.local", "cluster.local"),
-            ip6: str | None = None) -> str:
+            ip6: str | None = None, hairpin: bool = True) -> str:
         """A pod namespace with `ip` (and `ip6`: dual stack) on the bridge; `resolver`: its
         resolv.conf's nameserver (kubelet's shape: the cluster DNS Service, the namespace's search
-        list, ndots:5)."""
+        list, ndots:5); `hairpin`: kubelet's hairpin mode on its bridge port (off: the pod cannot
+        reach itself through its Service)."""
         ns = f"{self.tag}-{name}"
         self._add_ns(ns)
         host_end = f"v{self.tag[-6:]}{len(self.pods)}"  # <= 15 characters
         self.node_sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
         self.node_sh("ip", "link", "set", host_end, "master", "br0", "up")
         # kubelet's hairpin-veth: a frame DNATed back to the pod it came from leaves by the port it entered
-        self.node_sh("ip", "link", "set", host_end, "type", "bridge_slave", "hairpin", "on")
+        self.node_sh("ip", "link", "set", host_end, "type", "bridge_slave", "hairpin", "on" if hairpin else "off")
         for argv in (("ip", "link", "set", "lo", "up"), ("ip", "addr", "add", f"{ip}/{self.prefix}", "dev", "eth0"),
                      ("ip", "link", "set", "eth0", "up"), ("ip", "route", "add", "default", "via", self.gateway)):
             sh("ip", "netns", "exec", ns, *argv)

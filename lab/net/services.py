@@ -31,7 +31,9 @@ my-nginx. The cases:
 * a Service whose targetPort is a container port's name, and a headless Service (the name
   resolves to the pod itself);
 * a NodePort Service, requested by a process on the node at the node's address (kube-proxy's
-  KUBE-NODEPORTS: DNAT, then masquerade).
+  KUBE-NODEPORTS: DNAT, then masquerade);
+* a web pod whose bridge port has no hairpin mode requesting its own Service: the DNAT'd frame
+  would have to leave by the port it came in on, and the bridge drops it.
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -57,6 +59,7 @@ NODE, NODE_IP = "lab-node", "10.244.0.1"
 CLIENT_IP, NGINX_IP, DNS_IP, OTHER_CLIENT_IP = "10.244.0.2", "10.244.0.3", "10.244.0.4", "10.244.0.5"
 NEW_NGINX_IP, RETRY_CLIENT_IP = "10.244.0.6", "10.244.0.7"  # the pod a stale rule misses; a client whose DNS drops
 GO_CLIENT_IP = "10.244.0.8"
+SELFIE_IP = "10.244.0.9"  # a web pod without hairpin mode, that requests its own Service
 IP6 = {"client": "fd00:10:244::2", "my-nginx-1": "fd00:10:244::3"}  # dual-stack pods: their IPv6 address
 DNS_VIP = "10.96.0.10"
 HOST_RESOLVER = "192.168.77.53"  # a resolver on the node, outside the cluster (the seed's fault 4)
@@ -97,6 +100,8 @@ CASES = {
     "my-nginx-nft": Case("10.96.0.113", "nft"),  # kube-proxy's nftables mode: a verdict map, then dnat
     # a NodePort Service, requested by a process on the node at the node's address (NODE_PORTS)
     "my-nginx-nodeport": Case("10.96.0.114", "dnat"),
+    # the selfie pod's own Service, requested from that pod, whose bridge port has no hairpin mode
+    "my-selfie": Case("10.96.0.115", "dnat", selector=(("run", "selfie"),), rule_to=SELFIE_IP),
 }
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
@@ -115,6 +120,7 @@ PODS = (  # namespace, name, ip, labels, container, port
     ("default", "my-nginx-2", NEW_NGINX_IP, {"run": "my-nginx-v2"}, "nginx", 80),  # in the state only
     ("default", "retry-client", RETRY_CLIENT_IP, {"run": "client"}, "curl", None),
     ("default", "go-client", GO_CLIENT_IP, {"run": "go-client"}, "app", None),
+    ("default", "selfie", SELFIE_IP, {"run": "selfie"}, "web", 80),
     ("kube-system", "coredns", DNS_IP, {"k8s-app": "kube-dns"}, "coredns", 53),
 )
 
@@ -159,10 +165,22 @@ def cluster_list() -> dict:
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
-def nginx_conf(www: Path) -> Path:
-    """nginx in the foreground, one process, everything under `www`'s parent (no system paths)."""
-    run_dir = www.parent / "nginx"
+def nginx_conf(www: Path, servers: str | None = None, name: str = "nginx") -> Path:
+    """nginx in the foreground, one process, everything under `www`'s parent (no system paths);
+    `servers`: its server blocks (default: my-nginx's)."""
+    run_dir = www.parent / name
     run_dir.mkdir(exist_ok=True)
+    if servers is None:
+        servers = f"""
+    server {{
+        listen {NGINX_IP}:80;
+        listen [{IP6["my-nginx-1"]}]:80;
+        root {www};
+    }}
+    server {{
+        listen {NGINX_IP}:8082;
+        return 503;
+    }}"""
     conf = run_dir / "nginx.conf"
     conf.write_text(f"""daemon off;
 master_process off;
@@ -175,16 +193,7 @@ http {{
     proxy_temp_path {run_dir}/proxy;
     fastcgi_temp_path {run_dir}/fastcgi;
     uwsgi_temp_path {run_dir}/uwsgi;
-    scgi_temp_path {run_dir}/scgi;
-    server {{
-        listen {NGINX_IP}:80;
-        listen [{IP6["my-nginx-1"]}]:80;
-        root {www};
-    }}
-    server {{
-        listen {NGINX_IP}:8082;
-        return 503;
-    }}
+    scgi_temp_path {run_dir}/scgi;{servers}
 }}
 """)
     return conf
@@ -205,6 +214,7 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.pod("retry-client", RETRY_CLIENT_IP, resolver=DNS_VIP)
     lab.pod("go-client", GO_CLIENT_IP, resolver=DNS_VIP)
     lab.pod("my-nginx-1", NGINX_IP, ip6=IP6["my-nginx-1"])
+    lab.pod("selfie", SELFIE_IP, hairpin=False)
     lab.pod("coredns", DNS_IP)
     lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
     lab.node_address(HOST_RESOLVER)
@@ -223,6 +233,10 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     lab.wait_listening("my-nginx-1", NGINX_IP, 80, servers[-1])
     lab.wait_listening("my-nginx-1", NGINX_IP, 8082, servers[-1])
+    selfie = nginx_conf(www, f"\n    server {{ listen {SELFIE_IP}:80; root {www}; }}", name="nginx-selfie")
+    servers.append(lab.start("selfie", ["nginx", "-c", str(selfie)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True))
+    lab.wait_listening("selfie", SELFIE_IP, 80, servers[-1])
     for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
             lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))],
@@ -270,6 +284,7 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     out[NO_SUCH_NAME] = ("client", NO_SUCH_NAME, {})
     out[DNS_RETRY] = ("retry-client", "my-nginx", {"connect_timeout": 15})  # glibc waits 5 s
     out[HAIRPIN] = ("my-nginx-1", CASES["my-nginx"].vip, {})
+    out["my-selfie"] = ("selfie", CASES["my-selfie"].vip, {})  # the pod requests its own Service
     for name, node_port in NODE_PORTS.items():  # a process on the node itself (pod None), at the node's address
         out[name] = (None, NODE_IP, {"port": node_port})
     out[GO_CLIENT] = ("go-client", "my-nginx", {"client": [str(goclient)]})

@@ -56,6 +56,11 @@ CATALOGUE: tuple[Rule, ...] = (
     Rule("svc.translation_missing", "critical", True, 120 * S,
          "{namespace}/{service}: connect from {client} to {vip} was never translated or accepted ({outcome})", None,
          "No proxy accept, no DNAT/socket-LB backend: kube-proxy rules missing or flushed."),
+    Rule("svc.hairpin", "critical", True, 120 * S,
+         "{namespace}/{service}: {client}, one of its endpoints, connected to it at {vip} and nothing answered "
+         "({outcome}): is hairpin mode on for the pod's bridge port?", None,
+         "A pod reached for its own Service and nothing accepted: the DNAT back to itself leaves by the bridge port "
+         "it came in on, which only hairpin mode allows."),
     Rule("svc.backend_5xx", "warning", True, 120 * S,
          "{namespace}/{service}: backend {backend} answered {status} to {method} {target}", None,
          "HTTP 5xx from the backend."),

@@ -1249,7 +1249,10 @@ class Stitcher:
                 if not ready_eps:
                     p.svc_if_failed = ("svc.no_endpoints", None)
                 elif mode in (None, "none"):
-                    p.svc_if_failed = ("svc.translation_missing", None)
+                    # a pod that is one of the Service's endpoints: a DNAT back to itself must leave
+                    # by the bridge port it came in on, which only hairpin mode allows
+                    self_call = client["ip"] in ep_ips and svc["via"] == "vip"
+                    p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
                 pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn.t0)
                 p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
