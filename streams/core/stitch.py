@@ -114,7 +114,7 @@ class _ConnParts:
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
                  "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
-                 "svc_if_failed", "misrouted", "backend_desc", "connect_error")
+                 "svc_if_failed", "misrouted", "backend_desc", "connect_error", "connect_to")
 
 
 @dataclass(slots=True, eq=False)
@@ -1188,7 +1188,9 @@ class Stitcher:
                 translation = {"mode": "socket_lb", "confidence": "high", "proxy": None}
                 b_ip, b_port = (rip, cn["rport"]) if rewritten else (cn["aip"], cn["aport"])
             elif svc["via"] == "nodeport":
-                translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
+                # the node's port answered (data, or a backend seen): translated, the client SNATed
+                translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None} if est or backends \
+                    else {"mode": "none", "confidence": "high", "proxy": None}
             elif backends:
                 host_client = client_pod is None or bool(client_pod.host_network)
                 translation = {"mode": "nodeport_snat" if host_client else "dnat",
@@ -1219,6 +1221,7 @@ class Stitcher:
                                               "protocol": svc["protocol"], "target_port": svc["target_port"]}
         p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
                                              "errno": cn["errno"], "ts": cn["ts"]}
+        p.connect_to = endpoint_key(cn["aip"], cn["aport"]) if cn else None  # a NodePort's alerts name it
         p.connect_error = FAILED_ERRNOS[cn["errno"]] if (cn and cn.get("res", 0) < 0
                                                          and cn.get("errno") in FAILED_ERRNOS) else None
         client = p.client
@@ -1244,7 +1247,7 @@ class Stitcher:
                     p.svc_always = ("svc.target_port_refused", {"backend_port": svc["target_port"]})
             elif proxies and px is None:
                 p.svc_if_failed = ("svc.no_endpoints", None)
-            elif not sv and not pxs and not est and svc["via"] in ("vip", "pod") and (
+            elif not sv and not pxs and not est and svc["via"] in ("vip", "pod", "nodeport") and (
                     mode in (None, "none") or not cn_.get("ts") or cn_.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
                 if not ready_eps:
                     p.svc_if_failed = ("svc.no_endpoints", None)
@@ -1411,7 +1414,7 @@ class Stitcher:
                 if found:
                     if base_vars is None:
                         base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
-                                     "outcome": outcome, "vip": svc["cluster_ip"]}
+                                     "outcome": outcome, "vip": svc["cluster_ip"] or p.connect_to}
                     v = None
                     for rule_id, extra in found:
                         if rule_id == "svc.hop_latency":
