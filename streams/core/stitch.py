@@ -114,7 +114,7 @@ class _ConnParts:
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
                  "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
-                 "svc_if_failed", "misrouted", "backend_desc", "connect_error", "connect_to")
+                 "svc_if_failed", "misrouted", "backend_desc", "connect_error")
 
 
 @dataclass(slots=True, eq=False)
@@ -1221,7 +1221,6 @@ class Stitcher:
                                               "protocol": svc["protocol"], "target_port": svc["target_port"]}
         p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
                                              "errno": cn["errno"], "ts": cn["ts"]}
-        p.connect_to = endpoint_key(cn["aip"], cn["aport"]) if cn else None  # a NodePort's alerts name it
         p.connect_error = FAILED_ERRNOS[cn["errno"]] if (cn and cn.get("res", 0) < 0
                                                          and cn.get("errno") in FAILED_ERRNOS) else None
         client = p.client
@@ -1414,7 +1413,8 @@ class Stitcher:
                 if found:
                     if base_vars is None:
                         base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
-                                     "outcome": outcome, "vip": svc["cluster_ip"] or p.connect_to}
+                                     "outcome": outcome,  # a NodePort's alerts name the node's address
+                                     "vip": svc["cluster_ip"] or (endpoint_key(cn["aip"], cn["aport"]) if cn else None)}
                     v = None
                     for rule_id, extra in found:
                         if rule_id == "svc.hop_latency":
