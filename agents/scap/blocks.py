@@ -60,6 +60,7 @@ READER_BUF_SIZE = 65536  # libscap: larger event blocks only in the *_LARGE type
 MAX_BLOCK = 64 << 20  # our bound for metadata/large blocks: memory stays bounded
 CHUNK = 1 << 20
 
+_U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _HDR = struct.Struct("<II")
 
@@ -273,11 +274,13 @@ class BlockStream:
 
 # -- metadata block bodies ------------------------------------------------------
 
+_STRING_PAST_END = "string runs past the end of the block"
+
 def _str(b: bytes, off: int) -> tuple[str, int]:
-    n = struct.unpack_from("<H", b, off)[0]
+    n = _U16.unpack_from(b, off)[0]
     off += 2
     if off + n > len(b):
-        raise ValueError("string runs past the end of the block")
+        raise ValueError(_STRING_PAST_END)
     return b[off:off + n].decode("utf-8", "replace"), off + n
 
 
@@ -309,54 +312,83 @@ def parse_machine_info(body: bytes) -> dict:
 _CONTAINER_RE = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?(?=$|/)", re.M)
 
 
+_CONTAINER_IDS: dict[str, str | None] = {}  # a host's processes share a few cgroup sets: searched once each
+
+
 def container_id_from_cgroups(cgroups: str) -> str | None:
     """docker/containerd/cri-o container id (12-char form, as sysdig's container.id)."""
     if not cgroups:
         return None
+    try:
+        return _CONTAINER_IDS[cgroups]
+    except KeyError:
+        pass
+    if len(_CONTAINER_IDS) >= 4096:
+        _CONTAINER_IDS.clear()
     m = _CONTAINER_RE.search(cgroups.replace("\0", "\n"))
-    return m.group(1)[:12] if m else None
+    cid = _CONTAINER_IDS[cgroups] = m.group(1)[:12] if m else None
+    return cid
+
+
+_PROC_IDS = struct.Struct("<qqq")  # tid, pid, ptid
+_PROC_FIXED = struct.Struct("<QIII")  # fdlimit, flags, uid, gid: checked to be there, not kept
 
 
 def parse_proclist(body: bytes, version: int) -> list[dict]:
+    """Process entries as dicts (tid, pid, ptid, comm, exe, exepath, args, cwd, cgroups). A capture
+    lists every process of the host, each with up to eight strings: read in line (one length
+    unpack and one slice each), only the kept ones decoded."""
     out = []
     off, end = 0, len(body)
+    u16, u32 = _U16.unpack_from, _U32.unpack_from
     while end - off >= 4:
         entry_start = off
         sub_len = None
         if version >= 9:
-            sub_len = struct.unpack_from("<I", body, off)[0]
+            sub_len = u32(body, off)[0]
             if sub_len < 4 or entry_start + sub_len > end:
                 raise ValueError(f"process entry length {sub_len} runs past the block")
             off += 4
-        tid, pid, ptid = struct.unpack_from("<qqq", body, off)
+        tid, pid, ptid = _PROC_IDS.unpack_from(body, off)
         off += 24
         if version >= 6:
             off += 8  # sid
         if version >= 8:
             off += 8  # vpgid
-        comm, off = _str(body, off)
-        exe, off = _str(body, off)
-        exepath = ""
-        if version >= 7:
-            exepath, off = _str(body, off)
-        args, off = _str(body, off)
-        cwd, off = _str(body, off)
-        struct.unpack_from("<QIII", body, off)
+        texts = []  # comm, exe, [exepath], args, cwd
+        for _ in range(5 if version >= 7 else 4):
+            n = u16(body, off)[0]
+            off += 2 + n
+            if off > end:
+                raise ValueError(_STRING_PAST_END)
+            texts.append(body[off - n:off].decode("utf-8", "replace"))
+        if version < 7:
+            texts.insert(2, "")
+        _PROC_FIXED.unpack_from(body, off)
         off += 20
         if version >= 2:
             off += 12 + 16
-        if version >= 3:
-            _env, off = _str(body, off)
+        if version >= 3:  # env
+            off += 2 + u16(body, off)[0]
+            if off > end:
+                raise ValueError(_STRING_PAST_END)
         cgroups = ""
         if version >= 4:
             off += 16  # vtid, vpid
-            cgroups, off = _str(body, off)
-        if version >= 5:
-            _root, off = _str(body, off)
+            n = u16(body, off)[0]
+            off += 2 + n
+            if off > end:
+                raise ValueError(_STRING_PAST_END)
+            cgroups = body[off - n:off].decode("utf-8", "replace")
+        if version >= 5:  # root
+            off += 2 + u16(body, off)[0]
+            if off > end:
+                raise ValueError(_STRING_PAST_END)
         if sub_len is not None:
             off = entry_start + sub_len
         if off > end:
             raise ValueError("process entry runs past the block")
+        comm, exe, exepath, args, cwd = texts
         out.append({"tid": tid, "pid": pid, "ptid": ptid, "comm": comm, "exe": exe,
                     "exepath": exepath, "args": args, "cwd": cwd, "cgroups": cgroups})
     return out
