@@ -23,6 +23,10 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
 each stage's own CPU per event (core, codecs, shell, Faust, aiokafka, the cycle collector's passes,
 per thread what no clock covers) and the bytes its sockets moved, beside each core and gc row the
 same clock in an in-process run of the same traffic; --compression then swaps the worker producer's codec.
+With --stages the latency worker also logs, with the wall clock (bench.worker_latency), the marks it
+announces and the stitch stage reads, the chains and alerts it emits, its checkpoints and gc passes:
+printed is where a chain's latency goes (last syscall -> emitted -> on its topic; a mark's age when
+announced, its trip to the stitch stage).
 The worker runs with its default checkpoint interval (the test harness checkpoints more often).
 Its progress records (watermark announcements without data) are counted beside the data records.
 Targets (issue 8): >= 100k events/s per worker; p99 syscall -> alert <= 1 s.
@@ -42,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from bench import worker_stages  # noqa: E402
+from bench import worker_latency, worker_stages  # noqa: E402
 from bench.core_runner import traffic  # noqa: E402
 from svctrace.kafka.admin import topic_name  # noqa: E402
 from svctrace.kafka.clients import consumer  # noqa: E402
@@ -92,10 +96,11 @@ def worker_defaults() -> argparse.Namespace:
 
 
 def start_worker(bootstrap, prefix, workdir, name, extra, profile=None, enriched=False,
-                 stages=None) -> P.WorkerProcess:
+                 stages=None, latency_report=None) -> P.WorkerProcess:
     # The harness checkpoints every 0.5 s (tests); the bench measures the worker's default.
     checkpoint = ["--checkpoint-interval", str(worker_defaults().checkpoint_interval)]
-    launcher = ["-m", "bench.worker_stages", stages] if stages else None
+    launcher = (["-m", "bench.worker_stages", stages] if stages else
+                ["-m", "bench.worker_latency", latency_report] if latency_report else None)
     worker = P.WorkerProcess(bootstrap, prefix, "bench-" + prefix.strip("."), workdir, name=name,
                              idle_flush=3.0, extra=[*([] if enriched else ["--no-enriched"]), *checkpoint, *extra],
                              launcher=launcher)
@@ -259,11 +264,13 @@ async def _paced(events, emit, linger_s: float) -> None:
 
 
 def latency(bootstrap: str, requests: int, rate: float, linger_s: float, settings: Settings,
-            settings_args: list[str], workdir: Path, profile=None) -> None:
+            settings_args: list[str], workdir: Path, profile=None, stages: bool = False) -> None:
     prefix = f"bl{os.getpid()}."
     P.ensure_worker_topics(bootstrap, prefix)
     partitions = settings.partitions
-    worker = start_worker(bootstrap, prefix, workdir, "bench-lat", settings_args, profile)
+    report_path = workdir / "latency.json" if stages else None
+    worker = start_worker(bootstrap, prefix, workdir, "bench-lat", settings_args, profile,
+                          latency_report=str(report_path) if stages else None)
     try:
         url = worker.metrics_url(timeout=120)
         cluster, events = _live_events(requests, rate)
@@ -308,6 +315,10 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         t0 = time.monotonic()
         asyncio.run(drive_worker())
         worker_cpu, worker_wall = cpu_seconds(worker.proc.pid) - cpu0, time.monotonic() - t0
+        if stages:
+            os.kill(worker.proc.pid, worker_latency.REPORT_SIGNAL)
+            P.wait_until(report_path.exists, 30, "the worker's latency report", [worker])
+            latency_report = orjson.loads(report_path.read_bytes())
     finally:
         worker.stop()
 
@@ -362,6 +373,8 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
     w_alert = lat(worker_arrivals, "alert")
     floor = (settings.enrich_lateness_ns + settings.settle_ns) / S
     print(f"  event-time floor (lateness + settle): {floor:g} s")
+    if stages:
+        worker_latency.print_breakdown(worker_latency.breakdown(latency_report, worker_arrivals, "svctrace.flows"))
     print(f"  target p99 syscall -> alert <= {TARGET_P99_S:g} s: "
           f"{'met' if w_alert and pct(w_alert, 99) <= TARGET_P99_S else 'NOT met'}")
 
@@ -409,7 +422,7 @@ def main() -> int:
                            args.stages)
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
-                        args.profile_latency)
+                        args.profile_latency, args.stages)
     finally:
         if broker is not None:
             broker.close()
