@@ -421,6 +421,11 @@ _NAMED_FD_TYPES = frozenset((1, 2, 7, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20,
 L4 = {0: None, 1: None, 2: "tcp", 3: "udp", 4: "raw", 5: "raw"}  # SCAP_L4_*; ICMP sockets are raw
 
 
+_FD_HEAD = struct.Struct("<qQB")  # fd, inode, type
+_FD_IPV4 = struct.Struct("<4s4sHHB")
+_FD_IPV6 = struct.Struct("<16s16sHHB")
+
+
 def parse_fdlist(body: bytes, v2: bool) -> tuple[int, list[tuple]]:
     """-> (tid, [(fd, kind, info)]); kind 'ipv4'|'ipv6'|'ipv4_server'|'ipv6_server'|'unix'|'other'.
 
@@ -430,22 +435,31 @@ def parse_fdlist(body: bytes, v2: bool) -> tuple[int, list[tuple]]:
     tid = struct.unpack_from("<Q", body, 0)[0]
     off, end = 8, len(body)
     out = []
+    u16, u32, head = _U16.unpack_from, _U32.unpack_from, _FD_HEAD.unpack_from
     while end - off >= 4:
         start = off
         sub_len = None
         if v2:
-            sub_len = struct.unpack_from("<I", body, off)[0]
+            sub_len = u32(body, off)[0]
             if sub_len < 21 or start + sub_len > end:
                 raise ValueError(f"fd entry length {sub_len} runs past the block")
             off += 4
-        fd, _ino, ftype = struct.unpack_from("<qQB", body, off)
+        fd, _ino, ftype = head(body, off)
         off += 17
-        if ftype == FD_IPV4_SOCK:
-            sip, dip, sport, dport, l4 = struct.unpack_from("<4s4sHHB", body, off)
+        if ftype == FD_FILE_V2 or ftype in _NAMED_FD_TYPES:  # most of a process's fds: files, pipes...
+            if ftype == FD_FILE_V2:
+                off += 4  # open flags
+            n = u16(body, off)[0]
+            off += 2 + n
+            if off > end:
+                raise ValueError(_STRING_PAST_END)
+            out.append((fd, "other", body[off - n:off].decode("utf-8", "replace")))
+        elif ftype == FD_IPV4_SOCK:
+            sip, dip, sport, dport, l4 = _FD_IPV4.unpack_from(body, off)
             out.append((fd, "ipv4", (L4.get(l4), ip4(sip), sport, ip4(dip), dport)))
             off += 13
         elif ftype == FD_IPV6_SOCK:
-            sip, dip, sport, dport, l4 = struct.unpack_from("<16s16sHHB", body, off)
+            sip, dip, sport, dport, l4 = _FD_IPV6.unpack_from(body, off)
             sip, dip = ip6(sip), ip6(dip)  # IPv4-mapped ends come back as IPv4 text
             out.append((fd, "ipv4" if "." in sip and "." in dip else "ipv6", (L4.get(l4), sip, sport, dip, dport)))
             off += 37
@@ -462,12 +476,6 @@ def parse_fdlist(body: bytes, v2: bool) -> tuple[int, list[tuple]]:
             src, dst = struct.unpack_from("<QQ", body, off)
             name, off = _str(body, off + 16)
             out.append((fd, "unix", (src, dst, name)))
-        elif ftype == FD_FILE_V2:
-            name, off = _str(body, off + 4)
-            out.append((fd, "other", name))
-        elif ftype in _NAMED_FD_TYPES:
-            name, off = _str(body, off)
-            out.append((fd, "other", name))
         elif sub_len is None:
             raise ValueError(f"unknown fd type {ftype} in a v1 fd list")
         else:

@@ -43,12 +43,12 @@ Each iteration re-reads the file from the start with fresh state.
 
 Performance: event types irrelevant to network state are counted but never
 decoded; relevant types use layouts precompiled from the event table. The
-iteration takes well-framed v2 event blocks straight from the stream's buffer
-(block and event header in one struct) and decodes with `Layout.fast()` (one
-struct per run of fixed-size params); whatever that path does not vouch for
-goes through the general path (`BlockStream.next_block`, `_event`, `_body`),
-which `raw_events()` uses throughout: the same events and errors either way
-(tests/test_scap_fast_path.py).
+iteration takes well-framed event blocks straight from the stream's buffer
+(block and event header in one struct) and decodes v2 events with
+`Layout.fast()` (one struct per run of fixed-size params); whatever that path
+does not vouch for goes through the general path (`BlockStream.next_block`,
+`_event`, `_body`), which `raw_events()` uses throughout: the same events and
+errors either way (tests/test_scap_fast_path.py).
 """
 from __future__ import annotations
 
@@ -70,12 +70,13 @@ from .params import LAYOUTS
 _HDR_V1 = struct.Struct("<QQIH")  # ts, tid, len, type (22 bytes)
 _HDR_V2 = struct.Struct("<QQIHI")  # + nparams (26 bytes)
 _U32 = struct.Struct("<I")
-# v2 event block types the fast path reads: block header (type, length) and event header in one
-# struct (cpuid and flags skipped), the offset of the event header in the block, the length bound
+# event block type -> how the fast path reads it: block header (type, length) and event header in
+# one struct (cpuid and flags skipped; a v1 header has no nparams: "0s" stands in, an empty bytes),
+# the offset of the event header in the block, the block length bound, the event header's size
 _FAST_HEADERS: dict[int, tuple] = {
-    btype: (struct.Struct(f"<II{6 if with_flags else 2}xQQIHI").unpack_from, 8 + (6 if with_flags else 2),
-            B.MAX_BLOCK if large else B.READER_BUF_SIZE + 8)
-    for btype, (v2, with_flags, large) in B.EVENT_BLOCKS.items() if v2
+    btype: (struct.Struct(f"<II{6 if with_flags else 2}xQQIH{'I' if v2 else '0s'}").unpack_from,
+            8 + (6 if with_flags else 2), B.MAX_BLOCK if large else B.READER_BUF_SIZE + 8, 26 if v2 else 22)
+    for btype, (v2, with_flags, large) in B.EVENT_BLOCKS.items()
 }
 _QUIRK_LEN3 = frozenset((280, 286))  # NOTIFICATION_E, INFRASTRUCTURE_EVENT_E: len is 3 too large in v1 files
 CLONE_FILES = 0x1  # PPM_CL_CLONE_FILES
@@ -148,6 +149,7 @@ _ACTIONS = tuple(
     else _OTHER
     for c in range(PPM_EVENT_MAX)
 )
+_ACTIONS_V1 = tuple(_SKIP if a is _SKIP else _OTHER for a in _ACTIONS)
 _FAST_EXITS = tuple(layout.fast_exits for layout in LAYOUTS)
 _FAST_ENTERS = tuple(layout.fast_enters for layout in LAYOUTS)
 _COVERS = tuple(layout.covers for layout in LAYOUTS)
@@ -226,12 +228,12 @@ class CaptureReader:
             f.close()
 
     def _events(self):
-        """The SyscallEvents. Well-framed event blocks of the v2 types are taken straight from
-        the stream's buffer, block and event header in one struct; the types that matter are
-        decoded by their layout's fast() (one struct per run of fixed-size params). Anything
-        unusual (another block type, a header or value the fast path does not vouch for) goes
-        through the stream's next_block() and the general _event/_body, which judge it exactly
-        as before: same events, same errors at the same offsets."""
+        """The SyscallEvents. Well-framed event blocks (of the type of the previous one) are taken
+        straight from the stream's buffer, block and event header in one struct; in v2 blocks the
+        types that matter are decoded by their layout's fast() (one struct per run of fixed-size
+        params). Anything else (another block type, a v1 event that matters, a header or value
+        the fast path does not vouch for) goes through the stream's next_block() and the general
+        _event/_body, which judge it exactly as before: same events, same errors, same offsets."""
         self.stats = stats = B.Stats()
         self._reset_state()
         f, name = B.open_raw(self.path)
@@ -251,15 +253,15 @@ class CaptureReader:
             struct_error = struct.error
             buf, pos, base = b"", 0, 0
             buflen = 0
-            cur_type, unpack, shift, limit = -1, _FAST_HEADERS[0x216][0], 0, 0
+            cur_type, unpack, shift, limit, hsize = -1, _FAST_HEADERS[0x216][0], 0, 0, 26
             while True:
                 try:
                     btype, blen, ts, tid, elen, code, nparams = unpack(buf, pos)
                 except struct_error:
                     btype = -2
-                if not (btype == cur_type and shift + 30 <= blen <= limit and not blen & 3
+                if not (btype == cur_type and shift + hsize + 4 <= blen <= limit and not blen & 3
                         and pos + blen <= buflen and u32(buf, pos + blen - 4)[0] == blen
-                        and 26 <= elen <= blen - shift - 4 and code < PPM_EVENT_MAX):
+                        and hsize <= elen <= blen - shift - 4 and code < PPM_EVENT_MAX):
                     # the stream's full check, then the general path
                     stream._pos = pos
                     got = stream.next_block()
@@ -272,8 +274,10 @@ class CaptureReader:
                         continue
                     fast = _FAST_HEADERS.get(btype)
                     if fast is not None:
-                        unpack, shift, limit = fast
+                        unpack, shift, limit, hsize = fast
                         cur_type = btype
+                        # v1 events have no nparams: the general path infers it for the ones that matter
+                        actions = _ACTIONS if hsize == 26 else _ACTIONS_V1
                     self._n = n
                     out = self._event(stream, off, btype, buf, start, end, False)
                     n = self._n
@@ -295,7 +299,7 @@ class CaptureReader:
                     continue
                 p = at + shift
                 evt_end = p + elen
-                p += 26
+                p += hsize
                 if act is net_fd or act is net_other:
                     try:
                         fast = fast_exits[code][nparams]
@@ -354,8 +358,8 @@ class CaptureReader:
                         enters[tid] = (code, nparams, buf[p:evt_end], None)
                         continue
                 self._n = n
-                out = body(stream, base + at, cur_type, buf, at + 8, at + blen - 4, False, ts, tid, code, nparams,
-                           at + shift, 26, elen)
+                out = body(stream, base + at, cur_type, buf, at + 8, at + blen - 4, False, ts, tid, code,
+                           nparams if hsize == 26 else -1, at + shift, hsize, elen)
                 n = self._n
                 if out is not None:
                     yield out
