@@ -185,6 +185,8 @@ class Layout:
         than the table knows); it may raise struct.error near the end of the buffer (the same)."""
         fn = self.fast_exits.get(nparams)
         if fn is None:
+            if nparams > self.nmax:  # not kept: a damaged file could hold any count
+                return _no_fast
             fn = self.fast_exits[nparams] = self._compile_fast(nparams, enter=False)
         return fn
 
@@ -194,12 +196,16 @@ class Layout:
         wide), else True; None where the slow path must judge."""
         fn = self.fast_enters.get(nparams)
         if fn is None:
+            if nparams > self.nmax:
+                return _no_fast
             fn = self.fast_enters[nparams] = self._compile_fast(nparams, enter=True)
         return fn
 
     def _compile_fast(self, nparams: int, enter: bool):
-        if nparams > self.nmax:
-            return _no_fast
+        """fast() (or fast_enter()) for `nparams` params, written out from the table like
+        _unrolled(). For RECVFROM_X (res, data, tuple, fd, size): one struct reads the five
+        lengths and res, data and tuple are sliced, one struct reads fd and size, the end is
+        checked, then the dict; the widths of the fixed-size values are checked first."""
         lc = "I" if self.width == 4 else "H"
         lens = [f"l{i}" for i in range(nparams)]
         scope: dict = {}
@@ -215,7 +221,8 @@ class Layout:
         scope["_s0"] = struct.Struct("<" + lc * nparams + "".join(fixed[:lead]))
         lines = ["def fast(buf, pos, end):"]
         if nparams:
-            lines.append(f"    {''.join(f'{x}, ' for x in lens + [f'v{i}' for i in range(lead)])}= _s0.unpack_from(buf, pos)")
+            targets = "".join(f"{x}, " for x in lens + [f"v{i}" for i in range(lead)])
+            lines.append(f"    {targets}= _s0.unpack_from(buf, pos)")
         if enter:
             if with_fd:
                 lines.append("    if l0 != 8: return None")
