@@ -212,6 +212,25 @@ def test_local_handoff_gives_each_kept_batch_back_once_and_stays_bounded():
     assert handoff.events == 3
 
 
+def test_occurrences_applied_here_are_recognised_once_and_the_tags_stay_bounded():
+    from svctrace.streams.faust_app.wire import APPLIED_HEADER, AppliedHere
+
+    applied = AppliedHere(max_tags=2)
+    a, b = applied.keep(), applied.keep()
+    assert a != b
+    assert applied.take([("svctrace-src", b"3"), (APPLIED_HEADER, b)]) is True
+    assert applied.take([(APPLIED_HEADER, b)]) is False  # once: a re-delivered record is applied as usual
+    assert applied.take({APPLIED_HEADER: a}) is True  # headers as a mapping too
+    assert applied.take([(APPLIED_HEADER, AppliedHere().keep())]) is False  # another process's tag
+    assert applied.take([("svctrace-src", b"3")]) is False and applied.take(None) is False
+    c = applied.keep()
+    applied.forget(c)  # not applied after all (its partition moved): the record is applied when read
+    assert applied.take([(APPLIED_HEADER, c)]) is False
+    first = applied.keep()
+    applied.keep(), applied.keep()  # past max_tags: the oldest goes (its record is applied again: dedup)
+    assert applied.take([(APPLIED_HEADER, first)]) is False and len(applied.tags) == 2
+
+
 def test_a_flows_record_of_loss_markers_alone_is_data_not_progress():
     """The enrich stage sends a node's losses to every bucket, most of them without events of that
     release: the stitch stage must apply them (its chains overlapping the loss turn incomplete)."""

@@ -36,11 +36,14 @@ What it adds is what only a distributed runner needs:
   flows records this worker sent itself as the enrich stage's objects (wire.LocalHandoff: no
   JSON decode), records go to the producer as bytes (no Faust message machinery per record),
   chains, alerts and occurrences as one producer batch per partition (no send() per record),
-  flows records are msgpack rows (the flows-batch form: ~40% of the enriched-batch JSON's CPU
-  to write, ~30% to read, a quarter of the bytes), everything compressed with zstd in batches
+  flows records are msgpack rows (the flows-batch form: a third of the enriched-batch JSON's CPU
+  to write, half to read, a quarter of the bytes), everything compressed with zstd in batches
   of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
   for all sources of this worker, and the process runs the cycle collector rarely
   (fewer_gc_passes). `python -m bench.pipeline --stages` shows where the CPU goes.
+* An alert comes out one Kafka hop after its chain less: an occurrence for an alerts partition this
+  worker reads is applied by the stitch stage as it is sent (AppliedHere); its record still goes to
+  the occurrence topic (the durable copy a successor re-reads) and is only acknowledged here.
 * A consumer that stopped working stops the worker (exit status 1, the error logged): an error
   aiokafka leaves to its user (a heartbeat error it does not expect, its fetch task ending),
   which Faust never looks at, would otherwise leave a silently dead group member.
@@ -83,7 +86,8 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    HANDOFF_HEADER, LocalHandoff, decode_syscall_batch, encode_enriched_batch, encode_flows_batch, read_flows_record,
+    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_enriched_batch,
+    encode_flows_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -568,6 +572,10 @@ class Worker:
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
         self.handoff = LocalHandoff()  # flows batches sent to our own stitch partitions, as objects
+        self.applied = AppliedHere()  # occurrences applied to our own alerts partitions as they were made
+        # alerts partitions whose records this worker reads now (one came since their assignment:
+        # their table is recovered), where the stitch stage may apply occurrences itself
+        self.alerts_reading: set[int] = set()
 
     # -- building ----------------------------------------------------------------------------
     def _build_app(self, catalogue):
@@ -646,6 +654,8 @@ class Worker:
             if stage is self.enrich:
                 for table in (self.last_offset, self.last_input, self.live, self.heard, self.unreleased):
                     table.pop(tp.partition, None)
+            if stage is self.alerts:
+                self.alerts_reading.discard(tp.partition)
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
     async def _run_cluster_feed(self) -> None:
@@ -804,20 +814,24 @@ class Worker:
         msg = event.message
         r = msg.partition
         stage = self.alerts
+        self.alerts_reading.add(r)
         _source, marks = decode_progress(msg.headers)
         if msg.value:
-            occ = orjson.loads(msg.value)
-            key = msg.key.decode()
             self.metrics.records.labels("alerts").inc()
-            outs = stage.op.process(stage.state(key), key, occ)
-            stage.touch(r, key)
-            SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
-            await self.route("alerts", r, outs)
+            if not self.applied.take(msg.headers):  # (else the stitch stage applied it as it sent it)
+                await self._apply_occurrence(r, msg.key.decode(), orjson.loads(msg.value))
         else:
             self.metrics.progress_records.labels("alerts").inc()
         stage.pending.setdefault(r, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, r, marks)
+
+    async def _apply_occurrence(self, r: int, key: str, occ: dict) -> None:
+        stage = self.alerts
+        outs = stage.op.process(stage.state(key), key, occ)
+        stage.touch(r, key)
+        SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
+        await self.route("alerts", r, outs)
 
     async def _progress(self, stage: StageShell, p: int, marks: dict) -> None:
         """Upstream partitions' announcements: advance or flush this partition, then pass it on."""
@@ -856,6 +870,7 @@ class Worker:
         names = self.names
         batches = PartitionBatches(self.app.producer._ensure_producer())
         counts: dict[str, int] = {}
+        here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
         try:
             for topic, key, value in outs:
                 if topic == FLOWS_TOPIC:
@@ -868,8 +883,14 @@ class Worker:
                         await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition, None,
                                    headers)
                 elif topic == OCCURRENCES_TOPIC:
-                    batches.add(names[OCCURRENCES_TOPIC], stable_partition(key, self.partitions), key.encode(),
-                                dumps(value), [(SOURCE_HEADER, str(p).encode())])
+                    r = stable_partition(key, self.partitions)
+                    headers = [(SOURCE_HEADER, str(p).encode())]
+                    tag = self.applied.keep() if r in self.alerts_reading else None
+                    if tag is not None:  # our own alerts partition: applied below, not read back
+                        headers.append((APPLIED_HEADER, tag))
+                    batches.add(names[OCCURRENCES_TOPIC], r, key.encode(), dumps(value), headers)
+                    if tag is not None:
+                        here.append((r, key, value, tag))
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
                         await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
@@ -879,9 +900,24 @@ class Worker:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
         finally:
-            await batches.send()  # what was made before a failure goes out too
+            try:
+                await batches.send()  # what was made before a failure goes out too
+            except BaseException:
+                for *_, tag in here:  # records that did go out are applied when they come back
+                    self.applied.forget(tag)
+                raise
             for topic, n in counts.items():
                 self.metrics.outputs.labels(topic).inc(n)
+            for i, (r, key, occ, tag) in enumerate(here):  # queued after their records: in order with them
+                if r not in self.alerts_reading:  # revoked meanwhile: its next owner reads the record
+                    self.applied.forget(tag)
+                    continue
+                try:
+                    await self._apply_occurrence(r, key, occ)
+                except BaseException:  # the record, when it comes back, is applied (or dead-lettered) as usual
+                    for *_, later in here[i:]:
+                        self.applied.forget(later)
+                    raise
 
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
