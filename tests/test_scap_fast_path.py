@@ -21,11 +21,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _read(reader, general: bool):
-    """Everything a read gives: the events (or the error), then stats and state."""
+    """Everything a read gives: the events (or the error) with the counters as each came out, then
+    stats and state."""
     out = []
     try:
         for e in (reader._walk(raw=False) if general else reader):
-            out.append(e)
+            st = reader.stats
+            out.append((e, st.blocks, st.event_blocks, st.events, st.emitted))
     except CaptureError as e:
         out.append(("error", str(e)))
     return out, reader.stats.as_dict(), reader.containers, reader.k8s_states, reader.machine
