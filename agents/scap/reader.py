@@ -136,8 +136,8 @@ def _enter_params(got: tuple) -> dict:
     return LAYOUTS[code].decode(body, 0, len(body), nparams, lens)
 
 
-# code -> (syscall, SyscallEvent kind) of the events _net handles
-_NET_NAMES = tuple((e.syscall, KIND.get(e.syscall)) for e in EVENTS)
+# code -> (syscall, SyscallEvent kind, moves data) of the events _net handles
+_NET_NAMES = tuple((e.syscall, KIND.get(e.syscall), KIND.get(e.syscall) in ("send", "recv")) for e in EVENTS)
 
 
 # what the fast path does with each event type (derived from normalize's tables)
@@ -664,7 +664,7 @@ class CaptureReader:
     def _net(self, code, n, ts, tid, p, th=None, table=None):
         """A socket event's state change and SyscallEvent. th, table: the thread (None: not in the
         thread table) and its process's fd table, when the caller has looked them up already."""
-        syscall, kind = _NET_NAMES[code]
+        syscall, kind, moves = _NET_NAMES[code]
         if table is None:
             th = self.threads.get(tid) or self._thread(tid)
             table = self.fds.get(th.pid)
@@ -731,9 +731,9 @@ class CaptureReader:
                     s.sip, s.sport, s.local_is_client, s.role = addr[0], addr[1], True, "client"
             elif s is None:
                 return None
-            elif kind == "send" or kind == "recv":
+            elif moves:
                 fam = _tuple_family(t) if s.proto != "tcp" else None
-                if fam in ("ipv4", "ipv6"):
+                if fam is not None and fam != "unix":
                     # unconnected datagram sockets: the peer travels with each message
                     inbound = kind == "recv"
                     if s.role is None:
@@ -760,15 +760,18 @@ class CaptureReader:
             lip, lport, rip, rport = s.cip, s.cport, s.sip, s.sport
         else:
             lip, lport, rip, rport = s.sip, s.sport, s.cip, s.cport
-        moves = kind == "send" or kind == "recv"
-        data = p.get("data") if moves else None
+        if moves:
+            data = p.get("data") or None
+            size = res if res >= 0 else None
+        else:
+            data = size = None
         # SyscallEvent's fields in order (make_event: positional, no keyword __init__ per event)
         return make_event(
             ts, self._node, n, th.pid, tid, th.comm, kind, syscall,
             fd if fd is not None else -1, res, errno_name(res) if res < 0 else None, s.proto, s.family,
             s.role, lip, lport, rip, rport,
             addr[0] if addr else None, addr[1] if addr else None,
-            res if moves and res >= 0 else None, data if data else None, False, th.exe, th.container_id,
+            size, data, False, th.exe, th.container_id,
         )
 
 
