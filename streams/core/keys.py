@@ -37,12 +37,16 @@ def _digest(*parts) -> str:
     return hashlib.blake2b(raw, digest_size=10).hexdigest()
 
 
+_ID_HASH = _blake2b(digest_size=10)  # copied per id: no keyword parsing per call (half the cost)
+
+
 def chain_id(anchor_node: str, anchor_n: int, client: str, index: int = 0) -> str:
     """A chain is named by the first event that anchors it (node, n), its client endpoint
     and the request's index on the connection (keep-alive: one chain per request)."""
     # _digest("chain", anchor_node, anchor_n, client, index), spelled out: one per chain
-    raw = f"chain\x1f{anchor_node}\x1f{anchor_n}\x1f{client}\x1f{index}".encode("utf-8")
-    return "ch-" + _blake2b(raw, digest_size=10).hexdigest()
+    h = _ID_HASH.copy()
+    h.update(f"chain\x1f{anchor_node}\x1f{anchor_n}\x1f{client}\x1f{index}".encode("utf-8"))
+    return "ch-" + h.hexdigest()
 
 
 def alert_key(rule: str, labels: dict) -> str:

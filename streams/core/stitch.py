@@ -1216,17 +1216,16 @@ class Stitcher:
         p.nodes, p.ready_eps = nodes, ready_eps  # what a loss may concern: see _loss_nodes
 
         p.dns_out = _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None
-        p.service = None if svc is None else {"namespace": svc["namespace"], "name": svc["name"],
-                                              "cluster_ip": svc["cluster_ip"], "port": svc["port"],
-                                              "protocol": svc["protocol"], "target_port": svc["target_port"]}
+        if svc is None:
+            p.service = None
+        else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
+            p.service = service = svc.copy()  # (a copy costs a fifth of a dict built key by key)
+            del service["via"]
         p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
                                              "errno": cn["errno"], "ts": cn["ts"]}
         p.connect_error = FAILED_ERRNOS[cn["errno"]] if (cn and cn.get("res", 0) < 0
                                                          and cn.get("errno") in FAILED_ERRNOS) else None
-        client = p.client
-        p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
-                    "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl["node"]}
-        p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+        p.labels = p.who = None  # built when an alert needs them (_alert_labels): most chains raise none
 
         # what the detectors find whatever the request (most connections: nothing)
         p.dns_found = self._dns_findings(dnsx, client_pod) if dnsx is not None else ()
@@ -1253,7 +1252,7 @@ class Stitcher:
                 elif mode in (None, "none"):
                     # a pod that is one of the Service's endpoints: a DNAT back to itself must leave
                     # by the bridge port it came in on, which only hairpin mode allows
-                    self_call = client["ip"] in ep_ips and svc["via"] == "vip"
+                    self_call = p.client["ip"] in ep_ips and svc["via"] == "vip"
                     p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
                 pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn.t0)
@@ -1264,6 +1263,16 @@ class Stitcher:
             conn_parts.clear()
         conn_parts[conn.k] = p
         return p
+
+    @staticmethod
+    def _alert_labels(p: _ConnParts) -> dict:
+        """The labels of the connection's alerts (and p.who, how their summaries name the client)."""
+        if p.labels is None:
+            svc, client, cl = p.svc, p.client, p.cl
+            p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
+                        "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl["node"]}
+            p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+        return p.labels
 
     @staticmethod
     def _loss_nodes(p: _ConnParts) -> set:
@@ -1385,11 +1394,11 @@ class Stitcher:
         if incomplete is None and final and outcome == "pending":
             incomplete = "end of input before the request finished"
 
-        labels = p.labels
         occs: list[tuple[str, dict, dict, list]] = []
         if incomplete is None:
             base_vars = None
             if p.dns_found:
+                labels = self._alert_labels(p)
                 base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
                              "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
                 occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client["pod"])
@@ -1411,6 +1420,7 @@ class Stitcher:
                     if obj is not None and h["latency_ns"] > obj:
                         found.append(("svc.hop_latency", h))
                 if found:
+                    labels = self._alert_labels(p)
                     if base_vars is None:
                         base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
                                      "outcome": outcome,  # a NodePort's alerts name the node's address
@@ -1593,8 +1603,15 @@ def _trim_client(conn: Conn) -> None:
 def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
     Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
-    if len(set(map(_ref_ts, refs))) == len(refs):
-        return sorted(refs, key=_ref_ts)  # no two refs at one time (the common case): no repeat, no tie
+    by_ts = sorted(refs, key=_ref_ts)
+    prev = -1
+    for r in by_ts:  # (a loop over the sorted refs costs half a set of their times)
+        ts = r["ts"]
+        if ts == prev:
+            break
+        prev = ts
+    else:
+        return by_ts  # no two refs at one time (the common case): no repeat, no tie
     if len(set(map(_event_id, refs))) == len(refs):
         return sorted(refs, key=_order)  # no event twice: nothing to drop
     first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
