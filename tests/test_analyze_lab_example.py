@@ -71,3 +71,11 @@ def test_a_refused_dnat_names_the_services_only_ready_endpoint(analyzed):
     [alert] = [a for a in alerts if a["rule"] == "svc.target_port_refused"
                and a["labels"]["service"] == "my-nginx-wrong-port"]
     assert "backend default/my-nginx-1 (its only ready endpoint) refused port 8081" in alert["summary"]
+
+
+def test_no_stage_dead_letters_a_record_of_the_real_capture():
+    """A record a stage cannot process goes to the dead letters and its chain is lost without a word
+    in the chains; on a real capture that must never happen."""
+    from svctrace.analyze.pipeline import analyze
+
+    assert analyze(str(LAB / "capture.scap"), cluster=str(LAB / "cluster.json")).deadletters == []

@@ -198,6 +198,11 @@ def test_nodeport_from_the_node_is_linked_with_low_confidence(lab_capture):
     assert len(accepts) == 1 and chain["backend"]["pod"] == "my-nginx-1"
 
 
+def test_no_stage_dead_letters_a_live_record(lab_capture):
+    events, _curls = lab_capture
+    assert run(events, lab_index()).deadletters == []
+
+
 @pytest.mark.parametrize("case", KEEPALIVE)
 def test_keepalive_connection_gives_a_chain_per_request(lab_capture, case):
     events, curls = lab_capture
