@@ -13,6 +13,8 @@ import signal
 import socket
 import sys
 
+from svctrace.logs import setup_logging
+
 log = logging.getLogger("svctrace.agent")
 
 
@@ -60,7 +62,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bpf-object", help="prebuilt BPF object (default: build into the cache)")
     p.add_argument("--capture-unix", action="store_true", help="also capture AF_UNIX sockets")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until SIGTERM)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at debug level (default: $SVCTRACE_LOG_LEVEL, or info)")
 
 
 def _make_source(args, node: str):
@@ -137,8 +139,7 @@ async def _main(args) -> int:
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.verbose, default="info")
     from svctrace.agents.ebpf.loader import CaptureError as EbpfError
 
     try:

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from svctrace.logs import setup_logging
+
 
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -45,7 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="do not publish svctrace.events.enriched")
     p.add_argument("--no-create-topics", dest="create_topics", action="store_false",
                    help="do not create the catalogue's topics at start (they must exist)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log at info level (default: $SVCTRACE_LOG_LEVEL, or warning)")
 
 
 def event_time_settings(lateness_s: float, settle_s: float, enriched: bool = True):
@@ -67,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from svctrace.kafka.admin import ensure_topics, wait_ready
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = setup_logging(args.verbose, default="warning", verbose_level="info")
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
         settings=event_time_settings(args.lateness, args.settle, args.enriched), idle_flush_s=args.idle_flush,
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         host, port = worker.metrics.serve(args.metrics_addr)
         print(f"svctrace worker: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
-    faust_worker = faust.Worker(worker.app, loglevel="INFO" if args.verbose else "WARNING", quiet=True,
+    faust_worker = faust.Worker(worker.app, loglevel=logging.getLevelName(level), quiet=True,
                                 redirect_stdouts=False)
     faust_worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
     return 0

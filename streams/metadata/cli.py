@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from svctrace.logs import setup_logging
 from svctrace.streams.metadata.project import MetadataInputError
 
 
@@ -44,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ha.add_argument("--retry-period", type=float, default=2.0, metavar="S")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus metrics on this port (0: off)")
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="log at debug level (default: $SVCTRACE_LOG_LEVEL, or info)")
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None):
@@ -75,8 +77,7 @@ def _sink(args):
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, default="info")
     if args.from_files:
         return _convert(args)
     from svctrace.streams.metadata.watcher import (
