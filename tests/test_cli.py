@@ -43,3 +43,24 @@ def test_topics_json_lists_catalogue(capsys):
     assert main(["topics", "--json"]) == 0
     rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {"svctrace.syscalls", "svctrace.k8s.objects", "svctrace.chains"} <= {r["name"] for r in rows}
+
+
+def test_validate_auto_takes_each_documents_schema_from_its_own_field(tmp_path, capsys):
+    """analyze --json mixes chain and alert records: `validate auto` checks each against its own."""
+    from pathlib import Path
+
+    seed = Path(__file__).resolve().parent.parent / "examples" / "seed"
+    assert main(["analyze", str(seed / "capture.scap"), "--json"]) == 1
+    records = capsys.readouterr().out
+    assert '"schema":"svctrace.chain"' in records and '"schema":"svctrace.alert"' in records
+    mixed = tmp_path / "records.jsonl"
+    mixed.write_text(records)
+    assert main(["validate", "auto", str(mixed)]) == 0
+    assert main(["validate", "chain", str(mixed)]) == 1  # the alerts are not chains
+    capsys.readouterr()
+    mixed.write_text(records + '{"schema": "svctrace.chain"}\n{"no": "schema"}\n')
+    assert main(["validate", "auto", str(mixed)]) == 1
+    err = capsys.readouterr().err
+    n = len(records.splitlines())
+    assert f"records.jsonl:{n + 1}: chain: field $.chain_id" in err
+    assert f"records.jsonl:{n + 2}: no `schema` field naming a topic schema" in err
