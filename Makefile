@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 .PHONY: demo test setup system-deps bench clean
 
 # The main job on the embedded default: no cluster, no broker.
-# analyze exits 1 when it finds alerts; the bundled example has broken paths on purpose.
+# analyze exits 1 when it finds warning or critical alerts; the bundled example has broken paths on purpose.
 demo: $(STAMP)
 	$(BIN)/svctrace analyze examples/seed/capture.scap --cluster examples/seed/cluster.json || [ $$? -eq 1 ]
 

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("svctrace.schemas.cli", "print the topic catalogue (name, key, schema, partitions, cleanup)"),
     "validate": ("svctrace.schemas.cli_validate", "validate JSON documents against a topic schema"),
     "metadata": ("svctrace.streams.metadata.cli", "watch Kubernetes objects, publish projections to the compacted topic"),
-    "analyze": ("svctrace.analyze", "analyze a capture: request chains, alerts, connections (exit 1 on alerts)"),
+    "analyze": ("svctrace.analyze", "analyze a capture: request chains, alerts, connections (exit 1 on warning or critical alerts)"),
     "agent": ("svctrace.agents.agent.command", "node agent: capture syscalls (eBPF or a .scap replay), redact, publish batches to Kafka"),
     "read": ("svctrace.agents.scap.cli", "print the network events of a .scap capture, one per line (like sysdig -r)"),
     "capture": ("svctrace.agents.agent.capture", "record a live eBPF capture to a .scap file (-w FILE.scap), readable by sysdig"),

@@ -12,7 +12,8 @@ The cluster's state comes from a file (--cluster, as analyze takes it) or from t
 
 --namespace, --service, --status and --alerts-only choose what is printed, as analyze's do.
 Ctrl-C (or --duration) ends the capture; open chains are then printed as incomplete.
-Exit status: 0 no alerts (of those printed), 1 alerts, 2 error.
+Exit status: 1 when an alert of --fail-on's severity or worse was printed (default: warning),
+else 0; 2 error.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ PROG = "svctrace watch"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from svctrace.analyze.command import add_filter_options
+    from svctrace.analyze.command import add_alert_options, add_filter_options
 
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--cluster", metavar="STATE",
@@ -40,9 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
     add_filter_options(parser)
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts only, not every chain")
-    parser.add_argument("--evidence", type=int, default=6, metavar="N",
-                        help="events shown per alert: the first and the last N-1, where a request failed "
-                             "(default 6; 0: all; --json always has all)")
+    add_alert_options(parser)
     add_options(parser)
     color = parser.add_mutually_exclusive_group()
     color.add_argument("--color", dest="color", action="store_const", const=True, default=None, help="force colours")
@@ -154,6 +153,9 @@ class Printer:
             self._json("alert", alert)
             return
         self.console.print()
+        if sev == "info":  # a cost, not a failure (e.g. ndots search expansions): one line
+            self.console.print(self.render.alert_lines(alert)[0])
+            return
         for line in self.render.alert_lines(alert, max_evidence=self.max_evidence):
             self.console.print(line)
 
@@ -178,7 +180,7 @@ class Printer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svctrace.analyze.command import Filter, parse_statuses
+    from svctrace.analyze.command import Filter, check_alert_options, fails, parse_statuses
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
@@ -186,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         only = Filter(args.namespace, args.service, parse_statuses(args.status))
+        check_alert_options(args)
         records = load_cluster_file(args.cluster) if args.cluster else []
     except AnalyzeError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -232,4 +235,4 @@ def run(args: argparse.Namespace) -> int:
             state.close()
     lost = f"; {live.drops} events lost in the kernel" if live.drops else ""
     print(f"{PROG}: stopped: {printer.totals()} printed{lost}", file=sys.stderr)
-    return 1 if printer.alerts else 0
+    return 1 if any(fails(sev, args.fail_on) for sev in printer.severities) else 0

@@ -445,3 +445,68 @@ def test_events_too_far_out_of_time_order_are_counted_in_the_summary(tmp_path, c
     # it would have touched were long closed): its name lookup is left as a chain of its own.
     assert first_conn.local_port not in {c["client"]["port"] for c in first}
     assert [c["connect"] for c in first if c["dns"] is not None and c["connect"] is None] == [None]
+
+
+# --- alerts: severities that fail the run, evidence per alert, info folded ------------------
+LAB = REPO / "examples" / "lab"
+
+
+def lab_alerts(capsys, *args) -> list[dict]:
+    code, out, err = analyze(capsys, LAB / "capture.scap", "--json", *args)
+    return [r for r in map(orjson.loads, out.splitlines()) if r["schema"] == "svctrace.alert"]
+
+
+def test_info_alerts_do_not_fail_the_run_unless_asked(capsys):
+    """A healthy request through kubelet's default ndots:5 raises dns.search_amplification (info):
+    a cost, not a failure. The exit status is for warning and critical unless --fail-on says so."""
+    alerts = lab_alerts(capsys, "-s", "my-nginx-socklb")
+    assert alerts and {a["severity"] for a in alerts} == {"info"}
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx-socklb")
+    assert code == 0 and "(exit status 0)" in out
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx-socklb", "--fail-on", "info")
+    assert code == 1 and "(exit status 1, --fail-on info)" in out
+    assert analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--fail-on", "never")[0] == 0
+    assert analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--fail-on", "critical")[0] == 1  # its faults are critical
+
+
+def test_info_alerts_are_one_line_each_under_their_rule(capsys):
+    infos = [a for a in lab_alerts(capsys) if a["severity"] == "info"]
+    assert infos
+    code, out, _ = analyze(capsys, LAB / "capture.scap")
+    section = alerts_section(out)
+    rules = {a["rule"] for a in infos}
+    for rule in rules:
+        n = sum(a["rule"] == rule for a in infos)
+        assert f" INFO  {rule}  {n} alert{'s' if n != 1 else ''}, one line each" in section
+    folded = section[section.index(" INFO "):].split("\n", 1)[1]  # after the rule's head line
+    assert "evidence " not in folded and "labels " not in folded
+    assert all(a["summary"] in folded for a in infos[:10])
+
+
+def test_evidence_shows_the_first_event_and_the_last(capsys):
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "--evidence", "3")
+    blocks = alerts_section(out).split("\n\n")
+    bounded = [b for b in blocks if "evidence" in b and "as above" not in b]
+    assert bounded
+    for block in bounded:
+        refs = [line for line in block.splitlines() if re.search(r" #\d+  ", line)]
+        assert len(refs) <= 3, block
+    assert any("more events" in b for b in bounded)
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "--evidence", "0", "--alerts-only")
+    assert "more events" not in out
+    assert_one_line_error(run_cli(CAPTURE, "--evidence", "-1"), "--evidence must be 0 or more")
+
+
+def test_a_cluster_state_from_another_cluster_is_warned_about(capsys):
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", LAB / "cluster.json")
+    assert "warning: the cluster state has no Node node-a (the capture's node)" in out
+    assert re.search(r"warning: none of the \d+ server addresses in the capture is a pod, Service or node", out)
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER)
+    assert "warning" not in out.split("REQUEST CHAINS")[0]
+
+
+def test_a_connect_result_read_by_getsockopt_prints_as_the_call_returned(capsys):
+    """getsockopt(SO_ERROR) returned 0; the connect's result is the option's value (as sysdig -r shows it)."""
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx-wrong-port", "--evidence", "0")
+    line = next(line for line in out.splitlines() if " getsockopt " in line and "ECONNREFUSED" in line)
+    assert "res=0 SO_ERROR=-111 ECONNREFUSED" in line and "res=-111" not in line

@@ -78,3 +78,19 @@ def test_the_closing_line_counts_what_was_printed():
     runner.finish()
     printer.take(runner)
     assert printer.totals() == "6 chains (4 broken, 2 ok), 5 alerts (5 critical)"
+
+
+def test_an_info_alert_is_one_line_and_warnings_keep_their_evidence():
+    from svctrace.analyze.command import fails
+
+    out = io.StringIO()
+    printer = Printer(out, False, False, 6)
+    base = {"schema": "svctrace.alert", "alert_id": "a1", "labels": {"namespace": "default"}, "count": 1,
+            "first_seen": 1, "last_seen": 1, "chain_ids": ["ch-1"],
+            "evidence": [{"node": "n", "n": i, "ts": i, "what": "x"} for i in range(3)]}
+    printer._alert(dict(base, severity="info", rule="dns.search_amplification", summary="cost"))
+    assert out.getvalue().strip().splitlines() == ["INFO  dns.search_amplification  cost"]
+    printer._alert(dict(base, alert_id="a2", severity="warning", rule="svc.backend_5xx", summary="503"))
+    assert "evidence" in out.getvalue()
+    assert [fails(s, "warning") for s in ("info", "warning", "critical")] == [False, True, True]
+    assert not fails("critical", "never")

@@ -42,7 +42,9 @@ def _text(ev) -> str:
             return "?" if port is None else f"?:{port}"
         return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
-    parts = [str(ev.n), str(ev.ts), f"{ev.comm} ({ev.pid}:{ev.tid})", ev.syscall, f"fd={ev.fd}", f"res={ev.res}"]
+    # getsockopt(SO_ERROR) is kept only when the call returned 0: `res` holds the connect's result, its value
+    res = f"res=0 SO_ERROR={ev.res}" if ev.syscall == "getsockopt" else f"res={ev.res}"
+    parts = [str(ev.n), str(ev.ts), f"{ev.comm} ({ev.pid}:{ev.tid})", ev.syscall, f"fd={ev.fd}", res]
     if ev.errno:
         parts[-1] += f"({ev.errno})"
     if ev.kind != "lost":

@@ -9,7 +9,8 @@ and `--limit N` cut the chains printed to the ones worth reading (the summary st
 counts them all); `--alerts-only` prints the alerts and the summary, `--summary` the
 summary alone.
 
-Exit status: 0 no alerts, 1 alerts, 2 error (one line on stderr, no traceback).
+Exit status: 1 when an alert of --fail-on's severity or worse was printed (default: warning;
+info alerts are costs, not failures), else 0; 2 error (one line on stderr, no traceback).
 """
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ PROG = "svctrace analyze"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from svctrace.analyze.command import add_filter_options
+    from svctrace.analyze.command import add_alert_options, add_filter_options
 
     parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip)")
     parser.add_argument("--cluster", metavar="STATE",
                         help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
-                             "(a List, JSON or YAML); default: the state embedded in the capture, if any")
+                             "(a List, JSON or YAML), taken from the capture's cluster near its time (a warning says when it does "
+                             "not look like it); default: the state embedded in the capture, if any")
     parser.add_argument("--json", action="store_true", help="print chain and alert records only (JSON Lines, schema-valid)")
     add_filter_options(parser, connections=True)
     parser.add_argument("--limit", type=int, metavar="N",
                         help="print at most N chains, the first in time order (default all); the summary counts all")
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts (and the summary) only")
+    add_alert_options(parser)
     parser.add_argument("--summary", action="store_true",
                         help="print the summary only (counts of chains by status, alerts by severity; exit status as usual)")
     parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks instead of stopping at the first one")

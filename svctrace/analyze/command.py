@@ -95,6 +95,39 @@ class Filter:
         return self.namespace in namespaces_of(row)
 
 
+# --- alerts: how many evidence lines, which severities fail the run ------------------------
+FAIL_ON = ("info", "warning", "critical", "never")
+
+
+def add_alert_options(parser: argparse.ArgumentParser) -> None:
+    """--evidence and --fail-on: how alerts are printed and which make the exit status 1
+    (analyze's and watch's)."""
+    parser.add_argument("--evidence", type=int, default=6, metavar="N",
+                        help="events shown per alert: the first and the last N-1, where a request failed "
+                             "(default 6; 0: all; --json always has all)")
+    parser.add_argument("--fail-on", choices=FAIL_ON, default="warning", metavar="SEVERITY",
+                        help="exit status 1 when an alert of this severity or worse is printed: info, warning "
+                             "(default), critical, or never. Info alerts (e.g. ndots search expansions) are "
+                             "costs, not failures")
+
+
+def check_alert_options(args: argparse.Namespace) -> None:
+    if args.evidence < 0:
+        raise AnalyzeError("--evidence must be 0 or more")
+
+
+def fails(severity: str | None, fail_on: str) -> bool:
+    """Whether an alert of `severity` makes the exit status 1 under --fail-on."""
+    if fail_on == "never":
+        return False
+    return render.SEVERITY_ORDER.get(severity, 9) <= render.SEVERITY_ORDER[fail_on]
+
+
+def failing(alerts, fail_on: str) -> list[dict]:
+    """The alerts that make the exit status 1 under --fail-on."""
+    return [a for a in alerts if fails(a.get("severity"), fail_on)]
+
+
 # --- ordering --------------------------------------------------------------------------
 def chain_order(c: dict):
     """In time order; the requests of one keep-alive connection (one start) in the order sent."""
@@ -179,13 +212,19 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
     if alerts and not args.summary:
         render.section(console, f"ALERTS ({len(alerts)})")
         printed: set = set()
-        for alert in alerts:
+        full = [a for a in alerts if a.get("severity") != "info"]
+        info = [a for a in alerts if a.get("severity") == "info"]
+        for alert in full:
             console.print()
-            for line in render.alert_lines(alert, result.evidence_text, printed):
+            for line in render.alert_lines(alert, result.evidence_text, printed, max_evidence=args.evidence):
+                console.print(line)
+        if info:
+            console.print()
+            for line in render.info_alert_lines(info):
                 console.print(line)
 
     render.section(console, "SUMMARY")
-    for name, text in result.summary_rows(chains, alerts, flt):
+    for name, text in result.summary_rows(chains, alerts, flt, fail_on=args.fail_on):
         line = Line("  ")
         line.append(f"{name:<9} ", style=render.LABEL)
         line.append(text)
@@ -200,6 +239,7 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         raise AnalyzeError("--limit must be 0 or more")
     if args.summary and args.json:
         raise AnalyzeError("--summary is a text report; --json prints the records only")
+    check_alert_options(args)
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
                      progress_file=err, want_evidence=not (args.json or args.summary),
                      want_chains=not (args.summary or args.alerts_only))
@@ -218,4 +258,4 @@ def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO)
         for warning in result.warnings:
             console.print(Line(f"  warning: {warning}", style="yellow"))
         print_report(console, result, chains, alerts, args, flt)
-    return 1 if alerts else 0
+    return 1 if failing(alerts, args.fail_on) else 0

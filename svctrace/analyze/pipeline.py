@@ -22,6 +22,7 @@ PROGRESS_MIN_BYTES = 4 << 20
 PROGRESS_EVERY = 2048  # events between progress updates
 EVIDENCE_WINDOW = 1 << 16  # recent events kept to print what alerts cite
 MAX_WARNINGS = 5  # damaged blocks listed one per line; the rest are counted
+MIN_ADDRESSES_TO_JUDGE = 3  # server addresses a capture must show before "none is in the cluster state" means something
 SCAP_MAGIC = b"\x0a\x0d\x0d\x0a"  # section header block type, little-endian
 GZIP_MAGIC = b"\x1f\x8b"
 NO_TS_FIRST, NO_TS_LAST = 1 << 80, -(1 << 80)  # below/above any event time (ns): no None check per event
@@ -170,7 +171,10 @@ class Analysis:
             local, remote = render.addr(e.local_ip, e.local_port), render.addr(e.remote_ip or e.addr_ip, e.remote_port or e.addr_port)
             # sysdig's tuple is client->server
             parts.append(f"{remote}->{local}" if e.role == "server" else f"{local}->{remote}")
-        parts.append(f"res={e.res}" + (f" {e.errno}" if e.errno else ""))
+        if e.syscall == "getsockopt":  # SO_ERROR: the call returned 0, the connect's result is its value
+            parts.append("res=0 SO_ERROR=" + (f"{e.res} {e.errno}" if e.errno else f"{e.res}"))
+        else:
+            parts.append(f"res={e.res}" + (f" {e.errno}" if e.errno else ""))
         head = (e.data or b"")[:48]
         printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
         if head and printable >= 0.8 * len(head):  # text protocols; binary (DNS) is in the ref's words
@@ -192,7 +196,7 @@ class Analysis:
                      f", {render.duration(self.last_ts - self.first_ts)}", style=render.DIM)
         return t
 
-    def summary_rows(self, chains: list[dict], alerts: list[dict], flt) -> list[tuple[str, str]]:
+    def summary_rows(self, chains: list[dict], alerts: list[dict], flt, fail_on: str = "warning") -> list[tuple[str, str]]:
         rows = []
         net = self.connections.net_events
         in_file = self.reader_stats.get("events", self.events)
@@ -221,10 +225,14 @@ class Analysis:
             rows.append(("chains", f"{len(chains)}{of}: " + (render.counts(chains, lambda c: c["status"]) or "none shown")))
         else:
             rows.append(("chains", "no request chains found (DNS lookup → connect → response)"))
+        from svctrace.analyze.command import failing
+
+        status = f"exit status {1 if failing(alerts, fail_on) else 0}" + (
+            f", --fail-on {fail_on}" if fail_on != "warning" else "")
         if alerts:
-            rows.append(("alerts", f"{len(alerts)}: " + render.counts(alerts, lambda a: a["severity"]) + "  (exit status 1)"))
+            rows.append(("alerts", f"{len(alerts)}: " + render.counts(alerts, lambda a: a["severity"]) + f"  ({status})"))
         else:
-            rows.append(("alerts", "none  (exit status 0)"))
+            rows.append(("alerts", f"none  ({status})"))
         return rows
 
 
@@ -438,6 +446,7 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         records = embedded.records
         result.cluster_source = "state embedded in the capture"
     result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
+    result.warnings.extend(_state_mismatch(result, records))
     skipped = list(result.reader_stats.get("errors") or ())
     result.warnings.extend(f"skipped: {msg}" for msg in skipped[:MAX_WARNINGS])
     more = max(result.reader_stats.get("error_count") or 0, len(skipped)) - min(len(skipped), MAX_WARNINGS)
@@ -449,6 +458,27 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
             evidence.found.update(_second_pass(p, missing, skip_corrupt))
         result.evidence = evidence.found
     return result
+
+
+def _state_mismatch(result: Analysis, records: list[dict]) -> list[str]:
+    """Warnings when the cluster state does not look like the capture's: a state from another
+    cluster, or from long after the capture (pods rescheduled), makes every address read as
+    outside the cluster, and chains broken, without any other sign."""
+    if not records:
+        return []
+    warnings = []
+    known_nodes = {r.get("name") for r in records if r.get("kind") == "Node" and not r.get("deleted")}
+    unknown = sorted(n for n in result.nodes if n not in known_nodes)
+    if known_nodes and unknown:
+        warnings.append(f"the cluster state has no Node {', '.join(unknown[:3])} (the capture's node"
+                        f"{'s' if len(unknown) > 1 else ''}): is it this cluster's, from the capture's time?")
+    servers = {row.key.server.ip for row in result.connections.rows()
+               if row.key.proto in ("tcp", "udp") and row.key.server.ip} - {"127.0.0.1", "::1", "0.0.0.0", "::"}
+    known = sum(1 for ip in servers if result.describe(ip))
+    if len(servers) >= MIN_ADDRESSES_TO_JUDGE and known == 0:
+        warnings.append(f"none of the {len(servers)} server addresses in the capture is a pod, Service or node"
+                        " of the cluster state: chains will read as leaving the cluster")
+    return warnings
 
 
 def _second_pass(p: Path, wanted: set[tuple], skip_corrupt: bool) -> dict:

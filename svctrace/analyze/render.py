@@ -430,6 +430,34 @@ def alert_lines(alert: dict, evidence_text=None, printed: set | None = None,
     return lines
 
 
+MAX_INFO_LINES = 10  # info alerts listed per rule in the text report
+
+
+def info_alert_lines(alerts: list[dict]) -> list[Line]:
+    """Info alerts (costs, not failures: e.g. ndots search expansions) folded to one line
+    each under their rule, so they do not bury the failures; --json has them whole."""
+    lines: list[Line] = []
+    by_rule: dict[str, list[dict]] = {}
+    for a in alerts:
+        by_rule.setdefault(a["rule"], []).append(a)
+    for rule, group in by_rule.items():
+        head = Line("  ")
+        head.append(" INFO ", style=SEVERITY_STYLE.get("info", ""))
+        head.append(f" {rule}", style="bold")
+        head.append(f"  {len(group)} alert{'s' if len(group) != 1 else ''}, one line each"
+                    " (--json has their labels and evidence)", style=DIM)
+        lines.append(head)
+        for a in group[:MAX_INFO_LINES]:
+            line = Line("      ")
+            if a.get("count", 1) > 1:
+                line.append(f"×{a['count']} ", style="bold")
+            line.append(a["summary"])
+            lines.append(line)
+        if len(group) > MAX_INFO_LINES:
+            lines.append(Line(f"      … and {len(group) - MAX_INFO_LINES} more", style=DIM))
+    return lines
+
+
 # --- connections -------------------------------------------------------------------------
 def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) -> list[Line]:
     """`process  proto  client -> server  bytes  HTTP statuses  errors`, aligned; `describe(ip) -> str`
