@@ -318,10 +318,26 @@ def test_corrupt_capture_suggests_skip_corrupt(tmp_path):
     assert "warning: skipped" in skipped.stdout and "1 damaged block(s) skipped" in skipped.stdout
 
 
-def test_truncated_gzip_capture(tmp_path):
-    p = tmp_path / "cut.scap.gz"
-    p.write_bytes(gzip.compress(CAPTURE.read_bytes())[:-200])
-    assert_one_line_error(run_cli(p), "cut.scap.gz", "--skip-corrupt")
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_an_interrupted_capture_is_analyzed_up_to_the_cut(tmp_path, compressed):
+    """The most common damage, a capture whose end is missing (the recorder was killed, a copy cut
+    short): what was read is analyzed, as `sysdig -r` prints it, with a warning naming the file and
+    the offset; requests open at the cut are incomplete. Damage in the middle is still an error."""
+    data = (LAB / "capture.scap").read_bytes()
+    whole = run_cli(LAB / "capture.scap", "--summary")
+    p = tmp_path / ("cut.scap.gz" if compressed else "cut.scap")
+    p.write_bytes(gzip.compress(data)[:len(gzip.compress(data)) // 2] if compressed else data[:len(data) // 2 + 3])
+    cut = run_cli(p)
+    assert cut.returncode in (0, 1), cut.stderr
+    where = r"byte offset \d+ of the decompressed stream" if compressed else r"byte offset \d+\)"
+    assert re.search(rf"warning: the capture ends in the middle: .*cut\.scap(\.gz)?: .*{where}", cut.stdout), cut.stdout
+    assert "INCOMPLETE" in cut.stdout and "end of input before" in cut.stdout
+    events = lambda out: int(re.search(r"capture   (\d+) events", out).group(1))  # noqa: E731
+    assert 0 < events(cut.stdout) < events(whole.stdout)
+    as_json = run_cli(p, "--json")
+    assert as_json.returncode in (0, 1) and as_json.stdout
+    assert all(line.startswith("{") for line in as_json.stdout.splitlines())
+    assert "warning: the capture ends in the middle" in as_json.stderr
 
 
 @pytest.mark.parametrize("content,fragment", [

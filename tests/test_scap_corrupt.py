@@ -97,7 +97,8 @@ def test_truncated(sample, where):
 def test_truncated_gzip(sample):
     data, _, d = sample
     err = _error(_write(d, "trunc.scap.gz", gzip.compress(data)[:-100]))
-    assert err.block_type == "gzip"
+    assert err.block_type == "gzip" and err.at_the_end
+    assert str(err).endswith(f"(block gzip at byte offset {err.offset} of the decompressed stream)")
     r = open_capture(d / "trunc.scap.gz", skip_corrupt=True)
     list(r)
     assert r.stats.event_blocks > 0 and r.stats.errors and r.stats.skipped_bytes > 0

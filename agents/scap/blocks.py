@@ -125,6 +125,7 @@ class BlockStream:
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
         self._first = True  # the section header block is not read yet
+        self.decompressed = isinstance(raw, gzip.GzipFile)  # offsets are in the decompressed stream
         # read1: a truncated gzip stream still yields everything before the damage
         self._read = getattr(raw, "read1", raw.read)
 
@@ -146,7 +147,7 @@ class BlockStream:
                 self._eof = True
                 self._buf = b"".join(parts)
                 raise CaptureError(self.name, self._base + avail, "gzip",
-                                   f"compressed stream is corrupt or truncated: {e}") from None
+                                   f"compressed stream is corrupt or truncated: {e}", self.decompressed) from None
             if not chunk:
                 self._eof = True
                 break
@@ -231,7 +232,8 @@ class BlockStream:
             if isinstance(got, str):
                 off = self.offset()
                 btype = _U32.unpack_from(self._buf, self._pos)[0] if len(self._buf) - self._pos >= 4 else None
-                err = CaptureError(self.name, off, block_name(btype) if btype is not None else "?", got)
+                err = CaptureError(self.name, off, block_name(btype) if btype is not None else "?", got,
+                                   self.decompressed)
                 if not self.skip_corrupt or (first and "byte-swapped" in got):
                     raise err
                 stats.error(str(err))

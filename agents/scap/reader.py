@@ -478,7 +478,7 @@ class CaptureReader:
         return out
 
     def _bad(self, stream, off, btype, length, reason) -> None:
-        err = CaptureError(self.name, off, B.block_name(btype), reason)
+        err = CaptureError(self.name, off, B.block_name(btype), reason, stream.decompressed)
         if not self.skip_corrupt:
             raise err
         self.stats.error(str(err))

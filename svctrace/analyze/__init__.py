@@ -7,7 +7,9 @@ the connections seen, and a summary. `--json` prints the chain and alert records
 only, one per line, each valid against its schema. On a big capture, `--status broken`
 and `--limit N` cut the chains printed to the ones worth reading (the summary still
 counts them all); `--alerts-only` prints the alerts and the summary, `--summary` the
-summary alone.
+summary alone. A capture whose end is missing (an interrupted recording) is analyzed up to
+the cut, with a warning naming the offset; damage in the middle is an error unless
+`--skip-corrupt`.
 
 Exit status: 1 when an alert of --fail-on's severity or worse was printed (default: warning;
 info alerts are costs, not failures), else 0; 2 error (one line on stderr, no traceback).
@@ -38,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_alert_options(parser)
     parser.add_argument("--summary", action="store_true",
                         help="print the summary only (counts of chains by status, alerts by severity; exit status as usual)")
-    parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks instead of stopping at the first one")
+    parser.add_argument("--skip-corrupt", action="store_true", help="skip damaged blocks in the middle of the capture instead of stopping at the first one "
+                             "(a capture cut short is always read up to the cut)")
     parser.add_argument("--connections", action="store_true",
                         help="always list the connections seen (by default only when no Service chain was found)")
     parser.add_argument("--connections-limit", type=int, default=40, metavar="N", help="connections to list (default 40)")

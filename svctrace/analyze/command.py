@@ -243,15 +243,17 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
                      progress_file=err, want_evidence=not (args.json or args.summary),
                      want_chains=not (args.summary or args.alerts_only))
-    return output(args, result, flt, out)
+    return output(args, result, flt, out, err)
 
 
-def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO) -> int:
+def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO, err: TextIO | None = None) -> int:
     """Print an analysis as asked (text or JSON Lines); the exit status."""
     chains = sorted((c for c in result.chains if flt.chain(c)), key=chain_order)
     alerts = sorted((a for a in result.alerts if flt.alert(a)), key=alert_order)
     if args.json:
         emit_json(out, [] if args.alerts_only else chains[:args.limit], alerts)
+        for warning in result.warnings if err is not None else ():  # (the records stay pure JSON Lines)
+            print(f"svctrace analyze: warning: {warning}", file=err)
     else:
         console = render.make_console(out, args.color)
         console.print(result.header())

@@ -105,6 +105,7 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)  # (node, n) -> SyscallEvent
     deadletters: list[dict] = field(default_factory=list)  # records a stage of the core could not process
+    cut: Any = None  # the CaptureError where an interrupted capture's bytes ran out (read up to there)
     _servers: dict | None = field(default=None, repr=False)  # (ip, port) -> {(node, comm, pid)} serving it
     _server_names: dict = field(default_factory=dict, repr=False)  # (ip, port, node) -> server_process's answer
 
@@ -205,6 +206,9 @@ class Analysis:
                      + (f"; {self.lost} events lost while capturing" if self.lost else "")
                      + (f"; {self.late} events too far out of time order, left out (chains they touch are"
                         " incomplete)" if self.late else "")))
+        if self.cut is not None:
+            rows.append(("corrupt", f"the capture ends in the middle (byte offset {self.cut.offset}"
+                         f"{' of the decompressed stream' if self.cut.decompressed else ''}): analyzed up to there"))
         damaged = self.reader_stats.get("error_count") or len(self.reader_stats.get("errors") or ())
         if damaged or self.reader_stats.get("skipped_bytes"):
             rows.append(("corrupt", f"{damaged} damaged block(s) skipped ({self.reader_stats.get('skipped_bytes', 0)} bytes)"
@@ -415,6 +419,11 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
                         if slim is not None:
                             slim()
                     yield e
+            except CaptureError as e:
+                if skip_corrupt or not e.at_the_end:
+                    raise
+                # an interrupted capture: what was read is analyzed, as `sysdig -r` prints it
+                result.cut = e
             finally:
                 result.events, result.lost = count, lost
                 if count:
@@ -447,6 +456,9 @@ def analyze(path: str, cluster: str | None = None, skip_corrupt: bool = False,
         result.cluster_source = "state embedded in the capture"
     result.cluster_kinds = Counter(r["kind"] for r in records if not r.get("deleted"))
     result.warnings.extend(_state_mismatch(result, records))
+    if result.cut is not None:
+        result.warnings.append(f"the capture ends in the middle: {result.cut}; analyzed up to there"
+                               " (requests still open there are incomplete)")
     skipped = list(result.reader_stats.get("errors") or ())
     result.warnings.extend(f"skipped: {msg}" for msg in skipped[:MAX_WARNINGS])
     more = max(result.reader_stats.get("error_count") or 0, len(skipped)) - min(len(skipped), MAX_WARNINGS)
