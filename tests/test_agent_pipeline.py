@@ -1,6 +1,7 @@
 """The agent without a kernel: batching, the bounded buffer, scap replay to a file sink."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -89,6 +90,7 @@ def test_scap_replay_paces_at_the_recorded_speed(tmp_path):
         for i, gap in enumerate((0, 400_000_000, 800_000_000)):
             w.write_event(ev(i + 1, ts=1_700_000_000_000_000_000 + gap))
     src = ScapSource(str(path), node=None, speed=1.0)
+    assert src.reader.node == "rec-node"  # known before the first read: the batches' node and key
     first = src.read(100)
     assert len(first) == 1 and 0.2 < src.seconds_until_next() <= 0.4
     fast = ScapSource(str(path), node="replayed", speed=0)
@@ -115,6 +117,20 @@ def test_agent_replays_a_capture_to_json_lines(tmp_path):
     final = orjson.loads(stats.read_bytes().splitlines()[-1])
     validate("agent-stats", final)
     assert final["captured"] == final["published"] == len(expected) and final["dropped"] == 0
+
+
+def test_a_replay_without_node_keys_its_batches_by_the_captures_node(tmp_path):
+    """Not by the replaying host's name: the batch's node is its Kafka key and must be the events'."""
+    out = tmp_path / "b.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME"}
+    p = subprocess.run([sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(SEED),
+                        "--speed", "0", "--output", str(out), "--metrics-addr", ""],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    docs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    nodes = {e["node"] for d in docs for e in d["events"]}
+    assert nodes == {e.node for e in open_capture(str(SEED))} and len(nodes) == 1
+    assert {d["node"] for d in docs} == nodes
 
 
 def test_events_already_json_batch_like_objects():

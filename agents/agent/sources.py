@@ -153,6 +153,9 @@ class ScapSource:
         self._t0_capture: int | None = None
         self._t0_wall = 0.0
         self._lost = 0
+        # the first event read now: the capture's machine block, read before it, names the node the
+        # events carry, which is also the batches' node (their key) unless --node says otherwise
+        self._next = next(self.events, None)
 
     def _due(self, ev: SyscallEvent) -> bool:
         if self.speed <= 0:
