@@ -328,3 +328,14 @@ def test_notes(helm, tmp_path):
     assert "one active via Lease svctrace-metadata" in notes
     notes = render_notes(helm, tmp_path / "privileged", VALUE_CASES["privileged-opt-in"])
     assert "PRIVILEGED: agent.privileged=true" in notes
+
+
+@pytest.mark.parametrize("grace", [30, 12, 3])
+def test_agent_drains_within_its_grace_period(helm, grace):
+    """The agent's --drain-timeout ends before the kubelet's SIGKILL, so what it could not publish is
+    counted lost and reported, not silently killed."""
+    ds = only(helm.render({"agent": {"terminationGracePeriodSeconds": grace}}), "DaemonSet")
+    args = container(ds)["args"]
+    drain = float(next(a for a in args if a.startswith("--drain-timeout=")).split("=", 1)[1])
+    assert pod_spec(ds)["terminationGracePeriodSeconds"] == grace
+    assert 0 < drain < grace or (grace <= 1 and drain == 1)
