@@ -26,7 +26,7 @@ def configure(parser) -> None:
                         help="topic catalogue (default: the one shipped with svctrace)")
     parser.add_argument("--replication-factor", type=int, default=1, metavar="N",
                         help="replication factor of created topics (default 1)")
-    parser.add_argument("--topic-prefix", default="", help="prefix of every topic name (isolates a deployment)")
+    parser.add_argument("--topic-prefix", default="", help="prefix of every topic name, prepended as is (e.g. 'staging.'; isolates a deployment)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="how long to wait for the broker (default 60)")
 

@@ -27,6 +27,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default where its help does not already say it (switches and unset
+    options have none worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (text and "default" not in text.lower() and action.option_strings
+                and default is not None and default is not argparse.SUPPRESS
+                and not isinstance(default, (bool, list, dict))):  # (is: 1.0 == True)
+            text += " (default: %(default)s)" if default != "" else " (default: '')"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="svctrace",
@@ -35,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"svctrace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         p.set_defaults(_module=module)
         # Arguments are added lazily in main() for the chosen command only.
     return parser

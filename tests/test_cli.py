@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from svctrace import __version__
 from svctrace.cli import COMMANDS, main
@@ -64,3 +65,26 @@ def test_validate_auto_takes_each_documents_schema_from_its_own_field(tmp_path, 
     n = len(records.splitlines())
     assert f"records.jsonl:{n + 1}: chain: field $.chain_id" in err
     assert f"records.jsonl:{n + 2}: no `schema` field naming a topic schema" in err
+
+
+def test_help_shows_each_options_default(capsys):
+    """Defaults are where an operator looks for them: in --help, without repeating a help text that
+    already names its default, and not for switches."""
+    with pytest.raises(SystemExit):
+        main(["agent", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # (argparse wraps lines)
+    for shown in ("(default: 2000)", "(default: 0.2)", "(default: 16)", "(default: 1.0)", "(default: svctrace.syscalls)"):
+        assert shown in text, shown
+    assert "(default: False)" not in text and "(default: None)" not in text
+    assert text.count("$NODE_NAME") == 1  # a help that names its default keeps its own words only
+
+
+def test_agent_topic_prefix_prefixes_both_topics():
+    import argparse
+
+    from svctrace.agents.agent import command
+
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    sink = command._make_sink(parser.parse_args(["--bootstrap", "127.0.0.1:1", "--topic-prefix", "staging."]))
+    assert (sink.topic, sink.stats_topic) == ("staging.svctrace.syscalls", "staging.svctrace.agent.stats")

@@ -33,8 +33,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                       help="Kafka bootstrap servers host:port (default $SVCTRACE_BOOTSTRAP)")
     sink.add_argument("--output", help="write batches as JSON lines to this file instead of Kafka")
     p.add_argument("--stats-output", help="with --output: write agent stats as JSON lines here")
-    p.add_argument("--topic", default="svctrace.syscalls")
-    p.add_argument("--stats-topic", default="svctrace.agent.stats")
+    p.add_argument("--topic-prefix", default="",
+                   help="prefix of the topic names, prepended as is (e.g. 'staging.'), as the worker's and "
+                        "metadata's --topic-prefix")
+    p.add_argument("--topic", default="svctrace.syscalls", help="topic the event batches go to")
+    p.add_argument("--stats-topic", default="svctrace.agent.stats", help="topic of the agent's own counters")
     p.add_argument("--snaplen", type=int, default=256, help="payload bytes captured per event (0..4096)")
     p.add_argument("--no-redact", dest="redact", action="store_false",
                    help="publish payloads without masking credentials (default: redact)")
@@ -49,7 +52,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "compiler builds it)")
     p.add_argument("--linger", type=float, default=0.2, help="seconds a batch may wait to fill")
     p.add_argument("--buffer-events", type=int, default=500_000, help="bound of the in-memory buffer")
-    p.add_argument("--stats-interval", type=float, default=10.0)
+    p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats records")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to keep publishing buffered events once stopped (or a replay ended); "
                         "what is left then is counted lost and the exit status is 1")
@@ -86,7 +89,10 @@ def _make_sink(args):
         return FileSink(args.output, args.stats_output)
     if not args.bootstrap:
         raise SystemExit("svctrace agent: give --bootstrap HOST:PORT (or $SVCTRACE_BOOTSTRAP) or --output FILE")
-    return KafkaSink(args.bootstrap, args.topic, args.stats_topic)
+    from svctrace.kafka.admin import topic_name
+
+    return KafkaSink(args.bootstrap, topic_name(args.topic, args.topic_prefix),
+                     topic_name(args.stats_topic, args.topic_prefix))
 
 
 async def _main(args) -> int:

@@ -28,7 +28,7 @@ def add_options(parser, *, snaplen: int = 256) -> None:
     parser.add_argument("--snaplen", type=int, default=snaplen, help="payload bytes captured per event (0..4096)")
     parser.add_argument("--no-redact", dest="redact", action="store_false", help="keep credentials in payloads")
     parser.add_argument("--ring-mb", type=int, default=16, help="kernel ring buffer size (MiB, a power of two)")
-    parser.add_argument("--btf", default="/sys/kernel/btf/vmlinux")
+    parser.add_argument("--btf", default="/sys/kernel/btf/vmlinux", help="kernel BTF for CO-RE relocations")
     parser.add_argument("--bpf-object", help="prebuilt BPF object (default: build into the cache)")
     parser.add_argument("--node", help="node name (default: $NODE_NAME, else the hostname)")
 

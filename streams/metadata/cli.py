@@ -32,17 +32,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--kafka", "--bootstrap", dest="kafka", metavar="BOOTSTRAP",
                      default=os.environ.get("SVCTRACE_BOOTSTRAP"),
                      help="publish to the compacted topic on this broker (default $SVCTRACE_BOOTSTRAP, like every command)")
-    out.add_argument("--topic-prefix", default="", help="prefix of the topic name (isolates a deployment)")
+    out.add_argument("--topic-prefix", default="", help="prefix of the topic name, prepended as is (e.g. 'staging.'; isolates a deployment)")
     out.add_argument("--output", "-o", metavar="FILE", help="also write records as JSON lines (tombstones: deleted=true)")
     ha = parser.add_argument_group("leader election (one active replica; on when --lease-name is given)")
     ha.add_argument("--lease-name", help="coordination.k8s.io/v1 Lease to hold while active")
-    ha.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    ha.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                    help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
     ha.add_argument("--lease-identity", "--identity", dest="identity",
                     help="this replica's name in the Lease (default: POD_NAME or host-pid)")
-    ha.add_argument("--lease-duration", type=float, default=15.0, metavar="S")
+    ha.add_argument("--lease-duration", type=float, default=15.0, metavar="S",
+                    help="seconds a leader's Lease holds without renewal before another replica takes over")
     ha.add_argument("--renew-deadline", type=float, default=10.0, metavar="S",
                     help="step down when the Lease could not be renewed for this long")
-    ha.add_argument("--retry-period", type=float, default=2.0, metavar="S")
+    ha.add_argument("--retry-period", type=float, default=2.0, metavar="S",
+                    help="seconds between attempts to acquire or renew the Lease")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                         help="serve Prometheus metrics on this port (0: off)")
     parser.add_argument("--verbose", "-v", action="store_true",
