@@ -25,7 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="Kafka bootstrap servers host:port (default $SVCTRACE_BOOTSTRAP)")
     p.add_argument("--app-id", default="svctrace-worker",
                    help="Faust application id = consumer group; workers with the same id share the work")
-    p.add_argument("--topic-prefix", default="", help="prefix of every topic name (isolates deployments)")
+    p.add_argument("--topic-prefix", default="", help="prefix of every topic name, prepended as is (e.g. 'staging.'; isolates deployments)")
     p.add_argument("--data-dir", default=_default_data_dir(), help="Faust's local data folder")
     p.add_argument("--metrics-addr", default="127.0.0.1:9466",
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
@@ -34,8 +34,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lateness", type=float, default=0.4,
                    help="seconds events of one partition's nodes may arrive out of order: must cover the agents' "
                         "batch interval (0.2 s) + transport + clock skew between nodes; later events are dropped "
-                        "(counted). Every chain and alert waits this long (default: agents on NTP-synchronized "
-                        "clocks; raise it for more skew or longer batches, see docs/architecture.md)")
+                        "(counted). Every chain and alert waits this long (default %(default)s: agents on "
+                        "NTP-synchronized clocks; raise it for more skew or longer batches, see docs/architecture.md)")
     p.add_argument("--settle", type=float, default=0.25,
                    help="seconds a chain waits after the client's close (or response) for the other nodes' events "
                         "(causal delays + clock skew); adds to the latency like --lateness")
