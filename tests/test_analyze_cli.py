@@ -166,7 +166,7 @@ def test_service_filter(capsys):
 
 
 def test_namespace_filter(capsys):
-    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--namespace", "kube-system")
+    code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--namespace", "monitoring")
     assert code == 0
     assert "none match the filter" in out
     code, out, _ = analyze(capsys, CAPTURE, "--cluster", CLUSTER, "--namespace", "default", "--json")
@@ -526,3 +526,23 @@ def test_a_connect_result_read_by_getsockopt_prints_as_the_call_returned(capsys)
     code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx-wrong-port", "--evidence", "0")
     line = next(line for line in out.splitlines() if " getsockopt " in line and "ECONNREFUSED" in line)
     assert "res=0 SO_ERROR=-111 ECONNREFUSED" in line and "res=-111" not in line
+
+
+def test_a_namespace_filter_takes_the_dns_servers_namespace_too(capsys):
+    """An SRE chasing CoreDNS asks for kube-system: the chains its pods answered."""
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "--json")
+    chains = [r for r in map(orjson.loads, out.splitlines()) if r["schema"] == "svctrace.chain"]
+    answered = {c["chain_id"] for c in chains if ((c.get("dns") or {}).get("server") or {}).get("namespace") == "kube-system"}
+    assert answered
+    for extra in ([], ["--summary"]):  # (the summary counts slim chains)
+        code, out, _ = analyze(capsys, LAB / "capture.scap", "-n", "kube-system", *extra)
+        assert f"chains    {len(answered)} of {len(chains)}:" in out
+
+
+def test_a_filter_naming_nothing_in_the_cluster_state_says_so(capsys):
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-ngnix")
+    assert "none match the filter; the cluster state has no Service my-ngnix" in out
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-n", "kube-sytem")
+    assert "the cluster state has no Service in namespace kube-sytem" in out
+    code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx", "--status", "incomplete")
+    assert "none match the filter\n" in out  # the Service exists: no such hint

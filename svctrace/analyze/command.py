@@ -44,7 +44,8 @@ def parse_statuses(values: list[str] | None) -> frozenset[str] | None:
 def add_filter_options(parser: argparse.ArgumentParser, connections: bool = False) -> None:
     """--namespace, --service, --status: what `Filter` takes (analyze's, and watch's)."""
     touching = "chains, alerts and connections" if connections else "chains and alerts"
-    parser.add_argument("--namespace", "-n", metavar="NS", help=f"only {touching} touching namespace NS")
+    parser.add_argument("--namespace", "-n", metavar="NS",
+                        help=f"only {touching} touching namespace NS (its client, DNS server, Service or backend)")
     parser.add_argument("--service", "-s", metavar="SVC", help="only chains and alerts of Service SVC (NAME or NS/NAME)")
     parser.add_argument("--status", metavar="STATUS", action="append",
                         help="only chains with this status: ok, broken or incomplete (comma-separated or repeated; "
@@ -75,8 +76,10 @@ class Filter:
         ns, name = chain_service(c)
         if self.service:
             return name == self.service and (not self.namespace or ns == self.namespace)
-        if self.namespace:
-            return self.namespace in {ns, (c.get("client") or {}).get("namespace"), (c.get("backend") or {}).get("namespace")}
+        if self.namespace:  # any pod the request went through: client, DNS server, Service, backend
+            server = ((c.get("dns") or {}).get("server") or {}).get("namespace")
+            return self.namespace in {ns, server, (c.get("client") or {}).get("namespace"),
+                                      (c.get("backend") or {}).get("namespace")}
         return True
 
     def alert(self, a: dict) -> bool:
@@ -176,6 +179,23 @@ def emit_json(out: TextIO, chains: list[dict], alerts: list[dict]) -> None:
             out.write(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n")
 
 
+def unknown_filter_target(result: Analysis, flt: Filter) -> str:
+    """'; the cluster state has no Service x': why a --service/--namespace filter matched nothing,
+    when the reason is a name the state does not know (a typo, another cluster)."""
+    if result.index is None or not (flt.service or flt.namespace):
+        return ""
+    services = {(svc.namespace, svc.name) for key, svc in result.index.objects() if key.startswith("Service/")}
+    if not services:
+        return ""
+    if flt.service and not any(name == flt.service and (not flt.namespace or ns == flt.namespace)
+                               for ns, name in services):
+        where = f"{flt.namespace}/" if flt.namespace else ""
+        return f"; the cluster state has no Service {where}{flt.service}"
+    if flt.namespace and not any(ns == flt.namespace for ns, _ in services):
+        return f"; the cluster state has no Service in namespace {flt.namespace}"
+    return ""
+
+
 def print_report(console, result: Analysis, chains: list[dict], alerts: list[dict], args, flt: Filter) -> None:
     if not (args.alerts_only or args.summary):
         if chains:
@@ -192,7 +212,7 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
                 console.print(Line(f"  … and {len(chains) - len(shown)} more chains (use --limit to show more)",
                                    style=render.DIM))
         elif result.chains and flt.active:
-            render.section(console, "REQUEST CHAINS", "none match the filter")
+            render.section(console, "REQUEST CHAINS", "none match the filter" + unknown_filter_target(result, flt))
 
         if args.connections or not result.chains:
             rows = [r for r in result.connections.grouped_rows() if flt.connection(r, result.namespaces_of)]

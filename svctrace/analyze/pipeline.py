@@ -349,7 +349,7 @@ def slim_chain(chain: dict) -> dict:
     if service:
         slim["service"] = {"namespace": service.get("namespace"), "name": service.get("name")}
     if dns:
-        slim["dns"] = {"qname": dns.get("qname")}
+        slim["dns"] = {"qname": dns.get("qname"), "server": {"namespace": (dns.get("server") or {}).get("namespace")}}
     return slim
 
 
