@@ -79,3 +79,18 @@ def test_no_stage_dead_letters_a_record_of_the_real_capture():
     from svctrace.analyze.pipeline import analyze
 
     assert analyze(str(LAB / "capture.scap"), cluster=str(LAB / "cluster.json")).deadletters == []
+
+
+def test_an_answered_request_whose_backend_is_not_linked_says_so():
+    """The hairpin case: kube-proxy masquerades the pod's request to its own Service, so no accept
+    shows the client's address. The chain is ok, and its text says the backend hop is missing."""
+    out = subprocess.run([sys.executable, "-m", "svctrace", "analyze", str(LAB / "capture.scap"), "--cluster",
+                          str(LAB / "cluster.json"), "--service", "default/my-nginx", "--no-color"],
+                         capture_output=True, text=True, timeout=120).stdout
+    blocks = out.split("\n● ")
+    [hairpin] = [b for b in blocks if "in default/my-nginx-1 on" in b.splitlines()[1]]
+    assert "  OK  " in hairpin.splitlines()[0]
+    words = [line.split() for line in hairpin.splitlines()[1:] if line.strip()]
+    stages = [w[2] if w[0].startswith("+") else w[0] for w in words]  # ("+0.280 ms response ...")
+    assert "backend" in stages and stages.index("backend") == stages.index("response") - 1
+    assert "not linked (no accept with the client's address: masqueraded, or not captured)" in hairpin

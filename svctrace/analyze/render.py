@@ -319,6 +319,11 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         rows.append((dial["ts"] if dial else _ts(chain, ("backend request",)), "backend", text, "red" if refused else ""))
     elif tr and chain.get("status") == "broken":
         rows.append((None, "backend", "none reached", "red"))
+    elif tr and tr.get("mode") not in (None, "none") and chain.get("status") == "ok":
+        # answered, but no pod's accept showed the client's address: masqueraded (a hairpin, a
+        # NodePort from a pod), or that node was not captured
+        rows.append((None, "backend", "not linked (no accept with the client's address: masqueraded, or not captured)",
+                     DIM))
 
     resp = chain.get("response")
     if resp:
@@ -339,10 +344,16 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         # A timeout is inferred from silence: no event shows it, so its line has no time of its own.
         rows.append((r_ts, "response", outcome or "?", "red" if bad else "green"))
 
-    # Chronological; a stage with no time of its own stays right after the one before it.
+    # Chronological; a stage with no time of its own stays right after the one before it, but a
+    # missing backend (none reached, not linked) is known only when the request ended: that line
+    # goes just before the response.
     keyed, last = [], start - 1
+    response_ts = next((r[0] for r in rows if r[1] == "response" and r[0] is not None), None)
     for i, row in enumerate(rows):
         last = row[0] if row[0] is not None else last
+        if row[1] == "backend" and not backend and response_ts is not None:
+            keyed.append(((response_ts, -1), row))
+            continue
         keyed.append(((last, i), row))
     lines = []
     for _, (ts, stage, text, style) in sorted(keyed, key=lambda kv: kv[0]):
