@@ -546,3 +546,16 @@ def test_a_filter_naming_nothing_in_the_cluster_state_says_so(capsys):
     assert "the cluster state has no Service in namespace kube-sytem" in out
     code, out, _ = analyze(capsys, LAB / "capture.scap", "-s", "my-nginx", "--status", "incomplete")
     assert "none match the filter\n" in out  # the Service exists: no such hint
+
+
+def test_a_capture_on_stdin(tmp_path):
+    """`ssh node cat x.scap | svctrace analyze -`: the same report as from the file, named <stdin>."""
+    piped = subprocess.run([sys.executable, "-m", "svctrace", "analyze", "-", "--cluster", str(CLUSTER)],
+                           input=CAPTURE.read_bytes(), capture_output=True, timeout=120, cwd=REPO)
+    direct = run_cli(CAPTURE, "--cluster", CLUSTER)
+    assert piped.returncode == direct.returncode == 1
+    assert piped.stdout.decode().replace("<stdin>", str(CAPTURE)) == direct.stdout.replace(str(CAPTURE.resolve()), str(CAPTURE))
+    bad = subprocess.run([sys.executable, "-m", "svctrace", "analyze", "-"], input=b"hello",
+                         capture_output=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.decode().startswith("svctrace analyze: error: <stdin>: not a .scap")
+    assert "svctrace-stdin-" not in bad.stderr.decode()

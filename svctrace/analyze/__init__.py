@@ -27,7 +27,7 @@ PROG = "svctrace analyze"
 def configure(parser: argparse.ArgumentParser) -> None:
     from svctrace.analyze.command import add_alert_options, add_filter_options
 
-    parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip)")
+    parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip); - reads it from stdin")
     parser.add_argument("--cluster", metavar="STATE",
                         help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
                              "(a List, JSON or YAML), taken from the capture's cluster near its time (a warning says when it does "
