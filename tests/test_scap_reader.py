@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import struct
+import time
 
 import orjson
 import pytest
@@ -169,6 +170,9 @@ def test_cli_json_and_net_filter(captures):
     assert len(docs) == len(text) == 20 and {d["family"] for d in docs} == {"ipv6", "unix"}
     assert [orjson.loads(line)["n"] for line in net] == [d["n"] for d in docs if d["family"] == "ipv6"]
     assert any("GET / HTTP/1.1" in line and "sendto" in line for line in text)
+    # as sysdig -r prints an event's time: the time of day (UTC), to the ns; --json keeps the epoch ns
+    first = docs[0]["ts"]
+    assert text[0].split()[1] == time.strftime("%H:%M:%S", time.gmtime(first // 10**9)) + f".{first % 10**9:09d}"
     raw = subprocess.run(cmd + ["--raw", "--json"], capture_output=True, timeout=120, check=True).stdout
     assert raw.count(b"\n") == 1536
 

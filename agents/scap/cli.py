@@ -1,7 +1,7 @@
 """`svctrace read FILE [--json] [--filter net] [--skip-corrupt] [--raw]`
 
 Prints the normalized network events of a .scap capture, one per line (like
-`sysdig -r F` / `sysdig -r F -j`). `--filter net` keeps IPv4/IPv6 sockets and
+`sysdig -r F` / `sysdig -r F -j`; times of day in UTC, --json: ns since the epoch). `--filter net` keeps IPv4/IPv6 sockets and
 loss markers (drops unix sockets). `--raw` prints every decoded event of any
 type with all parameters instead. A damaged capture stops with one error line
 naming file, offset and block; `--skip-corrupt` resumes at the next valid
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import sys
+import time
 
 import orjson
 
@@ -36,6 +37,11 @@ def _default(obj):
     raise TypeError(type(obj).__name__)
 
 
+def _time_of_day(ts: int) -> str:
+    """15:21:34.802884916, UTC, as sysdig -r prints an event's time (--json keeps the ns since the epoch)."""
+    return time.strftime("%H:%M:%S", time.gmtime(ts // 1_000_000_000)) + f".{ts % 1_000_000_000:09d}"
+
+
 def _text(ev) -> str:
     def end(ip, port):
         if ip is None:
@@ -44,7 +50,7 @@ def _text(ev) -> str:
 
     # getsockopt(SO_ERROR) is kept only when the call returned 0: `res` holds the connect's result, its value
     res = f"res=0 SO_ERROR={ev.res}" if ev.syscall == "getsockopt" else f"res={ev.res}"
-    parts = [str(ev.n), str(ev.ts), f"{ev.comm} ({ev.pid}:{ev.tid})", ev.syscall, f"fd={ev.fd}", res]
+    parts = [str(ev.n), _time_of_day(ev.ts), f"{ev.comm} ({ev.pid}:{ev.tid})", ev.syscall, f"fd={ev.fd}", res]
     if ev.errno:
         parts[-1] += f"({ev.errno})"
     if ev.kind != "lost":
