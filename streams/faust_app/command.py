@@ -23,6 +23,8 @@ def _default_data_dir() -> str:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", default=os.environ.get("SVCTRACE_BOOTSTRAP"),
                    help="Kafka bootstrap servers host:port (default $SVCTRACE_BOOTSTRAP)")
+    p.add_argument("--kafka-wait", type=float, default=60.0, metavar="S",
+                   help="seconds a starting worker waits for the broker before it exits with status 1")
     p.add_argument("--app-id", default="svctrace-worker",
                    help="Faust application id = consumer group; workers with the same id share the work")
     p.add_argument("--topic-prefix", default="", help="prefix of every topic name, prepended as is (e.g. 'staging.'; isolates deployments)")
@@ -80,12 +82,18 @@ def run(args: argparse.Namespace) -> int:
     worker = Worker(config)
 
     async def prepare() -> None:
-        await wait_ready(args.bootstrap, timeout=60)
+        await wait_ready(args.bootstrap, timeout=args.kafka_wait)
         if args.create_topics:
             await ensure_topics(args.bootstrap, prefix=args.topic_prefix)  # the whole catalogue
         await ensure_topics(args.bootstrap, worker.internal_topics())  # the worker's own changelogs
 
-    asyncio.run(prepare())
+    print(f"svctrace worker: connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
+          file=sys.stderr, flush=True)
+    try:
+        asyncio.run(prepare())
+    except TimeoutError as e:  # one line, exit 1: the pod restarts with a reason in its log
+        print(f"svctrace worker: {e}", file=sys.stderr)
+        return 1
     if args.metrics_addr:
         host, port = worker.metrics.serve(args.metrics_addr)
         print(f"svctrace worker: metrics on http://{host}:{port}/metrics", file=sys.stderr, flush=True)
