@@ -12,7 +12,7 @@ demo: $(STAMP)
 	$(BIN)/svctrace analyze examples/seed/capture.scap --cluster examples/seed/cluster.json || [ $$? -eq 1 ]
 
 # The whole test suite, exactly as CI runs it.
-test: $(STAMP) system-deps
+test: system-deps $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(STAMP)
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests use (sysdig as the decoder's oracle, clang/bpftool/libbpf
+# Debian packages the tests use (python3-venv for the venv, sysdig as the decoder's oracle, clang/bpftool/libbpf
 # for the eBPF agent, iptables/iproute2 for the lab networks). Idempotent.
 system-deps:
 	bash .ci/install-system-deps
