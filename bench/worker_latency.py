@@ -4,8 +4,9 @@
     python -m bench.worker_latency REPORT.json worker --bootstrap ...
 
 Runs the svctrace CLI with a few functions of the worker wrapped to log, with the wall clock:
-each event-time mark the enrich stage announces to the stitch stage (queued, sent, received by the
-stitch or alerts stage: matched by source and value), each chain and alert a stage routes (with the
+each event-time mark the enrich stage announces to the stitch stage (queued, sent, taken by the
+stitch stage from its record or at once, as this worker's own partitions do, or by the alerts stage:
+matched by source and value), each chain and alert a stage routes (with the
 chain's end time), the timer's checkpoint passes and the cycle collector's passes.
 REPORT_SIGNAL writes REPORT.json; `breakdown(report, arrivals)` turns it and the bench's arrival
 times into the rows bench.pipeline prints. Each log entry is appended to a list: nothing per event.
@@ -29,6 +30,7 @@ def install() -> None:
     W = worker_app.Worker
     now = time.time_ns
     announce, send, route, checkpoint = W._announce, W._send_announcements, W.route, W.checkpoint
+    marks_here = W._marks_here
     decode_progress = worker_app.decode_progress
 
     def logged_announce(self, downstream, source, mark):
@@ -51,6 +53,11 @@ def install() -> None:
         LOG.extend(("received", t, "", int(s), mark) for s, mark in (marks or {}).items() if isinstance(mark, int))
         return source, marks
 
+    async def logged_marks_here(self, p, marks, revocations):
+        t = now()
+        LOG.extend(("here", t, "", int(s), mark) for s, mark in marks.items() if isinstance(mark, int))
+        return await marks_here(self, p, marks, revocations)
+
     async def logged_route(self, stage_name, p, outs):
         t = now()
         for topic, key, value in outs:
@@ -68,6 +75,7 @@ def install() -> None:
 
     W._announce, W._send_announcements, W.route, W.checkpoint = (logged_announce, logged_send, logged_route,
                                                                   logged_checkpoint)
+    W._marks_here = logged_marks_here
     worker_app.decode_progress = logged_decode_progress
     started: dict[str, int] = {}
 
@@ -100,6 +108,7 @@ def breakdown(report: list, arrivals: dict, flows_topic: str) -> list[tuple[str,
     queued: dict = {}
     sent: dict = {}
     received: dict = {}
+    here: dict = {}
     for kind, t, topic, source, mark in report:
         if kind == "queued" and topic == flows_topic:
             queued.setdefault((source, mark), t)
@@ -107,6 +116,8 @@ def breakdown(report: list, arrivals: dict, flows_topic: str) -> list[tuple[str,
             sent.setdefault((source, mark), t)
         elif kind == "received":
             received.setdefault((source, mark), t)
+        elif kind == "here":
+            here.setdefault((source, mark), t)
     rows = [
         ("chain: last syscall -> stitch emits it",
          [(emitted_chain[cid][0] - emitted_chain[cid][1]) / S for (k, cid) in arrivals if k == "chain" and cid in emitted_chain]),
@@ -119,8 +130,13 @@ def breakdown(report: list, arrivals: dict, flows_topic: str) -> list[tuple[str,
         ("mark: its age when announced",
          [(t - mark) / S for (source, mark), t in queued.items() if within(t)]),
         ("mark: queued -> sent", [(sent[k] - t) / S for k, t in queued.items() if k in sent and within(t)]),
-        ("mark: sent -> read by the stitch stage",
-         [(received[k] - t) / S for k, t in sent.items() if k in received and within(t)]),
+        ("mark: queued -> taken by the stitch stage",
+         [(min(received.get(k, here.get(k)), here.get(k, received.get(k))) - t) / S
+          for k, t in queued.items() if (k in received or k in here) and k in sent and within(t)]),
+        ("mark:   of them taken here (no Kafka hop)",
+         [(here[k] - t) / S for k, t in queued.items() if k in here and k in sent and within(t)]),
+        ("mark:   of them read: sent -> read",
+         [(received[k] - t) / S for k, t in sent.items() if k in received and k not in here and within(t)]),
         ("checkpoint pass (wall, awaits included)", [c / S for kind, t, _, _, c in report if kind == "checkpoint" and within(t)]),
         ("gc pass (any generation)", [c / S for kind, t, _, _, c in report if kind == "gc" and within(t)]),
     ]

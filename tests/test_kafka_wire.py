@@ -212,6 +212,19 @@ def test_local_handoff_gives_each_kept_batch_back_once_and_stays_bounded():
     assert handoff.events == 3
 
 
+def test_local_handoff_numbers_every_record_in_send_order_and_knows_only_its_own():
+    from svctrace.streams.faust_app.wire import HANDOFF_HEADER, LocalHandoff
+
+    handoff, other = LocalHandoff(), LocalHandoff()
+    kept = handoff.keep({"events": [1]})
+    progress = handoff.number()  # a record whose objects are not kept: numbered all the same
+    assert handoff.number_of([("svctrace-src", b"3"), (HANDOFF_HEADER, kept)]) == 1
+    assert handoff.number_of({HANDOFF_HEADER: progress}) == 2 == handoff.seq
+    assert handoff.take([(HANDOFF_HEADER, progress)]) is None  # nothing kept under it
+    assert handoff.number_of([(HANDOFF_HEADER, other.number())]) is None  # another process's
+    assert handoff.number_of([("svctrace-src", b"3")]) is None and handoff.number_of(None) is None
+
+
 def test_occurrences_applied_here_are_recognised_once_and_the_tags_stay_bounded():
     from svctrace.streams.faust_app.wire import APPLIED_HEADER, AppliedHere
 

@@ -41,6 +41,11 @@ What it adds is what only a distributed runner needs:
   of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
   for all sources of this worker, and the process runs the cycle collector rarely
   (fewer_gc_passes). `python -m bench.pipeline --stages` shows where the CPU goes.
+* A mark this worker announces reaches its own stitch partitions without the Kafka hop (20-25 ms,
+  a few 100 ms under load), when that is what reading its record would do: every record this
+  process sent to svctrace.flows is numbered (wire.LocalHandoff), and a partition takes the marks
+  at once only when it has read back the last one sent to it (nothing of ours in flight that the
+  marks could pass). The record still goes out (a successor, other workers' partitions).
 * An alert comes out one Kafka hop after its chain less: an occurrence for an alerts partition this
   worker reads is applied by the stitch stage as it is sent (AppliedHere); its record still goes to
   the occurrence topic (the durable copy a successor re-reads) and is only acknowledged here.
@@ -572,6 +577,12 @@ class Worker:
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
         self.handoff = LocalHandoff()  # flows batches sent to our own stitch partitions, as objects
+        # svctrace.flows partition -> the number (LocalHandoff) of the last record this process sent it,
+        # and of the last one of them its stitch stage has read back since the partition was assigned
+        self.flows_sent: dict[int, int] = {}
+        self.flows_read: dict[int, int] = {}
+        self.revocations = 0  # partitions revoked so far (a read or an advance begun before one is void)
+        self._announcing_flows = asyncio.Lock()  # one pass of marks to the stitch stage at a time
         self.applied = AppliedHere()  # occurrences applied to our own alerts partitions as they were made
         # alerts partitions whose records this worker reads now (one came since their assignment:
         # their table is recovered), where the stitch stage may apply occurrences itself
@@ -656,6 +667,9 @@ class Worker:
                     table.pop(tp.partition, None)
             if stage is self.alerts:
                 self.alerts_reading.discard(tp.partition)
+            if stage is self.stitch:
+                self.flows_read.pop(tp.partition, None)
+                self.revocations += 1
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
     async def _run_cluster_feed(self) -> None:
@@ -785,6 +799,8 @@ class Worker:
         msg = event.message
         p = msg.partition
         stage = self.stitch
+        revocations = self.revocations
+        number = self.handoff.number_of(msg.headers)
         _source, marks = decode_progress(msg.headers)
         batch = read_flows_record(msg.value, msg.headers, self.handoff)
         if batch is not None:
@@ -809,6 +825,8 @@ class Worker:
             stage.pending.setdefault(p, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, p, marks)
+        if number is not None and self.revocations == revocations and number > self.flows_read.get(p, -1):
+            self.flows_read[p] = number  # (only once its marks are noted: none may pass them)
 
     async def _alerts_one(self, event) -> None:
         msg = event.message
@@ -833,9 +851,12 @@ class Worker:
         SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
         await self.route("alerts", r, outs)
 
-    async def _progress(self, stage: StageShell, p: int, marks: dict) -> None:
-        """Upstream partitions' announcements: advance or flush this partition, then pass it on."""
+    async def _progress(self, stage: StageShell, p: int, marks: dict, still=None) -> None:
+        """Upstream partitions' announcements: advance or flush this partition, then pass it on
+        (unless `still`, asked once the partition is locked, says it is no longer ours to advance)."""
         async with stage.lock(p):
+            if still is not None and not still():
+                return
             meta = stage.part_meta(p)
             prog = SourceProgress(stage.sources, meta["progress"])
             before = prog.watermark()
@@ -877,9 +898,10 @@ class Worker:
                     partition = bucket_partition(key)
                     local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                     for chunk in _chunks(value):
-                        headers = [(SOURCE_HEADER, str(p).encode())]
-                        if local:  # our own stitch stage reads it back: hand it the objects
-                            headers.append((HANDOFF_HEADER, self.handoff.keep(chunk)))
+                        # our own stitch stage reads it back: hand it the objects; numbered either way
+                        tag = self.handoff.keep(chunk) if local else self.handoff.number()
+                        self.flows_sent[partition] = self.handoff.seq
+                        headers = [(SOURCE_HEADER, str(p).encode()), (HANDOFF_HEADER, tag)]
                         await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition, None,
                                    headers)
                 elif topic == OCCURRENCES_TOPIC:
@@ -932,23 +954,62 @@ class Worker:
     async def _send_announcements(self, downstream: str | None = None, force: bool = False) -> None:
         """Send the queued marks: one record per downstream partition carrying every source's mark,
         at most every heartbeat_s per downstream topic (unless forced: DONE, flushes)."""
-        now = time.monotonic()
         for topic_name_ in ([downstream] if downstream else list(self.hb_due)):
-            marks = self.hb_due.get(topic_name_)
-            if not marks:
-                continue
-            every = self.config.heartbeat_s if topic_name_ == FLOWS_TOPIC else self.config.occurrences_heartbeat_s
-            if not force and now - self.hb_last.get(topic_name_, 0.0) < every:
-                continue
-            topic = self.names[topic_name_]
-            value = EMPTY_ENRICHED if topic_name_ == FLOWS_TOPIC else b""
-            headers = [(MARKS_HEADER, encode_marks(marks))]
-            del self.hb_due[topic_name_]
-            self.hb_last[topic_name_] = now
+            if topic_name_ == FLOWS_TOPIC:
+                async with self._announcing_flows:
+                    await self._send_marks(topic_name_, force)
+            else:
+                await self._send_marks(topic_name_, force)
+
+    async def _send_marks(self, topic_name_: str, force: bool) -> None:
+        """The stitch stage's own partitions take the marks at once, without the Kafka hop (20-25 ms,
+        a few 100 ms under load), where that is what reading the record would do: everything this
+        process sent to the partition before has been read back (_direct_partitions), so the record,
+        when it comes, only repeats marks already noted; it still goes out for a successor."""
+        marks = self.hb_due.get(topic_name_)
+        if not marks:
+            return
+        now = time.monotonic()
+        every = self.config.heartbeat_s if topic_name_ == FLOWS_TOPIC else self.config.occurrences_heartbeat_s
+        if not force and now - self.hb_last.get(topic_name_, 0.0) < every:
+            return
+        topic = self.names[topic_name_]
+        del self.hb_due[topic_name_]
+        self.hb_last[topic_name_] = now
+        header = (MARKS_HEADER, encode_marks(marks))
+        revocations = self.revocations  # (a revocation from here on voids the direct marks)
+        if topic_name_ == FLOWS_TOPIC:
+            direct = self._direct_partitions()
             for partition in range(self.partitions):
-                await self.app.producer.send(topic, None, value, partition, None, headers)
-            for source, mark in marks.items():
-                self.hb_sent[(topic_name_, source)] = mark
+                tag = self.handoff.number()
+                self.flows_sent[partition] = self.handoff.seq
+                await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
+                                             [header, (HANDOFF_HEADER, tag)])
+        else:
+            direct = ()
+            for partition in range(self.partitions):
+                await self.app.producer.send(topic, None, b"", partition, None, [header])
+        for source, mark in marks.items():
+            self.hb_sent[(topic_name_, source)] = mark
+        for p in direct:
+            await self._marks_here(p, marks, revocations)
+
+    def _direct_partitions(self) -> list[int]:
+        """svctrace.flows partitions this worker reads whose stitch stage has read back the last record
+        this process sent them, in the current assignment (so their state is recovered and live)."""
+        sent, read = self.flows_sent, self.flows_read
+        return [p for p, n in read.items() if n >= sent.get(p, 0)]
+
+    async def _marks_here(self, p: int, marks: dict, revocations: int) -> None:
+        """Marks of this worker's sources applied to its own stitch partition p as reading them would
+        (unless a partition was revoked since `revocations` were counted)."""
+        try:
+            await self._progress(self.stitch, p, marks,
+                                 still=lambda: self.revocations == revocations and p in self.flows_read)
+        except CheckpointFormatError:
+            raise
+        except Exception:  # noqa: BLE001 - as for a record: logged, the worker goes on
+            log.exception("stitch: applying marks to partition %s failed", p)
 
     async def _dead_letter(self, stage: str, msg, reason: str, error: BaseException) -> None:
         self.metrics.deadletters.labels(stage).inc()

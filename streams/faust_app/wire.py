@@ -19,7 +19,9 @@
   enriched-batch JSON older workers wrote) -> the enriched batch the stitch stage processes, or
   None for a progress-only record.
 * `LocalHandoff`: flows batches a worker sends to partitions it consumes itself, kept as objects
-  and matched by a record header when they come back, so they are not decoded at all.
+  and matched by a record header when they come back, so they are not decoded at all. The header
+  numbers every record a worker sends to svctrace.flows (data or progress, any partition), so it
+  knows when it has read back all it sent to one of its own partitions.
 * `AppliedHere`: tags of the occurrences the stitch stage applied to this worker's own alerts
   partitions as it sent them, so their records are not applied again when they come back.
 """
@@ -329,15 +331,30 @@ class LocalHandoff:
         self.events = 0
         self.seq = 0
 
+    def number(self) -> bytes:
+        """The next tag (this process's records to svctrace.flows are numbered in the order they
+        are sent), for a record whose objects are not kept: one for a partition another worker
+        reads, or a progress record. The worker knows from the numbers when its stitch stage has
+        read back everything it sent to a partition (Worker._direct_partitions)."""
+        self.seq += 1
+        return b"%s:%d" % (self.token, self.seq)
+
     def keep(self, batch: dict) -> bytes:
         """Remember `batch`; returns the tag to send in its record's HANDOFF_HEADER."""
-        self.seq += 1
-        tag = b"%s:%d" % (self.token, self.seq)
+        tag = self.number()
         self.batches[tag] = batch
         self.events += len(batch["events"])
         while self.events > self.max_events and self.batches:
             self.events -= len(self.batches.pop(next(iter(self.batches)))["events"])
         return tag
+
+    def number_of(self, headers) -> int | None:
+        """The number of a record this process sent (None: another process's, or untagged)."""
+        for k, v in (headers.items() if hasattr(headers, "items") else headers or ()):
+            if k == HANDOFF_HEADER:
+                token, _, seq = bytes(v).partition(b":")
+                return int(seq) if token == self.token else None
+        return None
 
     def take(self, headers) -> dict | None:
         """The batch a record with these headers carries, if this process kept it (once)."""
