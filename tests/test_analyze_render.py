@@ -331,6 +331,30 @@ def test_the_proxy_that_turned_a_200_into_a_502(captures):
     assert rows[("haproxy", "client", 80)] == rows[("python", "server", 80)] == {200: 37}
 
 
+def test_each_5xx_is_listed_with_who_sent_it_and_the_request_it_answered(captures):
+    """The 502 on one line: haproxy sent it, for GET /foo, although every response it got from its
+    backend was 200 (its own answer); sysdig -r shows the request at 00:44:37.019928189."""
+    from svctrace.analyze.pipeline import analyze
+
+    table = analyze(captures / "inspect__502Error.scap").connections
+    [err] = table.server_errors
+    assert (err.comm, err.sent, err.status, err.request) == ("haproxy", True, 502, "GET /foo")
+    [line] = plain(render.server_error_lines(table)).splitlines()
+    assert line.startswith("  00:44:37.02") and "haproxy (13969)  sent 502 to 192.168.0.1:44604  for GET /foo" in line
+    assert "its own answer" in line
+
+
+def test_a_5xx_the_client_got_names_the_server_and_the_request():
+    c = dict(local_ip="10.1.0.5", local_port=50950, remote_ip="10.1.0.9", remote_port=80)
+    t = ConnectionTable()
+    head = b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+    t.add(ev(role="client", kind="send", data=b"POST /orders HTTP/1.1\r\nHost: a\r\n\r\n", res=40, **c))
+    t.add(ev(role="client", kind="recv", syscall="read", data=head, res=len(head), **c))
+    [err] = t.server_errors
+    assert (err.sent, err.status, err.request, str(err.server)) == (False, 503, "POST /orders", "10.1.0.9:80")
+    assert "got 503 from 10.1.0.9:80  for POST /orders" in plain(render.server_error_lines(t))
+
+
 def test_the_dns_answer_line_is_at_the_answer_the_lookup_ended_with():
     """With ndots:5 the first answers are the search list's NXDOMAINs: the line goes where the dns
     hop ends (the positive answer), beside the lookup's latency."""

@@ -220,6 +220,11 @@ def print_report(console, result: Analysis, chains: list[dict], alerts: list[dic
                 render.section(console, f"CONNECTIONS SEEN ({len(rows)})", "process  proto  client → server  (this process's end)")
                 for line in render.connection_lines(rows, result.describe, limit=args.connections_limit):
                     console.print(line)
+                if result.connections.server_errors and not flt.active:
+                    render.section(console, f"HTTP 5xx RESPONSES ({result.connections.server_errors_total})",
+                                   "who sent each, and the request it answered")
+                    for line in render.server_error_lines(result.connections):
+                        console.print(line)
             elif flt.active and len(result.connections):
                 render.section(console, "CONNECTIONS SEEN", "none match the filter")
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from svctrace.streams.core.http import RESPONSE_PREFIX, parse_response
+from svctrace.streams.core.http import REQUEST_PREFIXES, RESPONSE_PREFIX, parse_request, parse_response
 
 NET_PROTOS = ("tcp", "udp")
 # Below this a port is a service's, above it an ephemeral one (Linux default range starts at 32768).
@@ -50,6 +50,21 @@ class FlowTotals:
     errors: dict[str, int] = field(default_factory=dict)
     container_id: str | None = None
     statuses: dict[int, int] = field(default_factory=dict)  # HTTP responses this end sent or got, by status
+    last_request: str | None = None  # "GET /path" of the latest request on this flow (what a response answers)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """One HTTP 5xx response, at the end that recorded it: sent (a server's own answer) or got."""
+    ts: int
+    node: str
+    comm: str
+    pid: int
+    sent: bool
+    status: int
+    client: Endpoint
+    server: Endpoint
+    request: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,8 @@ class ConnectionTable:
         # FlowKey objects are built only for `flows`/`rows`, not per event
         self._totals: dict[tuple, FlowTotals] = {}
         self.overflow = 0  # events of flows beyond the limit
+        self.server_errors: list[ServerError] = []  # the first MAX_SERVER_ERRORS 5xx responses
+        self.server_errors_total = 0
         self.unix_events = 0
         self.net_events = 0
 
@@ -163,11 +180,37 @@ class ConnectionTable:
             else:
                 return
             data = e.data
+            if not data:
+                return
             # an HTTP response: sent by the server's end, received by the client's
-            if data and data.startswith(RESPONSE_PREFIX) and (kind == "send") == (role == "server"):
-                resp = parse_response(data)
-                if resp is not None:
-                    t.statuses[resp.status] = t.statuses.get(resp.status, 0) + 1
+            if (kind == "send") == (role == "server"):
+                if data.startswith(RESPONSE_PREFIX):
+                    resp = parse_response(data)
+                    if resp is not None:
+                        t.statuses[resp.status] = t.statuses.get(resp.status, 0) + 1
+                        if resp.status >= 500:
+                            self._server_error(e, t, role, resp.status, ends)
+            elif data.startswith(REQUEST_PREFIXES):  # a request: sent by the client's end, received by the server's
+                req = parse_request(data)
+                if req is not None:
+                    t.last_request = f"{req.method} {req.target}"
+
+    def statuses_got(self) -> dict[tuple[str, int], list[int]]:
+        """(node, pid) -> the HTTP statuses that process got as a client (from its upstreams)."""
+        got: dict[tuple[str, int], list[int]] = {}
+        for (node, _comm, pid, *_rest), t in self._totals.items():
+            if t.role == "client" and t.statuses:
+                got.setdefault((node, pid), []).extend(t.statuses)
+        return got
+
+    MAX_SERVER_ERRORS = 50
+
+    def _server_error(self, e, t: FlowTotals, role: str | None, status: int, ends: tuple) -> None:
+        self.server_errors_total += 1
+        if len(self.server_errors) < self.MAX_SERVER_ERRORS:
+            _role, cip, cport, sip, sport = ends
+            self.server_errors.append(ServerError(e.ts, e.node, e.comm, e.pid, role == "server", status,
+                                                  Endpoint(cip, cport), Endpoint(sip, sport), t.last_request))
 
     def rows(self) -> list[ConnectionRow]:
         """Deterministic order: first seen, then the key."""

@@ -505,6 +505,34 @@ def connection_lines(rows: list[ConnectionRow], describe=None, limit: int = 40) 
     return lines
 
 
+def server_error_lines(table, limit: int = 20) -> list[Line]:
+    """One line per HTTP 5xx response, at the end that recorded it: who sent it (or got it), to
+    whom, for which request. A proxy's 5xx whose own upstream responses were all below 500 is
+    its own answer (a timeout, a refused or dead backend), and the line says so."""
+    got = table.statuses_got()
+    lines = []
+    for err in table.server_errors[:limit]:
+        line = Line("  ")
+        line.append(f"{clock_ns(err.ts)}  ", style=DIM)
+        line.append(f"{err.comm} ({err.pid})  ", style="bold")
+        if err.sent:
+            line.append(f"sent {err.status}", style="red")
+            line.append(f" to {err.client}")
+        else:
+            line.append(f"got {err.status}", style="red")
+            line.append(f" from {err.server}")
+        if err.request:
+            line.append(f"  for {err.request}")
+        upstream = got.get((err.node, err.pid))
+        if err.sent and upstream and max(upstream) < 500:
+            line.append("  (its own answer: every response it got from upstream was below 500)", style="yellow")
+        lines.append(line)
+    more = table.server_errors_total - min(limit, len(table.server_errors))
+    if more > 0:
+        lines.append(Line(f"  … and {more} more", style=DIM))
+    return lines
+
+
 # --- summary ---------------------------------------------------------------------------
 def counts(items, key) -> str:
     c = Counter(key(i) for i in items)
