@@ -80,7 +80,7 @@ def test_the_stage_shell_names_the_record_it_cannot_read_and_restores_the_ones_i
     table.data[node.encode()] = dumps_state(op.durable(st))  # unversioned
     table.data[b"#0"] = orjson.dumps({"keys": [node], "progress": {}})
     shell = StageShell(None, "enrich", op, table, 1, 0)
-    assert shell.state(node)["wm"] == st["wm"] and shell.part_meta(0)["keys"] == [node]
+    assert shell.state(node)["wm"] == st["wm"] and list(shell.part_meta(0)["keys"]) == [node]
 
     table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), 4)
     table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), 4)

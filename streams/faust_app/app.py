@@ -61,6 +61,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import faust
@@ -97,6 +98,7 @@ from svctrace.streams.faust_app.wire import (
 from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
+_ENRICHED_TS = attrgetter("ev.ts")
 
 TOPIC_CREATE_TIMEOUT_S = 60.0
 TOPIC_CREATE_RETRY_S = 0.5
@@ -391,12 +393,20 @@ class StageShell:
         return st
 
     def part_meta(self, p: int) -> dict:
+        """Partition p's progress entry. Its "keys" are a dict here (insertion-ordered, so the same
+        order as the list a checkpoint writes: _meta_bytes): the alerts stage has a key per rule and
+        labels, thousands per partition, and a list's membership test and removal cost a scan each."""
         m = self.meta.get(p)
         if m is None:
             raw = self._stored(f"#{p}")
             m = self._load(loads_meta, raw, f"#{p}") if raw else self.new_meta()
+            m["keys"] = dict.fromkeys(m.get("keys", ()))
             self.meta[p] = m
         return m
+
+    def _meta_bytes(self, p: int) -> bytes:
+        meta = self.part_meta(p)
+        return dumps_meta({**meta, "keys": list(meta["keys"])})
 
     def _load(self, loads, raw: bytes, key: str) -> dict:
         try:
@@ -412,15 +422,13 @@ class StageShell:
         self.deleted.get(p, set()).discard(key)
         keys = self.part_meta(p)["keys"]
         if key not in keys:
-            keys.append(key)
+            keys[key] = None
 
     def drop(self, p: int, key: str) -> None:
         self.live.pop(key, None)
         self.dirty.get(p, set()).discard(key)
         self.deleted.setdefault(p, set()).add(key)
-        keys = self.part_meta(p)["keys"]
-        if key in keys:
-            keys.remove(key)
+        self.part_meta(p)["keys"].pop(key, None)
 
     # driving the operator ---------------------------------------------------------------
     async def advance_partition(self, p: int, watermark: int) -> None:
@@ -490,7 +498,7 @@ class StageShell:
                 if k in store:
                     writes.append((p, k, None))
             k = f"#{p}".encode()
-            value = dumps_meta(self.part_meta(p))
+            value = self._meta_bytes(p)
             if store.get(k) != value:
                 writes.append((p, k, value))
             # Acknowledge in offset order only, up to the first record still needed: Faust commits
@@ -809,7 +817,10 @@ class Worker:
             self.metrics.records.labels("stitch").inc()
             self.metrics.events.labels("stitch").inc(len(events))
             # loss markers alone are applied at once (state["lost"]): nothing buffered to wait for
-            max_ts = max((e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events), default=None)
+            try:
+                max_ts = max(map(_ENRICHED_TS, events), default=None)
+            except AttributeError:  # event dicts (a record with a malformed event)
+                max_ts = max((e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events), default=None)
             st = stage.state(key)
             late = st["late"]
             outs = stage.op.process(st, key, batch)
