@@ -88,3 +88,19 @@ def test_agent_topic_prefix_prefixes_both_topics():
     command.configure(parser)
     sink = command._make_sink(parser.parse_args(["--bootstrap", "127.0.0.1:1", "--topic-prefix", "staging."]))
     assert (sink.topic, sink.stats_topic) == ("staging.svctrace.syscalls", "staging.svctrace.agent.stats")
+
+
+def test_every_argument_of_every_command_says_what_it_is_for():
+    import argparse
+    import importlib
+
+    from svctrace.cli import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions)  # noqa: SLF001
+    silent = []
+    for name, (module, _help) in COMMANDS.items():
+        parser = sub.choices[name]
+        importlib.import_module(module).configure(parser)
+        silent += [(name, a.option_strings or a.dest) for a in parser._actions  # noqa: SLF001
+                   if not isinstance(a, argparse._HelpAction) and not a.help]  # noqa: SLF001
+    assert not silent
