@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Iterable, Iterator
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
@@ -57,8 +58,41 @@ class Runner:
             self._feed(items)
 
     def _feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
-        # Per event only its node's pending list, the count and the clock (a Python comparison
-        # costs less than a C-level max(map(attrgetter)) pass); events_in is taken in step().
+        # Items are taken by islice() up to the next step: a chunk of events only (the common
+        # case) reaches the step count exactly at its end, so per event only its node's pending
+        # list and the clock (a Python comparison costs less than a C-level max(map(attrgetter))
+        # pass); a chunk holding a batch goes through the item-by-item loop. events_in is
+        # taken in step().
+        it = iter(items)
+        pending = self.pending  # step() empties it in place
+        while True:
+            chunk = list(islice(it, max(1, self.step_events - self.npending)))
+            if not chunk:
+                return
+            clock = self.clock if self.clock is not None else -1  # the event-time clock: the largest ts seen
+            if SyscallBatch in map(type, chunk):
+                self._feed_items(chunk)
+                continue
+            last_node, last_list = None, None
+            for item in chunk:
+                ts = item.ts
+                if ts > clock:
+                    clock = ts
+                node = item.node
+                if node != last_node:  # events mostly come in runs from one node
+                    last_list = pending.get(node)
+                    if last_list is None:
+                        last_list = pending[node] = []
+                    last_node = node
+                last_list.append(item)
+            if clock >= 0:
+                self.clock = clock
+            self.npending += len(chunk)
+            if self.npending >= self.step_events:
+                self.step()  # empties `pending` in place
+
+    def _feed_items(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
+        # Per item: its node's pending list, the count and the clock.
         pending = self.pending  # step() empties it in place
         step_events = self.step_events
         npending = self.npending

@@ -754,7 +754,11 @@ class Stitcher:
     def _apply_dns(self, st: dict, d: EnrichedEvent, wire: bytes | None = None) -> None:
         """One DNS message: the event's UDP payload, or `wire`, one message of its TCP payload."""
         e = d.ev
-        msg, qid = parse_dns_with_id(e.data if wire is None else wire)  # msg.id may be another message's: use qid
+        if wire is None:
+            wire = e.data
+        if e.local_port == self.dns_port and wire and len(wire) > 2 and wire[2] & 0x80:
+            return  # the server's answer (QR set): it adds nothing a chain shows, the client's receipt of it does
+        msg, qid = parse_dns_with_id(wire)  # msg.id may be another message's: use qid
         if msg is None:
             return
         if e.local_port == self.dns_port:  # the server's side
