@@ -325,12 +325,12 @@ class Enricher:
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
-        # the current second's bounds: ts in [sec_start, sec_end) is ts // S == fast_sec, checked
-        # without a division per event
-        sec_start = sec_end = 0
-        if fast_sec is not None:
-            sec_start = fast_sec * S
-            sec_end = sec_start + S
+        # the current second's end: ts < sec_end is ts // S == fast_sec, checked without a division
+        # per event (and one comparison: events come in ts order, so only the first of them may lie
+        # in an earlier second than the tables'; then it switches them)
+        sec_end = 0
+        if fast_sec is not None and events and events[0].ts >= fast_sec * S:
+            sec_end = fast_sec * S + S
         other_ips = self._other_ips
         top = -1  # the highest n released (a Python comparison per event costs less than max(map(...)))
         for e in events:
@@ -344,10 +344,9 @@ class Enricher:
                 continue
             try:
                 proto = e.proto
-                if not sec_start <= ts < sec_end:  # ref() fills the tables of the second it is told is current
+                if ts >= sec_end:  # ref() fills the tables of the second it is told is current
                     self._fast_sec = fast_sec = ts // S
-                    sec_start = fast_sec * S
-                    sec_end = sec_start + S
+                    sec_end = fast_sec * S + S
                     self._fast_refs = fast = {}
                     self._fast_ports = fast_ports = {}
                 lip = e.local_ip

@@ -295,7 +295,7 @@ class Stitcher:
                                  [loss["node"], loss["ts"], loss["count"], since])
             if state["next"] is None:  # a timer pass trims old markers
                 state["next"] = max(wm, loss["ts"]) + self.lookup_timeout_ns
-        buf = state["buf"]
+        append = state["buf"].append
         out: list = []
         late: list | None = None
         tops: dict[str, int] = {}  # the highest n of each node in this batch
@@ -314,14 +314,17 @@ class Stitcher:
                     late = []
                 late.append(e)
             else:
-                buf.append(d)  # a duplicate (same node, n) sorts next to its original
-            if e.node == node:
-                if e.n > top:
-                    top = e.n
-            else:
-                if node is not None and top > tops.get(node, -1):
-                    tops[node] = top
-                node, top = e.node, e.n
+                append(d)  # a duplicate (same node, n) sorts next to its original
+            n = e.n
+            if n > top:  # (a node's events come in n order, mostly: checked first)
+                if e.node == node:
+                    top = n
+                    continue
+            elif e.node == node:
+                continue
+            if node is not None and top > tops.get(node, -1):
+                tops[node] = top
+            node, top = e.node, n
         if node is not None and top > tops.get(node, -1):
             tops[node] = top
         nmax = state.get("nmax")
@@ -488,8 +491,16 @@ class Stitcher:
         if e.ts > conn.t1:
             conn.t1 = e.ts  # only delays the idle deadline: no rescheduling needed
         if side == "cl":
-            if self._cl(st, conn, d):
-                self._schedule(st, conn)  # a close or a response: a deadline moved earlier
+            if self._cl(st, conn, d):  # a close or a response: its settle time may come first
+                at = e.ts + self.settle_ns
+                nxt = st["next"]
+                if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
+                    conn.qd = at
+                    heappush(st["tq"], [at, key])
+                    if nxt is None or at < nxt:
+                        st["next"] = at
+                elif nxt is None or at < nxt:
+                    self._schedule(st, conn)  # (a state whose queue was rebuilt: conn.qd 0 until a pass)
         elif side == "sv":
             self._sv(st, conn, d)
         else:
@@ -530,6 +541,11 @@ class Stitcher:
     # is found when the live entry comes up; one moving earlier (close, response) queues anew.
 
     def _schedule(self, st: dict, conn: Conn) -> None:
+        # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
+        # min (a later close replaces an earlier one: no earlier); nothing else an event does moves
+        # it earlier, and conn.qd <= the deadline, st["next"] <= conn.qd. So the new deadline is
+        # that candidate when it is below conn.qd, and nothing changes otherwise: _apply queues it
+        # so, without computing the deadline; this is for a state where those bounds do not hold.
         dl = self._conn_deadline(conn)
         if dl < conn.qd:
             conn.qd = dl
