@@ -289,7 +289,9 @@ class Enricher:
             self._windows_due(state, 0, final=True)
         if not state["buf"]:
             return self._release(state, key, []) if state.get("llost") else []
-        return self.advance(state, key, max(e.ts for e in state["buf"]) + 1)
+        buf = state["buf"]
+        last = buf[-1].ts if not state.get("unsorted", True) else max(e.ts for e in buf)  # (in order: the last)
+        return self.advance(state, key, last + 1)
 
     @staticmethod
     def _without_repeats(state: dict, events: list[SyscallEvent]) -> list[SyscallEvent]:

@@ -315,16 +315,13 @@ class Stitcher:
                 late.append(e)
             else:
                 append(d)  # a duplicate (same node, n) sorts next to its original
-            n = e.n
-            if n > top:  # (a node's events come in n order, mostly: checked first)
-                if e.node == node:
-                    top = n
-                    continue
-            elif e.node == node:
-                continue
-            if node is not None and top > tops.get(node, -1):
-                tops[node] = top
-            node, top = e.node, n
+            if e.node == node:
+                if e.n > top:
+                    top = e.n
+            else:
+                if node is not None and top > tops.get(node, -1):
+                    tops[node] = top
+                node, top = e.node, e.n
         if node is not None and top > tops.get(node, -1):
             tops[node] = top
         nmax = state.get("nmax")
