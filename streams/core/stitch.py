@@ -385,15 +385,16 @@ class Stitcher:
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
-                prev = None
+                prev = prev_ts = None
                 apply = self._apply
                 for d in ready:
                     order = d.order  # (ts, node, n)
-                    if order == prev:
+                    ts = order[0]
+                    if ts == prev_ts and order == prev:  # (times compare for less than the tuples)
                         state["dups"] += 1  # at-least-once delivery: the same event again
                         continue
                     prev = order
-                    ts = order[0]
+                    prev_ts = ts
                     nxt = state["next"]
                     if nxt is not None and nxt <= ts:
                         self._fire_until(state, ts, out)  # timers due at or before e come first
