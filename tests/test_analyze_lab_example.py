@@ -94,3 +94,50 @@ def test_an_answered_request_whose_backend_is_not_linked_says_so():
     stages = [w[2] if w[0].startswith("+") else w[0] for w in words]  # ("+0.280 ms response ...")
     assert "backend" in stages and stages.index("backend") == stages.index("response") - 1
     assert "not linked (no accept with the client's address: masqueraded, or not captured)" in hairpin
+
+
+# What proves each alert is in its evidence: the failing event, not ndots' search expansions (the
+# first refs of a chain). (rule, Service) -> the event an SRE must see.
+PROOF = {
+    ("svc.backend_5xx", "my-nginx-503"): "client response",
+    ("svc.target_port_refused", "my-nginx-userspace-wrong-port"): "proxy dial ECONNREFUSED",
+    ("svc.target_port_refused", "my-nginx-wrong-port"): "client connect ECONNREFUSED",
+    ("svc.no_endpoints", "my-nginx-no-endpoints"): "client connect ECONNREFUSED",
+    ("svc.misrouted", "my-nginx-stale"): "backend response",
+    ("svc.translation_missing", "my-nginx-flushed"): "client connect",
+}
+
+
+@pytest.mark.parametrize("rule,service", sorted(PROOF))
+def test_an_alerts_evidence_holds_the_event_that_proves_it(analyzed, rule, service):
+    chains, alerts = analyzed
+    [alert] = [a for a in alerts if a["rule"] == rule and a["labels"]["service"] == service]
+    whats = [r["what"] for r in alert["evidence"]]
+    assert PROOF[rule, service] in whats, whats
+    [chain] = [c for c in chains if c["chain_id"] in alert["chain_ids"]]
+    assert whats[-1] == chain["evidence"][-1]["what"]  # both end where the request ended
+    assert whats[0].startswith("dns query")  # and begin where it began
+
+
+def test_a_dns_alert_cites_its_lookup_and_counts_search_expansions_by_name(analyzed):
+    """curl and the Go client ask A and AAAA of every name the search list makes: the alert counts
+    names, not answers (two NXDOMAIN answers per name)."""
+    _chains, alerts = analyzed
+    amplified = [a for a in alerts if a["rule"] == "dns.search_amplification"]
+    assert amplified
+    for a in amplified:
+        whats = [r["what"] for r in a["evidence"]]
+        assert all(w.startswith("dns ") for w in whats)
+        asked = {w.split()[2] for w in whats if w.startswith("dns query")}
+        qname = a["summary"].split()[0] + "."
+        expansions = len(asked - {qname})
+        assert expansions >= 3 and whats.count("dns answer NXDOMAIN") >= 2 * expansions
+        assert f": {expansions} search-list names answered NXDOMAIN first (ndots)" in a["summary"], a["summary"]
+
+
+def test_an_answer_that_is_a_nodes_address_is_named_so(analyzed):
+    """The host's resolver answering a cluster name with the node's own address: saying whose address
+    it is points at the resolver."""
+    _chains, alerts = analyzed
+    wrong = [a for a in alerts if a["rule"] == "dns.answer_not_service"]
+    assert wrong and all("(node lab-node's address)" in a["summary"] for a in wrong), [a["summary"] for a in wrong]

@@ -66,7 +66,8 @@ class Alerter:
         if cid in w["chains"]:
             return []  # at-least-once: the same chain's occurrence again
         if len(w["chains"]) < MAX_DEDUP:
-            w["chains"][cid] = [occ["ts"], occ["evidence"][:MAX_EVIDENCE]]
+            refs = occ["evidence"]  # the first and the last: where the request began and where it failed
+            w["chains"][cid] = [occ["ts"], refs if len(refs) <= MAX_EVIDENCE else [refs[0], *refs[1 - MAX_EVIDENCE:]]]
         else:
             w["extra"] += 1
         w["count"] += 1

@@ -36,7 +36,8 @@ CATALOGUE: tuple[Rule, ...] = (
          "{qname} {qtype} from {client} was retried {gap_ms} ms after an unanswered query (conntrack race)", None,
          "A query without answer, then the identical query ~5 s later: the resolver timeout after a lost UDP packet."),
     Rule("dns.search_amplification", "info", False, 600 * S,
-         "{qname} from {client} needed {queries} queries ({nxdomain} NXDOMAIN search expansions, ndots)", None,
+         "{qname} from {client} needed {queries} queries: {expansions} search-list names answered NXDOMAIN first"
+         " (ndots)", None,
          "Names with fewer dots than ndots are tried with every search suffix first."),
     Rule("dns.wrong_resolver", "critical", True, 300 * S,
          "{client} resolved {qname} with {resolver}, which is not the cluster DNS", None,
@@ -81,7 +82,7 @@ LATENCY_OBJECTIVES_NS: dict[str, int] = {
 
 # DNS heuristics used by the detectors.
 RETRY_GAP_NS = (4 * S, 7 * S)  # glibc's default resolver timeout is 5 s
-SEARCH_AMPLIFICATION_MIN_NXDOMAIN = 3
+SEARCH_AMPLIFICATION_MIN_EXPANSIONS = 3  # names tried before the one asked for (A and AAAA of one: one)
 
 
 class _Missing(dict):

@@ -203,6 +203,11 @@ class Stitcher:
             if "qd" not in next(iter(conns.values())):
                 Stitcher._requeue(state)
             state["conns"] = {k: Conn.from_dict(c) for k, c in conns.items()}
+            for conn in state["conns"].values():
+                if conn.dns is not None and "expansions" not in conn.dns:
+                    # a lookup summary written before expansions were counted by name: its NXDOMAIN
+                    # answers stand in (the rule's old measure), for the chains still open then
+                    conn.dns["expansions"] = conn.dns["nxdomain"]
 
     @staticmethod
     def _upgrade(state: dict) -> None:
@@ -873,6 +878,7 @@ class Stitcher:
         # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
         # and retries (a query asked again: its previous ask is the latest one of the same question)
         positive, answered, nx, refs, end = None, [], 0, [], qs[0]["ts"]
+        nx_names: set = set()  # the names answered NXDOMAIN (A and AAAA of one name: one expansion)
         last_ask: dict[tuple, dict] = {}
         retries, retry_gap = 0, None
         for i, q in enumerate(qs):
@@ -880,16 +886,16 @@ class Stitcher:
             if qts > end:
                 end = qts
             a = q["ans"]
-            if i < MAX_EVIDENCE // 2:
-                refs.append(q["ref"])
-                if a:
-                    refs.append(a["ref"])
+            refs.append(q["ref"])
+            if a:
+                refs.append(a["ref"])
             if a:
                 answered.append(q)
                 if a["ts"] > end:
                     end = a["ts"]
                 if a["rc"] == "NXDOMAIN":
                     nx += 1
+                    nx_names.add(q["qn"])
                 elif positive is None and a["rc"] == "NOERROR" and a["a"]:
                     positive = q
             k = (q["qn"], q["qt"])
@@ -925,6 +931,7 @@ class Stitcher:
             "ttl": positive["ans"]["ttl"] if positive else None,
             "latency_ns": (positive["ans"]["ts"] - qs[0]["ts"]) if positive else None,
             "retries": retries, "queries": len(qs), "nxdomain": nx, "answered": len(answered),
+            "expansions": len(nx_names - {final_name}),  # search-list names tried before the one asked for
             "retry_gap": retry_gap, "t0": qs[0]["ts"], "t1": end, "refs": refs,
             "a": lk["a"], "client": lk["client"],
         }
@@ -1458,6 +1465,8 @@ class Stitcher:
         alerts_ids = []
         breaks = False
         ev = _dedup_refs(evidence)
+        chain_ev = _first_and_last(ev, MAX_EVIDENCE)  # (records may share it)
+        dns_ev = _first_and_last(_dedup_refs(dnsx["refs"]), MAX_EVIDENCE) if dnsx else chain_ev
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
             breaks = breaks or rule.breaks
@@ -1465,7 +1474,7 @@ class Stitcher:
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
             occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid,
-                   "evidence": (_dedup_refs(extra + ev) if extra else ev)[:MAX_EVIDENCE], "vars": vars_,
+                   "evidence": dns_ev if extra is DNS_EVIDENCE else chain_ev, "vars": vars_,
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
         status = "incomplete" if incomplete else ("broken" if breaks else "ok")
@@ -1481,7 +1490,7 @@ class Stitcher:
             "response": response,
             "hops": hops,
             "alerts": alerts_ids,
-            "evidence": ev if len(ev) <= MAX_EVIDENCE else ev[:MAX_EVIDENCE],  # (records may share it)
+            "evidence": chain_ev,
         }
         out.append((CHAINS_TOPIC, cid, chain))
 
@@ -1506,7 +1515,7 @@ class Stitcher:
                 who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
                 base_vars = {"client": who, "namespace": client["namespace"], "service": None}
                 occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
-        ev = _dedup_refs(dnsx["refs"])
+        ev = _first_and_last(_dedup_refs(dnsx["refs"]), MAX_EVIDENCE)
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
@@ -1516,7 +1525,7 @@ class Stitcher:
                 alerts_ids.append(aid)
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab),
                         {"rule": rule_id, "labels": lab, "ts": dnsx["t1"], "chain_id": cid,
-                         "evidence": ev[:MAX_EVIDENCE], "vars": vars_, "in_cluster": bool(vars_.get("in_cluster"))}))
+                         "evidence": ev, "vars": vars_, "in_cluster": bool(vars_.get("in_cluster"))}))
         resp = None
         chain = {
             "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid,
@@ -1526,7 +1535,7 @@ class Stitcher:
             "translation": None, "backend": None, "response": resp,
             "hops": [] if dnsx["latency_ns"] is None else [
                 {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"], "latency_ns": dnsx["latency_ns"]}],
-            "alerts": alerts_ids, "evidence": ev[:MAX_EVIDENCE],
+            "alerts": alerts_ids, "evidence": ev,
         }
         out.append((CHAINS_TOPIC, cid, chain))
 
@@ -1543,7 +1552,7 @@ class Stitcher:
             found.append(("dns.nxdomain", None))
         if dnsx["retry_gap"] is not None:
             found.append(("dns.retry_5s", None))
-        if answers and dnsx["nxdomain"] >= R.SEARCH_AMPLIFICATION_MIN_NXDOMAIN:
+        if answers and dnsx["expansions"] >= R.SEARCH_AMPLIFICATION_MIN_EXPANSIONS:
             found.append(("dns.search_amplification", None))
         in_cluster = None
         resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
@@ -1562,7 +1571,8 @@ class Stitcher:
             if in_cluster:
                 for a in answers:
                     if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
-                        found.append(("dns.answer_not_service", a))
+                        node = idx.node_by_ip(a, t0)  # a node's own address: the host's resolver answered
+                        found.append(("dns.answer_not_service", a if node is None else f"{a} (node {node}'s address)"))
                         break
         return found
 
@@ -1574,7 +1584,8 @@ class Stitcher:
         labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pod_name,
                   "node": dnsx["client"]["node"]}
         v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx["qtype"], resolver=resolver,
-                 queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], in_cluster=in_cluster)
+                 queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], expansions=dnsx["expansions"],
+                 in_cluster=in_cluster)
         occs = []
         for rule, extra in found:
             if rule == "dns.retry_5s":
@@ -1584,7 +1595,7 @@ class Stitcher:
                 vars_ = dict(v, answer=extra)
             else:
                 vars_ = v
-            occs.append((rule, labels, vars_, []))
+            occs.append((rule, labels, vars_, DNS_EVIDENCE))
         return occs
 
 
@@ -1616,6 +1627,15 @@ def _trim_client(conn: Conn) -> None:
         reqs[:] = [r for r in reqs if not r[C_DONE]]
     if len(reqs) > MAX_REQS_KEPT:
         del reqs[:-MAX_REQS_KEPT]
+
+
+DNS_EVIDENCE: list = []  # (an occurrence whose evidence is its lookup's, not the whole chain's)
+
+
+def _first_and_last(refs: list, limit: int) -> list:
+    """At most `limit` refs, in order: the first (where the request began) and the last limit-1
+    (where it ended or failed). The first ones of a chain are often ndots' search expansions."""
+    return refs if len(refs) <= limit else [refs[0], *refs[len(refs) - limit + 1:]]
 
 
 def _dedup_refs(refs: list) -> list:
