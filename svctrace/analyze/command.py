@@ -265,18 +265,17 @@ def execute(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.summary and args.json:
         raise AnalyzeError("--summary is a text report; --json prints the records only")
     check_alert_options(args)
+    options = dict(cluster=args.cluster, skip_corrupt=args.skip_corrupt, progress_file=err,
+                   want_evidence=not (args.json or args.summary), want_chains=not (args.summary or args.alerts_only))
     if args.capture == "-":
-        return _execute_stdin(args, flt, out, err)
-    result = analyze(args.capture, cluster=args.cluster, skip_corrupt=args.skip_corrupt,
-                     progress_file=err, want_evidence=not (args.json or args.summary),
-                     want_chains=not (args.summary or args.alerts_only))
-    return output(args, result, flt, out, err)
+        return _execute_stdin(args, options, flt, out, err)
+    return output(args, analyze(args.capture, **options), flt, out, err)
 
 
 STDIN_NAME = "<stdin>"
 
 
-def _execute_stdin(args: argparse.Namespace, flt: Filter, out: TextIO, err: TextIO) -> int:
+def _execute_stdin(args: argparse.Namespace, options: dict, flt: Filter, out: TextIO, err: TextIO) -> int:
     """`ssh node cat x.scap | svctrace analyze -`: the stream is kept in a temporary file (the
     evidence of early alerts is read again at the end), named <stdin> in what is printed."""
     import shutil
@@ -288,9 +287,7 @@ def _execute_stdin(args: argparse.Namespace, flt: Filter, out: TextIO, err: Text
         with open(spooled, "wb") as f:
             shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
         try:
-            result = analyze(spooled, cluster=args.cluster, skip_corrupt=args.skip_corrupt, progress_file=err,
-                             want_evidence=not (args.json or args.summary),
-                             want_chains=not (args.summary or args.alerts_only))
+            result = analyze(spooled, **options)
         except AnalyzeError as e:
             raise AnalyzeError(str(e).replace(spooled, STDIN_NAME)) from None
         result.path = STDIN_NAME
