@@ -141,3 +141,16 @@ def test_an_answer_that_is_a_nodes_address_is_named_so(analyzed):
     _chains, alerts = analyzed
     wrong = [a for a in alerts if a["rule"] == "dns.answer_not_service"]
     assert wrong and all("(node lab-node's address)" in a["summary"] for a in wrong), [a["summary"] for a in wrong]
+
+
+def test_a_name_that_does_not_exist_reads_as_asked_and_timed(analyzed):
+    """curl asks A, then AAAA, of each name: the chain shows the type asked first, and how long the
+    resolver took to say NXDOMAIN (it said null: no positive answer)."""
+    chains, _alerts = analyzed
+    nx = [c for c in chains if (c.get("dns") or {}).get("rcode") == "NXDOMAIN"]
+    assert nx
+    for c in nx:
+        last_nx = max(r["ts"] for r in c["evidence"] if r["what"] == "dns answer NXDOMAIN")
+        first_query = min(r["ts"] for r in c["evidence"] if r["what"].startswith("dns query"))
+        assert c["dns"]["qtype"] == "A"
+        assert c["dns"]["latency_ns"] == last_nx - first_query > 0

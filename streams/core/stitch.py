@@ -920,7 +920,10 @@ class Stitcher:
         if srv is not None:
             refs.append(srv["ref"])
         return {
-            "qname": final_name, "qtype": (positive or final)["qt"], "resolver_ip": resolver,
+            # without a positive answer: the type first asked of the name (A, then AAAA: not the last asked)
+            "qname": final_name,
+            "qtype": positive["qt"] if positive else next(q["qt"] for q in qs if q["qn"] == final_name),
+            "resolver_ip": resolver,
             "resolver_port": final["sport"],
             "answered_by": ans["from"] if ans else None,
             "server": None if srv is None else {"node": srv["node"], "pid": srv["pid"], "comm": srv["comm"], "ip": srv["ip"],
@@ -930,6 +933,8 @@ class Stitcher:
             "cnames": list(positive["ans"]["cn"]) if positive else [],
             "ttl": positive["ans"]["ttl"] if positive else None,
             "latency_ns": (positive["ans"]["ts"] - qs[0]["ts"]) if positive else None,
+            # until the answer it ended with, positive or not (NXDOMAIN too): what the chain reports
+            "answer_ns": (ans["ts"] - qs[0]["ts"]) if ans else None,
             "retries": retries, "queries": len(qs), "nxdomain": nx, "answered": len(answered),
             "expansions": len(nx_names - {final_name}),  # search-list names tried before the one asked for
             "retry_gap": retry_gap, "t0": qs[0]["ts"], "t1": end, "refs": refs,
@@ -1700,4 +1705,5 @@ def _dns_out(dnsx: dict, index, ts: int) -> dict:
             "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
             "server": server, "rcode": dnsx["rcode"], "answers": dnsx["answers"],
             "cnames": [c.rstrip(".") for c in dnsx["cnames"]], "ttl": dnsx["ttl"],
-            "latency_ns": dnsx["latency_ns"], "retries": dnsx["retries"], "queries": max(1, dnsx["queries"])}
+            "latency_ns": dnsx["latency_ns"] if dnsx["latency_ns"] is not None else dnsx.get("answer_ns"),
+            "retries": dnsx["retries"], "queries": max(1, dnsx["queries"])}
