@@ -180,7 +180,7 @@ class Printer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from svctrace.analyze.command import Filter, check_alert_options, fails, parse_statuses
+    from svctrace.analyze.command import Filter, check_alert_options, parse_statuses
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
@@ -235,4 +235,4 @@ def run(args: argparse.Namespace) -> int:
             state.close()
     lost = f"; {live.drops} events lost in the kernel" if live.drops else ""
     print(f"{PROG}: stopped: {printer.totals()} printed{lost}", file=sys.stderr)
-    return 1 if any(fails(sev, args.fail_on) for sev in printer.severities) else 0
+    return 1 if any(printer.render.fails(sev, args.fail_on) for sev in printer.severities) else 0

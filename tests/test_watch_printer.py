@@ -81,7 +81,7 @@ def test_the_closing_line_counts_what_was_printed():
 
 
 def test_an_info_alert_is_one_line_and_warnings_keep_their_evidence():
-    from svctrace.analyze.command import fails
+    from svctrace.analyze.render import fails
 
     out = io.StringIO()
     printer = Printer(out, False, False, 6)

@@ -119,18 +119,6 @@ def check_alert_options(args: argparse.Namespace) -> None:
         raise AnalyzeError("--evidence must be 0 or more")
 
 
-def fails(severity: str | None, fail_on: str) -> bool:
-    """Whether an alert of `severity` makes the exit status 1 under --fail-on."""
-    if fail_on == "never":
-        return False
-    return render.SEVERITY_ORDER.get(severity, 9) <= render.SEVERITY_ORDER[fail_on]
-
-
-def failing(alerts, fail_on: str) -> list[dict]:
-    """The alerts that make the exit status 1 under --fail-on."""
-    return [a for a in alerts if fails(a.get("severity"), fail_on)]
-
-
 # --- ordering --------------------------------------------------------------------------
 def chain_order(c: dict):
     """In time order; the requests of one keep-alive connection (one start) in the order sent."""
@@ -309,4 +297,4 @@ def output(args: argparse.Namespace, result: Analysis, flt: Filter, out: TextIO,
         for warning in result.warnings:
             console.print(Line(f"  warning: {warning}", style="yellow"))
         print_report(console, result, chains, alerts, args, flt)
-    return 1 if failing(alerts, args.fail_on) else 0
+    return 1 if render.failing(alerts, args.fail_on) else 0

@@ -229,9 +229,7 @@ class Analysis:
             rows.append(("chains", f"{len(chains)}{of}: " + (render.counts(chains, lambda c: c["status"]) or "none shown")))
         else:
             rows.append(("chains", "no request chains found (DNS lookup → connect → response)"))
-        from svctrace.analyze.command import failing
-
-        status = f"exit status {1 if failing(alerts, fail_on) else 0}" + (
+        status = f"exit status {1 if render.failing(alerts, fail_on) else 0}" + (
             f", --fail-on {fail_on}" if fail_on != "warning" else "")
         if alerts:
             rows.append(("alerts", f"{len(alerts)}: " + render.counts(alerts, lambda a: a["severity"]) + f"  ({status})"))

@@ -25,6 +25,18 @@ DIM = "dim"
 STAGE_WIDTH = 10
 
 
+def fails(severity: str | None, fail_on: str) -> bool:
+    """Whether an alert of `severity` makes the exit status 1 under --fail-on (analyze's, watch's)."""
+    if fail_on == "never":
+        return False
+    return SEVERITY_ORDER.get(severity, 9) <= SEVERITY_ORDER[fail_on]
+
+
+def failing(alerts, fail_on: str) -> list[dict]:
+    """The alerts that make the exit status 1 under --fail-on."""
+    return [a for a in alerts if fails(a.get("severity"), fail_on)]
+
+
 class Line:
     """One output line as (text, style) pieces, built like rich's `Text` (a base style for
     the whole line, then appended pieces) but without its per-piece work: `plain` joins the
