@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 
+from svctrace import metrics_http
 from svctrace.logs import setup_logging
 
 log = logging.getLogger("svctrace.agent")
@@ -56,7 +57,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to keep publishing buffered events once stopped (or a replay ended); "
                         "what is left then is counted lost and the exit status is 1")
-    p.add_argument("--metrics-addr", default="127.0.0.1:9464",
+    p.add_argument("--metrics-addr", default="127.0.0.1:9464", type=metrics_http.addr_arg,
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
     p.add_argument("--metrics-port", type=int,
                    help="serve /metrics on all interfaces at this port (in a pod); overrides --metrics-addr")

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from svctrace import metrics_http
 from svctrace.logs import setup_logging
 from svctrace.streams.metadata.project import MetadataInputError
 
@@ -46,8 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="step down when the Lease could not be renewed for this long")
     ha.add_argument("--retry-period", type=float, default=2.0, metavar="S",
                     help="seconds between attempts to acquire or renew the Lease")
+    parser.add_argument("--metrics-addr", default="", metavar="HOST:PORT", type=metrics_http.addr_arg,
+                        help="serve Prometheus /metrics at this address, like the agent and the worker ('': off)")
     parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
-                        help="serve Prometheus metrics on this port (0: off)")
+                        help="serve /metrics on all interfaces at this port (in a pod); overrides --metrics-addr")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="log at debug level (default: $SVCTRACE_LOG_LEVEL, or info)")
 
@@ -91,9 +94,10 @@ def run(args) -> int:
     sink = _sink(args)
     metrics = Metrics()
     if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, registry=metrics.registry)
+        args.metrics_addr = f"0.0.0.0:{args.metrics_port}"
+    if args.metrics_addr:
+        _server, host, port = metrics_http.serve(metrics.registry, args.metrics_addr)
+        logging.getLogger("svctrace.metadata").info("metrics on http://%s:%d/metrics", host, port)
     try:
         if args.once:
             kinds = ["Namespace", "Node", "Service", endpoint_kind(api, args.endpoints), "Pod"]

@@ -44,7 +44,7 @@ def test_long_running_with_lease_metrics_and_clean_shutdown(apiserver, tmp_path)
     ns = apiserver.new_namespace("clilease")
     out, port = tmp_path / "objects.jsonl", _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "svctrace", "metadata", "--kubeconfig", apiserver.kubeconfig,
-                             "--output", str(out), "--metrics-port", str(port),
+                             "--output", str(out), "--metrics-addr", f"127.0.0.1:{port}",
                              "--lease-name", "svctrace-cli", "--lease-namespace", ns, "--lease-identity", "cli-1",
                              "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
