@@ -3,7 +3,9 @@ and resume to the same chains as an uninterrupted run.
 
 tests/core_states/stitch_dict_form.json holds the stitch stage's states of the scenario below,
 cut in the middle of a run, as the code at git 8810524 wrote them (every record a dict) with dumps_state;
-stitch_list_form.json the same cuts as the code at d66efa0 wrote them (a conn's records as lists)
+stitch_list_form.json the same cuts as the code at d66efa0 wrote them (a conn's records as lists),
+stitch_format3.json as the code at 5c3b3bb wrote them (checkpoint format 3: lookups, queries and
+DNS server records as dicts, timer queues of [deadline, key] lists)
 (`python -m tests.test_core_stitch_state <file>` writes them with the code at hand)."""
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 DICT_FORM = Path(__file__).parent / "core_states" / "stitch_dict_form.json"
 LIST_FORM = Path(__file__).parent / "core_states" / "stitch_list_form.json"
+FORMAT3 = Path(__file__).parent / "core_states" / "stitch_format3.json"
 
 
 def _traffic():
@@ -159,6 +162,22 @@ def test_list_form_states_resume_to_the_same_chains():
     for cut, raw_states in written.items():
         assert any(json.loads(raw)["conns"] for raw in raw_states.values())
         _assert_resumes(cluster, calls, whole, int(cut), raw_states)
+
+
+def test_format3_states_resume_to_the_same_chains():
+    """States as checkpoint format 3 wrote them (the last form before lookups became lists)."""
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    whole = _replay(Stitcher(cluster.index()), calls, {})
+    written = json.loads(FORMAT3.read_text())
+    held = {"conns": 0, "lk": 0, "dsrv": 0, "tq": 0, "lq": 0, "dq": 0}
+    for cut, raw_states in written.items():
+        for raw in raw_states.values():
+            st = json.loads(raw)
+            for what in held:
+                held[what] += len(st[what])
+        _assert_resumes(cluster, calls, whole, int(cut), raw_states)
+    assert all(held.values()), held  # every kind of record was held by some cut
 
 
 def test_checkpoints_are_written_as_the_list_form_was():
