@@ -63,7 +63,7 @@ def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_r
         with pytest.raises(CheckpointFormatError) as e:
             loads(_newer(raw, version))
         assert e.value.found == version
-        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3" in str(e.value)
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4" in str(e.value)
 
 
 def test_a_format_field_elsewhere_than_first_is_checked_too():
@@ -82,13 +82,13 @@ def test_the_stage_shell_names_the_record_it_cannot_read_and_restores_the_ones_i
     shell = StageShell(None, "enrich", op, table, 1, 0)
     assert shell.state(node)["wm"] == st["wm"] and list(shell.part_meta(0)["keys"]) == [node]
 
-    table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), 4)
-    table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), 4)
+    table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), 5)
+    table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), 5)
     successor = StageShell(None, "enrich", op, table, 1, 0)
     for load, key in ((lambda: successor.state(node), node), (lambda: successor.part_meta(0), "#0")):
         with pytest.raises(CheckpointFormatError) as e:
             load()
-        assert f"key {key!r} in changelog app-enrich-state-changelog has checkpoint format 4" in str(e.value)
+        assert f"key {key!r} in changelog app-enrich-state-changelog has checkpoint format 5" in str(e.value)
     assert successor.live == {} and successor.meta == {}
 
 
@@ -149,7 +149,7 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
     written = [r for r in kafka.run(_read_topic(kafka.bootstrap, changelog)) if r.value is not None]
     assert written and {format_of(r.value) for r in written} == {CHECKPOINT_FORMAT}
     entry = [r for r in written if r.key.startswith(b"#")][-1]  # a syscalls partition's progress entry
-    kafka.run(_send(kafka.bootstrap, changelog, entry.partition, entry.key, _newer(entry.value, 4)))
+    kafka.run(_send(kafka.bootstrap, changelog, entry.partition, entry.key, _newer(entry.value, 5)))
 
     again = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="again", idle_flush=30.0).start()
     try:
@@ -157,8 +157,8 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
         log = again.log_path.read_text(errors="replace")
         assert status == 1, again.log_tail()
         [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
-        assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format 4" in line
-        assert "this worker reads formats 1, 2, 3" in line and "Roll forward" in line
+        assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format 5" in line
+        assert "this worker reads formats 1, 2, 3, 4" in line and "Roll forward" in line
         assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
     finally:
         again.kill()

@@ -84,6 +84,37 @@ C_INDEX, C_TS, C_METHOD, C_TARGET, C_HOST, C_SENT, C_RECEIVED, C_RESPONSE_TS, C_
 #   D_TS                               when it dialed
 #   D_RESULT, D_ERRNO                  the connect's result and errno name (EINPROGRESS: see _connect_result)
 D_NODE, D_PID, D_COMM, D_FD, D_BACKEND_IP, D_BACKEND_PORT, D_LOCAL_IP, D_LOCAL_PORT, D_TS, D_RESULT, D_ERRNO = range(11)
+# A DNS lookup (state["lk"][lkey] lists them), L_*
+#   L_ANCHOR       [node, n] of its first query (its chain id's anchor when it is emitted alone)
+#   L_SEQ          its number (creation order: st["lq"] entries name it by this)
+#   L_T0, L_T1     its first and last event time
+#   L_QUERIES      its queries, Q_* records (bounded)
+#   L_NAMES        the names asked (search expansions), in order
+#   L_RESOLVED     when its first positive answer came (None: not yet)
+#   L_CLAIMED      how many connections claimed it (their connect went to an answer)
+#   L_CLIENT       the asking process and endpoint (a dict: a lookup summary's "client")
+L_ANCHOR, L_SEQ, L_T0, L_T1, L_QUERIES, L_NAMES, L_RESOLVED, L_CLAIMED, L_CLIENT = range(9)
+# a query of a lookup, Q_*
+#   Q_ID, Q_NAME, Q_TYPE       the message's id and question
+#   Q_TS                       when it was sent
+#   Q_ENDPOINT                 the asking socket's endpoint_key
+#   Q_SERVER, Q_SERVER_PORT    where it was sent
+#   Q_REF                      its event ref
+#   Q_ANSWER                   its answer, N_* record (None: not yet)
+Q_ID, Q_NAME, Q_TYPE, Q_TS, Q_ENDPOINT, Q_SERVER, Q_SERVER_PORT, Q_REF, Q_ANSWER = range(9)
+# an answer, N_*
+#   N_TS, N_RCODE                       when it came and its rcode
+#   N_ADDRESSES, N_CNAMES, N_TTL        its A/AAAA addresses, CNAME chain and smallest TTL
+#   N_FROM                              who sent it
+#   N_REF                               its event ref
+N_TS, N_RCODE, N_ADDRESSES, N_CNAMES, N_TTL, N_FROM, N_REF = range(7)
+# what a DNS server saw of a query (state["dsrv"]["client ep|id"]), S_*
+#   S_TS                                     when it got the query
+#   S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID   the server process and endpoint
+#   S_REF                                    its event ref
+S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
+# The form of the state's records and queues (state["v"]); states without it are upgraded.
+STATE_FORM = 4
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -181,16 +212,17 @@ class Stitcher:
 
     @staticmethod
     def new_state() -> dict:
-        return {"wm": 0, "buf": [], "conns": {}, "lk": {}, "dsrv": {}, "lost": [],
+        return {"v": STATE_FORM, "wm": 0, "buf": [], "conns": {}, "lk": {},
+                "dsrv": {},  # DNS servers' records (S_*), in time order: trimmed from the front
+                "lost": [],
                 "next": None, "late": 0, "dups": 0,
                 "nmax": {},  # node -> the highest n of its events seen: a late event below it is a redelivery
                 "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
                 "seq": 0,  # conns are numbered in creation order (conn.seq): timers handle them in that order
-                # lookups: "lks" numbers the keys of "lk" in creation order, lk["ls"] each lookup;
-                # "lq" min-heap of [expiry, ls, lkey] (each lookup has an entry <= its expiry);
+                # lookups (L_* records): "lks" numbers the keys of "lk" in creation order, L_SEQ each
+                # lookup; "lq" min-heap of [expiry, L_SEQ, lkey] (each lookup has an entry <= its expiry);
                 # "lke" keys whose (empty) list an unmatched answer created: dropped at the next pass
-                "lks": {}, "lq": [], "lke": [],
-                "dq": []}  # min-heap of [ts, key] of "dsrv" entries: expiry without scanning them all
+                "lks": {}, "lq": [], "lke": []}
 
     @staticmethod
     def _upgrade_older(state: dict) -> None:
@@ -198,6 +230,8 @@ class Stitcher:
         earlier version (no timer queue; no conn["qd"]; dict records): conns become Conns."""
         if "tq" not in state:
             Stitcher._upgrade(state)
+        if state.get("v") != STATE_FORM:
+            Stitcher._upgrade_dns_records(state)
         conns = state["conns"]
         if conns and next(iter(conns.values())).__class__ is dict:
             if "qd" not in next(iter(conns.values())):
@@ -228,8 +262,24 @@ class Stitcher:
             seq += 1
         heapify(state["lq"])
         state["seq"] = seq
-        state["dq"] = [[v["ts"], k] for k, v in state["dsrv"].items()]
-        heapify(state["dq"])
+
+    @staticmethod
+    def _upgrade_dns_records(state: dict) -> None:
+        """A state written before form 4 (checkpoint formats 1-3): lookups, queries, answers and
+        DNS server records were dicts, and "dq" a heap of the server records' times."""
+        for lookups in state["lk"].values():
+            lookups[:] = [lk if lk.__class__ is list else [
+                lk["a"], lk["ls"], lk["t0"], lk["t1"],
+                [[q["id"], q["qn"], q["qt"], q["ts"], q["ep"], q["srv"], q["sport"], q["ref"], None if q["ans"] is None else
+                  [q["ans"]["ts"], q["ans"]["rc"], q["ans"]["a"], q["ans"]["cn"], q["ans"]["ttl"], q["ans"]["from"],
+                   q["ans"]["ref"]]] for q in lk["q"]],
+                lk["qnames"], lk["res"], lk["claimed"], lk["client"]] for lk in lookups]
+        records = [(k, v if v.__class__ is list else [v["ts"], v["node"], v["pid"], v["comm"], v["ip"], v["port"],
+                                                        v["container_id"], v["ref"]]) for k, v in state["dsrv"].items()]
+        records.sort(key=lambda kv: kv[1][S_TS])  # (stable) the order a time-ordered trim needs
+        state["dsrv"] = dict(records)
+        state.pop("dq", None)
+        state["v"] = STATE_FORM
 
     @staticmethod
     def _requeue(state: dict) -> None:
@@ -279,6 +329,7 @@ class Stitcher:
         """A durable state (or a full one) -> a state process/advance take."""
         state = self.new_state()
         state.update(durable)
+        state["v"] = durable.get("v")  # (none: an older form, upgraded below)
         if "buf" not in durable:
             state["buf"] = []
         self._upgrade_older(state)
@@ -382,7 +433,7 @@ class Stitcher:
             return out
         state["wm"] = max(state["wm"], watermark_ns)
         conns = state["conns"]
-        if "tq" not in state or (conns and next(iter(conns.values())).__class__ is not Conn):
+        if state.get("v") != STATE_FORM or (conns and next(iter(conns.values())).__class__ is not Conn):
             self._upgrade_older(state)  # a state read from JSON (or written earlier) not given to restore
         buf = state["buf"]
         if buf:
@@ -786,10 +837,11 @@ class Stitcher:
                 pport = e.remote_port or e.addr_port
                 # the peer's endpoint_key, inline
                 k = f"[{pip}]:{pport}|{qid}" if pip and ":" in pip else f"{pip}:{pport}|{qid}"
-                st["dsrv"][k] = {"ts": e.ts, "node": e.node, "pid": e.pid, "comm": e.comm,
-                                 "ip": e.local_ip, "port": e.local_port,
-                                 "container_id": e.container_id, "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}}
-                heappush(st["dq"], [e.ts, k])
+                dsrv = st["dsrv"]
+                if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
+                    del dsrv[k]
+                dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
+                           {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}]  # S_*
                 if st["next"] is None:
                     st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
@@ -808,14 +860,13 @@ class Stitcher:
         ts = e.ts
         if not msg.is_response:
             cur = lookups[-1] if lookups else None
-            if cur is not None and (ts - cur["t1"] > self.lookup_timeout_ns or (
-                    cur["res"] is not None and not (msg.qname in cur["qnames"] and ts - cur["res"] < S))):
+            if cur is not None and (ts - cur[L_T1] > self.lookup_timeout_ns or (
+                    cur[L_RESOLVED] is not None and not (msg.qname in cur[L_NAMES] and ts - cur[L_RESOLVED] < S))):
                 cur = None
             if cur is None:
-                cur = {"a": [e.node, e.n], "ls": st["seq"], "t0": ts, "t1": ts, "q": [], "qnames": [], "res": None,
-                       "claimed": 0, "client": {"node": e.node, "pid": e.pid, "comm": e.comm,
-                                                "container_id": e.container_id, "ip": ip,
-                                                "port": e.local_port, "flow": d.flow}}
+                cur = [[e.node, e.n], st["seq"], ts, ts, [], [], None, 0,
+                       {"node": e.node, "pid": e.pid, "comm": e.comm, "container_id": e.container_id, "ip": ip,
+                        "port": e.local_port, "flow": d.flow}]  # L_*
                 lookups.append(cur)
                 dl = ts + self.lookup_timeout_ns
                 heappush(st["lq"], [dl, st["seq"], lkey])
@@ -823,32 +874,33 @@ class Stitcher:
                     st["next"] = dl  # (a bucket of lookups alone has no other timer to pass it)
                 st["seq"] += 1
                 del lookups[:-8]
-            cur["t1"] = ts
-            if msg.qname not in cur["qnames"]:
-                cur["qnames"].append(msg.qname)
-            if len(cur["q"]) < MAX_QUERIES:
-                cur["q"].append({"id": qid, "qn": msg.qname, "qt": msg.qtype, "ts": ts, "ep": ep,
-                                 "srv": e.addr_ip or e.remote_ip,
-                                 "sport": e.addr_port or e.remote_port,
-                                 "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": f"dns query {msg.qname} {msg.qtype}"}, "ans": None})
+            cur[L_T1] = ts
+            names = cur[L_NAMES]
+            if msg.qname not in names:
+                names.append(msg.qname)
+            qs = cur[L_QUERIES]
+            if len(qs) < MAX_QUERIES:
+                qs.append([qid, msg.qname, msg.qtype, ts, ep, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
+                           {"node": e.node, "n": e.n, "ts": ts, "what": f"dns query {msg.qname} {msg.qtype}"}, None])  # Q_*
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
             # paired by client endpoint, server and id (a resolver ignores answers from elsewhere);
             # the latest ask first: glibc retransmits with the same id after its timeout, and an
             # answer then answers the retransmission (the first ask stays unanswered: a 5 s retry)
-            for q in reversed(lk["q"]):
-                if q["ep"] == ep and q["id"] == qid and q["ans"] is None and q["qn"] == msg.qname and (
-                        src is None or q["srv"] in (None, src)):
+            for q in reversed(lk[L_QUERIES]):
+                if q[Q_ENDPOINT] == ep and q[Q_ID] == qid and q[Q_ANSWER] is None and q[Q_NAME] == msg.qname and (
+                        src is None or q[Q_SERVER] in (None, src)):
                     break
             else:
                 continue
-            q["ans"] = {"ts": ts, "rc": msg.rcode, "a": list(msg.answers), "cn": list(msg.cnames), "ttl": msg.ttl,
-                        "from": e.addr_ip or e.remote_ip,
-                        "ref": {"node": e.node, "n": e.n, "ts": e.ts, "what": f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip()}}
-            lk["t1"] = max(lk["t1"], ts)
-            if msg.rcode == "NOERROR" and msg.answers and lk["res"] is None:
-                lk["res"] = ts
+            q[Q_ANSWER] = [ts, msg.rcode, list(msg.answers), list(msg.cnames), msg.ttl, src,
+                           {"node": e.node, "n": e.n, "ts": ts,
+                            "what": f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip()}]  # N_*
+            if ts > lk[L_T1]:
+                lk[L_T1] = ts
+            if msg.rcode == "NOERROR" and msg.answers and lk[L_RESOLVED] is None:
+                lk[L_RESOLVED] = ts
             return
 
     def _claim_lookup(self, st: dict, conn: Conn, d: EnrichedEvent, aip: str | None) -> dict | None:
@@ -860,85 +912,87 @@ class Stitcher:
             return None
         ts = e.ts
         for lk in reversed(lookups):
-            if lk["res"] is None or ts - lk["res"] > self.lookup_timeout_ns:
+            res = lk[L_RESOLVED]
+            if res is None or ts - res > self.lookup_timeout_ns:
                 continue
-            answers = [a for q in lk["q"] if q["ans"] for a in q["ans"]["a"]]
+            answers = [a for q in lk[L_QUERIES] if q[Q_ANSWER] for a in q[Q_ANSWER][N_ADDRESSES]]
             match = aip in answers
             if not match:
                 match = any(set(answers).intersection(sv.cluster_ips)
                             for sv in self.index.services_for_endpoint(aip, None, ts))
             if match:
-                lk["claimed"] += 1
+                lk[L_CLAIMED] += 1
                 conn.dns = self._dns_summary(st, lk)
                 return conn.dns
         return None
 
-    def _dns_summary(self, st: dict, lk: dict) -> dict:
-        qs = lk["q"]
+    def _dns_summary(self, st: dict, lk: list) -> dict:
+        qs = lk[L_QUERIES]
+        t0 = qs[0][Q_TS]
         # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
         # and retries (a query asked again: its previous ask is the latest one of the same question)
-        positive, answered, nx, refs, end = None, [], 0, [], qs[0]["ts"]
+        positive, answered, nx, refs, end = None, [], 0, [], t0
         nx_names: set = set()  # the names answered NXDOMAIN (A and AAAA of one name: one expansion)
-        last_ask: dict[tuple, dict] = {}
+        last_ask: dict[tuple, list] = {}
         retries, retry_gap = 0, None
-        for i, q in enumerate(qs):
-            qts = q["ts"]
+        for q in qs:
+            qts = q[Q_TS]
             if qts > end:
                 end = qts
-            a = q["ans"]
-            refs.append(q["ref"])
+            a = q[Q_ANSWER]
+            refs.append(q[Q_REF])
             if a:
-                refs.append(a["ref"])
-            if a:
+                refs.append(a[N_REF])
                 answered.append(q)
-                if a["ts"] > end:
-                    end = a["ts"]
-                if a["rc"] == "NXDOMAIN":
+                if a[N_TS] > end:
+                    end = a[N_TS]
+                if a[N_RCODE] == "NXDOMAIN":
                     nx += 1
-                    nx_names.add(q["qn"])
-                elif positive is None and a["rc"] == "NOERROR" and a["a"]:
+                    nx_names.add(q[Q_NAME])
+                elif positive is None and a[N_RCODE] == "NOERROR" and a[N_ADDRESSES]:
                     positive = q
-            k = (q["qn"], q["qt"])
+            k = (q[Q_NAME], q[Q_TYPE])
             prev = last_ask.get(k)
             # a retry: the same question again on the same socket, or after a resolver timeout
             # (two threads asking at once from two sockets are not retrying)
-            if prev is not None and (prev["ep"] == q["ep"] or qts - prev["ts"] >= S):
+            if prev is not None and (prev[Q_ENDPOINT] == q[Q_ENDPOINT] or qts - prev[Q_TS] >= S):
                 retries += 1
-                gap = qts - prev["ts"]
-                if prev["ans"] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
-                    retry_gap = [q["qn"], q["qt"], gap]
+                gap = qts - prev[Q_TS]
+                if prev[Q_ANSWER] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
+                    retry_gap = [q[Q_NAME], q[Q_TYPE], gap]
             last_ask[k] = q
         final = positive or (answered[-1] if answered else qs[-1])
         if positive is None:
             # The name the application asked for is the shortest one tried.
-            final_name = min((q["qn"] for q in qs), key=lambda n: (n.count("."), n))
+            final_name = min((q[Q_NAME] for q in qs), key=lambda n: (n.count("."), n))
         else:
-            final_name = positive["qn"]
-        ans = final["ans"]
-        resolver = final["srv"]
-        srv = st["dsrv"].get(f'{final["ep"]}|{final["id"]}')
+            final_name = positive[Q_NAME]
+        ans = final[Q_ANSWER]
+        srv = st["dsrv"].get(f'{final[Q_ENDPOINT]}|{final[Q_ID]}')
         if srv is not None:
-            refs.append(srv["ref"])
+            refs.append(srv[S_REF])
+        pa = positive[Q_ANSWER] if positive else None
         return {
             # without a positive answer: the type first asked of the name (A, then AAAA: not the last asked)
             "qname": final_name,
-            "qtype": positive["qt"] if positive else next(q["qt"] for q in qs if q["qn"] == final_name),
-            "resolver_ip": resolver,
-            "resolver_port": final["sport"],
-            "answered_by": ans["from"] if ans else None,
-            "server": None if srv is None else {"node": srv["node"], "pid": srv["pid"], "comm": srv["comm"], "ip": srv["ip"],
-                                                "port": srv["port"], "container_id": srv["container_id"]},
-            "rcode": ans["rc"] if ans else None,
-            "answers": list(positive["ans"]["a"]) if positive else [],
-            "cnames": list(positive["ans"]["cn"]) if positive else [],
-            "ttl": positive["ans"]["ttl"] if positive else None,
-            "latency_ns": (positive["ans"]["ts"] - qs[0]["ts"]) if positive else None,
+            "qtype": positive[Q_TYPE] if positive else next(q[Q_TYPE] for q in qs if q[Q_NAME] == final_name),
+            "resolver_ip": final[Q_SERVER],
+            "resolver_port": final[Q_SERVER_PORT],
+            "answered_by": ans[N_FROM] if ans else None,
+            "server": None if srv is None else {"node": srv[S_NODE], "pid": srv[S_PID], "comm": srv[S_COMM],
+                                                "ip": srv[S_IP], "port": srv[S_PORT],
+                                                "container_id": srv[S_CONTAINER_ID]},
+            "rcode": ans[N_RCODE] if ans else None,
+            "answers": list(pa[N_ADDRESSES]) if pa else [],
+            "cnames": list(pa[N_CNAMES]) if pa else [],
+            "ttl": pa[N_TTL] if pa else None,
+            "latency_ns": (pa[N_TS] - t0) if pa else None,
             # until the answer it ended with, positive or not (NXDOMAIN too): what the chain reports
-            "answer_ns": (ans["ts"] - qs[0]["ts"]) if ans else None,
+            "answer_ns": (ans[N_TS] - t0) if ans else None,
             "retries": retries, "queries": len(qs), "nxdomain": nx, "answered": len(answered),
             "expansions": len(nx_names - {final_name}),  # search-list names tried before the one asked for
-            "retry_gap": retry_gap, "t0": qs[0]["ts"], "t1": end, "refs": refs,
-            "a": lk["a"], "client": lk["client"],
+            "retry_gap": retry_gap, "t0": t0, "t1": end, "refs": refs,
+            "a": lk[L_ANCHOR], "client": lk[L_CLIENT],
         }
 
     # timers ------------------------------------------------------------------------
@@ -1024,15 +1078,22 @@ class Stitcher:
             dl = lq[0][0]
             nxt = dl if nxt is None or dl < nxt else nxt
         horizon = now - self.lookup_timeout_ns - self.idle_ns
-        if final:
-            st["dsrv"], st["dq"] = {}, []
-        else:
-            dsrv, dq = st["dsrv"], st["dq"]
-            while dq and dq[0][0] < horizon:
-                k = heappop(dq)[1]
-                v = dsrv.get(k)
-                if v is not None and v["ts"] < horizon:
-                    del dsrv[k]
+        dsrv = st["dsrv"]
+        if dsrv:
+            if final:
+                st["dsrv"] = {}
+            else:  # in time order (see _apply_dns): the expired ones lead
+                old = None
+                for k, v in dsrv.items():
+                    if v[S_TS] >= horizon:
+                        break
+                    if old is None:
+                        old = [k]
+                    else:
+                        old.append(k)
+                if old is not None:
+                    for k in old:
+                        del dsrv[k]
         if final:
             st["lost"] = []
         elif st["lost"]:
@@ -1049,32 +1110,32 @@ class Stitcher:
         due: list[tuple[int, int, str, dict]] = []
         if final:
             for lkey, lookups in lk_by_key.items():
-                due += [(lks[lkey], lk["ls"], lkey, lk) for lk in lookups]
+                due += [(lks[lkey], lk[L_SEQ], lkey, lk) for lk in lookups]
             lq.clear()
         else:
             while lq and lq[0][0] <= now:
                 _dl, ls, lkey = heappop(lq)
                 lk = None
                 for x in lk_by_key.get(lkey, ()):
-                    if x["ls"] == ls:
+                    if x[L_SEQ] == ls:
                         lk = x
                         break
                 if lk is None:
                     continue  # already gone (trimmed, or expired through another entry)
-                if now >= lk["t1"] + timeout:
+                if now >= lk[L_T1] + timeout:
                     due.append((lks[lkey], ls, lkey, lk))
                 else:
-                    heappush(lq, [lk["t1"] + timeout, ls, lkey])  # its last query came later
+                    heappush(lq, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
             if len(due) > 1:
                 due.sort(key=lambda x: (x[0], x[1]))
         for _ks, _ls, lkey, lk in due:
-            if not lk["claimed"]:
+            if not lk[L_CLAIMED]:
                 # at end of input, a query younger than the resolver timeout may still be answered
-                cut = final and any(q["ans"] is None and now - q["ts"] < R.RETRY_GAP_NS[0] for q in lk["q"])
+                cut = final and any(q[Q_ANSWER] is None and now - q[Q_TS] < R.RETRY_GAP_NS[0] for q in lk[L_QUERIES])
                 try:
                     self._emit_lookup(st, lk, out, final=cut)
                 except Exception as exc:
-                    out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk["t1"]))
+                    out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk[L_T1]))
             lookups = lk_by_key[lkey]
             lookups.remove(lk)
             if not lookups:
@@ -1092,13 +1153,13 @@ class Stitcher:
             dl, ls, lkey = lq[0]
             lk = None
             for x in lk_by_key.get(lkey, ()):
-                if x["ls"] == ls:
+                if x[L_SEQ] == ls:
                     lk = x
                     break
             if lk is None:
                 heappop(lq)
                 continue
-            actual = lk["t1"] + timeout
+            actual = lk[L_T1] + timeout
             if actual == dl:
                 break
             heapreplace(lq, [actual, ls, lkey])
@@ -1499,10 +1560,11 @@ class Stitcher:
         }
         out.append((CHAINS_TOPIC, cid, chain))
 
-    def _emit_lookup(self, st: dict, lk: dict, out: list, final: bool) -> None:
+    def _emit_lookup(self, st: dict, lk: list, out: list, final: bool) -> None:
         dnsx = self._dns_summary(st, lk)
         cl = dnsx["client"]
-        cid = chain_id(lk["a"][0], lk["a"][1], endpoint_key(cl["ip"], cl["port"]), 0)
+        anchor = lk[L_ANCHOR]
+        cid = chain_id(anchor[0], anchor[1], endpoint_key(cl["ip"], cl["port"]), 0)
         client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
                                                 cl["container_id"])
         # without a positive answer it waited for one until its timeout: a loss on its node until

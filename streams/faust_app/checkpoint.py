@@ -4,7 +4,7 @@ A stage's changelog holds two kinds of records, both JSON objects: a key's opera
 (op.durable(state), dumps_state) and a partition's progress entry ("#<partition>": its keys,
 clocks and upstream progress). Each record written here starts with its format version:
 
-    {"checkpoint_format":3, ...the state's own fields...}
+    {"checkpoint_format":4, ...the state's own fields...}
 
 so a worker can tell a record it cannot read from one it can, instead of misreading it. Records
 without the field are format 1: every record written before versions were (their content is
@@ -30,9 +30,11 @@ FORMAT_FIELD = "checkpoint_format"
 UNVERSIONED = 1  # records without FORMAT_FIELD
 # What this worker writes. 3: the stitch state's `lost` may hold [node, ts, count, since_ns] (loss
 # markers with their window) and the enrich state has `wlost`: a format-2 reader would misread them.
-# Formats 1 and 2 hold the same layouts minus those and load as they are.
-CHECKPOINT_FORMAT = 3
-READABLE = frozenset({UNVERSIONED, 2, CHECKPOINT_FORMAT})
+# Formats 1 and 2 hold the same layouts minus those and load as they are. 4: the stitch state's DNS
+# lookups, queries, answers and servers' records are lists (its "v": 4), no "dq" queue; Stitcher.restore
+# upgrades formats 1-3.
+CHECKPOINT_FORMAT = 4
+READABLE = frozenset({UNVERSIONED, 2, 3, CHECKPOINT_FORMAT})
 
 # The version, written first: read without parsing the record (which a newer format may not allow).
 _LEADING_FORMAT = re.compile(rb'\{"checkpoint_format":([^,}]*)[,}]')
