@@ -113,6 +113,22 @@ N_TS, N_RCODE, N_ADDRESSES, N_CNAMES, N_TTL, N_FROM, N_REF = range(7)
 #   S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID   the server process and endpoint
 #   S_REF                                    its event ref
 S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
+# the summary of a DNS lookup (conn.dns: the lookup a connection claimed; _dns_summary), DX_*
+#   DX_QNAME, DX_QTYPE                 the name asked for (the positive answer's, else the shortest tried)
+#   DX_RESOLVER_IP, DX_RESOLVER_PORT   where its final query went
+#   DX_ANSWERED_BY                     who answered it (None: nobody)
+#   DX_SERVER                          the DNS server's S_* record of it (None: not seen)
+#   DX_RCODE, DX_ANSWERS, DX_CNAMES, DX_TTL   the answer it ended with (addresses etc.: the positive one's)
+#   DX_LATENCY_NS                      first query to the positive answer (None: none)
+#   DX_ANSWER_NS                       first query to the answer it ended with, positive or not
+#   DX_RETRIES, DX_QUERIES, DX_NXDOMAIN, DX_ANSWERED, DX_EXPANSIONS   counts (expansions: search-list names)
+#   DX_RETRY_GAP                       [qname, qtype, gap] of a retry after the resolver timeout, or None
+#   DX_T0, DX_T1                       its first and last event time
+#   DX_REFS                            its event refs
+#   DX_ANCHOR, DX_CLIENT               the lookup's L_ANCHOR and L_CLIENT
+(DX_QNAME, DX_QTYPE, DX_RESOLVER_IP, DX_RESOLVER_PORT, DX_ANSWERED_BY, DX_SERVER, DX_RCODE, DX_ANSWERS, DX_CNAMES,
+ DX_TTL, DX_LATENCY_NS, DX_ANSWER_NS, DX_RETRIES, DX_QUERIES, DX_NXDOMAIN, DX_ANSWERED, DX_EXPANSIONS, DX_RETRY_GAP,
+ DX_T0, DX_T1, DX_REFS, DX_ANCHOR, DX_CLIENT) = range(23)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 4
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
@@ -238,10 +254,8 @@ class Stitcher:
                 Stitcher._requeue(state)
             state["conns"] = {k: Conn.from_dict(c) for k, c in conns.items()}
             for conn in state["conns"].values():
-                if conn.dns is not None and "expansions" not in conn.dns:
-                    # a lookup summary written before expansions were counted by name: its NXDOMAIN
-                    # answers stand in (the rule's old measure), for the chains still open then
-                    conn.dns["expansions"] = conn.dns["nxdomain"]
+                if conn.dns.__class__ is dict:
+                    conn.dns = _summary_from_dict(conn.dns)
 
     @staticmethod
     def _upgrade(state: dict) -> None:
@@ -724,7 +738,7 @@ class Stitcher:
             conn.svc = _svc(sv, sp, aip, aport, "vip")
             return
         if lookup is not None:
-            answers = set(lookup["answers"])
+            answers = set(lookup[DX_ANSWERS])
             for sv in idx.services_for_endpoint(aip, aport, ts):
                 if answers.intersection(sv.cluster_ips):
                     vip = next(ip for ip in sv.cluster_ips if ip in answers)
@@ -734,7 +748,7 @@ class Stitcher:
             if aip in answers:
                 # a headless Service (no ClusterIP): its name resolves to its endpoints, and the
                 # client connects to one itself; nothing translates
-                named = service_of_name(lookup["qname"])
+                named = service_of_name(lookup[DX_QNAME])
                 for sv in idx.services_for_endpoint(aip, aport, ts):
                     if not sv.cluster_ips and (sv.namespace, sv.name) == named:
                         conn.svc = _svc(sv, _port_for_target(sv, aport), None, aport, "headless")
@@ -926,7 +940,7 @@ class Stitcher:
                 return conn.dns
         return None
 
-    def _dns_summary(self, st: dict, lk: list) -> dict:
+    def _dns_summary(self, st: dict, lk: list) -> list:
         qs = lk[L_QUERIES]
         t0 = qs[0][Q_TS]
         # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
@@ -972,28 +986,21 @@ class Stitcher:
         if srv is not None:
             refs.append(srv[S_REF])
         pa = positive[Q_ANSWER] if positive else None
-        return {
+        return [  # DX_*
+            final_name,
             # without a positive answer: the type first asked of the name (A, then AAAA: not the last asked)
-            "qname": final_name,
-            "qtype": positive[Q_TYPE] if positive else next(q[Q_TYPE] for q in qs if q[Q_NAME] == final_name),
-            "resolver_ip": final[Q_SERVER],
-            "resolver_port": final[Q_SERVER_PORT],
-            "answered_by": ans[N_FROM] if ans else None,
-            "server": None if srv is None else {"node": srv[S_NODE], "pid": srv[S_PID], "comm": srv[S_COMM],
-                                                "ip": srv[S_IP], "port": srv[S_PORT],
-                                                "container_id": srv[S_CONTAINER_ID]},
-            "rcode": ans[N_RCODE] if ans else None,
-            "answers": list(pa[N_ADDRESSES]) if pa else [],
-            "cnames": list(pa[N_CNAMES]) if pa else [],
-            "ttl": pa[N_TTL] if pa else None,
-            "latency_ns": (pa[N_TS] - t0) if pa else None,
+            positive[Q_TYPE] if positive else next(q[Q_TYPE] for q in qs if q[Q_NAME] == final_name),
+            final[Q_SERVER], final[Q_SERVER_PORT], ans[N_FROM] if ans else None,
+            srv,  # (records are replaced, never mutated: shared)
+            ans[N_RCODE] if ans else None,
+            list(pa[N_ADDRESSES]) if pa else [], list(pa[N_CNAMES]) if pa else [], pa[N_TTL] if pa else None,
+            (pa[N_TS] - t0) if pa else None,
             # until the answer it ended with, positive or not (NXDOMAIN too): what the chain reports
-            "answer_ns": (ans[N_TS] - t0) if ans else None,
-            "retries": retries, "queries": len(qs), "nxdomain": nx, "answered": len(answered),
-            "expansions": len(nx_names - {final_name}),  # search-list names tried before the one asked for
-            "retry_gap": retry_gap, "t0": t0, "t1": end, "refs": refs,
-            "a": lk[L_ANCHOR], "client": lk[L_CLIENT],
-        }
+            (ans[N_TS] - t0) if ans else None,
+            retries, len(qs), nx, len(answered),
+            len(nx_names - {final_name}),  # search-list names tried before the one asked for
+            retry_gap, t0, end, refs, lk[L_ANCHOR], lk[L_CLIENT],
+        ]
 
     # timers ------------------------------------------------------------------------
 
@@ -1299,14 +1306,14 @@ class Stitcher:
             hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": max(0, b[A_TS] - t_conn)})
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
-        if dnsx is not None and dnsx["latency_ns"] is not None:
-            hops.insert(0, {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"],
-                            "latency_ns": dnsx["latency_ns"]})
+        if dnsx is not None and dnsx[DX_LATENCY_NS] is not None:
+            hops.insert(0, {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS],
+                            "latency_ns": dnsx[DX_LATENCY_NS]})
         p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
         p.slow_hops = [h for h in hops if h["latency_ns"] > R.LATENCY_OBJECTIVES_NS.get(h["name"], h["latency_ns"])]
         p.nodes, p.ready_eps = nodes, ready_eps  # what a loss may concern: see _loss_nodes
 
-        p.dns_out = _dns_out(dnsx, idx, dnsx["t0"]) if dnsx else None
+        p.dns_out = _dns_out(dnsx, idx, dnsx[DX_T0]) if dnsx else None
         if svc is None:
             p.service = None
         else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
@@ -1406,7 +1413,7 @@ class Stitcher:
         a = conn.a
         cid = chain_id(a[0], a[1], conn.k, i)
         t_conn = p.t_conn
-        evidence = list(dnsx["refs"]) if dnsx else []
+        evidence = list(dnsx[DX_REFS]) if dnsx else []
         evidence += conn.ev
         hops = list(p.hops)  # dns, proxy, connect: then this request's
 
@@ -1466,7 +1473,7 @@ class Stitcher:
         elif last > end_ts:
             end_ts = last
         if dnsx is not None:
-            t0 = dnsx["t0"]
+            t0 = dnsx[DX_T0]
             if t0 < start_ts:
                 start_ts = t0
             elif t0 > end_ts:
@@ -1532,7 +1539,7 @@ class Stitcher:
         breaks = False
         ev = _dedup_refs(evidence)
         chain_ev = _first_and_last(ev, MAX_EVIDENCE)  # (records may share it)
-        dns_ev = _first_and_last(_dedup_refs(dnsx["refs"]), MAX_EVIDENCE) if dnsx else chain_ev
+        dns_ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE) if dnsx else chain_ev
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
             breaks = breaks or rule.breaks
@@ -1562,15 +1569,15 @@ class Stitcher:
 
     def _emit_lookup(self, st: dict, lk: list, out: list, final: bool) -> None:
         dnsx = self._dns_summary(st, lk)
-        cl = dnsx["client"]
+        cl = dnsx[DX_CLIENT]
         anchor = lk[L_ANCHOR]
         cid = chain_id(anchor[0], anchor[1], endpoint_key(cl["ip"], cl["port"]), 0)
-        client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx["t0"],
+        client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], dnsx[DX_T0],
                                                 cl["container_id"])
         # without a positive answer it waited for one until its timeout: a loss on its node until
         # then may hold that answer, or the next query of its search list
-        waited = dnsx["t1"] if dnsx["latency_ns"] is not None else dnsx["t1"] + self.lookup_timeout_ns
-        incomplete = self._lost_on(st, {cl["node"]}, dnsx["t0"], waited)
+        waited = dnsx[DX_T1] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_T1] + self.lookup_timeout_ns
+        incomplete = self._lost_on(st, {cl["node"]}, dnsx[DX_T0], waited)
         if incomplete is None and final:
             incomplete = "end of input before the lookup finished"
         if incomplete:
@@ -1582,59 +1589,59 @@ class Stitcher:
                 who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
                 base_vars = {"client": who, "namespace": client["namespace"], "service": None}
                 occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
-        ev = _first_and_last(_dedup_refs(dnsx["refs"]), MAX_EVIDENCE)
+        ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE)
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
             breaks = breaks or rule.breaks
-            aid = alert_id(rule_id, lab, window_start(dnsx["t1"], rule.suppress_ns))
+            aid = alert_id(rule_id, lab, window_start(dnsx[DX_T1], rule.suppress_ns))
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab),
-                        {"rule": rule_id, "labels": lab, "ts": dnsx["t1"], "chain_id": cid,
+                        {"rule": rule_id, "labels": lab, "ts": dnsx[DX_T1], "chain_id": cid,
                          "evidence": ev, "vars": vars_, "in_cluster": bool(vars_.get("in_cluster"))}))
         resp = None
         chain = {
             "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid,
             "status": "incomplete" if incomplete else ("broken" if breaks else "ok"),
-            "incomplete_reason": incomplete, "start_ts": dnsx["t0"], "end_ts": dnsx["t1"],
-            "client": client, "dns": _dns_out(dnsx, self.index, dnsx["t0"]), "service": None, "connect": None,
+            "incomplete_reason": incomplete, "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T1],
+            "client": client, "dns": _dns_out(dnsx, self.index, dnsx[DX_T0]), "service": None, "connect": None,
             "translation": None, "backend": None, "response": resp,
-            "hops": [] if dnsx["latency_ns"] is None else [
-                {"name": "dns", "start_ts": dnsx["t0"], "end_ts": dnsx["t0"] + dnsx["latency_ns"], "latency_ns": dnsx["latency_ns"]}],
+            "hops": [] if dnsx[DX_LATENCY_NS] is None else [
+                {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS], "latency_ns": dnsx[DX_LATENCY_NS]}],
             "alerts": alerts_ids, "evidence": ev,
         }
         out.append((CHAINS_TOPIC, cid, chain))
 
     # detectors ------------------------------------------------------------------------
 
-    def _dns_findings(self, dnsx: dict, client_pod) -> list[tuple[str, object]]:
+    def _dns_findings(self, dnsx: list, client_pod) -> list[tuple[str, object]]:
         """The DNS rules a lookup breaks: (rule, what its vars add); most lookups: none."""
-        idx, t0 = self.index, dnsx["t0"]
-        answers = dnsx["answers"]
+        idx, t0 = self.index, dnsx[DX_T0]
+        answers = dnsx[DX_ANSWERS]
         found: list[tuple[str, object]] = []
-        if dnsx["answered"] == 0:
+        if dnsx[DX_ANSWERED] == 0:
             found.append(("dns.no_answer", None))
-        elif not answers and dnsx["rcode"] == "NXDOMAIN":
+        elif not answers and dnsx[DX_RCODE] == "NXDOMAIN":
             found.append(("dns.nxdomain", None))
-        if dnsx["retry_gap"] is not None:
+        if dnsx[DX_RETRY_GAP] is not None:
             found.append(("dns.retry_5s", None))
-        if answers and dnsx["expansions"] >= R.SEARCH_AMPLIFICATION_MIN_EXPANSIONS:
+        if answers and dnsx[DX_EXPANSIONS] >= R.SEARCH_AMPLIFICATION_MIN_EXPANSIONS:
             found.append(("dns.search_amplification", None))
         in_cluster = None
-        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
+        resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
         if resolver:
-            asked = dnsx["resolver_ip"]
+            asked = dnsx[DX_RESOLVER_IP]
             cluster_resolver = (not asked or idx.is_cluster_dns(asked, t0)) and idx.is_cluster_dns(resolver, t0)
             if not cluster_resolver:
                 pod_client = client_pod is not None and not client_pod.host_network
                 if not pod_client:
-                    in_cluster = in_cluster_domain(dnsx["qname"], self.cluster_domain)
+                    in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
                 if pod_client or in_cluster:
                     found.append(("dns.wrong_resolver", None))
         if answers:
             if in_cluster is None:
-                in_cluster = in_cluster_domain(dnsx["qname"], self.cluster_domain)
+                in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
             if in_cluster:
                 for a in answers:
                     if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
@@ -1643,20 +1650,20 @@ class Stitcher:
                         break
         return found
 
-    def _dns_occs(self, dnsx: dict, found: list, base_vars: dict, client_pod_name) -> list:
-        qname = dnsx["qname"]
+    def _dns_occs(self, dnsx: list, found: list, base_vars: dict, client_pod_name) -> list:
+        qname = dnsx[DX_QNAME]
         in_cluster = in_cluster_domain(qname, self.cluster_domain)
-        resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
+        resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
         ns, name = service_of_name(qname, self.cluster_domain)
         labels = {"namespace": ns or base_vars["namespace"], "service": name, "pod": client_pod_name,
-                  "node": dnsx["client"]["node"]}
-        v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx["qtype"], resolver=resolver,
-                 queries=dnsx["queries"], nxdomain=dnsx["nxdomain"], expansions=dnsx["expansions"],
+                  "node": dnsx[DX_CLIENT]["node"]}
+        v = dict(base_vars, qname=qname.rstrip("."), qtype=dnsx[DX_QTYPE], resolver=resolver,
+                 queries=dnsx[DX_QUERIES], nxdomain=dnsx[DX_NXDOMAIN], expansions=dnsx[DX_EXPANSIONS],
                  in_cluster=in_cluster)
         occs = []
         for rule, extra in found:
             if rule == "dns.retry_5s":
-                qn, qt, gap = dnsx["retry_gap"]
+                qn, qt, gap = dnsx[DX_RETRY_GAP]
                 vars_ = dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS)
             elif rule == "dns.answer_not_service":
                 vars_ = dict(v, answer=extra)
@@ -1753,19 +1760,33 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     return "pending"
 
 
-def _dns_out(dnsx: dict, index, ts: int) -> dict:
-    server = dnsx["server"]
+def _summary_from_dict(d: dict) -> list:
+    """A lookup summary as checkpoint formats 1-3 wrote it (a dict) -> its DX_* list."""
+    srv = d["server"]
+    if srv is not None:  # its S_* record: its ref is the summary's last (see _dns_summary), its time the ref's
+        ref = d["refs"][-1]
+        srv = [ref["ts"], srv["node"], srv["pid"], srv["comm"], srv["ip"], srv["port"], srv["container_id"], ref]
+    # a summary written before expansions were counted by name: its NXDOMAIN answers stand in
+    # (the rule's old measure), for the chains still open then
+    expansions = d.get("expansions", d["nxdomain"])
+    return [d["qname"], d["qtype"], d["resolver_ip"], d["resolver_port"], d["answered_by"], srv, d["rcode"],
+            d["answers"], d["cnames"], d["ttl"], d["latency_ns"], d.get("answer_ns"), d["retries"], d["queries"],
+            d["nxdomain"], d["answered"], expansions, d["retry_gap"], d["t0"], d["t1"], d["refs"], d["a"], d["client"]]
+
+
+def _dns_out(dnsx: list, index, ts: int) -> dict:
+    server = dnsx[DX_SERVER]
     if server is not None:
-        pod = _pod_of(index, server["ip"], ts, server["container_id"])
-        server = {"ip": server["ip"], "port": server["port"], "pod": pod.name if pod is not None else None,
+        pod = _pod_of(index, server[S_IP], ts, server[S_CONTAINER_ID])
+        server = {"ip": server[S_IP], "port": server[S_PORT], "pod": pod.name if pod is not None else None,
                   "namespace": pod.namespace if pod is not None else None,
-                  "node": server["node"], "container_id": server["container_id"], "pid": server["pid"],
-                  "comm": server["comm"]}
-    resolver = dnsx["answered_by"] or dnsx["resolver_ip"]
-    return {"qname": dnsx["qname"].rstrip("."), "qtype": dnsx["qtype"], "resolver_ip": resolver or "",
-            "resolver_port": dnsx["resolver_port"],
+                  "node": server[S_NODE], "container_id": server[S_CONTAINER_ID], "pid": server[S_PID],
+                  "comm": server[S_COMM]}
+    resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
+    return {"qname": dnsx[DX_QNAME].rstrip("."), "qtype": dnsx[DX_QTYPE], "resolver_ip": resolver or "",
+            "resolver_port": dnsx[DX_RESOLVER_PORT],
             "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
-            "server": server, "rcode": dnsx["rcode"], "answers": dnsx["answers"],
-            "cnames": [c.rstrip(".") for c in dnsx["cnames"]], "ttl": dnsx["ttl"],
-            "latency_ns": dnsx["latency_ns"] if dnsx["latency_ns"] is not None else dnsx.get("answer_ns"),
-            "retries": dnsx["retries"], "queries": max(1, dnsx["queries"])}
+            "server": server, "rcode": dnsx[DX_RCODE], "answers": dnsx[DX_ANSWERS],
+            "cnames": [c.rstrip(".") for c in dnsx[DX_CNAMES]], "ttl": dnsx[DX_TTL],
+            "latency_ns": dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
+            "retries": dnsx[DX_RETRIES], "queries": max(1, dnsx[DX_QUERIES])}
