@@ -3,6 +3,8 @@ schemas.models.decode_batch and rejects what it rejects with its reason (and wro
 the field); the enriched-batch encoder writes the very bytes of schemas.models.dumps; flows records
 (the flows-batch form, and the enriched-batch JSON of older workers) decode to the enrich stage's
 objects; the local handoff."""
+import asyncio
+
 import orjson
 import pytest
 
@@ -242,6 +244,9 @@ def test_occurrences_applied_here_are_recognised_once_and_the_tags_stay_bounded(
     first = applied.keep()
     applied.keep(), applied.keep()  # past max_tags: the oldest goes (its record is applied again: dedup)
     assert applied.take([(APPLIED_HEADER, first)]) is False and len(applied.tags) == 2
+    d = applied.keep()
+    applied.clear()  # an alerts partition revoked: the state it was applied to is gone
+    assert applied.take([(APPLIED_HEADER, d)]) is False and not applied.tags
 
 
 def test_a_flows_record_of_loss_markers_alone_is_data_not_progress():
@@ -271,3 +276,22 @@ def test_a_flows_record_of_loss_markers_alone_is_data_not_progress():
     [batch] = [value for topic, _, value in enrich.flush(state, "node-a") if topic == "svctrace.flows"]
     decoded = read_flows_record(dumps(batch), [], handoff)  # as the worker's route() sends it
     assert all(e.__class__ is EnrichedEvent for e in decoded["events"]) and len(decoded["events"]) == len(events)
+
+
+def test_an_occurrence_applied_here_is_applied_from_its_record_once_its_alerts_partition_was_revoked():
+    """A rebalance that hands an alerts partition back to the same worker restores its last checkpoint:
+    occurrences the stitch stage applied to the live state since then come back only as their records,
+    which must then be applied, not taken for ones already applied (the alert kept its first count)."""
+    from faust.types import TP
+
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+    from svctrace.streams.faust_app.wire import APPLIED_HEADER
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    occurrences = worker.t_occ.get_topic_name()
+    worker.alerts_reading.update({1, 2})
+    applied, kept = worker.applied.keep(), worker.applied.keep()
+    assert worker.applied.take([(APPLIED_HEADER, kept)]) is True  # read back before the rebalance
+    asyncio.run(worker._on_revoked(None, {TP(occurrences, 1)}))
+    assert worker.alerts_reading == {2}
+    assert worker.applied.take([(APPLIED_HEADER, applied)]) is False

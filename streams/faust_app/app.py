@@ -675,6 +675,9 @@ class Worker:
                     table.pop(tp.partition, None)
             if stage is self.alerts:
                 self.alerts_reading.discard(tp.partition)
+                # Occurrences applied here are in the live state only (it is gone now): their records,
+                # read again from the last acknowledged offset, must be applied from the record.
+                self.applied.clear()
             if stage is self.stitch:
                 self.flows_read.pop(tp.partition, None)
                 self.revocations += 1

@@ -348,13 +348,21 @@ class LocalHandoff:
             self.events -= len(self.batches.pop(next(iter(self.batches)))["events"])
         return tag
 
-    def number_of(self, headers) -> int | None:
-        """The number of a record this process sent (None: another process's, or untagged)."""
+    @staticmethod
+    def tag_of(headers) -> bytes | None:
+        """A record's tag (HANDOFF_HEADER), whoever sent it."""
         for k, v in (headers.items() if hasattr(headers, "items") else headers or ()):
             if k == HANDOFF_HEADER:
-                token, _, seq = bytes(v).partition(b":")
-                return int(seq) if token == self.token else None
+                return bytes(v)
         return None
+
+    def number_of(self, headers) -> int | None:
+        """The number of a record this process sent (None: another process's, or untagged)."""
+        tag = self.tag_of(headers)
+        if tag is None:
+            return None
+        token, _, seq = tag.partition(b":")
+        return int(seq) if token == self.token else None
 
     def take(self, headers) -> dict | None:
         """The batch a record with these headers carries, if this process kept it (once)."""
@@ -394,6 +402,11 @@ class AppliedHere:
 
     def forget(self, tag: bytes) -> None:
         self.tags.pop(tag, None)
+
+    def clear(self) -> None:
+        """Forget every tag: an alerts partition was revoked, and the state those occurrences were
+        applied to with it (a partition assigned again restores its last checkpoint)."""
+        self.tags.clear()
 
     def take(self, headers) -> bool:
         """Whether a record with these headers was applied here (true once per tag)."""
