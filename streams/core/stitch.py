@@ -1076,38 +1076,43 @@ class Stitcher:
             conn.qd = actual
         nxt = tq[0][0] if tq else None
         lq = st["lq"]
-        if final or st["lke"] or (lq and lq[0][0] <= now):
-            self._expire_lookups(st, now, out, final)
-        elif lq and (nxt is None or lq[0][0] < nxt):
-            # (a head not before the conns' next deadline is no earlier once exact: left as it is)
-            self._exact_lookup_head(st)
         if lq:
-            dl = lq[0][0]
-            nxt = dl if nxt is None or dl < nxt else nxt
-        horizon = now - self.lookup_timeout_ns - self.idle_ns
-        dsrv = st["dsrv"]
-        if dsrv:
-            if final:
-                st["dsrv"] = {}
-            else:  # in time order (see _apply_dns): the expired ones lead
-                old = None
-                for k, v in dsrv.items():
-                    if v[S_TS] >= horizon:
-                        break
-                    if old is None:
-                        old = [k]
-                    else:
-                        old.append(k)
-                if old is not None:
-                    for k in old:
-                        del dsrv[k]
-        if final:
-            st["lost"] = []
-        elif st["lost"]:
-            st["lost"] = [x for x in st["lost"] if x[1] >= horizon]
-        if st["dsrv"] or st["lost"]:
-            dl = now + self.lookup_timeout_ns
-            nxt = dl if nxt is None or dl < nxt else nxt
+            head = lq[0][0]
+            if head <= now or final or st["lke"]:
+                self._expire_lookups(st, now, out, final)
+            elif nxt is None or head < nxt:
+                # (a head not before the conns' next deadline is no earlier once exact: left as it is)
+                self._exact_lookup_head(st)
+            if lq:
+                head = lq[0][0]
+                if nxt is None or head < nxt:
+                    nxt = head
+        elif final or st["lke"]:
+            self._expire_lookups(st, now, out, final)
+        dsrv, lost = st["dsrv"], st["lost"]
+        if dsrv or lost:
+            horizon = now - self.lookup_timeout_ns - self.idle_ns
+            if dsrv:
+                if final:
+                    dsrv = st["dsrv"] = {}
+                else:  # in time order (see _apply_dns): the expired ones lead
+                    old = None
+                    for k, v in dsrv.items():
+                        if v[S_TS] >= horizon:
+                            break
+                        if old is None:
+                            old = [k]
+                        else:
+                            old.append(k)
+                    if old is not None:
+                        for k in old:
+                            del dsrv[k]
+            if lost:
+                lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
+            if dsrv or lost:
+                dl = now + self.lookup_timeout_ns
+                if nxt is None or dl < nxt:
+                    nxt = dl
         st["next"] = nxt
 
     def _expire_lookups(self, st: dict, now: int, out: list, final: bool) -> None:
@@ -1539,15 +1544,20 @@ class Stitcher:
         breaks = False
         ev = _dedup_refs(evidence)
         chain_ev = _first_and_last(ev, MAX_EVIDENCE)  # (records may share it)
-        dns_ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE) if dnsx else chain_ev
+        dns_ev = None  # the lookup's own evidence: built when a DNS alert cites it (most chains raise none)
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
             breaks = breaks or rule.breaks
             aid = alert_id(rule_id, lab, window_start(end_ts, rule.suppress_ns))
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
-            occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid,
-                   "evidence": dns_ev if extra is DNS_EVIDENCE else chain_ev, "vars": vars_,
+            if extra is DNS_EVIDENCE:
+                if dns_ev is None:
+                    dns_ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE) if dnsx else chain_ev
+                cited = dns_ev
+            else:
+                cited = chain_ev
+            occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid, "evidence": cited, "vars": vars_,
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
         status = "incomplete" if incomplete else ("broken" if breaks else "ok")
