@@ -98,6 +98,9 @@ class Enricher:
         # single-stack clusters
         self._other_ips: dict[str, str] = {}
         self._bucket_cache: dict[str | None, str] = {}
+        # the largest event time process() was given (any key, late ones too): what an in-process
+        # runner's event-time clock is (it reads it instead of looking at every event itself)
+        self.newest_ts = -1
 
     # -- state ---------------------------------------------------------------
 
@@ -173,21 +176,37 @@ class Enricher:
         elif isinstance(item, SyscallEvent):
             events = (item,)
         else:
-            events = item
+            events = item if isinstance(item, (list, tuple)) else list(item)  # (read twice below)
         wm, buf = state["wm"], state["buf"]
-        # Events mostly arrive in order: note when one does not (or repeats the one before),
-        # so advance() re-sorts the buffer and drops repeats only then.
-        in_order = not state.get("unsorted", True)
         last = buf[-1] if buf else None
         last_ts = last.ts if last is not None else wm  # every buffered ts >= wm: so is last_ts
+        # The common case: each event newer than the one before it (and than the buffer's last),
+        # none a windowed loss marker. One check per event, then the events join the buffer at once.
+        prev = last_ts
+        for e in events:
+            ts = e.ts
+            if ts <= prev or e.lost_since_ns is not None:
+                break
+            prev = ts
+        else:
+            buf += events
+            if prev > self.newest_ts:
+                self.newest_ts = prev
+            return []
+        # Otherwise event by event. Note when one comes out of order (or repeats the one before),
+        # so advance() re-sorts the buffer and drops repeats only then.
+        in_order = not state.get("unsorted", True)
+        newest = self.newest_ts
         append = buf.append
         late = 0
         for e in events:
+            ts = e.ts
+            if ts > newest:
+                newest = ts
             if e.lost_since_ns is not None:  # a capture loss marker with its window: not buffered
                 self._window(state, e)
                 continue
-            ts = e.ts
-            if ts <= last_ts:  # (the common case, a newer event, is checked by this alone)
+            if ts <= last_ts:
                 if ts < wm:
                     late += 1
                     continue
@@ -196,6 +215,7 @@ class Enricher:
             append(e)
             last_ts = ts
             last = e
+        self.newest_ts = newest
         if late:
             state["late"] += late
             self._late_losses(state, events, wm)
@@ -326,6 +346,10 @@ class Enricher:
         unspecified, host_kinds = UNSPECIFIED_IPS, _HOST_REF_KINDS
         new, Enriched = _new_object, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
+        # Proxy tracking concerns connects, a host process's accepts and reads, and the pids its
+        # tables hold (tagged sockets, pending accepts, recent reads): every other event skips it.
+        # The set only grows during a release (_track_proxy adds the pids it starts following).
+        tracked = _tracked_pids(state)
         fast_sec, fast, fast_ports = self._fast_sec, self._fast_refs, self._fast_ports
         # the current second's end: ts < sec_end is ts // S == fast_sec, checked without a division
         # per event (and one comparison: events come in ts order, so only the first of them may lie
@@ -372,7 +396,9 @@ class Enricher:
                     except KeyError:
                         rref = ref(rip, e.remote_port, proto, ts, fast_sec)
                 aip = e.addr_ip
-                if aip == rip and e.addr_port == e.remote_port:
+                if aip is None:  # (most events: no address asked for)
+                    aref = None
+                elif aip == rip and e.addr_port == e.remote_port:
                     aref = rref
                 else:
                     try:
@@ -386,11 +412,9 @@ class Enricher:
                             aref = ref(aip, e.addr_port, proto, ts, fast_sec)
                 role = e.role
                 server_side = role == "server" if role is not None else e.local_port == dns_port
-                # Proxy detection concerns tagged sockets, connects, host processes (a pod's
-                # accept/recv never starts it) and the pids it already follows.
-                if proto == "tcp" and (pout or kind == "connect" or lref is None or lref["kind"] in host_kinds
-                                       or pin or reads):
-                    proxy_of = track(state, e, lref, aref, server_side)
+                if proto == "tcp" and (kind == "connect" or e.pid in tracked or (
+                        kind in {"accept", "recv"} and (lref is None or lref["kind"] in host_kinds))):
+                    proxy_of = track(state, e, lref, aref, server_side, tracked)
                 else:
                     proxy_of = None
                 if proxy_of is None:
@@ -525,7 +549,9 @@ class Enricher:
             return f"node:{e.node}"
         return ip
 
-    def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool) -> dict | None:
+    def _track_proxy(self, st: dict, e: SyscallEvent, lref, aref, server_side: bool, tracked: set) -> dict | None:
+        """The proxy tag of e (or None), the tables updated; e's pid joins `tracked` when a table
+        starts following it (no table has an entry of a pid absent from it)."""
         kind = e.kind
         pout = st["pout"]
         if pout:
@@ -556,11 +582,13 @@ class Enricher:
                 client_ep = endpoint_key(e.remote_ip, e.remote_port)
                 if client_ep in st["vipc"]:
                     st["pin"].setdefault(str(e.pid), []).append([e.ts, client_ep, e.fd])
+                    tracked.add(e.pid)
             return None
         if kind == "recv":
             if server_side and host and e.data:
                 reads = st["reads"].setdefault(str(e.pid), [])
                 reads.append([e.ts, _fingerprint(e.data), endpoint_key(e.remote_ip, e.remote_port)])
+                tracked.add(e.pid)
                 if len(reads) > _RECENT_READS:
                     del reads[0]
             return None
@@ -595,6 +623,15 @@ class Enricher:
         # An outbound proxy socket lives as long as its connection; one idle for long is forgotten.
         long_horizon = now - 300 * S
         st["pout"] = {k: v for k, v in st["pout"].items() if v[1] >= long_horizon}
+
+
+def _tracked_pids(state: dict) -> set:
+    """The pids proxy tracking follows: those of tagged sockets ("pid:fd"), pending accepts and
+    recent reads ("pid"). The tables are small (entries expire after the proxy window)."""
+    pids = {int(k.partition(":")[0]) for k in state["pout"]}
+    pids.update(map(int, state["pin"]))
+    pids.update(map(int, state["reads"]))
+    return pids
 
 
 def _proxy_of(client_ep: str) -> dict:

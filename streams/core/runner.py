@@ -60,85 +60,61 @@ class Runner:
     def _feed(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
         # Items are taken by islice() up to the next step: a chunk of events only (the common
         # case) reaches the step count exactly at its end, so per event only its node's pending
-        # list and the clock (a Python comparison costs less than a C-level max(map(attrgetter))
-        # pass); a chunk holding a batch goes through the item-by-item loop. events_in is
-        # taken in step().
+        # list; a chunk holding a batch goes through the item-by-item loop. The event-time
+        # clock is the enrich stage's (Enricher.newest_ts), taken in step(); events_in too.
         it = iter(items)
-        pending = self.pending  # step() empties it in place
         while True:
             chunk = list(islice(it, max(1, self.step_events - self.npending)))
             if not chunk:
                 return
-            clock = self.clock if self.clock is not None else -1  # the event-time clock: the largest ts seen
             if SyscallBatch in map(type, chunk):
                 self._feed_items(chunk)
                 continue
-            last_node, last_list = None, None
+            pending = self.pending  # step() empties it in place
             for item in chunk:
-                ts = item.ts
-                if ts > clock:
-                    clock = ts
-                node = item.node
-                if node != last_node:  # events mostly come in runs from one node
-                    last_list = pending.get(node)
-                    if last_list is None:
-                        last_list = pending[node] = []
-                    last_node = node
-                last_list.append(item)
-            if clock >= 0:
-                self.clock = clock
+                try:
+                    pending[item.node].append(item)  # (list.append has its own fast bytecode)
+                except KeyError:  # the node's first event since the last step
+                    pending[item.node] = [item]
             self.npending += len(chunk)
             if self.npending >= self.step_events:
                 self.step()  # empties `pending` in place
 
     def _feed_items(self, items: Iterable[SyscallEvent | SyscallBatch]) -> None:
-        # Per item: its node's pending list, the count and the clock.
-        pending = self.pending  # step() empties it in place
+        # Per item: its node's pending list and the count.
         step_events = self.step_events
         npending = self.npending
-        clock = self.clock if self.clock is not None else -1  # the event-time clock: the largest ts seen
-        last_node, last_list = None, None
+        pending = self.pending  # step() empties it in place
         for item in items:
             if item.__class__ is not SyscallBatch:  # an event (the common case, kept lean)
-                ts = item.ts
-                if ts > clock:
-                    clock = ts
-                node = item.node
-                if node != last_node:  # events mostly come in runs from one node
-                    last_list = pending.get(node)
-                    if last_list is None:
-                        last_list = pending[node] = []
-                    last_node = node
-                last_list.append(item)
+                try:
+                    pending[item.node].append(item)
+                except KeyError:  # the node's first event since the last step
+                    pending[item.node] = [item]
                 npending += 1
             else:
                 self._deliver(SYSCALLS_TOPIC, item.node, item)
                 n = len(item.events)
                 self.events_in += n
                 npending += n
-                ts = max((e.ts for e in item.events), default=-1)
-                if ts > clock:
-                    clock = ts
             if npending >= step_events:
                 self.npending = npending
-                if clock >= 0:
-                    self.clock = clock
                 self.step()  # empties `pending` in place
                 npending = 0
-                last_node = None
         self.npending = npending
-        if clock >= 0:
-            self.clock = clock
 
     def step(self) -> None:
-        clock = self.clock  # (_feed keeps it: the largest ts fed)
         for node, events in self.pending.items():
             self.events_in += len(events)
             self._deliver(SYSCALLS_TOPIC, node, events)  # the enrich stage copies the events into its buffer
         self.pending.clear()
         self.npending = 0
-        if clock is not None:
-            self.advance(clock - self.lateness_ns)
+        # the event-time clock: the largest ts fed (the enrich stage has seen every event)
+        newest = self.graph.enrich.newest_ts
+        if newest >= 0 and (self.clock is None or newest > self.clock):
+            self.clock = newest
+        if self.clock is not None:
+            self.advance(self.clock - self.lateness_ns)
 
     def advance(self, watermark_ns: int) -> None:
         """Move every stage's event-time watermark, in graph order, and drop idle state."""
