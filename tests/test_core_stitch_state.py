@@ -180,8 +180,8 @@ def test_format3_states_resume_to_the_same_chains():
 
 
 def test_format3_states_upgrade_to_the_states_written_now():
-    """Checkpoint format 4 holds lookups, queries, answers, DNS servers' records and lookup summaries
-    as lists (and no "dq" queue): a format-3 state, restored, is the state this code holds at the same cut, byte for byte."""
+    """Checkpoint format 4 holds lookups, queries, answers, DNS servers' records, lookup summaries and
+    a connection's client and connect as lists (and no "dq" queue): a format-3 state, restored, is the state this code holds at the same cut, byte for byte."""
     cluster, events = _traffic()
     calls = _stitch_calls(cluster, events)
     written = json.loads(FORMAT3.read_text())
@@ -196,7 +196,8 @@ def test_format3_states_upgrade_to_the_states_written_now():
             assert all(isinstance(lk, list) and all(isinstance(q, list) for q in lk[4])
                        for lookups in st["lk"].values() for lk in lookups)
             assert all(isinstance(rec, list) for rec in st["dsrv"].values())
-            assert all(isinstance(conn["dns"], list) for conn in st["conns"].values() if conn["dns"] is not None)
+            for conn in st["conns"].values():
+                assert all(isinstance(conn[k], list) for k in ("cl", "cn", "dns") if conn[k] is not None)
 
 
 def test_current_states_round_trip():

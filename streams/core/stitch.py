@@ -84,6 +84,18 @@ C_INDEX, C_TS, C_METHOD, C_TARGET, C_HOST, C_SENT, C_RECEIVED, C_RESPONSE_TS, C_
 #   D_TS                               when it dialed
 #   D_RESULT, D_ERRNO                  the connect's result and errno name (EINPROGRESS: see _connect_result)
 D_NODE, D_PID, D_COMM, D_FD, D_BACKEND_IP, D_BACKEND_PORT, D_LOCAL_IP, D_LOCAL_PORT, D_TS, D_RESULT, D_ERRNO = range(11)
+# the client of a connection (conn.cl), CL_*
+#   CL_NODE, CL_PID, CL_COMM, CL_CONTAINER_ID   the client process
+#   CL_IP, CL_PORT                              its endpoint (the connection's key)
+#   CL_FLOW                                     its flow (the bucket's correlation key)
+CL_NODE, CL_PID, CL_COMM, CL_CONTAINER_ID, CL_IP, CL_PORT, CL_FLOW = range(7)
+# the client's connect (conn.cn; replaced, never mutated: _ConnParts), CN_*
+#   CN_TS                              when it connected
+#   CN_ADDR_IP, CN_ADDR_PORT           the address it asked for (a ClusterIP: the VIP)
+#   CN_REMOTE_IP, CN_REMOTE_PORT       the peer the socket got (socket-LB: already the backend)
+#   CN_RESULT, CN_ERRNO                the connect's result and errno name (EINPROGRESS: see _connect_result)
+CN_TS, CN_ADDR_IP, CN_ADDR_PORT, CN_REMOTE_IP, CN_REMOTE_PORT, CN_RESULT, CN_ERRNO = range(7)
+_NO_CONNECT = (None,) * 7  # read as a connect when none was seen: every field None
 # A DNS lookup (state["lk"][lkey] lists them), L_*
 #   L_ANCHOR       [node, n] of its first query (its chain id's anchor when it is emitted alone)
 #   L_SEQ          its number (creation order: st["lq"] entries name it by this)
@@ -177,8 +189,8 @@ class Conn:
     t0: int  # first event time
     t1: int  # last event time
     a: list  # [node, n] of the event that anchors its chain ids (the client's connect)
-    cl: dict | None  # the client process and endpoint
-    cn: dict | None  # the client's connect (replaced, never mutated: _ConnParts)
+    cl: list | None  # the client process and endpoint, CL_*
+    cn: list | None  # the client's connect, CN_* (replaced, never mutated: _ConnParts)
     ccl: int | None  # the client's close time
     est: int  # 0: not known established, 1: the client sent data, 2: answered or accepted
     creq: list  # the client's requests not yet emitted, C_* records
@@ -256,6 +268,11 @@ class Stitcher:
             for conn in state["conns"].values():
                 if conn.dns.__class__ is dict:
                     conn.dns = _summary_from_dict(conn.dns)
+                cl, cn = conn.cl, conn.cn
+                if cl.__class__ is dict:  # formats 1-3: the client and its connect as dicts
+                    conn.cl = [cl["node"], cl["pid"], cl["comm"], cl["container_id"], cl["ip"], cl["port"], cl["flow"]]
+                if cn.__class__ is dict:
+                    conn.cn = [cn["ts"], cn["aip"], cn["aport"], cn["rip"], cn["rport"], cn.get("res", 0), cn.get("errno")]
 
     @staticmethod
     def _upgrade(state: dict) -> None:
@@ -592,8 +609,9 @@ class Stitcher:
             return
         if side == "cl":
             cn = conn.cn
-            if cn is not None and cn["errno"] == "EINPROGRESS":
-                conn.cn = {**cn, "res": e.res, "errno": e.errno}  # replaced, never mutated (_ConnParts)
+            if cn is not None and cn[CN_ERRNO] == "EINPROGRESS":
+                cn = conn.cn = cn.copy()  # replaced, never mutated (_ConnParts)
+                cn[CN_RESULT], cn[CN_ERRNO] = e.res, e.errno
                 _evidence(conn, e, f"client connect {e.errno}")
         elif side == "px":
             for me in conn.px:
@@ -653,15 +671,12 @@ class Stitcher:
         e = d.ev
         kind, ts = e.kind, e.ts
         if conn.cl is None:
-            conn.cl = {"node": e.node, "pid": e.pid, "comm": e.comm, "container_id": e.container_id,
-                          "ip": e.local_ip if e.local_ip not in UNSPECIFIED_IPS else d.flow,
-                          "port": e.local_port, "flow": d.flow}
+            conn.cl = [e.node, e.pid, e.comm, e.container_id, e.local_ip if e.local_ip not in UNSPECIFIED_IPS else d.flow,
+                       e.local_port, d.flow]  # CL_*
             conn.a = [e.node, e.n]
         if kind == "connect":
-            conn.cn = {"ts": ts, "aip": e.addr_ip or e.remote_ip,
-                          "aport": e.addr_port or e.remote_port,
-                          "rip": e.remote_ip, "rport": e.remote_port,
-                          "res": e.res, "errno": e.errno}
+            conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip, e.remote_port,
+                       e.res, e.errno]  # CN_*
             conn.a = [e.node, e.n]
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
                 conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
@@ -726,9 +741,9 @@ class Stitcher:
     def _resolve_service(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
         """Which Service this connection is a request to, and how we know."""
         e = d.ev
-        cn = conn.cn or {}
-        aip = cn.get("aip") or e.remote_ip
-        aport = cn.get("aport") or e.remote_port
+        cn = conn.cn or _NO_CONNECT
+        aip = cn[CN_ADDR_IP] or e.remote_ip
+        aport = cn[CN_ADDR_PORT] or e.remote_port
         ts = e.ts
         lookup = self._claim_lookup(st, conn, d, aip)
         idx = self.index
@@ -1245,11 +1260,11 @@ class Stitcher:
         p.cl, p.cn, p.svc, p.dns, p.est, p.sv_last, p.px, p.px_at = cl, cn, svc, dnsx, est, sv_last, px, px_at
         p.nsv, p.npx = len(sv), len(pxs)
         idx = self.index
-        p.t_conn = t_conn = cn["ts"] if cn else conn.t0
-        p.client, client_pod = self._new_endpoint(cl["node"], cl["pid"], cl["comm"], cl["ip"], cl["port"], t_conn,
-                                                  cl["container_id"])  # one per connection: not memoized
+        p.t_conn = t_conn = cn[CN_TS] if cn else conn.t0
+        p.client, client_pod = self._new_endpoint(cl[CL_NODE], cl[CL_PID], cl[CL_COMM], cl[CL_IP], cl[CL_PORT], t_conn,
+                                                  cl[CL_CONTAINER_ID])  # one per connection: not memoized
         p.client_pod = client_pod
-        nodes = {cl["node"]}
+        nodes = {cl[CL_NODE]}
 
         # the acceptors: a userspace proxy, or the backend itself
         if svc is not None:
@@ -1283,13 +1298,13 @@ class Stitcher:
         elif svc is not None and svc["via"] == "headless":
             translation = {"mode": "none", "confidence": "high", "proxy": None}
             if cn is not None and not backends:
-                b_ip, b_port = cn["aip"], cn["aport"]
+                b_ip, b_port = cn[CN_ADDR_IP], cn[CN_ADDR_PORT]
         elif svc is not None and cn is not None:
-            rip = cn["rip"]
-            rewritten = rip not in UNSPECIFIED_IPS and rip != cn["aip"] and rip not in (svc["cluster_ip"],)
+            rip = cn[CN_REMOTE_IP]
+            rewritten = rip not in UNSPECIFIED_IPS and rip != cn[CN_ADDR_IP] and rip not in (svc["cluster_ip"],)
             if svc["via"] == "pod" or (svc["via"] == "vip" and rewritten):
                 translation = {"mode": "socket_lb", "confidence": "high", "proxy": None}
-                b_ip, b_port = (rip, cn["rport"]) if rewritten else (cn["aip"], cn["aport"])
+                b_ip, b_port = (rip, cn[CN_REMOTE_PORT]) if rewritten else (cn[CN_ADDR_IP], cn[CN_ADDR_PORT])
             elif svc["via"] == "nodeport":
                 # the node's port answered (data, or a backend seen): translated, the client SNATed
                 translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None} if est or backends \
@@ -1298,7 +1313,7 @@ class Stitcher:
                 host_client = client_pod is None or bool(client_pod.host_network)
                 translation = {"mode": "nodeport_snat" if host_client else "dnat",
                                "confidence": "low" if host_client else "high", "proxy": None}
-            elif est or (cn["errno"] == "ECONNREFUSED" and ready_eps):
+            elif est or (cn[CN_ERRNO] == "ECONNREFUSED" and ready_eps):
                 # the VIP answered (data, or a backend's RST): translated somewhere we did not see
                 translation = {"mode": "dnat", "confidence": "low", "proxy": None}
             else:
@@ -1324,10 +1339,10 @@ class Stitcher:
         else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
             p.service = service = svc.copy()  # (a copy costs a fifth of a dict built key by key)
             del service["via"]
-        p.connect = None if cn is None else {"ip": cn["aip"], "port": cn["aport"], "res": cn["res"],
-                                             "errno": cn["errno"], "ts": cn["ts"]}
-        p.connect_error = FAILED_ERRNOS[cn["errno"]] if (cn and cn.get("res", 0) < 0
-                                                         and cn.get("errno") in FAILED_ERRNOS) else None
+        p.connect = None if cn is None else {"ip": cn[CN_ADDR_IP], "port": cn[CN_ADDR_PORT], "res": cn[CN_RESULT],
+                                             "errno": cn[CN_ERRNO], "ts": cn[CN_TS]}
+        p.connect_error = FAILED_ERRNOS[cn[CN_ERRNO]] if (cn and cn[CN_RESULT] < 0
+                                                          and cn[CN_ERRNO] in FAILED_ERRNOS) else None
         p.labels = p.who = None  # built when an alert needs them (_alert_labels): most chains raise none
 
         # what the detectors find whatever the request (most connections: nothing)
@@ -1335,11 +1350,11 @@ class Stitcher:
         p.svc_always = p.svc_if_failed = None
         p.misrouted = False
         if svc is not None:
-            cn_ = cn or {}
+            cn_ = cn or _NO_CONNECT
             mode = translation["mode"] if translation else None
             if px is not None and px[D_ERRNO] == "ECONNREFUSED":
                 p.svc_always = ("svc.target_port_refused", None)
-            elif cn_.get("errno") == "ECONNREFUSED":
+            elif cn_[CN_ERRNO] == "ECONNREFUSED":
                 if mode == "socket_lb" or (ready_eps and mode != "none"):
                     p.svc_always = ("svc.target_port_refused", {"backend_port": b_port or svc["target_port"]})
                 elif not ready_eps:
@@ -1349,7 +1364,7 @@ class Stitcher:
             elif proxies and px is None:
                 p.svc_if_failed = ("svc.no_endpoints", None)
             elif not sv and not pxs and not est and svc["via"] in ("vip", "pod", "nodeport") and (
-                    mode in (None, "none") or not cn_.get("ts") or cn_.get("errno") in ("ETIMEDOUT", "EINPROGRESS", None)):
+                    mode in (None, "none") or not cn_[CN_TS] or cn_[CN_ERRNO] in ("ETIMEDOUT", "EINPROGRESS", None)):
                 if not ready_eps:
                     p.svc_if_failed = ("svc.no_endpoints", None)
                 elif mode in (None, "none"):
@@ -1358,7 +1373,7 @@ class Stitcher:
                     self_call = p.client["ip"] in ep_ips and svc["via"] == "vip"
                     p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
-                pod = idx.pod_by_ip(b_ip, cn_.get("ts") or conn.t0)
+                pod = idx.pod_by_ip(b_ip, cn_[CN_TS] or conn.t0)
                 p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
         p.backend_desc = None
         conn_parts = self._conn_parts
@@ -1373,8 +1388,8 @@ class Stitcher:
         if p.labels is None:
             svc, client, cl = p.svc, p.client, p.cl
             p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
-                        "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl["node"]}
-            p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
+                        "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl[CL_NODE]}
+            p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl[CL_COMM]}@{cl[CL_NODE]}'
         return p.labels
 
     @staticmethod
@@ -1395,7 +1410,7 @@ class Stitcher:
             b_ip, b_port = p.b_ip, p.b_port
             desc = endpoint_key(b_ip, b_port) if b_ip else self._unseen_backend(p.ready_eps)
             if b_ip:
-                pod = self.index.pod_by_ip(b_ip, (p.cn or {}).get("ts") or conn.t0)
+                pod = self.index.pod_by_ip(b_ip, (p.cn or _NO_CONNECT)[CN_TS] or conn.t0)
                 if pod is not None:
                     desc = f"{pod.namespace}/{pod.name} ({endpoint_key(b_ip, b_port)})"
             p.backend_desc = desc
@@ -1527,7 +1542,7 @@ class Stitcher:
                     if base_vars is None:
                         base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
                                      "outcome": outcome,  # a NodePort's alerts name the node's address
-                                     "vip": svc["cluster_ip"] or (endpoint_key(cn["aip"], cn["aport"]) if cn else None)}
+                                     "vip": svc["cluster_ip"] or (endpoint_key(cn[CN_ADDR_IP], cn[CN_ADDR_PORT]) if cn else None)}
                     v = None
                     for rule_id, extra in found:
                         if rule_id == "svc.hop_latency":
@@ -1753,9 +1768,9 @@ def _port_for_target(sv, port):
 
 
 def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
-    cn = conn.cn or {}
-    errno = cn.get("errno")
-    if cn and cn.get("res", 0) < 0 and errno in FAILED_ERRNOS:
+    cn = conn.cn
+    errno = cn[CN_ERRNO] if cn else None
+    if cn and cn[CN_RESULT] < 0 and errno in FAILED_ERRNOS:
         return FAILED_ERRNOS[errno]
     if req is not None and req[C_STATUS] is not None:
         return "ok"
