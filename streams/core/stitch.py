@@ -1167,10 +1167,11 @@ class Stitcher:
             lookups.remove(lk)
             if not lookups:
                 del lk_by_key[lkey], lks[lkey]
-        for lkey in st["lke"]:  # lists an unmatched answer created, still empty
-            if lk_by_key.get(lkey) == []:
-                del lk_by_key[lkey], lks[lkey]
-        st["lke"] = []
+        if st["lke"]:
+            for lkey in st["lke"]:  # lists an unmatched answer created, still empty
+                if lk_by_key.get(lkey) == []:
+                    del lk_by_key[lkey], lks[lkey]
+            st["lke"] = []
         self._exact_lookup_head(st)
 
     def _exact_lookup_head(self, st: dict) -> None:
@@ -1198,7 +1199,7 @@ class Stitcher:
             return  # only the accepting side was seen: not a request we can attribute
         if conn.svc is None and conn.dns is None:
             return  # not a Service request (and not a name lookup's target)
-        pending = [r for r in conn.creq if not r[C_DONE]]
+        pending = [r for r in conn.creq if not r[C_DONE]] if conn.creq else ()  # (most: emitted already)
         if conn.nreq == 0:
             self._emit(st, conn, None, out, final)
         for r in pending:
