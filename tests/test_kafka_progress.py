@@ -105,3 +105,37 @@ def test_a_checkpoint_writes_durable_state_once_and_acknowledges_only_applied_re
     writes, _ = checkpoint(shell)
     assert writes.get(node.encode(), b"") is None and b"never-written" not in writes
 
+
+
+def test_a_flushed_stitch_partition_says_done_again_after_a_source_was_heard_again_with_an_old_mark():
+    """A log a successor reads may hold a source's old mark after its DONE (marks of two owners, or
+    durable marks behind the ones a worker took at once). The stitch partition, flushed already, then
+    announces that mark downstream; when the source is DONE again it must say DONE again too, or the
+    alerts stage waits for it and never emits its final records."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from svctrace.streams.core.stitch import OCCURRENCES_TOPIC
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    worker.stitch.table = SimpleNamespace(data={}, changelog_topic=SimpleNamespace(get_topic_name=lambda: "cl"))
+
+    async def sent(downstream=None, force=False):  # the announcements as the broker would take them
+        for source, mark in worker.hb_due.pop(OCCURRENCES_TOPIC, {}).items():
+            worker.hb_sent[(OCCURRENCES_TOPIC, source)] = mark
+
+    worker._send_announcements = sent
+    sources = worker.source_partitions
+
+    async def story():
+        await worker._progress(worker.stitch, 0, {q: DONE for q in range(sources)})  # flushed, DONE
+        assert worker.hb_sent[(OCCURRENCES_TOPIC, 0)] == DONE
+        await worker._progress(worker.stitch, 0, {3: 1_000})  # an old mark of source 3
+        await sent()
+        assert worker.hb_sent[(OCCURRENCES_TOPIC, 0)] == 1_000
+        await worker._progress(worker.stitch, 0, {3: DONE})
+        await sent()
+        assert worker.hb_sent[(OCCURRENCES_TOPIC, 0)] == DONE
+
+    asyncio.run(story())

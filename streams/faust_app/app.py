@@ -46,6 +46,15 @@ What it adds is what only a distributed runner needs:
   process sent to svctrace.flows is numbered (wire.LocalHandoff), and a partition takes the marks
   at once only when it has read back the last one sent to it (nothing of ours in flight that the
   marks could pass). The record still goes out (a successor, other workers' partitions).
+* Nor does the enrich stage's output for those partitions go through Kafka: route() hands a batch to
+  the stitch stage as it is made (no encoding, compression, produce, fetch). What must survive the
+  worker is written at the next checkpoint, as flows records: only what the stitch state written then
+  does not hold (buffered events; all of a partition caught mid-advance), in this order: those copies
+  and the stitch state, then the enrich state that released them, then the marks that pass them.
+  Such a partition's log carries only marks a checkpoint made durable ("durable marks"): a successor
+  reading a later one would pass events that lived only in the dead worker's memory (its enrich
+  successor releases them again, and they would be late). Those records are for a successor: read back
+  here they are only acknowledged (this process holds their events, and takes newer marks at once).
 * An alert comes out one Kafka hop after its chain less: an occurrence for an alerts partition this
   worker reads is applied by the stitch stage as it is sent (AppliedHere); its record still goes to
   the occurrence topic (the durable copy a successor re-reads) and is only acknowledged here.
@@ -79,7 +88,7 @@ from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
 from svctrace.streams.core import Graph, Settings
 from svctrace.streams.core.alerts import ALERTS_TOPIC
-from svctrace.streams.core.enrich import ENRICHED_TOPIC, FLOWS_TOPIC
+from svctrace.streams.core.enrich import ENRICHED_SCHEMA, ENRICHED_TOPIC, FLOWS_TOPIC
 from svctrace.streams.core.enriched import EnrichedEvent
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
@@ -116,6 +125,8 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 # A partition whose last fetch response is older than this has no known "nothing new": the broker
 # is unreachable (restarting) or the partition is paused, so its silence does not count as idle.
 BROKER_SILENT_S = 2.0
+# How long a checkpoint waits for the stitch stage to finish its advances in flight (see checkpoint()).
+QUIET_WAIT_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -590,6 +601,22 @@ class Worker:
         self.flows_sent: dict[int, int] = {}
         self.flows_read: dict[int, int] = {}
         self.revocations = 0  # partitions revoked so far (a read or an advance begun before one is void)
+        # svctrace.flows partition -> [(bucket key, events, loss items)] the enrich stage handed its own
+        # stitch stage directly since the last checkpoint (no record: _stitch_here)
+        self.handed: dict[int, list[tuple[str, list, list]]] = {}
+        # Records this process wrote to the partitions it hands to, for a successor only: their durable
+        # copies (tag -> (bucket key, newest event time)) and durable marks (tag -> None). Read back here
+        # in the same assignment they are only acknowledged: this process has their events and newer
+        # marks already (a durable mark taken after a newer one would move a source back: a DONE after
+        # its reactivation, an old mark after its DONE).
+        self.for_successor: dict[bytes, tuple[str, int | None] | None] = {}
+        # svctrace.flows partition it hands to -> the marks it could not take at once (a record of ours
+        # still in flight to it), taken as soon as it has read that back (_stitch_one)
+        self.held_marks: dict[int, dict[int, int | str]] = {}
+        # source -> the mark this worker announced by the last checkpoint, when everything it had
+        # handed directly was durable (state or copy): the most a partition it hands to may read in
+        # its log (a successor reading a later mark there would pass events that are not in it)
+        self.durable_marks: dict[int, int | str] = {}
         self._announcing_flows = asyncio.Lock()  # one pass of marks to the stitch stage at a time
         self.applied = AppliedHere()  # occurrences applied to our own alerts partitions as they were made
         # alerts partitions whose records this worker reads now (one came since their assignment:
@@ -681,6 +708,12 @@ class Worker:
             if stage is self.stitch:
                 self.flows_read.pop(tp.partition, None)
                 self.revocations += 1
+                self.held_marks.pop(tp.partition, None)
+                handed = self.handed.pop(tp.partition, None)
+                if handed:  # not durable yet: a record for its next owner (or us again)
+                    await self._send_handed(tp.partition, handed)
+        if any(tp.topic == self.t_flows.get_topic_name() for tp in revoked or ()):
+            self.for_successor.clear()  # read again after this, they are taken as any record
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
 
     async def _run_cluster_feed(self) -> None:
@@ -813,8 +846,13 @@ class Worker:
         revocations = self.revocations
         number = self.handoff.number_of(msg.headers)
         _source, marks = decode_progress(msg.headers)
-        batch = read_flows_record(msg.value, msg.headers, self.handoff)
-        if batch is not None:
+        tag = LocalHandoff.tag_of(msg.headers) if number is not None and self.for_successor else None
+        if tag is not None and tag in self.for_successor:  # written for a successor: we hold it already
+            copy = self.for_successor.pop(tag)
+            marks, batch = {}, None
+            # a copy is acknowledged once its events are applied, as the record it stands for would be
+            stage.pending.setdefault(p, []).append(Pending(event, *copy) if copy else Pending(event, None, None))
+        elif (batch := read_flows_record(msg.value, msg.headers, self.handoff)) is not None:
             key = msg.key.decode() if msg.key else f"b{p:04d}"
             events = batch["events"]
             self.metrics.records.labels("stitch").inc()
@@ -841,6 +879,11 @@ class Worker:
             await self._progress(stage, p, marks)
         if number is not None and self.revocations == revocations and number > self.flows_read.get(p, -1):
             self.flows_read[p] = number  # (only once its marks are noted: none may pass them)
+            if p in self.held_marks and number >= self.flows_sent.get(p, 0):
+                async with self._announcing_flows:  # (in order with the marks it takes at once)
+                    held = self.held_marks.pop(p, None)
+                    if held:
+                        await self._marks_here(p, held, self.revocations)
 
     async def _alerts_one(self, event) -> None:
         msg = event.message
@@ -892,6 +935,10 @@ class Worker:
                     self._announce(OCCURRENCES_TOPIC, p, DONE)
                     await self._send_announcements(OCCURRENCES_TOPIC, force=True)
                 return
+            elif stage is self.stitch and prog.all_done():
+                # Flushed, nothing new: DONE again downstream should a source have been heard again in
+                # between (an old mark in a log a successor reads), or the alerts stage waits for it.
+                self._announce(OCCURRENCES_TOPIC, p, DONE)
         if stage is self.stitch and wm is not None and (before is None or wm > before):
             await self._send_announcements(OCCURRENCES_TOPIC)
 
@@ -911,6 +958,9 @@ class Worker:
                 if topic == FLOWS_TOPIC:
                     partition = bucket_partition(key)
                     local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
+                    if partition in self.flows_read:  # our own partition, recovered and live: no record
+                        await self._stitch_here(partition, key, value)
+                        continue
                     for chunk in _chunks(value):
                         # our own stitch stage reads it back: hand it the objects; numbered either way
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
@@ -955,6 +1005,93 @@ class Worker:
                         self.applied.forget(later)
                     raise
 
+    async def _stitch_here(self, p: int, key: str, batch: dict) -> None:
+        """An enriched batch for a svctrace.flows partition this worker reads, handed to its stitch stage
+        as objects without a record (the encoding, compression, produce, fetch and decompression of
+        records the stage would only take back by handoff). The durable copy is made at the next
+        checkpoint, of what the stitch state written then does not hold (checkpoint(): _copies)."""
+        stage = self.stitch
+        events = batch["events"]
+        self.metrics.records.labels("stitch").inc()
+        self.metrics.events.labels("stitch").inc(len(events))
+        st = stage.state(key)
+        late = st["late"]
+        outs = stage.op.process(st, key, batch)
+        if st["late"] != late:
+            self.metrics.late.labels("stitch").inc(st["late"] - late)
+        stage.touch(p, key)
+        self.handed.setdefault(p, []).append((key, events, batch.get("lost") or []))
+        SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
+        if outs:
+            await self.route("stitch", p, outs)
+
+    def _copies(self, busy: set[int]) -> list[tuple[int, str, dict, int | None]]:
+        """At a checkpoint, right after the stitch snapshot: what was handed to the stitch stage directly
+        since the last checkpoint and is not in the state written now (its buffered events, at or past
+        the key's watermark; everything, losses too, for a partition whose state is not written now:
+        `busy`), as enriched batches to write to svctrace.flows: (partition, key, batch, newest time)."""
+        copies = []
+        handed, self.handed = self.handed, {}
+        for p, items in handed.items():
+            by_key: dict[str, tuple[list, list]] = {}
+            for key, events, lost in items:
+                st = self.stitch.live.get(key)
+                if p not in busy:
+                    if st is None:
+                        continue  # applied and idle: the state written holds it
+                    wm = st["wm"]
+                    events = [e for e in events if e.ev.ts >= wm]
+                    lost = []
+                if events or lost:
+                    evs, losses = by_key.setdefault(key, ([], []))
+                    evs += events
+                    losses += lost
+            for key, (events, lost) in by_key.items():
+                batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
+                if lost:
+                    batch["lost"] = lost
+                for chunk in _chunks(batch):
+                    copies.append((p, key, chunk, max(map(_ENRICHED_TS, chunk["events"]), default=None)))
+        return copies
+
+    async def _send_handed(self, p: int, handed: list) -> None:
+        for key, events, lost in handed:
+            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
+            if lost:
+                batch["lost"] = lost
+            for chunk in _chunks(batch):
+                tag = self.handoff.number()
+                self.flows_sent[p] = self.handoff.seq
+                await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), p,
+                                             None, [(HANDOFF_HEADER, tag)])
+
+    async def _durable_marks(self, announced: dict) -> None:
+        """What this worker had announced at a checkpoint's snapshot is durable once its copies are
+        (flushed before this): the partitions it hands to directly may now read it in their log."""
+        if announced == self.durable_marks:
+            return
+        self.durable_marks = announced
+        if not announced:
+            return
+        async with self._announcing_flows:  # (in order with the other announcements to them)
+            header = (MARKS_HEADER, encode_marks(announced))
+            for p in sorted(set(self.flows_read) | set(self.handed)):
+                tag = self.handoff.number()  # (not counted as sent: this process does not read its marks)
+                self.for_successor[tag] = None
+                await self.app.producer.send(self.names[FLOWS_TOPIC], None, EMPTY_ENRICHED, p, None,
+                                             [header, (HANDOFF_HEADER, tag)])
+
+    async def _write_copies(self, copies) -> None:
+        """The durable copies of directly handed batches (_copies), flushed before the state that
+        counts on them. Read back here (same assignment) they are only acknowledged, once their
+        events are applied; anywhere else (a successor, this worker after a rebalance) they are read
+        as any flows record."""
+        for p, key, chunk, max_ts in copies:
+            tag = self.handoff.number()  # (not counted as sent: no mark waits for what we hold already)
+            self.for_successor[tag] = (key, max_ts)
+            await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), p,
+                                         None, [(HANDOFF_HEADER, tag)])
+
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
         if self.hb_sent.get((downstream, source)) == mark:
@@ -978,8 +1115,8 @@ class Worker:
     async def _send_marks(self, topic_name_: str, force: bool) -> None:
         """The stitch stage's own partitions take the marks at once, without the Kafka hop (20-25 ms,
         a few 100 ms under load), where that is what reading the record would do: everything this
-        process sent to the partition before has been read back (_direct_partitions), so the record,
-        when it comes, only repeats marks already noted; it still goes out for a successor."""
+        process sent to the partition before has been read back (_direct_partitions); until then they
+        are held for it. Their log gets a record for a successor only, with the durable marks."""
         marks = self.hb_due.get(topic_name_)
         if not marks:
             return
@@ -994,11 +1131,22 @@ class Worker:
         revocations = self.revocations  # (a revocation from here on voids the direct marks)
         if topic_name_ == FLOWS_TOPIC:
             direct = self._direct_partitions()
+            handing = set(self.flows_read) | set(self.handed)  # (their log gets durable marks only)
+            durable = {source: self.durable_marks[source] for source in marks if source in self.durable_marks}
+            durable_header = (MARKS_HEADER, encode_marks(durable)) if durable else None
             for partition in range(self.partitions):
-                tag = self.handoff.number()
-                self.flows_sent[partition] = self.handoff.seq
-                await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
-                                             [header, (HANDOFF_HEADER, tag)])
+                if partition not in handing:
+                    tag = self.handoff.number()
+                    self.flows_sent[partition] = self.handoff.seq
+                    await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
+                                                 [header, (HANDOFF_HEADER, tag)])
+                elif durable_header is not None:  # for a successor; this process takes the marks at once
+                    tag = self.handoff.number()
+                    self.for_successor[tag] = None
+                    await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
+                                                 [durable_header, (HANDOFF_HEADER, tag)])
+            for p in handing.difference(direct):  # a record of ours in flight to it: the marks wait for it
+                self.held_marks[p] = {**self.held_marks.get(p, {}), **marks}
         else:
             direct = ()
             for partition in range(self.partitions):
@@ -1006,7 +1154,8 @@ class Worker:
         for source, mark in marks.items():
             self.hb_sent[(topic_name_, source)] = mark
         for p in direct:
-            await self._marks_here(p, marks, revocations)
+            held = self.held_marks.pop(p, None)
+            await self._marks_here(p, {**held, **marks} if held else marks, revocations)
 
     def _direct_partitions(self) -> list[int]:
         """svctrace.flows partitions this worker reads whose stitch stage has read back the last record
@@ -1216,15 +1365,42 @@ class Worker:
         async with self._checkpointing:
             self.last_checkpoint = time.monotonic()
             holds_state = any(stage.dirty or stage.deleted or stage.pending for stage in self.stages)
+            # The stitch state is best taken between its advances (waiting a little for them): what was
+            # handed to it directly and is applied then is in the state written, not copied again; a
+            # partition still mid-advance is not written now, and all it was handed is copied.
+            handed = bool(self.handed)
+            deadline = time.monotonic() + QUIET_WAIT_S
+            while handed and time.monotonic() < deadline:
+                held = [lock for lock in self.stitch.locks.values() if lock.locked()]
+                if not held:
+                    break
+                async with held[0]:
+                    pass
+            # from here to the copies, no await: one consistent cut of every stage
+            busy = {p for p, lock in self.stitch.locks.items() if lock.locked()}
             snapshots = [(stage, *stage.snapshot()) for stage in self.stages]
-            if any(writes or acks for _, writes, acks in snapshots):
-                for stage, writes, _ in snapshots:
+            copies = self._copies(busy) if handed else []
+            announced = {q: m for (topic, q), m in self.hb_sent.items() if topic == FLOWS_TOPIC}
+            announced.update(self.hb_due.get(FLOWS_TOPIC, {}))  # (queued marks cover finished releases)
+            if copies or any(writes or acks for _, writes, acks in snapshots):
+                # Durable in this order (a crash between two steps loses nothing): the copies and the
+                # stitch state (together they hold everything handed directly), then the state of the
+                # enrich stage that released it (its successor would not release it again) and the
+                # alerts stage, then the marks that pass it in the log (_durable_marks), then the acks.
+                if copies:
+                    await self._write_copies(copies)
+                for stage, writes, _ in sorted(snapshots, key=lambda s: s[0] is not self.stitch):
                     await stage.write(writes)
                     self.metrics.checkpoint_bytes.labels(stage.name).inc(sum(len(v) for _, _, v in writes if v))
+                    if stage is self.stitch and handed:
+                        await self.app.producer.flush()
                 await self.app.producer.flush()
+                await self._durable_marks(announced)
                 for _, _, acks in snapshots:
                     for event in acks:
                         event.ack()
+            else:
+                await self._durable_marks(announced)
             if holds_state:
                 self.metrics.checkpoints.inc()
 
