@@ -4,9 +4,9 @@ from __future__ import annotations
 import struct
 
 from svctrace.schemas.validation import validate
-from svctrace.streams.core import run
+from svctrace.streams.core import Settings, run
 from svctrace.streams.core.dns import parse_dns, service_of_name
-from tests.scenario import MS, S, T0, Cluster, Scenario, dns_answer, dns_query
+from tests.scenario import MS, S, T0, US, Cluster, Scenario, dns_answer, dns_query
 
 POD_IP = "10.244.1.5"
 
@@ -248,3 +248,26 @@ def test_a_loss_while_a_lookup_waits_makes_it_incomplete_not_broken():
     chain = r.chains[0]
     assert chain["dns"]["queries"] == 4 and chain["status"] == "incomplete"
     assert r.alerts == []
+
+
+def test_a_claimed_lookup_is_gone_at_its_expiry_though_no_timer_fires_for_it():
+    """A lookup a connection claimed leaves without output: at a later timer pass, or when its key
+    is read (it has no pass of its own). Either way it is gone from its expiry (its answer + 12 s) on,
+    as if a pass had dropped it then: a connect at that instant claims nothing, one 1 ns earlier does."""
+    cluster = Cluster()
+    svc = cluster.services["my-nginx"]
+    pod = cluster.pods["client"]
+    for offset, claims in ((0, False), (-1, True)):
+        sc = Scenario(cluster, "dnat")
+        curl = sc.proc("client", "curl")
+        sc.request(T0, client=curl)
+        expiry = T0 + 500 * US + Settings().lookup_timeout_ns  # the lookup's last event is its answer
+        t = expiry + offset
+        c = dict(proto="tcp", role="client", local_ip=pod.ip, local_port=sc.port())
+        sc.ev(t, curl, "connect", "connect", 9, -115, addr_ip=svc.cluster_ip, addr_port=svc.port,
+              remote_ip=svc.cluster_ip, remote_port=svc.port, **c)
+        sc.ev(t + 100 * US, curl, "close", "close", 9, 0, **c)
+        r = run(sc.events(), cluster.index())
+        [late] = [ch for ch in r.chains if ch["connect"] and ch["connect"]["ts"] == t]
+        assert (late["dns"] is not None) == claims, (offset, late["dns"])
+        assert len([ch for ch in r.chains if ch["dns"] is not None]) == 1 + claims

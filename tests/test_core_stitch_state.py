@@ -15,7 +15,7 @@ from pathlib import Path
 
 from svctrace.streams.core import Runner, dumps_state, loads_state
 from svctrace.streams.core.enrich import FLOWS_TOPIC
-from svctrace.streams.core.stitch import CHAINS_TOPIC, Stitcher
+from svctrace.streams.core.stitch import CHAINS_TOPIC, STATE_FORM, Stitcher
 from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 DICT_FORM = Path(__file__).parent / "core_states" / "stitch_dict_form.json"
@@ -192,7 +192,7 @@ def test_format3_states_upgrade_to_the_states_written_now():
             now = dumps_state(states[key])
             assert dumps_state(op.restore(loads_state(raw.encode()))) == now, (cut, key)
             st = json.loads(now)
-            assert st["v"] == 4 and "dq" not in st
+            assert st["v"] == STATE_FORM and "dq" not in st
             assert all(isinstance(lk, list) and all(isinstance(q, list) for q in lk[4])
                        for lookups in st["lk"].values() for lk in lookups)
             assert all(isinstance(rec, list) for rec in st["dsrv"].values())

@@ -11,8 +11,13 @@ State, all JSON-able and expired by event time:
   backend under DNAT/socket-LB: they see the client's ip:port as their peer), and
   a proxy's outbound dials (tagged proxy_of by the enrich stage).
 * lookups: "flow|node|pid" -> DNS lookups (queries grouped: search expansions,
-  A/AAAA pairs, retries) waiting to be claimed by a connect to an answer.
+  A/AAAA pairs, retries) waiting to be claimed by a connect to an answer. An unclaimed
+  lookup becomes a chain at its expiry (a timer pass of its own); a claimed one leaves
+  without output, so no pass is spent on it: a later one drops it, or the next read of
+  its key, exactly as if it had left at its expiry.
 * dsrv: what DNS servers saw ("client ep|id"), to name the resolver process.
+Records are lists read through index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*,
+N_*, S_*, DX_*): cheaper to build and read than dicts, and JSON-able as they are.
 * lost: loss markers [node, ts, count] (a point at ts) or [node, ts, count, since] (the
   events were lost in the window since..ts: an agent's drain interval); a chain whose span,
   up to the moment it stopped waiting, overlaps one on its nodes is "incomplete", never
@@ -142,7 +147,7 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
  DX_TTL, DX_LATENCY_NS, DX_ANSWER_NS, DX_RETRIES, DX_QUERIES, DX_NXDOMAIN, DX_ANSWERED, DX_EXPANSIONS, DX_RETRY_GAP,
  DX_T0, DX_T1, DX_REFS, DX_ANCHOR, DX_CLIENT) = range(23)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
-STATE_FORM = 4
+STATE_FORM = 5
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -250,7 +255,11 @@ class Stitcher:
                 # lookups (L_* records): "lks" numbers the keys of "lk" in creation order, L_SEQ each
                 # lookup; "lq" min-heap of [expiry, L_SEQ, lkey] (each lookup has an entry <= its expiry);
                 # "lke" keys whose (empty) list an unmatched answer created: dropped at the next pass
-                "lks": {}, "lq": [], "lke": []}
+                "lks": {}, "lq": [], "lke": [],
+                # "lc": min-heap of [expiry, L_SEQ, lkey] of claimed lookups, moved there from "lq" (the
+                # next deadline is never a claimed lookup's: it leaves without output, at any later
+                # pass or when its key is read, see _lookups)
+                "lc": []}
 
     @staticmethod
     def _upgrade_older(state: dict) -> None:
@@ -259,7 +268,10 @@ class Stitcher:
         if "tq" not in state:
             Stitcher._upgrade(state)
         if state.get("v") != STATE_FORM:
-            Stitcher._upgrade_dns_records(state)
+            if state.get("v") != 4:
+                Stitcher._upgrade_dns_records(state)
+            state.setdefault("lc", [])  # form 4 had no claimed-lookup queue: they are all in "lq"
+            state["v"] = STATE_FORM
         conns = state["conns"]
         if conns and next(iter(conns.values())).__class__ is dict:
             if "qd" not in next(iter(conns.values())):
@@ -296,7 +308,7 @@ class Stitcher:
 
     @staticmethod
     def _upgrade_dns_records(state: dict) -> None:
-        """A state written before form 4 (checkpoint formats 1-3): lookups, queries, answers and
+        """A state written before form 4 (checkpoint formats 1-3, this session's own 4 excepted): lookups, queries, answers and
         DNS server records were dicts, and "dq" a heap of the server records' times."""
         for lookups in state["lk"].values():
             lookups[:] = [lk if lk.__class__ is list else [
@@ -310,7 +322,6 @@ class Stitcher:
         records.sort(key=lambda kv: kv[1][S_TS])  # (stable) the order a time-ordered trim needs
         state["dsrv"] = dict(records)
         state.pop("dq", None)
-        state["v"] = STATE_FORM
 
     @staticmethod
     def _requeue(state: dict) -> None:
@@ -879,14 +890,16 @@ class Stitcher:
             ip = d.flow
         ep = f"[{ip}]:{e.local_port}" if ip and ":" in ip else f"{ip}:{e.local_port}"  # endpoint_key, inline
         lkey = f'{d.flow}|{e.node}|{e.pid}'
+        ts = e.ts
         lookups = st["lk"].get(lkey)
+        if lookups:
+            lookups = self._lookups(st, lkey, lookups, ts)
         if lookups is None:
             lookups = st["lk"][lkey] = []
             st["lks"][lkey] = st["seq"]
             st["seq"] += 1
             if msg.is_response:
                 st["lke"].append(lkey)  # an answer to no query we saw: the empty list goes at the next pass
-        ts = e.ts
         if not msg.is_response:
             cur = lookups[-1] if lookups else None
             if cur is not None and (ts - cur[L_T1] > self.lookup_timeout_ns or (
@@ -936,10 +949,14 @@ class Stitcher:
         e = d.ev
         if not aip:
             return None
-        lookups = st["lk"].get(f'{d.flow}|{e.node}|{e.pid}')
+        lkey = f'{d.flow}|{e.node}|{e.pid}'
+        lookups = st["lk"].get(lkey)
         if not lookups:
             return None
         ts = e.ts
+        lookups = self._lookups(st, lkey, lookups, ts)
+        if not lookups:
+            return None
         for lk in reversed(lookups):
             res = lk[L_RESOLVED]
             if res is None or ts - res > self.lookup_timeout_ns:
@@ -954,6 +971,42 @@ class Stitcher:
                 conn.dns = self._dns_summary(st, lk)
                 return conn.dns
         return None
+
+    def _lookups(self, st: dict, lkey: str, lookups: list, ts: int) -> list | None:
+        """A key's lookups (not empty) as of ts, as exact timers would have left them: claimed
+        lookups past their expiry (left to any later pass: "lc") are dropped now, and with the last
+        one the key (None then)."""
+        timeout = self.lookup_timeout_ns
+        for lk in lookups:
+            if lk[L_CLAIMED] and ts >= lk[L_T1] + timeout:
+                break
+        else:
+            return lookups  # (the common case: nothing expired)
+        lookups[:] = [lk for lk in lookups if not (lk[L_CLAIMED] and ts >= lk[L_T1] + timeout)]
+        if lookups:
+            return lookups
+        del st["lk"][lkey], st["lks"][lkey]
+        return None
+
+    def _drop_claimed(self, st: dict, now: int) -> None:
+        """Claimed lookups past their expiry leave the state (no output: a chain holds each)."""
+        lc, lk_by_key, lks, timeout = st["lc"], st["lk"], st["lks"], self.lookup_timeout_ns
+        while lc and lc[0][0] <= now:
+            _dl, ls, lkey = heappop(lc)
+            lookups = lk_by_key.get(lkey)
+            if lookups is None:
+                continue
+            for lk in lookups:
+                if lk[L_SEQ] == ls:
+                    break
+            else:
+                continue  # already gone (trimmed, or dropped when its key was read)
+            if now >= lk[L_T1] + timeout:
+                lookups.remove(lk)
+                if not lookups:
+                    del lk_by_key[lkey], lks[lkey]
+            else:
+                heappush(lc, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
 
     def _dns_summary(self, st: dict, lk: list) -> list:
         qs = lk[L_QUERIES]
@@ -1090,6 +1143,12 @@ class Stitcher:
             heapreplace(tq, [actual, key])
             conn.qd = actual
         nxt = tq[0][0] if tq else None
+        lc = st["lc"]
+        if lc:
+            if final:
+                lc.clear()  # (_expire_lookups drops every lookup)
+            elif lc[0][0] <= now:
+                self._drop_claimed(st, now)
         lq = st["lq"]
         if lq:
             head = lq[0][0]
@@ -1128,6 +1187,8 @@ class Stitcher:
                 dl = now + self.lookup_timeout_ns
                 if nxt is None or dl < nxt:
                     nxt = dl
+        if nxt is None and lc:
+            nxt = lc[0][0]  # claimed lookups alone: a pass drops them (every piece of state expires)
         st["next"] = nxt
 
     def _expire_lookups(self, st: dict, now: int, out: list, final: bool) -> None:
@@ -1188,6 +1249,10 @@ class Stitcher:
                 heappop(lq)
                 continue
             actual = lk[L_T1] + timeout
+            if lk[L_CLAIMED]:  # it leaves without output: no pass of its own (see "lc")
+                heappop(lq)
+                heappush(st["lc"], [actual, ls, lkey])
+                continue
             if actual == dl:
                 break
             heapreplace(lq, [actual, ls, lkey])

@@ -32,7 +32,8 @@ UNVERSIONED = 1  # records without FORMAT_FIELD
 # markers with their window) and the enrich state has `wlost`: a format-2 reader would misread them.
 # Formats 1 and 2 hold the same layouts minus those and load as they are. 4: the stitch state's DNS
 # lookups, queries, answers, servers' records and a connection's client, connect and lookup summary
-# (conn "cl", "cn", "dns") are lists (its "v": 4), no "dq" queue; Stitcher.restore upgrades formats 1-3.
+# (conn "cl", "cn", "dns") are lists, no "dq" queue, claimed lookups queued apart ("lc"); Stitcher.restore
+# upgrades formats 1-3.
 CHECKPOINT_FORMAT = 4
 READABLE = frozenset({UNVERSIONED, 2, 3, CHECKPOINT_FORMAT})
 
