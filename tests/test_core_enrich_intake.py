@@ -81,3 +81,23 @@ def test_runs_fed_in_order_in_one_go_or_in_small_steps_agree():
     assert len(whole.chains) == 12 and whole.stats["late"] == 0
     for step in (1, 7, 64):
         assert by_id(run(events, cluster.index(), step_events=step)) == by_id(whole)
+
+
+def test_each_flows_batch_is_a_run_of_one_node_with_its_highest_n():
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.core.enriched import EnrichedEvent, EventRun
+
+    cluster, events = _events()
+    graph = Graph(cluster.index())
+    for node in ("node-a", "node-b"):
+        node_events = [e for e in events if e.node == node]
+        st = _buffered(graph, node, [node_events])
+        out = graph.enrich.flush(st, node)
+        runs = [value["events"] for topic, _key, value in out if topic == FLOWS_TOPIC]
+        assert runs and sum(map(len, runs)) == len(node_events)
+        for run in runs:
+            assert run.__class__ is EventRun and run.node == node
+            assert all(d.__class__ is EnrichedEvent and d.ev.node == node for d in run)
+            assert [(d.ev.ts, d.ev.n) for d in run] == sorted((d.ev.ts, d.ev.n) for d in run)
+            assert run.top == max(d.ev.n for d in run)
+        assert st["nmax"] == max(e.n for e in node_events)

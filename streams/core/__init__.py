@@ -43,9 +43,12 @@ their schema's form. Input values: enrich takes a SyscallBatch, a list of
 SyscallEvents or one SyscallEvent; stitch takes an enriched-batch dict whose
 events are EnrichedEvent objects (in-process: enriched.py, no dict per event)
 or their schema dicts as read from Kafka (payload `data` as bytes or base64
-text); alerts takes an occurrence dict. Enriched batches carry EnrichedEvents:
-`schemas.models.dumps` / `graph.encode_value` write them in their schema form
-(enriched.to_wire), `graph.enriched_to_wire(batch)` gives the dict form.
+text); alerts takes an occurrence dict. The enrich stage's batches hold their
+events in an enriched.EventRun (a list that also gives their node and highest n:
+one node's events, in (ts, n) order), so the stitch stage may take a run whole.
+Enriched batches carry EnrichedEvents: `schemas.models.dumps` / `graph.encode_value`
+write them in their schema form (enriched.to_wire), `graph.enriched_to_wire(batch)`
+gives the dict form.
 
 Watermarks: each stage buffers its input and applies it in event-time order
 once the watermark passes it, so arrival order within the lateness and
@@ -78,7 +81,9 @@ of the rule's suppression window on a fixed grid (keys.py). Flow buckets use a
 stable crc32 (keys.flow_bucket), never Python's hash().
 
 The in-process runner: `runner.run(events_or_batches, index) -> RunResult` with
-`.chains` and `.alerts` (schemas/chain.schema.json, alert.schema.json).
+`.chains` and `.alerts` (schemas/chain.schema.json, alert.schema.json). Its
+event-time clock is the enrich stage's `newest_ts` (the largest ts process() was
+given), read at each step: the runner itself only files events by node.
 
 Chains close on the client's close (+ settle_ns for the other sides' events),
 after idle_ns without events, or per request once its response is in; unclaimed

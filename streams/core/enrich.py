@@ -7,7 +7,8 @@ with the ClusterIndex as of their own time, given their correlation key `flow`
 `proxy_of` (the client endpoint whose bytes it forwards). Outputs enriched
 batches grouped by flow bucket for the stitch stage: dicts in the
 enriched-batch schema's form whose `events` are EnrichedEvent objects
-(enriched.py; `schemas.models.dumps` writes them in their schema form).
+(enriched.py; `schemas.models.dumps` writes them in their schema form), in an
+enriched.EventRun: a list that also says whose events they are and their highest n.
 
 Proxy detection, from one node's syscalls only:
 * a client on this node connects to a Service VIP from ip:port P;
@@ -42,7 +43,7 @@ from operator import attrgetter
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 from .deadletter import dead_letter
-from .enriched import EnrichedEvent
+from .enriched import EnrichedEvent, EventRun
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
 
@@ -358,14 +359,14 @@ class Enricher:
         if fast_sec is not None and events and events[0].ts >= fast_sec * S:
             sec_end = fast_sec * S + S
         other_ips = self._other_ips
-        top = -1  # the highest n released (a Python comparison per event costs less than max(map(...)))
+        top = -1  # the highest n released but not in a bucket's run (loss markers, dead letters)
         for e in events:
             ts = e.ts
             n = e.n
-            if n > top:
-                top = n
             kind = e.kind
             if kind == "lost":
+                if n > top:
+                    top = n
                 lost.append({"node": e.node, "ts": ts, "count": max(e.res, 0)})
                 continue
             try:
@@ -439,16 +440,23 @@ class Enricher:
                 d.addr_ref = aref
                 d.proxy_of = proxy_of
             except Exception as exc:  # one bad event must not stop the node's stream
+                if n > top:
+                    top = n
                 out.append(dead_letter(self.name, SYSCALLS_TOPIC, node, e, exc, ts if isinstance(ts, int) else 0))
                 continue
             try:
-                lists[flow].append(d)
+                run = lists[flow]
             except KeyError:
-                events_of = lists[flow] = bucket_list(flow, by_bucket)
-                events_of.append(d)
+                run = lists[flow] = bucket_list(flow, by_bucket, node)
+            run.append(d)
+            if n > run.top:
+                run.top = n
             if released is not None:
                 released.append(d)
         if events:
+            for run in by_bucket.values():
+                if run and run.top > top:
+                    top = run.top
             nmax = state.get("nmax")
             if nmax is None or top > nmax:
                 state["nmax"] = top
@@ -472,8 +480,8 @@ class Enricher:
             out.append((ENRICHED_TOPIC, node, batch))
         return out
 
-    def _bucket_list(self, flow: str | None, by_bucket: dict) -> list:
-        """The list of `flow`'s bucket in by_bucket (created empty if new)."""
+    def _bucket_list(self, flow: str | None, by_bucket: dict, node: str) -> EventRun:
+        """The run of `flow`'s bucket in by_bucket (created empty if new)."""
         cache = self._bucket_cache
         bucket = cache.get(flow)
         if bucket is None:
@@ -482,7 +490,8 @@ class Enricher:
             bucket = cache[flow] = flow_bucket(flow, self.partitions)
         events_of = by_bucket.get(bucket)
         if events_of is None:
-            events_of = by_bucket[bucket] = []
+            events_of = by_bucket[bucket] = EventRun()
+            events_of.node, events_of.top = node, -1
         return events_of
 
     def _ref(self, ip: str | None, port: int | None, proto: str | None, ts: int, sec: int) -> dict | None:

@@ -68,6 +68,16 @@ class EnrichedEvent:
         return f"EnrichedEvent({self.ev!r}, flow={self.flow!r}, proxy_of={self.proxy_of!r})"
 
 
+class EventRun(list):
+    """The events of one flows batch as the enrich stage makes it: all of node `node` (the stage's
+    key: the node every event of a syscalls record carries), in (ts, n) order, without repeats,
+    all EnrichedEvents; `top` is their highest n. So a consumer can take the run whole (nothing
+    in it is older than events[0]) without a step per event. Everything else sees a list (same
+    JSON, same wire form; a slice of it is a plain list)."""
+
+    __slots__ = ("node", "top")
+
+
 def to_wire(rec: EnrichedEvent) -> dict:
     """The schema form of one enriched event (svctrace.enriched-batch `events[]` item)."""
     d = dict(zip(_FIELDS, _VALUES(rec.ev)))
