@@ -84,6 +84,79 @@ def test_bounded_buffer_fifo_and_front_requeue():
     assert buf.pop().seq == 0 and buf.pop() is None and buf.events == 0
 
 
+def test_failed_sends_go_back_in_seq_order_whatever_order_they_failed_in():
+    from svctrace.agents.agent.pipeline import EncodedBatch
+
+    buf = BoundedBuffer(max_events=100)
+    for seq in (5, 6):
+        buf.offer(EncodedBatch(seq, 1, b"x"))
+    for seq in (4, 2, 3):  # three sends in flight fail, the newest first
+        buf.push_front(EncodedBatch(seq, 1, b"x"))
+    assert [b.seq for b in buf.items] == [2, 3, 4, 5, 6] and buf.events == 5
+
+
+class _RestartedBrokerSink:
+    """A broker that lost its log's tail in a restart: it refuses every batch of the producer that
+    wrote before it (OutOfOrderSequenceNumber: the producer's sequence numbers are ahead of the
+    broker's) after the first `written_before` ones, and takes everything from a new producer."""
+
+    name = "kafka"
+
+    def __init__(self, written_before: int) -> None:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.written_before = written_before
+        self.producers = 1
+        self.log: list[int] = []  # the batches' seq numbers, as the broker wrote them
+        self.refused: list = []  # (future, error) of sends answered at the next loop turn
+        self.refusals = 0
+
+    async def send(self, key: bytes, value: bytes):
+        from aiokafka.errors import OutOfOrderSequenceNumber
+
+        seq = decode_batch(value).seq
+        fut = self.loop.create_future()
+        if self.producers == 1 and len(self.log) >= self.written_before:
+            self.refusals += 1
+            if self.refusals > 100:
+                raise AssertionError("the agent kept resending through the producer the broker refuses")
+            if not self.refused:  # the answers to this burst of sends come in one go, newest first
+                self.loop.call_soon(self._refuse_newest_first)
+            self.refused.append((fut, OutOfOrderSequenceNumber()))
+        else:
+            self.log.append(seq)
+            fut.set_result(None)
+        return fut
+
+    def _refuse_newest_first(self) -> None:
+        pending, self.refused = self.refused, []
+        for fut, exc in reversed(pending):
+            fut.set_exception(exc)
+
+    async def reconnect(self, stopping=None) -> None:
+        self.producers += 1
+
+
+def test_a_batch_the_broker_refuses_is_resent_by_a_new_producer_in_order():
+    """After a broker restart that lost the tail of its log, the idempotent producer's sequence
+    numbers are ahead of the broker's and every send of it is refused: the agent starts a new
+    producer and resends what was refused, in order, so nothing is lost or reordered."""
+    import asyncio
+
+    async def publish() -> _RestartedBrokerSink:
+        sink = _RestartedBrokerSink(written_before=2)
+        agent = Agent(_NoSink(), sink, AgentOptions(node="n1", batch_events=5, redact=False))
+        agent.ingest([ev(i) for i in range(1, 41)])  # 8 batches
+        agent.capture_done.set()
+        await asyncio.wait_for(agent._publish(), 30)  # (a guard against a hang, not a synchronisation)
+        assert agent.counters.published == 40 and agent.send_failures == 6
+        return sink
+
+    sink = asyncio.run(publish())
+    assert sink.producers == 2 and sink.log == list(range(8))
+
+
 def test_scap_replay_paces_at_the_recorded_speed(tmp_path):
     path = tmp_path / "paced.scap"
     with ScapWriter(str(path), hostname="rec-node") as w:

@@ -57,6 +57,13 @@ class Agent:
         self.has_data = asyncio.Event()
         self.inflight: set[asyncio.Future] = set()
         self.send_failures = 0
+        # A batch the broker refused (not a timeout the producer retries itself) may leave the
+        # idempotent producer's sequence numbers out of step with the broker's, e.g. after a broker
+        # restart that lost its log's tail: every later send would fail with OutOfOrderSequenceNumber.
+        # So the publisher starts a new producer (a new producer id) before it resends; a batch the
+        # broker had written after all arrives twice, and the enrich stage drops the repeats.
+        self.producer_suspect = False
+        self.renewals_unacked = 0  # new producers since the last acknowledged batch: backs off repeats
         encode_with = getattr(source, "encode_with", None)
         if encode_with is not None:  # the source writes each event's JSON, redacted by our rules
             encode_with(payload_encoder(options.snaplen, self.counters, options.redact), options.native,
@@ -170,11 +177,13 @@ class Agent:
         self.inflight.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
             self.send_failures += 1
-            log.warning("batch %d not acknowledged (%s); will resend", batch.seq,
+            log.warning("batch %d not acknowledged (%s); will resend with a new producer", batch.seq,
                         "cancelled" if fut.cancelled() else fut.exception())
             self.buffer.push_front(batch)
+            self.producer_suspect = True
             self.has_data.set()
             return
+        self.renewals_unacked = 0
         self.counters.published += batch.events
         self.counters.batches += 1
         if self.metrics:
@@ -183,6 +192,10 @@ class Agent:
     async def _publish(self) -> None:
         key = self.opt.node.encode()
         while True:
+            if self.producer_suspect:
+                if not await self._new_producer():
+                    return
+                continue
             batch = self.buffer.pop()
             if batch is None:
                 if self.capture_done.is_set() and not self.inflight:
@@ -202,16 +215,27 @@ class Agent:
                 self.buffer.push_front(batch)
                 self.send_failures += 1
                 log.warning("send failed (%s); reconnecting", e)
-                if self.inflight:
-                    await asyncio.wait(list(self.inflight))
-                try:
-                    await self.sink.reconnect(self.stopping if self.capture_done.is_set() else None)
-                except SinkUnavailable:
+                if not await self._new_producer():
                     return
                 continue
             fut = asyncio.ensure_future(fut)
             self.inflight.add(fut)
             fut.add_done_callback(lambda f, b=batch: self._acked(b, f))
+
+    async def _new_producer(self) -> bool:
+        """Reconnect the sink once every send in flight has settled (their failures are back in the
+        buffer, in order); False when it stays unreachable while the agent is draining to stop."""
+        if self.inflight:
+            await asyncio.wait(list(self.inflight))
+        if self.renewals_unacked:  # the last new producer got no batch through either: back off
+            await asyncio.sleep(min(0.1 * 2 ** (self.renewals_unacked - 1), 10.0))
+        self.renewals_unacked += 1
+        self.producer_suspect = False
+        try:
+            await self.sink.reconnect(self.stopping if self.capture_done.is_set() else None)
+        except SinkUnavailable:
+            return False
+        return True
 
     # -- stats -----------------------------------------------------------------
     def update_metrics(self) -> None:

@@ -219,7 +219,7 @@ class Batcher:
 
 class BoundedBuffer:
     """FIFO of encoded batches bounded in events; a batch that does not fit is dropped
-    (counted), never blocking the capture. A failed send goes back to the front."""
+    (counted), never blocking the capture. A failed send goes back in seq order, in front of newer ones."""
 
     def __init__(self, max_events: int) -> None:
         self.max_events = max_events
@@ -234,7 +234,15 @@ class BoundedBuffer:
         return True
 
     def push_front(self, batch: EncodedBatch) -> None:
-        self.items.appendleft(batch)
+        """Put back a batch whose send failed, before every newer one (by seq): sends fail in any
+        order, and a node's batches resent out of order could put its events behind its own clock."""
+        i = 0
+        for i, queued in enumerate(self.items):  # (failed sends are few, and older than the rest)
+            if queued.seq > batch.seq:
+                break
+        else:
+            i = len(self.items)
+        self.items.insert(i, batch)
         self.events += batch.events
 
     def pop(self) -> EncodedBatch | None:
