@@ -42,7 +42,7 @@ from .http import REQUEST_PREFIXES, RESPONSE_PREFIX, parse_request, parse_respon
 from .alerts import OCCURRENCES_TOPIC  # the stitch stage writes it; re-exported here
 from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
-from .enriched import EnrichedEvent, from_wire, to_wire
+from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -393,12 +393,21 @@ class Stitcher:
                                  [loss["node"], loss["ts"], loss["count"], since])
             if state["next"] is None:  # a timer pass trims old markers
                 state["next"] = max(wm, loss["ts"]) + self.lookup_timeout_ns
+        events = batch["events"]
+        if events.__class__ is EventRun and events and events[0].ev.ts >= wm:
+            # The enrich stage's own run (in-process, or a worker's local handoff): one node's events
+            # in order, so none is late when the first is not; taken whole, without a step per event.
+            state["buf"] += events
+            nmax = state.get("nmax")
+            if nmax is not None and events.top > nmax.get(events.node, -1):
+                nmax[events.node] = events.top
+            return []
         append = state["buf"].append
         out: list = []
         late: list | None = None
         tops: dict[str, int] = {}  # the highest n of each node in this batch
         node, top = None, -1  # the current run of one node's events (batches mostly hold one node)
-        for d in batch["events"]:
+        for d in events:
             if d.__class__ is not EnrichedEvent:
                 try:
                     d = from_wire(d)
