@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from svctrace import metrics_http
 from svctrace.logs import setup_logging
 
 
@@ -29,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="Faust application id = consumer group; workers with the same id share the work")
     p.add_argument("--topic-prefix", default="", help="prefix of every topic name, prepended as is (e.g. 'staging.'; isolates deployments)")
     p.add_argument("--data-dir", default=_default_data_dir(), help="Faust's local data folder")
-    p.add_argument("--metrics-addr", default="127.0.0.1:9466",
+    p.add_argument("--metrics-addr", default="127.0.0.1:9466", type=metrics_http.addr_arg,
                    help="host:port of the Prometheus /metrics endpoint ('' to disable; port 0 = any)")
     p.add_argument("--idle-flush", type=float, default=10.0,
                    help="seconds a caught-up input partition stays idle before its state is flushed")

@@ -1,7 +1,9 @@
 """Prometheus /metrics of the worker (prometheus-client, its own registry, loopback by default)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from svctrace import metrics_http
 
 
 class WorkerMetrics:
@@ -38,7 +40,5 @@ class WorkerMetrics:
 
     def serve(self, addr: str) -> tuple[str, int]:
         """Start the HTTP endpoint at host:port (port 0 = any free port); returns the bound address."""
-        host, _, port = addr.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        self.server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        return host, self.server.server_port
+        self.server, host, port = metrics_http.serve(self.registry, addr)
+        return host, port
