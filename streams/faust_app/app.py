@@ -855,19 +855,12 @@ class Worker:
         elif (batch := read_flows_record(msg.value, msg.headers, self.handoff)) is not None:
             key = msg.key.decode() if msg.key else f"b{p:04d}"
             events = batch["events"]
-            self.metrics.records.labels("stitch").inc()
-            self.metrics.events.labels("stitch").inc(len(events))
             # loss markers alone are applied at once (state["lost"]): nothing buffered to wait for
             try:
                 max_ts = max(map(_ENRICHED_TS, events), default=None)
             except AttributeError:  # event dicts (a record with a malformed event)
                 max_ts = max((e.ev.ts if e.__class__ is EnrichedEvent else e["ts"] for e in events), default=None)
-            st = stage.state(key)
-            late = st["late"]
-            outs = stage.op.process(st, key, batch)
-            if st["late"] != late:
-                self.metrics.late.labels("stitch").inc(st["late"] - late)
-            stage.touch(p, key)
+            outs = self._stitch_apply(p, key, batch)
             stage.pending.setdefault(p, []).append(Pending(event, key, max_ts))
             if outs:
                 await self.route("stitch", p, outs)
@@ -1010,20 +1003,25 @@ class Worker:
         as objects without a record (the encoding, compression, produce, fetch and decompression of
         records the stage would only take back by handoff). The durable copy is made at the next
         checkpoint, of what the stitch state written then does not hold (checkpoint(): _copies)."""
+        outs = self._stitch_apply(p, key, batch)
+        self.handed.setdefault(p, []).append((key, batch["events"], batch.get("lost") or []))
+        SourceProgress(self.source_partitions, self.stitch.part_meta(p)["progress"]).data_arrived()
+        if outs:
+            await self.route("stitch", p, outs)
+
+    def _stitch_apply(self, p: int, key: str, batch: dict) -> list:
+        """One enriched batch (from a record or handed over) applied to its stitch key: counted, its
+        late events too; returns the outputs to route."""
         stage = self.stitch
-        events = batch["events"]
         self.metrics.records.labels("stitch").inc()
-        self.metrics.events.labels("stitch").inc(len(events))
+        self.metrics.events.labels("stitch").inc(len(batch["events"]))
         st = stage.state(key)
         late = st["late"]
         outs = stage.op.process(st, key, batch)
         if st["late"] != late:
             self.metrics.late.labels("stitch").inc(st["late"] - late)
         stage.touch(p, key)
-        self.handed.setdefault(p, []).append((key, events, batch.get("lost") or []))
-        SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
-        if outs:
-            await self.route("stitch", p, outs)
+        return outs
 
     def _copies(self, busy: set[int]) -> list[tuple[int, str, dict, int | None]]:
         """At a checkpoint, right after the stitch snapshot: what was handed to the stitch stage directly
