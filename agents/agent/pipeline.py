@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from binascii import b2a_base64
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from svctrace.agents.redact import _MAYBE, redact
 from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallEvent, dumps
@@ -30,9 +30,8 @@ class Counters:
     batches: int = 0
 
     def stats(self, node: str, source: str, ts: int | None = None) -> AgentStats:
-        return AgentStats(node=node, source=source, ts=ts if ts is not None else time.time_ns(),
-                          captured=self.captured, published=self.published, dropped=self.dropped,
-                          lost=self.lost, redacted=self.redacted, batches=self.batches)
+        # (the counters are AgentStats' counter fields, by name)
+        return AgentStats(node=node, source=source, ts=ts if ts is not None else time.time_ns(), **asdict(self))
 
 
 def redact_events(events: list, snaplen: int, counters: Counters, redact_on: bool = True) -> list:
