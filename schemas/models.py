@@ -116,17 +116,21 @@ def _compile_event_maker():
     return scope["make_event"]
 
 
-def _compile_twin_event_maker(checked_against):
+def _compile_twin_event_maker(checked_against, shared: dict | None = None, names=()):
     """make_event again, about 3x cheaper still: the frozen dataclass refuses attribute stores, so
     the maker above calls each slot's descriptor (one C call per field). Here an event is born as
     an instance of a plain twin class with the same slots (plain stores, specialized by the
     interpreter) and becomes a SyscallEvent by __class__ assignment (allowed: same slot layout).
-    Checked once against `checked_against`; None where the interpreter refuses the class change."""
+    Checked once against `checked_against`; None where the interpreter refuses the class change.
+    With `shared`, the values of the fields `names` go through shared.setdefault (see
+    event_maker_sharing)."""
     twin = type("_MutableSyscallEvent", (), {"__slots__": SyscallEvent.__slots__})
     fs = fields(SyscallEvent)
     params = ", ".join(f.name if f.default is MISSING else f"{f.name}=_d_{f.name}" for f in fs)
-    body = "".join(f"    e.{f.name} = {f.name}\n" for f in fs)
-    scope: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": SyscallEvent}
+    body = "".join(f"    e.{f.name} = _shared({f.name}, {f.name})\n" if f.name in names else f"    e.{f.name} = {f.name}\n"
+                   for f in fs)
+    scope: dict[str, Any] = {"_new": object.__new__, "_twin": twin, "_cls": SyscallEvent,
+                             "_shared": None if shared is None else shared.setdefault}
     scope.update((f"_d_{f.name}", f.default) for f in fs if f.default is not MISSING)
     exec(f"def make_event({params}):\n    e = _new(_twin)\n{body}    e.__class__ = _cls\n    return e\n",
          scope)  # noqa: S102 - generated from the dataclass fields only
@@ -142,6 +146,27 @@ def _compile_twin_event_maker(checked_against):
 
 make_event = _compile_event_maker()
 make_event = _compile_twin_event_maker(make_event) or make_event
+
+
+def event_maker_sharing(shared: dict, names) -> Any:
+    """make_event whose values of the fields `names` (strings: node, IPs, comm ...) go through
+    shared.setdefault: equal values become one object. A decoder makes a new string per value, while
+    the events an in-process capture makes share theirs; the core's dict lookups and comparisons on
+    them (flows keyed by IP, state by node) then find the very key object and skip comparing bytes:
+    about 10% of the core's CPU on the bench traffic. The caller bounds `shared` (clear() it)."""
+    names = frozenset(names)
+    unknown = names - {f.name for f in fields(SyscallEvent)}
+    if unknown:
+        raise ValueError(f"not SyscallEvent fields: {sorted(unknown)}")
+    make = _compile_twin_event_maker(make_event, shared, names)
+    if make is not None:
+        return make
+    positions = frozenset(i for i, f in enumerate(fields(SyscallEvent)) if f.name in names)
+    share = shared.setdefault
+
+    def make_event_sharing(*values):  # where the twin class is refused: the slower maker, same events
+        return make_event(*[share(v, v) if i in positions else v for i, v in enumerate(values)])
+    return make_event_sharing
 
 
 @dataclass(frozen=True, slots=True)

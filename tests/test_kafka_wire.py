@@ -66,6 +66,57 @@ def test_decoder_refuses_wrong_types_naming_the_field_and_ignores_unknown_event_
     assert decode_syscall_batch(orjson.dumps(doc)) == batches[0]
 
 
+def test_decoded_events_share_equal_strings_and_read_values_no_enumeration_knows():
+    from svctrace.streams.faust_app import wire
+
+    _, batches = _batches()
+    raw = encode_batch(batches[0])
+    first, again = decode_syscall_batch(raw).events, decode_syscall_batch(raw).events
+    assert first == again == batches[0].events
+    for a, b in zip(first, again):  # one object per value, across records
+        for name in ("node", "comm", "syscall", "local_ip", "remote_ip", "container_id"):
+            assert getattr(a, name) is getattr(b, name), name
+        assert a.kind is {"connect": "connect", "accept": "accept", "send": "send", "recv": "recv",
+                          "close": "close"}[a.kind]  # the interned literal the core compares with
+    doc = orjson.loads(raw)
+    doc["events"][0]["kind"] = "splice"  # a kind (or proto, family, role) a newer agent may send
+    doc["events"][1]["proto"] = "sctp"
+    raw = orjson.dumps(doc)
+    events = decode_syscall_batch(raw).events
+    assert events == decode_batch(raw).events and (events[0].kind, events[1].proto) == ("splice", "sctp")
+    assert events[2].local_ip is first[2].local_ip  # shared on that path too
+
+
+def test_shared_strings_are_bounded(monkeypatch):
+    from svctrace.streams.faust_app import wire
+
+    _, batches = _batches()
+    raw = encode_batch(batches[0])
+    monkeypatch.setattr(wire, "_SHARED_MAX", 3)
+    decode_syscall_batch(raw)
+    assert len(wire._shared) > 3
+    assert decode_syscall_batch(raw).events == batches[0].events  # emptied first, then filled again
+    assert len(wire._shared) <= len(set(v for e in batches[0].events for v in
+                                        (e.node, e.comm, e.syscall, e.errno, e.local_ip, e.remote_ip, e.addr_ip,
+                                         e.exe, e.container_id))) + 1
+
+
+def test_event_maker_sharing_makes_make_events_events():
+    from dataclasses import astuple
+
+    from svctrace.schemas.models import event_maker_sharing, make_event
+
+    _, batches = _batches()
+    shared: dict = {}
+    make = event_maker_sharing(shared, ["local_ip", "comm"])
+    made = [make(*astuple(e)) for e in batches[0].events]
+    assert made == [make_event(*astuple(e)) for e in batches[0].events] == batches[0].events
+    assert {e.local_ip for e in made} <= shared.keys() and {e.comm for e in made} <= shared.keys()
+    assert not {e.syscall for e in made} & shared.keys() - {e.comm for e in made} - {e.local_ip for e in made}
+    with pytest.raises(ValueError, match="not SyscallEvent fields"):
+        event_maker_sharing(shared, ["ip"])
+
+
 def _enriched_batches(requests: int = 20):
     """The enrich stage's svctrace.flows and svctrace.events.enriched batches (EnrichedEvents)."""
     cluster, batches = _batches()
