@@ -81,7 +81,7 @@ from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.batches import PartitionBatches
+from svctrace.kafka.batches import PartitionBatches, murmur2_partition
 from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every_topic
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
@@ -108,6 +108,7 @@ from svctrace.streams.metadata.index import ClusterIndex
 
 log = logging.getLogger("svctrace.worker")
 _ENRICHED_TS = attrgetter("ev.ts")
+_TS = attrgetter("ts")
 
 TOPIC_CREATE_TIMEOUT_S = 60.0
 TOPIC_CREATE_RETRY_S = 0.5
@@ -787,7 +788,7 @@ class Worker:
         if st["late"] != late:
             self.metrics.late.labels("enrich").inc(st["late"] - late)
         stage.touch(q, node)
-        max_ts = max(e.ts for e in events) if events else None
+        max_ts = max(map(_TS, events)) if events else None
         stage.pending.setdefault(q, []).append(Pending(event, node, max_ts))
         if max_ts is not None:
             if meta.get("clock") is None or max_ts > meta["clock"]:
@@ -895,11 +896,15 @@ class Worker:
             await self._progress(stage, r, marks)
 
     async def _apply_occurrence(self, r: int, key: str, occ: dict) -> None:
+        await self.route("alerts", r, self._occurrence_outs(r, key, occ))
+
+    def _occurrence_outs(self, r: int, key: str, occ: dict) -> list:
+        """One occurrence applied to its key of alerts partition r; returns the outputs to route."""
         stage = self.alerts
         outs = stage.op.process(stage.state(key), key, occ)
         stage.touch(r, key)
         SourceProgress(self.partitions, stage.part_meta(r)["progress"]).data_arrived()
-        await self.route("alerts", r, outs)
+        return outs
 
     async def _progress(self, stage: StageShell, p: int, marks: dict, still=None) -> None:
         """Upstream partitions' announcements: advance or flush this partition, then pass it on
@@ -945,6 +950,7 @@ class Worker:
         names = self.names
         batches = PartitionBatches(self.app.producer._ensure_producer())
         counts: dict[str, int] = {}
+        partitions: dict[str, int] = {}  # output topic -> its partition count (Kafka's default partitioner)
         here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
         try:
             for topic, key, value in outs:
@@ -973,8 +979,13 @@ class Worker:
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
                         await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
-                elif topic in self.t_out:
-                    await batches.add_keyed(names[topic], key.encode(), dumps(value))
+                elif topic in self.t_out:  # keyed records (chains, alerts): no coroutine per record
+                    name = names[topic]
+                    n = partitions.get(name)
+                    if n is None:
+                        n = partitions[name] = await batches.partitions(name)
+                    k = key.encode()
+                    batches.add(name, murmur2_partition(k, n), k, dumps(value))
                 else:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
@@ -987,16 +998,23 @@ class Worker:
                 raise
             for topic, n in counts.items():
                 self.metrics.outputs.labels(topic).inc(n)
-            for i, (r, key, occ, tag) in enumerate(here):  # queued after their records: in order with them
-                if r not in self.alerts_reading:  # revoked meanwhile: its next owner reads the record
-                    self.applied.forget(tag)
-                    continue
-                try:
-                    await self._apply_occurrence(r, key, occ)
-                except BaseException:  # the record, when it comes back, is applied (or dead-lettered) as usual
-                    for *_, later in here[i:]:
-                        self.applied.forget(later)
-                    raise
+            # Applied after their records were queued (in order with them), with no await in between, and
+            # their outputs (alerts) routed together: one producer batch per partition, not one per occurrence.
+            alerts_outs: list = []
+            try:
+                for i, (r, key, occ, tag) in enumerate(here):
+                    if r not in self.alerts_reading:  # revoked meanwhile: its next owner reads the record
+                        self.applied.forget(tag)
+                        continue
+                    try:
+                        alerts_outs += self._occurrence_outs(r, key, occ)
+                    except BaseException:  # the record, when it comes back, is applied (or dead-lettered) as usual
+                        for *_, later in here[i:]:
+                            self.applied.forget(later)
+                        raise
+            finally:
+                if alerts_outs:
+                    await self.route("alerts", -1, alerts_outs)  # (alerts and dead letters: no source partition)
 
     async def _stitch_here(self, p: int, key: str, batch: dict) -> None:
         """An enriched batch for a svctrace.flows partition this worker reads, handed to its stitch stage
