@@ -48,6 +48,13 @@ from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, 
 
 S = 10**9
 MS = 10**6
+_OBJECTIVES = R.LATENCY_OBJECTIVES_NS
+# a chain record's translation but a userspace proxy's (records share these: nobody mutates a record)
+_T_NONE = {"mode": "none", "confidence": "high", "proxy": None}
+_T_SOCKET_LB = {"mode": "socket_lb", "confidence": "high", "proxy": None}
+_T_NODEPORT_SNAT = {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
+_T_DNAT = {"mode": "dnat", "confidence": "high", "proxy": None}
+_T_DNAT_UNSEEN = {"mode": "dnat", "confidence": "low", "proxy": None}  # translated somewhere we did not see
 CHAINS_TOPIC = "svctrace.chains"
 CHAIN_SCHEMA = "svctrace.chain"
 
@@ -177,7 +184,7 @@ class _ConnParts:
 
     __slots__ = ("cl", "cn", "svc", "dns", "est", "sv_last", "nsv", "px", "npx", "px_at",  # what they derive from
                  "t_conn", "client", "client_pod", "b", "b_ip", "b_port", "translation", "backend", "hops",
-                 "slow_hops", "nodes", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
+                 "slow_hops", "ready_eps", "dns_out", "service", "connect", "labels", "who", "dns_found", "svc_always",
                  "svc_if_failed", "misrouted", "backend_desc", "connect_error")
 
 
@@ -238,8 +245,11 @@ class Stitcher:
         self._nodeports_at = None
         # emission memos (pure functions of the state and the index; dropped with metadata_changed)
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
+        self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
+        self._findings: dict[tuple, tuple] = {}  # _dns_findings' answers
         self._conn_parts: dict[str, _ConnParts] = {}
         self._conn_keys: dict[tuple, str] = {}  # (ip, port) -> endpoint_key(ip, port): formatted once
+        self._lkeys: dict[tuple, str] = {}  # (flow, node, pid) -> its lookups' key "flow|node|pid": formatted once
 
     # -- state ---------------------------------------------------------------
 
@@ -354,6 +364,8 @@ class Stitcher:
         self.index.invalidate()
         self._nodeports_at = None
         self._endpoints.clear()
+        self._dns_servers.clear()
+        self._findings.clear()
         self._conn_parts.clear()
 
     # -- durable state (what a checkpoint keeps) ------------------------------
@@ -616,6 +628,13 @@ class Stitcher:
         if len(keys) >= _KEYS_MAX:
             keys.clear()
         key = keys[ip, port] = endpoint_key(ip, port)
+        return key
+
+    def _lkey(self, flow: str | None, node: str, pid: int) -> str:
+        keys = self._lkeys
+        if len(keys) >= _KEYS_MAX:
+            keys.clear()
+        key = keys[flow, node, pid] = f"{flow}|{node}|{pid}"
         return key
 
     @staticmethod
@@ -884,8 +903,11 @@ class Stitcher:
             if not msg.is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
                 pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
                 pport = e.remote_port or e.addr_port
-                # the peer's endpoint_key, inline
-                k = f"[{pip}]:{pport}|{qid}" if pip and ":" in pip else f"{pip}:{pport}|{qid}"
+                try:  # the peer's endpoint_key, memoized
+                    k = self._conn_keys[pip, pport]
+                except KeyError:
+                    k = self._conn_key(pip, pport)
+                k = f"{k}|{qid}"
                 dsrv = st["dsrv"]
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
                     del dsrv[k]
@@ -897,8 +919,14 @@ class Stitcher:
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
-        ep = f"[{ip}]:{e.local_port}" if ip and ":" in ip else f"{ip}:{e.local_port}"  # endpoint_key, inline
-        lkey = f'{d.flow}|{e.node}|{e.pid}'
+        try:  # endpoint_key, memoized
+            ep = self._conn_keys[ip, e.local_port]
+        except KeyError:
+            ep = self._conn_key(ip, e.local_port)
+        try:
+            lkey = self._lkeys[d.flow, e.node, e.pid]
+        except KeyError:
+            lkey = self._lkey(d.flow, e.node, e.pid)
         ts = e.ts
         lookups = st["lk"].get(lkey)
         if lookups:
@@ -958,7 +986,10 @@ class Stitcher:
         e = d.ev
         if not aip:
             return None
-        lkey = f'{d.flow}|{e.node}|{e.pid}'
+        try:
+            lkey = self._lkeys[d.flow, e.node, e.pid]
+        except KeyError:
+            lkey = self._lkey(d.flow, e.node, e.pid)
         lookups = st["lk"].get(lkey)
         if not lookups:
             return None
@@ -1339,7 +1370,6 @@ class Stitcher:
         p.client, client_pod = self._new_endpoint(cl[CL_NODE], cl[CL_PID], cl[CL_COMM], cl[CL_IP], cl[CL_PORT], t_conn,
                                                   cl[CL_CONTAINER_ID])  # one per connection: not memoized
         p.client_pod = client_pod
-        nodes = {cl[CL_NODE]}
 
         # the acceptors: a userspace proxy, or the backend itself
         if svc is not None:
@@ -1348,13 +1378,10 @@ class Stitcher:
             ready_eps, ep_ips = [], frozenset()
         proxies, backends = [], []
         for s in sv:
-            nodes.add(s[A_NODE])
             if s[A_HOST_PROCESS] and s[A_IP] not in ep_ips and (pxs or (svc and svc["via"] == "vip")):
                 proxies.append(s)
             else:
                 backends.append(s)
-        if px is not None:
-            nodes.add(px[D_NODE])
 
         # translation mode and backend
         translation, backend = None, None
@@ -1371,28 +1398,26 @@ class Stitcher:
                 if q is not None:
                     hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
         elif svc is not None and svc["via"] == "headless":
-            translation = {"mode": "none", "confidence": "high", "proxy": None}
+            translation = _T_NONE
             if cn is not None and not backends:
                 b_ip, b_port = cn[CN_ADDR_IP], cn[CN_ADDR_PORT]
         elif svc is not None and cn is not None:
             rip = cn[CN_REMOTE_IP]
             rewritten = rip not in UNSPECIFIED_IPS and rip != cn[CN_ADDR_IP] and rip not in (svc["cluster_ip"],)
             if svc["via"] == "pod" or (svc["via"] == "vip" and rewritten):
-                translation = {"mode": "socket_lb", "confidence": "high", "proxy": None}
+                translation = _T_SOCKET_LB
                 b_ip, b_port = (rip, cn[CN_REMOTE_PORT]) if rewritten else (cn[CN_ADDR_IP], cn[CN_ADDR_PORT])
             elif svc["via"] == "nodeport":
                 # the node's port answered (data, or a backend seen): translated, the client SNATed
-                translation = {"mode": "nodeport_snat", "confidence": "low", "proxy": None} if est or backends \
-                    else {"mode": "none", "confidence": "high", "proxy": None}
+                translation = _T_NODEPORT_SNAT if est or backends else _T_NONE
             elif backends:
                 host_client = client_pod is None or bool(client_pod.host_network)
-                translation = {"mode": "nodeport_snat" if host_client else "dnat",
-                               "confidence": "low" if host_client else "high", "proxy": None}
+                translation = _T_NODEPORT_SNAT if host_client else _T_DNAT
             elif est or (cn[CN_ERRNO] == "ECONNREFUSED" and ready_eps):
                 # the VIP answered (data, or a backend's RST): translated somewhere we did not see
-                translation = {"mode": "dnat", "confidence": "low", "proxy": None}
+                translation = _T_DNAT_UNSEEN
             else:
-                translation = {"mode": "none", "confidence": "high", "proxy": None}
+                translation = _T_NONE
         b = None
         if backends:
             b = backends[0]
@@ -1405,10 +1430,15 @@ class Stitcher:
             hops.insert(0, {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS],
                             "latency_ns": dnsx[DX_LATENCY_NS]})
         p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
-        p.slow_hops = [h for h in hops if h["latency_ns"] > R.LATENCY_OBJECTIVES_NS.get(h["name"], h["latency_ns"])]
-        p.nodes, p.ready_eps = nodes, ready_eps  # what a loss may concern: see _loss_nodes
+        slow_hops = ()
+        for h in hops:  # (no comprehension: its frame costs more than the loop)
+            obj = _OBJECTIVES.get(h["name"])
+            if obj is not None and h["latency_ns"] > obj:
+                slow_hops = [*slow_hops, h]
+        p.slow_hops = slow_hops
+        p.ready_eps = ready_eps  # what a loss may concern: see _loss_nodes
 
-        p.dns_out = _dns_out(dnsx, idx, dnsx[DX_T0]) if dnsx else None
+        p.dns_out = _dns_out(dnsx, idx, dnsx[DX_T0], self._dns_servers) if dnsx else None
         if svc is None:
             p.service = None
         else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
@@ -1468,11 +1498,15 @@ class Stitcher:
         return p.labels
 
     @staticmethod
-    def _loss_nodes(p: _ConnParts) -> set:
-        """The nodes whose losses make the connection's records incomplete. A lost event may be
+    def _loss_nodes(p: _ConnParts, conn: Conn) -> set:
+        """The nodes whose losses make the connection's records incomplete: the client's, the
+        acceptors' and the dial's (conn's, of which p is the parts). A lost event may be
         one the chain never saw, on a node it never saw: without a backend's accept, the nodes
         of the Service's ready endpoints count too, and the backend's node when it is known."""
-        nodes = p.nodes
+        nodes = {p.cl[CL_NODE]}
+        nodes.update([s[A_NODE] for s in conn.sv])
+        if p.px is not None:
+            nodes.add(p.px[D_NODE])
         if p.b is None and p.ready_eps:
             nodes = nodes | {ep.node for ep in p.ready_eps if ep.node}
         if p.backend is not None and p.backend["node"]:
@@ -1581,7 +1615,7 @@ class Stitcher:
             waited = end_ts
             if outcome == "no response" or outcome == "connection timed out":
                 waited = max(end_ts, conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns)
-            incomplete = self._lost_on(st, self._loss_nodes(p), start_ts, waited)
+            incomplete = self._lost_on(st, self._loss_nodes(p, conn), start_ts, waited)
         if incomplete is None and cn is None:
             incomplete = "connect not captured (connection older than the capture)"
         if incomplete is None and final and outcome == "pending":
@@ -1705,7 +1739,7 @@ class Stitcher:
             "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid,
             "status": "incomplete" if incomplete else ("broken" if breaks else "ok"),
             "incomplete_reason": incomplete, "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T1],
-            "client": client, "dns": _dns_out(dnsx, self.index, dnsx[DX_T0]), "service": None, "connect": None,
+            "client": client, "dns": _dns_out(dnsx, self.index, dnsx[DX_T0], self._dns_servers), "service": None, "connect": None,
             "translation": None, "backend": None, "response": resp,
             "hops": [] if dnsx[DX_LATENCY_NS] is None else [
                 {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS], "latency_ns": dnsx[DX_LATENCY_NS]}],
@@ -1716,7 +1750,26 @@ class Stitcher:
     # detectors ------------------------------------------------------------------------
 
     def _dns_findings(self, dnsx: list, client_pod) -> list[tuple[str, object]]:
-        """The DNS rules a lookup breaks: (rule, what its vars add); most lookups: none."""
+        """The DNS rules a lookup breaks: (rule, what its vars add); most lookups: none. A pure
+        function of what the key below holds and the index as of t0's second: memoized (the
+        lists are shared, nobody mutates them)."""
+        t0 = dnsx[DX_T0]
+        answers = dnsx[DX_ANSWERS]
+        key = (dnsx[DX_ANSWERED] == 0, dnsx[DX_RCODE], dnsx[DX_RETRY_GAP] is None, dnsx[DX_EXPANSIONS],
+               dnsx[DX_ANSWERED_BY], dnsx[DX_RESOLVER_IP], dnsx[DX_QNAME], *answers,
+               client_pod is not None and not client_pod.host_network)
+        memo = self._findings
+        hit = memo.get(key)
+        if hit is not None and hit[0] <= t0 < hit[1]:
+            return hit[2]
+        found = self._dns_findings_of(dnsx, client_pod)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        lo = t0 - t0 % S
+        memo[key] = (lo, lo + S, found)
+        return found
+
+    def _dns_findings_of(self, dnsx: list, client_pod) -> list[tuple[str, object]]:
         idx, t0 = self.index, dnsx[DX_T0]
         answers = dnsx[DX_ANSWERS]
         found: list[tuple[str, object]] = []
@@ -1744,7 +1797,7 @@ class Stitcher:
                 in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
             if in_cluster:
                 for a in answers:
-                    if idx.service_by_ip(a, ts=t0) is None and idx.pod_by_ip(a, t0) is None:
+                    if idx.service_by_ip(a, None, "TCP", t0) is None and idx.pod_by_ip(a, t0) is None:
                         node = idx.node_by_ip(a, t0)  # a node's own address: the host's resolver answered
                         found.append(("dns.answer_not_service", a if node is None else f"{a} (node {node}'s address)"))
                         break
@@ -1874,19 +1927,32 @@ def _summary_from_dict(d: dict) -> list:
             d["nxdomain"], d["answered"], expansions, d["retry_gap"], d["t0"], d["t1"], d["refs"], d["a"], d["client"]]
 
 
-def _dns_out(dnsx: list, index, ts: int) -> dict:
+def _dns_out(dnsx: list, index, ts: int, servers: dict) -> dict:
+    """A chain record's "dns". servers: the memo of its "server" dicts (one DNS server process is
+    in many records, which share the dict: nobody mutates a record), keyed by the server record's
+    fields, each with the second it holds for (its pod is the index's answer as of that second)."""
     server = dnsx[DX_SERVER]
     if server is not None:
-        pod = _pod_of(index, server[S_IP], ts, server[S_CONTAINER_ID])
-        server = {"ip": server[S_IP], "port": server[S_PORT], "pod": pod.name if pod is not None else None,
-                  "namespace": pod.namespace if pod is not None else None,
-                  "node": server[S_NODE], "container_id": server[S_CONTAINER_ID], "pid": server[S_PID],
-                  "comm": server[S_COMM]}
+        key = (server[S_IP], server[S_PORT], server[S_NODE], server[S_CONTAINER_ID], server[S_PID], server[S_COMM])
+        hit = servers.get(key)
+        if hit is not None and hit[0] <= ts < hit[1]:
+            server = hit[2]
+        else:
+            pod = _pod_of(index, server[S_IP], ts, server[S_CONTAINER_ID])
+            server = {"ip": server[S_IP], "port": server[S_PORT], "pod": pod.name if pod is not None else None,
+                      "namespace": pod.namespace if pod is not None else None,
+                      "node": server[S_NODE], "container_id": server[S_CONTAINER_ID], "pid": server[S_PID],
+                      "comm": server[S_COMM]}
+            if len(servers) >= _MEMO_MAX:
+                servers.clear()
+            lo = ts - ts % S
+            servers[key] = (lo, lo + S, server)
     resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
+    cnames = dnsx[DX_CNAMES]
     return {"qname": dnsx[DX_QNAME].rstrip("."), "qtype": dnsx[DX_QTYPE], "resolver_ip": resolver or "",
             "resolver_port": dnsx[DX_RESOLVER_PORT],
             "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
             "server": server, "rcode": dnsx[DX_RCODE], "answers": dnsx[DX_ANSWERS],
-            "cnames": [c.rstrip(".") for c in dnsx[DX_CNAMES]], "ttl": dnsx[DX_TTL],
+            "cnames": [c.rstrip(".") for c in cnames] if cnames else [], "ttl": dnsx[DX_TTL],
             "latency_ns": dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
             "retries": dnsx[DX_RETRIES], "queries": max(1, dnsx[DX_QUERIES])}
