@@ -505,7 +505,9 @@ class Stitcher:
             if cut:
                 ready, state["buf"] = buf[:cut], buf[cut:]
                 prev = prev_ts = None
-                apply = self._apply
+                # Each event is applied here (the loop's body is the event's step: no call per event).
+                conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
+                unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 for d in ready:
                     order = d.order  # (ts, node, n)
                     ts = order[0]
@@ -518,7 +520,127 @@ class Stitcher:
                     if nxt is not None and nxt <= ts:
                         self._fire_until(state, ts, out)  # timers due at or before e come first
                     try:
-                        apply(state, d, out)
+                        e = d.ev
+                        proto = e.proto
+                        if proto == "tcp":
+                            if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
+                                kind = e.kind  # DNS over TCP: length-prefixed, possibly several per syscall or split
+                                if (kind == "send" or kind == "recv") and e.res > 0:
+                                    for wire in tcp_dns_messages(e.data, e.res):
+                                        self._apply_dns(state, d, wire)
+                                continue
+                        elif proto == "udp":
+                            # DNS on port 53; other UDP is not followed
+                            kind = e.kind
+                            if (kind == "send" or kind == "recv") and e.res > 0 and (
+                                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
+                                self._apply_dns(state, d)
+                            continue
+                        else:
+                            continue
+                        kind = e.kind
+                        if kind not in tcp_kinds:
+                            continue
+                        proxy_of = d.proxy_of
+                        if proxy_of:
+                            side, ip, port = "px", proxy_of["ip"], proxy_of["port"]
+                        else:
+                            role = e.role
+                            if role == "server":
+                                side, ip, port = "sv", e.remote_ip, e.remote_port
+                            elif role == "client":
+                                ip = e.local_ip
+                                if ip in unspecified:
+                                    ip = d.flow
+                                side, port = "cl", e.local_port
+                            else:
+                                continue
+                        try:
+                            ck = conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
+                        except KeyError:
+                            ck = self._conn_key(ip, port)
+                        conn = conns.get(ck)
+                        if kind == "connect" and e.syscall == "getsockopt":
+                            if conn is not None:
+                                self._connect_result(conn, side, e)
+                            continue
+                        if conn is not None and side == "cl" and kind == "connect" and conn.cn is not None:
+                            # The client port is reused: the previous connection is over.
+                            self._finish(state, conn, out, final=False)
+                            seq = conn.seq  # the new conn takes the old one's place in `conns` (and in timer order)
+                            conn = conns[ck] = _new_conn(ck, e, seq)
+                            self._schedule_new(state, conn)
+                        elif conn is None:
+                            if kind == "close" and side == "cl":
+                                continue  # the tail of a connection already finished
+                            seq = state["seq"]
+                            state["seq"] = seq + 1
+                            conn = conns[ck] = _new_conn(ck, e, seq)
+                            self._schedule_new(state, conn)
+                        if ts > conn.t1:
+                            conn.t1 = ts  # only delays the idle deadline: no rescheduling needed
+                        if side == "cl":
+                            if self._cl(state, conn, d):  # a close or a response: its settle time may come first
+                                at = ts + self.settle_ns
+                                nxt = state["next"]
+                                if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
+                                    conn.qd = at
+                                    heappush(state["tq"], [at, ck])
+                                    if nxt is None or at < nxt:
+                                        state["next"] = at
+                                elif nxt is None or at < nxt:
+                                    self._schedule(state, conn)  # (a state whose queue was rebuilt: conn.qd 0 until a pass)
+                        elif side == "sv":  # an acceptor's (a userspace proxy's or the backend's) event
+                            node, pid, fd = e.node, e.pid, e.fd
+                            for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
+                                if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
+                                    break
+                            else:
+                                lref = d.local_ref or {}
+                                me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
+                                      lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
+                                acceptors = conn.sv
+                                acceptors.append(me)
+                                if len(acceptors) > 4:
+                                    del acceptors[:-4]
+                                conn.est = 2
+                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+                            if kind == "recv" and e.res > 0:
+                                data = e.data
+                                if data and data.startswith(REQUEST_PREFIXES):
+                                    req = parse_request(data)
+                                    if req is not None:
+                                        i = me[A_NREQUESTS]
+                                        me[A_NREQUESTS] = i + 1
+                                        reqs = me[A_REQUESTS]
+                                        reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
+                                        if len(reqs) > MAX_REQS_KEPT:
+                                            del reqs[:-MAX_REQS_KEPT]
+                            elif kind == "send" and e.res > 0:
+                                data = e.data
+                                reqs = me[A_REQUESTS]
+                                if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_RESPONSE_TS] is None:
+                                    resp = parse_response(data)
+                                    if resp is not None and resp.status >= 200:
+                                        r = reqs[-1]
+                                        r[R_RESPONSE_TS] = ts
+                                        r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+                        else:  # a userspace proxy's outbound connection's event
+                            node, pid, fd = e.node, e.pid, e.fd
+                            for me in conn.px:  # the proxy dial this event is on (_side_of, inline)
+                                if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
+                                    break
+                            else:
+                                me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
+                                      e.local_ip, e.local_port, ts, None, None]  # the D_* fields
+                                conn.px.append(me)
+                                del conn.px[:-4]
+                            if kind == "connect":
+                                me[D_RESULT], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
+                                _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
+                            # (the requests a proxy forwards and the responses it gets back: a chain shows the
+                            # client's and the backend's)
                     except Exception as exc:  # one bad event must not stop the bucket
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, to_wire(d), exc, ts))
         self._fire_until(state, watermark_ns, out)
@@ -543,85 +665,7 @@ class Stitcher:
         end = max([d.ev.ts for d in state["buf"]] + [state["wm"]]) + 1
         return self.advance(state, key, end, final=True)
 
-    # -- applying one event (in event-time order) ------------------------------
-
-    def _apply(self, st: dict, d: EnrichedEvent, out: list) -> None:
-        e = d.ev
-        proto = e.proto
-        dns_port = self.dns_port
-        if proto == "tcp":
-            if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
-                kind = e.kind  # DNS over TCP: length-prefixed, possibly several per syscall or split
-                if (kind == "send" or kind == "recv") and e.res > 0:
-                    for wire in tcp_dns_messages(e.data, e.res):
-                        self._apply_dns(st, d, wire)
-                return
-        elif proto == "udp":
-            # DNS on port 53; other UDP is not followed
-            kind = e.kind
-            if (kind == "send" or kind == "recv") and e.res > 0 and (
-                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
-                self._apply_dns(st, d)
-            return
-        else:
-            return
-        kind = e.kind
-        if kind not in _TCP_KINDS:
-            return
-        proxy_of = d.proxy_of
-        if proxy_of:
-            side, ip, port = "px", proxy_of["ip"], proxy_of["port"]
-        else:
-            role = e.role
-            if role == "server":
-                side, ip, port = "sv", e.remote_ip, e.remote_port
-            elif role == "client":
-                ip = e.local_ip
-                if ip in UNSPECIFIED_IPS:
-                    ip = d.flow
-                side, port = "cl", e.local_port
-            else:
-                return
-        try:
-            key = self._conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
-        except KeyError:
-            key = self._conn_key(ip, port)
-        conns = st["conns"]
-        conn = conns.get(key)
-        if kind == "connect" and e.syscall == "getsockopt":
-            if conn is not None:
-                self._connect_result(conn, side, e)
-            return
-        if conn is not None and side == "cl" and kind == "connect" and conn.cn is not None:
-            # The client port is reused: the previous connection is over.
-            self._finish(st, conn, out, final=False)
-            seq = conn.seq  # the new conn takes the old one's place in `conns` (and in timer order)
-            conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule_new(st, conn)
-        elif conn is None:
-            if kind == "close" and side == "cl":
-                return  # the tail of a connection already finished
-            seq = st["seq"]
-            st["seq"] = seq + 1
-            conn = conns[key] = _new_conn(key, e, seq)
-            self._schedule_new(st, conn)
-        if e.ts > conn.t1:
-            conn.t1 = e.ts  # only delays the idle deadline: no rescheduling needed
-        if side == "cl":
-            if self._cl(st, conn, d):  # a close or a response: its settle time may come first
-                at = e.ts + self.settle_ns
-                nxt = st["next"]
-                if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
-                    conn.qd = at
-                    heappush(st["tq"], [at, key])
-                    if nxt is None or at < nxt:
-                        st["next"] = at
-                elif nxt is None or at < nxt:
-                    self._schedule(st, conn)  # (a state whose queue was rebuilt: conn.qd 0 until a pass)
-        elif side == "sv":
-            self._sv(st, conn, d)
-        else:
-            self._px(st, conn, d)
+    # -- applying one event (in event-time order: advance's loop) --------------
 
     def _conn_key(self, ip: str | None, port: int | None) -> str:
         keys = self._conn_keys
@@ -669,7 +713,7 @@ class Stitcher:
         # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
         # min (a later close replaces an earlier one: no earlier); nothing else an event does moves
         # it earlier, and conn.qd <= the deadline, st["next"] <= conn.qd. So the new deadline is
-        # that candidate when it is below conn.qd, and nothing changes otherwise: _apply queues it
+        # that candidate when it is below conn.qd, and nothing changes otherwise: advance queues it
         # so, without computing the deadline; this is for a state where those bounds do not hold.
         dl = self._conn_deadline(conn)
         if dl < conn.qd:
@@ -826,66 +870,7 @@ class Stitcher:
                             self._nodeports[sp.node_port] = (info, sp)
         return self._nodeports.get(port)
 
-    # acceptor side (proxy or backend) -------------------------------------------
-
-    def _sv(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
-        e = d.ev
-        kind, ts = e.kind, e.ts
-        node, pid, fd = e.node, e.pid, e.fd
-        for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
-            if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
-                break
-        else:
-            lref = d.local_ref or {}
-            me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
-                  lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
-            acceptors = conn.sv
-            acceptors.append(me)
-            if len(acceptors) > 4:
-                del acceptors[:-4]
-            conn.est = 2
-            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
-        if kind == "recv" and e.res > 0:
-            data = e.data
-            if data and data.startswith(REQUEST_PREFIXES):
-                req = parse_request(data)
-                if req is not None:
-                    i = me[A_NREQUESTS]
-                    me[A_NREQUESTS] = i + 1
-                    reqs = me[A_REQUESTS]
-                    reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
-                    if len(reqs) > MAX_REQS_KEPT:
-                        del reqs[:-MAX_REQS_KEPT]
-        elif kind == "send" and e.res > 0:
-            data = e.data
-            reqs = me[A_REQUESTS]
-            if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_RESPONSE_TS] is None:
-                resp = parse_response(data)
-                if resp is not None and resp.status >= 200:
-                    r = reqs[-1]
-                    r[R_RESPONSE_TS] = ts
-                    r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
-
-    # a userspace proxy's outbound connection ------------------------------------
-
-    def _px(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
-        e = d.ev
-        kind, ts = e.kind, e.ts
-        node, pid, fd = e.node, e.pid, e.fd
-        for me in conn.px:  # the proxy dial this event is on (_side_of, inline)
-            if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
-                break
-        else:
-            me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
-                  e.local_ip, e.local_port, ts, None, None]  # the D_* fields
-            conn.px.append(me)
-            del conn.px[:-4]
-        if kind == "connect":
-            me[D_RESULT], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
-            _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
-        # (the requests a proxy forwards and the responses it gets back: a chain shows the
-        # client's and the backend's)
+    # (an acceptor's events, a userspace proxy's outbound connection's: applied in advance's loop)
 
     # DNS ---------------------------------------------------------------------------
 
