@@ -69,6 +69,7 @@ import gc
 import logging
 import time
 import zlib
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -89,7 +90,7 @@ from svctrace.schemas.models import DecodeError, dumps
 from svctrace.streams.core import Graph, Settings
 from svctrace.streams.core.alerts import ALERTS_TOPIC
 from svctrace.streams.core.enrich import ENRICHED_SCHEMA, ENRICHED_TOPIC, FLOWS_TOPIC
-from svctrace.streams.core.enriched import EnrichedEvent
+from svctrace.streams.core.enriched import EnrichedEvent, EventRun
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
 from svctrace.streams.faust_app.checkpoint import (
@@ -1056,7 +1057,10 @@ class Worker:
                     if st is None:
                         continue  # applied and idle: the state written holds it
                     wm = st["wm"]
-                    events = [e for e in events if e.ev.ts >= wm]
+                    if events.__class__ is EventRun:  # in time order: its buffered tail starts at the first ts >= wm
+                        events = events[bisect_left(events, wm, key=_ENRICHED_TS):]
+                    else:
+                        events = [e for e in events if e.ev.ts >= wm]
                     lost = []
                 if events or lost:
                     evs, losses = by_key.setdefault(key, ([], []))
