@@ -146,6 +146,10 @@ def print_stages(report: dict, events: int, cpu: float, inproc: dict | None = No
         if ns:
             print(f"    thread {thread:<30} {ns / events / 1e3:7.2f} us in all, "
                   f"{(ns - per_thread.get(thread, 0)) / events / 1e3:7.2f} us not clocked")
+    heap = report.get("heap")
+    if heap:
+        print(f"    cycle collector at the end: {heap['frozen']:,} objects frozen, tracked per generation "
+              f"{', '.join(f'{n:,}' for n in heap['tracked'])} (thresholds {tuple(heap['threshold'])})")
     moved = report["bytes"]
     print(f"    sockets: {moved['written'] / events:,.0f} B/event written, {moved['read'] / events:,.0f} B/event read "
           f"(the broker's traffic)")

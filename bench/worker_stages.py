@@ -30,6 +30,7 @@ from time import thread_time_ns
 START_SIGNAL = signal.SIGRTMIN + 1  # Faust's worker takes SIGUSR1/SIGUSR2 for itself
 REPORT_SIGNAL = signal.SIGRTMIN + 2
 COMPRESSION_ENV = "SVCTRACE_BENCH_COMPRESSION"  # zstd, lz4, snappy, gzip or none
+PROFILE_ENV = "SVCTRACE_BENCH_PROFILE"  # a file: the main thread under cProfile over the measured span only
 STATS: dict[str, list[int]] = {}
 _local = threading.local()
 
@@ -126,6 +127,10 @@ CLOCKS = [
     ("svctrace.streams.faust_app.app", "StageShell.advance_keys", "shell: advance keys", True),
     ("svctrace.streams.faust_app.app", "StageShell.flush_keys", "shell: flush keys", True),
     ("svctrace.streams.faust_app.app", "StageShell.snapshot", "checkpoint: snapshot", False),
+    ("svctrace.streams.faust_app.app", "Worker._copies", "checkpoint: copies", False),
+    ("svctrace.streams.faust_app.app", "Worker._write_copies", "checkpoint: write copies", True),
+    ("svctrace.streams.faust_app.app", "Worker._durable_marks", "checkpoint: durable marks", True),
+    ("faust.events", "Event.ack", "faust: ack", False),
     ("svctrace.streams.faust_app.app", "StageShell.write", "checkpoint: write", True),
     ("svctrace.streams.faust_app.app", "dumps_checkpoint", "checkpoint: dumps_state", False),
     ("svctrace.streams.faust_app.app", "decode_syscall_batch", "codec: decode syscall batch", False),
@@ -257,17 +262,32 @@ def main(argv: list[str]) -> int:
 
         app.COMPRESSION = None if codec == "none" else codec
     start: dict[str, int] = {}
+    profile_path = os.environ.get(PROFILE_ENV)
+    profiler = None
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile(thread_time_ns, 1e-9)  # CPU time (the wall clock counts the waits too)
 
     def on_start(signum, frame):
         STATS.clear()
         BYTES.update(written=0, read=0)
         start.clear()
         start.update(_thread_cpu_ns())
+        if profiler is not None:
+            profiler.enable()
 
     def on_report(signum, frame):
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
         threads = {name: ns - start.get(name, 0) for name, ns in _thread_cpu_ns().items()}
+        # what a pass of each generation would walk now (a full pass walks generation 2 and everything
+        # younger; frozen objects are walked by none)
+        heap = {"tracked": [len(gc.get_objects(g)) for g in range(3)], "frozen": gc.get_freeze_count(),
+                "threshold": gc.get_threshold()}
         tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stages": STATS, "threads": threads, "bytes": BYTES}))
+        tmp.write_text(json.dumps({"stages": STATS, "threads": threads, "bytes": BYTES, "heap": heap}))
         tmp.replace(report)
 
     signal.signal(START_SIGNAL, on_start)
