@@ -579,17 +579,74 @@ class Stitcher:
                             self._schedule_new(state, conn)
                         if ts > conn.t1:
                             conn.t1 = ts  # only delays the idle deadline: no rescheduling needed
-                        if side == "cl":
-                            if self._cl(state, conn, d):  # a close or a response: its settle time may come first
-                                at = ts + self.settle_ns
-                                nxt = state["next"]
-                                if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
-                                    conn.qd = at
-                                    heappush(state["tq"], [at, ck])
-                                    if nxt is None or at < nxt:
-                                        state["next"] = at
-                                elif nxt is None or at < nxt:
-                                    self._schedule(state, conn)  # (a state whose queue was rebuilt: conn.qd 0 until a pass)
+                        if side == "cl":  # the client's event
+                            if conn.cl is None:
+                                conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
+                                conn.a = [e.node, e.n]
+                            if kind == "connect":
+                                conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip,
+                                           e.remote_port, e.res, e.errno]  # CN_*
+                                conn.a = [e.node, e.n]
+                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
+                                self._resolve_service(state, conn, d)
+                                if e.res == 0:
+                                    conn.est = max(conn.est or 0, 1)
+                            elif kind == "send":
+                                res = e.res
+                                if res > 0:
+                                    conn.est = conn.est or 1
+                                    conn.tx += res
+                                    data = e.data
+                                    req = parse_request(data) if data and data.startswith(REQUEST_PREFIXES) else None
+                                    if req is not None:
+                                        conn.nreq += 1
+                                        reqs = conn.creq
+                                        reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, res, 0, None, None,
+                                                     [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}],
+                                                     False])  # C_*
+                                        if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
+                                            _trim_client(conn)
+                                        continue
+                                    reqs = conn.creq
+                                    if reqs and reqs[-1][C_RESPONSE_TS] is None:
+                                        reqs[-1][C_SENT] += res
+                                elif e.errno in FAILED_ERRNOS:
+                                    conn.err = conn.err or e.errno
+                                    _evidence(conn, e, "client send error")
+                                if conn.svc is None and conn.cn is None:
+                                    self._resolve_service(state, conn, d)
+                            elif kind == "recv":
+                                res = e.res
+                                if res > 0:
+                                    conn.est = 2
+                                    conn.rx += res
+                                    data = e.data
+                                    cur = None  # the oldest request still waiting for its response
+                                    for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
+                                        if r[C_RESPONSE_TS] is not None:
+                                            break
+                                        cur = r
+                                    resp = parse_response(data) if data and data.startswith(RESPONSE_PREFIX) else None
+                                    if resp is not None and resp.status >= 200 and cur is not None:
+                                        cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, res
+                                        cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
+                                        self._settles(state, conn, ts)  # a response: its settle time may come first
+                                        continue
+                                    last = conn.creq[-1] if conn.creq else None
+                                    if last is not None and last[C_RESPONSE_TS] is not None:
+                                        last[C_RECEIVED] += res
+                                elif res == 0:
+                                    conn.eof = conn.eof or ts
+                                    _evidence(conn, e, "client got EOF")
+                                elif e.errno in FAILED_ERRNOS:
+                                    conn.err = conn.err or e.errno
+                                    _evidence(conn, e, "client recv error")
+                            elif kind == "close":
+                                conn.ccl = ts
+                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
+                                self._settles(state, conn, ts)  # a close: its settle time may come first
                         elif side == "sv":  # an acceptor's (a userspace proxy's or the backend's) event
                             node, pid, fd = e.node, e.pid, e.fd
                             for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
@@ -749,77 +806,17 @@ class Stitcher:
 
     # client side ---------------------------------------------------------------
 
-    def _cl(self, st: dict, conn: Conn, d: EnrichedEvent) -> bool:
-        """Apply a client-side event; True when it moved a deadline earlier (close, response)."""
-        e = d.ev
-        kind, ts = e.kind, e.ts
-        if conn.cl is None:
-            conn.cl = [e.node, e.pid, e.comm, e.container_id, e.local_ip if e.local_ip not in UNSPECIFIED_IPS else d.flow,
-                       e.local_port, d.flow]  # CL_*
-            conn.a = [e.node, e.n]
-        if kind == "connect":
-            conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip, e.remote_port,
-                       e.res, e.errno]  # CN_*
-            conn.a = [e.node, e.n]
-            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
-            self._resolve_service(st, conn, d)
-            if e.res == 0:
-                conn.est = max(conn.est or 0, 1)
-        elif kind == "send":
-            if e.res > 0:
-                conn.est = conn.est or 1
-                conn.tx += e.res
-                data = e.data
-                if data and data.startswith(REQUEST_PREFIXES):
-                    req = parse_request(data)
-                    if req is not None:
-                        conn.nreq += 1
-                        reqs = conn.creq
-                        reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, e.res, 0, None, None,
-                                     [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}], False])  # C_*
-                        if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
-                            _trim_client(conn)
-                        return
-                reqs = conn.creq
-                if reqs and reqs[-1][C_RESPONSE_TS] is None:
-                    reqs[-1][C_SENT] += e.res
-            elif e.errno in FAILED_ERRNOS:
-                conn.err = conn.err or e.errno
-                _evidence(conn, e, "client send error")
-            if conn.svc is None and conn.cn is None:
-                self._resolve_service(st, conn, d)
-        elif kind == "recv":
-            if e.res > 0:
-                conn.est = 2
-                conn.rx += e.res
-                data = e.data
-                cur = None  # the oldest request still waiting for its response
-                for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
-                    if r[C_RESPONSE_TS] is not None:
-                        break
-                    cur = r
-                if data and data.startswith(RESPONSE_PREFIX):
-                    resp = parse_response(data)
-                    if resp is not None and resp.status >= 200 and cur is not None:
-                        cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, e.res
-                        cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
-                        return True
-                last = conn.creq[-1] if conn.creq else None
-                if last is not None and last[C_RESPONSE_TS] is not None:
-                    last[C_RECEIVED] += e.res
-            elif e.res == 0:
-                conn.eof = conn.eof or ts
-                _evidence(conn, e, "client got EOF")
-            elif e.errno in FAILED_ERRNOS:
-                conn.err = conn.err or e.errno
-                _evidence(conn, e, "client recv error")
-        elif kind == "close":
-            conn.ccl = ts
-            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
-            return True
-        return False
+    def _settles(self, st: dict, conn: Conn, ts: int) -> None:
+        """The client's close or response at ts: the conn's deadline may now be ts + settle."""
+        at = ts + self.settle_ns
+        nxt = st["next"]
+        if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
+            conn.qd = at
+            heappush(st["tq"], [at, conn.k])
+            if nxt is None or at < nxt:
+                st["next"] = at
+        elif nxt is None or at < nxt:
+            self._schedule(st, conn)  # (a state whose queue was rebuilt: conn.qd 0 until a pass)
 
     def _resolve_service(self, st: dict, conn: Conn, d: EnrichedEvent) -> None:
         """Which Service this connection is a request to, and how we know."""
@@ -1001,13 +998,13 @@ class Stitcher:
         """A key's lookups (not empty) as of ts, as exact timers would have left them: claimed
         lookups past their expiry (left to any later pass: "lc") are dropped now, and with the last
         one the key (None then)."""
-        timeout = self.lookup_timeout_ns
+        limit = ts - self.lookup_timeout_ns  # expired: last event at or before it
         for lk in lookups:
-            if lk[L_CLAIMED] and ts >= lk[L_T1] + timeout:
+            if lk[L_CLAIMED] and lk[L_T1] <= limit:
                 break
         else:
             return lookups  # (the common case: nothing expired)
-        lookups[:] = [lk for lk in lookups if not (lk[L_CLAIMED] and ts >= lk[L_T1] + timeout)]
+        lookups[:] = [lk for lk in lookups if not (lk[L_CLAIMED] and lk[L_T1] <= limit)]
         if lookups:
             return lookups
         del st["lk"][lkey], st["lks"][lkey]
@@ -1129,7 +1126,8 @@ class Stitcher:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
                 cut = final and conn.ccl is None and now < conn.t1 + idle_ns
                 try:
-                    self._finish(st, conn, out, final=cut)
+                    if conn.cl is not None:  # (else only the accepting side was seen: see _finish)
+                        self._finish(st, conn, out, cut)
                 except Exception as exc:  # a connection we cannot describe is reported, not fatal
                     out.append(dead_letter(self.name, FLOWS_TOPIC, key, conn, exc, conn.t1))
                 del conns[key]
@@ -1148,7 +1146,8 @@ class Stitcher:
                         r[C_DONE] = True
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r[C_TS]))
             if emitted:  # emitted requests are not needed any more (keep-alive: 10s of them)
-                conn.creq = [r for r in conn.creq if not r[C_DONE]]
+                reqs = conn.creq  # (one request, emitted: none left)
+                conn.creq = [] if len(reqs) == 1 else [r for r in reqs if not r[C_DONE]]
             dl = conn.qd = exact[key] = self._conn_deadline(conn)
             heappush(tq, [dl, key])
         if not conns:
