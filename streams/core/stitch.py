@@ -534,6 +534,9 @@ class Stitcher:
                             kind = e.kind
                             if (kind == "send" or kind == "recv") and e.res > 0 and (
                                     e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
+                                data = e.data
+                                if e.local_port == dns_port and data and len(data) > 2 and data[2] & 0x80:
+                                    continue  # the server's answer (QR set): see _apply_dns
                                 self._apply_dns(state, d)
                             continue
                         else:
@@ -983,7 +986,12 @@ class Stitcher:
             res = lk[L_RESOLVED]
             if res is None or ts - res > self.lookup_timeout_ns:
                 continue
-            answers = [a for q in lk[L_QUERIES] if q[Q_ANSWER] for a in q[Q_ANSWER][N_ADDRESSES]]
+            qs = lk[L_QUERIES]
+            if len(qs) == 1:  # (most lookups)
+                a = qs[0][Q_ANSWER]
+                answers = a[N_ADDRESSES] if a else ()
+            else:
+                answers = [a for q in qs if q[Q_ANSWER] for a in q[Q_ANSWER][N_ADDRESSES]]
             match = aip in answers
             if not match:
                 match = any(set(answers).intersection(sv.cluster_ips)
@@ -1032,6 +1040,8 @@ class Stitcher:
 
     def _dns_summary(self, st: dict, lk: list) -> list:
         qs = lk[L_QUERIES]
+        if len(qs) == 1:
+            return self._one_query_summary(st, lk, qs[0])
         t0 = qs[0][Q_TS]
         # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
         # and retries (a query asked again: its previous ask is the latest one of the same question)
@@ -1091,6 +1101,27 @@ class Stitcher:
             len(nx_names - {final_name}),  # search-list names tried before the one asked for
             retry_gap, t0, end, refs, lk[L_ANCHOR], lk[L_CLIENT],
         ]
+
+    @staticmethod
+    def _one_query_summary(st: dict, lk: list, q: list) -> list:
+        """_dns_summary of a lookup of one query (most): no retry, no other name; the same list."""
+        t0 = q[Q_TS]
+        a = q[Q_ANSWER]
+        srv = st["dsrv"].get(f'{q[Q_ENDPOINT]}|{q[Q_ID]}')
+        if a is None:
+            refs = [q[Q_REF]] if srv is None else [q[Q_REF], srv[S_REF]]
+            return [q[Q_NAME], q[Q_TYPE], q[Q_SERVER], q[Q_SERVER_PORT], None, srv, None, [], [], None, None, None,
+                    0, 1, 0, 0, 0, None, t0, t0, refs, lk[L_ANCHOR], lk[L_CLIENT]]  # DX_*
+        refs = [q[Q_REF], a[N_REF]] if srv is None else [q[Q_REF], a[N_REF], srv[S_REF]]
+        ats = a[N_TS]
+        rcode = a[N_RCODE]
+        if rcode == "NOERROR" and a[N_ADDRESSES]:  # positive
+            return [q[Q_NAME], q[Q_TYPE], q[Q_SERVER], q[Q_SERVER_PORT], a[N_FROM], srv, rcode, list(a[N_ADDRESSES]),
+                    list(a[N_CNAMES]), a[N_TTL], ats - t0, ats - t0, 0, 1, 0, 1, 0, None, t0, ats if ats > t0 else t0,
+                    refs, lk[L_ANCHOR], lk[L_CLIENT]]  # DX_*
+        return [q[Q_NAME], q[Q_TYPE], q[Q_SERVER], q[Q_SERVER_PORT], a[N_FROM], srv, rcode, [], [], None, None,
+                ats - t0, 0, 1, 1 if rcode == "NXDOMAIN" else 0, 1, 0, None, t0, ats if ats > t0 else t0, refs,
+                lk[L_ANCHOR], lk[L_CLIENT]]  # DX_*
 
     # timers ------------------------------------------------------------------------
 
