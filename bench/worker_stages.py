@@ -137,7 +137,8 @@ CLOCKS = [
     ("svctrace.streams.faust_app.app", "encode_flows_batch", "codec: encode flows", False),
     ("svctrace.streams.faust_app.app", "encode_enriched_batch", "codec: encode enriched", False),
     ("svctrace.streams.faust_app.app", "read_flows_record", "codec: read flows record", False),
-    ("svctrace.streams.faust_app.app", "dumps", "codec: JSON chains/alerts/occ", False),
+    ("svctrace.streams.faust_app.app", "encode_record", "codec: JSON chains/alerts/occ", False),
+    ("svctrace.streams.faust_app.app", "dumps", "codec: JSON chains/alerts/occ", False),  # (dead letters; older workers)
     ("svctrace.streams.faust_app.app", "decode_progress", "shell: progress decode", False),
     # the core
     ("svctrace.streams.core.enrich", "Enricher.process", "core: enrich process", False),

@@ -10,6 +10,7 @@ import pytest
 
 from svctrace.schemas.models import DecodeError, SyscallBatch, decode_batch, encode_batch
 from svctrace.streams.core import Graph, Settings
+from svctrace.streams.core.enrich import FLOWS_TOPIC as FLOWS
 from svctrace.streams.faust_app.wire import decode_syscall_batch
 from tests import scenario
 
@@ -115,6 +116,34 @@ def test_event_maker_sharing_makes_make_events_events():
     assert not {e.syscall for e in made} & shared.keys() - {e.comm for e in made} - {e.local_ip for e in made}
     with pytest.raises(ValueError, match="not SyscallEvent fields"):
         event_maker_sharing(shared, ["ip"])
+
+
+def test_record_encoder_writes_the_bytes_of_the_schema_encoder():
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.alerts import ALERTS_TOPIC
+    from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
+    from svctrace.streams.faust_app.wire import encode_record
+
+    seen = {CHAINS_TOPIC: 0, OCCURRENCES_TOPIC: 0, ALERTS_TOPIC: 0}
+    for fault in scenario.FAULTS:
+        for mode in scenario.MODES:
+            cluster, events = scenario.build(fault, mode, requests=3)
+            graph = Graph(cluster.index(), Settings())
+            enrich, stitch, alerts = graph.enrich.new_state(), {}, {}
+            outs = graph.enrich.process(enrich, "n", events) + graph.enrich.flush(enrich, "n")
+            while outs:
+                topic, key, value = outs.pop(0)
+                if topic in seen:
+                    assert encode_record(value) == dumps(value), (fault, mode, topic)
+                    seen[topic] += 1
+                op, states = {FLOWS: (graph.stitch, stitch), OCCURRENCES_TOPIC: (graph.alerts, alerts)}.get(topic, (None, None))
+                if op is not None:
+                    st = states.setdefault(key, op.new_state())
+                    outs += op.process(st, key, value) + op.flush(st, key)
+    assert all(n >= 10 for n in seen.values()), seen
+    odd = {"s": "ctl \x00\x1f \" \\ / \u2028 \ud7ff é 😀", "n": [0, -1, 2**63 - 1, -2**63], "b": b"\x00\xff",
+           "t": True, "z": None, "d": {"": []}}
+    assert encode_record(odd) == dumps(odd)
 
 
 def _enriched_batches(requests: int = 20):

@@ -102,7 +102,7 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_enriched_batch,
+    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_enriched_batch, encode_record,
     encode_flows_batch, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
@@ -974,7 +974,7 @@ class Worker:
                     tag = self.applied.keep() if r in self.alerts_reading else None
                     if tag is not None:  # our own alerts partition: applied below, not read back
                         headers.append((APPLIED_HEADER, tag))
-                    batches.add(names[OCCURRENCES_TOPIC], r, key.encode(), dumps(value), headers)
+                    batches.add(names[OCCURRENCES_TOPIC], r, key.encode(), encode_record(value), headers)
                     if tag is not None:
                         here.append((r, key, value, tag))
                 elif topic == ENRICHED_TOPIC:
@@ -986,7 +986,8 @@ class Worker:
                     if n is None:
                         n = partitions[name] = await batches.partitions(name)
                     k = key.encode()
-                    batches.add(name, murmur2_partition(k, n), k, dumps(value))
+                    batches.add(name, murmur2_partition(k, n), k,
+                                dumps(value) if topic == cat.DEADLETTER else encode_record(value))
                 else:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
