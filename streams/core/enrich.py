@@ -297,7 +297,10 @@ class Enricher:
         cut = bisect_left(buf, watermark_ns, key=_TS)  # events before the watermark are released
         if cut == 0:
             return self._release(state, key, []) if state.get("llost") else []
-        ready, state["buf"] = buf[:cut], buf[cut:]
+        if cut == len(buf):  # (all of it: no copy)
+            ready, state["buf"] = buf, []
+        else:
+            ready, state["buf"] = buf[:cut], buf[cut:]
         if unsorted:
             ready = self._without_repeats(state, ready)
             state["unsorted"] = bool(state["buf"])  # sorted, but it may still hold repeats

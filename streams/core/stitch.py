@@ -503,7 +503,10 @@ class Stitcher:
             buf.sort(key=_event_order)
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
-                ready, state["buf"] = buf[:cut], buf[cut:]
+                if cut == len(buf):  # (all of it: no copy)
+                    ready, state["buf"] = buf, []
+                else:
+                    ready, state["buf"] = buf[:cut], buf[cut:]
                 prev = prev_ts = None
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
