@@ -725,7 +725,7 @@ class Stitcher:
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
         """End of input: apply everything buffered and close every chain (open ones as incomplete)."""
-        end = max([d.ev.ts for d in state["buf"]] + [state["wm"]]) + 1
+        end = max(max(map(_event_ts, state["buf"]), default=state["wm"]), state["wm"]) + 1
         return self.advance(state, key, end, final=True)
 
     # -- applying one event (in event-time order: advance's loop) --------------
@@ -1661,7 +1661,7 @@ class Stitcher:
                 if p.slow_hops:
                     found += [("svc.hop_latency", h) for h in p.slow_hops]
                 for h in hops[len(p.hops):]:  # this request's hops
-                    obj = R.LATENCY_OBJECTIVES_NS.get(h["name"])
+                    obj = _OBJECTIVES.get(h["name"])
                     if obj is not None and h["latency_ns"] > obj:
                         found.append(("svc.hop_latency", h))
                 if found:
