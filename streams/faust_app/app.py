@@ -80,6 +80,7 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
 from svctrace.kafka.batches import PartitionBatches, murmur2_partition
@@ -236,6 +237,32 @@ class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             raise ConsumerFailed(error or RuntimeError("aiokafka's fetch task ended")) from error
 
 
+class _Started:
+    """A coroutine already stepped once (`yielded`: what its first step yielded), as an awaitable that
+    goes on from there: the task awaiting it waits for what it yielded, then resumes it."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro, yielded):
+        self.coro, self.yielded = coro, yielded
+
+    def __await__(self):
+        coro, yielded = self.coro, self.yielded
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as e:  # noqa: BLE001 - thrown into the coroutine, as await would (cancel)
+                try:
+                    yielded = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(value)
+                except StopIteration as stop:
+                    return stop.value
+
+
 class ShortPollConsumer(faust_aiokafka.Consumer):
     """The worker's Faust consumer: short fetch waits, and no fetched record silently lost.
 
@@ -295,6 +322,34 @@ class ShortPollConsumer(faust_aiokafka.Consumer):
         if not self.app.should_stop:
             log.error("Kafka consumer failed: %r; stopping the worker (exit status 1)", error)
             await self.app.crash(error)
+
+    async def wait_first(self, *coros, timeout=None):
+        """Faust's fetch loop (_drain_messages) hands over each record with
+        wait_first(callback(message), self.suspend_flow.wait()): four tasks, an asyncio.wait and three
+        cancellations per record (~40 us; a syscalls record is one, each alert occurrence another). The
+        hand-over almost always completes at its first step (its stream's queue has room); when flow is
+        not suspended and the consumer neither stopping nor crashed, it is then the race's only winner,
+        as it would be there: taken here with no task. One that has to wait goes on the general path,
+        started as it is (_Started), so suspending flow, stopping or crashing still abandon it."""
+        if timeout is None and len(coros) == 2 and self._is_flow_wait(coros[1]) and not (
+                self.suspend_flow.is_set() or self._stopped.is_set() or self._crashed.is_set()):
+            handover, flow_wait = coros
+            try:
+                first = handover.send(None)
+            except StopIteration as done:
+                flow_wait.close()  # never started: nothing to wait for, no "never awaited" warning
+                return WaitResults([handover], [done.value], False)
+            except BaseException:
+                flow_wait.close()
+                raise
+            return await super().wait_first(_Started(handover, first), flow_wait)
+        return await super().wait_first(*coros, timeout=timeout)
+
+    def _is_flow_wait(self, coro) -> bool:
+        """Whether coro is this consumer's suspend_flow.wait(), not started yet."""
+        frame = getattr(coro, "cr_frame", None)
+        return (frame is not None and frame.f_code is type(self.suspend_flow).wait.__code__
+                and coro.cr_suspended is False and not coro.cr_running and frame.f_locals.get("self") is self.suspend_flow)
 
     async def on_partitions_revoked(self, revoked) -> None:
         self._resume_with_flow = frozenset()  # a new assignment pauses everything again
