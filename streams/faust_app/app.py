@@ -29,8 +29,11 @@ What it adds is what only a distributed runner needs:
   format (checkpoint.py): a worker meeting one it does not read (written by a newer worker)
   stops with exit status 1 and says what to do, instead of misreading it.
 * Bad records never stop the worker: they go to svctrace.deadletter with the reason.
-* Cost per event close to the core's: syscall batches decode straight into SyscallEvents
-  and enriched batches encode without a dict per event (wire.py), a syscalls partition is
+* Cost per event close to the core's: syscall batches decode straight into SyscallEvents, their
+  equal strings shared (the core runs ~10% slower on a new string per value), chains, alerts and
+  occurrences are written by msgspec and enriched batches encode without a dict per event
+  (wire.py), a fetched record reaches its stream without Faust's four tasks per record when it
+  fits at once (ShortPollConsumer.wait_first), a syscalls partition is
   advanced once its fetched backlog is read (so releases, and the flows records they make,
   hold thousands of events), the stitch stage takes the
   flows records this worker sent itself as the enrich stage's objects (wire.LocalHandoff: no
