@@ -585,125 +585,12 @@ class Stitcher:
                             self._schedule_new(state, conn)
                         if ts > conn.t1:
                             conn.t1 = ts  # only delays the idle deadline: no rescheduling needed
-                        if side == "cl":  # the client's event
-                            if conn.cl is None:
-                                conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
-                                conn.a = [e.node, e.n]
-                            if kind == "connect":
-                                conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip,
-                                           e.remote_port, e.res, e.errno]  # CN_*
-                                conn.a = [e.node, e.n]
-                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
-                                self._resolve_service(state, conn, d)
-                                if e.res == 0:
-                                    conn.est = max(conn.est or 0, 1)
-                            elif kind == "send":
-                                res = e.res
-                                if res > 0:
-                                    conn.est = conn.est or 1
-                                    conn.tx += res
-                                    data = e.data
-                                    req = parse_request(data) if data and data.startswith(REQUEST_PREFIXES) else None
-                                    if req is not None:
-                                        conn.nreq += 1
-                                        reqs = conn.creq
-                                        reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, res, 0, None, None,
-                                                     [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}],
-                                                     False])  # C_*
-                                        if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
-                                            _trim_client(conn)
-                                        continue
-                                    reqs = conn.creq
-                                    if reqs and reqs[-1][C_RESPONSE_TS] is None:
-                                        reqs[-1][C_SENT] += res
-                                elif e.errno in FAILED_ERRNOS:
-                                    conn.err = conn.err or e.errno
-                                    _evidence(conn, e, "client send error")
-                                if conn.svc is None and conn.cn is None:
-                                    self._resolve_service(state, conn, d)
-                            elif kind == "recv":
-                                res = e.res
-                                if res > 0:
-                                    conn.est = 2
-                                    conn.rx += res
-                                    data = e.data
-                                    cur = None  # the oldest request still waiting for its response
-                                    for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
-                                        if r[C_RESPONSE_TS] is not None:
-                                            break
-                                        cur = r
-                                    resp = parse_response(data) if data and data.startswith(RESPONSE_PREFIX) else None
-                                    if resp is not None and resp.status >= 200 and cur is not None:
-                                        cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, res
-                                        cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
-                                        self._settles(state, conn, ts)  # a response: its settle time may come first
-                                        continue
-                                    last = conn.creq[-1] if conn.creq else None
-                                    if last is not None and last[C_RESPONSE_TS] is not None:
-                                        last[C_RECEIVED] += res
-                                elif res == 0:
-                                    conn.eof = conn.eof or ts
-                                    _evidence(conn, e, "client got EOF")
-                                elif e.errno in FAILED_ERRNOS:
-                                    conn.err = conn.err or e.errno
-                                    _evidence(conn, e, "client recv error")
-                            elif kind == "close":
-                                conn.ccl = ts
-                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
-                                self._settles(state, conn, ts)  # a close: its settle time may come first
-                        elif side == "sv":  # an acceptor's (a userspace proxy's or the backend's) event
-                            node, pid, fd = e.node, e.pid, e.fd
-                            for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
-                                if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
-                                    break
-                            else:
-                                lref = d.local_ref or {}
-                                me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
-                                      lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
-                                acceptors = conn.sv
-                                acceptors.append(me)
-                                if len(acceptors) > 4:
-                                    del acceptors[:-4]
-                                conn.est = 2
-                                if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                                    conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
-                            if kind == "recv" and e.res > 0:
-                                data = e.data
-                                if data and data.startswith(REQUEST_PREFIXES):
-                                    req = parse_request(data)
-                                    if req is not None:
-                                        i = me[A_NREQUESTS]
-                                        me[A_NREQUESTS] = i + 1
-                                        reqs = me[A_REQUESTS]
-                                        reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
-                                        if len(reqs) > MAX_REQS_KEPT:
-                                            del reqs[:-MAX_REQS_KEPT]
-                            elif kind == "send" and e.res > 0:
-                                data = e.data
-                                reqs = me[A_REQUESTS]
-                                if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_RESPONSE_TS] is None:
-                                    resp = parse_response(data)
-                                    if resp is not None and resp.status >= 200:
-                                        r = reqs[-1]
-                                        r[R_RESPONSE_TS] = ts
-                                        r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
-                        else:  # a userspace proxy's outbound connection's event
-                            node, pid, fd = e.node, e.pid, e.fd
-                            for me in conn.px:  # the proxy dial this event is on (_side_of, inline)
-                                if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
-                                    break
-                            else:
-                                me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
-                                      e.local_ip, e.local_port, ts, None, None]  # the D_* fields
-                                conn.px.append(me)
-                                del conn.px[:-4]
-                            if kind == "connect":
-                                me[D_RESULT], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
-                                _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
-                            # (the requests a proxy forwards and the responses it gets back: a chain shows the
-                            # client's and the backend's)
+                        if side == "cl":
+                            self._client_step(state, conn, d, e, kind, ts, ip, port)
+                        elif side == "sv":
+                            _acceptor_step(conn, d, e, kind, ts)
+                        else:
+                            _proxy_step(conn, e, kind, ts)
                     except Exception as exc:  # one bad event must not stop the bucket
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, to_wire(d), exc, ts))
         self._fire_until(state, watermark_ns, out)
@@ -729,6 +616,77 @@ class Stitcher:
         return self.advance(state, key, end, final=True)
 
     # -- applying one event (in event-time order: advance's loop) --------------
+
+    def _client_step(self, state: dict, conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int,
+                     ip: str, port: int) -> None:
+        """The client's event on its connection: connect, a request sent, a response or EOF, close."""
+        if conn.cl is None:
+            conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
+            conn.a = [e.node, e.n]
+        if kind == "connect":
+            conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip,
+                       e.remote_port, e.res, e.errno]  # CN_*
+            conn.a = [e.node, e.n]
+            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
+            self._resolve_service(state, conn, d)
+            if e.res == 0:
+                conn.est = max(conn.est or 0, 1)
+        elif kind == "send":
+            res = e.res
+            if res > 0:
+                conn.est = conn.est or 1
+                conn.tx += res
+                data = e.data
+                req = parse_request(data) if data and data.startswith(REQUEST_PREFIXES) else None
+                if req is not None:
+                    conn.nreq += 1
+                    reqs = conn.creq
+                    reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, res, 0, None, None,
+                                 [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}],
+                                 False])  # C_*
+                    if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
+                        _trim_client(conn)
+                    return
+                reqs = conn.creq
+                if reqs and reqs[-1][C_RESPONSE_TS] is None:
+                    reqs[-1][C_SENT] += res
+            elif e.errno in FAILED_ERRNOS:
+                conn.err = conn.err or e.errno
+                _evidence(conn, e, "client send error")
+            if conn.svc is None and conn.cn is None:
+                self._resolve_service(state, conn, d)
+        elif kind == "recv":
+            res = e.res
+            if res > 0:
+                conn.est = 2
+                conn.rx += res
+                data = e.data
+                cur = None  # the oldest request still waiting for its response
+                for r in reversed(conn.creq):  # (answered oldest first: the waiting ones trail)
+                    if r[C_RESPONSE_TS] is not None:
+                        break
+                    cur = r
+                resp = parse_response(data) if data and data.startswith(RESPONSE_PREFIX) else None
+                if resp is not None and resp.status >= 200 and cur is not None:
+                    cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, res
+                    cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
+                    self._settles(state, conn, ts)  # a response: its settle time may come first
+                    return
+                last = conn.creq[-1] if conn.creq else None
+                if last is not None and last[C_RESPONSE_TS] is not None:
+                    last[C_RECEIVED] += res
+            elif res == 0:
+                conn.eof = conn.eof or ts
+                _evidence(conn, e, "client got EOF")
+            elif e.errno in FAILED_ERRNOS:
+                conn.err = conn.err or e.errno
+                _evidence(conn, e, "client recv error")
+        elif kind == "close":
+            conn.ccl = ts
+            if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
+            self._settles(state, conn, ts)  # a close: its settle time may come first
 
     def _conn_key(self, ip: str | None, port: int | None) -> str:
         keys = self._conn_keys
@@ -1851,6 +1809,63 @@ _event_id = itemgetter("node", "n")  # an event ref's event
 _ref_ts = itemgetter("ts")
 _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
+
+
+def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int) -> None:
+    """An acceptor's event (a userspace proxy's or the backend's): the accept, a request read, a response written."""
+    node, pid, fd = e.node, e.pid, e.fd
+    for me in conn.sv:  # the acceptor this event is on (_side_of, inline)
+        if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
+            break
+    else:
+        lref = d.local_ref or {}
+        me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
+              lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
+        acceptors = conn.sv
+        acceptors.append(me)
+        if len(acceptors) > 4:
+            del acceptors[:-4]
+        conn.est = 2
+        if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
+            conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+    if kind == "recv" and e.res > 0:
+        data = e.data
+        if data and data.startswith(REQUEST_PREFIXES):
+            req = parse_request(data)
+            if req is not None:
+                i = me[A_NREQUESTS]
+                me[A_NREQUESTS] = i + 1
+                reqs = me[A_REQUESTS]
+                reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
+                if len(reqs) > MAX_REQS_KEPT:
+                    del reqs[:-MAX_REQS_KEPT]
+    elif kind == "send" and e.res > 0:
+        data = e.data
+        reqs = me[A_REQUESTS]
+        if data and data.startswith(RESPONSE_PREFIX) and reqs and reqs[-1][R_RESPONSE_TS] is None:
+            resp = parse_response(data)
+            if resp is not None and resp.status >= 200:
+                r = reqs[-1]
+                r[R_RESPONSE_TS] = ts
+                r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+
+
+def _proxy_step(conn: Conn, e: SyscallEvent, kind: str, ts: int) -> None:
+    """A userspace proxy's outbound connection's event: its dial and the dial's result."""
+    node, pid, fd = e.node, e.pid, e.fd
+    for me in conn.px:  # the proxy dial this event is on (_side_of, inline)
+        if me[D_FD] == fd and me[D_PID] == pid and me[D_NODE] == node:
+            break
+    else:
+        me = [node, pid, e.comm, fd, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
+              e.local_ip, e.local_port, ts, None, None]  # the D_* fields
+        conn.px.append(me)
+        del conn.px[:-4]
+    if kind == "connect":
+        me[D_RESULT], me[D_ERRNO], me[D_TS] = e.res, e.errno, ts
+        _evidence(conn, e, "proxy dial" + (f" {e.errno}" if e.res < 0 and e.errno else ""))
+    # (the requests a proxy forwards and the responses it gets back: a chain shows the
+    # client's and the backend's)
 
 
 def _new_conn(key: str, e: SyscallEvent, seq: int) -> Conn:
