@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import Settings, run
@@ -271,3 +272,41 @@ def test_a_claimed_lookup_is_gone_at_its_expiry_though_no_timer_fires_for_it():
         [late] = [ch for ch in r.chains if ch["connect"] and ch["connect"]["ts"] == t]
         assert (late["dns"] is not None) == claims, (offset, late["dns"])
         assert len([ch for ch in r.chains if ch["dns"] is not None]) == 1 + claims
+
+
+def test_one_query_summary_equals_the_general_pass(monkeypatch):
+    """The short path for a lookup of one query is a speed-up only: on every
+    scenario (each mode and fault), the DNS outcomes and both example captures, it must give
+    the list the general pass gives for the same lookup. (Real resolvers mostly send several
+    queries per lookup, A and AAAA over the search list: the lab capture's have 8 or 10.)"""
+    from svctrace.analyze.pipeline import analyze
+    from svctrace.streams.core.stitch import DX_RCODE, Stitcher
+    from tests.scenario import FAULTS, MODES
+
+    short = Stitcher._one_query_summary
+    seen = {"checked": 0, "answered": 0, "unanswered": 0}
+
+    def checked(self, st, lk, q):
+        got = short(st, lk, q)
+        assert got == self._lookup_summary(st, lk), lk
+        seen["checked"] += 1
+        seen["answered" if got[DX_RCODE] is not None else "unanswered"] += 1
+        return got
+
+    monkeypatch.setattr(Stitcher, "_one_query_summary", checked)
+    for mode in MODES:
+        for fault in FAULTS:
+            cluster = Cluster(fault)
+            sc = Scenario(cluster, mode)
+            sc.request(T0, fault)
+            run(sc.events(), cluster.index())
+    sc = Scenario(Cluster())  # unanswered, NXDOMAIN, an answer from no server process seen
+    curl = sc.proc("client", "curl")
+    sc.lookup(T0, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False)
+    sc.lookup(T0 + 20 * S, curl, POD_IP, "nope.default.svc.cluster.local", [], rcode=3)
+    sc.lookup(T0 + 40 * S, curl, POD_IP, "example.com", ["93.184.216.34"], server=False)
+    run(sc.events(), sc.cluster.index())
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for case in ("seed", "lab"):
+        analyze(str(examples / case / "capture.scap"), str(examples / case / "cluster.json"))
+    assert seen["answered"] >= 15 and seen["unanswered"] >= 1, seen

@@ -948,7 +948,7 @@ class Stitcher:
             if res is None or ts - res > self.lookup_timeout_ns:
                 continue
             qs = lk[L_QUERIES]
-            if len(qs) == 1:  # (most lookups)
+            if len(qs) == 1:  # (one query: a fully qualified name, one address family)
                 a = qs[0][Q_ANSWER]
                 answers = a[N_ADDRESSES] if a else ()
             else:
@@ -1001,8 +1001,15 @@ class Stitcher:
 
     def _dns_summary(self, st: dict, lk: list) -> list:
         qs = lk[L_QUERIES]
+        # One query (a fully qualified name, one address family) takes the short path, held equal
+        # to the general one by a test; resolvers walking the search list send 4 to 10.
         if len(qs) == 1:
             return self._one_query_summary(st, lk, qs[0])
+        return self._lookup_summary(st, lk)
+
+    def _lookup_summary(self, st: dict, lk: list) -> list:
+        """The summary (DX_*) of a lookup of any number of queries: retries, search-list names."""
+        qs = lk[L_QUERIES]
         t0 = qs[0][Q_TS]
         # one pass: the first positive answer, the answered queries, NXDOMAINs, evidence, the end,
         # and retries (a query asked again: its previous ask is the latest one of the same question)
@@ -1065,7 +1072,7 @@ class Stitcher:
 
     @staticmethod
     def _one_query_summary(st: dict, lk: list, q: list) -> list:
-        """_dns_summary of a lookup of one query (most): no retry, no other name; the same list."""
+        """_dns_summary of a lookup of one query: no retry, no other name; the same list."""
         t0 = q[Q_TS]
         a = q[Q_ANSWER]
         srv = st["dsrv"].get(f'{q[Q_ENDPOINT]}|{q[Q_ID]}')
