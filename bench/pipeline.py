@@ -149,7 +149,8 @@ def print_stages(report: dict, events: int, cpu: float, inproc: dict | None = No
     heap = report.get("heap")
     if heap:
         print(f"    cycle collector at the end: {heap['frozen']:,} objects frozen, tracked per generation "
-              f"{', '.join(f'{n:,}' for n in heap['tracked'])} (thresholds {tuple(heap['threshold'])})")
+              f"{', '.join(f'{n:,}' for n in heap['tracked'])} (thresholds {tuple(heap['threshold'])}); its passes "
+              f"in the span found {heap.get('collected', 0):,} objects of cyclic garbage")
     moved = report["bytes"]
     print(f"    sockets: {moved['written'] / events:,.0f} B/event written, {moved['read'] / events:,.0f} B/event read "
           f"(the broker's traffic)")

@@ -178,6 +178,7 @@ CLOCKS = [
 
 
 BYTES = {"written": 0, "read": 0}
+COLLECTED = [0]
 
 
 def _count_bytes(direction: str, fn):
@@ -197,6 +198,7 @@ def _clock_gc(phase: str, info: dict) -> None:
     if t0 is not None:
         _local.gc_t0 = None
         _account(f"gc: generation {info.get('generation')}", thread_time_ns() - t0, 0, _stack())
+        COLLECTED[0] += info.get("collected", 0)  # cyclic garbage found: what only the collector frees
 
 
 def install(labels: str = "") -> Callable[[], None]:
@@ -273,6 +275,7 @@ def main(argv: list[str]) -> int:
     def on_start(signum, frame):
         STATS.clear()
         BYTES.update(written=0, read=0)
+        COLLECTED[0] = 0
         start.clear()
         start.update(_thread_cpu_ns())
         if profiler is not None:
@@ -286,7 +289,7 @@ def main(argv: list[str]) -> int:
         # what a pass of each generation would walk now (a full pass walks generation 2 and everything
         # younger; frozen objects are walked by none)
         heap = {"tracked": [len(gc.get_objects(g)) for g in range(3)], "frozen": gc.get_freeze_count(),
-                "threshold": gc.get_threshold()}
+                "threshold": gc.get_threshold(), "collected": COLLECTED[0]}
         tmp = report.with_suffix(".tmp")
         tmp.write_text(json.dumps({"stages": STATS, "threads": threads, "bytes": BYTES, "heap": heap}))
         tmp.replace(report)
