@@ -172,7 +172,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     batches = P.batches_of(events, BATCH_EVENTS)
     print(f"throughput: {sum(len(b.events) for b in batches):,} events ({len(result.chains):,} chains) in "
           f"{len(batches):,} records of <= {BATCH_EVENTS} events, 1 worker"
-          f"{' publishing svctrace.events.enriched' if enriched else ''}, {load()}")
+          f"{' publishing svctrace.events.enriched' if enriched else ' not publishing svctrace.events.enriched (--no-enriched; the worker publishes it by default: --enriched measures that)'}"
+          f", {load()}")
     report_path = workdir / "stages.json" if stages else None
     worker = start_worker(bootstrap, prefix, workdir, "bench-tp", settings_args, profile, enriched,
                           str(report_path) if stages else None)
