@@ -275,3 +275,27 @@ def test_scenario_cluster_records_are_valid_k8s_objects():
         assert {r["kind"] for r in records} == {"Node", "Pod", "Service", "EndpointSlice"}
         for record in records:
             validate("k8s-object", record)
+
+
+def test_connections_to_one_service_share_one_svc_record_and_write_it_whole():
+    """A conn's svc is replaced, never mutated, so connections to one Service, port and way
+    of knowing share one dict (Stitcher._svc_of); a checkpoint still writes it per conn."""
+    from svctrace.streams.core import Settings
+
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    for i in range(3):
+        sc.request(T0 + i * 100 * MS, "healthy")
+    events = sc.events()
+    runner = Runner(cluster.index(), Settings(enrich_lateness_ns=1, stitch_lateness_ns=1))
+    runner.feed(events)
+    runner.step()
+    runner.advance(events[-1].ts + 1)  # every event applied, no chain settled yet
+    conns = [c for st in runner.states["svctrace.flows"].values() for c in st["conns"].values()]
+    assert len(conns) == 3 and conns[0].svc["name"] == "my-nginx" and conns[0].svc["via"] == "vip"
+    assert all(c.svc is conns[0].svc for c in conns)
+    for st in runner.states["svctrace.flows"].values():
+        back = loads_state(dumps_state(st))
+        assert [c["svc"] for c in back["conns"].values()] == [c.svc for c in st["conns"].values()]
+    chains = runner.finish().chains
+    assert len(chains) == 3 and all(c["service"]["name"] == "my-nginx" and c["status"] == "ok" for c in chains)

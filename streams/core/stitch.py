@@ -248,6 +248,7 @@ class Stitcher:
         self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
         self._findings: dict[tuple, tuple] = {}  # _dns_findings' answers
         self._conn_parts: dict[str, _ConnParts] = {}
+        self._svcs: dict[tuple, tuple] = {}  # a conn's "svc" dicts (_svc_of): connections to one Service share one
         self._conn_keys: dict[tuple, str] = {}  # (ip, port) -> endpoint_key(ip, port): formatted once
         self._lkeys: dict[tuple, str] = {}  # (flow, node, pid) -> its lookups' key "flow|node|pid": formatted once
 
@@ -367,6 +368,7 @@ class Stitcher:
         self._dns_servers.clear()
         self._findings.clear()
         self._conn_parts.clear()
+        self._svcs.clear()
 
     # -- durable state (what a checkpoint keeps) ------------------------------
     # state["wm"]: every event with ts < wm has been applied to the chain state; the
@@ -794,7 +796,7 @@ class Stitcher:
         hit = idx.service_by_ip(aip, aport, "TCP", ts) if aip else None
         if hit is not None:
             sv, sp = hit
-            conn.svc = _svc(sv, sp, aip, aport, "vip")
+            conn.svc = self._svc_of(sv, sp, aip, aport, "vip")
             return
         if lookup is not None:
             answers = set(lookup[DX_ANSWERS])
@@ -802,7 +804,7 @@ class Stitcher:
                 if answers.intersection(sv.cluster_ips):
                     vip = next(ip for ip in sv.cluster_ips if ip in answers)
                     sp = _port_for_target(sv, aport)
-                    conn.svc = _svc(sv, sp, vip, sp.port if sp else None, "pod")
+                    conn.svc = self._svc_of(sv, sp, vip, sp.port if sp else None, "pod")
                     return
             if aip in answers:
                 # a headless Service (no ClusterIP): its name resolves to its endpoints, and the
@@ -810,14 +812,29 @@ class Stitcher:
                 named = service_of_name(lookup[DX_QNAME])
                 for sv in idx.services_for_endpoint(aip, aport, ts):
                     if not sv.cluster_ips and (sv.namespace, sv.name) == named:
-                        conn.svc = _svc(sv, _port_for_target(sv, aport), None, aport, "headless")
+                        conn.svc = self._svc_of(sv, _port_for_target(sv, aport), None, aport, "headless")
                         return
         ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
             found = self._nodeport_service(aport, ts)
             if found is not None:
                 sv, sp = found
-                conn.svc = _svc(sv, sp, None, aport, "nodeport")
+                conn.svc = self._svc_of(sv, sp, None, aport, "nodeport")
+
+    def _svc_of(self, sv, sp, vip, port, via) -> dict:
+        """_svc's dict, one per Service, port and how we know it: a conn's svc is replaced, never
+        mutated (_ConnParts), so connections share it (one dict fewer per open connection). Keyed
+        by the index objects' identity, which the entry keeps alive (so no other object takes it)."""
+        key = (id(sv), id(sp), vip, port, via)
+        try:
+            return self._svcs[key][2]
+        except KeyError:
+            svcs = self._svcs
+            if len(svcs) >= _MEMO_MAX:
+                svcs.clear()
+            svc = _svc(sv, sp, vip, port, via)
+            svcs[key] = (sv, sp, svc)
+            return svc
 
     def _nodeport_service(self, port: int, ts: int):
         bucket = ts // (10 * S)
