@@ -505,7 +505,8 @@ class Enricher:
             return None
         hit = self._ref_cache.get(ip)  # per IP first: ephemeral ports must not defeat the cache
         if hit is None or hit[0] != sec:
-            hit = (sec, self._ip_ref(ip, ts), {})
+            base = self._ip_ref(ip, ts)
+            hit = (sec, base, {} if base is _SERVICE else None)  # (a port table for ClusterIPs only)
             if len(self._ref_cache) > 65536:
                 self._ref_cache.clear()
                 self._fast_refs.clear()
