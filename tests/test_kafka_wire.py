@@ -175,6 +175,10 @@ def test_enriched_batch_encoder_writes_the_bytes_of_the_schema_encoder():
              "lost": [{"node": "n", "ts": 1, "count": 2}]}
     assert encode_enriched_batch(batch) == dumps(batch)
     assert orjson.loads(encode_enriched_batch(batch))["events"][0]["comm"] == odd.ev.comm
+    # One event; the head's keys on either side of the events, with a control character in a value.
+    for other in ({"schema": "svctrace.enriched-batch", "version": 1, "events": [odd]},
+                  {"lost": [{"node": "\x01", "ts": 1, "count": 2}], "events": [e, odd], "schema": "s\x01"}):
+        assert encode_enriched_batch(other) == dumps(other)
     for other in ({"schema": "svctrace.enriched-batch", "version": 1, "events": []},
                   {"schema": "svctrace.enriched-batch", "version": 1, "events": [e, {"ts": 1}]}):
         assert encode_enriched_batch(other) == dumps(other)  # nothing to splice: the plain encoder
