@@ -299,3 +299,32 @@ def test_connections_to_one_service_share_one_svc_record_and_write_it_whole():
         assert [c["svc"] for c in back["conns"].values()] == [c.svc for c in st["conns"].values()]
     chains = runner.finish().chains
     assert len(chains) == 3 and all(c["service"]["name"] == "my-nginx" and c["status"] == "ok" for c in chains)
+
+
+def test_a_run_raises_the_gen0_threshold_while_it_runs_and_restores_it():
+    """run() and a Runner's feed/finish hold the cycle collector's gen-0 threshold at 500k or more
+    (runner.fewer_gc_passes; a pass finds next to nothing), and give the caller's back after."""
+    import gc
+
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    sc.request(T0, "healthy")
+    seen: list[int] = []
+    runner = Runner(cluster.index())
+    stage = runner.graph.consumers["svctrace.flows"]
+    advance = stage.advance
+
+    def recorded_advance(state, key, watermark_ns, final=False):
+        seen.append(gc.get_threshold()[0])
+        return advance(state, key, watermark_ns, final)
+
+    stage.advance = recorded_advance
+    before = gc.get_threshold()
+    gc.set_threshold(700, before[1], before[2])
+    try:
+        runner.feed(sc.events())
+        [chain] = runner.finish().chains
+        assert gc.get_threshold()[0] == 700
+    finally:
+        gc.set_threshold(*before)
+    assert seen and min(seen) >= 500_000 and chain["status"] == "ok"
