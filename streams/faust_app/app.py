@@ -42,10 +42,8 @@ What it adds is what only a distributed runner needs:
   flows records are msgpack rows (the flows-batch form: a third of the enriched-batch JSON's CPU
   to write, half to read, a quarter of the bytes), everything compressed with zstd in batches
   of up to 256 KiB (aiokafka's lz4 is LZ4-HC; snappy costs less CPU but moves 5x the bytes), progress goes out as one record per downstream partition
-  for all sources of this worker, the process runs the cycle collector rarely
-  (fewer_gc_passes), and glibc keeps its large short-lived buffers (records being encoded,
-  compressed, fetched) in the heap instead of mapping fresh pages for each (steady_heap).
-  `python -m bench.pipeline --stages` shows where the CPU goes.
+  for all sources of this worker, and the process runs the cycle collector rarely
+  (fewer_gc_passes). `python -m bench.pipeline --stages` shows where the CPU goes.
 * A mark this worker announces reaches its own stitch partitions without the Kafka hop (20-25 ms,
   a few 100 ms under load), when that is what reading its record would do: every record this
   process sent to svctrace.flows is numbered (wire.LocalHandoff), and a partition takes the marks
@@ -623,41 +621,11 @@ def fewer_gc_passes(gen0: int = 500_000) -> None:
     gc.set_threshold(max(threshold[0], gen0), threshold[1], threshold[2])
 
 
-# glibc's malloc: blocks up to this size come from the heap, and the heap's top goes back to the system
-# only past this much free (see steady_heap).
-HEAP_MMAP_THRESHOLD = 8 * 1024 * 1024
-HEAP_TRIM_THRESHOLD = 32 * 1024 * 1024
-
-
-def steady_heap(mmap_threshold: int = HEAP_MMAP_THRESHOLD, trim_threshold: int = HEAP_TRIM_THRESHOLD) -> bool:
-    """Keep the worker's large short-lived buffers in the heap (glibc; elsewhere nothing changes: False).
-
-    A worker makes and drops buffers of ~0.1-1 MiB all the time: records it encodes (an enriched
-    batch of 1000 events is ~750 KB of JSON, grown step by step), the copies and outputs of their
-    compression, fetched record sets. glibc serves such blocks with mmap from its threshold (128 KiB,
-    raised only as far as the largest block freed so far; a buffer that grows by realloc lands above it
-    again at every step) and returns freed heap tops past 128 KiB: each new block then comes back from
-    the kernel as fresh zeroed pages, one minor fault per 4 KiB touched (offline: 0.4 faults and
-    0.3-0.7 us of system time per enriched event encoded). Fixed thresholds of a few MiB keep those
-    blocks in the heap and the heap's memory reused; a state record of a bigger key (up to 32 MiB) is
-    still mapped on its own. The cost is memory: up to trim_threshold of freed heap kept."""
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return mallopt(m_mmap_threshold, mmap_threshold) == 1 and mallopt(m_trim_threshold, trim_threshold) == 1
-
-
 class Worker:
     """Builds the Faust app for a WorkerConfig; `app` is the faust.App to run."""
 
     def __init__(self, config: WorkerConfig, metrics: WorkerMetrics | None = None):
         fewer_gc_passes()
-        steady_heap()
 
         self.config = c = config
         self.metrics = metrics or WorkerMetrics()
