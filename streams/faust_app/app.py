@@ -607,12 +607,12 @@ class StageShell:
 def fewer_gc_passes(gen0: int = 500_000) -> None:
     """The stages allocate many small objects: with CPython's default gen-0 threshold (700) the cycle
     collector runs constantly, and its older generations walk the whole live state (the in-process
-    runner raises the threshold to 100k for a run: runner.fewer_gc_passes). A worker lives long: raise
+    runner raises the threshold to the same 500k for a run: runner.fewer_gc_passes). A worker lives long: raise
     it for the process, and freeze what start-up allocated out of the collector's way.
     A gen-0 pass walks the young objects still alive: in a steady stream about the events and state
     the stages hold (lateness and settle worth), whatever the threshold, so the collector's CPU falls
     with the number of passes. And it finds next to nothing: 245 objects of cyclic garbage in 6 passes
-    (600k allocations) over the bench's 126k events. So 500k, not 100k (at most that many allocations'
+    (600k allocations) over the bench's 126k events. So 500k (at most that many allocations'
     worth of cyclic garbage held meanwhile). In the bench's backlog, where every event lives until its
     chain closes, a pass walks up to the threshold: one of ~90 ms or none in the span instead of 5-6 of
     12-18 ms."""
