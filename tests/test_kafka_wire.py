@@ -184,6 +184,35 @@ def test_enriched_batch_encoder_writes_the_bytes_of_the_schema_encoder():
         assert encode_enriched_batch(other) == dumps(other)  # nothing to splice: the plain encoder
 
 
+def test_enriched_batch_encoder_writes_each_events_own_enrichment_when_they_share_refs():
+    """The encoder writes an enrichment once per distinct (flow, refs, proxy_of) in a record and
+    reuses it for events carrying the very same objects: events that differ in any one of them
+    (an equal flow string that is another object, a ref equal in content but another dict, the
+    same refs with another flow or proxy_of) still get their own values."""
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.enriched import EnrichedEvent
+    from svctrace.streams.faust_app.wire import encode_enriched_batch
+
+    evs = [e.ev for b in _enriched_batches() for e in b["events"]][:12]
+    pod = {"kind": "pod", "namespace": "default", "name": "client", "node": "node-a"}
+    svc = {"kind": "service", "namespace": "default", "name": "my-nginx", "port_name": "http", "target_port": 80}
+    flow = "10.0.0.7"
+    variants = [(flow, pod, svc, None, None), (flow, pod, svc, None, None),  # the previous event's objects
+                ("".join(["10.0.0.", "7"]), pod, svc, None, None),  # an equal flow, another object
+                ("10.0.0.8", pod, svc, None, None),  # another flow, same refs
+                (flow, dict(pod), svc, None, None),  # an equal ref, another object
+                (flow, {**pod, "name": "other"}, svc, None, None),
+                (flow, pod, None, svc, None), (flow, pod, svc, None, {"ip": "10.0.0.9", "port": 80}),
+                (flow, pod, svc, None, None),  # back to the first: the record's first encoding again
+                (None, None, None, None, None), (None, None, None, None, None), (flow, pod, svc, None, None)]
+    events = [EnrichedEvent(ev, *v) for ev, v in zip(evs, variants)]
+    batch = {"schema": "svctrace.enriched-batch", "version": 1, "events": events}
+    raw = encode_enriched_batch(batch)
+    assert raw == dumps(batch)
+    assert [(d["flow"], d["local_ref"], d["remote_ref"], d["addr_ref"], d["proxy_of"])
+            for d in orjson.loads(raw)["events"]] == [tuple(v) for v in variants]
+
+
 def test_flows_batch_records_read_back_as_the_enrich_stage_made_them():
     """svctrace.flows records of the flows-batch form (msgpack): every bucket's batch of a release
     reads back equal (events, refs, losses); each ref object is written once per record; the form

@@ -146,23 +146,36 @@ def encode_enriched_batch(batch: dict, _encode=_encoder.encode, _encode_into=_en
 
     An event's schema form is its SyscallEvent's fields, flat, then flow, local_ref, remote_ref,
     addr_ref and proxy_of. Instead of a 32-key dict per event (to_wire), msgspec appends each event
-    to one buffer (the SyscallEvent dataclass natively, payload bytes as base64), then its enrichment
-    {"flow": ...} written over the event's closing brace, whose opening brace becomes the comma
-    between the two: '...,"netns":null}' -> '...,"netns":null,"flow":...}'. (Joining the two objects
-    afterwards with a bytes.replace over the whole record cost as much as the events' encoding.)"""
+    to one buffer (the SyscallEvent dataclass natively, payload bytes as base64), its closing brace
+    becomes a comma, and its enrichment follows as bytes: '...,"netns":null}' ->
+    '...,"netns":null,"flow":...},'. (Joining the two objects afterwards with a bytes.replace over the
+    whole record cost as much as the events' encoding.)
+
+    The enrichment's bytes are encoded once per distinct (flow, local_ref, remote_ref, addr_ref,
+    proxy_of) in the record: the refs are the few objects of the enrich stage's ref cache, a
+    connection's events carry the very same ones, and half of the events have the previous event's
+    (an identity check). Keyed by the objects' id()s, valid while the batch holds them (this call)."""
     events = batch.get("events")
     if not events or not all(e.__class__ is EnrichedEvent for e in events):
         return dumps(batch)
     head, tail = _encode({**batch, "events": _EVENTS_HERE}).split(b"\x01")
     buf = bytearray(head)
     buf.append(0x5B)  # [
+    enrichments: dict[tuple, bytes] = {}
+    flow = local = remote = addr = proxy = enrichment = _EVENTS_HERE  # (no event's values)
     for e in events:
         _encode_into(e.ev, buf, -1)
-        brace = len(buf) - 1
-        _encode_into({"flow": e.flow, "local_ref": e.local_ref, "remote_ref": e.remote_ref,
-                      "addr_ref": e.addr_ref, "proxy_of": e.proxy_of}, buf, brace)
-        buf[brace] = 0x2C  # ,
-        buf.append(0x2C)
+        buf[-1] = 0x2C  # the event's closing brace -> ,
+        if (e.local_ref is not local or e.remote_ref is not remote or e.addr_ref is not addr
+                or e.flow is not flow or e.proxy_of is not proxy):
+            flow, local, remote, addr, proxy = e.flow, e.local_ref, e.remote_ref, e.addr_ref, e.proxy_of
+            key = (flow, id(local), id(remote), id(addr), id(proxy))
+            enrichment = enrichments.get(key)
+            if enrichment is None:  # '"flow":...,"proxy_of":...},' (without the object's opening brace)
+                enrichment = enrichments[key] = _encode(
+                    {"flow": flow, "local_ref": local, "remote_ref": remote, "addr_ref": addr,
+                     "proxy_of": proxy})[1:] + b","
+        buf += enrichment
     buf[-1] = 0x5D  # ] over the last event's comma
     buf += tail
     return bytes(buf)
