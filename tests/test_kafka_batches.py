@@ -10,7 +10,7 @@ import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from svctrace.kafka.admin import topic_name
-from svctrace.kafka.batches import PartitionBatches, murmur2, murmur2_partition
+from svctrace.kafka.batches import PartitionBatches, murmur2, murmur2_many, murmur2_partition, murmur2_partitions
 from svctrace.schemas.catalogue import CHAINS, load_catalogue
 
 
@@ -27,6 +27,75 @@ def test_murmur2_is_kafkas():
     assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == 0xFFFFFFFF & -58897971
 
 
+def test_murmur2_of_many_keys_at_once_is_kafkas():
+    """murmur2_many (every key's state in one lane of Python ints) agrees with aiokafka key by key:
+    every length (tail of 0-3 bytes), one key or many, all-0xff words (the largest lane values)."""
+    rng = random.Random(9)
+    for length in range(1, 70):
+        for count in (1, 2, 5, 64):
+            keys = [bytes(rng.getrandbits(8) for _ in range(length)) for _ in range(count)]
+            keys[-1] = b"\xff" * length
+            assert murmur2_many(keys) == [aiokafka_murmur2(k) for k in keys], (length, count)
+    chain_ids = [f"ch-{rng.getrandbits(80):020x}".encode() for _ in range(1000)]
+    assert murmur2_many(chain_ids) == [aiokafka_murmur2(k) for k in chain_ids]
+    # Keys of mixed lengths, few or many of each, and an empty one.
+    mixed = [bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 3, 8, 23, 23, 23)))) for _ in range(300)]
+    for keys in (mixed, mixed[:3], chain_ids[:3], chain_ids):
+        for n in (1, 12, 7):
+            assert murmur2_partitions(keys, n) == [(aiokafka_murmur2(k) & 0x7FFFFFFF) % n for k in keys]
+
+
+def test_records_of_known_partition_counts_are_placed_in_the_order_added():
+    """add_keyed_known defers partitioning to send(): each record lands in its key's partition, in the
+    order added per partition, also when add() sends another record to the same topic in between."""
+    class Builder:
+        def __init__(self):
+            self.records = []
+
+        def append(self, timestamp, key, value, headers):
+            if len(self.records) == 3:  # full: a new batch takes the record
+                return None
+            self.records.append((key, value, headers))
+            return object()
+
+        def close(self):
+            pass
+
+    class Producer:
+        def __init__(self):
+            self.sent = []
+
+        def create_batch(self):
+            return Builder()
+
+        async def send_batch(self, batch, topic, partition):
+            self.sent.append((topic, partition, batch.records))
+
+    producer = Producer()
+    batches = PartitionBatches(producer)
+    keys = [f"ch-{i:020x}".encode() for i in range(40)]
+    for i, key in enumerate(keys):
+        batches.add_keyed_known("chains", 12, key, b"v%d" % i, [("h", b"%d" % i)] if i % 2 else None)
+        if i == 20:
+            batches.add("chains", 5, b"direct", b"direct")
+        batches.add_keyed_known("alerts", 3, key, b"a%d" % i)
+    batches.add("other", 0, None, b"x")
+    asyncio.run(batches.send())
+    got: dict[tuple[str, int], list] = {}
+    for topic, partition, records in producer.sent:
+        got.setdefault((topic, partition), []).extend(records)
+    expect: dict[tuple[str, int], list] = {}
+    for i, key in enumerate(keys):
+        expect.setdefault(("chains", murmur2_partition(key, 12)), []).append(
+            (key, b"v%d" % i, [("h", b"%d" % i)] if i % 2 else []))
+        if i == 20:
+            expect.setdefault(("chains", 5), []).append((b"direct", b"direct", []))
+        expect.setdefault(("alerts", murmur2_partition(key, 3)), []).append((key, b"a%d" % i, []))
+    expect[("other", 0)] = [(None, b"x", [])]
+    assert got == expect
+    assert not batches.unplaced and not batches.open
+
+
 @pytest.mark.kafka
 def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
     prefix = kafka.catalogue_topics("pb")
@@ -41,8 +110,11 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
             for key in keys[:100]:  # the reference: aiokafka's default partitioner
                 await p.send(topic, b"send:" + key, key=key)
             batches = PartitionBatches(p)
-            for key in keys:
-                await batches.add_keyed(topic, key, b"batch:" + key + b"." * 200)
+            for i, key in enumerate(keys):  # from key 100 on, runs of records partitioned together at send()
+                if i < 100 or i % 7 == 0:
+                    await batches.add_keyed(topic, key, b"batch:" + key + b"." * 200)
+                else:
+                    batches.add_keyed_known(topic, await batches.partitions(topic), key, b"batch:" + key + b"." * 200)
             await batches.send()
             await p.flush()
         finally:

@@ -86,7 +86,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.batches import PartitionBatches, murmur2_partition
+from svctrace.kafka.batches import PartitionBatches
 from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every_topic
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
@@ -1050,9 +1050,8 @@ class Worker:
                     n = partitions.get(name)
                     if n is None:
                         n = partitions[name] = await batches.partitions(name)
-                    k = key.encode()
-                    batches.add(name, murmur2_partition(k, n), k,
-                                dumps(value) if topic == cat.DEADLETTER else encode_record(value))
+                    batches.add_keyed_known(name, n, key.encode(),  # partitioned together at send()
+                                            dumps(value) if topic == cat.DEADLETTER else encode_record(value))
                 else:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
