@@ -2,7 +2,7 @@
 
     python -m bench.pipeline [--requests N] [--latency-requests N] [--rate R] [--linger S]
                              [--lateness S] [--settle S] [--profile FILE] [--enriched]
-                             [--stages [--compression CODEC]]
+                             [--stages [--compression CODEC]] [--zstd-level N]
 
 Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an existing one).
 1. Throughput: the same scenario traffic (bench.core_runner.traffic) through the in-process
@@ -422,6 +422,8 @@ def main() -> int:
                          "(the clocks add a little CPU of their own)")
     ap.add_argument("--compression", choices=("zstd", "lz4", "snappy", "gzip", "none"),
                     help="with --stages: the worker producer's codec instead of its own (to compare CPU and bytes)")
+    ap.add_argument("--zstd-level", type=int,
+                    help="throughput: the worker's --zstd-level (default: the worker's own)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -439,8 +441,9 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="svctrace-bench-") as tmp:
             if not args.skip_throughput:
-                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args, args.profile, args.enriched,
-                           args.stages)
+                level = [] if args.zstd_level is None else ["--zstd-level", str(args.zstd_level)]
+                throughput(bootstrap, args.requests, Path(tmp), settings, settings_args + level, args.profile,
+                           args.enriched, args.stages)
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
                         args.profile_latency, args.stages)

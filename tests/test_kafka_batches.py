@@ -143,3 +143,51 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
     for p in {r.partition for r in batched}:  # in the order added, per partition
         order = [r.key for r in sorted(batched, key=lambda r: r.offset) if r.partition == p]
         assert order == [k for k in keys if murmur2_partition(k, n) == p]
+
+
+def test_zstd_level_sets_what_producer_batches_are_compressed_with():
+    """set_zstd_level: a producer batch (aiokafka's C builder) is compressed at the level set and reads
+    back as the same records; the default level puts aiokafka's own codec function back. The worker
+    takes it as --zstd-level (default: aiokafka's 3)."""
+    import argparse
+
+    import cramjam
+    from aiokafka import codec
+    from aiokafka.producer.message_accumulator import BatchBuilder
+    from aiokafka.record import default_records
+    from aiokafka.record._crecords import default_records as c_records
+    from aiokafka.record.memory_records import MemoryRecords
+
+    from svctrace.kafka.clients import ZSTD_LEVEL, set_zstd_level
+    from svctrace.streams.faust_app import command
+
+    records = [(b"ch-%020x" % i, b'{"chain_id":"ch-%020x","verdict":"ok","hops":[%d]}' % (i, i % 7)) for i in range(500)]
+
+    def build(level=None):
+        if level is not None:
+            set_zstd_level(level)
+        batch = BatchBuilder(1 << 20, default_records.DefaultRecordBase.CODEC_ZSTD)
+        for key, value in records:
+            assert batch.append(timestamp=1_700_000_000_000, key=key, value=value) is not None
+        return bytes(batch._build())
+
+    def payload(built: bytes) -> bytes:
+        return built[default_records.DefaultRecordBase.HEADER_STRUCT.size:]
+
+    default = build()
+    try:
+        for level in (1, 6):
+            built = build(level)
+            assert built != default
+            plain = cramjam.zstd.decompress(payload(built))
+            assert payload(built) == bytes(cramjam.zstd.compress(bytes(plain), level=level))
+            batch = MemoryRecords(built).next_batch()
+            assert [(r.key, r.value) for r in batch] == records
+    finally:
+        set_zstd_level(ZSTD_LEVEL)
+    assert c_records.zstd_encode is codec.zstd_encode and default_records.zstd_encode is codec.zstd_encode
+    assert build() == default
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    assert parser.parse_args([]).zstd_level == ZSTD_LEVEL == 3
+    assert parser.parse_args(["--zstd-level", "1"]).zstd_level == 1

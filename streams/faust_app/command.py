@@ -48,6 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seconds after which a silent worker's partitions move to the others")
     p.add_argument("--no-enriched", dest="enriched", action="store_false",
                    help="do not publish svctrace.events.enriched")
+    p.add_argument("--zstd-level", type=int, default=3, metavar="N",  # svctrace.kafka.clients.ZSTD_LEVEL (aiokafka's)
+                   help="zstd level of the worker's producer batches (chains, enriched events, changelogs ...). "
+                        "1 costs less CPU; see docs/topics.md, Compression, for CPU and bytes per level")
     p.add_argument("--no-create-topics", dest="create_topics", action="store_false",
                    help="do not create the catalogue's topics at start (they must exist)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -71,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
+    from svctrace.kafka.clients import set_zstd_level
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     level = setup_logging(args.verbose, default="warning", verbose_level="info")
+    set_zstd_level(args.zstd_level)
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
         settings=event_time_settings(args.lateness, args.settle, args.enriched), idle_flush_s=args.idle_flush,

@@ -3,12 +3,14 @@
 Producers: acks=all + idempotence, so a broker restart or a retried request
 neither loses nor duplicates a batch; zstd compression (our JSON batches of many
 events compress well; aiokafka's lz4 is LZ4-HC at level 9, measured here at
-~3.3 us per 700-byte event against ~0.7 us for zstd); metadata kept for every
+~3.3 us per 700-byte event against ~0.7 us for zstd), at level 3 unless
+set_zstd_level sets another (docs/topics.md, Compression); metadata kept for every
 topic they send to (track_every_topic). Consumers start at the earliest offset
 of a new group and commit explicitly.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 COMPRESSION = "zstd"
+ZSTD_LEVEL = 3  # aiokafka's (it has no setting for it), and the broker's default for zstd (KIP-390)
 # Records carry many events; keep each request well under the broker's default
 # message.max.bytes (1 MiB) after compression.
 MAX_REQUEST_SIZE = 1_048_576
@@ -56,6 +59,24 @@ def producer_settings(**overrides: Any) -> dict[str, Any]:
     }
     settings.update(overrides)
     return settings
+
+
+def set_zstd_level(level: int) -> None:
+    """Compress this process's zstd producer batches at `level` (every producer of the process).
+    aiokafka always compresses at 3 and has no setting: this sets the codec function its record
+    batch builders (C and Python) call, around the one found there first."""
+    from aiokafka.record import default_records
+
+    modules = [default_records]
+    try:
+        from aiokafka.record._crecords import default_records as c_records
+    except ImportError:  # aiokafka without its extensions
+        pass
+    else:
+        modules.append(c_records)
+    for module in modules:
+        encode = module.__dict__.setdefault("_svctrace_zstd_encode", module.zstd_encode)
+        module.zstd_encode = encode if level == ZSTD_LEVEL else functools.partial(encode, level=level)
 
 
 def producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
