@@ -191,3 +191,35 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     command.configure(parser)
     assert parser.parse_args([]).zstd_level == ZSTD_LEVEL == 3
     assert parser.parse_args(["--zstd-level", "1"]).zstd_level == 1
+
+
+def test_records_placed_by_known_partition_counts_follow_a_count_that_changes():
+    """A topic's partition count given to add_keyed_known changes (the topic grew): the records before
+    are partitioned by the old count, the ones after by the new one, in the order added."""
+    sent = []
+
+    class Builder:
+        def __init__(self):
+            self.records = []
+
+        def append(self, timestamp, key, value, headers):
+            self.records.append(key)
+            return object()
+
+        def close(self):
+            pass
+
+    class Producer:
+        def create_batch(self):
+            return Builder()
+
+        async def send_batch(self, batch, topic, partition):
+            sent.append((partition, batch.records))
+
+    batches = PartitionBatches(Producer())
+    keys = [f"ch-{i:020x}".encode() for i in range(20)]
+    for i, key in enumerate(keys):
+        batches.add_keyed_known("chains", 3 if i < 10 else 12, key, b"v")
+    asyncio.run(batches.send())
+    placed = {key: partition for partition, records in sent for key in records}
+    assert placed == {key: murmur2_partition(key, 3 if i < 10 else 12) for i, key in enumerate(keys)}

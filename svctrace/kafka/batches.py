@@ -128,7 +128,9 @@ class PartitionBatches:
         partitioned with the topic's others at place() (send() places them; so does an add() to the topic),
         in one murmur2_many pass, and added in the order of the calls."""
         unplaced = self.unplaced.get(topic)
-        if unplaced is None:
+        if unplaced is None or unplaced[0] != partitions:
+            if unplaced is not None:  # (the topic grew meanwhile: its records so far by the old count, as add_keyed)
+                self.place()
             unplaced = self.unplaced[topic] = (partitions, [], [], [])
         unplaced[1].append(key)
         unplaced[2].append(value)
