@@ -118,6 +118,37 @@ def test_event_maker_sharing_makes_make_events_events():
         event_maker_sharing(shared, ["ip"])
 
 
+@pytest.mark.parametrize("twin_refused", [False, True])
+def test_event_maker_reading_makes_the_events_of_the_values_it_reads(monkeypatch, twin_refused):
+    from dataclasses import astuple, fields
+
+    import msgspec
+
+    from svctrace.schemas import models
+    from svctrace.schemas.models import SyscallEvent, event_maker_reading, make_event
+    from svctrace.streams.faust_app import wire
+
+    if twin_refused:  # an interpreter that refuses the __class__ change: the slower maker, same events
+        monkeypatch.setattr(models, "_compile_attr_event_maker", lambda shared, names: None)
+    _, batches = _batches()
+    events = [e for b in batches for e in b.events]
+    structs = [wire._SyscallEventWire(*astuple(e)) for e in events]  # what the decoder reads them from
+    shared: dict = {}
+    make = event_maker_reading(shared, ["node", "local_ip", "errno", "comm"])
+    made = [make(s) for s in structs]
+    assert made == [make_event(*astuple(e)) for e in events] == events
+    assert all(m.__class__ is SyscallEvent for m in made)
+    again = [make(msgspec.json.decode(msgspec.json.encode(s), type=wire._SyscallEventWire)) for s in structs]
+    for a, b in zip(made, again):  # new strings of equal values: the first ones again
+        assert a.node is b.node and a.local_ip is b.local_ip and a.comm is b.comm
+        assert a.remote_ip is not b.remote_ip or a.remote_ip is None  # not a shared field
+    assert {e.local_ip for e in events} - {None} <= shared.keys()
+    assert twin_refused or None not in shared  # an optional field's None is not looked up
+    with pytest.raises(ValueError, match="not SyscallEvent fields"):
+        event_maker_reading(shared, ["ip"])
+    assert wire._SyscallEventWire.__struct_fields__ == tuple(f.name for f in fields(SyscallEvent))
+
+
 def test_record_encoder_writes_the_bytes_of_the_schema_encoder():
     from svctrace.schemas.models import dumps
     from svctrace.streams.core.alerts import ALERTS_TOPIC
@@ -408,3 +439,4 @@ def test_an_occurrence_applied_here_is_applied_from_its_record_once_its_alerts_p
     asyncio.run(worker._on_revoked(None, {TP(occurrences, 1)}))
     assert worker.alerts_reading == {2}
     assert worker.applied.take([(APPLIED_HEADER, applied)]) is False
+
