@@ -440,3 +440,27 @@ def test_an_occurrence_applied_here_is_applied_from_its_record_once_its_alerts_p
     assert worker.alerts_reading == {2}
     assert worker.applied.take([(APPLIED_HEADER, applied)]) is False
 
+
+def test_fetched_zstd_batches_are_read_from_the_decompressed_buffer_itself():
+    import cramjam
+    from aiokafka.record import default_records as chosen
+    from aiokafka.record._crecords import default_records
+
+    from svctrace.streams.faust_app import app
+
+    app.read_fetched_zstd_in_place()  # (done once at import; again is a no-op)
+    assert chosen.DefaultRecordBatch is default_records.DefaultRecordBatch  # the C reader the consumer uses
+    assert default_records.zstd_decode is cramjam.zstd.decompress  # no bytes() copy of its output
+    _, batches = _batches()
+    values = [encode_batch(b) for b in batches] + [b"", b"x" * 300_000]
+    builder = default_records.DefaultRecordBatchBuilder(2, default_records.DefaultRecordBatch.CODEC_ZSTD, 0, -1, -1, -1,
+                                                        4 << 20)
+    for i, value in enumerate(values):
+        assert builder.append(i, 1_700_000_000_000 + i, f"k{i}".encode(), value, [("h", b"v")]) is not None
+    raw = bytes(builder.build())
+    assert len(raw) < sum(map(len, values)) // 10  # compressed, so decompressed on reading
+    read = list(default_records.DefaultRecordBatch(raw))
+    assert [(r.offset, r.key, r.value, r.headers) for r in read] == [
+        (i, f"k{i}".encode(), v, [("h", b"v")]) for i, v in enumerate(values)]
+    assert all(type(r.value) is bytes for r in read)
+    assert decode_syscall_batch(read[0].value) == batches[0]
