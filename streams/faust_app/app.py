@@ -143,7 +143,7 @@ class WorkerConfig:
     data_dir: str = "svctrace-worker-data"
     settings: Settings = field(default_factory=lambda: Settings(emit_enriched=True))
     idle_flush_s: float = 10.0  # a caught-up partition idle this long flushes (end of input)
-    checkpoint_s: float = 1.0  # operator state -> changelog, then input offsets acknowledged
+    checkpoint_s: float = 3.0  # operator state -> changelog, then input offsets acknowledged (command.py)
     heartbeat_s: float = 0.1  # progress to the stitch stage at most this often (chain latency)
     occurrences_heartbeat_s: float = 1.0  # ... to the alerts stage (it only closes suppression windows)
     release_events: int = 20_000  # a backlogged syscalls partition is advanced every this many events
