@@ -32,7 +32,9 @@ announces and the stitch stage reads, the chains and alerts it emits, its checkp
 printed is where a chain's latency goes (last syscall -> emitted -> on its topic; a mark's age when
 announced, its trip to the stitch stage).
 The worker runs with its default checkpoint interval (the test harness checkpoints more often).
-Its progress records (watermark announcements without data) are counted beside the data records.
+The enriched batches the stitch stage took are counted beside the progress records it read (watermark
+announcements without data); a worker's own partitions take their batches directly, without a record
+(--stages: `codec: encode flows` counts the records it wrote, its checkpoints' durable copies).
 Targets (issue 8): >= 100k events/s per worker; p99 syscall -> alert <= 1 s.
 """
 from __future__ import annotations
@@ -214,7 +216,8 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     measured = sent
     print(f"  (worker CPU {cpu:.2f} s over {wall:.2f} s wall, {cpu_received:.2f} s of it when the stitch stage had "
           f"received every event ({measured / cpu_received:,.0f} ev/CPU-s counted to there); in-process CPU {inproc_cpu:.2f} s; "
-          f"{flows_records:,.0f} data + {progress_records:,.0f} progress records on svctrace.flows; {load()})")
+          f"the stitch stage took {flows_records:,.0f} enriched batches (records of svctrace.flows, or handed directly to its "
+          f"own partitions: no record) and read {progress_records:,.0f} progress records; {load()})")
     print(f"  changelog writes (durable state of changed keys): "
           + ", ".join(f"{stage} {n / 1e6:.1f} MB" for stage, n in state_bytes.items())
           + f" ({sum(state_bytes.values()) / sent:,.0f} B per event)")
