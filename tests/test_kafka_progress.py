@@ -139,3 +139,43 @@ def test_a_flushed_stitch_partition_says_done_again_after_a_source_was_heard_aga
         assert worker.hb_sent[(OCCURRENCES_TOPIC, 0)] == DONE
 
     asyncio.run(story())
+
+
+def test_own_stitch_partitions_take_marks_between_two_sends_of_them():
+    """A mark the enrich stage queues within heartbeat_s of the last send of marks to svctrace.flows
+    (a syscalls record's release) is taken at once by this worker's own stitch partitions (the ones
+    it hands to directly), or held for the one with a record of ours in flight, without a record;
+    it stays queued for the next send (the heartbeat), which announces it to every partition."""
+    import asyncio
+    import time
+
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    taken = []
+
+    async def marks_here(p, marks, revocations):
+        taken.append((p, dict(marks)))
+
+    worker._marks_here = marks_here
+    worker.flows_read = {0: 5, 1: 3}  # our own partitions: 0 has read back all we sent, 1 has not
+    worker.flows_sent = {0: 5, 1: 4}
+    worker.hb_last[FLOWS_TOPIC] = time.monotonic()  # marks went out a moment ago
+
+    async def story():
+        worker._announce(FLOWS_TOPIC, 3, 1_000)
+        await worker._send_announcements(FLOWS_TOPIC)
+        assert taken == [(0, {3: 1_000})]
+        assert worker.held_marks == {1: {3: 1_000}}
+        assert worker.hb_due[FLOWS_TOPIC] == {3: 1_000}  # still to be announced by the next send
+        await worker._send_announcements(FLOWS_TOPIC)  # nothing new: not taken again
+        assert taken == [(0, {3: 1_000})]
+        worker._announce(FLOWS_TOPIC, 3, 2_000)
+        worker._announce(FLOWS_TOPIC, 7, 1_500)
+        await worker._send_announcements(FLOWS_TOPIC)
+        assert taken[1:] == [(0, {3: 2_000, 7: 1_500})]
+        assert worker.held_marks == {1: {3: 2_000, 7: 1_500}}
+        assert worker.hb_due[FLOWS_TOPIC] == {3: 2_000, 7: 1_500}
+
+    asyncio.run(story())

@@ -48,7 +48,9 @@ What it adds is what only a distributed runner needs:
   a few 100 ms under load), when that is what reading its record would do: every record this
   process sent to svctrace.flows is numbered (wire.LocalHandoff), and a partition takes the marks
   at once only when it has read back the last one sent to it (nothing of ours in flight that the
-  marks could pass). The record still goes out (a successor, other workers' partitions).
+  marks could pass). The record still goes out (a successor, other workers' partitions). Records of
+  marks go out at most every heartbeat_s; between them, a mark the enrich stage releases is taken by
+  these partitions at once, without a record (_marks_to_own).
 * Nor does the enrich stage's output for those partitions go through Kafka: route() hands a batch to
   the stitch stage as it is made (no encoding, compression, produce, fetch). What must survive the
   worker is written at the next checkpoint, as flows records: only what the stitch state written then
@@ -670,6 +672,8 @@ class Worker:
         self.hb_due: dict[str, dict[int, int | str]] = {}  # downstream topic -> {source: mark} to announce
         self.hb_sent: dict[tuple[str, int], int | str] = {}
         self.hb_last: dict[str, float] = {}  # downstream topic -> when marks were last sent
+        # source -> the mark this worker's own stitch partitions took between two sends (_marks_to_own)
+        self.hb_here: dict[int, int | str] = {}
         self.last_input: dict[int, float] = {}
         # since when the broker has kept answering fetches of a syscalls partition (monotonic s)
         self.answering_since: dict[int, float] = {}
@@ -801,6 +805,7 @@ class Worker:
         if any(tp.topic == self.t_flows.get_topic_name() for tp in revoked or ()):
             self.for_successor.clear()  # read again after this, they are taken as any record
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
+        self.hb_here.clear()
 
     async def _run_cluster_feed(self) -> None:
         try:
@@ -1227,10 +1232,14 @@ class Worker:
         now = time.monotonic()
         every = self.config.heartbeat_s if topic_name_ == FLOWS_TOPIC else self.config.occurrences_heartbeat_s
         if not force and now - self.hb_last.get(topic_name_, 0.0) < every:
+            if topic_name_ == FLOWS_TOPIC:
+                await self._marks_to_own(marks)
             return
         topic = self.names[topic_name_]
         del self.hb_due[topic_name_]
         self.hb_last[topic_name_] = now
+        if topic_name_ == FLOWS_TOPIC:
+            self.hb_here.clear()
         header = (MARKS_HEADER, encode_marks(marks))
         revocations = self.revocations  # (a revocation from here on voids the direct marks)
         if topic_name_ == FLOWS_TOPIC:
@@ -1260,6 +1269,26 @@ class Worker:
         for p in direct:
             held = self.held_marks.pop(p, None)
             await self._marks_here(p, {**held, **marks} if held else marks, revocations)
+
+    async def _marks_to_own(self, marks: dict) -> None:
+        """Between two sends of marks to svctrace.flows (at most every heartbeat_s: a record per
+        partition), this worker's own stitch partitions take the queued marks at once, as they would
+        from a send made now (direct, else held for the record of ours in flight to them). Without this
+        a mark a syscalls record released waited for the next tick (up to heartbeat_s) even where no
+        record carries it. The marks stay queued: the next send still announces them to every partition
+        (the records of other workers' partitions, and of ours for a successor)."""
+        fresh = {source: mark for source, mark in marks.items() if self.hb_here.get(source) != mark}
+        if not fresh:
+            return
+        self.hb_here.update(fresh)
+        revocations = self.revocations
+        direct = self._direct_partitions()
+        handing = set(self.flows_read) | set(self.handed)
+        for p in handing.difference(direct):  # a record of ours in flight to it: the marks wait for it
+            self.held_marks[p] = {**self.held_marks.get(p, {}), **fresh}
+        for p in direct:
+            held = self.held_marks.pop(p, None)
+            await self._marks_here(p, {**held, **fresh} if held else fresh, revocations)
 
     def _direct_partitions(self) -> list[int]:
         """svctrace.flows partitions this worker reads whose stitch stage has read back the last record
