@@ -7,7 +7,8 @@ Runs the svctrace CLI with a few functions of the worker wrapped to log, with th
 each event-time mark the enrich stage announces to the stitch stage (queued, sent, taken by the
 stitch stage from its record or at once, as this worker's own partitions do, or by the alerts stage:
 matched by source and value), each chain and alert a stage routes (with the
-chain's end time), the timer's checkpoint passes and the cycle collector's passes.
+chain's end time), how long route() waited to queue its batches with the producer, the timer's
+checkpoint passes and the cycle collector's passes.
 REPORT_SIGNAL writes REPORT.json; `breakdown(report, arrivals)` turns it and the bench's arrival
 times into the rows bench.pipeline prints. Each log entry is appended to a list: nothing per event.
 """
@@ -25,6 +26,7 @@ LOG: list[tuple] = []  # (kind, wall ns, a, b, c)
 
 
 def install() -> None:
+    from svctrace.kafka import batches
     from svctrace.streams.faust_app import app as worker_app
 
     W = worker_app.Worker
@@ -85,6 +87,15 @@ def install() -> None:
         elif "t" in started:
             LOG.append(("gc", started["t"], str(info.get("generation")), 0, now() - started.pop("t")))
     gc.callbacks.append(on_gc)
+    PartitionBatches = batches.PartitionBatches
+    send_batches = PartitionBatches.send
+
+    async def logged_send_batches(self):
+        t = now()
+        result = await send_batches(self)
+        LOG.append(("batches", t, "", 0, now() - t))
+        return result
+    PartitionBatches.send = logged_send_batches
 
 
 def _pct(values, q):
@@ -138,6 +149,7 @@ def breakdown(report: list, arrivals: dict, flows_topic: str) -> list[tuple[str,
         ("mark:   of them read: sent -> read",
          [(received[k] - t) / S for k, t in sent.items() if k in received and k not in here and within(t)]),
         ("checkpoint pass (wall, awaits included)", [c / S for kind, t, _, _, c in report if kind == "checkpoint" and within(t)]),
+        ("route: queueing its batches (producer)", [c / S for kind, t, _, _, c in report if kind == "batches" and within(t)]),
         ("gc pass (any generation)", [c / S for kind, t, _, _, c in report if kind == "gc" and within(t)]),
     ]
     return rows

@@ -145,6 +145,58 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
         assert order == [k for k in keys if murmur2_partition(k, n) == p]
 
 
+
+@pytest.mark.kafka
+def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka):
+    """send() queues a batch behind the partition's batch still waiting in the producer (here one
+    lingering for 3 s) instead of waiting until that one is drained into a request (aiokafka's
+    send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it); the records land
+    in the order sent, after the waiting one. A partition with QUEUED_PER_PARTITION batches waiting
+    takes send_batch's way."""
+    from aiokafka.structs import TopicPartition
+
+    from svctrace.kafka.batches import QUEUED_PER_PARTITION
+
+    prefix = kafka.catalogue_topics("pq")
+    topic = topic_name(CHAINS, prefix)
+    tp = TopicPartition(topic, 0)
+
+    async def scenario():
+        p = kafka.producer(linger_ms=3_000)
+        await p.start()
+        try:
+            await p.send(topic, b"first", key=b"k0", partition=0)  # an open batch, lingering
+            waiting = p._message_accumulator._batches[tp]
+            assert len(waiting) == 1
+            for i in range(QUEUED_PER_PARTITION - 1):
+                batches = PartitionBatches(p)
+                batches.add(topic, 0, b"k%d" % (i + 1), b"batch-%d" % i)
+                await batches.send()
+                # returned with the lingering batch still waiting (send_batch would still be waiting for it)
+                assert len(waiting) == 2 + i and waiting[0].remaining_linger()
+            batches = PartitionBatches(p)
+            batches.add(topic, 0, b"k", b"last")
+            send = asyncio.ensure_future(batches.send())
+            await asyncio.sleep(0)
+            assert not send.done() and len(waiting) == QUEUED_PER_PARTITION  # this one waits its turn
+            await send  # once the lingering batch went out
+            await p.flush()
+        finally:
+            await p.stop()
+        c = kafka.consumer(topic, group_id=None)
+        await c.start()
+        got, deadline = [], time.monotonic() + 30
+        try:
+            while len(got) < QUEUED_PER_PARTITION + 1 and time.monotonic() < deadline:
+                for records in (await c.getmany(timeout_ms=500)).values():
+                    got.extend(r for r in records if r.partition == 0)
+        finally:
+            await c.stop()
+        return [r.value for r in sorted(got, key=lambda r: r.offset)]
+
+    assert asyncio.run(scenario()) == [b"first", *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
+
+
 def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     """set_zstd_level: a producer batch (aiokafka's C builder) is compressed at the level set and reads
     back as the same records; the default level puts aiokafka's own codec function back. The worker

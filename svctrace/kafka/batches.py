@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from struct import Struct
 
+from aiokafka.structs import TopicPartition
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 _SEED = 0x9747B28C
 _WORDS = [Struct(f"<{n}I") for n in range(64)]
+QUEUED_PER_PARTITION = 4  # batches queued behind a partition's waiting one before send() waits (_queue_behind)
 
 
 def murmur2(data: bytes, m: int = _M, mask: int = _MASK) -> int:
@@ -163,4 +166,26 @@ class PartitionBatches:
         self.open.clear()
         for topic, partition, batch in batches:
             batch.close()
-            await self.producer.send_batch(batch, topic, partition=partition)
+            if not self._queue_behind(topic, partition, batch):
+                await self.producer.send_batch(batch, topic, partition=partition)
+
+    def _queue_behind(self, topic: str, partition: int, batch) -> bool:
+        """Queue batch behind the partition's batches still waiting in the producer, without waiting
+        (up to QUEUED_PER_PARTITION of them); False when there are none (or too many): send_batch() then.
+
+        send_batch() waits until the partition's last waiting batch is drained into a produce request,
+        and aiokafka has one request in flight per broker: behind a slow one (a checkpoint's changelog
+        writes, acks=all on a busy broker: 0.1-0.4 s) the caller waited for it to complete, and with it
+        the rest of its batches (other partitions) and whatever waited for the caller (the stitch
+        stage's lock, the marks that close chains). The batch goes out in the same order and in the
+        same request as it would have (one batch per partition per request); producer.flush() waits
+        for it as for any other."""
+        acc = getattr(self.producer, "_message_accumulator", None)
+        if acc is None or acc._closed or acc._exception is not None:
+            return False
+        tp = TopicPartition(topic, partition)
+        waiting = acc._batches.get(tp)
+        if not waiting or len(waiting) >= QUEUED_PER_PARTITION:
+            return False
+        acc._append_batch(batch, tp)
+        return True
