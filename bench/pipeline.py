@@ -35,6 +35,8 @@ The worker runs with its default checkpoint interval (the test harness checkpoin
 The enriched batches the stitch stage took are counted beside the progress records it read (watermark
 announcements without data); a worker's own partitions take their batches directly, without a record
 (--stages: `codec: encode flows` counts the records it wrote, its checkpoints' durable copies).
+A worker caught up with a live stream (its state as old as a live worker's, its checkpoints'
+steady cost) is bench.worker_steady's measure.
 Targets (issue 8): >= 100k events/s per worker; p99 syscall -> alert <= 1 s.
 """
 from __future__ import annotations

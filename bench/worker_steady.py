@@ -1,0 +1,225 @@
+"""Benchmark of ONE `svctrace worker` in a steady state: a live stream at a fixed rate that it keeps up with.
+
+    python -m bench.worker_steady [--rate EV_PER_S] [--warmup S] [--span S] [--checkpoint-interval S]
+                                  [--enriched] [--all-stages]
+
+Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an existing one), like
+bench.pipeline. The bench traffic's mix (bench.core_runner.traffic, "mixed": curl-like requests in the three
+translation modes and keep-alive connections, half of the requests each) runs all its parts at once, stamped
+with the wall clock, at --rate events per second, and is published as live agents do: each node's events
+in batches of 0.2 s of event time, sent 0.2 s after their first event. The worker (its stages clocked by
+bench.worker_stages, its default checkpoint interval unless told) first takes --warmup seconds of it, long
+enough for its state to hold what a live worker keeps (DNS lookups and answers up to the lookup timeout,
+12 s, connections while open); then over the next --span seconds of publishing are measured: the worker's
+CPU (utime+stime from /proc) per event published in the span and events per CPU-second, the checkpoints'
+own clocked rows (dumps_state: the durable state of every changed key, written whole; copies; all
+`checkpoint:` rows together) and the changelog bytes they wrote, the worker's RSS at the end (and its peak),
+chain latency (arrival on svctrace.chains minus the chain's last syscall) of the chains that ended in the
+span; beside them the in-process runner on the same events (one run() over all of them: no checkpoints, no
+Kafka; no live pacing, so no latency figure of its own: the event-time floor is printed instead).
+
+Why beside bench.pipeline: its throughput run is a backlog caught up in a few seconds, so its state is
+young and 1-2 checkpoints fall in its span. A live worker rewrites each changed stitch key's durable state
+whole at every checkpoint, and that state is what the key keeps for its flows' later events: its cost per
+event is about (seconds retained x bytes per event retained) / checkpoint interval, whatever the rate, and
+only a run like this one shows it.
+Targets (issue 8): >= 100k events per CPU-second per worker.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+
+from bench import worker_stages  # noqa: E402
+from bench.pipeline import TARGET_EPS, _collect, cpu_seconds, load, pct, print_stages, row, worker_defaults  # noqa: E402
+from svctrace.schemas.models import SyscallEvent  # noqa: E402
+from svctrace.streams.core import run  # noqa: E402
+from svctrace.streams.faust_app import command as worker_command  # noqa: E402
+from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
+from tests.harness import pipeline as P  # noqa: E402
+from tests.scenario import MODES, MS, S, Cluster, Scenario, renumber  # noqa: E402
+
+LINGER_NS = 200 * MS  # an agent's batch interval
+BATCH_EVENTS = 1000  # and its largest batch (bench.pipeline's)
+
+
+def steady_traffic(rate: float, seconds: float, start_ns: int) -> tuple[Cluster, list, int]:
+    """bench.core_runner.traffic's mix ("mixed") at `rate` events/s for `seconds` from `start_ns`, its parts
+    side by side in time (there they follow each other). Each part's Scenario gets pids, ports and DNS ids
+    of its own, so parts running at once never share a connection's identity. Returns the cluster, the
+    events in time order numbered per node, and the number of requests."""
+    cluster = Cluster()
+    # the mix's events per request: curl-like 50/3 (DNS lookup + request, over the three modes), keep-alive 4.4
+    requests = int(rate * seconds / ((50 / 3 + 4.4) / 2))
+    curl = requests // 2
+    per_mode, conns = curl // len(MODES), (requests - curl) // 10
+    events = []
+    parts = [Scenario(cluster, mode) for mode in MODES] + [Scenario(cluster, "dnat")]
+    for k, sc in enumerate(parts):
+        sc._pids = itertools.count(5000 + k * 1_000_000)
+        sc._ports = itertools.cycle(range(1024 + k * 16_000, 1024 + (k + 1) * 16_000))
+        sc._qid = itertools.cycle(range(1 + k * 16_000, (k + 1) * 16_000))
+    for m in range(len(MODES)):
+        gap = seconds * S / max(1, per_mode)
+        for i in range(per_mode):
+            parts[m].request(start_ns + int(i * gap), "healthy", backend="my-nginx-1" if i % 2 else "my-nginx-2")
+    gap = seconds * S / max(1, conns)
+    for i in range(conns):
+        parts[-1].keepalive(start_ns + int(i * gap), statuses=(200,) * 9 + (503,))
+    for sc in parts:
+        events += sc.events()
+    return cluster, renumber(sorted(events, key=lambda e: e.ts)), per_mode * len(MODES) + conns * 10
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = worker_defaults()
+    ap.add_argument("--rate", type=float, default=10_000, help="events per second, all nodes together")
+    ap.add_argument("--warmup", type=float, default=15.0, help="seconds of live traffic before the measured span")
+    ap.add_argument("--span", type=float, default=20.0, help="seconds of live traffic measured")
+    ap.add_argument("--checkpoint-interval", type=float, default=defaults.checkpoint_interval,
+                    help="the worker's checkpoint interval (s; default: the worker's default)")
+    ap.add_argument("--enriched", action="store_true",
+                    help="the worker also publishes svctrace.events.enriched (its default; measured without it "
+                         "by default, as the in-process runner and bench.pipeline do)")
+    ap.add_argument("--all-stages", action="store_true", help="print every clocked stage, not only the checkpoint's")
+    args = ap.parse_args()
+    settings = worker_command.event_time_settings(defaults.lateness, defaults.settle)
+    from tests.harness.kafka import start_private_broker
+
+    external = os.environ.get("SVCTRACE_KAFKA")
+    broker = None if external else start_private_broker()
+    bootstrap = external or broker.bootstrap
+    try:
+        with tempfile.TemporaryDirectory(prefix="svctrace-bench-") as tmp:
+            steady(bootstrap, args, settings, Path(tmp))
+    finally:
+        if broker is not None:
+            broker.close()
+    return 0
+
+
+def steady(bootstrap: str, args, settings, workdir: Path) -> None:
+    seconds = args.warmup + args.span
+    cluster = Cluster()  # the scenarios add no object to it
+    prefix = f"bs{os.getpid()}."
+    P.ensure_worker_topics(bootstrap, prefix)
+    objects = asyncio.run(P.publish_cluster(bootstrap, prefix, cluster.records()))
+    report_path = workdir / "steady.json"
+    worker = P.WorkerProcess(bootstrap, prefix, "bench-" + prefix.strip("."), workdir, name="bench-steady",
+                             idle_flush=3.0, launcher=["-m", "bench.worker_stages", str(report_path)],
+                             extra=[*([] if args.enriched else ["--no-enriched"]),
+                                    "--checkpoint-interval", str(args.checkpoint_interval),
+                                    "--lateness", str(settings.enrich_lateness_ns / S),
+                                    "--settle", str(settings.settle_ns / S)])
+    worker.start()
+    arrivals: dict = {}
+    try:
+        # generated while the worker starts (several seconds), stamped with the wall clock once it is ready
+        cluster, events, requests = steady_traffic(args.rate, seconds, 0)
+        url = worker.metrics_url(timeout=120)
+        metric = lambda name, **kw: P.metric_value(url, name, **kw)  # noqa: E731
+        P.wait_until(lambda: metric("svctrace_worker_cluster_objects") >= objects, 120,
+                     "Kubernetes objects in the worker's index", [worker])
+        P.wait_until(lambda: metric("svctrace_worker_sources_done") >= settings.partitions, 120,
+                     "every syscalls partition at its (empty) end", [worker])
+        shift = time.time_ns() + 2 * S
+        set_ts = SyscallEvent.ts.__set__  # in place (~0.1 s; with_ takes seconds): these events are ours alone
+        for e in events:
+            set_ts(e, e.ts + shift)
+        schedule = sorted(((b.events[0].ts + LINGER_NS, b) for b in
+                           P.batches_of(events, BATCH_EVENTS, source="ebpf", span_ns=LINGER_NS)), key=lambda x: x[0])
+        cut = shift + int(args.warmup * S) + LINGER_NS
+        warm, measured = [x for x in schedule if x[0] < cut], [x for x in schedule if x[0] >= cut]
+        span_end = measured[-1][0] if measured else cut
+        stages = ("enrich", "stitch", "alerts")
+        state_bytes = lambda: {s: metric("svctrace_worker_checkpoint_bytes_total", stage=s) for s in stages}  # noqa: E731
+
+        async def drive():
+            stop = asyncio.Event()
+            collector = asyncio.create_task(_collect(bootstrap, prefix, arrivals, stop))
+            await P.publish_live(bootstrap, prefix, warm)
+            os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
+            cpu0, t0 = cpu_seconds(worker.proc.pid), time.perf_counter()
+            ck0, bytes0 = metric("svctrace_worker_checkpoints_total"), state_bytes()
+            n = await P.publish_live(bootstrap, prefix, measured)
+            cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
+            os.kill(worker.proc.pid, worker_stages.REPORT_SIGNAL)
+            ck, written = metric("svctrace_worker_checkpoints_total") - ck0, state_bytes()
+            status = {line.split(":")[0]: int(line.split()[1]) for line in
+                      Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
+                      if line.startswith(("VmRSS", "VmHWM"))}
+            # the tail: every chain out (the worker's clock follows the wall clock once input stops)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(k[0] == "chain" for k in arrivals) < requests:
+                worker.check_alive()
+                await asyncio.sleep(0.1)
+            stop.set()
+            await collector
+            return n, cpu, wall, ck, {s: written[s] - bytes0[s] for s in stages}, status
+
+        n, cpu, wall, checkpoints, written, status = asyncio.run(drive())
+        P.wait_until(report_path.exists, 30, "the worker's stage report", [worker])
+        report = orjson.loads(report_path.read_bytes())
+    finally:
+        worker.stop()
+
+    index = ClusterIndex.from_records(cluster.records())
+    c = time.process_time()
+    result = run(events, index, replace(settings, emit_enriched=args.enriched))
+    inproc_cpu = time.process_time() - c
+
+    print(f"steady: {args.rate:,.0f} events/s live ({requests:,} requests of bench.core_runner's mixed traffic over "
+          f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s, 1 worker checkpointing every "
+          f"{args.checkpoint_interval:g} s{' publishing' if args.enriched else ' not publishing'} "
+          f"svctrace.events.enriched; {args.warmup:g} s warm-up, then {args.span:g} s measured; {load()}")
+    print(f"  (measured: {n:,} events published in the span; worker CPU {cpu:.2f} s over {wall:.2f} s wall, "
+          f"{cpu / wall:.0%} of a core; in-process CPU {inproc_cpu:.2f} s for all {len(events):,} events)")
+    print(f"  checkpoints in the span: {checkpoints:.0f}; changelog writes (durable state of changed keys): "
+          + ", ".join(f"{s} {b / 1e6:.1f} MB" for s, b in written.items())
+          + f" ({sum(written.values()) / n:,.0f} B per event)")
+    rows = report["stages"]
+    ckpt = {label: ns for label, (ns, _calls) in rows.items() if label.startswith("checkpoint:")}
+    print(f"  checkpoint rows (self CPU per event over the span; {cpu / n * 1e6:.1f} us/event in all):")
+    for label in ("checkpoint: dumps_state", "checkpoint: copies"):
+        print(f"    {label:<40} {ckpt.get(label, 0) / n / 1e3:7.2f} us  {rows.get(label, [0, 0])[1]:>6,} calls")
+    print(f"    {'all checkpoint: rows (' + str(len(ckpt)) + ')':<40} {sum(ckpt.values()) / n / 1e3:7.2f} us  "
+          f"({sum(ckpt.values()) / 1e9 / cpu:.0%} of the worker's CPU)")
+    if checkpoints:
+        print(f"    per checkpoint: {sum(ckpt.values()) / checkpoints / 1e6:,.0f} ms CPU, "
+              f"{sum(written.values()) / checkpoints / 1e6:,.1f} MB written")
+    if args.all_stages:
+        print_stages(report, n, cpu)
+    row("events per CPU-second", n / cpu, len(events) / inproc_cpu, "ev/cpu-s")
+    w_us, i_us = cpu / n * 1e6, inproc_cpu / len(events) * 1e6
+    row("CPU per event", w_us, i_us, "us", "{:.1f}")
+    print(f"  {'Kafka shell adds per event':<34} {w_us - i_us:.1f} us (decode, encode, repartition, "
+          f"progress, checkpoints, Faust)")
+    print(f"  {'worker memory at the end':<34} RSS {status.get('VmRSS', 0) / 1024:,.0f} MiB, "
+          f"peak {status.get('VmHWM', 0) / 1024:,.0f} MiB")
+    span_start = cut - LINGER_NS
+    lat = [(now - end) / S for (kind, _), (now, end) in arrivals.items() if kind == "chain" and span_start <= end < span_end]
+    row("chain latency p50 (span)", pct(lat, 50), float("nan"), "s", "{:.3f}")
+    row("chain latency p99 (span)", pct(lat, 99), float("nan"), "s", "{:.3f}")
+    print(f"  event-time floor (lateness + settle): {(settings.enrich_lateness_ns + settings.settle_ns) / S:g} s")
+    got = {cid for kind, cid in arrivals if kind == "chain"}
+    same = got == {ch["chain_id"] for ch in result.chains}
+    print(f"  chains: worker {len(got):,}, in-process {len(result.chains):,}{'' if same else '  (DIFFER)'}")
+    eps = n / cpu
+    print(f"  target >= {TARGET_EPS:,} events/s per worker (per CPU-second): {'met' if eps >= TARGET_EPS else 'NOT met'}"
+          f" ({eps / TARGET_EPS:.2f} of it; the in-process core alone: {len(events) / inproc_cpu / TARGET_EPS:.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
