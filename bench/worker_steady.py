@@ -17,6 +17,9 @@ own clocked rows (dumps_state: the durable state of every changed key, written w
 chain latency (arrival on svctrace.chains minus the chain's last syscall) of the chains that ended in the
 span; beside them the in-process runner on the same events (one run() over all of them: no checkpoints, no
 Kafka; no live pacing, so no latency figure of its own: the event-time floor is printed instead).
+The defaults run in about a minute; the checkpoints in the span are few (6-7 at the default 3 s), and one
+under way at either end of it falls on one side: a longer --span gives steadier checkpoint figures.
+--all-stages prints every clocked stage (as bench.pipeline --stages does), not only the checkpoint's.
 
 Why beside bench.pipeline: its throughput run is a backlog caught up in a few seconds, so its state is
 young and 1-2 checkpoints fall in its span. A live worker rewrites each changed stitch key's durable state
@@ -155,8 +158,8 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
             ck0, bytes0 = metric("svctrace_worker_checkpoints_total"), state_bytes()
             n = await P.publish_live(bootstrap, prefix, measured)
             cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
+            ck, written = metric("svctrace_worker_checkpoints_total") - ck0, state_bytes()  # a few ms
             os.kill(worker.proc.pid, worker_stages.REPORT_SIGNAL)
-            ck, written = metric("svctrace_worker_checkpoints_total") - ck0, state_bytes()
             status = {line.split(":")[0]: int(line.split()[1]) for line in
                       Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
                       if line.startswith(("VmRSS", "VmHWM"))}
@@ -196,7 +199,7 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
         print(f"    {label:<40} {ckpt.get(label, 0) / n / 1e3:7.2f} us  {rows.get(label, [0, 0])[1]:>6,} calls")
     print(f"    {'all checkpoint: rows (' + str(len(ckpt)) + ')':<40} {sum(ckpt.values()) / n / 1e3:7.2f} us  "
           f"({sum(ckpt.values()) / 1e9 / cpu:.0%} of the worker's CPU)")
-    if checkpoints:
+    if checkpoints:  # a checkpoint under way at either end of the span falls on one side: +-1
         print(f"    per checkpoint: {sum(ckpt.values()) / checkpoints / 1e6:,.0f} ms CPU, "
               f"{sum(written.values()) / checkpoints / 1e6:,.1f} MB written")
     if args.all_stages:
