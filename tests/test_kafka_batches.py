@@ -96,6 +96,20 @@ def test_records_of_known_partition_counts_are_placed_in_the_order_added():
     assert not batches.unplaced and not batches.open
 
 
+async def _read_back(kafka, topic: str, count: int, partition: int | None = None) -> list:
+    """The records of topic (of one partition, if given) until there are count of them (30 s at most)."""
+    c = kafka.consumer(topic, group_id=None)
+    await c.start()
+    got, deadline = [], time.monotonic() + 30
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            for records in (await c.getmany(timeout_ms=500)).values():
+                got.extend(r for r in records if partition is None or r.partition == partition)
+    finally:
+        await c.stop()
+    return got
+
+
 @pytest.mark.kafka
 def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
     prefix = kafka.catalogue_topics("pb")
@@ -119,16 +133,7 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
             await p.flush()
         finally:
             await p.stop()
-        c = kafka.consumer(topic, group_id=None)
-        await c.start()
-        got, deadline = [], time.monotonic() + 30
-        try:
-            while len(got) < 400 and time.monotonic() < deadline:
-                for records in (await c.getmany(timeout_ms=500)).values():
-                    got.extend(records)
-        finally:
-            await c.stop()
-        return got
+        return await _read_back(kafka, topic, 400)
 
     got = asyncio.run(scenario())
     assert len(got) == 400
@@ -143,7 +148,6 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
     for p in {r.partition for r in batched}:  # in the order added, per partition
         order = [r.key for r in sorted(batched, key=lambda r: r.offset) if r.partition == p]
         assert order == [k for k in keys if murmur2_partition(k, n) == p]
-
 
 
 @pytest.mark.kafka
@@ -183,15 +187,7 @@ def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka)
             await p.flush()
         finally:
             await p.stop()
-        c = kafka.consumer(topic, group_id=None)
-        await c.start()
-        got, deadline = [], time.monotonic() + 30
-        try:
-            while len(got) < QUEUED_PER_PARTITION + 1 and time.monotonic() < deadline:
-                for records in (await c.getmany(timeout_ms=500)).values():
-                    got.extend(r for r in records if r.partition == 0)
-        finally:
-            await c.stop()
+        got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 1, partition=0)
         return [r.value for r in sorted(got, key=lambda r: r.offset)]
 
     assert asyncio.run(scenario()) == [b"first", *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
