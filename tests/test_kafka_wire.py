@@ -446,9 +446,10 @@ def test_fetched_zstd_batches_are_read_from_the_decompressed_buffer_itself():
     from aiokafka.record import default_records as chosen
     from aiokafka.record._crecords import default_records
 
-    from svctrace.streams.faust_app import app
+    from svctrace.kafka.clients import read_fetched_zstd_in_place
+    from svctrace.streams.faust_app import app  # noqa: F401 - the worker does it at import
 
-    app.read_fetched_zstd_in_place()  # (done once at import; again is a no-op)
+    read_fetched_zstd_in_place()  # (done once at the worker's import; again is a no-op)
     assert chosen.DefaultRecordBatch is default_records.DefaultRecordBatch  # the C reader the consumer uses
     assert default_records.zstd_decode is cramjam.zstd.decompress  # no bytes() copy of its output
     _, batches = _batches()

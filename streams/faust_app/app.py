@@ -89,7 +89,7 @@ from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
 from svctrace.kafka.batches import PartitionBatches
-from svctrace.kafka.clients import COMPRESSION, connection_settings, track_every_topic
+from svctrace.kafka.clients import COMPRESSION, connection_settings, read_fetched_zstd_in_place, track_every_topic
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
@@ -365,23 +365,7 @@ class ShortPollConsumer(faust_aiokafka.Consumer):
         await super().on_partitions_assigned(assigned, generation_id)
 
 
-def read_fetched_zstd_in_place() -> None:
-    """aiokafka's zstd_decode returns bytes(cramjam.zstd.decompress(data)): a copy of each fetched
-    batch's records after decompression (a syscalls record is ~0.5 MB), made in the consumer thread,
-    of a buffer nothing else holds. Its C record reader only takes a buffer of what the codec returns
-    (and copies each record's key and value out of it): hand it cramjam's own. Process-wide, for the
-    C reader only (the pure-Python one, AIOKAFKA_NO_EXTENSIONS, copies into a bytearray anyway)."""
-    try:
-        import cramjam
-        from aiokafka import codec
-        from aiokafka.record._crecords import default_records
-    except ImportError:  # no cramjam (no zstd at all) or no C extensions: nothing to spare
-        return
-    if default_records.zstd_decode is codec.zstd_decode:  # (not replaced already, e.g. by a profiler)
-        default_records.zstd_decode = cramjam.zstd.decompress
-
-
-read_fetched_zstd_in_place()
+read_fetched_zstd_in_place()  # before bench.worker_stages wraps the codec (still clocked)
 
 
 class IdempotentTransport(faust_aiokafka.Transport):
@@ -1258,17 +1242,13 @@ class Worker:
                     self.for_successor[tag] = None
                     await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
                                                  [durable_header, (HANDOFF_HEADER, tag)])
-            for p in handing.difference(direct):  # a record of ours in flight to it: the marks wait for it
-                self.held_marks[p] = {**self.held_marks.get(p, {}), **marks}
         else:
-            direct = ()
+            direct, handing = [], set()
             for partition in range(self.partitions):
                 await self.app.producer.send(topic, None, b"", partition, None, [header])
         for source, mark in marks.items():
             self.hb_sent[(topic_name_, source)] = mark
-        for p in direct:
-            held = self.held_marks.pop(p, None)
-            await self._marks_here(p, {**held, **marks} if held else marks, revocations)
+        await self._own_partitions_take(marks, revocations, direct, handing)
 
     async def _marks_to_own(self, marks: dict) -> None:
         """Between two sends of marks to svctrace.flows (at most every heartbeat_s: a record per
@@ -1281,14 +1261,17 @@ class Worker:
         if not fresh:
             return
         self.hb_here.update(fresh)
-        revocations = self.revocations
-        direct = self._direct_partitions()
-        handing = set(self.flows_read) | set(self.handed)
-        for p in handing.difference(direct):  # a record of ours in flight to it: the marks wait for it
-            self.held_marks[p] = {**self.held_marks.get(p, {}), **fresh}
+        await self._own_partitions_take(fresh, self.revocations, self._direct_partitions(),
+                                        set(self.flows_read) | set(self.handed))
+
+    async def _own_partitions_take(self, marks: dict, revocations: int, direct: list[int], handing: set[int]) -> None:
+        """This worker's own stitch partitions (`handing`) take marks: at once where nothing of ours is in
+        flight to them (`direct`), else held until the record in flight is read back."""
+        for p in handing.difference(direct):
+            self.held_marks[p] = {**self.held_marks.get(p, {}), **marks}
         for p in direct:
             held = self.held_marks.pop(p, None)
-            await self._marks_here(p, {**held, **fresh} if held else fresh, revocations)
+            await self._marks_here(p, {**held, **marks} if held else marks, revocations)
 
     def _direct_partitions(self) -> list[int]:
         """svctrace.flows partitions this worker reads whose stitch stage has read back the last record

@@ -79,6 +79,22 @@ def set_zstd_level(level: int) -> None:
         module.zstd_encode = encode if level == ZSTD_LEVEL else functools.partial(encode, level=level)
 
 
+def read_fetched_zstd_in_place() -> None:
+    """aiokafka's zstd_decode returns bytes(cramjam.zstd.decompress(data)): a copy of each fetched
+    batch's records after decompression (a syscalls record is ~0.5 MB), made in the consumer thread,
+    of a buffer nothing else holds. Its C record reader only takes a buffer of what the codec returns
+    (and copies each record's key and value out of it): hand it cramjam's own. Process-wide, for the
+    C reader only (the pure-Python one, AIOKAFKA_NO_EXTENSIONS, copies into a bytearray anyway)."""
+    try:
+        import cramjam
+        from aiokafka import codec
+        from aiokafka.record._crecords import default_records
+    except ImportError:  # no cramjam (no zstd at all) or no C extensions: nothing to spare
+        return
+    if default_records.zstd_decode is codec.zstd_decode:  # (not replaced already, e.g. by a profiler)
+        default_records.zstd_decode = cramjam.zstd.decompress
+
+
 def producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
     """An (unstarted) idempotent producer; `await p.start()` before use."""
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, **(connection_settings() | producer_settings(**overrides)))
