@@ -155,6 +155,8 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
  DX_T0, DX_T1, DX_REFS, DX_ANCHOR, DX_CLIENT) = range(23)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 5
+_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs"))  # the input buffer and change marks (durable_parts)
+_NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -378,8 +380,88 @@ class Stitcher:
 
     @staticmethod
     def durable(state: dict) -> dict:
-        """The state minus the input buffer (re-readable from svctrace.flows)."""
-        return {k: v for k, v in state.items() if k != "buf"}
+        """The state minus the input buffer (re-readable from svctrace.flows) and change marks."""
+        return {k: v for k, v in state.items() if k not in _NOT_DURABLE}
+
+    # A checkpoint in parts (durable_parts / restore_parts): a header of the bucket's scalars and
+    # small lists, and its entries, each written only when it changed since the last durable_parts:
+    #   "c<conn key>"  a connection (its Conn as a JSON object; conn.qd: its timer queue entry)
+    #   "l<lkey>"      a lookup key: [its number in "lks", its lookups (L_*)]
+    #   "s<dsrv key>"  a DNS server's record (S_*)
+    # The marks: "_cc", "_cl", "_cs" (sets of the keys of conns, lk and dsrv that changed or went
+    # away), in the state only once durable_parts has been asked (the in-process runner never
+    # keeps them). Marked where a key is known to be touched: advance's loop marks the conn key of
+    # every event before applying it, _apply_dns the lookup key or DNS server key of every message,
+    # _claim_lookup the key it reads, and each timer pass what it changes or removes. Not written:
+    # the input buffer and the conns' timer queue "tq" (rebuilt from conn.qd: only each conn's live
+    # entry [conn.qd, key] is ever acted on, and heap order is total on [deadline, key]). The lookups'
+    # queues "lq" and "lc" stay in the header as they are: their entries may be below a lookup's
+    # expiry (moved later lazily), and such an "lc" head sets a pass time when a bucket holds nothing
+    # else, so only the very entries give the same passes.
+    PART_CONN, PART_LOOKUP, PART_SERVER = "c", "l", "s"
+
+    @staticmethod
+    def durable_parts(state: dict) -> tuple[dict, dict]:
+        """(header, changed): the durable state as a header and the entries that changed since the
+        last call, {subkey: entry, or None for one gone}; every entry at the first call on a state
+        (or after untrack()). Resets the marks; the header's "n" counts the state's entries."""
+        conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
+        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["n"] = len(conns) + len(lk) + len(dsrv)
+        cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
+        if cc is None or cl is None or cs is None:
+            cc, cl, cs = conns, lk, dsrv  # all of them
+        changed = {}
+        for k in cc:
+            changed["c" + k] = conns.get(k)
+        for k in cl:
+            lookups = lk.get(k)
+            changed["l" + k] = None if lookups is None else [lks[k], lookups]
+        for k in cs:
+            changed["s" + k] = dsrv.get(k)
+        state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
+        return header, changed
+
+    @staticmethod
+    def untrack(state: dict) -> None:
+        """Forget the change marks: the next durable_parts gives every entry."""
+        for k in ("_cc", "_cl", "_cs"):
+            state.pop(k, None)
+
+    def restore_parts(self, header: dict, entries: dict) -> dict:
+        """A header and its entries {subkey: entry} (durable_parts' forms, as JSON gives them back)
+        -> a state process/advance take, marked as having given out exactly these (the next
+        durable_parts gives what changes from here)."""
+        conns, lk, lks, dsrv = [], [], {}, []
+        for sub, v in entries.items():
+            kind, k = sub[0], sub[1:]
+            if kind == "c":
+                conns.append(v if v.__class__ is Conn else Conn.from_dict(v))
+            elif kind == "l":
+                lks[k] = v[0]
+                lk.append((v[0], k, v[1]))
+            elif kind == "s":
+                dsrv.append((v[S_TS], k, v))
+            else:
+                raise ValueError(f"unknown stitch state entry {sub!r}")
+        state = self.new_state()
+        state.update(header)
+        state.pop("n", None)
+        state["buf"] = []
+        # the orders the live state keeps: conns and lookup keys in creation order (their numbers),
+        # DNS server records in time order
+        conns.sort(key=attrgetter("seq"))
+        state["conns"] = {c.k: c for c in conns}
+        lk.sort(key=itemgetter(0))
+        state["lk"] = {k: lookups for _n, k, lookups in lk}
+        state["lks"] = {k: lks[k] for _n, k, _l in lk}
+        dsrv.sort(key=itemgetter(0))
+        state["dsrv"] = {k: v for _ts, k, v in dsrv}
+        tq = state["tq"] = [[c.qd, c.k] for c in conns]
+        heapify(tq)
+        state["v"] = STATE_FORM
+        state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
+        return state
 
     def restore(self, durable: dict) -> dict:
         """A durable state (or a full one) -> a state process/advance take."""
@@ -512,6 +594,7 @@ class Stitcher:
                 prev = prev_ts = None
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
+                marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 for d in ready:
                     order = d.order  # (ts, node, n)
@@ -567,6 +650,8 @@ class Stitcher:
                             ck = conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
                         except KeyError:
                             ck = self._conn_key(ip, port)
+                        if marked is not None:
+                            marked.add(ck)  # whatever this event does to conns[ck] (new, changed, replaced)
                         conn = conns.get(ck)
                         if kind == "connect" and e.syscall == "getsockopt":
                             if conn is not None:
@@ -872,6 +957,8 @@ class Stitcher:
                     k = self._conn_key(pip, pport)
                 k = f"{k}|{qid}"
                 dsrv = st["dsrv"]
+                if "_cs" in st:
+                    st["_cs"].add(k)  # change mark (durable_parts)
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
                     del dsrv[k]
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
@@ -890,6 +977,8 @@ class Stitcher:
             lkey = self._lkeys[d.flow, e.node, e.pid]
         except KeyError:
             lkey = self._lkey(d.flow, e.node, e.pid)
+        if "_cl" in st:
+            st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
         ts = e.ts
         lookups = st["lk"].get(lkey)
         if lookups:
@@ -956,6 +1045,8 @@ class Stitcher:
         lookups = st["lk"].get(lkey)
         if not lookups:
             return None
+        if "_cl" in st:
+            st["_cl"].add(lkey)  # change mark (durable_parts): dropped or claimed lookups
         ts = e.ts
         lookups = self._lookups(st, lkey, lookups, ts)
         if not lookups:
@@ -1013,6 +1104,8 @@ class Stitcher:
                 lookups.remove(lk)
                 if not lookups:
                     del lk_by_key[lkey], lks[lkey]
+                if "_cl" in st:
+                    st["_cl"].add(lkey)  # change mark (durable_parts)
             else:
                 heappush(lc, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
 
@@ -1113,6 +1206,7 @@ class Stitcher:
     def _timers(self, st: dict, now: int, out: list, final: bool) -> None:
         conns = st["conns"]
         tq = st["tq"]
+        marked = st.get("_cc")  # change marks (durable_parts): every conn a pass changes or removes
         exact: dict[str, int] = {}  # deadlines computed in this pass (no event is applied during it)
         if final:
             due = list(conns)
@@ -1134,8 +1228,12 @@ class Stitcher:
                 else:
                     heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
                     conn.qd = exact[key] = dl
+                    if marked is not None:
+                        marked.add(key)
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
+        if marked is not None and due:
+            marked.update(due)
         for key in due:
             conn = conns[key]
             if final or (conn.ccl is not None and now >= conn.ccl + settle_ns) or now >= conn.t1 + idle_ns:
@@ -1182,6 +1280,8 @@ class Stitcher:
                 break
             heapreplace(tq, [actual, key])
             conn.qd = actual
+            if marked is not None:
+                marked.add(key)
         nxt = tq[0][0] if tq else None
         lc = st["lc"]
         if lc:
@@ -1208,6 +1308,8 @@ class Stitcher:
             horizon = now - self.lookup_timeout_ns - self.idle_ns
             if dsrv:
                 if final:
+                    if "_cs" in st:
+                        st["_cs"].update(dsrv)
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
                     old = None
@@ -1221,6 +1323,8 @@ class Stitcher:
                     if old is not None:
                         for k in old:
                             del dsrv[k]
+                        if "_cs" in st:
+                            st["_cs"].update(old)
             if lost:
                 lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
             if dsrv or lost:
@@ -1256,7 +1360,10 @@ class Stitcher:
                     heappush(lq, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
             if len(due) > 1:
                 due.sort(key=lambda x: (x[0], x[1]))
+        marked = st.get("_cl")  # change marks (durable_parts)
         for _ks, _ls, lkey, lk in due:
+            if marked is not None:
+                marked.add(lkey)
             if not lk[L_CLAIMED]:
                 # at end of input, a query younger than the resolver timeout may still be answered
                 cut = final and any(q[Q_ANSWER] is None and now - q[Q_TS] < R.RETRY_GAP_NS[0] for q in lk[L_QUERIES])
@@ -1272,6 +1379,8 @@ class Stitcher:
             for lkey in st["lke"]:  # lists an unmatched answer created, still empty
                 if lk_by_key.get(lkey) == []:
                     del lk_by_key[lkey], lks[lkey]
+                    if marked is not None:
+                        marked.add(lkey)
             st["lke"] = []
         self._exact_lookup_head(st)
 

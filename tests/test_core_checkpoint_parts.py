@@ -1,0 +1,170 @@
+"""The stitch state checkpointed in parts (Stitcher.durable_parts / restore_parts): a header and
+only the entries that changed since the last checkpoint. Restoring from what those parts add up
+to, at any point of a run, must give the records an uninterrupted run gives, in the same order: a
+change not marked would be an entry left stale in the changelog, and shows here."""
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from bench.worker_steady import steady_traffic
+from svctrace.streams.core import Runner, Settings, dumps_state, loads_state
+from svctrace.streams.core.enrich import FLOWS_TOPIC
+from svctrace.streams.core.stitch import Stitcher
+from tests.scenario import FAULTS, MODES, MS, S, T0, Cluster, Scenario, renumber
+
+WORKER = Settings(enrich_lateness_ns=400 * MS, stitch_lateness_ns=400 * MS, settle_ns=250 * MS)
+
+
+class _Store:
+    """A changelog's compacted content for the stitch stage, as the worker keeps it: bytes per key."""
+
+    def __init__(self):
+        self.headers: dict[str, bytes] = {}
+        self.entries: dict[str, dict[str, bytes]] = {}
+        self.written = 0  # entries written (not counting headers)
+
+    def write(self, key: str, header: dict, changed: dict) -> None:
+        self.headers[key] = dumps_state(header)
+        mine = self.entries.setdefault(key, {})
+        for sub, value in changed.items():
+            if value is None:
+                mine.pop(sub, None)
+            else:
+                mine[sub] = dumps_state(value)
+                self.written += 1
+
+    def restore(self, op: Stitcher, key: str) -> dict:
+        header = orjson.loads(self.headers[key])
+        entries = {sub: orjson.loads(raw) for sub, raw in self.entries.get(key, {}).items()}
+        assert header["n"] == len(entries), "every entry the header counts is in the store"
+        return op.restore_parts(header, entries)
+
+
+class _Checkpointing(Runner):
+    """A runner whose stitch states are checkpointed in parts and replaced by their restored copy
+    every `every` steps (the input buffer carried over, as a worker re-reads it)."""
+
+    def __init__(self, index, settings, step_events, every, rng=None):
+        super().__init__(index, settings, step_events)
+        self.every, self.steps, self.store, self.rng = every, 0, _Store(), rng
+        self.restores = 0
+
+    def step(self) -> None:
+        super().step()
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        op = self.graph.stitch
+        table = self.states[FLOWS_TOPIC]
+        for key, st in list(table.items()):
+            if self.rng is not None and self.rng.random() < 0.3:
+                continue  # a key not checkpointed now: its marks accumulate until the next
+            header, changed = op.durable_parts(st)
+            self.store.write(key, header, changed)
+            if self.rng is None or self.rng.random() < 0.5:
+                restored = self.store.restore(op, key)
+                restored["buf"] = st["buf"]
+                table[key] = restored
+                self.restores += 1
+
+
+def _mixed_traffic():
+    """DNS lookups (claimed, unclaimed, NXDOMAIN via the search list), every fault and mode,
+    keep-alive, host processes: close together so that conns, lookups and timers overlap."""
+    cluster = Cluster()
+    events = []
+    for m, mode in enumerate(MODES):
+        sc = Scenario(cluster, mode)
+        for i in range(80):
+            fault = FAULTS[i % len(FAULTS)]
+            if fault in ("wrong_port", "no_endpoints", "rules_flushed") and mode != "dnat":
+                fault = "healthy"
+            sc.request(T0 + m * 7 * MS + i * 137 * MS, fault)
+        events += sc.events()
+    sc = Scenario(cluster, "dnat")
+    client = cluster.pods["client"]
+    for i in range(120):  # lookups no connection claims, for 36 s: they expire into chains of their own
+        dig = sc.proc("client", "dig")
+        sc.lookup(T0 + 3 * MS + i * 300 * MS, dig, client.ip, f"name-{i % 7}.default.svc.cluster.local",
+                  ["10.96.0.100"] if i % 3 == 0 else [], rcode=3 if i % 3 == 1 else 0, answer=i % 3 != 2,
+                  qtype="AAAA" if i % 6 == 4 else "A")
+    for i in range(20):
+        sc.keepalive(T0 + i * 270 * MS, statuses=(200, 200, 503))
+    events += sc.events()
+    return cluster, renumber(sorted(events, key=lambda e: e.ts))
+
+
+def _steady(rate: float, seconds: float):
+    """bench.worker_steady's live traffic (the bench's mix at a steady rate)."""
+    cluster, events, _requests = steady_traffic(rate, seconds, T0)
+    return cluster, events
+
+
+def _cases():
+    yield "bench-steady", _steady(1500, 8)
+    yield "faults", _mixed_traffic()
+    yield "slow-steady", _steady(80, 75)  # past every timeout: DNS server records and loss markers expire
+
+
+@pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
+@pytest.mark.parametrize("step_events,every,seed", [(64, 1, None), (97, 2, 7), (300, 1, 3)])
+@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady"])
+def test_restoring_from_parts_anywhere_gives_the_uninterrupted_records(case, step_events, every, seed, settings):
+    cluster, events = dict(_cases())[case]
+    uninterrupted = Runner(cluster.index(), settings, step_events)  # (records of several keys interleave by step)
+    uninterrupted.feed(events)
+    baseline = uninterrupted.finish()
+    assert baseline.chains
+    runner = _Checkpointing(cluster.index(), settings, step_events, every,
+                            random.Random(seed) if seed is not None else None)
+    runner.feed(events)
+    resumed = runner.finish()
+    assert runner.restores >= 4
+    assert [orjson.dumps(c) for c in resumed.chains] == [orjson.dumps(c) for c in baseline.chains]
+    assert resumed.alerts == baseline.alerts
+    assert resumed.deadletters == baseline.deadletters
+
+
+def test_parts_write_what_changed_not_the_whole_state():
+    cluster, events = _steady(2000, 10)
+    runner = _Checkpointing(cluster.index(), WORKER, 256, 1)
+    runner.feed(events)
+    op = runner.graph.stitch
+    # entries in the state now, against entries written over the whole run
+    held = sum(len(st["conns"]) + len(st["lk"]) + len(st["dsrv"]) for st in runner.states[FLOWS_TOPIC].values())
+    assert held
+    written_per_step = runner.store.written / runner.steps
+    assert written_per_step < held / 2, (written_per_step, held)
+    # right after a checkpoint nothing has changed; one more step changes only some entries
+    for st in runner.states[FLOWS_TOPIC].values():
+        _header, changed = op.durable_parts(st)
+        assert changed == {}
+
+
+def test_first_parts_are_the_whole_state_and_match_durable():
+    cluster, events = _steady(1000, 4)
+    runner = Runner(cluster.index(), WORKER, step_events=128)
+    runner.feed(events[: len(events) // 2])
+    runner.step()
+    op = runner.graph.stitch
+    for key, st in runner.states[FLOWS_TOPIC].items():
+        whole = loads_state(dumps_state(op.durable(st)))
+        header, changed = op.durable_parts(st)
+        assert len(changed) == header["n"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+        assert "_cc" not in op.durable(st)  # marks are never durable
+        restored = op.restore_parts(orjson.loads(dumps_state(header)),
+                                    {k: orjson.loads(dumps_state(v)) for k, v in changed.items()})
+        again = loads_state(dumps_state(op.durable(restored)))
+        # the timer queue is rebuilt: each conn's live entry, without the stale ones the run left
+        live = sorted([c["qd"], k] for k, c in whole["conns"].items())
+        assert all(entry in whole["tq"] for entry in live)
+        assert sorted(again.pop("tq")) == live
+        whole.pop("tq")
+        assert again == whole
+        assert list(again["conns"]) == list(whole["conns"]) and list(again["lk"]) == list(whole["lk"])
+        assert list(again["dsrv"]) == list(whole["dsrv"])  # (the orders the state keeps)
+        op.untrack(st)
+        assert len(op.durable_parts(st)[1]) == header["n"]
