@@ -63,7 +63,7 @@ def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_r
         with pytest.raises(CheckpointFormatError) as e:
             loads(_newer(raw, version))
         assert e.value.found == version
-        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4" in str(e.value)
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5 " in str(e.value)
 
 
 def test_a_format_field_elsewhere_than_first_is_checked_too():
@@ -82,13 +82,14 @@ def test_the_stage_shell_names_the_record_it_cannot_read_and_restores_the_ones_i
     shell = StageShell(None, "enrich", op, table, 1, 0)
     assert shell.state(node)["wm"] == st["wm"] and list(shell.part_meta(0)["keys"]) == [node]
 
-    table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), 5)
-    table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), 5)
+    table.data[node.encode()] = _newer(dumps_checkpoint(op.durable(st)), CHECKPOINT_FORMAT + 1)
+    table.data[b"#0"] = _newer(dumps_meta({"keys": [node]}), CHECKPOINT_FORMAT + 1)
     successor = StageShell(None, "enrich", op, table, 1, 0)
     for load, key in ((lambda: successor.state(node), node), (lambda: successor.part_meta(0), "#0")):
         with pytest.raises(CheckpointFormatError) as e:
             load()
-        assert f"key {key!r} in changelog app-enrich-state-changelog has checkpoint format 5" in str(e.value)
+        assert (f"key {key!r} in changelog app-enrich-state-changelog has checkpoint format {CHECKPOINT_FORMAT + 1}"
+                in str(e.value))
     assert successor.live == {} and successor.meta == {}
 
 
@@ -126,8 +127,8 @@ async def _send(bootstrap: str, topic: str, partition: int, key: bytes, value: b
 
 @pytest.mark.kafka
 def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_what_to_do(kafka, tmp_path):
-    """A worker writes its checkpoints (format 3 on the changelog); a newer worker rewrites a partition's
-    entry in format 4; a worker of this version restarted on that changelog must stop, not misread it."""
+    """A worker writes its checkpoints (this format on the changelog); a newer worker rewrites a partition's
+    entry in the next format; a worker of this version restarted on that changelog must stop, not misread it."""
     prefix = kafka.unique_prefix("ck")
     P.ensure_worker_topics(kafka.bootstrap, prefix)
     app_id = "app-" + prefix.strip(".")
@@ -149,7 +150,7 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
     written = [r for r in kafka.run(_read_topic(kafka.bootstrap, changelog)) if r.value is not None]
     assert written and {format_of(r.value) for r in written} == {CHECKPOINT_FORMAT}
     entry = [r for r in written if r.key.startswith(b"#")][-1]  # a syscalls partition's progress entry
-    kafka.run(_send(kafka.bootstrap, changelog, entry.partition, entry.key, _newer(entry.value, 5)))
+    kafka.run(_send(kafka.bootstrap, changelog, entry.partition, entry.key, _newer(entry.value, CHECKPOINT_FORMAT + 1)))
 
     again = P.WorkerProcess(kafka.bootstrap, prefix, app_id, tmp_path, name="again", idle_flush=30.0).start()
     try:
@@ -157,8 +158,140 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
         log = again.log_path.read_text(errors="replace")
         assert status == 1, again.log_tail()
         [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
-        assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format 5" in line
-        assert "this worker reads formats 1, 2, 3, 4" in line and "Roll forward" in line
+        assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format {CHECKPOINT_FORMAT + 1}" in line
+        assert "this worker reads formats 1, 2, 3, 4, 5 " in line and "Roll forward" in line
         assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
     finally:
         again.kill()
+
+
+# -- the stitch state in parts (format 5) ------------------------------------------------------
+
+def _stitch_shell(store: dict, op) -> StageShell:
+    changelog = SimpleNamespace(get_topic_name=lambda: "app-stitch-state-changelog")
+    return StageShell(None, "stitch", op, SimpleNamespace(data=store, changelog_topic=changelog), 12, 1)
+
+
+def _apply(shell: StageShell, writes: list, log: list | None = None) -> None:
+    """What StageShell.write does to the store (and the changelog, compacted: the store's copy)."""
+    for _p, key, value in writes:
+        if value is None:
+            shell.table.data.pop(key, None)
+        else:
+            shell.table.data[key] = value
+        if log is not None:
+            log.append((key, value))
+    shell._unwritten.clear()
+
+
+def _comparable(op, st) -> dict:
+    """A state's durable form as JSON gives it back, its timer queue as its live entries."""
+    d = loads_state(dumps_state(op.durable(st)))
+    d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
+    return d
+
+
+def _live_run(steps_between: int = 3):
+    """bench.worker_steady's traffic through the in-process runner (the worker's settings), a stitch
+    shell checkpointing its states every few steps into a store."""
+    from bench.worker_steady import steady_traffic
+    from svctrace.streams.core import Runner
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.core.keys import bucket_partition
+    from tests.test_core_checkpoint_parts import WORKER
+
+    cluster, events, _ = steady_traffic(1500, 6, scenario.T0)
+    runner = Runner(cluster.index(), WORKER, step_events=200)
+    op = runner.graph.stitch
+    store: dict = {}
+    shell = _stitch_shell(store, op)
+    shell.live = runner.states[FLOWS_TOPIC]  # the runner's states are the shell's live ones
+    log: list = []
+    step, steps = runner.step, [0]
+
+    def checkpointing_step():
+        step()
+        steps[0] += 1
+        for key in list(shell.live):
+            shell.touch(bucket_partition(key), key)
+        if steps[0] % steps_between == 0:
+            writes, _acks = shell.snapshot()
+            _apply(shell, writes, log)
+
+    runner.step = checkpointing_step
+    return runner, op, shell, store, log, events
+
+
+def test_a_successor_restores_the_stitch_state_from_headers_and_entries():
+    runner, op, shell, store, log, events = _live_run()
+    runner.feed(events[: len(events) * 2 // 3])
+    writes, _ = shell.snapshot()
+    _apply(shell, writes, log)
+    keys = [k for k in shell.live]
+    assert keys
+    for key in keys:
+        header = loads_checkpoint(store[key.encode()])
+        assert header["parts"] == sum(1 for k in store if k.startswith(key.encode() + b"\x1f")) > 0
+        assert "conns" not in header and "tq" not in header and "buf" not in header
+    successor = _stitch_shell(dict(store), op)
+    for key in keys:
+        assert _comparable(op, successor.state(key)) == _comparable(op, shell.live[key])
+    # most entries are written once or twice over the run, not at every checkpoint
+    entries = [k for k, _ in log if b"\x1f" in k]
+    assert len(entries) < 3 * len(set(entries))
+    # a checkpoint right after one writes nothing but what changed: nothing
+    assert shell.snapshot()[0] == [] or all(k.startswith(b"#") for _p, k, _v in shell.snapshot()[0])
+
+
+def test_an_idle_bucket_leaves_no_record_behind_and_a_revived_one_starts_anew():
+    runner, op, shell, store, log, events = _live_run()
+    runner.feed(events)
+    key = next(iter(shell.live))
+    p = int(key[1:])
+    writes, _ = shell.snapshot()
+    _apply(shell, writes)
+    assert any(k.startswith(key.encode() + b"\x1f") for k in store)
+    shell.drop(p, key)
+    revived = shell.state(key)  # before the checkpoint: not the stored (older) state
+    assert not revived["conns"] and not revived["lk"]
+    shell.drop(p, key)
+    writes, _ = shell.snapshot()
+    _apply(shell, writes)
+    assert not [k for k in store if k == key.encode() or k.startswith(key.encode() + b"\x1f")]
+
+
+def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under_the_same_key():
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)  # (no checkpoint while it runs)
+    runner.feed(events[: len(events) // 2])
+    key = next(iter(shell.live))
+    st = shell.live[key]
+    old = _newer(dumps_state(op.durable(st)), 4)  # what a format-4 worker wrote: the whole durable state
+    assert format_of(old) == 4
+    store = {key.encode(): old}
+    successor = _stitch_shell(store, op)
+    restored = successor.state(key)
+    assert _comparable(op, restored) == _comparable(op, st)
+    successor.touch(int(key[1:]), key)
+    writes, _ = successor.snapshot()
+    _apply(successor, writes)
+    assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
+    assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+    assert not [v for _p, _k, v in writes if v is None]  # nothing to tombstone
+    again = _stitch_shell(dict(store), op).state(key)
+    assert _comparable(op, again) == _comparable(op, st)
+
+
+def test_a_checkpoint_that_did_not_finish_writing_is_written_again_whole():
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
+    runner.feed(events[: len(events) // 2])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    writes, _ = shell.snapshot()
+    assert writes
+    for _p, k, v in writes[: len(writes) // 2]:  # the store took them, the changelog may not have
+        store[k] = v
+    lost = {k for _p, k, _v in writes[len(writes) // 2:]}
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    again, _ = shell.snapshot()
+    assert lost <= {k for _p, k, _v in again}

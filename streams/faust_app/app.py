@@ -82,6 +82,7 @@ from typing import Any, NamedTuple
 import faust
 import orjson
 from aiokafka.errors import KafkaError
+from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
 from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -100,7 +101,8 @@ from svctrace.streams.core.enriched import EnrichedEvent, EventRun
 from svctrace.streams.core.keys import bucket_partition
 from svctrace.streams.core.stitch import CHAINS_TOPIC, OCCURRENCES_TOPIC
 from svctrace.streams.faust_app.checkpoint import (
-    CheckpointFormatError, dumps_checkpoint, dumps_meta, loads_checkpoint, loads_meta,
+    PART_SEP, PARTS_FIELD, CheckpointFormatError, dumps_checkpoint, dumps_meta, dumps_part, is_parts_header,
+    loads_checkpoint, loads_meta, loads_part,
 )
 from svctrace.streams.faust_app.cluster_feed import ClusterFeed
 from svctrace.streams.faust_app.metrics import WorkerMetrics
@@ -422,12 +424,19 @@ class Heard(NamedTuple):
     live: bool
 
 
+_PART_SEP = PART_SEP.encode()
+
+
 class StageShell:
     """Drives one core operator for the partitions this worker owns.
 
     Live state: key -> operator state (dict). Each partition also has a progress
     entry under key "#<partition>" with what the stage needs to resume: the keys
-    it owns, its clock and its upstream progress."""
+    it owns, its clock and its upstream progress.
+
+    An operator with durable_parts (the stitch stage) is checkpointed in parts
+    (checkpoint.py, format 5): a key's record is its header, each entry of its state
+    a record keyed <key> PART_SEP <entry key>, written when it changed."""
 
     def __init__(self, worker: "Worker", name: str, op, table, partitions: int, sources: int):
         self.worker, self.name, self.op, self.table = worker, name, op, table
@@ -438,6 +447,11 @@ class StageShell:
         self.pending: dict[int, list[Pending]] = {}
         self.meta: dict[int, dict] = {}
         self.locks: dict[int, asyncio.Lock] = {}
+        self.in_parts = hasattr(op, "durable_parts")
+        self.part_keys: dict[str, set[bytes]] = {}  # key -> its entries' changelog keys the store holds
+        self._grouped: dict[str, dict[bytes, bytes]] | None = None  # the store's entries by key (_stored_parts)
+        self._dropped: set[str] = set()  # keys dropped since the last checkpoint (their records still stored)
+        self._unwritten: set[str] = set()  # keys a checkpoint took but did not finish writing
 
     def lock(self, p: int) -> asyncio.Lock:
         """Held while partition p advances or flushes and announces it. An advance changes the state
@@ -454,8 +468,13 @@ class StageShell:
         meta = self.meta.pop(p, None)
         for key in (meta or {}).get("keys", ()):
             self.live.pop(key, None)
+        for key in (*(meta or {}).get("keys", ()), *self.deleted.get(p, ())):
+            self.part_keys.pop(key, None)
+            self._dropped.discard(key)
+            self._unwritten.discard(key)
         for table in (self.dirty, self.deleted, self.pending):
             table.pop(p, None)
+        self._grouped = None  # (the store changes with the partitions it holds)
 
     def _stored(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())
@@ -463,10 +482,49 @@ class StageShell:
     def state(self, key: str) -> dict:
         st = self.live.get(key)
         if st is None:
-            raw = self._stored(key)
-            st = self.op.restore(self._load(loads_checkpoint, raw, key)) if raw else self.op.new_state()
+            # A key dropped since the last checkpoint starts anew: its records in the store are older
+            # than what it went through since (they are replaced or tombstoned at the next checkpoint).
+            raw = None if key in self._dropped else self._stored(key)
+            if not self.in_parts:
+                st = self.op.restore(self._load(loads_checkpoint, raw, key)) if raw else self.op.new_state()
+            else:
+                st = self._restore_parts(key, raw)
             self.live[key] = st
         return st
+
+    def _restore_parts(self, key: str, raw: bytes | None) -> dict:
+        """A key of a stage checkpointed in parts: its header and entries, or a format-4 whole record."""
+        if not raw:  # a new key (no entries without a header), or one dropped (its entries known)
+            self.part_keys.setdefault(key, set())
+            return self.op.new_state()
+        durable = self._load(loads_checkpoint, raw, key)
+        stored = self._stored_parts(key)
+        self.part_keys[key] = set(stored)
+        if not is_parts_header(durable):
+            return self.op.restore(durable)  # format 4: its next checkpoint writes it in parts
+        cut = len(key.encode()) + len(_PART_SEP)
+        entries = {k[cut:].decode(): loads_part(v) for k, v in stored.items()}
+        if len(entries) != durable[PARTS_FIELD]:
+            log.warning("%s state of key %r: %d entries in the store, its header counts %d", self.name, key,
+                        len(entries), durable[PARTS_FIELD])
+        return self.op.restore_parts(durable, entries)
+
+    def _stored_parts(self, key: str) -> dict[bytes, bytes]:
+        """The store's entries of key: {changelog key: value}. The store is grouped by key once (one scan,
+        not one per key) and each key's group taken when it is restored; a key not in the grouping
+        (restored already, or the store changed since) groups it again."""
+        grouped = self._grouped
+        if grouped is None or key not in grouped:
+            grouped = self._grouped = {}
+            for k, v in self.table.data.items():
+                i = k.find(_PART_SEP)
+                if i > 0:
+                    group = grouped.get(k[:i])
+                    if group is None:
+                        group = grouped[k[:i]] = {}
+                    group[k] = v
+            grouped = self._grouped = {k.decode(): g for k, g in grouped.items()}
+        return grouped.pop(key, {})
 
     def part_meta(self, p: int) -> dict:
         """Partition p's progress entry. Its "keys" are a dict here (insertion-ordered, so the same
@@ -504,6 +562,7 @@ class StageShell:
         self.live.pop(key, None)
         self.dirty.get(p, set()).discard(key)
         self.deleted.setdefault(p, set()).add(key)
+        self._dropped.add(key)
         self.part_meta(p)["keys"].pop(key, None)
 
     # driving the operator ---------------------------------------------------------------
@@ -565,6 +624,10 @@ class StageShell:
         busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
+                self._dropped.discard(key)  # (its records are written now)
+                if self.in_parts:
+                    self._snapshot_parts(p, key, writes)
+                    continue
                 k = key.encode()
                 value = dumps_checkpoint(durable(self.live[key]))
                 if store.get(k) != value:
@@ -573,6 +636,9 @@ class StageShell:
                 k = key.encode()
                 if k in store:
                     writes.append((p, k, None))
+                for k in sorted(self.part_keys.pop(key, ())):  # (every entry: the key is idle)
+                    writes.append((p, k, None))
+                self._dropped.discard(key)
             k = f"#{p}".encode()
             value = self._meta_bytes(p)
             if store.get(k) != value:
@@ -593,12 +659,60 @@ class StageShell:
             self.deleted.pop(p, None)
         return writes, ackable
 
+    def _snapshot_parts(self, p: int, key: str, writes: list) -> None:
+        """A key's header and the entries that changed (tombstones for those gone). The first time
+        for a state (new, or read from a format-4 record) every entry, and tombstones for the stored
+        entries it no longer has; so too after a checkpoint that did not finish writing it, then
+        without comparing with the store (which holds what was meant to be written)."""
+        store = self.table.data
+        st = self.live[key]
+        if key in self._unwritten:
+            self.op.untrack(st)
+        full = not self.op.tracking(st)
+        trusted = key not in self._unwritten
+        before = len(writes)
+        header, changed = self.op.durable_parts(st)
+        stored = self.part_keys.get(key)
+        if stored is None:
+            stored = self.part_keys[key] = set()
+        prefix = key.encode() + _PART_SEP
+        if full:
+            gone = stored.copy()
+        for sub, entry in changed.items():
+            k = prefix + sub.encode()
+            if entry is None:
+                if k in stored:
+                    writes.append((p, k, None))
+                    stored.discard(k)
+                continue
+            value = dumps_part(entry)
+            if not trusted or store.get(k) != value:
+                writes.append((p, k, value))
+            stored.add(k)
+            if full:
+                gone.discard(k)
+        if full:
+            for k in sorted(gone):
+                writes.append((p, k, None))
+                stored.discard(k)
+        k = key.encode()
+        value = dumps_checkpoint(header)
+        if not trusted or store.get(k) != value:
+            writes.append((p, k, value))  # (after its entries)
+        if len(writes) > before:
+            self._unwritten.add(key)  # until write() has sent them
+
     async def write(self, writes) -> None:
-        """Local store + changelog (sent now, in order; the caller flushes the producer)."""
+        """Local store + changelog (queued now, in order; the caller flushes the producer). The records of
+        one changelog partition go as one producer batch (no per-record send: a checkpoint in parts
+        writes thousands of small records), which Kafka appends whole: a key's header and entries of one
+        checkpoint are durable together (a partition's records over MAX_STATE_BYTES take several)."""
         store = self.table.data
         key_partition = getattr(store, "_key_partition", None)
         changelog = self.table.changelog_topic.get_topic_name()
-        send = self.worker.app.producer.send  # the bytes as they are: no Faust message machinery per record
+        producer = self.worker.app.producer._ensure_producer()
+        codec = producer._message_accumulator._compression_type  # (what the producer's own batches use)
+        batches: dict[int, list] = {}
         for p, key, value in writes:
             if value is None:
                 store.pop(key, None)
@@ -606,7 +720,20 @@ class StageShell:
                 store[key] = value
                 if key_partition is not None:
                     key_partition[key] = p
-            await send(changelog, key, value, p, None, None)
+            queue = batches.get(p)
+            if queue is None:
+                queue = batches[p] = [BatchBuilder(MAX_STATE_BYTES, codec)]
+            if queue[-1].append(timestamp=None, key=key, value=value, headers=[]) is None:
+                log.warning("%s checkpoint of partition %d over %d bytes: written in several batches", self.name,
+                            p, MAX_STATE_BYTES)
+                queue.append(BatchBuilder(MAX_STATE_BYTES, codec))
+                if queue[-1].append(timestamp=None, key=key, value=value, headers=[]) is None:
+                    raise ValueError(f"a checkpoint record of {len(value or b'')} bytes does not fit a batch")
+        for p, queue in batches.items():
+            for batch in queue:
+                batch.close()
+                await producer.send_batch(batch, changelog, partition=p)
+        self._unwritten.clear()
 
 
 def fewer_gc_passes(gen0: int = 500_000) -> None:

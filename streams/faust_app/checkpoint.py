@@ -12,6 +12,19 @@ today's, or older forms the operators' restore() still upgrades). A worker that 
 it does not know stops (Worker._stop_on_unreadable_checkpoint): the changelog was written by a
 newer worker, and only rolling forward or resetting the changelogs can go on from there.
 
+Format 5: the stitch stage's key (a flow bucket) is written in parts (Stitcher.durable_parts): its
+record under the key is a header, {"checkpoint_format":5,"parts":<entries>, ...scalars...}, and each
+entry (a connection, a lookup key, a DNS server's record) is a record of its own, keyed
+`<bucket key>` PART_SEP `<entry key>` (PART_SEP, \x1f, occurs in no stage key: buckets are "b0007",
+partition entries "#7"), its value the entry's JSON (dumps_part, no version field: an entry is read
+only through its bucket's header, whose format it shares). A checkpoint writes the header and only the
+entries that changed, a tombstone for each that went away, and tombstones for all of them when the
+bucket goes idle; a bucket's records of one checkpoint go in one producer batch of their changelog
+partition (the bucket's), which Kafka appends whole, so a successor never restores half of one
+checkpoint. A format-4 bucket record (the whole durable state) is still read: restored whole, its
+next checkpoint writes the header under the same key and every entry. The enrich and alerts stages
+write whole records as in format 4 (their states are small: a node's, a rule+labels').
+
 Bump CHECKPOINT_FORMAT when what a record holds changes so that this worker could not read
 it (a new state layout, a renamed field), and teach the reader the older formats it must go
 on reading (an operator's restore() upgrading them). A change an older reader takes as it is
@@ -33,9 +46,11 @@ UNVERSIONED = 1  # records without FORMAT_FIELD
 # Formats 1 and 2 hold the same layouts minus those and load as they are. 4: the stitch state's DNS
 # lookups, queries, answers, servers' records and a connection's client, connect and lookup summary
 # (conn "cl", "cn", "dns") are lists, no "dq" queue, claimed lookups queued apart ("lc"); Stitcher.restore
-# upgrades formats 1-3.
-CHECKPOINT_FORMAT = 4
-READABLE = frozenset({UNVERSIONED, 2, 3, CHECKPOINT_FORMAT})
+# upgrades formats 1-3. 5: the stitch state in parts (above); format-4 records load as they are.
+CHECKPOINT_FORMAT = 5
+READABLE = frozenset({UNVERSIONED, 2, 3, 4, CHECKPOINT_FORMAT})
+PART_SEP = "\x1f"  # <key> PART_SEP <entry key>: the changelog key of one entry of a key's state
+PARTS_FIELD = "parts"  # a header's field: how many entries its key's state has
 
 # The version, written first: read without parsing the record (which a newer format may not allow).
 _LEADING_FORMAT = re.compile(rb'\{"checkpoint_format":([^,}]*)[,}]')
@@ -76,6 +91,21 @@ def _versioned(value: dict) -> dict:
 def dumps_checkpoint(state: dict) -> bytes:
     """A key's durable operator state -> its changelog record (dumps_state, versioned)."""
     return dumps_state(_versioned(state))
+
+
+def dumps_part(entry) -> bytes:
+    """One entry of a key's state (durable_parts) -> its changelog record (dumps_state, no version)."""
+    return dumps_state(entry)
+
+
+def loads_part(raw: bytes):
+    """An entry's changelog record -> the entry (JSON, for op.restore_parts)."""
+    return orjson.loads(raw)
+
+
+def is_parts_header(value: dict) -> bool:
+    """Whether a loaded key record is a header whose entries are records of their own."""
+    return PARTS_FIELD in value
 
 
 def dumps_meta(meta: dict) -> bytes:
