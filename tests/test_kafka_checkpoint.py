@@ -295,3 +295,40 @@ def test_a_checkpoint_that_did_not_finish_writing_is_written_again_whole():
         shell.touch(int(key[1:]), key)
     again, _ = shell.snapshot()
     assert lost <= {k for _p, k, _v in again}
+
+
+def test_restoring_buckets_groups_the_store_once_and_never_uses_a_stale_group():
+    runner, op, shell, store, log, events = _live_run()
+    runner.feed(events[: len(events) // 2])
+    writes, _ = shell.snapshot()
+    _apply(shell, writes)
+    keys = list(shell.live)
+    assert len(keys) >= 2
+
+    class Counting(dict):
+        scans = 0
+
+        def items(self):
+            Counting.scans += 1
+            return super().items()
+
+    successor = _stitch_shell(Counting(store), op)
+    for key in keys:
+        assert _comparable(op, successor.state(key)) == _comparable(op, shell.live[key])
+    assert Counting.scans == 1
+    # a group taken before the store changed (a standby partition reading the changelog) is not used
+    late = _stitch_shell(Counting(store), op)
+    late.state(keys[0])  # groups the store
+    key = keys[1]
+    runner.feed(events[len(events) // 2: len(events) * 3 // 4])
+    shell.touch(int(key[1:]), key)
+    writes, _ = shell.snapshot()
+    _apply(shell, writes)
+    mine = lambda k: k == key.encode() or k.startswith(key.encode() + b"\x1f")  # noqa: E731
+    for k in [k for k in late.table.data if mine(k)]:  # the standby copy follows the changelog
+        if k not in store:
+            del late.table.data[k]
+    late.table.data.update({k: v for k, v in store.items() if mine(k)})
+    group = late._grouped[key]  # what the grouping found then: no longer the store's
+    assert group != {k: v for k, v in late.table.data.items() if mine(k) and k != key.encode()}
+    assert _comparable(op, late.state(key)) == _comparable(op, shell.live[key])

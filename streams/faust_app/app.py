@@ -498,7 +498,7 @@ class StageShell:
             self.part_keys.setdefault(key, set())
             return self.op.new_state()
         durable = self._load(loads_checkpoint, raw, key)
-        stored = self._stored_parts(key)
+        stored = self._stored_parts(key, durable.get(PARTS_FIELD))
         self.part_keys[key] = set(stored)
         if not is_parts_header(durable):
             return self.op.restore(durable)  # format 4: its next checkpoint writes it in parts
@@ -509,21 +509,27 @@ class StageShell:
                         len(entries), durable[PARTS_FIELD])
         return self.op.restore_parts(durable, entries)
 
-    def _stored_parts(self, key: str) -> dict[bytes, bytes]:
+    def _stored_parts(self, key: str, count: int | None) -> dict[bytes, bytes]:
         """The store's entries of key: {changelog key: value}. The store is grouped by key once (one scan,
-        not one per key) and each key's group taken when it is restored; a key not in the grouping
-        (restored already, or the store changed since) groups it again."""
+        not one per key) and each key's group taken when it is restored. A group is used only if it is
+        still the store's: as many entries as the header counts (`count`), each the very value the store
+        holds (a changelog record read since, e.g. into a standby partition, is another object); else
+        the store is grouped again."""
         grouped = self._grouped
-        if grouped is None or key not in grouped:
-            grouped = self._grouped = {}
-            for k, v in self.table.data.items():
-                i = k.find(_PART_SEP)
-                if i > 0:
-                    group = grouped.get(k[:i])
-                    if group is None:
-                        group = grouped[k[:i]] = {}
-                    group[k] = v
-            grouped = self._grouped = {k.decode(): g for k, g in grouped.items()}
+        group = None if grouped is None else grouped.get(key)
+        store = self.table.data
+        if group is not None and (count is None or len(group) == count) and all(
+                store.get(k) is v for k, v in group.items()):
+            return grouped.pop(key)
+        grouped = self._grouped = {}
+        for k, v in self.table.data.items():
+            i = k.find(_PART_SEP)
+            if i > 0:
+                group = grouped.get(k[:i])
+                if group is None:
+                    group = grouped[k[:i]] = {}
+                group[k] = v
+        grouped = self._grouped = {k.decode(): g for k, g in grouped.items()}
         return grouped.pop(key, {})
 
     def part_meta(self, p: int) -> dict:
@@ -622,6 +628,7 @@ class StageShell:
         store = self.table.data
         durable = self.op.durable
         busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
+        self._grouped = None  # (restores come together, after an assignment: no stale values held longer)
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
                 self._dropped.discard(key)  # (its records are written now)
