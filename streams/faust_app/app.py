@@ -720,11 +720,21 @@ class StageShell:
         producer = self.worker.app.producer._ensure_producer()
         codec = producer._message_accumulator._compression_type  # (what the producer's own batches use)
         batches: dict[int, list] = {}
+        # The store keeps a checkpoint's entries as slices of one buffer: thousands of small bytes objects
+        # replaced at every checkpoint scatter over the allocator's pools and each pins one (bench.worker_steady
+        # at 10k events/s: ~100 MiB more RSS for ~10 MB of entries). A buffer lives while one of its slices does.
+        parts = [value for _p, key, value in writes if value is not None and _PART_SEP in key] if self.in_parts else ()
+        blob = memoryview(b"".join(parts)) if parts else None
+        at = 0
         for p, key, value in writes:
             if value is None:
                 store.pop(key, None)
             else:
-                store[key] = value
+                if blob is not None and _PART_SEP in key:
+                    store[key] = blob[at:at + len(value)]
+                    at += len(value)
+                else:
+                    store[key] = value
                 if key_partition is not None:
                     key_partition[key] = p
             queue = batches.get(p)
