@@ -39,7 +39,7 @@ class _Store:
     def restore(self, op: Stitcher, key: str) -> dict:
         header = orjson.loads(self.headers[key])
         entries = {sub: orjson.loads(raw) for sub, raw in self.entries.get(key, {}).items()}
-        assert header["n"] == len(entries), "every entry the header counts is in the store"
+        assert header["parts"] == len(entries), "every entry the header counts is in the store"
         return op.restore_parts(header, entries)
 
 
@@ -153,7 +153,7 @@ def test_first_parts_are_the_whole_state_and_match_durable():
     for key, st in runner.states[FLOWS_TOPIC].items():
         whole = loads_state(dumps_state(op.durable(st)))
         header, changed = op.durable_parts(st)
-        assert len(changed) == header["n"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+        assert len(changed) == header["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
         assert "_cc" not in op.durable(st)  # marks are never durable
         restored = op.restore_parts(orjson.loads(dumps_state(header)),
                                     {k: orjson.loads(dumps_state(v)) for k, v in changed.items()})
@@ -167,4 +167,4 @@ def test_first_parts_are_the_whole_state_and_match_durable():
         assert list(again["conns"]) == list(whole["conns"]) and list(again["lk"]) == list(whole["lk"])
         assert list(again["dsrv"]) == list(whole["dsrv"])  # (the orders the state keeps)
         op.untrack(st)
-        assert len(op.durable_parts(st)[1]) == header["n"]
+        assert len(op.durable_parts(st)[1]) == header["parts"]

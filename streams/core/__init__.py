@@ -23,6 +23,13 @@ Every operator `op` has:
     op.durable(state) -> dict                   what a checkpoint must keep (no re-readable input)
     op.restore(durable) -> dict                 a durable (or full) state -> a state to drive
 
+and the stitch operator, whose durable state is large (open connections, DNS lookups), also:
+
+    op.durable_parts(state) -> (header, changed)  its scalars, and only the entries that changed since
+                                                  the last call ({subkey: entry, None for one gone};
+                                                  every entry at the first call, or after untrack)
+    op.restore_parts(header, entries) -> dict     a header and all its entries -> a state to drive
+
 state["wm"] (enrich, stitch): every input event with ts < wm has been applied
 (enrich: released downstream; stitch: applied to the chain state); the stage's
 input buffer holds only events with ts >= wm, and an event arriving with ts < wm

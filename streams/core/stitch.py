@@ -404,10 +404,10 @@ class Stitcher:
     def durable_parts(state: dict) -> tuple[dict, dict]:
         """(header, changed): the durable state as a header and the entries that changed since the
         last call, {subkey: entry, or None for one gone}; every entry at the first call on a state
-        (or after untrack()). Resets the marks; the header's "n" counts the state's entries."""
+        (or after untrack()). Resets the marks; the header's "parts" counts the state's entries."""
         conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
         header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
-        header["n"] = len(conns) + len(lk) + len(dsrv)
+        header["parts"] = len(conns) + len(lk) + len(dsrv)
         cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
         if cc is None or cl is None or cs is None:
             cc, cl, cs = conns, lk, dsrv  # all of them
@@ -421,6 +421,11 @@ class Stitcher:
             changed["s" + k] = dsrv.get(k)
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header, changed
+
+    @staticmethod
+    def tracking(state: dict) -> bool:
+        """Whether the state has change marks (else durable_parts gives every entry)."""
+        return "_cc" in state and "_cl" in state and "_cs" in state
 
     @staticmethod
     def untrack(state: dict) -> None:
@@ -446,7 +451,7 @@ class Stitcher:
                 raise ValueError(f"unknown stitch state entry {sub!r}")
         state = self.new_state()
         state.update(header)
-        state.pop("n", None)
+        state.pop("parts", None)
         state["buf"] = []
         # the orders the live state keeps: conns and lookup keys in creation order (their numbers),
         # DNS server records in time order
