@@ -1,10 +1,11 @@
 """The worker's checkpoint records, with a format version.
 
-A stage's changelog holds two kinds of records, both JSON objects: a key's operator state
-(op.durable(state), dumps_state) and a partition's progress entry ("#<partition>": its keys,
-clocks and upstream progress). Each record written here starts with its format version:
+A stage's changelog holds these records, all JSON: a key's operator state (op.durable(state),
+dumps_state; the stitch stage's: a header, and its entries as records of their own, below) and a
+partition's progress entry ("#<partition>": its keys, clocks and upstream progress). Each key or
+partition record written here starts with its format version:
 
-    {"checkpoint_format":4, ...the state's own fields...}
+    {"checkpoint_format":5, ...the state's own fields...}
 
 so a worker can tell a record it cannot read from one it can, instead of misreading it. Records
 without the field are format 1: every record written before versions were (their content is
@@ -15,13 +16,14 @@ newer worker, and only rolling forward or resetting the changelogs can go on fro
 Format 5: the stitch stage's key (a flow bucket) is written in parts (Stitcher.durable_parts): its
 record under the key is a header, {"checkpoint_format":5,"parts":<entries>, ...scalars...}, and each
 entry (a connection, a lookup key, a DNS server's record) is a record of its own, keyed
-`<bucket key>` PART_SEP `<entry key>` (PART_SEP, \x1f, occurs in no stage key: buckets are "b0007",
-partition entries "#7"), its value the entry's JSON (dumps_part, no version field: an entry is read
+`<bucket key>` PART_SEP `<entry key>` (PART_SEP, \x1f, occurs in no stitch key: buckets are "b0007",
+partition entries "#7"; an entry key is "c<conn key>", "l<lookup key>" or "s<DNS server key>"), its value the entry's JSON (dumps_part, no version field: an entry is read
 only through its bucket's header, whose format it shares). A checkpoint writes the header and only the
 entries that changed, a tombstone for each that went away, and tombstones for all of them when the
 bucket goes idle; a bucket's records of one checkpoint go in one producer batch of their changelog
-partition (the bucket's), which Kafka appends whole, so a successor never restores half of one
-checkpoint. A format-4 bucket record (the whole durable state) is still read: restored whole, its
+partition (the bucket's; StageShell.write), which Kafka appends whole, so a successor never restores
+half of one checkpoint (unless a partition's records of one checkpoint exceed MAX_STATE_BYTES: then
+several batches, logged). A format-4 bucket record (the whole durable state) is still read: restored whole, its
 next checkpoint writes the header under the same key and every entry. The enrich and alerts stages
 write whole records as in format 4 (their states are small: a node's, a rule+labels').
 
