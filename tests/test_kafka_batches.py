@@ -151,12 +151,13 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
 
 
 @pytest.mark.kafka
-def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka):
-    """send() queues a batch behind the partition's batch still waiting in the producer (here one
-    lingering for 3 s) instead of waiting until that one is drained into a request (aiokafka's
-    send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it); the records land
-    in the order sent, after the waiting one. A partition with QUEUED_PER_PARTITION batches waiting
-    takes send_batch's way."""
+def test_batches_join_or_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka):
+    """send() appends a partition's records to its batch still waiting in the producer (here one
+    lingering for 3 s) while that one takes them: each call's records are not a batch of their own (the
+    producer drains one batch per partition per request). Records that do not fit go in a batch queued
+    behind the waiting ones, without waiting until those are drained into a request (aiokafka's
+    send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it). The records land
+    in the order sent. A partition with QUEUED_PER_PARTITION batches waiting takes send_batch's way."""
     from aiokafka.structs import TopicPartition
 
     from svctrace.kafka.batches import QUEUED_PER_PARTITION
@@ -164,22 +165,28 @@ def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka)
     prefix = kafka.catalogue_topics("pq")
     topic = topic_name(CHAINS, prefix)
     tp = TopicPartition(topic, 0)
+    big = b"." * 1024  # fills a batch of its own (max_batch_size): never joins one with a record
 
     async def scenario():
-        p = kafka.producer(linger_ms=3_000)
+        p = kafka.producer(linger_ms=3_000, max_batch_size=1024)
         await p.start()
         try:
             await p.send(topic, b"first", key=b"k0", partition=0)  # an open batch, lingering
             waiting = p._message_accumulator._batches[tp]
             assert len(waiting) == 1
+            batches = PartitionBatches(p)
+            batches.add(topic, 0, b"k1", b"joined")
+            batches.add(topic, 0, b"k2", b"joined too")
+            await batches.send()
+            assert len(waiting) == 1 and waiting[0].record_count == 3  # appended to the lingering batch
             for i in range(QUEUED_PER_PARTITION - 1):
                 batches = PartitionBatches(p)
-                batches.add(topic, 0, b"k%d" % (i + 1), b"batch-%d" % i)
+                batches.add(topic, 0, b"k%d" % (i + 3), b"batch-%d" % i + big)
                 await batches.send()
-                # returned with the lingering batch still waiting (send_batch would still be waiting for it)
-                assert len(waiting) == 2 + i and waiting[0].remaining_linger()
+                # returned with the batches before still waiting (send_batch would still be waiting for them)
+                assert len(waiting) == 2 + i and waiting[0].record_count == 3
             batches = PartitionBatches(p)
-            batches.add(topic, 0, b"k", b"last")
+            batches.add(topic, 0, b"k", b"last" + big)
             send = asyncio.ensure_future(batches.send())
             await asyncio.sleep(0)
             assert not send.done() and len(waiting) == QUEUED_PER_PARTITION  # this one waits its turn
@@ -187,10 +194,11 @@ def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka)
             await p.flush()
         finally:
             await p.stop()
-        got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 1, partition=0)
-        return [r.value for r in sorted(got, key=lambda r: r.offset)]
+        got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 3, partition=0)
+        return [r.value.rstrip(b".") for r in sorted(got, key=lambda r: r.offset)]
 
-    assert asyncio.run(scenario()) == [b"first", *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
+    assert asyncio.run(scenario()) == [b"first", b"joined", b"joined too",
+                                       *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
 
 
 def test_zstd_level_sets_what_producer_batches_are_compressed_with():
