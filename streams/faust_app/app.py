@@ -89,7 +89,9 @@ from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
 from svctrace.kafka.batches import PartitionBatches
-from svctrace.kafka.clients import COMPRESSION, connection_settings, read_fetched_zstd_in_place, track_every_topic
+from svctrace.kafka.clients import (
+    COMPRESSION, connection_settings, read_fetched_zstd_in_place, reuse_zstd_contexts, track_every_topic,
+)
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
@@ -366,6 +368,7 @@ class ShortPollConsumer(faust_aiokafka.Consumer):
 
 
 read_fetched_zstd_in_place()  # before bench.worker_stages wraps the codec (still clocked)
+reuse_zstd_contexts()
 
 
 class IdempotentTransport(faust_aiokafka.Transport):
