@@ -1037,10 +1037,10 @@ class Worker:
             for topic, key, value in outs:
                 if topic == FLOWS_TOPIC:
                     partition = bucket_partition(key)
-                    local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                     if partition in self.flows_read:  # our own partition, recovered and live: no record
                         await self._stitch_here(partition, key, value)
                         continue
+                    local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                     for chunk in _chunks(value):
                         # our own stitch stage reads it back: hand it the objects; numbered either way
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
