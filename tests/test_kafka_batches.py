@@ -151,12 +151,13 @@ def test_batched_records_land_where_and_in_the_order_send_puts_them(kafka):
 
 
 @pytest.mark.kafka
-def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka):
-    """send() queues a batch behind the partition's batch still waiting in the producer (here one
-    lingering for 3 s) instead of waiting until that one is drained into a request (aiokafka's
-    send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it); the records land
-    in the order sent, after the waiting one. A partition with QUEUED_PER_PARTITION batches waiting
-    takes send_batch's way."""
+def test_batches_join_or_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka):
+    """send() appends a partition's records to its batch still waiting in the producer (here one
+    lingering for 3 s) while that one takes them: each call's records are not a batch of their own (the
+    producer drains one batch per partition per request). Records that do not fit go in a batch queued
+    behind the waiting ones, without waiting until those are drained into a request (aiokafka's
+    send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it). The records land
+    in the order sent. A partition with QUEUED_PER_PARTITION batches waiting takes send_batch's way."""
     from aiokafka.structs import TopicPartition
 
     from svctrace.kafka.batches import QUEUED_PER_PARTITION
@@ -164,22 +165,28 @@ def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka)
     prefix = kafka.catalogue_topics("pq")
     topic = topic_name(CHAINS, prefix)
     tp = TopicPartition(topic, 0)
+    big = b"." * 1024  # fills a batch of its own (max_batch_size): never joins one with a record
 
     async def scenario():
-        p = kafka.producer(linger_ms=3_000)
+        p = kafka.producer(linger_ms=3_000, max_batch_size=1024)
         await p.start()
         try:
             await p.send(topic, b"first", key=b"k0", partition=0)  # an open batch, lingering
             waiting = p._message_accumulator._batches[tp]
             assert len(waiting) == 1
+            batches = PartitionBatches(p)
+            batches.add(topic, 0, b"k1", b"joined")
+            batches.add(topic, 0, b"k2", b"joined too")
+            await batches.send()
+            assert len(waiting) == 1 and waiting[0].record_count == 3  # appended to the lingering batch
             for i in range(QUEUED_PER_PARTITION - 1):
                 batches = PartitionBatches(p)
-                batches.add(topic, 0, b"k%d" % (i + 1), b"batch-%d" % i)
+                batches.add(topic, 0, b"k%d" % (i + 3), b"batch-%d" % i + big)
                 await batches.send()
-                # returned with the lingering batch still waiting (send_batch would still be waiting for it)
-                assert len(waiting) == 2 + i and waiting[0].remaining_linger()
+                # returned with the batches before still waiting (send_batch would still be waiting for them)
+                assert len(waiting) == 2 + i and waiting[0].record_count == 3
             batches = PartitionBatches(p)
-            batches.add(topic, 0, b"k", b"last")
+            batches.add(topic, 0, b"k", b"last" + big)
             send = asyncio.ensure_future(batches.send())
             await asyncio.sleep(0)
             assert not send.done() and len(waiting) == QUEUED_PER_PARTITION  # this one waits its turn
@@ -187,16 +194,18 @@ def test_batches_queue_behind_a_waiting_one_without_waiting_for_its_drain(kafka)
             await p.flush()
         finally:
             await p.stop()
-        got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 1, partition=0)
-        return [r.value for r in sorted(got, key=lambda r: r.offset)]
+        got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 3, partition=0)
+        return [r.value.rstrip(b".") for r in sorted(got, key=lambda r: r.offset)]
 
-    assert asyncio.run(scenario()) == [b"first", *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
+    assert asyncio.run(scenario()) == [b"first", b"joined", b"joined too",
+                                       *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
 
 
 def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     """set_zstd_level: a producer batch (aiokafka's C builder) is compressed at the level set and reads
-    back as the same records; the default level puts aiokafka's own codec function back. The worker
-    takes it as --zstd-level (default: aiokafka's 3)."""
+    back as the same records; the default level puts the process's codec function back (with
+    reuse_zstd_contexts, as in the worker: zstd_encode_reusing). The worker takes it as --zstd-level
+    (default: aiokafka's 3)."""
     import argparse
 
     import cramjam
@@ -206,8 +215,10 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     from aiokafka.record._crecords import default_records as c_records
     from aiokafka.record.memory_records import MemoryRecords
 
-    from svctrace.kafka.clients import ZSTD_LEVEL, set_zstd_level
+    from svctrace.kafka.clients import ZSTD_LEVEL, reuse_zstd_contexts, set_zstd_level, zstd_encode_reusing
     from svctrace.streams.faust_app import command
+
+    reuse_zstd_contexts()  # (the worker's import does it; a later call changes nothing)
 
     records = [(b"ch-%020x" % i, b'{"chain_id":"ch-%020x","verdict":"ok","hops":[%d]}' % (i, i % 7)) for i in range(500)]
 
@@ -233,7 +244,8 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
             assert [(r.key, r.value) for r in batch] == records
     finally:
         set_zstd_level(ZSTD_LEVEL)
-    assert c_records.zstd_encode is codec.zstd_encode and default_records.zstd_encode is codec.zstd_encode
+    assert c_records.zstd_encode is zstd_encode_reusing and default_records.zstd_encode is zstd_encode_reusing
+    assert codec.zstd_encode is not zstd_encode_reusing
     assert build() == default
     parser = argparse.ArgumentParser()
     command.configure(parser)
@@ -271,3 +283,34 @@ def test_records_placed_by_known_partition_counts_follow_a_count_that_changes():
     asyncio.run(batches.send())
     placed = {key: partition for partition, records in sent for key in records}
     assert placed == {key: murmur2_partition(key, 3 if i < 10 else 12) for i, key in enumerate(keys)}
+
+
+def test_zstd_batches_are_compressed_with_a_context_kept_per_thread_and_level():
+    """zstd_encode_reusing writes the frame aiokafka's codec (cramjam) writes, the same bytes up to
+    batches of a few hundred KiB (larger ones: another libzstd version's choices, read back the same),
+    with one compression context per thread and level, kept: a new one per call cost a small batch most
+    of its compression."""
+    import threading
+
+    import cramjam
+
+    from svctrace.kafka import clients
+
+    records = b"".join(b'{"chain_id":"ch-%020x","status":"ok","hops":[%d]}' % (i, i % 7) for i in range(8000))
+    for size in (0, 1, 300, 5_000, 200_000, 3_000_000):
+        payload = (records * 8)[:size]
+        for level in (None, 1, 3):
+            out = clients.zstd_encode_reusing(bytearray(payload), level)
+            assert bytes(cramjam.zstd.decompress(out)) == payload
+            if size <= 200_000:
+                assert out == bytes(cramjam.zstd.compress(payload, level=3 if level is None else level))
+    kept = dict(clients._contexts.__dict__)
+    assert {1, 3} <= set(kept)
+    clients.zstd_encode_reusing(b"again")
+    assert clients._contexts.__dict__[3] is kept[3]  # the same context, not a new one per call
+    other = {}
+    thread = threading.Thread(target=lambda: (clients.zstd_encode_reusing(b"x" * 100),
+                                              other.update(clients._contexts.__dict__)))
+    thread.start()
+    thread.join()
+    assert set(other) == {3} and other[3] is not kept[3]  # a thread of its own (a context is not shared)

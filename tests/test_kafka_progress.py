@@ -179,3 +179,64 @@ def test_own_stitch_partitions_take_marks_between_two_sends_of_them():
         assert worker.hb_due[FLOWS_TOPIC] == {3: 2_000, 7: 1_500}
 
     asyncio.run(story())
+
+
+def test_durable_marks_go_to_the_log_of_a_partition_handed_to_once_each():
+    """A partition this worker hands to directly gets, in its log, only marks a checkpoint made durable
+    (for a successor). They change at checkpoints only, while marks are announced every tick: each is
+    written to a partition's log once (by the checkpoint or the first send of marks after it), not again
+    at every tick; after a revocation (a new owner may read that log) once more."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+    from svctrace.streams.faust_app.progress import decode_progress
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    logs: dict[int, list] = {}
+
+    async def send(topic, key, value, partition, timestamp, headers):
+        logs.setdefault(partition, []).append(decode_progress(headers)[1])
+
+    async def marks_here(p, marks, revocations):
+        pass
+
+    worker.app.producer = SimpleNamespace(send=send)
+    worker._marks_here = marks_here
+    worker.flows_read = {0: 5, 1: 5}  # our own partitions, 0 and 1; the others are other workers'
+    worker.flows_sent = {0: 5, 1: 5}
+
+    async def tick(marks):
+        for source, mark in marks.items():
+            worker._announce(FLOWS_TOPIC, source, mark)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+
+    async def story():
+        await tick({3: 1_000})
+        assert logs.pop(0, None) is None and logs.pop(1, None) is None  # nothing durable yet
+        assert all(got == [{3: 1_000}] for got in logs.values()) and len(logs) == worker.partitions - 2
+        logs.clear()
+        await worker._durable_marks({3: 1_000})  # a checkpoint
+        assert logs == {0: [{3: 1_000}], 1: [{3: 1_000}]}
+        logs.clear()
+        for mark in (2_000, 3_000, 4_000):  # ticks until the next checkpoint
+            await tick({3: mark})
+            assert logs.pop(0, None) is None and logs.pop(1, None) is None  # the durable mark is there already
+            assert all(got == [{3: mark}] for got in logs.values())
+            logs.clear()
+        worker.durable_marks = {3: 3_000, 7: 500}  # as a checkpoint notes them (its own records aside)
+        await tick({3: 5_000})
+        assert logs.pop(0) == [{3: 3_000}] and logs.pop(1) == [{3: 3_000}]  # newer than the log's: written
+        logs.clear()
+        await tick({3: 6_000, 7: 600})
+        assert logs.pop(0) == [{3: 3_000, 7: 500}] and logs.pop(1) == [{3: 3_000, 7: 500}]  # 7's is new
+        logs.clear()
+        await tick({3: 7_000})
+        assert 0 not in logs and 1 not in logs
+        await worker._on_revoked(None, [])  # (a rebalance: every log may have a new reader)
+        logs.clear()
+        await tick({3: 8_000})
+        assert logs.pop(0) == [{3: 3_000}] and logs.pop(1) == [{3: 3_000}]
+
+    asyncio.run(story())

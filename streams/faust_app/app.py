@@ -90,7 +90,9 @@ from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
 from svctrace.kafka.batches import PartitionBatches
-from svctrace.kafka.clients import COMPRESSION, connection_settings, read_fetched_zstd_in_place, track_every_topic
+from svctrace.kafka.clients import (
+    COMPRESSION, connection_settings, read_fetched_zstd_in_place, reuse_zstd_contexts, track_every_topic,
+)
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
 from svctrace.schemas import catalogue as cat
 from svctrace.schemas.models import DecodeError, dumps
@@ -368,6 +370,7 @@ class ShortPollConsumer(faust_aiokafka.Consumer):
 
 
 read_fetched_zstd_in_place()  # before bench.worker_stages wraps the codec (still clocked)
+reuse_zstd_contexts()
 
 
 class IdempotentTransport(faust_aiokafka.Transport):
@@ -835,6 +838,9 @@ class Worker:
         # handed directly was durable (state or copy): the most a partition it hands to may read in
         # its log (a successor reading a later mark there would pass events that are not in it)
         self.durable_marks: dict[int, int | str] = {}
+        # svctrace.flows partition it hands to -> source -> the durable mark this process last wrote to
+        # its log: a mark already there is not written again (durable marks change at checkpoints only)
+        self.durable_in_log: dict[int, dict[int, int | str]] = {}
         self._announcing_flows = asyncio.Lock()  # one pass of marks to the stitch stage at a time
         self.applied = AppliedHere()  # occurrences applied to our own alerts partitions as they were made
         # alerts partitions whose records this worker reads now (one came since their assignment:
@@ -933,6 +939,7 @@ class Worker:
         if any(tp.topic == self.t_flows.get_topic_name() for tp in revoked or ()):
             self.for_successor.clear()  # read again after this, they are taken as any record
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
+        self.durable_in_log.clear()
         self.hb_here.clear()
 
     async def _run_cluster_feed(self) -> None:
@@ -1174,10 +1181,10 @@ class Worker:
             for topic, key, value in outs:
                 if topic == FLOWS_TOPIC:
                     partition = bucket_partition(key)
-                    local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                     if partition in self.flows_read:  # our own partition, recovered and live: no record
                         await self._stitch_here(partition, key, value)
                         continue
+                    local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
                     for chunk in _chunks(value):
                         # our own stitch stage reads it back: hand it the objects; numbered either way
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
@@ -1313,6 +1320,7 @@ class Worker:
         async with self._announcing_flows:  # (in order with the other announcements to them)
             header = (MARKS_HEADER, encode_marks(announced))
             for p in sorted(set(self.flows_read) | set(self.handed)):
+                self.durable_in_log.setdefault(p, {}).update(announced)
                 tag = self.handoff.number()  # (not counted as sent: this process does not read its marks)
                 self.for_successor[tag] = None
                 await self.app.producer.send(self.names[FLOWS_TOPIC], None, EMPTY_ENRICHED, p, None,
@@ -1381,7 +1389,8 @@ class Worker:
                     self.flows_sent[partition] = self.handoff.seq
                     await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
                                                  [header, (HANDOFF_HEADER, tag)])
-                elif durable_header is not None:  # for a successor; this process takes the marks at once
+                elif durable_header is not None and self._durable_news(partition, durable):
+                    # for a successor (this process takes the marks at once), once per durable mark
                     tag = self.handoff.number()
                     self.for_successor[tag] = None
                     await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
@@ -1393,6 +1402,18 @@ class Worker:
         for source, mark in marks.items():
             self.hb_sent[(topic_name_, source)] = mark
         await self._own_partitions_take(marks, revocations, direct, handing)
+
+    def _durable_news(self, p: int, durable: dict) -> bool:
+        """Whether svctrace.flows partition p's log lacks one of these durable marks (written by this
+        process since p was assigned); notes them as written. Between two checkpoints every tick
+        announces marks, and the durable ones it would write to a partition this worker hands to are the
+        same each time: one record per partition per tick (12 per 0.1 s), each read back here only to be
+        acknowledged, that told a successor nothing new."""
+        in_log = self.durable_in_log.setdefault(p, {})
+        if all(in_log.get(source, in_log) == mark for source, mark in durable.items()):
+            return False
+        in_log.update(durable)
+        return True
 
     async def _marks_to_own(self, marks: dict) -> None:
         """Between two sends of marks to svctrace.flows (at most every heartbeat_s: a record per

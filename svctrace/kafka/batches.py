@@ -105,12 +105,14 @@ class PartitionBatches:
 
     `producer` is a started AIOKafkaProducer. Use one instance per group of records and call
     send() at its end: a record is queued only then (ordering against records sent otherwise
-    to the same partition is the order of the calls)."""
+    to the same partition is the order of the calls). A partition's records join the batch still
+    waiting for it in the producer if that one takes more (_waiting_open): each call's records
+    would otherwise be a batch of their own, and the producer drains one batch per partition per
+    request (one request in flight per broker)."""
 
     def __init__(self, producer):
         self.producer = producer
-        self.open: dict[tuple[str, int], object] = {}
-        self.full: list[tuple[str, int, object]] = []
+        self.open: dict[tuple[str, int], list] = {}  # (topic, partition) -> its records, in the order added
         self._partitions: dict[str, int] = {}
         self.unplaced: dict[str, tuple[int, list, list, list]] = {}  # add_keyed_known's, per topic
 
@@ -140,34 +142,71 @@ class PartitionBatches:
         unplaced[3].append(headers)
 
     def place(self) -> None:
-        """Add the records of add_keyed_known to their partitions' batches."""
+        """Add the records of add_keyed_known to their partitions' records."""
         unplaced, self.unplaced = self.unplaced, {}
+        open_ = self.open
         for topic, (n, keys, values, headers) in unplaced.items():
-            for partition, key, value, h in zip(murmur2_partitions(keys, n), keys, values, headers):
-                self.add(topic, partition, key, value, h)
+            for partition, record in zip(murmur2_partitions(keys, n), zip(keys, values, headers)):
+                records = open_.get((topic, partition))
+                if records is None:
+                    open_[(topic, partition)] = [record]
+                else:
+                    records.append(record)
 
     def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None, headers=None) -> None:
         if self.unplaced and topic in self.unplaced:  # records added before this one go first
             self.place()
-        batch = self.open.get((topic, partition))
-        if batch is None:
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-        if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-            self.full.append((topic, partition, batch))  # full: closed by append, sent as it is
-            batch = self.open[(topic, partition)] = self.producer.create_batch()
-            if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch of {topic}")
+        records = self.open.get((topic, partition))
+        if records is None:
+            self.open[(topic, partition)] = [(key, value, headers)]
+        else:
+            records.append((key, value, headers))
 
     async def send(self) -> None:
-        """Queue every batch with the producer (delivery as for send(): producer.flush() waits for it)."""
+        """Queue every record with the producer (delivery as for send(): producer.flush() waits for it).
+        Each partition's records join its batch waiting in the producer while that one takes more;
+        the rest go in new batches, the last of them left open for the records that follow (the
+        producer's linger, as for a record of send())."""
         self.place()
-        batches, self.full = self.full, []
-        batches += [(topic, partition, batch) for (topic, partition), batch in self.open.items()]
+        batches = []
+        for (topic, partition), records in self.open.items():
+            batch = self._waiting_open(topic, partition)
+            joined = batch is not None
+            if not joined:
+                batch = self.producer.create_batch()
+            for key, value, headers in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                    if not joined:  # full: closed by append, sent as it is
+                        batches.append((topic, partition, batch))
+                    joined = False
+                    batch = self.producer.create_batch()
+                    if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
+                        raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch of {topic}")
+            if not joined:
+                batches.append((topic, partition, batch))
         self.open.clear()
         for topic, partition, batch in batches:
-            batch.close()
             if not self._queue_behind(topic, partition, batch):
                 await self.producer.send_batch(batch, topic, partition=partition)
+
+    def _accumulator(self):
+        acc = getattr(self.producer, "_message_accumulator", None)
+        if acc is None or acc._closed or acc._exception is not None:
+            return None
+        return acc
+
+    def _waiting_open(self, topic: str, partition: int):
+        """The builder of the partition's last batch waiting in the producer (not yet drained into a
+        request) if it is still open, else None. Records appended to it go out with it, in order after
+        its records; none is appended to a batch once drained (its sequence numbers are set then)."""
+        acc = self._accumulator()
+        if acc is None:
+            return None
+        waiting = acc._batches.get(TopicPartition(topic, partition))
+        if not waiting:
+            return None
+        builder = waiting[-1]._builder
+        return None if builder.closed() else builder
 
     def _queue_behind(self, topic: str, partition: int, batch) -> bool:
         """Queue batch behind the partition's batches still waiting in the producer, without waiting
@@ -180,8 +219,8 @@ class PartitionBatches:
         stage's lock, the marks that close chains). The batch goes out in the same order and in the
         same request as it would have (one batch per partition per request); producer.flush() waits
         for it as for any other."""
-        acc = getattr(self.producer, "_message_accumulator", None)
-        if acc is None or acc._closed or acc._exception is not None:
+        acc = self._accumulator()
+        if acc is None:
             return False
         tp = TopicPartition(topic, partition)
         waiting = acc._batches.get(tp)
