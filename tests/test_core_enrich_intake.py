@@ -4,6 +4,7 @@ event-time clock (the enrich stage's newest_ts) is the largest ts fed, however i
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from svctrace.schemas.models import SyscallBatch
 from svctrace.streams.core import Graph, Runner, run
@@ -101,3 +102,51 @@ def test_each_flows_batch_is_a_run_of_one_node_with_its_highest_n():
             assert [(d.ev.ts, d.ev.n) for d in run] == sorted((d.ev.ts, d.ev.n) for d in run)
             assert run.top == max(d.ev.n for d in run)
         assert st["nmax"] == max(e.n for e in node_events)
+
+
+def _vip_table_kept(graph: Graph, st: dict) -> None:
+    """vipc is in time order and holds exactly the VIP connects of the proxy window before wm (as the
+    filter of every entry it replaced would have left it)."""
+    times = list(st["vipc"].values())
+    assert times == sorted(times)
+    assert all(ts >= st["wm"] - graph.enrich.proxy_window_ns for ts in times)
+
+
+def test_vip_connects_stay_in_time_order_and_expire_from_the_front():
+    cluster, events = _events()
+    node = "node-a"
+    node_events = [e for e in events if e.node == node]
+    graph = Graph(cluster.index())
+    st = graph.enrich.new_state()
+    seen = set()
+    for i in range(0, len(node_events), 7):  # many small advances, as a live worker makes
+        chunk = node_events[i:i + 7]
+        graph.enrich.process(st, node, chunk)
+        graph.enrich.advance(st, node, chunk[-1].ts - 100 * MS)
+        _vip_table_kept(graph, st)
+        seen.update(st["vipc"])
+    assert seen  # (the userspace scenario's clients connect to a VIP)
+
+
+def test_a_reused_port_moves_to_the_end_and_an_older_table_is_put_in_order():
+    cluster, events = _events()
+    node = "node-a"
+    graph = Graph(cluster.index())
+    vip_connects = []
+    st = graph.enrich.new_state()
+    for e in (e for e in events if e.node == node):
+        graph.enrich.process(st, node, [e])
+        before = dict(st["vipc"])
+        graph.enrich.advance(st, node, e.ts + 1)
+        if st["vipc"].keys() - before.keys():
+            vip_connects.append(e)
+    assert len(vip_connects) >= 3
+    again = replace(vip_connects[0], ts=st["wm"] + 10 * MS, n=st["nmax"] + 1)  # its client port once more
+    graph.enrich.process(st, node, [again])
+    graph.enrich.advance(st, node, again.ts + 1)
+    assert list(st["vipc"].values())[-1] == again.ts and list(st["vipc"].values()) == sorted(st["vipc"].values())
+    # a table written before it was kept in order (a reused port kept its first place): restored in order
+    older = dict(reversed(list(st["vipc"].items())))
+    restored = graph.enrich.restore({**graph.enrich.durable(st), "vipc": older})
+    assert restored["vipc"] == st["vipc"] and list(restored["vipc"].items()) == sorted(older.items(), key=lambda kv: kv[1])
+    _vip_table_kept(graph, restored)

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import zlib
 from bisect import bisect_left
-from operator import attrgetter
+from itertools import islice
+from operator import attrgetter, itemgetter
 
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
@@ -162,6 +163,10 @@ class Enricher:
         state.update(durable)
         if "buf" not in durable:
             state["buf"], state["unsorted"] = [], False
+        vipc = state["vipc"]
+        if any(a > b for a, b in zip(vipc.values(), islice(vipc.values(), 1, None))):
+            # written before the table was kept in time order (a reused port kept its first place)
+            state["vipc"] = dict(sorted(vipc.items(), key=itemgetter(1)))
         return state
 
     # -- operator API --------------------------------------------------------
@@ -579,7 +584,10 @@ class Enricher:
             if server_side:
                 return None
             if aref is not None and aref["kind"] == "service" and e.local_port:
-                st["vipc"][endpoint_key(e.local_ip, e.local_port)] = e.ts
+                vipc, ep = st["vipc"], endpoint_key(e.local_ip, e.local_port)
+                if ep in vipc:  # (a reused client port) moved to the end: the table stays in time order
+                    del vipc[ep]
+                vipc[ep] = e.ts
                 return None
             pending = st["pin"].get(str(e.pid))
             if pending:
@@ -626,7 +634,19 @@ class Enricher:
 
     def _expire(self, st: dict, now: int) -> None:
         horizon = now - self.proxy_window_ns
-        st["vipc"] = {k: ts for k, ts in st["vipc"].items() if ts >= horizon}
+        vipc = st["vipc"]
+        if vipc:  # in time order (events are released so): the expired ones lead, the rest is not read
+            old = None
+            for k, ts in vipc.items():
+                if ts >= horizon:
+                    break
+                if old is None:
+                    old = [k]
+                else:
+                    old.append(k)
+            if old is not None:
+                for k in old:
+                    del vipc[k]
         for name in ("pin", "reads"):
             table = st[name]
             for pid in list(table):

@@ -1,0 +1,57 @@
+"""The worker's GcFreezer: the live state is frozen out of the collector's passes every few seconds, and a
+full collection over everything, unfrozen, finds the cyclic garbage frozen meanwhile."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+from svctrace.streams.faust_app.app import GcFreezer
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other = None
+
+
+def test_the_state_is_frozen_every_few_seconds_and_fully_collected_now_and_then():
+    clock = _Clock()
+    was_enabled = gc.isenabled()
+    gc.disable()  # (no automatic pass in between: the counts below are the freezer's alone)
+    try:
+        freezer = GcFreezer(every_s=3.0, full_s=60.0, clock=clock)
+        state = [[i, str(i)] for i in range(1000)]  # what a stage keeps: tracked, acyclic
+        frozen = gc.get_freeze_count()
+        clock.now += 2.9
+        freezer.tick()
+        assert gc.get_freeze_count() == frozen  # not yet
+        clock.now += 0.1
+        freezer.tick()
+        assert gc.get_freeze_count() >= frozen + len(state)
+        assert gc.get_count()[0] == 0  # what was young is out of the next gen-0 pass's way
+        # cyclic garbage made of frozen objects: no pass finds it ...
+        a, b = _Node(), _Node()
+        a.other, b.other = b, a
+        alive = weakref.ref(a)
+        clock.now += 3.0
+        freezer.tick()
+        del a, b
+        gc.collect()
+        assert alive() is not None and freezer.collected == 0
+        # ... until the full collection over everything, unfrozen
+        clock.now += 60.0
+        freezer.tick()
+        assert alive() is None and freezer.collected >= 2
+        assert gc.get_freeze_count() > 0  # (frozen again after it)
+        del state
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
