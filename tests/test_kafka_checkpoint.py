@@ -194,7 +194,7 @@ def _comparable(op, st) -> dict:
 def _live_run(steps_between: int = 3):
     """bench.worker_steady's traffic through the in-process runner (the worker's settings), a stitch
     shell checkpointing its states every few steps into a store."""
-    from bench.worker_steady import steady_traffic
+    from tests.scenario import steady_traffic
     from svctrace.streams.core import Runner
     from svctrace.streams.core.enrich import FLOWS_TOPIC
     from svctrace.streams.core.keys import bucket_partition
