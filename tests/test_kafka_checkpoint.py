@@ -361,7 +361,8 @@ def test_a_checkpoint_whose_sends_failed_leaves_nothing_unsaid():
     assert not shell._unsent
     assert producer.changelog == {k: bytes(v) for k, v in store.items()}
     for key in shell.live:  # and a successor restores from it what the shell holds
-        assert _comparable(op, _stitch_shell(dict(producer.changelog), op).state(key)) == _comparable(op, shell.live[key])
+        successor = _stitch_shell(dict(producer.changelog), op)
+        assert _comparable(op, successor.state(key)) == _comparable(op, shell.live[key])
     # confirmed: the next checkpoint does not send them again
     assert asyncio.run(_checkpoint(shell, producer)) == []
 

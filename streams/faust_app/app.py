@@ -678,7 +678,8 @@ class StageShell:
             for _p, k, _v in writes:
                 again.pop(k, None)
             if again:
-                log.warning("%s checkpoint: %d records of an unfinished checkpoint written again", self.name, len(again))
+                log.warning("%s checkpoint: %d records of an unfinished checkpoint written again", self.name,
+                            len(again))
                 writes[:0] = [(q, k, None if store.get(k) is None else bytes(store[k])) for k, q in again.items()]
         self._take(writes)
         return writes, ackable
