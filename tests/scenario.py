@@ -405,6 +405,35 @@ def renumber(events) -> list[SyscallEvent]:
     return out
 
 
+def steady_traffic(rate: float, seconds: float, start_ns: int) -> tuple[Cluster, list[SyscallEvent], int]:
+    """bench.core_runner.traffic's mix ("mixed") at `rate` events/s for `seconds` from `start_ns`, its parts
+    side by side in time (there they follow each other): a live stream (bench.worker_steady publishes it;
+    tests/test_core_checkpoint_parts checkpoints and restores it). Each part's Scenario gets pids, ports and DNS ids
+    of its own, so parts running at once never share a connection's identity. Returns the cluster, the
+    events in time order numbered per node, and the number of requests."""
+    cluster = Cluster()
+    # the mix's events per request: curl-like 50/3 (DNS lookup + request, over the three modes), keep-alive 4.4
+    requests = int(rate * seconds / ((50 / 3 + 4.4) / 2))
+    curl = requests // 2
+    per_mode, conns = curl // len(MODES), (requests - curl) // 10
+    events = []
+    parts = [Scenario(cluster, mode) for mode in MODES] + [Scenario(cluster, "dnat")]
+    for k, sc in enumerate(parts):
+        sc._pids = itertools.count(5000 + k * 1_000_000)
+        sc._ports = itertools.cycle(range(1024 + k * 16_000, 1024 + (k + 1) * 16_000))
+        sc._qid = itertools.cycle(range(1 + k * 16_000, (k + 1) * 16_000))
+    for m in range(len(MODES)):
+        gap = seconds * S / max(1, per_mode)
+        for i in range(per_mode):
+            parts[m].request(start_ns + int(i * gap), "healthy", backend="my-nginx-1" if i % 2 else "my-nginx-2")
+    gap = seconds * S / max(1, conns)
+    for i in range(conns):
+        parts[-1].keepalive(start_ns + int(i * gap), statuses=(200,) * 9 + (503,))
+    for sc in parts:
+        events += sc.events()
+    return cluster, renumber(sorted(events, key=lambda e: e.ts)), per_mode * len(MODES) + conns * 10
+
+
 def build(fault: str = "healthy", mode: str = "dnat", requests: int = 1, gap_ns: int = 5 * MS,
           start: int = T0) -> tuple[Cluster, list[SyscallEvent]]:
     cluster = Cluster(fault)

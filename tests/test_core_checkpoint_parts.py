@@ -9,11 +9,10 @@ import random
 import orjson
 import pytest
 
-from bench.worker_steady import steady_traffic
 from svctrace.streams.core import Runner, Settings, dumps_state, loads_state
 from svctrace.streams.core.enrich import FLOWS_TOPIC
 from svctrace.streams.core.stitch import Stitcher
-from tests.scenario import FAULTS, MODES, MS, S, T0, Cluster, Scenario, renumber
+from tests.scenario import FAULTS, MODES, MS, S, T0, Cluster, Scenario, renumber, steady_traffic
 
 WORKER = Settings(enrich_lateness_ns=400 * MS, stitch_lateness_ns=400 * MS, settle_ns=250 * MS)
 

@@ -181,7 +181,7 @@ def _apply(shell: StageShell, writes: list, log: list | None = None) -> None:
             shell.table.data[key] = value
         if log is not None:
             log.append((key, value))
-    shell._unwritten.clear()
+    shell._unsent.clear()  # (confirmed)
 
 
 def _comparable(op, st) -> dict:
@@ -194,7 +194,7 @@ def _comparable(op, st) -> dict:
 def _live_run(steps_between: int = 3):
     """bench.worker_steady's traffic through the in-process runner (the worker's settings), a stitch
     shell checkpointing its states every few steps into a store."""
-    from bench.worker_steady import steady_traffic
+    from tests.scenario import steady_traffic
     from svctrace.streams.core import Runner
     from svctrace.streams.core.enrich import FLOWS_TOPIC
     from svctrace.streams.core.keys import bucket_partition
@@ -281,20 +281,90 @@ def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under
     assert _comparable(op, again) == _comparable(op, st)
 
 
-def test_a_checkpoint_that_did_not_finish_writing_is_written_again_whole():
-    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
-    runner.feed(events[: len(events) // 2])
-    for key in shell.live:
-        shell.touch(int(key[1:]), key)
+class _Producer:
+    """A producer for StageShell.write: a batch lands in `changelog` (compacted: each key's last record), or,
+    while `failing`, is lost (its future fails as a send that ran out of retries does)."""
+
+    def __init__(self):
+        self.changelog: dict[bytes, bytes] = {}
+        self.failing = False
+        self._message_accumulator = SimpleNamespace(_compression_type=0)
+
+    async def send_batch(self, batch, topic, *, partition):
+        from aiokafka.errors import KafkaTimeoutError
+        from aiokafka.record.default_records import DefaultRecordBatch
+        future = asyncio.get_running_loop().create_future()
+        if self.failing:
+            future.set_exception(KafkaTimeoutError("lost"))
+        else:
+            for record in DefaultRecordBatch(bytes(batch._build())):
+                if record.value is None:
+                    self.changelog.pop(record.key, None)
+                else:
+                    self.changelog[record.key] = record.value
+            future.set_result(None)
+        return future
+
+
+async def _checkpoint(shell: StageShell, producer: _Producer) -> list:
+    """What Worker.checkpoint does with one stage: snapshot, write, (flush), confirm."""
+    shell.worker = SimpleNamespace(app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)))
     writes, _ = shell.snapshot()
-    assert writes
-    for _p, k, v in writes[: len(writes) // 2]:  # the store took them, the changelog may not have
-        store[k] = v
-    lost = {k for _p, k, _v in writes[len(writes) // 2:]}
+    await shell.write(writes)
+    await shell.confirm()
+    return writes
+
+
+def test_a_checkpoint_whose_sends_failed_leaves_nothing_unsaid():
+    """A failed send (entries, headers, an entry's tombstone, an idle bucket's tombstones) is sent again by
+    the next checkpoint as the store has it, until one is confirmed: the changelog then holds what the
+    store holds."""
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
+    shell.table.data = store = {}
+    producer = _Producer()
+    third = len(events) // 3
+    runner.feed(events[:third])
     for key in shell.live:
         shell.touch(int(key[1:]), key)
-    again, _ = shell.snapshot()
-    assert lost <= {k for _p, k, _v in again}
+    asyncio.run(_checkpoint(shell, producer))
+    assert producer.changelog == {k: bytes(v) for k, v in store.items()} and store
+
+    runner.feed(events[third: 2 * third])  # lookups end: their entries' tombstones
+    keys = list(shell.live)
+    for key in keys:
+        shell.touch(int(key[1:]), key)
+    producer.failing = True
+    with pytest.raises(Exception, match="lost"):
+        asyncio.run(_checkpoint(shell, producer))
+    failed = shell._unsent.copy()
+    tombstones = [k for k in failed if k not in store]
+    assert tombstones and all(b"\x1f" in k for k in tombstones)
+    assert producer.changelog != {k: bytes(v) for k, v in store.items()}
+
+    # a bucket goes idle (tombstones for its header and every entry) and the sends fail again: nothing else
+    # changed, everything unconfirmed is sent again
+    idle = next(k for k in keys if not any(t.startswith(k.encode()) for t in tombstones))
+    idle_records = {k for k in store if k == idle.encode() or k.startswith(idle.encode() + b"\x1f")}
+    shell.drop(int(idle[1:]), idle)
+    with pytest.raises(Exception, match="lost"):
+        asyncio.run(_checkpoint(shell, producer))
+    assert set(failed) | idle_records <= set(shell._unsent)
+    assert not idle_records & set(store)
+    failed = shell._unsent.copy()
+
+    producer.failing = False
+    runner.feed(events[2 * third:])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    again = asyncio.run(_checkpoint(shell, producer))
+    assert set(failed) <= {k for _p, k, _v in again}
+    assert not shell._unsent
+    assert producer.changelog == {k: bytes(v) for k, v in store.items()}
+    for key in shell.live:  # and a successor restores from it what the shell holds
+        successor = _stitch_shell(dict(producer.changelog), op)
+        assert _comparable(op, successor.state(key)) == _comparable(op, shell.live[key])
+    # confirmed: the next checkpoint does not send them again
+    assert asyncio.run(_checkpoint(shell, producer)) == []
 
 
 def test_restoring_buckets_groups_the_store_once_and_never_uses_a_stale_group():

@@ -454,7 +454,11 @@ class StageShell:
         self.part_keys: dict[str, set[bytes]] = {}  # key -> its entries' changelog keys the store holds
         self._grouped: dict[str, dict[bytes, bytes]] | None = None  # the store's entries by key (_stored_parts)
         self._dropped: set[str] = set()  # keys dropped since the last checkpoint (their records still stored)
-        self._unwritten: set[str] = set()  # keys a checkpoint took but did not finish writing
+        # Changelog keys whose store value (or absence: a tombstone) the changelog may not have yet: a
+        # checkpoint's records from the moment it takes them (the store holds them then) until its sends are
+        # confirmed (confirm()). A checkpoint that did not finish sends them again, from the store.
+        self._unsent: dict[bytes, int] = {}  # changelog key -> partition
+        self._sent: tuple[list[asyncio.Future], list[bytes]] = ([], [])  # the last write()'s batches and keys
 
     def lock(self, p: int) -> asyncio.Lock:
         """Held while partition p advances or flushes and announces it. An advance changes the state
@@ -474,7 +478,7 @@ class StageShell:
         for key in (*(meta or {}).get("keys", ()), *self.deleted.get(p, ())):
             self.part_keys.pop(key, None)
             self._dropped.discard(key)
-            self._unwritten.discard(key)
+        self._unsent = {k: q for k, q in self._unsent.items() if q != p}  # (p's state is its next owner's now)
         for table in (self.dirty, self.deleted, self.pending):
             table.pop(p, None)
         self._grouped = None  # (the store changes with the partitions it holds)
@@ -625,7 +629,12 @@ class StageShell:
         key's watermark (applied), so a successor re-reads every record whose events a buffer
         held, and op.restore gives it a state that takes them again. A key or partition entry
         whose bytes equal what the changelog already has is not written again (a key touched
-        only by buffering), nor a tombstone for a key never written."""
+        only by buffering), nor a tombstone for a key never written.
+
+        The store takes the records here, and they stay unsent (_unsent) until confirm() has seen the
+        broker take them: a checkpoint that did not finish (a send failed, or a stage before this one
+        failed to write) leaves its records to the next one, which sends them again as the store has
+        them, unless it writes the key anew: a value, an entry or a tombstone is never left unsaid."""
         writes: list[tuple[int, bytes, bytes | None]] = []
         ackable: list[Any] = []
         store = self.table.data
@@ -667,20 +676,48 @@ class StageShell:
             self.pending[p] = items[done:]
             self.dirty.pop(p, None)
             self.deleted.pop(p, None)
+        if self._unsent:
+            again = dict(self._unsent)  # (also a busy partition's: the store's values are of an earlier cut)
+            for _p, k, _v in writes:
+                again.pop(k, None)
+            if again:
+                log.warning("%s checkpoint: %d records of an unfinished checkpoint written again", self.name,
+                            len(again))
+                writes[:0] = [(q, k, None if store.get(k) is None else bytes(store[k])) for k, q in again.items()]
+        self._take(writes)
         return writes, ackable
+
+    def _take(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
+        """The store takes a checkpoint's records (unsent until confirmed). It keeps a checkpoint's entries as
+        slices of one buffer: thousands of small bytes objects replaced at every checkpoint scatter over the
+        allocator's pools and each pins one (bench.worker_steady at 10k events/s: ~100 MiB more RSS for
+        ~10 MB of entries). A buffer lives while one of its slices does."""
+        store = self.table.data
+        key_partition = getattr(store, "_key_partition", None)
+        unsent = self._unsent
+        parts = [value for _p, key, value in writes if value is not None and _PART_SEP in key] if self.in_parts else ()
+        blob = memoryview(b"".join(parts)) if parts else None
+        at = 0
+        for p, key, value in writes:
+            unsent[key] = p
+            if value is None:
+                store.pop(key, None)
+                continue
+            if blob is not None and _PART_SEP in key:
+                store[key] = blob[at:at + len(value)]
+                at += len(value)
+            else:
+                store[key] = value
+            if key_partition is not None:
+                key_partition[key] = p
 
     def _snapshot_parts(self, p: int, key: str, writes: list) -> None:
         """A key's header and the entries that changed (tombstones for those gone). The first time
         for a state (new, or read from a format-4 record) every entry, and tombstones for the stored
-        entries it no longer has; so too after a checkpoint that did not finish writing it, then
-        without comparing with the store (which holds what was meant to be written)."""
+        entries it no longer has."""
         store = self.table.data
         st = self.live[key]
-        if key in self._unwritten:
-            self.op.untrack(st)
         full = not self.op.tracking(st)
-        trusted = key not in self._unwritten
-        before = len(writes)
         header, changed = self.op.durable_parts(st)
         stored = self.part_keys.get(key)
         if stored is None:
@@ -696,7 +733,7 @@ class StageShell:
                     stored.discard(k)
                 continue
             value = dumps_part(entry)
-            if not trusted or store.get(k) != value:
+            if store.get(k) != value:
                 writes.append((p, k, value))
             stored.add(k)
             if full:
@@ -707,39 +744,20 @@ class StageShell:
                 stored.discard(k)
         k = key.encode()
         value = dumps_checkpoint(header)
-        if not trusted or store.get(k) != value:
+        if store.get(k) != value:
             writes.append((p, k, value))  # (after its entries)
-        if len(writes) > before:
-            self._unwritten.add(key)  # until write() has sent them
 
     async def write(self, writes) -> None:
-        """Local store + changelog (queued now, in order; the caller flushes the producer). The records of
-        one changelog partition go as one producer batch (no per-record send: a checkpoint in parts
-        writes thousands of small records), which Kafka appends whole: a key's header and entries of one
-        checkpoint are durable together (a partition's records over MAX_STATE_BYTES take several)."""
-        store = self.table.data
-        key_partition = getattr(store, "_key_partition", None)
+        """Queue a checkpoint's records (the store took them in snapshot) to the changelog, in order; the
+        caller flushes the producer, then confirm()s. The records of one changelog partition go as one
+        producer batch (no per-record send: a checkpoint in parts writes thousands of small records), which
+        Kafka appends whole: a key's header and entries of one checkpoint are durable together (a
+        partition's records over MAX_STATE_BYTES take several)."""
         changelog = self.table.changelog_topic.get_topic_name()
         producer = self.worker.app.producer._ensure_producer()
         codec = producer._message_accumulator._compression_type  # (what the producer's own batches use)
         batches: dict[int, list] = {}
-        # The store keeps a checkpoint's entries as slices of one buffer: thousands of small bytes objects
-        # replaced at every checkpoint scatter over the allocator's pools and each pins one (bench.worker_steady
-        # at 10k events/s: ~100 MiB more RSS for ~10 MB of entries). A buffer lives while one of its slices does.
-        parts = [value for _p, key, value in writes if value is not None and _PART_SEP in key] if self.in_parts else ()
-        blob = memoryview(b"".join(parts)) if parts else None
-        at = 0
         for p, key, value in writes:
-            if value is None:
-                store.pop(key, None)
-            else:
-                if blob is not None and _PART_SEP in key:
-                    store[key] = blob[at:at + len(value)]
-                    at += len(value)
-                else:
-                    store[key] = value
-                if key_partition is not None:
-                    key_partition[key] = p
             queue = batches.get(p)
             if queue is None:
                 queue = batches[p] = [BatchBuilder(MAX_STATE_BYTES, codec)]
@@ -749,11 +767,30 @@ class StageShell:
                 queue.append(BatchBuilder(MAX_STATE_BYTES, codec))
                 if queue[-1].append(timestamp=None, key=key, value=value, headers=[]) is None:
                     raise ValueError(f"a checkpoint record of {len(value or b'')} bytes does not fit a batch")
+        futures: list[asyncio.Future] = []
+        self._sent = (futures, [key for _p, key, _v in writes])
         for p, queue in batches.items():
             for batch in queue:
                 batch.close()
-                await producer.send_batch(batch, changelog, partition=p)
-        self._unwritten.clear()
+                sent = await producer.send_batch(batch, changelog, partition=p)
+                sent.add_done_callback(_retrieved)
+                futures.append(sent)
+
+    async def confirm(self) -> None:
+        """After the producer's flush: raises if a batch of the last write() failed (its records stay unsent:
+        the next checkpoint sends them again), else they are the changelog's."""
+        (futures, keys), self._sent = self._sent, ([], [])
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for key in keys:
+            self._unsent.pop(key, None)
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """(A failed send's error is raised by confirm(), or not at all if no confirm() follows: not logged twice.)"""
+    if not future.cancelled():
+        future.exception()
 
 
 def fewer_gc_passes(gen0: int = 500_000) -> None:
@@ -1709,7 +1746,10 @@ class Worker:
                     self.metrics.checkpoint_bytes.labels(stage.name).inc(sum(len(v) for _, _, v in writes if v))
                     if stage is self.stitch and handed:
                         await self.app.producer.flush()
+                        await stage.confirm()  # (before the enrich state that says it was handed)
                 await self.app.producer.flush()
+                for stage, _, _ in snapshots:
+                    await stage.confirm()
                 await self._durable_marks(announced)
                 for _, _, acks in snapshots:
                     for event in acks:
