@@ -15,7 +15,9 @@ CPU (utime+stime from /proc) per event published in the span and events per CPU-
 own clocked rows (dumps_state: the durable state of every changed key, written whole; copies; all
 `checkpoint:` rows together) and the changelog bytes they wrote, the worker's RSS at the end (and its peak),
 chain latency (arrival on svctrace.chains minus the chain's last syscall) of the chains that ended in the
-span; beside them the in-process runner on the same events (one run() over all of them: no checkpoints, no
+span; after the span it waits for every chain (or, once the worker has taken every event, until neither a chain
+nor an event into stitch has come for 10 s; at most 300 s) and lists the chains still outstanding then, against
+the in-process run's, with whether the worker was still behind (late) or done (lost); beside them the in-process runner on the same events (one run() over all of them: no checkpoints, no
 Kafka; no live pacing, so no latency figure of its own: the event-time floor is printed instead).
 The defaults run in about a minute; the checkpoints in the span are few (6-7 at the default 3 s), and one
 under way at either end of it falls on one side: a longer --span gives steadier checkpoint figures.
@@ -54,6 +56,7 @@ from tests.scenario import MS, S, Cluster, steady_traffic  # noqa: E402
 
 LINGER_NS = 200 * MS  # an agent's batch interval
 BATCH_EVENTS = 1000  # and its largest batch (bench.pipeline's)
+TAIL_QUIET, TAIL_MAX = 10.0, 300.0  # the tail: quiet this long once enrich took every event ends it; at most
 
 
 def main() -> int:
@@ -120,6 +123,9 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
         stages = ("enrich", "stitch", "alerts")
         state_bytes = lambda: {s: metric("svctrace_worker_checkpoint_bytes_total", stage=s) for s in stages}  # noqa: E731
 
+        last_ts = events[-1].ts
+        tail: dict = {}
+
         async def drive():
             stop = asyncio.Event()
             collector = asyncio.create_task(_collect(bootstrap, prefix, arrivals, stop))
@@ -134,11 +140,30 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
             status = {line.split(":")[0]: int(line.split()[1]) for line in
                       Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
                       if line.startswith(("VmRSS", "VmHWM"))}
-            # the tail: every chain out (the worker's clock follows the wall clock once input stops)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and sum(k[0] == "chain" for k in arrivals) < requests:
+            # the tail (the worker's clock follows the wall clock once input stops): every chain out, or the
+            # worker done (every event taken by enrich) and quiet: neither a new chain nor a new event taken by
+            # stitch for TAIL_QUIET s (its idle flush comes after 3 s); at most TAIL_MAX s
+            t_end, t_last, seen = time.monotonic() + TAIL_MAX, time.monotonic(), None
+            past = False
+            while time.monotonic() < t_end:
                 worker.check_alive()
-                await asyncio.sleep(0.1)
+                now, got = time.monotonic(), sum(k[0] == "chain" for k in arrivals)
+                if got >= requests:
+                    break
+                progress = (got, metric("svctrace_worker_events_total", stage="stitch"))
+                if progress != seen:
+                    seen, t_last = progress, now
+                past = past or metric("svctrace_worker_events_total", stage="enrich") >= len(events)
+                if past and now - t_last >= TAIL_QUIET:
+                    tail["quiet"] = True
+                    break
+                await asyncio.sleep(0.2)
+            tail["seconds"] = time.monotonic() - (t_end - TAIL_MAX)
+            tail["past_end"] = past or metric("svctrace_worker_events_total", stage="enrich") >= len(events)
+            for name in ("late_events", "deadletters", "duplicate_events"):
+                for st in ("enrich", "stitch", "alerts"):
+                    tail[f"{name}:{st}"] = metric(f"svctrace_worker_{name}_total", stage=st)
+            tail["stitch_watermark_ns"] = metric("svctrace_worker_watermark_seconds", stage="stitch") * S
             stop.set()
             await collector
             return n, cpu, wall, ck, {s: written[s] - bytes0[s] for s in stages}, status
@@ -188,8 +213,31 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     row("chain latency p99 (span)", pct(lat, 99), float("nan"), "s", "{:.3f}")
     print(f"  event-time floor (lateness + settle): {(settings.enrich_lateness_ns + settings.settle_ns) / S:g} s")
     got = {cid for kind, cid in arrivals if kind == "chain"}
-    same = got == {ch["chain_id"] for ch in result.chains}
+    expected = {ch["chain_id"]: ch for ch in result.chains}
+    missing, extra = [expected[c] for c in expected.keys() - got], got - expected.keys()
+    same = not missing and not extra
     print(f"  chains: worker {len(got):,}, in-process {len(result.chains):,}{'' if same else '  (DIFFER)'}")
+    print(f"  tail: {tail['seconds']:.1f} s after the span's end, "
+          + ("every chain arrived" if len(got & expected.keys()) == len(expected) else "NOT every chain arrived")
+          + "; the worker " + ("had" if tail["past_end"] else "had NOT") + " taken every event (enrich)"
+          + f"; stitch watermark - last event = {(tail['stitch_watermark_ns'] - last_ts) / S:+.1f} s; "
+          + ", ".join(f"{k} {v:,.0f}" for k, v in tail.items() if ":" in k and v))
+    if missing or extra:
+        print(f"  chains OUTSTANDING at the end: {len(missing):,} of {len(expected):,} "
+              f"({'late: the worker had not taken every event' if not tail['past_end'] else f'the worker had taken every event and was quiet for {TAIL_QUIET:g} s: LOST or held' if tail.get('quiet') else f'the worker had taken every event but was still busy after {TAIL_MAX:g} s: late, or lost'})"
+              + (f"; {len(extra):,} not in-process" if extra else ""))
+        by: dict = {}
+        for ch in missing:
+            k = (ch["status"], ch["incomplete_reason"], (ch.get("translation") or {}).get("mode"))
+            by[k] = by.get(k, 0) + 1
+        for k, c in sorted(by.items(), key=lambda x: -x[1]):
+            print(f"    {c:>6,}  status={k[0]} reason={k[1]} translation={k[2]}")
+        for ch in sorted(missing, key=lambda ch: ch["end_ts"])[:20]:
+            print(f"    {ch['chain_id']}  {ch['status']:<10} end {(ch['end_ts'] - last_ts) / S:+.2f} s from the last event"
+                  f", stitch watermark {(tail['stitch_watermark_ns'] - ch['end_ts']) / S:+.2f} s past it"
+                  f", client {(ch.get('client') or {}).get('port')}")
+        for cid in sorted(extra)[:20]:
+            print(f"    extra {cid}")
     eps = n / cpu
     print(f"  target >= {TARGET_EPS:,} events/s per worker (per CPU-second): {'met' if eps >= TARGET_EPS else 'NOT met'}"
           f" ({eps / TARGET_EPS:.2f} of it; the in-process core alone: {len(events) / inproc_cpu / TARGET_EPS:.2f})")
