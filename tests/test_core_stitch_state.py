@@ -215,3 +215,33 @@ def test_current_states_round_trip():
 
 if __name__ == "__main__":
     _write_states(Path(sys.argv[1]))
+
+
+def _replay_queue_sizes(op: Stitcher, calls) -> tuple[list[dict], int]:
+    """_replay's chains, and the timer queues' entries beyond their open conns after each timer
+    pass, summed over the passes."""
+    timers, excess = op._timers, [0]
+
+    def counted_timers(st, now, out, final):
+        timers(st, now, out, final)
+        excess[0] += len(st["tq"]) - len(st["conns"])
+
+    op._timers = counted_timers
+    return _replay(op, calls, {}), excess[0]
+
+
+def test_compacted_timer_queue_gives_the_same_chains(monkeypatch):
+    """The conns' timer queue rebuilt from the conns at every timer pass that leaves a stale
+    entry (factor 1, no floor) gives the chains of a queue never rebuilt, which keeps them."""
+    import svctrace.streams.core.stitch as stitch
+
+    cluster, events = _traffic()
+    calls = _stitch_calls(cluster, events)
+    monkeypatch.setattr(stitch, "_TQ_COMPACT_FACTOR", 10**9)
+    kept, kept_excess = _replay_queue_sizes(Stitcher(cluster.index()), calls)
+    monkeypatch.setattr(stitch, "_TQ_COMPACT_FACTOR", 1)
+    monkeypatch.setattr(stitch, "_TQ_COMPACT_FLOOR", 0)
+    compacted, compacted_excess = _replay_queue_sizes(Stitcher(cluster.index()), calls)
+    assert kept_excess > 0 and compacted_excess == 0, (kept_excess, compacted_excess)
+    assert len(kept) > 100
+    assert json.dumps(compacted, sort_keys=True) == json.dumps(kept, sort_keys=True)

@@ -157,6 +157,9 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
 STATE_FORM = 5
 _NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs"))  # the input buffer and change marks (durable_parts)
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
+# The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
+# than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
+_TQ_COMPACT_FACTOR, _TQ_COMPACT_FLOOR = 4, 1024
 FAILED_ERRNOS = {"ECONNREFUSED": "connection refused", "ETIMEDOUT": "connection timed out",
                  "EHOSTUNREACH": "host unreachable", "ENETUNREACH": "network unreachable",
                  "ECONNRESET": "connection reset"}
@@ -1271,6 +1274,12 @@ class Stitcher:
             heappush(tq, [dl, key])
         if not conns:
             tq.clear()
+        elif len(tq) > _TQ_COMPACT_FACTOR * len(conns) + _TQ_COMPACT_FLOOR:
+            # Mostly stale entries (one per conn whose deadline moved earlier: each finished conn
+            # leaves its idle-timeout entry, popped only when that time comes): the queue is
+            # rebuilt from the conns' live entries, as restore_parts builds it.
+            tq[:] = [[c.qd, c.k] for c in conns.values()]
+            heapify(tq)
         # The earliest deadline of the open conns: the queue's head, once it is exact.
         while tq:
             dl, key = tq[0]
