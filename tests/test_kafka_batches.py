@@ -314,3 +314,40 @@ def test_zstd_batches_are_compressed_with_a_context_kept_per_thread_and_level():
     thread.start()
     thread.join()
     assert set(other) == {3} and other[3] is not kept[3]  # a thread of its own (a context is not shared)
+
+
+def test_failed_sends_sees_every_batch_the_records_went_in_once_and_a_failure_of_any():
+    """PartitionBatches with a FailedSends watches the batch each partition's records went in: one joined
+    (still waiting, open) or one of its own queued behind a waiting one; a batch joined by several calls
+    is watched once. The producer's flush raises on no failure: FailedSends.error says one failed."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
+    from aiokafka.structs import TopicPartition
+
+    from svctrace.kafka.batches import FailedSends
+
+    async def story():
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9")  # not started: its accumulator only
+        acc = producer._message_accumulator
+        theirs = acc._append_batch(producer.create_batch(), TopicPartition("t", 0))  # waiting, open: joined
+        closed = producer.create_batch()
+        closed.close()
+        acc._append_batch(closed, TopicPartition("t", 1))  # waiting, closed: ours queued behind it
+        sends = FailedSends()
+        for n in range(3):
+            batches = PartitionBatches(producer, sends)
+            batches.add("t", 0, b"k%d" % n, b"v")
+            batches.add("t", 1, b"k%d" % n, b"v")
+            await batches.send()
+        waiting = acc._batches
+        assert [b.record_count for b in waiting[TopicPartition("t", 0)]] == [3]
+        assert [b.record_count for b in waiting[TopicPartition("t", 1)]] == [0, 3]
+        ours = waiting[TopicPartition("t", 1)][1]
+        ours.done(base_offset=0)  # delivered
+        await asyncio.sleep(0)
+        assert sends.error is None and sends.failed == 0
+        theirs.failure(KafkaTimeoutError("lost"))
+        await asyncio.sleep(0)
+        assert isinstance(sends.error, KafkaTimeoutError) and sends.failed == 1  # (watched once)
+
+    asyncio.run(story())

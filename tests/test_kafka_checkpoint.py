@@ -402,3 +402,131 @@ def test_restoring_buckets_groups_the_store_once_and_never_uses_a_stale_group():
     group = late._grouped[key]  # what the grouping found then: no longer the store's
     assert group != {k: v for k, v in late.table.data.items() if mine(k) and k != key.encode()}
     assert _comparable(op, late.state(key)) == _comparable(op, shell.live[key])
+
+
+class _OutputProducer:
+    """The worker's producer as route(), _write_copies() and checkpoint() use it: Faust's send() and flush()
+    and the aiokafka producer's batch API. Records are delivered at the flush, as the broker answers: a batch
+    or record for a topic in `failing` then fails as a send that ran out of retries does (the flush, as
+    aiokafka's, raises nothing)."""
+
+    def __init__(self, partitions: int = 4):
+        self.failing: set[str] = set()
+        self.pending: list[tuple[str, asyncio.Future, list]] = []
+        self.delivered: dict[str, list] = {}  # topic -> (key, value) records, in order
+        self._message_accumulator = SimpleNamespace(_compression_type=0, _closed=True, _exception=None)
+        self._metadata = SimpleNamespace(partitions_for_topic=lambda topic: set(range(partitions)))
+
+        async def metadata(topic):
+            pass
+
+        self.client = SimpleNamespace(_wait_on_metadata=metadata)
+
+    def _ensure_producer(self):
+        return self
+
+    def create_batch(self):
+        from aiokafka.producer.message_accumulator import BatchBuilder
+        return BatchBuilder(16384, 0)
+
+    def _queue(self, topic: str, records: list) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((topic, future, records))
+        return future
+
+    async def send_batch(self, batch, topic, *, partition):
+        from aiokafka.record.default_records import DefaultRecordBatch
+        return self._queue(topic, [(r.key, r.value) for r in DefaultRecordBatch(bytes(batch._build()))])
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        return self._queue(topic, [(key, value)])
+
+    async def flush(self):
+        from aiokafka.errors import KafkaTimeoutError
+        pending, self.pending = self.pending, []
+        for topic, future, records in pending:
+            if topic in self.failing:
+                future.set_exception(KafkaTimeoutError("lost"))
+            else:
+                self.delivered.setdefault(topic, []).extend(records)
+                future.set_result(None)
+        if pending:
+            await asyncio.wait([future for _, future, _ in pending])
+
+    def changelog(self, topic: str = "cl") -> list:
+        return self.delivered.get(topic, [])
+
+
+class _Ack:
+    def __init__(self):
+        self.acked = False
+
+    def ack(self):
+        self.acked = True
+
+
+def _worker_with_state(producer: _OutputProducer):
+    """A worker (connecting to nothing) whose enrich stage holds one changed key and one input record to
+    acknowledge at its next checkpoint; crash() recorded, not run."""
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))
+    worker.app.producer = producer
+    crashed = []
+
+    async def crash(error):
+        crashed.append(error)
+
+    worker.app.crash = crash
+    for stage in worker.stages:
+        stage.table = SimpleNamespace(data={}, changelog_topic=SimpleNamespace(get_topic_name=lambda: "cl"))
+    ack = _Ack()
+    worker.enrich.snapshot = lambda: ([(0, b"node-a", b"state")], [ack])
+    return worker, ack, crashed
+
+
+def test_a_failed_output_send_stops_the_worker_before_its_checkpoint_writes_or_acknowledges_anything(caplog):
+    """producer.flush() raises on no failed delivery. A chain batch that failed (PartitionBatches.send), or a
+    flows record (a durable copy, producer.send), must not be taken as out: the checkpoint after it writes no
+    state (a successor would drop the input again as applied) and acknowledges nothing, and the worker stops
+    with exit status 1 (app.crash), saying why; its successor reads on from the last committed offsets."""
+    from svctrace.streams.core.stitch import CHAINS_TOPIC
+    from svctrace.streams.faust_app.app import FLOWS_TOPIC
+
+    from svctrace.streams.core.enrich import ENRICHED_SCHEMA
+
+    def chain(key):
+        return (CHAINS_TOPIC, key, {"chain_id": key})
+
+    async def delivered():  # the state is written, the input acknowledged
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        await worker.route("stitch", 0, [chain("chain-1")])
+        await worker.checkpoint()
+        assert [k for k, _ in producer.delivered[worker.names[CHAINS_TOPIC]]] == [b"chain-1"]
+        assert producer.changelog() == [(b"node-a", b"state")]
+        assert ack.acked and not crashed
+
+    async def chain_lost():  # nothing written, nothing acknowledged, the worker stops
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        producer.failing.add(worker.names[CHAINS_TOPIC])
+        await worker.route("stitch", 0, [chain("chain-1"), chain("chain-2")])
+        with caplog.at_level("ERROR"):
+            await worker.checkpoint()
+        assert producer.changelog() == [] and not ack.acked
+        assert len(crashed) == 1 and "lost" in str(crashed[0])
+        assert "Output send failed" in caplog.text and "exit status 1" in caplog.text
+        await worker.checkpoint()  # and so does any checkpoint after it (the worker is stopping)
+        assert producer.changelog() == [] and not ack.acked
+
+    async def copy_lost():  # a flows record (a durable copy of a batch handed directly): the same
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        producer.failing.add(worker.names[FLOWS_TOPIC])
+        await worker._write_copies([(1, "b1", {"schema": ENRICHED_SCHEMA, "version": 1, "events": []}, None)])
+        await worker.checkpoint()
+        assert producer.changelog() == [] and not ack.acked and len(crashed) == 1
+
+    for story in (delivered, chain_lost, copy_lost):
+        asyncio.run(story())

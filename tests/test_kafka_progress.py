@@ -72,9 +72,9 @@ def test_a_checkpoint_writes_durable_state_once_and_acknowledges_only_applied_re
     shell = StageShell(None, "enrich", op, table, 1, 0)
 
     def checkpoint(shell):
-        writes, acks = shell.snapshot()
-        for _p, key, value in writes:  # what StageShell.write does to the local store
-            table.data.pop(key, None) if value is None else table.data.__setitem__(key, value)
+        writes, acks = shell.snapshot()  # (the store takes the records)
+        for _p, key, _value in writes:  # and the broker took them (StageShell.write, confirm)
+            shell._unsent.pop(key, None)
         return {key: value for _p, key, value in writes}, acks
 
     st = shell.state(node)

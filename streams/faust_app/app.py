@@ -89,7 +89,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.batches import PartitionBatches
+from svctrace.kafka.batches import FailedSends, PartitionBatches
 from svctrace.kafka.clients import (
     COMPRESSION, connection_settings, read_fetched_zstd_in_place, reuse_zstd_contexts, track_every_topic,
 )
@@ -886,6 +886,9 @@ class Worker:
         self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
+        # the outputs' deliveries (chains, alerts, occurrences, enriched and flows records, copies): a
+        # failed one stops the worker at the next checkpoint, before it acknowledges anything
+        self.sends = FailedSends()
         self.handoff = LocalHandoff()  # flows batches sent to our own stitch partitions, as objects
         # svctrace.flows partition -> the number (LocalHandoff) of the last record this process sent it,
         # and of the last one of them its stitch stage has read back since the partition was assigned
@@ -1243,7 +1246,8 @@ class Worker:
         queued before this returns (a mark announced after it follows them)."""
         send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
         names = self.names
-        batches = PartitionBatches(self.app.producer._ensure_producer())
+        batches = PartitionBatches(self.app.producer._ensure_producer(), self.sends)
+        watch = self.sends.watch
         counts: dict[str, int] = {}
         partitions: dict[str, int] = {}  # output topic -> its partition count (Kafka's default partitioner)
         here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
@@ -1260,8 +1264,8 @@ class Worker:
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
                         self.flows_sent[partition] = self.handoff.seq
                         headers = [(SOURCE_HEADER, str(p).encode()), (HANDOFF_HEADER, tag)]
-                        await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition, None,
-                                   headers)
+                        watch(await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition,
+                                         None, headers))
                 elif topic == OCCURRENCES_TOPIC:
                     r = stable_partition(key, self.partitions)
                     headers = [(SOURCE_HEADER, str(p).encode())]
@@ -1273,7 +1277,7 @@ class Worker:
                         here.append((r, key, value, tag))
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
-                        await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None)
+                        watch(await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None))
                 elif topic in self.t_out:  # keyed records (chains, alerts): no coroutine per record
                     name = names[topic]
                     n = partitions.get(name)
@@ -1376,8 +1380,9 @@ class Worker:
             for chunk in _chunks(batch):
                 tag = self.handoff.number()
                 self.flows_sent[p] = self.handoff.seq
-                await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), p,
-                                             None, [(HANDOFF_HEADER, tag)])
+                self.sends.watch(await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
+                                                              encode_flows_batch(chunk), p, None,
+                                                              [(HANDOFF_HEADER, tag)]))
 
     async def _durable_marks(self, announced: dict) -> None:
         """What this worker had announced at a checkpoint's snapshot is durable once its copies are
@@ -1404,8 +1409,8 @@ class Worker:
         for p, key, chunk, max_ts in copies:
             tag = self.handoff.number()  # (not counted as sent: no mark waits for what we hold already)
             self.for_successor[tag] = (key, max_ts)
-            await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), p,
-                                         None, [(HANDOFF_HEADER, tag)])
+            self.sends.watch(await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
+                                                          encode_flows_batch(chunk), p, None, [(HANDOFF_HEADER, tag)]))
 
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
@@ -1564,6 +1569,23 @@ class Worker:
             await self._stop_on_unreadable_checkpoint(e)
         except Exception:  # noqa: BLE001 - retried at the next one
             log.exception("worker checkpoint failed")
+
+    async def _outputs_lost(self) -> bool:
+        """Whether an output record was not delivered (producer.flush() raises on no failure: FailedSends
+        saw it), e.g. a broker unreachable for longer than the producer's delivery timeout. Then no state
+        may say it is out and the input it came from must not be acknowledged, and the producer has no way
+        to send it again: the worker stops with exit status 1, writing and acknowledging nothing more. Its
+        successor restores the last state written and reads on from the last committed offsets, and emits
+        the lost outputs again, with the same deterministic ids."""
+        error = self.sends.error
+        if error is None:
+            return False
+        if self.app.should_stop:
+            return True
+        log.error("Output send failed (%d producer batches or records not delivered, the first: %r); writing "
+                  "and acknowledging nothing more, stopping the worker (exit status 1)", self.sends.failed, error)
+        await self.app.crash(error)
+        return True
 
     async def _stop_on_unreadable_checkpoint(self, error: CheckpointFormatError) -> None:
         """A changelog written by a newer worker (checkpoint.py): reading on would misread its
@@ -1735,10 +1757,15 @@ class Worker:
             announced = {q: m for (topic, q), m in self.hb_sent.items() if topic == FLOWS_TOPIC}
             announced.update(self.hb_due.get(FLOWS_TOPIC, {}))  # (queued marks cover finished releases)
             if copies or any(writes or acks for _, writes, acks in snapshots):
-                # Durable in this order (a crash between two steps loses nothing): the copies and the
-                # stitch state (together they hold everything handed directly), then the state of the
-                # enrich stage that released it (its successor would not release it again) and the
-                # alerts stage, then the marks that pass it in the log (_durable_marks), then the acks.
+                # Durable in this order (a crash between two steps loses nothing): the outputs of what
+                # the snapshot holds (a state written says they are out: a successor drops the input
+                # again as applied), the copies and the stitch state (together they hold everything
+                # handed directly), then the state of the enrich stage that released it (its successor
+                # would not release it again) and the alerts stage, then the marks that pass it in the
+                # log (_durable_marks), then the acks.
+                await self.app.producer.flush()
+                if await self._outputs_lost():
+                    return
                 if copies:
                     await self._write_copies(copies)
                 for stage, writes, _ in sorted(snapshots, key=lambda s: s[0] is not self.stitch):
@@ -1746,14 +1773,20 @@ class Worker:
                     self.metrics.checkpoint_bytes.labels(stage.name).inc(sum(len(v) for _, _, v in writes if v))
                     if stage is self.stitch and handed:
                         await self.app.producer.flush()
+                        if await self._outputs_lost():  # (a copy: before the enrich state that says it was handed)
+                            return
                         await stage.confirm()  # (before the enrich state that says it was handed)
                 await self.app.producer.flush()
+                if await self._outputs_lost():  # (one sent since the snapshot: nothing acknowledged either)
+                    return
                 for stage, _, _ in snapshots:
                     await stage.confirm()
                 await self._durable_marks(announced)
                 for _, _, acks in snapshots:
                     for event in acks:
                         event.ack()
+            elif await self._outputs_lost():  # (an idle worker stops too)
+                return
             else:
                 await self._durable_marks(announced)
             if holds_state:

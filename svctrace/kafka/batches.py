@@ -15,6 +15,7 @@ that way.
 """
 from __future__ import annotations
 
+import asyncio
 from struct import Struct
 
 from aiokafka.structs import TopicPartition
@@ -100,6 +101,37 @@ def murmur2_partitions(keys: list[bytes], partitions: int) -> list[int]:
     return out
 
 
+class FailedSends:
+    """The first failed delivery among the producer futures it watches (a done-callback each; no
+    per-record work for batches). producer.flush() waits for every queued record but raises on none:
+    whoever acknowledges input after a flush checks `error` first (Worker.checkpoint). A cancelled
+    future counts as failed (its records were not delivered). Once set, `error` stays set."""
+
+    def __init__(self):
+        self.error: BaseException | None = None
+        self.failed = 0  # futures that failed
+        self._last: dict = {}  # (topic, partition) -> the future of the last batch watched for it
+
+    def watch(self, future) -> None:
+        future.add_done_callback(self._done)
+
+    def watch_batch(self, tp, future) -> None:
+        """A partition's batch (send_batch's future): watched once however many calls join it."""
+        if self._last.get(tp) is not future:
+            self._last[tp] = future
+            future.add_done_callback(self._done)
+
+    def _done(self, future) -> None:
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError("send cancelled")
+        else:
+            error = future.exception()  # (retrieved: not logged again as "never retrieved")
+        if error is not None:
+            self.failed += 1
+            if self.error is None:
+                self.error = error
+
+
 class PartitionBatches:
     """Records collected per (topic, partition), then sent as producer batches by send().
 
@@ -108,10 +140,12 @@ class PartitionBatches:
     to the same partition is the order of the calls). A partition's records join the batch still
     waiting for it in the producer if that one takes more (_waiting_open): each call's records
     would otherwise be a batch of their own, and the producer drains one batch per partition per
-    request (one request in flight per broker)."""
+    request (one request in flight per broker). With `sends` (FailedSends), every batch the records
+    go in is watched for a failed delivery."""
 
-    def __init__(self, producer):
+    def __init__(self, producer, sends: FailedSends | None = None):
         self.producer = producer
+        self.sends = sends
         self.open: dict[tuple[str, int], list] = {}  # (topic, partition) -> its records, in the order added
         self._partitions: dict[str, int] = {}
         self.unplaced: dict[str, tuple[int, list, list, list]] = {}  # add_keyed_known's, per topic
@@ -169,10 +203,15 @@ class PartitionBatches:
         producer's linger, as for a record of send())."""
         self.place()
         batches = []
+        sends = self.sends
         for (topic, partition), records in self.open.items():
-            batch = self._waiting_open(topic, partition)
-            joined = batch is not None
-            if not joined:
+            waiting = self._waiting_open(topic, partition)
+            joined = waiting is not None
+            if joined:
+                batch = waiting._builder
+                if sends is not None:
+                    sends.watch_batch(waiting.tp, waiting.future)
+            else:
                 batch = self.producer.create_batch()
             for key, value, headers in records:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
@@ -186,8 +225,13 @@ class PartitionBatches:
                 batches.append((topic, partition, batch))
         self.open.clear()
         for topic, partition, batch in batches:
-            if not self._queue_behind(topic, partition, batch):
-                await self.producer.send_batch(batch, topic, partition=partition)
+            queued = self._queue_behind(topic, partition, batch)
+            if queued is not None:
+                future = queued.future
+            else:
+                future = await self.producer.send_batch(batch, topic, partition=partition)
+            if sends is not None:
+                sends.watch_batch(TopicPartition(topic, partition), future)
 
     def _accumulator(self):
         acc = getattr(self.producer, "_message_accumulator", None)
@@ -196,21 +240,22 @@ class PartitionBatches:
         return acc
 
     def _waiting_open(self, topic: str, partition: int):
-        """The builder of the partition's last batch waiting in the producer (not yet drained into a
-        request) if it is still open, else None. Records appended to it go out with it, in order after
-        its records; none is appended to a batch once drained (its sequence numbers are set then)."""
+        """The partition's last batch waiting in the producer (not yet drained into a request) if its
+        builder is still open, else None. Records appended to it go out with it, in order after its
+        records; none is appended to a batch once drained (its sequence numbers are set then)."""
         acc = self._accumulator()
         if acc is None:
             return None
         waiting = acc._batches.get(TopicPartition(topic, partition))
         if not waiting:
             return None
-        builder = waiting[-1]._builder
-        return None if builder.closed() else builder
+        last = waiting[-1]
+        return None if last._builder.closed() else last
 
-    def _queue_behind(self, topic: str, partition: int, batch) -> bool:
+    def _queue_behind(self, topic: str, partition: int, batch):
         """Queue batch behind the partition's batches still waiting in the producer, without waiting
-        (up to QUEUED_PER_PARTITION of them); False when there are none (or too many): send_batch() then.
+        (up to QUEUED_PER_PARTITION of them): its MessageBatch; None when there are none (or too many):
+        send_batch() then.
 
         send_batch() waits until the partition's last waiting batch is drained into a produce request,
         and aiokafka has one request in flight per broker: behind a slow one (a checkpoint's changelog
@@ -221,10 +266,9 @@ class PartitionBatches:
         for it as for any other."""
         acc = self._accumulator()
         if acc is None:
-            return False
+            return None
         tp = TopicPartition(topic, partition)
         waiting = acc._batches.get(tp)
         if not waiting or len(waiting) >= QUEUED_PER_PARTITION:
-            return False
-        acc._append_batch(batch, tp)
-        return True
+            return None
+        return acc._append_batch(batch, tp)
