@@ -46,6 +46,7 @@ from svctrace.schemas.models import SyscallBatch, SyscallEvent
 from .deadletter import dead_letter
 from .enriched import EnrichedEvent, EventRun
 from .memo import MemoIndex
+from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, endpoint_key, flow_bucket
 
 S = 10**9
@@ -636,17 +637,7 @@ class Enricher:
         horizon = now - self.proxy_window_ns
         vipc = st["vipc"]
         if vipc:  # in time order (events are released so): the expired ones lead, the rest is not read
-            old = None
-            for k, ts in vipc.items():
-                if ts >= horizon:
-                    break
-                if old is None:
-                    old = [k]
-                else:
-                    old.append(k)
-            if old is not None:
-                for k in old:
-                    del vipc[k]
+            drop_expired_front(vipc, horizon)
         for name in ("pin", "reads"):
             table = st[name]
             for pid in list(table):

@@ -44,6 +44,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
+from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
 S = 10**9
@@ -1326,19 +1327,9 @@ class Stitcher:
                         st["_cs"].update(dsrv)
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
-                    old = None
-                    for k, v in dsrv.items():
-                        if v[S_TS] >= horizon:
-                            break
-                        if old is None:
-                            old = [k]
-                        else:
-                            old.append(k)
-                    if old is not None:
-                        for k in old:
-                            del dsrv[k]
-                        if "_cs" in st:
-                            st["_cs"].update(old)
+                    old = drop_expired_front(dsrv, horizon, S_TS)
+                    if old is not None and "_cs" in st:
+                        st["_cs"].update(old)
             if lost:
                 lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
             if dsrv or lost:

@@ -63,20 +63,22 @@ def producer_settings(**overrides: Any) -> dict[str, Any]:
     return settings
 
 
+def _record_builders() -> list:
+    """aiokafka's record batch builder modules (Python, and C when built): each calls its own zstd_encode."""
+    from aiokafka.record import default_records
+
+    try:
+        from aiokafka.record._crecords import default_records as c_records
+    except ImportError:  # aiokafka without its extensions
+        return [default_records]
+    return [default_records, c_records]
+
+
 def set_zstd_level(level: int) -> None:
     """Compress this process's zstd producer batches at `level` (every producer of the process).
     aiokafka always compresses at 3 and has no setting: this sets the codec function its record
     batch builders (C and Python) call, around the one found there first."""
-    from aiokafka.record import default_records
-
-    modules = [default_records]
-    try:
-        from aiokafka.record._crecords import default_records as c_records
-    except ImportError:  # aiokafka without its extensions
-        pass
-    else:
-        modules.append(c_records)
-    for module in modules:
+    for module in _record_builders():
         encode = module.__dict__.setdefault("_svctrace_zstd_encode", module.zstd_encode)
         module.zstd_encode = encode if level == ZSTD_LEVEL else functools.partial(encode, level=level)
 
@@ -112,17 +114,9 @@ def reuse_zstd_contexts() -> None:
     try:
         import zstandard  # noqa: F401
         from aiokafka import codec
-        from aiokafka.record import default_records
     except ImportError:  # no zstandard: aiokafka's own codec
         return
-    modules = [default_records]
-    try:
-        from aiokafka.record._crecords import default_records as c_records
-    except ImportError:  # aiokafka without its extensions
-        pass
-    else:
-        modules.append(c_records)
-    for module in modules:
+    for module in _record_builders():
         if "_svctrace_zstd_encode" in module.__dict__:  # set_zstd_level came first: the level it set, kept
             level = getattr(module.zstd_encode, "keywords", {}).get("level", ZSTD_LEVEL)
             module._svctrace_zstd_encode = zstd_encode_reusing
