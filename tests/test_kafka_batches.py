@@ -351,3 +351,28 @@ def test_failed_sends_sees_every_batch_the_records_went_in_once_and_a_failure_of
         assert isinstance(sends.error, KafkaTimeoutError) and sends.failed == 1  # (watched once)
 
     asyncio.run(story())
+
+
+def test_a_batch_the_producer_refuses_to_queue_counts_as_failed():
+    """send_batch() can raise instead of returning a future (aiokafka: KafkaTimeoutError when the producer
+    has no room in time). Those records are not delivered: FailedSends sees it, as for a failed future, so
+    the worker's checkpoint stops before acknowledging their input; the error still reaches the caller."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
+
+    from svctrace.kafka.batches import FailedSends
+
+    class Refusing(AIOKafkaProducer):
+        async def send_batch(self, batch, topic, *, partition):
+            raise KafkaTimeoutError("no room")
+
+    async def story():
+        producer = Refusing(bootstrap_servers="127.0.0.1:9")  # not started: nothing is waiting in it
+        sends = FailedSends()
+        batches = PartitionBatches(producer, sends)
+        batches.add("t", 0, b"k", b"v")
+        with pytest.raises(KafkaTimeoutError):
+            await batches.send()
+        assert isinstance(sends.error, KafkaTimeoutError) and sends.failed == 1
+
+    asyncio.run(story())

@@ -121,6 +121,12 @@ class FailedSends:
             self._last[tp] = future
             future.add_done_callback(self._done)
 
+    def failed_to_queue(self, error: BaseException) -> None:
+        """A batch the producer refused to queue (its send raised): not delivered, as a failed one."""
+        self.failed += 1
+        if self.error is None:
+            self.error = error
+
     def _done(self, future) -> None:
         if future.cancelled():
             error: BaseException | None = asyncio.CancelledError("send cancelled")
@@ -229,7 +235,12 @@ class PartitionBatches:
             if queued is not None:
                 future = queued.future
             else:
-                future = await self.producer.send_batch(batch, topic, partition=partition)
+                try:
+                    future = await self.producer.send_batch(batch, topic, partition=partition)
+                except Exception as e:  # (e.g. KafkaTimeoutError: no room in the producer in time)
+                    if sends is not None:  # this batch and the ones after it are not delivered either
+                        sends.failed_to_queue(e)
+                    raise
             if sends is not None:
                 sends.watch_batch(TopicPartition(topic, partition), future)
 
