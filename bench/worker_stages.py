@@ -120,7 +120,7 @@ CLOCKS = [
     ("svctrace.streams.faust_app.app", "Worker._tick", "shell: tick", True),
     ("svctrace.streams.faust_app.app", "Worker._idle_sources", "shell: idle sources", True),
     ("svctrace.streams.faust_app.app", "Worker._caught_up", "shell: caught up?", False),
-    ("svctrace.streams.faust_app.app", "Worker._last_poll_ns", "shell: last poll", False),
+    ("svctrace.streams.faust_app.app", "Worker._fetch_answer", "shell: last fetch answer", False),
     ("svctrace.streams.faust_app.app", "Worker._advance_idle", "shell: advance idle", True),
     ("svctrace.streams.faust_app.app", "Worker.route", "shell: route outputs", True),
     ("svctrace.streams.faust_app.app", "Worker.checkpoint", "checkpoint: shell", True),

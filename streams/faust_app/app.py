@@ -203,9 +203,58 @@ class IdempotentProducer(faust_aiokafka.Producer):
 
 
 # Longest a fetch waits at the broker for new records (Faust hard-codes 1.5 s). A live source's
-# watermark follows the time of the last fetch response (Worker._advance_idle): with nothing
-# arriving, the long poll left it up to this far behind (the tail of the alert latency).
+# watermark follows the time of the last fetch (Worker._advance_idle): with nothing arriving, the
+# long poll left it up to this far behind (the tail of the alert latency).
 FETCH_MAX_WAIT_MS = 50
+
+
+class FetchAnswer(NamedTuple):
+    """What the broker's last answer to a fetch said of a partition: its log ended at `highwater`
+    at some moment after `asked_ns` (wall clock, when the request was made). A record it did not
+    count was appended after asked_ns. One object, replaced whole: a reader never pairs one answer's
+    highwater with another's time."""
+    asked_ns: int
+    highwater: int
+
+
+def note_fetch_answers(fetcher, answers: dict) -> None:
+    """Keep, per partition, the FetchAnswer of the broker's last answer to aiokafka's `fetcher`
+    (answers[(topic, partition)], written in the consumer thread, read by the worker's).
+
+    aiokafka stamps a partition's highwater with the time the response was handled
+    (last_poll_timestamp). The broker read its log end earlier, by the response's time in flight
+    and in the socket, and a consumer thread starved of the GIL (a checkpoint's serialization) can
+    leave it there for tens of ms: a record appended meanwhile is in neither the highwater nor the
+    records, yet older than that stamp. A watermark driven by the stamp passed such records (their
+    events came out late: chains "incomplete" on a live worker). The time the request was sent has
+    no such gap. The answer is the broker's word about its log whether or not aiokafka applies the
+    response (it discards one for a partition it has since seeked). Fetches go to partition leaders
+    (no client rack), whose highwater counts every acknowledged record.
+    (aiokafka 0.14's Fetcher sends fetches through its `_client`; tests/test_kafka_fetch_answers.py.)"""
+    fetcher._client = _FetchAnswersNoted(fetcher._client, answers)
+
+
+class _FetchAnswersNoted:
+    """A Fetcher's view of its Kafka client: as the client, but every fetch's answers are noted."""
+
+    FETCH = 1  # the Kafka API key of Fetch requests
+
+    def __init__(self, client, answers: dict):
+        self._svctrace_client, self._svctrace_answers = client, answers
+
+    def __getattr__(self, name):
+        return getattr(self._svctrace_client, name)
+
+    async def send(self, node_id, request, *args, **kwargs):
+        asked_ns = time.time_ns()
+        response = await self._svctrace_client.send(node_id, request, *args, **kwargs)
+        if request.API_KEY == self.FETCH:
+            answers = self._svctrace_answers
+            for topic, partitions in response.topics:
+                for partition, error_code, highwater, *_ in partitions:
+                    if error_code == 0:
+                        answers[(topic, partition)] = FetchAnswer(asked_ns, highwater)
+        return response
 
 
 class ConsumerFailed(Exception):
@@ -213,6 +262,14 @@ class ConsumerFailed(Exception):
 
 
 class ShortPollConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fetch_answers: dict[tuple[str, int], FetchAnswer] = {}
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        note_fetch_answers(self._consumer._fetcher, self.fetch_answers)
+
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by start(), which builds the Fetcher
@@ -1620,15 +1677,18 @@ class Worker:
                     self._announce(FLOWS_TOPIC, q, DONE)
                     done = True
                 continue
-            if not self._caught_up(consumer, tp):
+            # One answer, taken before any await: its highwater says what was on the broker when it
+            # was asked; a newer fetch may have brought records not processed yet (FetchAnswer).
+            answer = self._fetch_answer(consumer, tp)
+            if answer is None or not self._processed_to(consumer, tp, answer.highwater):
                 continue
+            polled_ns = answer.asked_ns
             if self.unreleased.get(q):
                 await self._release(q, send=False)
             # Silence counts only while the broker answers: an outage (a broker restarting, the agents
             # buffering) is no end of input, nor time a live source's events stop coming, or one node's
             # resumed events would pass the events another node still has to send.
-            polled_ns = self._last_poll_ns(consumer, tp)
-            if polled_ns is not None and time.time_ns() - polled_ns > BROKER_SILENT_S * 1e9:
+            if time.time_ns() - polled_ns > BROKER_SILENT_S * 1e9:
                 self.answering_since.pop(q, None)
                 continue
             answering_since = self.answering_since.setdefault(q, now)
@@ -1675,10 +1735,10 @@ class Worker:
         if clocks:
             await self._advance_enrich(q, {}, send=False)
 
-    async def _advance_idle(self, q: int, now: float, answering_since: float, polled_ns: int | None) -> None:
+    async def _advance_idle(self, q: int, now: float, answering_since: float, polled_ns: int) -> None:
         """A live source (agents publishing fresh events) that is caught up: event time goes on while
-        nothing arrives. The last fetch (at polled_ns, worker clock) found nothing newer than what we
-        processed, so any event a node still has to send was captured after it or was waiting in its
+        nothing arrives. A fetch asked at polled_ns (worker clock) found nothing beyond what we
+        processed (FetchAnswer), so any event a node still has to send was captured after it or was waiting in its
         agent's batch (linger) or in flight: it is at most `lateness` (which covers linger + transport
         + clock skew between nodes) older than polled_ns, nor than that node's last event time + the
         time it has been silent (its own: an agent behind the others stays behind by as much). Without
@@ -1686,8 +1746,6 @@ class Worker:
         for the slowest source) until idle_flush_s declares it finished. Time the worker spends starved
         of CPU or the broker spends unreachable does not count: only a fetch moves polled_ns, only an
         answering broker the silence. Replays (old event times) never get here."""
-        if polled_ns is None:
-            return
         meta = self.enrich.part_meta(q)
         clocks = meta.get("nodes")
         if clocks:
@@ -1707,13 +1765,10 @@ class Worker:
                                        nodeless=min(clock + int(idle_s * 1e9), polled_ns) - self.lateness)
 
     @staticmethod
-    def _last_poll_ns(consumer, tp) -> int | None:
-        """When the consumer last heard from the broker about tp (wall clock, ns), if it can say."""
-        try:
-            ms = consumer._thread._ensure_consumer().last_poll_timestamp(tp)
-        except Exception:  # noqa: BLE001 - not started, or a Faust without this consumer thread
-            return None
-        return None if ms is None else ms * 1_000_000
+    def _fetch_answer(consumer, tp) -> FetchAnswer | None:
+        """The broker's last answer about tp, if the consumer has had one."""
+        answers = getattr(consumer._thread, "fetch_answers", None)
+        return None if answers is None else answers.get((tp.topic, tp.partition))
 
     def _caught_up(self, consumer, tp) -> bool:
         """Everything written to tp so far has been processed (no blocking call to the broker)."""
@@ -1721,8 +1776,10 @@ class Worker:
             highwater = consumer.highwater(tp)
         except Exception:  # noqa: BLE001 - not fetched yet
             return False
-        if highwater is None:
-            return False
+        return highwater is not None and self._processed_to(consumer, tp, highwater)
+
+    def _processed_to(self, consumer, tp, highwater: int) -> bool:
+        """Every record of tp below offset `highwater` has been processed."""
         if highwater <= 0:
             return True
         last = self.last_offset.get(tp.partition)
