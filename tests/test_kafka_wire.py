@@ -442,16 +442,15 @@ def test_an_occurrence_applied_here_is_applied_from_its_record_once_its_alerts_p
 
 
 def test_fetched_zstd_batches_are_read_from_the_decompressed_buffer_itself():
-    import cramjam
     from aiokafka.record import default_records as chosen
     from aiokafka.record._crecords import default_records
 
-    from svctrace.kafka.clients import read_fetched_zstd_in_place
+    from svctrace.kafka.clients import read_fetched_zstd_in_place, zstd_decode_reusing
     from svctrace.streams.faust_app import app  # noqa: F401 - the worker does it at import
 
     read_fetched_zstd_in_place()  # (done once at the worker's import; again is a no-op)
     assert chosen.DefaultRecordBatch is default_records.DefaultRecordBatch  # the C reader the consumer uses
-    assert default_records.zstd_decode is cramjam.zstd.decompress  # no bytes() copy of its output
+    assert default_records.zstd_decode is zstd_decode_reusing  # kept context, no bytes() copy of its output
     _, batches = _batches()
     values = [encode_batch(b) for b in batches] + [b"", b"x" * 300_000]
     builder = default_records.DefaultRecordBatchBuilder(2, default_records.DefaultRecordBatch.CODEC_ZSTD, 0, -1, -1, -1,
@@ -465,3 +464,36 @@ def test_fetched_zstd_batches_are_read_from_the_decompressed_buffer_itself():
         (i, f"k{i}".encode(), v, [("h", b"v")]) for i, v in enumerate(values)]
     assert all(type(r.value) is bytes for r in read)
     assert decode_syscall_batch(read[0].value) == batches[0]
+
+
+def test_zstd_decode_reusing_reads_every_frame_aiokafka_reads():
+    """The kept-context decoder gives cramjam's bytes for what svctrace's producers write (one frame with its
+    size), a streaming writer's frame without a size (the Java client's), several frames in one batch, and
+    refuses what is not zstd as cramjam does."""
+    import threading
+
+    import cramjam
+    import pytest
+    import zstandard
+
+    from svctrace.kafka.clients import zstd_decode_reusing, zstd_encode_reusing
+
+    _, batches = _batches()
+    plain = encode_batch(batches[0])
+    sized = zstd_encode_reusing(plain)
+    assert zstandard.frame_content_size(sized) == len(plain)
+    stream = zstandard.ZstdCompressor(level=3).compressobj()
+    unsized = stream.compress(plain) + stream.flush()
+    assert zstandard.frame_content_size(unsized) == -1
+    two = zstd_encode_reusing(b"first") + zstd_encode_reusing(b"second")
+    for frame in (sized, unsized, two, zstd_encode_reusing(b"")):
+        assert bytes(zstd_decode_reusing(frame)) == bytes(cramjam.zstd.decompress(frame))
+    assert bytes(zstd_decode_reusing(two)) == b"firstsecond"
+    for bad in (b"", b"not zstd at all", sized[:-7]):
+        with pytest.raises(cramjam.DecompressionError):
+            zstd_decode_reusing(bad)
+    got = []  # another thread (Faust's consumer thread) has a context of its own
+    thread = threading.Thread(target=lambda: got.append(zstd_decode_reusing(sized)))
+    thread.start()
+    thread.join()
+    assert got == [plain]

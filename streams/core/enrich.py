@@ -306,7 +306,8 @@ class Enricher:
         if cut == len(buf):  # (all of it: no copy)
             ready, state["buf"] = buf, []
         else:
-            ready, state["buf"] = buf[:cut], buf[cut:]
+            ready = buf[:cut]
+            del buf[:cut]
         if unsorted:
             ready = self._without_repeats(state, ready)
             state["unsorted"] = bool(state["buf"])  # sorted, but it may still hold repeats
