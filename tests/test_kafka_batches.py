@@ -376,3 +376,104 @@ def test_a_batch_the_producer_refuses_to_queue_counts_as_failed():
         assert isinstance(sends.error, KafkaTimeoutError) and sends.failed == 1
 
     asyncio.run(story())
+
+
+@pytest.mark.kafka
+def test_a_record_too_large_for_a_record_batch_goes_to_the_dead_letter_topic_instead(kafka):
+    """The broker refuses a record batch over its message.max.bytes (1 MiB) whenever it is sent: a chain record
+    that large failed its batch, which stopped the worker (FailedSends), and its successor emitted it again and
+    stopped again. PartitionBatches sends a dead letter for it instead, with the reason and the start of its
+    value; the records around it are delivered, and so is a large record that fits once compressed."""
+    import base64
+    import os
+
+    import orjson
+
+    from svctrace.kafka.batches import DEAD_LETTER_PREFIX, MAX_RECORD_BATCH_BYTES, FailedSends
+    from svctrace.schemas.catalogue import DEADLETTER
+
+    prefix = kafka.catalogue_topics("tl")
+    topic, letters = topic_name(CHAINS, prefix), topic_name(DEADLETTER, prefix)
+    huge = b'{"chain_id":"' + os.urandom(MAX_RECORD_BATCH_BYTES * 3 // 2).hex().encode() + b'"}'  # 3 MB, 1.5 MB zstd'd
+    roomy = b'{"chain_id":"' + b"ab" * (MAX_RECORD_BATCH_BYTES * 3 // 2) + b'"}'  # as large, compresses to nothing
+    keys = [f"ch-{i:04d}".encode() for i in range(20)]
+
+    async def scenario():
+        p = kafka.producer()
+        await p.start()
+        sends = FailedSends()
+        try:
+            batches = PartitionBatches(p, sends, dead_letters=(letters, "stitch"))
+            for i, key in enumerate(keys):
+                await batches.add_keyed(topic, key, b"small" if i not in (5, 6) else huge if i == 5 else roomy)
+            await batches.send()
+            await p.flush()
+        finally:
+            await p.stop()
+        assert batches.dead_lettered == 1
+        return sends, await _read_back(kafka, topic, 19), await _read_back(kafka, letters, 1)
+
+    sends, chains, dead = asyncio.run(scenario())
+    assert sends.error is None and sends.failed == 0
+    assert sorted(r.key for r in chains) == sorted(k for i, k in enumerate(keys) if i != 5)
+    assert [r.value for r in chains if r.key == keys[6]] == [roomy]
+    [letter] = dead
+    assert letter.key == keys[5]
+    doc = orjson.loads(letter.value)
+    assert doc["stage"] == "stitch" and doc["topic"] == topic and doc["error"] == "MessageSizeTooLargeError"
+    assert doc["partition"] == murmur2_partition(keys[5], load_catalogue()[CHAINS].partitions)
+    assert f"a record of {len(huge)} bytes" in doc["reason"] and f"({MAX_RECORD_BATCH_BYTES} bytes)" in doc["reason"]
+    assert base64.b64decode(doc["value_b64"]) == huge[:DEAD_LETTER_PREFIX]
+
+
+@pytest.mark.kafka
+def test_nothing_queued_behind_a_failed_batch_goes_out_once_the_failure_is_known(kafka):
+    """aiokafka sends a partition's batches one after the other, and one that failed for good does not stop
+    the next: a progress mark queued behind data that failed reached the partition, and a downstream stage
+    passed events it never got. With FailedSends' on_failure dropping what is queued (drop_queued), a record
+    queued behind the failed batch is not sent (its send fails, FailedSends counts it), nor is anything sent
+    after (the producer refuses it); a batch of another partition delivered before the failure stays so."""
+    import os
+
+    from svctrace.kafka.batches import MAX_RECORD_BATCH_BYTES, FailedSends, drop_queued
+
+    prefix = kafka.catalogue_topics("fq")
+    topic = topic_name(CHAINS, prefix)
+
+    async def scenario():
+        p = kafka.producer(linger_ms=0)
+        await p.start()
+        sends = FailedSends(on_failure=lambda error: drop_queued(p, error))
+        try:
+            await sends.send(p.send(topic, b"before", key=b"k0", partition=1))
+            await p.flush()
+            data = p.create_batch()  # (as a worker before the dead letters would send it: the broker refuses it)
+            data.append(timestamp=None, key=b"k1", value=os.urandom(MAX_RECORD_BATCH_BYTES * 2), headers=[])
+            data.close()
+            sends.watch(await p.send_batch(data, topic, partition=0))
+            mark = await sends.send(p.send(topic, b"mark", key=None, partition=0))  # queued behind it
+            await p.flush()
+            assert mark.done() and mark.exception() is not None
+            with pytest.raises(Exception):
+                await sends.send(p.send(topic, b"later", key=None, partition=0))
+        finally:
+            await p.stop()
+        return sends, await _read_back_for(kafka, topic, 5)
+
+    sends, got = asyncio.run(scenario())
+    assert sends.error is not None and sends.failed >= 2
+    assert [(r.partition, r.value) for r in got] == [(1, b"before")]
+
+
+async def _read_back_for(kafka, topic: str, seconds: float) -> list:
+    """Every record of topic that arrives within `seconds` (for what must not arrive)."""
+    c = kafka.consumer(topic, group_id=None)
+    await c.start()
+    got, deadline = [], time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            for records in (await c.getmany(timeout_ms=500)).values():
+                got.extend(records)
+    finally:
+        await c.stop()
+    return got

@@ -5,6 +5,7 @@ it found, what it reads and what to do."""
 from __future__ import annotations
 
 import asyncio
+import os
 from types import SimpleNamespace
 
 import orjson
@@ -412,6 +413,7 @@ class _OutputProducer:
 
     def __init__(self, partitions: int = 4):
         self.failing: set[str] = set()
+        self.refusing: set[str] = set()  # topics whose send() raises (no room in the producer in time)
         self.pending: list[tuple[str, asyncio.Future, list]] = []
         self.delivered: dict[str, list] = {}  # topic -> (key, value) records, in order
         self._message_accumulator = SimpleNamespace(_compression_type=0, _closed=True, _exception=None)
@@ -439,6 +441,9 @@ class _OutputProducer:
         return self._queue(topic, [(r.key, r.value) for r in DefaultRecordBatch(bytes(batch._build()))])
 
     async def send(self, topic, key, value, partition, timestamp, headers):
+        if topic in self.refusing:
+            from aiokafka.errors import KafkaTimeoutError
+            raise KafkaTimeoutError("no room")
         return self._queue(topic, [(key, value)])
 
     async def flush(self):
@@ -530,3 +535,94 @@ def test_a_failed_output_send_stops_the_worker_before_its_checkpoint_writes_or_a
 
     for story in (delivered, chain_lost, copy_lost):
         asyncio.run(story())
+
+
+def test_a_record_the_producer_refuses_to_queue_stops_the_worker_as_a_failed_delivery():
+    """The records sent one by one (flows and enriched records, the durable copies, a revoked partition's handed
+    batches) count as failed when producer.send() raises instead of failing its future (aiokafka: no room in
+    the producer in time): the error reaches the caller, whose log-and-continue path (a dead-lettered input
+    record, a failed checkpoint retried) must not let a checkpoint write state or acknowledge input after it."""
+    from svctrace.streams.core.enrich import ENRICHED_SCHEMA, ENRICHED_TOPIC
+    from svctrace.streams.faust_app.app import FLOWS_TOPIC
+
+    batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": []}
+
+    async def story(refused, send):
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        producer.refusing.add(worker.names[refused])
+        with pytest.raises(Exception, match="no room"):
+            await send(worker)
+        await worker.checkpoint()
+        assert producer.changelog() == [] and not ack.acked
+        assert len(crashed) == 1 and "no room" in str(crashed[0]) and worker.sends.failed == 1
+
+    for refused, send in (
+            (FLOWS_TOPIC, lambda w: w._write_copies([(1, "b1", batch, None)])),
+            (FLOWS_TOPIC, lambda w: w._send_handed(1, [("b1", [], [])])),
+            (ENRICHED_TOPIC, lambda w: w.route("enrich", 0, [(ENRICHED_TOPIC, "node-a", batch)]))):
+        asyncio.run(story(refused, send))
+
+
+def test_marks_and_dead_letters_are_watched_and_a_failure_stops_the_worker_at_once(caplog):
+    """Progress records and dead letters count for FailedSends as any output: a mark or dead letter not
+    delivered stops the worker before its checkpoint writes or acknowledges anything. The stop is asked as
+    soon as the failure is known (FailedSends.on_failure), not at the next checkpoint."""
+    from types import SimpleNamespace as NS
+
+    from svctrace.schemas.catalogue import DEADLETTER
+    from svctrace.streams.faust_app.app import OCCURRENCES_TOPIC
+
+    async def marks(worker):
+        worker._announce(OCCURRENCES_TOPIC, 0, 123)
+        await worker._send_announcements(OCCURRENCES_TOPIC, force=True)
+
+    async def dead_letter(worker):
+        msg = NS(topic="t", partition=0, offset=7, key=b"k", value=b"not json")
+        await worker._dead_letter("stitch", msg, "ValueError: not json", ValueError("not json"))
+
+    async def story(failing, send):
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        producer.failing.add(worker.names[failing])
+        await send(worker)
+        assert producer.pending
+        await producer.flush()
+        for _ in range(3):
+            await asyncio.sleep(0)  # (the stop, asked from the failed future's callback, runs)
+        assert len(crashed) == 1 and "lost" in str(crashed[0])
+        await worker.checkpoint()
+        assert producer.changelog() == [] and not ack.acked and len(crashed) == 1
+
+    with caplog.at_level("ERROR"):
+        for failing, send in ((OCCURRENCES_TOPIC, marks), (DEADLETTER, dead_letter)):
+            asyncio.run(story(failing, send))
+    assert "Output send failed" in caplog.text
+
+
+def test_an_output_record_too_large_to_send_is_dead_lettered_and_the_worker_goes_on():
+    """A chain record larger than a record batch may be is refused by the broker however often it is sent
+    (a worker stopping on it, and every successor on it again): route() sends its dead letter instead, counted
+    in the stage's dead letters; the other outputs are delivered and the checkpoint writes and acknowledges."""
+    import orjson
+
+    from svctrace.kafka.batches import MAX_RECORD_BATCH_BYTES
+    from svctrace.schemas.catalogue import DEADLETTER
+    from svctrace.streams.core.stitch import CHAINS_TOPIC
+
+    async def story():
+        producer = _OutputProducer()
+        worker, ack, crashed = _worker_with_state(producer)
+        big = {"chain_id": "chain-big", "pad": os.urandom(MAX_RECORD_BATCH_BYTES).hex()}
+        await worker.route("stitch", 0, [(CHAINS_TOPIC, "chain-1", {"chain_id": "chain-1"}),
+                                         (CHAINS_TOPIC, "chain-big", big)])
+        await worker.checkpoint()
+        assert [k for k, _ in producer.delivered[worker.names[CHAINS_TOPIC]]] == [b"chain-1"]
+        [(key, value)] = producer.delivered[worker.names[DEADLETTER]]
+        doc = orjson.loads(value)
+        assert key == b"chain-big" and doc["stage"] == "stitch" and doc["topic"] == worker.names[CHAINS_TOPIC]
+        assert "is larger than a record batch" in doc["reason"]
+        assert worker.metrics.deadletters.labels("stitch")._value.get() == 1
+        assert producer.changelog() == [(b"node-a", b"state")] and ack.acked and not crashed
+
+    asyncio.run(story())

@@ -89,7 +89,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
 from svctrace.kafka.admin import RETRIABLE_CREATE_ERRORS, topic_name
-from svctrace.kafka.batches import FailedSends, PartitionBatches
+from svctrace.kafka.batches import FailedSends, PartitionBatches, drop_queued
 from svctrace.kafka.clients import (
     COMPRESSION, connection_settings, read_fetched_zstd_in_place, reuse_zstd_contexts, track_every_topic,
 )
@@ -945,7 +945,8 @@ class Worker:
         self._checkpointing = asyncio.Lock()
         # the outputs' deliveries (chains, alerts, occurrences, enriched and flows records, copies): a
         # failed one stops the worker at the next checkpoint, before it acknowledges anything
-        self.sends = FailedSends()
+        self.sends = FailedSends(on_failure=self._on_send_failed)
+        self._stopping_on_lost = False  # (the stop for a failed delivery is asked once)
         self.handoff = LocalHandoff()  # flows batches sent to our own stitch partitions, as objects
         # svctrace.flows partition -> the number (LocalHandoff) of the last record this process sent it,
         # and of the last one of them its stitch stage has read back since the partition was assigned
@@ -1303,8 +1304,9 @@ class Worker:
         queued before this returns (a mark announced after it follows them)."""
         send = self.app.producer.send  # (topic, key, value, partition, timestamp, headers)
         names = self.names
-        batches = PartitionBatches(self.app.producer._ensure_producer(), self.sends)
-        watch = self.sends.watch
+        batches = PartitionBatches(self.app.producer._ensure_producer(), self.sends,
+                                   dead_letters=(names[cat.DEADLETTER], stage_name))
+        watched = self.sends.send  # (a record the producer refuses to queue counts as failed too)
         counts: dict[str, int] = {}
         partitions: dict[str, int] = {}  # output topic -> its partition count (Kafka's default partitioner)
         here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
@@ -1321,8 +1323,8 @@ class Worker:
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
                         self.flows_sent[partition] = self.handoff.seq
                         headers = [(SOURCE_HEADER, str(p).encode()), (HANDOFF_HEADER, tag)]
-                        watch(await send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition,
-                                         None, headers))
+                        await watched(send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition,
+                                           None, headers))
                 elif topic == OCCURRENCES_TOPIC:
                     r = stable_partition(key, self.partitions)
                     headers = [(SOURCE_HEADER, str(p).encode())]
@@ -1334,7 +1336,7 @@ class Worker:
                         here.append((r, key, value, tag))
                 elif topic == ENRICHED_TOPIC:
                     for chunk in _chunks(value):
-                        watch(await send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None))
+                        await watched(send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None))
                 elif topic in self.t_out:  # keyed records (chains, alerts): no coroutine per record
                     name = names[topic]
                     n = partitions.get(name)
@@ -1354,6 +1356,8 @@ class Worker:
                 raise
             for topic, n in counts.items():
                 self.metrics.outputs.labels(topic).inc(n)
+            if batches.dead_lettered:  # (records too large to send: their dead letters went instead)
+                self.metrics.deadletters.labels(stage_name).inc(batches.dead_lettered)
             # Applied after their records were queued (in order with them), with no await in between, and
             # their outputs (alerts) routed together: one producer batch per partition, not one per occurrence.
             alerts_outs: list = []
@@ -1437,9 +1441,9 @@ class Worker:
             for chunk in _chunks(batch):
                 tag = self.handoff.number()
                 self.flows_sent[p] = self.handoff.seq
-                self.sends.watch(await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
-                                                              encode_flows_batch(chunk), p, None,
-                                                              [(HANDOFF_HEADER, tag)]))
+                await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
+                                                             encode_flows_batch(chunk), p, None,
+                                                             [(HANDOFF_HEADER, tag)]))
 
     async def _durable_marks(self, announced: dict) -> None:
         """What this worker had announced at a checkpoint's snapshot is durable once its copies are
@@ -1455,8 +1459,8 @@ class Worker:
                 self.durable_in_log.setdefault(p, {}).update(announced)
                 tag = self.handoff.number()  # (not counted as sent: this process does not read its marks)
                 self.for_successor[tag] = None
-                await self.app.producer.send(self.names[FLOWS_TOPIC], None, EMPTY_ENRICHED, p, None,
-                                             [header, (HANDOFF_HEADER, tag)])
+                await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], None, EMPTY_ENRICHED, p, None,
+                                                             [header, (HANDOFF_HEADER, tag)]))
 
     async def _write_copies(self, copies) -> None:
         """The durable copies of directly handed batches (_copies), flushed before the state that
@@ -1466,8 +1470,8 @@ class Worker:
         for p, key, chunk, max_ts in copies:
             tag = self.handoff.number()  # (not counted as sent: no mark waits for what we hold already)
             self.for_successor[tag] = (key, max_ts)
-            self.sends.watch(await self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
-                                                          encode_flows_batch(chunk), p, None, [(HANDOFF_HEADER, tag)]))
+            await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
+                                                         encode_flows_batch(chunk), p, None, [(HANDOFF_HEADER, tag)]))
 
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
@@ -1519,18 +1523,18 @@ class Worker:
                 if partition not in handing:
                     tag = self.handoff.number()
                     self.flows_sent[partition] = self.handoff.seq
-                    await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
-                                                 [header, (HANDOFF_HEADER, tag)])
+                    await self.sends.send(self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
+                                                                 [header, (HANDOFF_HEADER, tag)]))
                 elif durable_header is not None and self._durable_news(partition, durable):
                     # for a successor (this process takes the marks at once), once per durable mark
                     tag = self.handoff.number()
                     self.for_successor[tag] = None
-                    await self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
-                                                 [durable_header, (HANDOFF_HEADER, tag)])
+                    await self.sends.send(self.app.producer.send(topic, None, EMPTY_ENRICHED, partition, None,
+                                                                 [durable_header, (HANDOFF_HEADER, tag)]))
         else:
             direct, handing = [], set()
             for partition in range(self.partitions):
-                await self.app.producer.send(topic, None, b"", partition, None, [header])
+                await self.sends.send(self.app.producer.send(topic, None, b"", partition, None, [header]))
         for source, mark in marks.items():
             self.hb_sent[(topic_name_, source)] = mark
         await self._own_partitions_take(marks, revocations, direct, handing)
@@ -1591,13 +1595,17 @@ class Worker:
         self.metrics.deadletters.labels(stage).inc()
         dl = dead_letter(stage, reason, topic=msg.topic, value=msg.value, key=msg.key, partition=msg.partition,
                          offset=msg.offset, error=error)
-        await self.t_out[cat.DEADLETTER].send(key=msg.key, value=encode_dead_letter(dl))
+        await self.sends.send(self.app.producer.send(self.names[cat.DEADLETTER], msg.key, encode_dead_letter(dl), None,
+                                                     None, None))
 
     def _bad_k8s_record(self, msg, error: BaseException) -> None:
         self.metrics.deadletters.labels("metadata").inc()
         dl = dead_letter("metadata", f"{type(error).__name__}: {error}", topic=msg.topic, value=msg.value,
                          key=msg.key, partition=msg.partition, offset=msg.offset, error=error)
-        self.t_out[cat.DEADLETTER].send_soon(key=msg.key, value=encode_dead_letter(dl))
+        # (called by the cluster feed, not in a coroutine: sent by a task of its own, watched as the others)
+        task = asyncio.ensure_future(self.sends.send(self.app.producer.send(
+            self.names[cat.DEADLETTER], msg.key, encode_dead_letter(dl), None, None, None)))
+        task.add_done_callback(_retrieved)
 
     # -- the timer: idle partitions, announcements, checkpoints ---------------------------------
     async def _tick(self) -> None:
@@ -1627,6 +1635,24 @@ class Worker:
         except Exception:  # noqa: BLE001 - retried at the next one
             log.exception("worker checkpoint failed")
 
+    def _on_send_failed(self, error: BaseException) -> None:
+        """FailedSends' first failure, as soon as it is known (a done-callback, or a send that raised): nothing
+        queued in the producer after it goes out (drop_queued: above all no progress mark that would pass the
+        records that failed, letting a downstream stage pass events it never got; no changelog record either),
+        and the worker stops now rather than at its next checkpoint (which writes and acknowledges nothing)."""
+        try:
+            producer = self.app.producer._ensure_producer()
+        except Exception:  # noqa: BLE001 - not started: nothing queued in it
+            producer = None
+        dropped = drop_queued(producer, error) if producer is not None else 0
+        if dropped:
+            log.error("Output send failed (%r): %d producer batches still queued dropped, not sent", error, dropped)
+        try:
+            task = asyncio.get_running_loop().create_task(self._outputs_lost())
+        except RuntimeError:  # (no loop running: the next checkpoint stops the worker)
+            return
+        task.add_done_callback(_retrieved)
+
     async def _outputs_lost(self) -> bool:
         """Whether an output record was not delivered (producer.flush() raises on no failure: FailedSends
         saw it), e.g. a broker unreachable for longer than the producer's delivery timeout. Then no state
@@ -1637,8 +1663,9 @@ class Worker:
         error = self.sends.error
         if error is None:
             return False
-        if self.app.should_stop:
+        if self.app.should_stop or self._stopping_on_lost:
             return True
+        self._stopping_on_lost = True
         log.error("Output send failed (%d producer batches or records not delivered, the first: %r); writing "
                   "and acknowledging nothing more, stopping the worker (exit status 1)", self.sends.failed, error)
         await self.app.crash(error)

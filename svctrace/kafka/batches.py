@@ -16,15 +16,28 @@ that way.
 from __future__ import annotations
 
 import asyncio
+import logging
 from struct import Struct
 
 from aiokafka.structs import TopicPartition
+
+from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
+
+log = logging.getLogger("svctrace.kafka")
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 _SEED = 0x9747B28C
 _WORDS = [Struct(f"<{n}I") for n in range(64)]
 QUEUED_PER_PARTITION = 4  # batches queued behind a partition's waiting one before send() waits (_queue_behind)
+# The most a record batch may have on the output topics (compressed, as the broker checks it): Kafka's
+# message.max.bytes (1 MiB + 12), which topics.yaml does not raise. A record alone in a batch larger than
+# that is refused by the broker whenever it is sent: PartitionBatches sends its dead letter instead.
+MAX_RECORD_BATCH_BYTES = 1024 * 1024
+# A record value up to this size fits whatever it compresses to (keys and headers are small): larger ones
+# are measured compressed, alone in a batch (_too_large). A dead letter keeps this much of a value too large.
+_SURELY_FITS = MAX_RECORD_BATCH_BYTES - 64 * 1024
+DEAD_LETTER_PREFIX = 64 * 1024
 
 
 def murmur2(data: bytes, m: int = _M, mask: int = _MASK) -> int:
@@ -105,11 +118,17 @@ class FailedSends:
     """The first failed delivery among the producer futures it watches (a done-callback each; no
     per-record work for batches). producer.flush() waits for every queued record but raises on none:
     whoever acknowledges input after a flush checks `error` first (Worker.checkpoint). A cancelled
-    future counts as failed (its records were not delivered). Once set, `error` stays set."""
+    future counts as failed (its records were not delivered), and so does a record or batch the producer
+    refused to queue (its send raised: `failed_to_queue`, `send`). Once set, `error` stays set.
 
-    def __init__(self):
+    `on_failure(error)` is called once, at the first failure, as soon as it is known: the worker drops what
+    is still queued in its producer then (drop_queued), so that nothing queued after the failed records (a
+    progress mark that passes them, above all) reaches the partitions they did not."""
+
+    def __init__(self, on_failure=None):
         self.error: BaseException | None = None
-        self.failed = 0  # futures that failed
+        self.failed = 0  # futures that failed, and sends refused
+        self.on_failure = on_failure
         self._last: dict = {}  # (topic, partition) -> the future of the last batch watched for it
 
     def watch(self, future) -> None:
@@ -121,11 +140,21 @@ class FailedSends:
             self._last[tp] = future
             future.add_done_callback(self._done)
 
+    async def send(self, sending):
+        """Await `sending`, a producer send() of one record (a coroutine returning the record's future), and
+        watch what it returns; if it raises instead (no room in the producer in time, a producer that stopped
+        taking records), that record counts as failed (the error still reaches the caller)."""
+        try:
+            future = await sending
+        except (Exception, asyncio.CancelledError) as e:
+            self.failed_to_queue(e)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
     def failed_to_queue(self, error: BaseException) -> None:
         """A batch the producer refused to queue (its send raised): not delivered, as a failed one."""
-        self.failed += 1
-        if self.error is None:
-            self.error = error
+        self._failed(error)
 
     def _done(self, future) -> None:
         if future.cancelled():
@@ -133,9 +162,38 @@ class FailedSends:
         else:
             error = future.exception()  # (retrieved: not logged again as "never retrieved")
         if error is not None:
-            self.failed += 1
-            if self.error is None:
-                self.error = error
+            self._failed(error)
+
+    def _failed(self, error: BaseException) -> None:
+        self.failed += 1
+        if self.error is None:
+            self.error = error
+            if self.on_failure is not None:
+                self.on_failure(error)
+
+
+def drop_queued(producer, error: BaseException) -> int:
+    """After a failed delivery: fail every batch still queued in `producer` (an AIOKafkaProducer) without
+    sending it, and refuse every send from now on (with `error`, as aiokafka does once its sender died).
+    Returns how many batches were dropped.
+
+    aiokafka sends a partition's batches one after the other (a partition with a request in flight is
+    muted), and a batch that failed for good does not stop the next: a progress mark queued behind records
+    that failed would be delivered, and a downstream stage would pass events it never got. A batch's
+    done-callbacks (FailedSends) run before the sender drains the partition's next batch (its request task
+    ends after the batch's future is set), so from that callback every batch queued behind the failed one is
+    still in the queue: none of them goes out. Batches already in flight (other partitions') complete as
+    the broker answers. Nothing was drained of the dropped ones, so no sequence number was spent on them."""
+    acc = getattr(producer, "_message_accumulator", None)
+    if acc is None or not hasattr(acc, "_batches"):
+        return 0
+    queued = [batch for batches in acc._batches.values() for batch in batches]
+    acc._batches.clear()
+    if acc._exception is None:
+        acc._exception = error
+    for batch in queued:
+        batch.failure(exception=error)
+    return len(queued)
 
 
 class PartitionBatches:
@@ -147,11 +205,18 @@ class PartitionBatches:
     waiting for it in the producer if that one takes more (_waiting_open): each call's records
     would otherwise be a batch of their own, and the producer drains one batch per partition per
     request (one request in flight per broker). With `sends` (FailedSends), every batch the records
-    go in is watched for a failed delivery."""
+    go in is watched for a failed delivery.
 
-    def __init__(self, producer, sends: FailedSends | None = None):
+    A record larger than a record batch may be (MAX_RECORD_BATCH_BYTES, compressed) would be refused by the
+    broker every time it is sent, failing its batch with it (and the worker, and its successor, again and
+    again): it is not sent, and a dead letter saying so goes to `dead_letters` = (dead-letter topic, stage)
+    instead (with the first DEAD_LETTER_PREFIX bytes of its value). `dead_lettered` counts them."""
+
+    def __init__(self, producer, sends: FailedSends | None = None, dead_letters: tuple[str, str] | None = None):
         self.producer = producer
         self.sends = sends
+        self.dead_letters = dead_letters
+        self.dead_lettered = 0
         self.open: dict[tuple[str, int], list] = {}  # (topic, partition) -> its records, in the order added
         self._partitions: dict[str, int] = {}
         self.unplaced: dict[str, tuple[int, list, list, list]] = {}  # add_keyed_known's, per topic
@@ -210,6 +275,7 @@ class PartitionBatches:
         self.place()
         batches = []
         sends = self.sends
+        too_large = []
         for (topic, partition), records in self.open.items():
             waiting = self._waiting_open(topic, partition)
             joined = waiting is not None
@@ -219,15 +285,25 @@ class PartitionBatches:
                     sends.watch_batch(waiting.tp, waiting.future)
             else:
                 batch = self.producer.create_batch()
+            empty = not joined
             for key, value, headers in records:
+                if value is not None and len(value) > _SURELY_FITS:
+                    size = self._too_large(key, value, headers)
+                    if size:
+                        too_large.append((topic, partition, key, value, size))
+                        continue
                 if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
                     if not joined:  # full: closed by append, sent as it is
                         batches.append((topic, partition, batch))
                     joined = False
                     batch = self.producer.create_batch()
                     if batch.append(timestamp=None, key=key, value=value, headers=headers or []) is None:
-                        raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch of {topic}")
-            if not joined:
+                        # (aiokafka's builders take any first record: not seen)
+                        too_large.append((topic, partition, key, value, len(value or b"")))
+                        empty = True
+                        continue
+                empty = False
+            if not joined and not empty:
                 batches.append((topic, partition, batch))
         self.open.clear()
         for topic, partition, batch in batches:
@@ -243,6 +319,36 @@ class PartitionBatches:
                     raise
             if sends is not None:
                 sends.watch_batch(TopicPartition(topic, partition), future)
+        if too_large:
+            await self._dead_letter(too_large)
+
+    def _too_large(self, key, value, headers) -> int:
+        """The size of a batch of this record alone (compressed as the producer's batches are) if larger
+        than a record batch may be, else 0."""
+        alone = self.producer.create_batch()
+        alone.append(timestamp=None, key=key, value=value, headers=headers or [])
+        size = len(alone._build())
+        return size if size > MAX_RECORD_BATCH_BYTES else 0
+
+    async def _dead_letter(self, too_large: list) -> None:
+        """Dead letters for records the broker would refuse (their own batches, after the others')."""
+        if self.dead_letters is None:
+            raise ValueError(f"a record of {too_large[0][4]} bytes does not fit a record batch of {too_large[0][0]}")
+        topic, stage = self.dead_letters
+        letters = PartitionBatches(self.producer, self.sends)
+        for original, partition, key, value, size in too_large:
+            reason = (f"a record of {len(value)} bytes ({size} in a batch of its own) is larger than a record "
+                      f"batch of {original} may be ({MAX_RECORD_BATCH_BYTES} bytes): not sent; value_b64 holds "
+                      f"its first {min(len(value), DEAD_LETTER_PREFIX)} bytes")
+            log.warning("%s: %s (key %r): dead-lettered", stage, reason, key)
+            dl = dead_letter(stage, reason, topic=original, value=value[:DEAD_LETTER_PREFIX], key=key,
+                             partition=partition, error="MessageSizeTooLargeError")
+            if key is None:
+                letters.add(topic, 0, None, encode_dead_letter(dl))
+            else:
+                await letters.add_keyed(topic, key, encode_dead_letter(dl))
+        self.dead_lettered += len(too_large)
+        await letters.send()
 
     def _accumulator(self):
         acc = getattr(self.producer, "_message_accumulator", None)
