@@ -50,6 +50,8 @@ from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, 
 S = 10**9
 MS = 10**6
 _OBJECTIVES = R.LATENCY_OBJECTIVES_NS
+# the objectives of a request's own hops (a chain record checks them as it adds them)
+_RESPONSE_OBJECTIVE, _BACKEND_OBJECTIVE = _OBJECTIVES.get("response"), _OBJECTIVES.get("backend")
 # a chain record's translation but a userspace proxy's (records share these: nobody mutates a record)
 _T_NONE = {"mode": "none", "confidence": "high", "proxy": None}
 _T_SOCKET_LB = {"mode": "socket_lb", "confidence": "high", "proxy": None}
@@ -605,6 +607,7 @@ class Stitcher:
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
+                timers = self._timers
                 for d in ready:
                     order = d.order  # (ts, node, n)
                     ts = order[0]
@@ -614,8 +617,9 @@ class Stitcher:
                     prev = order
                     prev_ts = ts
                     nxt = state["next"]
-                    if nxt is not None and nxt <= ts:
-                        self._fire_until(state, ts, out)  # timers due at or before e come first
+                    while nxt is not None and nxt <= ts:  # timers due at or before e come first
+                        timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
+                        nxt = state["next"]
                     try:
                         e = d.ev
                         proto = e.proto
@@ -662,17 +666,18 @@ class Stitcher:
                         if marked is not None:
                             marked.add(ck)  # whatever this event does to conns[ck] (new, changed, replaced)
                         conn = conns.get(ck)
-                        if kind == "connect" and e.syscall == "getsockopt":
-                            if conn is not None:
-                                self._connect_result(conn, side, e)
-                            continue
-                        if conn is not None and side == "cl" and kind == "connect" and conn.cn is not None:
-                            # The client port is reused: the previous connection is over.
-                            self._finish(state, conn, out, final=False)
-                            seq = conn.seq  # the new conn takes the old one's place in `conns` (and in timer order)
-                            conn = conns[ck] = _new_conn(ck, e, seq)
-                            self._schedule_new(state, conn)
-                        elif conn is None:
+                        if kind == "connect":  # (tested first: most events are not connects)
+                            if e.syscall == "getsockopt":
+                                if conn is not None:
+                                    self._connect_result(conn, side, e)
+                                continue
+                            if conn is not None and side == "cl" and conn.cn is not None:
+                                # The client port is reused: the previous connection is over.
+                                self._finish(state, conn, out, final=False)
+                                seq = conn.seq  # the new conn takes the old one's place in `conns` (and in timer order)
+                                conn = conns[ck] = _new_conn(ck, e, seq)
+                                self._schedule_new(state, conn)
+                        if conn is None:
                             if kind == "close" and side == "cl":
                                 continue  # the tail of a connection already finished
                             seq = state["seq"]
@@ -848,10 +853,11 @@ class Stitcher:
 
     def _conn_deadline(self, conn: Conn) -> int:
         dl = conn.t1 + self.idle_ns
-        settle_ns = self.settle_ns
         ccl = conn.ccl
-        if ccl is not None and ccl + settle_ns < dl:
-            dl = ccl + settle_ns
+        if ccl is not None:
+            at = ccl + self.settle_ns
+            if at < dl:
+                dl = at
         # The oldest answered request not yet emitted: requests are answered oldest first and
         # emitted oldest first, so creq is [emitted..., answered..., unanswered...] in time order.
         for r in conn.creq:
@@ -859,8 +865,9 @@ class Stitcher:
             if rts is None:
                 break
             if not r[C_DONE]:
-                if rts + settle_ns < dl:
-                    dl = rts + settle_ns
+                at = rts + self.settle_ns
+                if at < dl:
+                    dl = at
                 break
         return dl
 
@@ -1226,28 +1233,31 @@ class Stitcher:
             # what a scan of every conn would find, in the order it would find it.
             found: dict[str, int] = {}
             conn_deadline = self._conn_deadline
-            while tq and tq[0][0] <= now:
+            while True:  # (the head is due: tested above)
                 qd, key = heappop(tq)
                 conn = conns.get(key)
-                if conn is None or conn.qd != qd or key in found:
-                    continue  # a stale entry (or this conn's live one seen already)
-                dl = conn_deadline(conn)
-                if dl <= now:
-                    found[key] = conn.seq
-                else:
-                    heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
-                    conn.qd = exact[key] = dl
-                    if marked is not None:
-                        marked.add(key)
+                # (else a stale entry, or this conn's live one seen already)
+                if conn is not None and conn.qd == qd and key not in found:
+                    dl = conn_deadline(conn)
+                    if dl <= now:
+                        found[key] = conn.seq
+                    else:
+                        heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
+                        conn.qd = exact[key] = dl
+                        if marked is not None:
+                            marked.add(key)
+                if not tq or tq[0][0] > now:
+                    break
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         if marked is not None and due:
             marked.update(due)
         for key in due:
             conn = conns[key]
-            if final or (conn.ccl is not None and now >= conn.ccl + settle_ns) or now >= conn.t1 + idle_ns:
+            ccl = conn.ccl
+            if final or (ccl is not None and now >= ccl + settle_ns) or now >= conn.t1 + idle_ns:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
-                cut = final and conn.ccl is None and now < conn.t1 + idle_ns
+                cut = final and ccl is None and now < conn.t1 + idle_ns
                 try:
                     if conn.cl is not None:  # (else only the accepting side was seen: see _finish)
                         self._finish(st, conn, out, cut)
@@ -1263,8 +1273,10 @@ class Stitcher:
                     break
                 if not r[C_DONE]:
                     emitted = True
-                    try:
-                        self._emit_request(st, conn, r, out, final=False)
+                    try:  # (_emit_request, inline)
+                        r[C_DONE] = True
+                        if conn.cl is not None and (conn.svc is not None or conn.dns is not None):
+                            self._emit(st, conn, r, out, False)
                     except Exception as exc:
                         r[C_DONE] = True
                         out.append(dead_letter(self.name, FLOWS_TOPIC, key, r, exc, r[C_TS]))
@@ -1327,9 +1339,12 @@ class Stitcher:
                         st["_cs"].update(dsrv)
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
-                    old = drop_expired_front(dsrv, horizon, S_TS)
-                    if old is not None and "_cs" in st:
-                        st["_cs"].update(old)
+                    for first in dsrv.values():  # (most passes: the first has not expired, no call)
+                        if first[S_TS] < horizon:
+                            old = drop_expired_front(dsrv, horizon, S_TS)
+                            if "_cs" in st:
+                                st["_cs"].update(old)
+                        break
             if lost:
                 lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
             if dsrv or lost:
@@ -1537,7 +1552,8 @@ class Stitcher:
             b = backends[0]
             backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CONTAINER_ID])[0]
             b_ip, b_port = b[A_IP], b[A_PORT]
-            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": max(0, b[A_TS] - t_conn)})
+            connect_ns = b[A_TS] - t_conn
+            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": connect_ns if connect_ns > 0 else 0})
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
         if dnsx is not None and dnsx[DX_LATENCY_NS] is not None:
@@ -1656,9 +1672,9 @@ class Stitcher:
         a = conn.a
         cid = chain_id(a[0], a[1], conn.k, i)
         t_conn = p.t_conn
-        evidence = list(dnsx[DX_REFS]) if dnsx else []
-        evidence += conn.ev
+        evidence = dnsx[DX_REFS] + conn.ev if dnsx else conn.ev.copy()  # (one new list: refs are appended to it)
         hops = list(p.hops)  # dns, proxy, connect: then this request's
+        slow = None  # this request's hops over their objective (most: none)
 
         # response
         response = None
@@ -1680,13 +1696,19 @@ class Stitcher:
                         "status": req[C_STATUS], "bytes_sent": req[C_SENT], "bytes_received": req[C_RECEIVED], "error": None}
             evidence += req[C_EVIDENCE]
             if rts is not None:
-                hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": rts - req[C_TS]})
+                latency = rts - req[C_TS]
+                hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": latency})
+                if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
+                    slow = [hop]
             if backend_req is not None:
                 evidence += backend_req[R_EVIDENCE]
                 sts = backend_req[R_RESPONSE_TS]
                 if sts is not None:
-                    hops.append({"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
-                                 "latency_ns": sts - backend_req[R_TS]})
+                    latency = sts - backend_req[R_TS]
+                    hops.append(hop := {"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
+                                        "latency_ns": latency})
+                    if _BACKEND_OBJECTIVE is not None and latency > _BACKEND_OBJECTIVE:
+                        slow = [*(slow or ()), hop]
         elif conn.tx or conn.rx:
             response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
                         "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
@@ -1698,8 +1720,10 @@ class Stitcher:
             # the client stopped waiting (close) or the idle timeout ran out: how long it waited
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
-            hops.append({"name": "response", "start_ts": req[C_TS], "end_ts": waited_until,
-                         "latency_ns": waited_until - req[C_TS]})
+            latency = waited_until - req[C_TS]
+            hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": waited_until, "latency_ns": latency})
+            if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
+                slow = [*(slow or ()), hop]
         failed = outcome != "ok" and outcome != "pending"
         if failed:
             if response is not None:
@@ -1756,10 +1780,8 @@ class Stitcher:
                                                        "target": req[C_TARGET]}))
                 if p.slow_hops:
                     found += [("svc.hop_latency", h) for h in p.slow_hops]
-                for h in hops[len(p.hops):]:  # this request's hops
-                    obj = _OBJECTIVES.get(h["name"])
-                    if obj is not None and h["latency_ns"] > obj:
-                        found.append(("svc.hop_latency", h))
+                if slow is not None:  # this request's hops, in order
+                    found += [("svc.hop_latency", h) for h in slow]
                 if found:
                     labels = self._alert_labels(p)
                     if base_vars is None:
@@ -2041,8 +2063,7 @@ def _dedup_refs(refs: list) -> list:
     Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
     by_ts = sorted(refs, key=_ref_ts)
     prev = -1
-    for r in by_ts:  # (a loop over the sorted refs costs half a set of their times)
-        ts = r["ts"]
+    for ts in map(_ref_ts, by_ts):  # (a loop over the sorted refs costs half a set of their times)
         if ts == prev:
             break
         prev = ts

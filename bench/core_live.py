@@ -1,0 +1,152 @@
+"""The stitch stage as a live worker drives it, offline: its CPU per event (issue 8).
+
+    python -m bench.core_live [--rate EV_PER_S] [--seconds S] [--warmup S] [--rounds N] [--toggle]
+
+bench.worker_steady's traffic (tests/scenario.steady_traffic: the bench's mixed traffic, its parts side by
+side in time) through the operator graph as a live worker drives it, without Kafka or a clock: each node's
+events arrive in agent batches (0.2 s of event time); every tick (0.1 s of event time) the enrich stage
+advances every node to (newest event time - lateness), its flows batches go to the stitch stage's process(),
+and every stitch key advances to that watermark (small batches per key, not one big one); every 3 s of event
+time each stitch key gives its durable_parts, as a worker's checkpoint asks (so its change marks are kept, as
+live). The worker's event-time settings (lateness 0.4 s, settle 0.25 s). After --warmup seconds (the state as
+old as a live worker's: DNS lookups up to their 12 s timeout, connections while open), prints the stitch
+stage's advance and process CPU per event published in the span (thread time; each round a fresh graph; the
+median of --rounds) and a digest of the chains and occurrences it emitted, in order: an optimization leaves
+it unchanged (it differs with the arguments). The collector is frozen and off during a round (a worker
+freezes it every checkpoint).
+
+Beside bench.worker_steady (the figure that counts, but noisy on a shared machine: three stages, Kafka and
+the shell in one process), this isolates the core's largest cost. --toggle sends the measured advance
+calls through operator.call, so that callgrind counts their instructions alone, steady however busy the
+machine is:
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no --toggle-collect=_operator_call \\
+        python -m bench.core_live --toggle --rate 20000 --seconds 14 --warmup 12.5 --rounds 1
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import operator
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import orjson  # noqa: E402
+
+from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
+from svctrace.streams.core.graph import Graph  # noqa: E402
+from svctrace.streams.faust_app import command as worker_command  # noqa: E402
+from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
+from tests.scenario import MS, S, T0, steady_traffic  # noqa: E402
+
+TICK_NS = 100 * MS  # the worker's tick
+LINGER_NS = 200 * MS  # an agent's batch interval
+CHECKPOINT_NS = 3 * S  # the worker's default checkpoint interval
+
+
+def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str]:
+    """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest)."""
+    settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
+    g = Graph(ClusterIndex.from_records(records), settings)
+    enrich, stitch = g.enrich, g.stitch
+    lateness = settings.enrich_lateness_ns
+    enrich_states: dict = {}
+    stitch_states: dict = {}
+    digest = hashlib.sha1()
+    clock, call = time.thread_time_ns, operator.call
+    advance_ns = process_ns = measured = 0
+    pending: dict = {}  # node -> [its batch's first event time, its events]
+    i, n = 0, len(events)
+    warm_end = events[0].ts + warmup_ns
+    t = events[0].ts + TICK_NS
+    next_checkpoint = events[0].ts + CHECKPOINT_NS
+    while i < n or pending:
+        arrived = []  # the agents' batches that reach the worker by t (a batch goes once it spans LINGER_NS)
+        while i < n and events[i].ts < t:
+            e = events[i]
+            batch = pending.get(e.node)
+            if batch is None:
+                batch = pending[e.node] = [e.ts, []]
+            elif e.ts - batch[0] >= LINGER_NS:
+                arrived.append((e.node, batch[1]))
+                batch = pending[e.node] = [e.ts, []]
+            batch[1].append(e)
+            i += 1
+        if i >= n:
+            arrived += [(node, batch[1]) for node, batch in pending.items()]
+            pending = {}
+        in_span = t > warm_end
+        for node, batch in arrived:
+            if in_span:
+                measured += len(batch)
+            st = enrich_states.get(node)
+            if st is None:
+                st = enrich_states[node] = enrich.new_state()
+            enrich.process(st, node, batch)
+        watermark = enrich.newest_ts - lateness
+        flows = []
+        for node, st in enrich_states.items():
+            flows += [(key, value) for topic, key, value in enrich.advance(st, node, watermark) if topic == FLOWS_TOPIC]
+        for key, value in flows:
+            st = stitch_states.get(key)
+            if st is None:
+                st = stitch_states[key] = stitch.new_state()
+            c = clock()
+            stitch.process(st, key, value)
+            if in_span:
+                process_ns += clock() - c
+        for key, st in stitch_states.items():
+            c = clock()
+            outs = call(stitch.advance, st, key, watermark) if in_span and toggle else stitch.advance(st, key, watermark)
+            if in_span:
+                advance_ns += clock() - c
+            for _topic, k, v in outs:
+                digest.update(k.encode())
+                digest.update(orjson.dumps(v))
+        if t >= next_checkpoint:
+            next_checkpoint += CHECKPOINT_NS
+            for st in stitch_states.values():
+                stitch.durable_parts(st)
+        t += TICK_NS
+    return advance_ns, process_ns, measured, digest.hexdigest()[:16]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=40_000, help="events per second, all nodes together")
+    ap.add_argument("--seconds", type=float, default=24.0, help="seconds of traffic (warm-up included)")
+    ap.add_argument("--warmup", type=float, default=14.0, help="seconds of traffic before the measured span")
+    ap.add_argument("--rounds", type=int, default=3, help="runs, each on a fresh graph (the median is printed)")
+    ap.add_argument("--toggle", action="store_true", help="measured advance calls through operator.call (callgrind)")
+    args = ap.parse_args()
+    cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
+    records = cluster.records()
+    print(f"core_live: {args.rate:,.0f} events/s of the mixed traffic ({requests:,} requests, {len(events):,} events "
+          f"over {args.seconds:g} s), ticks of {TICK_NS / S:g} s, the last {args.seconds - args.warmup:g} s measured")
+    advance, process = [], []
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        for _ in range(args.rounds):
+            adv, proc, measured, digest = drive(records, events, int(args.warmup * S), args.toggle)
+            advance.append(adv / measured / 1e3)
+            process.append(proc / measured / 1e3)
+            print(f"  round: stitch advance {advance[-1]:.3f} us/event, process {process[-1]:.3f} us/event "
+                  f"({measured:,} events measured), outputs digest {digest}", flush=True)
+            gc.collect()
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    print(f"stitch advance {statistics.median(advance):.3f} us/event, process {statistics.median(process):.3f} "
+          f"(median of {args.rounds}); outputs digest {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
