@@ -391,6 +391,7 @@ def test_a_record_too_large_for_a_record_batch_goes_to_the_dead_letter_topic_ins
 
     from svctrace.kafka.batches import DEAD_LETTER_PREFIX, MAX_RECORD_BATCH_BYTES, FailedSends
     from svctrace.schemas.catalogue import DEADLETTER
+    from svctrace.schemas.validation import validate
 
     prefix = kafka.catalogue_topics("tl")
     topic, letters = topic_name(CHAINS, prefix), topic_name(DEADLETTER, prefix)
@@ -424,6 +425,7 @@ def test_a_record_too_large_for_a_record_batch_goes_to_the_dead_letter_topic_ins
     assert doc["partition"] == murmur2_partition(keys[5], load_catalogue()[CHAINS].partitions)
     assert f"a record of {len(huge)} bytes" in doc["reason"] and f"({MAX_RECORD_BATCH_BYTES} bytes)" in doc["reason"]
     assert base64.b64decode(doc["value_b64"]) == huge[:DEAD_LETTER_PREFIX]
+    validate("dead-letter", doc)
 
 
 @pytest.mark.kafka

@@ -64,7 +64,7 @@ def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_r
         with pytest.raises(CheckpointFormatError) as e:
             loads(_newer(raw, version))
         assert e.value.found == version
-        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5 " in str(e.value)
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5, 6 " in str(e.value)
 
 
 def test_a_format_field_elsewhere_than_first_is_checked_too():
@@ -160,7 +160,7 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
         assert status == 1, again.log_tail()
         [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
         assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format {CHECKPOINT_FORMAT + 1}" in line
-        assert "this worker reads formats 1, 2, 3, 4, 5 " in line and "Roll forward" in line
+        assert "this worker reads formats 1, 2, 3, 4, 5, 6 " in line and "Roll forward" in line
         assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
     finally:
         again.kill()
@@ -626,3 +626,56 @@ def test_an_output_record_too_large_to_send_is_dead_lettered_and_the_worker_goes
         assert producer.changelog() == [(b"node-a", b"state")] and ack.acked and not crashed
 
     asyncio.run(story())
+
+
+# -- the alerts state in parts (format 6) ------------------------------------------------------
+
+def test_alerts_states_are_written_in_parts_and_an_older_whole_record_is_upgraded():
+    """The alerts stage's shell writes a key's windows as a header and each chain as an entry; a successor
+    restores the same state. A format-5 record (the whole state, chains inside) is restored whole, and its
+    next checkpoint writes it in parts under the same key, every entry, no tombstone."""
+    from svctrace.streams.core import Runner
+    from svctrace.streams.core.stitch import OCCURRENCES_TOPIC
+    from tests.test_core_checkpoint_parts import WORKER, _mixed_traffic
+
+    cluster, events = _mixed_traffic()
+    runner = Runner(cluster.index(), WORKER, step_events=128)
+    runner.feed(events[: len(events) * 2 // 3])
+    op = runner.graph.alerts
+    states = runner.states[OCCURRENCES_TOPIC]
+    keys = [k for k, st in states.items() if any(w["chains"] for w in st["w"].values())]
+    assert keys
+
+    def shell(store):
+        changelog = SimpleNamespace(get_topic_name=lambda: "app-alerts-state-changelog")
+        return StageShell(None, "alerts", op, SimpleNamespace(data=store, changelog_topic=changelog), 12, 12)
+
+    def whole(st):
+        return loads_state(dumps_state(op.durable(st)))
+
+    store: dict = {}
+    writer = shell(store)
+    writer.live = states
+    for key in keys:
+        writer.touch(0, key)
+    writes, _ = writer.snapshot()
+    _apply(writer, writes)
+    for key in keys:
+        header = loads_checkpoint(store[key.encode()])
+        assert header["parts"] == sum(len(w["chains"]) for w in states[key]["w"].values()) > 0
+        assert all("chains" not in w for w in header["w"].values())
+        assert whole(shell(dict(store)).state(key)) == whole(states[key])
+    writer.touch(0, keys[0])  # nothing changed: nothing but (maybe) the partition entry
+    assert all(k.startswith(b"#") for _p, k, _v in writer.snapshot()[0])
+
+    key = keys[0]
+    old = {key.encode(): _newer(dumps_checkpoint(op.durable(states[key])), 5)}  # (what a format-5 worker wrote)
+    successor = shell(old)
+    assert whole(successor.state(key)) == whole(states[key])
+    successor.touch(0, key)
+    writes, _ = successor.snapshot()
+    _apply(successor, writes)
+    assert format_of(old[key.encode()]) == CHECKPOINT_FORMAT
+    assert len([k for _p, k, v in writes if b"\x1f" in k and v is not None]) == loads_checkpoint(old[key.encode()])["parts"]
+    assert not [v for _p, _k, v in writes if v is None]
+    assert whole(shell(dict(old)).state(key)) == whole(states[key])

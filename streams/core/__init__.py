@@ -23,7 +23,8 @@ Every operator `op` has:
     op.durable(state) -> dict                   what a checkpoint must keep (no re-readable input)
     op.restore(durable) -> dict                 a durable (or full) state -> a state to drive
 
-and the stitch operator, whose durable state is large (open connections, DNS lookups), also:
+and the stitch and alerts operators, whose durable states are large (open connections, DNS lookups; a
+suppression window's deduplicated chains), also:
 
     op.durable_parts(state) -> (header, changed)  its scalars, and only the entries that changed since
                                                   the last call ({subkey: entry, None for one gone};
@@ -38,7 +39,7 @@ record once all its events are older than wm, and re-reads unacknowledged
 records after a restart, may checkpoint `durable(state)` (the state without
 its input buffer) and resume from `restore(...)`: the re-read events older
 than wm are dropped as late, the others buffered again. The alerts stage
-buffers nothing: durable(state) is the state. Alerter.flush emits every
+buffers nothing: durable(state) is the state (but its change marks). Alerter.flush emits every
 window's record but keeps the window until the watermark passes end + lateness
 (is_idle is False until then), so a later occurrence counts on under the same
 alert_id; a shell that flushes idle partitions keeps such state.

@@ -68,6 +68,9 @@ class Alerter:
         if len(w["chains"]) < MAX_DEDUP:
             refs = occ["evidence"]  # the first and the last: where the request began and where it failed
             w["chains"][cid] = [occ["ts"], refs if len(refs) <= MAX_EVIDENCE else [refs[0], *refs[1 - MAX_EVIDENCE:]]]
+            marks = state.get("_ca")
+            if marks is not None:  # (a checkpointing shell's: durable_parts)
+                marks.add(f"{ws}:{cid}")
         else:
             w["extra"] += 1
         w["count"] += 1
@@ -89,6 +92,9 @@ class Alerter:
                 if w["emitted"] != w["count"]:
                     out.append((ALERTS_TOPIC, self._id(w), self._record(w)))
                 del state["w"][k]
+                marks = state.get("_ca")
+                if marks is not None:  # its chains' entries are gone
+                    marks.update([f"{k}:{cid}" for cid in w["chains"]])
         return out
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
@@ -105,11 +111,69 @@ class Alerter:
 
     @staticmethod
     def durable(state: dict) -> dict:
-        """The alerts stage buffers no input: all of its state is durable."""
+        """The alerts stage buffers no input: all of its state is durable (but the change marks)."""
+        if "_ca" in state:
+            return {k: v for k, v in state.items() if k != "_ca"}
         return state
 
     def restore(self, durable: dict) -> dict:
         return durable
+
+    # A checkpoint in parts (durable_parts / restore_parts), as the stitch stage's: a window's deduplicated
+    # chains (up to MAX_DEDUP, each [ts, evidence refs]) are most of a key's state, and each is set once and
+    # never changed: written whole, every window was rewritten at every checkpoint that touched its key.
+    # The header holds the windows without their chains; each chain is an entry of its own,
+    # "<window key>:<chain id>" -> [ts, refs] (a window key is its start, digits: the first ":" ends it),
+    # written once, and a tombstone when its window closes. The marks: "_ca", the entries added or gone
+    # since the last durable_parts (only once durable_parts has been asked: the in-process runner never
+    # keeps them).
+
+    @staticmethod
+    def durable_parts(state: dict) -> tuple[dict, dict]:
+        """(header, changed): the windows without their chains, and the chain entries added since the last
+        call ({subkey: [ts, refs]}, None for one gone); every entry at the first call on a state (or after
+        untrack()). Resets the marks; the header's "parts" counts the state's entries."""
+        windows = state["w"]
+        header = {k: v for k, v in state.items() if k != "w" and k != "_ca"}
+        header["w"] = {k: {f: v for f, v in w.items() if f != "chains"} for k, w in windows.items()}
+        header["parts"] = sum(len(w["chains"]) for w in windows.values())
+        marks = state.get("_ca")
+        changed = {}
+        if marks is None:
+            for k, w in windows.items():
+                for cid, entry in w["chains"].items():
+                    changed[f"{k}:{cid}"] = entry
+        else:
+            for sub in marks:
+                k, cid = sub.split(":", 1)
+                w = windows.get(k)
+                changed[sub] = None if w is None else w["chains"].get(cid)
+        state["_ca"] = set()
+        return header, changed
+
+    @staticmethod
+    def tracking(state: dict) -> bool:
+        """Whether the state has change marks (else durable_parts gives every entry)."""
+        return "_ca" in state
+
+    @staticmethod
+    def untrack(state: dict) -> None:
+        """Forget the change marks: the next durable_parts gives every entry."""
+        state.pop("_ca", None)
+
+    def restore_parts(self, header: dict, entries: dict) -> dict:
+        """A header and its entries {subkey: entry} (durable_parts' forms, as JSON gives them back) -> a
+        state process/advance take, marked as having given out exactly these."""
+        state = {k: v for k, v in header.items() if k != "parts"}
+        windows = state["w"] = {k: {**w, "chains": {}} for k, w in header["w"].items()}
+        for sub, entry in entries.items():
+            k, cid = sub.split(":", 1)
+            w = windows.get(k)
+            if w is None:
+                raise ValueError(f"alerts state entry {sub!r} of no window")
+            w["chains"][cid] = entry
+        state["_ca"] = set()
+        return state
 
     @staticmethod
     def _id(w: dict) -> str:

@@ -494,8 +494,8 @@ class StageShell:
     entry under key "#<partition>" with what the stage needs to resume: the keys
     it owns, its clock and its upstream progress.
 
-    An operator with durable_parts (the stitch stage) is checkpointed in parts
-    (checkpoint.py, format 5): a key's record is its header, each entry of its state
+    An operator with durable_parts (the stitch and alerts stages) is checkpointed in parts
+    (checkpoint.py, formats 5 and 6): a key's record is its header, each entry of its state
     a record keyed <key> PART_SEP <entry key>, written when it changed."""
 
     def __init__(self, worker: "Worker", name: str, op, table, partitions: int, sources: int):

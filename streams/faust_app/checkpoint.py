@@ -24,8 +24,16 @@ bucket goes idle; a bucket's records of one checkpoint go in one producer batch 
 partition (the bucket's; StageShell.write), which Kafka appends whole, so a successor never restores
 half of one checkpoint (unless a partition's records of one checkpoint exceed MAX_STATE_BYTES: then
 several batches, logged). A format-4 bucket record (the whole durable state) is still read: restored whole, its
-next checkpoint writes the header under the same key and every entry. The enrich and alerts stages
-write whole records as in format 4 (their states are small: a node's, a rule+labels').
+next checkpoint writes the header under the same key and every entry. The enrich stage writes whole
+records as in format 4 (a node's state is small).
+
+Format 6: the alerts stage's key (rule + labels) is written in parts too (Alerter.durable_parts): its
+header holds its suppression windows without their deduplicated chains, and each chain ([ts, evidence
+refs], set once) is an entry keyed `<key>` PART_SEP `<window start>:<chain id>`, written once and
+tombstoned when its window closes (an alert key is "rule|labels": no PART_SEP either). A window's chains
+(up to 10,000) were rewritten whole at every checkpoint that touched its key. An alerts record of an
+older format (the whole state) is read and restored whole; its next checkpoint writes it in parts. Stitch
+records are format 5's.
 
 Bump CHECKPOINT_FORMAT when what a record holds changes so that this worker could not read
 it (a new state layout, a renamed field), and teach the reader the older formats it must go
@@ -48,9 +56,10 @@ UNVERSIONED = 1  # records without FORMAT_FIELD
 # Formats 1 and 2 hold the same layouts minus those and load as they are. 4: the stitch state's DNS
 # lookups, queries, answers, servers' records and a connection's client, connect and lookup summary
 # (conn "cl", "cn", "dns") are lists, no "dq" queue, claimed lookups queued apart ("lc"); Stitcher.restore
-# upgrades formats 1-3. 5: the stitch state in parts (above); format-4 records load as they are.
-CHECKPOINT_FORMAT = 5
-READABLE = frozenset({UNVERSIONED, 2, 3, 4, CHECKPOINT_FORMAT})
+# upgrades formats 1-3. 5: the stitch state in parts (above); format-4 records load as they are. 6: the alerts
+# state in parts (above): a format-5 reader would take a header for a state without chains.
+CHECKPOINT_FORMAT = 6
+READABLE = frozenset({UNVERSIONED, 2, 3, 4, 5, CHECKPOINT_FORMAT})
 PART_SEP = "\x1f"  # <key> PART_SEP <entry key>: the changelog key of one entry of a key's state
 PARTS_FIELD = "parts"  # a header's field: how many entries its key's state has
 
