@@ -4,9 +4,9 @@
 #
 #   docker build -t svctrace/svctrace:0.1.0 .
 #
-# Stages: `bpf` compiles the CO-RE BPF object with Debian's clang/bpftool/libbpf-dev,
-# `wheels` builds svctrace and its dependencies into wheels, the runtime stage installs
-# them on python:3.11-slim with Debian's libbpf1 (loaded through ctypes) and nothing else:
+# Stages: `bpf` compiles the CO-RE BPF object with Debian's clang/bpftool/libbpf-dev (and,
+# with the same clang, the core's modules by Cython), `wheels` builds svctrace and its
+# dependencies into wheels, the runtime stage installs them on python:3.11-slim with Debian's libbpf1 (loaded through ctypes) and nothing else:
 # no compiler, no headers in the image that runs on every node.
 #
 # Debian bookworm everywhere, so the libbpf1 the agent loads at run time (1.1.2) is the
@@ -37,6 +37,10 @@ RUN pip install --no-cache-dir --no-deps . \
  && install -D -m 0644 "${obj}" /out/svctrace.bpf.o \
  && lib="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --native --force)" \
  && install -D -m 0644 "${lib}" /out/svctrace-fastpath.so
+# The core compiled by Cython (streams/core/native.py), from the very sources the wheel installs.
+RUN pip install --no-cache-dir "Cython>=3.0" "setuptools>=77" \
+ && CC=clang LDSHARED="clang -shared" python -m svctrace.streams.core.build_native --out /out/_compiled \
+ && rm -rf /out/_compiled/.build
 
 # --------------------------------------------------------------------------- wheels
 FROM ${PYTHON_IMAGE} AS wheels
@@ -59,6 +63,10 @@ RUN --mount=type=bind,from=wheels,source=/wheels,target=/wheels \
 # Where the chart's agent args point (--bpf-object, --native-lib).
 COPY --from=bpf /out/svctrace.bpf.o /usr/lib/svctrace/svctrace.bpf.o
 COPY --from=bpf /out/svctrace-fastpath.so /usr/lib/svctrace/svctrace-fastpath.so
+# Beside the core's modules (the site-packages of PYTHON_IMAGE's Python 3.11); the check fails the build
+# if they are not the ones the installed sources would run.
+COPY --from=bpf /out/_compiled /usr/local/lib/python3.11/site-packages/svctrace/streams/core/_compiled
+RUN python -c "import svctrace.streams.core as c; assert c.NATIVE == 'compiled', c.NATIVE"
 # Numeric uid so the kubelet can verify runAsNonRoot. The agent alone runs as uid 0 with
 # only the capabilities the chart grants (see helm/svctrace/values.yaml).
 RUN groupadd --system --gid 10001 svctrace \

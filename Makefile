@@ -3,19 +3,22 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# The core compiled by Cython (streams/core/native.py); rebuilt when one of its modules changes.
+NATIVE  := streams/core/_compiled/SOURCES
+NATIVE_SOURCES := $(addprefix streams/core/,$(addsuffix .py,alerts dns enrich enriched graph http keys memo rules runner stitch timeorder))
 
 .PHONY: demo test setup system-deps bench clean
 
 # The main job on the embedded default: no cluster, no broker.
 # analyze exits 1 when it finds warning or critical alerts; the bundled example has broken paths on purpose.
-demo: $(STAMP)
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/svctrace analyze examples/seed/capture.scap --cluster examples/seed/cluster.json || [ $$? -eq 1 ]
 
 # The whole test suite, exactly as CI runs it.
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) $(NATIVE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-setup: $(STAMP)
+setup: $(STAMP) $(NATIVE)
 
 $(STAMP): pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -23,13 +26,18 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Without a C compiler the core runs as Python (slower, the same outputs); the tests say so
+# (tests/test_core_native.py), the worker and analyze log it.
+$(NATIVE): $(STAMP) $(NATIVE_SOURCES)
+	$(BIN)/python -m svctrace.streams.core.build_native || echo "svctrace: compiling the core failed (see above): it runs as Python"
+
 # Debian packages the tests use (python3-venv for the venv, sysdig as the decoder's oracle, clang/bpftool/libbpf
 # for the eBPF agent, iptables/iproute2 for the lab networks). Idempotent.
 system-deps:
 	bash .ci/install-system-deps
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) $(NATIVE) system-deps
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build *.egg-info streams/core/_compiled

@@ -101,9 +101,14 @@ that long after its end.
 
 Modules: dns.py (dnspython, memoized), http.py (httptools/llhttp), keys.py,
 rules.py (the alert catalogue: ONE table), memo.py, enrich.py, stitch.py,
-alerts.py, graph.py, runner.py.
+alerts.py, graph.py, runner.py. native.py: the same modules compiled by Cython,
+used when built from exactly these sources (NATIVE says which run).
 """
-from .graph import Graph, Settings, dumps_state, loads_state
-from .runner import RunResult, Runner, run
+from . import native
 
-__all__ = ["Graph", "Settings", "Runner", "RunResult", "run", "dumps_state", "loads_state"]
+NATIVE = native.select(__path__)  # before any module it compiles is imported
+
+from .graph import Graph, Settings, dumps_state, loads_state  # noqa: E402
+from .runner import RunResult, Runner, run  # noqa: E402
+
+__all__ = ["Graph", "Settings", "Runner", "RunResult", "run", "dumps_state", "loads_state", "NATIVE"]

@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
             await ensure_topics(args.bootstrap, prefix=args.topic_prefix)  # the whole catalogue
         await ensure_topics(args.bootstrap, worker.internal_topics())  # the worker's own changelogs
 
-    print(f"svctrace worker: connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
+    from svctrace.streams.core import NATIVE
+
+    print(f"svctrace worker: core {NATIVE}; connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
           file=sys.stderr, flush=True)
     try:
         asyncio.run(prepare())

@@ -1,0 +1,77 @@
+"""The core compiled by Cython (streams/core/native.py): used here, used only when built from the sources
+beside it, and giving the very outputs the Python modules give."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import svctrace.streams.core as core
+from svctrace.streams.core import native
+from tests.scenario import FAULTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Chains and alerts of live-like traffic (the bench's mix) and of every fault in every mode, as one digest.
+OUTPUTS = """
+import hashlib, sys
+from svctrace.schemas.models import dumps
+from svctrace.streams.core import NATIVE, run
+from tests.scenario import FAULTS, MODES, S, T0, build, steady_traffic
+
+h, chains, alerts = hashlib.sha256(), 0, 0
+runs = [steady_traffic(6000, 4, T0)[:2]] + [build(f, m, requests=3, gap_ns=S // 20) for f in FAULTS for m in MODES]
+for cluster, events in runs:
+    result = run(events, cluster.index())
+    h.update(dumps({"chains": result.chains, "alerts": result.alerts}))
+    chains, alerts = chains + len(result.chains), alerts + len(result.alerts)
+print(NATIVE)
+print(chains, alerts, h.hexdigest())
+"""
+
+
+def _outputs(pure: bool) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    if pure:
+        env[native.PURE_ENV] = "1"
+    done = subprocess.run([sys.executable, "-c", OUTPUTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_core_runs_compiled():
+    """make setup compiles it; if it could not (no compiler, a module Cython refuses), this says why."""
+    assert os.environ.get(native.PURE_ENV) is None, f"{native.PURE_ENV} is set"
+    assert core.NATIVE == "compiled", core.NATIVE
+    import svctrace.streams.core.stitch as stitch
+
+    assert Path(stitch.__file__).parent.name == native.BUILT
+
+
+def test_compiled_and_python_modules_give_the_same_chains_and_alerts():
+    compiled, python = _outputs(pure=False), _outputs(pure=True)
+    assert compiled[0] == "compiled" and python[0].startswith("Python")
+    chains, alerts, _ = compiled[1].split()
+    assert int(chains) > 1000 and int(alerts) >= len(FAULTS) - 1  # (every fault but "healthy" alerts)
+    assert compiled[1] == python[1]
+
+
+def test_built_modules_stand_in_only_for_the_sources_they_were_built_from(tmp_path):
+    here = Path(native.__file__).parent
+    copy = tmp_path / "core"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__", ".build"))
+    assert native.built_status(copy) == (True, "compiled")
+    stitch = copy / "stitch.py"
+    stitch.write_text(stitch.read_text() + "\n# an edit\n")
+    ok, why = native.built_status(copy)
+    assert not ok and "other sources" in why
+    shutil.copy2(here / "stitch.py", stitch)  # the edit undone: the same bytes, the build stands again
+    assert native.built_status(copy) == (True, "compiled")
+    next((copy / native.BUILT).glob("keys.*")).unlink()
+    ok, why = native.built_status(copy)
+    assert not ok and "keys missing" in why
+    shutil.rmtree(copy / native.BUILT)
+    assert native.built_status(copy) == (False, "not compiled (make setup compiles it)")
