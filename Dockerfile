@@ -32,13 +32,18 @@ COPY schemas schemas
 # The project's own build helper (the same flags as the tests' build), with its cache in /build:
 # the BPF object, and the agent's native per-event loop (a plain shared library, libc only;
 # the runtime stage has no compiler, so it is built here and loaded with --native-lib).
+# The helpers run from / : `python -m` puts the working directory first on the path, and /src/svctrace
+# (the sources' top package, without the agents/streams/schemas it installs) would shadow the installed one.
 RUN pip install --no-cache-dir --no-deps . \
+ && cd / \
  && obj="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --force --btf "${BTF}")" \
  && install -D -m 0644 "${obj}" /out/svctrace.bpf.o \
  && lib="$(XDG_CACHE_HOME=/build python -m svctrace.agents.ebpf.build --native --force)" \
  && install -D -m 0644 "${lib}" /out/svctrace-fastpath.so
-# The core compiled by Cython (streams/core/native.py), from the very sources the wheel installs.
-RUN pip install --no-cache-dir "Cython>=3.0" "setuptools>=77" \
+# The core compiled by Cython (streams/core/native.py), from the very sources the wheel installs
+# (its build imports the core's package, so svctrace goes in with its dependencies here).
+RUN pip install --no-cache-dir . "Cython>=3.0" "setuptools>=77" \
+ && cd / \
  && CC=clang LDSHARED="clang -shared" python -m svctrace.streams.core.build_native --out /out/_compiled \
  && rm -rf /out/_compiled/.build
 

@@ -23,6 +23,7 @@ def build(out: Path = HERE / BUILT, jobs: int = 2) -> Path:
 
     digest = sources_digest()
     work = out / ".build"
+    out.mkdir(parents=True, exist_ok=True)
     (out / SOURCES).unlink(missing_ok=True)
     extensions = cythonize(
         [Extension(f"svctrace.streams.core.{name}", [str(HERE / f"{name}.py")]) for name in MODULES],
