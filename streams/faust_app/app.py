@@ -129,6 +129,9 @@ EMPTY_ENRICHED = orjson.dumps({"schema": "svctrace.enriched-batch", "version": 1
 # Events per record on svctrace.flows / svctrace.events.enriched: like an agent's batch (a release
 # of a backlog holds many thousands per bucket; ~700 B of JSON each, 1 MiB per record at most).
 RECORD_EVENTS = 1000
+# Bytes per such record before compression, at most: compressed it stays below the topics' max.message.bytes
+# (1 MiB) whatever the payloads (svctrace.kafka.batches: a value this small fits).
+RECORD_BYTES = 768 * 1024
 # Records per producer batch, in bytes before compression (Faust's default: 16 KiB). Chain records
 # (~2 KiB) go out thousands at a time: each batch costs a compression call (zstd: ~25 us fixed),
 # CRC, a request entry and a future; bigger ones also compress better. Compressed, it stays far
@@ -162,17 +165,34 @@ def stable_partition(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % partitions
 
 
-def _chunks(batch: dict):
-    """An enriched batch as records of at most RECORD_EVENTS events (loss markers in the first)."""
+def _records(batch: dict, encode):
+    """An enriched batch as records, (chunk, its bytes by `encode`): at most RECORD_EVENTS events and
+    RECORD_BYTES bytes each, loss markers in the first. A chunk over RECORD_BYTES is cut again into as
+    many events as its bytes say fit (encoded once more, only then): with payloads of up to 4 KiB
+    (--snaplen 4096), incompressible when they are TLS, 1000 events are ~4 MB, which the broker refuses."""
     events = batch.get("events") or ()
     if len(events) <= RECORD_EVENTS:
-        yield batch
-        return
-    for i in range(0, len(events), RECORD_EVENTS):
-        chunk = {**batch, "events": events[i:i + RECORD_EVENTS]}
-        if i and "lost" in chunk:
-            del chunk["lost"]
-        yield chunk
+        pending = [batch]
+    else:
+        pending = [_chunk(batch, events, i, i + RECORD_EVENTS) for i in range(0, len(events), RECORD_EVENTS)]
+    pending.reverse()  # (a stack, first chunk on top)
+    while pending:
+        chunk = pending.pop()
+        data = encode(chunk)
+        n = len(chunk.get("events") or ())
+        if len(data) <= RECORD_BYTES or n <= 1:  # (one event is at most a few payload KiB: it fits)
+            yield chunk, data
+            continue
+        events = chunk["events"]
+        step = max(1, min(n // 2, n * RECORD_BYTES // len(data)))
+        pending.extend(reversed([_chunk(chunk, events, i, i + step) for i in range(0, n, step)]))
+
+
+def _chunk(batch: dict, events, start: int, end: int) -> dict:
+    chunk = {**batch, "events": events[start:end]}
+    if start and "lost" in chunk:
+        del chunk["lost"]
+    return chunk
 
 
 # -- Faust plumbing: TLS/SASL, an idempotent producer ---------------------------------------
@@ -1318,13 +1338,12 @@ class Worker:
                         await self._stitch_here(partition, key, value)
                         continue
                     local = TP(names[FLOWS_TOPIC], partition) in self.app.consumer.assignment()
-                    for chunk in _chunks(value):
+                    for chunk, data in _records(value, encode_flows_batch):
                         # our own stitch stage reads it back: hand it the objects; numbered either way
                         tag = self.handoff.keep(chunk) if local else self.handoff.number()
                         self.flows_sent[partition] = self.handoff.seq
                         headers = [(SOURCE_HEADER, str(p).encode()), (HANDOFF_HEADER, tag)]
-                        await watched(send(names[FLOWS_TOPIC], key.encode(), encode_flows_batch(chunk), partition,
-                                           None, headers))
+                        await watched(send(names[FLOWS_TOPIC], key.encode(), data, partition, None, headers))
                 elif topic == OCCURRENCES_TOPIC:
                     r = stable_partition(key, self.partitions)
                     headers = [(SOURCE_HEADER, str(p).encode())]
@@ -1335,8 +1354,8 @@ class Worker:
                     if tag is not None:
                         here.append((r, key, value, tag))
                 elif topic == ENRICHED_TOPIC:
-                    for chunk in _chunks(value):
-                        await watched(send(names[topic], key.encode(), encode_enriched_batch(chunk), None, None, None))
+                    for _, data in _records(value, encode_enriched_batch):
+                        await watched(send(names[topic], key.encode(), data, None, None, None))
                 elif topic in self.t_out:  # keyed records (chains, alerts): no coroutine per record
                     name = names[topic]
                     n = partitions.get(name)
@@ -1401,11 +1420,11 @@ class Worker:
         stage.touch(p, key)
         return outs
 
-    def _copies(self, busy: set[int]) -> list[tuple[int, str, dict, int | None]]:
+    def _copies(self, busy: set[int]) -> list[tuple[int, str, dict]]:
         """At a checkpoint, right after the stitch snapshot: what was handed to the stitch stage directly
         since the last checkpoint and is not in the state written now (its buffered events, at or past
         the key's watermark; everything, losses too, for a partition whose state is not written now:
-        `busy`), as enriched batches to write to svctrace.flows: (partition, key, batch, newest time)."""
+        `busy`), as enriched batches to write to svctrace.flows: (partition, key, batch)."""
         copies = []
         handed, self.handed = self.handed, {}
         for p, items in handed.items():
@@ -1429,8 +1448,7 @@ class Worker:
                 batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
                 if lost:
                     batch["lost"] = lost
-                for chunk in _chunks(batch):
-                    copies.append((p, key, chunk, max(map(_ENRICHED_TS, chunk["events"]), default=None)))
+                copies.append((p, key, batch))
         return copies
 
     async def _send_handed(self, p: int, handed: list) -> None:
@@ -1438,11 +1456,10 @@ class Worker:
             batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
             if lost:
                 batch["lost"] = lost
-            for chunk in _chunks(batch):
+            for _, data in _records(batch, encode_flows_batch):
                 tag = self.handoff.number()
                 self.flows_sent[p] = self.handoff.seq
-                await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
-                                                             encode_flows_batch(chunk), p, None,
+                await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), data, p, None,
                                                              [(HANDOFF_HEADER, tag)]))
 
     async def _durable_marks(self, announced: dict) -> None:
@@ -1467,11 +1484,12 @@ class Worker:
         counts on them. Read back here (same assignment) they are only acknowledged, once their
         events are applied; anywhere else (a successor, this worker after a rebalance) they are read
         as any flows record."""
-        for p, key, chunk, max_ts in copies:
-            tag = self.handoff.number()  # (not counted as sent: no mark waits for what we hold already)
-            self.for_successor[tag] = (key, max_ts)
-            await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(),
-                                                         encode_flows_batch(chunk), p, None, [(HANDOFF_HEADER, tag)]))
+        for p, key, batch in copies:
+            for chunk, data in _records(batch, encode_flows_batch):
+                tag = self.handoff.number()  # (not counted as sent: no mark waits for what we hold already)
+                self.for_successor[tag] = (key, max(map(_ENRICHED_TS, chunk["events"]), default=None))
+                await self.sends.send(self.app.producer.send(self.names[FLOWS_TOPIC], key.encode(), data, p, None,
+                                                             [(HANDOFF_HEADER, tag)]))
 
     def _announce(self, downstream: str, source: int, mark) -> None:
         """Queue a progress announcement of `source` to every partition of `downstream`."""
