@@ -55,3 +55,35 @@ def test_the_state_is_frozen_every_few_seconds_and_fully_collected_now_and_then(
         gc.unfreeze()
         if was_enabled:
             gc.enable()
+
+
+def test_full_collections_that_find_little_come_ever_less_often_and_one_that_finds_more_resets_them():
+    clock = _Clock()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()  # (garbage of earlier tests is not this freezer's)
+        freezer = GcFreezer(every_s=3.0, full_s=60.0, max_full_s=240.0, clock=clock)
+        fulls = []
+        for _ in range(600):  # 600 s of ticks every second, no cyclic garbage made
+            clock.now += 1.0
+            before = freezer.full_at
+            freezer.tick()
+            if freezer.full_at != before:
+                fulls.append(round(freezer.full_at - 1000.0))
+        assert fulls == [60, 180, 420]  # waits 60, 120, 240 (the most): the next one at 660
+        # a source of cycles: more than GARBAGE_PER_S per second of the wait
+        garbage = []
+        for _ in range(GcFreezer.GARBAGE_PER_S * 240):
+            a, b = _Node(), _Node()
+            a.other, b.other = b, a
+            garbage.append(weakref.ref(a))
+            del a, b
+        clock.now = 1000.0 + 660
+        freezer.tick()
+        assert all(ref() is None for ref in garbage) and freezer.collected >= 2 * len(garbage)
+        assert freezer.full_wait == 60.0  # back to the first wait
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
