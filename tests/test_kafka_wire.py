@@ -118,18 +118,14 @@ def test_event_maker_sharing_makes_make_events_events():
         event_maker_sharing(shared, ["ip"])
 
 
-@pytest.mark.parametrize("twin_refused", [False, True])
-def test_event_maker_reading_makes_the_events_of_the_values_it_reads(monkeypatch, twin_refused):
+def test_event_maker_reading_makes_the_events_of_the_values_it_reads():
     from dataclasses import astuple, fields
 
     import msgspec
 
-    from svctrace.schemas import models
     from svctrace.schemas.models import SyscallEvent, event_maker_reading, make_event
     from svctrace.streams.faust_app import wire
 
-    if twin_refused:  # an interpreter that refuses the __class__ change: the slower maker, same events
-        monkeypatch.setattr(models, "_compile_attr_event_maker", lambda shared, names: None)
     _, batches = _batches()
     events = [e for b in batches for e in b.events]
     structs = [wire._SyscallEventWire(*astuple(e)) for e in events]  # what the decoder reads them from
@@ -143,10 +139,33 @@ def test_event_maker_reading_makes_the_events_of_the_values_it_reads(monkeypatch
         assert a.node is b.node and a.local_ip is b.local_ip and a.comm is b.comm
         assert a.remote_ip is not b.remote_ip or a.remote_ip is None  # not a shared field
     assert {e.local_ip for e in events} - {None} <= shared.keys()
-    assert twin_refused or None not in shared  # an optional field's None is not looked up
+    assert None not in shared  # an optional field's None is not looked up
     with pytest.raises(ValueError, match="not SyscallEvent fields"):
         event_maker_reading(shared, ["ip"])
     assert wire._SyscallEventWire.__struct_fields__ == tuple(f.name for f in fields(SyscallEvent))
+
+
+def test_event_sharer_shares_the_strings_of_decoded_events_in_place():
+    import msgspec
+
+    from svctrace.schemas.models import SyscallEvent, event_sharer
+
+    _, batches = _batches()
+    events = [e for b in batches for e in b.events]
+    decode = msgspec.json.Decoder(list[SyscallEvent]).decode
+    raw = msgspec.json.encode(events)
+    shared: dict = {}
+    share = event_sharer(shared, ["node", "local_ip", "errno"])
+    first = decode(raw)
+    assert share(first) is first and first == events
+    again = share(decode(raw))
+    assert again == events
+    for a, b in zip(first, again):  # new strings of equal values: the first ones again
+        assert a.node is b.node and a.local_ip is b.local_ip
+        assert a.comm is not b.comm  # not a shared field
+    assert {e.local_ip for e in events} - {None} <= shared.keys() and None not in shared
+    with pytest.raises(ValueError, match="not SyscallEvent fields"):
+        event_sharer(shared, ["ip"])
 
 
 def test_record_encoder_writes_the_bytes_of_the_schema_encoder():
