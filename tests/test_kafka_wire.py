@@ -322,6 +322,33 @@ def test_flows_batch_rows_of_another_worker_version_are_read_by_field_name():
             read_flows_record(msgspec.msgpack.encode(bad), [], handoff)
 
 
+def test_flows_batch_rows_share_strings_and_read_values_no_enumeration_knows():
+    """Rows decode with the enumerated fields as the interned literals and the other strings shared
+    across records; a kind (or proto ...) outside the schema's enumeration still reads back."""
+    import msgspec
+
+    from svctrace.streams.faust_app.wire import LocalHandoff, encode_flows_batch, read_flows_record
+
+    handoff = LocalHandoff()
+    batch = next(b for b in _enriched_batches() if b["events"])
+    raw = encode_flows_batch(batch)
+    first, again = read_flows_record(raw, [], handoff)["events"], read_flows_record(raw, [], handoff)["events"]
+    assert first == again == batch["events"]
+    for a, b in zip(first, again):
+        assert a.ev.local_ip is b.ev.local_ip and a.ev.node is b.ev.node and a.ev.comm is b.ev.comm
+        assert a.ev.kind is {"connect": "connect", "accept": "accept", "send": "send", "recv": "recv",
+                             "close": "close"}[a.ev.kind]
+    doc = msgspec.msgpack.decode(raw)
+    kind, proto = doc["fields"].index("kind"), doc["fields"].index("proto")
+    doc["events"][0][kind] = "splice"
+    doc["events"][1][proto] = "sctp"
+    events = read_flows_record(msgspec.msgpack.encode(doc), [], handoff)["events"]
+    assert (events[0].ev.kind, events[1].ev.proto) == ("splice", "sctp")
+    assert [e.ev.with_(kind=b.ev.kind, proto=b.ev.proto) for e, b in zip(events, batch["events"])] == \
+        [b.ev for b in batch["events"]]
+    assert events[2].ev.local_ip is first[2].ev.local_ip  # shared on that path too
+
+
 def test_flows_records_decode_to_the_enrich_stage_objects():
     from svctrace.streams.faust_app.wire import LocalHandoff, encode_enriched_batch, read_flows_record
 
