@@ -184,18 +184,20 @@ def event_sharer(shared: dict, names) -> Any:
     """share(events): the same events (a list of SyscallEvents nobody else holds yet: a decoder's),
     their values of the fields `names` replaced in place by shared.setdefault's, as
     event_maker_sharing shares them (an optional field's None is not looked up); returns the list.
-    For events msgspec decoded: about 0.05 us per field and event, far less than making each event
+    A value equal to the previous event's takes the object found for it without a lookup (a batch's
+    node, a connection's IPs, a process's comm repeat from event to event; comparing equal strings
+    costs less than hashing a new one): ~6% fewer instructions for the decode than a lookup per value.
+    For events msgspec decoded: about 0.04 us per field and event, far less than making each event
     again."""
     names = _check_names(names)
-    body = ["    for e in events:\n"]
-    for f in fields(SyscallEvent):
-        if f.name not in names:
-            continue
-        if f.name in _OPTIONAL:
-            body.append(f"        v = e.{f.name}\n        if v is not None:\n"
-                        f"            _set(e, {f.name!r}, _shared(v, v))\n")
-        else:
-            body.append(f"        v = e.{f.name}\n        _set(e, {f.name!r}, _shared(v, v))\n")
+    shared_fields = [f.name for f in fields(SyscallEvent) if f.name in names]
+    body = ["".join(f"    last_{name} = same_{name} = None\n" for name in shared_fields), "    for e in events:\n"]
+    for name in shared_fields:
+        lookup = (f"if v != last_{name}:\n    last_{name} = v\n    same_{name} = _shared(v, v)\n"
+                  f"_set(e, {name!r}, same_{name})\n")
+        if name in _OPTIONAL:
+            lookup = "if v is not None:\n" + "".join(f"    {line}\n" for line in lookup.splitlines())
+        body.append(f"        v = e.{name}\n" + "".join(f"        {line}\n" for line in lookup.splitlines()))
     body.append("    return events\n")
     return _compile("share", "events", "".join(body), {"_set": _force_setattr, "_shared": shared.setdefault})
 
