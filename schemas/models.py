@@ -11,15 +11,12 @@ import base64
 import time
 from binascii import a2b_base64
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 import orjson
 
 SCHEMA_VERSION = 1
-
-EVENT_KINDS = ("connect", "accept", "send", "recv", "close", "socket", "bind", "listen", "shutdown", "lost")
-
 
 # The values the schema enumerates (syscall-batch.schema.json). As SyscallEvent's annotations they make
 # msgspec hand back the Literal's own string when it decodes one (interned: the very object the core
@@ -29,6 +26,7 @@ EventKind = Literal["connect", "accept", "send", "recv", "close", "socket", "bin
 Proto = Literal["tcp", "udp", "unix", "raw"]
 Family = Literal["ipv4", "ipv6", "unix"]
 Role = Literal["client", "server"]
+EVENT_KINDS = get_args(EventKind)
 
 
 class SyscallEvent(msgspec.Struct, frozen=True, gc=False):
