@@ -118,18 +118,14 @@ def test_event_maker_sharing_makes_make_events_events():
         event_maker_sharing(shared, ["ip"])
 
 
-@pytest.mark.parametrize("twin_refused", [False, True])
-def test_event_maker_reading_makes_the_events_of_the_values_it_reads(monkeypatch, twin_refused):
+def test_event_maker_reading_makes_the_events_of_the_values_it_reads():
     from dataclasses import astuple, fields
 
     import msgspec
 
-    from svctrace.schemas import models
     from svctrace.schemas.models import SyscallEvent, event_maker_reading, make_event
     from svctrace.streams.faust_app import wire
 
-    if twin_refused:  # an interpreter that refuses the __class__ change: the slower maker, same events
-        monkeypatch.setattr(models, "_compile_attr_event_maker", lambda shared, names: None)
     _, batches = _batches()
     events = [e for b in batches for e in b.events]
     structs = [wire._SyscallEventWire(*astuple(e)) for e in events]  # what the decoder reads them from
@@ -143,10 +139,33 @@ def test_event_maker_reading_makes_the_events_of_the_values_it_reads(monkeypatch
         assert a.node is b.node and a.local_ip is b.local_ip and a.comm is b.comm
         assert a.remote_ip is not b.remote_ip or a.remote_ip is None  # not a shared field
     assert {e.local_ip for e in events} - {None} <= shared.keys()
-    assert twin_refused or None not in shared  # an optional field's None is not looked up
+    assert None not in shared  # an optional field's None is not looked up
     with pytest.raises(ValueError, match="not SyscallEvent fields"):
         event_maker_reading(shared, ["ip"])
     assert wire._SyscallEventWire.__struct_fields__ == tuple(f.name for f in fields(SyscallEvent))
+
+
+def test_event_sharer_shares_the_strings_of_decoded_events_in_place():
+    import msgspec
+
+    from svctrace.schemas.models import SyscallEvent, event_sharer
+
+    _, batches = _batches()
+    events = [e for b in batches for e in b.events]
+    decode = msgspec.json.Decoder(list[SyscallEvent]).decode
+    raw = msgspec.json.encode(events)
+    shared: dict = {}
+    share = event_sharer(shared, ["node", "local_ip", "errno"])
+    first = decode(raw)
+    assert share(first) is first and first == events
+    again = share(decode(raw))
+    assert again == events
+    for a, b in zip(first, again):  # new strings of equal values: the first ones again
+        assert a.node is b.node and a.local_ip is b.local_ip
+        assert a.comm is not b.comm  # not a shared field
+    assert {e.local_ip for e in events} - {None} <= shared.keys() and None not in shared
+    with pytest.raises(ValueError, match="not SyscallEvent fields"):
+        event_sharer(shared, ["ip"])
 
 
 def test_record_encoder_writes_the_bytes_of_the_schema_encoder():
@@ -301,6 +320,33 @@ def test_flows_batch_rows_of_another_worker_version_are_read_by_field_name():
                         ({**doc, "version": 2}, r"\$\.version")):
         with pytest.raises(DecodeError, match=reason):
             read_flows_record(msgspec.msgpack.encode(bad), [], handoff)
+
+
+def test_flows_batch_rows_share_strings_and_read_values_no_enumeration_knows():
+    """Rows decode with the enumerated fields as the interned literals and the other strings shared
+    across records; a kind (or proto ...) outside the schema's enumeration still reads back."""
+    import msgspec
+
+    from svctrace.streams.faust_app.wire import LocalHandoff, encode_flows_batch, read_flows_record
+
+    handoff = LocalHandoff()
+    batch = next(b for b in _enriched_batches() if b["events"])
+    raw = encode_flows_batch(batch)
+    first, again = read_flows_record(raw, [], handoff)["events"], read_flows_record(raw, [], handoff)["events"]
+    assert first == again == batch["events"]
+    for a, b in zip(first, again):
+        assert a.ev.local_ip is b.ev.local_ip and a.ev.node is b.ev.node and a.ev.comm is b.ev.comm
+        assert a.ev.kind is {"connect": "connect", "accept": "accept", "send": "send", "recv": "recv",
+                             "close": "close"}[a.ev.kind]
+    doc = msgspec.msgpack.decode(raw)
+    kind, proto = doc["fields"].index("kind"), doc["fields"].index("proto")
+    doc["events"][0][kind] = "splice"
+    doc["events"][1][proto] = "sctp"
+    events = read_flows_record(msgspec.msgpack.encode(doc), [], handoff)["events"]
+    assert (events[0].ev.kind, events[1].ev.proto) == ("splice", "sctp")
+    assert [e.ev.with_(kind=b.ev.kind, proto=b.ev.proto) for e, b in zip(events, batch["events"])] == \
+        [b.ev for b in batch["events"]]
+    assert events[2].ev.local_ip is first[2].ev.local_ip  # shared on that path too
 
 
 def test_flows_records_decode_to_the_enrich_stage_objects():

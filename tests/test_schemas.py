@@ -118,3 +118,16 @@ def test_agent_stats_and_dead_letter_models_validate():
     dl = DeadLetter(stage="enrich", reason="bad", topic="svctrace.syscalls", value=b"\x00", key=None, offset=3)
     validate("dead-letter", dl.to_dict())
     assert errors("dead-letter", dl.to_dict()) == []
+
+
+def test_syscall_event_literals_are_the_schema_enumerations():
+    """SyscallEvent's Literal annotations (what msgspec decodes the enumerated fields into, interned)
+    list exactly the values syscall-batch.schema.json enumerates."""
+    from typing import get_args, get_type_hints
+
+    props = schema_document("syscall-batch")["$defs"]["event_fields"]["properties"]
+    hints = get_type_hints(SyscallEvent)
+    for name in ("kind", "proto", "family", "role"):
+        literal = [a for a in get_args(hints[name]) if a is not type(None)]
+        values = literal[0] if name != "kind" else hints[name]
+        assert list(get_args(values)) + ([None] if name != "kind" else []) == props[name]["enum"], name

@@ -1,25 +1,24 @@
 """The worker's record codecs, built for the per-event hot path.
 
 * `decode_syscall_batch(raw)`: a svctrace.syscall-batch record -> SyscallBatch. msgspec parses
-  the JSON into Structs with SyscallEvent's fields (payload base64 -> bytes included) and
-  models.event_maker_reading copies each Struct's attributes into a SyscallEvent's slots, without
-  a dict (or a tuple of the values) per event in between:
-  about 3x cheaper per event than orjson.loads + SyscallEvent.from_wire
-  (schemas.models.decode_batch), and ~17% fewer instructions than msgspec decoding into the
-  frozen dataclass itself (object.__setattr__ per field). A record it refuses is refused with
-  decode_batch's reason when decode_batch refuses it too, else with msgspec's (which names the
-  field: `$.events[3].ts`).
+  the JSON straight into SyscallEvents (a msgspec Struct; payload base64 -> bytes included), without
+  a dict, a tuple or a second object per event: 1.08-1.19 us per event on bench.worker_steady's
+  records against 1.51-1.61 when msgspec filled a Struct of the same fields and the event was copied
+  from it (session 14). A record it refuses is refused with decode_batch's reason when decode_batch
+  refuses it too, else with msgspec's (which names the field: `$.events[3].ts`).
   Unlike decode_batch it ignores event fields it does not know (a newer agent's optional field).
   Equal strings of the events it makes are one object (node, IPs, comm ...; the enumerated kind,
-  proto, family and role are the interned literals): the core runs ~10% faster on such events, as
-  on the ones an in-process capture makes (models.event_maker_sharing). Flows records read from
-  Kafka share theirs the same way. Which fields: all nine string fields. Node and the three IPs
-  together carry most of the gain, neither alone any, and the rest still pays for its lookups (the
-  in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds, median: all
-  nine 447 ms, all but syscall/errno/exe 454, node+IPs+comm 459, node+IPs 464, the IPs 481, none
-  488, node 490; a shared field costs the decoder ~0.02 us per event, 2 ms here). Callgrind does
-  not see it (instructions equal or fewer without sharing): the gain is in memory, one string object
-  per value instead of one per event. An optional field's None is not looked up.
+  proto, family and role are the interned literals of SyscallEvent's annotations): the core runs
+  faster on such events, as on the ones an in-process capture makes (models.event_maker_sharing),
+  and a worker holds one string per value instead of one per event. models.event_sharer replaces the
+  values in place on the events msgspec just made (about 0.05 us per field and event). Flows records
+  read from Kafka share theirs the same way. Which fields: all nine string fields. Node and the three
+  IPs together carry most of the gain, neither alone any, and the rest still pays for its lookups
+  (session 12, the in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds,
+  median: all nine 447 ms, all but syscall/errno/exe 454, node+IPs+comm 459, node+IPs 464, the IPs
+  481, none 488, node 490). Callgrind does not see it (instructions equal or fewer without sharing):
+  the gain is in memory, one string object per value instead of one per event. An optional field's
+  None is not looked up.
 * `encode_record(value)`: a chain, alert or alert occurrence -> the bytes of schemas.models.dumps(value),
   written by msgspec (~30% less CPU than orjson on chain records; see the function).
 * `encode_enriched_batch(batch)`: an enriched batch of EnrichedEvents (svctrace.events.enriched)
@@ -43,6 +42,7 @@ from __future__ import annotations
 import os
 from binascii import Error as Base64Error
 from dataclasses import MISSING, fields
+from itertools import starmap
 from operator import attrgetter
 from typing import Annotated, Literal, Optional, get_type_hints
 
@@ -50,7 +50,7 @@ import msgspec
 import orjson
 
 from svctrace.schemas.models import (
-    DecodeError, SyscallBatch, SyscallEvent, decode_batch, dumps, event_maker_reading,
+    DecodeError, SyscallBatch, SyscallEvent, decode_batch, dumps, event_maker_reading, event_sharer,
 )
 from svctrace.streams.core.enriched import EnrichedEvent
 
@@ -59,46 +59,41 @@ _ENRICHMENT = ("flow", "local_ref", "remote_ref", "addr_ref", "proxy_of")  # Enr
 
 # -- svctrace.syscalls --------------------------------------------------------------------
 
-# SyscallEvent's fields (names, types, defaults, order) as a msgspec Struct: msgspec fills a Struct's
-# slots itself, while a frozen dataclass costs it an object.__setattr__ call per field (most of the
-# decode). Not tracked by the cycle collector: it only lives until make_event copies it.
-_hints = get_type_hints(SyscallEvent)
+# SyscallEvent is a msgspec Struct: msgspec decodes a record's events straight into it, the enumerated
+# fields (kind, proto, family, role) as the interned strings of their Literal annotations.
+_syscall_batch = msgspec.json.Decoder(msgspec.defstruct(
+    "_SyscallBatchWire", [("schema", Literal["svctrace.syscall-batch"]), ("version", Literal[1]),
+                          ("node", str), ("source", str), ("seq", int), ("events", list[SyscallEvent]),
+                          ("lost", int, 0)], gc=False))
+
+# SyscallEvent's fields with plain strings for the enumerated ones: a value outside the schema's (a newer
+# agent's) is read through this Struct (decode_syscall_batch's fallback; the flows-batch rows).
+_ENUMERATED = ("kind", "proto", "family", "role")
+_hints = {**get_type_hints(SyscallEvent),
+          "kind": str, "proto": Optional[str], "family": Optional[str], "role": Optional[str]}
 
 
-def _event_struct(name: str, hints: dict, **options):
+def _event_struct(name: str, **options):
     return msgspec.defstruct(
-        name, [(f.name, hints[f.name], f.default) if f.default is not MISSING else (f.name, hints[f.name])
+        name, [(f.name, _hints[f.name], f.default) if f.default is not MISSING else (f.name, _hints[f.name])
                for f in fields(SyscallEvent)], gc=False, **options)
 
 
-def _batch_struct(name: str, event):
-    return msgspec.defstruct(name, [("schema", Literal["svctrace.syscall-batch"]), ("version", Literal[1]),
-                                    ("node", str), ("source", str), ("seq", int), ("events", list[event]),
-                                    ("lost", int, 0)], gc=False)
-
-
-# The fields the schema enumerates (syscall-batch.schema.json) as Literals: msgspec then hands back the
-# Literal's own string (interned, the very object the core compares with) instead of a new one, and
-# costs less. A value outside them (a newer agent's) is read by the plain decoder: same event.
-_ENUMERATED = {
-    "kind": Literal["connect", "accept", "send", "recv", "close", "socket", "bind", "listen", "shutdown", "lost"],
-    "proto": Optional[Literal["tcp", "udp", "unix", "raw"]],
-    "family": Optional[Literal["ipv4", "ipv6", "unix"]],
-    "role": Optional[Literal["client", "server"]],
-}
-_SyscallEventWire = _event_struct("_SyscallEventWire", _hints)
-_syscall_batch = msgspec.json.Decoder(_batch_struct("_SyscallBatchWire", _SyscallEventWire))
-_syscall_batch_enumerated = msgspec.json.Decoder(
-    _batch_struct("_SyscallBatchEnumerated", _event_struct("_SyscallEventEnumerated", {**_hints, **_ENUMERATED})))
+_SyscallEventWire = _event_struct("_SyscallEventWire")
+_syscall_batch_plain = msgspec.json.Decoder(msgspec.defstruct(
+    "_SyscallBatchPlain", [("schema", Literal["svctrace.syscall-batch"]), ("version", Literal[1]),
+                           ("node", str), ("source", str), ("seq", int), ("events", list[_SyscallEventWire]),
+                           ("lost", int, 0)], gc=False))
 
 # Equal strings of decoded events as one object (models.event_maker_sharing: the core's lookups by IP,
-# node, comm ... then find the very key object; ~10% of its CPU on the bench traffic). Bounded: emptied
-# when it passes _SHARED_MAX (checked per record).
+# node, comm ... then find the very key object; see the module's docstring). Bounded: emptied when it
+# passes _SHARED_MAX (checked per record).
 _STRING_FIELDS = tuple(f.name for f in fields(SyscallEvent) if _hints[f.name] in (str, Optional[str]))
+_SHARED_FIELDS = tuple(name for name in _STRING_FIELDS if name not in _ENUMERATED)
 _SHARED_MAX = 100_000
 _shared: dict = {}
-# Each decoded Struct's attributes go straight into its SyscallEvent (event_maker_reading).
-_make_shared = event_maker_reading(_shared, [name for name in _STRING_FIELDS if name not in _ENUMERATED])
+_share = event_sharer(_shared, _SHARED_FIELDS)  # in place, on the events msgspec just made
+# A Struct's attributes into a new SyscallEvent, every string shared (the fallback; flows-batch rows).
 _make_shared_all = event_maker_reading(_shared, _STRING_FIELDS)
 
 
@@ -107,16 +102,15 @@ def decode_syscall_batch(raw: bytes) -> SyscallBatch:
     if len(_shared) > _SHARED_MAX:
         _shared.clear()
     try:
-        b = _syscall_batch_enumerated.decode(raw)
-        make = _make_shared
+        b = _syscall_batch.decode(raw)
+        events = _share(b.events)
     except msgspec.MsgspecError:
         try:
-            b = _syscall_batch.decode(raw)
+            b = _syscall_batch_plain.decode(raw)
         except msgspec.MsgspecError as e:
             decode_batch(raw)  # raises with the schema decoder's reason where it has one
             raise DecodeError(str(e)) from None
-        make = _make_shared_all
-    events = list(map(make, b.events))
+        events = list(map(_make_shared_all, b.events))
     node = _shared.setdefault(b.node, b.node)
     return SyscallBatch(node=node, source=b.source, seq=b.seq, events=events, lost=b.lost)
 
@@ -264,11 +258,7 @@ def _compile_rows():
 _rows = _compile_rows()
 _msgpack = msgspec.msgpack.Encoder()
 # SyscallEvent's fields as an array-like Struct: a row decodes into it, checked field by field.
-_EventRow = msgspec.defstruct(
-    "_EventRow",
-    [(f.name, _hints[f.name], f.default) if f.default is not MISSING else (f.name, _hints[f.name])
-     for f in fields(SyscallEvent)],
-    array_like=True, gc=False)
+_EventRow = _event_struct("_EventRow", array_like=True)
 
 
 _RefIndex = Annotated[int, msgspec.Meta(ge=0)]
@@ -287,6 +277,11 @@ class _FlowsBatchWire(msgspec.Struct, gc=False):
 _flows_batch = msgspec.msgpack.Decoder(_FlowsBatchWire)
 _MSGPACK_MAP = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # a msgpack map's first byte (no JSON text's)
 _event_rows = msgspec.msgpack.Decoder(list[_EventRow])
+# A row as a tuple of SyscallEvent's field types, checked field by field as _EventRow checks them but with
+# the enumerated fields as their Literals (interned); each tuple becomes a SyscallEvent through its C
+# __init__ (starmap), its other strings then shared in place: ~0.15 us/event less than _EventRow and
+# _make_shared_all (1.04-1.10 against 1.20-1.27 offline). A value outside the enumerations: _EventRow.
+_event_tuples = msgspec.msgpack.Decoder(list[tuple[tuple(get_type_hints(SyscallEvent)[name] for name in _EVENT_FIELDS)]])
 _any_rows = msgspec.msgpack.Decoder(list[list])
 
 
@@ -324,7 +319,10 @@ def _decode_flows_msgpack(value: bytes) -> dict:
     try:
         b = _flows_batch.decode(value)
         if b.fields == list(_EVENT_FIELDS):
-            events = list(map(_make_shared_all, _event_rows.decode(b.events)))
+            try:
+                events = _share(list(starmap(SyscallEvent, _event_tuples.decode(b.events))))
+            except msgspec.MsgspecError:
+                events = list(map(_make_shared_all, _event_rows.decode(b.events)))
         else:
             known = set(_EVENT_FIELDS)
             names = b.fields
