@@ -14,7 +14,7 @@
   values in place on the events msgspec just made (about 0.05 us per field and event). Flows records
   read from Kafka share theirs the same way. Which fields: all nine string fields. Node and the three
   IPs together carry most of the gain, neither alone any, and the rest still pays for its lookups
-  (session 12, the in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds,
+  (an earlier session, the in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds,
   median: all nine 447 ms, all but syscall/errno/exe 454, node+IPs+comm 459, node+IPs 464, the IPs
   481, none 488, node 490). Callgrind does not see it (instructions equal or fewer without sharing):
   the gain is in memory, one string object per value instead of one per event. An optional field's
