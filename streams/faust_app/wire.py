@@ -281,7 +281,8 @@ _event_rows = msgspec.msgpack.Decoder(list[_EventRow])
 # the enumerated fields as their Literals (interned); each tuple becomes a SyscallEvent through its C
 # __init__ (starmap), its other strings then shared in place: ~0.15 us/event less than _EventRow and
 # _make_shared_all (1.04-1.10 against 1.20-1.27 offline). A value outside the enumerations: _EventRow.
-_event_tuples = msgspec.msgpack.Decoder(list[tuple[tuple(get_type_hints(SyscallEvent)[name] for name in _EVENT_FIELDS)]])
+_event_tuples = msgspec.msgpack.Decoder(
+    list[tuple[tuple(get_type_hints(SyscallEvent)[name] for name in _EVENT_FIELDS)]])
 _any_rows = msgspec.msgpack.Decoder(list[list])
 
 
