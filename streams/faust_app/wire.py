@@ -14,7 +14,7 @@
   values in place on the events msgspec just made (about 0.05 us per field and event). Flows records
   read from Kafka share theirs the same way. Which fields: all nine string fields. Node and the three
   IPs together carry most of the gain, neither alone any, and the rest still pays for its lookups
-  (session 12, the in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds,
+  (an earlier session, the in-process run of bench traffic, 84k events decoded each way, 5 alternating rounds,
   median: all nine 447 ms, all but syscall/errno/exe 454, node+IPs+comm 459, node+IPs 464, the IPs
   481, none 488, node 490). Callgrind does not see it (instructions equal or fewer without sharing):
   the gain is in memory, one string object per value instead of one per event. An optional field's
@@ -281,7 +281,8 @@ _event_rows = msgspec.msgpack.Decoder(list[_EventRow])
 # the enumerated fields as their Literals (interned); each tuple becomes a SyscallEvent through its C
 # __init__ (starmap), its other strings then shared in place: ~0.15 us/event less than _EventRow and
 # _make_shared_all (1.04-1.10 against 1.20-1.27 offline). A value outside the enumerations: _EventRow.
-_event_tuples = msgspec.msgpack.Decoder(list[tuple[tuple(get_type_hints(SyscallEvent)[name] for name in _EVENT_FIELDS)]])
+_event_tuples = msgspec.msgpack.Decoder(
+    list[tuple[tuple(get_type_hints(SyscallEvent)[name] for name in _EVENT_FIELDS)]])
 _any_rows = msgspec.msgpack.Decoder(list[list])
 
 
