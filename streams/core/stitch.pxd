@@ -1,0 +1,71 @@
+# Cython declarations of stitch.py (an augmenting .pxd: the .py stays plain Python, and runs as it is
+# when the core is not compiled). They make the connection records and the operator C classes, whose
+# attributes are struct fields rather than slot descriptors, and the per-event steps C calls.
+# Everything typed here holds only what its type says, in every state a checkpoint can give back
+# (a Conn's cl/cn/dns may be an older format's dicts until restore upgrades them: untyped).
+cimport cython
+
+
+cdef class _ConnParts:
+    cdef public object cl, cn, svc, dns, est, sv_last, nsv, px, npx, px_at
+    cdef public object t_conn, client, client_pod, b, b_ip, b_port, translation, backend, hops
+    cdef public object slow_hops, ready_eps, dns_out, service, connect, labels, who, dns_found, svc_always
+    cdef public object svc_if_failed, misrouted, backend_desc, connect_error
+
+
+cdef class Conn:
+    cdef public str k
+    cdef public object seq
+    cdef public object qd
+    cdef public object t0
+    cdef public object t1
+    cdef public list a
+    cdef public object cl
+    cdef public object cn
+    cdef public object ccl
+    cdef public object est
+    cdef public list creq
+    cdef public object nreq
+    cdef public list sv
+    cdef public list px
+    cdef public object dns
+    cdef public object svc
+    cdef public list ev
+    cdef public object eof
+    cdef public object err
+    cdef public object tx
+    cdef public object rx
+
+
+cdef class _Stitching:
+    cdef public object index
+    cdef public object lateness_ns, settle_ns, idle_ns, lookup_timeout_ns, dns_port, cluster_domain
+    cdef public dict _nodeports
+    cdef public object _nodeports_at
+    cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
+
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list)
+    cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
+    cpdef _fire_until(self, dict state, now, list out)
+    cpdef _client_step(self, dict state, Conn conn, d, e, kind, ts, ip, port)
+    cpdef _schedule(self, dict st, Conn conn)
+    cpdef _schedule_new(self, dict st, Conn conn)
+    cpdef _conn_deadline(self, Conn conn)
+    cpdef _settles(self, dict st, Conn conn, ts)
+    cpdef _apply_dns(self, dict st, d, wire=*)
+    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict)
+    cpdef _timers(self, dict st, now, list out, bint final)
+    cpdef _finish(self, dict st, Conn conn, list out, final)
+    cpdef _emit_request(self, dict st, Conn conn, req, list out, final)
+    @cython.locals(p=_ConnParts)
+    cpdef _ConnParts _parts(self, Conn conn)
+    @cython.locals(p=_ConnParts)
+    cpdef _emit(self, dict st, Conn conn, req, list out, final)
+
+
+cpdef _acceptor_step(Conn conn, d, e, kind, ts)
+cpdef _proxy_step(Conn conn, e, kind, ts)
+cpdef Conn _new_conn(key, e, seq)
+cpdef _evidence(Conn conn, e, what)
+cpdef _trim_client(Conn conn)
+cpdef _outcome(Conn conn, req, bint idle_closed=*)
