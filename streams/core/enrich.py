@@ -63,7 +63,6 @@ _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 _SERVICE = object()  # marker: this IP is a ClusterIP (the ref then depends on the port)
 _HOST_REF_KINDS = frozenset({"node", "external"})  # a local address of these: a host process (maybe a proxy)
-_new_object = object.__new__
 
 
 def _fingerprint(data: bytes | None) -> int | None:
@@ -355,7 +354,7 @@ class Enricher:
         ref, track, client_ip, bucket_list = self._ref, self._track_proxy, self._client_ip, self._bucket_list
         dns_port = self.dns_port
         unspecified, host_kinds = UNSPECIFIED_IPS, _HOST_REF_KINDS
-        new, Enriched = _new_object, EnrichedEvent
+        new, Enriched = EnrichedEvent.__new__, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         # Proxy tracking concerns connects, a host process's accepts and reads, and the pids its
         # tables hold (tagged sockets, pending accepts, recent reads): every other event skips it.

@@ -5,6 +5,22 @@
 # (a Conn's cl/cn/dns may be an older format's dicts until restore upgrades them: untyped).
 cimport cython
 
+from svctrace.streams.core.enriched cimport EnrichedEvent
+
+# The records' index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*, N_*, S_*): C integers, so that a
+# record's field is read by its index into the list, not through a module global and a generic item
+# lookup. (They are not the module's Python attributes then; DX_*, which a test imports, are.)
+cdef Py_ssize_t A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS
+cdef Py_ssize_t R_INDEX, R_TS, R_RESPONSE_TS, R_EVIDENCE
+cdef Py_ssize_t C_INDEX, C_TS, C_METHOD, C_TARGET, C_HOST, C_SENT, C_RECEIVED, C_RESPONSE_TS, C_STATUS, C_EVIDENCE, C_DONE
+cdef Py_ssize_t D_NODE, D_PID, D_COMM, D_FD, D_BACKEND_IP, D_BACKEND_PORT, D_LOCAL_IP, D_LOCAL_PORT, D_TS, D_RESULT, D_ERRNO
+cdef Py_ssize_t CL_NODE, CL_PID, CL_COMM, CL_CONTAINER_ID, CL_IP, CL_PORT, CL_FLOW
+cdef Py_ssize_t CN_TS, CN_ADDR_IP, CN_ADDR_PORT, CN_REMOTE_IP, CN_REMOTE_PORT, CN_RESULT, CN_ERRNO
+cdef Py_ssize_t L_ANCHOR, L_SEQ, L_T0, L_T1, L_QUERIES, L_NAMES, L_RESOLVED, L_CLAIMED, L_CLIENT
+cdef Py_ssize_t Q_ID, Q_NAME, Q_TYPE, Q_TS, Q_ENDPOINT, Q_SERVER, Q_SERVER_PORT, Q_REF, Q_ANSWER
+cdef Py_ssize_t N_TS, N_RCODE, N_ADDRESSES, N_CNAMES, N_TTL, N_FROM, N_REF
+cdef Py_ssize_t S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF
+
 
 cdef class _ConnParts:
     cdef public object cl, cn, svc, dns, est, sv_last, nsv, px, npx, px_at
@@ -44,15 +60,15 @@ cdef class _Stitching:
     cdef public object _nodeports_at
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list)
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
-    cpdef _client_step(self, dict state, Conn conn, d, e, kind, ts, ip, port)
+    cpdef _client_step(self, dict state, Conn conn, EnrichedEvent d, e, kind, ts, ip, port)
     cpdef _schedule(self, dict st, Conn conn)
     cpdef _schedule_new(self, dict st, Conn conn)
     cpdef _conn_deadline(self, Conn conn)
     cpdef _settles(self, dict st, Conn conn, ts)
-    cpdef _apply_dns(self, dict st, d, wire=*)
+    cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict)
     cpdef _timers(self, dict st, now, list out, bint final)
     cpdef _finish(self, dict st, Conn conn, list out, final)
@@ -63,7 +79,7 @@ cdef class _Stitching:
     cpdef _emit(self, dict st, Conn conn, req, list out, final)
 
 
-cpdef _acceptor_step(Conn conn, d, e, kind, ts)
+cpdef _acceptor_step(Conn conn, EnrichedEvent d, e, kind, ts)
 cpdef _proxy_step(Conn conn, e, kind, ts)
 cpdef Conn _new_conn(key, e, seq)
 cpdef _evidence(Conn conn, e, what)
