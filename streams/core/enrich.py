@@ -69,8 +69,10 @@ def _fingerprint(data: bytes | None) -> int | None:
     return zlib.crc32(data[:256]) if data else None
 
 
-class Enricher:
-    """The enrich operator. State: a JSON-able dict per node (see new_state)."""
+class _Enriching:
+    """The enrich operator's code (Enricher, below, is its class). Compiled, a C class (enrich.pxd: its
+    attributes and per-event loop typed); Enricher stays a Python class, so its methods can be wrapped
+    (bench.worker_stages) and patched as before."""
 
     name = "enrich"
 
@@ -647,6 +649,10 @@ class Enricher:
         # An outbound proxy socket lives as long as its connection; one idle for long is forgotten.
         long_horizon = now - 300 * S
         st["pout"] = {k: v for k, v in st["pout"].items() if v[1] >= long_horizon}
+
+
+class Enricher(_Enriching):
+    """The enrich operator. State: a JSON-able dict per node (see new_state)."""
 
 
 def _tracked_pids(state: dict) -> set:
