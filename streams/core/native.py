@@ -2,14 +2,14 @@
 when they were built from exactly the sources beside them.
 
 Why: the core is most of a worker's CPU (issue #8), and its time goes to interpreting many small
-steps per event, no one of them a hotspot (docs/performance.md). Cython compiling the modules as they
-are, untyped (`annotation_typing=False`: the annotations document, they do not convert), cuts that
-interpretation; outputs stay byte-identical (tests/test_core_native.py compares every traffic's
-chains and alerts with the pure modules').
+steps per event, no one of them a hotspot (docs/performance.md). Cython compiling the modules cuts that
+interpretation (`annotation_typing=False`: the .py annotations document, they do not convert); outputs
+stay byte-identical (tests/test_core_native.py compares every traffic's chains and alerts with the pure
+modules').
 
-A module may have a .pxd beside it (stitch.pxd): Cython's declarations for it (C classes, typed
-attributes, locals and calls), an augmenting file the .py never reads. It is a source like the .py:
-its edit makes a build stale too.
+A module may have a .pxd beside it (stitch.pxd, enrich.pxd, enriched.pxd): Cython's declarations for it
+(C classes, typed attributes, locals and calls), an augmenting file the .py never reads. It is a source
+like the .py: its edit makes a build stale too.
 
 How they are used: the package `svctrace.streams.core` calls `select(__path__)` before importing
 any of MODULES. If `_compiled/` beside them holds one extension module for this interpreter for each
