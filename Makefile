@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # The core compiled by Cython (streams/core/native.py); rebuilt when one of its modules changes.
 NATIVE  := streams/core/_compiled/SOURCES
-NATIVE_SOURCES := $(addprefix streams/core/,$(addsuffix .py,alerts dns enrich enriched graph http keys memo rules runner stitch timeorder))
+NATIVE_SOURCES := $(addprefix streams/core/,$(addsuffix .py,alerts dns enrich enriched graph http keys memo rules runner stitch timeorder)) \
+                  $(wildcard streams/core/*.pxd)
 
 .PHONY: demo test setup system-deps bench clean
 

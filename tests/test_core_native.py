@@ -49,6 +49,15 @@ def test_the_core_runs_compiled():
     import svctrace.streams.core.stitch as stitch
 
     assert Path(stitch.__file__).parent.name == native.BUILT
+    # built with its .pxd: a connection is a C class, its fields struct members (not slot descriptors)
+    assert type(stitch.Conn.__dict__["t1"]).__name__ == "getset_descriptor"
+    assert not hasattr(stitch._new_conn("10.0.0.1:1", _event(), 0), "__dict__")
+
+
+def _event():
+    from svctrace.schemas.models import SyscallEvent
+
+    return SyscallEvent(ts=1, node="n1", n=1, pid=1, tid=1, comm="c", kind="connect", syscall="connect", fd=3, res=0)
 
 
 def test_compiled_and_python_modules_give_the_same_chains_and_alerts():
@@ -69,6 +78,22 @@ def test_built_modules_stand_in_only_for_the_sources_they_were_built_from(tmp_pa
     ok, why = native.built_status(copy)
     assert not ok and "other sources" in why
     shutil.copy2(here / "stitch.py", stitch)  # the edit undone: the same bytes, the build stands again
+    assert native.built_status(copy) == (True, "compiled")
+    # a module's .pxd (its Cython declarations) is a source too: edited, added or removed, the build is stale
+    pxd = copy / "stitch.pxd"
+    assert pxd.is_file()
+    pxd.write_text(pxd.read_text() + "\n# an edit\n")
+    ok, why = native.built_status(copy)
+    assert not ok and "other sources" in why
+    pxd.unlink()
+    ok, why = native.built_status(copy)
+    assert not ok and "other sources" in why
+    shutil.copy2(here / "stitch.pxd", pxd)
+    assert native.built_status(copy) == (True, "compiled")
+    (copy / "keys.pxd").write_text("# a new .pxd\n")
+    ok, why = native.built_status(copy)
+    assert not ok and "other sources" in why
+    (copy / "keys.pxd").unlink()
     assert native.built_status(copy) == (True, "compiled")
     next((copy / native.BUILT).glob("keys.*")).unlink()
     ok, why = native.built_status(copy)

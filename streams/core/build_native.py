@@ -25,9 +25,18 @@ def build(out: Path = HERE / BUILT, jobs: int = 2) -> Path:
     work = out / ".build"
     out.mkdir(parents=True, exist_ok=True)
     (out / SOURCES).unlink(missing_ok=True)
+    # A module's .pxd (its C types) is found by the module's full name, svctrace.streams.core.<name>, which
+    # the source tree does not spell (the package installs from streams/): a copy under that path is.
+    include = work / "include"
+    package = include / "svctrace" / "streams" / "core"
+    shutil.rmtree(include, ignore_errors=True)
+    package.mkdir(parents=True)
+    for name in MODULES:
+        if (HERE / f"{name}.pxd").is_file():
+            shutil.copy2(HERE / f"{name}.pxd", package / f"{name}.pxd")  # (its time: cythonize compares it with the C's)
     extensions = cythonize(
         [Extension(f"svctrace.streams.core.{name}", [str(HERE / f"{name}.py")]) for name in MODULES],
-        build_dir=str(work / "c"), language_level=3, nthreads=jobs, quiet=True,
+        build_dir=str(work / "c"), language_level=3, nthreads=jobs, quiet=True, include_path=[str(include)],
         compiler_directives={"annotation_typing": False})
     command = build_ext(Distribution({"ext_modules": extensions, "script_name": "native"}))
     command.build_lib, command.build_temp, command.parallel = str(work / "lib"), str(work / "tmp"), jobs

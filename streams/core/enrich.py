@@ -63,15 +63,16 @@ _RECENT_READS = 8  # byte fingerprints kept per proxy-candidate pid
 
 _SERVICE = object()  # marker: this IP is a ClusterIP (the ref then depends on the port)
 _HOST_REF_KINDS = frozenset({"node", "external"})  # a local address of these: a host process (maybe a proxy)
-_new_object = object.__new__
 
 
 def _fingerprint(data: bytes | None) -> int | None:
     return zlib.crc32(data[:256]) if data else None
 
 
-class Enricher:
-    """The enrich operator. State: a JSON-able dict per node (see new_state)."""
+class _Enriching:
+    """The enrich operator's code (Enricher, below, is its class). Compiled, a C class (enrich.pxd: its
+    attributes and per-event loop typed); Enricher stays a Python class, so its methods can be wrapped
+    (bench.worker_stages) and patched as before."""
 
     name = "enrich"
 
@@ -355,7 +356,7 @@ class Enricher:
         ref, track, client_ip, bucket_list = self._ref, self._track_proxy, self._client_ip, self._bucket_list
         dns_port = self.dns_port
         unspecified, host_kinds = UNSPECIFIED_IPS, _HOST_REF_KINDS
-        new, Enriched = _new_object, EnrichedEvent
+        new, Enriched = EnrichedEvent.__new__, EnrichedEvent
         pout, pin, reads = state["pout"], state["pin"], state["reads"]  # changed in place while releasing
         # Proxy tracking concerns connects, a host process's accepts and reads, and the pids its
         # tables hold (tagged sockets, pending accepts, recent reads): every other event skips it.
@@ -648,6 +649,10 @@ class Enricher:
         # An outbound proxy socket lives as long as its connection; one idle for long is forgotten.
         long_horizon = now - 300 * S
         st["pout"] = {k: v for k, v in st["pout"].items() if v[1] >= long_horizon}
+
+
+class Enricher(_Enriching):
+    """The enrich operator. State: a JSON-able dict per node (see new_state)."""
 
 
 def _tracked_pids(state: dict) -> set:

@@ -2,18 +2,22 @@
 when they were built from exactly the sources beside them.
 
 Why: the core is most of a worker's CPU (issue #8), and its time goes to interpreting many small
-steps per event, no one of them a hotspot (docs/performance.md). Cython compiling the modules as they
-are, untyped (`annotation_typing=False`: the annotations document, they do not convert), cuts that
-interpretation; outputs stay byte-identical (tests/test_core_native.py compares every traffic's
-chains and alerts with the pure modules').
+steps per event, no one of them a hotspot (docs/performance.md). Cython compiling the modules cuts that
+interpretation (`annotation_typing=False`: the .py annotations document, they do not convert); outputs
+stay byte-identical (tests/test_core_native.py compares every traffic's chains and alerts with the pure
+modules').
+
+A module may have a .pxd beside it (stitch.pxd, enrich.pxd, enriched.pxd): Cython's declarations for it
+(C classes, typed attributes, locals and calls), an augmenting file the .py never reads. It is a source
+like the .py: its edit makes a build stale too.
 
 How they are used: the package `svctrace.streams.core` calls `select(__path__)` before importing
 any of MODULES. If `_compiled/` beside them holds one extension module for this interpreter for each
-of MODULES and a SOURCES file whose digest is that of the .py files now beside it, `_compiled/` goes
-first on the package's path, so `stitch` is its stitch.<abi>.so; otherwise the .py files run, and
-`STATUS` says why (logged by the worker and analyze). So an edited module is never shadowed by a stale
-build: it runs as Python until `make setup` (or `python -m svctrace.streams.core.build_native`)
-builds it again. SVCTRACE_PURE_PYTHON=1 runs the .py files whatever is built (profiling with cProfile, which
+of MODULES and a SOURCES file whose digest is that of the sources now beside it (.py and .pxd files),
+`_compiled/` goes first on the package's path, so `stitch` is its stitch.<abi>.so; otherwise the .py
+files run, and `STATUS` says why (logged by the worker and analyze). So an edited module (or .pxd) is
+never shadowed by a stale build: it runs as Python until `make setup` (or
+`python -m svctrace.streams.core.build_native`) builds it again. SVCTRACE_PURE_PYTHON=1 runs the .py files whatever is built (profiling with cProfile, which
 does not see into compiled functions; debugging).
 
 Building needs Cython and a C compiler (`make setup` installs the one and has the other; the image
@@ -36,11 +40,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def sources_digest(folder: Path = HERE) -> str:
-    """The digest of MODULES' .py files in `folder`, and of the Python they are built for."""
+    """The digest of MODULES' sources in `folder` (each one's .py, and its .pxd where it has one), and of
+    the Python they are built for."""
     h = hashlib.sha256(EXTENSION_SUFFIXES[0].encode())
     for name in MODULES:
         h.update(b"\0" + name.encode() + b"\0")
         h.update((folder / f"{name}.py").read_bytes())
+        pxd = folder / f"{name}.pxd"
+        if pxd.is_file():  # (a module without one hashes as it always did)
+            data = pxd.read_bytes()
+            h.update(b"\0" + name.encode() + b".pxd\0" + str(len(data)).encode() + b"\0" + data)
     return h.hexdigest()
 
 

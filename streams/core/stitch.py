@@ -196,12 +196,17 @@ class _ConnParts:
                  "svc_if_failed", "misrouted", "backend_desc", "connect_error")
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)
 class Conn:
     """One TCP connection as every side saw it (state["conns"][k]). A slotted record: its
     fields are read and written on every event (cheaper than a dict's keys); orjson writes it
     as the JSON object of these fields in this order, the form checkpoints always had, and
-    restore()/advance() turn such objects (and older forms) back into Conns."""
+    restore()/advance() turn such objects (and older forms) back into Conns. Compiled, a C
+    class (stitch.pxd: its fields typed; Cython makes it a dataclass of its own, hence __slots__
+    here rather than dataclass(slots=True), which it does not take)."""
+
+    __slots__ = ("k", "seq", "qd", "t0", "t1", "a", "cl", "cn", "ccl", "est", "creq", "nreq", "sv", "px", "dns", "svc",
+                 "ev", "eof", "err", "tx", "rx")
 
     k: str  # the client endpoint "ip:port" (its key in state["conns"])
     seq: int  # creation number: timers handle conns in this order
@@ -235,8 +240,10 @@ class Conn:
         return getattr(self, name)
 
 
-class Stitcher:
-    """The stitch operator. State: a JSON-able dict per bucket (see new_state)."""
+class _Stitching:
+    """The stitch operator's code (Stitcher, below, is its class). Compiled, a C class (stitch.pxd:
+    its attributes and hot methods typed); Stitcher stays a Python class, so its methods can be
+    wrapped (bench.worker_stages) and patched (tests) as before."""
 
     name = "stitch"
 
@@ -1960,6 +1967,10 @@ class Stitcher:
                 vars_ = v
             occs.append((rule, labels, vars_, DNS_EVIDENCE))
         return occs
+
+
+class Stitcher(_Stitching):
+    """The stitch operator. State: a JSON-able dict per bucket (see new_state)."""
 
 
 # helpers ----------------------------------------------------------------------------------
