@@ -301,6 +301,42 @@ def test_a_checkpoint_in_slices_writes_the_state_at_its_cut_while_the_stage_goes
         assert _comparable(op, successor.state(key)) == state
 
 
+def test_a_checkpoint_in_slices_cut_short_leaves_every_entry_to_the_next_one(monkeypatch):
+    """A checkpoint whose finish() is cancelled between slices (the worker stopping) leaves nothing pending in
+    the states, and the next checkpoint writes them whole: its store then holds the live states."""
+    from svctrace.streams.faust_app import app as worker_app
+
+    monkeypatch.setattr(worker_app, "SLICE_S", 0.0)
+    monkeypatch.setattr(worker_app, "SLICE_ENTRIES", 1)
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
+    runner.feed(events[: len(events) // 2])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    writes, _ = _snapshot(shell)
+    _apply(shell, writes)
+    runner.feed(events[len(events) // 2: len(events) * 3 // 4])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+
+    async def cut_short():
+        writes, acks = shell.snapshot()
+        task = asyncio.create_task(shell.finish(writes, acks))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert any(op.parts_pending(st) for st in shell.live.values())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cut_short())
+    assert not any(op.parts_pending(st) for st in shell.live.values())
+    writes, _ = _snapshot(shell)
+    _apply(shell, writes)
+    successor = _stitch_shell(dict(store), op)
+    for key, st in shell.live.items():
+        assert _comparable(op, successor.state(key)) == _comparable(op, st)
+
+
 def test_an_idle_bucket_leaves_no_record_behind_and_a_revived_one_starts_anew():
     runner, op, shell, store, log, events = _live_run()
     runner.feed(events)

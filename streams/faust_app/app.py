@@ -709,6 +709,9 @@ class StageShell:
         store = self.table.data
         durable = self.op.durable
         busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
+        if self._cuts:  # (a cut of a checkpoint that failed before its finish())
+            self._abandon(self._cuts)
+            self._cuts = []
         self._grouped = None  # (restores come together, after an assignment: no stale values held longer)
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
@@ -784,6 +787,7 @@ class StageShell:
         blocking = metrics.checkpoint_blocking if metrics is not None else _Unmeasured
         await asyncio.sleep(0)  # (after the cut)
         t0 = clock()
+        done = False
         try:
             for p, key, st, full, header in cuts:
                 # its entries that changed (tombstones for those gone; all of them the first time, and
@@ -820,15 +824,25 @@ class StageShell:
                     t0 = clock()
                 some = writes[i:i + TAKE_RECORDS]
                 self._take([w for w in some if w[0] not in self._left] if self._left else some)
+            done = True
         finally:
-            for _p, _key, st, _full, _header in cuts:
-                while next_parts(st, 1 << 30) is not None:  # (an interrupted checkpoint: none left pending)
-                    pass
+            if not done:
+                self._abandon(cuts)
             left, self._left = self._left, None
         blocking.observe(clock() - t0)
         if left:
             writes[:] = [w for w in writes if w[0] not in left]
             ackable[:] = [e for e in ackable if e.message.partition not in left]
+
+    def _abandon(self, cuts: list) -> None:
+        """Cut keys whose checkpoint did not finish (it failed or was cancelled): nothing pending left in their
+        states, and their next checkpoint writes every entry (the changes the cut took are not in the store)."""
+        for p, key, st, _full, _header in cuts:
+            while self.op.next_parts(st, 1 << 30) is not None:
+                pass
+            self.op.untrack(st)
+            if self.live.get(key) is st and (self._left is None or p not in self._left):
+                self.dirty.setdefault(p, set()).add(key)
 
     def _entry_writes(self, p: int, prefix: bytes, entries: dict, stored: set, gone: set | None, writes: list) -> None:
         """Records of a cut key's entries (finish()): each that changed, a tombstone for each gone."""
