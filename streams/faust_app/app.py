@@ -501,7 +501,9 @@ class StageShell:
 
     An operator with durable_parts (the stitch and alerts stages) is checkpointed in parts
     (checkpoint.py, formats 5 and 6): a key's record is its header, each entry of its state
-    a record keyed <key> PART_SEP <entry key>, written when it changed."""
+    a record keyed <key> PART_SEP <entry key>, written when it changed. One with begin_parts (the
+    stitch stage) in slices too: snapshot() cuts (headers, which entries), finish() serializes the
+    entries between records, as they were at the cut."""
 
     def __init__(self, worker: "Worker", name: str, op, table, partitions: int, sources: int):
         self.worker, self.name, self.op, self.table = worker, name, op, table
