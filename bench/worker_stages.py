@@ -14,6 +14,7 @@ The clocks cost a syscall each (~0.3 us): wrapped functions are per record or co
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import importlib
@@ -25,6 +26,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+import time
 from time import thread_time_ns
 
 START_SIGNAL = signal.SIGRTMIN + 1  # Faust's worker takes SIGUSR1/SIGUSR2 for itself
@@ -179,6 +181,50 @@ CLOCKS = [
 
 BYTES = {"written": 0, "read": 0}
 COLLECTED = [0]
+STALL_NS = 20_000_000  # a loop callback at least this long (wall) is listed in the report's "stalls"
+STALLS: dict = {"max_wall": 0, "max_cpu": 0, "callbacks": 0, "list": []}
+
+
+def _callback_label(handle) -> str:
+    cb = handle._callback
+    owner = getattr(cb, "__self__", None)
+    if isinstance(owner, asyncio.Task):  # a task's step: its coroutine (and where it is awaiting)
+        coro = owner.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        while frame is not None and getattr(coro, "cr_await", None) is not None:
+            coro = coro.cr_await
+            if getattr(coro, "cr_frame", None) is None:
+                break
+            frame = coro.cr_frame
+        return getattr(owner.get_coro(), "__qualname__", repr(owner)) + (
+            f" @ {frame.f_code.co_qualname}:{frame.f_lineno}" if frame is not None else "")
+    return getattr(cb, "__qualname__", repr(cb))
+
+
+def _clock_loop() -> Callable[[], None]:
+    """Every event-loop callback's wall and CPU time: the longest ones are the loop's stalls (every
+    record, mark and timer waits behind them). Those of at least STALL_NS are listed with when they
+    started (time.time) and what ran."""
+    handle_run = asyncio.events.Handle._run
+    wall, cpu, now = time.perf_counter_ns, thread_time_ns, time.time
+
+    def _run(self):
+        w0, c0 = wall(), cpu()
+        try:
+            return handle_run(self)
+        finally:
+            w, c = wall() - w0, cpu() - c0
+            s = STALLS
+            s["callbacks"] += 1
+            if w > s["max_wall"]:
+                s["max_wall"] = w
+            if c > s["max_cpu"]:
+                s["max_cpu"] = c
+            if w >= STALL_NS:
+                s["list"].append([now() - w / 1e9, w, c, _callback_label(self)])
+
+    asyncio.events.Handle._run = _run
+    return lambda: setattr(asyncio.events.Handle, "_run", handle_run)
 
 
 def _count_bytes(direction: str, fn):
@@ -259,6 +305,7 @@ def _thread_cpu_ns() -> dict[str, int]:
 def main(argv: list[str]) -> int:
     report = Path(argv[0])
     install()
+    _clock_loop()
     codec = os.environ.get(COMPRESSION_ENV)
     if codec:  # the worker producer's codec, to compare (the svctrace.flows topic's consumers take any)
         from svctrace.streams.faust_app import app
@@ -276,6 +323,7 @@ def main(argv: list[str]) -> int:
         STATS.clear()
         BYTES.update(written=0, read=0)
         COLLECTED[0] = 0
+        STALLS.update(max_wall=0, max_cpu=0, callbacks=0, list=[])
         start.clear()
         start.update(_thread_cpu_ns())
         if profiler is not None:
@@ -291,7 +339,8 @@ def main(argv: list[str]) -> int:
         heap = {"tracked": [len(gc.get_objects(g)) for g in range(3)], "frozen": gc.get_freeze_count(),
                 "threshold": gc.get_threshold(), "collected": COLLECTED[0]}
         tmp = report.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stages": STATS, "threads": threads, "bytes": BYTES, "heap": heap}))
+        tmp.write_text(json.dumps({"stages": STATS, "threads": threads, "bytes": BYTES, "heap": heap,
+                                   "stalls": STALLS}))
         tmp.replace(report)
 
     signal.signal(START_SIGNAL, on_start)

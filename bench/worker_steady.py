@@ -38,6 +38,7 @@ import os
 import sys
 import tempfile
 import time
+from bisect import bisect_right
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from tests.harness import pipeline as P  # noqa: E402
 from tests.scenario import MS, S, Cluster, steady_traffic  # noqa: E402
 
 LINGER_NS = 200 * MS  # an agent's batch interval
+
 BATCH_EVENTS = 1000  # and its largest batch (bench.pipeline's)
 TAIL_QUIET, TAIL_MAX = 10.0, 300.0  # the tail: quiet this long once enrich took every event ends it; at most
 
@@ -122,6 +124,7 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
         span_end = measured[-1][0] if measured else cut
         stages = ("enrich", "stitch", "alerts")
         state_bytes = lambda: {s: metric("svctrace_worker_checkpoint_bytes_total", stage=s) for s in stages}  # noqa: E731
+        blocking = lambda: _buckets(url, "svctrace_worker_checkpoint_blocking_seconds_bucket")  # noqa: E731
 
         last_ts = events[-1].ts
         tail: dict = {}
@@ -132,10 +135,11 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
             await P.publish_live(bootstrap, prefix, warm)
             os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
             cpu0, t0 = cpu_seconds(worker.proc.pid), time.perf_counter()
-            ck0, bytes0 = metric("svctrace_worker_checkpoints_total"), state_bytes()
+            ck0, bytes0, blocked0 = metric("svctrace_worker_checkpoints_total"), state_bytes(), blocking()
             n = await P.publish_live(bootstrap, prefix, measured)
             cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
             ck, written = metric("svctrace_worker_checkpoints_total") - ck0, state_bytes()  # a few ms
+            blocked = {le: n - blocked0.get(le, 0) for le, n in blocking().items()}
             os.kill(worker.proc.pid, worker_stages.REPORT_SIGNAL)
             status = {line.split(":")[0]: int(line.split()[1]) for line in
                       Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
@@ -166,9 +170,9 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
             tail["stitch_watermark_ns"] = metric("svctrace_worker_watermark_seconds", stage="stitch") * S
             stop.set()
             await collector
-            return n, cpu, wall, ck, {s: written[s] - bytes0[s] for s in stages}, status
+            return n, cpu, wall, ck, {s: written[s] - bytes0[s] for s in stages}, status, blocked
 
-        n, cpu, wall, checkpoints, written, status = asyncio.run(drive())
+        n, cpu, wall, checkpoints, written, status, blocked = asyncio.run(drive())
         P.wait_until(report_path.exists, 30, "the worker's stage report", [worker])
         report = orjson.loads(report_path.read_bytes())
     finally:
@@ -198,6 +202,12 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     if checkpoints:  # a checkpoint under way at either end of the span falls on one side: +-1
         print(f"    per checkpoint: {sum(ckpt.values()) / checkpoints / 1e6:,.0f} ms CPU, "
               f"{sum(written.values()) / checkpoints / 1e6:,.1f} MB written")
+    if blocked:  # (a worker without the metric: none)
+        steps, below = [], 0.0
+        for le, count in blocked.items():
+            steps.append(f"{count - below:,.0f} <= {le} s" if le != "+Inf" else f"{count - below:,.0f} longer")
+            below = count
+        print(f"    steps holding the loop (svctrace_worker_checkpoint_blocking_seconds): {', '.join(steps)}")
     if args.all_stages:
         print_stages(report, n, cpu)
     row("events per CPU-second", n / cpu, len(events) / inproc_cpu, "ev/cpu-s")
@@ -211,6 +221,8 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     lat = [(now - end) / S for (kind, _), (now, end) in arrivals.items() if kind == "chain" and span_start <= end < span_end]
     row("chain latency p50 (span)", pct(lat, 50), float("nan"), "s", "{:.3f}")
     row("chain latency p99 (span)", pct(lat, 99), float("nan"), "s", "{:.3f}")
+    print_stalls(report.get("stalls"), [(end / S, now / S) for (kind, _), (now, end) in arrivals.items()
+                                        if kind == "chain" and span_start <= end < span_end])
     print(f"  event-time floor (lateness + settle): {(settings.enrich_lateness_ns + settings.settle_ns) / S:g} s")
     got = {cid for kind, cid in arrivals if kind == "chain"}
     expected = {ch["chain_id"]: ch for ch in result.chains}
@@ -241,6 +253,48 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     eps = n / cpu
     print(f"  target >= {TARGET_EPS:,} events/s per worker (per CPU-second): {'met' if eps >= TARGET_EPS else 'NOT met'}"
           f" ({eps / TARGET_EPS:.2f} of it; the in-process core alone: {len(events) / inproc_cpu / TARGET_EPS:.2f})")
+
+
+def _buckets(url: str, name: str) -> dict[str, float]:
+    """A histogram's cumulative buckets on a worker's /metrics, {le: count} (one request; none when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {sample.labels["le"]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name}
+
+
+def print_stalls(stalls: dict | None, chains: list[tuple[float, float]], big_s: float = 0.05) -> None:
+    """The worker's event loop over the span (bench.worker_stages): its longest callbacks (wall: every record
+    waits behind them; CPU: their own work), the stalls of at least 20 ms by what ran, and the chains
+    (last syscall, arrival) whose wait overlapped a stall of at least `big_s`, against the others."""
+    if not stalls:
+        return
+    listed = stalls["list"]
+    print(f"  {'loop: longest callback':<34} {stalls['max_wall'] / 1e6:.0f} ms wall, {stalls['max_cpu'] / 1e6:.0f} ms CPU"
+          f" (of {stalls['callbacks']:,} callbacks; {len(listed)} of >= 20 ms, {sum(w for _t, w, _c, _l in listed) / 1e9:.2f} s"
+          f" in all)")
+    by: dict = {}
+    for _t, w, c, label in listed:
+        b = by.setdefault(label, [0, 0, 0, 0])
+        b[0] += 1
+        b[1] = max(b[1], w)
+        b[2] += w
+        b[3] += c
+    for label, (n, top, w, c) in sorted(by.items(), key=lambda x: -x[1][2])[:8]:
+        print(f"    {n:>4} x, longest {top / 1e6:5.0f} ms, {w / n / 1e6:5.0f} ms wall / {c / n / 1e6:5.0f} ms CPU each: {label}")
+    big = sorted((t, t + w / 1e9) for t, w, _c, _l in listed if w >= big_s * 1e9)
+    if not chains or not big:
+        return
+    starts = [b[0] for b in big]
+    hit, clear = [], []
+    for end, arrived in chains:
+        i = bisect_right(starts, arrived)  # the stalls that started before the chain arrived: did one end after its last syscall?
+        (hit if any(b[1] > end for b in big[bisect_right(starts, end - 1.0):i]) else clear).append(arrived - end)
+    print(f"  chains waiting through a stall >= {big_s * 1e3:.0f} ms: {len(hit):,} of {len(chains):,}, latency p50/p99 "
+          f"{pct(hit, 50):.3f}/{pct(hit, 99):.3f} s; the others p50/p99 {pct(clear, 50):.3f}/{pct(clear, 99):.3f} s")
 
 
 if __name__ == "__main__":

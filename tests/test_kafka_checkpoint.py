@@ -173,6 +173,14 @@ def _stitch_shell(store: dict, op) -> StageShell:
     return StageShell(None, "stitch", op, SimpleNamespace(data=store, changelog_topic=changelog), 12, 1)
 
 
+def _snapshot(shell: StageShell) -> tuple[list, list]:
+    """StageShell.snapshot, and finish(): the entries of the keys it cut (the stitch stage's are serialized in
+    slices, between records), as Worker.checkpoint takes them."""
+    writes, acks = shell.snapshot()
+    asyncio.run(shell.finish(writes, acks))
+    return writes, acks
+
+
 def _apply(shell: StageShell, writes: list, log: list | None = None) -> None:
     """What StageShell.write does to the store (and the changelog, compacted: the store's copy)."""
     for _p, key, value in writes:
@@ -216,7 +224,7 @@ def _live_run(steps_between: int = 3):
         for key in list(shell.live):
             shell.touch(bucket_partition(key), key)
         if steps[0] % steps_between == 0:
-            writes, _acks = shell.snapshot()
+            writes, _acks = _snapshot(shell)
             _apply(shell, writes, log)
 
     runner.step = checkpointing_step
@@ -226,7 +234,7 @@ def _live_run(steps_between: int = 3):
 def test_a_successor_restores_the_stitch_state_from_headers_and_entries():
     runner, op, shell, store, log, events = _live_run()
     runner.feed(events[: len(events) * 2 // 3])
-    writes, _ = shell.snapshot()
+    writes, _ = _snapshot(shell)
     _apply(shell, writes, log)
     keys = [k for k in shell.live]
     assert keys
@@ -241,7 +249,92 @@ def test_a_successor_restores_the_stitch_state_from_headers_and_entries():
     entries = [k for k, _ in log if b"\x1f" in k]
     assert len(entries) < 3 * len(set(entries))
     # a checkpoint right after one writes nothing but what changed: nothing
-    assert shell.snapshot()[0] == [] or all(k.startswith(b"#") for _p, k, _v in shell.snapshot()[0])
+    assert _snapshot(shell)[0] == [] or all(k.startswith(b"#") for _p, k, _v in _snapshot(shell)[0])
+
+
+def test_a_checkpoint_in_slices_writes_the_state_at_its_cut_while_the_stage_goes_on(monkeypatch):
+    """StageShell.finish serializes the cut keys' entries a slice at a time while records go on being applied
+    (here: the runner's steps between slices, one entry per slice): what it writes is the state at the cut,
+    and the next checkpoint writes what changed since."""
+    from svctrace.streams.faust_app import app as worker_app
+
+    monkeypatch.setattr(worker_app, "SLICE_S", 0.0)
+    monkeypatch.setattr(worker_app, "SLICE_ENTRIES", 1)
+    monkeypatch.setattr(worker_app, "TAKE_RECORDS", 7)
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
+    first, second = len(events) // 3, len(events) * 2 // 3
+    runner.feed(events[:first])
+    fed = [first]
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+
+    async def checkpoint_while_applying(until: int) -> tuple[dict, int]:
+        writes, acks = shell.snapshot()
+        at_cut = {key: _comparable(op, st) for key, st in shell.live.items()}
+        task = asyncio.create_task(shell.finish(writes, acks))
+        slices = kept = 0
+        while not task.done():
+            chunk = events[fed[0]:min(fed[0] + 200, until)]  # (a step of the runner: every state advances)
+            runner.feed(chunk)
+            fed[0] += len(chunk)
+            slices += 1
+            kept += sum(len(st.get("_pv") or ()) for st in shell.live.values())  # (kept before they changed)
+            await asyncio.sleep(0)
+        await task
+        _apply(shell, writes)
+        assert kept
+        return at_cut, slices
+
+    at_cut, slices = asyncio.run(checkpoint_while_applying(second))
+    assert slices > 100
+    assert any(at_cut[key] != _comparable(op, st) for key, st in shell.live.items()), "the states went on"
+    successor = _stitch_shell(dict(store), op)
+    for key, state in at_cut.items():
+        assert _comparable(op, successor.state(key)) == state
+    runner.feed(events[fed[0]:second])
+    fed[0] = second
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    at_cut, _slices = asyncio.run(checkpoint_while_applying(len(events)))
+    successor = _stitch_shell(dict(store), op)
+    for key, state in at_cut.items():
+        assert _comparable(op, successor.state(key)) == state
+
+
+def test_a_checkpoint_in_slices_cut_short_leaves_every_entry_to_the_next_one(monkeypatch):
+    """A checkpoint whose finish() is cancelled between slices (the worker stopping) leaves nothing pending in
+    the states, and the next checkpoint writes them whole: its store then holds the live states."""
+    from svctrace.streams.faust_app import app as worker_app
+
+    monkeypatch.setattr(worker_app, "SLICE_S", 0.0)
+    monkeypatch.setattr(worker_app, "SLICE_ENTRIES", 1)
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)
+    runner.feed(events[: len(events) // 2])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+    writes, _ = _snapshot(shell)
+    _apply(shell, writes)
+    runner.feed(events[len(events) // 2: len(events) * 3 // 4])
+    for key in shell.live:
+        shell.touch(int(key[1:]), key)
+
+    async def cut_short():
+        writes, acks = shell.snapshot()
+        task = asyncio.create_task(shell.finish(writes, acks))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert any(op.parts_pending(st) for st in shell.live.values())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cut_short())
+    assert not any(op.parts_pending(st) for st in shell.live.values())
+    writes, _ = _snapshot(shell)
+    _apply(shell, writes)
+    successor = _stitch_shell(dict(store), op)
+    for key, st in shell.live.items():
+        assert _comparable(op, successor.state(key)) == _comparable(op, st)
 
 
 def test_an_idle_bucket_leaves_no_record_behind_and_a_revived_one_starts_anew():
@@ -249,14 +342,14 @@ def test_an_idle_bucket_leaves_no_record_behind_and_a_revived_one_starts_anew():
     runner.feed(events)
     key = next(iter(shell.live))
     p = int(key[1:])
-    writes, _ = shell.snapshot()
+    writes, _ = _snapshot(shell)
     _apply(shell, writes)
     assert any(k.startswith(key.encode() + b"\x1f") for k in store)
     shell.drop(p, key)
     revived = shell.state(key)  # before the checkpoint: not the stored (older) state
     assert not revived["conns"] and not revived["lk"]
     shell.drop(p, key)
-    writes, _ = shell.snapshot()
+    writes, _ = _snapshot(shell)
     _apply(shell, writes)
     assert not [k for k in store if k == key.encode() or k.startswith(key.encode() + b"\x1f")]
 
@@ -273,7 +366,7 @@ def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under
     restored = successor.state(key)
     assert _comparable(op, restored) == _comparable(op, st)
     successor.touch(int(key[1:]), key)
-    writes, _ = successor.snapshot()
+    writes, _ = _snapshot(successor)
     _apply(successor, writes)
     assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
     assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
@@ -310,7 +403,8 @@ class _Producer:
 async def _checkpoint(shell: StageShell, producer: _Producer) -> list:
     """What Worker.checkpoint does with one stage: snapshot, write, (flush), confirm."""
     shell.worker = SimpleNamespace(app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)))
-    writes, _ = shell.snapshot()
+    writes, acks = shell.snapshot()
+    await shell.finish(writes, acks)
     await shell.write(writes)
     await shell.confirm()
     return writes
@@ -371,7 +465,7 @@ def test_a_checkpoint_whose_sends_failed_leaves_nothing_unsaid():
 def test_restoring_buckets_groups_the_store_once_and_never_uses_a_stale_group():
     runner, op, shell, store, log, events = _live_run()
     runner.feed(events[: len(events) // 2])
-    writes, _ = shell.snapshot()
+    writes, _ = _snapshot(shell)
     _apply(shell, writes)
     keys = list(shell.live)
     assert len(keys) >= 2
@@ -393,7 +487,7 @@ def test_restoring_buckets_groups_the_store_once_and_never_uses_a_stale_group():
     key = keys[1]
     runner.feed(events[len(events) // 2: len(events) * 3 // 4])
     shell.touch(int(key[1:]), key)
-    writes, _ = shell.snapshot()
+    writes, _ = _snapshot(shell)
     _apply(shell, writes)
     mine = lambda k: k == key.encode() or k.startswith(key.encode() + b"\x1f")  # noqa: E731
     for k in [k for k in late.table.data if mine(k)]:  # the standby copy follows the changelog

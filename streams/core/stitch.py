@@ -158,7 +158,8 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
  DX_T0, DX_T1, DX_REFS, DX_ANCHOR, DX_CLIENT) = range(23)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 5
-_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs"))  # the input buffer and change marks (durable_parts)
+# the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
+_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv"))
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
 # than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
@@ -446,6 +447,68 @@ class _Stitching:
         for k in ("_cc", "_cl", "_cs"):
             state.pop(k, None)
 
+    # A checkpoint in slices (begin_parts / next_parts): the cut takes the header and the keys that changed,
+    # and the entries are serialized a few at a time between the state's advances; an entry still to write
+    # that is about to change is serialized first, as it was at the cut (copy-on-write). Pending: "_pc",
+    # "_pl", "_ps" (the keys of conns, lk and dsrv still to write), "_pv" ({subkey: its bytes at the cut,
+    # or None for one gone}); every site that sets a change mark saves the entry first (_keep_conn,
+    # _keep_lookup, _keep_server) when it is pending, before it changes it.
+
+    @staticmethod
+    def begin_parts(state: dict) -> dict:
+        """The cut of a checkpoint in slices: the header durable_parts gives, now; its entries (the same
+        ones) follow from next_parts, as they are now, whatever the state goes through meanwhile."""
+        conns, lk, dsrv = state["conns"], state["lk"], state["dsrv"]
+        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["parts"] = len(conns) + len(lk) + len(dsrv)
+        cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
+        if cc is None or cl is None or cs is None:
+            cc, cl, cs = set(conns), set(lk), set(dsrv)  # all of them
+        if state.get("_pv") is not None:
+            raise RuntimeError("a checkpoint in slices begun before the last one ended")
+        state["_pc"], state["_pl"], state["_ps"], state["_pv"] = cc, cl, cs, {}
+        state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
+        return header
+
+    @staticmethod
+    def next_parts(state: dict, limit: int) -> dict | None:
+        """Up to `limit` more entries of the checkpoint begun (with those saved before a change):
+        {subkey: the entry's bytes (dumps_state) at the cut, or None for one gone}; None once all were
+        given (the state then has no pending entry)."""
+        saved = state.get("_pv")
+        if saved is None:
+            return None
+        from .graph import dumps_state
+        out, state["_pv"] = saved, {}
+        pc, pl, ps = state["_pc"], state["_pl"], state["_ps"]
+        conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
+        while limit > 0 and pc:
+            k = pc.pop()
+            c = conns.get(k)
+            out["c" + k] = None if c is None else dumps_state(c)
+            limit -= 1
+        while limit > 0 and pl:
+            k = pl.pop()
+            lookups = lk.get(k)
+            out["l" + k] = None if lookups is None else dumps_state([lks[k], lookups])
+            limit -= 1
+        while limit > 0 and ps:
+            k = ps.pop()
+            v = dsrv.get(k)
+            out["s" + k] = None if v is None else dumps_state(v)
+            limit -= 1
+        if not (pc or pl or ps):
+            for k in ("_pc", "_pl", "_ps", "_pv"):
+                del state[k]
+            if not out:
+                return None
+        return out
+
+    @staticmethod
+    def parts_pending(state: dict) -> bool:
+        """Whether a checkpoint in slices has entries of this state still to give."""
+        return state.get("_pv") is not None
+
     def restore_parts(self, header: dict, entries: dict) -> dict:
         """A header and its entries {subkey: entry} (durable_parts' forms, as JSON gives them back)
         -> a state process/advance take, marked as having given out exactly these (the next
@@ -613,6 +676,7 @@ class _Stitching:
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
+                keep = state.get("_pc")  # conns a checkpoint in slices has still to write (begin_parts)
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 timers = self._timers
                 for d in ready:
@@ -672,6 +736,8 @@ class _Stitching:
                             ck = self._conn_key(ip, port)
                         if marked is not None:
                             marked.add(ck)  # whatever this event does to conns[ck] (new, changed, replaced)
+                            if keep and ck in keep:
+                                _keep_conn(state, ck)
                         conn = conns.get(ck)
                         if kind == "connect":  # (tested first: most events are not connects)
                             if e.syscall == "getsockopt":
@@ -982,6 +1048,8 @@ class _Stitching:
                 dsrv = st["dsrv"]
                 if "_cs" in st:
                     st["_cs"].add(k)  # change mark (durable_parts)
+                    if st.get("_ps") and k in st["_ps"]:
+                        _keep_server(st, k)
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
                     del dsrv[k]
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
@@ -1002,6 +1070,8 @@ class _Stitching:
             lkey = self._lkey(d.flow, e.node, e.pid)
         if "_cl" in st:
             st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
+            if st.get("_pl") and lkey in st["_pl"]:
+                _keep_lookup(st, lkey)
         ts = e.ts
         lookups = st["lk"].get(lkey)
         if lookups:
@@ -1070,6 +1140,8 @@ class _Stitching:
             return None
         if "_cl" in st:
             st["_cl"].add(lkey)  # change mark (durable_parts): dropped or claimed lookups
+            if st.get("_pl") and lkey in st["_pl"]:
+                _keep_lookup(st, lkey)
         ts = e.ts
         lookups = self._lookups(st, lkey, lookups, ts)
         if not lookups:
@@ -1124,11 +1196,13 @@ class _Stitching:
             else:
                 continue  # already gone (trimmed, or dropped when its key was read)
             if now >= lk[L_T1] + timeout:
+                if "_cl" in st:
+                    st["_cl"].add(lkey)  # change mark (durable_parts)
+                    if st.get("_pl") and lkey in st["_pl"]:
+                        _keep_lookup(st, lkey)
                 lookups.remove(lk)
                 if not lookups:
                     del lk_by_key[lkey], lks[lkey]
-                if "_cl" in st:
-                    st["_cl"].add(lkey)  # change mark (durable_parts)
             else:
                 heappush(lc, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
 
@@ -1230,6 +1304,7 @@ class _Stitching:
         conns = st["conns"]
         tq = st["tq"]
         marked = st.get("_cc")  # change marks (durable_parts): every conn a pass changes or removes
+        keep = st.get("_pc")  # (begin_parts: saved before they change)
         exact: dict[str, int] = {}  # deadlines computed in this pass (no event is applied during it)
         if final:
             due = list(conns)
@@ -1249,16 +1324,22 @@ class _Stitching:
                     if dl <= now:
                         found[key] = conn.seq
                     else:
-                        heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
-                        conn.qd = exact[key] = dl
                         if marked is not None:
                             marked.add(key)
+                            if keep and key in keep:
+                                _keep_conn(st, key)
+                        heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
+                        conn.qd = exact[key] = dl
                 if not tq or tq[0][0] > now:
                     break
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
         settle_ns, idle_ns = self.settle_ns, self.idle_ns
         if marked is not None and due:
             marked.update(due)
+            if keep:
+                for key in due:
+                    if key in keep:
+                        _keep_conn(st, key)
         for key in due:
             conn = conns[key]
             ccl = conn.ccl
@@ -1312,10 +1393,12 @@ class _Stitching:
             actual = self._conn_deadline(conn)
             if actual == dl:
                 break
-            heapreplace(tq, [actual, key])
-            conn.qd = actual
             if marked is not None:
                 marked.add(key)
+                if keep and key in keep:
+                    _keep_conn(st, key)
+            heapreplace(tq, [actual, key])
+            conn.qd = actual
         nxt = tq[0][0] if tq else None
         lc = st["lc"]
         if lc:
@@ -1344,10 +1427,20 @@ class _Stitching:
                 if final:
                     if "_cs" in st:
                         st["_cs"].update(dsrv)
+                        if st.get("_ps"):
+                            for k in list(st["_ps"]):
+                                _keep_server(st, k)
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
                     for first in dsrv.values():  # (most passes: the first has not expired, no call)
                         if first[S_TS] < horizon:
+                            if st.get("_ps"):  # (begin_parts: the pending ones that go, saved first)
+                                keep_s = st["_ps"]
+                                for k, v in list(dsrv.items()):
+                                    if v[S_TS] >= horizon:
+                                        break
+                                    if k in keep_s:
+                                        _keep_server(st, k)
                             old = drop_expired_front(dsrv, horizon, S_TS)
                             if "_cs" in st:
                                 st["_cs"].update(old)
@@ -1388,9 +1481,12 @@ class _Stitching:
             if len(due) > 1:
                 due.sort(key=lambda x: (x[0], x[1]))
         marked = st.get("_cl")  # change marks (durable_parts)
+        keep = st.get("_pl")  # (begin_parts: saved before they change)
         for _ks, _ls, lkey, lk in due:
             if marked is not None:
                 marked.add(lkey)
+                if keep and lkey in keep:
+                    _keep_lookup(st, lkey)
             if not lk[L_CLAIMED]:
                 # at end of input, a query younger than the resolver timeout may still be answered
                 cut = final and any(q[Q_ANSWER] is None and now - q[Q_TS] < R.RETRY_GAP_NS[0] for q in lk[L_QUERIES])
@@ -1405,9 +1501,11 @@ class _Stitching:
         if st["lke"]:
             for lkey in st["lke"]:  # lists an unmatched answer created, still empty
                 if lk_by_key.get(lkey) == []:
-                    del lk_by_key[lkey], lks[lkey]
                     if marked is not None:
                         marked.add(lkey)
+                        if keep and lkey in keep:
+                            _keep_lookup(st, lkey)
+                    del lk_by_key[lkey], lks[lkey]
             st["lke"] = []
         self._exact_lookup_head(st)
 
@@ -1980,6 +2078,30 @@ _event_id = itemgetter("node", "n")  # an event ref's event
 _ref_ts = itemgetter("ts")
 _event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
+
+
+def _keep_conn(st: dict, k: str) -> None:
+    """Conn k, about to change while a checkpoint in slices still has to write it: its bytes now (at the cut)."""
+    from .graph import dumps_state
+    st["_pc"].discard(k)
+    c = st["conns"].get(k)
+    st["_pv"]["c" + k] = None if c is None else dumps_state(c)
+
+
+def _keep_lookup(st: dict, k: str) -> None:
+    """Lookup key k, as _keep_conn."""
+    from .graph import dumps_state
+    st["_pl"].discard(k)
+    lookups = st["lk"].get(k)
+    st["_pv"]["l" + k] = None if lookups is None else dumps_state([st["lks"][k], lookups])
+
+
+def _keep_server(st: dict, k: str) -> None:
+    """DNS server record k, as _keep_conn."""
+    from .graph import dumps_state
+    st["_ps"].discard(k)
+    v = st["dsrv"].get(k)
+    st["_pv"]["s" + k] = None if v is None else dumps_state(v)
 
 
 def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int) -> None:

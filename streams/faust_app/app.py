@@ -142,6 +142,11 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 BROKER_SILENT_S = 2.0
 # How long a checkpoint waits for the stitch stage to finish its advances in flight (see checkpoint()).
 QUIET_WAIT_S = 0.2
+# A checkpoint in slices (the stitch stage: StageShell.finish) serializes entries for about this long at a
+# time, then lets the loop take records again; SLICE_ENTRIES per call between two looks at the clock.
+SLICE_S = 0.005
+SLICE_ENTRIES = 64
+TAKE_RECORDS = 4096  # records the store takes at once (StageShell._take), and the producer's batches (write())
 
 
 @dataclass(frozen=True)
@@ -516,7 +521,9 @@ class StageShell:
 
     An operator with durable_parts (the stitch and alerts stages) is checkpointed in parts
     (checkpoint.py, formats 5 and 6): a key's record is its header, each entry of its state
-    a record keyed <key> PART_SEP <entry key>, written when it changed."""
+    a record keyed <key> PART_SEP <entry key>, written when it changed. One with begin_parts (the
+    stitch stage) in slices too: snapshot() cuts (headers, which entries), finish() serializes the
+    entries between records, as they were at the cut."""
 
     def __init__(self, worker: "Worker", name: str, op, table, partitions: int, sources: int):
         self.worker, self.name, self.op, self.table = worker, name, op, table
@@ -528,6 +535,11 @@ class StageShell:
         self.meta: dict[int, dict] = {}
         self.locks: dict[int, asyncio.Lock] = {}
         self.in_parts = hasattr(op, "durable_parts")
+        # Checkpointed in slices (op.begin_parts, the stitch stage): snapshot() cuts, finish() serializes the
+        # changed entries between records. The cut keys, (p, key, state, full, header bytes), until finish().
+        self.in_slices = hasattr(op, "begin_parts")
+        self._cuts: list[tuple[int, str, dict, bool, bytes]] = []
+        self._left: set[int] | None = None  # partitions forgotten while a cut's entries were being serialized
         self.part_keys: dict[str, set[bytes]] = {}  # key -> its entries' changelog keys the store holds
         self._grouped: dict[str, dict[bytes, bytes]] | None = None  # the store's entries by key (_stored_parts)
         self._dropped: set[str] = set()  # keys dropped since the last checkpoint (their records still stored)
@@ -549,6 +561,8 @@ class StageShell:
 
     # state ------------------------------------------------------------------------------
     def forget(self, p: int) -> None:
+        if self._left is not None:
+            self._left.add(p)  # (its cut is not written: finish())
         meta = self.meta.pop(p, None)
         for key in (meta or {}).get("keys", ()):
             self.live.pop(key, None)
@@ -717,10 +731,18 @@ class StageShell:
         store = self.table.data
         durable = self.op.durable
         busy = {p for p, lock in self.locks.items() if lock.locked()}  # mid-advance: next checkpoint
+        if self._cuts:  # (a cut of a checkpoint that failed before its finish())
+            self._abandon(self._cuts)
+            self._cuts = []
         self._grouped = None  # (restores come together, after an assignment: no stale values held longer)
         for p in (set(self.dirty) | set(self.deleted) | set(self.pending)) - busy:
             for key in self.dirty.get(p, ()):
                 self._dropped.discard(key)  # (its records are written now)
+                if self.in_slices:
+                    st = self.live[key]
+                    full = not self.op.tracking(st)
+                    self._cuts.append((p, key, st, full, dumps_checkpoint(self.op.begin_parts(st))))
+                    continue
                 if self.in_parts:
                     self._snapshot_parts(p, key, writes)
                     continue
@@ -753,6 +775,16 @@ class StageShell:
             self.pending[p] = items[done:]
             self.dirty.pop(p, None)
             self.deleted.pop(p, None)
+        if self._cuts:
+            self._left = set()
+            return writes, ackable  # (finish() adds the cut keys' records, and the store takes them then)
+        self._again(writes)
+        self._take(writes)
+        return writes, ackable
+
+    def _again(self, writes: list) -> None:
+        """The records of an unfinished checkpoint that this one does not write anew: first, as the store has them."""
+        store = self.table.data
         if self._unsent:
             again = dict(self._unsent)  # (also a busy partition's: the store's values are of an earlier cut)
             for _p, k, _v in writes:
@@ -761,8 +793,96 @@ class StageShell:
                 log.warning("%s checkpoint: %d records of an unfinished checkpoint written again", self.name,
                             len(again))
                 writes[:0] = [(q, k, None if store.get(k) is None else bytes(store[k])) for k, q in again.items()]
-        self._take(writes)
-        return writes, ackable
+
+    async def finish(self, writes: list, ackable: list) -> None:
+        """A checkpoint in slices (after snapshot(), which cut the keys): the changed entries of each key cut,
+        serialized about SLICE_S at a time between records (the loop goes on applying them: op.next_parts
+        gives every entry as it was at the cut, one about to change is serialized before it does), added to
+        `writes`, then the store takes them. A partition forgotten meanwhile (revoked) is not written, nor
+        its input acknowledged: it is its next owner's."""
+        cuts, self._cuts = self._cuts, []
+        if not cuts:
+            return
+        clock, next_parts, limit = time.perf_counter, self.op.next_parts, SLICE_ENTRIES
+        store = self.table.data
+        metrics = getattr(self.worker, "metrics", None)
+        blocking = metrics.checkpoint_blocking if metrics is not None else _Unmeasured
+        await asyncio.sleep(0)  # (after the cut)
+        t0 = clock()
+        done = False
+        try:
+            for p, key, st, full, header in cuts:
+                # its entries that changed (tombstones for those gone; all of them the first time, and
+                # tombstones for the stored entries it no longer has), then its header
+                stored = self.part_keys.get(key)
+                if stored is None:
+                    stored = self.part_keys[key] = set()
+                prefix = key.encode() + _PART_SEP
+                gone = stored.copy() if full else None
+                while True:
+                    until = t0 + SLICE_S
+                    while (got := next_parts(st, limit)) is not None:
+                        self._entry_writes(p, prefix, got, stored, gone, writes)
+                        if clock() >= until:
+                            break
+                    if got is None:
+                        break
+                    blocking.observe(clock() - t0)
+                    await asyncio.sleep(0)  # (records, marks and ticks in between)
+                    t0 = clock()
+                if p in self._left:
+                    continue
+                for k in sorted(gone or ()):
+                    writes.append((p, k, None))
+                    stored.discard(k)
+                k = key.encode()
+                if store.get(k) != header:
+                    writes.append((p, k, header))  # (after its entries)
+            self._again(writes)
+            for i in range(0, len(writes), TAKE_RECORDS):  # the store takes them, a slice at a time too
+                if clock() >= t0 + SLICE_S:
+                    blocking.observe(clock() - t0)
+                    await asyncio.sleep(0)
+                    t0 = clock()
+                some = writes[i:i + TAKE_RECORDS]
+                self._take([w for w in some if w[0] not in self._left] if self._left else some)
+            done = True
+        finally:
+            if not done:
+                self._abandon(cuts)
+            left, self._left = self._left, None
+        blocking.observe(clock() - t0)
+        if left:
+            writes[:] = [w for w in writes if w[0] not in left]
+            ackable[:] = [e for e in ackable if e.message.partition not in left]
+
+    def _abandon(self, cuts: list) -> None:
+        """Cut keys whose checkpoint did not finish (it failed or was cancelled): nothing pending left in their
+        states, and their next checkpoint writes every entry (the changes the cut took are not in the store)."""
+        for p, key, st, _full, _header in cuts:
+            while self.op.next_parts(st, 1 << 30) is not None:
+                pass
+            self.op.untrack(st)
+            if self.live.get(key) is st and (self._left is None or p not in self._left):
+                self.dirty.setdefault(p, set()).add(key)
+
+    def _entry_writes(self, p: int, prefix: bytes, entries: dict, stored: set, gone: set | None, writes: list) -> None:
+        """Records of a cut key's entries (finish()): each that changed, a tombstone for each gone."""
+        store = self.table.data
+        if p in self._left:
+            return
+        for sub, value in entries.items():
+            k = prefix + sub.encode()
+            if value is None:
+                if k in stored:
+                    writes.append((p, k, None))
+                    stored.discard(k)
+                continue
+            if store.get(k) != value:
+                writes.append((p, k, value))
+            stored.add(k)
+            if gone is not None:
+                gone.discard(k)
 
     def _take(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
         """The store takes a checkpoint's records (unsent until confirmed). It keeps a checkpoint's entries as
@@ -834,7 +954,9 @@ class StageShell:
         producer = self.worker.app.producer._ensure_producer()
         codec = producer._message_accumulator._compression_type  # (what the producer's own batches use)
         batches: dict[int, list] = {}
-        for p, key, value in writes:
+        for i, (p, key, value) in enumerate(writes):
+            if i and not i % TAKE_RECORDS:
+                await asyncio.sleep(0)  # (a checkpoint in parts writes tens of thousands: records between)
             queue = batches.get(p)
             if queue is None:
                 queue = batches[p] = [BatchBuilder(MAX_STATE_BYTES, codec)]
@@ -862,6 +984,12 @@ class StageShell:
                 raise outcome
         for key in keys:
             self._unsent.pop(key, None)
+
+
+class _Unmeasured:
+    @staticmethod
+    def observe(_value) -> None:
+        pass
 
 
 def _retrieved(future: asyncio.Future) -> None:
@@ -1436,35 +1564,51 @@ class Worker:
         stage.touch(p, key)
         return outs
 
-    def _copies(self, busy: set[int]) -> list[tuple[int, str, dict]]:
-        """At a checkpoint, right after the stitch snapshot: what was handed to the stitch stage directly
-        since the last checkpoint and is not in the state written now (its buffered events, at or past
-        the key's watermark; everything, losses too, for a partition whose state is not written now:
-        `busy`), as enriched batches to write to svctrace.flows: (partition, key, batch)."""
-        copies = []
+    def _handed_cut(self, busy: set[int]) -> list[tuple[int, list, dict | None]]:
+        """At a checkpoint's cut, right after the stitch snapshot: what was handed to the stitch stage directly
+        since the last checkpoint, per partition, with the watermark of each of its keys then (None for a key
+        applied and idle; no watermarks for a partition whose state is not written now: `busy`). Their copies
+        (_copies) are made after the cut, between records: a handed batch does not change."""
         handed, self.handed = self.handed, {}
+        live = self.stitch.live
+        cut = []
         for p, items in handed.items():
-            by_key: dict[str, tuple[list, list]] = {}
-            for key, events, lost in items:
-                st = self.stitch.live.get(key)
-                if p not in busy:
-                    if st is None:
-                        continue  # applied and idle: the state written holds it
-                    wm = st["wm"]
-                    if events.__class__ is EventRun:  # in time order: its buffered tail starts at the first ts >= wm
-                        events = events[bisect_left(events, wm, key=_ENRICHED_TS):]
-                    else:
-                        events = [e for e in events if e.ev.ts >= wm]
-                    lost = []
-                if events or lost:
-                    evs, losses = by_key.setdefault(key, ([], []))
-                    evs += events
-                    losses += lost
-            for key, (events, lost) in by_key.items():
-                batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
-                if lost:
-                    batch["lost"] = lost
-                copies.append((p, key, batch))
+            wms = None
+            if p not in busy:
+                wms = {}
+                for key, _events, _lost in items:
+                    if key not in wms:
+                        st = live.get(key)
+                        wms[key] = None if st is None else st["wm"]
+            cut.append((p, items, wms))
+        return cut
+
+    def _copies(self, p: int, items: list, wms: dict | None) -> list[tuple[int, str, dict]]:
+        """What was handed to stitch partition p (_handed_cut) and is not in the state the checkpoint writes
+        (its buffered events, at or past the key's watermark at the cut; everything, losses too, for a
+        partition whose state is not written now: no `wms`), as enriched batches to write to svctrace.flows:
+        (partition, key, batch), cut into records as they are written (_write_copies)."""
+        copies = []
+        by_key: dict[str, tuple[list, list]] = {}
+        for key, events, lost in items:
+            if wms is not None:
+                wm = wms[key]
+                if wm is None:
+                    continue  # applied and idle: the state written holds it
+                if events.__class__ is EventRun:  # in time order: its buffered tail starts at the first ts >= wm
+                    events = events[bisect_left(events, wm, key=_ENRICHED_TS):]
+                else:
+                    events = [e for e in events if e.ev.ts >= wm]
+                lost = []
+            if events or lost:
+                evs, losses = by_key.setdefault(key, ([], []))
+                evs += events
+                losses += lost
+        for key, (events, lost) in by_key.items():
+            batch = {"schema": ENRICHED_SCHEMA, "version": 1, "events": events}
+            if lost:
+                batch["lost"] = lost
+            copies.append((p, key, batch))
         return copies
 
     async def _send_handed(self, p: int, handed: list) -> None:
@@ -1868,12 +2012,23 @@ class Worker:
                     break
                 async with held[0]:
                     pass
-            # from here to the copies, no await: one consistent cut of every stage
+            # from here to the handed batches, no await: one consistent cut of every stage
+            cut_t0 = time.perf_counter()
             busy = {p for p, lock in self.stitch.locks.items() if lock.locked()}
             snapshots = [(stage, *stage.snapshot()) for stage in self.stages]
-            copies = self._copies(busy) if handed else []
+            handed_cut = self._handed_cut(busy) if handed else []
             announced = {q: m for (topic, q), m in self.hb_sent.items() if topic == FLOWS_TOPIC}
             announced.update(self.hb_due.get(FLOWS_TOPIC, {}))  # (queued marks cover finished releases)
+            self.metrics.checkpoint_blocking.observe(time.perf_counter() - cut_t0)
+            # The cut is made: the stitch entries it holds are serialized in slices, between records.
+            for stage, writes, acks in snapshots:
+                await stage.finish(writes, acks)
+            copies = []
+            for p, items, wms in handed_cut:
+                t0 = time.perf_counter()
+                copies += self._copies(p, items, wms)
+                self.metrics.checkpoint_blocking.observe(time.perf_counter() - t0)
+                await asyncio.sleep(0)
             if copies or any(writes or acks for _, writes, acks in snapshots):
                 # Durable in this order (a crash between two steps loses nothing): the outputs of what
                 # the snapshot holds (a state written says they are out: a successor drops the input

@@ -1,7 +1,7 @@
 """Prometheus /metrics of the worker (prometheus-client, its own registry, loopback by default)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from svctrace import metrics_http
 
@@ -22,6 +22,11 @@ class WorkerMetrics:
         self.checkpoint_bytes = Counter("svctrace_worker_checkpoint_bytes",
                                         "Operator state bytes written to the changelogs (durable state of changed keys)",
                                         ["stage"], registry=r)
+        self.checkpoint_blocking = Histogram(
+            "svctrace_worker_checkpoint_blocking_seconds",
+            "How long a checkpoint held the worker's event loop at once (its cut of every stage's state, each slice "
+            "of the stitch entries it serializes between records, the store taking them): records wait meanwhile",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
         self.watermark = Gauge("svctrace_worker_watermark_seconds", "Event-time watermark of each stage",
                                ["stage"], registry=r)
         self.sources_done = Gauge("svctrace_worker_sources_done",
