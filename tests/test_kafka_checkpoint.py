@@ -623,7 +623,7 @@ def test_a_failed_output_send_stops_the_worker_before_its_checkpoint_writes_or_a
         producer = _OutputProducer()
         worker, ack, crashed = _worker_with_state(producer)
         producer.failing.add(worker.names[FLOWS_TOPIC])
-        await worker._write_copies([(1, "b1", {"schema": ENRICHED_SCHEMA, "version": 1, "events": []}, None)])
+        await worker._write_copies([(1, "b1", {"schema": ENRICHED_SCHEMA, "version": 1, "events": []})])
         await worker.checkpoint()
         assert producer.changelog() == [] and not ack.acked and len(crashed) == 1
 
@@ -652,7 +652,7 @@ def test_a_record_the_producer_refuses_to_queue_stops_the_worker_as_a_failed_del
         assert len(crashed) == 1 and "no room" in str(crashed[0]) and worker.sends.failed == 1
 
     for refused, send in (
-            (FLOWS_TOPIC, lambda w: w._write_copies([(1, "b1", batch, None)])),
+            (FLOWS_TOPIC, lambda w: w._write_copies([(1, "b1", batch)])),
             (FLOWS_TOPIC, lambda w: w._send_handed(1, [("b1", [], [])])),
             (ENRICHED_TOPIC, lambda w: w.route("enrich", 0, [(ENRICHED_TOPIC, "node-a", batch)]))):
         asyncio.run(story(refused, send))
