@@ -822,7 +822,8 @@ class StageShell:
                 while True:
                     until = t0 + SLICE_S
                     while (got := next_parts(st, limit)) is not None:
-                        self._entry_writes(p, prefix, got, stored, gone, writes)
+                        if p not in self._left:  # (revoked meanwhile: not written)
+                            self._entry_writes(p, prefix, got, stored, gone, writes)
                         if clock() >= until:
                             break
                     if got is None:
@@ -867,10 +868,9 @@ class StageShell:
                 self.dirty.setdefault(p, set()).add(key)
 
     def _entry_writes(self, p: int, prefix: bytes, entries: dict, stored: set, gone: set | None, writes: list) -> None:
-        """Records of a cut key's entries (finish()): each that changed, a tombstone for each gone."""
+        """Records of a key's serialized entries {subkey: bytes, or None for one gone} (snapshot, finish()):
+        each that changed, a tombstone for each gone; `gone` (the stored ones not seen) loses those seen."""
         store = self.table.data
-        if p in self._left:
-            return
         for sub, value in entries.items():
             k = prefix + sub.encode()
             if value is None:
@@ -920,21 +920,9 @@ class StageShell:
         if stored is None:
             stored = self.part_keys[key] = set()
         prefix = key.encode() + _PART_SEP
-        if full:
-            gone = stored.copy()
-        for sub, entry in changed.items():
-            k = prefix + sub.encode()
-            if entry is None:
-                if k in stored:
-                    writes.append((p, k, None))
-                    stored.discard(k)
-                continue
-            value = dumps_part(entry)
-            if store.get(k) != value:
-                writes.append((p, k, value))
-            stored.add(k)
-            if full:
-                gone.discard(k)
+        gone = stored.copy() if full else None
+        self._entry_writes(p, prefix, {sub: None if entry is None else dumps_part(entry) for sub, entry in changed.items()},
+                           stored, gone, writes)
         if full:
             for k in sorted(gone):
                 writes.append((p, k, None))
