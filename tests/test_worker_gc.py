@@ -23,9 +23,10 @@ class _Node:
 
 def test_the_state_is_frozen_every_few_seconds_and_fully_collected_now_and_then():
     clock = _Clock()
-    was_enabled = gc.isenabled()
+    was_enabled, threshold = gc.isenabled(), gc.get_threshold()
     gc.disable()  # (no automatic pass in between: the counts below are the freezer's alone)
     try:
+        gc.set_threshold(500_000, threshold[1], threshold[2])  # the worker's (fewer_gc_passes)
         freezer = GcFreezer(every_s=3.0, full_s=60.0, clock=clock)
         state = [[i, str(i)] for i in range(1000)]  # what a stage keeps: tracked, acyclic
         frozen = gc.get_freeze_count()
@@ -52,6 +53,7 @@ def test_the_state_is_frozen_every_few_seconds_and_fully_collected_now_and_then(
         assert gc.get_freeze_count() > 0  # (frozen again after it)
         del state
     finally:
+        gc.set_threshold(*threshold)
         gc.unfreeze()
         if was_enabled:
             gc.enable()
@@ -84,6 +86,32 @@ def test_full_collections_that_find_little_come_ever_less_often_and_one_that_fin
         assert all(ref() is None for ref in garbage) and freezer.collected >= 2 * len(garbage)
         assert freezer.full_wait == 60.0  # back to the first wait
     finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def test_a_young_generation_half_way_to_a_gen0_pass_is_frozen_before_its_time():
+    clock = _Clock()
+    was_enabled, threshold = gc.isenabled(), gc.get_threshold()
+    gc.disable()
+    try:
+        gc.set_threshold(10_000, threshold[1], threshold[2])
+        freezer = GcFreezer(every_s=3.0, full_s=600.0, clock=clock)
+        assert freezer.young_limit == 5_000
+        gc.freeze()
+        few = [[i] for i in range(4_000)]  # below half the threshold: waits for every_s
+        clock.now += 0.1
+        freezer.tick()
+        assert gc.get_count()[0] >= 3_900  # (not frozen yet)
+        more = [[i] for i in range(2_000)]  # past half of it: frozen at this tick, not 2.9 s later
+        clock.now += 0.1
+        frozen = gc.get_freeze_count()
+        freezer.tick()
+        assert gc.get_count()[0] < 100 and gc.get_freeze_count() >= frozen + len(few) + len(more)
+        assert freezer.frozen_at == clock.now
+    finally:
+        gc.set_threshold(*threshold)
         gc.unfreeze()
         if was_enabled:
             gc.enable()

@@ -1017,6 +1017,11 @@ class GcFreezer:
     collection runs, a stall of about a second per million objects (20k events/s: 455k objects, 0.6 s of
     CPU), so such garbage waits at most that long.
 
+    Also sooner than `every_s` once the young generation holds half the gen-0 threshold: at high rates
+    (100k events/s, ~2 tracked objects an event live for a second or more) it fills within 3 s, and a gen-0
+    pass over those ~500k live objects took ~300 ms of CPU (0.5-0.9 us/event in bench.worker_steady at
+    80-100k events/s) to find nothing.
+
     How often: `full_s` at first; a collection that found little (at most GARBAGE_PER_S per second since
     the last) doubles the wait, up to `max_full_s`, and one that found more brings it back to `full_s`.
     A live worker's found none after its start (bench.worker_steady at 20k events/s, a collection every
@@ -1028,6 +1033,7 @@ class GcFreezer:
     def __init__(self, every_s: float = 3.0, full_s: float = 600.0, max_full_s: float = 4800.0,
                  clock=time.monotonic):
         self.every_s, self.full_s, self.max_full_s, self.clock = every_s, full_s, max_full_s, clock
+        self.young_limit = max(gc.get_threshold()[0] // 2, 1)  # (the threshold fewer_gc_passes set)
         self.full_wait = full_s  # until the next full collection, from the last
         now = clock()
         self.frozen_at, self.full_at = now, now
@@ -1046,7 +1052,7 @@ class GcFreezer:
                 self.full_wait = min(2 * self.full_wait, self.max_full_s)
             else:
                 self.full_wait = self.full_s
-        elif now - self.frozen_at >= self.every_s:
+        elif now - self.frozen_at >= self.every_s or gc.get_count()[0] >= self.young_limit:
             self.frozen_at = now
             gc.freeze()
 
