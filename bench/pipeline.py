@@ -235,8 +235,9 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     same = set(res.chains) == {c["chain_id"] for c in result.chains}
     print(f"  chains: worker {len(res.chains):,}, in-process {len(result.chains):,}{'' if same else '  (DIFFER)'}")
     eps = measured / cpu
-    print(f"  target >= {TARGET_EPS:,} events/s per worker (per CPU-second): {'met' if eps >= TARGET_EPS else 'NOT met'}"
-          f" ({eps / TARGET_EPS:.2f} of it; the in-process core alone: {len(events) / inproc_cpu / TARGET_EPS:.2f})")
+    print(f"  on a backlog (an upper bound: big batches, young state), per CPU-second: {eps / TARGET_EPS:.2f} of the "
+          f"target {TARGET_EPS:,} events/s per worker (the in-process core alone: {len(events) / inproc_cpu / TARGET_EPS:.2f}); "
+          f"the live figure that counts: bench.worker_steady --rate {TARGET_EPS}")
 
 
 async def _collect(bootstrap: str, prefix: str, arrivals: dict, stop: asyncio.Event) -> None:
