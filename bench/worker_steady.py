@@ -138,10 +138,12 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
             collector = asyncio.create_task(_collect(bootstrap, prefix, arrivals, stop))
             await P.publish_live(bootstrap, prefix, warm)
             os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
-            cpu0, t0 = cpu_seconds(worker.proc.pid), time.perf_counter()
+            cpu0, t0, machine0, own0 = cpu_seconds(worker.proc.pid), time.perf_counter(), _machine(), time.process_time()
             ck0, bytes0, blocked0 = metric("svctrace_worker_checkpoints_total"), state_bytes(), blocking()
             n = await P.publish_live(bootstrap, prefix, measured)
             cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
+            busy, ticks = (a - b for a, b in zip(_machine(), machine0))
+            tail["machine_busy"], tail["bench_cpu"] = busy / ticks * os.cpu_count(), time.process_time() - own0
             # how far behind the stream the worker is as the span ends: events published, not yet taken
             tail["lag_events"] = len(events) - metric("svctrace_worker_events_total", stage="enrich")
             ck, written = metric("svctrace_worker_checkpoints_total") - ck0, state_bytes()  # a few ms
@@ -195,6 +197,9 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
           f"svctrace.events.enriched; {args.warmup:g} s warm-up, then {args.span:g} s measured; {load()}")
     print(f"  (measured: {n:,} events published in the span; worker CPU {cpu:.2f} s over {wall:.2f} s wall, "
           f"{cpu / wall:.0%} of a core; in-process CPU {inproc_cpu:.2f} s for all {len(events):,} events)")
+    print(f"  (the machine meanwhile: {tail['machine_busy']:.2f} of its {os.cpu_count()} cores busy, the worker "
+          f"{cpu / wall:.2f}, this bench's publisher and collector {tail['bench_cpu'] / wall:.2f}"
+          f"{': every core busy, the worker competed for one' if tail['machine_busy'] > os.cpu_count() - 0.2 else ''})")
     print(f"  checkpoints in the span: {checkpoints:.0f}; changelog writes (durable state of changed keys): "
           + ", ".join(f"{s} {b / 1e6:.1f} MB" for s, b in written.items())
           + f" ({sum(written.values()) / n:,.0f} B per event)")
@@ -266,6 +271,13 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
           f"{'met' if eps >= TARGET_EPS and kept_up else 'NOT met'} ({eps / TARGET_EPS:.2f} of it per CPU-second"
           f"{'' if kept_up else ', but the worker fell behind this stream'}; the in-process core alone: "
           f"{len(events) / inproc_cpu / TARGET_EPS:.2f})")
+
+
+def _machine() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def _buckets(url: str, name: str) -> dict[str, float]:
