@@ -263,11 +263,11 @@ def _alert_last(doc: dict) -> int:
     return max(e["ts"] for e in doc["evidence"]) if doc["evidence"] else doc["last_seen"]
 
 
-def _live_events(requests: int, rate: float):
+def _live_events(requests: int, rate: float, lead_s: float = 2.0):
     """Requests with wrong-port faults, each from its own client pod (its own alert), at `rate`/s,
-    stamped with the wall clock from 2 s on."""
+    stamped with the wall clock from `lead_s` on."""
     gap_ns = int(S / rate)
-    start = time.time_ns() + 2 * S
+    start = time.time_ns() + int(lead_s * S)
     cluster = scenario.Cluster("wrong_port")
     for i in range(requests):
         cluster.pods[f"client-{i}"] = scenario.Pod(f"client-{i}", f"10.244.{1 + i // 250}.{1 + i % 250}", "node-a",
@@ -325,7 +325,10 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
                           latency_report=str(report_path) if logged else None)
     try:
         url = worker.metrics_url(timeout=120)
+        built = time.monotonic()
         cluster, events = _live_events(requests, rate)
+        # (the first requests must not be past when their batches go out: building 1000 took 4.7-8.2 s on a busy host)
+        lead_s = 2.0 + 2 * (time.monotonic() - built)
         n = asyncio.run(P.publish_cluster(bootstrap, prefix, cluster.records()))
         P.wait_until(lambda: P.metric_value(url, "svctrace_worker_cluster_objects") >= n, 60,
                      "Kubernetes objects in the worker's index", [worker])
@@ -335,7 +338,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         while time.monotonic() < deadline and P.metric_value(url, "svctrace_worker_sources_done") < partitions:
             worker.check_alive()
             time.sleep(0.2)
-        cluster, events = _live_events(requests, rate)  # fresh wall-clock times after the wait
+        cluster, events = _live_events(requests, rate, lead_s)  # fresh wall-clock times after the wait
         last_ts = events[-1].ts
         worker_arrivals: dict = {}
         paced: list = []
@@ -378,7 +381,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
 
     # The in-process runner, fed the same kind of stream at the same pace, with the same settings;
     # when nothing arrives its clock follows the wall clock (as the worker's does for a live source).
-    cluster, events = _live_events(requests, rate)
+    cluster, events = _live_events(requests, rate, lead_s)
     runner = Runner(ClusterIndex.from_records(cluster.records()), settings)
     inproc: dict = {}
 
