@@ -113,7 +113,8 @@ def _install_waits(W, worker_app, now) -> None:
     partition and mark, how long it held the loop), each chain tagged with the advance that emitted it,
     the ticks (when each began and how long it took), each live source's idle advance (the fetch time
     it was bounded by, each node's newest event and how long it had been silent), every syscalls
-    record the enrich stage took (its node and newest event), and how late the loop ran (a task asking
+    record the enrich stage took (its node, newest event and when the agent sent it), each checkpoint's
+    durable marks (how long they held the flows announcements), and how late the loop ran (a task asking
     to wake every 10 ms: each wake more than 20 ms late is logged)."""
     import asyncio
 
@@ -166,6 +167,16 @@ def _install_waits(W, worker_app, now) -> None:
         LOG.append(("rec", t, node, msg.partition, [own[0] if own else 0, now() - t, msg.offset,
                                                     int((msg.timestamp or 0) * 1e9)]))
 
+    durable_marks = W._durable_marks
+
+    async def logged_durable_marks(self, announced):
+        t = now()
+        try:
+            return await durable_marks(self, announced)
+        finally:
+            LOG.append(("durable", t, "", 0, now() - t))
+
+    W._durable_marks = logged_durable_marks
     StageShell.advance_keys = logged_advance_keys
     W.route, W._tick, W._advance_idle, W._enrich_one = logged_route, logged_tick, logged_advance_idle, logged_enrich_one
 
