@@ -23,6 +23,9 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
    syscall. Each request comes from its own client pod, so every request raises its own alert
    (the alert key is rule + labels). Both runners use the same event-time settings (--lateness,
    --settle; default: the worker's own defaults); they bound the latency from below in both.
+   The batches are cut on a fixed grid, the last --tail-age after the last event (default half the
+   linger): the last requests' alerts wait about that much more (latency()), the same in every run.
+   --latency-dump logs what every chain waited for (`python -m bench.worker_latency --explain FILE`).
 --stages runs the throughput worker with CPU clocks on its stages (bench.worker_stages) and prints
 each stage's own CPU per event (core, codecs, shell, Faust, aiokafka, the cycle collector's passes,
 per thread what no clock covers) and the bytes its sockets moved, beside each core and gc row the
@@ -261,11 +264,11 @@ def _alert_last(doc: dict) -> int:
     return max(e["ts"] for e in doc["evidence"]) if doc["evidence"] else doc["last_seen"]
 
 
-def _live_events(requests: int, rate: float):
+def _live_events(requests: int, rate: float, lead_s: float = 2.0):
     """Requests with wrong-port faults, each from its own client pod (its own alert), at `rate`/s,
-    stamped with the wall clock from 2 s on."""
+    stamped with the wall clock from `lead_s` on."""
     gap_ns = int(S / rate)
-    start = time.time_ns() + 2 * S
+    start = time.time_ns() + int(lead_s * S)
     cluster = scenario.Cluster("wrong_port")
     for i in range(requests):
         cluster.pods[f"client-{i}"] = scenario.Pod(f"client-{i}", f"10.244.{1 + i // 250}.{1 + i % 250}", "node-a",
@@ -276,31 +279,57 @@ def _live_events(requests: int, rate: float):
     return cluster, sorted(sc.events(), key=lambda e: e.ts)
 
 
-async def _paced(events, emit, linger_s: float) -> None:
-    """Hand events to `emit` in batches, as an agent does: every `linger_s`, what happened since."""
+async def _paced(events, emit, linger_s: float, sent: list | None = None, tail_s: float | None = None) -> None:
+    """Hand events to `emit` in batches, as an agent does: every `linger_s`, what happened since
+    (`sent` gets (wall ns, the newest event's time) of each batch). With `tail_s`, on a fixed grid: the
+    last batch cut `tail_s` after the last event, the others every linger_s before it, whatever the
+    set-up took and however long each batch took to send (else every linger_s from the call on, a
+    phase that varied from run to run and from build to build: see latency())."""
     i = 0
+    step = int(linger_s * S)
+    anchor = events[-1].ts + int(tail_s * S) if tail_s is not None and events else None
     while i < len(events):
         now = time.time_ns()
+        if anchor is not None:
+            now = anchor + (now - anchor) // step * step  # the grid point just passed
         j = i
         while j < len(events) and events[j].ts <= now:
             j += 1
         if j > i:
             await emit(events[i:j])
+            if sent is not None:
+                sent.append((now, events[j - 1].ts))
             i = j
-        await asyncio.sleep(linger_s)
+        if anchor is None:
+            await asyncio.sleep(linger_s)
+        else:
+            await asyncio.sleep(max(0.0, (now + step - time.time_ns()) / S))
 
 
 def latency(bootstrap: str, requests: int, rate: float, linger_s: float, settings: Settings,
-            settings_args: list[str], workdir: Path, profile=None, stages: bool = False) -> None:
+            settings_args: list[str], workdir: Path, profile=None, stages: bool = False, dump=None,
+            tail_s: float | None = None) -> None:
+    """The last requests' alerts wait longer: a source's mark follows its newest event's time plus the time
+    since its last record was taken (Worker._advance_idle), so once the agents go quiet the marks trail the
+    wall clock by the last batch's age, the time from the last event to the batch's cut (0..linger), and
+    the chains whose settle ends after that last event - lateness (the requests of the last lateness +
+    settle of traffic) come out that much later. That age was the phase of a free-running pacer: it varied
+    from run to run (0.04-0.17 s) and, through the bench process's own pacing (each batch ~1 ms later
+    than the last with the dataclass SyscallEvent, less with the Struct), from build to build; it is
+    `tail_s` now (default: half the linger), the same for every run and build."""
     prefix = f"bl{os.getpid()}."
     P.ensure_worker_topics(bootstrap, prefix)
     partitions = settings.partitions
-    report_path = workdir / "latency.json" if stages else None
+    logged = stages or dump is not None
+    report_path = workdir / "latency.json" if logged else None
     worker = start_worker(bootstrap, prefix, workdir, "bench-lat", settings_args, profile,
-                          latency_report=str(report_path) if stages else None)
+                          latency_report=str(report_path) if logged else None)
     try:
         url = worker.metrics_url(timeout=120)
+        built = time.monotonic()
         cluster, events = _live_events(requests, rate)
+        # (the first requests must not be past when their batches go out: building 1000 took 4.7-8.2 s on a busy host)
+        lead_s = 2.0 + 2 * (time.monotonic() - built)
         n = asyncio.run(P.publish_cluster(bootstrap, prefix, cluster.records()))
         P.wait_until(lambda: P.metric_value(url, "svctrace_worker_cluster_objects") >= n, 60,
                      "Kubernetes objects in the worker's index", [worker])
@@ -310,8 +339,10 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         while time.monotonic() < deadline and P.metric_value(url, "svctrace_worker_sources_done") < partitions:
             worker.check_alive()
             time.sleep(0.2)
-        cluster, events = _live_events(requests, rate)  # fresh wall-clock times after the wait
+        cluster, events = _live_events(requests, rate, lead_s)  # fresh wall-clock times after the wait
+        last_ts = events[-1].ts
         worker_arrivals: dict = {}
+        paced: list = []
         cpu0 = cpu_seconds(worker.proc.pid)
 
         async def drive_worker():
@@ -330,7 +361,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
                     b = b.__class__(node=b.node, source=b.source, seq=seq[b.node], events=b.events)
                     await p.send(topic_name("svctrace.syscalls", prefix), encode_batch(b), key=b.node.encode())
 
-            await _paced(events, emit, linger_s)
+            await _paced(events, emit, linger_s, paced, tail_s)
             await p.stop()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and (sum(k[0] == "chain" for k in worker_arrivals) < requests
@@ -342,7 +373,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         t0 = time.monotonic()
         asyncio.run(drive_worker())
         worker_cpu, worker_wall = cpu_seconds(worker.proc.pid) - cpu0, time.monotonic() - t0
-        if stages:
+        if logged:
             os.kill(worker.proc.pid, worker_latency.REPORT_SIGNAL)
             P.wait_until(report_path.exists, 30, "the worker's latency report", [worker])
             latency_report = orjson.loads(report_path.read_bytes())
@@ -351,7 +382,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
 
     # The in-process runner, fed the same kind of stream at the same pace, with the same settings;
     # when nothing arrives its clock follows the wall clock (as the worker's does for a live source).
-    cluster, events = _live_events(requests, rate)
+    cluster, events = _live_events(requests, rate, lead_s)
     runner = Runner(ClusterIndex.from_records(cluster.records()), settings)
     inproc: dict = {}
 
@@ -376,7 +407,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
                     collect()
 
         ticker = asyncio.create_task(idle_clock())
-        await _paced(events, emit, linger_s)
+        await _paced(events, emit, linger_s, None, tail_s)
         try:
             await asyncio.wait_for(ticker, 60)
         except asyncio.TimeoutError:
@@ -388,7 +419,9 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
     def lat(arr, kind):
         return [(now - last) / 1e9 for (k, _), (now, last) in arr.items() if k == kind]
 
-    print(f"latency: {requests} faulty requests at {rate:g}/s (one alert each), agent batches every {linger_s:g} s, "
+    pacing = "free-running" if tail_s is None else f"the last cut {tail_s:g} s after the last event"
+    print(f"latency: {requests} faulty requests at {rate:g}/s (one alert each), agent batches every {linger_s:g} s "
+          f"({pacing}), "
           f"lateness {settings.enrich_lateness_ns / S:g} s, settle {settings.settle_ns / S:g} s, 1 worker, {load()}")
     print(f"  (worker CPU {worker_cpu:.2f} s over {worker_wall:.1f} s of live traffic and its tail)")
     for kind in ("chain", "alert"):
@@ -397,7 +430,23 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         row(f"{kind} latency p50", pct(w, 50), pct(i, 50), "s", "{:.3f}")
         row(f"{kind} latency p99", pct(w, 99), pct(i, 99), "s", "{:.3f}")
         row(f"{kind} latency max", max(w, default=float("nan")), max(i, default=float("nan")), "s", "{:.3f}")
+    # The alerts of the requests in the last lateness + settle of traffic: their chains' deadlines only
+    # the idle marks pass, which trail the wall clock by the last batch's age (see the docstring).
+    tail_from = last_ts - settings.enrich_lateness_ns - settings.settle_ns
+    w_tail = [(now - last) / S for (k, _), (now, last) in worker_arrivals.items() if k == "alert" and last >= tail_from]
+    w_rest = [(now - last) / S for (k, _), (now, last) in worker_arrivals.items() if k == "alert" and last < tail_from]
+    if w_tail and w_rest:
+        age = f"{(paced[-1][0] - paced[-1][1]) / S:.3f} s" if paced else "?"
+        print(f"  worker alerts of the last {(last_ts - tail_from) / S:g} s of requests ({len(w_tail)}; the last batch "
+              f"cut {age} after the last event): p50 {pct(w_tail, 50):.3f} s, max {max(w_tail):.3f} s; "
+              f"the others: p50 {pct(w_rest, 50):.3f} s, p99 {pct(w_rest, 99):.3f} s, max {max(w_rest):.3f} s")
     w_alert = lat(worker_arrivals, "alert")
+    if dump is not None:
+        Path(dump).write_bytes(orjson.dumps({
+            "settings": {"lateness": settings.enrich_lateness_ns, "settle": settings.settle_ns, "rate": rate,
+                         "linger": linger_s, "requests": requests},
+            "report": latency_report, "worker": [[*k, *v] for k, v in worker_arrivals.items()],
+            "inproc": [[*k, *v] for k, v in inproc.items()], "paced": paced}))
     floor = (settings.enrich_lateness_ns + settings.settle_ns) / S
     print(f"  event-time floor (lateness + settle): {floor:g} s")
     if stages:
@@ -412,6 +461,13 @@ def main() -> int:
     ap.add_argument("--latency-requests", type=int, default=100)
     ap.add_argument("--rate", type=float, default=20.0, help="latency workload: requests per second")
     ap.add_argument("--linger", type=float, default=0.2, help="latency workload: agent batch interval (s)")
+    ap.add_argument("--tail-age", type=float,
+                    help="latency workload: the agents' last batch is cut this long (0..linger s) after the last "
+                         "event, the others every linger before it: the last requests' alerts wait about that much "
+                         "more (default: half the linger)")
+    ap.add_argument("--free-pacing", action="store_true",
+                    help="latency workload: batches every linger from whenever the set-up ended (before session 15: a "
+                         "tail age that varied from run to run and build to build)")
     defaults = worker_defaults()
     ap.add_argument("--lateness", type=float, default=defaults.lateness,
                     help="event-time lateness (s), both runners: agent batch interval + transport + clock skew "
@@ -430,6 +486,9 @@ def main() -> int:
                     help="with --stages: the worker producer's codec instead of its own (to compare CPU and bytes)")
     ap.add_argument("--zstd-level", type=int,
                     help="throughput: the worker's --zstd-level (default: the worker's own)")
+    ap.add_argument("--latency-dump", metavar="FILE",
+                    help="log the latency worker's waits (bench.worker_latency) and write them with every chain's "
+                         "and alert's arrival to FILE (JSON; `python -m bench.worker_latency --explain FILE`)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -452,7 +511,8 @@ def main() -> int:
                            args.enriched, args.stages)
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
-                        args.profile_latency, args.stages)
+                        args.profile_latency, args.stages, args.latency_dump,
+                        None if args.free_pacing else args.linger / 2 if args.tail_age is None else args.tail_age)
     finally:
         if broker is not None:
             broker.close()
