@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
-    from svctrace.kafka.clients import set_zstd_level
+    from svctrace.kafka.clients import keep_freed_memory, set_zstd_level
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     level = setup_logging(args.verbose, default="warning", verbose_level="info")
     set_zstd_level(args.zstd_level)
+    keep_freed_memory()  # fetched records: a worker's largest allocations, again and again
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
         settings=event_time_settings(args.lateness, args.settle, args.enriched), idle_flush_s=args.idle_flush,
