@@ -60,16 +60,22 @@ cdef class _Stitching:
     cdef public object _nodeports_at
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent)
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
+                   data=bytes)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
+    @cython.locals(data=bytes)
     cpdef _client_step(self, dict state, Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts, ip, port)
     cpdef _schedule(self, dict st, Conn conn)
     cpdef _schedule_new(self, dict st, Conn conn)
     cpdef _conn_deadline(self, Conn conn)
     cpdef _settles(self, dict st, Conn conn, ts)
     @cython.locals(e=SyscallEvent)
+    cpdef _resolve_service(self, dict st, Conn conn, EnrichedEvent d)
+    @cython.locals(e=SyscallEvent)
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
+    @cython.locals(e=SyscallEvent)
+    cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict)
     cpdef _timers(self, dict st, now, list out, bint final)
     cpdef _finish(self, dict st, Conn conn, list out, final)
@@ -93,6 +99,7 @@ cdef class _Stitching:
     cpdef _dns_occs(self, list dnsx, found, dict base_vars, client_pod_name)
 
 
+@cython.locals(data=bytes)
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)

@@ -976,7 +976,9 @@ class _Stitching:
             answers = set(lookup[DX_ANSWERS])
             for sv in idx.services_for_endpoint(aip, aport, ts):
                 if answers.intersection(sv.cluster_ips):
-                    vip = next(ip for ip in sv.cluster_ips if ip in answers)
+                    for vip in sv.cluster_ips:  # (a loop, not next() of a generator: a C method has no closures)
+                        if vip in answers:
+                            break
                     sp = _port_for_target(sv, aport)
                     conn.svc = self._svc_of(sv, sp, vip, sp.port if sp else None, "pod")
                     return
@@ -1158,8 +1160,10 @@ class _Stitching:
                 answers = [a for q in qs if q[Q_ANSWER] for a in q[Q_ANSWER][N_ADDRESSES]]
             match = aip in answers
             if not match:
-                match = any(set(answers).intersection(sv.cluster_ips)
-                            for sv in self.index.services_for_endpoint(aip, None, ts))
+                for sv in self.index.services_for_endpoint(aip, None, ts):  # (any() of a generator: a closure)
+                    if set(answers).intersection(sv.cluster_ips):
+                        match = True
+                        break
             if match:
                 lk[L_CLAIMED] += 1
                 conn.dns = self._dns_summary(st, lk)
