@@ -61,7 +61,7 @@ cdef class _Stitching:
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
 
     @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
-                   data=bytes)
+                   data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
     @cython.locals(data=bytes)
@@ -76,7 +76,7 @@ cdef class _Stitching:
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
     @cython.locals(e=SyscallEvent)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
-    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict)
+    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set)
     cpdef _timers(self, dict st, now, list out, bint final)
     cpdef _finish(self, dict st, Conn conn, list out, final)
     cpdef _emit_request(self, dict st, Conn conn, req, list out, final)
