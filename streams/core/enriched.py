@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from operator import attrgetter
+from types import FunctionType
 
 from svctrace.schemas.models import SyscallEvent
 
@@ -120,13 +121,15 @@ def _event_fields(e: SyscallEvent) -> tuple:
 
 
 def _check_layout() -> None:
+    if _event_fields.__class__ is FunctionType:
+        return  # as Python: attribute reads, whatever the layout
     values = [object() for _ in _FIELDS]
     got = _event_fields(SyscallEvent(*values))
     if len(got) != len(values) or any(a is not b for a, b in zip(got, values)):
         wrong = [f for f, a, b in zip(_FIELDS, got, values) if a is not b]
         raise ImportError(f"svctrace.streams.core.enriched: SyscallEvent's fields are not where the compiled core "
-                          f"reads them ({', '.join(wrong) or 'a field added'}): rebuild it (make setup), or run it as "
-                          "Python (SVCTRACE_PURE_PYTHON=1)")
+                          f"reads them ({', '.join(wrong) or 'a field added'}): its struct in enriched.pxd (and "
+                          "_event_fields) must list every field, then make setup; meanwhile SVCTRACE_PURE_PYTHON=1")
 
 
 _check_layout()
