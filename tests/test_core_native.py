@@ -100,3 +100,20 @@ def test_built_modules_stand_in_only_for_the_sources_they_were_built_from(tmp_pa
     assert not ok and "keys missing" in why
     shutil.rmtree(copy / native.BUILT)
     assert native.built_status(copy) == (False, "not compiled (make setup compiles it)")
+
+
+def test_compiled_core_reads_each_event_field_as_the_attribute_of_its_name():
+    """Compiled, the stitch stage reads a SyscallEvent's fields as struct members at fixed offsets (enriched.pxd):
+    each must be the attribute of its name, for every field (what enriched.py checks as it is imported)."""
+    from svctrace.schemas.models import SyscallEvent
+    from svctrace.streams.core import enriched
+
+    assert Path(enriched.__file__).parent.name == native.BUILT
+    fields = SyscallEvent.__struct_fields__
+    values = [object() for _ in fields]
+    got = enriched._event_fields(SyscallEvent(*values))
+    assert len(got) == len(fields)
+    assert [f for f, a, b in zip(fields, got, values) if a is not b] == []
+    e = _event()
+    assert enriched._event_fields(e) == tuple(getattr(e, f) for f in fields)
+    enriched._check_layout()

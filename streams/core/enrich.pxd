@@ -2,7 +2,7 @@
 # attributes struct fields, and its per-event loop writing each EnrichedEvent's fields as struct members.
 cimport cython
 
-from svctrace.streams.core.enriched cimport EnrichedEvent
+from svctrace.streams.core.enriched cimport EnrichedEvent, SyscallEvent
 
 
 cdef class _Enriching:
@@ -12,7 +12,8 @@ cdef class _Enriching:
     cdef public dict _fast_refs, _fast_ports, _other_ips, _bucket_cache
     cdef public object newest_ts
 
-    @cython.locals(d=EnrichedEvent, out=list, lost=list, by_bucket=dict, lists=dict, fast=dict, fast_ports=dict)
+    @cython.locals(d=EnrichedEvent, e=SyscallEvent, out=list, lost=list, by_bucket=dict, lists=dict, fast=dict,
+                   fast_ports=dict)
     cpdef list _release(self, dict state, node, events)
     cpdef _bucket_list(self, flow, dict by_bucket, node)
     cpdef _ref(self, ip, port, proto, ts, sec)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from operator import attrgetter
+from types import FunctionType
 
 from svctrace.schemas.models import SyscallEvent
 
@@ -105,3 +106,30 @@ def batch_to_wire(batch: dict) -> dict:
     if any(isinstance(e, EnrichedEvent) for e in events):
         batch = dict(batch, events=[to_wire(e) if isinstance(e, EnrichedEvent) else e for e in events])
     return batch
+
+
+# Compiled, a variable typed SyscallEvent (enriched.pxd) reads its fields as struct members at fixed
+# offsets, laid out as CPython lays out a msgspec Struct's slots (in the order of their names). What
+# holds that true is checked here, once, as the module is imported: each field read so is the
+# attribute of its name (an event whose every field is a distinct object). As Python, the same reads.
+
+def _event_fields(e: SyscallEvent) -> tuple:
+    """Every field of e, in field order, read as the stitch stage reads them."""
+    return (e.ts, e.node, e.n, e.pid, e.tid, e.comm, e.kind, e.syscall, e.fd, e.res, e.errno, e.proto,
+            e.family, e.role, e.local_ip, e.local_port, e.remote_ip, e.remote_port, e.addr_ip, e.addr_port,
+            e.size, e.data, e.redacted, e.exe, e.container_id, e.cgroup_id, e.netns, e.lost_since_ns)
+
+
+def _check_layout() -> None:
+    if _event_fields.__class__ is FunctionType:
+        return  # as Python: attribute reads, whatever the layout
+    values = [object() for _ in _FIELDS]
+    got = _event_fields(SyscallEvent(*values))
+    if len(got) != len(values) or any(a is not b for a, b in zip(got, values)):
+        wrong = [f for f, a, b in zip(_FIELDS, got, values) if a is not b]
+        raise ImportError(f"svctrace.streams.core.enriched: SyscallEvent's fields are not where the compiled core "
+                          f"reads them ({', '.join(wrong) or 'a field added'}): its struct in enriched.pxd (and "
+                          "_event_fields) must list every field, then make setup; meanwhile SVCTRACE_PURE_PYTHON=1")
+
+
+_check_layout()

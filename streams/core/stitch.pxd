@@ -5,7 +5,7 @@
 # (a Conn's cl/cn/dns may be an older format's dicts until restore upgrades them: untyped).
 cimport cython
 
-from svctrace.streams.core.enriched cimport EnrichedEvent
+from svctrace.streams.core.enriched cimport EnrichedEvent, SyscallEvent
 
 # The records' index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*, N_*, S_*): C integers, so that a
 # record's field is read by its index into the list, not through a module global and a generic item
@@ -60,16 +60,23 @@ cdef class _Stitching:
     cdef public object _nodeports_at
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple)
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
+                   data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
-    cpdef _client_step(self, dict state, Conn conn, EnrichedEvent d, e, kind, ts, ip, port)
+    @cython.locals(data=bytes)
+    cpdef _client_step(self, dict state, Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts, ip, port)
     cpdef _schedule(self, dict st, Conn conn)
     cpdef _schedule_new(self, dict st, Conn conn)
     cpdef _conn_deadline(self, Conn conn)
     cpdef _settles(self, dict st, Conn conn, ts)
+    @cython.locals(e=SyscallEvent)
+    cpdef _resolve_service(self, dict st, Conn conn, EnrichedEvent d)
+    @cython.locals(e=SyscallEvent)
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
-    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict)
+    @cython.locals(e=SyscallEvent)
+    cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
+    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set)
     cpdef _timers(self, dict st, now, list out, bint final)
     cpdef _finish(self, dict st, Conn conn, list out, final)
     cpdef _emit_request(self, dict st, Conn conn, req, list out, final)
@@ -92,10 +99,11 @@ cdef class _Stitching:
     cpdef _dns_occs(self, list dnsx, found, dict base_vars, client_pod_name)
 
 
-cpdef _acceptor_step(Conn conn, EnrichedEvent d, e, kind, ts)
-cpdef _proxy_step(Conn conn, e, kind, ts)
-cpdef Conn _new_conn(key, e, seq)
-cpdef _evidence(Conn conn, e, what)
+@cython.locals(data=bytes)
+cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
+cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
+cpdef Conn _new_conn(key, SyscallEvent e, seq)
+cpdef _evidence(Conn conn, SyscallEvent e, what)
 cpdef _trim_client(Conn conn)
 cpdef _outcome(Conn conn, req, bint idle_closed=*)
 cpdef _first_and_last(list refs, Py_ssize_t limit)

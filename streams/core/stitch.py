@@ -976,7 +976,9 @@ class _Stitching:
             answers = set(lookup[DX_ANSWERS])
             for sv in idx.services_for_endpoint(aip, aport, ts):
                 if answers.intersection(sv.cluster_ips):
-                    vip = next(ip for ip in sv.cluster_ips if ip in answers)
+                    for vip in sv.cluster_ips:  # (a loop, not next() of a generator: a C method has no closures)
+                        if vip in answers:
+                            break
                     sp = _port_for_target(sv, aport)
                     conn.svc = self._svc_of(sv, sp, vip, sp.port if sp else None, "pod")
                     return
@@ -1036,8 +1038,9 @@ class _Stitching:
         msg, qid = parse_dns_with_id(wire)  # msg.id may be another message's: use qid
         if msg is None:
             return
+        is_response = msg.is_response  # (the message's fields read once each)
         if e.local_port == self.dns_port:  # the server's side
-            if not msg.is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
+            if not is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
                 pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
                 pport = e.remote_port or e.addr_port
                 try:  # the peer's endpoint_key, memoized
@@ -1080,12 +1083,13 @@ class _Stitching:
             lookups = st["lk"][lkey] = []
             st["lks"][lkey] = st["seq"]
             st["seq"] += 1
-            if msg.is_response:
+            if is_response:
                 st["lke"].append(lkey)  # an answer to no query we saw: the empty list goes at the next pass
-        if not msg.is_response:
+        qname = msg.qname
+        if not is_response:
             cur = lookups[-1] if lookups else None
             if cur is not None and (ts - cur[L_T1] > self.lookup_timeout_ns or (
-                    cur[L_RESOLVED] is not None and not (msg.qname in cur[L_NAMES] and ts - cur[L_RESOLVED] < S))):
+                    cur[L_RESOLVED] is not None and not (qname in cur[L_NAMES] and ts - cur[L_RESOLVED] < S))):
                 cur = None
             if cur is None:
                 cur = [[e.node, e.n], st["seq"], ts, ts, [], [], None, 0,
@@ -1100,12 +1104,13 @@ class _Stitching:
                 del lookups[:-8]
             cur[L_T1] = ts
             names = cur[L_NAMES]
-            if msg.qname not in names:
-                names.append(msg.qname)
+            if qname not in names:
+                names.append(qname)
             qs = cur[L_QUERIES]
             if len(qs) < MAX_QUERIES:
-                qs.append([qid, msg.qname, msg.qtype, ts, ep, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
-                           {"node": e.node, "n": e.n, "ts": ts, "what": f"dns query {msg.qname} {msg.qtype}"}, None])  # Q_*
+                qtype = msg.qtype
+                qs.append([qid, qname, qtype, ts, ep, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
+                           {"node": e.node, "n": e.n, "ts": ts, "what": f"dns query {qname} {qtype}"}, None])  # Q_*
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
@@ -1113,17 +1118,18 @@ class _Stitching:
             # the latest ask first: glibc retransmits with the same id after its timeout, and an
             # answer then answers the retransmission (the first ask stays unanswered: a 5 s retry)
             for q in reversed(lk[L_QUERIES]):
-                if q[Q_ENDPOINT] == ep and q[Q_ID] == qid and q[Q_ANSWER] is None and q[Q_NAME] == msg.qname and (
+                if q[Q_ENDPOINT] == ep and q[Q_ID] == qid and q[Q_ANSWER] is None and q[Q_NAME] == qname and (
                         src is None or q[Q_SERVER] in (None, src)):
                     break
             else:
                 continue
-            q[Q_ANSWER] = [ts, msg.rcode, list(msg.answers), list(msg.cnames), msg.ttl, src,
+            rcode, answers = msg.rcode, msg.answers
+            q[Q_ANSWER] = [ts, rcode, list(answers), list(msg.cnames), msg.ttl, src,
                            {"node": e.node, "n": e.n, "ts": ts,
-                            "what": f"dns answer {msg.rcode} {','.join(msg.answers)}".rstrip()}]  # N_*
+                            "what": f"dns answer {rcode} {','.join(answers)}".rstrip()}]  # N_*
             if ts > lk[L_T1]:
                 lk[L_T1] = ts
-            if msg.rcode == "NOERROR" and msg.answers and lk[L_RESOLVED] is None:
+            if rcode == "NOERROR" and answers and lk[L_RESOLVED] is None:
                 lk[L_RESOLVED] = ts
             return
 
@@ -1158,8 +1164,10 @@ class _Stitching:
                 answers = [a for q in qs if q[Q_ANSWER] for a in q[Q_ANSWER][N_ADDRESSES]]
             match = aip in answers
             if not match:
-                match = any(set(answers).intersection(sv.cluster_ips)
-                            for sv in self.index.services_for_endpoint(aip, None, ts))
+                for sv in self.index.services_for_endpoint(aip, None, ts):  # (any() of a generator: a closure)
+                    if set(answers).intersection(sv.cluster_ips):
+                        match = True
+                        break
             if match:
                 lk[L_CLAIMED] += 1
                 conn.dns = self._dns_summary(st, lk)
