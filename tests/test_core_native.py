@@ -117,3 +117,18 @@ def test_compiled_core_reads_each_event_field_as_the_attribute_of_its_name():
     e = _event()
     assert enriched._event_fields(e) == tuple(getattr(e, f) for f in fields)
     enriched._check_layout()
+
+
+def test_an_edited_event_model_makes_a_build_stale_rather_than_wrong(tmp_path, monkeypatch):
+    """The compiled stitch stage reads SyscallEvent's fields at fixed offsets (enriched.pxd): the model's
+    module (and msgspec's version) count among the build's sources, so editing it makes the core run as
+    Python until it is built again, not a core that refuses to import."""
+    import svctrace.schemas.models as models
+
+    before = native.sources_digest()
+    edited = tmp_path / "models.py"
+    edited.write_bytes(Path(models.__file__).read_bytes() + b"\n# a field added\n")
+    monkeypatch.setattr(models, "__file__", str(edited))
+    assert native.sources_digest() != before
+    ok, why = native.built_status()
+    assert not ok and "edited since" in why

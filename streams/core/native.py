@@ -50,7 +50,24 @@ def sources_digest(folder: Path = HERE) -> str:
         if pxd.is_file():  # (a module without one hashes as it always did)
             data = pxd.read_bytes()
             h.update(b"\0" + name.encode() + b".pxd\0" + str(len(data)).encode() + b"\0" + data)
+    h.update(b"\0event layout\0" + _event_layout_sources())
     return h.hexdigest()
+
+
+def _event_layout_sources() -> bytes:
+    """What compiled code reads beyond the core's own sources: enriched.pxd lays out SyscallEvent (a msgspec
+    Struct) to read its fields at fixed offsets, so the model's module and msgspec's version are sources
+    too. An edited model, or another msgspec, makes a build stale (the core runs as Python) instead of
+    one that refuses to import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import svctrace.schemas.models as models
+
+    try:
+        msgspec = version("msgspec")
+    except PackageNotFoundError:
+        msgspec = "?"
+    return Path(models.__file__).read_bytes() + b"\0msgspec " + msgspec.encode()
 
 
 def built_status(folder: Path = HERE) -> tuple[bool, str]:
