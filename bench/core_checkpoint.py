@@ -5,7 +5,7 @@
 bench.core_live's drive (bench.worker_steady's traffic through the operator graph as a live worker advances
 it, no Kafka, no clock) with the worker's own stitch StageShell around the stitch states: every 3 s of event
 time its checkpoint, as Worker.checkpoint makes it: the cut (StageShell.snapshot), the entries serialized in
-slices (StageShell.finish, one slice per 0.1 s tick, the stage advancing in between: the copy-on-write
+slices (StageShell.finish, a slice per syscalls record of 1000 events, the stage advancing in between: the copy-on-write
 saves land in the advance, as live), the changelog batches (StageShell.write: real aiokafka record batches,
 zstd as the worker's producer compresses them) and confirm. After --warmup seconds prints per event
 published in the span: the stitch advance (with the saves it makes), the cut, the slices, the write, the
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
+from mode.utils.collections import FastUserDict  # noqa: E402
 
 from bench.core_live import CHECKPOINT_NS, LINGER_NS, TICK_NS  # noqa: E402
 from svctrace.kafka.clients import reuse_zstd_contexts  # noqa: E402
@@ -45,7 +46,17 @@ from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
 from tests.scenario import S, T0, steady_traffic  # noqa: E402
 
 CODEC_ZSTD = 0x04  # (aiokafka's codec number: the worker's producer compresses with zstd)
+RECORD_EVENTS = 1000  # events per syscalls record (an agent's batch)
 ROWS = ("advance", "cut", "slices", "write", "compress")
+
+
+class _Store(FastUserDict):
+    """The worker's table store as Faust's memory store is (faust.stores.memory.Store, without its service):
+    its records in a dict behind FastUserDict's methods, and a key -> partition map."""
+
+    def __init__(self):
+        self.data: dict = {}
+        self._key_partition: dict = {}
 
 
 class _Producer:
@@ -85,7 +96,7 @@ def _step(coro) -> bool:
     return False
 
 
-def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
+def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: int = CHECKPOINT_NS) -> dict:
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
     g = Graph(ClusterIndex.from_records(records), settings)
     enrich, stitch = g.enrich, g.stitch
@@ -94,7 +105,7 @@ def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
     times = dict.fromkeys(ROWS, 0)
     producer = _Producer(clock, times)
     worker = SimpleNamespace(metrics=None, app=SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer)))
-    store: dict = {}
+    store = _Store()
     table = SimpleNamespace(data=store, changelog_topic=SimpleNamespace(get_topic_name=lambda: "stitch-changelog"))
     shell = StageShell(worker, "stitch", stitch, table, 12, 1)
     enrich_states: dict = {}
@@ -106,7 +117,7 @@ def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
     i, n = 0, len(events)
     warm_end = events[0].ts + warmup_ns
     t = events[0].ts + TICK_NS
-    next_checkpoint = events[0].ts + CHECKPOINT_NS
+    next_checkpoint = events[0].ts + interval_ns
     finishing = None  # (finish coroutine, writes, acks, CPU so far)
     while i < n or pending or finishing:
         arrived = []
@@ -153,10 +164,12 @@ def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
                 digest.update(orjson.dumps(v))
             if stitch.is_idle(st):
                 shell.drop(bucket_partition(key), key)
-        if finishing is not None:  # one slice per tick (live: ~5 ms between records)
+        if finishing is not None:  # a slice per syscalls record of the tick (live: one between records)
             coro, writes, acks, cpu = finishing
             c = clock()
-            done = _step(coro)
+            for _ in range(max(1, sum(len(b) for _n, b in arrived) // RECORD_EVENTS)):
+                if done := _step(coro):
+                    break
             spent = clock() - c
             cpu += spent
             if in_span:
@@ -177,7 +190,7 @@ def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
             else:
                 finishing = (coro, writes, acks, cpu)
         if t >= next_checkpoint and finishing is None and i < n:
-            next_checkpoint += CHECKPOINT_NS
+            next_checkpoint += interval_ns
             c = clock()
             writes, acks = shell.snapshot()
             spent = clock() - c
@@ -207,12 +220,14 @@ def drive(records, events, warmup_ns: int, restore: bool = False) -> dict:
         cdigest.update(changelog[k])
     differ = None
     if restore:
-        successor = StageShell(worker, "stitch", stitch, SimpleNamespace(data=dict(changelog), changelog_topic=table.changelog_topic),
+        stored = _Store()
+        stored.data.update(changelog)
+        successor = StageShell(worker, "stitch", stitch, SimpleNamespace(data=stored, changelog_topic=table.changelog_topic),
                                12, 1)
         differ = [key for key, st in stitch_states.items() if _comparable(stitch, successor.state(key)) != _comparable(stitch, st)]
     return dict(times=times, measured=measured, checkpoints=checkpoints, digest=digest.hexdigest()[:16],
                 changelog=cdigest.hexdigest()[:16], changelog_bytes=sum(len(k) + len(v) for k, v in changelog.items()),
-                differ=differ)
+                differ=differ, store_keys=(len(store.data), len(store._key_partition)))
 
 
 def _comparable(op, st) -> dict:
@@ -230,13 +245,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=24.0, help="seconds of traffic (warm-up included)")
     ap.add_argument("--warmup", type=float, default=14.0, help="seconds of traffic before the measured span")
     ap.add_argument("--rounds", type=int, default=1, help="runs, each on a fresh graph (the median is printed)")
+    ap.add_argument("--interval", type=float, default=CHECKPOINT_NS / S, help="seconds of event time between checkpoints")
     ap.add_argument("--restore", action="store_true", help="restore every key from the changelog and compare")
     args = ap.parse_args()
     reuse_zstd_contexts()  # (as the worker does at import)
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()
     print(f"core_checkpoint: {args.rate:,.0f} events/s of the mixed traffic ({requests:,} requests, {len(events):,} "
-          f"events over {args.seconds:g} s), checkpoints every {CHECKPOINT_NS / S:g} s, the last "
+          f"events over {args.seconds:g} s), checkpoints every {args.interval:g} s, the last "
           f"{args.seconds - args.warmup:g} s measured", flush=True)
     rows: dict = {r: [] for r in (*ROWS, "checkpoint")}
     status = 0
@@ -245,7 +261,7 @@ def main() -> int:
     gc.disable()
     try:
         for _ in range(args.rounds):
-            r = drive(records, events, int(args.warmup * S), args.restore)
+            r = drive(records, events, int(args.warmup * S), args.restore, int(args.interval * S))
             m = r["measured"]
             per = {k: v / m / 1e3 for k, v in r["times"].items()}
             per["checkpoint"] = sum(v for k, v in per.items() if k != "advance")
@@ -254,7 +270,7 @@ def main() -> int:
             ck = r["checkpoints"]
             print("  round: us/event " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()) +
                   f"; {len(ck)} checkpoints, " + ", ".join(f"{c / 1e6:.0f} ms/{b / 1e6:.1f} MB" for c, b in ck) +
-                  f"; outputs {r['digest']}, changelog {r['changelog']} ({r['changelog_bytes'] / 1e6:.1f} MB)" +
+                  f"; store {r['store_keys'][0]:,} records, {r['store_keys'][1]:,} keys mapped; outputs {r['digest']}, changelog {r['changelog']} ({r['changelog_bytes'] / 1e6:.1f} MB)" +
                   ("" if r["differ"] is None else f"; restored keys differing: {r['differ'] or 'none'}"), flush=True)
             if r["differ"]:
                 status = 1
