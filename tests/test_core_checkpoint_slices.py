@@ -198,3 +198,54 @@ def test_an_entry_changed_after_the_cut_is_given_as_it_was():
     given = op.next_parts(st, 1)  # (what was kept is given whatever the limit)
     assert given == at_cut
     assert not op.parts_pending(st) and op.next_parts(st, 1) is None
+
+
+class _AheadChecked(_Sliced):
+    """_Sliced, checking after every step that each entry serialized ahead of its checkpoint (a claimed lookup
+    key, a DNS server's record: begin_parts) is still the entry's bytes: a change that left such bytes behind
+    would have a checkpoint write an entry the state no longer has."""
+
+    ahead = 0
+
+    def step(self):
+        super().step()
+        for st in self.states[FLOWS_TOPIC].values():
+            for k, raw in (st.get("_el") or {}).items():
+                assert raw == dumps_state([st["lks"][k], st["lk"][k]]), k
+                self.ahead += 1
+            for k, raw in (st.get("_es") or {}).items():
+                assert raw == dumps_state(st["dsrv"][k]), k
+
+
+def _one_process_many_lookups():
+    """One client process (one lookup key: flow|node|pid) resolving and connecting every 2.5 s for a minute: its
+    claimed lookups expire (12 s) among newer ones of the same key, which are claimed, dropped and read meanwhile;
+    another's unclaimed lookups expire among its claimed ones."""
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    client = sc.proc("client", "python")
+    for i in range(24):
+        sc.request(T0 + i * 2500 * MS, "healthy", client=client)
+    other, ip = sc.proc("client", "curl"), cluster.pods["client"].ip
+    for i in range(12):  # another: a lookup it never connects to (expires unclaimed) among claimed ones
+        if i % 3:
+            sc.request(T0 + 1200 * MS + i * 5 * 10**9, "healthy", client=other)
+        else:
+            sc.lookup(T0 + 1200 * MS + i * 5 * 10**9, other, ip, "elsewhere.example.", [cluster.foreign_ip])
+    return cluster, renumber(sorted(sc.events(), key=lambda e: e.ts))
+
+
+@pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
+@pytest.mark.parametrize("step_events,every,seed", [(16, 1, 1), (40, 2, 5)])
+def test_entries_serialized_ahead_stay_the_entries_until_their_checkpoint(step_events, every, seed, settings):
+    cluster, events = _one_process_many_lookups()
+    uninterrupted = Runner(cluster.index(), settings, step_events)
+    uninterrupted.feed(events)
+    baseline = uninterrupted.finish()
+    assert baseline.chains
+    runner = _AheadChecked(cluster.index(), settings, step_events, every, random.Random(seed))
+    runner.feed(events)
+    resumed = runner.finish()
+    assert runner.ahead and runner.checked >= 4 and runner.restores >= 2
+    assert [orjson.dumps(c) for c in resumed.chains] == [orjson.dumps(c) for c in baseline.chains]
+    assert resumed.alerts == baseline.alerts
