@@ -158,9 +158,8 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
  DX_T0, DX_T1, DX_REFS, DX_ANCHOR, DX_CLIENT) = range(23)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 5
-# the input buffer, change marks (durable_parts), a sliced checkpoint's pending entries (begin_parts) and the
-# entries serialized ahead of it ("_el", "_es": see begin_parts)
-_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_el", "_es"))
+# the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
+_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv"))
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
 # than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
@@ -435,7 +434,6 @@ class _Stitching:
         for k in cs:
             changed["s" + k] = dsrv.get(k)
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
-        state.pop("_el", None), state.pop("_es", None)  # (its entries are objects: none serialized ahead)
         return header, changed
 
     @staticmethod
@@ -446,7 +444,7 @@ class _Stitching:
     @staticmethod
     def untrack(state: dict) -> None:
         """Forget the change marks: the next durable_parts gives every entry."""
-        for k in ("_cc", "_cl", "_cs", "_el", "_es"):
+        for k in ("_cc", "_cl", "_cs"):
             state.pop(k, None)
 
     # A checkpoint in slices (begin_parts / next_parts): the cut takes the header and the keys that changed,
@@ -455,13 +453,6 @@ class _Stitching:
     # "_pl", "_ps" (the keys of conns, lk and dsrv still to write), "_pv" ({subkey: its bytes at the cut,
     # or None for one gone}); every site that sets a change mark saves the entry first (_keep_conn,
     # _keep_lookup, _keep_server) when it is pending, before it changes it.
-    # Serialized ahead ("_el", "_es": {key: bytes}, kept once a checkpoint in slices began): a lookup key
-    # when a connection claims one of its lookups (its last change, most often), a DNS server's record when
-    # it is made (it is never changed, only replaced). Its objects are in cache then (~2 us for a lookup);
-    # at the checkpoint, seconds later, they are not (6-8 us). Such bytes are the entry's as long as no mark
-    # came after them: every site that marks a lookup key drops its bytes (after _keep_lookup, which takes
-    # them as the entry at the cut), a server's record is only replaced where its bytes are made again; an
-    # entry gone is written as gone whatever was kept. next_parts takes them instead of serializing.
 
     @staticmethod
     def begin_parts(state: dict) -> dict:
@@ -476,7 +467,6 @@ class _Stitching:
         if state.get("_pv") is not None:
             raise RuntimeError("a checkpoint in slices begun before the last one ended")
         state["_pc"], state["_pl"], state["_ps"], state["_pv"] = cc, cl, cs, {}
-        state.setdefault("_el", {}), state.setdefault("_es", {})  # (from here on: serialized ahead)
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header
 
@@ -492,7 +482,6 @@ class _Stitching:
         out, state["_pv"] = saved, {}
         pc, pl, ps = state["_pc"], state["_pl"], state["_ps"]
         conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
-        ahead_l, ahead_s = state.get("_el") or {}, state.get("_es") or {}
         while limit > 0 and pc:
             k = pc.pop()
             c = conns.get(k)
@@ -501,14 +490,12 @@ class _Stitching:
         while limit > 0 and pl:
             k = pl.pop()
             lookups = lk.get(k)
-            raw = ahead_l.pop(k, None) if ahead_l else None
-            out["l" + k] = None if lookups is None else raw if raw is not None else dumps_state([lks[k], lookups])
+            out["l" + k] = None if lookups is None else dumps_state([lks[k], lookups])
             limit -= 1
         while limit > 0 and ps:
             k = ps.pop()
             v = dsrv.get(k)
-            raw = ahead_s.pop(k, None) if ahead_s else None
-            out["s" + k] = None if v is None else raw if raw is not None else dumps_state(v)
+            out["s" + k] = None if v is None else dumps_state(v)
             limit -= 1
         if not (pc or pl or ps):
             for k in ("_pc", "_pl", "_ps", "_pv"):
@@ -1067,8 +1054,6 @@ class _Stitching:
                     del dsrv[k]
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
                            {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}]  # S_*
-                if "_es" in st:
-                    _save_server(st, k)  # (serialized ahead, while in cache: begin_parts)
                 if st["next"] is None:
                     st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
@@ -1087,7 +1072,6 @@ class _Stitching:
             st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
             if st.get("_pl") and lkey in st["_pl"]:
                 _keep_lookup(st, lkey)
-            _unsave_lookup(st, lkey)
         ts = e.ts
         lookups = st["lk"].get(lkey)
         if lookups:
@@ -1158,7 +1142,6 @@ class _Stitching:
             st["_cl"].add(lkey)  # change mark (durable_parts): dropped or claimed lookups
             if st.get("_pl") and lkey in st["_pl"]:
                 _keep_lookup(st, lkey)
-            _unsave_lookup(st, lkey)
         ts = e.ts
         lookups = self._lookups(st, lkey, lookups, ts)
         if not lookups:
@@ -1180,8 +1163,6 @@ class _Stitching:
             if match:
                 lk[L_CLAIMED] += 1
                 conn.dns = self._dns_summary(st, lk)
-                if "_el" in st:
-                    _save_lookup(st, lkey)  # (its last change, most often: serialized ahead, in cache)
                 return conn.dns
         return None
 
@@ -1219,7 +1200,6 @@ class _Stitching:
                     st["_cl"].add(lkey)  # change mark (durable_parts)
                     if st.get("_pl") and lkey in st["_pl"]:
                         _keep_lookup(st, lkey)
-                    _unsave_lookup(st, lkey)
                 lookups.remove(lk)
                 if not lookups:
                     del lk_by_key[lkey], lks[lkey]
@@ -1507,7 +1487,6 @@ class _Stitching:
                 marked.add(lkey)
                 if keep and lkey in keep:
                     _keep_lookup(st, lkey)
-                _unsave_lookup(st, lkey)
             if not lk[L_CLAIMED]:
                 # at end of input, a query younger than the resolver timeout may still be answered
                 cut = final and any(q[Q_ANSWER] is None and now - q[Q_TS] < R.RETRY_GAP_NS[0] for q in lk[L_QUERIES])
@@ -1526,7 +1505,6 @@ class _Stitching:
                         marked.add(lkey)
                         if keep and lkey in keep:
                             _keep_lookup(st, lkey)
-                        _unsave_lookup(st, lkey)
                     del lk_by_key[lkey], lks[lkey]
             st["lke"] = []
         self._exact_lookup_head(st)
@@ -2111,46 +2089,19 @@ def _keep_conn(st: dict, k: str) -> None:
 
 
 def _keep_lookup(st: dict, k: str) -> None:
-    """Lookup key k, as _keep_conn (its bytes serialized ahead, if any: the entry unchanged since)."""
+    """Lookup key k, as _keep_conn."""
     from .graph import dumps_state
     st["_pl"].discard(k)
     lookups = st["lk"].get(k)
-    ahead = st.get("_el")
-    raw = ahead.pop(k, None) if ahead else None
-    st["_pv"]["l" + k] = None if lookups is None else raw if raw is not None else dumps_state([st["lks"][k], lookups])
-
-
-def _unsave_lookup(st: dict, k: str) -> None:
-    """Lookup key k is about to change: bytes serialized ahead of it are no longer its entry."""
-    ahead = st.get("_el")
-    if ahead:
-        ahead.pop(k, None)
-
-
-def _save_lookup(st: dict, k: str) -> None:
-    """Lookup key k, serialized ahead (see begin_parts), if a checkpoint in slices keeps such bytes."""
-    ahead = st.get("_el")
-    if ahead is not None:
-        from .graph import dumps_state
-        lookups = st["lk"].get(k)
-        if lookups is not None:
-            ahead[k] = dumps_state([st["lks"][k], lookups])
+    st["_pv"]["l" + k] = None if lookups is None else dumps_state([st["lks"][k], lookups])
 
 
 def _keep_server(st: dict, k: str) -> None:
-    """DNS server record k, as _keep_conn (its bytes serialized ahead, if any: it is never changed in place)."""
+    """DNS server record k, as _keep_conn."""
     from .graph import dumps_state
     st["_ps"].discard(k)
     v = st["dsrv"].get(k)
-    ahead = st.get("_es")
-    raw = ahead.pop(k, None) if ahead else None
-    st["_pv"]["s" + k] = None if v is None else raw if raw is not None else dumps_state(v)
-
-
-def _save_server(st: dict, k: str) -> None:
-    """DNS server record k, just made: serialized ahead (see begin_parts)."""
-    from .graph import dumps_state
-    st["_es"][k] = dumps_state(st["dsrv"][k])
+    st["_pv"]["s" + k] = None if v is None else dumps_state(v)
 
 
 def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int) -> None:
