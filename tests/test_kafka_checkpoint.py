@@ -252,6 +252,34 @@ def test_a_successor_restores_the_stitch_state_from_headers_and_entries():
     assert _snapshot(shell)[0] == [] or all(k.startswith(b"#") for _p, k, _v in _snapshot(shell)[0])
 
 
+def test_the_memory_store_maps_to_partitions_exactly_the_keys_it_holds():
+    """Faust's memory store (its records in a dict behind Python methods, and a key -> partition map): a
+    checkpoint's records go to its dict, and a tombstoned entry leaves the map as it leaves the records
+    (kept, the map grew by every entry key ever written). A successor restores from it as from a dict."""
+    from mode.utils.collections import FastUserDict
+
+    class MemoryStore(FastUserDict):  # faust.stores.memory.Store, without its service
+        def __init__(self):
+            self.data, self._key_partition = {}, {}
+
+    runner, op, shell, _store, _log, events = _live_run(steps_between=10**9)
+    store = shell.table.data = MemoryStore()
+    tombstones = 0
+    for i in range(1, 7):
+        runner.feed(events[(i - 1) * len(events) // 6:i * len(events) // 6])
+        for key in shell.live:
+            shell.touch(int(key[1:]), key)
+        writes, _acks = _snapshot(shell)
+        shell._unsent.clear()  # (confirmed)
+        tombstones += sum(1 for _p, k, v in writes if v is None and b"\x1f" in k)
+        assert set(store._key_partition) == set(store.data)
+        assert all(store._key_partition[k] == int(k[1:5]) for k in store.data if k[:1] == b"b")
+    assert tombstones
+    successor = _stitch_shell(store, op)
+    for key, st in shell.live.items():
+        assert _comparable(op, successor.state(key)) == _comparable(op, st)
+
+
 def test_a_checkpoint_in_slices_writes_the_state_at_its_cut_while_the_stage_goes_on(monkeypatch):
     """StageShell.finish serializes the cut keys' entries a slice at a time while records go on being applied
     (here: the runner's steps between slices, one entry per slice): what it writes is the state at the cut,
