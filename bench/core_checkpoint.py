@@ -35,7 +35,7 @@ import orjson  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
 from mode.utils.collections import FastUserDict  # noqa: E402
 
-from bench.core_live import CHECKPOINT_NS, LINGER_NS, TICK_NS  # noqa: E402
+from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches  # noqa: E402
 from svctrace.kafka.clients import reuse_zstd_contexts  # noqa: E402
 from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph, dumps_state, loads_state  # noqa: E402
@@ -113,27 +113,13 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
     digest = hashlib.sha1()
     measured = 0
     checkpoints: list[tuple[int, int]] = []  # (CPU ns, bytes) of each checkpoint ending in the span
-    pending: dict = {}
-    i, n = 0, len(events)
+    agents = AgentBatches(events)
     warm_end = events[0].ts + warmup_ns
     t = events[0].ts + TICK_NS
     next_checkpoint = events[0].ts + interval_ns
     finishing = None  # (finish coroutine, writes, acks, CPU so far)
-    while i < n or pending or finishing:
-        arrived = []
-        while i < n and events[i].ts < t:
-            e = events[i]
-            batch = pending.get(e.node)
-            if batch is None:
-                batch = pending[e.node] = [e.ts, []]
-            elif e.ts - batch[0] >= LINGER_NS:
-                arrived.append((e.node, batch[1]))
-                batch = pending[e.node] = [e.ts, []]
-            batch[1].append(e)
-            i += 1
-        if i >= n:
-            arrived += [(node, batch[1]) for node, batch in pending.items()]
-            pending = {}
+    while not agents.done or finishing:
+        arrived = agents.until(t)
         in_span = t > warm_end
         producer.measuring = in_span
         for node, batch in arrived:
@@ -189,7 +175,7 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
                 finishing = None
             else:
                 finishing = (coro, writes, acks, cpu)
-        if t >= next_checkpoint and finishing is None and i < n:
+        if t >= next_checkpoint and finishing is None and agents.more:
             next_checkpoint += interval_ns
             c = clock()
             writes, acks = shell.snapshot()

@@ -49,6 +49,44 @@ LINGER_NS = 200 * MS  # an agent's batch interval
 CHECKPOINT_NS = 3 * S  # the worker's default checkpoint interval
 
 
+class AgentBatches:
+    """The agents' batches as they reach a worker: each node's events cut once a batch spans LINGER_NS of
+    event time (the last ones when the events run out)."""
+
+    def __init__(self, events) -> None:
+        self.events, self.i = events, 0
+        self.pending: dict = {}  # node -> [its batch's first event time, its events]
+
+    @property
+    def done(self) -> bool:
+        return self.i >= len(self.events) and not self.pending
+
+    @property
+    def more(self) -> bool:
+        """Whether events are still to come (not all taken into batches)."""
+        return self.i < len(self.events)
+
+    def until(self, t: int) -> list:
+        """The batches that reach the worker by event time t: [(node, events)]."""
+        events, pending, arrived = self.events, self.pending, []
+        i, n = self.i, len(events)
+        while i < n and events[i].ts < t:
+            e = events[i]
+            batch = pending.get(e.node)
+            if batch is None:
+                batch = pending[e.node] = [e.ts, []]
+            elif e.ts - batch[0] >= LINGER_NS:
+                arrived.append((e.node, batch[1]))
+                batch = pending[e.node] = [e.ts, []]
+            batch[1].append(e)
+            i += 1
+        self.i = i
+        if i >= n:
+            arrived += [(node, batch[1]) for node, batch in pending.items()]
+            self.pending = {}
+        return arrived
+
+
 def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str]:
     """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest)."""
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
@@ -60,26 +98,12 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
     digest = hashlib.sha1()
     clock, call = time.thread_time_ns, operator.call
     advance_ns = process_ns = measured = 0
-    pending: dict = {}  # node -> [its batch's first event time, its events]
-    i, n = 0, len(events)
+    agents = AgentBatches(events)
     warm_end = events[0].ts + warmup_ns
     t = events[0].ts + TICK_NS
     next_checkpoint = events[0].ts + CHECKPOINT_NS
-    while i < n or pending:
-        arrived = []  # the agents' batches that reach the worker by t (a batch goes once it spans LINGER_NS)
-        while i < n and events[i].ts < t:
-            e = events[i]
-            batch = pending.get(e.node)
-            if batch is None:
-                batch = pending[e.node] = [e.ts, []]
-            elif e.ts - batch[0] >= LINGER_NS:
-                arrived.append((e.node, batch[1]))
-                batch = pending[e.node] = [e.ts, []]
-            batch[1].append(e)
-            i += 1
-        if i >= n:
-            arrived += [(node, batch[1]) for node, batch in pending.items()]
-            pending = {}
+    while not agents.done:
+        arrived = agents.until(t)
         in_span = t > warm_end
         for node, batch in arrived:
             if in_span:
