@@ -35,9 +35,8 @@ import orjson  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
 from mode.utils.collections import FastUserDict  # noqa: E402
 
-from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches  # noqa: E402
+from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches, enrich_tick  # noqa: E402
 from svctrace.kafka.clients import reuse_zstd_contexts  # noqa: E402
-from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph, dumps_state, loads_state  # noqa: E402
 from svctrace.streams.core.keys import bucket_partition  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -122,17 +121,9 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
         arrived = agents.until(t)
         in_span = t > warm_end
         producer.measuring = in_span
-        for node, batch in arrived:
-            if in_span:
-                measured += len(batch)
-            st = enrich_states.get(node)
-            if st is None:
-                st = enrich_states[node] = enrich.new_state()
-            enrich.process(st, node, batch)
-        watermark = enrich.newest_ts - lateness
-        flows = []
-        for node, st in enrich_states.items():
-            flows += [(key, value) for topic, key, value in enrich.advance(st, node, watermark) if topic == FLOWS_TOPIC]
+        if in_span:
+            measured += sum(len(batch) for _node, batch in arrived)
+        flows, watermark = enrich_tick(enrich, enrich_states, arrived, lateness)
         for key, value in flows:
             st = stitch_states.get(key)
             if st is None:

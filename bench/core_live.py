@@ -87,6 +87,21 @@ class AgentBatches:
         return arrived
 
 
+def enrich_tick(enrich, states: dict, arrived: list, lateness: int) -> tuple[list, int]:
+    """The enrich stage's part of a tick: the batches that arrived processed, every node advanced to the
+    watermark (the newest event - lateness). Returns the flows batches [(key, value)] and that watermark."""
+    for node, batch in arrived:
+        st = states.get(node)
+        if st is None:
+            st = states[node] = enrich.new_state()
+        enrich.process(st, node, batch)
+    watermark = enrich.newest_ts - lateness
+    flows = []
+    for node, st in states.items():
+        flows += [(key, value) for topic, key, value in enrich.advance(st, node, watermark) if topic == FLOWS_TOPIC]
+    return flows, watermark
+
+
 def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str]:
     """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest)."""
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
@@ -105,17 +120,9 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
     while not agents.done:
         arrived = agents.until(t)
         in_span = t > warm_end
-        for node, batch in arrived:
-            if in_span:
-                measured += len(batch)
-            st = enrich_states.get(node)
-            if st is None:
-                st = enrich_states[node] = enrich.new_state()
-            enrich.process(st, node, batch)
-        watermark = enrich.newest_ts - lateness
-        flows = []
-        for node, st in enrich_states.items():
-            flows += [(key, value) for topic, key, value in enrich.advance(st, node, watermark) if topic == FLOWS_TOPIC]
+        if in_span:
+            measured += sum(len(batch) for _node, batch in arrived)
+        flows, watermark = enrich_tick(enrich, enrich_states, arrived, lateness)
         for key, value in flows:
             st = stitch_states.get(key)
             if st is None:
