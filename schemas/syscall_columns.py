@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from dataclasses import MISSING, fields
 from itertools import chain, count as _count, repeat, starmap
+from operator import itemgetter as _itemgetter
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_type_hints
 
 import msgspec
@@ -72,6 +73,13 @@ class _Head(msgspec.Struct, gc=False):
 
 _head = msgspec.msgpack.Decoder(_Head)
 _columns = msgspec.msgpack.Decoder(tuple[tuple(_COLUMN_TYPES[name] for name in FIELDS)])
+# A record of this version's fields in one pass (the Raw columns of _Head cost a pass of their own to skip):
+# tried first; anything it refuses (another version's fields, a bad record) is read again by _Head.
+_COLUMNS_HERE = tuple[tuple(_COLUMN_TYPES[name] for name in FIELDS)]
+_whole = msgspec.msgpack.Decoder(msgspec.defstruct("_Whole", [
+    ("schema", Literal["svctrace.syscall-columns"]), ("version", Literal[1]), ("node", str), ("source", str),
+    ("seq", int), ("count", _Index), ("fields", list[str]), ("strings", list[Optional[str]]),
+    ("columns", _COLUMNS_HERE), ("lost", int, 0)], gc=False))
 _raw_columns = msgspec.msgpack.Decoder(list[msgspec.Raw])
 _column_of = {name: msgspec.msgpack.Decoder(t) for name, t in _COLUMN_TYPES.items()}
 _encoder = msgspec.msgpack.Encoder()
@@ -123,15 +131,25 @@ def decode_columns(raw: bytes, shared: dict) -> tuple[_Head, list]:
     """A record of the syscall-columns form -> (its head, its SyscallEvents); DecodeError naming what is wrong.
     Each distinct string of the record is one object, taken from `shared` (shared.setdefault: equal strings
     of other records too; the caller bounds it), the enumerated ones the interned literals."""
+    cols = None
     try:
-        h = _head.decode(raw)
-    except msgspec.MsgspecError as e:
-        raise DecodeError(f"svctrace.syscall-columns record: {e}") from None
+        h = _whole.decode(raw)
+        if h.fields == _FIELD_LIST:
+            cols = h.columns
+    except msgspec.MsgspecError:
+        pass
+    if cols is None:  # another version's fields, or a record to refuse: the head alone first
+        try:
+            h = _head.decode(raw)
+        except msgspec.MsgspecError as e:
+            raise DecodeError(f"svctrace.syscall-columns record: {e}") from None
     names, n = h.fields, h.count
     literal, keep = LITERALS.get, shared.setdefault
     table = [s if s is None else (literal(s) or keep(s, s)) for s in h.strings]
     try:
-        if names == list(FIELDS):
+        if cols is not None:
+            pass
+        elif names == _FIELD_LIST:
             cols = _columns.decode(h.columns)
         else:  # another version's fields: by name, a field this one does not know ignored
             raws = _raw_columns.decode(h.columns)
@@ -163,7 +181,6 @@ def decode_columns(raw: bytes, shared: dict) -> tuple[_Head, list]:
         raise DecodeError(f"svctrace.syscall-columns record: {_field_of(e, names)}") from None
     nulls = [i for i, s in enumerate(table) if s is None]
     its = []
-    get = table.__getitem__
     for name, col, is_str in zip(FIELDS, cols, _IS_STRING):
         if col.__class__ is list:
             if len(col) != n:
@@ -172,7 +189,11 @@ def decode_columns(raw: bytes, shared: dict) -> tuple[_Head, list]:
             if is_str:
                 if nulls and name in _REQUIRED_STRINGS and any(k in col for k in nulls):
                     raise DecodeError(f"svctrace.syscall-columns record: a null {name} (field $.columns, {name})")
-                its.append(map(get, col))
+                try:  # (one C call: fewer instructions than map(table.__getitem__, col))
+                    its.append(_itemgetter(*col)(table) if n > 1 else [table[i] for i in col])
+                except IndexError:
+                    raise DecodeError(f"svctrace.syscall-columns record: a string index past the {len(table)} strings "
+                                      f"(field $.columns, {name})") from None
             else:
                 its.append(col)
         else:
@@ -182,17 +203,11 @@ def decode_columns(raw: bytes, shared: dict) -> tuple[_Head, list]:
                                       "(field $.columns)")
                 col = table[col]
             its.append(repeat(col, n))
-    try:
-        events = list(starmap(SyscallEvent, zip(*its)))
-    except IndexError:
-        bad = next(name for name, col in zip(FIELDS, cols)
-                   if name in STRING_FIELDS and col.__class__ is list and col and max(col) >= len(table))
-        raise DecodeError(f"svctrace.syscall-columns record: a string index past the {len(table)} strings "
-                          f"(field $.columns, {bad})") from None
-    return h, events
+    return h, list(starmap(SyscallEvent, zip(*its)))
 
 
 _IS_STRING = tuple(name in STRING_FIELDS for name in FIELDS)
+_FIELD_LIST = list(FIELDS)
 _MISSING = object()
 
 
