@@ -214,3 +214,13 @@ _MISSING = object()
 def to_document(raw: bytes) -> dict[str, Any]:
     """A record of this form as the document its schema describes (for validation and inspection)."""
     return msgspec.msgpack.decode(raw)
+
+
+def record_document(raw: bytes) -> tuple[str, dict[str, Any]]:
+    """A svctrace.syscalls record of either form -> (its schema's name, its document): ("syscall-columns",
+    the decoded msgpack) or ("syscall-batch", the JSON)."""
+    if raw and raw[0] in MSGPACK_MAP:
+        return "syscall-columns", to_document(raw)
+    import orjson
+
+    return "syscall-batch", orjson.loads(raw)
