@@ -104,7 +104,7 @@ def encode_columns(node: str, source: str, seq: int, lost: int, events: list) ->
         first = col[0]
         columns[i] = index[first] if col.count(first) == n else list(map(index.__getitem__, col))
     for i, col in enumerate(columns):
-        if col.__class__ is tuple:
+        if col.__class__ is tuple and i:  # (ts, the first column, always per event: see decode_columns)
             first = col[0]
             if col.count(first) == n:
                 columns[i] = first
@@ -144,6 +144,8 @@ def decode_columns(raw: bytes, shared: dict) -> tuple[_Head, list]:
         except msgspec.MsgspecError as e:
             raise DecodeError(f"svctrace.syscall-columns record: {e}") from None
     names, n = h.fields, h.count
+    if n > len(raw):  # each event takes a byte at least (ts: never one value for all): no record of 1e9 events
+        raise DecodeError(f"svctrace.syscall-columns record: {n} events in {len(raw)} bytes (field $.count)")
     literal, keep = LITERALS.get, shared.setdefault
     table = [s if s is None else (literal(s) or keep(s, s)) for s in h.strings]
     try:

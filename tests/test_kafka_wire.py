@@ -168,6 +168,8 @@ def _set(doc, at, name, value):
     (lambda d, at: d.update(schema="svctrace.other"), r"\$.schema"),
     (lambda d, at: d.update(version=2), r"\$.version"),
     (lambda d, at: d.pop("count"), "count"),
+    (lambda d, at: (d.update(count=10**9), [_set(d, at, name, d["columns"][at(name)][0]) for name in d["fields"]
+                                            if isinstance(d["columns"][at(name)], list)]), r"events in \d+ bytes"),
     (lambda d, at: _set(d, at, "ts", d["columns"][at("ts")][:-1]), "column ts has"),
     (lambda d, at: _set(d, at, "ts", ["yesterday"] * d["count"]), r"\$.columns\[0\]\[0\]` \(field ts\)"),
     (lambda d, at: _set(d, at, "comm", [len(d["strings"]) + 5] * d["count"]), "string index"),
