@@ -199,8 +199,6 @@ class Batcher:
         """Events are SyscallEvents, their wire dicts (orjson encodes both the same way) or
         their JSON already (bytes, from `Normalizer.encode_ring`)."""
         events, sizes = self._encoded(events)
-        if sizes is None:
-            sizes = [len(ev) + 1 for ev in events]
         out = []
         if events and not self.pending:
             self.opened_at = now
@@ -208,7 +206,7 @@ class Batcher:
         while i < total:
             room = self.max_events - self.pending_events
             chunk = events[i:i + room]
-            size = sum(sizes[i:i + room])
+            size = sum(map(len, chunk)) + len(chunk) if sizes is None else sum(sizes[i:i + room])
             if self.pending_bytes + size <= self.max_bytes:  # the common case: whole slices
                 self.pending.extend(chunk)
                 self.pending_events += len(chunk)
@@ -216,7 +214,7 @@ class Batcher:
                 i += len(chunk)
             else:
                 for ev in chunk:
-                    size = sizes[i]
+                    size = len(ev) + 1 if sizes is None else sizes[i]
                     if self.pending_events and self.pending_bytes + size > self.max_bytes:
                         break
                     self.pending.append(ev)
