@@ -41,6 +41,8 @@ _ENUMERATED = {"kind": EventKind, "proto": Proto, "family": Family, "role": Role
 _STRING_TYPES = (str, Optional[str], *_ENUMERATED.values(), *(Optional[t] for t in _ENUMERATED.values()))
 STRING_FIELDS = tuple(name for name in FIELDS if _hints[name] in _STRING_TYPES)
 _STRING_AT = tuple(FIELDS.index(name) for name in STRING_FIELDS)
+# the other columns that may be one value for all events: not ts, the first (always per event, see decode_columns)
+_OTHER_AT = tuple(i for i in range(1, len(FIELDS)) if i not in _STRING_AT)
 _REQUIRED_STRINGS = frozenset(name for name in STRING_FIELDS if name not in _DEFAULTS)
 # the enumerations' strings as the interned objects of SyscallEvent's annotations (as msgspec hands them back
 # decoding the JSON form): the core compares kinds and protocols with these very objects
@@ -102,12 +104,12 @@ def encode_columns(node: str, source: str, seq: int, lost: int, events: list) ->
     for i in _STRING_AT:
         col = columns[i]
         first = col[0]
-        columns[i] = index[first] if col.count(first) == n else list(map(index.__getitem__, col))
-    for i, col in enumerate(columns):
-        if col.__class__ is tuple and i:  # (ts, the first column, always per event: see decode_columns)
-            first = col[0]
-            if col.count(first) == n:
-                columns[i] = first
+        columns[i] = index[first] if col.count(first) == n else _itemgetter(*col)(index)  # (n > 1 here)
+    for i in _OTHER_AT:
+        col = columns[i]
+        first = col[0]
+        if col.count(first) == n:
+            columns[i] = first
     doc["strings"] = list(strings)
     doc["columns"] = columns
     return _encoder.encode(doc)
