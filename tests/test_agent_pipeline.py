@@ -228,6 +228,15 @@ def test_agent_replays_a_capture_to_json_lines(tmp_path):
     assert final["captured"] == final["published"] == len(expected) and final["dropped"] == 0
 
 
+def test_json_lines_output_refuses_the_msgpack_form(tmp_path):
+    """--output writes JSON lines: msgpack records in it could not be split by line."""
+    out = tmp_path / "b.jsonl"
+    p = subprocess.run([sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(SEED),
+                        "--speed", "0", "--output", str(out), "--metrics-addr", "", "--batch-form", "msgpack"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "--batch-form msgpack is for Kafka" in p.stderr and not out.exists()
+
+
 def test_a_replay_without_node_keys_its_batches_by_the_captures_node(tmp_path):
     """Not by the replaying host's name: the batch's node is its Kafka key and must be the events'."""
     out = tmp_path / "b.jsonl"

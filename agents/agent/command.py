@@ -104,6 +104,8 @@ async def _main(args) -> int:
     from svctrace.agents.agent.agent import Agent, AgentOptions
     from svctrace.agents.agent.metrics import AgentMetrics
 
+    if args.output and args.batch_form == "msgpack":
+        raise SystemExit("svctrace agent: --output writes JSON lines; --batch-form msgpack is for Kafka")
     node = args.node or (None if args.source == "scap" else node_name())
     if args.source == "scap" and node is None:
         node = os.environ.get("NODE_NAME")  # else each event keeps the capture's hostname
