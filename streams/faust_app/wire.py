@@ -1,6 +1,11 @@
 """The worker's record codecs, built for the per-event hot path.
 
-* `decode_syscall_batch(raw)`: a svctrace.syscall-batch record -> SyscallBatch. msgspec parses
+* `decode_syscall_batch(raw)`: a svctrace.syscalls record -> SyscallBatch. The agents' default form,
+  syscall-columns (msgpack columns, schemas/syscall_columns.py: each distinct string of a record once, so
+  its events share them without event_sharer), is read by syscall_columns.decode_columns into this
+  module's shared strings: 0.58-0.78 us per event against 1.01-1.27 for the JSON, 7.6k instructions
+  against 17.7k (session 16, docs/performance.md). The syscall-batch JSON (older agents, --batch-form
+  json, the eBPF source's batches): msgspec parses
   the JSON straight into SyscallEvents (a msgspec Struct; payload base64 -> bytes included), without
   a dict, a tuple or a second object per event: 1.08-1.19 us per event on bench.worker_steady's
   records against 1.51-1.61 when msgspec filled a Struct of the same fields and the event was copied
