@@ -347,7 +347,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
 
         async def drive_worker():
             from svctrace.kafka.clients import producer
-            from svctrace.schemas.models import encode_batch
+            from svctrace.agents.agent.pipeline import encode_syscall_batch  # the agents' default form
 
             stop = asyncio.Event()
             collector = asyncio.create_task(_collect(bootstrap, prefix, worker_arrivals, stop))
@@ -359,7 +359,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
                 for b in P.batches_of(chunk, BATCH_EVENTS):
                     seq[b.node] = seq.get(b.node, -1) + 1
                     b = b.__class__(node=b.node, source=b.source, seq=seq[b.node], events=b.events)
-                    await p.send(topic_name("svctrace.syscalls", prefix), encode_batch(b), key=b.node.encode())
+                    await p.send(topic_name("svctrace.syscalls", prefix), encode_syscall_batch(b), key=b.node.encode())
 
             await _paced(events, emit, linger_s, paced, tail_s)
             await p.stop()

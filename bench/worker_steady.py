@@ -7,7 +7,8 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
 bench.pipeline. The bench traffic's mix (bench.core_runner.traffic, "mixed": curl-like requests in the three
 translation modes and keep-alive connections, half of the requests each) runs all its parts at once, stamped
 with the wall clock, at --rate events per second, and is published as live agents do: each node's events
-in batches of 0.2 s of event time, sent 0.2 s after their first event. The worker (its stages clocked by
+in batches of 0.2 s of event time, sent 0.2 s after their first event, written by the agent's own encoder in
+its default form (agents.agent.pipeline.encode_syscall_batch: the syscall-columns msgpack form). The worker (its stages clocked by
 bench.worker_stages, its default checkpoint interval unless told) first takes --warmup seconds of it, long
 enough for its state to hold what a live worker keeps (DNS lookups and answers up to the lookup timeout,
 12 s, connections while open); then over the next --span seconds of publishing are measured: the worker's

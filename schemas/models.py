@@ -248,11 +248,20 @@ def encode_batch(batch: SyscallBatch) -> bytes:
     return dumps(head)
 
 
+_MSGPACK_MAP = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # a msgpack map's first byte (no JSON text's)
+
+
 class DecodeError(ValueError):
     """A record that is not a valid value for its topic; the reason names what is wrong."""
 
 
 def decode_batch(raw: bytes) -> SyscallBatch:
+    """A svctrace.syscalls record, either form (syscall-columns msgpack, or syscall-batch JSON) -> SyscallBatch."""
+    if raw and raw[0] in _MSGPACK_MAP:
+        from svctrace.schemas.syscall_columns import decode_columns
+
+        h, events = decode_columns(raw, {})
+        return SyscallBatch(node=h.node, source=h.source, seq=h.seq, events=events, lost=h.lost)
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as e:

@@ -11,7 +11,7 @@ from referencing import Registry, Resource
 
 HERE = Path(__file__).resolve().parent
 SCHEMA_NAMES = ("syscall-batch", "enriched-batch", "k8s-object", "chain", "alert", "dead-letter", "agent-stats",
-                "alert-occurrence", "flows-batch")
+                "alert-occurrence", "flows-batch", "syscall-columns")
 
 
 class SchemaError(ValueError):

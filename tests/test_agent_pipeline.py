@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from svctrace.agents.agent.agent import Agent, AgentOptions
 from svctrace.agents.agent.pipeline import Batcher, BoundedBuffer, Counters, redact_events
@@ -15,7 +16,9 @@ from svctrace.agents.agent.sources import ScapSource
 from svctrace.agents.scap import open_capture
 from svctrace.agents.scap.writer import ScapWriter
 from svctrace.schemas.models import SyscallEvent, decode_batch, dumps
+from svctrace.schemas.syscall_columns import to_document
 from svctrace.schemas.validation import validate
+from svctrace.streams.faust_app import wire
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = REPO / "examples" / "seed" / "capture.scap"
@@ -28,18 +31,51 @@ def ev(n: int, data: bytes | None = b"x" * 10, ts: int = 0) -> SyscallEvent:
                         size=len(data or b""), data=data)
 
 
-def test_batcher_closes_on_count_bytes_and_linger():
-    b = Batcher("n1", "ebpf", max_events=3, max_bytes=10_000, linger_s=0.5)
+def _document(value: bytes) -> dict:
+    """A syscalls record as its schema's document, validated (either form)."""
+    if value[:1] == b"{":
+        doc = orjson.loads(value)
+        validate("syscall-batch", doc)
+    else:
+        doc = to_document(value)
+        validate("syscall-columns", doc)
+    return doc
+
+
+@pytest.mark.parametrize("form", ["msgpack", "json"])
+def test_batcher_closes_on_count_bytes_and_linger(form):
+    b = Batcher("n1", "ebpf", max_events=3, max_bytes=10_000, linger_s=0.5, form=form)
     out = b.add([ev(i) for i in range(7)], now=0.0)
     assert [x.events for x in out] == [3, 3] and [x.seq for x in out] == [0, 1]
     assert not b.due(0.4) and b.due(0.5)
     last = b.flush()
     assert last.events == 1 and b.flush() is None
-    doc = orjson.loads(out[0].value)
-    validate("syscall-batch", doc)
-    assert [e["n"] for e in doc["events"]] == [0, 1, 2] and doc["node"] == "n1"
-    big = Batcher("n1", "ebpf", max_events=1000, max_bytes=4000)
-    assert len(big.add([ev(i, data=b"y" * 1000) for i in range(10)], 0.0)) >= 3  # ~1.7 kB of JSON each
+    doc = _document(out[0].value)
+    assert doc["node"] == "n1" and doc["schema"] == ("svctrace.syscall-batch" if form == "json" else "svctrace.syscall-columns")
+    batch = decode_batch(out[0].value)
+    assert [e.n for e in batch.events] == [0, 1, 2] and batch.events == [ev(i) for i in range(3)]
+    big = Batcher("n1", "ebpf", max_events=1000, max_bytes=4000, form=form)
+    assert len(big.add([ev(i, data=b"y" * 1000) for i in range(10)], 0.0)) >= 3  # 1-1.7 kB each
+
+
+def test_the_agents_default_form_is_the_columns_and_reads_back_as_the_json():
+    """Both forms of the same batch decode to the same events (the worker's decoder and decode_batch), the
+    columns' strings each once; a form the agent does not know is refused."""
+    events = [ev(i, data=None if i % 3 else b"GET / HTTP/1.1\r\n") for i in range(10)]
+    events[4] = events[4].with_(errno="ECONNREFUSED", kind="connect", proto=None, exe="/usr/bin/curl")
+    msg, js = Batcher("n1", "ebpf", form="msgpack"), Batcher("n1", "ebpf", form="json")
+    msg.add(events, 0.0)
+    js.add(events, 0.0)
+    a, b = msg.flush().value, js.flush().value
+    assert Batcher("n1", "ebpf").form == "msgpack" and a[0] in range(0x80, 0x90) and b[:1] == b"{"
+    assert decode_batch(a) == decode_batch(b) and decode_batch(a).events == events
+    assert wire.decode_syscall_batch(a) == wire.decode_syscall_batch(b)
+    doc = _document(a)
+    assert doc["count"] == 10 and sorted(doc["strings"], key=str).count("10.0.0.1") == 1
+    assert doc["columns"][doc["fields"].index("node")] == doc["strings"].index("n1")  # one value for every event
+    assert len(a) < len(b) / 3
+    with pytest.raises(ValueError, match="form"):
+        Batcher("n1", "ebpf", form="avro")
 
 
 def test_wire_dicts_and_events_encode_alike_and_are_redacted():
@@ -192,6 +228,15 @@ def test_agent_replays_a_capture_to_json_lines(tmp_path):
     assert final["captured"] == final["published"] == len(expected) and final["dropped"] == 0
 
 
+def test_json_lines_output_refuses_the_msgpack_form(tmp_path):
+    """--output writes JSON lines: msgpack records in it could not be split by line."""
+    out = tmp_path / "b.jsonl"
+    p = subprocess.run([sys.executable, "-m", "svctrace", "agent", "--source", "scap", "--file", str(SEED),
+                        "--speed", "0", "--output", str(out), "--metrics-addr", "", "--batch-form", "msgpack"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "--batch-form msgpack is for Kafka" in p.stderr and not out.exists()
+
+
 def test_a_replay_without_node_keys_its_batches_by_the_captures_node(tmp_path):
     """Not by the replaying host's name: the batch's node is its Kafka key and must be the events'."""
     out = tmp_path / "b.jsonl"
@@ -213,7 +258,7 @@ def test_events_already_json_batch_like_objects():
 
     events = [ev(i) for i in range(7)]
     as_json = [dumps(e) for e in events]
-    objs, raw = Batcher("n1", "ebpf", max_events=3), Batcher("n1", "ebpf", max_events=3)
+    objs, raw = Batcher("n1", "ebpf", max_events=3, form="json"), Batcher("n1", "ebpf", max_events=3, form="json")
     a, b = objs.add(events, 0.0), raw.add(as_json, 0.0)
     assert [x.value for x in a] == [x.value for x in b] and len(b) == 2
     marker = SyscallEvent(ts=1, node="n1", n=0, pid=0, tid=0, comm="", kind="lost", syscall="", fd=-1, res=4)
@@ -221,20 +266,22 @@ def test_events_already_json_batch_like_objects():
     last = orjson.loads(raw.flush().value)
     validate("syscall-batch", last)
     assert [e["n"] for e in last["events"]] == [6, 0] and last["events"][-1]["kind"] == "lost"
-    small = Batcher("n1", "ebpf", max_events=1000, max_bytes=2 * len(as_json[0]) + 10)
+    small = Batcher("n1", "ebpf", max_events=1000, max_bytes=2 * len(as_json[0]) + 10, form="json")
     out = small.add(as_json, 0.0) + [small.flush()]
     assert [x.events for x in out] == [2, 2, 2, 1]  # closed before the event that would pass max_bytes
     assert [e.n for x in out for e in decode_batch(x.value).events] == list(range(7))
+    columns = Batcher("n1", "ebpf", max_events=3)  # event JSON into the columns form: the same events
+    out = columns.add(as_json, 0.0) + [columns.flush()]
+    assert [e for x in out for e in decode_batch(x.value).events] == events
 
 
-def test_batches_stay_under_the_byte_bound_whatever_the_event_count():
+@pytest.mark.parametrize("form", ["msgpack", "json"])
+def test_batches_stay_under_the_byte_bound_whatever_the_event_count(form):
     """The default 2000 events of 4 KiB payloads would be ~11 MB: the byte bound closes batches first,
     so every record fits Kafka's 1 MiB request (and a bound past 1 MiB is refused)."""
-    import pytest
-
     from svctrace.agents.agent.pipeline import MAX_BATCH_BYTES
 
-    b = Batcher("n1", "ebpf")  # the agent's defaults
+    b = Batcher("n1", "ebpf", form=form)  # the agent's defaults
     out = b.add([ev(i, data=bytes(range(256)) * 16) for i in range(2000)], 0.0) + [b.flush()]
     assert sum(x.events for x in out) == 2000 and len(out) > 10
     assert max(len(x.value) for x in out) <= b.max_bytes + 200  # the batch head and brackets
@@ -242,9 +289,10 @@ def test_batches_stay_under_the_byte_bound_whatever_the_event_count():
     with pytest.raises(ValueError, match="1 MiB"):
         Batcher("n1", "ebpf", max_bytes=MAX_BATCH_BYTES + 1)
     b.note_lost(5)  # a batch of nothing but a loss count is still a valid document
-    only_lost = orjson.loads(b.flush().value)
-    validate("syscall-batch", only_lost)
-    assert (only_lost["lost"], only_lost["events"]) == (5, [])
+    only_lost = b.flush().value
+    _document(only_lost)
+    assert (decode_batch(only_lost).lost, decode_batch(only_lost).events) == (5, [])
+    assert (wire.decode_syscall_batch(only_lost).lost, wire.decode_syscall_batch(only_lost).events) == (5, [])
 
 
 class _FakeNormalizer:

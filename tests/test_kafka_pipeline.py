@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 
@@ -312,16 +313,19 @@ def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka
         (b"node-a", orjson.dumps({"schema": "svctrace.syscall-batch", "version": 1, "node": "node-a",
                                   "source": "scap", "seq": 99, "events": [{"ts": 1}]})),
         (b"node-b", orjson.dumps({"schema": "something-else"})),
+        (b"node-b", msgspec.msgpack.encode({"schema": "svctrace.syscall-columns", "version": 1, "node": "node-b",
+                                            "source": "ebpf", "seq": 7, "lost": 0, "count": 2, "fields": ["ts"],
+                                            "strings": [], "columns": [[1]]})),  # the agents' form, spoilt
     ]
     [worker] = start_workers(kafka, prefix, tmp_path, 1)
     try:
         batches = P.batches_of(events, 50)
         kafka.run(P.publish_batches(kafka.bootstrap, prefix, [batches[0], *poison, *batches[1:]]))
         done = complete(chains, alerts)
-        res = kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: done(r) and len(r.deadletters) >= 3,
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: done(r) and len(r.deadletters) >= 4,
                                        RESULT_TIMEOUT, settle=1.0))
         assert_same(res, chains, alerts, [worker])
-        assert len(res.deadletters) == 3
+        assert len(res.deadletters) == 4
         for dl in res.deadletters:
             validate("dead-letter", dl)
             assert dl["stage"] == "enrich" and dl["topic"] == topic and dl["reason"]
@@ -329,6 +333,7 @@ def test_poison_records_go_to_the_dead_letter_topic_and_processing_goes_on(kafka
         assert any("not JSON" in r for r in reasons)
         assert any("$.schema" in r for r in reasons)
         assert any("$.events" in r for r in reasons)
+        assert any("syscall-columns" in r and "required field node" in r for r in reasons)
         worker.check_alive()
     finally:
         worker.stop()

@@ -99,7 +99,107 @@ def test_shared_strings_are_bounded(monkeypatch):
     assert decode_syscall_batch(raw).events == batches[0].events  # emptied first, then filled again
     assert len(wire._shared) <= len(set(v for e in batches[0].events for v in
                                         (e.node, e.comm, e.syscall, e.errno, e.local_ip, e.remote_ip, e.addr_ip,
-                                         e.exe, e.container_id))) + 1
+                                         e.exe, e.container_id))) + 1 + len(wire.LITERALS)  # (+ the enumerations')
+
+
+# -- the syscall-columns form (msgpack), the agents' default ----------------------------------
+
+def _columns(b) -> bytes:
+    from svctrace.agents.agent.pipeline import encode_syscall_batch
+
+    return encode_syscall_batch(b)  # the agents' own encoder, their default form
+
+
+def test_columns_records_decode_to_the_events_of_the_json_form_their_strings_shared():
+    from svctrace.schemas.syscall_columns import LITERALS
+
+    _, batches = _batches()
+    for b in batches:
+        raw = _columns(b)
+        assert raw[0] in range(0x80, 0x90)
+        assert decode_syscall_batch(raw) == decode_syscall_batch(encode_batch(b)) == decode_batch(raw) == b
+        assert any(e.data for e in decode_syscall_batch(raw).events)
+    events = decode_syscall_batch(_columns(batches[0])).events
+    again = decode_syscall_batch(encode_batch(batches[0])).events
+    for a, b in zip(events, again):  # one object per value, whichever form a record came in
+        for name in ("node", "comm", "syscall", "local_ip", "remote_ip", "container_id", "kind", "proto"):
+            assert getattr(a, name) is getattr(b, name), name
+        assert a.kind is LITERALS[a.kind]
+    odd = [e.with_(kind="splice") if i == 0 else e.with_(proto="sctp") if i == 1 else e
+           for i, e in enumerate(batches[0].events)]  # values a newer agent may send
+    got = decode_syscall_batch(_columns(SyscallBatch("n", "scap", 1, odd))).events
+    assert got == odd and (got[0].kind, got[1].proto) == ("splice", "sctp")
+    empty = SyscallBatch("n", "ebpf", 4, [], lost=9)
+    assert decode_syscall_batch(_columns(empty)) == empty
+
+
+def test_columns_of_another_agent_version_are_read_by_field_name():
+    import msgspec
+
+    _, batches = _batches()
+    doc = msgspec.msgpack.decode(_columns(batches[0]))
+    names, cols = doc["fields"], doc["columns"]
+    i = names.index("exe")
+    del names[i], cols[i]  # an older agent's: no exe (an optional field: its default)
+    names.append("from_a_newer_agent")  # a newer agent's field: ignored
+    cols.append([1] * doc["count"])
+    names.insert(0, names.pop(names.index("ts")))  # any order
+    got = decode_syscall_batch(msgspec.msgpack.encode(doc)).events
+    assert got == [e.with_(exe=None) for e in batches[0].events]
+    i = names.index("pid")
+    del names[i], cols[i]  # a required field missing
+    with pytest.raises(DecodeError, match="required field pid"):
+        decode_syscall_batch(msgspec.msgpack.encode(doc))
+
+
+def _spoilt(batch, spoil) -> bytes:
+    import msgspec
+
+    doc = msgspec.msgpack.decode(_columns(batch))
+    spoil(doc, lambda name: doc["fields"].index(name))
+    return msgspec.msgpack.encode(doc)
+
+
+def _set(doc, at, name, value):
+    doc["columns"][at(name)] = value
+
+
+@pytest.mark.parametrize("spoil, reason", [
+    (lambda d, at: d.update(schema="svctrace.other"), r"\$.schema"),
+    (lambda d, at: d.update(version=2), r"\$.version"),
+    (lambda d, at: d.pop("count"), "count"),
+    (lambda d, at: (d.update(count=10**9), [_set(d, at, name, d["columns"][at(name)][0]) for name in d["fields"]
+                                            if isinstance(d["columns"][at(name)], list)]), r"events in \d+ bytes"),
+    (lambda d, at: _set(d, at, "ts", d["columns"][at("ts")][:-1]), "column ts has"),
+    (lambda d, at: _set(d, at, "ts", ["yesterday"] * d["count"]), r"\$.columns\[0\]\[0\]` \(field ts\)"),
+    (lambda d, at: _set(d, at, "comm", [len(d["strings"]) + 5] * d["count"]), "string index"),
+    (lambda d, at: _set(d, at, "comm", [0, len(d["strings"]) + 5] * (d["count"] // 2)), "past the .* strings .*comm"),
+    (lambda d, at: _set(d, at, "comm", [-1] * d["count"]), r"\(field comm\)"),
+    (lambda d, at: (d["strings"].append(None), _set(d, at, "syscall", len(d["strings"]) - 1)), "syscall"),
+    (lambda d, at: _set(d, at, "data", "not bytes"), r"\(field data\)"),
+])
+def test_columns_records_are_refused_with_a_reason_naming_what_is_wrong(spoil, reason):
+    _, batches = _batches()
+    raw = _spoilt(batches[0], spoil)
+    with pytest.raises(DecodeError, match=reason):
+        decode_syscall_batch(raw)
+    with pytest.raises(DecodeError, match=reason):
+        decode_batch(raw)
+
+
+def test_columns_records_validate_with_the_cli_and_bad_ones_are_named(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from svctrace.schemas import cli_validate
+
+    _, batches = _batches()
+    good, bad = tmp_path / "good.msgpack", tmp_path / "bad.msgpack"
+    good.write_bytes(_columns(batches[0]))
+    bad.write_bytes(_spoilt(batches[0], lambda d, at: _set(d, at, "n", [1, 2])))
+    for schema in ("syscall-batch", "syscall-columns", "auto"):
+        assert cli_validate.run(SimpleNamespace(schema=schema, files=[good])) == 0
+    assert cli_validate.run(SimpleNamespace(schema="auto", files=[bad])) == 1
+    assert "column n has 2 values" in capsys.readouterr().err
 
 
 def test_event_maker_sharing_makes_make_events_events():

@@ -41,6 +41,7 @@ class AgentOptions:
     drain_timeout: float = 30.0
     native: bool = True  # the eBPF source's per-event loop in C (fastpath.c) when it builds
     native_lib: str | None = None  # a prebuilt fastpath library (images without a compiler)
+    form: str = "msgpack"  # the records' form (pipeline.FORMS): a source that writes event JSON itself makes it json
 
 
 class Agent:
@@ -50,7 +51,10 @@ class Agent:
         self.opt = options
         self.metrics = metrics
         self.counters = Counters()
-        self.batcher = Batcher(options.node, source.name, options.batch_events, options.batch_bytes, options.linger_s)
+        # a source that writes each event's JSON itself (the eBPF source) fills batches of the JSON form
+        form = "json" if getattr(source, "encode_with", None) is not None else options.form
+        self.batcher = Batcher(options.node, source.name, options.batch_events, options.batch_bytes, options.linger_s,
+                               form=form)
         self.buffer = BoundedBuffer(options.buffer_events)
         self.stopping = asyncio.Event()
         self.capture_done = asyncio.Event()

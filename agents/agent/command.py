@@ -32,7 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     sink = p.add_mutually_exclusive_group()
     sink.add_argument("--bootstrap", default=os.environ.get("SVCTRACE_BOOTSTRAP"),
                       help="Kafka bootstrap servers host:port (default $SVCTRACE_BOOTSTRAP)")
-    sink.add_argument("--output", help="write batches as JSON lines to this file instead of Kafka")
+    sink.add_argument("--output", help="write batches as JSON lines to this file instead of Kafka (the JSON form)")
     p.add_argument("--stats-output", help="with --output: write agent stats as JSON lines here")
     p.add_argument("--topic-prefix", default="",
                    help="prefix of the topic names, prepended as is (e.g. 'staging.'), as the worker's and "
@@ -44,7 +44,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="publish payloads without masking credentials (default: redact)")
     p.add_argument("--batch-events", type=int, default=2000, help="events per published batch, at most")
     p.add_argument("--batch-bytes", type=int, default=600_000,
-                   help="JSON bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
+                   help="encoded bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
+    p.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
+                   help="form of the records on the syscalls topic: msgpack, the syscall-columns form (default; "
+                        "workers read both), or json, the syscall-batch JSON (default with --output; the eBPF "
+                        "source's native per-event loop writes JSON, so its batches are JSON)")
     p.add_argument("--native-lib", default=os.environ.get("SVCTRACE_NATIVE_LIB"),
                    help="prebuilt native per-event loop (`python -m svctrace.agents.ebpf.build --native`; "
                         "default: $SVCTRACE_NATIVE_LIB, else built into the cache with the node's C compiler)")
@@ -100,6 +104,8 @@ async def _main(args) -> int:
     from svctrace.agents.agent.agent import Agent, AgentOptions
     from svctrace.agents.agent.metrics import AgentMetrics
 
+    if args.output and args.batch_form == "msgpack":
+        raise SystemExit("svctrace agent: --output writes JSON lines; --batch-form msgpack is for Kafka")
     node = args.node or (None if args.source == "scap" else node_name())
     if args.source == "scap" and node is None:
         node = os.environ.get("NODE_NAME")  # else each event keeps the capture's hostname
@@ -121,7 +127,8 @@ async def _main(args) -> int:
                         batch_bytes=args.batch_bytes, native=args.native, native_lib=args.native_lib,
                         linger_s=args.linger,
                         buffer_events=args.buffer_events, stats_interval=args.stats_interval,
-                        drain_timeout=args.drain_timeout)
+                        drain_timeout=args.drain_timeout,
+                        form=args.batch_form or ("json" if args.output else "msgpack"))
     agent = Agent(source, sink, opts, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,8 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 
 from svctrace.agents.redact import _MAYBE, redact
-from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallEvent, dumps
+from svctrace.schemas.models import SCHEMA_VERSION, AgentStats, SyscallBatch, SyscallEvent, dumps
+from svctrace.schemas.syscall_columns import STRING_FIELDS, encode_columns
 
 # A batch is one Kafka record: its JSON must stay under the producer's max_request_size (1 MiB,
 # svctrace.kafka.clients) with room for the record's framing.
@@ -105,12 +106,59 @@ class EncodedBatch:
 MAX_BATCH_BYTES = 1_048_576 - 16_384
 
 
+# The record forms an agent writes on svctrace.syscalls: the syscall-columns form (msgpack,
+# schemas/syscall_columns.py; the default) or the syscall-batch JSON.
+FORMS = ("msgpack", "json")
+DEFAULT_FORM = "msgpack"
+
+
+def _compile_bound():
+    """bound(ev) -> an upper bound of the bytes an event adds to a syscall-columns record: 9 per value (the
+    largest msgpack integer, or an index into the strings table), plus its payload and its strings (each
+    distinct string is written once per record: at most once per event). Like the JSON's size, a bound
+    the record's bytes stay under, for max_bytes."""
+    fixed = 9 * len(SyscallEvent.__struct_fields__) + 5
+    terms = [f"(0 if (v := ev.{name}) is None else len(v))" for name in (*STRING_FIELDS, "data")]
+    scope: dict = {}
+    exec(f"def bound(ev):\n    return {fixed} + " + " + ".join(terms) + "\n", scope)  # noqa: S102
+    return scope["bound"]
+
+
+_bound = _compile_bound()
+
+
+def encode_syscall_batch(batch: SyscallBatch, form: str = DEFAULT_FORM) -> bytes:
+    """A SyscallBatch -> the svctrace.syscalls record an agent writes of it (its default form, or JSON)."""
+    if form == "json":
+        from svctrace.schemas.models import encode_batch
+
+        return encode_batch(batch)
+    return encode_columns(batch.node, batch.source, batch.seq, batch.lost, batch.events)
+
+
+def _as_event(ev) -> SyscallEvent:
+    """A SyscallEvent from what `Batcher.add` takes: an event, its wire dict (payload as base64) or its JSON."""
+    if type(ev) is SyscallEvent:
+        return ev
+    if type(ev) is bytes:
+        return _event_json.decode(ev)
+    return SyscallEvent.from_wire(ev)
+
+
+_event_json = None  # (a msgspec JSON decoder of one event, made on first use: the agent's own events need none)
+
+
 @dataclass
 class Batcher:
     """Groups events into SyscallBatch records: at most `max_events` events and `max_bytes` of
-    event JSON per record (exact: each event is encoded on arrival), never older than `linger_s`
-    (arrival time). A batch closes at max_events, or before the event that would take it past
-    max_bytes (one event alone larger than max_bytes still goes, alone)."""
+    encoded events per record, never older than `linger_s` (arrival time). A batch closes at
+    max_events, or before the event that would take it past max_bytes (one event alone larger than
+    max_bytes still goes, alone).
+
+    `form`: "msgpack" (the default), the syscall-columns form (schemas/syscall_columns.py): the
+    events are kept as they come and the record is written at close, each event counted by a bound
+    of its bytes (`_bound`); "json", the syscall-batch JSON: each event is encoded on arrival (exact
+    sizes), the form the eBPF source writes itself (`add_joined`, and events given as JSON bytes)."""
 
     node: str
     source: str
@@ -118,11 +166,12 @@ class Batcher:
     max_bytes: int = 600_000
     linger_s: float = 0.2
     seq: int = 0
-    pending: list = field(default_factory=list)  # event JSON, or runs of it joined by commas
+    pending: list = field(default_factory=list)  # events (msgpack), or event JSON or runs of it joined by commas
     pending_events: int = 0
-    pending_bytes: int = 0  # JSON bytes of the pending events, plus one separator each
+    pending_bytes: int = 0  # bytes of the pending events (JSON: plus one separator each)
     pending_lost: int = 0
     opened_at: float = 0.0
+    form: str = DEFAULT_FORM
 
     def __post_init__(self) -> None:
         if not 0 < self.max_bytes <= MAX_BATCH_BYTES:
@@ -130,11 +179,26 @@ class Batcher:
                              f"of at most 1 MiB), got {self.max_bytes}")
         if self.max_events < 1:
             raise ValueError(f"batch events must be >= 1, got {self.max_events}")
+        if self.form not in FORMS:
+            raise ValueError(f"batch form must be one of {', '.join(FORMS)}, got {self.form!r}")
+
+    def _encoded(self, events: list) -> tuple[list, list | None]:
+        """The items to keep for `events`, and their sizes (None: the items' own lengths plus one)."""
+        if self.form == "json":
+            return [ev if type(ev) is bytes else dumps(ev) for ev in events], None
+        if not all(type(ev) is SyscallEvent for ev in events):
+            global _event_json
+            if _event_json is None:
+                import msgspec
+
+                _event_json = msgspec.json.Decoder(SyscallEvent)
+            events = list(map(_as_event, events))
+        return events, list(map(_bound, events))
 
     def add(self, events: list, now: float) -> list[EncodedBatch]:
         """Events are SyscallEvents, their wire dicts (orjson encodes both the same way) or
         their JSON already (bytes, from `Normalizer.encode_ring`)."""
-        events = [ev if type(ev) is bytes else dumps(ev) for ev in events]
+        events, sizes = self._encoded(events)
         out = []
         if events and not self.pending:
             self.opened_at = now
@@ -142,7 +206,7 @@ class Batcher:
         while i < total:
             room = self.max_events - self.pending_events
             chunk = events[i:i + room]
-            size = sum(map(len, chunk)) + len(chunk)
+            size = sum(map(len, chunk)) + len(chunk) if sizes is None else sum(sizes[i:i + room])
             if self.pending_bytes + size <= self.max_bytes:  # the common case: whole slices
                 self.pending.extend(chunk)
                 self.pending_events += len(chunk)
@@ -150,7 +214,7 @@ class Batcher:
                 i += len(chunk)
             else:
                 for ev in chunk:
-                    size = len(ev) + 1
+                    size = len(ev) + 1 if sizes is None else sizes[i]
                     if self.pending_events and self.pending_bytes + size > self.max_bytes:
                         break
                     self.pending.append(ev)
@@ -163,7 +227,9 @@ class Batcher:
 
     def add_joined(self, joined: bytes, events: int, size: int, now: float) -> list[EncodedBatch]:
         """A run of `events` event JSONs joined by commas, `size` bytes counted as `add` counts
-        them (the native fast path fills the open batch's room exactly)."""
+        them (the native fast path fills the open batch's room exactly). JSON form only."""
+        if self.form != "json":
+            raise ValueError("joined event JSON goes into a batcher of the json form")
         if not self.pending:
             self.opened_at = now
         self.pending.append(joined)
@@ -177,10 +243,14 @@ class Batcher:
         """A loss marker goes into the open batch whatever its size (never closes one)."""
         if not self.pending:
             self.opened_at = now
-        js = dumps(ev)
-        self.pending.append(js)
+        if self.form == "json":
+            js = dumps(ev)
+            self.pending.append(js)
+            self.pending_bytes += len(js) + 1
+        else:
+            self.pending.append(ev)
+            self.pending_bytes += _bound(ev)
         self.pending_events += 1
-        self.pending_bytes += len(js) + 1
 
     def note_lost(self, count: int) -> None:
         """Events lost before this batch (kernel drops, buffer overflow): carried in its `lost`."""
@@ -198,6 +268,9 @@ class Batcher:
         return self._close()
 
     def _close(self) -> EncodedBatch:
+        if self.form != "json":
+            value = encode_columns(self.node, self.source, self.seq, self.pending_lost, self.pending)
+            return self._closed(value)
         # the document encode_batch writes, around events that are JSON already
         head = b'{"schema":"svctrace.syscall-batch","version":%d,"node":%b,"source":%b,"seq":%d,"lost":%d,"events":[' % (
             SCHEMA_VERSION, dumps(self.node), dumps(self.source), self.seq, self.pending_lost)
@@ -207,7 +280,10 @@ class Batcher:
         parts[0], parts[-1] = head, b"]}"
         if not pending:
             parts = [head, b"]}"]
-        encoded = EncodedBatch(self.seq, self.pending_events, b"".join(parts))
+        return self._closed(b"".join(parts))
+
+    def _closed(self, value: bytes) -> EncodedBatch:
+        encoded = EncodedBatch(self.seq, self.pending_events, value)
         self.seq += 1
         self.pending = []
         self.pending_events = 0

@@ -1,6 +1,11 @@
 """The worker's record codecs, built for the per-event hot path.
 
-* `decode_syscall_batch(raw)`: a svctrace.syscall-batch record -> SyscallBatch. msgspec parses
+* `decode_syscall_batch(raw)`: a svctrace.syscalls record -> SyscallBatch. The agents' default form,
+  syscall-columns (msgpack columns, schemas/syscall_columns.py: each distinct string of a record once, so
+  its events share them without event_sharer), is read by syscall_columns.decode_columns into this
+  module's shared strings: 0.58-0.78 us per event against 1.01-1.27 for the JSON, 7.6k instructions
+  against 17.7k (session 16, docs/performance.md). The syscall-batch JSON (older agents, --batch-form
+  json, the eBPF source's batches): msgspec parses
   the JSON straight into SyscallEvents (a msgspec Struct; payload base64 -> bytes included), without
   a dict, a tuple or a second object per event: 1.08-1.19 us per event on bench.worker_steady's
   records against 1.51-1.61 when msgspec filled a Struct of the same fields and the event was copied
@@ -52,6 +57,7 @@ import orjson
 from svctrace.schemas.models import (
     DecodeError, SyscallBatch, SyscallEvent, decode_batch, dumps, event_maker_reading, event_sharer,
 )
+from svctrace.schemas.syscall_columns import LITERALS, MSGPACK_MAP as _MSGPACK_MAP, decode_columns
 from svctrace.streams.core.enriched import EnrichedEvent
 
 _ENRICHMENT = ("flow", "local_ref", "remote_ref", "addr_ref", "proxy_of")  # EnrichedEvent's order
@@ -91,16 +97,22 @@ _syscall_batch_plain = msgspec.json.Decoder(msgspec.defstruct(
 _STRING_FIELDS = tuple(f.name for f in fields(SyscallEvent) if _hints[f.name] in (str, Optional[str]))
 _SHARED_FIELDS = tuple(name for name in _STRING_FIELDS if name not in _ENUMERATED)
 _SHARED_MAX = 100_000
-_shared: dict = {}
+_shared: dict = dict(LITERALS)  # (seeded with the enumerations' interned strings: a syscall "connect" is kind's)
 _share = event_sharer(_shared, _SHARED_FIELDS)  # in place, on the events msgspec just made
 # A Struct's attributes into a new SyscallEvent, every string shared (the fallback; flows-batch rows).
 _make_shared_all = event_maker_reading(_shared, _STRING_FIELDS)
 
 
 def decode_syscall_batch(raw: bytes) -> SyscallBatch:
-    """A svctrace.syscall-batch record -> SyscallBatch; DecodeError naming the field if it is not one."""
+    """A svctrace.syscalls record (the syscall-columns form, or the syscall-batch JSON) -> SyscallBatch;
+    DecodeError naming the field if it is not one."""
     if len(_shared) > _SHARED_MAX:
         _shared.clear()
+        _shared.update(LITERALS)
+    if raw and raw[0] in _MSGPACK_MAP:  # the agents' syscall-columns form (msgpack; JSON starts with a character)
+        h, events = decode_columns(raw, _shared)
+        return SyscallBatch(node=_shared.setdefault(h.node, h.node), source=h.source, seq=h.seq, events=events,
+                            lost=h.lost)
     try:
         b = _syscall_batch.decode(raw)
         events = _share(b.events)
@@ -275,7 +287,6 @@ class _FlowsBatchWire(msgspec.Struct, gc=False):
 
 
 _flows_batch = msgspec.msgpack.Decoder(_FlowsBatchWire)
-_MSGPACK_MAP = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # a msgpack map's first byte (no JSON text's)
 _event_rows = msgspec.msgpack.Decoder(list[_EventRow])
 # A row as a tuple of SyscallEvent's field types, checked field by field as _EventRow checks them but with
 # the enumerated fields as their Literals (interned); each tuple becomes a SyscallEvent through its C
@@ -317,6 +328,7 @@ def _decode_flows_msgpack(value: bytes) -> dict:
     version does not know is ignored, a missing one takes its default."""
     if len(_shared) > _SHARED_MAX:
         _shared.clear()
+        _shared.update(LITERALS)
     try:
         b = _flows_batch.decode(value)
         if b.fields == list(_EVENT_FIELDS):

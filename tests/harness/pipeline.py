@@ -22,7 +22,8 @@ import orjson
 from svctrace.kafka.admin import ensure_topics, topic_name
 from svctrace.kafka.clients import consumer, producer
 from svctrace.schemas.catalogue import ALERTS, CHAINS, DEADLETTER, K8S_OBJECTS, SYSCALLS
-from svctrace.schemas.models import SyscallBatch, SyscallEvent, encode_batch
+from svctrace.agents.agent.pipeline import encode_syscall_batch  # the agents' own encoder, their default form
+from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -101,7 +102,7 @@ async def publish_batches(bootstrap: str, prefix: str, batches: Iterable[Syscall
             if isinstance(b, tuple):
                 await p.send(topic_name(SYSCALLS, prefix), b[1], key=b[0])
                 continue
-            await p.send(topic_name(SYSCALLS, prefix), encode_batch(b), key=b.node.encode())
+            await p.send(topic_name(SYSCALLS, prefix), encode_syscall_batch(b), key=b.node.encode())
             n += len(b.events)
         await p.flush()
     finally:
@@ -131,7 +132,7 @@ async def publish_live(bootstrap: str, prefix: str, schedule: list[tuple[int, Sy
             ahead = (at_ns - time.time_ns()) / 1e9
             if ahead > 0:
                 await asyncio.sleep(ahead)  # an agent's pace, not synchronisation
-            await p.send(topic_name(SYSCALLS, prefix), encode_batch(b), key=b.node.encode(), partition=partition)
+            await p.send(topic_name(SYSCALLS, prefix), encode_syscall_batch(b), key=b.node.encode(), partition=partition)
             n += len(b.events)
         await p.flush()
     finally:
