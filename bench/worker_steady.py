@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--enriched", action="store_true",
                     help="the worker also publishes svctrace.events.enriched (its default; measured without it "
                          "by default, as the in-process runner and bench.pipeline do)")
+    ap.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
+                    help="the agents' record form (default: theirs, the syscall-columns form): to compare the two")
     ap.add_argument("--all-stages", action="store_true", help="print every clocked stage, not only the checkpoint's")
     args = ap.parse_args()
     settings = worker_command.event_time_settings(defaults.lateness, defaults.settle)
@@ -137,12 +139,12 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
         async def drive():
             stop = asyncio.Event()
             collector = asyncio.create_task(_collect(bootstrap, prefix, arrivals, stop))
-            await P.publish_live(bootstrap, prefix, warm)
+            await P.publish_live(bootstrap, prefix, warm, form=args.batch_form)
             os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
             cpu0, t0, machine0, own0 = cpu_seconds(worker.proc.pid), time.perf_counter(), _machine(), time.process_time()
             ck0, bytes0, blocked0 = metric("svctrace_worker_checkpoints_total"), state_bytes(), blocking()
             stitched0 = metric("svctrace_worker_events_total", stage="stitch")
-            n = await P.publish_live(bootstrap, prefix, measured)
+            n = await P.publish_live(bootstrap, prefix, measured, form=args.batch_form)
             cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
             busy, ticks = (a - b for a, b in zip(_machine(), machine0))
             tail["machine_busy"], tail["bench_cpu"] = busy / ticks * os.cpu_count(), time.process_time() - own0

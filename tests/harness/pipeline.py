@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -122,8 +123,10 @@ def live_schedule(events: Iterable[SyscallEvent], delays: dict[str, float],
 
 
 async def publish_live(bootstrap: str, prefix: str, schedule: list[tuple[int, SyscallBatch]],
-                       partition: int | None = None) -> int:
-    """Publish a live_schedule at its times (to one partition: agents whose nodes share it)."""
+                       partition: int | None = None, form: str | None = None) -> int:
+    """Publish a live_schedule at its times (to one partition: agents whose nodes share it), in the
+    agents' default record form or `form` (agents.agent.pipeline.encode_syscall_batch's)."""
+    encode = functools.partial(encode_syscall_batch, form=form) if form else encode_syscall_batch
     p = producer(bootstrap)
     await p.start()
     n = 0
@@ -132,7 +135,7 @@ async def publish_live(bootstrap: str, prefix: str, schedule: list[tuple[int, Sy
             ahead = (at_ns - time.time_ns()) / 1e9
             if ahead > 0:
                 await asyncio.sleep(ahead)  # an agent's pace, not synchronisation
-            await p.send(topic_name(SYSCALLS, prefix), encode_syscall_batch(b), key=b.node.encode(), partition=partition)
+            await p.send(topic_name(SYSCALLS, prefix), encode(b), key=b.node.encode(), partition=partition)
             n += len(b.events)
         await p.flush()
     finally:
