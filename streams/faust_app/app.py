@@ -112,8 +112,8 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_enriched_batch, encode_record,
-    encode_flows_batch, read_flows_record,
+    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_chain, encode_enriched_batch,
+    encode_flows_batch, encode_record, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -1086,6 +1086,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.index = ClusterIndex()
         self.graph = Graph(self.index, c.settings)
+        self.graph.stitch.encode_chain = encode_chain  # chains come out as their record bytes (wire.encode_record)
         self.lateness = c.settings.enrich_lateness_ns
         t = lambda name: topic_name(name, c.topic_prefix)  # noqa: E731
         self.names = {name: t(name) for name in (cat.SYSCALLS, cat.K8S_OBJECTS, FLOWS_TOPIC, ENRICHED_TOPIC,
@@ -1524,7 +1525,8 @@ class Worker:
                     if n is None:
                         n = partitions[name] = await batches.partitions(name)
                     batches.add_keyed_known(name, n, key.encode(),  # partitioned together at send()
-                                            dumps(value) if topic == cat.DEADLETTER else encode_record(value))
+                                            value if value.__class__ is bytes  # (a chain: encoded as it was made)
+                                            else dumps(value) if topic == cat.DEADLETTER else encode_record(value))
                 else:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
