@@ -1493,8 +1493,17 @@ class Worker:
         counts: dict[str, int] = {}
         partitions: dict[str, int] = {}  # output topic -> its partition count (Kafka's default partitioner)
         here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
+        chain_keys: list[bytes] = []  # the chains (most records), added to their batches in one call, in order
+        chain_values: list[bytes] = []
+        chain_partitions = 0
         try:
             for topic, key, value in outs:
+                if topic == CHAINS_TOPIC:  # (its bytes written as it was made: the stitch stage's encode_chain)
+                    if not chain_partitions:
+                        chain_partitions = await batches.partitions(names[CHAINS_TOPIC])
+                    chain_keys.append(key.encode())
+                    chain_values.append(value if value.__class__ is bytes else encode_record(value))
+                    continue
                 if topic == FLOWS_TOPIC:
                     partition = bucket_partition(key)
                     if partition in self.flows_read:  # our own partition, recovered and live: no record
@@ -1525,12 +1534,14 @@ class Worker:
                     if n is None:
                         n = partitions[name] = await batches.partitions(name)
                     batches.add_keyed_known(name, n, key.encode(),  # partitioned together at send()
-                                            value if value.__class__ is bytes  # (a chain: encoded as it was made)
-                                            else dumps(value) if topic == cat.DEADLETTER else encode_record(value))
+                                            dumps(value) if topic == cat.DEADLETTER else encode_record(value))
                 else:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
         finally:
+            if chain_keys:
+                batches.add_keyed_known_many(names[CHAINS_TOPIC], chain_partitions, chain_keys, chain_values)
+                counts[CHAINS_TOPIC] = len(chain_keys)
             try:
                 await batches.send()  # what was made before a failure goes out too
             except BaseException:
