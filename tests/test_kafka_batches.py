@@ -46,8 +46,8 @@ def test_murmur2_of_many_keys_at_once_is_kafkas():
 
 
 def test_records_of_known_partition_counts_are_placed_in_the_order_added():
-    """add_keyed_known defers partitioning to send(): each record lands in its key's partition, in the
-    order added per partition, also when add() sends another record to the same topic in between."""
+    """add_keyed_known (and add_keyed_known_many) defer partitioning to send(): each record lands in its key's
+    partition, in the order added per partition, also when add() sends another record to the same topic in between."""
     class Builder:
         def __init__(self):
             self.records = []
@@ -80,6 +80,9 @@ def test_records_of_known_partition_counts_are_placed_in_the_order_added():
             batches.add("chains", 5, b"direct", b"direct")
         batches.add_keyed_known("alerts", 3, key, b"a%d" % i)
     batches.add("other", 0, None, b"x")
+    many = [f"many-{i}".encode() for i in range(7)]  # added in one call, after the ones above, in order
+    batches.add_keyed_known_many("chains", 12, many, [b"m%d" % i for i in range(7)])
+    batches.add_keyed_known_many("chains", 12, [], [])
     asyncio.run(batches.send())
     got: dict[tuple[str, int], list] = {}
     for topic, partition, records in producer.sent:
@@ -92,6 +95,8 @@ def test_records_of_known_partition_counts_are_placed_in_the_order_added():
             expect.setdefault(("chains", 5), []).append((b"direct", b"direct", []))
         expect.setdefault(("alerts", murmur2_partition(key, 3)), []).append((key, b"a%d" % i, []))
     expect[("other", 0)] = [(None, b"x", [])]
+    for i, key in enumerate(many):
+        expect.setdefault(("chains", murmur2_partition(key, 12)), []).append((key, b"m%d" % i, []))
     assert got == expect
     assert not batches.unplaced and not batches.open
 

@@ -296,6 +296,42 @@ def test_record_encoder_writes_the_bytes_of_the_schema_encoder():
     assert encode_record(odd) == dumps(odd)
 
 
+def test_stitch_stage_writes_each_chain_as_the_record_encoder_would():
+    """A worker's stitch stage gives its chains as their record bytes (Stitcher.encode_chain), written as each
+    is made: the same outputs, in the same order, as the dicts' encode_record, and the same bytes."""
+    from svctrace.schemas.models import dumps
+    from svctrace.streams.core.stitch import CHAINS_TOPIC
+    from svctrace.streams.faust_app.wire import encode_chain
+
+    def stitch_outs(fault, mode, encode):
+        cluster, events = scenario.build(fault, mode, requests=3)
+        graph = Graph(cluster.index(), Settings())
+        graph.stitch.encode_chain = encode
+        enrich, stitch = graph.enrich.new_state(), {}
+        found = []
+        for topic, key, value in graph.enrich.process(enrich, "n", events) + graph.enrich.flush(enrich, "n"):
+            if topic == FLOWS:
+                st = stitch.setdefault(key, graph.stitch.new_state())
+                found += graph.stitch.process(st, key, value)
+                found += graph.stitch.advance(st, key, events[-1].ts - 10 * scenario.S)  # some chains before the flush
+        for key, st in stitch.items():
+            found += graph.stitch.flush(st, key)
+        return found
+
+    chains = 0
+    for fault in scenario.FAULTS:
+        for mode in scenario.MODES:
+            as_dicts, as_bytes = stitch_outs(fault, mode, None), stitch_outs(fault, mode, encode_chain)
+            assert [(t, k) for t, k, _ in as_bytes] == [(t, k) for t, k, _ in as_dicts], (fault, mode)
+            for (topic, _, d), (_, _, b) in zip(as_dicts, as_bytes):
+                if topic == CHAINS_TOPIC:
+                    assert d.__class__ is dict and b.__class__ is bytes and b == dumps(d), (fault, mode)
+                    chains += 1
+                else:
+                    assert b == d, (fault, mode, topic)  # occurrences stay dicts (the alerts stage applies them)
+    assert chains >= 40, chains
+
+
 def _enriched_batches(requests: int = 20):
     """The enrich stage's svctrace.flows and svctrace.events.enriched batches (EnrichedEvents)."""
     cluster, batches = _batches()

@@ -56,7 +56,8 @@ events in an enriched.EventRun (a list that also gives their node and highest n:
 one node's events, in (ts, n) order), so the stitch stage may take a run whole.
 Enriched batches carry EnrichedEvents: `schemas.models.dumps` / `graph.encode_value`
 write them in their schema form (enriched.to_wire), `graph.enriched_to_wire(batch)`
-gives the dict form.
+gives the dict form. A Stitcher whose `encode_chain` is set (a function: record -> bytes; the
+worker's) gives each chain as those bytes instead of its dict, written as the chain is made.
 
 Watermarks: each stage buffers its input and applies it in event-time order
 once the watermark passes it, so arrival order within the lateness and

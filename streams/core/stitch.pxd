@@ -59,6 +59,7 @@ cdef class _Stitching:
     cdef public dict _nodeports
     cdef public object _nodeports_at
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
+    cdef public object encode_chain
 
     @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
                    data=bytes, marked=set, keep=set)

@@ -112,8 +112,8 @@ from svctrace.streams.faust_app.progress import (
     DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
 )
 from svctrace.streams.faust_app.wire import (
-    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_enriched_batch, encode_record,
-    encode_flows_batch, read_flows_record,
+    APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_chain, encode_enriched_batch,
+    encode_flows_batch, encode_record, read_flows_record,
 )
 from svctrace.streams.metadata.index import ClusterIndex
 
@@ -1086,6 +1086,7 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.index = ClusterIndex()
         self.graph = Graph(self.index, c.settings)
+        self.graph.stitch.encode_chain = encode_chain  # chains come out as their record bytes (wire.encode_record)
         self.lateness = c.settings.enrich_lateness_ns
         t = lambda name: topic_name(name, c.topic_prefix)  # noqa: E731
         self.names = {name: t(name) for name in (cat.SYSCALLS, cat.K8S_OBJECTS, FLOWS_TOPIC, ENRICHED_TOPIC,
@@ -1492,8 +1493,17 @@ class Worker:
         counts: dict[str, int] = {}
         partitions: dict[str, int] = {}  # output topic -> its partition count (Kafka's default partitioner)
         here: list[tuple[int, str, dict, bytes]] = []  # occurrences for our own alerts partitions
+        chain_keys: list[bytes] = []  # the chains (most records), added to their batches in one call, in order
+        chain_values: list[bytes] = []
+        chain_partitions = 0
         try:
             for topic, key, value in outs:
+                if topic == CHAINS_TOPIC:  # (its bytes written as it was made: the stitch stage's encode_chain)
+                    if not chain_partitions:
+                        chain_partitions = await batches.partitions(names[CHAINS_TOPIC])
+                    chain_keys.append(key.encode())
+                    chain_values.append(value if value.__class__ is bytes else encode_record(value))
+                    continue
                 if topic == FLOWS_TOPIC:
                     partition = bucket_partition(key)
                     if partition in self.flows_read:  # our own partition, recovered and live: no record
@@ -1529,6 +1539,9 @@ class Worker:
                     raise ValueError(f"{stage_name}: output on unknown topic {topic!r}")
                 counts[topic] = counts.get(topic, 0) + 1
         finally:
+            if chain_keys:
+                batches.add_keyed_known_many(names[CHAINS_TOPIC], chain_partitions, chain_keys, chain_values)
+                counts[CHAINS_TOPIC] = len(chain_keys)
             try:
                 await batches.send()  # what was made before a failure goes out too
             except BaseException:

@@ -25,7 +25,8 @@
   the gain is in memory, one string object per value instead of one per event. An optional field's
   None is not looked up.
 * `encode_record(value)`: a chain, alert or alert occurrence -> the bytes of schemas.models.dumps(value),
-  written by msgspec (~30% less CPU than orjson on chain records; see the function).
+  written by msgspec (~30% less CPU than orjson on chain records; see the function). `encode_chain` is the
+  same encoder, which the worker's stitch stage calls as it makes each chain (Stitcher.encode_chain).
 * `encode_enriched_batch(batch)`: an enriched batch of EnrichedEvents (svctrace.events.enriched)
   -> the same bytes as schemas.models.dumps(batch), without building each event's schema dict
   (to_wire): each event and its enrichment appended to one buffer (see the function).
@@ -153,8 +154,13 @@ def encode_record(value, _encode=_records.encode) -> bytes:
     chain twice in a row: in bench.worker_steady at 40k ev/s, 13.6 us the first time and 5.0 us the
     second (139k records; the worker running behind on a busy machine); in the in-process runner,
     right as each chain is emitted, 9.3 and 4.4 us. Fewer objects per chain (the core) would cut it,
-    not another encoder."""
+    not another encoder. So the worker's stitch stage writes each chain's bytes with encode_chain as it
+    makes the chain (Stitcher.encode_chain), while its objects are still in cache; route() takes them as
+    they are."""
     return _encode(value)
+
+
+encode_chain = _records.encode  # encode_record without its own call: the stitch stage's, once per chain
 
 # -- svctrace.flows / svctrace.events.enriched ------------------------------------------------
 

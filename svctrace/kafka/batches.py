@@ -246,6 +246,15 @@ class PartitionBatches:
         unplaced[2].append(value)
         unplaced[3].append(headers)
 
+    def add_keyed_known_many(self, topic: str, partitions: int, keys: list, values: list) -> None:
+        """add_keyed_known for many records without headers (keys[i], values[i]), in their order: one call."""
+        if keys:
+            self.add_keyed_known(topic, partitions, keys[0], values[0])
+            _, ks, vs, hs = self.unplaced[topic]
+            ks += keys[1:]
+            vs += values[1:]
+            hs += [None] * (len(keys) - 1)
+
     def place(self) -> None:
         """Add the records of add_keyed_known to their partitions' records."""
         unplaced, self.unplaced = self.unplaced, {}
