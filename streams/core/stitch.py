@@ -2164,10 +2164,18 @@ def _server_groups(st: dict, cs, full: bool) -> dict:
             groups.append(g)
     if full:
         new = list(dsrv)
+    elif cs:
+        # Those set since the last checkpoint are the dict's tail (a record set goes last), each marked, and a
+        # record before them, not set since, is not marked (marks are reset at each checkpoint; a removed
+        # record's mark names no record): walked back from the end, no sort (time order, as the dict keeps it).
+        new = []
+        for k in reversed(dsrv):
+            if k not in cs:
+                break
+            new.append(k)
+        new.reverse()
     else:
-        new = [k for k in cs if k in dsrv]
-        if len(new) > 1:
-            new.sort(key=lambda k: (dsrv[k][S_TS], k))
+        new = []
     n = st.get("dsn") or 0
     for i in range(0, len(new), _GROUP_RECORDS):
         n += 1
