@@ -26,6 +26,7 @@ import hashlib
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,6 +46,7 @@ from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
 from tests.scenario import S, T0, steady_traffic  # noqa: E402
 
 CODEC_ZSTD = 0x04  # (aiokafka's codec number: the worker's producer compresses with zstd)
+PART_SEP = b"\x1f"  # (a changelog key's: <stitch key> PART_SEP <c|l|s><entry key>)
 RECORD_EVENTS = 1000  # events per syscalls record (an agent's batch)
 ROWS = ("advance", "cut", "slices", "write", "compress")
 
@@ -112,6 +114,10 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
     digest = hashlib.sha1()
     measured = 0
     checkpoints: list[tuple[int, int]] = []  # (CPU ns, bytes) of each checkpoint ending in the span
+    present: set = set()  # the entries' changelog keys the store holds
+    entries: Counter = Counter()  # records written in the span by kind ("c", "l", "s", "header", "tombstone"),
+    # and "<kind> again": an entry written over one the store held (changed, or its identity reused)
+    entry_bytes: Counter = Counter()
     agents = AgentBatches(events)
     warm_end = events[0].ts + warmup_ns
     t = events[0].ts + TICK_NS
@@ -163,6 +169,21 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
                 if in_span:
                     times["write"] += spent - 0  # (compression counted apart, inside it)
                     checkpoints.append((cpu + spent, sum(len(v) for _p, _k, v in writes if v)))
+                for _p, k, v in writes:  # what the records are: entries by kind, rewrites, tombstones
+                    i = k.find(PART_SEP)
+                    if i < 0:
+                        kind = "header"
+                    elif v is None:
+                        present.discard(k)
+                        kind = "tombstone"
+                    else:
+                        kind = chr(k[i + 1])
+                        if k in present and in_span:
+                            entries[kind + " again"] += 1
+                        present.add(k)
+                    if in_span:
+                        entries[kind] += 1
+                        entry_bytes[kind] += len(v) if v else 0
                 finishing = None
             else:
                 finishing = (coro, writes, acks, cpu)
@@ -204,14 +225,15 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
         differ = [key for key, st in stitch_states.items() if _comparable(stitch, successor.state(key)) != _comparable(stitch, st)]
     return dict(times=times, measured=measured, checkpoints=checkpoints, digest=digest.hexdigest()[:16],
                 changelog=cdigest.hexdigest()[:16], changelog_bytes=sum(len(k) + len(v) for k, v in changelog.items()),
-                differ=differ, store_keys=(len(store.data), len(store._key_partition)))
+                differ=differ, store_keys=(len(store.data), len(store._key_partition)), entries=entries,
+                entry_bytes=entry_bytes)
 
 
 def _comparable(op, st) -> dict:
     """A state's durable form as JSON gives it back, its timer queue as its live entries (tests do the same)."""
     d = loads_state(dumps_state(op.durable(st)))
     d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
-    for k in ("_cc", "_cl", "_cs"):
+    for k in ("_cc", "_cl", "_cs", "dsg", "dsn", "dso"):  # (marks; what the changelog holds of DNS server records)
         d.pop(k, None)
     return d
 
@@ -249,6 +271,13 @@ def main() -> int:
                   f"; {len(ck)} checkpoints, " + ", ".join(f"{c / 1e6:.0f} ms/{b / 1e6:.1f} MB" for c, b in ck) +
                   f"; store {r['store_keys'][0]:,} records, {r['store_keys'][1]:,} keys mapped; outputs {r['digest']}, changelog {r['changelog']} ({r['changelog_bytes'] / 1e6:.1f} MB)" +
                   ("" if r["differ"] is None else f"; restored keys differing: {r['differ'] or 'none'}"), flush=True)
+            n = max(1, len(ck))
+            print("    per checkpoint: " + ", ".join(
+                f"{name} {r['entries'][kind] / n:,.0f} ({r['entry_bytes'][kind] / n / 1e6:.2f} MB"
+                + (f", {r['entries'][kind + ' again'] / n:,.0f} over one stored)" if kind in "clsS" else ")")
+                for kind, name in (("c", "connections"), ("l", "lookup keys"), ("s", "DNS server records"),
+                                   ("S", "DNS server record groups"), ("header", "headers"),
+                                   ("tombstone", "tombstones"))), flush=True)
             if r["differ"]:
                 status = 1
             gc.collect()

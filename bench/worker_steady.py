@@ -55,7 +55,7 @@ from svctrace.streams.core import run  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
 from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
 from tests.harness import pipeline as P  # noqa: E402
-from tests.scenario import MS, S, Cluster, steady_traffic  # noqa: E402
+from tests.scenario import MS, S, steady_cluster, steady_traffic  # noqa: E402
 
 LINGER_NS = 200 * MS  # an agent's batch interval
 
@@ -98,7 +98,7 @@ def main() -> int:
 
 def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     seconds = args.warmup + args.span
-    cluster = Cluster()  # the scenarios add no object to it
+    cluster = steady_cluster()  # the traffic's (steady_traffic adds no object to it)
     prefix = f"bs{os.getpid()}."
     P.ensure_worker_topics(bootstrap, prefix)
     objects = asyncio.run(P.publish_cluster(bootstrap, prefix, cluster.records()))

@@ -167,6 +167,7 @@ class Scenario:
         self._pids = itertools.count(5000)
         self._qid = itertools.count(0x0942)
         self._fds = itertools.count(10)  # long-lived servers (proxy, nginx) hold many sockets at once
+        self.proxy_ports: dict | None = None  # node -> its userspace proxy's dial ports (None: self.port())
         # the seed's userspace proxy is kube-proxy running inside hyperkube
         self.kube_proxy = {node: Proc(node, 900 + i, "hyperkube") for i, node in enumerate(cluster.nodes)}
 
@@ -263,7 +264,8 @@ class Scenario:
         if mode == "userspace":
             node_ip = cl.nodes[pod.node]
             kp = self.kube_proxy[pod.node]
-            proxy_port, pport = 39551, self.port()
+            proxy_port = 39551
+            pport = next(self.proxy_ports[pod.node]) if self.proxy_ports else self.port()
             fin, fout, fbe = next(self._fds), next(self._fds), next(self._fds)
             self.ev(t, curl, "connect", "connect", 4, -115, remote_ip=svc.cluster_ip, remote_port=svc.port, **vip, **c)
             pin = dict(proto="tcp", role="server", local_ip=node_ip, local_port=proxy_port, remote_ip=pod.ip,
@@ -405,30 +407,62 @@ def renumber(events) -> list[SyscallEvent]:
     return out
 
 
+STEADY_CLIENTS = 16  # client pods per part of steady_traffic
+EPHEMERAL_PORTS = range(32768, 61000)  # Linux's default ip_local_port_range: a client pod's own ports
+PROXY_PORTS = range(1024, 65536)  # a userspace proxy's dials on a node (a widened ip_local_port_range)
+
+
+def steady_cluster() -> Cluster:
+    """steady_traffic's cluster: the seed's, with STEADY_CLIENTS client pods per part of the traffic (spread over
+    both nodes), as a fleet sending that many requests has; bench.worker_steady publishes its records."""
+    cluster = Cluster()
+    for k in range(len(MODES) + 1):
+        for j in range(STEADY_CLIENTS):
+            i = k * STEADY_CLIENTS + j
+            node, subnet = (("node-a", 1), ("node-b", 2))[i % 2]
+            name = f"client-{k}-{j}"
+            cluster.pods[name] = Pod(name, f"10.244.{subnet}.{100 + i // 2}", node, labels={"run": "client"},
+                                     container_id=f"c11e47{i + 2:06x}")
+    return cluster
+
+
 def steady_traffic(rate: float, seconds: float, start_ns: int) -> tuple[Cluster, list[SyscallEvent], int]:
     """bench.core_runner.traffic's mix ("mixed") at `rate` events/s for `seconds` from `start_ns`, its parts
     side by side in time (there they follow each other): a live stream (bench.worker_steady publishes it;
-    tests/test_core_checkpoint_parts checkpoints and restores it). Each part's Scenario gets pids, ports and DNS ids
-    of its own, so parts running at once never share a connection's identity. Returns the cluster, the
-    events in time order numbered per node, and the number of requests."""
-    cluster = Cluster()
+    tests/test_core_checkpoint_parts checkpoints and restores it). As a fleet's: each part's requests come from
+    STEADY_CLIENTS client pods of its own in turn (steady_cluster), each pod with its own ephemeral ports and each
+    node's userspace proxy with its own dial ports, so that no connection identity comes back within ~140 s at
+    100k events/s (a proxy's dial ports: ~80 s), past any state the stitch stage keeps of one (a connection left
+    by its client waits 30 s for its other sides). Parts get pids and DNS ids of their own. Returns the cluster,
+    the events in time order numbered per node, and the number of requests."""
+    cluster = steady_cluster()
     # the mix's events per request: curl-like 50/3 (DNS lookup + request, over the three modes), keep-alive 4.4
     requests = int(rate * seconds / ((50 / 3 + 4.4) / 2))
     curl = requests // 2
     per_mode, conns = curl // len(MODES), (requests - curl) // 10
     events = []
     parts = [Scenario(cluster, mode) for mode in MODES] + [Scenario(cluster, "dnat")]
+    proxy_ports = {node: itertools.cycle(PROXY_PORTS) for node in cluster.nodes}
+    clients = [[f"client-{k}-{j}" for j in range(STEADY_CLIENTS)] for k in range(len(parts))]
+    ports = {name: itertools.cycle(EPHEMERAL_PORTS) for names in clients for name in names}
     for k, sc in enumerate(parts):
         sc._pids = itertools.count(5000 + k * 1_000_000)
-        sc._ports = itertools.cycle(range(1024 + k * 16_000, 1024 + (k + 1) * 16_000))
         sc._qid = itertools.cycle(range(1 + k * 16_000, (k + 1) * 16_000))
+        sc.proxy_ports = proxy_ports
     for m in range(len(MODES)):
         gap = seconds * S / max(1, per_mode)
+        sc, names = parts[m], clients[m]
         for i in range(per_mode):
-            parts[m].request(start_ns + int(i * gap), "healthy", backend="my-nginx-1" if i % 2 else "my-nginx-2")
+            pod = names[i % STEADY_CLIENTS]
+            sc._ports = ports[pod]
+            backend = "my-nginx-1" if (i // STEADY_CLIENTS) % 2 else "my-nginx-2"
+            sc.request(start_ns + int(i * gap), "healthy", client_pod=pod, backend=backend)
     gap = seconds * S / max(1, conns)
+    sc, names = parts[-1], clients[-1]
     for i in range(conns):
-        parts[-1].keepalive(start_ns + int(i * gap), statuses=(200,) * 9 + (503,))
+        pod = names[i % STEADY_CLIENTS]
+        sc._ports = ports[pod]
+        sc.keepalive(start_ns + int(i * gap), statuses=(200,) * 9 + (503,), client_pod=pod)
     for sc in parts:
         events += sc.events()
     return cluster, renumber(sorted(events, key=lambda e: e.ts)), per_mode * len(MODES) + conns * 10

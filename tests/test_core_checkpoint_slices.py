@@ -18,18 +18,16 @@ from tests.scenario import MS, T0, Cluster, Scenario, renumber
 from tests.test_core_checkpoint_parts import WORKER, _cases
 
 
-def _entries_now(st: dict, conns, lookups, servers) -> dict:
-    """The bytes of these entries as the state holds them now (None: gone), as durable_parts + dumps_state give."""
-    out = {}
+def _entries_now(st: dict, conns, lookups, groups=()) -> dict:
+    """The bytes of these entries as the state holds them now (None: gone), as durable_parts + dumps_state give;
+    `groups`: the DNS server records' groups a cut took ([(subkey, group or None)], format 7)."""
+    out = {sub: None if g is None else dumps_state(g) for sub, g in groups}
     for k in conns:
         c = st["conns"].get(k)
         out["c" + k] = None if c is None else dumps_state(c)
     for k in lookups:
         lk = st["lk"].get(k)
         out["l" + k] = None if lk is None else dumps_state([st["lks"][k], lk])
-    for k in servers:
-        v = st["dsrv"].get(k)
-        out["s" + k] = None if v is None else dumps_state(v)
     return out
 
 
@@ -40,14 +38,21 @@ class _Store:
         self.headers: dict[str, bytes] = {}
         self.entries: dict[str, dict[str, bytes]] = {}
 
-    def write(self, key: str, header: bytes, entries: dict) -> None:
+    def write(self, key: str, header: bytes, entries: dict, full: bool = False) -> None:
+        """As tests/test_core_checkpoint_parts' store: full, the stored entries not given are tombstoned."""
         self.headers[key] = header
         mine = self.entries.setdefault(key, {})
+        if full:
+            mine.clear()
         for sub, raw in entries.items():
             if raw is None:
                 mine.pop(sub, None)
             else:
                 mine[sub] = raw
+
+    def drop(self, key: str) -> None:
+        self.headers.pop(key, None)
+        self.entries.pop(key, None)
 
     def restore(self, op: Stitcher, key: str) -> dict:
         header = orjson.loads(self.headers[key])
@@ -114,17 +119,20 @@ class _Sliced(Runner):
             del self.inflight[key]
             assert c["entries"] == c["reference"], key
             self.checked += 1
-            self.store.write(key, c["header"], c["entries"])
+            self.store.write(key, c["header"], c["entries"], c["full"])
             if table.get(key) is st and self.rng.random() < 0.5:
                 table[key] = self._restart(op, key, c)
+        for key in [k for k in self.store.headers if k not in table and k not in self.inflight]:
+            self.store.drop(key)  # (gone idle: a later state of the key starts anew)
         if self.steps % self.every:
             return
         for key, st in table.items():
             if key in self.inflight or self.rng.random() < 0.2:
                 continue
+            full = not op.tracking(st)
             header = op.begin_parts(st)
-            reference = _entries_now(st, st["_pc"], st["_pl"], st["_ps"])
-            self.inflight[key] = {"state": st, "header": dumps_state(header), "reference": reference,
+            reference = _entries_now(st, st["_pc"], st["_pl"], st["_pg"])
+            self.inflight[key] = {"state": st, "header": dumps_state(header), "reference": reference, "full": full,
                                   "entries": {}, "buf": list(st["buf"]), "log": [], "outs": []}
 
     def _restart(self, op: Stitcher, key: str, c: dict) -> dict:
@@ -185,15 +193,15 @@ def test_an_entry_changed_after_the_cut_is_given_as_it_was():
     op.durable_parts(st)  # (tracking from here)
     runner.advance(T0 + 1300 * 1000)  # (its request and answer: the connection changed)
     header = op.begin_parts(st)
-    assert header["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+    assert header["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsg"])
     assert "_pc" not in header and "_pv" not in header and "_pv" not in op.durable(st)  # never durable
-    at_cut = _entries_now(st, st["_pc"], st["_pl"], st["_ps"])
+    at_cut = _entries_now(st, st["_pc"], st["_pl"], st["_pg"])
     assert any(k[0] == "c" and v is not None for k, v in at_cut.items()), "a connection changed since the last checkpoint"
     with pytest.raises(RuntimeError):
         op.begin_parts(st)  # (one at a time)
     runner.finish()  # every entry changes or goes: each pending one is kept first
     assert st["_pv"] and not (st["_pc"] or st["_pl"] or st["_ps"])
-    assert _entries_now(st, [k[1:] for k in at_cut if k[0] == "c"], (), ()) != {k: v for k, v in at_cut.items()
+    assert _entries_now(st, [k[1:] for k in at_cut if k[0] == "c"], ()) != {k: v for k, v in at_cut.items()
                                                                                 if k[0] == "c"}
     given = op.next_parts(st, 1)  # (what was kept is given whatever the limit)
     assert given == at_cut

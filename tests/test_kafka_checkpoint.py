@@ -64,7 +64,7 @@ def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_r
         with pytest.raises(CheckpointFormatError) as e:
             loads(_newer(raw, version))
         assert e.value.found == version
-        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5, 6 " in str(e.value)
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5, 6, 7 " in str(e.value)
 
 
 def test_a_format_field_elsewhere_than_first_is_checked_too():
@@ -160,7 +160,7 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
         assert status == 1, again.log_tail()
         [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
         assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format {CHECKPOINT_FORMAT + 1}" in line
-        assert "this worker reads formats 1, 2, 3, 4, 5, 6 " in line and "Roll forward" in line
+        assert "this worker reads formats 1, 2, 3, 4, 5, 6, 7 " in line and "Roll forward" in line
         assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
     finally:
         again.kill()
@@ -197,6 +197,8 @@ def _comparable(op, st) -> dict:
     """A state's durable form as JSON gives it back, its timer queue as its live entries."""
     d = loads_state(dumps_state(op.durable(st)))
     d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
+    for k in ("dsg", "dsn", "dso"):  # (what the changelog holds of the DNS server records: its groups)
+        d.pop(k, None)
     return d
 
 
@@ -397,8 +399,44 @@ def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under
     writes, _ = _snapshot(successor)
     _apply(successor, writes)
     assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
-    assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+    groups = [k for k in store if k.startswith(key.encode() + b"\x1fS")]
+    assert len(groups) == -(-len(st["dsrv"]) // 1000)
+    assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(groups)
     assert not [v for _p, _k, v in writes if v is None]  # nothing to tombstone
+    again = _stitch_shell(dict(store), op).state(key)
+    assert _comparable(op, again) == _comparable(op, st)
+
+
+def test_a_format_5_bucket_is_restored_and_its_next_checkpoint_groups_its_dns_server_records():
+    """Format 5 wrote each DNS server record as an entry of its own ("s<key>"); format 7 writes them in groups
+    ("S<id>"). A format-5 bucket is restored as it was; its next checkpoint writes every entry, the records in
+    groups, and tombstones the format-5 records."""
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)  # (no checkpoint while it runs)
+    runner.feed(events[: len(events) // 2])
+    key = next(iter(shell.live))
+    st = shell.live[key]
+    assert st["dsrv"] and st["conns"] and st["lk"]
+    # what a format-5 worker wrote: its header, and an entry per connection, lookup key and DNS server record
+    durable = op.durable(st)
+    header = {k: v for k, v in durable.items() if k not in ("conns", "lk", "lks", "dsrv", "tq", "dsg", "dsn", "dso")}
+    header["parts"] = len(st["conns"]) + len(st["lk"]) + len(st["dsrv"])
+    prefix = key.encode() + b"\x1f"
+    store = {key.encode(): _newer(dumps_checkpoint(header), 5)}
+    store.update({prefix + b"c" + k.encode(): dumps_state(c) for k, c in st["conns"].items()})
+    store.update({prefix + b"l" + k.encode(): dumps_state([st["lks"][k], v]) for k, v in st["lk"].items()})
+    old_servers = {prefix + b"s" + k.encode(): dumps_state(v) for k, v in st["dsrv"].items()}
+    store.update(old_servers)
+    successor = _stitch_shell(store, op)
+    restored = successor.state(key)
+    assert _comparable(op, restored) == _comparable(op, st)
+    successor.touch(int(key[1:]), key)
+    writes, _ = _snapshot(successor)
+    _apply(successor, writes)
+    assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
+    assert {k for _p, k, v in writes if v is None} == set(old_servers)  # the format-5 records, tombstoned
+    assert not [k for k in store if k.startswith(prefix + b"s")]
+    groups = [k for k in store if k.startswith(prefix + b"S")]
+    assert groups and sum(len(orjson.loads(store[k])) for k in groups) == len(st["dsrv"])
     again = _stitch_shell(dict(store), op).state(key)
     assert _comparable(op, again) == _comparable(op, st)
 

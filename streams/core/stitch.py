@@ -159,7 +159,7 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 5
 # the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
-_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv"))
+_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg"))
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
 # than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
@@ -290,7 +290,10 @@ class _Stitching:
                 # "lc": min-heap of [expiry, L_SEQ, lkey] of claimed lookups, moved there from "lq" (the
                 # next deadline is never a claimed lookup's: it leaves without output, at any later
                 # pass or when its key is read, see _lookups)
-                "lc": []}
+                "lc": [],
+                # the DNS server records' groups in the checkpoint's changelog (_server_groups): [[its id, the
+                # time of its newest record]], the last id given, and the time of the oldest record held at the cut
+                "dsg": [], "dsn": 0, "dso": None}
 
     @staticmethod
     def _upgrade_older(state: dict) -> None:
@@ -405,7 +408,8 @@ class _Stitching:
     # small lists, and its entries, each written only when it changed since the last durable_parts:
     #   "c<conn key>"  a connection (its Conn as a JSON object; conn.qd: its timer queue entry)
     #   "l<lkey>"      a lookup key: [its number in "lks", its lookups (L_*)]
-    #   "s<dsrv key>"  a DNS server's record (S_*)
+    #   "S<n>"         a group of DNS server records (S_*) {dsrv key: record}: those new since the last
+    #                  durable_parts, written once (_server_groups; format 5 wrote "s<dsrv key>", one each)
     # The marks: "_cc", "_cl", "_cs" (sets of the keys of conns, lk and dsrv that changed or went
     # away), in the state only once durable_parts has been asked (the in-process runner never
     # keeps them). Marked where a key is known to be touched: advance's loop marks the conn key of
@@ -416,27 +420,26 @@ class _Stitching:
     # queues "lq" and "lc" stay in the header as they are: their entries may be below a lookup's
     # expiry (moved later lazily), and such an "lc" head sets a pass time when a bucket holds nothing
     # else, so only the very entries give the same passes.
-    PART_CONN, PART_LOOKUP, PART_SERVER = "c", "l", "s"
+    PART_CONN, PART_LOOKUP, PART_SERVER, PART_SERVERS = "c", "l", "s", "S"
 
     @staticmethod
     def durable_parts(state: dict) -> tuple[dict, dict]:
         """(header, changed): the durable state as a header and the entries that changed since the
         last call, {subkey: entry, or None for one gone}; every entry at the first call on a state
         (or after untrack()). Resets the marks; the header's "parts" counts the state's entries."""
-        conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
-        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
-        header["parts"] = len(conns) + len(lk) + len(dsrv)
+        conns, lk, lks = state["conns"], state["lk"], state["lks"]
         cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
-        if cc is None or cl is None or cs is None:
-            cc, cl, cs = conns, lk, dsrv  # all of them
-        changed = {}
+        full = cc is None or cl is None or cs is None
+        if full:
+            cc, cl = conns, lk  # all of them
+        changed = _server_groups(state, cs, full)
+        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["parts"] = len(conns) + len(lk) + len(state["dsg"])
         for k in cc:
             changed["c" + k] = conns.get(k)
         for k in cl:
             lookups = lk.get(k)
             changed["l" + k] = None if lookups is None else [lks[k], lookups]
-        for k in cs:
-            changed["s" + k] = dsrv.get(k)
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header, changed
 
@@ -456,21 +459,26 @@ class _Stitching:
     # that is about to change is serialized first, as it was at the cut (copy-on-write). Pending: "_pc",
     # "_pl", "_ps" (the keys of conns, lk and dsrv still to write), "_pv" ({subkey: its bytes at the cut,
     # or None for one gone}); every site that sets a change mark saves the entry first (_keep_conn,
-    # _keep_lookup, _keep_server) when it is pending, before it changes it.
+    # _keep_lookup, _keep_server) when it is pending, before it changes it. The DNS server records' groups
+    # ("_pg": [(subkey, group or None)]) hold the records as they are at the cut (never changed in place), so
+    # none is saved ("_ps" stays empty: _keep_server is not called).
 
     @staticmethod
     def begin_parts(state: dict) -> dict:
         """The cut of a checkpoint in slices: the header durable_parts gives, now; its entries (the same
         ones) follow from next_parts, as they are now, whatever the state goes through meanwhile."""
-        conns, lk, dsrv = state["conns"], state["lk"], state["dsrv"]
-        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
-        header["parts"] = len(conns) + len(lk) + len(dsrv)
-        cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
-        if cc is None or cl is None or cs is None:
-            cc, cl, cs = set(conns), set(lk), set(dsrv)  # all of them
+        conns, lk = state["conns"], state["lk"]
         if state.get("_pv") is not None:
             raise RuntimeError("a checkpoint in slices begun before the last one ended")
-        state["_pc"], state["_pl"], state["_ps"], state["_pv"] = cc, cl, cs, {}
+        cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
+        full = cc is None or cl is None or cs is None
+        if full:
+            cc, cl = set(conns), set(lk)  # all of them
+        groups = _server_groups(state, cs, full)  # (records never changed in place: held as they are now)
+        header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["parts"] = len(conns) + len(lk) + len(state["dsg"])
+        state["_pc"], state["_pl"], state["_ps"], state["_pv"] = cc, cl, set(), {}
+        state["_pg"] = list(groups.items())
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header
 
@@ -484,8 +492,12 @@ class _Stitching:
             return None
         from .graph import dumps_state
         out, state["_pv"] = saved, {}
-        pc, pl, ps = state["_pc"], state["_pl"], state["_ps"]
-        conns, lk, lks, dsrv = state["conns"], state["lk"], state["lks"], state["dsrv"]
+        pc, pl, pg = state["_pc"], state["_pl"], state["_pg"]
+        conns, lk, lks = state["conns"], state["lk"], state["lks"]
+        while limit > 0 and pg:  # DNS server records' groups (as they were at the cut: see _server_groups)
+            sub, group = pg.pop()
+            out[sub] = None if group is None else dumps_state(group)
+            limit -= 1 if group is None else max(1, len(group) // 8)
         while limit > 0 and pc:
             k = pc.pop()
             c = conns.get(k)
@@ -496,13 +508,8 @@ class _Stitching:
             lookups = lk.get(k)
             out["l" + k] = None if lookups is None else dumps_state([lks[k], lookups])
             limit -= 1
-        while limit > 0 and ps:
-            k = ps.pop()
-            v = dsrv.get(k)
-            out["s" + k] = None if v is None else dumps_state(v)
-            limit -= 1
-        if not (pc or pl or ps):
-            for k in ("_pc", "_pl", "_ps", "_pv"):
+        if not (pc or pl or pg):
+            for k in ("_pc", "_pl", "_ps", "_pv", "_pg"):
                 del state[k]
             if not out:
                 return None
@@ -518,6 +525,8 @@ class _Stitching:
         -> a state process/advance take, marked as having given out exactly these (the next
         durable_parts gives what changes from here)."""
         conns, lk, lks, dsrv = [], [], {}, []
+        servers: dict = {}  # the DNS server records of the groups (format 7): each key's newest
+        singles = False  # DNS server records one per entry (format 5)
         for sub, v in entries.items():
             kind, k = sub[0], sub[1:]
             if kind == "c":
@@ -525,10 +534,22 @@ class _Stitching:
             elif kind == "l":
                 lks[k] = v[0]
                 lk.append((v[0], k, v[1]))
+            elif kind == "S":
+                for sk, rec in v.items():
+                    had = servers.get(sk)
+                    if had is None or rec[S_TS] > had[S_TS]:
+                        servers[sk] = rec
             elif kind == "s":
                 dsrv.append((v[S_TS], k, v))
+                singles = True
             else:
                 raise ValueError(f"unknown stitch state entry {sub!r}")
+        if servers:
+            # a group is tombstoned once all its records left the state: until then it may hold records
+            # that left (older than the oldest held at the cut) or were replaced by a repeat (older)
+            oldest = header.get("dso")
+            if oldest is not None:
+                dsrv += [(rec[S_TS], k, rec) for k, rec in servers.items() if rec[S_TS] >= oldest]
         state = self.new_state()
         state.update(header)
         state.pop("parts", None)
@@ -545,7 +566,10 @@ class _Stitching:
         tq = state["tq"] = [[c.qd, c.k] for c in conns]
         heapify(tq)
         state["v"] = STATE_FORM
-        state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
+        if singles:  # (written by format 5: the next checkpoint writes every entry, tombstones the old ones)
+            state["dsg"], state["dso"] = [], None
+        else:
+            state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return state
 
     def restore(self, durable: dict) -> dict:
@@ -2116,6 +2140,56 @@ def _keep_server(st: dict, k: str) -> None:
     st["_ps"].discard(k)
     v = st["dsrv"].get(k)
     st["_pv"]["s" + k] = None if v is None else dumps_state(v)
+
+
+_GROUP_RECORDS = 1000  # DNS server records per group record, at most
+
+
+def _server_groups(st: dict, cs, full: bool) -> dict:
+    """The DNS server records a checkpoint writes, in groups (checkpoint format 7): a record is never changed
+    in place (a repeat of its key replaces it, at the end of the time order) and leaves the state in time
+    order, trimmed from the front (_timers). So the records new since the last checkpoint (`cs`, the keys
+    marked; every record when `full`) go in groups of up to _GROUP_RECORDS, each an entry "S<id>" written once
+    and tombstoned once all its records have left: one record and one tombstone for ~1000 instead of one of
+    each per record. Restoring takes each key's newest record of the groups, none older than the oldest one
+    the state held at the cut (st["dso"]). Returns {subkey: group dict, or None for a group gone}; updates
+    st["dsg"] ([[id, newest record's time]] of the groups written and not gone), st["dsn"] and st["dso"].
+    The groups hold the record lists as they are (never changed: a checkpoint in slices serializes them
+    later, as they were at the cut)."""
+    dsrv = st["dsrv"]
+    first = None
+    for rec in dsrv.values():
+        first = rec[S_TS]  # (the dict is in time order: see _apply_dns)
+        break
+    out: dict = {}
+    groups = []
+    for g in st.get("dsg") or ():
+        if full or first is None or g[1] < first:
+            out["S" + g[0]] = None  # (every one when full: the shell tombstones only those it holds)
+        else:
+            groups.append(g)
+    if full:
+        new = list(dsrv)
+    elif cs:
+        # Those set since the last checkpoint are the dict's tail (a record set goes last), each marked, and a
+        # record before them, not set since, is not marked (marks are reset at each checkpoint; a removed
+        # record's mark names no record): walked back from the end, no sort (time order, as the dict keeps it).
+        new = []
+        for k in reversed(dsrv):
+            if k not in cs:
+                break
+            new.append(k)
+        new.reverse()
+    else:
+        new = []
+    n = st.get("dsn") or 0
+    for i in range(0, len(new), _GROUP_RECORDS):
+        n += 1
+        keys = new[i:i + _GROUP_RECORDS]
+        out["S" + str(n)] = {k: dsrv[k] for k in keys}
+        groups.append([str(n), max(dsrv[k][S_TS] for k in keys)])
+    st["dsg"], st["dsn"], st["dso"] = groups, n, first
+    return out
 
 
 def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int) -> None:

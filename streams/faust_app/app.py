@@ -876,6 +876,19 @@ class StageShell:
             self.op.untrack(st)
             if self.live.get(key) is st and (self._left is None or p not in self._left):
                 self.dirty.setdefault(p, set()).add(key)
+        # Their entries' changelog keys as the store holds them: finish() updates part_keys as it serializes
+        # (a tombstone's key leaves it), the store only once it takes the records; kept as finish() left them,
+        # an entry the store still holds could be missing there, and no later checkpoint would tombstone it.
+        mine = {key.encode(): key for _p, key, _st, _full, _header in cuts if key in self.part_keys}
+        if mine:
+            found: dict[str, set] = {key: set() for key in mine.values()}
+            for k in self._records:
+                i = k.find(_PART_SEP)
+                if i > 0:
+                    key = mine.get(k[:i])
+                    if key is not None:
+                        found[key].add(k)
+            self.part_keys.update(found)
 
     def _entry_writes(self, p: int, prefix: bytes, entries: dict, stored: set, gone: set | None, writes: list) -> None:
         """Records of a key's serialized entries {subkey: bytes, or None for one gone} (snapshot, finish()):

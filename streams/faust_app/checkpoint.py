@@ -35,6 +35,14 @@ tombstoned when its window closes (an alert key is "rule|labels": no PART_SEP ei
 older format (the whole state) is read and restored whole; its next checkpoint writes it in parts. Stitch
 records are format 5's.
 
+Format 7: the stitch stage's DNS server records (never changed in place, leaving in time order) are written
+in groups: the records new since the last checkpoint, up to 1000 a group, as one entry keyed
+`<bucket key>` PART_SEP `S<group id>` (a JSON object {DNS server key: record}), written once and tombstoned
+once every record in it has left the state (the header's "dsg" lists the groups and the time of each one's
+newest record, "dso" the time of the oldest record held at the cut: a successor takes each key's newest
+record of the groups, none older than that). A format-5 bucket (its records one entry each) is still read:
+its next checkpoint writes every entry and tombstones the old ones.
+
 Bump CHECKPOINT_FORMAT when what a record holds changes so that this worker could not read
 it (a new state layout, a renamed field), and teach the reader the older formats it must go
 on reading (an operator's restore() upgrading them). A change an older reader takes as it is
@@ -57,9 +65,10 @@ UNVERSIONED = 1  # records without FORMAT_FIELD
 # lookups, queries, answers, servers' records and a connection's client, connect and lookup summary
 # (conn "cl", "cn", "dns") are lists, no "dq" queue, claimed lookups queued apart ("lc"); Stitcher.restore
 # upgrades formats 1-3. 5: the stitch state in parts (above); format-4 records load as they are. 6: the alerts
-# state in parts (above): a format-5 reader would take a header for a state without chains.
-CHECKPOINT_FORMAT = 6
-READABLE = frozenset({UNVERSIONED, 2, 3, 4, 5, CHECKPOINT_FORMAT})
+# state in parts (above): a format-5 reader would take a header for a state without chains. 7: the stitch
+# state's DNS server records in groups (above): a format-6 reader would restore a bucket without them.
+CHECKPOINT_FORMAT = 7
+READABLE = frozenset({UNVERSIONED, 2, 3, 4, 5, 6, CHECKPOINT_FORMAT})
 PART_SEP = "\x1f"  # <key> PART_SEP <entry key>: the changelog key of one entry of a key's state
 PARTS_FIELD = "parts"  # a header's field: how many entries its key's state has
 
