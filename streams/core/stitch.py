@@ -733,9 +733,8 @@ class _Stitching:
                                 side, port = "cl", e.local_port
                             else:
                                 continue
-                        try:
-                            ck = conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
-                        except KeyError:
+                        ck = conn_keys.get((ip, port))  # the conn key (keys.endpoint_key), memoized
+                        if ck is None:  # (a new connection's first event: no KeyError raised and caught)
                             ck = self._conn_key(ip, port)
                         if marked is not None:
                             marked.add(ck)  # whatever this event does to conns[ck] (new, changed, replaced)
@@ -1049,9 +1048,8 @@ class _Stitching:
             if not is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
                 pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
                 pport = e.remote_port or e.addr_port
-                try:  # the peer's endpoint_key, memoized
-                    k = self._conn_keys[pip, pport]
-                except KeyError:
+                k = self._conn_keys.get((pip, pport))  # the peer's endpoint_key, memoized
+                if k is None:
                     k = self._conn_key(pip, pport)
                 k = f"{k}|{qid}"
                 dsrv = st["dsrv"]
@@ -1069,13 +1067,13 @@ class _Stitching:
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
-        try:  # endpoint_key, memoized
-            ep = self._conn_keys[ip, e.local_port]
-        except KeyError:
+        # endpoint_key and the lookups' key, memoized (a query's socket is mostly new: .get, not a KeyError
+        # raised and caught per message)
+        ep = self._conn_keys.get((ip, e.local_port))
+        if ep is None:
             ep = self._conn_key(ip, e.local_port)
-        try:
-            lkey = self._lkeys[d.flow, e.node, e.pid]
-        except KeyError:
+        lkey = self._lkeys.get((d.flow, e.node, e.pid))
+        if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
         if "_cl" in st:
             st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
@@ -1143,9 +1141,8 @@ class _Stitching:
         e = d.ev
         if not aip:
             return None
-        try:
-            lkey = self._lkeys[d.flow, e.node, e.pid]
-        except KeyError:
+        lkey = self._lkeys.get((d.flow, e.node, e.pid))
+        if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
         lookups = st["lk"].get(lkey)
         if not lookups:
