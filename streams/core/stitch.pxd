@@ -103,6 +103,8 @@ cdef class _Stitching:
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)
+@cython.locals(d=EnrichedEvent, e=SyscallEvent, p=SyscallEvent)
+cpdef bint _in_event_order(list buf)
 cpdef _lookup_numbered(lookups, ls)
 @cython.locals(i=Py_ssize_t)
 cpdef _remove_lookup(list lookups, lk)

@@ -668,7 +668,11 @@ class _Stitching:
             self._upgrade_older(state)  # a state read from JSON (or written earlier) not given to restore
         buf = state["buf"]
         if buf:
-            buf.sort(key=_event_order)
+            # By time alone (an int key: a cheaper comparison than (ts, node, n)'s tuples); stable, so events at one
+            # time keep the buffer's order, which is (node, n) order unless two runs met there (checked; rare).
+            buf.sort(key=_event_ts)
+            if not _in_event_order(buf):
+                buf.sort(key=_event_order)
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 if cut == len(buf):  # (all of it: no copy)
@@ -2126,6 +2130,17 @@ def _keep_server(st: dict, k: str) -> None:
     st["_ps"].discard(k)
     v = st["dsrv"].get(k)
     st["_pv"]["s" + k] = None if v is None else dumps_state(v)
+
+
+def _in_event_order(buf: list) -> bool:
+    """Whether buf, sorted by time, is in event order (ts, node, n): each pair at one time in (node, n) order."""
+    p = None
+    for d in buf:
+        e = d.ev
+        if p is not None and e.ts == p.ts and (e.node < p.node or (e.node == p.node and e.n < p.n)):
+            return False
+        p = e
+    return True
 
 
 def _lookup_numbered(lookups: list | None, ls: int) -> list | None:
