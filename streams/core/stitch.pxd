@@ -60,7 +60,7 @@ cdef class _Stitching:
     cdef public object _nodeports_at
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,
                    data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)

@@ -679,7 +679,7 @@ class _Stitching:
                     ready, state["buf"] = buf, []
                 else:
                     ready, state["buf"] = buf[:cut], buf[cut:]
-                prev = prev_ts = None
+                prev = None  # the previous event applied (its SyscallEvent)
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
@@ -687,19 +687,17 @@ class _Stitching:
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 timers = self._timers
                 for d in ready:
-                    order = d.order  # (ts, node, n)
-                    ts = order[0]
-                    if ts == prev_ts and order == prev:  # (times compare for less than the tuples)
-                        state["dups"] += 1  # at-least-once delivery: the same event again
+                    e = d.ev
+                    ts = e.ts
+                    if prev is not None and ts == prev.ts and e.n == prev.n and e.node == prev.node:
+                        state["dups"] += 1  # at-least-once delivery: the same event again (ts, node, n)
                         continue
-                    prev = order
-                    prev_ts = ts
+                    prev = e
                     nxt = state["next"]
                     while nxt is not None and nxt <= ts:  # timers due at or before e come first
                         timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
                         nxt = state["next"]
                     try:
-                        e = d.ev
                         proto = e.proto
                         if proto == "tcp":
                             if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
@@ -2081,7 +2079,7 @@ class Stitcher(_Stitching):
 _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
 _event_id = itemgetter("node", "n")  # an event ref's event
 _ref_ts = itemgetter("ts")
-_event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
+_event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
 
