@@ -10,6 +10,7 @@ from svctrace.streams.core.alerts import ALERTS_TOPIC, Alerter
 from svctrace.streams.core.enriched import EnrichedEvent, to_wire
 from svctrace.streams.core.graph import SYSCALLS_TOPIC
 from svctrace.streams.core.enrich import FLOWS_TOPIC
+from svctrace.streams.core.stitch import CHAINS_TOPIC
 from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 
@@ -163,3 +164,35 @@ def test_event_codecs_fast_path_equals_from_dict_and_rejects_what_it_rejects():
     raw = b'{"schema": "svctrace.syscall-batch", "version": 1, "node": "n", "source": "s", "seq": 0, "events": [7]}'
     with pytest.raises(DecodeError, match=r"\$\.events: an event is not an object"):
         decode_batch(raw)
+
+
+def test_a_stitch_state_from_json_given_straight_to_advance_goes_on_as_the_original():
+    """A stitch state read from JSON (its timer queues' entries come back as lists, the live state's are
+    tuples) that restore() did not see: advance takes it as it is and gives the original's chains from
+    there on; cut where a bucket holds a lookup and no connection yet (no Conn to upgrade), and later."""
+    cluster, events = _traffic()
+    graph = Graph(cluster.index())
+    stitch = graph.stitch
+    flows = []
+    for node in sorted({e.node for e in events}):
+        st = graph.enrich.new_state()
+        graph.enrich.process(st, node, [e for e in events if e.node == node])
+        flows += [(key, value) for topic, key, value in graph.enrich.flush(st, node) if topic == FLOWS_TOPIC]
+    first_connect = min(e.ts for e in events if e.kind == "connect" and e.proto == "tcp")
+    for cut in (first_connect - 1, T0 + 30 * S):
+        states: dict[str, dict] = {}
+        for key, value in flows:
+            stitch.process(states.setdefault(key, stitch.new_state()), key, value)
+        before = [out for key, st in states.items() for out in stitch.advance(st, key, cut)]
+        copies = {key: loads_state(dumps_state(st)) for key, st in states.items()}
+        if cut < first_connect:
+            assert before == []
+            assert any(st["lq"] and not st["conns"] for st in states.values())  # lookups alone
+        assert any(isinstance(x, list) for st in copies.values() for x in st["lq"] + st["lc"] + st["tq"])
+        chains = 0
+        for key in states:
+            original, again = stitch.flush(states[key], key), stitch.flush(copies[key], key)
+            assert [orjson.dumps(out) for out in again] == [orjson.dumps(out) for out in original]
+            assert all(x.__class__ is tuple for x in copies[key]["lq"] + copies[key]["lc"] + copies[key]["tq"])
+            chains += sum(topic == CHAINS_TOPIC for topic, _key, _value in original)
+        assert chains

@@ -444,7 +444,6 @@ class _Enriching:
                 # (a class call costs twice as much)
                 d = new(Enriched)
                 d.ev = e
-                d.order = (ts, e.node, n)
                 d.flow = flow
                 d.local_ref = lref
                 d.remote_ref = rref

@@ -73,7 +73,6 @@ cdef extern from *:
 
 cdef class EnrichedEvent:
     cdef public SyscallEvent ev
-    cdef public tuple order
     cdef public object flow, local_ref, remote_ref, addr_ref, proxy_of
 
 

@@ -30,11 +30,10 @@ _EXTRA = ("flow", "local_ref", "remote_ref", "addr_ref", "proxy_of")
 class EnrichedEvent:
     """A SyscallEvent (`ev`) and what enrichment added. Treated as immutable."""
 
-    __slots__ = ("ev", "order") + _EXTRA
+    __slots__ = ("ev",) + _EXTRA
 
     def __init__(self, ev: SyscallEvent, flow, local_ref, remote_ref, addr_ref, proxy_of):
         self.ev = ev
-        self.order = (ev.ts, ev.node, ev.n)  # the stitch stage's event-time order (sort key)
         self.flow = flow
         self.local_ref = local_ref
         self.remote_ref = remote_ref

@@ -61,11 +61,11 @@ cdef class _Stitching:
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
     cdef public object encode_chain
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, order=tuple, e=SyscallEvent,
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,
                    data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
-    @cython.locals(data=bytes)
+    @cython.locals(data=bytes, a=list)
     cpdef _client_step(self, dict state, Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts, ip, port)
     cpdef _schedule(self, dict st, Conn conn)
     cpdef _schedule_new(self, dict st, Conn conn)
@@ -104,6 +104,13 @@ cdef class _Stitching:
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)
+@cython.locals(d=EnrichedEvent, e=SyscallEvent, p=SyscallEvent)
+cpdef bint _in_event_order(list buf)
+cpdef _lookup_numbered(lookups, ls)
+@cython.locals(i=Py_ssize_t)
+cpdef _remove_lookup(list lookups, lk)
+cpdef _heaps_of_tuples(dict state)
+cpdef bint _lists_in_heaps(dict state)
 cpdef _evidence(Conn conn, SyscallEvent e, what)
 cpdef _trim_client(Conn conn)
 cpdef _outcome(Conn conn, req, bint idle_closed=*)

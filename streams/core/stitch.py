@@ -281,13 +281,13 @@ class _Stitching:
                 "lost": [],
                 "next": None, "late": 0, "dups": 0,
                 "nmax": {},  # node -> the highest n of its events seen: a late event below it is a redelivery
-                "tq": [],  # min-heap of [deadline, conn key]: each open conn has an entry <= its deadline
+                "tq": [],  # min-heap of (deadline, conn key): each open conn has an entry <= its deadline
                 "seq": 0,  # conns are numbered in creation order (conn.seq): timers handle them in that order
                 # lookups (L_* records): "lks" numbers the keys of "lk" in creation order, L_SEQ each
-                # lookup; "lq" min-heap of [expiry, L_SEQ, lkey] (each lookup has an entry <= its expiry);
+                # lookup; "lq" min-heap of (expiry, L_SEQ, lkey) (each lookup has an entry <= its expiry);
                 # "lke" keys whose (empty) list an unmatched answer created: dropped at the next pass
                 "lks": {}, "lq": [], "lke": [],
-                # "lc": min-heap of [expiry, L_SEQ, lkey] of claimed lookups, moved there from "lq" (the
+                # "lc": min-heap of (expiry, L_SEQ, lkey) of claimed lookups, moved there from "lq" (the
                 # next deadline is never a claimed lookup's: it leaves without output, at any later
                 # pass or when its key is read, see _lookups)
                 "lc": [],
@@ -299,6 +299,7 @@ class _Stitching:
     def _upgrade_older(state: dict) -> None:
         """A state as read from JSON (a checkpoint: conns are JSON objects), or written by an
         earlier version (no timer queue; no conn["qd"]; dict records): conns become Conns."""
+        _heaps_of_tuples(state)
         if "tq" not in state:
             Stitcher._upgrade(state)
         if state.get("v") != STATE_FORM:
@@ -332,7 +333,7 @@ class _Stitching:
             state["lks"][lkey] = seq
             for lk in lookups:
                 lk["ls"] = seq
-                state["lq"].append([0, seq, lkey])
+                state["lq"].append((0, seq, lkey))
                 seq += 1
             if not lookups:
                 state["lke"].append(lkey)
@@ -362,7 +363,7 @@ class _Stitching:
         """A state written before conns kept their queued deadline (conn["qd"]) and their
         acceptors and dials as lists: one live timer entry per conn, [0, key], validated (set
         to the real deadline) at the next pass; dict records become lists."""
-        state["tq"] = [[0, k] for k in state["conns"]]
+        state["tq"] = [(0, k) for k in state["conns"]]
         heapify(state["tq"])
         for conn in state["conns"].values():
             conn["qd"] = 0
@@ -554,6 +555,7 @@ class _Stitching:
         state.update(header)
         state.pop("parts", None)
         state["buf"] = []
+        _heaps_of_tuples(state)  # (JSON gives the lookups' queues' entries back as lists)
         # the orders the live state keeps: conns and lookup keys in creation order (their numbers),
         # DNS server records in time order
         conns.sort(key=attrgetter("seq"))
@@ -563,7 +565,7 @@ class _Stitching:
         state["lks"] = {k: lks[k] for _n, k, _l in lk}
         dsrv.sort(key=itemgetter(0))
         state["dsrv"] = {k: v for _ts, k, v in dsrv}
-        tq = state["tq"] = [[c.qd, c.k] for c in conns]
+        tq = state["tq"] = [(c.qd, c.k) for c in conns]
         heapify(tq)
         state["v"] = STATE_FORM
         if singles:  # (written by format 5: the next checkpoint writes every entry, tombstones the old ones)
@@ -689,18 +691,23 @@ class _Stitching:
             return out
         state["wm"] = max(state["wm"], watermark_ns)
         conns = state["conns"]
-        if state.get("v") != STATE_FORM or (conns and next(iter(conns.values())).__class__ is not Conn):
+        if state.get("v") != STATE_FORM or (conns and next(iter(conns.values())).__class__ is not Conn) or (
+                _lists_in_heaps(state)):
             self._upgrade_older(state)  # a state read from JSON (or written earlier) not given to restore
         buf = state["buf"]
         if buf:
-            buf.sort(key=_event_order)
+            # By time alone (an int key: a cheaper comparison than (ts, node, n)'s tuples); stable, so events at one
+            # time keep the buffer's order, which is (node, n) order unless two runs met there (checked; rare).
+            buf.sort(key=_event_ts)
+            if not _in_event_order(buf):
+                buf.sort(key=_event_order)
             cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
             if cut:
                 if cut == len(buf):  # (all of it: no copy)
                     ready, state["buf"] = buf, []
                 else:
                     ready, state["buf"] = buf[:cut], buf[cut:]
-                prev = prev_ts = None
+                prev = None  # the previous event applied (its SyscallEvent)
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
@@ -708,19 +715,17 @@ class _Stitching:
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 timers = self._timers
                 for d in ready:
-                    order = d.order  # (ts, node, n)
-                    ts = order[0]
-                    if ts == prev_ts and order == prev:  # (times compare for less than the tuples)
-                        state["dups"] += 1  # at-least-once delivery: the same event again
+                    e = d.ev
+                    ts = e.ts
+                    if prev is not None and ts == prev.ts and e.n == prev.n and e.node == prev.node:
+                        state["dups"] += 1  # at-least-once delivery: the same event again (ts, node, n)
                         continue
-                    prev = order
-                    prev_ts = ts
+                    prev = e
                     nxt = state["next"]
                     while nxt is not None and nxt <= ts:  # timers due at or before e come first
                         timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
                         nxt = state["next"]
                     try:
-                        e = d.ev
                         proto = e.proto
                         if proto == "tcp":
                             if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
@@ -758,9 +763,8 @@ class _Stitching:
                                 side, port = "cl", e.local_port
                             else:
                                 continue
-                        try:
-                            ck = conn_keys[ip, port]  # the conn key (keys.endpoint_key), memoized
-                        except KeyError:
+                        ck = conn_keys.get((ip, port))  # the conn key (keys.endpoint_key), memoized
+                        if ck is None:  # (a new connection's first event: no KeyError raised and caught)
                             ck = self._conn_key(ip, port)
                         if marked is not None:
                             marked.add(ck)  # whatever this event does to conns[ck] (new, changed, replaced)
@@ -822,13 +826,16 @@ class _Stitching:
     def _client_step(self, state: dict, conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int,
                      ip: str, port: int) -> None:
         """The client's event on its connection: connect, a request sent, a response or EOF, close."""
+        a = conn.a  # (the anchor _new_conn made of this very event, mostly: kept, not made again)
         if conn.cl is None:
             conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
-            conn.a = [e.node, e.n]
+            if not (a[0] is e.node and a[1] is e.n):
+                a = conn.a = [e.node, e.n]
         if kind == "connect":
             conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip,
                        e.remote_port, e.res, e.errno]  # CN_*
-            conn.a = [e.node, e.n]
+            if not (a[0] is e.node and a[1] is e.n):
+                conn.a = [e.node, e.n]
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
                 conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
             self._resolve_service(state, conn, d)
@@ -927,7 +934,7 @@ class _Stitching:
                         _evidence(conn, e, f"proxy dial {e.errno}")
                     break
 
-    # The timer queue st["tq"] holds [deadline, conn key] entries; a conn's live entry is the one
+    # The timer queue st["tq"] holds (deadline, conn key) entries; a conn's live entry is the one
     # whose deadline is conn.qd (<= its actual deadline), any other entry of it is stale and
     # is dropped when it comes up (no deadline computed). A deadline moving later (new events)
     # is found when the live entry comes up; one moving earlier (close, response) queues anew.
@@ -941,14 +948,14 @@ class _Stitching:
         dl = self._conn_deadline(conn)
         if dl < conn.qd:
             conn.qd = dl
-            heappush(st["tq"], [dl, conn.k])
+            heappush(st["tq"], (dl, conn.k))
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
     def _schedule_new(self, st: dict, conn: Conn) -> None:
         """_schedule of a new conn (no request, no close): its idle deadline."""
         dl = conn.qd = conn.t1 + self.idle_ns
-        heappush(st["tq"], [dl, conn.k])
+        heappush(st["tq"], (dl, conn.k))
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
@@ -980,7 +987,7 @@ class _Stitching:
         nxt = st["next"]
         if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
             conn.qd = at
-            heappush(st["tq"], [at, conn.k])
+            heappush(st["tq"], (at, conn.k))
             if nxt is None or at < nxt:
                 st["next"] = at
         elif nxt is None or at < nxt:
@@ -1071,9 +1078,8 @@ class _Stitching:
             if not is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
                 pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
                 pport = e.remote_port or e.addr_port
-                try:  # the peer's endpoint_key, memoized
-                    k = self._conn_keys[pip, pport]
-                except KeyError:
+                k = self._conn_keys.get((pip, pport))  # the peer's endpoint_key, memoized
+                if k is None:
                     k = self._conn_key(pip, pport)
                 k = f"{k}|{qid}"
                 dsrv = st["dsrv"]
@@ -1091,13 +1097,13 @@ class _Stitching:
         ip = e.local_ip
         if ip in UNSPECIFIED_IPS:
             ip = d.flow
-        try:  # endpoint_key, memoized
-            ep = self._conn_keys[ip, e.local_port]
-        except KeyError:
+        # endpoint_key and the lookups' key, memoized (a query's socket is mostly new: .get, not a KeyError
+        # raised and caught per message)
+        ep = self._conn_keys.get((ip, e.local_port))
+        if ep is None:
             ep = self._conn_key(ip, e.local_port)
-        try:
-            lkey = self._lkeys[d.flow, e.node, e.pid]
-        except KeyError:
+        lkey = self._lkeys.get((d.flow, e.node, e.pid))
+        if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
         if "_cl" in st:
             st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
@@ -1125,7 +1131,7 @@ class _Stitching:
                         "port": e.local_port, "flow": d.flow}]  # L_*
                 lookups.append(cur)
                 dl = ts + self.lookup_timeout_ns
-                heappush(st["lq"], [dl, st["seq"], lkey])
+                heappush(st["lq"], (dl, st["seq"], lkey))
                 if st["next"] is None or dl < st["next"]:
                     st["next"] = dl  # (a bucket of lookups alone has no other timer to pass it)
                 st["seq"] += 1
@@ -1165,9 +1171,8 @@ class _Stitching:
         e = d.ev
         if not aip:
             return None
-        try:
-            lkey = self._lkeys[d.flow, e.node, e.pid]
-        except KeyError:
+        lkey = self._lkeys.get((d.flow, e.node, e.pid))
+        if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
         lookups = st["lk"].get(lkey)
         if not lookups:
@@ -1226,21 +1231,19 @@ class _Stitching:
             lookups = lk_by_key.get(lkey)
             if lookups is None:
                 continue
-            for lk in lookups:
-                if lk[L_SEQ] == ls:
-                    break
-            else:
+            lk = _lookup_numbered(lookups, ls)
+            if lk is None:
                 continue  # already gone (trimmed, or dropped when its key was read)
             if now >= lk[L_T1] + timeout:
                 if "_cl" in st:
                     st["_cl"].add(lkey)  # change mark (durable_parts)
                     if st.get("_pl") and lkey in st["_pl"]:
                         _keep_lookup(st, lkey)
-                lookups.remove(lk)
+                _remove_lookup(lookups, lk)
                 if not lookups:
                     del lk_by_key[lkey], lks[lkey]
             else:
-                heappush(lc, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
+                heappush(lc, (lk[L_T1] + timeout, ls, lkey))  # its last query came later
 
     def _dns_summary(self, st: dict, lk: list) -> list:
         qs = lk[L_QUERIES]
@@ -1364,7 +1367,7 @@ class _Stitching:
                             marked.add(key)
                             if keep and key in keep:
                                 _keep_conn(st, key)
-                        heappush(tq, [dl, key])  # its deadline moved later (t1 advanced)
+                        heappush(tq, (dl, key))  # its deadline moved later (t1 advanced)
                         conn.qd = exact[key] = dl
                 if not tq or tq[0][0] > now:
                     break
@@ -1408,14 +1411,14 @@ class _Stitching:
                 reqs = conn.creq  # (one request, emitted: none left)
                 conn.creq = [] if len(reqs) == 1 else [r for r in reqs if not r[C_DONE]]
             dl = conn.qd = exact[key] = self._conn_deadline(conn)
-            heappush(tq, [dl, key])
+            heappush(tq, (dl, key))
         if not conns:
             tq.clear()
         elif len(tq) > _TQ_COMPACT_FACTOR * len(conns) + _TQ_COMPACT_FLOOR:
             # Mostly stale entries (one per conn whose deadline moved earlier: each finished conn
             # leaves its idle-timeout entry, popped only when that time comes): the queue is
             # rebuilt from the conns' live entries, as restore_parts builds it.
-            tq[:] = [[c.qd, c.k] for c in conns.values()]
+            tq[:] = [(c.qd, c.k) for c in conns.values()]
             heapify(tq)
         # The earliest deadline of the open conns: the queue's head, once it is exact.
         while tq:
@@ -1433,7 +1436,7 @@ class _Stitching:
                 marked.add(key)
                 if keep and key in keep:
                     _keep_conn(st, key)
-            heapreplace(tq, [actual, key])
+            heapreplace(tq, (actual, key))
             conn.qd = actual
         nxt = tq[0][0] if tq else None
         lc = st["lc"]
@@ -1503,17 +1506,13 @@ class _Stitching:
         else:
             while lq and lq[0][0] <= now:
                 _dl, ls, lkey = heappop(lq)
-                lk = None
-                for x in lk_by_key.get(lkey, ()):
-                    if x[L_SEQ] == ls:
-                        lk = x
-                        break
+                lk = _lookup_numbered(lk_by_key.get(lkey), ls)
                 if lk is None:
                     continue  # already gone (trimmed, or expired through another entry)
                 if now >= lk[L_T1] + timeout:
                     due.append((lks[lkey], ls, lkey, lk))
                 else:
-                    heappush(lq, [lk[L_T1] + timeout, ls, lkey])  # its last query came later
+                    heappush(lq, (lk[L_T1] + timeout, ls, lkey))  # its last query came later
             if len(due) > 1:
                 due.sort(key=lambda x: (x[0], x[1]))
         marked = st.get("_cl")  # change marks (durable_parts)
@@ -1531,7 +1530,7 @@ class _Stitching:
                 except Exception as exc:
                     out.append(dead_letter(self.name, FLOWS_TOPIC, lkey, lk, exc, lk[L_T1]))
             lookups = lk_by_key[lkey]
-            lookups.remove(lk)
+            _remove_lookup(lookups, lk)
             if not lookups:
                 del lk_by_key[lkey], lks[lkey]
         if st["lke"]:
@@ -1550,22 +1549,18 @@ class _Stitching:
         lq, lk_by_key, timeout = st["lq"], st["lk"], self.lookup_timeout_ns
         while lq:
             dl, ls, lkey = lq[0]
-            lk = None
-            for x in lk_by_key.get(lkey, ()):
-                if x[L_SEQ] == ls:
-                    lk = x
-                    break
+            lk = _lookup_numbered(lk_by_key.get(lkey), ls)
             if lk is None:
                 heappop(lq)
                 continue
             actual = lk[L_T1] + timeout
             if lk[L_CLAIMED]:  # it leaves without output: no pass of its own (see "lc")
                 heappop(lq)
-                heappush(st["lc"], [actual, ls, lkey])
+                heappush(st["lc"], (actual, ls, lkey))
                 continue
             if actual == dl:
                 break
-            heapreplace(lq, [actual, ls, lkey])
+            heapreplace(lq, (actual, ls, lkey))
 
     # building chains -----------------------------------------------------------------
 
@@ -2114,8 +2109,31 @@ class Stitcher(_Stitching):
 _order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
 _event_id = itemgetter("node", "n")  # an event ref's event
 _ref_ts = itemgetter("ts")
-_event_order = attrgetter("order")  # the same order of EnrichedEvents: (ts, node, n)
+_event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
+
+
+# The timer queues' entries ("tq": (deadline, conn key); "lq", "lc": (expiry, L_SEQ, lkey)) are tuples: one
+# object each (a list is two: its items apart), so a heap operation reads one cold object per entry it
+# compares, not two. JSON writes them as it wrote lists and gives lists back: restore makes them tuples
+# again (a heap mixing both could not compare its entries).
+_HEAPS = ("tq", "lq", "lc")
+
+
+def _heaps_of_tuples(state: dict) -> None:
+    for name in _HEAPS:
+        heap = state.get(name)
+        if heap:
+            state[name] = [x if x.__class__ is tuple else tuple(x) for x in heap]  # (the same order: a heap still)
+
+
+def _lists_in_heaps(state: dict) -> bool:
+    """Whether a queue holds lists (a state from JSON that restore did not see): its first entry tells."""
+    for name in _HEAPS:
+        heap = state.get(name)
+        if heap and heap[0].__class__ is not tuple:
+            return True
+    return False
 
 
 def _keep_conn(st: dict, k: str) -> None:
@@ -2190,6 +2208,44 @@ def _server_groups(st: dict, cs, full: bool) -> dict:
         groups.append([str(n), max(dsrv[k][S_TS] for k in keys)])
     st["dsg"], st["dsn"], st["dso"] = groups, n, first
     return out
+
+
+def _in_event_order(buf: list) -> bool:
+    """Whether buf, sorted by time, is in event order (ts, node, n): each pair at one time in (node, n) order."""
+    p = None
+    for d in buf:
+        e = d.ev
+        if p is not None and e.ts == p.ts and (e.node < p.node or (e.node == p.node and e.n < p.n)):
+            return False
+        p = e
+    return True
+
+
+def _lookup_numbered(lookups: list | None, ls: int) -> list | None:
+    """The lookup numbered ls (L_SEQ) among a key's lookups (None: none). A queue's entry holds the very
+    int its lookup does (both are st["seq"] as it was made; a restored state's are equal ints), so the
+    first pass compares identities, without reading cold ints; numbers are unique in a state."""
+    if lookups is None:
+        return None
+    for x in lookups:
+        if x[L_SEQ] is ls:
+            return x
+    for x in lookups:
+        if x[L_SEQ] == ls:
+            return x
+    return None
+
+
+def _remove_lookup(lookups: list, lk: list) -> None:
+    """lookups.remove(lk) by identity: list.remove compares every lookup before it item by item (cold
+    lists); no other lookup equals lk (its L_SEQ is its own)."""
+    i = 0
+    for x in lookups:
+        if x is lk:
+            del lookups[i]
+            return
+        i += 1
+    lookups.remove(lk)
 
 
 def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int) -> None:
