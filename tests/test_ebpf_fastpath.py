@@ -2,7 +2,9 @@
 
 Same ring records (the kernel's ring layout, synthetic records as in test_ebpf_records) through
 `Normalizer.encode_ring` + `Batcher.add` on one side and `NativeEncoder.drain` on the other, with
-batch bounds small enough that batches close on both counts and bytes in the middle of drains.
+batch bounds small enough that batches close on both counts and bytes in the middle of drains. The native
+loop writes each event's JSON, so its batches are of the JSON form (the agent makes an eBPF source's batcher
+so, agents.agent.agent): the Python path here batches in that form too.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def ring_of(recs: list[bytes], discard_every: int = 50) -> bytes:
 def python_path(mem, pos, end, base, mask, counters, snaplen, offset=10**18, node="n",
                 **bounds) -> tuple[list, Normalizer]:
     norm = Normalizer(node, offset)
-    batcher = Batcher(node, "ebpf", **bounds)
+    batcher = Batcher(node, "ebpf", form="json", **bounds)
     pay = payload_encoder(snaplen, counters)
     batches = []
     while pos < end:
@@ -78,7 +80,7 @@ def python_path(mem, pos, end, base, mask, counters, snaplen, offset=10**18, nod
 
 def native_path(mem, pos, end, base, mask, counters, snaplen, **bounds) -> tuple[list, Normalizer, NativeEncoder]:
     norm = Normalizer("n", 10**18)
-    batcher = Batcher("n", "ebpf", **bounds)
+    batcher = Batcher("n", "ebpf", form="json", **bounds)
     enc = NativeEncoder(norm, payload_encoder(snaplen, counters))
     addr = ctypes.addressof((ctypes.c_char * len(mem)).from_buffer(mem))
     view = bytes(mem)  # what Python reads of the same memory (an mmap slices to bytes too)
@@ -148,7 +150,7 @@ def test_loss_markers_between_native_drains_keep_sequence_numbers_unique():
     view = bytes(mem)
     norm = Normalizer("n", 0)
     enc = NativeEncoder(norm, payload_encoder(256, Counters()))
-    batcher = Batcher("n", "ebpf")
+    batcher = Batcher("n", "ebpf", form="json")
     try:
         pos, ns = 0, []
         while pos < len(ring):
@@ -200,7 +202,7 @@ def test_native_path_on_a_live_capture_equals_the_python_path(tmp_path):
     ring = cap.ring
     addr = enc.lib.fp_map(ring.map_fd, ring.page + 2 * ring.size, ring.page)
     assert addr, "cannot map the ring"
-    batcher = Batcher("live-node", "ebpf", max_events=500, max_bytes=100_000)
+    batcher = Batcher("live-node", "ebpf", form="json", max_events=500, max_bytes=100_000)
     recorded: list[bytes] = []
     batches: list = []
     (tmp_path / "hello.txt").write_bytes(b"hello native\n")
