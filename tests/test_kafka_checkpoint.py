@@ -384,6 +384,18 @@ def test_an_idle_bucket_leaves_no_record_behind_and_a_revived_one_starts_anew():
     assert not [k for k in store if k == key.encode() or k.startswith(key.encode() + b"\x1f")]
 
 
+def _restored_and_rewritten(store: dict, op, key: str, st: dict) -> list:
+    """A successor restores key from an older format's store (its state equal to st), then checkpoints it:
+    the writes it made, applied to store, whose header is now this format's."""
+    successor = _stitch_shell(store, op)
+    assert _comparable(op, successor.state(key)) == _comparable(op, st)
+    successor.touch(int(key[1:]), key)
+    writes, _ = _snapshot(successor)
+    _apply(successor, writes)
+    assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
+    return writes
+
+
 def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under_the_same_key():
     runner, op, shell, store, log, events = _live_run(steps_between=10**9)  # (no checkpoint while it runs)
     runner.feed(events[: len(events) // 2])
@@ -392,13 +404,7 @@ def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under
     old = _newer(dumps_state(op.durable(st)), 4)  # what a format-4 worker wrote: the whole durable state
     assert format_of(old) == 4
     store = {key.encode(): old}
-    successor = _stitch_shell(store, op)
-    restored = successor.state(key)
-    assert _comparable(op, restored) == _comparable(op, st)
-    successor.touch(int(key[1:]), key)
-    writes, _ = _snapshot(successor)
-    _apply(successor, writes)
-    assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
+    writes = _restored_and_rewritten(store, op, key, st)
     groups = [k for k in store if k.startswith(key.encode() + b"\x1fS")]
     assert len(groups) == -(-len(st["dsrv"]) // 1000)
     assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(groups)
@@ -426,13 +432,7 @@ def test_a_format_5_bucket_is_restored_and_its_next_checkpoint_groups_its_dns_se
     store.update({prefix + b"l" + k.encode(): dumps_state([st["lks"][k], v]) for k, v in st["lk"].items()})
     old_servers = {prefix + b"s" + k.encode(): dumps_state(v) for k, v in st["dsrv"].items()}
     store.update(old_servers)
-    successor = _stitch_shell(store, op)
-    restored = successor.state(key)
-    assert _comparable(op, restored) == _comparable(op, st)
-    successor.touch(int(key[1:]), key)
-    writes, _ = _snapshot(successor)
-    _apply(successor, writes)
-    assert format_of(store[key.encode()]) == CHECKPOINT_FORMAT
+    writes = _restored_and_rewritten(store, op, key, st)
     assert {k for _p, k, v in writes if v is None} == set(old_servers)  # the format-5 records, tombstoned
     assert not [k for k in store if k.startswith(prefix + b"s")]
     groups = [k for k in store if k.startswith(prefix + b"S")]
