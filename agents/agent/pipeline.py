@@ -107,9 +107,10 @@ MAX_BATCH_BYTES = 1_048_576 - 16_384
 
 
 # The record forms an agent writes on svctrace.syscalls: the syscall-columns form (msgpack,
-# schemas/syscall_columns.py; the default) or the syscall-batch JSON.
+# schemas/syscall_columns.py) or the syscall-batch JSON (the default: see docs/topics.md, "The syscall-columns
+# form", for why not yet the columns).
 FORMS = ("msgpack", "json")
-DEFAULT_FORM = "msgpack"
+DEFAULT_FORM = "json"
 
 
 def _compile_bound():
