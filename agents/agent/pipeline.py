@@ -129,7 +129,7 @@ _bound = _compile_bound()
 
 
 def encode_syscall_batch(batch: SyscallBatch, form: str = DEFAULT_FORM) -> bytes:
-    """A SyscallBatch -> the svctrace.syscalls record an agent writes of it (its default form, or JSON)."""
+    """A SyscallBatch -> the svctrace.syscalls record an agent writes of it (JSON by default, or the columns)."""
     if form == "json":
         from svctrace.schemas.models import encode_batch
 
@@ -156,10 +156,10 @@ class Batcher:
     max_events, or before the event that would take it past max_bytes (one event alone larger than
     max_bytes still goes, alone).
 
-    `form`: "msgpack" (the default), the syscall-columns form (schemas/syscall_columns.py): the
-    events are kept as they come and the record is written at close, each event counted by a bound
-    of its bytes (`_bound`); "json", the syscall-batch JSON: each event is encoded on arrival (exact
-    sizes), the form the eBPF source writes itself (`add_joined`, and events given as JSON bytes)."""
+    `form`: "json" (the default), the syscall-batch JSON: each event is encoded on arrival (exact
+    sizes), the form the eBPF source writes itself (`add_joined`, and events given as JSON bytes);
+    "msgpack", the syscall-columns form (schemas/syscall_columns.py): the events are kept as they come
+    and the record is written at close, each event counted by a bound of its bytes (`_bound`)."""
 
     node: str
     source: str
