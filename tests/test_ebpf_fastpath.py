@@ -126,6 +126,20 @@ def test_native_and_python_paths_write_identical_batches():
         enc.close()
 
 
+def test_batches_the_native_loop_fills_to_max_events_are_published():
+    """Batches closing on their event count alone (the byte bound far away): each one reaches the caller
+    (the native loop used to drop a batch it had filled to max_events)."""
+    load()
+    recs = traffic(3000, seed=7)
+    py, native, _counters, (norm_py, _norm), enc = run_both(recs, max_events=150, max_bytes=600_000)
+    try:
+        assert [x.events for x in py][:-1] == [150] * (len(py) - 1) and len(py) > 15
+        assert [x.value for x in native] == [x.value for x in py]
+        assert sum(x.events for x in native) == norm_py.n
+    finally:
+        enc.close()
+
+
 def test_native_path_bounds_payloads_to_the_snaplen_and_redacts():
     load()
     recs = traffic(800, seed=11)

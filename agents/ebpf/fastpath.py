@@ -170,15 +170,16 @@ class NativeEncoder:
         while cons < prod and done < limit:
             status = walk(ptr, addr, cons, prod, base, mask, limit - done, batcher.max_events - batcher.pending_events,
                           batcher.max_bytes - batcher.pending_bytes, batcher.pending_events > 0)
-            if c.events:
-                batcher.add_joined(ctypes.string_at(c.out, c.out_len), c.events, c.bytes, now)
+            if c.events:  # (a batch it filled to max_events is closed there)
+                closed.extend(batcher.add_joined(ctypes.string_at(c.out, c.out_len), c.events, c.bytes, now))
             events += c.events
             done += c.done
             cons = c.cons
             if status == FP_FULL:
-                if not batcher.pending_events:
+                if batcher.pending_events:
+                    closed.append(batcher.close(now))
+                elif not c.events:
                     break  # nothing fits an empty batch: out of memory in C; the records stay in the ring
-                closed.append(batcher.close(now))
             elif status == FP_PYTHON:
                 cons, d, e = self._python_one(addr, buf, cons, prod, base, mask, batcher, now, closed)
                 done += d
