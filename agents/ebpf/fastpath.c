@@ -400,43 +400,61 @@ static int word_at(const uint8_t *d, uint32_t left, const char *w, uint32_t wl)
 	return 1;
 }
 
+/* The words' first two and second two letters, any case: PAIRS[b0 | b1 << 8] is 1 when a word may
+ * start at b0 or at the byte before it. */
+static uint8_t PAIRS[65536];
+static const char *const WORDS[] = {"auth", "bearer", "cookie", "key", "pass", "pwd", "secret", "sig", "session", "token"};
+
+static void init_pairs(void)
+{
+	for (size_t w = 0; w < sizeof(WORDS) / sizeof(*WORDS); w++)
+		for (int at = 0; at < 2; at++)
+			for (int up = 0; up < 4; up++) {
+				uint8_t a = WORDS[w][at] - (up & 1 ? 32 : 0), b = WORDS[w][at + 1] - (up & 2 ? 32 : 0);
+				PAIRS[a | b << 8] = 1;
+			}
+}
+
+/* The constant tables, filled when the library is loaded (fp_suspicious runs before any fp_new too). */
+__attribute__((constructor)) static void init_tables(void)
+{
+	init_base64();
+	init_pairs();
+}
+
+/* Whether one of the words starts at p (`left` bytes from there). */
+static int word_here(const uint8_t *p, uint32_t left)
+{
+	switch (lower(*p)) {
+	case 'a':
+		return word_at(p, left, "auth", 4);
+	case 'b':
+		return word_at(p, left, "bearer", 6);
+	case 'c':
+		return word_at(p, left, "cookie", 6);
+	case 'k':
+		return word_at(p, left, "key", 3);
+	case 'p':
+		return word_at(p, left, "pass", 4) || word_at(p, left, "pwd", 3);
+	case 's':
+		return word_at(p, left, "secret", 6) || word_at(p, left, "sig", 3) || word_at(p, left, "session", 7);
+	case 't':
+		return word_at(p, left, "token", 5);
+	}
+	return 0;
+}
+
 /* agents/redact.py `_MAYBE` on the lower-cased payload: auth|cookie|token|key|pass|secret|sig|
- * session|pwd|bearer anywhere (a flagged payload goes to the Python redactor). */
+ * session|pwd|bearer anywhere (a flagged payload goes to the Python redactor). Every word has
+ * three letters at least, so its first two or its second two letters sit at an even offset: the
+ * pairs there are looked up in PAIRS, and the words checked only where one may start. */
 int fp_suspicious(const uint8_t *d, uint32_t n)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		const uint8_t *p = d + i;
-		uint32_t left = n - i;
-		switch (lower(*p)) {
-		case 'a':
-			if (word_at(p, left, "auth", 4))
-				return 1;
-			break;
-		case 'b':
-			if (word_at(p, left, "bearer", 6))
-				return 1;
-			break;
-		case 'c':
-			if (word_at(p, left, "cookie", 6))
-				return 1;
-			break;
-		case 'k':
-			if (word_at(p, left, "key", 3))
-				return 1;
-			break;
-		case 'p':
-			if (word_at(p, left, "pass", 4) || word_at(p, left, "pwd", 3))
-				return 1;
-			break;
-		case 's':
-			if (word_at(p, left, "secret", 6) || word_at(p, left, "sig", 3) || word_at(p, left, "session", 7))
-				return 1;
-			break;
-		case 't':
-			if (word_at(p, left, "token", 5))
-				return 1;
-			break;
-		}
+	for (uint32_t i = 0; i + 1 < n; i += 2) {
+		if (!PAIRS[d[i] | d[i + 1] << 8])
+			continue;
+		if ((i && word_here(d + i - 1, n - i + 1)) || word_here(d + i, n - i))
+			return 1;
 	}
 	return 0;
 }
@@ -1268,7 +1286,6 @@ void fp_cols_discard(struct fp_ctx *c) { batch_reset(c); }
 
 struct fp_ctx *fp_new(void)
 {
-	init_base64(); /* idempotent: the same table every time */
 	struct fp_ctx *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
