@@ -1,0 +1,223 @@
+"""The eBPF agent's per-event CPU by record form, offline: captured ring records replayed through its loops.
+
+    python -m bench.ebpf_forms --record FILE [--seconds 4 --connections 16]   # as root: capture, keep ours
+    python -m bench.ebpf_forms --ring FILE [--rounds 5] [--loops ...]        # replay (no root, no kernel)
+
+--record captures the whole machine while a local HTTP/1.1 server answers keep-alive clients (16
+connections, GETs with a few headers, 200-byte bodies; one request in 50 carries a Cookie: the
+redaction path), and keeps the ring records of the processes it started (their bytes as the kernel
+wrote them, other processes' dropped). --ring replays such a file, or without it a synthetic ring
+(bench.ebpf_capture's: UDP writes of 64 bytes), through each per-event loop into closed batches
+(the agent's bounds: 2000 events, 600,000 bytes) and, separately, zstd level 3 over the records
+(the producer's compression). Per event, thread CPU (min and every round, the loops alternating)
+and bytes:
+
+  native-json     fastpath.c writes each event's JSON, joined into the batch (syscall-batch)
+  native-columns  fastpath.c keeps the batch's rows and writes its columns at close (syscall-columns)
+  native-pack     C rows packed per batch in Python: fastpath.c's JSON of each event, decoded and
+                  packed per batch by encode_columns (the packing alone printed too: the least any
+                  C-rows-Python-packing design pays, its rows already Python objects)
+  python-json / python-columns  the Python loop (records.encode_ring), either form (the fallback)
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import struct
+import subprocess
+import sys
+import time
+
+from svctrace.agents.ebpf.records import RECORD, RINGBUF_BUSY, RINGBUF_DISCARD, RINGBUF_HDR
+
+LOOPS = ("native-json", "native-columns", "native-pack", "python-json", "python-columns")
+
+CLIENT = r"""
+import http.client, sys, threading
+port, conns, stop_after = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+import time
+end = time.monotonic() + stop_after
+def run(i):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    k = 0
+    while time.monotonic() < end:
+        k += 1
+        h = {"User-Agent": "bench-client/1.0", "Accept": "application/json", "X-Request-Id": f"{i}-{k}"}
+        if k % 50 == 0:
+            h["Cookie"] = "session=s3cr3t"
+        c.request("GET", f"/api/v1/items/{k % 97}?page={k % 7}", headers=h)
+        c.getresponse().read()
+ts = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+[t.start() for t in ts]; [t.join() for t in ts]
+"""
+
+SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b'{"items":[' + b'"x",' * 45 + b'"y"]}'
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def record(path: str, seconds: float, connections: int) -> None:
+    from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture
+    from tests.test_ebpf_live import free_port, wait_listening
+
+    cap = EbpfCapture(CaptureConfig())
+    ring = cap.ring
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    kept: list[bytes] = []
+    records = 0
+    try:
+        wait_listening(port, server)
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(connections), str(seconds)])
+        ours = {server.pid, client.pid}
+        while True:
+            done = client.poll() is not None
+            cons, prod = ring.positions()
+            while cons < prod:
+                at = ring.page + (cons & ring.mask)
+                hdr = struct.unpack_from("<I", ring.data, at)[0]
+                if hdr & RINGBUF_BUSY:
+                    break
+                size = ((hdr & ~(RINGBUF_BUSY | RINGBUF_DISCARD)) + RINGBUF_HDR + 7) & ~7
+                if not hdr & RINGBUF_DISCARD:
+                    pid = struct.unpack_from("<I", ring.data, at + RINGBUF_HDR + 32)[0]
+                    if pid in ours:
+                        kept.append(bytes(ring.data[at:at + size]))
+                records += 1
+                cons += size
+            ring.release(cons)
+            if done:
+                break
+            ring.wait(0.05)
+    finally:
+        server.terminate()
+        server.wait(10)
+        cap.close()
+    with open(path, "wb") as f:
+        f.writelines(kept)
+    print(f"kept {len(kept)} of {records} ring records ({sum(map(len, kept))} bytes) in {path}")
+
+
+def load_ring(path: str | None) -> tuple[bytearray, int]:
+    if path is None:
+        from bench.ebpf_capture import synthetic_ring
+
+        return synthetic_ring(200_000, 64)
+    with open(path, "rb") as f:
+        ring = f.read()
+    size = 1 << (len(ring) + 64).bit_length()
+    return bytearray(bytes(64) + ring + bytes(size - len(ring))), len(ring)
+
+
+def run_loop(name: str, mem: bytearray, end: int, snaplen: int = 256) -> tuple[float, list, int, float]:
+    """(thread CPU seconds, closed records, events, seconds of it packing in Python: native-pack) of one loop."""
+    import msgspec
+
+    from svctrace.agents.agent.pipeline import Batcher, Counters, _bound, payload_encoder
+    from svctrace.agents.ebpf.fastpath import NativeEncoder
+    from svctrace.agents.ebpf.records import Normalizer
+    from svctrace.schemas.models import SyscallEvent
+    from svctrace.schemas.syscall_columns import encode_columns
+
+    view = bytes(mem)
+    mask = len(mem) - 64 - 1  # the ring area after the 64-byte lead: a power of two
+    addr = ctypes.addressof((ctypes.c_char * len(mem)).from_buffer(mem))
+    norm = Normalizer("bench-node", 10**18)
+    pay = payload_encoder(snaplen, Counters())
+    batcher = Batcher("bench-node", "ebpf", form="msgpack" if name in ("native-columns", "python-columns") else "json")
+    native = NativeEncoder(norm, pay) if name.startswith("native") else None
+    if name == "native-columns":
+        batcher = native.columns_batcher(batcher)
+    runs = msgspec.json.Decoder(list[msgspec.Raw])
+    event = msgspec.json.Decoder(SyscallEvent)
+    records: list = []
+    packing = 0.0
+
+    def pack(value: bytes) -> bytes:
+        """native-pack: a closed JSON batch's events (C's JSON) -> the columns record, in Python."""
+        nonlocal packing
+        evs = [event.decode(r) for r in runs.decode(b"[" + value.split(b'"events":[', 1)[1][:-1])]
+        t = time.thread_time()
+        for e in evs:
+            _bound(e)  # what the Batcher counts each event by
+        out = encode_columns("bench-node", "ebpf", len(records), 0, evs)
+        packing += time.thread_time() - t
+        return out
+
+    t0 = time.thread_time()
+    pos = 0
+    while pos < end:
+        if native is not None:
+            pos, _d, _e, closed = native.drain(addr, view, pos, end, 64, mask, 8192, batcher, 0.0)
+        else:
+            out: list = []
+            pos, _d = norm.encode_ring(view, pos, end, 64, mask, 8192, out, pay, pay.snaplen, pay.suspicious)
+            closed = batcher.add(out, 0.0)
+        records += [pack(b.value) if name == "native-pack" else b.value for b in closed]
+    last = batcher.flush()
+    if last is not None:
+        records.append(pack(last.value) if name == "native-pack" else last.value)
+    cpu = time.thread_time() - t0
+    if native is not None:
+        native.close()
+    return cpu, records, norm.n, packing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--record", help="capture (root) and write the kept ring records to this file")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--ring", help="ring records to replay (from --record); default: a synthetic ring")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--loops", default=",".join(LOOPS))
+    args = ap.parse_args(argv)
+    if args.record:
+        if os.geteuid() != 0:
+            print("--record needs root (it loads the BPF program)", file=sys.stderr)
+            return 1
+        record(args.record, args.seconds, args.connections)
+        return 0
+    import zstandard
+
+    mem, end = load_ring(args.ring)
+    loops = args.loops.split(",")
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    packing: list[float] = []
+    sizes = {}
+    events = {}
+    for _ in range(args.rounds):
+        for name in loops:
+            cpu, batches, n, packed = run_loop(name, mem, end)
+            times[name].append(cpu / n * 1e6)
+            if name == "native-pack":
+                packing.append(packed / n * 1e6)
+            events[name] = n
+            sizes[name] = batches
+    zc = zstandard.ZstdCompressor(level=3)
+    print(f"{events[loops[0]]} events; us per event (thread CPU, every round), bytes per event, zstd-3 us/event")
+    for name in loops:
+        n = events[name]
+        raw = sum(map(len, sizes[name]))
+        t0 = time.thread_time()
+        comp = sum(len(zc.compress(v)) for v in sizes[name])
+        zt = (time.thread_time() - t0) / n * 1e6
+        print(f"  {name:15s} min {min(times[name]):5.2f}  [{' '.join(f'{t:.2f}' for t in times[name])}]  "
+              f"{raw / n:6.1f} B -> zstd {comp / n:5.1f} B in {zt:.2f} us  ({len(sizes[name])} records)")
+    if packing:
+        print(f"  native-pack's packing alone (pipeline._bound + encode_columns of the batch's events): "
+              f"min {min(packing):.2f} [{' '.join(f'{t:.2f}' for t in packing)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
