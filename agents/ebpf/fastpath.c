@@ -53,7 +53,7 @@ struct tkey {
 struct ccols {
 	struct ccols *next; /* on the open batch's list of those freed when it closes */
 	uint64_t used;      /* the batch (fp_ctx.gen) that last took a row of it */
-	uint64_t sgen;      /* the batch whose string indexes sidx holds */
+	uint64_t sgen;      /* the strings table (fp_ctx.strgen) whose indexes sidx holds */
 	uint32_t bound;     /* pipeline._bound of its fields (the payload's bytes are added per event) */
 	uint32_t *off, *len;
 	int32_t *sidx;
@@ -87,7 +87,7 @@ struct crow {
 struct sent { /* one string of the open record's table */
 	const uint8_t *p;
 	uint32_t len, idx;
-	uint64_t gen;
+	uint64_t gen; /* fp_ctx.strgen of its table: entries of older tables are empty */
 };
 
 struct role_slot {
@@ -115,13 +115,14 @@ struct fp_ctx {
 	/* the columns form's open batch */
 	uint32_t nf, cols_on;
 	uint8_t kind[NF_MAX];
-	uint64_t gen; /* the open batch's number */
+	uint64_t gen;    /* the open batch's number */
+	uint64_t strgen; /* the strings table's: one per fp_cols_close attempt */
 	struct crow *rows;
 	uint64_t nrows, rows_cap;
 	uint8_t *pay;
 	uint64_t pay_len, pay_cap;
 	struct ccols *own; /* freed when the batch closes: events Python gave, templates retired while in use */
-	struct sent *sh;   /* strings -> index, entries of other batches (gen) empty */
+	struct sent *sh;   /* strings -> index, entries of older tables (strgen) empty */
 	uint32_t sh_cap, sh_n;
 	const uint8_t **sp;
 	uint32_t *sl, sp_cap;
@@ -403,7 +404,8 @@ static int word_at(const uint8_t *d, uint32_t left, const char *w, uint32_t wl)
 /* The words' first two and second two letters, any case: PAIRS[b0 | b1 << 8] is 1 when a word may
  * start at b0 or at the byte before it. */
 static uint8_t PAIRS[65536];
-static const char *const WORDS[] = {"auth", "bearer", "cookie", "key", "pass", "pwd", "secret", "sig", "session", "token"};
+static const char *const WORDS[] = {"auth", "bearer", "cookie", "key", "pass",
+				    "pwd", "secret", "sig", "session", "token"};
 
 static void init_pairs(void)
 {
@@ -535,7 +537,7 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 		make_key(&k, rec, role);
 		struct tmpl *t = tmpl_find(c, &k);
 		c->role = role;
-		if (!t->used) {
+		if (!t->used || !t->text) { /* (text: not a columns template) */
 			c->why = WHY_TEMPLATE;
 			status = FP_PYTHON;
 			break;
@@ -1069,10 +1071,10 @@ static int32_t str_index(struct fp_ctx *c, const uint8_t *p, uint32_t n)
 			return -1;
 		for (uint32_t i = 0; i < c->sh_cap; i++) {
 			struct sent *e = &c->sh[i];
-			if (e->gen != c->gen)
+			if (e->gen != c->strgen)
 				continue;
 			uint32_t j = str_hash(e->p, e->len) & (cap - 1);
-			while (sh[j].gen == c->gen)
+			while (sh[j].gen == c->strgen)
 				j = (j + 1) & (cap - 1);
 			sh[j] = *e;
 		}
@@ -1083,7 +1085,7 @@ static int32_t str_index(struct fp_ctx *c, const uint8_t *p, uint32_t n)
 	uint32_t j = str_hash(p, n) & (c->sh_cap - 1);
 	for (;;) {
 		struct sent *e = &c->sh[j];
-		if (e->gen != c->gen)
+		if (e->gen != c->strgen)
 			break;
 		if (e->len == n && !memcmp(e->p, p, n))
 			return e->idx;
@@ -1103,7 +1105,7 @@ static int32_t str_index(struct fp_ctx *c, const uint8_t *p, uint32_t n)
 	e->p = p;
 	e->len = n;
 	e->idx = c->sh_n;
-	e->gen = c->gen;
+	e->gen = c->strgen;
 	c->sp[c->sh_n] = p;
 	c->sl[c->sh_n] = n;
 	return c->sh_n++;
@@ -1131,7 +1133,7 @@ static void batch_reset(struct fp_ctx *c)
  * keys in its order). At least one row. Returns 0, or -1 (out of memory: the batch stays open). */
 int fp_cols_close(struct fp_ctx *c)
 {
-	const uint64_t n = c->nrows, gen = c->gen;
+	const uint64_t n = c->nrows, gen = ++c->strgen; /* (a new table, even after a failed attempt) */
 	const uint32_t nf = c->nf;
 	struct crow *rows = c->rows;
 	c->out_len = 0;
