@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import socket
 import struct
 import subprocess
 import sys
 import time
 
-from svctrace.agents.ebpf.records import RECORD, RINGBUF_BUSY, RINGBUF_DISCARD, RINGBUF_HDR
+from svctrace.agents.ebpf.records import RINGBUF_BUSY, RINGBUF_DISCARD, RINGBUF_HDR
 
 LOOPS = ("native-json", "native-columns", "native-pack", "python-json", "python-columns")
 
@@ -69,18 +70,33 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_foreve
 """
 
 
+def _listening(port: int, server: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"the HTTP server exited with {server.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # a readiness poll's interval, bounded by the deadline
+
+
 def record(path: str, seconds: float, connections: int) -> None:
     from svctrace.agents.ebpf.loader import CaptureConfig, EbpfCapture
-    from tests.test_ebpf_live import free_port, wait_listening
 
     cap = EbpfCapture(CaptureConfig())
     ring = cap.ring
-    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
     kept: list[bytes] = []
     records = 0
     try:
-        wait_listening(port, server)
+        _listening(port, server)
         client = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), str(connections), str(seconds)])
         ours = {server.pid, client.pid}
         while True:

@@ -292,6 +292,31 @@ def test_loss_markers_between_native_drains_keep_sequence_numbers_unique(form):
         enc.close()
 
 
+def test_the_native_columns_batch_refuses_what_is_not_an_event_of_its_fields():
+    """An event Python hands the C batch must be a msgpack array of the form's fields with integers, bin,
+    booleans and nulls where the row keeps its own values: anything else is refused, the batch unchanged."""
+    import msgspec
+
+    from svctrace.schemas.models import SyscallEvent
+
+    load()
+    enc = NativeEncoder(Normalizer("n", 0), payload_encoder(256, Counters()))
+    try:
+        batcher = enc.columns_batcher(Batcher("n", "ebpf", form="msgpack"))
+        ev = SyscallEvent(ts=5, node="n", n=1, pid=2, tid=3, comm="c", kind="send", syscall="write", fd=4, res=1,
+                          size=1, data=b"x")
+        good = msgspec.msgpack.encode(msgspec.structs.astuple(ev))
+        for bad in (good[:-1], b"\x91\x01", msgspec.msgpack.encode([*msgspec.structs.astuple(ev)[:-1], 1.5]),
+                    msgspec.msgpack.encode(["ts", *msgspec.structs.astuple(ev)[1:]]), b""):
+            assert enc.lib.fp_cols_add_event(enc.ptr, bad, len(bad), 300) == -1
+        batcher.add([ev], 0.0)
+        assert decode_batch(batcher.flush().value).events == [ev]
+        with pytest.raises(ValueError, match="json form"):
+            batcher.add_joined(b"{}", 1, 3, 0.0)
+    finally:
+        enc.close()
+
+
 def test_native_prefilter_flags_the_redactor_words_like_the_regex():
     from svctrace.agents.redact import _MAYBE
 
