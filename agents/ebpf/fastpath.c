@@ -1281,9 +1281,6 @@ int fp_cols_close(struct fp_ctx *c)
 	return 0;
 }
 
-/* Drop the open batch's rows (the caller has its events elsewhere, or gives them up). */
-void fp_cols_discard(struct fp_ctx *c) { batch_reset(c); }
-
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
 struct fp_ctx *fp_new(void)

@@ -76,7 +76,7 @@ def load(path: str | None = None):
             ("fp_cols_setup", c_int, [P, c_uint32, c_char_p]),
             ("fp_add_columns_template", c_int, [P, c_void_p, c_uint32, c_char_p, c_uint32, c_uint32, c_uint32]),
             ("fp_cols_add_event", c_int, [P, c_char_p, c_uint32, c_uint32]),
-            ("fp_cols_close", c_int, [P]), ("fp_cols_discard", None, [P]),
+            ("fp_cols_close", c_int, [P]),
             ("fp_add_template", c_int, [P, c_void_p, c_uint32, c_char_p, c_uint32, c_uint32]),
             ("fp_clear_templates", None, [P]),
             ("fp_role_get", c_uint32, [P, c_uint32, c_int32]), ("fp_role_set", None, [P, c_uint32, c_int32, c_uint32]),
