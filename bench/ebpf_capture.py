@@ -183,6 +183,8 @@ def pipeline_cpu(sink_args: list[str], encoders: list[str], count: int, size: in
             batcher = Batcher("bench-node", "ebpf")
             pay = payload_encoder(256, Counters())
             native = NativeEncoder(norm, pay) if encoder == "native" else None
+            if native is not None:  # the agents' default form (the columns: the native loop holds the batch)
+                batcher = native.columns_batcher(batcher) if batcher.form == "msgpack" else batcher
             futures = []
             t0 = time.process_time()
             pos = 0

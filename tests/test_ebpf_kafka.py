@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from svctrace.schemas.models import decode_batch
+from svctrace.schemas.syscall_columns import record_document
 from svctrace.schemas.validation import validate
 from tests.test_ebpf_live import free_port, wait_listening
 
@@ -51,9 +52,11 @@ async def consume_all(kafka, topic: str, want, timeout: float = 60.0) -> list[by
         await c.stop()
 
 
+@pytest.mark.parametrize("form", ["json", "msgpack"])
 @pytest.mark.parametrize("encoder", ["native", "Python"])
-def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
-    """Both per-event loops: the native one (fastpath.c, the default) and the Python fallback."""
+def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder, form):
+    """Both per-event loops: the native one (fastpath.c, the default) and the Python fallback, each writing
+    either record form (`--batch-form`)."""
     if os.geteuid() != 0:
         pytest.fail("needs root")
     prefix = kafka.catalogue_topics("ebpf")
@@ -64,7 +67,8 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
                                "--directory", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agent = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--bootstrap", kafka.bootstrap,
                               "--topic", prefix + "svctrace.syscalls", "--stats-topic", prefix + "svctrace.agent.stats",
-                              "--metrics-addr", "127.0.0.1:0", "--stats-interval", "1", "--linger", "0.1"]
+                              "--metrics-addr", "127.0.0.1:0", "--stats-interval", "1", "--linger", "0.1",
+                              "--batch-form", form]
                              + (["--no-native"] if encoder == "Python" else []),
                              env=dict(os.environ, NODE_NAME="kafka-test-node"), stderr=subprocess.PIPE, text=True)
     try:
@@ -95,7 +99,9 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder):
 
     events = []
     for v in values:
-        validate("syscall-batch", orjson.loads(v))
+        name, doc = record_document(v)
+        assert name == ("syscall-batch" if form == "json" else "syscall-columns")
+        validate(name, doc)
         b = decode_batch(v)
         assert b.node == "kafka-test-node" and b.source == "ebpf"
         events += b.events

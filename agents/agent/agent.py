@@ -41,7 +41,7 @@ class AgentOptions:
     drain_timeout: float = 30.0
     native: bool = True  # the eBPF source's per-event loop in C (fastpath.c) when it builds
     native_lib: str | None = None  # a prebuilt fastpath library (images without a compiler)
-    form: str = "json"  # the records' form (pipeline.FORMS): a source that writes event JSON itself makes it json
+    form: str = "json"  # the records' form (pipeline.FORMS), whatever the source
 
 
 class Agent:
@@ -51,10 +51,8 @@ class Agent:
         self.opt = options
         self.metrics = metrics
         self.counters = Counters()
-        # a source that writes each event's JSON itself (the eBPF source) fills batches of the JSON form
-        form = "json" if getattr(source, "encode_with", None) is not None else options.form
         self.batcher = Batcher(options.node, source.name, options.batch_events, options.batch_bytes, options.linger_s,
-                               form=form)
+                               form=options.form)
         self.buffer = BoundedBuffer(options.buffer_events)
         self.stopping = asyncio.Event()
         self.capture_done = asyncio.Event()
@@ -72,6 +70,8 @@ class Agent:
         if encode_with is not None:  # the source writes each event's JSON, redacted by our rules
             encode_with(payload_encoder(options.snaplen, self.counters, options.redact), options.native,
                         options.native_lib)
+            # the native loop of the columns form holds the open batch itself
+            self.batcher = getattr(source, "batcher_for", lambda b: b)(self.batcher)
         self.native = getattr(source, "native", None) is not None  # the source fills batches itself
         # The window of a dropped batch's events, for its loss marker (live sources only: a replay's
         # events are not of the wall clock). A read that empties the source had every event older

@@ -47,8 +47,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="encoded bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
     p.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
                    help="form of the records on the syscalls topic: json, the syscall-batch JSON (default), or msgpack, "
-                        "the syscall-columns form (workers read both; --output writes JSON lines; the eBPF "
-                        "source's native per-event loop writes JSON, so its batches are JSON)")
+                        "the syscall-columns form (workers read both; --output writes JSON lines; both sources "
+                        "and both eBPF loops write either form)")
     p.add_argument("--native-lib", default=os.environ.get("SVCTRACE_NATIVE_LIB"),
                    help="prebuilt native per-event loop (`python -m svctrace.agents.ebpf.build --native`; "
                         "default: $SVCTRACE_NATIVE_LIB, else built into the cache with the node's C compiler)")

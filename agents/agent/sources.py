@@ -67,8 +67,8 @@ class EbpfSource:
     def encode_with(self, payload, native: bool = True, native_lib: str | None = None) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
         (redaction, base64; see pipeline.payload_encoder): the agent's fast path. With `native`,
-        `read_batches` runs the per-event loop in C (fastpath.c) when it can be built and loaded;
-        otherwise the reason is logged and the Python path stays."""
+        `read_batches` runs the per-event loop in C (fastpath.c) when it can be built and loaded
+        (writing either form: `batcher_for`); otherwise the reason is logged and the Python path stays."""
         self.payload = payload
         if not native:
             return
@@ -78,6 +78,14 @@ class EbpfSource:
             self.native = NativeRing(self.capture.ring, NativeEncoder(self.normalizer, payload, native_lib))
         except NativeUnavailable as e:
             log.warning("native fast path unavailable (%s): encoding events in Python", e)
+
+    def batcher_for(self, batcher):
+        """The batcher to fill: with the native loop and the syscall-columns form, one whose open batch the
+        loop holds in C (fastpath.NativeColumns, `batcher`'s bounds); else `batcher` itself. The Python loop
+        hands each event's JSON to the batcher, which keeps the event of it (either form)."""
+        if self.native is not None and batcher.form == "msgpack":
+            return self.native.encoder.columns_batcher(batcher)
+        return batcher
 
     def read_batches(self, batcher, max_events: int, now: float) -> tuple[int, int, list]:
         """The native path: (records consumed, events, batches closed) straight into `batcher`."""

@@ -1,4 +1,6 @@
-/* The agent's native per-event loop: BPF ring records -> the JSON of a syscall batch's events.
+/* The agent's native per-event loop: BPF ring records -> a syscall batch's events, as the JSON of
+ * each event (the syscall-batch form) or as the rows of the open batch it writes in the
+ * syscall-columns form (msgpack: schemas/syscall_columns.py) when the batch closes.
  *
  * Built by agents/ebpf/build.py (the machine's cc, cached by source hash) and driven through
  * ctypes by agents/ebpf/fastpath.py. Python stays the single source of truth for what an event
@@ -31,6 +33,7 @@
 #define TMPL_SLOTS (1u << 17)
 #define TMPL_MAX 65536 /* records.Normalizer clears its templates past this many too */
 #define NSLOTS 6       /* ts, n, tid, res, size, data: the template's placeholders, in order */
+#define NF_MAX 64      /* event fields of the columns form (SyscallEvent has 28) */
 
 enum { FP_IDLE = 0, FP_FULL = 1, FP_PYTHON = 2 };
 enum { WHY_OTHER = 0, WHY_TEMPLATE = 1, WHY_PAYLOAD = 2 };
@@ -44,11 +47,47 @@ struct tkey {
 	uint32_t pad;
 };
 
+/* The columns form: every field of one event (a socket's template, or one event Python encoded) as
+ * the msgpack value it has in the record, back to back; the fields that vary per event (ts, n, tid,
+ * res, size, data, redacted) are read from the row instead. */
+struct ccols {
+	struct ccols *next; /* on the open batch's list of those freed when it closes */
+	uint64_t used;      /* the batch (fp_ctx.gen) that last took a row of it */
+	uint64_t sgen;      /* the strings table (fp_ctx.strgen) whose indexes sidx holds */
+	uint32_t bound;     /* pipeline._bound of its fields (the payload's bytes are added per event) */
+	uint32_t *off, *len;
+	int32_t *sidx;
+	uint8_t *blob;
+};
+
 struct tmpl {
 	struct tkey key;
 	uint8_t used, learn;
 	char *text; /* the literal pieces around the placeholders, back to back */
 	uint32_t at[NSLOTS + 1], len[NSLOTS + 1];
+	struct ccols *cols; /* the columns form's template (text is NULL then) */
+};
+
+/* What each field of the columns form is (fp_cols_setup): a value of the template, a string of the
+ * template (an index into the record's strings), or one of the row's own values. */
+enum { K_CONST = 0, K_STR = 1, K_TS = 2, K_N = 3, K_TID = 4, K_RES = 5, K_SIZE = 6, K_DATA = 7, K_REDACTED = 8 };
+#define K_ARRAY 0x80 /* an array even when every event has the same value (the first field, ts) */
+
+struct crow {
+	struct ccols *t;
+	int64_t v[5]; /* ts, n, tid, res, size */
+	uint64_t doff; /* its payload in fp_ctx.pay */
+	uint32_t dlen;
+	uint8_t flags; /* ROW_SIZE: size is not null; ROW_DATA: data is not null; ROW_REDACTED */
+};
+#define ROW_SIZE 1
+#define ROW_DATA 2
+#define ROW_REDACTED 4
+
+struct sent { /* one string of the open record's table */
+	const uint8_t *p;
+	uint32_t len, idx;
+	uint64_t gen; /* fp_ctx.strgen of its table: entries of older tables are empty */
 };
 
 struct role_slot {
@@ -73,6 +112,20 @@ struct fp_ctx {
 	struct role_slot *roles;
 	uint32_t nroles, ntmpl;
 	struct tmpl *tmpl;
+	/* the columns form's open batch */
+	uint32_t nf, cols_on;
+	uint8_t kind[NF_MAX];
+	uint64_t gen;    /* the open batch's number */
+	uint64_t strgen; /* the strings table's: one per fp_cols_close attempt */
+	struct crow *rows;
+	uint64_t nrows, rows_cap;
+	uint8_t *pay;
+	uint64_t pay_len, pay_cap;
+	struct ccols *own; /* freed when the batch closes: events Python gave, templates retired while in use */
+	struct sent *sh;   /* strings -> index, entries of older tables (strgen) empty */
+	uint32_t sh_cap, sh_n;
+	const uint8_t **sp;
+	uint32_t *sl, sp_cap;
 };
 
 static uint64_t mix(uint64_t h)
@@ -192,11 +245,27 @@ static struct tmpl *tmpl_find(struct fp_ctx *c, const struct tkey *k)
 	return &c->tmpl[i];
 }
 
+/* A columns template leaves the table: freed now, or with the open batch if a row of it points there. */
+static void cols_drop(struct fp_ctx *c, struct ccols *t)
+{
+	if (!t)
+		return;
+	if (t->used == c->gen && c->nrows) {
+		t->next = c->own;
+		c->own = t;
+	} else {
+		free(t);
+	}
+}
+
 void fp_clear_templates(struct fp_ctx *c)
 {
 	for (uint32_t i = 0; i < TMPL_SLOTS; i++)
 		if (c->tmpl[i].used) {
 			free(c->tmpl[i].text);
+			cols_drop(c, c->tmpl[i].cols);
+			c->tmpl[i].text = NULL;
+			c->tmpl[i].cols = NULL;
 			c->tmpl[i].used = 0;
 		}
 	c->ntmpl = 0;
@@ -235,14 +304,17 @@ int fp_add_template(struct fp_ctx *c, const uint8_t *rec, uint32_t role, const c
 	if (c->ntmpl > TMPL_MAX)
 		fp_clear_templates(c);
 	struct tmpl *t = tmpl_find(c, &k);
-	if (t->used)
+	if (t->used) {
 		free(t->text);
-	else
+		cols_drop(c, t->cols);
+	} else {
 		c->ntmpl++;
+	}
 	t->key = k;
 	t->used = 1;
 	t->learn = learn;
 	t->text = lit;
+	t->cols = NULL;
 	memcpy(t->at, at, sizeof(at));
 	memcpy(t->len, ln, sizeof(ln));
 	return 0;
@@ -329,43 +401,62 @@ static int word_at(const uint8_t *d, uint32_t left, const char *w, uint32_t wl)
 	return 1;
 }
 
+/* The words' first two and second two letters, any case: PAIRS[b0 | b1 << 8] is 1 when a word may
+ * start at b0 or at the byte before it. */
+static uint8_t PAIRS[65536];
+static const char *const WORDS[] = {"auth", "bearer", "cookie", "key", "pass",
+				    "pwd", "secret", "sig", "session", "token"};
+
+static void init_pairs(void)
+{
+	for (size_t w = 0; w < sizeof(WORDS) / sizeof(*WORDS); w++)
+		for (int at = 0; at < 2; at++)
+			for (int up = 0; up < 4; up++) {
+				uint8_t a = WORDS[w][at] - (up & 1 ? 32 : 0), b = WORDS[w][at + 1] - (up & 2 ? 32 : 0);
+				PAIRS[a | b << 8] = 1;
+			}
+}
+
+/* The constant tables, filled when the library is loaded (fp_suspicious runs before any fp_new too). */
+__attribute__((constructor)) static void init_tables(void)
+{
+	init_base64();
+	init_pairs();
+}
+
+/* Whether one of the words starts at p (`left` bytes from there). */
+static int word_here(const uint8_t *p, uint32_t left)
+{
+	switch (lower(*p)) {
+	case 'a':
+		return word_at(p, left, "auth", 4);
+	case 'b':
+		return word_at(p, left, "bearer", 6);
+	case 'c':
+		return word_at(p, left, "cookie", 6);
+	case 'k':
+		return word_at(p, left, "key", 3);
+	case 'p':
+		return word_at(p, left, "pass", 4) || word_at(p, left, "pwd", 3);
+	case 's':
+		return word_at(p, left, "secret", 6) || word_at(p, left, "sig", 3) || word_at(p, left, "session", 7);
+	case 't':
+		return word_at(p, left, "token", 5);
+	}
+	return 0;
+}
+
 /* agents/redact.py `_MAYBE` on the lower-cased payload: auth|cookie|token|key|pass|secret|sig|
- * session|pwd|bearer anywhere (a flagged payload goes to the Python redactor). */
+ * session|pwd|bearer anywhere (a flagged payload goes to the Python redactor). Every word has
+ * three letters at least, so its first two or its second two letters sit at an even offset: the
+ * pairs there are looked up in PAIRS, and the words checked only where one may start. */
 int fp_suspicious(const uint8_t *d, uint32_t n)
 {
-	for (uint32_t i = 0; i < n; i++) {
-		const uint8_t *p = d + i;
-		uint32_t left = n - i;
-		switch (lower(*p)) {
-		case 'a':
-			if (word_at(p, left, "auth", 4))
-				return 1;
-			break;
-		case 'b':
-			if (word_at(p, left, "bearer", 6))
-				return 1;
-			break;
-		case 'c':
-			if (word_at(p, left, "cookie", 6))
-				return 1;
-			break;
-		case 'k':
-			if (word_at(p, left, "key", 3))
-				return 1;
-			break;
-		case 'p':
-			if (word_at(p, left, "pass", 4) || word_at(p, left, "pwd", 3))
-				return 1;
-			break;
-		case 's':
-			if (word_at(p, left, "secret", 6) || word_at(p, left, "sig", 3) || word_at(p, left, "session", 7))
-				return 1;
-			break;
-		case 't':
-			if (word_at(p, left, "token", 5))
-				return 1;
-			break;
-		}
+	for (uint32_t i = 0; i + 1 < n; i += 2) {
+		if (!PAIRS[d[i] | d[i + 1] << 8])
+			continue;
+		if ((i && word_here(d + i - 1, n - i + 1)) || word_here(d + i, n - i))
+			return 1;
 	}
 	return 0;
 }
@@ -446,7 +537,7 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 		make_key(&k, rec, role);
 		struct tmpl *t = tmpl_find(c, &k);
 		c->role = role;
-		if (!t->used) {
+		if (!t->used || !t->text) { /* (text: not a columns template) */
 			c->why = WHY_TEMPLATE;
 			status = FP_PYTHON;
 			break;
@@ -511,16 +602,695 @@ out:
 	return status;
 }
 
+/* ---- the syscall-columns form ------------------------------------------------------------- */
+
+/* The open batch's rows live here until fp_cols_close writes the record's `strings` and `columns`
+ * exactly as schemas/syscall_columns.encode_columns writes them (msgspec's msgpack: the smallest
+ * form of each integer, string and array): a column is one value when every event has it (not the
+ * first field), else an array of a value per event; a string field's values are indexes into the
+ * record's table of distinct strings, numbered in order of first use, field by field. The values of
+ * a template come from Python already encoded (fp_add_columns_template), so what an event says is
+ * still decided there; this code writes only integers, payloads (bin), booleans and nulls. */
+
+static int mp_uint_len(const uint8_t *p, uint64_t left, uint32_t hdr, uint64_t *out)
+{
+	uint64_t v = 0;
+	if (left < 1 + (uint64_t)hdr)
+		return -1;
+	for (uint32_t i = 0; i < hdr; i++)
+		v = v << 8 | p[1 + i];
+	*out = v;
+	return 0;
+}
+
+/* The length of the msgpack value at p (nil, bool, int, str, bin: what an event's fields are), or -1. */
+static int64_t mp_skip(const uint8_t *p, uint64_t left)
+{
+	uint64_t n;
+	if (!left)
+		return -1;
+	uint8_t b = p[0];
+	if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+		return 1;
+	if (b >= 0xa0 && b <= 0xbf)
+		n = 1 + (b & 31);
+	else if (b >= 0xcc && b <= 0xcf)
+		n = 1 + (1u << (b - 0xcc));
+	else if (b >= 0xd0 && b <= 0xd3)
+		n = 1 + (1u << (b - 0xd0));
+	else if (b == 0xd9 || b == 0xc4) {
+		if (mp_uint_len(p, left, 1, &n))
+			return -1;
+		n += 2;
+	} else if (b == 0xda || b == 0xc5) {
+		if (mp_uint_len(p, left, 2, &n))
+			return -1;
+		n += 3;
+	} else if (b == 0xdb || b == 0xc6) {
+		if (mp_uint_len(p, left, 4, &n))
+			return -1;
+		n += 5;
+	} else
+		return -1;
+	return n <= left ? (int64_t)n : -1;
+}
+
+/* An integer (fits int64) at p, of length len: 0, or -1 if it is not one. */
+static int mp_int(const uint8_t *p, uint32_t len, int64_t *v)
+{
+	uint8_t b = p[0];
+	uint64_t u = 0;
+	if (b <= 0x7f) {
+		*v = b;
+		return 0;
+	}
+	if (b >= 0xe0) {
+		*v = (int8_t)b;
+		return 0;
+	}
+	for (uint32_t i = 1; i < len; i++)
+		u = u << 8 | p[i];
+	switch (b) {
+	case 0xcc: case 0xcd: case 0xce:
+		*v = (int64_t)u;
+		return 0;
+	case 0xcf:
+		if (u > INT64_MAX)
+			return -1;
+		*v = (int64_t)u;
+		return 0;
+	case 0xd0: *v = (int8_t)u; return 0;
+	case 0xd1: *v = (int16_t)u; return 0;
+	case 0xd2: *v = (int32_t)u; return 0;
+	case 0xd3: *v = (int64_t)u; return 0;
+	}
+	return -1;
+}
+
+static uint8_t *put_be(uint8_t *p, uint64_t v, int bytes)
+{
+	for (int i = bytes - 1; i >= 0; i--)
+		*p++ = v >> (8 * i);
+	return p;
+}
+
+/* An integer as msgspec writes it (at most 9 bytes). */
+static uint8_t *put_int(uint8_t *p, int64_t v)
+{
+	if (v >= 0) {
+		if (v < 128) {
+			*p++ = v;
+			return p;
+		}
+		if (v < 256) {
+			*p++ = 0xcc;
+			return put_be(p, v, 1);
+		}
+		if (v < 65536) {
+			*p++ = 0xcd;
+			return put_be(p, v, 2);
+		}
+		if (v < (1LL << 32)) {
+			*p++ = 0xce;
+			return put_be(p, v, 4);
+		}
+		*p++ = 0xcf;
+		return put_be(p, v, 8);
+	}
+	if (v >= -32) {
+		*p++ = (uint8_t)(int8_t)v;
+		return p;
+	}
+	if (v >= -128) {
+		*p++ = 0xd0;
+		return put_be(p, (uint64_t)v, 1);
+	}
+	if (v >= -32768) {
+		*p++ = 0xd1;
+		return put_be(p, (uint64_t)v, 2);
+	}
+	if (v >= -(1LL << 31)) {
+		*p++ = 0xd2;
+		return put_be(p, (uint64_t)v, 4);
+	}
+	*p++ = 0xd3;
+	return put_be(p, (uint64_t)v, 8);
+}
+
+static uint8_t *put_array(uint8_t *p, uint64_t n)
+{
+	if (n < 16) {
+		*p++ = 0x90 | n;
+		return p;
+	}
+	if (n < 65536) {
+		*p++ = 0xdc;
+		return put_be(p, n, 2);
+	}
+	*p++ = 0xdd;
+	return put_be(p, n, 4);
+}
+
+static uint8_t *put_bin(uint8_t *p, const uint8_t *d, uint32_t n)
+{
+	if (n < 256) {
+		*p++ = 0xc4;
+		p = put_be(p, n, 1);
+	} else if (n < 65536) {
+		*p++ = 0xc5;
+		p = put_be(p, n, 2);
+	} else {
+		*p++ = 0xc6;
+		p = put_be(p, n, 4);
+	}
+	memcpy(p, d, n);
+	return p + n;
+}
+
+/* Switch this context to the columns form: `nf` fields, each of kind kinds[i] (K_*, | K_ARRAY). */
+int fp_cols_setup(struct fp_ctx *c, uint32_t nf, const uint8_t *kinds)
+{
+	if (nf == 0 || nf > NF_MAX || c->nrows)
+		return -1;
+	c->nf = nf;
+	memcpy(c->kind, kinds, nf);
+	c->cols_on = 1;
+	fp_clear_templates(c); /* JSON templates are of no use to the columns loop */
+	return 0;
+}
+
+/* A ccols of the msgpack array of an event's `nf` values at blob (the event's fields in order). */
+static struct ccols *cols_new(struct fp_ctx *c, const uint8_t *blob, uint32_t len, uint32_t bound)
+{
+	uint32_t nf = c->nf, at;
+	uint64_t n;
+	if (!len)
+		return NULL;
+	if ((blob[0] & 0xf0) == 0x90) {
+		n = blob[0] & 15;
+		at = 1;
+	} else if (blob[0] == 0xdc && len >= 3) {
+		n = (uint32_t)blob[1] << 8 | blob[2];
+		at = 3;
+	} else {
+		return NULL;
+	}
+	if (n != nf)
+		return NULL;
+	size_t head = (sizeof(struct ccols) + 7) & ~(size_t)7;
+	struct ccols *t = malloc(head + nf * 12 + len);
+	if (!t)
+		return NULL;
+	t->next = NULL;
+	t->used = t->sgen = 0;
+	t->bound = bound;
+	t->off = (uint32_t *)((uint8_t *)t + head);
+	t->len = t->off + nf;
+	t->sidx = (int32_t *)(t->len + nf);
+	t->blob = (uint8_t *)(t->sidx + nf);
+	memcpy(t->blob, blob, len);
+	for (uint32_t f = 0; f < nf; f++) {
+		int64_t l = mp_skip(blob + at, len - at);
+		if (l < 0) {
+			free(t);
+			return NULL;
+		}
+		t->off[f] = at;
+		t->len[f] = l;
+		at += l;
+	}
+	if (at != len) {
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+/* The columns template of the socket of the record at `rec` seen with role `role`: the msgpack array
+ * of a decoded event's values (its varying fields' values ignored), `bound` its pipeline._bound
+ * without a payload. Returns 0, or -1 if malformed. */
+int fp_add_columns_template(struct fp_ctx *c, const uint8_t *rec, uint32_t role, const uint8_t *blob, uint32_t len,
+			    uint32_t bound, uint32_t learn)
+{
+	struct tkey k;
+	if (!c->cols_on)
+		return -1;
+	make_key(&k, rec, role);
+	struct ccols *cols = cols_new(c, blob, len, bound);
+	if (!cols)
+		return -1;
+	if (c->ntmpl > TMPL_MAX)
+		fp_clear_templates(c);
+	struct tmpl *t = tmpl_find(c, &k);
+	if (t->used) {
+		free(t->text);
+		cols_drop(c, t->cols);
+	} else {
+		c->ntmpl++;
+	}
+	t->key = k;
+	t->used = 1;
+	t->learn = learn;
+	t->text = NULL;
+	t->cols = cols;
+	return 0;
+}
+
+static int grow(void **p, uint64_t *cap, uint64_t need, size_t size, uint64_t first)
+{
+	if (need <= *cap)
+		return 0;
+	uint64_t n = *cap ? *cap : first;
+	while (n < need)
+		n *= 2;
+	void *q = realloc(*p, n * size);
+	if (!q)
+		return -1;
+	*p = q;
+	*cap = n;
+	return 0;
+}
+
+static struct crow *row_push(struct fp_ctx *c, uint32_t dlen)
+{
+	if (grow((void **)&c->rows, &c->rows_cap, c->nrows + 1, sizeof(struct crow), 1024) ||
+	    grow((void **)&c->pay, &c->pay_cap, c->pay_len + dlen, 1, 1 << 16))
+		return NULL;
+	return &c->rows[c->nrows];
+}
+
+/* One event Python encoded (a record C handed back, a loss marker): the msgpack array of its values,
+ * `bound` its pipeline._bound. Appended to the open batch; 0, or -1 if malformed or out of memory. */
+int fp_cols_add_event(struct fp_ctx *c, const uint8_t *blob, uint32_t len, uint32_t bound)
+{
+	if (!c->cols_on)
+		return -1;
+	struct ccols *t = cols_new(c, blob, len, bound);
+	if (!t)
+		return -1;
+	struct crow r = {.t = t};
+	for (uint32_t f = 0; f < c->nf; f++) {
+		const uint8_t *p = t->blob + t->off[f];
+		uint32_t l = t->len[f];
+		int k = c->kind[f] & ~K_ARRAY;
+		if (k >= K_TS && k <= K_SIZE) {
+			if (k == K_SIZE && p[0] == 0xc0)
+				continue;
+			if (mp_int(p, l, &r.v[k - K_TS]))
+				goto bad;
+			if (k == K_SIZE)
+				r.flags |= ROW_SIZE;
+		} else if (k == K_DATA) {
+			if (p[0] == 0xc0)
+				continue;
+			uint32_t h = p[0] == 0xc4 ? 2 : p[0] == 0xc5 ? 3 : p[0] == 0xc6 ? 5 : 0;
+			if (!h)
+				goto bad;
+			r.flags |= ROW_DATA;
+			r.dlen = l - h;
+			r.doff = h; /* (within the blob until copied below) */
+		} else if (k == K_REDACTED) {
+			if (p[0] != 0xc2 && p[0] != 0xc3)
+				goto bad;
+			if (p[0] == 0xc3)
+				r.flags |= ROW_REDACTED;
+		}
+	}
+	struct crow *row = row_push(c, r.dlen);
+	if (!row)
+		goto bad;
+	if (r.flags & ROW_DATA) {
+		uint32_t f = 0;
+		while ((c->kind[f] & ~K_ARRAY) != K_DATA)
+			f++;
+		memcpy(c->pay + c->pay_len, t->blob + t->off[f] + r.doff, r.dlen);
+		r.doff = c->pay_len;
+		c->pay_len += r.dlen;
+	}
+	t->used = c->gen;
+	t->next = c->own;
+	c->own = t;
+	*row = r;
+	c->nrows++;
+	return 0;
+bad:
+	free(t);
+	return -1;
+}
+
+/* fp_walk for the columns form: each send/receive a row of the open batch (its template and its
+ * values), counted by its pipeline._bound (the template's, plus the payload's bytes) against
+ * `room_bytes`. Same stops, same hand-backs as fp_walk; c->out is not touched. */
+int fp_walk_cols(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, uint64_t base, uint64_t mask,
+		 uint64_t limit, uint64_t room_events, uint64_t room_bytes, int batch_open)
+{
+	uint64_t done = 0, events = 0, bytes = 0, n = c->n;
+	int status = FP_IDLE;
+	const uint32_t snaplen = c->snaplen;
+	struct tkey k;
+
+	if (!room_events) {
+		status = FP_FULL;
+		goto out;
+	}
+	while (cons < prod && done < limit) {
+		const uint8_t *at = buf + base + (cons & mask);
+		uint32_t hdr;
+		memcpy(&hdr, at, 4);
+		if (hdr & RINGBUF_BUSY)
+			break;
+		uint64_t next = cons + (((hdr & RINGBUF_LEN) + RINGBUF_HDR + 7) & ~7ULL);
+		if (hdr & RINGBUF_DISCARD) {
+			cons = next;
+			done++;
+			continue;
+		}
+		const uint8_t *rec = at + RINGBUF_HDR;
+		uint32_t reclen = hdr & RINGBUF_LEN;
+		uint64_t ts, ret_u;
+		int64_t ret;
+		uint32_t pid, tid, size, dlen;
+		int32_t fd;
+		uint16_t sc;
+		memcpy(&ts, rec, 8);
+		memcpy(&ret_u, rec + 24, 8);
+		ret = (int64_t)ret_u;
+		memcpy(&pid, rec + 32, 4);
+		memcpy(&tid, rec + 36, 4);
+		memcpy(&fd, rec + 40, 4);
+		memcpy(&size, rec + 44, 4);
+		memcpy(&dlen, rec + 48, 4);
+		memcpy(&sc, rec + 52, 2);
+		c->why = WHY_OTHER;
+		c->role = 0;
+		if (reclen < REC_SIZE || dlen > reclen - REC_SIZE || ret < 0 || sc >= 32 || !(c->io_mask >> sc & 1)) {
+			status = FP_PYTHON;
+			break;
+		}
+		uint32_t role = fp_role_get(c, pid, fd);
+		make_key(&k, rec, role);
+		struct tmpl *t = tmpl_find(c, &k);
+		c->role = role;
+		if (!t->used || !t->cols) {
+			c->why = WHY_TEMPLATE;
+			status = FP_PYTHON;
+			break;
+		}
+		uint32_t plen = dlen < snaplen ? dlen : snaplen;
+		const uint8_t *data = rec + REC_SIZE;
+		if (plen && c->redact && fp_suspicious(data, plen)) {
+			c->why = WHY_PAYLOAD;
+			status = FP_PYTHON;
+			break;
+		}
+		struct ccols *cols = t->cols;
+		uint64_t cost = cols->bound + (dlen ? plen : 0);
+		if ((events || batch_open) && bytes + cost > room_bytes) {
+			status = FP_FULL; /* the batch is full: this record opens the next one */
+			break;
+		}
+		struct crow *row = row_push(c, plen);
+		if (!row) {
+			status = FP_FULL; /* out of memory: hand over what is there */
+			break;
+		}
+		row->t = cols;
+		row->v[0] = (int64_t)(ts + (uint64_t)c->toff);
+		row->v[1] = (int64_t)(n + 1);
+		row->v[2] = tid;
+		row->v[3] = ret;
+		row->v[4] = size;
+		row->flags = ROW_SIZE;
+		row->dlen = 0;
+		row->doff = 0;
+		if (dlen) {
+			row->flags |= ROW_DATA;
+			row->dlen = plen;
+			row->doff = c->pay_len;
+			memcpy(c->pay + c->pay_len, data, plen);
+			c->pay_len += plen;
+		}
+		cols->used = c->gen;
+		c->nrows++;
+		if (t->learn)
+			role_remember(c, pid, fd, t->learn);
+		n++;
+		events++;
+		bytes += cost;
+		cons = next;
+		done++;
+		if (events >= room_events) {
+			status = FP_FULL;
+			break;
+		}
+	}
+out:
+	c->n = n;
+	c->cons = cons;
+	c->done = done;
+	c->events = events;
+	c->bytes = bytes;
+	return status;
+}
+
+static uint64_t str_hash(const uint8_t *p, uint32_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (uint32_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return mix(h);
+}
+
+/* The index of the string (its msgpack bytes) in the open record's table, added if new; -1: no memory. */
+static int32_t str_index(struct fp_ctx *c, const uint8_t *p, uint32_t n)
+{
+	if ((uint64_t)(c->sh_n + 1) * 2 > c->sh_cap) {
+		uint32_t cap = c->sh_cap ? c->sh_cap * 2 : 1024;
+		struct sent *sh = calloc(cap, sizeof(*sh));
+		if (!sh)
+			return -1;
+		for (uint32_t i = 0; i < c->sh_cap; i++) {
+			struct sent *e = &c->sh[i];
+			if (e->gen != c->strgen)
+				continue;
+			uint32_t j = str_hash(e->p, e->len) & (cap - 1);
+			while (sh[j].gen == c->strgen)
+				j = (j + 1) & (cap - 1);
+			sh[j] = *e;
+		}
+		free(c->sh);
+		c->sh = sh;
+		c->sh_cap = cap;
+	}
+	uint32_t j = str_hash(p, n) & (c->sh_cap - 1);
+	for (;;) {
+		struct sent *e = &c->sh[j];
+		if (e->gen != c->strgen)
+			break;
+		if (e->len == n && !memcmp(e->p, p, n))
+			return e->idx;
+		j = (j + 1) & (c->sh_cap - 1);
+	}
+	uint64_t cap = c->sp_cap;
+	if (c->sh_n >= cap) {
+		if (grow((void **)&c->sp, &cap, c->sh_n + 1, sizeof(*c->sp), 256))
+			return -1;
+		uint32_t *sl = realloc(c->sl, cap * sizeof(*sl));
+		if (!sl)
+			return -1;
+		c->sl = sl;
+		c->sp_cap = cap;
+	}
+	struct sent *e = &c->sh[j];
+	e->p = p;
+	e->len = n;
+	e->idx = c->sh_n;
+	e->gen = c->strgen;
+	c->sp[c->sh_n] = p;
+	c->sl[c->sh_n] = n;
+	return c->sh_n++;
+}
+
+static int out_room(struct fp_ctx *c, uint64_t more) { return reserve(c, more); }
+
+#define OUT (uint8_t *)(c->out + c->out_len)
+#define ADVANCE(p) (c->out_len = (char *)(p) - c->out)
+
+static void batch_reset(struct fp_ctx *c)
+{
+	c->nrows = 0;
+	c->pay_len = 0;
+	while (c->own) {
+		struct ccols *t = c->own;
+		c->own = t->next;
+		free(t);
+	}
+	c->gen++;
+}
+
+/* Close the open batch: c->out holds its record's `strings` array, the key "columns" and the
+ * columns array (Python writes the head before them: syscall_columns.encode_columns' document,
+ * keys in its order). At least one row. Returns 0, or -1 (out of memory: the batch stays open). */
+int fp_cols_close(struct fp_ctx *c)
+{
+	const uint64_t n = c->nrows, gen = ++c->strgen; /* (a new table, even after a failed attempt) */
+	const uint32_t nf = c->nf;
+	struct crow *rows = c->rows;
+	c->out_len = 0;
+	if (!n)
+		return -1;
+	c->sh_n = 0;
+	for (uint32_t f = 0; f < nf; f++) { /* the strings, in order of first use, field by field */
+		if ((c->kind[f] & ~K_ARRAY) != K_STR)
+			continue;
+		for (uint64_t i = 0; i < n; i++) {
+			struct ccols *t = rows[i].t;
+			if (t->sgen != gen) {
+				t->sgen = gen;
+				memset(t->sidx, 0xff, nf * sizeof(*t->sidx));
+			}
+			if (t->sidx[f] < 0 && (t->sidx[f] = str_index(c, t->blob + t->off[f], t->len[f])) < 0)
+				return -1;
+		}
+	}
+	uint64_t strings = 0;
+	for (uint32_t i = 0; i < c->sh_n; i++)
+		strings += c->sl[i];
+	if (out_room(c, 5 + strings + 8 + 3))
+		return -1;
+	uint8_t *p = put_array(OUT, c->sh_n);
+	for (uint32_t i = 0; i < c->sh_n; i++) {
+		memcpy(p, c->sp[i], c->sl[i]);
+		p += c->sl[i];
+	}
+	*p++ = 0xa7;
+	memcpy(p, "columns", 7);
+	p += 7;
+	p = put_array(p, nf);
+	ADVANCE(p);
+	for (uint32_t f = 0; f < nf; f++) {
+		const int k = c->kind[f] & ~K_ARRAY, always = c->kind[f] & K_ARRAY;
+		int same = !always;
+		const struct crow *r0 = &rows[0];
+		if (k == K_CONST) {
+			const struct ccols *t0 = r0->t, *prev = t0;
+			const uint8_t *v0 = t0->blob + t0->off[f];
+			const uint32_t l0 = t0->len[f];
+			for (uint64_t i = 1; i < n && same; i++) {
+				const struct ccols *t = rows[i].t;
+				if (t != prev) {
+					same = t->len[f] == l0 && !memcmp(t->blob + t->off[f], v0, l0);
+					prev = t;
+				}
+			}
+			if (same) {
+				if (out_room(c, l0))
+					return -1;
+				memcpy(OUT, v0, l0);
+				c->out_len += l0;
+				continue;
+			}
+			if (out_room(c, 5))
+				return -1;
+			ADVANCE(put_array(OUT, n));
+			for (uint64_t i = 0; i < n; i++) {
+				const struct ccols *t = rows[i].t;
+				if (out_room(c, t->len[f]))
+					return -1;
+				memcpy(OUT, t->blob + t->off[f], t->len[f]);
+				c->out_len += t->len[f];
+			}
+		} else if (k == K_STR) {
+			const int32_t s0 = r0->t->sidx[f];
+			for (uint64_t i = 1; i < n && same; i++)
+				same = rows[i].t->sidx[f] == s0;
+			if (out_room(c, 5 + n * 9))
+				return -1;
+			p = OUT;
+			if (same) {
+				p = put_int(p, s0);
+			} else {
+				p = put_array(p, n);
+				for (uint64_t i = 0; i < n; i++)
+					p = put_int(p, rows[i].t->sidx[f]);
+			}
+			ADVANCE(p);
+		} else if (k == K_DATA) {
+			const int has0 = r0->flags & ROW_DATA;
+			const uint8_t *d0 = c->pay + r0->doff;
+			for (uint64_t i = 1; i < n && same; i++) {
+				const struct crow *r = &rows[i];
+				same = (r->flags & ROW_DATA) == has0 &&
+				       (!has0 || (r->dlen == r0->dlen && !memcmp(c->pay + r->doff, d0, r0->dlen)));
+			}
+			uint64_t m = same ? 1 : n;
+			if (out_room(c, 5 + m * 5 + (same ? r0->dlen : c->pay_len)))
+				return -1;
+			p = OUT;
+			if (!same)
+				p = put_array(p, n);
+			for (uint64_t i = 0; i < m; i++) {
+				const struct crow *r = &rows[i];
+				if (r->flags & ROW_DATA)
+					p = put_bin(p, c->pay + r->doff, r->dlen);
+				else
+					*p++ = 0xc0;
+			}
+			ADVANCE(p);
+		} else if (k == K_REDACTED) {
+			const int red0 = r0->flags & ROW_REDACTED;
+			for (uint64_t i = 1; i < n && same; i++)
+				same = (rows[i].flags & ROW_REDACTED) == red0;
+			if (out_room(c, 5 + n))
+				return -1;
+			p = OUT;
+			if (same) {
+				*p++ = red0 ? 0xc3 : 0xc2;
+			} else {
+				p = put_array(p, n);
+				for (uint64_t i = 0; i < n; i++)
+					*p++ = rows[i].flags & ROW_REDACTED ? 0xc3 : 0xc2;
+			}
+			ADVANCE(p);
+		} else { /* ts, n, tid, res, size */
+			const int s = k - K_TS, nullable = k == K_SIZE;
+			const int64_t v0 = r0->v[s];
+			const int has0 = !nullable || (r0->flags & ROW_SIZE);
+			for (uint64_t i = 1; i < n && same; i++) {
+				const struct crow *r = &rows[i];
+				const int has = !nullable || (r->flags & ROW_SIZE);
+				same = has == has0 && (!has || r->v[s] == v0);
+			}
+			uint64_t m = same ? 1 : n;
+			if (out_room(c, 5 + m * 9))
+				return -1;
+			p = OUT;
+			if (!same)
+				p = put_array(p, n);
+			for (uint64_t i = 0; i < m; i++) {
+				const struct crow *r = &rows[i];
+				if (nullable && !(r->flags & ROW_SIZE))
+					*p++ = 0xc0;
+				else
+					p = put_int(p, r->v[s]);
+			}
+			ADVANCE(p);
+		}
+	}
+	batch_reset(c);
+	return 0;
+}
+
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
 struct fp_ctx *fp_new(void)
 {
-	init_base64(); /* idempotent: the same table every time */
 	struct fp_ctx *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
 	c->roles = calloc(ROLE_SLOTS, sizeof(*c->roles));
 	c->tmpl = calloc(TMPL_SLOTS, sizeof(*c->tmpl));
+	c->gen = 1; /* (a ccols' used/sgen start at 0: of no batch) */
 	if (!c->roles || !c->tmpl) {
 		free(c->roles);
 		free(c->tmpl);
@@ -535,9 +1305,15 @@ void fp_free(struct fp_ctx *c)
 	if (!c)
 		return;
 	fp_clear_templates(c);
+	batch_reset(c);
 	free(c->tmpl);
 	free(c->roles);
 	free(c->out);
+	free(c->rows);
+	free(c->pay);
+	free(c->sh);
+	free(c->sp);
+	free(c->sl);
 	free(c);
 }
 
