@@ -8,7 +8,7 @@ bench.pipeline. The bench traffic's mix (bench.core_runner.traffic, "mixed": cur
 translation modes and keep-alive connections, half of the requests each) runs all its parts at once, stamped
 with the wall clock, at --rate events per second, and is published as live agents do: each node's events
 in batches of 0.2 s of event time, sent 0.2 s after their first event, written by the agent's own encoder in
-its default form (agents.agent.pipeline.encode_syscall_batch: JSON; --batch-form msgpack for the columns). The worker (its stages clocked by
+its default form (agents.agent.pipeline.encode_syscall_batch: the syscall-columns msgpack form). The worker (its stages clocked by
 bench.worker_stages, its default checkpoint interval unless told) first takes --warmup seconds of it, long
 enough for its state to hold what a live worker keeps (DNS lookups and answers up to the lookup timeout,
 12 s, connections while open); then over the next --span seconds of publishing are measured: the worker's
@@ -78,7 +78,7 @@ def main() -> int:
                     help="the worker also publishes svctrace.events.enriched (its default; measured without it "
                          "by default, as the in-process runner and bench.pipeline do)")
     ap.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
-                    help="the agents' record form (default: theirs, JSON): to compare the two")
+                    help="the agents' record form (default: theirs, the syscall-columns form): to compare the two")
     ap.add_argument("--all-stages", action="store_true", help="print every clocked stage, not only the checkpoint's")
     args = ap.parse_args()
     settings = worker_command.event_time_settings(defaults.lateness, defaults.settle)

@@ -41,7 +41,7 @@ class AgentOptions:
     drain_timeout: float = 30.0
     native: bool = True  # the eBPF source's per-event loop in C (fastpath.c) when it builds
     native_lib: str | None = None  # a prebuilt fastpath library (images without a compiler)
-    form: str = "json"  # the records' form (pipeline.FORMS): a source that writes event JSON itself makes it json
+    form: str = "msgpack"  # the records' form (pipeline.FORMS): a source that writes event JSON itself makes it json
 
 
 class Agent:
