@@ -50,6 +50,7 @@ import orjson  # noqa: E402
 
 from bench import worker_stages  # noqa: E402
 from bench.pipeline import TARGET_EPS, _collect, cpu_seconds, load, pct, print_stages, row, worker_defaults  # noqa: E402
+from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
 from svctrace.schemas.models import SyscallEvent  # noqa: E402
 from svctrace.streams.core import run  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -196,8 +197,9 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     result = run(events, index, replace(settings, emit_enriched=args.enriched))
     inproc_cpu = time.process_time() - c
 
+    form = args.batch_form or f"{DEFAULT_FORM}, the agents' default form"
     print(f"steady: {args.rate:,.0f} events/s live ({requests:,} requests of bench.core_runner's mixed traffic over "
-          f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s, 1 worker checkpointing every "
+          f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s ({form}), 1 worker checkpointing every "
           f"{args.checkpoint_interval:g} s{' publishing' if args.enriched else ' not publishing'} "
           f"svctrace.events.enriched; {args.warmup:g} s warm-up, then {args.span:g} s measured; {load()}")
     print(f"  (measured: {n:,} events published in the span; worker CPU {cpu:.2f} s over {wall:.2f} s wall, "
