@@ -255,6 +255,47 @@ def test_a_backlog_published_after_every_partition_is_done_passes_no_partition_o
         worker.stop()
 
 
+def test_a_backlog_published_while_the_worker_was_down_after_every_partition_was_done_passes_none_of_it(
+        kafka, prefix, tmp_path):
+    """The same backlog, published while no worker runs: the worker that starts restores every syscalls
+    partition DONE (its enrich state, and the stitch partitions' progress) and finds the two partitions'
+    records on the broker at its first fetch. It has announced nothing since it took them: the partition it
+    has not released yet goes HELD with the other's marks, as one it announced DONE would."""
+    from svctrace.schemas.catalogue import load_catalogue
+
+    records, events = scenario_workload("wrong_port", "userspace", requests=300)
+    chains, alerts = expected_results(events, records)
+    batches = P.batches_of(events, 100)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    [first] = start_workers(kafka, prefix, tmp_path, 1, idle_flush=2.0)
+    try:
+        url = first.metrics_url()
+        sources = load_catalogue()[SYSCALLS].partitions
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_sources_done") == sources, RESULT_TIMEOUT,
+                     "every syscalls partition idle and flushed (DONE)", [first])
+        done_at = P.metric_value(url, "svctrace_worker_checkpoints_total")
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_checkpoints_total") > done_at + 1, RESULT_TIMEOUT,
+                     "the DONE state checkpointed", [first])
+        first.stop()
+        assert first.proc.returncode == 0, first.log_tail()
+    finally:
+        first.kill()
+    sent = kafka.run(P.publish_batches(kafka.bootstrap, prefix, batches))
+    second = P.WorkerProcess(kafka.bootstrap, prefix, "app-" + prefix.strip("."), tmp_path, name="again",
+                             idle_flush=2.0).start()
+    try:
+        url = second.metrics_url()
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="stitch") >= sent,
+                     RESULT_TIMEOUT, "the backlog into the stitch stage", [second])
+        late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
+                for stage in ("enrich", "stitch")}
+        assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{second.log_tail(30)}"
+        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+        assert_same(res, chains, alerts, [second])
+    finally:
+        second.stop()
+
+
 def test_killing_one_of_two_workers_mid_stream_loses_and_duplicates_no_chain(kafka, prefix, tmp_path):
     records, events = scenario_workload("healthy", "userspace", requests=300)
     chains, alerts = expected_results(events, records)
