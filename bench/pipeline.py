@@ -59,6 +59,7 @@ import orjson  # noqa: E402
 
 from bench import worker_latency, worker_stages  # noqa: E402
 from bench.core_runner import traffic  # noqa: E402
+from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
 from svctrace.kafka.admin import topic_name  # noqa: E402
 from svctrace.kafka.clients import consumer  # noqa: E402
 from svctrace.schemas.catalogue import ALERTS, CHAINS  # noqa: E402
@@ -178,7 +179,7 @@ def throughput(bootstrap: str, requests: int, workdir: Path, settings: Settings,
     objects = asyncio.run(P.publish_cluster(bootstrap, prefix, cluster.records()))
     batches = P.batches_of(events, BATCH_EVENTS)
     print(f"throughput: {sum(len(b.events) for b in batches):,} events ({len(result.chains):,} chains) in "
-          f"{len(batches):,} records of <= {BATCH_EVENTS} events, 1 worker"
+          f"{len(batches):,} records of <= {BATCH_EVENTS} events ({DEFAULT_FORM}, the agents' default form), 1 worker"
           f"{' publishing svctrace.events.enriched' if enriched else ' not publishing svctrace.events.enriched (--no-enriched; the worker publishes it by default: --enriched measures that)'}"
           f", {load()}")
     report_path = workdir / "stages.json" if stages else None

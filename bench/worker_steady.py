@@ -8,7 +8,7 @@ bench.pipeline. The bench traffic's mix (bench.core_runner.traffic, "mixed": cur
 translation modes and keep-alive connections, half of the requests each) runs all its parts at once, stamped
 with the wall clock, at --rate events per second, and is published as live agents do: each node's events
 in batches of 0.2 s of event time, sent 0.2 s after their first event, written by the agent's own encoder in
-its default form (agents.agent.pipeline.encode_syscall_batch: JSON; --batch-form msgpack for the columns). The worker (its stages clocked by
+its default form (agents.agent.pipeline.encode_syscall_batch: the syscall-columns msgpack form). The worker (its stages clocked by
 bench.worker_stages, its default checkpoint interval unless told) first takes --warmup seconds of it, long
 enough for its state to hold what a live worker keeps (DNS lookups and answers up to the lookup timeout,
 12 s, connections while open); then over the next --span seconds of publishing are measured: the worker's
@@ -50,6 +50,7 @@ import orjson  # noqa: E402
 
 from bench import worker_stages  # noqa: E402
 from bench.pipeline import TARGET_EPS, _collect, cpu_seconds, load, pct, print_stages, row, worker_defaults  # noqa: E402
+from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
 from svctrace.schemas.models import SyscallEvent  # noqa: E402
 from svctrace.streams.core import run  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -78,7 +79,7 @@ def main() -> int:
                     help="the worker also publishes svctrace.events.enriched (its default; measured without it "
                          "by default, as the in-process runner and bench.pipeline do)")
     ap.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
-                    help="the agents' record form (default: theirs, JSON): to compare the two")
+                    help="the agents' record form (default: theirs, the syscall-columns form): to compare the two")
     ap.add_argument("--all-stages", action="store_true", help="print every clocked stage, not only the checkpoint's")
     args = ap.parse_args()
     settings = worker_command.event_time_settings(defaults.lateness, defaults.settle)
@@ -196,8 +197,9 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     result = run(events, index, replace(settings, emit_enriched=args.enriched))
     inproc_cpu = time.process_time() - c
 
+    form = args.batch_form or f"{DEFAULT_FORM}, the agents' default form"
     print(f"steady: {args.rate:,.0f} events/s live ({requests:,} requests of bench.core_runner's mixed traffic over "
-          f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s, 1 worker checkpointing every "
+          f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s ({form}), 1 worker checkpointing every "
           f"{args.checkpoint_interval:g} s{' publishing' if args.enriched else ' not publishing'} "
           f"svctrace.events.enriched; {args.warmup:g} s warm-up, then {args.span:g} s measured; {load()}")
     print(f"  (measured: {n:,} events published in the span; worker CPU {cpu:.2f} s over {wall:.2f} s wall, "

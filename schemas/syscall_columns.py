@@ -1,7 +1,7 @@
 """The syscall-columns form of a svctrace.syscalls record: a syscall batch as msgpack columns.
 
-Written by agents given `--batch-form msgpack` (JSON is their default: docs/topics.md says why;
-schemas/syscall-columns.schema.json describes the decoded document). One msgpack map: the batch's head (node, source, seq, lost) once, `count` events, the
+The agents' default form (schemas/syscall-columns.schema.json describes the decoded
+document). One msgpack map: the batch's head (node, source, seq, lost) once, `count` events, the
 names of the event fields in `fields` order, a `strings` table and one column per field:
 
 * a column is either an array of `count` values (one per event, in order) or a single value, the

@@ -58,7 +58,7 @@ def test_agent_reconnects_and_loses_nothing_across_a_broker_restart():
         async def scenario():
             src = ScriptedSource()
             sink = KafkaSink(broker.bootstrap, backoff_initial=0.2, backoff_max=2.0, request_timeout_ms=5000)
-            agent = Agent(src, sink, AgentOptions(node="rc-node", linger_s=0.05, stats_interval=0.5, form="msgpack"))
+            agent = Agent(src, sink, AgentOptions(node="rc-node", linger_s=0.05, stats_interval=0.5))
             run = asyncio.create_task(agent.run())
             await until(lambda: sink.failed_attempts >= 3, 60, "connection attempts retried with backoff")
             assert sink.producer is None and not run.done()
@@ -85,7 +85,7 @@ def test_agent_reconnects_and_loses_nothing_across_a_broker_restart():
                 while len(seen) < 1000 and time.monotonic() < deadline:
                     for records in (await c.getmany(timeout_ms=500)).values():
                         for r in records:
-                            assert r.value[0] in MSGPACK_MAP  # the form it was given: syscall-columns
+                            assert r.value[0] in MSGPACK_MAP  # the agent's default form
                             validate(*record_document(r.value))
                             seen += [e.n for e in decode_batch(r.value).events]
             finally:

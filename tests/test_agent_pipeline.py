@@ -58,7 +58,7 @@ def test_batcher_closes_on_count_bytes_and_linger(form):
     assert len(big.add([ev(i, data=b"y" * 1000) for i in range(10)], 0.0)) >= 3  # 1-1.7 kB each
 
 
-def test_the_agents_default_form_is_json_and_the_columns_read_back_as_the_json():
+def test_the_agents_default_form_is_the_columns_and_reads_back_as_the_json():
     """Both forms of the same batch decode to the same events (the worker's decoder and decode_batch), the
     columns' strings each once; a form the agent does not know is refused."""
     events = [ev(i, data=None if i % 3 else b"GET / HTTP/1.1\r\n") for i in range(10)]
@@ -67,7 +67,7 @@ def test_the_agents_default_form_is_json_and_the_columns_read_back_as_the_json()
     msg.add(events, 0.0)
     js.add(events, 0.0)
     a, b = msg.flush().value, js.flush().value
-    assert Batcher("n1", "ebpf").form == "json" and a[0] in range(0x80, 0x90) and b[:1] == b"{"
+    assert Batcher("n1", "ebpf").form == "msgpack" and a[0] in range(0x80, 0x90) and b[:1] == b"{"
     assert decode_batch(a) == decode_batch(b) and decode_batch(a).events == events
     assert wire.decode_syscall_batch(a) == wire.decode_syscall_batch(b)
     doc = _document(a)

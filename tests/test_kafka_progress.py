@@ -1,6 +1,6 @@
 """Cross-partition event-time progress (pure): the watermark a downstream partition may use."""
 from svctrace.streams.faust_app.progress import (
-    DONE, SourceProgress, decode_headers, decode_progress, encode_mark, encode_marks,
+    DONE, HELD, SourceProgress, decode_headers, decode_progress, encode_mark, encode_marks, must_hold,
 )
 
 
@@ -51,6 +51,123 @@ def test_one_record_announces_every_source_of_a_worker_and_the_high_mark_outlive
     p.note(0, DONE)
     assert p.should_flush() and p.watermark() is None
     assert p.high() == 120  # a stage advances to it before flushing (timers in event-time order)
+
+
+def test_a_held_source_holds_every_other_back_as_one_not_heard_until_its_own_mark():
+    """A source that was DONE and has records again is announced HELD: the stage waits for it as for a
+    source never heard (another source's mark passes nothing of it), and its own next mark (older than
+    the others', as a backlog's is) is where the stage goes. HELD is an int on the wire: an older worker
+    reads the mark 0, the same wait."""
+    p = SourceProgress(3)
+    for source in range(3):
+        p.note(source, DONE)
+    assert p.all_done()
+    p.note(0, HELD)  # its records came; not released yet
+    p.note(1, 5_000)  # the other partition's backlog, read and released first
+    assert p.watermark() is None and not p.all_done() and not p.should_flush()
+    assert p.high() == 5_000  # (HELD is no one's high mark)
+    p.note(0, 3_000)
+    assert p.watermark() == 3_000
+    p.note(0, HELD)  # a late HELD (a predecessor's) cannot move an announced mark back
+    assert p.watermark() == 3_000
+    assert decode_progress([("svctrace-marks", encode_marks({0: HELD, 1: DONE}))]) == (None, {0: 0, 1: DONE})
+
+
+def test_a_partition_is_held_while_downstream_may_take_it_for_done_and_it_has_records_again():
+    """must_hold(last word announced, log end in the last fetch answer, last offset processed, processed
+    since DONE and not announced)."""
+    # announced DONE (or nothing since the worker owns it): held once its log has records not processed ...
+    assert must_hold(DONE, 10, 6, False) and must_hold(None, 10, None, False) and must_hold(DONE, 10, None, False)
+    # ... or while its new records, processed, wait for their release
+    assert must_hold(DONE, 10, 9, True) and must_hold(None, None, None, True)
+    # nothing new on the broker, or no answer yet
+    assert not must_hold(DONE, 10, 9, False) and not must_hold(DONE, 0, None, False)
+    assert not must_hold(DONE, None, None, False) and not must_hold(None, 0, None, False)
+    # a partition announced with a mark (HELD included) holds the others back by it already
+    assert not must_hold(1_000, 10, 2, True) and not must_hold(HELD, 10, 2, True)
+
+
+def test_a_done_partition_with_records_again_goes_held_with_the_marks_that_would_pass_them():
+    """The worker: syscalls partitions 3 and 10 are DONE; the broker's answer shows records of both, and
+    partition 10's are read and released first. The mark it announces goes with 3 HELD, to this worker's
+    own stitch partitions at once and in the record to the others; nothing is held while 3's log has
+    nothing new; 3's own release lifts it; and a DONE partition whose new records turned out to hold no
+    events (all processed, still done) is announced DONE again by the tick, not held."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.faust_app.app import FetchAnswer, Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    topic = worker.t_syscalls.get_topic_name()
+    tps = {q: TP(topic, q) for q in (3, 10)}
+    answers: dict = {}
+    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _read_offset={},
+                               assignment=lambda: set(tps.values()))
+    worker.app._consumer = consumer  # (app.consumer reads it)
+    records: dict[int, list] = {}
+    taken: list = []
+
+    async def send(topic_, key, value, partition, timestamp, headers):
+        records.setdefault(partition, []).append(decode_progress(headers)[1])
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    async def marks_here(p, marks, revocations):
+        taken.append((p, dict(marks)))
+
+    worker.app.producer = SimpleNamespace(send=send)
+    worker._marks_here = marks_here
+    worker.flows_read = {0: 5}  # our own stitch partition 0 (read back all we sent it)
+    worker.flows_sent = {0: 5}
+    worker.cluster_feed.ready.set()
+
+    async def story():
+        await worker._on_assigned(None, set(tps.values()) | {TP("other-topic", 3)})
+        assert worker.sources_here == tps
+        for q in tps:
+            worker.enrich.part_meta(q)["done"] = True
+            worker._announce(FLOWS_TOPIC, q, DONE)
+            answers[(topic, q)] = FetchAnswer(1, 0)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        assert records.pop(1) == [{3: DONE, 10: DONE}] and taken.pop() == (0, {3: DONE, 10: DONE})
+        records.clear()
+        # the backlog: 4 records on 3, 2 on 10; 10's read and released first
+        answers[(topic, 3)], answers[(topic, 10)] = FetchAnswer(2, 4), FetchAnswer(2, 2)
+        worker.enrich.part_meta(3)["done"] = worker.enrich.part_meta(10)["done"] = False
+        worker.last_offset.update({3: 0, 10: 1})
+        worker._announce(FLOWS_TOPIC, 10, 7_000)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        assert taken.pop() == (0, {10: 7_000, 3: HELD})
+        assert set(records) == set(range(1, worker.partitions))  # (0 is ours: its log gets durable marks only)
+        assert all(got == [{10: 7_000, 3: HELD}] for got in records.values())
+        records.clear()
+        await worker._send_announcements(FLOWS_TOPIC, force=True)  # held already: nothing to announce
+        assert not records and not taken
+        worker.last_offset[3] = 3
+        worker._announce(FLOWS_TOPIC, 3, 6_000)  # its release
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        assert taken.pop() == (0, {3: 6_000}) and records.pop(1) == [{3: 6_000}]
+        records.clear()
+        # 10 is DONE again; a record comes that holds no event (its meta stays done): held while unread ...
+        worker.enrich.part_meta(10)["done"] = True
+        worker._announce(FLOWS_TOPIC, 10, DONE)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        records.clear(), taken.clear()
+        answers[(topic, 10)] = FetchAnswer(3, 3)
+        answers.pop((topic, 3))  # (3: no answer, the tick leaves it be)
+        await worker._tick()
+        assert taken.pop() == (0, {10: HELD})
+        # ... and DONE again at the next tick once it is processed
+        worker.last_offset[10] = 2
+        await worker._tick()
+        assert taken.pop() == (0, {10: DONE})
+
+    asyncio.run(story())
 
 
 def test_a_checkpoint_writes_durable_state_once_and_acknowledges_only_applied_records():

@@ -102,12 +102,12 @@ def test_shared_strings_are_bounded(monkeypatch):
                                          e.exe, e.container_id))) + 1 + len(wire.LITERALS)  # (+ the enumerations')
 
 
-# -- the syscall-columns form (msgpack), agents' --batch-form msgpack --------------------------
+# -- the syscall-columns form (msgpack), the agents' default ----------------------------------
 
 def _columns(b) -> bytes:
     from svctrace.agents.agent.pipeline import encode_syscall_batch
 
-    return encode_syscall_batch(b, form="msgpack")  # the agents' own encoder
+    return encode_syscall_batch(b)  # the agents' own encoder, their default form
 
 
 def test_columns_records_decode_to_the_events_of_the_json_form_their_strings_shared():

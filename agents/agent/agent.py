@@ -17,8 +17,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from svctrace.agents.agent.pipeline import (Batcher, BoundedBuffer, Counters, EncodedBatch, payload_encoder,
-                                            redact_events)
+from svctrace.agents.agent.pipeline import (DEFAULT_FORM, Batcher, BoundedBuffer, Counters, EncodedBatch,
+                                            payload_encoder, redact_events)
 from svctrace.agents.agent.sinks import SinkUnavailable
 from svctrace.schemas.models import SyscallEvent
 
@@ -41,7 +41,7 @@ class AgentOptions:
     drain_timeout: float = 30.0
     native: bool = True  # the eBPF source's per-event loop in C (fastpath.c) when it builds
     native_lib: str | None = None  # a prebuilt fastpath library (images without a compiler)
-    form: str = "json"  # the records' form (pipeline.FORMS), whatever the source
+    form: str = DEFAULT_FORM  # the records' form (pipeline.FORMS), whatever the source
 
 
 class Agent:

@@ -46,8 +46,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-bytes", type=int, default=600_000,
                    help="encoded bytes per published batch, at most (a batch is one Kafka record: <= 1 MiB)")
     p.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
-                   help="form of the records on the syscalls topic: json, the syscall-batch JSON (default), or msgpack, "
-                        "the syscall-columns form (workers read both; --output writes JSON lines; both sources "
+                   help="form of the records on the syscalls topic: msgpack, the syscall-columns form (default), "
+                        "or json, the syscall-batch JSON (workers read both; --output writes JSON lines; both sources "
                         "and both eBPF loops write either form)")
     p.add_argument("--native-lib", default=os.environ.get("SVCTRACE_NATIVE_LIB"),
                    help="prebuilt native per-event loop (`python -m svctrace.agents.ebpf.build --native`; "
@@ -128,7 +128,7 @@ async def _main(args) -> int:
                         linger_s=args.linger,
                         buffer_events=args.buffer_events, stats_interval=args.stats_interval,
                         drain_timeout=args.drain_timeout,
-                        form=args.batch_form or "json")
+                        form=args.batch_form or ("json" if args.output else "msgpack"))
     agent = Agent(source, sink, opts, metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

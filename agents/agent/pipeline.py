@@ -107,10 +107,9 @@ MAX_BATCH_BYTES = 1_048_576 - 16_384
 
 
 # The record forms an agent writes on svctrace.syscalls: the syscall-columns form (msgpack,
-# schemas/syscall_columns.py) or the syscall-batch JSON (the default: see docs/topics.md, "The syscall-columns
-# form", for why not yet the columns).
+# schemas/syscall_columns.py; the default) or the syscall-batch JSON.
 FORMS = ("msgpack", "json")
-DEFAULT_FORM = "json"
+DEFAULT_FORM = "msgpack"
 
 
 def _compile_bound():
@@ -129,7 +128,7 @@ _bound = _compile_bound()
 
 
 def encode_syscall_batch(batch: SyscallBatch, form: str = DEFAULT_FORM) -> bytes:
-    """A SyscallBatch -> the svctrace.syscalls record an agent writes of it (JSON by default, or the columns)."""
+    """A SyscallBatch -> the svctrace.syscalls record an agent writes of it (its default form, or JSON)."""
     if form == "json":
         from svctrace.schemas.models import encode_batch
 
@@ -156,10 +155,10 @@ class Batcher:
     max_events, or before the event that would take it past max_bytes (one event alone larger than
     max_bytes still goes, alone).
 
-    `form`: "json" (the default), the syscall-batch JSON: each event is encoded on arrival (exact
-    sizes), the form the eBPF source writes itself (`add_joined`, and events given as JSON bytes);
-    "msgpack", the syscall-columns form (schemas/syscall_columns.py): the events are kept as they come
-    and the record is written at close, each event counted by a bound of its bytes (`_bound`)."""
+    `form`: "msgpack" (the default), the syscall-columns form (schemas/syscall_columns.py): the
+    events are kept as they come and the record is written at close, each event counted by a bound
+    of its bytes (`_bound`); "json", the syscall-batch JSON: each event is encoded on arrival (exact
+    sizes), the form the eBPF source writes itself (`add_joined`, and events given as JSON bytes)."""
 
     node: str
     source: str

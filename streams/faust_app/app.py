@@ -109,7 +109,7 @@ from svctrace.streams.faust_app.checkpoint import (
 from svctrace.streams.faust_app.cluster_feed import ClusterFeed
 from svctrace.streams.faust_app.metrics import WorkerMetrics
 from svctrace.streams.faust_app.progress import (
-    DONE, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks,
+    DONE, HELD, MARKS_HEADER, SOURCE_HEADER, SourceProgress, decode_progress, encode_marks, must_hold,
 )
 from svctrace.streams.faust_app.wire import (
     APPLIED_HEADER, HANDOFF_HEADER, AppliedHere, LocalHandoff, decode_syscall_batch, encode_chain, encode_enriched_batch,
@@ -1126,6 +1126,8 @@ class Worker:
         # since when the broker has kept answering fetches of a syscalls partition (monotonic s)
         self.answering_since: dict[int, float] = {}
         self.last_offset: dict[int, int] = {}
+        # syscalls partitions this worker owns (since the assignment that gave them: _on_assigned) -> their TP
+        self.sources_here: dict[int, TP] = {}
         self.live: dict[int, bool] = {}  # syscalls partition -> its latest events arrived fresh (live agents)
         # syscalls partition -> node -> when its last events arrived, fresh or not (each node of a
         # partition has its own clock, meta["nodes"], and its own silence)
@@ -1220,6 +1222,7 @@ class Worker:
         app.timer(c.heartbeat_s, name="svctrace.tick")(self._tick)
         app.timer(c.checkpoint_s, name="svctrace.checkpoint")(self._checkpoint_tick)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
         return app
 
     def internal_topics(self) -> list[InternalTopic]:
@@ -1243,6 +1246,7 @@ class Worker:
             if stage is not None:
                 stage.forget(tp.partition)
             if stage is self.enrich:
+                self.sources_here.pop(tp.partition, None)  # (no word for it from here: HELD neither)
                 for table in (self.last_offset, self.last_input, self.live, self.heard, self.unreleased):
                     table.pop(tp.partition, None)
             if stage is self.alerts:
@@ -1262,6 +1266,14 @@ class Worker:
         self.hb_sent.clear()  # announce again: a new owner downstream may not have heard us
         self.durable_in_log.clear()
         self.hb_here.clear()
+
+    async def _on_assigned(self, sender, assigned, **kwargs) -> None:
+        """The syscalls partitions this worker owns now (Faust assigns all of a worker's partitions at once,
+        after revoking all): the sources _hold_unread() may hold. Not taken from the consumer's assignment,
+        which during a rebalance can still name partitions revoked already: a HELD for a partition a new owner
+        has announced DONE would hold every stitch partition until that owner speaks again."""
+        syscalls = self.t_syscalls.get_topic_name()
+        self.sources_here = {tp.partition: tp for tp in sorted(assigned or ()) if tp.topic == syscalls}
 
     async def _run_cluster_feed(self) -> None:
         try:
@@ -1719,7 +1731,10 @@ class Worker:
         """The stitch stage's own partitions take the marks at once, without the Kafka hop (20-25 ms,
         a few 100 ms under load), where that is what reading the record would do: everything this
         process sent to the partition before has been read back (_direct_partitions); until then they
-        are held for it. Their log gets a record for a successor only, with the durable marks."""
+        are held for it. Their log gets a record for a successor only, with the durable marks. A source of ours
+        DONE downstream with records again goes with them HELD (_hold_unread)."""
+        if topic_name_ == FLOWS_TOPIC:
+            self._hold_unread()
         marks = self.hb_due.get(topic_name_)
         if not marks:
             return
@@ -1921,6 +1936,8 @@ class Worker:
             q = tp.partition
             meta = self.enrich.part_meta(q)
             if meta.get("done"):
+                if self._unread(consumer, tp):
+                    continue  # not done: records came (held downstream until released: _hold_unread)
                 finished += 1
                 if self.hb_sent.get((FLOWS_TOPIC, q)) != DONE:
                     self._announce(FLOWS_TOPIC, q, DONE)
@@ -2013,6 +2030,51 @@ class Worker:
             await self._advance_enrich(q, {}, send=False,
                                        nodeless=min(clock + int(idle_s * 1e9), polled_ns) - self.lateness)
 
+    def _hold_unread(self) -> None:
+        """Queue HELD for each syscalls partition of ours that downstream may take for DONE (announced DONE, or
+        not announced since we own it) but is not done: the broker's last answer to a fetch shows records we
+        have not processed, or we processed new records and have not announced their mark (progress.must_hold).
+        Called before any mark of ours goes out, to our own stitch partitions or in records, and before a
+        checkpoint takes its durable marks: the HELD goes in the same announcement as the marks that would
+        otherwise pass those records (a backlog published at once to several partitions after they went DONE:
+        one partition's records read and released before another's were). Lifted by the partition's own next
+        mark (its release) or DONE (_idle_sources: nothing new after all)."""
+        sources = self.sources_here
+        if not sources:
+            return
+        due = self.hb_due.get(FLOWS_TOPIC) or {}
+        consumer = None
+        for q, tp in sources.items():
+            word = due[q] if q in due else self.hb_sent.get((FLOWS_TOPIC, q))
+            if word is not None and word != DONE:
+                continue  # (the common case, a live partition: no look at the consumer)
+            if consumer is None:
+                consumer = self.app.consumer
+            meta = self.enrich.meta.get(q)
+            reactivated = q in self.last_offset and not (meta is not None and meta.get("done"))
+            highwater, processed = self._log_end(consumer, tp), self._last_processed(consumer, tp)
+            if must_hold(word, highwater, processed, reactivated):
+                self._announce(FLOWS_TOPIC, q, HELD)
+
+    def _unread(self, consumer, tp) -> bool:
+        """The broker's last answer showed records of syscalls partition tp this worker has not processed."""
+        highwater = self._log_end(consumer, tp)
+        return highwater is not None and not self._processed_to(consumer, tp, highwater)
+
+    def _log_end(self, consumer, tp) -> int | None:
+        """tp's highwater in the broker's last answer to a fetch (else the consumer's, if it has one)."""
+        answer = self._fetch_answer(consumer, tp)
+        if answer is not None:
+            return answer.highwater
+        try:
+            return consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet
+            return None
+
+    def _last_processed(self, consumer, tp) -> int | None:
+        last = self.last_offset.get(tp.partition)
+        return getattr(consumer, "_read_offset", {}).get(tp) if last is None else last
+
     @staticmethod
     def _fetch_answer(consumer, tp) -> FetchAnswer | None:
         """The broker's last answer about tp, if the consumer has had one."""
@@ -2031,12 +2093,8 @@ class Worker:
         """Every record of tp below offset `highwater` has been processed."""
         if highwater <= 0:
             return True
-        last = self.last_offset.get(tp.partition)
-        if last is None:
-            last = getattr(consumer, "_read_offset", {}).get(tp)
-            if last is None:
-                return False
-        return last + 1 >= highwater
+        last = self._last_processed(consumer, tp)
+        return last is not None and last + 1 >= highwater
 
     async def checkpoint(self) -> None:
         """Write changed state to the changelogs, wait until the broker has it, then acknowledge
@@ -2061,6 +2119,7 @@ class Worker:
             busy = {p for p, lock in self.stitch.locks.items() if lock.locked()}
             snapshots = [(stage, *stage.snapshot()) for stage in self.stages]
             handed_cut = self._handed_cut(busy) if handed else []
+            self._hold_unread()  # (a durable mark must not pass a source of ours that is DONE no more either)
             announced = {q: m for (topic, q), m in self.hb_sent.items() if topic == FLOWS_TOPIC}
             announced.update(self.hb_due.get(FLOWS_TOPIC, {}))  # (queued marks cover finished releases)
             self.metrics.checkpoint_blocking.observe(time.perf_counter() - cut_t0)

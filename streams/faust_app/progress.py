@@ -15,12 +15,23 @@ carries the marks of every upstream partition its worker owns at once
 (svctrace-marks: {"3": wm, "7": "done"}), so announcing costs one record per
 downstream partition whatever the number of upstream partitions. The single-source
 form (svctrace-src + svctrace-wm) is still understood.
+
+A source DONE downstream that has records again is HELD until it announces a
+real mark: its marks' value HELD (0, no event is that old) says "not heard
+yet". A stage that has noted it waits for that source as for one never heard
+(watermark() is None), so no other source's mark passes its records. An older
+worker reads HELD as the mark 0: the same wait (its sources' marks are the
+smallest it may advance to). A worker decides when to hold its own sources with
+must_hold().
 """
 from __future__ import annotations
 
 import orjson
 
 DONE = "done"
+# The mark of a source that was DONE (or has not spoken since its owner took it) and has records again, not yet
+# released: "not heard yet" (an int, so every worker reads it; no event time is 0).
+HELD = 0
 
 # Record headers of progress announcements (and of data records, for the source).
 SOURCE_HEADER = "svctrace-src"
@@ -47,7 +58,7 @@ class SourceProgress:
             src[key] = DONE
             return
         hi = self.state.get("hi")
-        if hi is None or int(mark) > hi:
+        if int(mark) != HELD and (hi is None or int(mark) > hi):
             self.state["hi"] = int(mark)
         if isinstance(old, int):
             src[key] = max(old, int(mark))
@@ -58,9 +69,10 @@ class SourceProgress:
         self.state["flushed"] = False
 
     def watermark(self) -> int | None:
-        """The smallest watermark of the active sources; None while any source is unheard or none is active."""
+        """The smallest watermark of the active sources; None while any source is unheard (or HELD) or none
+        is active."""
         marks = self.state["src"].values()
-        if any(m is None for m in marks):
+        if any(m is None or m == HELD for m in marks):
             return None
         active = [m for m in marks if m != DONE]
         return min(active) if active else None
@@ -80,6 +92,29 @@ class SourceProgress:
 
     def mark_flushed(self) -> None:
         self.state["flushed"] = True
+
+
+def must_hold(word: int | str | None, highwater: int | None, processed: int | None, reactivated: bool) -> bool:
+    """Whether a worker must announce its syscalls partition HELD, before (or with) any mark it announces.
+
+    word: the mark it last announced for the partition (queued or sent), None if none since it owns it (its
+    predecessor's word downstream, a restored DONE, still counts there). highwater: the partition's log end in
+    the broker's last answer to a fetch (None: no answer yet); processed: the offset of the last record it
+    processed (None: none, nor a committed offset); reactivated: it has processed records of the partition
+    since it was DONE and not yet announced their mark.
+
+    Downstream, a DONE source holds nothing back: a mark of another source passes whatever the DONE one has
+    still to send. A partition that has records again is not done, from the moment the broker's answer
+    shows them (a backlog published at once may reach this worker's other partitions first, and be read and
+    released before this one's), until its new records are processed and their mark announced. A partition
+    last announced with a mark already holds the others back by that mark (marks never go back): no hold."""
+    if word is not None and word != DONE:
+        return False
+    if reactivated:
+        return True
+    if highwater is None or highwater <= 0:
+        return False
+    return processed is None or processed + 1 < highwater
 
 
 def encode_mark(mark: int | str) -> bytes:
