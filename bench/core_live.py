@@ -102,8 +102,9 @@ def enrich_tick(enrich, states: dict, arrived: list, lateness: int) -> tuple[lis
     return flows, watermark
 
 
-def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str]:
-    """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest)."""
+def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str, tuple]:
+    """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest, the
+    connection entries held at the end and how many of them no client has)."""
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
     g = Graph(ClusterIndex.from_records(records), settings)
     enrich, stitch = g.enrich, g.stitch
@@ -144,7 +145,9 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
             for st in stitch_states.values():
                 stitch.durable_parts(st)
         t += TICK_NS
-    return advance_ns, process_ns, measured, digest.hexdigest()[:16]
+    conns = [c for st in stitch_states.values() for c in st["conns"].values()]
+    held = (len(conns), sum(c.cl is None for c in conns))
+    return advance_ns, process_ns, measured, digest.hexdigest()[:16], held
 
 
 def main() -> int:
@@ -165,11 +168,12 @@ def main() -> int:
     gc.disable()
     try:
         for _ in range(args.rounds):
-            adv, proc, measured, digest = drive(records, events, int(args.warmup * S), args.toggle)
+            adv, proc, measured, digest, (held, no_client) = drive(records, events, int(args.warmup * S), args.toggle)
             advance.append(adv / measured / 1e3)
             process.append(proc / measured / 1e3)
             print(f"  round: stitch advance {advance[-1]:.3f} us/event, process {process[-1]:.3f} us/event "
-                  f"({measured:,} events measured), outputs digest {digest}", flush=True)
+                  f"({measured:,} events measured), outputs digest {digest}; connection entries held at the end "
+                  f"{held:,} ({no_client:,} with no client)", flush=True)
             gc.collect()
     finally:
         gc.enable()

@@ -10,7 +10,7 @@ from svctrace.streams.core.enriched cimport EnrichedEvent, SyscallEvent
 # The records' index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*, N_*, S_*): C integers, so that a
 # record's field is read by its index into the list, not through a module global and a generic item
 # lookup. (They are not the module's Python attributes then; DX_*, which a test imports, are.)
-cdef Py_ssize_t A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS
+cdef Py_ssize_t A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS, A_CLOSED
 cdef Py_ssize_t R_INDEX, R_TS, R_RESPONSE_TS, R_EVIDENCE
 cdef Py_ssize_t C_INDEX, C_TS, C_METHOD, C_TARGET, C_HOST, C_SENT, C_RECEIVED, C_RESPONSE_TS, C_STATUS, C_EVIDENCE, C_DONE
 cdef Py_ssize_t D_NODE, D_PID, D_COMM, D_FD, D_BACKEND_IP, D_BACKEND_PORT, D_LOCAL_IP, D_LOCAL_PORT, D_TS, D_RESULT, D_ERRNO
@@ -102,6 +102,7 @@ cdef class _Stitching:
 
 @cython.locals(data=bytes)
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
+cpdef bint _accepting_over(Conn conn)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)
 @cython.locals(d=EnrichedEvent, e=SyscallEvent, p=SyscallEvent)

@@ -9,7 +9,10 @@ State, all JSON-able and expired by event time:
 * conns: client endpoint "ip:port" -> one TCP connection as every side saw it:
   the client (connect, requests, responses), acceptors (a userspace proxy or the
   backend under DNAT/socket-LB: they see the client's ip:port as their peer), and
-  a proxy's outbound dials (tagged proxy_of by the enrich stage).
+  a proxy's outbound dials (tagged proxy_of by the enrich stage). A connection leaves
+  settle after the client's close, else idle after its last event; one only acceptors
+  saw (no client, no dial: a userspace proxy's dial as its backend sees it, keyed by
+  the proxy's node IP and port) makes no output and leaves settle after they all closed.
 * lookups: "flow|node|pid" -> DNS lookups (queries grouped: search expansions,
   A/AAAA pairs, retries) waiting to be claimed by a connect to an answer. An unclaimed
   lookup becomes a chain at its expiry (a timer pass of its own); a claimed one leaves
@@ -76,7 +79,11 @@ MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at 
 #   A_HOST_PROCESS                               a host process (not a pod's): may be a userspace proxy
 #   A_REQUESTS                                   the requests it received, R_* records (bounded)
 #   A_NREQUESTS                                  how many it received (the next one's index)
-A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS = range(11)
+#   A_CLOSED                                     when it closed the socket (None: open; an event after
+#                                                its close opens it again: the fd reused); absent from
+#                                                records written before it (Conn.from_dict adds it)
+(A_NODE, A_PID, A_COMM, A_FD, A_CONTAINER_ID, A_IP, A_PORT, A_TS, A_HOST_PROCESS, A_REQUESTS, A_NREQUESTS,
+ A_CLOSED) = range(12)
 # a request an acceptor received, R_*
 #   R_INDEX        its index on the connection (the client's request of the same index)
 #   R_TS           when it was received
@@ -233,9 +240,14 @@ class Conn:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Conn":
-        """The JSON form (a checkpoint's) -> a Conn."""
+        """The JSON form (a checkpoint's) -> a Conn. An acceptor record written before A_CLOSED gets it: open
+        (a connection restored so waits its idle timeout, as it would have where it was written)."""
+        sv = d["sv"]
+        for a in sv:
+            if a.__class__ is list and len(a) == A_CLOSED:
+                a.append(None)
         return cls(d["k"], d["seq"], d["qd"], d["t0"], d["t1"], d["a"], d["cl"], d["cn"], d["ccl"], d["est"], d["creq"],
-                   d["nreq"], d["sv"], d["px"], d["dns"], d["svc"], d["ev"], d["eof"], d["err"], d["tx"], d["rx"])
+                   d["nreq"], sv, d["px"], d["dns"], d["svc"], d["ev"], d["eof"], d["err"], d["tx"], d["rx"])
 
     def __getitem__(self, name: str):  # read access in the JSON form's terms (tests, tools): conn["creq"]
         return getattr(self, name)
@@ -370,7 +382,7 @@ class _Stitching:
             conn["creq"] = [[r["i"], r["ts"], r["m"], r["tg"], r["h"], r["tx"], r["rx"], r["rts"], r["st"], r["ev"], r["done"]]
                             if isinstance(r, dict) else r for r in conn["creq"]]
             conn["sv"] = [[a["node"], a["pid"], a["comm"], a["fd"], a["container_id"], a["ip"], a["port"], a["ts"],
-                           a["host"], [[r["i"], r["ts"], r["sts"], r["ev"]] for r in a["reqs"]], a["nreq"]]
+                           a["host"], [[r["i"], r["ts"], r["sts"], r["ev"]] for r in a["reqs"]], a["nreq"], None]
                           if isinstance(a, dict) else a for a in conn["sv"]]
             conn["px"] = [[x["node"], x["pid"], x["comm"], x["fd"], x["ip"], x["port"], x["lip"], x["lport"], x["ts"],
                            x["res"], x["errno"]] if isinstance(x, dict) else x for x in conn["px"]]
@@ -795,6 +807,8 @@ class _Stitching:
                             self._client_step(state, conn, d, e, kind, ts, ip, port)
                         elif side == "sv":
                             _acceptor_step(conn, d, e, kind, ts)
+                            if kind == "close" and conn.cl is None and not conn.px and _accepting_over(conn):
+                                self._settles(state, conn, ts)  # only its accepting side, over: see _conn_deadline
                         else:
                             _proxy_step(conn, e, kind, ts)
                     except Exception as exc:  # one bad event must not stop the bucket
@@ -941,8 +955,9 @@ class _Stitching:
 
     def _schedule(self, st: dict, conn: Conn) -> None:
         # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
-        # min (a later close replaces an earlier one: no earlier); nothing else an event does moves
-        # it earlier, and conn.qd <= the deadline, st["next"] <= conn.qd. So the new deadline is
+        # min (a later close replaces an earlier one: no earlier), and so does the close at ts that
+        # leaves a connection with no client and no proxy dial with every acceptor closed (ts is its
+        # t1 then); nothing else an event does moves it earlier, and conn.qd <= the deadline, st["next"] <= conn.qd. So the new deadline is
         # that candidate when it is below conn.qd, and nothing changes otherwise: advance queues it
         # so, without computing the deadline; this is for a state where those bounds do not hold.
         dl = self._conn_deadline(conn)
@@ -966,6 +981,19 @@ class _Stitching:
             at = ccl + self.settle_ns
             if at < dl:
                 dl = at
+        elif conn.cl is None:
+            # Only its accepting side was seen (a userspace proxy's dial seen from the backend, keyed by the
+            # proxy's node IP and dial port, which no client has; a backend whose client has no agent; a
+            # NodePort's SNATed peer): no output unless a client's event comes to this key. Once every acceptor
+            # has closed, none can come but from a clock more than settle (+ the connection's duration) ahead
+            # of the acceptors' (the client's connect precedes the accept), or a client whose connect was not
+            # seen sending after the backend closed; so it leaves settle after the close (its t1), not idle
+            # after. (No requests of its own: creq is the client's.)
+            if not conn.px and _accepting_over(conn):
+                at = conn.t1 + self.settle_ns
+                if at < dl:
+                    dl = at
+            return dl
         # The oldest answered request not yet emitted: requests are answered oldest first and
         # emitted oldest first, so creq is [emitted..., answered..., unanswered...] in time order.
         for r in conn.creq:
@@ -982,7 +1010,8 @@ class _Stitching:
     # client side ---------------------------------------------------------------
 
     def _settles(self, st: dict, conn: Conn, ts: int) -> None:
-        """The client's close or response at ts: the conn's deadline may now be ts + settle."""
+        """The client's close or response at ts (or the last acceptor's close of a conn with only its
+        accepting side, see _conn_deadline): the conn's deadline may now be ts + settle."""
         at = ts + self.settle_ns
         nxt = st["next"]
         if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
@@ -1382,7 +1411,8 @@ class _Stitching:
         for key in due:
             conn = conns[key]
             ccl = conn.ccl
-            if final or (ccl is not None and now >= ccl + settle_ns) or now >= conn.t1 + idle_ns:
+            # (a due conn with no client is over: its deadline, idle or its acceptors' close + settle, has come)
+            if final or conn.cl is None or (ccl is not None and now >= ccl + settle_ns) or now >= conn.t1 + idle_ns:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
                 cut = final and ccl is None and now < conn.t1 + idle_ns
                 try:
@@ -2257,7 +2287,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
     else:
         lref = d.local_ref or {}
         me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
-              lref.get("kind") in (None, "node", "external"), [], 0]  # the A_* fields
+              lref.get("kind") in (None, "node", "external"), [], 0, None]  # the A_* fields
         acceptors = conn.sv
         acceptors.append(me)
         if len(acceptors) > 4:
@@ -2265,6 +2295,11 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
         conn.est = 2
         if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
             conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+    if kind == "close":
+        me[A_CLOSED] = ts
+        return
+    if me[A_CLOSED] is not None:
+        me[A_CLOSED] = None  # an event after its close: the fd reused, by a connection with the same peer
     if kind == "recv" and e.res > 0:
         data = e.data
         if data and data.startswith(REQUEST_PREFIXES):
@@ -2285,6 +2320,17 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
                 r = reqs[-1]
                 r[R_RESPONSE_TS] = ts
                 r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+
+
+def _accepting_over(conn: Conn) -> bool:
+    """Whether every acceptor of the conn has closed (and it has one)."""
+    sv = conn.sv
+    if not sv:
+        return False
+    for a in sv:
+        if a[A_CLOSED] is None:
+            return False
+    return True
 
 
 def _proxy_step(conn: Conn, e: SyscallEvent, kind: str, ts: int) -> None:
