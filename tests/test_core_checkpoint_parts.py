@@ -114,15 +114,34 @@ def _steady(rate: float, seconds: float):
     return cluster, events
 
 
+def _long_lived():
+    """Clients that live long (one process resolving and connecting again and again, as a service's client does,
+    and one resolving many names): a key's claimed lookups expire and leave when the key is read again, and a
+    ninth lookup in a key trims the oldest, so the lookups' queues hold entries of lookups gone."""
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    client = cluster.pods["client"]
+    for a in range(6):
+        app = sc.proc("client", "app")
+        for i in range(60):
+            sc.request(T0 + a * 170 * MS + i * 1300 * MS, "healthy" if (i + a) % 9 else "wrong_port", client=app)
+    dig = sc.proc("client", "dig")
+    for i in range(60):
+        sc.lookup(T0 + 2 * S + i * 450 * MS, dig, client.ip, f"name-{i % 11}.default.svc.cluster.local",
+                  ["10.96.0.100"] if i % 4 else [], rcode=0 if i % 4 else 3)
+    return cluster, renumber(sorted(sc.events(), key=lambda e: e.ts))
+
+
 def _cases():
     yield "bench-steady", _steady(1500, 8)
     yield "faults", _mixed_traffic()
     yield "slow-steady", _steady(80, 75)  # past every timeout: DNS server records and loss markers expire
+    yield "long-lived", _long_lived()
 
 
 @pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
 @pytest.mark.parametrize("step_events,every,seed", [(64, 1, None), (97, 2, 7), (300, 1, 3)])
-@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady"])
+@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady", "long-lived"])
 def test_restoring_from_parts_anywhere_gives_the_uninterrupted_records(case, step_events, every, seed, settings):
     cluster, events = dict(_cases())[case]
     uninterrupted = Runner(cluster.index(), settings, step_events)  # (records of several keys interleave by step)
@@ -180,6 +199,13 @@ def test_first_parts_are_the_whole_state_and_match_durable():
         assert all(entry in whole["tq"] for entry in live)
         assert sorted(again.pop("tq")) == live
         whole.pop("tq")
+        # the lookups' queues: their very entries, in heap order; an entry of a lookup gone without its key (none
+        # reads it: stitch._queue_of)
+        held = {lk[1] for lookups in whole["lk"].values() for lk in lookups}
+        for name in ("lq", "lc"):
+            assert [e[:2] for e in again[name]] == [e[:2] for e in whole[name]]
+            assert [e[2] for e in again[name]] == [e[2] if e[1] in held else None for e in whole[name]]
+            again.pop(name), whole.pop(name)
         assert again == whole
         assert list(again["conns"]) == list(whole["conns"]) and list(again["lk"]) == list(whole["lk"])
         assert list(again["dsrv"]) == list(whole["dsrv"])  # (the orders the state keeps)

@@ -157,7 +157,7 @@ class _Sliced(Runner):
 
 @pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
 @pytest.mark.parametrize("step_events,every,seed", [(64, 1, 1), (97, 2, 7), (300, 1, 3)])
-@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady"])
+@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady", "long-lived"])
 def test_slices_give_the_cut_and_restoring_them_gives_the_uninterrupted_records(case, step_events, every, seed,
                                                                                  settings):
     cluster, events = dict(_cases())[case]

@@ -197,6 +197,9 @@ def _comparable(op, st) -> dict:
     """A state's durable form as JSON gives it back, its timer queue as its live entries."""
     d = loads_state(dumps_state(op.durable(st)))
     d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
+    held = {lk[1] for lookups in d["lk"].values() for lk in lookups}  # (a queue's entry of a lookup gone: its key
+    for name in ("lq", "lc"):  # is not restored, nor read: see stitch._queue_of)
+        d[name] = [[e, ls, k if ls in held else None] for e, ls, k in d[name]]
     for k in ("dsg", "dsn", "dso", "lgn", "lgx"):  # (what the changelog holds of DNS server records and lookup keys:
         d.pop(k, None)  # their groups)
     return d

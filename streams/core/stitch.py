@@ -427,9 +427,10 @@ class _Stitching:
     # _claim_lookup the key it reads, and each timer pass what it changes or removes. Not written:
     # the input buffer and the conns' timer queue "tq" (rebuilt from conn.qd: only each conn's live
     # entry [conn.qd, key] is ever acted on, and heap order is total on [deadline, key]). The lookups'
-    # queues "lq" and "lc" stay in the header as they are: their entries may be below a lookup's
-    # expiry (moved later lazily), and such an "lc" head sets a pass time when a bucket holds nothing
-    # else, so only the very entries give the same passes.
+    # queues "lq" and "lc" stay in the header with their very entries: an entry may be below its lookup's
+    # expiry (moved later lazily) or name a lookup gone, and such an "lc" head sets a pass time when a
+    # bucket holds nothing else, so only the very entries give the same passes. They are written flat,
+    # without their keys (_flat_queue, format 8): a restore takes each from the lookup its number names.
     PART_CONN, PART_LOOKUP, PART_LOOKUPS, PART_SERVER, PART_SERVERS = "c", "l", "L", "s", "S"
 
     @staticmethod
@@ -446,6 +447,7 @@ class _Stitching:
         for sub, keys in _lookup_groups(state, cl, full):
             changed[sub] = None if keys is None else _lookup_group(state, keys)
         header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["lq"], header["lc"] = _flat_queue(state["lq"], state["wm"]), _flat_queue(state["lc"], state["wm"])
         header["parts"] = len(conns) + len(state["_lgc"]) + len(state["dsg"])
         for k in cc:
             changed["c" + k] = conns.get(k)
@@ -488,6 +490,7 @@ class _Stitching:
         groups = _server_groups(state, cs, full)  # (records never changed in place: held as they are now)
         lgroups = _lookup_groups(state, cl, full)
         header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
+        header["lq"], header["lc"] = _flat_queue(state["lq"], state["wm"]), _flat_queue(state["lc"], state["wm"])
         header["parts"] = len(conns) + len(state["_lgc"]) + len(state["dsg"])
         # the new lookup groups' keys (as they are now: each saved before it changes, _keep_lookup)
         state["_pl"] = {k for _sub, keys in lgroups if keys is not None for k in keys}
@@ -597,6 +600,10 @@ class _Stitching:
         state.update(header)
         state.pop("parts", None)
         state["buf"] = []
+        lq, lc = header.get("lq"), header.get("lc")
+        if (lq and lq[0].__class__ is not list) or (lc and lc[0].__class__ is not list):  # (format 8: flat)
+            key_of = {x[L_SEQ]: k for _n, k, lookups in lk for x in lookups}
+            state["lq"], state["lc"] = _queue_of(lq, header["wm"], key_of), _queue_of(lc, header["wm"], key_of)
         _heaps_of_tuples(state)  # (JSON gives the lookups' queues' entries back as lists)
         # the orders the live state keeps: conns and lookup keys in creation order (their numbers),
         # DNS server records in time order
@@ -2161,6 +2168,29 @@ _event_ts = attrgetter("ev.ts")
 # compares, not two. JSON writes them as it wrote lists and gives lists back: restore makes them tuples
 # again (a heap mixing both could not compare its entries).
 _HEAPS = ("tq", "lq", "lc")
+
+
+def _flat_queue(queue: list, base: int) -> list:
+    """A lookups' queue ("lq", "lc": heap entries (expiry, L_SEQ, lkey)) as a header writes it (format 8): flat,
+    [expiry - base, L_SEQ, ...] in heap order, without the keys (about a third of the bytes, and ints are cheaper
+    to write than strings). A restore takes each entry's key from the lookup its number names (_queue_of)."""
+    out: list = []
+    append = out.append
+    for entry in queue:
+        append(entry[0] - base)
+        append(entry[1])
+    return out
+
+
+def _queue_of(flat: list | None, base: int, key_of: dict) -> list:
+    """A queue _flat_queue wrote, its entries again (heap order kept). An entry whose lookup the state no longer
+    holds (it left through a read of its key, _lookups, or the trim of a key's oldest ones: its entry stays until
+    a pass meets it) gets None for its key: every site that reads an entry looks its lookup up by key and
+    number and skips it when it is not found, as it skipped it with its key, and no two entries have the same
+    (expiry, number), so a heap never compares their keys."""
+    if not flat:
+        return []
+    return [(base + flat[i], flat[i + 1], key_of.get(flat[i + 1])) for i in range(0, len(flat), 2)]
 
 
 def _heaps_of_tuples(state: dict) -> None:
