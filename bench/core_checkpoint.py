@@ -46,7 +46,7 @@ from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
 from tests.scenario import S, T0, steady_traffic  # noqa: E402
 
 CODEC_ZSTD = 0x04  # (aiokafka's codec number: the worker's producer compresses with zstd)
-PART_SEP = b"\x1f"  # (a changelog key's: <stitch key> PART_SEP <c|l|s><entry key>)
+PART_SEP = b"\x1f"  # (a changelog key's: <stitch key> PART_SEP <c|l|L|s|S><entry key>)
 RECORD_EVENTS = 1000  # events per syscalls record (an agent's batch)
 ROWS = ("advance", "cut", "slices", "write", "compress")
 
@@ -115,7 +115,7 @@ def drive(records, events, warmup_ns: int, restore: bool = False, interval_ns: i
     measured = 0
     checkpoints: list[tuple[int, int]] = []  # (CPU ns, bytes) of each checkpoint ending in the span
     present: set = set()  # the entries' changelog keys the store holds
-    entries: Counter = Counter()  # records written in the span by kind ("c", "l", "s", "header", "tombstone"),
+    entries: Counter = Counter()  # records written in the span by kind ("c", "l", "L", "s", "S", "header", "tombstone"),
     # and "<kind> again": an entry written over one the store held (changed, or its identity reused)
     entry_bytes: Counter = Counter()
     agents = AgentBatches(events)
@@ -233,7 +233,11 @@ def _comparable(op, st) -> dict:
     """A state's durable form as JSON gives it back, its timer queue as its live entries (tests do the same)."""
     d = loads_state(dumps_state(op.durable(st)))
     d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
-    for k in ("_cc", "_cl", "_cs", "dsg", "dsn", "dso"):  # (marks; what the changelog holds of DNS server records)
+    held = {lk[1] for lookups in d["lk"].values() for lk in lookups}  # (a queue's entry of a lookup gone: its key
+    for name in ("lq", "lc"):  # is not restored, nor read: see stitch._queue_of)
+        d[name] = [[e, ls, k if ls in held else None] for e, ls, k in d[name]]
+    # (marks; what the changelog holds of DNS server records and lookup keys: their groups)
+    for k in ("_cc", "_cl", "_cs", "dsg", "dsn", "dso", "lgn", "lgx"):
         d.pop(k, None)
     return d
 
@@ -274,9 +278,9 @@ def main() -> int:
             n = max(1, len(ck))
             print("    per checkpoint: " + ", ".join(
                 f"{name} {r['entries'][kind] / n:,.0f} ({r['entry_bytes'][kind] / n / 1e6:.2f} MB"
-                + (f", {r['entries'][kind + ' again'] / n:,.0f} over one stored)" if kind in "clsS" else ")")
-                for kind, name in (("c", "connections"), ("l", "lookup keys"), ("s", "DNS server records"),
-                                   ("S", "DNS server record groups"), ("header", "headers"),
+                + (f", {r['entries'][kind + ' again'] / n:,.0f} over one stored)" if kind in "clLsS" else ")")
+                for kind, name in (("c", "connections"), ("l", "lookup keys"), ("L", "lookup key groups"),
+                                   ("s", "DNS server records"), ("S", "DNS server record groups"), ("header", "headers"),
                                    ("tombstone", "tombstones"))), flush=True)
             if r["differ"]:
                 status = 1

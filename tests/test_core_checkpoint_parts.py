@@ -114,15 +114,34 @@ def _steady(rate: float, seconds: float):
     return cluster, events
 
 
+def _long_lived():
+    """Clients that live long (one process resolving and connecting again and again, as a service's client does,
+    and one resolving many names): a key's claimed lookups expire and leave when the key is read again, and a
+    ninth lookup in a key trims the oldest, so the lookups' queues hold entries of lookups gone."""
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    client = cluster.pods["client"]
+    for a in range(6):
+        app = sc.proc("client", "app")
+        for i in range(60):
+            sc.request(T0 + a * 170 * MS + i * 1300 * MS, "healthy" if (i + a) % 9 else "wrong_port", client=app)
+    dig = sc.proc("client", "dig")
+    for i in range(60):
+        sc.lookup(T0 + 2 * S + i * 450 * MS, dig, client.ip, f"name-{i % 11}.default.svc.cluster.local",
+                  ["10.96.0.100"] if i % 4 else [], rcode=0 if i % 4 else 3)
+    return cluster, renumber(sorted(sc.events(), key=lambda e: e.ts))
+
+
 def _cases():
     yield "bench-steady", _steady(1500, 8)
     yield "faults", _mixed_traffic()
     yield "slow-steady", _steady(80, 75)  # past every timeout: DNS server records and loss markers expire
+    yield "long-lived", _long_lived()
 
 
 @pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
 @pytest.mark.parametrize("step_events,every,seed", [(64, 1, None), (97, 2, 7), (300, 1, 3)])
-@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady"])
+@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady", "long-lived"])
 def test_restoring_from_parts_anywhere_gives_the_uninterrupted_records(case, step_events, every, seed, settings):
     cluster, events = dict(_cases())[case]
     uninterrupted = Runner(cluster.index(), settings, step_events)  # (records of several keys interleave by step)
@@ -164,10 +183,13 @@ def test_first_parts_are_the_whole_state_and_match_durable():
     for key, st in runner.states[FLOWS_TOPIC].items():
         header, changed = op.durable_parts(st)
         whole = loads_state(dumps_state(op.durable(st)))
-        # DNS server records in groups of up to 1000 (format 7), the rest an entry each
+        # DNS server records in groups of up to 1000 (format 7), lookup keys in groups of up to 100 (format 8),
+        # the connections an entry each
         groups = [v for k, v in changed.items() if k[0] == "S"]
         assert sum(map(len, groups)) == len(st["dsrv"]) and len(groups) == -(-len(st["dsrv"]) // 1000)
-        assert len(changed) == header["parts"] == len(st["conns"]) + len(st["lk"]) + len(groups)
+        lgroups = [v for k, v in changed.items() if k[0] == "L"]
+        assert [k for g in lgroups for k in g] == list(st["lk"]) and len(lgroups) == -(-len(st["lk"]) // 100)
+        assert len(changed) == header["parts"] == len(st["conns"]) + len(lgroups) + len(groups)
         assert "_cc" not in op.durable(st)  # marks are never durable
         restored = op.restore_parts(orjson.loads(dumps_state(header)),
                                     {k: orjson.loads(dumps_state(v)) for k, v in changed.items()})
@@ -177,10 +199,57 @@ def test_first_parts_are_the_whole_state_and_match_durable():
         assert all(entry in whole["tq"] for entry in live)
         assert sorted(again.pop("tq")) == live
         whole.pop("tq")
+        # the lookups' queues: their very entries, in heap order; an entry of a lookup gone without its key (none
+        # reads it: stitch._queue_of)
+        held = {lk[1] for lookups in whole["lk"].values() for lk in lookups}
+        for name in ("lq", "lc"):
+            assert [e[:2] for e in again[name]] == [e[:2] for e in whole[name]]
+            assert [e[2] for e in again[name]] == [e[2] if e[1] in held else None for e in whole[name]]
+            again.pop(name), whole.pop(name)
         assert again == whole
         assert list(again["conns"]) == list(whole["conns"]) and list(again["lk"]) == list(whole["lk"])
         assert list(again["dsrv"]) == list(whole["dsrv"])  # (the orders the state keeps)
         op.untrack(st)  # every entry again: the groups written anew, the old ones tombstoned
         again_changed = op.durable_parts(st)[1]
         assert sum(v is not None for v in again_changed.values()) == header["parts"]
-        assert {k for k, v in again_changed.items() if v is None} == {k for k in changed if k[0] == "S"}
+        assert {k for k, v in again_changed.items() if v is None} == {k for k in changed if k[0] in "SL"}
+
+
+def test_lookup_keys_go_in_groups_each_tombstoned_once_no_key_needs_it():
+    """Lookup keys are written in groups (format 8): a key written again goes in a later group, a key gone is
+    listed in the header while a group still holds a version of it, and a group is tombstoned once none of its
+    keys' newest versions is in it: the store holds no group for nothing, and a restore gives the live keys."""
+    cluster, events = _steady(80, 75)  # (past the lookups' timeout many times)
+    runner = _Checkpointing(cluster.index(), WORKER, 64, 1, random.Random(5))
+    op = runner.graph.stitch
+    seen_gone = 0
+    written: dict = {}  # key -> the groups it wrote
+    step = runner.step
+
+    def checked_step():
+        nonlocal seen_gone
+        step()
+        for key, st in runner.states[FLOWS_TOPIC].items():
+            stored = runner.store.entries.get(key, {})
+            groups = {sub: orjson.loads(raw) for sub, raw in stored.items() if sub[0] == "L"}
+            if key not in runner.store.headers or "_lgc" not in st:
+                continue
+            header = orjson.loads(runner.store.headers[key])
+            gone = set(header["lgx"])
+            seen_gone += bool(gone)
+            written[key] = header["lgn"]
+            newest = {}
+            for sub in sorted(groups, key=lambda s: int(s[1:])):
+                for k in groups[sub]:
+                    newest[k] = sub
+            assert gone <= set(newest)  # (a key gone is listed only while a group holds it)
+            live = {k for k in newest if k not in gone}
+            # every stored group holds the newest version of a key not gone (else it is tombstoned)
+            assert {newest[k] for k in live} == set(groups), (key, sorted(groups))
+
+    runner.step = checked_step
+    runner.feed(events)
+    # keys gone while a group held them; many groups written, most of them tombstoned since
+    assert seen_gone and sum(written.values()) > 30
+    stored = sum(sum(sub[0] == "L" for sub in runner.store.entries.get(key, ())) for key in written)
+    assert stored < sum(written.values()) / 3

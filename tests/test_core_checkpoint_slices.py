@@ -18,16 +18,16 @@ from tests.scenario import MS, T0, Cluster, Scenario, renumber
 from tests.test_core_checkpoint_parts import WORKER, _cases
 
 
-def _entries_now(st: dict, conns, lookups, groups=()) -> dict:
+def _entries_now(st: dict, conns, lookup_groups=(), groups=()) -> dict:
     """The bytes of these entries as the state holds them now (None: gone), as durable_parts + dumps_state give;
-    `groups`: the DNS server records' groups a cut took ([(subkey, group or None)], format 7)."""
+    `lookup_groups`: the lookup keys' groups a cut took ([(subkey, its keys or None)], format 8), `groups`: the DNS
+    server records' groups ([(subkey, group or None)], format 7)."""
     out = {sub: None if g is None else dumps_state(g) for sub, g in groups}
+    for sub, keys in lookup_groups:
+        out[sub] = None if keys is None else dumps_state({k: [st["lks"][k], st["lk"][k]] for k in keys})
     for k in conns:
         c = st["conns"].get(k)
         out["c" + k] = None if c is None else dumps_state(c)
-    for k in lookups:
-        lk = st["lk"].get(k)
-        out["l" + k] = None if lk is None else dumps_state([st["lks"][k], lk])
     return out
 
 
@@ -131,7 +131,7 @@ class _Sliced(Runner):
                 continue
             full = not op.tracking(st)
             header = op.begin_parts(st)
-            reference = _entries_now(st, st["_pc"], st["_pl"], st["_pg"])
+            reference = _entries_now(st, st["_pc"], st["_plg"], st["_pg"])
             self.inflight[key] = {"state": st, "header": dumps_state(header), "reference": reference, "full": full,
                                   "entries": {}, "buf": list(st["buf"]), "log": [], "outs": []}
 
@@ -157,7 +157,7 @@ class _Sliced(Runner):
 
 @pytest.mark.parametrize("settings", [WORKER, Settings()], ids=["worker", "core"])
 @pytest.mark.parametrize("step_events,every,seed", [(64, 1, 1), (97, 2, 7), (300, 1, 3)])
-@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady"])
+@pytest.mark.parametrize("case", ["bench-steady", "faults", "slow-steady", "long-lived"])
 def test_slices_give_the_cut_and_restoring_them_gives_the_uninterrupted_records(case, step_events, every, seed,
                                                                                  settings):
     cluster, events = dict(_cases())[case]
@@ -193,9 +193,9 @@ def test_an_entry_changed_after_the_cut_is_given_as_it_was():
     op.durable_parts(st)  # (tracking from here)
     runner.advance(T0 + 1300 * 1000)  # (its request and answer: the connection changed)
     header = op.begin_parts(st)
-    assert header["parts"] == len(st["conns"]) + len(st["lk"]) + len(st["dsg"])
+    assert header["parts"] == len(st["conns"]) + len(st["_lgc"]) + len(st["dsg"])
     assert "_pc" not in header and "_pv" not in header and "_pv" not in op.durable(st)  # never durable
-    at_cut = _entries_now(st, st["_pc"], st["_pl"], st["_pg"])
+    at_cut = _entries_now(st, st["_pc"], st["_plg"], st["_pg"])
     assert any(k[0] == "c" and v is not None for k, v in at_cut.items()), "a connection changed since the last checkpoint"
     with pytest.raises(RuntimeError):
         op.begin_parts(st)  # (one at a time)

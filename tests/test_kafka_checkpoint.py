@@ -64,7 +64,7 @@ def test_a_format_the_worker_does_not_read_is_refused_saying_what_it_found_and_r
         with pytest.raises(CheckpointFormatError) as e:
             loads(_newer(raw, version))
         assert e.value.found == version
-        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5, 6, 7 " in str(e.value)
+        assert f"format {version!r}" in str(e.value) and "reads formats 1, 2, 3, 4, 5, 6, 7, 8 " in str(e.value)
 
 
 def test_a_format_field_elsewhere_than_first_is_checked_too():
@@ -160,7 +160,7 @@ def test_a_worker_meeting_a_newer_checkpoint_format_stops_with_status_1_saying_w
         assert status == 1, again.log_tail()
         [line] = [ln for ln in log.splitlines() if "Unreadable checkpoint" in ln]
         assert f"key {entry.key.decode()!r} in changelog {changelog} has checkpoint format {CHECKPOINT_FORMAT + 1}" in line
-        assert "this worker reads formats 1, 2, 3, 4, 5, 6, 7 " in line and "Roll forward" in line
+        assert "this worker reads formats 1, 2, 3, 4, 5, 6, 7, 8 " in line and "Roll forward" in line
         assert all(f"{app_id}-{stage}-state-changelog" in line for stage in ("enrich", "stitch", "alerts")), line
     finally:
         again.kill()
@@ -197,8 +197,11 @@ def _comparable(op, st) -> dict:
     """A state's durable form as JSON gives it back, its timer queue as its live entries."""
     d = loads_state(dumps_state(op.durable(st)))
     d["tq"] = sorted([c["qd"], k] for k, c in d["conns"].items())
-    for k in ("dsg", "dsn", "dso"):  # (what the changelog holds of the DNS server records: its groups)
-        d.pop(k, None)
+    held = {lk[1] for lookups in d["lk"].values() for lk in lookups}  # (a queue's entry of a lookup gone: its key
+    for name in ("lq", "lc"):  # is not restored, nor read: see stitch._queue_of)
+        d[name] = [[e, ls, k if ls in held else None] for e, ls, k in d[name]]
+    for k in ("dsg", "dsn", "dso", "lgn", "lgx"):  # (what the changelog holds of DNS server records and lookup keys:
+        d.pop(k, None)  # their groups)
     return d
 
 
@@ -308,7 +311,8 @@ def test_a_checkpoint_in_slices_writes_the_state_at_its_cut_while_the_stage_goes
             runner.feed(chunk)
             fed[0] += len(chunk)
             slices += 1
-            kept += sum(len(st.get("_pv") or ()) for st in shell.live.values())  # (kept before they changed)
+            # (kept before they changed: entries, and lookup keys their groups take)
+            kept += sum(len(st.get("_pv") or ()) + len(st.get("_plv") or ()) for st in shell.live.values())
             await asyncio.sleep(0)
         await task
         _apply(shell, writes)
@@ -316,7 +320,7 @@ def test_a_checkpoint_in_slices_writes_the_state_at_its_cut_while_the_stage_goes
         return at_cut, slices
 
     at_cut, slices = asyncio.run(checkpoint_while_applying(second))
-    assert slices > 100
+    assert slices > 50  # (a connection a slice, a group of lookup keys a slice)
     assert any(at_cut[key] != _comparable(op, st) for key, st in shell.live.items()), "the states went on"
     successor = _stitch_shell(dict(store), op)
     for key, state in at_cut.items():
@@ -407,7 +411,9 @@ def test_a_format_4_bucket_record_is_restored_whole_and_rewritten_in_parts_under
     writes = _restored_and_rewritten(store, op, key, st)
     groups = [k for k in store if k.startswith(key.encode() + b"\x1fS")]
     assert len(groups) == -(-len(st["dsrv"]) // 1000)
-    assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(st["lk"]) + len(groups)
+    lgroups = [k for k in store if k.startswith(key.encode() + b"\x1fL")]
+    assert len(lgroups) == -(-len(st["lk"]) // 100)
+    assert loads_checkpoint(store[key.encode()])["parts"] == len(st["conns"]) + len(lgroups) + len(groups)
     assert not [v for _p, _k, v in writes if v is None]  # nothing to tombstone
     again = _stitch_shell(dict(store), op).state(key)
     assert _comparable(op, again) == _comparable(op, st)
@@ -433,12 +439,55 @@ def test_a_format_5_bucket_is_restored_and_its_next_checkpoint_groups_its_dns_se
     old_servers = {prefix + b"s" + k.encode(): dumps_state(v) for k, v in st["dsrv"].items()}
     store.update(old_servers)
     writes = _restored_and_rewritten(store, op, key, st)
-    assert {k for _p, k, v in writes if v is None} == set(old_servers)  # the format-5 records, tombstoned
-    assert not [k for k in store if k.startswith(prefix + b"s")]
+    old_lookups = {k for k in store if k.startswith(prefix + b"l")}
+    # the format-5 records, tombstoned (the lookup keys' too: format 8 groups them)
+    assert {k for _p, k, v in writes if v is None} == set(old_servers) | {prefix + b"l" + k.encode() for k in st["lk"]}
+    assert not [k for k in store if k.startswith(prefix + b"s")] and not old_lookups
     groups = [k for k in store if k.startswith(prefix + b"S")]
     assert groups and sum(len(orjson.loads(store[k])) for k in groups) == len(st["dsrv"])
     again = _stitch_shell(dict(store), op).state(key)
     assert _comparable(op, again) == _comparable(op, st)
+
+
+def test_a_format_7_bucket_is_restored_and_its_next_checkpoint_groups_its_lookup_keys():
+    """Format 7 wrote each lookup key as an entry of its own ("l<lookup key>"); format 8 writes them in groups
+    ("L<id>"). A format-7 bucket is restored as it was; its next checkpoint writes every entry, the lookup keys in
+    groups, and tombstones the format-7 records; later checkpoints write only what changed, and a successor
+    restores every one of them as the live state is."""
+    runner, op, shell, store, log, events = _live_run(steps_between=10**9)  # (no checkpoint while it runs)
+    half = len(events) // 2
+    runner.feed(events[:half])
+    key = next(iter(shell.live))
+    st = shell.live[key]
+    assert st["dsrv"] and st["conns"] and st["lk"]
+    # what a format-7 worker wrote: its header, an entry per connection and lookup key, DNS server records' groups
+    header, changed = op.durable_parts(st)
+    for k in ("lgn", "lgx"):
+        header.pop(k)
+    header["parts"] = len(st["conns"]) + len(st["lk"]) + len(st["dsg"])
+    prefix = key.encode() + b"\x1f"
+    store = {key.encode(): _newer(dumps_checkpoint(header), 7)}
+    store.update({prefix + k.encode(): dumps_state(v) for k, v in changed.items() if k[0] in "cS"})
+    old_lookups = {prefix + b"l" + k.encode(): dumps_state([st["lks"][k], v]) for k, v in st["lk"].items()}
+    store.update(old_lookups)
+    op.untrack(st)  # (the live state's own marks are not those of the store built here)
+    writes = _restored_and_rewritten(store, op, key, st)
+    assert set(old_lookups) <= {k for _p, k, v in writes if v is None}  # the format-7 records, tombstoned
+    assert not [k for k in store if k.startswith(prefix + b"l")]
+    lgroups = [k for k in store if k.startswith(prefix + b"L")]
+    assert lgroups and sum(len(orjson.loads(store[k])) for k in lgroups) == len(st["lk"])
+    successor = _stitch_shell(store, op)
+    again = successor.state(key)
+    assert _comparable(op, again) == _comparable(op, st)
+    # the successor goes on: what changes is written in later groups, and a restore anywhere is the live state
+    shell.live[key] = again  # (the runner's state of the key: shell.live is runner.states[FLOWS_TOPIC])
+    for i in range(4):
+        runner.feed(events[half + i * half // 4: half + (i + 1) * half // 4])
+        successor.touch(int(key[1:]), key)
+        writes, _ = _snapshot(successor)
+        _apply(successor, writes)
+        assert _comparable(op, _stitch_shell(dict(store), op).state(key)) == _comparable(op, again)
+    assert {k for k in store if k.startswith(prefix + b"L")} - set(lgroups)  # groups written since
 
 
 class _Producer:

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
 
+from orjson import Fragment as _Fragment
+
 from svctrace.schemas.models import SyscallEvent
 
 from . import rules as R
@@ -166,7 +168,9 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
 # The form of the state's records and queues (state["v"]); states without it are upgraded.
 STATE_FORM = 5
 # the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
-_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg"))
+# and the lookup keys' groups' bookkeeping (_lookup_groups: "_lgc", "_lkv", "_lgd", "_lkx"; rebuilt by restore_parts)
+_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg", "_plg", "_plv",
+                          "_lgc", "_lkv", "_lgd", "_lkx"))
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
 # than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
@@ -305,7 +309,10 @@ class _Stitching:
                 "lc": [],
                 # the DNS server records' groups in the checkpoint's changelog (_server_groups): [[its id, the
                 # time of its newest record]], the last id given, and the time of the oldest record held at the cut
-                "dsg": [], "dsn": 0, "dso": None}
+                "dsg": [], "dsn": 0, "dso": None,
+                # the lookup keys' groups in the checkpoint's changelog (_lookup_groups): the last id given, and the
+                # keys gone whose versions live groups still hold (a restore leaves them out)
+                "lgn": 0, "lgx": []}
 
     @staticmethod
     def _upgrade_older(state: dict) -> None:
@@ -420,7 +427,9 @@ class _Stitching:
     # A checkpoint in parts (durable_parts / restore_parts): a header of the bucket's scalars and
     # small lists, and its entries, each written only when it changed since the last durable_parts:
     #   "c<conn key>"  a connection (its Conn as a JSON object; conn.qd: its timer queue entry)
-    #   "l<lkey>"      a lookup key: [its number in "lks", its lookups (L_*)]
+    #   "L<n>"         a group of lookup keys {lkey: [its number in "lks", its lookups (L_*)]}: those changed since
+    #                  the last durable_parts, written in later groups each time they change (_lookup_groups;
+    #                  formats 5-7 wrote "l<lkey>", one each)
     #   "S<n>"         a group of DNS server records (S_*) {dsrv key: record}: those new since the last
     #                  durable_parts, written once (_server_groups; format 5 wrote "s<dsrv key>", one each)
     # The marks: "_cc", "_cl", "_cs" (sets of the keys of conns, lk and dsrv that changed or went
@@ -430,29 +439,30 @@ class _Stitching:
     # _claim_lookup the key it reads, and each timer pass what it changes or removes. Not written:
     # the input buffer and the conns' timer queue "tq" (rebuilt from conn.qd: only each conn's live
     # entry [conn.qd, key] is ever acted on, and heap order is total on [deadline, key]). The lookups'
-    # queues "lq" and "lc" stay in the header as they are: their entries may be below a lookup's
-    # expiry (moved later lazily), and such an "lc" head sets a pass time when a bucket holds nothing
-    # else, so only the very entries give the same passes.
-    PART_CONN, PART_LOOKUP, PART_SERVER, PART_SERVERS = "c", "l", "s", "S"
+    # queues "lq" and "lc" stay in the header with their very entries: an entry may be below its lookup's
+    # expiry (moved later lazily) or name a lookup gone, and such an "lc" head sets a pass time when a
+    # bucket holds nothing else, so only the very entries give the same passes. They are written flat,
+    # without their keys (_flat_queue, format 8): a restore takes each from the lookup its number names.
+    PART_CONN, PART_LOOKUP, PART_LOOKUPS, PART_SERVER, PART_SERVERS = "c", "l", "L", "s", "S"
 
     @staticmethod
     def durable_parts(state: dict) -> tuple[dict, dict]:
         """(header, changed): the durable state as a header and the entries that changed since the
         last call, {subkey: entry, or None for one gone}; every entry at the first call on a state
         (or after untrack()). Resets the marks; the header's "parts" counts the state's entries."""
-        conns, lk, lks = state["conns"], state["lk"], state["lks"]
+        conns = state["conns"]
         cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
         full = cc is None or cl is None or cs is None
         if full:
-            cc, cl = conns, lk  # all of them
+            cc = conns  # all of them
         changed = _server_groups(state, cs, full)
+        for sub, keys in _lookup_groups(state, cl, full):
+            changed[sub] = None if keys is None else _lookup_group(state, keys)
         header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
-        header["parts"] = len(conns) + len(lk) + len(state["dsg"])
+        header["lq"], header["lc"] = _flat_queue(state["lq"], state["wm"]), _flat_queue(state["lc"], state["wm"])
+        header["parts"] = len(conns) + len(state["_lgc"]) + len(state["dsg"])
         for k in cc:
             changed["c" + k] = conns.get(k)
-        for k in cl:
-            lookups = lk.get(k)
-            changed["l" + k] = None if lookups is None else [lks[k], lookups]
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header, changed
 
@@ -474,24 +484,31 @@ class _Stitching:
     # or None for one gone}); every site that sets a change mark saves the entry first (_keep_conn,
     # _keep_lookup, _keep_server) when it is pending, before it changes it. The DNS server records' groups
     # ("_pg": [(subkey, group or None)]) hold the records as they are at the cut (never changed in place), so
-    # none is saved ("_ps" stays empty: _keep_server is not called).
+    # none is saved ("_ps" stays empty: _keep_server is not called). The lookup keys' groups ("_plg": [(subkey,
+    # its keys, or None)]) are serialized later, a group at a time: "_pl" holds their keys not yet serialized,
+    # and a key saved before it changed keeps its bytes in "_plv" ({lkey: bytes}) for its group to take.
 
     @staticmethod
     def begin_parts(state: dict) -> dict:
         """The cut of a checkpoint in slices: the header durable_parts gives, now; its entries (the same
         ones) follow from next_parts, as they are now, whatever the state goes through meanwhile."""
-        conns, lk = state["conns"], state["lk"]
+        conns = state["conns"]
         if state.get("_pv") is not None:
             raise RuntimeError("a checkpoint in slices begun before the last one ended")
         cc, cl, cs = state.get("_cc"), state.get("_cl"), state.get("_cs")
         full = cc is None or cl is None or cs is None
         if full:
-            cc, cl = set(conns), set(lk)  # all of them
+            cc = set(conns)  # all of them
         groups = _server_groups(state, cs, full)  # (records never changed in place: held as they are now)
+        lgroups = _lookup_groups(state, cl, full)
         header = {k: v for k, v in state.items() if k not in _NOT_IN_HEADER}
-        header["parts"] = len(conns) + len(lk) + len(state["dsg"])
-        state["_pc"], state["_pl"], state["_ps"], state["_pv"] = cc, cl, set(), {}
+        header["lq"], header["lc"] = _flat_queue(state["lq"], state["wm"]), _flat_queue(state["lc"], state["wm"])
+        header["parts"] = len(conns) + len(state["_lgc"]) + len(state["dsg"])
+        # the new lookup groups' keys (as they are now: each saved before it changes, _keep_lookup)
+        state["_pl"] = {k for _sub, keys in lgroups if keys is not None for k in keys}
+        state["_pc"], state["_ps"], state["_pv"], state["_plv"] = cc, set(), {}, {}
         state["_pg"] = list(groups.items())
+        state["_plg"] = lgroups
         state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
         return header
 
@@ -505,8 +522,8 @@ class _Stitching:
             return None
         from .graph import dumps_state
         out, state["_pv"] = saved, {}
-        pc, pl, pg = state["_pc"], state["_pl"], state["_pg"]
-        conns, lk, lks = state["conns"], state["lk"], state["lks"]
+        pc, pg, plg = state["_pc"], state["_pg"], state["_plg"]
+        conns = state["conns"]
         while limit > 0 and pg:  # DNS server records' groups (as they were at the cut: see _server_groups)
             sub, group = pg.pop()
             out[sub] = None if group is None else dumps_state(group)
@@ -516,13 +533,12 @@ class _Stitching:
             c = conns.get(k)
             out["c" + k] = None if c is None else dumps_state(c)
             limit -= 1
-        while limit > 0 and pl:
-            k = pl.pop()
-            lookups = lk.get(k)
-            out["l" + k] = None if lookups is None else dumps_state([lks[k], lookups])
-            limit -= 1
-        if not (pc or pl or pg):
-            for k in ("_pc", "_pl", "_ps", "_pv", "_pg"):
+        while limit > 0 and plg:  # lookup keys' groups (_lookup_groups), as they were at the cut
+            sub, keys = plg.pop()
+            out[sub] = None if keys is None else _lookup_group_bytes(state, keys)
+            limit -= 1 if keys is None else max(1, len(keys) // 2)
+        if not (pc or pg or plg):
+            for k in ("_pc", "_pl", "_ps", "_pv", "_pg", "_plg", "_plv"):
                 del state[k]
             if not out:
                 return None
@@ -539,14 +555,18 @@ class _Stitching:
         durable_parts gives what changes from here)."""
         conns, lk, lks, dsrv = [], [], {}, []
         servers: dict = {}  # the DNS server records of the groups (format 7): each key's newest
-        singles = False  # DNS server records one per entry (format 5)
+        lgroups: list = []  # the lookup keys' groups (format 8): (id, group)
+        singles = False  # DNS server records or lookup keys one per entry (formats 5-7)
         for sub, v in entries.items():
             kind, k = sub[0], sub[1:]
             if kind == "c":
                 conns.append(v if v.__class__ is Conn else Conn.from_dict(v))
+            elif kind == "L":
+                lgroups.append((int(k), k, v))
             elif kind == "l":
                 lks[k] = v[0]
                 lk.append((v[0], k, v[1]))
+                singles = True
             elif kind == "S":
                 for sk, rec in v.items():
                     had = servers.get(sk)
@@ -563,10 +583,39 @@ class _Stitching:
             oldest = header.get("dso")
             if oldest is not None:
                 dsrv += [(rec[S_TS], k, rec) for k, rec in servers.items() if rec[S_TS] >= oldest]
+        count: dict = {}  # the lookup groups' bookkeeping (_lookup_groups), as the state that wrote them had it
+        versions: dict = {}
+        dead_in: dict = {}
+        if lgroups:
+            # each key's version of the newest group, unless it is gone ("lgx": a group still holds a version of it)
+            lgroups.sort(key=itemgetter(0))
+            newest: dict = {}
+            for _n, g, group in lgroups:
+                count[g] = 0
+                for k, v in group.items():
+                    newest[k] = v
+                    held = versions.get(k)
+                    if held is None:
+                        versions[k] = [g]
+                    else:
+                        held.append(g)
+            dead = set(header.get("lgx") or ())
+            for k, v in newest.items():
+                if k in dead:
+                    for g in versions[k]:
+                        dead_in.setdefault(g, set()).add(k)
+                else:
+                    count[versions[k][-1]] += 1
+                    lks[k] = v[0]
+                    lk.append((v[0], k, v[1]))
         state = self.new_state()
         state.update(header)
         state.pop("parts", None)
         state["buf"] = []
+        lq, lc = header.get("lq"), header.get("lc")
+        if (lq and lq[0].__class__ is not list) or (lc and lc[0].__class__ is not list):  # (format 8: flat)
+            key_of = {x[L_SEQ]: k for _n, k, lookups in lk for x in lookups}
+            state["lq"], state["lc"] = _queue_of(lq, header["wm"], key_of), _queue_of(lc, header["wm"], key_of)
         _heaps_of_tuples(state)  # (JSON gives the lookups' queues' entries back as lists)
         # the orders the live state keeps: conns and lookup keys in creation order (their numbers),
         # DNS server records in time order
@@ -580,10 +629,11 @@ class _Stitching:
         tq = state["tq"] = [(c.qd, c.k) for c in conns]
         heapify(tq)
         state["v"] = STATE_FORM
-        if singles:  # (written by format 5: the next checkpoint writes every entry, tombstones the old ones)
-            state["dsg"], state["dso"] = [], None
+        if singles:  # (written by formats 5-7: the next checkpoint writes every entry, tombstones the old ones)
+            state["dsg"], state["dso"], state["lgx"] = [], None, []
         else:
             state["_cc"], state["_cl"], state["_cs"] = set(), set(), set()
+            state["_lgc"], state["_lkv"], state["_lgd"], state["_lkx"] = count, versions, dead_in, set(state["lgx"])
         return state
 
     def restore(self, durable: dict) -> dict:
@@ -2150,6 +2200,29 @@ _event_ts = attrgetter("ev.ts")
 _HEAPS = ("tq", "lq", "lc")
 
 
+def _flat_queue(queue: list, base: int) -> list:
+    """A lookups' queue ("lq", "lc": heap entries (expiry, L_SEQ, lkey)) as a header writes it (format 8): flat,
+    [expiry - base, L_SEQ, ...] in heap order, without the keys (about a third of the bytes, and ints are cheaper
+    to write than strings). A restore takes each entry's key from the lookup its number names (_queue_of)."""
+    out: list = []
+    append = out.append
+    for entry in queue:
+        append(entry[0] - base)
+        append(entry[1])
+    return out
+
+
+def _queue_of(flat: list | None, base: int, key_of: dict) -> list:
+    """A queue _flat_queue wrote, its entries again (heap order kept). An entry whose lookup the state no longer
+    holds (it left through a read of its key, _lookups, or the trim of a key's oldest ones: its entry stays until
+    a pass meets it) gets None for its key: every site that reads an entry looks its lookup up by key and
+    number and skips it when it is not found, as it skipped it with its key, and no two entries have the same
+    (expiry, number), so a heap never compares their keys."""
+    if not flat:
+        return []
+    return [(base + flat[i], flat[i + 1], key_of.get(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
 def _heaps_of_tuples(state: dict) -> None:
     for name in _HEAPS:
         heap = state.get(name)
@@ -2175,11 +2248,12 @@ def _keep_conn(st: dict, k: str) -> None:
 
 
 def _keep_lookup(st: dict, k: str) -> None:
-    """Lookup key k, as _keep_conn."""
+    """Lookup key k, about to change or go while a checkpoint in slices still has to write it in a group: its
+    bytes now (at the cut), which its group takes as they are (_lookup_group_bytes). A pending key is one that
+    was there at the cut, and every site that changes or removes one saves it first: it is there now."""
     from .graph import dumps_state
     st["_pl"].discard(k)
-    lookups = st["lk"].get(k)
-    st["_pv"]["l" + k] = None if lookups is None else dumps_state([st["lks"][k], lookups])
+    st["_plv"][k] = dumps_state([st["lks"][k], st["lk"][k]])
 
 
 def _keep_server(st: dict, k: str) -> None:
@@ -2191,6 +2265,118 @@ def _keep_server(st: dict, k: str) -> None:
 
 
 _GROUP_RECORDS = 1000  # DNS server records per group record, at most
+# Lookup keys per group record, at most: ~650 bytes a key (one lookup, one query) makes ~65 KB; a key holds at most
+# 8 lookups of MAX_QUERIES queries each (~180 KB at worst), so a group stays below the changelog's 32 MiB records.
+_LOOKUP_GROUP_KEYS = 100
+
+
+def _lookup_groups(st: dict, cl, full: bool) -> list:
+    """The lookup keys a checkpoint writes, in groups (checkpoint format 8): the keys changed since the last
+    checkpoint (`cl`, the keys marked; every key when `full`) that are there, in their creation order, go in groups
+    of up to _LOOKUP_GROUP_KEYS, each an entry "L<id>" ({lookup key: [its number, its lookups]}) written once and
+    tombstoned once no key's newest version is in it: a key written again goes in a later group (restoring takes
+    each key's version of the newest group), a key gone goes in the header's "lgx" while a group not tombstoned
+    still holds a version of it (restoring leaves those out). Most keys are written once (a lookup claimed soon
+    after its answer, then waiting for its expiry) and leave with the keys written beside them: about one group
+    record and one tombstone per 100 keys instead of one of each per key.
+    Returns [(subkey, [its keys], or None for a group gone)], the new groups' keys as they are at the cut (their
+    bytes: _lookup_group_bytes). Keeps st["lgn"] (the last id) and st["lgx"] (sorted), and the bookkeeping
+    restore_parts rebuilds: "_lgc" {group id: how many keys there have their newest version in it}, "_lkv" {key:
+    the ids of the groups not tombstoned holding a version of it}, "_lgd" {group id: the keys gone holding a
+    version there}, "_lkx" (the set of the keys gone still held: "lgx")."""
+    lk, lks = st["lk"], st["lks"]
+    out: list = []
+    count = st.get("_lgc")
+    dying: list = []
+    if full or count is None:
+        for g in count or ():
+            out.append(("L" + g, None))  # (every one when full: the shell tombstones only those it holds)
+        count, versions, dead_in, dead = st["_lgc"], st["_lkv"], st["_lgd"], st["_lkx"] = {}, {}, {}, set()
+        changed = list(lk)  # (creation order)
+    else:
+        versions, dead_in, dead = st["_lkv"], st["_lgd"], st["_lkx"]
+        changed = []
+        for k in cl:
+            if k in lk:
+                changed.append(k)
+            elif k not in dead:
+                held = versions.get(k)
+                if held is not None:  # gone since its last version was written
+                    count[held[-1]] -= 1
+                    dying.append(k)
+        changed.sort(key=lks.__getitem__)
+        for k in changed:
+            held = versions.get(k)
+            if held is not None:
+                if k in dead:  # gone, and there again: its new version hides the older ones
+                    dead.discard(k)
+                    for g in held:
+                        dead_in[g].discard(k)
+                else:
+                    count[held[-1]] -= 1
+                if len(held) > 1 or held[0] not in count:
+                    held[:] = [g for g in held if g in count]
+    # the groups no key's newest version is in any more: tombstoned
+    ended = [g for g, c in count.items() if not c]
+    for g in ended:
+        del count[g]
+        out.append(("L" + g, None))
+    for k in dying:  # hidden while a group still holds a version of it (mostly none: its group ends with it)
+        held = [g for g in versions[k] if g in count]
+        if held:
+            versions[k] = held
+            dead.add(k)
+            for g in held:
+                dead_in.setdefault(g, set()).add(k)
+        else:
+            del versions[k]
+    for g in ended:
+        for k in dead_in.pop(g, ()):
+            held = versions[k]
+            held.remove(g)
+            if not held:
+                del versions[k]
+                dead.discard(k)
+    n = st["lgn"]
+    for i in range(0, len(changed), _LOOKUP_GROUP_KEYS):
+        n += 1
+        g = str(n)
+        keys = changed[i:i + _LOOKUP_GROUP_KEYS]
+        count[g] = len(keys)
+        for k in keys:
+            held = versions.get(k)
+            if held is None:
+                versions[k] = [g]
+            else:
+                held.append(g)
+        out.append(("L" + g, keys))
+    st["lgn"] = n
+    st["lgx"] = sorted(dead) if dead else []
+    return out
+
+
+def _lookup_group(st: dict, keys: list) -> dict:
+    """A group's entry as durable_parts gives it: {lookup key: [its number, its lookups]}."""
+    lk, lks = st["lk"], st["lks"]
+    return {k: [lks[k], lk[k]] for k in keys}
+
+
+def _lookup_group_bytes(st: dict, keys: list) -> bytes:
+    """A group's bytes as they were at the cut (a checkpoint in slices): its keys saved before they changed
+    (_keep_lookup) as they were saved, the others as they are."""
+    from .graph import dumps_state
+    saved = st["_plv"]
+    pending = st["_pl"]
+    lk, lks = st["lk"], st["lks"]
+    group = {}
+    for k in keys:
+        raw = saved.pop(k, None)
+        if raw is not None:
+            group[k] = _Fragment(raw)
+        else:
+            pending.discard(k)
+            group[k] = [lks[k], lk[k]]
+    return dumps_state(group)
 
 
 def _server_groups(st: dict, cs, full: bool) -> dict:

@@ -17,7 +17,8 @@ Format 5: the stitch stage's key (a flow bucket) is written in parts (Stitcher.d
 record under the key is a header, {"checkpoint_format":5,"parts":<entries>, ...scalars...}, and each
 entry (a connection, a lookup key, a DNS server's record) is a record of its own, keyed
 `<bucket key>` PART_SEP `<entry key>` (PART_SEP, \x1f, occurs in no stitch key: buckets are "b0007",
-partition entries "#7"; an entry key is "c<conn key>", "l<lookup key>" or "s<DNS server key>"), its value the entry's JSON (dumps_part, no version field: an entry is read
+partition entries "#7"; an entry key is "c<conn key>", "l<lookup key>" or "s<DNS server key>"; formats 7-8 group the last
+two, below), its value the entry's JSON (dumps_part, no version field: an entry is read
 only through its bucket's header, whose format it shares). A checkpoint writes the header and only the
 entries that changed, a tombstone for each that went away, and tombstones for all of them when the
 bucket goes idle; a bucket's records of one checkpoint go in one producer batch of their changelog
@@ -43,6 +44,14 @@ newest record, "dso" the time of the oldest record held at the cut: a successor 
 record of the groups, none older than that). A format-5 bucket (its records one entry each) is still read:
 its next checkpoint writes every entry and tombstones the old ones.
 
+Format 8: the stitch stage's lookup keys are written in groups too: the keys changed since the last checkpoint,
+up to 100 a group in their creation order, as one entry keyed `<bucket key>` PART_SEP `L<group id>` (a JSON object
+{lookup key: [its number, its lookups]}), written once and tombstoned once no key's newest version is in it (a key
+changed again goes in a later group; a successor takes each key's version of the newest group). A key gone while a
+group still holds a version of it is listed in the header's "lgx" (and left out by a successor); "lgn" is the last
+group id given. A bucket of formats 5-7 (a lookup key an entry "l<lookup key>" each) is still read: its next
+checkpoint writes every entry and tombstones the old ones.
+
 Bump CHECKPOINT_FORMAT when what a record holds changes so that this worker could not read
 it (a new state layout, a renamed field), and teach the reader the older formats it must go
 on reading (an operator's restore() upgrading them). A change an older reader takes as it is
@@ -66,9 +75,10 @@ UNVERSIONED = 1  # records without FORMAT_FIELD
 # (conn "cl", "cn", "dns") are lists, no "dq" queue, claimed lookups queued apart ("lc"); Stitcher.restore
 # upgrades formats 1-3. 5: the stitch state in parts (above); format-4 records load as they are. 6: the alerts
 # state in parts (above): a format-5 reader would take a header for a state without chains. 7: the stitch
-# state's DNS server records in groups (above): a format-6 reader would restore a bucket without them.
-CHECKPOINT_FORMAT = 7
-READABLE = frozenset({UNVERSIONED, 2, 3, 4, 5, 6, CHECKPOINT_FORMAT})
+# state's DNS server records in groups (above): a format-6 reader would restore a bucket without them. 8: the
+# stitch state's lookup keys in groups (above): a format-7 reader would restore a bucket without its lookups.
+CHECKPOINT_FORMAT = 8
+READABLE = frozenset({UNVERSIONED, 2, 3, 4, 5, 6, 7, CHECKPOINT_FORMAT})
 PART_SEP = "\x1f"  # <key> PART_SEP <entry key>: the changelog key of one entry of a key's state
 PARTS_FIELD = "parts"  # a header's field: how many entries its key's state has
 
