@@ -432,8 +432,8 @@ def steady_traffic(rate: float, seconds: float, start_ns: int) -> tuple[Cluster,
     tests/test_core_checkpoint_parts checkpoints and restores it). As a fleet's: each part's requests come from
     STEADY_CLIENTS client pods of its own in turn (steady_cluster), each pod with its own ephemeral ports and each
     node's userspace proxy with its own dial ports, so that no connection identity comes back within ~140 s at
-    100k events/s (a proxy's dial ports: ~80 s), past any state the stitch stage keeps of one (a connection left
-    by its client waits 30 s for its other sides). Parts get pids and DNS ids of their own. Returns the cluster,
+    100k events/s (a proxy's dial ports: ~80 s), past any state the stitch stage keeps of one (a connection
+    with no close seen waits its 30 s idle timeout). Parts get pids and DNS ids of their own. Returns the cluster,
     the events in time order numbered per node, and the number of requests."""
     cluster = steady_cluster()
     # the mix's events per request: curl-like 50/3 (DNS lookup + request, over the three modes), keep-alive 4.4
