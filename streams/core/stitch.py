@@ -1007,8 +1007,8 @@ class _Stitching:
         # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
         # min (a later close replaces an earlier one: no earlier), and so does the close at ts that
         # leaves a connection with no client and no proxy dial with every acceptor closed (ts is its
-        # t1 then); nothing else an event does moves it earlier, and conn.qd <= the deadline, st["next"] <= conn.qd. So the new deadline is
-        # that candidate when it is below conn.qd, and nothing changes otherwise: advance queues it
+        # t1 then); nothing else an event does moves it earlier, and conn.qd <= the deadline,
+        # st["next"] <= conn.qd. So the new deadline is that candidate when it is below conn.qd, and nothing changes otherwise: advance queues it
         # so, without computing the deadline; this is for a state where those bounds do not hold.
         dl = self._conn_deadline(conn)
         if dl < conn.qd:
