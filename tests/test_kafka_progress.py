@@ -105,7 +105,7 @@ def test_a_done_partition_with_records_again_goes_held_with_the_marks_that_would
     topic = worker.t_syscalls.get_topic_name()
     tps = {q: TP(topic, q) for q in (3, 10)}
     answers: dict = {}
-    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _read_offset={},
+    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _committed_offset={},
                                assignment=lambda: set(tps.values()))
     worker.app._consumer = consumer  # (app.consumer reads it)
     records: dict[int, list] = {}
@@ -166,6 +166,14 @@ def test_a_done_partition_with_records_again_goes_held_with_the_marks_that_would
         worker.last_offset[10] = 2
         await worker._tick()
         assert taken.pop() == (0, {10: DONE})
+        # a partition of ours revoked before its HELD went out: it is not announced after (its new owner may
+        # have announced it DONE by then)
+        answers[(topic, 10)] = FetchAnswer(4, 4)
+        await worker._send_announcements(FLOWS_TOPIC)  # (queued, within heartbeat_s of the last send)
+        assert worker.hb_due[FLOWS_TOPIC] == {10: HELD}
+        await worker._on_revoked(None, [TP(topic, 10)])
+        assert FLOWS_TOPIC not in worker.hb_due or 10 not in worker.hb_due[FLOWS_TOPIC]
+        assert 10 not in worker.sources_here
 
     asyncio.run(story())
 

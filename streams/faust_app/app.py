@@ -1247,6 +1247,11 @@ class Worker:
                 stage.forget(tp.partition)
             if stage is self.enrich:
                 self.sources_here.pop(tp.partition, None)  # (no word for it from here: HELD neither)
+                due = self.hb_due.get(FLOWS_TOPIC)
+                if due and due.get(tp.partition) == HELD:
+                    # not sent now, after its new owner may have announced it DONE: every stitch partition
+                    # would wait for it until that owner speaks again
+                    del due[tp.partition]
                 for table in (self.last_offset, self.last_input, self.live, self.heard, self.unreleased):
                     table.pop(tp.partition, None)
             if stage is self.alerts:
@@ -1795,7 +1800,9 @@ class Worker:
         a mark a syscalls record released waited for the next tick (up to heartbeat_s) even where no
         record carries it. The marks stay queued: the next send still announces them to every partition
         (the records of other workers' partitions, and of ours for a successor)."""
-        fresh = {source: mark for source, mark in marks.items() if self.hb_here.get(source) != mark}
+        # (a HELD each time: a partition that became ours since it was last taken must not get the others'
+        # marks without it; taken again it changes nothing)
+        fresh = {source: mark for source, mark in marks.items() if mark == HELD or self.hb_here.get(source) != mark}
         if not fresh:
             return
         self.hb_here.update(fresh)
@@ -2072,8 +2079,14 @@ class Worker:
             return None
 
     def _last_processed(self, consumer, tp) -> int | None:
+        """The offset of the last record of tp this worker processed, else (none since its assignment) the one
+        before its committed offset. Not Faust's read offset: that moves as records are handed to the stream,
+        before they are processed (a backlog's records queued behind another partition's)."""
         last = self.last_offset.get(tp.partition)
-        return getattr(consumer, "_read_offset", {}).get(tp) if last is None else last
+        if last is not None:
+            return last
+        committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        return None if committed is None else committed - 1
 
     @staticmethod
     def _fetch_answer(consumer, tp) -> FetchAnswer | None:
