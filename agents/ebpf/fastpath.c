@@ -479,6 +479,65 @@ static int reserve(struct fp_ctx *c, uint64_t more)
 static const char PAYLOAD_END[] = "\",\"redacted\":false";
 static const char NO_PAYLOAD[] = "null,\"redacted\":false";
 
+/* One ring record as both walks read it (fp_walk, fp_walk_cols). */
+enum { RING_EVENT, RING_BUSY, RING_SKIP, RING_PYTHON };
+struct ring_event {
+	uint64_t next, ts; /* next: the record after it */
+	int64_t ret;
+	uint32_t pid, tid, size, dlen, plen; /* plen: the payload's bytes kept (snaplen) */
+	int32_t fd;
+	const uint8_t *data;
+	struct tmpl *t; /* its socket's template, of the walk's form */
+};
+
+/* The record at cons: RING_BUSY (not committed yet), RING_SKIP (discarded: r->next), RING_PYTHON (Python
+ * must encode it: c->why says why, c->role its socket's role), else RING_EVENT with r filled in. */
+static inline int ring_event_at(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t base, uint64_t mask,
+				int columns, struct ring_event *r)
+{
+	const uint8_t *at = buf + base + (cons & mask);
+	uint32_t hdr;
+	memcpy(&hdr, at, 4);
+	if (hdr & RINGBUF_BUSY)
+		return RING_BUSY;
+	r->next = cons + (((hdr & RINGBUF_LEN) + RINGBUF_HDR + 7) & ~7ULL);
+	if (hdr & RINGBUF_DISCARD)
+		return RING_SKIP;
+	const uint8_t *rec = at + RINGBUF_HDR;
+	uint32_t reclen = hdr & RINGBUF_LEN;
+	uint64_t ret_u;
+	uint16_t sc;
+	memcpy(&r->ts, rec, 8);
+	memcpy(&ret_u, rec + 24, 8);
+	r->ret = (int64_t)ret_u;
+	memcpy(&r->pid, rec + 32, 4);
+	memcpy(&r->tid, rec + 36, 4);
+	memcpy(&r->fd, rec + 40, 4);
+	memcpy(&r->size, rec + 44, 4);
+	memcpy(&r->dlen, rec + 48, 4);
+	memcpy(&sc, rec + 52, 2);
+	c->why = WHY_OTHER;
+	c->role = 0;
+	if (reclen < REC_SIZE || r->dlen > reclen - REC_SIZE || r->ret < 0 || sc >= 32 || !(c->io_mask >> sc & 1))
+		return RING_PYTHON;
+	struct tkey k;
+	uint32_t role = fp_role_get(c, r->pid, r->fd);
+	make_key(&k, rec, role);
+	struct tmpl *t = r->t = tmpl_find(c, &k);
+	c->role = role;
+	if (!t->used || !(columns ? (void *)t->cols : (void *)t->text)) { /* (a template of the other form) */
+		c->why = WHY_TEMPLATE;
+		return RING_PYTHON;
+	}
+	r->plen = r->dlen < c->snaplen ? r->dlen : c->snaplen;
+	r->data = rec + REC_SIZE;
+	if (r->plen && c->redact && fp_suspicious(r->data, r->plen)) {
+		c->why = WHY_PAYLOAD;
+		return RING_PYTHON;
+	}
+	return RING_EVENT;
+}
+
 /* Walk the ring from `cons` to `prod` (record at position p sits at buf + base + (p & mask)
  * behind its 8-byte header), appending each event's JSON to c->out, comma-separated, for a
  * batch with room for `room_events` events and `room_bytes` bytes (an event counts its JSON
@@ -491,8 +550,6 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 {
 	uint64_t done = 0, events = 0, bytes = 0, n = c->n;
 	int status = FP_IDLE;
-	const uint32_t snaplen = c->snaplen;
-	struct tkey k;
 
 	c->out_len = 0;
 	if (!room_events) {
@@ -500,55 +557,25 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 		goto out;
 	}
 	while (cons < prod && done < limit) {
-		const uint8_t *at = buf + base + (cons & mask);
-		uint32_t hdr;
-		memcpy(&hdr, at, 4);
-		if (hdr & RINGBUF_BUSY)
+		struct ring_event r;
+		int got = ring_event_at(c, buf, cons, base, mask, 0, &r);
+		if (got == RING_BUSY)
 			break; /* not committed yet */
-		uint64_t next = cons + (((hdr & RINGBUF_LEN) + RINGBUF_HDR + 7) & ~7ULL);
-		if (hdr & RINGBUF_DISCARD) {
-			cons = next;
+		if (got == RING_SKIP) {
+			cons = r.next;
 			done++;
 			continue;
 		}
-		const uint8_t *rec = at + RINGBUF_HDR;
-		uint32_t reclen = hdr & RINGBUF_LEN;
-		uint64_t ts, ret_u;
-		int64_t ret;
-		uint32_t pid, tid, size, dlen;
-		int32_t fd;
-		uint16_t sc;
-		memcpy(&ts, rec, 8);
-		memcpy(&ret_u, rec + 24, 8);
-		ret = (int64_t)ret_u;
-		memcpy(&pid, rec + 32, 4);
-		memcpy(&tid, rec + 36, 4);
-		memcpy(&fd, rec + 40, 4);
-		memcpy(&size, rec + 44, 4);
-		memcpy(&dlen, rec + 48, 4);
-		memcpy(&sc, rec + 52, 2);
-		c->why = WHY_OTHER;
-		c->role = 0;
-		if (reclen < REC_SIZE || dlen > reclen - REC_SIZE || ret < 0 || sc >= 32 || !(c->io_mask >> sc & 1)) {
+		if (got == RING_PYTHON) {
 			status = FP_PYTHON;
 			break;
 		}
-		uint32_t role = fp_role_get(c, pid, fd);
-		make_key(&k, rec, role);
-		struct tmpl *t = tmpl_find(c, &k);
-		c->role = role;
-		if (!t->used || !t->text) { /* (text: not a columns template) */
-			c->why = WHY_TEMPLATE;
-			status = FP_PYTHON;
-			break;
-		}
-		uint32_t plen = dlen < snaplen ? dlen : snaplen;
-		const uint8_t *data = rec + REC_SIZE;
-		if (plen && c->redact && fp_suspicious(data, plen)) {
-			c->why = WHY_PAYLOAD;
-			status = FP_PYTHON;
-			break;
-		}
+		struct tmpl *t = r.t;
+		const uint64_t next = r.next, ts = r.ts;
+		const int64_t ret = r.ret;
+		const uint32_t pid = r.pid, tid = r.tid, size = r.size, dlen = r.dlen, plen = r.plen;
+		const int32_t fd = r.fd;
+		const uint8_t *data = r.data;
 		if (reserve(c, t->at[NSLOTS] + t->len[NSLOTS] + NSLOTS * 20 + (MAX_SNAP / 3 + 1) * 4 + 64)) {
 			status = FP_FULL; /* out of memory: hand over what is there */
 			break;
@@ -946,63 +973,31 @@ int fp_walk_cols(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t p
 {
 	uint64_t done = 0, events = 0, bytes = 0, n = c->n;
 	int status = FP_IDLE;
-	const uint32_t snaplen = c->snaplen;
-	struct tkey k;
 
 	if (!room_events) {
 		status = FP_FULL;
 		goto out;
 	}
 	while (cons < prod && done < limit) {
-		const uint8_t *at = buf + base + (cons & mask);
-		uint32_t hdr;
-		memcpy(&hdr, at, 4);
-		if (hdr & RINGBUF_BUSY)
-			break;
-		uint64_t next = cons + (((hdr & RINGBUF_LEN) + RINGBUF_HDR + 7) & ~7ULL);
-		if (hdr & RINGBUF_DISCARD) {
-			cons = next;
+		struct ring_event r;
+		int got = ring_event_at(c, buf, cons, base, mask, 1, &r);
+		if (got == RING_BUSY)
+			break; /* not committed yet */
+		if (got == RING_SKIP) {
+			cons = r.next;
 			done++;
 			continue;
 		}
-		const uint8_t *rec = at + RINGBUF_HDR;
-		uint32_t reclen = hdr & RINGBUF_LEN;
-		uint64_t ts, ret_u;
-		int64_t ret;
-		uint32_t pid, tid, size, dlen;
-		int32_t fd;
-		uint16_t sc;
-		memcpy(&ts, rec, 8);
-		memcpy(&ret_u, rec + 24, 8);
-		ret = (int64_t)ret_u;
-		memcpy(&pid, rec + 32, 4);
-		memcpy(&tid, rec + 36, 4);
-		memcpy(&fd, rec + 40, 4);
-		memcpy(&size, rec + 44, 4);
-		memcpy(&dlen, rec + 48, 4);
-		memcpy(&sc, rec + 52, 2);
-		c->why = WHY_OTHER;
-		c->role = 0;
-		if (reclen < REC_SIZE || dlen > reclen - REC_SIZE || ret < 0 || sc >= 32 || !(c->io_mask >> sc & 1)) {
+		if (got == RING_PYTHON) {
 			status = FP_PYTHON;
 			break;
 		}
-		uint32_t role = fp_role_get(c, pid, fd);
-		make_key(&k, rec, role);
-		struct tmpl *t = tmpl_find(c, &k);
-		c->role = role;
-		if (!t->used || !t->cols) {
-			c->why = WHY_TEMPLATE;
-			status = FP_PYTHON;
-			break;
-		}
-		uint32_t plen = dlen < snaplen ? dlen : snaplen;
-		const uint8_t *data = rec + REC_SIZE;
-		if (plen && c->redact && fp_suspicious(data, plen)) {
-			c->why = WHY_PAYLOAD;
-			status = FP_PYTHON;
-			break;
-		}
+		struct tmpl *t = r.t;
+		const uint64_t next = r.next, ts = r.ts;
+		const int64_t ret = r.ret;
+		const uint32_t pid = r.pid, tid = r.tid, size = r.size, dlen = r.dlen, plen = r.plen;
+		const int32_t fd = r.fd;
+		const uint8_t *data = r.data;
 		struct ccols *cols = t->cols;
 		uint64_t cost = cols->bound + (dlen ? plen : 0);
 		if ((events || batch_open) && bytes + cost > room_bytes) {
