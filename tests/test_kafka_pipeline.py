@@ -244,15 +244,22 @@ def test_a_backlog_published_after_every_partition_is_done_passes_no_partition_o
             return sum(len(b.events) for b in batches)
 
         sent = kafka.run(publish_at_once())
-        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="stitch") >= sent,
-                     RESULT_TIMEOUT, "the backlog into the stitch stage", [worker])
-        late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
-                for stage in ("enrich", "stitch")}
-        assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{worker.log_tail(30)}"
-        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
-        assert_same(res, chains, alerts, [worker])
+        _backlog_taken_with_none_late(kafka, prefix, worker, sent, chains, alerts)
     finally:
         worker.stop()
+
+
+def _backlog_taken_with_none_late(kafka, prefix, worker, sent: int, chains, alerts) -> None:
+    """The worker takes the `sent` events of the backlog into its stitch stage, counts none of them late, and
+    puts out the in-process runner's chains and alerts."""
+    url = worker.metrics_url()
+    P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="stitch") >= sent,
+                 RESULT_TIMEOUT, "the backlog into the stitch stage", [worker])
+    late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
+            for stage in ("enrich", "stitch")}
+    assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{worker.log_tail(30)}"
+    res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
+    assert_same(res, chains, alerts, [worker])
 
 
 def test_a_backlog_published_while_the_worker_was_down_after_every_partition_was_done_passes_none_of_it(
@@ -284,14 +291,7 @@ def test_a_backlog_published_while_the_worker_was_down_after_every_partition_was
     second = P.WorkerProcess(kafka.bootstrap, prefix, "app-" + prefix.strip("."), tmp_path, name="again",
                              idle_flush=2.0).start()
     try:
-        url = second.metrics_url()
-        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_events_total", stage="stitch") >= sent,
-                     RESULT_TIMEOUT, "the backlog into the stitch stage", [second])
-        late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
-                for stage in ("enrich", "stitch")}
-        assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{second.log_tail(30)}"
-        res = kafka.run(P.read_results(kafka.bootstrap, prefix, complete(chains, alerts), RESULT_TIMEOUT, settle=1.0))
-        assert_same(res, chains, alerts, [second])
+        _backlog_taken_with_none_late(kafka, prefix, second, sent, chains, alerts)
     finally:
         second.stop()
 
