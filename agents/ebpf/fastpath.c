@@ -571,11 +571,6 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 			break;
 		}
 		struct tmpl *t = r.t;
-		const uint64_t next = r.next, ts = r.ts;
-		const int64_t ret = r.ret;
-		const uint32_t pid = r.pid, tid = r.tid, size = r.size, dlen = r.dlen, plen = r.plen;
-		const int32_t fd = r.fd;
-		const uint8_t *data = r.data;
 		if (reserve(c, t->at[NSLOTS] + t->len[NSLOTS] + NSLOTS * 20 + (MAX_SNAP / 3 + 1) * 4 + 64)) {
 			status = FP_FULL; /* out of memory: hand over what is there */
 			break;
@@ -584,16 +579,16 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 		if (events)
 			*p++ = ',';
 		const char *lit = t->text;
-		uint64_t vals[NSLOTS - 1] = {ts + (uint64_t)c->toff, n + 1, tid, (uint64_t)ret, size};
+		uint64_t vals[NSLOTS - 1] = {r.ts + (uint64_t)c->toff, n + 1, r.tid, (uint64_t)r.ret, r.size};
 		for (int s = 0; s < NSLOTS - 1; s++) {
 			memcpy(p, lit + t->at[s], t->len[s]);
 			p = put_u64(p + t->len[s], vals[s]);
 		}
 		memcpy(p, lit + t->at[NSLOTS - 1], t->len[NSLOTS - 1]);
 		p += t->len[NSLOTS - 1];
-		if (dlen) {
+		if (r.dlen) {
 			*p++ = '"';
-			p = put_base64(p, data, plen);
+			p = put_base64(p, r.data, r.plen);
 			memcpy(p, PAYLOAD_END, sizeof(PAYLOAD_END) - 1);
 			p += sizeof(PAYLOAD_END) - 1;
 		} else {
@@ -609,11 +604,11 @@ int fp_walk(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t prod, 
 		}
 		c->out_len += p - start;
 		if (t->learn)
-			role_remember(c, pid, fd, t->learn); /* a UDP socket's role, learnt by its template */
+			role_remember(c, r.pid, r.fd, t->learn); /* a UDP socket's role, learnt by its template */
 		n++;
 		events++;
 		bytes += cost;
-		cons = next;
+		cons = r.next;
 		done++;
 		if (events >= room_events) {
 			status = FP_FULL;
@@ -993,46 +988,41 @@ int fp_walk_cols(struct fp_ctx *c, const uint8_t *buf, uint64_t cons, uint64_t p
 			break;
 		}
 		struct tmpl *t = r.t;
-		const uint64_t next = r.next, ts = r.ts;
-		const int64_t ret = r.ret;
-		const uint32_t pid = r.pid, tid = r.tid, size = r.size, dlen = r.dlen, plen = r.plen;
-		const int32_t fd = r.fd;
-		const uint8_t *data = r.data;
 		struct ccols *cols = t->cols;
-		uint64_t cost = cols->bound + (dlen ? plen : 0);
+		uint64_t cost = cols->bound + (r.dlen ? r.plen : 0);
 		if ((events || batch_open) && bytes + cost > room_bytes) {
 			status = FP_FULL; /* the batch is full: this record opens the next one */
 			break;
 		}
-		struct crow *row = row_push(c, plen);
+		struct crow *row = row_push(c, r.plen);
 		if (!row) {
 			status = FP_FULL; /* out of memory: hand over what is there */
 			break;
 		}
 		row->t = cols;
-		row->v[0] = (int64_t)(ts + (uint64_t)c->toff);
+		row->v[0] = (int64_t)(r.ts + (uint64_t)c->toff);
 		row->v[1] = (int64_t)(n + 1);
-		row->v[2] = tid;
-		row->v[3] = ret;
-		row->v[4] = size;
+		row->v[2] = r.tid;
+		row->v[3] = r.ret;
+		row->v[4] = r.size;
 		row->flags = ROW_SIZE;
 		row->dlen = 0;
 		row->doff = 0;
-		if (dlen) {
+		if (r.dlen) {
 			row->flags |= ROW_DATA;
-			row->dlen = plen;
+			row->dlen = r.plen;
 			row->doff = c->pay_len;
-			memcpy(c->pay + c->pay_len, data, plen);
-			c->pay_len += plen;
+			memcpy(c->pay + c->pay_len, r.data, r.plen);
+			c->pay_len += r.plen;
 		}
 		cols->used = c->gen;
 		c->nrows++;
 		if (t->learn)
-			role_remember(c, pid, fd, t->learn);
+			role_remember(c, r.pid, r.fd, t->learn);
 		n++;
 		events++;
 		bytes += cost;
-		cons = next;
+		cons = r.next;
 		done++;
 		if (events >= room_events) {
 			status = FP_FULL;
