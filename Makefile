@@ -1,5 +1,10 @@
 # The two commands a newcomer needs:  `make demo`  and  `make test`.
-PY      ?= python3
+# The interpreter the venv is made from: the distribution's python3 where it can make a venv and build
+# extensions (a Debian/Ubuntu python3 is built with profile-guided and link-time optimization, like the image's
+# python:3.11-slim; a pyenv or source build usually is not, and runs the worker's Python code ~15% slower:
+# docs/performance.md, "The interpreter"); else whatever python3 is first on PATH. Evaluated when the venv is
+# made, after system-deps. `make PY=...` chooses another.
+PY      ?= $(shell /usr/bin/python3 -c 'import ensurepip, os, sysconfig; assert os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
@@ -32,7 +37,7 @@ $(STAMP): pyproject.toml setup.py
 $(NATIVE): $(STAMP) $(NATIVE_SOURCES)
 	$(BIN)/python -m svctrace.streams.core.build_native || echo "svctrace: compiling the core failed (see above): it runs as Python"
 
-# Debian packages the tests use (python3-venv for the venv, sysdig as the decoder's oracle, clang/bpftool/libbpf
+# Debian packages the tests use (python3-venv and python3-dev for the venv and the core's build, sysdig as the decoder's oracle, clang/bpftool/libbpf
 # for the eBPF agent, iptables/iproute2 for the lab networks). Idempotent.
 system-deps:
 	bash .ci/install-system-deps

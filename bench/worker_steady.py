@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -202,6 +203,8 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
           f"{seconds:g} s), each node's events in batches of {LINGER_NS / S:g} s ({form}), 1 worker checkpointing every "
           f"{args.checkpoint_interval:g} s{' publishing' if args.enriched else ' not publishing'} "
           f"svctrace.events.enriched; {args.warmup:g} s warm-up, then {args.span:g} s measured; {load()}")
+    print(f"  (Python {platform.python_version()} from {sys._base_executable}: the interpreter's build matters, "
+          f"docs/performance.md \"The interpreter\")")
     print(f"  (measured: {n:,} events published in the span; worker CPU {cpu:.2f} s over {wall:.2f} s wall, "
           f"{cpu / wall:.0%} of a core; in-process CPU {inproc_cpu:.2f} s for all {len(events):,} events)")
     print(f"  (the machine meanwhile: {tail['machine_busy']:.2f} of its {os.cpu_count()} cores busy, the worker "
