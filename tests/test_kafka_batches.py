@@ -210,7 +210,7 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     """set_zstd_level: a producer batch (aiokafka's C builder) is compressed at the level set and reads
     back as the same records; the default level puts the process's codec function back (with
     reuse_zstd_contexts, as in the worker: zstd_encode_reusing). The worker takes it as --zstd-level
-    (default: aiokafka's 3)."""
+    (default: 1, command.WORKER_ZSTD_LEVEL; aiokafka's is 3)."""
     import argparse
 
     import cramjam
@@ -254,8 +254,9 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     assert build() == default
     parser = argparse.ArgumentParser()
     command.configure(parser)
-    assert parser.parse_args([]).zstd_level == ZSTD_LEVEL == 3
-    assert parser.parse_args(["--zstd-level", "1"]).zstd_level == 1
+    assert ZSTD_LEVEL == 3
+    assert parser.parse_args([]).zstd_level == command.WORKER_ZSTD_LEVEL == 1
+    assert parser.parse_args(["--zstd-level", "3"]).zstd_level == 3
 
 
 def test_records_placed_by_known_partition_counts_follow_a_count_that_changes():
