@@ -1345,8 +1345,9 @@ class Worker:
         self.last_offset[q] = msg.offset
         batch = decode_syscall_batch(msg.value)
         events = batch.events
-        self.metrics.records.labels("enrich").inc()
-        self.metrics.events.labels("enrich").inc(len(events))
+        metrics = self.metrics
+        metrics.child(metrics.records, "enrich").inc()
+        metrics.child(metrics.events, "enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
         meta["done"] = False
@@ -1579,7 +1580,7 @@ class Worker:
                     self.applied.forget(tag)
                 raise
             for topic, n in counts.items():
-                self.metrics.outputs.labels(topic).inc(n)
+                self.metrics.child(self.metrics.outputs, topic).inc(n)
             if batches.dead_lettered:  # (records too large to send: their dead letters went instead)
                 self.metrics.deadletters.labels(stage_name).inc(batches.dead_lettered)
             # Applied after their records were queued (in order with them), with no await in between, and
@@ -1615,8 +1616,9 @@ class Worker:
         """One enriched batch (from a record or handed over) applied to its stitch key: counted, its
         late events too; returns the outputs to route."""
         stage = self.stitch
-        self.metrics.records.labels("stitch").inc()
-        self.metrics.events.labels("stitch").inc(len(batch["events"]))
+        metrics = self.metrics
+        metrics.child(metrics.records, "stitch").inc()
+        metrics.child(metrics.events, "stitch").inc(len(batch["events"]))
         st = stage.state(key)
         late = st["late"]
         outs = stage.op.process(st, key, batch)
