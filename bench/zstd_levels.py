@@ -66,7 +66,6 @@ class _Op:
 def capture(records, events, warmup_ns: int) -> tuple[dict[str, list[bytes]], int]:
     taken: dict[str, list[bytes]] = {"changelog": [], "chains": [], "enriched": []}
     measuring = [False]
-    warm_end = events[0].ts + warmup_ns
 
     def chains(outs):
         if not measuring[0]:
@@ -102,9 +101,6 @@ def capture(records, events, warmup_ns: int) -> tuple[dict[str, list[bytes]], in
             taken["changelog"].append(bytes(payload))
         return encode(payload, *a, **kw)
 
-    clock = time.thread_time_ns
-    span_clock = lambda: clock()  # noqa: E731
-
     # the span starts where drive's does: its tick passing warm_end (drive's producer.measuring says it)
     class Producer(core_checkpoint._Producer):
         @property
@@ -126,7 +122,6 @@ def capture(records, events, warmup_ns: int) -> tuple[dict[str, list[bytes]], in
         core_checkpoint.Graph = graph_of
         core_checkpoint._Producer = Producer.__mro__[1]
         c_records.zstd_encode = encode
-    del span_clock, warm_end
     return taken, r["measured"]
 
 
