@@ -17,3 +17,5 @@ cdef class _Enriching:
     cpdef list _release(self, dict state, node, events)
     cpdef _bucket_list(self, flow, dict by_bucket, node)
     cpdef _ref(self, ip, port, proto, ts, sec)
+    @cython.locals(pout=dict, vipc=dict, pending=list, reads=list, recent=list)
+    cpdef _track_proxy(self, dict st, SyscallEvent e, lref, aref, bint server_side, set tracked)
