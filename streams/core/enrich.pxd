@@ -12,7 +12,7 @@ cdef class _Enriching:
     cdef public dict _fast_refs, _fast_ports, _other_ips, _bucket_cache
     cdef public object newest_ts
 
-    @cython.locals(d=EnrichedEvent, e=SyscallEvent, out=list, lost=list, by_bucket=dict, lists=dict, fast=dict,
+    @cython.locals(d=EnrichedEvent, e=SyscallEvent, out=list, lost=list, by_bucket=dict, lists=dict, runs=dict, fast=dict,
                    fast_ports=dict)
     cpdef list _release(self, dict state, node, events)
     cpdef _bucket_list(self, flow, dict by_bucket, node)
