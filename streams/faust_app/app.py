@@ -686,7 +686,8 @@ class StageShell:
     async def advance_keys(self, p: int, marks: dict[str, int], default: int) -> None:
         """Advance every key of partition p to its own mark (marks[key], else default): the enrich
         stage's keys are nodes, each following its own clock."""
-        dups_counter = self.worker.metrics.dups.labels(self.name)
+        metrics = self.worker.metrics
+        dups_counter = metrics.child(metrics.dups, self.name)
         for key in list(self.part_meta(p)["keys"]):
             watermark = marks.get(key, default)
             st = self.state(key)
@@ -1405,7 +1406,7 @@ class Worker:
             if wm is None:
                 return
             await self.enrich.advance_keys(q, node_marks, wm)
-            self.metrics.watermark.labels("enrich").set(wm / 1e9)
+            self.metrics.child(self.metrics.watermark, "enrich").set(wm / 1e9)
             self._announce(FLOWS_TOPIC, q, wm)
         if send:
             await self._send_announcements(FLOWS_TOPIC)
@@ -1437,7 +1438,7 @@ class Worker:
                 await self.route("stitch", p, outs)
             SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
         else:
-            self.metrics.progress_records.labels("stitch").inc()
+            self.metrics.child(self.metrics.progress_records, "stitch").inc()
             stage.pending.setdefault(p, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, p, marks)
@@ -1456,11 +1457,11 @@ class Worker:
         self.alerts_reading.add(r)
         _source, marks = decode_progress(msg.headers)
         if msg.value:
-            self.metrics.records.labels("alerts").inc()
+            self.metrics.child(self.metrics.records, "alerts").inc()
             if not self.applied.take(msg.headers):  # (else the stitch stage applied it as it sent it)
                 await self._apply_occurrence(r, msg.key.decode(), orjson.loads(msg.value))
         else:
-            self.metrics.progress_records.labels("alerts").inc()
+            self.metrics.child(self.metrics.progress_records, "alerts").inc()
         stage.pending.setdefault(r, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, r, marks)
@@ -1491,7 +1492,7 @@ class Worker:
             wm = prog.watermark()
             if wm is not None and (before is None or wm > before):
                 await stage.advance_partition(p, wm)
-                self.metrics.watermark.labels(stage.name).set(wm / 1e9)
+                self.metrics.child(self.metrics.watermark, stage.name).set(wm / 1e9)
                 if stage is self.stitch:
                     self._announce(OCCURRENCES_TOPIC, p, wm)
             elif prog.should_flush():
