@@ -7,7 +7,7 @@ it, no Kafka, no clock) with the worker's own stitch StageShell around the stitc
 time its checkpoint, as Worker.checkpoint makes it: the cut (StageShell.snapshot), the entries serialized in
 slices (StageShell.finish, a slice per syscalls record of 1000 events, the stage advancing in between: the copy-on-write
 saves land in the advance, as live), the changelog batches (StageShell.write: real aiokafka record batches,
-zstd as the worker's producer compresses them) and confirm. After --warmup seconds prints per event
+zstd at the worker's default level, as its producer compresses them) and confirm. After --warmup seconds prints per event
 published in the span: the stitch advance (with the saves it makes), the cut, the slices, the write, the
 compression, all checkpoint rows together; per checkpoint the CPU and the bytes written; digests of the
 chains and occurrences emitted and of the changelog as compacted (a change of the records' bytes shows
@@ -37,7 +37,7 @@ from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
 from mode.utils.collections import FastUserDict  # noqa: E402
 
 from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches, enrich_tick  # noqa: E402
-from svctrace.kafka.clients import reuse_zstd_contexts  # noqa: E402
+from svctrace.kafka.clients import reuse_zstd_contexts, set_zstd_level  # noqa: E402
 from svctrace.streams.core.graph import Graph, dumps_state, loads_state  # noqa: E402
 from svctrace.streams.core.keys import bucket_partition  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -252,6 +252,7 @@ def main() -> int:
     ap.add_argument("--restore", action="store_true", help="restore every key from the changelog and compare")
     args = ap.parse_args()
     reuse_zstd_contexts()  # (as the worker does at import)
+    set_zstd_level(worker_command.WORKER_ZSTD_LEVEL)  # (and its command, at its default --zstd-level)
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()
     print(f"core_checkpoint: {args.rate:,.0f} events/s of the mixed traffic ({requests:,} requests, {len(events):,} "

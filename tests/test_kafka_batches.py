@@ -162,7 +162,8 @@ def test_batches_join_or_queue_behind_a_waiting_one_without_waiting_for_its_drai
     producer drains one batch per partition per request). Records that do not fit go in a batch queued
     behind the waiting ones, without waiting until those are drained into a request (aiokafka's
     send_batch; behind a slow request, a checkpoint's, the stitch stage waited for it). The records land
-    in the order sent. A partition with QUEUED_PER_PARTITION batches waiting takes send_batch's way."""
+    in the order sent. A partition with QUEUED_PER_PARTITION batches waiting takes send_batch's way; one
+    with none waiting gets its batch queued first in line, as send_batch would queue it, without its detour."""
     from aiokafka.structs import TopicPartition
 
     from svctrace.kafka.batches import QUEUED_PER_PARTITION
@@ -196,21 +197,32 @@ def test_batches_join_or_queue_behind_a_waiting_one_without_waiting_for_its_drai
             await asyncio.sleep(0)
             assert not send.done() and len(waiting) == QUEUED_PER_PARTITION  # this one waits its turn
             await send  # once the lingering batch went out
+            tp1 = TopicPartition(topic, 1)
+            assert not p._message_accumulator._batches.get(tp1)
+            batches = PartitionBatches(p)
+            batches.add(topic, 1, b"a", b"alone")
+            batches.add(topic, 1, b"b", b"alone too")
+            await batches.send()
+            alone = p._message_accumulator._batches[tp1]
+            assert len(alone) == 1 and alone[0].record_count == 2  # queued at once, first in line
             await p.flush()
         finally:
             await p.stop()
         got = await _read_back(kafka, topic, QUEUED_PER_PARTITION + 3, partition=0)
-        return [r.value.rstrip(b".") for r in sorted(got, key=lambda r: r.offset)]
+        got1 = await _read_back(kafka, topic, 2, partition=1)
+        return ([r.value.rstrip(b".") for r in sorted(got, key=lambda r: r.offset)],
+                [(r.key, r.value) for r in sorted(got1, key=lambda r: r.offset)])
 
-    assert asyncio.run(scenario()) == [b"first", b"joined", b"joined too",
-                                       *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"]
+    assert asyncio.run(scenario()) == ([b"first", b"joined", b"joined too",
+                                        *(b"batch-%d" % i for i in range(QUEUED_PER_PARTITION - 1)), b"last"],
+                                       [(b"a", b"alone"), (b"b", b"alone too")])
 
 
 def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     """set_zstd_level: a producer batch (aiokafka's C builder) is compressed at the level set and reads
     back as the same records; the default level puts the process's codec function back (with
     reuse_zstd_contexts, as in the worker: zstd_encode_reusing). The worker takes it as --zstd-level
-    (default: aiokafka's 3)."""
+    (default: 1, command.WORKER_ZSTD_LEVEL; aiokafka's is 3)."""
     import argparse
 
     import cramjam
@@ -254,8 +266,9 @@ def test_zstd_level_sets_what_producer_batches_are_compressed_with():
     assert build() == default
     parser = argparse.ArgumentParser()
     command.configure(parser)
-    assert parser.parse_args([]).zstd_level == ZSTD_LEVEL == 3
-    assert parser.parse_args(["--zstd-level", "1"]).zstd_level == 1
+    assert ZSTD_LEVEL == 3
+    assert parser.parse_args([]).zstd_level == command.WORKER_ZSTD_LEVEL == 1
+    assert parser.parse_args(["--zstd-level", "3"]).zstd_level == 3
 
 
 def test_records_placed_by_known_partition_counts_follow_a_count_that_changes():
@@ -360,19 +373,25 @@ def test_failed_sends_sees_every_batch_the_records_went_in_once_and_a_failure_of
 
 def test_a_batch_the_producer_refuses_to_queue_counts_as_failed():
     """send_batch() can raise instead of returning a future (aiokafka: KafkaTimeoutError when the producer
-    has no room in time). Those records are not delivered: FailedSends sees it, as for a failed future, so
-    the worker's checkpoint stops before acknowledging their input; the error still reaches the caller."""
+    has no room in time: the partition's waiting batches were not drained). Those records are not delivered:
+    FailedSends sees it, as for a failed future, so the worker's checkpoint stops before acknowledging their
+    input; the error still reaches the caller."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaTimeoutError
+    from aiokafka.structs import TopicPartition
 
-    from svctrace.kafka.batches import FailedSends
+    from svctrace.kafka.batches import QUEUED_PER_PARTITION, FailedSends
 
     class Refusing(AIOKafkaProducer):
         async def send_batch(self, batch, topic, *, partition):
             raise KafkaTimeoutError("no room")
 
     async def story():
-        producer = Refusing(bootstrap_servers="127.0.0.1:9")  # not started: nothing is waiting in it
+        producer = Refusing(bootstrap_servers="127.0.0.1:9")  # not started: nothing drains what waits in it
+        for _ in range(QUEUED_PER_PARTITION):  # as many full batches waiting as send() queues behind: send_batch's way
+            full = producer.create_batch()
+            full.close()
+            producer._message_accumulator._append_batch(full, TopicPartition("t", 0))
         sends = FailedSends()
         batches = PartitionBatches(producer, sends)
         batches.add("t", 0, b"k", b"v")

@@ -12,8 +12,10 @@ cdef class _Enriching:
     cdef public dict _fast_refs, _fast_ports, _other_ips, _bucket_cache
     cdef public object newest_ts
 
-    @cython.locals(d=EnrichedEvent, e=SyscallEvent, out=list, lost=list, by_bucket=dict, lists=dict, fast=dict,
+    @cython.locals(d=EnrichedEvent, e=SyscallEvent, out=list, lost=list, by_bucket=dict, lists=dict, runs=dict, fast=dict,
                    fast_ports=dict)
     cpdef list _release(self, dict state, node, events)
     cpdef _bucket_list(self, flow, dict by_bucket, node)
     cpdef _ref(self, ip, port, proto, ts, sec)
+    @cython.locals(pout=dict, vipc=dict, pending=list, reads=list, recent=list)
+    cpdef _track_proxy(self, dict st, SyscallEvent e, lref, aref, bint server_side, set tracked)

@@ -686,7 +686,8 @@ class StageShell:
     async def advance_keys(self, p: int, marks: dict[str, int], default: int) -> None:
         """Advance every key of partition p to its own mark (marks[key], else default): the enrich
         stage's keys are nodes, each following its own clock."""
-        dups_counter = self.worker.metrics.dups.labels(self.name)
+        metrics = self.worker.metrics
+        dups_counter = metrics.child(metrics.dups, self.name)
         for key in list(self.part_meta(p)["keys"]):
             watermark = marks.get(key, default)
             st = self.state(key)
@@ -1345,8 +1346,9 @@ class Worker:
         self.last_offset[q] = msg.offset
         batch = decode_syscall_batch(msg.value)
         events = batch.events
-        self.metrics.records.labels("enrich").inc()
-        self.metrics.events.labels("enrich").inc(len(events))
+        metrics = self.metrics
+        metrics.child(metrics.records, "enrich").inc()
+        metrics.child(metrics.events, "enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
         meta["done"] = False
@@ -1404,7 +1406,7 @@ class Worker:
             if wm is None:
                 return
             await self.enrich.advance_keys(q, node_marks, wm)
-            self.metrics.watermark.labels("enrich").set(wm / 1e9)
+            self.metrics.child(self.metrics.watermark, "enrich").set(wm / 1e9)
             self._announce(FLOWS_TOPIC, q, wm)
         if send:
             await self._send_announcements(FLOWS_TOPIC)
@@ -1436,7 +1438,7 @@ class Worker:
                 await self.route("stitch", p, outs)
             SourceProgress(self.source_partitions, stage.part_meta(p)["progress"]).data_arrived()
         else:
-            self.metrics.progress_records.labels("stitch").inc()
+            self.metrics.child(self.metrics.progress_records, "stitch").inc()
             stage.pending.setdefault(p, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, p, marks)
@@ -1455,11 +1457,11 @@ class Worker:
         self.alerts_reading.add(r)
         _source, marks = decode_progress(msg.headers)
         if msg.value:
-            self.metrics.records.labels("alerts").inc()
+            self.metrics.child(self.metrics.records, "alerts").inc()
             if not self.applied.take(msg.headers):  # (else the stitch stage applied it as it sent it)
                 await self._apply_occurrence(r, msg.key.decode(), orjson.loads(msg.value))
         else:
-            self.metrics.progress_records.labels("alerts").inc()
+            self.metrics.child(self.metrics.progress_records, "alerts").inc()
         stage.pending.setdefault(r, []).append(Pending(event, None, None))
         if marks:
             await self._progress(stage, r, marks)
@@ -1490,7 +1492,7 @@ class Worker:
             wm = prog.watermark()
             if wm is not None and (before is None or wm > before):
                 await stage.advance_partition(p, wm)
-                self.metrics.watermark.labels(stage.name).set(wm / 1e9)
+                self.metrics.child(self.metrics.watermark, stage.name).set(wm / 1e9)
                 if stage is self.stitch:
                     self._announce(OCCURRENCES_TOPIC, p, wm)
             elif prog.should_flush():
@@ -1579,7 +1581,7 @@ class Worker:
                     self.applied.forget(tag)
                 raise
             for topic, n in counts.items():
-                self.metrics.outputs.labels(topic).inc(n)
+                self.metrics.child(self.metrics.outputs, topic).inc(n)
             if batches.dead_lettered:  # (records too large to send: their dead letters went instead)
                 self.metrics.deadletters.labels(stage_name).inc(batches.dead_lettered)
             # Applied after their records were queued (in order with them), with no await in between, and
@@ -1615,8 +1617,9 @@ class Worker:
         """One enriched batch (from a record or handed over) applied to its stitch key: counted, its
         late events too; returns the outputs to route."""
         stage = self.stitch
-        self.metrics.records.labels("stitch").inc()
-        self.metrics.events.labels("stitch").inc(len(batch["events"]))
+        metrics = self.metrics
+        metrics.child(metrics.records, "stitch").inc()
+        metrics.child(metrics.events, "stitch").inc(len(batch["events"]))
         st = stage.state(key)
         late = st["late"]
         outs = stage.op.process(st, key, batch)

@@ -15,6 +15,11 @@ from pathlib import Path
 from svctrace import metrics_http
 from svctrace.logs import setup_logging
 
+# The worker's zstd level (--zstd-level; aiokafka's and the broker's is 3, svctrace.kafka.clients.ZSTD_LEVEL): on
+# its batches (stitch changelog, chains, enriched records) level 1 took 20-45% less CPU than 3 and wrote no more
+# bytes on the bench traffic (docs/topics.md, Compression; bench.zstd_levels).
+WORKER_ZSTD_LEVEL = 1
+
 
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -54,9 +59,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="seconds after which a silent worker's partitions move to the others")
     p.add_argument("--no-enriched", dest="enriched", action="store_false",
                    help="do not publish svctrace.events.enriched")
-    p.add_argument("--zstd-level", type=int, default=3, metavar="N",  # svctrace.kafka.clients.ZSTD_LEVEL (aiokafka's)
-                   help="zstd level of the worker's producer batches (chains, enriched events, changelogs ...). "
-                        "1 costs less CPU; see docs/topics.md, Compression, for CPU and bytes per level")
+    p.add_argument("--zstd-level", type=int, default=WORKER_ZSTD_LEVEL, metavar="N",
+                   help="zstd level of the worker's producer batches (chains, enriched events, changelogs ...); "
+                        "3 is aiokafka's and the broker's. See docs/topics.md, Compression, for CPU and bytes per level")
     p.add_argument("--no-create-topics", dest="create_topics", action="store_false",
                    help="do not create the catalogue's topics at start (they must exist)")
     p.add_argument("-v", "--verbose", action="store_true",

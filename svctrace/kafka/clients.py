@@ -4,7 +4,7 @@ Producers: acks=all + idempotence, so a broker restart or a retried request
 neither loses nor duplicates a batch; zstd compression (our JSON batches of many
 events compress well; aiokafka's lz4 is LZ4-HC at level 9, measured here at
 ~3.3 us per 700-byte event against ~0.7 us for zstd), at level 3 unless
-set_zstd_level sets another (docs/topics.md, Compression), with a compression context
+set_zstd_level sets another (the worker's --zstd-level: 1 by default) (docs/topics.md, Compression), with a compression context
 kept per thread (reuse_zstd_contexts); metadata kept for every
 topic they send to (track_every_topic). Consumers start at the earliest offset
 of a new group and commit explicitly.
