@@ -4,10 +4,9 @@
 cimport cython
 
 cdef dict _REQUESTS, _RESPONSES
-cdef bytes _last_status_line
-cdef object _last_response
+cdef tuple _last_status
 
 @cython.locals(hit=object, memo=dict)
 cpdef parse_request(bytes data)
-@cython.locals(hit=object, memo=dict, end=Py_ssize_t, line=bytes)
+@cython.locals(hit=object, memo=dict, end=Py_ssize_t, line=bytes, last=tuple)
 cpdef parse_response(bytes data)

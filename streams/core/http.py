@@ -75,9 +75,9 @@ _REQUESTS: dict[bytes, HttpRequest | None] = {}
 _RESPONSES: dict[bytes, HttpResponse | None] = {}
 # The last status line a response was parsed from, and its result: responses mostly repeat one ("HTTP/1.1 200
 # OK"). Data that starts with it has the same status line (the line ends at its first CRLF), so the same result,
-# known without finding the line's end, cutting it out and hashing it.
-_last_status_line = b"\r\n"  # (no response starts so: the memo's path runs first)
-_last_response = None
+# known without finding the line's end, cutting it out and hashing it. One tuple, replaced whole: a reader in
+# another thread never sees one response's line with another's result.
+_last_status = (b"\r\n", None)  # (no response starts so: the memo's path runs first)
 
 
 def parse_request(data: bytes) -> HttpRequest | None:
@@ -91,9 +91,10 @@ def parse_request(data: bytes) -> HttpRequest | None:
 
 
 def parse_response(data: bytes) -> HttpResponse | None:
-    global _last_status_line, _last_response
-    if data.startswith(_last_status_line):
-        return _last_response
+    global _last_status
+    last = _last_status
+    if data.startswith(last[0]):
+        return last[1]
     # only the status line matters: responses differ in Date, lengths, cookies
     end = data.find(b"\r\n")
     line = data[: end + 2] if end >= 0 else data
@@ -104,7 +105,7 @@ def parse_response(data: bytes) -> HttpResponse | None:
             memo.clear()
         hit = memo[line] = _parse_response(line)
     if end >= 0:  # (a line without its CRLF is a prefix of other lines: not a status line to match data by)
-        _last_status_line, _last_response = line, hit
+        _last_status = (line, hit)
     return hit
 
 
