@@ -33,3 +33,24 @@ def test_keepalive_requests_parse_one_per_send():
     second = SEED_REQUEST.replace(b"GET / ", b"POST /api/v1/items?x=1 ")
     reqs = [parse_request(SEED_REQUEST), parse_request(second)]
     assert [(r.method, r.target) for r in reqs] == [("GET", "/"), ("POST", "/api/v1/items?x=1")]
+
+
+def test_a_response_is_parsed_by_its_status_line_whatever_came_before():
+    # parse_response keeps the last status line it parsed: data starting with it takes its result. Every answer
+    # must be the one its own status line gives, in any order (the line ends at the first CRLF; a prefix of a
+    # line, with no CRLF, is no status line to match data by).
+    ok = b"HTTP/1.1 200 OK\r\n"
+    datas = [ok + b"Server: nginx\r\n\r\n", ok + b"Date: x\r\n", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OKAY\r\n\r\n",
+             b"HTTP/1.1 200 OK\r\r\n", b"HTTP/1.1 503 Service Unavailable\r\n\r\n", b"HTTP/1.1 2", b"HTTP/1.1 200",
+             b"HTTP/1.1 101 Switching Protocols\r\n", ok, b"HTTP/1.1 200 OK\r\nHTTP/1.1 404 Not Found\r\n",
+             b"HTTP/1.0 404 Not Found\r\n\r\n", b"HTTP/1.1 404 Not Found\r\n\r\n", b"\r\nHTTP/1.1 200 OK\r\n"]
+    expected = {}
+    for data in datas:  # each alone: its status line's result (cleared memo or not, the same)
+        end = data.find(b"\r\n")
+        expected[data] = parse_response(data[: end + 2] if end >= 0 else data)
+    assert expected[ok + b"Date: x\r\n"].status == 200 and expected[b"HTTP/1.1 200 OKAY\r\n\r\n"].reason == "OKAY"
+    assert expected[b"HTTP/1.1 200 OK"] is None and expected[b"\r\nHTTP/1.1 200 OK\r\n"] is None
+    for first in datas:
+        for data in datas:
+            parse_response(first)
+            assert parse_response(data) == expected[data], (first, data)

@@ -100,12 +100,13 @@ def parse_dns_with_id(data: bytes | None, tcp: bool = False) -> tuple[DnsMessage
     if len(wire) < 12:
         return None, 0
     key = wire[2:]
-    hit = _MEMO.get(key, False)
+    memo = _MEMO
+    hit = memo.get(key, False)
     if hit is False:
         hit = _decode(wire)
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        _MEMO[key] = hit
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = hit
     return hit, (wire[0] << 8) | wire[1]
 
 

@@ -73,26 +73,39 @@ def looks_like_response(data: bytes | None) -> bool:
 _MEMO_MAX = 4096
 _REQUESTS: dict[bytes, HttpRequest | None] = {}
 _RESPONSES: dict[bytes, HttpResponse | None] = {}
+# The last status line a response was parsed from, and its result: responses mostly repeat one ("HTTP/1.1 200
+# OK"). Data that starts with it has the same status line (the line ends at its first CRLF), so the same result,
+# known without finding the line's end, cutting it out and hashing it. One tuple, replaced whole: a reader in
+# another thread never sees one response's line with another's result.
+_last_status = (b"\r\n", None)  # (no response starts so: the memo's path runs first)
 
 
 def parse_request(data: bytes) -> HttpRequest | None:
-    hit = _REQUESTS.get(data, False)
+    memo = _REQUESTS
+    hit = memo.get(data, False)
     if hit is False:
-        if len(_REQUESTS) >= _MEMO_MAX:
-            _REQUESTS.clear()
-        hit = _REQUESTS[data] = _parse_request(data)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        hit = memo[data] = _parse_request(data)
     return hit
 
 
 def parse_response(data: bytes) -> HttpResponse | None:
+    global _last_status
+    last = _last_status
+    if data.startswith(last[0]):
+        return last[1]
     # only the status line matters: responses differ in Date, lengths, cookies
     end = data.find(b"\r\n")
     line = data[: end + 2] if end >= 0 else data
-    hit = _RESPONSES.get(line, False)
+    memo = _RESPONSES
+    hit = memo.get(line, False)
     if hit is False:
-        if len(_RESPONSES) >= _MEMO_MAX:
-            _RESPONSES.clear()
-        hit = _RESPONSES[line] = _parse_response(line)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        hit = memo[line] = _parse_response(line)
+    if end >= 0:  # (a line without its CRLF is a prefix of other lines: not a status line to match data by)
+        _last_status = (line, hit)
     return hit
 
 

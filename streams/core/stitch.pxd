@@ -73,9 +73,9 @@ cdef class _Stitching:
     cpdef _settles(self, dict st, Conn conn, ts)
     @cython.locals(e=SyscallEvent)
     cpdef _resolve_service(self, dict st, Conn conn, EnrichedEvent d)
-    @cython.locals(e=SyscallEvent)
+    @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list, names=list)
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
-    @cython.locals(e=SyscallEvent)
+    @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set)
     cpdef _timers(self, dict st, now, list out, bint final)
@@ -100,7 +100,7 @@ cdef class _Stitching:
     cpdef _dns_occs(self, list dnsx, found, dict base_vars, client_pod_name)
 
 
-@cython.locals(data=bytes)
+@cython.locals(data=bytes, lref=dict)
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
 cpdef bint _accepting_over(Conn conn)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)

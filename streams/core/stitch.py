@@ -941,8 +941,9 @@ class _Stitching:
                         break
                     cur = r
                 resp = parse_response(data) if data and data.startswith(RESPONSE_PREFIX) else None
-                if resp is not None and resp.status >= 200 and cur is not None:
-                    cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, res
+                status = resp.status if resp is not None else 0
+                if status >= 200 and cur is not None:
+                    cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, status, res
                     cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
                     self._settles(state, conn, ts)  # a response: its settle time may come first
                     return
@@ -1162,8 +1163,9 @@ class _Stitching:
                     k = self._conn_key(pip, pport)
                 k = f"{k}|{qid}"
                 dsrv = st["dsrv"]
-                if "_cs" in st:
-                    st["_cs"].add(k)  # change mark (durable_parts)
+                marks = st.get("_cs")
+                if marks is not None:
+                    marks.add(k)  # change mark (durable_parts)
                     if st.get("_ps") and k in st["_ps"]:
                         _keep_server(st, k)
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
@@ -1184,16 +1186,18 @@ class _Stitching:
         lkey = self._lkeys.get((d.flow, e.node, e.pid))
         if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
-        if "_cl" in st:
-            st["_cl"].add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
+        marks = st.get("_cl")
+        if marks is not None:
+            marks.add(lkey)  # change mark (durable_parts): whatever this message does to the key's lookups
             if st.get("_pl") and lkey in st["_pl"]:
                 _keep_lookup(st, lkey)
         ts = e.ts
-        lookups = st["lk"].get(lkey)
+        lk_by_key = st["lk"]
+        lookups = lk_by_key.get(lkey)
         if lookups:
             lookups = self._lookups(st, lkey, lookups, ts)
         if lookups is None:
-            lookups = st["lk"][lkey] = []
+            lookups = lk_by_key[lkey] = []
             st["lks"][lkey] = st["seq"]
             st["seq"] += 1
             if is_response:
@@ -1230,7 +1234,8 @@ class _Stitching:
             # paired by client endpoint, server and id (a resolver ignores answers from elsewhere);
             # the latest ask first: glibc retransmits with the same id after its timeout, and an
             # answer then answers the retransmission (the first ask stays unanswered: a 5 s retry)
-            for q in reversed(lk[L_QUERIES]):
+            qs = lk[L_QUERIES]
+            for q in reversed(qs):
                 if q[Q_ENDPOINT] == ep and q[Q_ID] == qid and q[Q_ANSWER] is None and q[Q_NAME] == qname and (
                         src is None or q[Q_SERVER] in (None, src)):
                     break
@@ -1253,11 +1258,13 @@ class _Stitching:
         lkey = self._lkeys.get((d.flow, e.node, e.pid))
         if lkey is None:
             lkey = self._lkey(d.flow, e.node, e.pid)
-        lookups = st["lk"].get(lkey)
+        lk_by_key = st["lk"]
+        lookups = lk_by_key.get(lkey)
         if not lookups:
             return None
-        if "_cl" in st:
-            st["_cl"].add(lkey)  # change mark (durable_parts): dropped or claimed lookups
+        marks = st.get("_cl")
+        if marks is not None:
+            marks.add(lkey)  # change mark (durable_parts): dropped or claimed lookups
             if st.get("_pl") and lkey in st["_pl"]:
                 _keep_lookup(st, lkey)
         ts = e.ts
@@ -2471,9 +2478,10 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
         if me[A_FD] == fd and me[A_PID] == pid and me[A_NODE] == node:
             break
     else:
-        lref = d.local_ref or {}
+        lref = d.local_ref
+        lkind = lref.get("kind") if lref else None
         me = [node, pid, e.comm, fd, e.container_id, e.local_ip, e.local_port, ts,
-              lref.get("kind") in (None, "node", "external"), [], 0, None]  # the A_* fields
+              lkind is None or lkind == "node" or lkind == "external", [], 0, None]  # the A_* fields
         acceptors = conn.sv
         acceptors.append(me)
         if len(acceptors) > 4:
