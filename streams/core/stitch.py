@@ -49,6 +49,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
+from .records import Ref, as_dict as _ref_dict, as_ref as _as_ref
 from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -901,7 +902,7 @@ class _Stitching:
             if not (a[0] is e.node and a[1] is e.n):
                 conn.a = [e.node, e.n]
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
+                conn.ev.append(Ref(e.node, e.n, ts, "client connect"))
             self._resolve_service(state, conn, d)
             if e.res == 0:
                 conn.est = max(conn.est or 0, 1)
@@ -916,7 +917,7 @@ class _Stitching:
                     conn.nreq += 1
                     reqs = conn.creq
                     reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, res, 0, None, None,
-                                 [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}],
+                                 [Ref(e.node, e.n, ts, "client request")],
                                  False])  # C_*
                     if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
                         _trim_client(conn)
@@ -943,7 +944,7 @@ class _Stitching:
                 resp = parse_response(data) if data and data.startswith(RESPONSE_PREFIX) else None
                 if resp is not None and resp.status >= 200 and cur is not None:
                     cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, resp.status, res
-                    cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
+                    cur[C_EVIDENCE].append(Ref(e.node, e.n, ts, "client response"))
                     self._settles(state, conn, ts)  # a response: its settle time may come first
                     return
                 last = conn.creq[-1] if conn.creq else None
@@ -958,7 +959,7 @@ class _Stitching:
         elif kind == "close":
             conn.ccl = ts
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
+                conn.ev.append(Ref(e.node, e.n, ts, "client close"))
             self._settles(state, conn, ts)  # a close: its settle time may come first
 
     def _conn_key(self, ip: str | None, port: int | None) -> str:
@@ -1169,7 +1170,7 @@ class _Stitching:
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
                     del dsrv[k]
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
-                           {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}]  # S_*
+                           Ref(e.node, e.n, e.ts, "dns server got query")]  # S_*
                 if st["next"] is None:
                     st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
@@ -1223,7 +1224,7 @@ class _Stitching:
             if len(qs) < MAX_QUERIES:
                 qtype = msg.qtype
                 qs.append([qid, qname, qtype, ts, ep, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
-                           {"node": e.node, "n": e.n, "ts": ts, "what": f"dns query {qname} {qtype}"}, None])  # Q_*
+                           Ref(e.node, e.n, ts, f"dns query {qname} {qtype}"), None])  # Q_*
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
@@ -1238,8 +1239,8 @@ class _Stitching:
                 continue
             rcode, answers = msg.rcode, msg.answers
             q[Q_ANSWER] = [ts, rcode, list(answers), list(msg.cnames), msg.ttl, src,
-                           {"node": e.node, "n": e.n, "ts": ts,
-                            "what": f"dns answer {rcode} {','.join(answers)}".rstrip()}]  # N_*
+                           Ref(e.node, e.n, ts,
+                               f"dns answer {rcode} {','.join(answers)}".rstrip())]  # N_*
             if ts > lk[L_T1]:
                 lk[L_T1] = ts
             if rcode == "NOERROR" and answers and lk[L_RESOLVED] is None:
@@ -2019,7 +2020,8 @@ class _Stitching:
         alerts_ids = []
         breaks = False
         ev = _dedup_refs(evidence)
-        chain_ev = _first_and_last(ev, MAX_EVIDENCE)  # (records may share it)
+        chain_ev = _first_and_last(ev, MAX_EVIDENCE)
+        chain_ev_d = None  # chain_ev as dicts, as an occurrence cites it (records may share it)
         dns_ev = None  # the lookup's own evidence: built when a DNS alert cites it (most chains raise none)
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
@@ -2027,12 +2029,15 @@ class _Stitching:
             aid = alert_id(rule_id, lab, window_start(end_ts, rule.suppress_ns))
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
+            if chain_ev_d is None:
+                chain_ev_d = list(map(_ref_dict, chain_ev))
             if extra is DNS_EVIDENCE:
                 if dns_ev is None:
-                    dns_ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE) if dnsx else chain_ev
+                    dns_ev = list(map(_ref_dict, _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE))) \
+                        if dnsx else chain_ev_d
                 cited = dns_ev
             else:
-                cited = chain_ev
+                cited = chain_ev_d
             occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid, "evidence": cited, "vars": vars_,
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
@@ -2052,7 +2057,11 @@ class _Stitching:
             "evidence": chain_ev,
         }
         encode = self.encode_chain
-        out.append((CHAINS_TOPIC, cid, chain if encode is None else encode(chain)))
+        if encode is None:  # the record as a dict, its refs too (a Ref writes the same bytes)
+            chain["evidence"] = chain_ev_d if chain_ev_d is not None else list(map(_ref_dict, chain_ev))
+            out.append((CHAINS_TOPIC, cid, chain))
+        else:
+            out.append((CHAINS_TOPIC, cid, encode(chain)))
 
     def _emit_lookup(self, st: dict, lk: list, out: list, final: bool) -> None:
         dnsx = self._dns_summary(st, lk)
@@ -2077,6 +2086,9 @@ class _Stitching:
                 base_vars = {"client": who, "namespace": client["namespace"], "service": None}
                 occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
         ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE)
+        encode = self.encode_chain
+        if occs or encode is None:  # refs as dicts where they leave the core as objects
+            ev = list(map(_ref_dict, ev))
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
@@ -2098,7 +2110,6 @@ class _Stitching:
                 {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS], "latency_ns": dnsx[DX_LATENCY_NS]}],
             "alerts": alerts_ids, "evidence": ev,
         }
-        encode = self.encode_chain
         out.append((CHAINS_TOPIC, cid, chain if encode is None else encode(chain)))
 
     # detectors ------------------------------------------------------------------------
@@ -2186,9 +2197,9 @@ class Stitcher(_Stitching):
 
 # helpers ----------------------------------------------------------------------------------
 
-_order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
-_event_id = itemgetter("node", "n")  # an event ref's event
-_ref_ts = itemgetter("ts")
+_order = attrgetter("ts", "node", "n")  # event-time order (of event refs, Refs), ties broken by source and sequence
+_event_id = attrgetter("node", "n")  # an event ref's event
+_ref_ts = attrgetter("ts")
 _event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
@@ -2480,7 +2491,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
             del acceptors[:-4]
         conn.est = 2
         if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-            conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+            conn.ev.append(Ref(e.node, e.n, ts, "accept"))
     if kind == "close":
         me[A_CLOSED] = ts
         return
@@ -2494,7 +2505,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
                 i = me[A_NREQUESTS]
                 me[A_NREQUESTS] = i + 1
                 reqs = me[A_REQUESTS]
-                reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
+                reqs.append([i, ts, None, [Ref(node, e.n, ts, "backend request")]])  # R_*
                 if len(reqs) > MAX_REQS_KEPT:
                     del reqs[:-MAX_REQS_KEPT]
     elif kind == "send" and e.res > 0:
@@ -2505,7 +2516,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
             if resp is not None and resp.status >= 200:
                 r = reqs[-1]
                 r[R_RESPONSE_TS] = ts
-                r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+                r[R_EVIDENCE].append(Ref(node, e.n, ts, "backend response"))
 
 
 def _accepting_over(conn: Conn) -> bool:
@@ -2545,7 +2556,7 @@ def _new_conn(key: str, e: SyscallEvent, seq: int) -> Conn:
 def _evidence(conn: Conn, e: SyscallEvent, what: str) -> None:
     # an event ref; built inline wherever one is made (no call per ref): keys in this order
     if len(conn.ev) < MAX_EVIDENCE:
-        conn.ev.append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
+        conn.ev.append(Ref(e.node, e.n, e.ts, what))
 
 
 def _trim_client(conn: Conn) -> None:
@@ -2569,8 +2580,13 @@ def _first_and_last(refs: list, limit: int) -> list:
 
 def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
-    Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
-    by_ts = sorted(refs, key=_ref_ts)
+    Refs of one event share its ts, so dropping repeats before sorting keeps the same ones.
+    Refs a checkpoint gave back are dicts (a restored state's): such lists are made of Refs first."""
+    try:
+        by_ts = sorted(refs, key=_ref_ts)
+    except AttributeError:
+        refs = list(map(_as_ref, refs))
+        by_ts = sorted(refs, key=_ref_ts)
     prev = -1
     for ts in map(_ref_ts, by_ts):  # (a loop over the sorted refs costs half a set of their times)
         if ts == prev:
@@ -2580,7 +2596,7 @@ def _dedup_refs(refs: list) -> list:
         return by_ts  # no two refs at one time (the common case): no repeat, no tie
     if len(set(map(_event_id, refs))) == len(refs):
         return sorted(refs, key=_order)  # no event twice: nothing to drop
-    first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
+    first = {(r.node, r.n): r for r in reversed(refs)}  # the last write is the first ref
     return sorted(first.values(), key=_order)  # every ref has ts, node, n
 
 

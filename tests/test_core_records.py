@@ -1,0 +1,46 @@
+"""The stitch stage's record objects (streams/core/records.py) write the bytes of the dicts they replace,
+and refs a checkpoint gives back as dicts are taken as Refs are."""
+from __future__ import annotations
+
+import orjson
+
+from svctrace.streams.core import stitch
+from svctrace.streams.core.graph import dumps_state, loads_state
+from svctrace.streams.core.records import Ref, as_dict, as_ref
+from svctrace.streams.faust_app.wire import encode_chain, encode_record
+
+REFS = [("node-a", 7, 1_700_000_000_000_000_300, "client close"),
+        ("node-b", 3, 1_700_000_000_000_000_100, "backend request"),
+        ("node-a", 5, 1_700_000_000_000_000_100, "client request"),
+        ("node-a", 5, 1_700_000_000_000_000_100, "client request"),  # the same event twice
+        ("node-é", 1, 1_700_000_000_000_000_000, 'dns query "x".default.svc.cluster.local. A')]
+
+
+def as_dicts():
+    return [{"node": node, "n": n, "ts": ts, "what": what} for node, n, ts, what in REFS]
+
+
+def as_refs():
+    return [Ref(node, n, ts, what) for node, n, ts, what in REFS]
+
+
+def test_a_ref_writes_the_bytes_of_its_dict_in_a_record_and_in_a_checkpoint():
+    record_d, record_r = {"evidence": as_dicts()}, {"evidence": as_refs()}
+    assert encode_chain(record_r) == encode_chain(record_d) == encode_record(record_d) == orjson.dumps(record_d)
+    assert dumps_state(record_r) == dumps_state(record_d)
+    # a checkpoint gives them back as dicts, which read as the Refs did
+    back = loads_state(dumps_state(record_r))["evidence"]
+    assert back == as_dicts()
+    assert [as_ref(r) for r in back] == as_refs() and [as_dict(r) for r in as_refs()] == as_dicts()
+    assert [r["ts"] for r in as_refs()] == [r["ts"] for r in as_dicts()]
+
+
+def test_evidence_is_deduplicated_and_ordered_alike_from_refs_dicts_or_both():
+    expected = stitch._dedup_refs(as_refs())
+    assert [(r.ts, r.node, r.n) for r in expected] == sorted({(ts, node, n) for node, n, ts, _w in REFS})
+    assert [r.what for r in expected][:2] == ['dns query "x".default.svc.cluster.local. A', "client request"]
+    assert stitch._dedup_refs(as_dicts()) == expected
+    mixed = as_refs()[:2] + as_dicts()[2:]  # a restored connection's refs, then new ones
+    assert stitch._dedup_refs(mixed) == expected
+    no_repeat = as_refs()[:3]
+    assert stitch._dedup_refs(no_repeat) == sorted(no_repeat, key=lambda r: (r.ts, r.node, r.n))
