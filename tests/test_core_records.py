@@ -44,3 +44,27 @@ def test_evidence_is_deduplicated_and_ordered_alike_from_refs_dicts_or_both():
     assert stitch._dedup_refs(mixed) == expected
     no_repeat = as_refs()[:3]
     assert stitch._dedup_refs(no_repeat) == sorted(no_repeat, key=lambda r: (r.ts, r.node, r.n))
+
+
+def test_a_chain_record_of_structs_writes_the_bytes_of_its_dicts_and_gives_them_as_dicts():
+    from svctrace.streams.core.records import ChainRecord, Hop, Response, to_builtins
+
+    client = {"ip": "10.1.0.5", "port": 40000, "pod": "c", "namespace": "default", "node": "node-a",
+              "container_id": None, "pid": 7, "comm": "curl"}
+    hops = [Hop("connect", 1, 2, 1), Hop("response", 2, 5, 3)]
+    response = Response("http", "GET", "/x", "svc", 200, 80, 120, None)
+    response.error = "empty reply"
+    record = ChainRecord("svctrace.chain", 1, "ch-1", "ok", None, 1, 5, client, None, None, None, None, client,
+                         response, hops, [], as_refs())
+    as_dicts_ = {"schema": "svctrace.chain", "version": 1, "chain_id": "ch-1", "status": "ok", "incomplete_reason": None,
+                 "start_ts": 1, "end_ts": 5, "client": client, "dns": None, "service": None, "connect": None,
+                 "translation": None, "backend": client,
+                 "response": {"protocol": "http", "method": "GET", "target": "/x", "host": "svc", "status": 200,
+                              "bytes_sent": 80, "bytes_received": 120, "error": "empty reply"},
+                 "hops": [{"name": "connect", "start_ts": 1, "end_ts": 2, "latency_ns": 1},
+                          {"name": "response", "start_ts": 2, "end_ts": 5, "latency_ns": 3}],
+                 "alerts": [], "evidence": as_dicts()}
+    assert encode_chain(record) == orjson.dumps(as_dicts_)
+    builtins = to_builtins(record)
+    assert builtins == as_dicts_ and list(builtins) == list(as_dicts_)
+    assert orjson.dumps(builtins) == orjson.dumps(as_dicts_)

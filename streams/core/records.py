@@ -3,13 +3,14 @@
 A Struct is one object (a dict is two: its keys' table apart), not tracked by the cycle collector (gc=False),
 made by its C __init__ from values in field order, and msgspec writes its keys pre-encoded. Each writes the very
 bytes of the dict it replaces (its fields are the dict's keys, in the schema's order): msgspec as a Struct
-(wire.encode_chain, a worker's), and orjson a `Ref` as the dataclass it also is (`_dataclass_fields`, as
-SyscallEvent: checkpoints hold refs).
+(wire.encode_chain, a worker's), `to_builtins` as that dict (the in-process runner's records are dicts), and orjson
+a `Ref` as the dataclass it also is (`_dataclass_fields`, as SyscallEvent: checkpoints hold refs).
 
 * `Ref`: an event ref, which event (node, n), when (ts) and what it showed. The stitch stage keeps one per event
   it keeps as evidence (~10 per chain), in its state: a checkpoint writes it as before, and gives it back as a
   dict (the stitch stage takes either: stitch._dedup_refs). What leaves the core as objects (an in-process
-  chain record, an alert occurrence) has dicts (`as_dict`), as before.
+  chain record, an alert occurrence) has dicts (`as_dict`, `to_builtins`), as before.
+* `Hop`, `Response`, `ChainRecord`: a chain record's hops, its response, the record itself.
 
 Not a compiled module: its classes are msgspec's, made by its metaclass.
 """
@@ -45,3 +46,48 @@ def as_ref(r) -> Ref:
     if r.__class__ is Ref:
         return r
     return Ref(r["node"], r["n"], r["ts"], r["what"])
+
+
+class Hop(msgspec.Struct, frozen=True, gc=False):
+    """A chain record's hop (records share a connection's: frozen)."""
+    name: str
+    start_ts: int
+    end_ts: int
+    latency_ns: int
+
+
+class Response(msgspec.Struct, gc=False):
+    """A chain record's response (its error set once the outcome is known)."""
+    protocol: str | None
+    method: str | None
+    target: str | None
+    host: str | None
+    status: int | None
+    bytes_sent: int
+    bytes_received: int
+    error: str | None
+
+
+class ChainRecord(msgspec.Struct, gc=False):
+    """A chain record (svctrace.chain) with its fields in the schema's order; its parts are dicts and the
+    Structs above. Not tracked by the cycle collector: nothing it holds refers back to it."""
+    schema: str
+    version: int
+    chain_id: str
+    status: str
+    incomplete_reason: str | None
+    start_ts: int
+    end_ts: int
+    client: dict
+    dns: dict | None
+    service: dict | None
+    connect: dict | None
+    translation: dict | None
+    backend: dict | None
+    response: Response | None
+    hops: list
+    alerts: list
+    evidence: list
+
+
+to_builtins = msgspec.to_builtins  # a record of Structs -> the dicts and lists they write

@@ -49,7 +49,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
-from .records import Ref, as_dict as _ref_dict, as_ref as _as_ref
+from .records import ChainRecord, Hop, Ref, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
 from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -1732,7 +1732,7 @@ class _Stitching:
         # translation mode and backend
         translation, backend = None, None
         b_ip = b_port = None
-        hops: list[dict] = []
+        hops: list[Hop] = []
         if px is not None or proxies:
             q = proxies[0] if proxies else None
             proxy = self._endpoint(q[A_NODE], q[A_PID], q[A_COMM], q[A_IP], q[A_PORT], q[A_TS], q[A_CONTAINER_ID])[0] \
@@ -1742,7 +1742,7 @@ class _Stitching:
                 b_ip, b_port = px[D_BACKEND_IP], px[D_BACKEND_PORT]
                 backend = self._endpoint(None, None, None, b_ip, b_port, px[D_TS])[0]
                 if q is not None:
-                    hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
+                    hops.append(Hop("proxy", q[A_TS], px[D_TS], px[D_TS] - q[A_TS]))
         elif svc is not None and svc["via"] == "headless":
             translation = _T_NONE
             if cn is not None and not backends:
@@ -1770,17 +1770,16 @@ class _Stitching:
             backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CONTAINER_ID])[0]
             b_ip, b_port = b[A_IP], b[A_PORT]
             connect_ns = b[A_TS] - t_conn
-            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": connect_ns if connect_ns > 0 else 0})
+            hops.append(Hop("connect", t_conn, b[A_TS], connect_ns if connect_ns > 0 else 0))
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
         if dnsx is not None and dnsx[DX_LATENCY_NS] is not None:
-            hops.insert(0, {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS],
-                            "latency_ns": dnsx[DX_LATENCY_NS]})
+            hops.insert(0, Hop("dns", dnsx[DX_T0], dnsx[DX_T0] + dnsx[DX_LATENCY_NS], dnsx[DX_LATENCY_NS]))
         p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
         slow_hops = ()
         for h in hops:  # (no comprehension: its frame costs more than the loop)
-            obj = _OBJECTIVES.get(h["name"])
-            if obj is not None and h["latency_ns"] > obj:
+            obj = _OBJECTIVES.get(h.name)
+            if obj is not None and h.latency_ns > obj:
                 slow_hops = [*slow_hops, h]
         p.slow_hops = slow_hops
         p.ready_eps = ready_eps  # what a loss may concern: see _loss_nodes
@@ -1909,12 +1908,12 @@ class _Stitching:
                             backend_req = r
                             break
             rts = req[C_RESPONSE_TS]
-            response = {"protocol": "http", "method": req[C_METHOD], "target": req[C_TARGET], "host": req[C_HOST],
-                        "status": req[C_STATUS], "bytes_sent": req[C_SENT], "bytes_received": req[C_RECEIVED], "error": None}
+            response = Response("http", req[C_METHOD], req[C_TARGET], req[C_HOST], req[C_STATUS], req[C_SENT],
+                                req[C_RECEIVED], None)
             evidence += req[C_EVIDENCE]
             if rts is not None:
                 latency = rts - req[C_TS]
-                hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": latency})
+                hops.append(hop := Hop("response", req[C_TS], rts, latency))
                 if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                     slow = [hop]
             if backend_req is not None:
@@ -1922,13 +1921,11 @@ class _Stitching:
                 sts = backend_req[R_RESPONSE_TS]
                 if sts is not None:
                     latency = sts - backend_req[R_TS]
-                    hops.append(hop := {"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
-                                        "latency_ns": latency})
+                    hops.append(hop := Hop("backend", backend_req[R_TS], sts, latency))
                     if _BACKEND_OBJECTIVE is not None and latency > _BACKEND_OBJECTIVE:
                         slow = [*(slow or ()), hop]
         elif conn.tx or conn.rx:
-            response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                        "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
+            response = Response(None, None, None, None, None, conn.tx, conn.rx, None)
         if req is not None and req[C_STATUS] is not None and p.connect_error is None:
             outcome = "ok"  # (_outcome's answer: a response, and a connect that did not fail)
         else:
@@ -1938,16 +1935,15 @@ class _Stitching:
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
             latency = waited_until - req[C_TS]
-            hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": waited_until, "latency_ns": latency})
+            hops.append(hop := Hop("response", req[C_TS], waited_until, latency))
             if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                 slow = [*(slow or ()), hop]
         failed = outcome != "ok" and outcome != "pending"
         if failed:
             if response is not None:
-                response["error"] = outcome
+                response.error = outcome
             else:
-                response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                            "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": outcome}
+                response = Response(None, None, None, None, None, conn.tx, conn.rx, outcome)
 
         # time span
         start_ts = end_ts = t_conn
@@ -2008,9 +2004,9 @@ class _Stitching:
                     v = None
                     for rule_id, extra in found:
                         if rule_id == "svc.hop_latency":
-                            obj = R.LATENCY_OBJECTIVES_NS[extra["name"]]
-                            occs.append((rule_id, labels, dict(base_vars, hop=extra["name"],
-                                                               latency_ms=extra["latency_ns"] // MS,
+                            obj = R.LATENCY_OBJECTIVES_NS[extra.name]
+                            occs.append((rule_id, labels, dict(base_vars, hop=extra.name,
+                                                               latency_ms=extra.latency_ns // MS,
                                                                objective_ms=obj // MS), []))
                             continue
                         if v is None:
@@ -2042,26 +2038,12 @@ class _Stitching:
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
         status = "incomplete" if incomplete else ("broken" if breaks else "ok")
-        chain = {
-            "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid, "status": status,
-            "incomplete_reason": incomplete, "start_ts": start_ts, "end_ts": end_ts,
-            "client": p.client,
-            "dns": p.dns_out,
-            "service": p.service,
-            "connect": p.connect,
-            "translation": p.translation,
-            "backend": p.backend,
-            "response": response,
-            "hops": hops,
-            "alerts": alerts_ids,
-            "evidence": chain_ev,
-        }
+        chain = ChainRecord(CHAIN_SCHEMA, 1, cid, status, incomplete, start_ts, end_ts, p.client, p.dns_out, p.service,
+                            p.connect, p.translation, p.backend, response, hops, alerts_ids, chain_ev)
         encode = self.encode_chain
-        if encode is None:  # the record as a dict, its refs too (a Ref writes the same bytes)
-            chain["evidence"] = chain_ev_d if chain_ev_d is not None else list(map(_ref_dict, chain_ev))
-            out.append((CHAINS_TOPIC, cid, chain))
-        else:
-            out.append((CHAINS_TOPIC, cid, encode(chain)))
+        # a worker's: the record's bytes (a Struct writes those of the dict of its fields); else the record as a
+        # dict (its Structs too: the dicts they write)
+        out.append((CHAINS_TOPIC, cid, _to_builtins(chain) if encode is None else encode(chain)))
 
     def _emit_lookup(self, st: dict, lk: list, out: list, final: bool) -> None:
         dnsx = self._dns_summary(st, lk)
