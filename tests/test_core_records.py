@@ -47,18 +47,26 @@ def test_evidence_is_deduplicated_and_ordered_alike_from_refs_dicts_or_both():
 
 
 def test_a_chain_record_of_structs_writes_the_bytes_of_its_dicts_and_gives_them_as_dicts():
-    from svctrace.streams.core.records import ChainRecord, Hop, Response, to_builtins
+    from svctrace.streams.core.records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Response, to_builtins
 
     client = {"ip": "10.1.0.5", "port": 40000, "pod": "c", "namespace": "default", "node": "node-a",
               "container_id": None, "pid": 7, "comm": "curl"}
+    server = {"ip": "10.96.0.10", "port": 53, "pod": None, "namespace": None, "node": "node-b",
+              "container_id": "c0ffee", "pid": 9, "comm": "coredns"}
+    dns = {"qname": "web.default.svc.cluster.local", "qtype": "A", "resolver_ip": "10.96.0.10", "resolver_port": 53,
+           "resolver_is_cluster_dns": True, "server": server, "rcode": "NOERROR", "answers": ["10.96.1.1"],
+           "cnames": [], "ttl": 30, "latency_ns": 1500, "retries": 0, "queries": 1}
+    connect = {"ip": "10.96.1.1", "port": 80, "res": -115, "errno": "EINPROGRESS", "ts": 1}
     hops = [Hop("connect", 1, 2, 1), Hop("response", 2, 5, 3)]
     response = Response("http", "GET", "/x", "svc", 200, 80, 120, None)
     response.error = "empty reply"
-    record = ChainRecord("svctrace.chain", 1, "ch-1", "ok", None, 1, 5, client, None, None, None, None, client,
-                         response, hops, [], as_refs())
+    record = ChainRecord("svctrace.chain", 1, "ch-1", "ok", None, 1, 5, Endpoint(**client),
+                         DnsOut(**dict(dns, server=Endpoint(**server))), None, Connect(**connect),
+                         {"mode": "dnat", "confidence": "high", "proxy": None}, Endpoint(**client), response, hops, [],
+                         as_refs())
     as_dicts_ = {"schema": "svctrace.chain", "version": 1, "chain_id": "ch-1", "status": "ok", "incomplete_reason": None,
-                 "start_ts": 1, "end_ts": 5, "client": client, "dns": None, "service": None, "connect": None,
-                 "translation": None, "backend": client,
+                 "start_ts": 1, "end_ts": 5, "client": client, "dns": dns, "service": None, "connect": connect,
+                 "translation": {"mode": "dnat", "confidence": "high", "proxy": None}, "backend": client,
                  "response": {"protocol": "http", "method": "GET", "target": "/x", "host": "svc", "status": 200,
                               "bytes_sent": 80, "bytes_received": 120, "error": "empty reply"},
                  "hops": [{"name": "connect", "start_ts": 1, "end_ts": 2, "latency_ns": 1},

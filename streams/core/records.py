@@ -10,7 +10,9 @@ a `Ref` as the dataclass it also is (`_dataclass_fields`, as SyscallEvent: check
   it keeps as evidence (~10 per chain), in its state: a checkpoint writes it as before, and gives it back as a
   dict (the stitch stage takes either: stitch._dedup_refs). What leaves the core as objects (an in-process
   chain record, an alert occurrence) has dicts (`as_dict`, `to_builtins`), as before.
-* `Hop`, `Response`, `ChainRecord`: a chain record's hops, its response, the record itself.
+* `Hop`, `Response`, `Endpoint`, `Connect`, `DnsOut`, `ChainRecord`: a chain record's hops, its response, its
+  endpoints (client, proxy, backend, DNS server), its connect, its "dns", the record itself. The stitch stage
+  shares a connection's (and memoizes server-side endpoints) across records: all but Response are frozen.
 
 Not a compiled module: its classes are msgspec's, made by its metaclass.
 """
@@ -68,6 +70,46 @@ class Response(msgspec.Struct, gc=False):
     error: str | None
 
 
+
+
+class Endpoint(msgspec.Struct, frozen=True, gc=False):
+    """A chain record's endpoint (client, proxy, backend, DNS server): records share them (frozen)."""
+    ip: str | None
+    port: int | None
+    pod: str | None
+    namespace: str | None
+    node: str | None
+    container_id: str | None
+    pid: int | None
+    comm: str | None
+
+
+class Connect(msgspec.Struct, frozen=True, gc=False):
+    """A chain record's connect: the address asked for, the result, when."""
+    ip: str | None
+    port: int | None
+    res: int | None
+    errno: str | None
+    ts: int | None
+
+
+class DnsOut(msgspec.Struct, frozen=True, gc=False):
+    """A chain record's "dns": the lookup its connection claimed (or the chain's own)."""
+    qname: str
+    qtype: str | None
+    resolver_ip: str
+    resolver_port: int | None
+    resolver_is_cluster_dns: bool
+    server: Endpoint | None
+    rcode: str | None
+    answers: list
+    cnames: list
+    ttl: int | None
+    latency_ns: int | None
+    retries: int
+    queries: int
+
+
 class ChainRecord(msgspec.Struct, gc=False):
     """A chain record (svctrace.chain) with its fields in the schema's order; its parts are dicts and the
     Structs above. Not tracked by the cycle collector: nothing it holds refers back to it."""
@@ -78,12 +120,12 @@ class ChainRecord(msgspec.Struct, gc=False):
     incomplete_reason: str | None
     start_ts: int
     end_ts: int
-    client: dict
-    dns: dict | None
+    client: Endpoint
+    dns: DnsOut | None
     service: dict | None
-    connect: dict | None
+    connect: Connect | None
     translation: dict | None
-    backend: dict | None
+    backend: Endpoint | None
     response: Response | None
     hops: list
     alerts: list

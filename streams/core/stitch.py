@@ -49,7 +49,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
-from .records import ChainRecord, Hop, Ref, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
+from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Ref, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
 from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -1686,12 +1686,10 @@ class _Stitching:
         """A chain record's endpoint and its pod (None: no pod), as of ts's second."""
         pod = _pod_of(self.index, ip, ts, container_id)
         if pod is None:
-            return {"ip": ip, "port": port, "pod": None, "namespace": None, "node": node,
-                    "container_id": container_id if container_id else None, "pid": pid, "comm": comm}, None
-        return {"ip": ip, "port": port, "pod": pod.name, "namespace": pod.namespace,
-                "node": node if node is not None else pod.node,
-                "container_id": container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
-                "pid": pid, "comm": comm}, pod
+            return Endpoint(ip, port, None, None, node, container_id if container_id else None, pid, comm), None
+        return Endpoint(ip, port, pod.name, pod.namespace, node if node is not None else pod.node,
+                        container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
+                        pid, comm), pod
 
     def _parts(self, conn: Conn) -> _ConnParts:
         """The request-independent parts of a connection's records, reused while what they
@@ -1790,8 +1788,7 @@ class _Stitching:
         else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
             p.service = service = svc.copy()  # (a copy costs a fifth of a dict built key by key)
             del service["via"]
-        p.connect = None if cn is None else {"ip": cn[CN_ADDR_IP], "port": cn[CN_ADDR_PORT], "res": cn[CN_RESULT],
-                                             "errno": cn[CN_ERRNO], "ts": cn[CN_TS]}
+        p.connect = None if cn is None else Connect(cn[CN_ADDR_IP], cn[CN_ADDR_PORT], cn[CN_RESULT], cn[CN_ERRNO], cn[CN_TS])
         p.connect_error = FAILED_ERRNOS[cn[CN_ERRNO]] if (cn and cn[CN_RESULT] < 0
                                                           and cn[CN_ERRNO] in FAILED_ERRNOS) else None
         p.labels = p.who = None  # built when an alert needs them (_alert_labels): most chains raise none
@@ -1821,7 +1818,7 @@ class _Stitching:
                 elif mode in (None, "none"):
                     # a pod that is one of the Service's endpoints: a DNAT back to itself must leave
                     # by the bridge port it came in on, which only hairpin mode allows
-                    self_call = p.client["ip"] in ep_ips and svc["via"] == "vip"
+                    self_call = p.client.ip in ep_ips and svc["via"] == "vip"
                     p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
                 pod = idx.pod_by_ip(b_ip, cn_[CN_TS] or conn.t0)
@@ -1838,9 +1835,9 @@ class _Stitching:
         """The labels of the connection's alerts (and p.who, how their summaries name the client)."""
         if p.labels is None:
             svc, client, cl = p.svc, p.client, p.cl
-            p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
-                        "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl[CL_NODE]}
-            p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl[CL_COMM]}@{cl[CL_NODE]}'
+            p.labels = {"namespace": svc["namespace"] if svc else client.namespace,
+                        "service": svc["name"] if svc else None, "pod": client.pod, "node": cl[CL_NODE]}
+            p.who = client.pod and f'{client.namespace}/{client.pod}' or f'{cl[CL_COMM]}@{cl[CL_NODE]}'
         return p.labels
 
     @staticmethod
@@ -1855,8 +1852,8 @@ class _Stitching:
             nodes.add(p.px[D_NODE])
         if p.b is None and p.ready_eps:
             nodes = nodes | {ep.node for ep in p.ready_eps if ep.node}
-        if p.backend is not None and p.backend["node"]:
-            nodes = nodes | {p.backend["node"]}
+        if p.backend is not None and p.backend.node:
+            nodes = nodes | {p.backend.node}
         return nodes
 
     def _backend_desc(self, p: _ConnParts, conn: Conn) -> str:
@@ -1979,7 +1976,7 @@ class _Stitching:
                 labels = self._alert_labels(p)
                 base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
                              "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
-                occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client["pod"])
+                occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client.pod)
             if svc is not None:
                 found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
                 if p.svc_always is not None:
@@ -2064,12 +2061,12 @@ class _Stitching:
             found = self._dns_findings(dnsx, client_pod)
             occs = []
             if found:
-                who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
-                base_vars = {"client": who, "namespace": client["namespace"], "service": None}
-                occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
+                who = client.pod and f'{client.namespace}/{client.pod}' or f'{cl["comm"]}@{cl["node"]}'
+                base_vars = {"client": who, "namespace": client.namespace, "service": None}
+                occs = self._dns_occs(dnsx, found, base_vars, client.pod)
         ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE)
         encode = self.encode_chain
-        if occs or encode is None:  # refs as dicts where they leave the core as objects
+        if occs:  # refs as dicts where they leave the core as objects (an occurrence's)
             ev = list(map(_ref_dict, ev))
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
@@ -2092,7 +2089,7 @@ class _Stitching:
                 {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS], "latency_ns": dnsx[DX_LATENCY_NS]}],
             "alerts": alerts_ids, "evidence": ev,
         }
-        out.append((CHAINS_TOPIC, cid, chain if encode is None else encode(chain)))
+        out.append((CHAINS_TOPIC, cid, _to_builtins(chain) if encode is None else encode(chain)))
 
     # detectors ------------------------------------------------------------------------
 
@@ -2626,7 +2623,7 @@ def _summary_from_dict(d: dict) -> list:
             d["nxdomain"], d["answered"], expansions, d["retry_gap"], d["t0"], d["t1"], d["refs"], d["a"], d["client"]]
 
 
-def _dns_out(dnsx: list, index, ts: int, servers: dict) -> dict:
+def _dns_out(dnsx: list, index, ts: int, servers: dict) -> DnsOut:
     """A chain record's "dns". servers: the memo of its "server" dicts (one DNS server process is
     in many records, which share the dict: nobody mutates a record), keyed by the server record's
     fields, each with the second it holds for (its pod is the index's answer as of that second)."""
@@ -2638,20 +2635,17 @@ def _dns_out(dnsx: list, index, ts: int, servers: dict) -> dict:
             server = hit[2]
         else:
             pod = _pod_of(index, server[S_IP], ts, server[S_CONTAINER_ID])
-            server = {"ip": server[S_IP], "port": server[S_PORT], "pod": pod.name if pod is not None else None,
-                      "namespace": pod.namespace if pod is not None else None,
-                      "node": server[S_NODE], "container_id": server[S_CONTAINER_ID], "pid": server[S_PID],
-                      "comm": server[S_COMM]}
+            server = Endpoint(server[S_IP], server[S_PORT], pod.name if pod is not None else None,
+                              pod.namespace if pod is not None else None, server[S_NODE], server[S_CONTAINER_ID],
+                              server[S_PID], server[S_COMM])
             if len(servers) >= _MEMO_MAX:
                 servers.clear()
             lo = ts - ts % S
             servers[key] = (lo, lo + S, server)
     resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
     cnames = dnsx[DX_CNAMES]
-    return {"qname": dnsx[DX_QNAME].rstrip("."), "qtype": dnsx[DX_QTYPE], "resolver_ip": resolver or "",
-            "resolver_port": dnsx[DX_RESOLVER_PORT],
-            "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
-            "server": server, "rcode": dnsx[DX_RCODE], "answers": dnsx[DX_ANSWERS],
-            "cnames": [c.rstrip(".") for c in cnames] if cnames else [], "ttl": dnsx[DX_TTL],
-            "latency_ns": dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
-            "retries": dnsx[DX_RETRIES], "queries": max(1, dnsx[DX_QUERIES])}
+    return DnsOut(dnsx[DX_QNAME].rstrip("."), dnsx[DX_QTYPE], resolver or "", dnsx[DX_RESOLVER_PORT],
+                  bool(resolver) and index.is_cluster_dns(resolver, ts), server, dnsx[DX_RCODE], dnsx[DX_ANSWERS],
+                  [c.rstrip(".") for c in cnames] if cnames else [], dnsx[DX_TTL],
+                  dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
+                  dnsx[DX_RETRIES], max(1, dnsx[DX_QUERIES]))
