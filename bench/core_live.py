@@ -8,11 +8,13 @@ events arrive in agent batches (0.2 s of event time); every tick (0.1 s of event
 advances every node to (newest event time - lateness), its flows batches go to the stitch stage's process(),
 and every stitch key advances to that watermark (small batches per key, not one big one); every 3 s of event
 time each stitch key gives its durable_parts, as a worker's checkpoint asks (so its change marks are kept, as
-live). The worker's event-time settings (lateness 0.4 s, settle 0.25 s). After --warmup seconds (the state as
+live). The stitch stage writes each chain's bytes as it makes the chain, as a worker's does (its
+`encode_chain` is wire.encode_chain). The worker's event-time settings (lateness 0.4 s, settle 0.25 s). After --warmup seconds (the state as
 old as a live worker's: DNS lookups up to their 12 s timeout, connections while open), prints the stitch
 stage's advance and process CPU per event published in the span (thread time; each round a fresh graph; the
-median of --rounds) and a digest of the chains and occurrences it emitted, in order: an optimization leaves
-it unchanged (it differs with the arguments). The collector is frozen and off during a round (a worker
+median of --rounds) and a digest of the chains and occurrences it emitted, in order (a chain's record bytes,
+an occurrence's orjson bytes: the same digest as when chains were dicts written by orjson): an optimization
+leaves it unchanged (it differs with the arguments). The collector is frozen and off during a round (a worker
 freezes it every checkpoint).
 
 Beside bench.worker_steady (the figure that counts, but noisy on a shared machine: three stages, Kafka and
@@ -41,6 +43,7 @@ import orjson  # noqa: E402
 from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
+from svctrace.streams.faust_app.wire import encode_chain  # noqa: E402
 from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
 from tests.scenario import MS, S, T0, steady_traffic  # noqa: E402
 
@@ -108,6 +111,7 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
     g = Graph(ClusterIndex.from_records(records), settings)
     enrich, stitch = g.enrich, g.stitch
+    stitch.encode_chain = encode_chain  # as a worker's (app.Worker): chains come out as their record bytes
     lateness = settings.enrich_lateness_ns
     enrich_states: dict = {}
     stitch_states: dict = {}
@@ -139,7 +143,7 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
                 advance_ns += clock() - c
             for _topic, k, v in outs:
                 digest.update(k.encode())
-                digest.update(orjson.dumps(v))
+                digest.update(v if v.__class__ is bytes else orjson.dumps(v))
         if t >= next_checkpoint:
             next_checkpoint += CHECKPOINT_NS
             for st in stitch_states.values():

@@ -49,6 +49,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
+from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Ref, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
 from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -901,7 +902,7 @@ class _Stitching:
             if not (a[0] is e.node and a[1] is e.n):
                 conn.a = [e.node, e.n]
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client connect"})
+                conn.ev.append(Ref(e.node, e.n, ts, "client connect"))
             self._resolve_service(state, conn, d)
             if e.res == 0:
                 conn.est = max(conn.est or 0, 1)
@@ -916,7 +917,7 @@ class _Stitching:
                     conn.nreq += 1
                     reqs = conn.creq
                     reqs.append([conn.nreq - 1, ts, req.method, req.target, req.host, res, 0, None, None,
-                                 [{"node": e.node, "n": e.n, "ts": ts, "what": "client request"}],
+                                 [Ref(e.node, e.n, ts, "client request")],
                                  False])  # C_*
                     if (len(reqs) > 1 and reqs[0][C_DONE]) or len(reqs) > MAX_REQS_KEPT:
                         _trim_client(conn)
@@ -944,7 +945,7 @@ class _Stitching:
                 status = resp.status if resp is not None else 0
                 if status >= 200 and cur is not None:
                     cur[C_RESPONSE_TS], cur[C_STATUS], cur[C_RECEIVED] = ts, status, res
-                    cur[C_EVIDENCE].append({"node": e.node, "n": e.n, "ts": ts, "what": "client response"})
+                    cur[C_EVIDENCE].append(Ref(e.node, e.n, ts, "client response"))
                     self._settles(state, conn, ts)  # a response: its settle time may come first
                     return
                 last = conn.creq[-1] if conn.creq else None
@@ -959,7 +960,7 @@ class _Stitching:
         elif kind == "close":
             conn.ccl = ts
             if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-                conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "client close"})
+                conn.ev.append(Ref(e.node, e.n, ts, "client close"))
             self._settles(state, conn, ts)  # a close: its settle time may come first
 
     def _conn_key(self, ip: str | None, port: int | None) -> str:
@@ -1171,7 +1172,7 @@ class _Stitching:
                 if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
                     del dsrv[k]
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
-                           {"node": e.node, "n": e.n, "ts": e.ts, "what": "dns server got query"}]  # S_*
+                           Ref(e.node, e.n, e.ts, "dns server got query")]  # S_*
                 if st["next"] is None:
                     st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
@@ -1227,7 +1228,7 @@ class _Stitching:
             if len(qs) < MAX_QUERIES:
                 qtype = msg.qtype
                 qs.append([qid, qname, qtype, ts, ep, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port,
-                           {"node": e.node, "n": e.n, "ts": ts, "what": f"dns query {qname} {qtype}"}, None])  # Q_*
+                           Ref(e.node, e.n, ts, f"dns query {qname} {qtype}"), None])  # Q_*
             return
         src = e.addr_ip or e.remote_ip
         for lk in reversed(lookups):
@@ -1243,8 +1244,8 @@ class _Stitching:
                 continue
             rcode, answers = msg.rcode, msg.answers
             q[Q_ANSWER] = [ts, rcode, list(answers), list(msg.cnames), msg.ttl, src,
-                           {"node": e.node, "n": e.n, "ts": ts,
-                            "what": f"dns answer {rcode} {','.join(answers)}".rstrip()}]  # N_*
+                           Ref(e.node, e.n, ts,
+                               f"dns answer {rcode} {','.join(answers)}".rstrip())]  # N_*
             if ts > lk[L_T1]:
                 lk[L_T1] = ts
             if rcode == "NOERROR" and answers and lk[L_RESOLVED] is None:
@@ -1692,12 +1693,10 @@ class _Stitching:
         """A chain record's endpoint and its pod (None: no pod), as of ts's second."""
         pod = _pod_of(self.index, ip, ts, container_id)
         if pod is None:
-            return {"ip": ip, "port": port, "pod": None, "namespace": None, "node": node,
-                    "container_id": container_id if container_id else None, "pid": pid, "comm": comm}, None
-        return {"ip": ip, "port": port, "pod": pod.name, "namespace": pod.namespace,
-                "node": node if node is not None else pod.node,
-                "container_id": container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
-                "pid": pid, "comm": comm}, pod
+            return Endpoint(ip, port, None, None, node, container_id if container_id else None, pid, comm), None
+        return Endpoint(ip, port, pod.name, pod.namespace, node if node is not None else pod.node,
+                        container_id if container_id else (pod.container_ids[0] if pod.container_ids else None),
+                        pid, comm), pod
 
     def _parts(self, conn: Conn) -> _ConnParts:
         """The request-independent parts of a connection's records, reused while what they
@@ -1738,7 +1737,7 @@ class _Stitching:
         # translation mode and backend
         translation, backend = None, None
         b_ip = b_port = None
-        hops: list[dict] = []
+        hops: list[Hop] = []
         if px is not None or proxies:
             q = proxies[0] if proxies else None
             proxy = self._endpoint(q[A_NODE], q[A_PID], q[A_COMM], q[A_IP], q[A_PORT], q[A_TS], q[A_CONTAINER_ID])[0] \
@@ -1748,7 +1747,7 @@ class _Stitching:
                 b_ip, b_port = px[D_BACKEND_IP], px[D_BACKEND_PORT]
                 backend = self._endpoint(None, None, None, b_ip, b_port, px[D_TS])[0]
                 if q is not None:
-                    hops.append({"name": "proxy", "start_ts": q[A_TS], "end_ts": px[D_TS], "latency_ns": px[D_TS] - q[A_TS]})
+                    hops.append(Hop("proxy", q[A_TS], px[D_TS], px[D_TS] - q[A_TS]))
         elif svc is not None and svc["via"] == "headless":
             translation = _T_NONE
             if cn is not None and not backends:
@@ -1776,17 +1775,16 @@ class _Stitching:
             backend = self._endpoint(b[A_NODE], b[A_PID], b[A_COMM], b[A_IP], b[A_PORT], b[A_TS], b[A_CONTAINER_ID])[0]
             b_ip, b_port = b[A_IP], b[A_PORT]
             connect_ns = b[A_TS] - t_conn
-            hops.append({"name": "connect", "start_ts": t_conn, "end_ts": b[A_TS], "latency_ns": connect_ns if connect_ns > 0 else 0})
+            hops.append(Hop("connect", t_conn, b[A_TS], connect_ns if connect_ns > 0 else 0))
         elif backend is None and b_ip is not None:
             backend = self._endpoint(None, None, None, b_ip, b_port, t_conn)[0]
         if dnsx is not None and dnsx[DX_LATENCY_NS] is not None:
-            hops.insert(0, {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS],
-                            "latency_ns": dnsx[DX_LATENCY_NS]})
+            hops.insert(0, Hop("dns", dnsx[DX_T0], dnsx[DX_T0] + dnsx[DX_LATENCY_NS], dnsx[DX_LATENCY_NS]))
         p.b, p.b_ip, p.b_port, p.translation, p.backend, p.hops = b, b_ip, b_port, translation, backend, hops
         slow_hops = ()
         for h in hops:  # (no comprehension: its frame costs more than the loop)
-            obj = _OBJECTIVES.get(h["name"])
-            if obj is not None and h["latency_ns"] > obj:
+            obj = _OBJECTIVES.get(h.name)
+            if obj is not None and h.latency_ns > obj:
                 slow_hops = [*slow_hops, h]
         p.slow_hops = slow_hops
         p.ready_eps = ready_eps  # what a loss may concern: see _loss_nodes
@@ -1797,8 +1795,7 @@ class _Stitching:
         else:  # the record's service: conn.svc (_svc's fields, in its order) but how we know it
             p.service = service = svc.copy()  # (a copy costs a fifth of a dict built key by key)
             del service["via"]
-        p.connect = None if cn is None else {"ip": cn[CN_ADDR_IP], "port": cn[CN_ADDR_PORT], "res": cn[CN_RESULT],
-                                             "errno": cn[CN_ERRNO], "ts": cn[CN_TS]}
+        p.connect = None if cn is None else Connect(cn[CN_ADDR_IP], cn[CN_ADDR_PORT], cn[CN_RESULT], cn[CN_ERRNO], cn[CN_TS])
         p.connect_error = FAILED_ERRNOS[cn[CN_ERRNO]] if (cn and cn[CN_RESULT] < 0
                                                           and cn[CN_ERRNO] in FAILED_ERRNOS) else None
         p.labels = p.who = None  # built when an alert needs them (_alert_labels): most chains raise none
@@ -1828,7 +1825,7 @@ class _Stitching:
                 elif mode in (None, "none"):
                     # a pod that is one of the Service's endpoints: a DNAT back to itself must leave
                     # by the bridge port it came in on, which only hairpin mode allows
-                    self_call = p.client["ip"] in ep_ips and svc["via"] == "vip"
+                    self_call = p.client.ip in ep_ips and svc["via"] == "vip"
                     p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
                 pod = idx.pod_by_ip(b_ip, cn_[CN_TS] or conn.t0)
@@ -1845,9 +1842,9 @@ class _Stitching:
         """The labels of the connection's alerts (and p.who, how their summaries name the client)."""
         if p.labels is None:
             svc, client, cl = p.svc, p.client, p.cl
-            p.labels = {"namespace": svc["namespace"] if svc else client["namespace"],
-                        "service": svc["name"] if svc else None, "pod": client["pod"], "node": cl[CL_NODE]}
-            p.who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl[CL_COMM]}@{cl[CL_NODE]}'
+            p.labels = {"namespace": svc["namespace"] if svc else client.namespace,
+                        "service": svc["name"] if svc else None, "pod": client.pod, "node": cl[CL_NODE]}
+            p.who = client.pod and f'{client.namespace}/{client.pod}' or f'{cl[CL_COMM]}@{cl[CL_NODE]}'
         return p.labels
 
     @staticmethod
@@ -1862,8 +1859,8 @@ class _Stitching:
             nodes.add(p.px[D_NODE])
         if p.b is None and p.ready_eps:
             nodes = nodes | {ep.node for ep in p.ready_eps if ep.node}
-        if p.backend is not None and p.backend["node"]:
-            nodes = nodes | {p.backend["node"]}
+        if p.backend is not None and p.backend.node:
+            nodes = nodes | {p.backend.node}
         return nodes
 
     def _backend_desc(self, p: _ConnParts, conn: Conn) -> str:
@@ -1915,12 +1912,12 @@ class _Stitching:
                             backend_req = r
                             break
             rts = req[C_RESPONSE_TS]
-            response = {"protocol": "http", "method": req[C_METHOD], "target": req[C_TARGET], "host": req[C_HOST],
-                        "status": req[C_STATUS], "bytes_sent": req[C_SENT], "bytes_received": req[C_RECEIVED], "error": None}
+            response = Response("http", req[C_METHOD], req[C_TARGET], req[C_HOST], req[C_STATUS], req[C_SENT],
+                                req[C_RECEIVED], None)
             evidence += req[C_EVIDENCE]
             if rts is not None:
                 latency = rts - req[C_TS]
-                hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": rts, "latency_ns": latency})
+                hops.append(hop := Hop("response", req[C_TS], rts, latency))
                 if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                     slow = [hop]
             if backend_req is not None:
@@ -1928,13 +1925,11 @@ class _Stitching:
                 sts = backend_req[R_RESPONSE_TS]
                 if sts is not None:
                     latency = sts - backend_req[R_TS]
-                    hops.append(hop := {"name": "backend", "start_ts": backend_req[R_TS], "end_ts": sts,
-                                        "latency_ns": latency})
+                    hops.append(hop := Hop("backend", backend_req[R_TS], sts, latency))
                     if _BACKEND_OBJECTIVE is not None and latency > _BACKEND_OBJECTIVE:
                         slow = [*(slow or ()), hop]
         elif conn.tx or conn.rx:
-            response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                        "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": None}
+            response = Response(None, None, None, None, None, conn.tx, conn.rx, None)
         if req is not None and req[C_STATUS] is not None and p.connect_error is None:
             outcome = "ok"  # (_outcome's answer: a response, and a connect that did not fail)
         else:
@@ -1944,16 +1939,15 @@ class _Stitching:
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
             latency = waited_until - req[C_TS]
-            hops.append(hop := {"name": "response", "start_ts": req[C_TS], "end_ts": waited_until, "latency_ns": latency})
+            hops.append(hop := Hop("response", req[C_TS], waited_until, latency))
             if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                 slow = [*(slow or ()), hop]
         failed = outcome != "ok" and outcome != "pending"
         if failed:
             if response is not None:
-                response["error"] = outcome
+                response.error = outcome
             else:
-                response = {"protocol": None, "method": None, "target": None, "host": None, "status": None,
-                            "bytes_sent": conn.tx, "bytes_received": conn.rx, "error": outcome}
+                response = Response(None, None, None, None, None, conn.tx, conn.rx, outcome)
 
         # time span
         start_ts = end_ts = t_conn
@@ -1989,7 +1983,7 @@ class _Stitching:
                 labels = self._alert_labels(p)
                 base_vars = {"client": p.who, "namespace": labels["namespace"], "service": labels["service"],
                              "outcome": outcome, "vip": svc["cluster_ip"] if svc else None}
-                occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client["pod"])
+                occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client.pod)
             if svc is not None:
                 found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
                 if p.svc_always is not None:
@@ -2014,9 +2008,9 @@ class _Stitching:
                     v = None
                     for rule_id, extra in found:
                         if rule_id == "svc.hop_latency":
-                            obj = R.LATENCY_OBJECTIVES_NS[extra["name"]]
-                            occs.append((rule_id, labels, dict(base_vars, hop=extra["name"],
-                                                               latency_ms=extra["latency_ns"] // MS,
+                            obj = R.LATENCY_OBJECTIVES_NS[extra.name]
+                            occs.append((rule_id, labels, dict(base_vars, hop=extra.name,
+                                                               latency_ms=extra.latency_ns // MS,
                                                                objective_ms=obj // MS), []))
                             continue
                         if v is None:
@@ -2026,7 +2020,8 @@ class _Stitching:
         alerts_ids = []
         breaks = False
         ev = _dedup_refs(evidence)
-        chain_ev = _first_and_last(ev, MAX_EVIDENCE)  # (records may share it)
+        chain_ev = _first_and_last(ev, MAX_EVIDENCE)
+        chain_ev_d = None  # chain_ev as dicts, as an occurrence cites it (records may share it)
         dns_ev = None  # the lookup's own evidence: built when a DNS alert cites it (most chains raise none)
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
@@ -2034,32 +2029,25 @@ class _Stitching:
             aid = alert_id(rule_id, lab, window_start(end_ts, rule.suppress_ns))
             if aid not in alerts_ids:
                 alerts_ids.append(aid)
+            if chain_ev_d is None:
+                chain_ev_d = list(map(_ref_dict, chain_ev))
             if extra is DNS_EVIDENCE:
                 if dns_ev is None:
-                    dns_ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE) if dnsx else chain_ev
+                    dns_ev = list(map(_ref_dict, _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE))) \
+                        if dnsx else chain_ev_d
                 cited = dns_ev
             else:
-                cited = chain_ev
+                cited = chain_ev_d
             occ = {"rule": rule_id, "labels": lab, "ts": end_ts, "chain_id": cid, "evidence": cited, "vars": vars_,
                    "in_cluster": bool(vars_.get("in_cluster"))}
             out.append((OCCURRENCES_TOPIC, alert_key(rule_id, lab), occ))
         status = "incomplete" if incomplete else ("broken" if breaks else "ok")
-        chain = {
-            "schema": CHAIN_SCHEMA, "version": 1, "chain_id": cid, "status": status,
-            "incomplete_reason": incomplete, "start_ts": start_ts, "end_ts": end_ts,
-            "client": p.client,
-            "dns": p.dns_out,
-            "service": p.service,
-            "connect": p.connect,
-            "translation": p.translation,
-            "backend": p.backend,
-            "response": response,
-            "hops": hops,
-            "alerts": alerts_ids,
-            "evidence": chain_ev,
-        }
+        chain = ChainRecord(CHAIN_SCHEMA, 1, cid, status, incomplete, start_ts, end_ts, p.client, p.dns_out, p.service,
+                            p.connect, p.translation, p.backend, response, hops, alerts_ids, chain_ev)
         encode = self.encode_chain
-        out.append((CHAINS_TOPIC, cid, chain if encode is None else encode(chain)))
+        # a worker's: the record's bytes (a Struct writes those of the dict of its fields); else the record as a
+        # dict (its Structs too: the dicts they write)
+        out.append((CHAINS_TOPIC, cid, _to_builtins(chain) if encode is None else encode(chain)))
 
     def _emit_lookup(self, st: dict, lk: list, out: list, final: bool) -> None:
         dnsx = self._dns_summary(st, lk)
@@ -2080,10 +2068,13 @@ class _Stitching:
             found = self._dns_findings(dnsx, client_pod)
             occs = []
             if found:
-                who = client["pod"] and f'{client["namespace"]}/{client["pod"]}' or f'{cl["comm"]}@{cl["node"]}'
-                base_vars = {"client": who, "namespace": client["namespace"], "service": None}
-                occs = self._dns_occs(dnsx, found, base_vars, client["pod"])
+                who = client.pod and f'{client.namespace}/{client.pod}' or f'{cl["comm"]}@{cl["node"]}'
+                base_vars = {"client": who, "namespace": client.namespace, "service": None}
+                occs = self._dns_occs(dnsx, found, base_vars, client.pod)
         ev = _first_and_last(_dedup_refs(dnsx[DX_REFS]), MAX_EVIDENCE)
+        encode = self.encode_chain
+        if occs:  # refs as dicts where they leave the core as objects (an occurrence's)
+            ev = list(map(_ref_dict, ev))
         alerts_ids, breaks = [], False
         for rule_id, lab, vars_, extra in occs:
             rule = R.RULES[rule_id]
@@ -2105,8 +2096,7 @@ class _Stitching:
                 {"name": "dns", "start_ts": dnsx[DX_T0], "end_ts": dnsx[DX_T0] + dnsx[DX_LATENCY_NS], "latency_ns": dnsx[DX_LATENCY_NS]}],
             "alerts": alerts_ids, "evidence": ev,
         }
-        encode = self.encode_chain
-        out.append((CHAINS_TOPIC, cid, chain if encode is None else encode(chain)))
+        out.append((CHAINS_TOPIC, cid, _to_builtins(chain) if encode is None else encode(chain)))
 
     # detectors ------------------------------------------------------------------------
 
@@ -2193,9 +2183,9 @@ class Stitcher(_Stitching):
 
 # helpers ----------------------------------------------------------------------------------
 
-_order = itemgetter("ts", "node", "n")  # event-time order (of event refs), ties broken by source and sequence
-_event_id = itemgetter("node", "n")  # an event ref's event
-_ref_ts = itemgetter("ts")
+_order = attrgetter("ts", "node", "n")  # event-time order (of event refs, Refs), ties broken by source and sequence
+_event_id = attrgetter("node", "n")  # an event ref's event
+_ref_ts = attrgetter("ts")
 _event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
@@ -2488,7 +2478,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
             del acceptors[:-4]
         conn.est = 2
         if len(conn.ev) < MAX_EVIDENCE:  # _evidence, inline
-            conn.ev.append({"node": e.node, "n": e.n, "ts": ts, "what": "accept"})
+            conn.ev.append(Ref(e.node, e.n, ts, "accept"))
     if kind == "close":
         me[A_CLOSED] = ts
         return
@@ -2502,7 +2492,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
                 i = me[A_NREQUESTS]
                 me[A_NREQUESTS] = i + 1
                 reqs = me[A_REQUESTS]
-                reqs.append([i, ts, None, [{"node": node, "n": e.n, "ts": ts, "what": "backend request"}]])  # R_*
+                reqs.append([i, ts, None, [Ref(node, e.n, ts, "backend request")]])  # R_*
                 if len(reqs) > MAX_REQS_KEPT:
                     del reqs[:-MAX_REQS_KEPT]
     elif kind == "send" and e.res > 0:
@@ -2513,7 +2503,7 @@ def _acceptor_step(conn: Conn, d: EnrichedEvent, e: SyscallEvent, kind: str, ts:
             if resp is not None and resp.status >= 200:
                 r = reqs[-1]
                 r[R_RESPONSE_TS] = ts
-                r[R_EVIDENCE].append({"node": node, "n": e.n, "ts": ts, "what": "backend response"})
+                r[R_EVIDENCE].append(Ref(node, e.n, ts, "backend response"))
 
 
 def _accepting_over(conn: Conn) -> bool:
@@ -2553,7 +2543,7 @@ def _new_conn(key: str, e: SyscallEvent, seq: int) -> Conn:
 def _evidence(conn: Conn, e: SyscallEvent, what: str) -> None:
     # an event ref; built inline wherever one is made (no call per ref): keys in this order
     if len(conn.ev) < MAX_EVIDENCE:
-        conn.ev.append({"node": e.node, "n": e.n, "ts": e.ts, "what": what})
+        conn.ev.append(Ref(e.node, e.n, e.ts, what))
 
 
 def _trim_client(conn: Conn) -> None:
@@ -2577,8 +2567,13 @@ def _first_and_last(refs: list, limit: int) -> list:
 
 def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
-    Refs of one event share its ts, so dropping repeats before sorting keeps the same ones."""
-    by_ts = sorted(refs, key=_ref_ts)
+    Refs of one event share its ts, so dropping repeats before sorting keeps the same ones.
+    Refs a checkpoint gave back are dicts (a restored state's): such lists are made of Refs first."""
+    try:
+        by_ts = sorted(refs, key=_ref_ts)
+    except AttributeError:
+        refs = list(map(_as_ref, refs))
+        by_ts = sorted(refs, key=_ref_ts)
     prev = -1
     for ts in map(_ref_ts, by_ts):  # (a loop over the sorted refs costs half a set of their times)
         if ts == prev:
@@ -2588,7 +2583,7 @@ def _dedup_refs(refs: list) -> list:
         return by_ts  # no two refs at one time (the common case): no repeat, no tie
     if len(set(map(_event_id, refs))) == len(refs):
         return sorted(refs, key=_order)  # no event twice: nothing to drop
-    first = {(r["node"], r["n"]): r for r in reversed(refs)}  # the last write is the first ref
+    first = {(r.node, r.n): r for r in reversed(refs)}  # the last write is the first ref
     return sorted(first.values(), key=_order)  # every ref has ts, node, n
 
 
@@ -2636,7 +2631,7 @@ def _summary_from_dict(d: dict) -> list:
             d["nxdomain"], d["answered"], expansions, d["retry_gap"], d["t0"], d["t1"], d["refs"], d["a"], d["client"]]
 
 
-def _dns_out(dnsx: list, index, ts: int, servers: dict) -> dict:
+def _dns_out(dnsx: list, index, ts: int, servers: dict) -> DnsOut:
     """A chain record's "dns". servers: the memo of its "server" dicts (one DNS server process is
     in many records, which share the dict: nobody mutates a record), keyed by the server record's
     fields, each with the second it holds for (its pod is the index's answer as of that second)."""
@@ -2648,20 +2643,17 @@ def _dns_out(dnsx: list, index, ts: int, servers: dict) -> dict:
             server = hit[2]
         else:
             pod = _pod_of(index, server[S_IP], ts, server[S_CONTAINER_ID])
-            server = {"ip": server[S_IP], "port": server[S_PORT], "pod": pod.name if pod is not None else None,
-                      "namespace": pod.namespace if pod is not None else None,
-                      "node": server[S_NODE], "container_id": server[S_CONTAINER_ID], "pid": server[S_PID],
-                      "comm": server[S_COMM]}
+            server = Endpoint(server[S_IP], server[S_PORT], pod.name if pod is not None else None,
+                              pod.namespace if pod is not None else None, server[S_NODE], server[S_CONTAINER_ID],
+                              server[S_PID], server[S_COMM])
             if len(servers) >= _MEMO_MAX:
                 servers.clear()
             lo = ts - ts % S
             servers[key] = (lo, lo + S, server)
     resolver = dnsx[DX_ANSWERED_BY] or dnsx[DX_RESOLVER_IP]
     cnames = dnsx[DX_CNAMES]
-    return {"qname": dnsx[DX_QNAME].rstrip("."), "qtype": dnsx[DX_QTYPE], "resolver_ip": resolver or "",
-            "resolver_port": dnsx[DX_RESOLVER_PORT],
-            "resolver_is_cluster_dns": bool(resolver) and index.is_cluster_dns(resolver, ts),
-            "server": server, "rcode": dnsx[DX_RCODE], "answers": dnsx[DX_ANSWERS],
-            "cnames": [c.rstrip(".") for c in cnames] if cnames else [], "ttl": dnsx[DX_TTL],
-            "latency_ns": dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
-            "retries": dnsx[DX_RETRIES], "queries": max(1, dnsx[DX_QUERIES])}
+    return DnsOut(dnsx[DX_QNAME].rstrip("."), dnsx[DX_QTYPE], resolver or "", dnsx[DX_RESOLVER_PORT],
+                  bool(resolver) and index.is_cluster_dns(resolver, ts), server, dnsx[DX_RCODE], dnsx[DX_ANSWERS],
+                  [c.rstrip(".") for c in cnames] if cnames else [], dnsx[DX_TTL],
+                  dnsx[DX_LATENCY_NS] if dnsx[DX_LATENCY_NS] is not None else dnsx[DX_ANSWER_NS],
+                  dnsx[DX_RETRIES], max(1, dnsx[DX_QUERIES]))
