@@ -776,7 +776,20 @@ class _Stitching:
                 keep = state.get("_pc")  # conns a checkpoint in slices has still to write (begin_parts)
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 timers = self._timers
+                nready, i = len(ready), 0
                 for d in ready:
+                    # The events come cold (made by the enrich stage; sorted since, among many): the one 3 ahead is
+                    # read now (its EnrichedEvent), and the SyscallEvent of the one after this (its cache lines:
+                    # the fields this loop and the steps read), loads the CPU overlaps with this event's work,
+                    # where each would stall the loop when its turn came.
+                    i += 1
+                    if i + 2 < nready:
+                        ahead = ready[i + 2]
+                        ahead_e = ready[i].ev
+                        touch = ahead_e.ts
+                        touch = ahead_e.syscall
+                        touch = ahead_e.local_ip
+                        touch = ahead_e.data
                     e = d.ev
                     ts = e.ts
                     if prev is not None and ts == prev.ts and e.n == prev.n and e.node == prev.node:
