@@ -785,10 +785,12 @@ class _Stitching:
                     i += 1
                     if i + 2 < nready:
                         ahead = ready[i + 2]
+                        touch = ahead.proxy_of  # (its last field: its second cache line, when it has one)
                         ahead_e = ready[i].ev
-                        touch = ahead_e.ts
-                        touch = ahead_e.syscall
+                        touch = ahead_e.ts  # (a field every 56 bytes: each of its lines; the ts, ip, port and
+                        touch = ahead_e.syscall  # payload objects each field names)
                         touch = ahead_e.local_ip
+                        touch = ahead_e.remote_port
                         touch = ahead_e.data
                     e = d.ev
                     ts = e.ts
@@ -1449,8 +1451,9 @@ class _Stitching:
             while True:  # (the head is due: tested above)
                 qd, key = heappop(tq)
                 conn = conns.get(key)
-                # (else a stale entry, or this conn's live one seen already)
-                if conn is not None and conn.qd == qd and key not in found:
+                # (else a stale entry, or this conn's live one seen already). A live entry holds the very int conn.qd
+                # is (each is queued as conn.qd is set): compared by identity first, without reading the cold ints
+                if conn is not None and (conn.qd is qd or conn.qd == qd) and key not in found:
                     dl = conn_deadline(conn)
                     if dl <= now:
                         found[key] = conn.seq
@@ -1517,10 +1520,11 @@ class _Stitching:
         while tq:
             dl, key = tq[0]
             conn = conns.get(key)
-            if conn is None or conn.qd != dl:
+            if conn is None or (conn.qd is not dl and conn.qd != dl):
                 heappop(tq)  # stale
                 continue
-            if exact.get(key) == dl:
+            ex = exact.get(key)
+            if ex is not None and (ex is dl or ex == dl):
                 break
             actual = self._conn_deadline(conn)
             if actual == dl:
