@@ -786,7 +786,8 @@ class _Stitching:
                     if i + 2 < nready:
                         ahead = ready[i + 2]
                         touch = ahead.proxy_of  # (its last field: its second cache line, when it has one)
-                        ahead_e = ready[i].ev
+                        next_d = ready[i]  # (typed: its ev read as a struct member, not by getattr)
+                        ahead_e = next_d.ev
                         touch = ahead_e.ts  # (a field every 56 bytes: each of its lines; the ts, ip, port and
                         touch = ahead_e.syscall  # payload objects each field names)
                         touch = ahead_e.local_ip
