@@ -62,7 +62,7 @@ cdef class _Stitching:
     cdef public object encode_chain
 
     @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,
-                   data=bytes, marked=set, keep=set, nready=Py_ssize_t, i=Py_ssize_t, ahead=EnrichedEvent, next_d=EnrichedEvent, ahead_e=SyscallEvent)
+                   data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
     @cython.locals(data=bytes, a=list)

@@ -776,23 +776,7 @@ class _Stitching:
                 keep = state.get("_pc")  # conns a checkpoint in slices has still to write (begin_parts)
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
                 timers = self._timers
-                nready, i = len(ready), 0
                 for d in ready:
-                    # The events come cold (made by the enrich stage; sorted since, among many): the one 3 ahead is
-                    # read now (its EnrichedEvent), and the SyscallEvent of the one after this (its cache lines:
-                    # the fields this loop and the steps read), loads the CPU overlaps with this event's work,
-                    # where each would stall the loop when its turn came.
-                    i += 1
-                    if i + 2 < nready:
-                        ahead = ready[i + 2]
-                        touch = ahead.proxy_of  # (its last field: its second cache line, when it has one)
-                        next_d = ready[i]  # (typed: its ev read as a struct member, not by getattr)
-                        ahead_e = next_d.ev
-                        touch = ahead_e.ts  # (a field every 56 bytes: each of its lines; the ts, ip, port and
-                        touch = ahead_e.syscall  # payload objects each field names)
-                        touch = ahead_e.local_ip
-                        touch = ahead_e.remote_port
-                        touch = ahead_e.data
                     e = d.ev
                     ts = e.ts
                     if prev is not None and ts == prev.ts and e.n == prev.n and e.node == prev.node:
