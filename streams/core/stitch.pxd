@@ -104,6 +104,7 @@ cdef class _Stitching:
 cpdef _acceptor_step(Conn conn, EnrichedEvent d, SyscallEvent e, kind, ts)
 cpdef bint _accepting_over(Conn conn)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
+@cython.locals(conn=Conn)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)
 @cython.locals(d=EnrichedEvent, e=SyscallEvent, p=SyscallEvent)
 cpdef bint _in_event_order(list buf)

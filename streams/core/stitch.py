@@ -1444,8 +1444,9 @@ class _Stitching:
             while True:  # (the head is due: tested above)
                 qd, key = heappop(tq)
                 conn = conns.get(key)
-                # (else a stale entry, or this conn's live one seen already)
-                if conn is not None and conn.qd == qd and key not in found:
+                # (else a stale entry, or this conn's live one seen already). A live entry holds the very int conn.qd
+                # is (each is queued as conn.qd is set): compared by identity first, without reading the cold ints
+                if conn is not None and (conn.qd is qd or conn.qd == qd) and key not in found:
                     dl = conn_deadline(conn)
                     if dl <= now:
                         found[key] = conn.seq
@@ -1512,10 +1513,11 @@ class _Stitching:
         while tq:
             dl, key = tq[0]
             conn = conns.get(key)
-            if conn is None or conn.qd != dl:
+            if conn is None or (conn.qd is not dl and conn.qd != dl):
                 heappop(tq)  # stale
                 continue
-            if exact.get(key) == dl:
+            ex = exact.get(key)
+            if ex is not None and (ex is dl or ex == dl):
                 break
             actual = self._conn_deadline(conn)
             if actual == dl:
@@ -2536,8 +2538,26 @@ def _proxy_step(conn: Conn, e: SyscallEvent, kind: str, ts: int) -> None:
 
 
 def _new_conn(key: str, e: SyscallEvent, seq: int) -> Conn:
-    return Conn(key, seq, None, e.ts, e.ts, [e.node, e.n], None, None, None, 0, [], 0, [], [], None, None, [], None, None,
-                0, 0)
+    # Made without Conn's __init__ (compiled: its dataclass __init__ parses 21 arguments from a tuple, ~3x the
+    # cost of the object itself); every field set here, in the order of Conn's fields.
+    conn = Conn.__new__(Conn)
+    conn.k = key
+    conn.seq = seq
+    conn.qd = None
+    conn.t0 = conn.t1 = e.ts
+    conn.a = [e.node, e.n]
+    conn.cl = conn.cn = conn.ccl = None
+    conn.est = 0
+    conn.creq = []
+    conn.nreq = 0
+    conn.sv = []
+    conn.px = []
+    conn.dns = conn.svc = None
+    conn.ev = []
+    conn.eof = conn.err = None
+    conn.tx = 0
+    conn.rx = 0
+    return conn
 
 
 def _evidence(conn: Conn, e: SyscallEvent, what: str) -> None:
