@@ -70,8 +70,6 @@ class Response(msgspec.Struct, gc=False):
     error: str | None
 
 
-
-
 class Endpoint(msgspec.Struct, frozen=True, gc=False):
     """A chain record's endpoint (client, proxy, backend, DNS server): records share them (frozen)."""
     ip: str | None
