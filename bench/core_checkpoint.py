@@ -20,7 +20,6 @@ checkpoint's own cost, steadier, and countable under callgrind.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import statistics
@@ -36,7 +35,7 @@ import orjson  # noqa: E402
 from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
 from mode.utils.collections import FastUserDict  # noqa: E402
 
-from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches, enrich_tick  # noqa: E402
+from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches, enrich_tick, traffic_options  # noqa: E402
 from svctrace.kafka.clients import reuse_zstd_contexts, set_zstd_level  # noqa: E402
 from svctrace.streams.core.graph import Graph, dumps_state, loads_state  # noqa: E402
 from svctrace.streams.core.keys import bucket_partition  # noqa: E402
@@ -243,11 +242,7 @@ def _comparable(op, st) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=40_000, help="events per second, all nodes together")
-    ap.add_argument("--seconds", type=float, default=24.0, help="seconds of traffic (warm-up included)")
-    ap.add_argument("--warmup", type=float, default=14.0, help="seconds of traffic before the measured span")
-    ap.add_argument("--rounds", type=int, default=1, help="runs, each on a fresh graph (the median is printed)")
+    ap = traffic_options(__doc__, rounds=1, toggle=False)
     ap.add_argument("--interval", type=float, default=CHECKPOINT_NS / S, help="seconds of event time between checkpoints")
     ap.add_argument("--restore", action="store_true", help="restore every key from the changelog and compare")
     args = ap.parse_args()

@@ -11,7 +11,6 @@ the flows batches emitted (events' flows, refs and proxy tags, in order: an opti
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import operator
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.core_live import TICK_NS, AgentBatches  # noqa: E402
+from bench.core_live import TICK_NS, AgentBatches, traffic_options  # noqa: E402
 from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -75,13 +74,7 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=60_000, help="events per second, all nodes together")
-    ap.add_argument("--seconds", type=float, default=16.0, help="seconds of traffic (warm-up included)")
-    ap.add_argument("--warmup", type=float, default=10.0, help="seconds of traffic before the measured span")
-    ap.add_argument("--rounds", type=int, default=3, help="runs, each on a fresh graph (the median is printed)")
-    ap.add_argument("--toggle", action="store_true", help="each measured advance under operator.call (callgrind)")
-    args = ap.parse_args()
+    args = traffic_options(__doc__, rate=60_000, seconds=16.0, warmup=10.0).parse_args()
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()
     gc.collect()

@@ -154,14 +154,22 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
     return advance_ns, process_ns, measured, digest.hexdigest()[:16], held
 
 
+def traffic_options(doc: str, rate: float = 40_000, seconds: float = 24.0, warmup: float = 14.0,
+                    rounds: int = 3, toggle: bool = True) -> argparse.ArgumentParser:
+    """The offline core benches' options (this one, core_enrich, core_checkpoint): the live traffic's rate and
+    span, the rounds, and --toggle for callgrind."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=rate, help="events per second, all nodes together")
+    ap.add_argument("--seconds", type=float, default=seconds, help="seconds of traffic (warm-up included)")
+    ap.add_argument("--warmup", type=float, default=warmup, help="seconds of traffic before the measured span")
+    ap.add_argument("--rounds", type=int, default=rounds, help="runs, each on a fresh graph (the median is printed)")
+    if toggle:
+        ap.add_argument("--toggle", action="store_true", help="measured advance calls through operator.call (callgrind)")
+    return ap
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=40_000, help="events per second, all nodes together")
-    ap.add_argument("--seconds", type=float, default=24.0, help="seconds of traffic (warm-up included)")
-    ap.add_argument("--warmup", type=float, default=14.0, help="seconds of traffic before the measured span")
-    ap.add_argument("--rounds", type=int, default=3, help="runs, each on a fresh graph (the median is printed)")
-    ap.add_argument("--toggle", action="store_true", help="measured advance calls through operator.call (callgrind)")
-    args = ap.parse_args()
+    args = traffic_options(__doc__).parse_args()
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()
     print(f"core_live: {args.rate:,.0f} events/s of the mixed traffic ({requests:,} requests, {len(events):,} events "
