@@ -90,10 +90,10 @@ def test_built_modules_stand_in_only_for_the_sources_they_were_built_from(tmp_pa
     assert not ok and "other sources" in why
     shutil.copy2(here / "stitch.pxd", pxd)
     assert native.built_status(copy) == (True, "compiled")
-    (copy / "keys.pxd").write_text("# a new .pxd\n")
+    (copy / "timeorder.pxd").write_text("# a new .pxd\n")
     ok, why = native.built_status(copy)
     assert not ok and "other sources" in why
-    (copy / "keys.pxd").unlink()
+    (copy / "timeorder.pxd").unlink()
     assert native.built_status(copy) == (True, "compiled")
     next((copy / native.BUILT).glob("keys.*")).unlink()
     ok, why = native.built_status(copy)

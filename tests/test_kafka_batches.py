@@ -3,15 +3,18 @@ partition landing where, and in the order, aiokafka's own send() puts them (real
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
 import time
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from svctrace.kafka.admin import topic_name
-from svctrace.kafka.batches import PartitionBatches, murmur2, murmur2_many, murmur2_partition, murmur2_partitions
+from svctrace.kafka.batches import PartitionBatches, murmur2, murmur2_partition, murmur2_partitions
 from svctrace.schemas.catalogue import CHAINS, load_catalogue
+from svctrace.streams.core import keys, native
 
 
 def test_murmur2_is_kafkas():
@@ -27,22 +30,33 @@ def test_murmur2_is_kafkas():
     assert murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == 0xFFFFFFFF & -58897971
 
 
-def test_murmur2_of_many_keys_at_once_is_kafkas():
-    """murmur2_many (every key's state in one lane of Python ints) agrees with aiokafka key by key:
-    every length (tail of 0-3 bytes), one key or many, all-0xff words (the largest lane values)."""
+def test_murmur2_partitions_are_kafkas():
+    """murmur2_partitions (the compiled core's, keys.pxd: 32-bit C integers) agrees with aiokafka key by key:
+    every length (tail of 0-3 bytes), all-0xff words (the largest values), chain ids, mixed lengths."""
     rng = random.Random(9)
     for length in range(1, 70):
-        for count in (1, 2, 5, 64):
-            keys = [bytes(rng.getrandbits(8) for _ in range(length)) for _ in range(count)]
-            keys[-1] = b"\xff" * length
-            assert murmur2_many(keys) == [aiokafka_murmur2(k) for k in keys], (length, count)
+        keys = [bytes(rng.getrandbits(8) for _ in range(length)) for _ in range(5)] + [b"\xff" * length]
+        assert murmur2_partitions(keys, 1 << 31) == [aiokafka_murmur2(k) & 0x7FFFFFFF for k in keys], length
+        assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys], length
     chain_ids = [f"ch-{rng.getrandbits(80):020x}".encode() for _ in range(1000)]
-    assert murmur2_many(chain_ids) == [aiokafka_murmur2(k) for k in chain_ids]
     # Keys of mixed lengths, few or many of each, and an empty one.
     mixed = [bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 3, 8, 23, 23, 23)))) for _ in range(300)]
     for keys in (mixed, mixed[:3], chain_ids[:3], chain_ids):
         for n in (1, 12, 7):
             assert murmur2_partitions(keys, n) == [(aiokafka_murmur2(k) & 0x7FFFFFFF) % n for k in keys]
+
+
+def test_murmur2_as_python_is_kafkas_too():
+    """keys.py run as Python (SVCTRACE_PURE_PYTHON, or no compiler): its masks give what the compiled 32-bit
+    arithmetic gives."""
+    spec = importlib.util.spec_from_file_location("keys_as_python", Path(keys.__file__).parent.parent / "keys.py"
+                                                  if Path(keys.__file__).parent.name == native.BUILT else keys.__file__)
+    as_python = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(as_python)
+    rng = random.Random(10)
+    keys_ = [bytes(rng.getrandbits(8) for _ in range(length)) for length in range(0, 70) for _ in range(3)]
+    assert [as_python.murmur2(k) for k in keys_] == [aiokafka_murmur2(k) for k in keys_]
+    assert as_python.murmur2_partitions(keys_, 12) == murmur2_partitions(keys_, 12)
 
 
 def test_records_of_known_partition_counts_are_placed_in_the_order_added():

@@ -7,28 +7,23 @@ partition (AIOKafkaProducer.create_batch) and hands every batch to send_batch() 
 records, in the same order per partition, with the same partition Kafka's default partitioner picks
 (`murmur2_partition`), compressed and idempotent like any other batch of the producer.
 
-Kafka's murmur2 in Python costs ~1.8 us per chain id (23 bytes: five multiply-xor rounds on
-Python ints). `murmur2_many` hashes many keys of one length at once, each key's 32-bit state in a
-64-bit lane of one Python int, so that a round is a few big-int operations over all of them
-(~0.3 us per key from a few hundred keys on); `PartitionBatches.add_keyed_known` places records
+Kafka's murmur2 (the partition of a keyed record) is the compiled core's (`keys.murmur2`: 32-bit C
+integers, ~0.1 us per chain id; in Python ints it cost ~1.8 us, or ~0.3-0.8 us hashing many keys of one length
+at once in the lanes of big ints, as this module did before); `PartitionBatches.add_keyed_known` places records
 that way.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from struct import Struct
 
 from aiokafka.structs import TopicPartition
 
 from svctrace.kafka.deadletter import dead_letter, encode as encode_dead_letter
+from svctrace.streams.core.keys import murmur2, murmur2_partitions  # noqa: F401 (murmur2: this module's API too)
 
 log = logging.getLogger("svctrace.kafka")
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-_SEED = 0x9747B28C
-_WORDS = [Struct(f"<{n}I") for n in range(64)]
 QUEUED_PER_PARTITION = 4  # batches queued behind a partition's waiting one before send() waits (_queue_behind)
 # The most a record batch may have on the output topics (compressed, as the broker checks it): Kafka's
 # message.max.bytes (1 MiB + 12), which topics.yaml does not raise. A record alone in a batch larger than
@@ -40,78 +35,9 @@ _SURELY_FITS = MAX_RECORD_BATCH_BYTES - 64 * 1024
 DEAD_LETTER_PREFIX = 64 * 1024
 
 
-def murmur2(data: bytes, m: int = _M, mask: int = _MASK) -> int:
-    """Kafka's murmur2 (the Java client's Utils.murmur2, aiokafka.partitioner.murmur2): the same
-    value, the key's 4-byte words read in one call, fewer masks (~2-3x faster than aiokafka's)."""
-    length = len(data)
-    n = length >> 2
-    h = _SEED ^ length
-    for k in (_WORDS[n] if n < 64 else Struct(f"<{n}I")).unpack_from(data):
-        k = (k * m) & mask
-        h = ((h * m) & mask) ^ (((k ^ (k >> 24)) * m) & mask)
-    extra = length & 3
-    if extra:
-        tail = length & ~3
-        if extra >= 3:
-            h ^= data[tail + 2] << 16
-        if extra >= 2:
-            h ^= data[tail + 1] << 8
-        h = ((h ^ data[tail]) * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    return h ^ (h >> 15)
-
-
 def murmur2_partition(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a keyed record (Java and aiokafka alike)."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-_MANY_MIN = 4  # keys of one length from which murmur2_many costs less per key than murmur2
-
-
-def murmur2_many(keys: list[bytes], m: int = _M) -> list[int]:
-    """murmur2 of each key, for keys of ONE length, in one pass: key i's 32-bit values in bits
-    64i..64i+31 of Python ints, so that a round is a few big-int operations over every key. A lane's
-    value times the 32-bit constant stays below 2**64 (no carry into the next lane); after a shift,
-    the next lane's bits that came down are masked off before the next multiplication."""
-    count = len(keys)
-    length = len(keys[0])
-    n, extra = length >> 2, length & 3
-    step = n + (extra > 0)  # 32-bit words per key, the tail's bytes as one zero-padded word
-    pad = bytes(4 * step - length)
-    words = Struct(f"<{count * step}I").unpack(b"".join([k + pad for k in keys]) if pad else b"".join(keys))
-    lanes = Struct(f"<{count}Q")
-    ones = int.from_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00" * count, "little")  # 1 in every lane
-    mask = _MASK * ones
-    h = (_SEED ^ length) * ones
-    for j in range(n):
-        k = (int.from_bytes(lanes.pack(*words[j::step]), "little") * m) & mask
-        k = (k ^ (k >> 24)) & mask
-        h = ((h * m) ^ (k * m)) & mask
-    if extra:
-        h = ((h ^ int.from_bytes(lanes.pack(*words[n::step]), "little")) * m) & mask
-    h = (((h ^ (h >> 13)) & mask) * m) & mask
-    h = (h ^ (h >> 15)) & mask
-    return list(lanes.unpack(h.to_bytes(8 * count, "little")))
-
-
-def murmur2_partitions(keys: list[bytes], partitions: int) -> list[int]:
-    """murmur2_partition of each key (murmur2_many for the keys of each length that has many)."""
-    by_length: dict[int, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_length.setdefault(len(key), []).append(i)
-    if len(by_length) == 1 and len(keys) >= _MANY_MIN:  # (chain ids, alert ids: one length)
-        return [(h & 0x7FFFFFFF) % partitions for h in murmur2_many(keys)]
-    out = [0] * len(keys)
-    for indexes in by_length.values():
-        if len(indexes) >= _MANY_MIN:
-            hashes = murmur2_many([keys[i] for i in indexes])
-        else:
-            hashes = [murmur2(keys[i]) for i in indexes]
-        for i, h in zip(indexes, hashes):
-            out[i] = (h & 0x7FFFFFFF) % partitions
-    return out
 
 
 class FailedSends:
@@ -236,7 +162,7 @@ class PartitionBatches:
     def add_keyed_known(self, topic: str, partitions: int, key: bytes, value: bytes, headers=None) -> None:
         """add_keyed for a topic whose partition count the caller knows (partitions()): the record is
         partitioned with the topic's others at place() (send() places them; so does an add() to the topic),
-        in one murmur2_many pass, and added in the order of the calls."""
+        in one murmur2_partitions call, and added in the order of the calls."""
         unplaced = self.unplaced.get(topic)
         if unplaced is None or unplaced[0] != partitions:
             if unplaced is not None:  # (the topic grew meanwhile: its records so far by the old count, as add_keyed)
