@@ -914,9 +914,9 @@ class StageShell:
 
     def _take(self, writes: list[tuple[int, bytes, bytes | None]]) -> None:
         """The store takes a checkpoint's records (unsent until confirmed). It keeps a checkpoint's entries as
-        slices of one buffer per kind (below): thousands of small bytes objects replaced at every checkpoint scatter over the
-        allocator's pools and each pins one (bench.worker_steady at 10k events/s: ~100 MiB more RSS for
-        ~10 MB of entries). A buffer lives while one of its slices does. A tombstone's key leaves the memory
+        slices of one buffer per kind (below): thousands of small bytes objects replaced at every checkpoint
+        scatter over the allocator's pools and each pins one (bench.worker_steady at 10k events/s: ~100 MiB
+        more RSS for ~10 MB of entries). A buffer lives while one of its slices does. A tombstone's key leaves the memory
         store's key -> partition map too (as when Faust applies a changelog tombstone): kept, it grew by every
         entry key ever written (lookup keys name a client pid: new ones all the time)."""
         key_partition = getattr(self.table.data, "_key_partition", None)
