@@ -18,8 +18,9 @@ record under the key is a header, {"checkpoint_format":5,"parts":<entries>, ...s
 entry (a connection, a lookup key, a DNS server's record) is a record of its own, keyed
 `<bucket key>` PART_SEP `<entry key>` (PART_SEP, \x1f, occurs in no stitch key: buckets are "b0007",
 partition entries "#7"; an entry key is "c<conn key>", "l<lookup key>" or "s<DNS server key>"; formats 7-8 group the last
-two, below), its value the entry's JSON (dumps_part, no version field: an entry is read
-only through its bucket's header, whose format it shares). A checkpoint writes the header and only the
+two, below), its value the entry's JSON (dumps_part; the stitch stage's the same bytes from msgspec's encoder,
+stitch._entry_bytes; no version field: an entry is read only through its bucket's header, whose format it
+shares). A checkpoint writes the header and only the
 entries that changed, a tombstone for each that went away, and tombstones for all of them when the
 bucket goes idle; a bucket's records of one checkpoint go in one producer batch of their changelog
 partition (the bucket's; StageShell.write), which Kafka appends whole, so a successor never restores
