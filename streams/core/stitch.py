@@ -788,7 +788,6 @@ class _Stitching:
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
                 keep = state.get("_pc")  # conns a checkpoint in slices has still to write (begin_parts)
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
-                timers = self._timers
                 for d in ready:
                     e = d.ev
                     ts = e.ts
@@ -798,7 +797,7 @@ class _Stitching:
                     prev = e
                     nxt = state["next"]
                     while nxt is not None and nxt <= ts:  # timers due at or before e come first
-                        timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
+                        self._timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
                         nxt = state["next"]
                     try:
                         proto = e.proto
@@ -1043,10 +1042,15 @@ class _Stitching:
             st["next"] = dl
 
     def _conn_deadline(self, conn: Conn) -> int:
-        dl = conn.t1 + self.idle_ns
+        # (compiled, the times are C integers here (stitch.pxd): an int's sum is not made and freed per term)
+        t1 = conn.t1
+        settle = self.settle_ns
+        dl = self.idle_ns
+        dl += t1
         ccl = conn.ccl
         if ccl is not None:
-            at = ccl + self.settle_ns
+            at = ccl
+            at += settle
             if at < dl:
                 dl = at
         elif conn.cl is None:
@@ -1058,7 +1062,7 @@ class _Stitching:
             # seen sending after the backend closed; so it leaves settle after the close (its t1), not idle
             # after. (No requests of its own: creq is the client's.)
             if not conn.px and _accepting_over(conn):
-                at = conn.t1 + self.settle_ns
+                at = t1 + settle
                 if at < dl:
                     dl = at
             return dl
@@ -1069,7 +1073,8 @@ class _Stitching:
             if rts is None:
                 break
             if not r[C_DONE]:
-                at = rts + self.settle_ns
+                at = rts
+                at += settle
                 if at < dl:
                     dl = at
                 break
@@ -1457,14 +1462,13 @@ class _Stitching:
             # Only conns whose deadline has come (the queue's entries <= now), in creation order:
             # what a scan of every conn would find, in the order it would find it.
             found: dict[str, int] = {}
-            conn_deadline = self._conn_deadline
             while True:  # (the head is due: tested above)
                 qd, key = heappop(tq) if q is tq else q.popleft()
                 conn = conns.get(key)
                 # (else a stale entry, or this conn's live one seen already). A live entry holds the very int conn.qd
                 # is (each is queued as conn.qd is set): compared by identity first, without reading the cold ints
                 if conn is not None and (conn.qd is qd or conn.qd == qd) and key not in found:
-                    dl = conn_deadline(conn)
+                    dl = self._conn_deadline(conn)  # (a C call compiled: not through a bound method)
                     if dl <= now:
                         found[key] = conn.seq
                     else:
@@ -1528,7 +1532,7 @@ class _Stitching:
                 qs.clear()
             if qp:
                 qp.clear()
-        elif len(tq) + len(qn) + len(qs) + len(qp) > _TQ_COMPACT_FACTOR * len(conns) + _TQ_COMPACT_FLOOR:
+        elif len(tq) + len(qn) + len(qs) + len(qp) > _tq_compact_at(len(conns)):
             # Mostly stale entries (one per conn whose deadline moved earlier: each finished conn
             # leaves its idle-timeout entry, popped only when that time comes): the queue is
             # rebuilt from the conns' live entries, sorted: one FIFO (new conns' deadlines follow them).
@@ -2285,6 +2289,13 @@ def _lists_in_heaps(state: dict) -> bool:
         if state.get(name).__class__ is not deque:
             return True
     return False
+
+
+def _tq_compact_at(nconns: int) -> int:
+    """How many entries the conns' timer queue may hold before a pass rebuilds it (C integers compiled)."""
+    factor: int = _TQ_COMPACT_FACTOR
+    floor: int = _TQ_COMPACT_FLOOR
+    return factor * nconns + floor
 
 
 def _tq_push(tq: list, fifo, entry: tuple) -> None:
