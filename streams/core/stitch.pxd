@@ -78,7 +78,10 @@ cdef class _Stitching:
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
-    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set, live=list)
+    @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set, live=list,
+                   now_c=cython.longlong, settle_ns=cython.longlong, idle_ns=cython.longlong, idle_at=cython.longlong,
+                   ccl_at=cython.longlong, rts_c=cython.longlong, horizon=cython.longlong, first_ts=cython.longlong,
+                   over=bint)
     cpdef _timers(self, dict st, now, list out, bint final)
     cpdef _finish(self, dict st, Conn conn, list out, final)
     cpdef _emit_request(self, dict st, Conn conn, req, list out, final)

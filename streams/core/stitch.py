@@ -1482,7 +1482,10 @@ class _Stitching:
                 if q is None or q[0][0] > now:
                     break
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
-        settle_ns, idle_ns = self.settle_ns, self.idle_ns
+        # (compiled, C integers (stitch.pxd): a time's sum is not made and freed per test)
+        settle_ns = self.settle_ns
+        idle_ns = self.idle_ns
+        now_c = now
         if marked is not None and due:
             marked.update(due)
             if keep:
@@ -1492,10 +1495,17 @@ class _Stitching:
         for key in due:
             conn = conns[key]
             ccl = conn.ccl
+            idle_at = conn.t1
+            idle_at += idle_ns
             # (a due conn with no client is over: its deadline, idle or its acceptors' close + settle, has come)
-            if final or conn.cl is None or (ccl is not None and now >= ccl + settle_ns) or now >= conn.t1 + idle_ns:
+            over = final or conn.cl is None or now_c >= idle_at
+            if not over and ccl is not None:
+                ccl_at = ccl
+                ccl_at += settle_ns
+                over = now_c >= ccl_at
+            if over:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
-                cut = final and ccl is None and now < conn.t1 + idle_ns
+                cut = final and ccl is None and now_c < idle_at
                 try:
                     if conn.cl is not None:  # (else only the accepting side was seen: see _finish)
                         self._finish(st, conn, out, cut)
@@ -1507,7 +1517,10 @@ class _Stitching:
             emitted = False
             for r in conn.creq:  # answered oldest first: the settled ones lead (see _conn_deadline)
                 rts = r[C_RESPONSE_TS]
-                if rts is None or now < rts + settle_ns:
+                if rts is None:
+                    break
+                rts_c = rts
+                if now_c < rts_c + settle_ns:
                     break
                 if not r[C_DONE]:
                     emitted = True
@@ -1595,7 +1608,8 @@ class _Stitching:
             self._expire_lookups(st, now, out, final)
         dsrv, lost = st["dsrv"], st["lost"]
         if dsrv or lost:
-            horizon = now - self.lookup_timeout_ns - self.idle_ns
+            horizon = self.lookup_timeout_ns
+            horizon = now_c - horizon - idle_ns
             if dsrv:
                 if final:
                     if "_cs" in st:
@@ -1606,7 +1620,8 @@ class _Stitching:
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
                     for first in dsrv.values():  # (most passes: the first has not expired, no call)
-                        if first[S_TS] < horizon:
+                        first_ts = first[S_TS]
+                        if first_ts < horizon:
                             if st.get("_ps"):  # (begin_parts: the pending ones that go, saved first)
                                 keep_s = st["_ps"]
                                 for k, v in list(dsrv.items()):
@@ -1619,7 +1634,8 @@ class _Stitching:
                                 st["_cs"].update(old)
                         break
             if lost:
-                lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
+                horizon_at = horizon  # (an int: compared with each marker's)
+                lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon_at]
             if dsrv or lost:
                 dl = now + self.lookup_timeout_ns
                 if nxt is None or dl < nxt:
