@@ -1017,8 +1017,9 @@ class _Stitching:
     # is found when the live entry comes up; one moving earlier (close, response) queues anew.
     # The queue is a heap st["tq"] and three sorted FIFOs beside it, by where an entry is queued
     # (_tq_push): "tqn" a new conn's idle deadline, "tqs" a settle (an event's time + settle), "tqp" a
-    # timer pass's (both mostly come in order: event times, pass times); its head is the least of the
-    # four heads (_tq_least), so entries come out in the heap's order, (deadline, key), ties included.
+    # timer pass's (each kind mostly comes in order: event times, pass times; one out of order goes to
+    # the heap); its head is the least of the four heads (_tq_least), so entries come out in the heap's
+    # order, (deadline, key), ties included. (Entries in order are O(1) to queue and to take.)
 
     def _schedule(self, st: dict, conn: Conn) -> None:
         # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
