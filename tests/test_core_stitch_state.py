@@ -226,7 +226,9 @@ def _as_written_before(restored: dict, now: dict | None, settle_ns: int) -> tupl
             if _accepting_side_only(conn):
                 conn["qd"] = None
         # the conns' live timer entries (the rest are stale); "next" is their head's, a lookup's or a trim's
-        st["tq"] = sorted([dl, k] for dl, k in st["tq"] if k in st["conns"] and dl == st["conns"][k]["qd"])
+        # (wherever they are queued: the heap or the FIFOs beside it, stitch._tq_push)
+        queued = st["tq"] + [x for fifo in ("tqn", "tqs", "tqp") for x in st.pop(fifo, ())]
+        st["tq"] = sorted([dl, k] for dl, k in queued if k in st["conns"] and dl == st["conns"][k]["qd"])
         st.pop("next")
     return orjson.dumps(old), orjson.dumps(cur)
 
@@ -281,7 +283,7 @@ def _replay_queue_sizes(op: Stitcher, calls) -> tuple[list[dict], int]:
 
     def counted_timers(st, now, out, final):
         timers(st, now, out, final)
-        excess[0] += len(st["tq"]) - len(st["conns"])
+        excess[0] += len(st["tq"]) + sum(len(st[fifo]) for fifo in ("tqn", "tqs", "tqp")) - len(st["conns"])
 
     op._timers = counted_timers
     return _replay(op, calls, {}), excess[0]

@@ -12,6 +12,7 @@ only says which operator consumes which topic, so a runner is a loop over it.
 from __future__ import annotations
 
 import base64
+from collections import deque
 from dataclasses import dataclass
 
 import orjson
@@ -73,6 +74,8 @@ def _default(obj):
         return to_wire(obj)  # a stitch buffer's event, in its schema form
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(obj)).decode("ascii")
+    if obj.__class__ is deque:
+        return list(obj)  # the stitch state's sorted timer FIFOs (restore makes them deques again)
     raise TypeError(f"cannot serialize {type(obj).__name__}")
 
 

@@ -33,6 +33,7 @@ per connection when no request was seen, and per unclaimed DNS lookup.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
@@ -172,7 +173,7 @@ STATE_FORM = 5
 # the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
 # and the lookup keys' groups' bookkeeping (_lookup_groups: "_lgc", "_lkv", "_lgd", "_lkx"; rebuilt by restore_parts)
 _NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg", "_plg", "_plv",
-                          "_lgc", "_lkv", "_lgd", "_lkx"))
+                          "_lgc", "_lkv", "_lgd", "_lkx", "tqn", "tqs", "tqp"))  # (the FIFOs: merged into "tq")
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
 # than this many entries per open conn, plus the floor (a pass's O(conns) rebuild, rarely).
@@ -300,6 +301,8 @@ class _Stitching:
                 "next": None, "late": 0, "dups": 0,
                 "nmax": {},  # node -> the highest n of its events seen: a late event below it is a redelivery
                 "tq": [],  # min-heap of (deadline, conn key): each open conn has an entry <= its deadline
+                # beside it, entries queued in their (deadline, key) order: sorted FIFOs (see _tq_push)
+                "tqn": deque(), "tqs": deque(), "tqp": deque(),
                 "seq": 0,  # conns are numbered in creation order (conn.seq): timers handle them in that order
                 # lookups (L_* records): "lks" numbers the keys of "lk" in creation order, L_SEQ each
                 # lookup; "lq" min-heap of (expiry, L_SEQ, lkey) (each lookup has an entry <= its expiry);
@@ -423,8 +426,17 @@ class _Stitching:
 
     @staticmethod
     def durable(state: dict) -> dict:
-        """The state minus the input buffer (re-readable from svctrace.flows) and change marks."""
-        return {k: v for k, v in state.items() if k not in _NOT_DURABLE}
+        """The state minus the input buffer (re-readable from svctrace.flows) and change marks; the conns' timer
+        entries in one heap "tq" (the FIFOs beside it merged in)."""
+        durable = {k: v for k, v in state.items() if k not in _NOT_DURABLE}
+        fifos = [state[name] for name in _FIFOS if state.get(name)]
+        if fifos:
+            tq = list(state["tq"])
+            for fifo in fifos:
+                tq += fifo
+            heapify(tq)
+            durable["tq"] = tq
+        return durable
 
     # A checkpoint in parts (durable_parts / restore_parts): a header of the bucket's scalars and
     # small lists, and its entries, each written only when it changed since the last durable_parts:
@@ -776,7 +788,6 @@ class _Stitching:
                 marked = state.get("_cc")  # change marks (durable_parts), when a checkpoint takes parts
                 keep = state.get("_pc")  # conns a checkpoint in slices has still to write (begin_parts)
                 unspecified, tcp_kinds = UNSPECIFIED_IPS, _TCP_KINDS
-                timers = self._timers
                 for d in ready:
                     e = d.ev
                     ts = e.ts
@@ -786,7 +797,7 @@ class _Stitching:
                     prev = e
                     nxt = state["next"]
                     while nxt is not None and nxt <= ts:  # timers due at or before e come first
-                        timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
+                        self._timers(state, nxt, out, False)  # (_fire_until, inline: a pass every ~10 events)
                         nxt = state["next"]
                     try:
                         proto = e.proto
@@ -1000,10 +1011,15 @@ class _Stitching:
                         _evidence(conn, e, f"proxy dial {e.errno}")
                     break
 
-    # The timer queue st["tq"] holds (deadline, conn key) entries; a conn's live entry is the one
+    # The timer queue holds (deadline, conn key) entries; a conn's live entry is the one
     # whose deadline is conn.qd (<= its actual deadline), any other entry of it is stale and
     # is dropped when it comes up (no deadline computed). A deadline moving later (new events)
     # is found when the live entry comes up; one moving earlier (close, response) queues anew.
+    # The queue is a heap st["tq"] and three sorted FIFOs beside it, by where an entry is queued
+    # (_tq_push): "tqn" a new conn's idle deadline, "tqs" a settle (an event's time + settle), "tqp" a
+    # timer pass's (each kind mostly comes in order: event times, pass times; one out of order goes to
+    # the heap); its head is the least of the four heads (_tq_least), so entries come out in the heap's
+    # order, (deadline, key), ties included. (Entries in order are O(1) to queue and to take.)
 
     def _schedule(self, st: dict, conn: Conn) -> None:
         # A client's close or response at ts adds one candidate, ts + settle, to the deadline's
@@ -1022,15 +1038,20 @@ class _Stitching:
     def _schedule_new(self, st: dict, conn: Conn) -> None:
         """_schedule of a new conn (no request, no close): its idle deadline."""
         dl = conn.qd = conn.t1 + self.idle_ns
-        heappush(st["tq"], (dl, conn.k))
+        _tq_push(st["tq"], st["tqn"], (dl, conn.k))  # (its first event's time + idle: mostly in order)
         if st["next"] is None or dl < st["next"]:
             st["next"] = dl
 
     def _conn_deadline(self, conn: Conn) -> int:
-        dl = conn.t1 + self.idle_ns
+        # (compiled, the times are C integers here (stitch.pxd): an int's sum is not made and freed per term)
+        t1 = conn.t1
+        settle = self.settle_ns
+        dl = self.idle_ns
+        dl += t1
         ccl = conn.ccl
         if ccl is not None:
-            at = ccl + self.settle_ns
+            at = ccl
+            at += settle
             if at < dl:
                 dl = at
         elif conn.cl is None:
@@ -1042,7 +1063,7 @@ class _Stitching:
             # seen sending after the backend closed; so it leaves settle after the close (its t1), not idle
             # after. (No requests of its own: creq is the client's.)
             if not conn.px and _accepting_over(conn):
-                at = conn.t1 + self.settle_ns
+                at = t1 + settle
                 if at < dl:
                     dl = at
             return dl
@@ -1053,7 +1074,8 @@ class _Stitching:
             if rts is None:
                 break
             if not r[C_DONE]:
-                at = rts + self.settle_ns
+                at = rts
+                at += settle
                 if at < dl:
                     dl = at
                 break
@@ -1068,7 +1090,7 @@ class _Stitching:
         nxt = st["next"]
         if at < conn.qd:  # then `at` is the deadline (see _schedule): queued without computing it
             conn.qd = at
-            heappush(st["tq"], (at, conn.k))
+            _tq_push(st["tq"], st["tqs"], (at, conn.k))  # (an event's time + settle: mostly in order)
             if nxt is None or at < nxt:
                 st["next"] = at
         elif nxt is None or at < nxt:
@@ -1428,26 +1450,26 @@ class _Stitching:
 
     def _timers(self, st: dict, now: int, out: list, final: bool) -> None:
         conns = st["conns"]
-        tq = st["tq"]
+        tq, qn, qs, qp = st["tq"], st["tqn"], st["tqs"], st["tqp"]  # the conns' timer queue (see _schedule)
         marked = st.get("_cc")  # change marks (durable_parts): every conn a pass changes or removes
         keep = st.get("_pc")  # (begin_parts: saved before they change)
         exact: dict[str, int] = {}  # deadlines computed in this pass (no event is applied during it)
+        q = _tq_least(tq, qn, qs, qp)  # the queue holding the head
         if final:
             due = list(conns)
-        elif not tq or tq[0][0] > now:
+        elif q is None or q[0][0] > now:
             due = ()  # a lookup's or a DNS record's timer: no conn is due
         else:
             # Only conns whose deadline has come (the queue's entries <= now), in creation order:
             # what a scan of every conn would find, in the order it would find it.
             found: dict[str, int] = {}
-            conn_deadline = self._conn_deadline
             while True:  # (the head is due: tested above)
-                qd, key = heappop(tq)
+                qd, key = heappop(tq) if q is tq else q.popleft()
                 conn = conns.get(key)
                 # (else a stale entry, or this conn's live one seen already). A live entry holds the very int conn.qd
                 # is (each is queued as conn.qd is set): compared by identity first, without reading the cold ints
                 if conn is not None and (conn.qd is qd or conn.qd == qd) and key not in found:
-                    dl = conn_deadline(conn)
+                    dl = self._conn_deadline(conn)  # (a C call compiled: not through a bound method)
                     if dl <= now:
                         found[key] = conn.seq
                     else:
@@ -1455,12 +1477,16 @@ class _Stitching:
                             marked.add(key)
                             if keep and key in keep:
                                 _keep_conn(st, key)
-                        heappush(tq, (dl, key))  # its deadline moved later (t1 advanced)
+                        _tq_push(tq, qp, (dl, key))  # its deadline moved later (t1 advanced)
                         conn.qd = exact[key] = dl
-                if not tq or tq[0][0] > now:
+                q = _tq_least(tq, qn, qs, qp)
+                if q is None or q[0][0] > now:
                     break
             due = sorted(found, key=found.__getitem__) if len(found) > 1 else found
-        settle_ns, idle_ns = self.settle_ns, self.idle_ns
+        # (compiled, C integers (stitch.pxd): a time's sum is not made and freed per test)
+        settle_ns = self.settle_ns
+        idle_ns = self.idle_ns
+        now_c = now
         if marked is not None and due:
             marked.update(due)
             if keep:
@@ -1470,10 +1496,17 @@ class _Stitching:
         for key in due:
             conn = conns[key]
             ccl = conn.ccl
+            idle_at = conn.t1
+            idle_at += idle_ns
             # (a due conn with no client is over: its deadline, idle or its acceptors' close + settle, has come)
-            if final or conn.cl is None or (ccl is not None and now >= ccl + settle_ns) or now >= conn.t1 + idle_ns:
+            over = final or conn.cl is None or now_c >= idle_at
+            if not over and ccl is not None:
+                ccl_at = ccl
+                ccl_at += settle_ns
+                over = now_c >= ccl_at
+            if over:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
-                cut = final and ccl is None and now < conn.t1 + idle_ns
+                cut = final and ccl is None and now_c < idle_at
                 try:
                     if conn.cl is not None:  # (else only the accepting side was seen: see _finish)
                         self._finish(st, conn, out, cut)
@@ -1485,7 +1518,10 @@ class _Stitching:
             emitted = False
             for r in conn.creq:  # answered oldest first: the settled ones lead (see _conn_deadline)
                 rts = r[C_RESPONSE_TS]
-                if rts is None or now < rts + settle_ns:
+                if rts is None:
+                    break
+                rts_c = rts
+                if now_c < rts_c + settle_ns:
                     break
                 if not r[C_DONE]:
                     emitted = True
@@ -1500,21 +1536,39 @@ class _Stitching:
                 reqs = conn.creq  # (one request, emitted: none left)
                 conn.creq = [] if len(reqs) == 1 else [r for r in reqs if not r[C_DONE]]
             dl = conn.qd = exact[key] = self._conn_deadline(conn)
-            heappush(tq, (dl, key))
+            _tq_push(tq, qp, (dl, key))
         if not conns:
-            tq.clear()
-        elif len(tq) > _TQ_COMPACT_FACTOR * len(conns) + _TQ_COMPACT_FLOOR:
+            if tq:
+                tq.clear()
+            if qn:
+                qn.clear()
+            if qs:
+                qs.clear()
+            if qp:
+                qp.clear()
+        elif len(tq) + len(qn) + len(qs) + len(qp) > _tq_compact_at(len(conns)):
             # Mostly stale entries (one per conn whose deadline moved earlier: each finished conn
             # leaves its idle-timeout entry, popped only when that time comes): the queue is
-            # rebuilt from the conns' live entries, as restore_parts builds it.
-            tq[:] = [(c.qd, c.k) for c in conns.values()]
-            heapify(tq)
+            # rebuilt from the conns' live entries, sorted: one FIFO (new conns' deadlines follow them).
+            live = [(c.qd, c.k) for c in conns.values()]
+            live.sort()
+            tq.clear()
+            qs.clear()
+            qp.clear()
+            qn.clear()
+            qn.extend(live)
         # The earliest deadline of the open conns: the queue's head, once it is exact.
-        while tq:
-            dl, key = tq[0]
+        while True:
+            q = _tq_least(tq, qn, qs, qp)
+            if q is None:
+                break
+            dl, key = q[0]
             conn = conns.get(key)
             if conn is None or (conn.qd is not dl and conn.qd != dl):
-                heappop(tq)  # stale
+                if q is tq:  # stale
+                    heappop(tq)
+                else:
+                    q.popleft()
                 continue
             ex = exact.get(key)
             if ex is not None and (ex is dl or ex == dl):
@@ -1526,9 +1580,13 @@ class _Stitching:
                 marked.add(key)
                 if keep and key in keep:
                     _keep_conn(st, key)
-            heapreplace(tq, (actual, key))
+            if q is tq:
+                heappop(tq)
+            else:
+                q.popleft()
+            _tq_push(tq, qp, (actual, key))
             conn.qd = actual
-        nxt = tq[0][0] if tq else None
+        nxt = q[0][0] if q is not None else None
         lc = st["lc"]
         if lc:
             if final:
@@ -1551,7 +1609,8 @@ class _Stitching:
             self._expire_lookups(st, now, out, final)
         dsrv, lost = st["dsrv"], st["lost"]
         if dsrv or lost:
-            horizon = now - self.lookup_timeout_ns - self.idle_ns
+            horizon = self.lookup_timeout_ns
+            horizon = now_c - horizon - idle_ns
             if dsrv:
                 if final:
                     if "_cs" in st:
@@ -1562,7 +1621,8 @@ class _Stitching:
                     dsrv = st["dsrv"] = {}
                 else:  # in time order (see _apply_dns): the expired ones lead
                     for first in dsrv.values():  # (most passes: the first has not expired, no call)
-                        if first[S_TS] < horizon:
+                        first_ts = first[S_TS]
+                        if first_ts < horizon:
                             if st.get("_ps"):  # (begin_parts: the pending ones that go, saved first)
                                 keep_s = st["_ps"]
                                 for k, v in list(dsrv.items()):
@@ -1575,7 +1635,8 @@ class _Stitching:
                                 st["_cs"].update(old)
                         break
             if lost:
-                lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon]
+                horizon_at = horizon  # (an int: compared with each marker's)
+                lost = st["lost"] = [] if final else [x for x in lost if x[1] >= horizon_at]
             if dsrv or lost:
                 dl = now + self.lookup_timeout_ns
                 if nxt is None or dl < nxt:
@@ -2197,6 +2258,7 @@ _event_ts = attrgetter("ev.ts")
 # compares, not two. JSON writes them as it wrote lists and gives lists back: restore makes them tuples
 # again (a heap mixing both could not compare its entries).
 _HEAPS = ("tq", "lq", "lc")
+_FIFOS = ("tqn", "tqs", "tqp")  # the conns' timer entries queued in order beside "tq" (deques; see _tq_push)
 
 
 def _flat_queue(queue: list, base: int) -> list:
@@ -2227,13 +2289,21 @@ def _heaps_of_tuples(state: dict) -> None:
         heap = state.get(name)
         if heap:
             state[name] = [x if x.__class__ is tuple else tuple(x) for x in heap]  # (the same order: a heap still)
+    for name in _FIFOS:
+        fifo = state.get(name)
+        if fifo.__class__ is not deque or (fifo and fifo[0].__class__ is not tuple):
+            state[name] = deque([x if x.__class__ is tuple else tuple(x) for x in fifo or ()])
 
 
 def _lists_in_heaps(state: dict) -> bool:
-    """Whether a queue holds lists (a state from JSON that restore did not see): its first entry tells."""
+    """Whether a queue holds lists (a state from JSON that restore did not see): its first entry tells; or the
+    conns' timer FIFOs are not deques (JSON gives them back as lists; a state written before them has none)."""
     for name in _HEAPS:
         heap = state.get(name)
         if heap and heap[0].__class__ is not tuple:
+            return True
+    for name in _FIFOS:
+        if state.get(name).__class__ is not deque:
             return True
     return False
 
@@ -2250,6 +2320,51 @@ def _entry_default(obj):
 # lookup of its __dict__ that fails (an AttributeError made and cleared for each) and then each field's
 # _field_type and value: ~580 ns a Ref against ~100 for msgspec's own Struct encoder.
 _entry_bytes = _JsonEncoder(enc_hook=_entry_default).encode
+
+def _tq_compact_at(nconns: int) -> int:
+    """How many entries the conns' timer queue may hold before a pass rebuilds it (C integers compiled)."""
+    factor: int = _TQ_COMPACT_FACTOR
+    floor: int = _TQ_COMPACT_FLOOR
+    return factor * nconns + floor
+
+
+def _tq_push(tq: list, fifo, entry: tuple) -> None:
+    """Queue a conn's timer entry: at the FIFO's tail when it is not less than the tail by (deadline, key), so that
+    the FIFO stays sorted (O(1), no comparison in the heap), else in the heap "tq"."""
+    if fifo:
+        tail = fifo[-1]
+        if entry[0] > tail[0] or (entry[0] == tail[0] and entry[1] >= tail[1]):
+            fifo.append(entry)
+        else:
+            heappush(tq, entry)
+    else:
+        fifo.append(entry)
+
+
+def _tq_least(tq: list, qn, qs, qp):
+    """Which of the conns' timer queues holds the least entry by (deadline, key) at its head (the heap "tq", or one
+    of the FIFOs, each sorted), None when they are all empty. Equal entries are equal values: whichever
+    comes out first, the entries come out as the heap alone would give them."""
+    q = None
+    head = None
+    if qn:
+        q = qn
+        head = qn[0]
+    if qs:
+        x = qs[0]
+        if q is None or x[0] < head[0] or (x[0] == head[0] and x[1] < head[1]):
+            q = qs
+            head = x
+    if qp:
+        x = qp[0]
+        if q is None or x[0] < head[0] or (x[0] == head[0] and x[1] < head[1]):
+            q = qp
+            head = x
+    if tq:
+        x = tq[0]
+        if q is None or x[0] < head[0] or (x[0] == head[0] and x[1] < head[1]):
+            q = tq
+    return q
 
 
 def _keep_conn(st: dict, k: str) -> None:
