@@ -2321,6 +2321,7 @@ def _entry_default(obj):
 # _field_type and value: ~580 ns a Ref against ~100 for msgspec's own Struct encoder.
 _entry_bytes = _JsonEncoder(enc_hook=_entry_default).encode
 
+
 def _tq_compact_at(nconns: int) -> int:
     """How many entries the conns' timer queue may hold before a pass rebuilds it (C integers compiled)."""
     factor: int = _TQ_COMPACT_FACTOR
