@@ -109,11 +109,3 @@ def test_evidence_keeps_the_very_refs_and_order_sorting_gave():
             mixed = [as_dict(r) if rng.random() < 0.3 else r for r in refs]
             assert stitch._dedup_refs(mixed) == want
 
-
-def test_chain_bytes_are_each_records_own_whatever_was_written_before():
-    """encode_chain writes into one buffer kept between calls: a small record after a large one (larger than the
-    buffer at first) is its own bytes, with nothing of the one before."""
-    big = {"evidence": as_refs() * 200, "x": "y" * 20_000}
-    small = {"evidence": as_refs()[:1]}
-    for record in (small, big, small, big, {}, small):
-        assert encode_chain(record) == encode_record(record) == orjson.dumps(record)

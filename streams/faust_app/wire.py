@@ -160,16 +160,7 @@ def encode_record(value, _encode=_records.encode) -> bytes:
     return _encode(value)
 
 
-_chain_buffer = bytearray(8192)  # encode_chain's scratch: it keeps its capacity (the largest chain's) between calls
-
-
-def encode_chain(record, _into=_records.encode_into, _buffer=_chain_buffer) -> bytes:
-    """encode_record's bytes, as the stitch stage writes each chain (Stitcher.encode_chain; its thread only: one
-    scratch buffer). Written into a buffer kept between calls, then copied out once: encode() starts each record
-    in a new 512-byte bytes object and grows it by reallocation (~9 times for a 2.2 KB chain; malloc and copies:
-    ~7% of the encoding's instructions, ~20% of its time, performance.md)."""
-    _into(record, _buffer)
-    return bytes(_buffer)
+encode_chain = _records.encode  # encode_record without its own call: the stitch stage's, once per chain
 
 # -- svctrace.flows / svctrace.events.enriched ------------------------------------------------
 
