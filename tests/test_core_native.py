@@ -132,3 +132,25 @@ def test_an_edited_event_model_makes_a_build_stale_rather_than_wrong(tmp_path, m
     assert native.sources_digest() != before
     ok, why = native.built_status()
     assert not ok and "edited since" in why
+
+
+def test_compiled_core_reads_each_ref_field_as_the_attribute_of_its_name(tmp_path):
+    """Compiled, _dedup_refs reads an event ref's fields as struct members (stitch.pxd lays out records.Ref): each
+    must be the attribute of its name (what stitch.py checks as it is imported), and records.py counts among the
+    build's sources, so an edited Ref makes the core run as Python until it is built again."""
+    from svctrace.streams.core import stitch
+    from svctrace.streams.core.records import Ref
+
+    assert Path(stitch.__file__).parent.name == native.BUILT
+    values = [object() for _ in Ref.__struct_fields__]
+    assert all(a is b for a, b in zip(stitch._ref_fields(Ref(*values)), values))
+    assert stitch._ref_fields(Ref("node-a", 7, 11, "send")) == ("node-a", 7, 11, "send")
+    stitch._check_ref_layout()
+    here = Path(native.__file__).parent
+    copy = tmp_path / "core"
+    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__", ".build"))
+    assert native.built_status(copy) == (True, "compiled")
+    records = copy / "records.py"
+    records.write_bytes(records.read_bytes() + b"\n# a field added to Ref\n")
+    ok, why = native.built_status(copy)
+    assert not ok and "edited since" in why

@@ -76,3 +76,36 @@ def test_a_chain_record_of_structs_writes_the_bytes_of_its_dicts_and_gives_them_
     builtins = to_builtins(record)
     assert builtins == as_dicts_ and list(builtins) == list(as_dicts_)
     assert orjson.dumps(builtins) == orjson.dumps(as_dicts_)
+
+
+def _dedup_by_sorting(refs: list) -> list:
+    """_dedup_refs as it was written with sorted(): the order and the refs kept that its insertion sort must give."""
+    refs = [as_ref(r) for r in refs]
+    by_ts = sorted(refs, key=lambda r: r.ts)
+    if len({r.ts for r in refs}) == len(refs):
+        return by_ts
+    if len({(r.node, r.n) for r in refs}) == len(refs):
+        return sorted(refs, key=lambda r: (r.ts, r.node, r.n))
+    first = {(r.node, r.n): r for r in reversed(refs)}
+    return sorted(first.values(), key=lambda r: (r.ts, r.node, r.n))
+
+
+def test_evidence_keeps_the_very_refs_and_order_sorting_gave():
+    """Random ref lists (runs in and out of order, ties, one event twice, restored dicts among them): the same
+    refs, the same objects, in the same order as sorted() by ts (then ts, node, n where two share a time)."""
+    import random
+
+    rng = random.Random(8)
+    for _ in range(3000):
+        refs = [Ref(rng.choice(("node-a", "node-b", "node-c")), rng.randrange(40), 1_700_000_000_000_000_000
+                    + rng.randrange(30 if rng.random() < 0.5 else 10**9), rng.choice(("send", "recv")))
+                for _ in range(rng.randrange(30))]
+        given = list(refs)
+        got = stitch._dedup_refs(refs)
+        want = _dedup_by_sorting(refs)
+        assert len(refs) == len(given) and all(a is b for a, b in zip(refs, given))  # the list given is left as it was
+        assert got == want and all(a is b for a, b in zip(got, want))
+        if refs:
+            mixed = [as_dict(r) if rng.random() < 0.3 else r for r in refs]
+            assert stitch._dedup_refs(mixed) == want
+

@@ -51,6 +51,9 @@ def sources_digest(folder: Path = HERE) -> str:
             data = pxd.read_bytes()
             h.update(b"\0" + name.encode() + b".pxd\0" + str(len(data)).encode() + b"\0" + data)
     h.update(b"\0event layout\0" + _event_layout_sources())
+    # stitch.pxd lays out records.Ref (a msgspec Struct, not compiled) as enriched.pxd does SyscallEvent: an edited
+    # records.py makes a build stale too
+    h.update(b"\0ref layout\0" + (folder / "records.py").read_bytes())
     return h.hexdigest()
 
 

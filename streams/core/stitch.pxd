@@ -7,6 +7,25 @@ cimport cython
 
 from svctrace.streams.core.enriched cimport EnrichedEvent, SyscallEvent
 
+# An event ref (records.Ref, a msgspec Struct) declared as the extension type it is, as enriched.pxd declares
+# SyscallEvent: its fields CPython slots in the order of their names, read as struct members (_dedup_refs).
+# stitch.py checks the layout as it is imported (_ref_fields).
+cdef extern from *:
+    """
+    typedef struct {
+        PyObject_HEAD
+        PyObject *n;
+        PyObject *node;
+        PyObject *ts;
+        PyObject *what;
+    } svctrace_RefObject;
+    """
+    ctypedef class svctrace.streams.core.records.Ref [object svctrace_RefObject, check_size error]:
+        cdef readonly object n
+        cdef readonly object node
+        cdef readonly object ts
+        cdef readonly object what
+
 # The records' index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*, N_*, S_*): C integers, so that a
 # record's field is read by its index into the list, not through a module global and a generic item
 # lookup. (They are not the module's Python attributes then; DX_*, which a test imports, are.)
@@ -132,7 +151,9 @@ cpdef _evidence(Conn conn, SyscallEvent e, what)
 cpdef _trim_client(Conn conn)
 cpdef _outcome(Conn conn, req, bint idle_closed=*)
 cpdef _first_and_last(list refs, Py_ssize_t limit)
+@cython.locals(out=list, r=Ref, q=Ref, t=cython.longlong, tq=cython.longlong, i=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, tie=bint)
 cpdef list _dedup_refs(list refs)
+cpdef tuple _ref_fields(Ref r)
 cpdef _svc(sv, sp, vip, port, via)
 cpdef _port_for_target(sv, port)
 cpdef _pod_of(index, ip, ts, container_id=*)

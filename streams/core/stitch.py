@@ -37,6 +37,7 @@ from collections import deque
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
+from types import FunctionType
 
 from msgspec import Raw as _Raw
 from msgspec.json import Encoder as _JsonEncoder
@@ -51,7 +52,8 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
-from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Ref, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
+from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
+from svctrace.streams.core.records import Ref  # (by its full name: stitch.pxd declares its layout)
 from .timeorder import drop_expired_front
 from .keys import UNSPECIFIED_IPS, alert_id, alert_key, chain_id, endpoint_key, window_start
 
@@ -2248,7 +2250,6 @@ class Stitcher(_Stitching):
 
 _order = attrgetter("ts", "node", "n")  # event-time order (of event refs, Refs), ties broken by source and sequence
 _event_id = attrgetter("node", "n")  # an event ref's event
-_ref_ts = attrgetter("ts")
 _event_order = attrgetter("ev.ts", "ev.node", "ev.n")  # the same order of EnrichedEvents: (ts, node, n)
 _event_ts = attrgetter("ev.ts")
 
@@ -2715,22 +2716,56 @@ def _dedup_refs(refs: list) -> list:
     """Event refs in event-time order, each event once (the first ref of it in `refs`).
     Refs of one event share its ts, so dropping repeats before sorting keeps the same ones.
     Refs a checkpoint gave back are dicts (a restored state's): such lists are made of Refs first."""
-    try:
-        by_ts = sorted(refs, key=_ref_ts)
-    except AttributeError:
-        refs = list(map(_as_ref, refs))
-        by_ts = sorted(refs, key=_ref_ts)
-    prev = -1
-    for ts in map(_ref_ts, by_ts):  # (a loop over the sorted refs costs half a set of their times)
-        if ts == prev:
+    for x in refs:
+        if type(x) is not Ref:  # (compiled, type() is a load; x.__class__ an attribute lookup)
+            refs = list(map(_as_ref, refs))
             break
-        prev = ts
-    else:
-        return by_ts  # no two refs at one time (the common case): no repeat, no tie
+    # A stable insertion sort by ts (the order sorted(refs, key=ts) gives): a chain's ~10 refs come in a few runs
+    # (the lookup's, the connection's, the request's), and compiled each step reads a ref's ts as a struct member
+    # (stitch.pxd), where sorted() called a key function per ref and compared the ints as objects.
+    out = refs.copy()
+    n = len(out)
+    tie = False  # two refs at one time: one event twice, or a tie the order below breaks
+    for i in range(1, n):
+        r = out[i]
+        t = r.ts
+        j = i
+        while j > 0:
+            q = out[j - 1]
+            tq = q.ts
+            if tq <= t:
+                if tq == t:  # (the sorted prefix's refs at t end at q: r goes after them)
+                    tie = True
+                break
+            out[j] = q
+            j -= 1
+        if j != i:
+            out[j] = r
+    if not tie:
+        return out  # no two refs at one time (the common case): no repeat, no tie
     if len(set(map(_event_id, refs))) == len(refs):
         return sorted(refs, key=_order)  # no event twice: nothing to drop
-    first = {(r.node, r.n): r for r in reversed(refs)}  # the last write is the first ref
+    first = {(x.node, x.n): x for x in reversed(refs)}  # the last write is the first ref
     return sorted(first.values(), key=_order)  # every ref has ts, node, n
+
+
+def _ref_fields(r: Ref) -> tuple:
+    """A ref's fields, read as _dedup_refs reads them (compiled: struct members at the offsets stitch.pxd gives)."""
+    return (r.node, r.n, r.ts, r.what)
+
+
+def _check_ref_layout() -> None:
+    if _ref_fields.__class__ is FunctionType:
+        return  # as Python: attribute reads, whatever the layout
+    values = [object() for _ in Ref.__struct_fields__]
+    got = _ref_fields(Ref(*values))
+    if len(got) != len(values) or any(a is not b for a, b in zip(got, values)):
+        raise ImportError("svctrace.streams.core.stitch: a Ref's fields are not where the compiled core reads them: "
+                          "its struct in stitch.pxd must list every field of records.Ref, then make setup; meanwhile "
+                          "SVCTRACE_PURE_PYTHON=1")
+
+
+_check_ref_layout()
 
 
 def _svc(sv, sp, vip, port, via) -> dict:
