@@ -24,6 +24,15 @@ machine is:
 
     PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no --toggle-collect=_operator_call \\
         python -m bench.core_live --toggle --rate 20000 --seconds 14 --warmup 12.5 --rounds 1
+
+That needs an interpreter whose symbols are there: a distribution's stripped python3 (Debian's, the
+Makefile's choice) has no `_operator_call` to toggle on, and callgrind counts nothing. There, toggle on
+the compiled advance itself, which counts every advance call, the warm-up's too (compare base and head
+with the same arguments):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no \\
+        --toggle-collect='__pyx_pw_*_Stitching_*advance' python -m bench.core_live --rate 20000 --seconds 14 \\
+        --warmup 12.5 --rounds 1
 """
 from __future__ import annotations
 
