@@ -10,8 +10,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # The core compiled by Cython (streams/core/native.py); rebuilt when one of its modules changes.
 NATIVE  := streams/core/_compiled/SOURCES
-NATIVE_SOURCES := $(addprefix streams/core/,$(addsuffix .py,alerts dns enrich enriched graph http keys memo rules runner stitch timeorder)) \
-                  $(wildcard streams/core/*.pxd) schemas/models.py
+NATIVE_SOURCES := $(addprefix streams/core/,$(addsuffix .py,alerts arenas dns enrich enriched graph http keys memo rules runner stitch timeorder)) \
+                  $(wildcard streams/core/*.pxd) $(wildcard streams/core/*.c) streams/core/records.py schemas/models.py
 
 .PHONY: demo test setup system-deps bench clean
 

@@ -36,6 +36,7 @@ from aiokafka.record.default_records import DefaultRecordBatch  # noqa: E402
 from mode.utils.collections import FastUserDict  # noqa: E402
 
 from bench.core_live import CHECKPOINT_NS, TICK_NS, AgentBatches, enrich_tick, traffic_options  # noqa: E402
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.kafka.clients import keep_freed_memory, reuse_zstd_contexts, set_zstd_level  # noqa: E402
 from svctrace.streams.core.graph import Graph, dumps_state, loads_state  # noqa: E402
 from svctrace.streams.core.keys import bucket_partition  # noqa: E402
@@ -242,6 +243,7 @@ def _comparable(op, st) -> dict:
 
 
 def main() -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     ap = traffic_options(__doc__, rounds=1, toggle=False)
     ap.add_argument("--interval", type=float, default=CHECKPOINT_NS / S, help="seconds of event time between checkpoints")
     ap.add_argument("--restore", action="store_true", help="restore every key from the changelog and compare")

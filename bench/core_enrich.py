@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.core_live import TICK_NS, AgentBatches, traffic_options  # noqa: E402
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -74,6 +75,7 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
 
 
 def main() -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     args = traffic_options(__doc__, rate=60_000, seconds=16.0, warmup=10.0).parse_args()
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()

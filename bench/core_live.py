@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.streams.core.enrich import FLOWS_TOPIC  # noqa: E402
 from svctrace.streams.core.graph import Graph  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -178,6 +179,7 @@ def traffic_options(doc: str, rate: float = 40_000, seconds: float = 24.0, warmu
 
 
 def main() -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     args = traffic_options(__doc__).parse_args()
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()

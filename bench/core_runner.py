@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.agents.scap import ScapWriter, open_capture  # noqa: E402
 from svctrace.schemas.models import SyscallEvent, dumps  # noqa: E402
 from svctrace.streams.core import Runner, Settings, dumps_state, run  # noqa: E402
@@ -164,6 +165,7 @@ def memory_per_open_chain(index, n: int) -> tuple[float, float, int, int]:
 
 
 def main(argv=None) -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=8000)
     ap.add_argument("--open-chains", type=int, default=10_000)

@@ -59,6 +59,7 @@ import orjson  # noqa: E402
 
 from bench import worker_latency, worker_stages  # noqa: E402
 from bench.core_runner import traffic  # noqa: E402
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
 from svctrace.kafka.admin import topic_name  # noqa: E402
 from svctrace.kafka.clients import consumer  # noqa: E402
@@ -457,6 +458,7 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
 
 
 def main() -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=6000, help="throughput workload size (scenario requests)")
     ap.add_argument("--latency-requests", type=int, default=100)

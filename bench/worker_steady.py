@@ -51,6 +51,7 @@ import orjson  # noqa: E402
 
 from bench import worker_stages  # noqa: E402
 from bench.pipeline import TARGET_EPS, _collect, cpu_seconds, load, pct, print_stages, row, worker_defaults  # noqa: E402
+from svctrace.memory import huge_page_arenas  # noqa: E402
 from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
 from svctrace.schemas.models import SyscallEvent  # noqa: E402
 from svctrace.streams.core import run  # noqa: E402
@@ -69,6 +70,7 @@ TAIL_QUIET, TAIL_MAX = 10.0, 300.0  # the tail: quiet this long once enrich took
 
 
 def main() -> int:
+    print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     defaults = worker_defaults()
     ap.add_argument("--rate", type=float, default=10_000, help="events per second, all nodes together")

@@ -183,9 +183,11 @@ def run(args: argparse.Namespace) -> int:
     from svctrace.analyze.command import Filter, check_alert_options, parse_statuses
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
+    from svctrace.memory import huge_page_arenas
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
     from svctrace.streams.metadata.index import ClusterIndex
 
+    huge_page_arenas()  # the in-process runner's state, as a worker's
     try:
         only = Filter(args.namespace, args.service, parse_statuses(args.status))
         check_alert_options(args)

@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from svctrace.streams.core.native import BUILT, HERE, MODULES, SOURCES, built_status, sources_digest
+from svctrace.streams.core.native import BUILT, C_MODULES, HERE, MODULES, SOURCES, built_status, sources_digest
 
 
 def build(out: Path = HERE / BUILT, jobs: int = 2) -> Path:
@@ -35,9 +35,11 @@ def build(out: Path = HERE / BUILT, jobs: int = 2) -> Path:
         if (HERE / f"{name}.pxd").is_file():
             shutil.copy2(HERE / f"{name}.pxd", package / f"{name}.pxd")  # (its time: cythonize compares it with the C's)
     extensions = cythonize(
-        [Extension(f"svctrace.streams.core.{name}", [str(HERE / f"{name}.py")]) for name in MODULES],
+        [Extension(f"svctrace.streams.core.{name}", [str(HERE / f"{name}.py")]) for name in MODULES
+         if name not in C_MODULES],
         build_dir=str(work / "c"), language_level=3, nthreads=jobs, quiet=True, include_path=[str(include)],
         compiler_directives={"annotation_typing": False})
+    extensions += [Extension(f"svctrace.streams.core.{name}", [str(HERE / f"{name}.c")]) for name in C_MODULES]
     command = build_ext(Distribution({"ext_modules": extensions, "script_name": "native"}))
     command.build_lib, command.build_temp, command.parallel = str(work / "lib"), str(work / "tmp"), jobs
     command.ensure_finalized()

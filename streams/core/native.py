@@ -7,6 +7,9 @@ interpretation (`annotation_typing=False`: the .py annotations document, they do
 stay byte-identical (tests/test_core_native.py compares every traffic's chains and alerts with the pure
 modules').
 
+A module in C_MODULES is written in C (arenas.c: what Python code cannot do); its .py is the stand-in that
+runs where it is not built, and its .c a source like the others.
+
 A module may have a .pxd beside it (stitch.pxd, enrich.pxd, enriched.pxd): Cython's declarations for it
 (C classes, typed attributes, locals and calls), an augmenting file the .py never reads. It is a source
 like the .py: its edit makes a build stale too.
@@ -31,8 +34,11 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 # The modules compiled: everything of the core an event passes through (not this one, nor __init__).
-MODULES = ("alerts", "dns", "enrich", "enriched", "graph", "http", "keys", "memo", "rules", "runner",
+MODULES = ("alerts", "arenas", "dns", "enrich", "enriched", "graph", "http", "keys", "memo", "rules", "runner",
            "stitch", "timeorder")
+# Of MODULES, those written in C (<name>.c, built as it is; <name>.py is what runs where they are not built):
+# arenas, pymalloc's arenas on huge pages, which Python code cannot do (its allocator hook is C functions).
+C_MODULES = ("arenas",)
 BUILT = "_compiled"  # beside the modules (git-ignored)
 SOURCES = "SOURCES"  # in BUILT: the digest of the sources it was built from
 PURE_ENV = "SVCTRACE_PURE_PYTHON"
@@ -40,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def sources_digest(folder: Path = HERE) -> str:
-    """The digest of MODULES' sources in `folder` (each one's .py, and its .pxd where it has one), and of
+    """The digest of MODULES' sources in `folder` (each one's .py, and its .pxd or .c where it has one), and of
     the Python they are built for."""
     h = hashlib.sha256(EXTENSION_SUFFIXES[0].encode())
     for name in MODULES:
@@ -50,6 +56,9 @@ def sources_digest(folder: Path = HERE) -> str:
         if pxd.is_file():  # (a module without one hashes as it always did)
             data = pxd.read_bytes()
             h.update(b"\0" + name.encode() + b".pxd\0" + str(len(data)).encode() + b"\0" + data)
+        if name in C_MODULES:
+            data = (folder / f"{name}.c").read_bytes()
+            h.update(b"\0" + name.encode() + b".c\0" + str(len(data)).encode() + b"\0" + data)
     h.update(b"\0event layout\0" + _event_layout_sources())
     # stitch.pxd lays out records.Ref (a msgspec Struct, not compiled) as enriched.pxd does SyscallEvent: an edited
     # records.py makes a build stale too

@@ -86,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
     from svctrace.kafka.clients import keep_freed_memory, set_zstd_level
+    from svctrace.memory import huge_page_arenas
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     level = setup_logging(args.verbose, default="warning", verbose_level="info")
     set_zstd_level(args.zstd_level)
     keep_freed_memory()  # fetched records: a worker's largest allocations, again and again
+    arenas = huge_page_arenas()  # its state: ~1 GB of small objects, read seconds after they were made
     config = WorkerConfig(
         bootstrap=args.bootstrap, app_id=args.app_id, topic_prefix=args.topic_prefix, data_dir=args.data_dir,
         settings=event_time_settings(args.lateness, args.settle, args.enriched), idle_flush_s=args.idle_flush,
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     from svctrace.streams.core import NATIVE
 
-    print(f"svctrace worker: core {NATIVE}; connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
+    print(f"svctrace worker: core {NATIVE}; huge page arenas {arenas}; connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
           file=sys.stderr, flush=True)
     try:
         asyncio.run(prepare())

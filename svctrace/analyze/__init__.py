@@ -53,6 +53,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from svctrace.analyze.command import execute
+    from svctrace.memory import huge_page_arenas
+
+    huge_page_arenas()  # a large capture's state: many small objects, read long after they were made
 
     try:
         return execute(args, sys.stdout, sys.stderr)
