@@ -65,6 +65,10 @@ def test_a_worker_without_a_broker_says_so_in_one_line_and_exits_1(tmp_path):
                         "--metrics-addr", "", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
     lines = p.stderr.splitlines()
-    assert lines[0] == "svctrace worker: core compiled; connecting to Kafka at 127.0.0.1:1 (up to 2 s)"
+    from svctrace.memory import thp_mode
+
+    mode = thp_mode()  # (this machine kind's: madvise; the worker started itself again with glibc's tunable)
+    assert lines[0] == (f"svctrace worker: core compiled; huge pages: arenas on (transparent huge pages: {mode}), "
+                        "malloc on (glibc.malloc.hugetlb=1); connecting to Kafka at 127.0.0.1:1 (up to 2 s)")
     assert lines[-1].startswith("svctrace worker: Kafka at 127.0.0.1:1 did not answer within 2s")
     assert len(lines) <= 4, p.stderr  # aiokafka's connection errors: once, not every ~200 ms

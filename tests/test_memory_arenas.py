@@ -108,3 +108,48 @@ def test_the_c_module_is_a_source_of_the_build(tmp_path):
     assert not ok and "other sources" in why
     shutil.copy2(here / "arenas.c", source)
     assert native.built_status(copy) == (True, "compiled")
+
+
+# Calls huge_page_malloc() (which starts the process again, once), then fills ~240 MB through glibc's malloc.
+MALLOC = """
+import json, os, sys
+from svctrace.memory import huge_page_malloc
+print("started", os.getpid(), flush=True)
+status = huge_page_malloc()
+blocks = [i.to_bytes(4, "little") * 1000 for i in range(60_000)]  # 4000 bytes each, over pymalloc's 512: malloc's
+huge = next(int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages"))
+print(json.dumps({"status": status, "pid": os.getpid(), "tunables": os.environ.get("GLIBC_TUNABLES"),
+                  "huge_kb": huge, "argv": sys.argv[1:]}))
+"""
+
+
+def _malloc_run(env_changes: dict[str, str]) -> tuple[list[str], dict]:
+    env = {k: v for k, v in os.environ.items() if k not in (HUGE_PAGES_ENV, "GLIBC_TUNABLES")}
+    env.update(env_changes)
+    done = subprocess.run([sys.executable, "-c", MALLOC, "an-argument"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    *started, report = done.stdout.splitlines()
+    return started, json.loads(report)
+
+
+def test_glibc_malloc_goes_on_huge_pages_by_starting_the_process_again():
+    mode = thp_mode()
+    assert mode is not None, "this machine kind has transparent huge pages (madvise); this kernel has none"
+    started, report = _malloc_run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
+    if mode == "never":
+        assert report["status"] == "off (transparent huge pages: never)" and len(started) == 1
+        return
+    # started twice, as the same process with the same arguments, the tunable added to those it had
+    assert started == [f"started {report['pid']}"] * 2
+    assert report["argv"] == ["an-argument"]
+    assert report["tunables"] == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+    assert report["status"] == "on (glibc.malloc.hugetlb=1)"
+    assert report["huge_kb"] >= 100 * 1024, report  # the 240 MB malloc gave are on huge pages
+
+
+def test_glibc_malloc_stays_as_it_is_when_turned_off_or_already_set():
+    started, report = _malloc_run({HUGE_PAGES_ENV: "0"})
+    assert len(started) == 1 and report["status"] == f"off (${HUGE_PAGES_ENV}=0)" and report["tunables"] is None
+    started, report = _malloc_run({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
+    assert len(started) == 1 and report["status"] == "off (glibc.malloc.hugetlb=0)"

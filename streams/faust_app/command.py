@@ -82,11 +82,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.bootstrap:
         print("svctrace worker: --bootstrap (or $SVCTRACE_BOOTSTRAP) is required", file=sys.stderr)
         return 2
+    from svctrace.memory import huge_page_arenas, huge_page_malloc
+
+    malloc = huge_page_malloc()  # (first: it may start the process again, with glibc's tunable set)
     import faust
 
     from svctrace.kafka.admin import ensure_topics, wait_ready
     from svctrace.kafka.clients import keep_freed_memory, set_zstd_level
-    from svctrace.memory import huge_page_arenas
     from svctrace.streams.faust_app.app import Worker, WorkerConfig
 
     level = setup_logging(args.verbose, default="warning", verbose_level="info")
@@ -109,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     from svctrace.streams.core import NATIVE
 
-    print(f"svctrace worker: core {NATIVE}; huge page arenas {arenas}; connecting to Kafka at {args.bootstrap} (up to {args.kafka_wait:g} s)",
-          file=sys.stderr, flush=True)
+    print(f"svctrace worker: core {NATIVE}; huge pages: arenas {arenas}, malloc {malloc}; connecting to Kafka at "
+          f"{args.bootstrap} (up to {args.kafka_wait:g} s)", file=sys.stderr, flush=True)
     try:
         asyncio.run(prepare())
     except TimeoutError as e:  # one line, exit 1: the pod restarts with a reason in its log
