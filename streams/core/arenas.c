@@ -3,9 +3,9 @@
 Why: a worker's state (connections, DNS lookups, the events handed between its stages) is ~1 GB of small Python
 objects, and most of the stitch advance's reads are of objects seconds old, scattered over it. pymalloc gets
 them from 1 MiB arenas, each its own mmap of 4 KiB pages: nearly every such read misses the TLB, and on a
-virtual machine a miss walks two page tables. A random read over 1 GB measured here: ~280 ns on 2 MiB pages,
-~680-2000 ns on 4 KiB ones (docs/performance.md). CPython 3.15 gives pymalloc huge pages of its own
-(PYTHON_PYMALLOC_HUGEPAGES, gh-144319); on the Python the project runs, the public arena allocator hook does it.
+virtual machine a miss walks two page tables (bench.huge_pages; docs/performance.md, "pymalloc's arenas and glibc's
+malloc on transparent huge pages"). CPython 3.15 gives pymalloc huge pages of its own (PYTHON_PYMALLOC_HUGEPAGES,
+gh-144319); on the Python the project runs, the public arena allocator hook does it.
 
 How: one region of address space is reserved (MAP_NORESERVE: nothing is committed until touched), aligned to
 2 MiB and marked MADV_HUGEPAGE, so the kernel backs it with transparent huge pages where it has them (THP
