@@ -153,3 +153,30 @@ def test_glibc_malloc_stays_as_it_is_when_turned_off_or_already_set():
     assert len(started) == 1 and report["status"] == f"off (${HUGE_PAGES_ENV}=0)" and report["tunables"] is None
     started, report = _malloc_run({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
     assert len(started) == 1 and report["status"] == "off (glibc.malloc.hugetlb=0)"
+
+
+def test_the_worker_exports_the_arenas_it_holds():
+    script = """
+from svctrace.memory import huge_page_arenas
+from svctrace.streams.core import arenas
+from svctrace.streams.faust_app.metrics import WorkerMetrics
+metrics = WorkerMetrics()
+value = lambda state: metrics.registry.get_sample_value("svctrace_worker_huge_page_arena_bytes", {"state": state})
+print(value("in_use"), value("kept_free"))
+print(huge_page_arenas())
+objects = [(i, str(i)) for i in range(500_000)]
+stats = arenas.stats()
+print(value("in_use"), value("kept_free"), stats["arenas"] << 20, stats["free"] << 20)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, HUGE_PAGES_ENV)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, status, after = done.stdout.splitlines()
+    assert before == "0.0 0.0"
+    if status.startswith("on"):
+        in_use, kept, arenas_bytes, free_bytes = (float(v) for v in after.split())
+        assert arenas_bytes >= 30 << 20  # (an arena more or less: the print's own objects, made between the reads)
+        assert abs(in_use - arenas_bytes) <= 1 << 20 and abs(kept - free_bytes) <= 1 << 20
+    else:
+        assert thp_mode() in (None, "never"), status

@@ -6,6 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from svctrace import metrics_http
 
 
+def _arena_bytes(field: str) -> int:
+    from svctrace.streams.core import arenas
+
+    stats = arenas.stats()
+    return 0 if stats is None else stats[field] << 20  # (1 MiB arenas)
+
+
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -41,6 +48,14 @@ class WorkerMetrics:
                             ["stage"], registry=r)
         for stage in ("enrich", "stitch"):  # exported at 0 from the start
             self.late.labels(stage), self.dups.labels(stage)
+        # The memory huge_page_arenas() keeps (svctrace.memory): freed arenas are not returned, so RSS stays at
+        # its peak; this says how much of it is free for the next objects. 0 while it is off.
+        self.huge_page_arenas = Gauge("svctrace_worker_huge_page_arena_bytes",
+                                      "pymalloc's arenas on transparent huge pages: in use, and freed but kept "
+                                      "for reuse (0 when off: SVCTRACE_HUGE_PAGES=0, no THP, core not compiled)",
+                                      ["state"], registry=r)
+        for state, field in (("in_use", "arenas"), ("kept_free", "free")):
+            self.huge_page_arenas.labels(state).set_function(lambda field=field: _arena_bytes(field))
         self.server = None
         self._children: dict = {}
 
