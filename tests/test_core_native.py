@@ -95,6 +95,13 @@ def test_built_modules_stand_in_only_for_the_sources_they_were_built_from(tmp_pa
     assert not ok and "other sources" in why
     (copy / "timeorder.pxd").unlink()
     assert native.built_status(copy) == (True, "compiled")
+    # so is a module written in C (arenas.c: pymalloc's arenas on huge pages)
+    source = copy / "arenas.c"
+    source.write_text(source.read_text() + "\n/* an edit */\n")
+    ok, why = native.built_status(copy)
+    assert not ok and "other sources" in why
+    shutil.copy2(here / "arenas.c", source)
+    assert native.built_status(copy) == (True, "compiled")
     next((copy / native.BUILT).glob("keys.*")).unlink()
     ok, why = native.built_status(copy)
     assert not ok and "keys missing" in why

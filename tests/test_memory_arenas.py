@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,19 +94,6 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     setting.write_text("[always] madvise never\n")
     assert thp_mode(setting) == "always"
     assert thp_mode(tmp_path / "missing") is None
-
-
-def test_the_c_module_is_a_source_of_the_build(tmp_path):
-    here = Path(native.__file__).parent
-    copy = tmp_path / "core"
-    shutil.copytree(here, copy, ignore=shutil.ignore_patterns("__pycache__", ".build"))
-    assert native.built_status(copy) == (True, "compiled")
-    source = copy / "arenas.c"
-    source.write_text(source.read_text() + "\n/* an edit */\n")
-    ok, why = native.built_status(copy)
-    assert not ok and "other sources" in why
-    shutil.copy2(here / "arenas.c", source)
-    assert native.built_status(copy) == (True, "compiled")
 
 
 # Calls huge_page_malloc() (which starts the process again, once), then fills ~240 MB through glibc's malloc.
