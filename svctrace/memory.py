@@ -4,8 +4,8 @@
 both runners they compare have it), moves the arenas pymalloc makes from then on into one region the kernel
 backs with 2 MiB pages (the core's compiled arenas.c: why, how, and what it keeps). The state those processes
 hold is ~1 GB of small objects read seconds after they were made; on 4 KiB pages nearly every such read misses
-the TLB (docs/performance.md, "pymalloc's arenas on huge pages"). Arenas it frees are kept for reuse, so the
-memory a process holds stays at its peak.
+the TLB (docs/performance.md, "pymalloc's arenas and glibc's malloc on transparent huge pages"). Arenas it
+frees are kept for reuse, so the memory a process holds stays at its peak.
 
 `huge_page_malloc()`, called first thing as a worker starts, does the same for what pymalloc does not serve and
 glibc's malloc does (objects over 512 bytes: the tables of large dicts, the arrays of long lists, payloads):

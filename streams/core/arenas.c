@@ -20,9 +20,7 @@ and go back to the allocator that was there before.
 pymalloc calls the hook with the GIL held (it allocates only under it), so the free list needs no lock. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
 #include <stdint.h>
-#include <string.h>
 #include <sys/mman.h>
 
 #define ARENA ((size_t)1 << 20) /* pymalloc's arena on 64-bit CPython 3.10+ */
