@@ -40,18 +40,27 @@ def thp_mode(setting: Path = THP_SETTING) -> str | None:
     return text[start + 1:end] if 0 <= start < end else None
 
 
+def _turned_off() -> str | None:
+    """Why neither the arenas nor malloc go on huge pages here, if they do not: the switch, or the kernel."""
+    if os.environ.get(HUGE_PAGES_ENV, "1").strip() == "0":
+        return f"off (${HUGE_PAGES_ENV}=0)"
+    mode = thp_mode()
+    if mode in (None, "never"):
+        return f"off (transparent huge pages: {mode or 'none in this kernel'})"
+    return None
+
+
 def huge_page_arenas(reserve: int = RESERVE) -> str:
     """Put pymalloc's next arenas on transparent huge pages where this process can; returns what happened,
     one line for the process's log ("on (...)" or "off (why)")."""
-    if os.environ.get(HUGE_PAGES_ENV, "1").strip() == "0":
-        return f"off (${HUGE_PAGES_ENV}=0)"
+    off = _turned_off()
+    if off:
+        return off
     from svctrace.streams.core import arenas
 
     if not arenas.COMPILED:
         return "off (the core is not compiled)"
     mode = thp_mode()
-    if mode in (None, "never"):
-        return f"off (transparent huge pages: {mode or 'none in this kernel'})"
     if not arenas.use_huge_pages(reserve):
         return "off (the kernel refused the region)"
     return f"on (transparent huge pages: {mode})"
@@ -72,15 +81,13 @@ def huge_page_malloc(argv: list[str] | None = None) -> str:
     process again with it (os.execve: it does not return). Call it first in a command's run, before any thread
     or open connection, and only in a process of its own (a CLI command, never a library call). Returns what
     holds, one line for the log ("on (...)" or "off (why)")."""
-    if os.environ.get(HUGE_PAGES_ENV, "1").strip() == "0":
-        return f"off (${HUGE_PAGES_ENV}=0)"
+    off = _turned_off()
+    if off:
+        return off
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if GLIBC_TUNABLE in tunables:
+    if GLIBC_TUNABLE in tunables:  # (set by the operator, or by our own exec)
         value = tunables.split(GLIBC_TUNABLE + "=", 1)[-1].split(":", 1)[0]
         return f"on ({GLIBC_TUNABLE}={value})" if value in ("1", "2") else f"off ({GLIBC_TUNABLE}={value})"
-    mode = thp_mode()
-    if mode in (None, "never"):
-        return f"off (transparent huge pages: {mode or 'none in this kernel'})"
     version = glibc_version()
     if version is None or version < (2, 35):
         return "off (the C library is not glibc 2.35 or later)"
