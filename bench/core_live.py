@@ -1,6 +1,6 @@
 """The stitch stage as a live worker drives it, offline: its CPU per event (issue 8).
 
-    python -m bench.core_live [--rate EV_PER_S] [--seconds S] [--warmup S] [--rounds N] [--toggle]
+    python -m bench.core_live [--rate EV_PER_S] [--seconds S] [--warmup S] [--rounds N] [--toggle] [--stitch-behind S]
 
 bench.worker_steady's traffic (tests/scenario.steady_traffic: the bench's mixed traffic, its parts side by
 side in time) through the operator graph as a live worker drives it, without Kafka or a clock: each node's
@@ -115,9 +115,11 @@ def enrich_tick(enrich, states: dict, arrived: list, lateness: int) -> tuple[lis
     return flows, watermark
 
 
-def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, int, int, str, tuple]:
+def drive(records, events, warmup_ns: int, toggle: bool = False, behind_ns: int = 0) -> tuple[int, int, int, str, tuple]:
     """One run on a fresh graph: (advance ns, process ns, events published after the warm-up, digest, the
-    connection entries held at the end and how many of them no client has)."""
+    connection entries held at the end and how many of them no client has). behind_ns: the stitch stage's
+    watermark that far behind the enrich stage's (a stitch partition held back by a slower upstream
+    partition, as in a backlog: it buffers that much more)."""
     settings = worker_command.event_time_settings(0.4, 0.25, enriched=False)
     g = Graph(ClusterIndex.from_records(records), settings)
     enrich, stitch = g.enrich, g.stitch
@@ -148,7 +150,8 @@ def drive(records, events, warmup_ns: int, toggle: bool = False) -> tuple[int, i
                 process_ns += clock() - c
         for key, st in stitch_states.items():
             c = clock()
-            outs = call(stitch.advance, st, key, watermark) if in_span and toggle else stitch.advance(st, key, watermark)
+            wm = watermark - behind_ns
+            outs = call(stitch.advance, st, key, wm) if in_span and toggle else stitch.advance(st, key, wm)
             if in_span:
                 advance_ns += clock() - c
             for _topic, k, v in outs:
@@ -180,18 +183,23 @@ def traffic_options(doc: str, rate: float = 40_000, seconds: float = 24.0, warmu
 
 def main() -> int:
     print(f"huge page arenas: {huge_page_arenas()}", flush=True)  # (as the worker; SVCTRACE_HUGE_PAGES=0: off)
-    args = traffic_options(__doc__).parse_args()
+    ap = traffic_options(__doc__)
+    ap.add_argument("--stitch-behind", type=float, default=0.0,
+                    help="seconds the stitch watermark stays behind the enrich one (a backlog's bigger buffers)")
+    args = ap.parse_args()
     cluster, events, requests = steady_traffic(args.rate, args.seconds, T0)
     records = cluster.records()
     print(f"core_live: {args.rate:,.0f} events/s of the mixed traffic ({requests:,} requests, {len(events):,} events "
-          f"over {args.seconds:g} s), ticks of {TICK_NS / S:g} s, the last {args.seconds - args.warmup:g} s measured")
+          f"over {args.seconds:g} s), ticks of {TICK_NS / S:g} s, the last {args.seconds - args.warmup:g} s measured"
+          + (f", the stitch watermark {args.stitch_behind:g} s behind the enrich one" if args.stitch_behind else ""))
     advance, process = [], []
     gc.collect()
     gc.freeze()
     gc.disable()
     try:
         for _ in range(args.rounds):
-            adv, proc, measured, digest, (held, no_client) = drive(records, events, int(args.warmup * S), args.toggle)
+            adv, proc, measured, digest, (held, no_client) = drive(records, events, int(args.warmup * S), args.toggle,
+                                                               int(args.stitch_behind * S))
             advance.append(adv / measured / 1e3)
             process.append(proc / measured / 1e3)
             print(f"  round: stitch advance {advance[-1]:.3f} us/event, process {process[-1]:.3f} us/event "

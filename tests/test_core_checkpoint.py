@@ -10,7 +10,7 @@ from svctrace.streams.core.alerts import ALERTS_TOPIC, Alerter
 from svctrace.streams.core.enriched import EnrichedEvent, to_wire
 from svctrace.streams.core.graph import SYSCALLS_TOPIC
 from svctrace.streams.core.enrich import FLOWS_TOPIC
-from svctrace.streams.core.stitch import CHAINS_TOPIC
+from svctrace.streams.core.stitch import CHAINS_TOPIC, pending_events
 from tests.scenario import MODES, MS, S, T0, Cluster, Scenario, renumber
 
 
@@ -42,14 +42,14 @@ def test_resuming_from_durable_state_and_re_read_input_gives_the_same_records():
     assert enrich_wm and all(wm > 0 for wm in enrich_wm.values())
     # what a shell re-reads after a restore: input records not yet acknowledged, i.e. those
     # holding an event at or after the stage's wm (events before it come again: dropped as late)
-    stitch_reread = {key: [to_wire(r) for r in st["buf"]] for key, st in first.states[FLOWS_TOPIC].items()}
+    stitch_reread = {key: [to_wire(r) for r in pending_events(st)] for key, st in first.states[FLOWS_TOPIC].items()}
     assert any(stitch_reread.values()), "the checkpoint should cut through buffered stitch input"
 
     second = Runner(cluster.index(), step_events=32)
     for topic, op in second.graph.consumers.items():
         for key, st in first.states[topic].items():
             durable = op.durable(st)
-            assert "buf" not in durable
+            assert "buf" not in durable and "runs" not in durable
             second.states[topic][key] = op.restore(loads_state(dumps_state(durable)))
     second.clock = first.clock
     second.chains = list(first.chains)
@@ -72,7 +72,8 @@ def test_wm_means_every_older_event_was_applied():
     runner.step()
     for topic in (SYSCALLS_TOPIC, FLOWS_TOPIC):
         for st in runner.states[topic].values():
-            buffered = [r.ev.ts if isinstance(r, EnrichedEvent) else r.ts for r in st["buf"]]
+            buffered = [r.ev.ts if isinstance(r, EnrichedEvent) else r.ts for r in
+                        (pending_events(st) if topic == FLOWS_TOPIC else st["buf"])]
             assert all(ts >= st["wm"] for ts in buffered)
 
 
@@ -88,12 +89,12 @@ def test_states_written_by_the_previous_version_still_load():
     runner.feed(events[:60])
     runner.step()
     for key, st in runner.states[FLOWS_TOPIC].items():
-        old = orjson.loads(dumps_state({k: v for k, v in st.items() if k not in ("tq", "seq", "buf")}))  # JSON form
+        old = orjson.loads(dumps_state({k: v for k, v in st.items() if k not in ("tq", "seq", "runs")}))  # JSON form
         for conn in old["conns"].values():
             conn.pop("seq", None)
-        old["buf"] = [to_wire(r) for r in st["buf"]]
+        old["buf"] = [to_wire(r) for r in pending_events(st)]  # (a flat list then)
         restored = loads_state(dumps_state(old))
-        assert restored["buf"] == st["buf"]
+        assert restored["buf"] == pending_events(st)
         runner.states[FLOWS_TOPIC][key] = restored
     runner.feed(events[60:])
     by_id = lambda records: sorted(records, key=lambda r: r["chain_id"])  # noqa: E731
@@ -138,11 +139,11 @@ def test_state_with_enriched_events_round_trips_through_bytes():
         for topic, key, value in graph.enrich.flush(st, node):
             if topic == FLOWS_TOPIC:
                 graph.stitch.process(stitch_states.setdefault(key, graph.stitch.new_state()), key, value)
-    assert any(st["buf"] for st in stitch_states.values())
-    assert any(r.ev.data for st in stitch_states.values() for r in st["buf"])
+    assert any(st["runs"] for st in stitch_states.values())
+    assert any(r.ev.data for st in stitch_states.values() for r in pending_events(st))
     for st in stitch_states.values():
         back = loads_state(dumps_state(st))
-        assert back["buf"] == st["buf"]  # EnrichedEvents, payload bytes included
+        assert back["runs"] == st["runs"]  # EnrichedEvents, payload bytes included
         assert orjson.loads(dumps_state(back)) == orjson.loads(dumps_state(st))
 
 

@@ -77,7 +77,7 @@ class _Checkpointing(Runner):
             self.store.write(key, header, changed, full)
             if self.rng is None or self.rng.random() < 0.5:
                 restored = self.store.restore(op, key)
-                restored["buf"] = st["buf"]
+                restored["runs"] = st["runs"]
                 table[key] = restored
                 self.restores += 1
 

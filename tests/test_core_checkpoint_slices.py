@@ -133,11 +133,11 @@ class _Sliced(Runner):
             header = op.begin_parts(st)
             reference = _entries_now(st, st["_pc"], st["_plg"], st["_pg"])
             self.inflight[key] = {"state": st, "header": dumps_state(header), "reference": reference, "full": full,
-                                  "entries": {}, "buf": list(st["buf"]), "log": [], "outs": []}
+                                  "entries": {}, "runs": [list(r) for r in st["runs"]], "log": [], "outs": []}
 
     def _restart(self, op: Stitcher, key: str, c: dict) -> dict:
         restored = self.store.restore(op, key)
-        restored["buf"] = list(c["buf"])  # (re-read: the input records its events came in are not acknowledged)
+        restored["runs"] = [list(r) for r in c["runs"]]  # (re-read: the input records its events came in are not acknowledged)
         outs = []
         for kind, value in c["log"]:
             outs += op.process(restored, key, value) if kind == "process" else op.advance(restored, key, value)

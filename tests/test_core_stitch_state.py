@@ -267,7 +267,7 @@ def test_current_states_round_trip():
         before, states = _prefix(cluster, calls, cut)
         op = Stitcher(cluster.index())
         # durable() when nothing is buffered; else the whole state (no input is re-read here)
-        resumed = {key: op.restore(loads_state(dumps_state(op.durable(st)) if not st["buf"] else dumps_state(st)))
+        resumed = {key: op.restore(loads_state(dumps_state(op.durable(st)) if not st["runs"] else dumps_state(st)))
                    for key, st in states.items()}
         assert before + _replay(op, calls[cut:], resumed) == whole
 

@@ -95,8 +95,12 @@ def _event_from_dict(d: dict) -> SyscallEvent:
 
 def loads_state(raw: bytes) -> dict:
     """bytes -> operator state; also reads states written by earlier versions (enrich
-    buffer entries as {"__ev__": event}, stitch buffer entries as plain dicts)."""
+    buffer entries as {"__ev__": event}, stitch buffer entries as plain dicts: a flat "buf", which the
+    stitch stage takes as one run)."""
     state = orjson.loads(raw)
+    runs = state.get("runs")
+    if runs:  # a stitch state written whole: its pending events' runs, the events in their schema form
+        state["runs"] = [[[from_wire(e) for e in events], i] for events, i in runs]
     buf = state.get("buf")
     if buf and isinstance(buf[0], dict):
         if "__ev__" in buf[0]:

@@ -80,7 +80,7 @@ cdef class _Stitching:
     cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
     cdef public object encode_chain
 
-    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, buf=list, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,
+    @cython.locals(conn=Conn, conns=dict, conn_keys=dict, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,
                    data=bytes, marked=set, keep=set)
     cpdef list advance(self, dict state, key, watermark_ns, bint final=*)
     cpdef _fire_until(self, dict state, now, list out)
@@ -129,6 +129,9 @@ cpdef bint _accepting_over(Conn conn)
 cpdef _proxy_step(Conn conn, SyscallEvent e, kind, ts)
 @cython.locals(conn=Conn)
 cpdef Conn _new_conn(key, SyscallEvent e, seq)
+@cython.locals(ready=list, runs=list, left=list, run=list, i=Py_ssize_t, n=Py_ssize_t, cut=Py_ssize_t,
+               parts=Py_ssize_t)
+cpdef list _take_ready(dict state, watermark_ns)
 @cython.locals(d=EnrichedEvent, e=SyscallEvent, p=SyscallEvent)
 cpdef bint _in_event_order(list buf)
 cpdef _lookup_numbered(lookups, ls)

@@ -174,7 +174,7 @@ S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
 STATE_FORM = 5
 # the input buffer, change marks (durable_parts) and a sliced checkpoint's pending entries (begin_parts)
 # and the lookup keys' groups' bookkeeping (_lookup_groups: "_lgc", "_lkv", "_lgd", "_lkx"; rebuilt by restore_parts)
-_NOT_DURABLE = frozenset(("buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg", "_plg", "_plv",
+_NOT_DURABLE = frozenset(("runs", "buf", "_cc", "_cl", "_cs", "_pc", "_pl", "_ps", "_pv", "_pg", "_plg", "_plv",
                           "_lgc", "_lkv", "_lgd", "_lkx", "tqn", "tqs", "tqp"))  # (the FIFOs: merged into "tq")
 _NOT_IN_HEADER = _NOT_DURABLE | {"conns", "lk", "lks", "dsrv", "tq"}  # entries, and what is rebuilt from them
 # The conns' timer queue is rebuilt from the conns (their live entries only) once it holds more
@@ -297,7 +297,11 @@ class _Stitching:
 
     @staticmethod
     def new_state() -> dict:
-        return {"v": STATE_FORM, "wm": 0, "buf": [], "conns": {}, "lk": {},
+        return {"v": STATE_FORM, "wm": 0,
+                # the events not applied yet, as the runs they came in: [run, index of its first event not
+                # applied], each run in time order (an advance reads only the events it applies: _take_ready)
+                "runs": [],
+                "conns": {}, "lk": {},
                 "dsrv": {},  # DNS servers' records (S_*), in time order: trimmed from the front
                 "lost": [],
                 "next": None, "late": 0, "dups": 0,
@@ -326,6 +330,10 @@ class _Stitching:
         """A state as read from JSON (a checkpoint: conns are JSON objects), or written by an
         earlier version (no timer queue; no conn["qd"]; dict records): conns become Conns."""
         _heaps_of_tuples(state)
+        if "buf" in state:  # written whole with its pending events (a flat list): one run of them, in time order
+            buf = sorted(state.pop("buf"), key=_event_ts)
+            state["runs"] = [[buf, 0]] if buf else []
+        state.setdefault("runs", [])
         if "tq" not in state:
             Stitcher._upgrade(state)
         if state.get("v") != STATE_FORM:
@@ -403,10 +411,10 @@ class _Stitching:
 
     @staticmethod
     def is_idle(state: dict) -> bool:
-        return not (state["buf"] or state["conns"] or state["lk"] or state["dsrv"] or state["lost"])
+        return not (state["runs"] or state["conns"] or state["lk"] or state["dsrv"] or state["lost"])
 
     def deadline(self, state: dict) -> int | None:
-        cands = [min(d.ev.ts for d in state["buf"]) + 1] if state["buf"] else []
+        cands = [min(events[i].ev.ts for events, i in state["runs"]) + 1] if state["runs"] else []
         if state["next"] is not None:
             cands.append(state["next"])
         return min(cands) if cands else None
@@ -626,7 +634,6 @@ class _Stitching:
         state = self.new_state()
         state.update(header)
         state.pop("parts", None)
-        state["buf"] = []
         lq, lc = header.get("lq"), header.get("lc")
         if (lq and lq[0].__class__ is not list) or (lc and lc[0].__class__ is not list):  # (format 8: flat)
             key_of = {x[L_SEQ]: k for _n, k, lookups in lk for x in lookups}
@@ -656,8 +663,6 @@ class _Stitching:
         state = self.new_state()
         state.update(durable)
         state["v"] = durable.get("v")  # (none: an older form, upgraded below)
-        if "buf" not in durable:
-            state["buf"] = []
         self._upgrade_older(state)
         if "nmax" not in durable:
             state["nmax"] = None  # written before it was tracked: a late event may be a redelivery
@@ -671,6 +676,10 @@ class _Stitching:
         dict that is no SyscallEvent). An event behind the watermark is dropped and counted
         late; unless it is a redelivery, it is a loss too (see _late_losses)."""
         wm = state["wm"]
+        runs = state.get("runs")
+        if runs is None:  # a state written by an earlier version (its events in "buf"), not given to restore
+            self._upgrade_older(state)
+            runs = state["runs"]
         for loss in batch.get("lost") or ():
             since = loss.get("since_ns")
             state["lost"].append([loss["node"], loss["ts"], loss["count"]] if since is None else
@@ -681,12 +690,13 @@ class _Stitching:
         if events.__class__ is EventRun and events and events[0].ev.ts >= wm:
             # The enrich stage's own run (in-process, or a worker's local handoff): one node's events
             # in order, so none is late when the first is not; taken whole, without a step per event.
-            state["buf"] += events
+            runs.append([events, 0])
             nmax = state.get("nmax")
             if nmax is not None and events.top > nmax.get(events.node, -1):
                 nmax[events.node] = events.top
             return []
-        append = state["buf"].append
+        kept: list = []
+        append = kept.append
         out: list = []
         late: list | None = None
         tops: dict[str, int] = {}  # the highest n of each node in this batch
@@ -705,7 +715,7 @@ class _Stitching:
                     late = []
                 late.append(e)
             else:
-                append(d)  # a duplicate (same node, n) sorts next to its original
+                append(d)  # (a duplicate (same node, n) sorts next to its original when applied)
             if e.node == node:
                 if e.n > top:
                     top = e.n
@@ -715,6 +725,9 @@ class _Stitching:
                 node, top = e.node, e.n
         if node is not None and top > tops.get(node, -1):
             tops[node] = top
+        if kept:  # a run in time order (stable: events at one time keep the batch's order)
+            kept.sort(key=_event_ts)
+            runs.append([kept, 0])
         nmax = state.get("nmax")
         if late is not None:
             state["late"] += len(late)
@@ -768,22 +781,12 @@ class _Stitching:
             return out
         state["wm"] = max(state["wm"], watermark_ns)
         conns = state["conns"]
-        if state.get("v") != STATE_FORM or (conns and next(iter(conns.values())).__class__ is not Conn) or (
-                _lists_in_heaps(state)):
+        if state.get("v") != STATE_FORM or "runs" not in state or (
+                conns and next(iter(conns.values())).__class__ is not Conn) or _lists_in_heaps(state):
             self._upgrade_older(state)  # a state read from JSON (or written earlier) not given to restore
-        buf = state["buf"]
-        if buf:
-            # By time alone (an int key: a cheaper comparison than (ts, node, n)'s tuples); stable, so events at one
-            # time keep the buffer's order, which is (node, n) order unless two runs met there (checked; rare).
-            buf.sort(key=_event_ts)
-            if not _in_event_order(buf):
-                buf.sort(key=_event_order)
-            cut = bisect_left(buf, watermark_ns, key=_event_ts)  # events before the watermark are applied
-            if cut:
-                if cut == len(buf):  # (all of it: no copy)
-                    ready, state["buf"] = buf, []
-                else:
-                    ready, state["buf"] = buf[:cut], buf[cut:]
+        if state["runs"]:
+            ready = _take_ready(state, watermark_ns)
+            if ready:
                 prev = None  # the previous event applied (its SyscallEvent)
                 # Each event is applied here (the loop's body is the event's step: no call per event).
                 conns, conn_keys, dns_port = state["conns"], self._conn_keys, self.dns_port
@@ -896,7 +899,7 @@ class _Stitching:
 
     def flush(self, state: dict, key: str) -> list[tuple[str, str, dict]]:
         """End of input: apply everything buffered and close every chain (open ones as incomplete)."""
-        end = max(max(map(_event_ts, state["buf"]), default=state["wm"]), state["wm"]) + 1
+        end = max(max((events[-1].ev.ts for events, _i in state["runs"]), default=state["wm"]), state["wm"]) + 1
         return self.advance(state, key, end, final=True)
 
     # -- applying one event (in event-time order: advance's loop) --------------
@@ -2550,6 +2553,41 @@ def _server_groups(st: dict, cs, full: bool) -> dict:
         groups.append([str(n), dsrv[keys[-1]][S_TS]])  # its newest record's time: its last (time order)
     st["dsg"], st["dsn"], st["dso"] = groups, n, first
     return out
+
+
+def _take_ready(state: dict, watermark_ns: int) -> list:
+    """The pending events before the watermark, taken from their runs, in event order (ts, node, n).
+    Only these are read: each run is in time order, so a bisection finds where its ready events end; the rest
+    stay where they are, in their runs, not read again until their time comes (the thousands of events a
+    bucket holds for the lateness were sorted whole at every advance before: all cold reads)."""
+    ready: list = []
+    runs = state["runs"]
+    parts = 0
+    left: list = []
+    for run in runs:
+        events, i = run[0], run[1]
+        n = len(events)
+        cut = bisect_left(events, watermark_ns, i, n, key=_event_ts)
+        if cut > i:
+            ready += events[i:cut]
+            parts += 1
+        if cut < n:
+            run[1] = cut
+            left.append(run)
+    if len(left) != len(runs):
+        state["runs"] = left
+    if parts > 1:
+        # By time alone (an int key: a cheaper comparison than (ts, node, n)'s tuples); stable, so events at one
+        # time keep the order they came in, which is (node, n) order unless two runs met there (checked; rare).
+        ready.sort(key=_event_ts)
+    if not _in_event_order(ready):
+        ready.sort(key=_event_order)
+    return ready
+
+
+def pending_events(state: dict) -> list:
+    """The events a stitch state holds not applied yet, in the order they came in (tests, tools)."""
+    return [d for events, i in state["runs"] for d in events[i:]]
 
 
 def _in_event_order(buf: list) -> bool:
