@@ -2558,8 +2558,8 @@ def _server_groups(st: dict, cs, full: bool) -> dict:
 def _take_ready(state: dict, watermark_ns: int) -> list:
     """The pending events before the watermark, taken from their runs, in event order (ts, node, n).
     Only these are read: each run is in time order, so a bisection finds where its ready events end; the rest
-    stay where they are, in their runs, not read again until their time comes (the thousands of events a
-    bucket holds for the lateness were sorted whole at every advance before: all cold reads)."""
+    stay where they are, in their runs, not read again until their time comes (a key held back behind a slower
+    upstream partition, as in a backlog, holds seconds of events: they were all sorted at every advance before)."""
     ready: list = []
     runs = state["runs"]
     parts = 0
