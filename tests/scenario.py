@@ -61,6 +61,7 @@ class Service:
     protocol: str = "TCP"
     extra_ports: tuple = ()  # (name, port, protocol, target_port)
     node_port: int | None = None
+    external_traffic_policy: str | None = None  # Cluster | Local (a NodePort's)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Cluster:
                       for n, p, pr, tp in s.extra_ports]
             out.append(_rec("Service", s.namespace, s.name, ts, service={
                 "type": "NodePort" if s.node_port else "ClusterIP", "cluster_ips": [s.cluster_ip], "selector": dict(s.selector),
-                "session_affinity": "None", "external_traffic_policy": None, "ports": ports}))
+                "session_affinity": "None", "external_traffic_policy": s.external_traffic_policy, "ports": ports}))
             eps = [{"addresses": [p.ip], "ready": True, "serving": True, "terminating": False, "node": p.node,
                     "pod": p.name, "pod_namespace": p.namespace} for p in self.backends(s.name)]
             out.append(_rec("EndpointSlice", s.namespace, f"{s.name}-abcde", ts, endpoints={

@@ -154,5 +154,9 @@ class MemoIndex:
             self._added()
             return v
 
+    def service(self, namespace, name, ts):
+        """The Service as of the end of ts's second; not kept (asked only of a failed NodePort connect)."""
+        return self.index.service(namespace, name, self.at(ts))
+
     def objects(self, ts):
         return self.index.objects(self.at(ts))

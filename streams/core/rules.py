@@ -62,6 +62,11 @@ CATALOGUE: tuple[Rule, ...] = (
          "({outcome}): is hairpin mode on for the pod's bridge port?", None,
          "A pod reached for its own Service and nothing accepted: the DNAT back to itself leaves by the bridge port "
          "it came in on, which only hairpin mode allows."),
+    Rule("svc.no_local_endpoints", "critical", True, 120 * S,
+         "{namespace}/{service}: {client} connected to NodePort {vip} on node {node}, which runs none of its "
+         "endpoints, and nothing answered ({outcome}): externalTrafficPolicy Local drops it there", None,
+         "A NodePort of a Service with externalTrafficPolicy: Local, on a node without a ready endpoint of it: kube-proxy "
+         "drops the traffic there instead of forwarding it to another node."),
     Rule("svc.backend_5xx", "warning", True, 120 * S,
          "{namespace}/{service}: backend {backend} answered {status} to {method} {target}", None,
          "HTTP 5xx from the backend."),

@@ -1890,6 +1890,9 @@ class _Stitching:
                     mode in (None, "none") or not cn_[CN_TS] or cn_[CN_ERRNO] in ("ETIMEDOUT", "EINPROGRESS", None)):
                 if not ready_eps:
                     p.svc_if_failed = ("svc.no_endpoints", None)
+                elif svc["via"] == "nodeport" and (
+                        node := self._local_policy_drop(svc, cn_, ready_eps, client_pod, cl[CL_NODE], t_conn)):
+                    p.svc_if_failed = ("svc.no_local_endpoints", {"node": node})
                 elif mode in (None, "none"):
                     # a pod that is one of the Service's endpoints: a DNAT back to itself must leave
                     # by the bridge port it came in on, which only hairpin mode allows
@@ -1904,6 +1907,23 @@ class _Stitching:
             conn_parts.clear()
         conn_parts[conn.k] = p
         return p
+
+    def _local_policy_drop(self, svc: dict, cn: list, ready_eps: list, client_pod, client_node: str,
+                           ts: int) -> str | None:
+        """The node a NodePort connect went to, when kube-proxy there drops it for externalTrafficPolicy Local: the
+        Service has that policy and none of its ready endpoints runs on that node (it keeps the client's address,
+        so it never forwards to another node). Only traffic from outside the node and the pods is dropped
+        (kube-proxy sends the node's own and, knowing the cluster's pod range, the pods' to any endpoint), so only
+        a host process of another node is answered so. None otherwise."""
+        if client_pod is not None and not client_pod.host_network:
+            return None
+        sv = self.index.service(svc["namespace"], svc["name"], ts)
+        if sv is None or sv.external_traffic_policy != "Local" or not cn[CN_ADDR_IP]:
+            return None
+        node = self.index.node_by_ip(cn[CN_ADDR_IP], ts)
+        if node is None or node == client_node or any(e.node == node for e in ready_eps):
+            return None
+        return node
 
     @staticmethod
     def _alert_labels(p: _ConnParts) -> dict:
