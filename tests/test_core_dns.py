@@ -71,6 +71,26 @@ def test_no_answer():
     assert r.chains[1]["status"] == "ok"
 
 
+def test_no_answer_says_whether_a_dns_server_received_the_query():
+    """Lost on the way to any DNS server (a NetworkPolicy, conntrack, a dead pod behind the VIP), or received by one
+    (its answer lost on the way back, or never sent): the server's own recv tells them apart."""
+    summaries = {}
+    for server in (True, False):
+        sc = Scenario(Cluster())
+        curl = sc.proc("client", "curl")
+        for t in (T0, T0 + 5 * S):
+            sc.lookup(t, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False,
+                      server=server)
+        sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])
+        r = _run(sc)
+        [summaries[server]] = [a["summary"] for a in r.alerts if a["rule"] == "dns.no_answer"]
+        evidence = {e["what"] for a in r.alerts for e in a["evidence"]}
+        assert ("dns server got query" in evidence) == server
+    assert summaries[True] == ("no DNS answer for my-nginx.default.svc.cluster.local from 10.96.0.10 to default/client "
+                               "after 2 queries; kube-system/coredns (coredns 700 on node-b) received the last one")
+    assert summaries[False].endswith("after 2 queries; no DNS server seen receiving them")
+
+
 def test_end_of_input_right_after_a_query_is_incomplete_not_broken():
     sc = Scenario(Cluster())
     sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False)

@@ -30,7 +30,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "{qname} does not exist: NXDOMAIN from {resolver} to {client}", "critical",
          "The lookup's final answer was NXDOMAIN (for a *.svc.cluster.local name: the Service is missing)."),
     Rule("dns.no_answer", "warning", True, 300 * S,
-         "no DNS answer for {qname} from {resolver} to {client} after {queries} queries", None,
+         "no DNS answer for {qname} from {resolver} to {client} after {queries} queries; {heard}", None,
          "Every query of the lookup went unanswered."),
     Rule("dns.retry_5s", "warning", False, 300 * S,
          "{qname} {qtype} from {client} was retried {gap_ms} ms after an unanswered query (conntrack race)", None,

@@ -2242,6 +2242,17 @@ class _Stitching:
                         break
         return found
 
+    def _heard_by(self, dnsx: list) -> str:
+        """Whether a DNS server process the agents see received the lookup's last query (its recv: DX_SERVER): what
+        tells a query lost on the way (a NetworkPolicy, kube-proxy's rules, conntrack, a dead pod behind the VIP) from
+        a server that got it (an answer lost on the way back, or none: its upstream, its load)."""
+        srv = dnsx[DX_SERVER]
+        if srv is None:
+            return "no DNS server seen receiving them"
+        pod = _pod_of(self.index, srv[S_IP], srv[S_TS], srv[S_CONTAINER_ID])
+        where = f"{pod.namespace}/{pod.name}" if pod is not None else endpoint_key(srv[S_IP], srv[S_PORT])
+        return f"{where} ({srv[S_COMM]} {srv[S_PID]} on {srv[S_NODE]}) received the last one"
+
     def _dns_occs(self, dnsx: list, found: list, base_vars: dict, client_pod_name) -> list:
         qname = dnsx[DX_QNAME]
         in_cluster = in_cluster_domain(qname, self.cluster_domain)
@@ -2259,6 +2270,8 @@ class _Stitching:
                 vars_ = dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS)
             elif rule == "dns.answer_not_service":
                 vars_ = dict(v, answer=extra)
+            elif rule == "dns.no_answer":
+                vars_ = dict(v, heard=self._heard_by(dnsx))
             else:
                 vars_ = v
             occs.append((rule, labels, vars_, DNS_EVIDENCE))
