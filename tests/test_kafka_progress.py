@@ -87,6 +87,99 @@ def test_a_partition_is_held_while_downstream_may_take_it_for_done_and_it_has_re
     assert not must_hold(1_000, 10, 2, True) and not must_hold(HELD, 10, 2, True)
 
 
+def test_a_done_partition_whose_last_answer_predates_another_ones_records_is_held():
+    """A DONE partition is held while the broker's last answer about it was asked before another partition had
+    records again (a backlog published to both at once: one answer shows one partition's records, the next the
+    other's), and the pure decision says so."""
+    assert must_hold(DONE, 0, None, False, unanswered=True) and must_hold(None, None, None, False, unanswered=True)
+    assert not must_hold(7_000, 0, None, False, unanswered=True)  # (a mark holds the others back already)
+    assert not must_hold(DONE, 0, None, False, unanswered=False)
+
+
+def test_a_done_partition_is_held_until_an_answer_asked_after_another_ones_reactivation():
+    """The worker: syscalls partitions 3 and 10 are DONE. 10 has records again and they are read and released
+    while 3's last answer is older than that (the broker's answer that showed 10's records held none of 3's yet):
+    10's mark goes with 3 HELD, and the tick keeps it so. An answer asked since, with nothing new, lets the tick
+    say DONE again; one with records keeps it held until 3's own release. And it waits for that answer at most
+    REACTIVATION_WAIT_S."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.streams.faust_app import app as worker_app
+    from svctrace.streams.faust_app.app import FetchAnswer, Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
+    topic = worker.t_syscalls.get_topic_name()
+    tps = {q: TP(topic, q) for q in (3, 10)}
+    answers: dict = {}
+    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _committed_offset={},
+                               assignment=lambda: set(tps.values()))
+    worker.app._consumer = consumer
+    taken: list = []
+
+    async def send(topic_, key, value, partition, timestamp, headers):
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    async def marks_here(p, marks, revocations):
+        taken.append(dict(marks))
+
+    worker.app.producer = SimpleNamespace(send=send)
+    worker._marks_here = marks_here
+    worker.flows_read = {0: 5}
+    worker.flows_sent = {0: 5}
+    worker.cluster_feed.ready.set()
+
+    async def reactivate_10(asked_before: int) -> None:
+        """10 DONE, then its records read and released (as _enrich_one notes it); 3's last answer asked before."""
+        for q in tps:
+            worker.enrich.part_meta(q)["done"] = True
+            worker._announce(FLOWS_TOPIC, q, DONE)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        taken.clear()
+        worker.reactivated_ns = now = time.time_ns()
+        worker.enrich.part_meta(10)["done"] = False
+        answers[(topic, 10)] = FetchAnswer(now - asked_before, 2)
+        answers[(topic, 3)] = FetchAnswer(now - asked_before, 0)
+        worker.last_offset[10] = 1
+        worker._announce(FLOWS_TOPIC, 10, 7_000)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+
+    async def story():
+        await worker._on_assigned(None, set(tps.values()))
+        await reactivate_10(asked_before=1_000_000)
+        assert taken.pop() == {10: 7_000, 3: HELD}
+        await worker._tick()  # no newer answer about 3: still held
+        assert worker.hb_sent[(FLOWS_TOPIC, 3)] == HELD and not any(m.get(3) == DONE for m in taken)
+        answers[(topic, 3)] = FetchAnswer(worker.reactivated_ns + 1, 0)  # asked since: nothing there
+        await worker._tick()
+        assert taken.pop() == {3: DONE}
+        # again, and this time the newer answer shows 3's records: held until its own release
+        await reactivate_10(asked_before=1_000_000)
+        assert taken.pop() == {10: 7_000, 3: HELD}
+        answers[(topic, 3)] = FetchAnswer(worker.reactivated_ns + 1, 4)
+        await worker._tick()
+        assert worker.hb_sent[(FLOWS_TOPIC, 3)] == HELD and not any(m.get(3) == DONE for m in taken)
+        worker.enrich.part_meta(3)["done"] = False
+        worker.last_offset[3] = 3
+        worker._announce(FLOWS_TOPIC, 3, 6_000)
+        await worker._send_announcements(FLOWS_TOPIC, force=True)
+        assert taken.pop() == {3: 6_000}
+        # an answer that never comes (a paused partition) holds the others back REACTIVATION_WAIT_S at most
+        await reactivate_10(asked_before=int(2 * worker_app.REACTIVATION_WAIT_S * 1e9))
+        assert taken.pop() == {10: 7_000, 3: HELD}
+        worker.reactivated_ns -= int(2 * worker_app.REACTIVATION_WAIT_S * 1e9)  # (as if that long ago)
+        await worker._tick()
+        assert taken.pop() == {3: DONE}
+
+    asyncio.run(story())
+
+
 def test_a_done_partition_with_records_again_goes_held_with_the_marks_that_would_pass_them():
     """The worker: syscalls partitions 3 and 10 are DONE; the broker's answer shows records of both, and
     partition 10's are read and released first. The mark it announces goes with 3 HELD, to this worker's

@@ -234,6 +234,10 @@ class IdempotentProducer(faust_aiokafka.Producer):
 # watermark follows the time of the last fetch (Worker._advance_idle): with nothing arriving, the
 # long poll left it up to this far behind (the tail of the alert latency).
 FETCH_MAX_WAIT_MS = 50
+# After a DONE syscalls partition of a worker has records again, its other DONE partitions are held until the
+# broker has answered a fetch of theirs asked since (a backlog published at once may show in a later answer), at
+# most this long (a partition without answers, paused, holds nothing back longer).
+REACTIVATION_WAIT_S = 1.0
 
 
 class FetchAnswer(NamedTuple):
@@ -1144,6 +1148,8 @@ class Worker:
         # since when the broker has kept answering fetches of a syscalls partition (monotonic s)
         self.answering_since: dict[int, float] = {}
         self.last_offset: dict[int, int] = {}
+        # when a syscalls partition of ours that was DONE had records again, last (time.time_ns(): FetchAnswer's clock)
+        self.reactivated_ns: int | None = None
         # syscalls partitions this worker owns (since the assignment that gave them: _on_assigned) -> their TP
         self.sources_here: dict[int, TP] = {}
         self.live: dict[int, bool] = {}  # syscalls partition -> its latest events arrived fresh (live agents)
@@ -1368,6 +1374,8 @@ class Worker:
         metrics.child(metrics.events, "enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
+        if meta.get("done"):
+            self.reactivated_ns = time.time_ns()  # (_answered_before_reactivation: the others' answers from here on)
         meta["done"] = False
         node = batch.node
         st = stage.state(node)
@@ -1963,8 +1971,8 @@ class Worker:
             q = tp.partition
             meta = self.enrich.part_meta(q)
             if meta.get("done"):
-                if self._unread(consumer, tp):
-                    continue  # not done: records came (held downstream until released: _hold_unread)
+                if self._unread(consumer, tp) or self._answered_before_reactivation(consumer, tp):
+                    continue  # not done (records came), or not known yet: held downstream (_hold_unread)
                 finished += 1
                 if self.hb_sent.get((FLOWS_TOPIC, q)) != DONE:
                     self._announce(FLOWS_TOPIC, q, DONE)
@@ -2080,8 +2088,19 @@ class Worker:
             meta = self.enrich.meta.get(q)
             reactivated = q in self.last_offset and not (meta is not None and meta.get("done"))
             highwater, processed = self._log_end(consumer, tp), self._last_processed(consumer, tp)
-            if must_hold(word, highwater, processed, reactivated):
+            if must_hold(word, highwater, processed, reactivated, self._answered_before_reactivation(consumer, tp)):
                 self._announce(FLOWS_TOPIC, q, HELD)
+
+    def _answered_before_reactivation(self, consumer, tp) -> bool:
+        """Whether the broker's last answer about syscalls partition tp was asked before another partition of ours
+        had records again after being DONE (within REACTIVATION_WAIT_S of that): a backlog published to both at once
+        may show in tp's next answer only (one answer holds what the broker had appended when it was made), and the
+        other partition's records, read and released before that answer is handled, would pass tp's."""
+        since = self.reactivated_ns
+        if since is None or time.time_ns() - since > REACTIVATION_WAIT_S * 1e9:
+            return False
+        answer = self._fetch_answer(consumer, tp)
+        return answer is None or answer.asked_ns < since
 
     def _unread(self, consumer, tp) -> bool:
         """The broker's last answer showed records of syscalls partition tp this worker has not processed."""

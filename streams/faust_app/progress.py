@@ -94,14 +94,17 @@ class SourceProgress:
         self.state["flushed"] = True
 
 
-def must_hold(word: int | str | None, highwater: int | None, processed: int | None, reactivated: bool) -> bool:
+def must_hold(word: int | str | None, highwater: int | None, processed: int | None, reactivated: bool,
+              unanswered: bool = False) -> bool:
     """Whether a worker must announce its syscalls partition HELD, before (or with) any mark it announces.
 
     word: the mark it last announced for the partition (queued or sent), None if none since it owns it (its
     predecessor's word downstream, a restored DONE, still counts there). highwater: the partition's log end in
     the broker's last answer to a fetch (None: no answer yet); processed: the offset of the last record it
     processed (None: none, nor a committed offset); reactivated: it has processed records of the partition
-    since it was DONE and not yet announced their mark.
+    since it was DONE and not yet announced their mark; unanswered: the broker's last answer about it was asked
+    before another partition of the worker had records again (a backlog published to both at once may show only
+    in its next answer: held until then).
 
     Downstream, a DONE source holds nothing back: a mark of another source passes whatever the DONE one has
     still to send. A partition that has records again is not done, from the moment the broker's answer
@@ -110,7 +113,7 @@ def must_hold(word: int | str | None, highwater: int | None, processed: int | No
     last announced with a mark already holds the others back by that mark (marks never go back): no hold."""
     if word is not None and word != DONE:
         return False
-    if reactivated:
+    if reactivated or unanswered:
         return True
     if highwater is None or highwater <= 0:
         return False
