@@ -87,6 +87,24 @@ def test_a_partition_is_held_while_downstream_may_take_it_for_done_and_it_has_re
     assert not must_hold(1_000, 10, 2, True) and not must_hold(HELD, 10, 2, True)
 
 
+def _worker_owning(*partitions: int):
+    """A Worker whose app connects to nothing, its consumer a stand-in that owns these syscalls partitions:
+    (worker, the syscalls topic, {partition: TP}, the broker's answers as its consumer thread notes them)."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from svctrace.streams.faust_app.app import Worker, WorkerConfig
+
+    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))
+    topic = worker.t_syscalls.get_topic_name()
+    tps = {q: TP(topic, q) for q in partitions}
+    answers: dict = {}
+    worker.app._consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _committed_offset={},
+                                           assignment=lambda: set(tps.values()))  # (app.consumer reads it)
+    return worker, topic, tps, answers
+
+
 def test_a_done_partition_whose_last_answer_predates_another_ones_records_is_held():
     """A DONE partition is held while the broker's last answer about it was asked before another partition had
     records again (a backlog published to both at once: one answer shows one partition's records, the next the
@@ -106,19 +124,11 @@ def test_a_done_partition_is_held_until_an_answer_asked_after_another_ones_react
     import time
     from types import SimpleNamespace
 
-    from faust.types import TP
-
     from svctrace.streams.core.enrich import FLOWS_TOPIC
     from svctrace.streams.faust_app import app as worker_app
-    from svctrace.streams.faust_app.app import FetchAnswer, Worker, WorkerConfig
+    from svctrace.streams.faust_app.app import FetchAnswer
 
-    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
-    topic = worker.t_syscalls.get_topic_name()
-    tps = {q: TP(topic, q) for q in (3, 10)}
-    answers: dict = {}
-    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _committed_offset={},
-                               assignment=lambda: set(tps.values()))
-    worker.app._consumer = consumer
+    worker, topic, tps, answers = _worker_owning(3, 10)
     taken: list = []
 
     async def send(topic_, key, value, partition, timestamp, headers):
@@ -192,15 +202,9 @@ def test_a_done_partition_with_records_again_goes_held_with_the_marks_that_would
     from faust.types import TP
 
     from svctrace.streams.core.enrich import FLOWS_TOPIC
-    from svctrace.streams.faust_app.app import FetchAnswer, Worker, WorkerConfig
+    from svctrace.streams.faust_app.app import FetchAnswer
 
-    worker = Worker(WorkerConfig(bootstrap="127.0.0.1:9"))  # builds the app; connects to nothing
-    topic = worker.t_syscalls.get_topic_name()
-    tps = {q: TP(topic, q) for q in (3, 10)}
-    answers: dict = {}
-    consumer = SimpleNamespace(_thread=SimpleNamespace(fetch_answers=answers), _committed_offset={},
-                               assignment=lambda: set(tps.values()))
-    worker.app._consumer = consumer  # (app.consumer reads it)
+    worker, topic, tps, answers = _worker_owning(3, 10)
     records: dict[int, list] = {}
     taken: list = []
 
