@@ -89,6 +89,13 @@ def test_no_answer_says_whether_a_dns_server_received_the_query():
     assert summaries[True] == ("no DNS answer for my-nginx.default.svc.cluster.local from 10.96.0.10 to default/client "
                                "after 2 queries; kube-system/coredns (coredns 700 on node-b) received the last one")
     assert summaries[False].endswith("after 2 queries; no DNS server seen receiving them")
+    # one query: "it"
+    sc = Scenario(Cluster())
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"],
+              answer=False)
+    sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])
+    [one] = [a["summary"] for a in _run(sc).alerts if a["rule"] == "dns.no_answer"]
+    assert one.endswith("; kube-system/coredns (coredns 700 on node-b) received it")
 
 
 def test_end_of_input_right_after_a_query_is_incomplete_not_broken():

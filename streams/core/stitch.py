@@ -2247,11 +2247,12 @@ class _Stitching:
         tells a query lost on the way (a NetworkPolicy, kube-proxy's rules, conntrack, a dead pod behind the VIP) from
         a server that got it (an answer lost on the way back, or none: its upstream, its load)."""
         srv = dnsx[DX_SERVER]
+        one = dnsx[DX_QUERIES] <= 1
         if srv is None:
-            return "no DNS server seen receiving them"
+            return "no DNS server seen receiving it" if one else "no DNS server seen receiving them"
         pod = _pod_of(self.index, srv[S_IP], srv[S_TS], srv[S_CONTAINER_ID])
         where = f"{pod.namespace}/{pod.name}" if pod is not None else endpoint_key(srv[S_IP], srv[S_PORT])
-        return f"{where} ({srv[S_COMM]} {srv[S_PID]} on {srv[S_NODE]}) received the last one"
+        return f"{where} ({srv[S_COMM]} {srv[S_PID]} on {srv[S_NODE]}) received {'it' if one else 'the last one'}"
 
     def _dns_occs(self, dnsx: list, found: list, base_vars: dict, client_pod_name) -> list:
         qname = dnsx[DX_QNAME]
