@@ -60,3 +60,8 @@ ALERTS = "svctrace.alerts"
 ALERT_OCCURRENCES = "svctrace.alerts.occurrences"
 DEADLETTER = "svctrace.deadletter"
 AGENT_STATS = "svctrace.agent.stats"
+
+# A live agent's svctrace.syscalls records carry this header: a time (ns, decimal ASCII) before which every
+# event of the record's node is in this record or an earlier one. A worker may take the node's events up to
+# it without waiting out its lateness. Replays and older agents send none.
+COMPLETE_HEADER = "svctrace-complete"

@@ -148,7 +148,7 @@ class _RestartedBrokerSink:
         self.refused: list = []  # (future, error) of sends answered at the next loop turn
         self.refusals = 0
 
-    async def send(self, key: bytes, value: bytes):
+    async def send(self, key: bytes, value: bytes, complete_ns=None):
         from aiokafka.errors import OutOfOrderSequenceNumber
 
         seq = decode_batch(value).seq
@@ -344,6 +344,84 @@ class _LiveQueue:
 
     def lost(self, final: bool = False):
         return 0, []
+
+
+class _ScriptedLive(_LiveQueue):
+    """A live source whose syscalls happen in bursts, one before each read, until the script ends."""
+
+    def __init__(self, bursts: list[int], live: bool = True) -> None:
+        super().__init__()
+        self.bursts = list(bursts)
+        self.live = live
+
+    def read(self, max_events: int) -> list:
+        if self.bursts:
+            self.syscalls(self.bursts.pop(0))
+        elif not self.ring:
+            self.exhausted = True
+        return super().read(max_events)
+
+
+class _ClaimingSink(_NoSink):
+    claims = True  # (its records have headers, as Kafka's: KafkaSink)
+
+
+def _captured(src, refuse: set[int] = frozenset(), sink=_ClaimingSink(), **options) -> list:
+    """Run the agent's capture loop over src: [(complete_ns, events)] of the batches buffered, in order, and
+    ("dropped", events) where the buffer refused the offers numbered in `refuse`."""
+    import asyncio
+
+    agent = Agent(src, sink, AgentOptions(node="n1", redact=False, linger_s=0, poll_s=0, **options))
+    out: list = []
+    offer = agent.buffer.offer
+
+    def offer_(b):
+        ok = len(out) not in refuse and offer(b)
+        out.append((b.complete_ns if ok else "dropped", decode_batch(b.value).events))
+        if ok:
+            agent.buffer.pop()
+        return ok
+
+    agent.buffer.offer = offer_
+    asyncio.run(asyncio.wait_for(agent._capture(), 30))  # (a guard against a hang, not a synchronisation)
+    return out
+
+
+def test_a_live_agents_batches_claim_up_to_when_their_nodes_stream_is_complete():
+    """Each batch of a live source says up to when the node's stream is complete (sent as COMPLETE_HEADER): no
+    later batch has an event older than that. The claim is the start of the last read that emptied the source
+    (less COMPLETE_MARGIN_NS): once the source has been emptied, it passes every event before, so a worker can
+    release them without waiting out its lateness. A quiet source gets an empty batch for its claim, at most
+    one per linger, where the sink's records carry it. A replay's batches claim nothing, and it sends none
+    empty."""
+    from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS
+
+    batches = _captured(_ScriptedLive([3, 12, 0, 7, 30, 2, 0, 9]), batch_events=5, read_chunk=8)
+    assert len(batches) >= 10 and all(claim is not None for claim, _ in batches)
+    assert any(not events for _, events in batches)  # a quiet read: an empty batch, for the claim alone
+    claims = [claim for claim, _ in batches]
+    assert claims == sorted(claims)
+    for i, claim in enumerate(claims):
+        assert all(e.ts >= claim for _, events in batches[i + 1:] for e in events)
+    # the last batch went out after a read that emptied the source: its claim passes every event before it
+    assert all(claims[-1] > e.ts - COMPLETE_MARGIN_NS for _, events in batches[:-1] for e in events)
+    replay = _captured(_ScriptedLive([3, 12, 0, 7], live=False), batch_events=5, read_chunk=8)
+    assert replay and all(claim is None and events for claim, events in replay)
+    # a sink without headers (JSON lines) gets no empty batches
+    to_file = _captured(_ScriptedLive([3, 12, 0, 7, 0]), batch_events=5, read_chunk=8, sink=_NoSink())
+    assert to_file and all(events for _, events in to_file)
+
+
+def test_after_a_dropped_batch_no_claim_goes_out_before_its_loss_marker():
+    """A batch the full buffer drops is announced by a loss marker in the batch open then: the batches between
+    claim nothing (a worker would take the lost events' time as complete before hearing of the loss); the
+    marker's batch and those after it claim again."""
+    batches = _captured(_ScriptedLive([12, 12, 12, 12]), refuse={1}, batch_events=4, read_chunk=12)
+    assert batches[1][0] == "dropped"
+    with_marker = next(i for i, (_, events) in enumerate(batches) if any(e.kind == "lost" for e in events))
+    assert with_marker > 2  # (batches closed in the same read as the dropped one come between)
+    assert batches[0][0] is not None and all(claim is None for claim, _ in batches[2:with_marker])
+    assert all(claim is not None for claim, _ in batches[with_marker:])
 
 
 def test_full_buffer_markers_carry_the_window_of_the_dropped_events():

@@ -12,6 +12,7 @@ import urllib.request
 import orjson
 import pytest
 
+from svctrace.schemas.catalogue import COMPLETE_HEADER
 from svctrace.schemas.models import decode_batch
 from svctrace.schemas.syscall_columns import record_document
 from svctrace.schemas.validation import validate
@@ -35,7 +36,8 @@ def read_line_matching(stream, pattern: str, timeout: float = 60.0) -> re.Match:
     raise AssertionError(f"agent never printed {pattern!r}; stderr: {''.join(lines)[-2000:]}")
 
 
-async def consume_all(kafka, topic: str, want, timeout: float = 60.0) -> list[bytes]:
+async def consume_all(kafka, topic: str, want, timeout: float = 60.0, claims: list | None = None) -> list[bytes]:
+    """The topic's record values until `want` says so; `claims` gets each one's svctrace-complete header (or None)."""
     c = kafka.consumer(topic, group_id=None)
     await c.start()
     values: list[bytes] = []
@@ -45,6 +47,8 @@ async def consume_all(kafka, topic: str, want, timeout: float = 60.0) -> list[by
             batch = await c.getmany(timeout_ms=500)
             for records in batch.values():
                 values += [r.value for r in records]
+                if claims is not None:
+                    claims += [next((int(v) for k, v in r.headers if k == COMPLETE_HEADER), None) for r in records]
             if want(values):
                 return values
         raise AssertionError(f"{topic}: condition not met; {len(values)} records")
@@ -82,7 +86,8 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder, form):
         def has_curl(values):
             return any(e.comm == "curl" and e.kind == "recv" and e.data and b"kafka-bound" in e.data
                        for v in values for e in decode_batch(v).events)
-        values = kafka.run(consume_all(kafka, prefix + "svctrace.syscalls", has_curl))
+        claims: list = []
+        values = kafka.run(consume_all(kafka, prefix + "svctrace.syscalls", has_curl, claims=claims))
         deadline = time.monotonic() + 30
         pattern = r'svctrace_agent_events_published_total\{node="kafka-test-node",source="ebpf"\} [1-9]'
         while not re.search(pattern, urllib.request.urlopen(m.group(1), timeout=10).read().decode()):
@@ -109,6 +114,12 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder, form):
     assert req.data.startswith(b"GET /index.html HTTP/1.1") and b"s3cr3t" not in req.data and req.redacted
     assert b"Cookie: [REDACTED]" in req.data
     assert all(e.pid != agent.pid for e in events)  # the agent filters itself out
+    # every record of the live agent claims its node's stream complete up to a time, and no later record has an
+    # older event (the one partition's records, in order)
+    batches = [decode_batch(v).events for v in values]
+    assert len(claims) == len(batches) and None not in claims
+    for i, claim in enumerate(claims):
+        assert all(e.ts >= claim for later in batches[i + 1:] for e in later), f"record {i} claimed {claim}"
     assert min(e.n for e in events) > started_us  # numbered from the agent's start: unique across restarts
 
     # the final stats (published on SIGTERM) say nothing was dropped

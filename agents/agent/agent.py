@@ -17,8 +17,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from svctrace.agents.agent.pipeline import (DEFAULT_FORM, Batcher, BoundedBuffer, Counters, EncodedBatch,
-                                            payload_encoder, redact_events)
+from svctrace.agents.agent.pipeline import (COMPLETE_MARGIN_NS, DEFAULT_FORM, Batcher, BoundedBuffer, Counters,
+                                            EncodedBatch, payload_encoder, redact_events)
 from svctrace.agents.agent.sinks import SinkUnavailable
 from svctrace.schemas.models import SyscallEvent
 
@@ -82,6 +82,9 @@ class Agent:
         self.live = bool(getattr(source, "live", False))
         started = getattr(source, "started_ns", None)  # (the source started capturing before the agent)
         self.caught_up_ns = self.read_floor_ns = self.offer_floor_ns = time.time_ns() if started is None else started
+        self.marker_seq = 0  # batches before this seq claim no completeness (_enqueue)
+        self.claimed_at = time.monotonic()  # when a batch last claimed completeness (live sources)
+        self.quiet_claims = self.live and getattr(sink, "claims", False)  # empty batches for them (_capture)
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -90,15 +93,24 @@ class Agent:
             self.has_data.set()
 
     # -- capture ---------------------------------------------------------------
-    def _enqueue(self, batches: list[EncodedBatch]) -> None:
+    def _enqueue(self, batches: list[EncodedBatch], complete_ns: int | None = None) -> None:
+        """Buffer closed batches (in order). A live source's batch says how complete its node's stream is
+        (COMPLETE_HEADER): every event older than `complete_ns` (by default the read floor: what was read
+        before the current read began) was read, so it is in this batch or an earlier one, all of them
+        closed in read order. Not after a dropped batch until the batch with its loss marker: the
+        worker must get the marker before a mark that passes the lost events."""
         for b in batches:
             since, self.offer_floor_ns = self.offer_floor_ns, self.read_floor_ns
+            if self.live and b.seq >= self.marker_seq:
+                b.complete_ns = (self.read_floor_ns if complete_ns is None else complete_ns) - COMPLETE_MARGIN_NS
+                self.claimed_at = time.monotonic()
             if self.buffer.offer(b):
                 self.has_data.set()
             else:
                 self.counters.dropped += b.events
                 self.batcher.note_lost(b.events)
                 self.batcher.add_marker(self._overflow_marker(b.events, since), time.monotonic())
+                self.marker_seq = self.batcher.seq  # the open batch, which now holds the marker
         if self.metrics:
             self.metrics.buffered(self.buffer.events)
 
@@ -153,7 +165,13 @@ class Agent:
                 read = self._read_once(src)
                 now = time.monotonic()
                 if self.batcher.due(now):
-                    self._enqueue([self.batcher.flush()])
+                    # every event read so far is in it: complete up to the last read that emptied the source
+                    self._enqueue([self.batcher.flush()], self.caught_up_ns)
+                elif (self.quiet_claims and read < self.opt.read_chunk and not self.batcher.pending_events
+                      and not self.batcher.pending_lost and now - self.claimed_at >= self.opt.linger_s):
+                    # A quiet node: an empty batch, for its claim (every stitch partition waits for the
+                    # slowest node, and without one the worker can only guess, by its lateness).
+                    self._enqueue([self.batcher.empty()], self.caught_up_ns)
                 if src.exhausted:
                     break
                 if read < self.opt.read_chunk:
@@ -214,7 +232,7 @@ class Agent:
             while len(self.inflight) >= self.opt.max_inflight:
                 await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
             try:
-                fut = await self.sink.send(key, batch.value)
+                fut = await self.sink.send(key, batch.value, batch.complete_ns)
             except (SinkUnavailable, Exception) as e:  # noqa: BLE001 - any send error: keep the batch, reconnect
                 self.buffer.push_front(batch)
                 self.send_failures += 1

@@ -99,6 +99,13 @@ class EncodedBatch:
     seq: int
     events: int
     value: bytes
+    complete_ns: int | None = None  # sent as COMPLETE_HEADER (live sources): see Agent._enqueue
+
+
+# A live agent's completeness mark trails the read it comes from by this much: an event stamped just before
+# a read began may still be on its way into the ring buffer (stamped at the syscall's exit, written right
+# after), and an event's wall-clock time is its kernel time plus an offset taken once at start.
+COMPLETE_MARGIN_NS = 50_000_000
 
 
 # A batch is one Kafka record: its JSON must stay under the producer's max_request_size (1 MiB,
@@ -261,6 +268,13 @@ class Batcher:
 
     def flush(self) -> EncodedBatch | None:
         return self._close() if self.pending or self.pending_lost else None
+
+    def empty(self) -> EncodedBatch:
+        """A batch of no events, when none is open: what a live agent sends while its node is quiet, for the
+        completeness it claims (Agent._capture)."""
+        if self.pending_events or self.pending_lost:
+            raise ValueError("a batch is open: flush it")
+        return self._close()
 
     def close(self, now: float) -> EncodedBatch:
         """Close the open batch; the next one opens now."""

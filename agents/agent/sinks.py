@@ -5,6 +5,7 @@ import asyncio
 import logging
 import random
 
+from svctrace.schemas.catalogue import COMPLETE_HEADER
 from svctrace.schemas.models import AgentStats, dumps
 
 log = logging.getLogger("svctrace.agent")
@@ -20,6 +21,8 @@ class SinkUnavailable(Exception):
 class FileSink:
     """Appends one JSON document per line: batches to `path`, stats to `stats_path` (optional)."""
 
+    claims = False  # a line has no headers: no completeness claims, so no empty batches for them
+
     def __init__(self, path: str, stats_path: str | None = None) -> None:
         self.f = open(path, "ab", buffering=1024 * 1024)
         self.stats_f = open(stats_path, "ab") if stats_path else None
@@ -27,7 +30,7 @@ class FileSink:
     async def start(self) -> None:
         return None
 
-    async def send(self, key: bytes, value: bytes) -> asyncio.Future:
+    async def send(self, key: bytes, value: bytes, complete_ns: int | None = None) -> asyncio.Future:
         self.f.write(value)
         self.f.write(b"\n")
         fut = asyncio.get_running_loop().create_future()
@@ -54,6 +57,8 @@ class FileSink:
 class KafkaSink:
     """Idempotent, zstd-compressed, acks=all producer (svctrace.kafka.clients) that reconnects
     with exponential backoff (plus jitter) whenever the broker is unreachable."""
+
+    claims = True  # a live source's records carry COMPLETE_HEADER
 
     def __init__(self, bootstrap: str, topic: str = SYSCALLS_TOPIC, stats_topic: str = STATS_TOPIC,
                  backoff_initial: float = 0.5, backoff_max: float = 30.0, **producer_overrides) -> None:
@@ -90,11 +95,13 @@ class KafkaSink:
             log.info("kafka producer connected to %s", self.bootstrap)
             return
 
-    async def send(self, key: bytes, value: bytes) -> asyncio.Future:
-        """Enqueue a record; the returned future resolves when the broker acknowledged it."""
+    async def send(self, key: bytes, value: bytes, complete_ns: int | None = None) -> asyncio.Future:
+        """Enqueue a record (with its COMPLETE_HEADER when `complete_ns` is given); the returned future
+        resolves when the broker acknowledged it."""
         if self.producer is None:
             raise SinkUnavailable("not connected")
-        return await self.producer.send(self.topic, value, key=key)
+        headers = None if complete_ns is None else [(COMPLETE_HEADER, b"%d" % complete_ns)]
+        return await self.producer.send(self.topic, value, key=key, headers=headers)
 
     async def send_stats(self, stats: AgentStats) -> None:
         if self.producer is not None:
