@@ -148,10 +148,12 @@ def test_multi_node_chains_meet_in_one_partition_and_match_the_in_process_runner
         stop_all(workers)
 
 
-def test_nodes_sharing_a_partition_each_keep_their_own_clock_on_a_live_worker(kafka, prefix, tmp_path):
+@pytest.mark.parametrize("claims", [True, False], ids=["claiming", "claiming-nothing"])
+def test_nodes_sharing_a_partition_each_keep_their_own_clock_on_a_live_worker(kafka, prefix, tmp_path, claims):
     """Live agents of node-a and node-b publish to one syscalls partition, node-b's 2.5 s behind
     node-a's (more than the worker's lateness: a backlogged agent, a slower link). Each node is
-    released by its own clock and the partition announces the slower one downstream: no event is
+    released by its own clock, or the completeness its records claim (svctrace-complete; agents
+    before it claim nothing), and the partition announces the slower one downstream: no event is
     late, and the chains and alerts are analyze's on the same events. (Lateness 1 s, not the
     default 0.4: it must cover how late one agent's batch can come, here a paced test publisher
     sharing 2 cores with a broker and a worker.)"""
@@ -184,7 +186,8 @@ def test_nodes_sharing_a_partition_each_keep_their_own_clock_on_a_live_worker(ka
         assert {c["status"] for c in chains.values()} and alerts
         schedule = P.live_schedule(events, {"node-b": lag_s})
         assert schedule[0][1].node == "node-b"
-        kafka.run(P.publish_live(kafka.bootstrap, prefix, schedule, partition=partition))
+        kafka.run(P.publish_live(kafka.bootstrap, prefix, schedule, partition=partition,
+                                 linger_s=0.2 if claims else None))
         # A live worker's alert is its window's first record until the window closes (its suppression
         # time + the alerts stage's lateness: minutes): the alerts are compared as opened.
         res = kafka.run(P.read_results(kafka.bootstrap, prefix, lambda r: set(chains) <= set(r.chains)

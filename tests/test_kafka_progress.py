@@ -465,3 +465,75 @@ def test_durable_marks_go_to_the_log_of_a_partition_handed_to_once_each():
         assert logs.pop(0) == [{3: 3_000}] and logs.pop(1) == [{3: 3_000}]
 
     asyncio.run(story())
+
+
+def test_a_node_whose_agent_claims_completeness_is_released_to_the_claim_not_its_clock_minus_the_lateness():
+    """A live agent's syscalls record says up to when its node's stream is complete (cat.COMPLETE_HEADER). The
+    worker advances that node to the claim when it is later than its newest event minus the lateness, so its
+    events need not wait out the lateness; a node whose records claim nothing (an older agent, a replay) keeps
+    clock - lateness, and a claim that is not a number is ignored. A quiet node's empty records move it on."""
+    import asyncio
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from svctrace.agents.agent.pipeline import encode_syscall_batch
+    from svctrace.schemas.catalogue import COMPLETE_HEADER
+    from svctrace.streams.core.enrich import FLOWS_TOPIC
+    from svctrace.schemas.models import SyscallBatch, SyscallEvent
+
+    worker, topic, tps, _answers = _worker_owning(3)
+    worker.config = replace(worker.config, release_events=0)  # (each record released at once, as when caught up)
+    worker.cluster_feed.ready.set()
+    sent: list = []
+
+    async def send(topic_, key, value, partition, timestamp, headers):
+        sent.append(partition)
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+    async def marks_here(p, marks, revocations):
+        return None
+
+    released: list = []
+
+    async def route(stage_name, p, outs):  # the enrich stage's flows batches: the events it released
+        released.extend(d.ev.node for topic_, _key, batch in outs if topic_ == FLOWS_TOPIC for d in batch["events"])
+
+    worker.app.producer = SimpleNamespace(send=send)
+    worker._marks_here = marks_here
+    worker.route = route
+    t0 = 1_700_000_000_000_000_000
+    offsets = iter(range(100))
+
+    def record(node: str, ts: int | None, headers: list) -> SimpleNamespace:
+        events = [] if ts is None else [SyscallEvent(ts=ts, node=node, n=ts - t0 + 1, pid=7, tid=7, comm="curl",
+                                                     kind="close", syscall="close", fd=3, res=0)]
+        value = encode_syscall_batch(SyscallBatch(node=node, source="ebpf", seq=0, events=events))
+        return SimpleNamespace(message=SimpleNamespace(partition=3, offset=next(offsets), value=value,
+                                                       headers=headers, tp=tps[3], topic=topic))
+
+    def mark(node: str) -> int:
+        return worker.enrich.part_meta(3)["nodes"][node][1]
+
+    lateness = worker.lateness
+
+    async def story():
+        await worker._on_assigned(None, set(tps.values()))
+        await worker._enrich_one(record("claims", t0, [(COMPLETE_HEADER, b"%d" % (t0 + 150_000_000))]))
+        await worker._enrich_one(record("older-agent", t0, []))
+        await worker._enrich_one(record("garbled", t0, [(COMPLETE_HEADER, b"soon")]))
+        assert mark("claims") == t0 + 150_000_000 and released == ["claims"]  # its event out at once
+        assert mark("older-agent") == mark("garbled") == t0 - lateness  # theirs wait
+        # a claim behind the clock - lateness does not hold the node back; a mark never goes back
+        await worker._enrich_one(record("claims", t0 + 2 * lateness, [(COMPLETE_HEADER, b"%d" % t0)]))
+        assert mark("claims") == t0 + lateness
+        # a quiet node's agent sends empty records for its claims: the node goes on, its event out
+        await worker._enrich_one(record("claims", None, [(COMPLETE_HEADER, b"%d" % (t0 + 3 * lateness))]))
+        assert mark("claims") == t0 + 3 * lateness and released == ["claims", "claims"]
+        # one from a node that has sent no event holds nothing back, so it is not one of the partition's nodes
+        worker.enrich.part_meta(3)["done"] = True  # (as if idle: an empty record has nothing to release)
+        await worker._enrich_one(record("new", None, [(COMPLETE_HEADER, b"%d" % (t0 + 3 * lateness))]))
+        assert "new" not in worker.enrich.part_meta(3)["nodes"] and worker.enrich.part_meta(3)["done"]
+
+    asyncio.run(story())

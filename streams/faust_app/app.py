@@ -121,6 +121,19 @@ log = logging.getLogger("svctrace.worker")
 _ENRICHED_TS = attrgetter("ev.ts")
 _TS = attrgetter("ts")
 
+
+def _complete_ns(headers) -> int | None:
+    """The completeness a live agent's syscalls record claims (cat.COMPLETE_HEADER), if it has a readable one.
+    One that is not a number is ignored: the record's events are good, they wait out the lateness."""
+    for key, value in (headers.items() if hasattr(headers, "items") else headers or ()):
+        if key == cat.COMPLETE_HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 TOPIC_CREATE_TIMEOUT_S = 60.0
 TOPIC_CREATE_RETRY_S = 0.5
 # A stitch bucket's state (open connections of its flows) can exceed Kafka's 1 MiB default.
@@ -1157,6 +1170,10 @@ class Worker:
         # partition has its own clock, meta["nodes"], and its own silence)
         self.heard: dict[int, dict[str, Heard]] = {}
         self.unreleased: dict[int, int] = {}  # syscalls partition -> events processed since its last advance
+        # syscalls partition -> node -> the newest completeness its agent claimed (cat.COMPLETE_HEADER: every
+        # event of the node older than it is in a record processed). Not checkpointed: a claim stays true, and
+        # the node's next record brings a new one.
+        self.complete: dict[int, dict[str, int]] = {}
         self.last_checkpoint = time.monotonic()
         self._checkpointing = asyncio.Lock()
         # the outputs' deliveries (chains, alerts, occurrences, enriched and flows records, copies): a
@@ -1374,9 +1391,10 @@ class Worker:
         metrics.child(metrics.events, "enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
-        if meta.get("done"):
-            self.reactivated_ns = time.time_ns()  # (_answered_before_reactivation: the others' answers from here on)
-        meta["done"] = False
+        if events or batch.lost:  # (not a quiet agent's empty record: nothing in it to release)
+            if meta.get("done"):
+                self.reactivated_ns = time.time_ns()  # (_answered_before_reactivation: the others' answers from here)
+            meta["done"] = False
         node = batch.node
         st = stage.state(node)
         late = st["late"]
@@ -1397,17 +1415,29 @@ class Worker:
             elif max_ts > own[0]:
                 own[0] = max_ts
             self.heard.setdefault(q, {})[node] = Heard(now, live)
+        complete = _complete_ns(msg.headers)
+        if complete is not None and node in meta.get("nodes", ()):  # (a node yet to send events holds nothing back)
+            if max_ts is None:  # a quiet node's agent: an empty record for its claim, and it is not silent
+                self.heard.setdefault(q, {})[node] = Heard(now, True)
+            known = self.complete.setdefault(q, {})
+            if complete > known.get(node, complete - 1):
+                known[node] = complete
         self.unreleased[q] = self.unreleased.get(q, 0) + len(events)
         if self.unreleased[q] >= self.config.release_events or self._caught_up(self.app.consumer, msg.tp):
             await self._release(q)
 
     async def _release(self, q: int, send: bool = True) -> None:
-        """Advance each node of syscalls partition q to its own clock minus the lateness, and
-        announce the partition's mark downstream (_advance_enrich)."""
+        """Advance each node of syscalls partition q to its own clock minus the lateness, or to the
+        completeness its agent claimed when that is later (a live agent's: its events need not wait out
+        the lateness), and announce the partition's mark downstream (_advance_enrich)."""
         self.unreleased.pop(q, None)
         clocks = self.enrich.part_meta(q).get("nodes")
         if clocks:
-            await self._advance_enrich(q, {node: clock - self.lateness for node, (clock, _) in clocks.items()}, send)
+            marks = {node: clock - self.lateness for node, (clock, _) in clocks.items()}
+            for node, complete in self.complete.get(q, {}).items():
+                if node in marks and complete > marks[node]:
+                    marks[node] = complete
+            await self._advance_enrich(q, marks, send)
 
     async def _advance_enrich(self, q: int, marks: dict[str, int], send: bool = True,
                               nodeless: int | None = None) -> None:
@@ -2031,6 +2061,7 @@ class Worker:
             for node in silent:
                 del clocks[node]
                 self.heard.get(q, {}).pop(node, None)
+                self.complete.get(q, {}).pop(node, None)
                 if node in keys:
                     await stage.flush_keys(q, [node])
         if clocks:

@@ -22,8 +22,8 @@ import orjson
 
 from svctrace.kafka.admin import ensure_topics, topic_name
 from svctrace.kafka.clients import consumer, producer
-from svctrace.schemas.catalogue import ALERTS, CHAINS, DEADLETTER, K8S_OBJECTS, SYSCALLS
-from svctrace.agents.agent.pipeline import encode_syscall_batch  # the agents' own encoder, their default form
+from svctrace.schemas.catalogue import ALERTS, CHAINS, COMPLETE_HEADER, DEADLETTER, K8S_OBJECTS, SYSCALLS
+from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS, encode_syscall_batch  # the agents' own encoder
 from svctrace.schemas.models import SyscallBatch, SyscallEvent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,20 +122,43 @@ def live_schedule(events: Iterable[SyscallEvent], delays: dict[str, float],
     return sorted(schedule, key=lambda item: item[0])
 
 
+def claim_headers(batches: list[SyscallBatch], closed_ns: Callable[[SyscallBatch], int],
+                  whole: bool = False) -> list[list]:
+    """The COMPLETE_HEADER a live agent sends with each of these batches (one node's in order): the time it
+    closed the batch (`closed_ns`: its source read up to then), no later than the node's next batch's first
+    event, less the agents' margin. A node's last batch here: no later than its own last event, unless the
+    batches are `whole` (every event up to each batch's close is in them)."""
+    nxt: dict[str, int] = {}
+    out: list = [None] * len(batches)
+    for i in range(len(batches) - 1, -1, -1):
+        b = batches[i]
+        closed = closed_ns(b)
+        claim = min(closed, nxt.get(b.node, closed if whole else b.events[-1].ts + 1)) - COMPLETE_MARGIN_NS
+        out[i] = [(COMPLETE_HEADER, b"%d" % claim)]
+        nxt[b.node] = b.events[0].ts
+    return out
+
+
 async def publish_live(bootstrap: str, prefix: str, schedule: list[tuple[int, SyscallBatch]],
-                       partition: int | None = None, form: str | None = None) -> int:
+                       partition: int | None = None, form: str | None = None, linger_s: float | None = 0.2) -> int:
     """Publish a live_schedule at its times (to one partition: agents whose nodes share it), in the
-    agents' default record form or `form` (agents.agent.pipeline.encode_syscall_batch's)."""
+    agents' default record form or `form` (agents.agent.pipeline.encode_syscall_batch's), each record
+    with the completeness its agent claims, a batch closed `linger_s` after its first event (None: as
+    older agents, no claims)."""
     encode = functools.partial(encode_syscall_batch, form=form) if form else encode_syscall_batch
+    span = None if linger_s is None else int(linger_s * 1e9)
+    headers = ([None] * len(schedule) if span is None else
+               claim_headers([b for _, b in schedule], lambda b: b.events[0].ts + span))
     p = producer(bootstrap)
     await p.start()
     n = 0
     try:
-        for at_ns, b in schedule:
+        for (at_ns, b), claim in zip(schedule, headers):
             ahead = (at_ns - time.time_ns()) / 1e9
             if ahead > 0:
                 await asyncio.sleep(ahead)  # an agent's pace, not synchronisation
-            await p.send(topic_name(SYSCALLS, prefix), encode(b), key=b.node.encode(), partition=partition)
+            await p.send(topic_name(SYSCALLS, prefix), encode(b), key=b.node.encode(), partition=partition,
+                         headers=claim)
             n += len(b.events)
         await p.flush()
     finally:
