@@ -3,8 +3,9 @@
 Captures network syscalls with the agent's eBPF program (root), redacts payloads as the agent
 does, and runs the same operator graph in-process (`streams.core.runner.Runner`): no broker, no
 worker. Each chain is printed once it is settled, each alert when it first fires. Event time
-comes from the syscalls; while nothing happens the wall clock moves the watermark, so a request
-is shown about a second after it ended (the runner's lateness and settle time). Kernel ring drops
+comes from the syscalls; each drain of the kernel's ring moves the watermark to its start (every
+older event was read: the claim a live agent sends a worker, svctrace-complete), so a request is shown
+the runner's settle time (2 s) after it ended, with no lateness to wait out. Kernel ring drops
 become loss markers: the chains they may have touched are "incomplete", never "broken".
 
 The cluster's state comes from a file (--cluster, as analyze takes it) or from the API server
@@ -221,8 +222,9 @@ def run(args: argparse.Namespace) -> int:
                 if events:
                     runner.feed(events)
                 runner.step()
-                # nothing arrives for a quiet while: the wall clock says event time went on
-                runner.advance(time.time_ns() - runner.lateness_ns)
+                # every event older than the drain's start is in (an agent's claim): no lateness to wait out,
+                # and while nothing happens, event time goes on with the wall clock
+                runner.advance(live.complete_ns)
                 printer.take(runner)
                 if last:
                     break

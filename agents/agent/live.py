@@ -21,6 +21,8 @@ import socket
 import sys
 import time
 
+from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS
+
 
 def add_options(parser, *, snaplen: int = 256) -> None:
     """The capture options the live commands share."""
@@ -39,6 +41,8 @@ class LiveCapture:
         from svctrace.agents.agent.sources import LossWindows
 
         self.cap, self.norm, self.node = cap, norm, node
+        # every event older than this was read (nothing was captured before the start); read() moves it
+        self.complete_ns = time.time_ns() if started_ns is None else started_ns
         self.snaplen, self.redact = snaplen, redact
         self.deadline = time.monotonic() + duration if duration > 0 else None
         self.stopped = False
@@ -81,12 +85,15 @@ class LiveCapture:
 
     def read(self) -> list:
         """What the ring holds now, and a loss marker for what the kernel dropped since the
-        previous drain (its window: lost_since_ns .. ts)."""
+        previous drain (its window: lost_since_ns .. ts). Then `complete_ns` is the time before
+        which every event was read (an agent's completeness claim, svctrace-complete)."""
         from svctrace.agents.redact import redact
 
         events: list = []
+        started = time.time_ns()
         self.cap.ring.drain(self.norm.decode, events)
         events += self.losses.check()[1]
+        self.complete_ns = started - COMPLETE_MARGIN_NS
         if self.redact:
             for i, ev in enumerate(events):
                 if ev.data:
