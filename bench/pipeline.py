@@ -1,6 +1,6 @@
 """Benchmark of `svctrace worker` (Faust on a real Kafka broker) beside the in-process runner.
 
-    python -m bench.pipeline [--requests N] [--latency-requests N] [--rate R] [--linger S]
+    python -m bench.pipeline [--requests N] [--latency-requests N] [--rate R] [--linger S] [--no-claims]
                              [--lateness S] [--settle S] [--profile FILE] [--enriched]
                              [--stages [--compression CODEC]] [--zstd-level N]
 
@@ -18,8 +18,9 @@ Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an 
    difference (what the Kafka shell adds per event), and wall-clock rates (noise on a busy
    machine: the broker and the worker share the cores).
 2. Latency: faulty traffic stamped with the wall clock, handed to the broker the way an agent
-   does (a batch per node every --linger seconds) and to the in-process runner at the same
-   pace; for every chain and alert record, arrival on its topic minus the time of its last
+   does (a batch per node every --linger seconds, claiming the node's stream complete up to its cut,
+   svctrace-complete, and an empty one for the claim from a node with nothing new; --no-claims: as
+   agents before the claims) and to the in-process runner at the same pace (advanced to the claims); for every chain and alert record, arrival on its topic minus the time of its last
    syscall. Each request comes from its own client pod, so every request raises its own alert
    (the alert key is rule + labels). Both runners use the same event-time settings (--lateness,
    --settle; default: the worker's own defaults); they bound the latency from below in both.
@@ -60,10 +61,11 @@ import orjson  # noqa: E402
 from bench import worker_latency, worker_stages  # noqa: E402
 from bench.core_runner import traffic  # noqa: E402
 from svctrace.memory import huge_page_arenas  # noqa: E402
-from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
+from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS, DEFAULT_FORM  # noqa: E402
 from svctrace.kafka.admin import topic_name  # noqa: E402
 from svctrace.kafka.clients import consumer  # noqa: E402
-from svctrace.schemas.catalogue import ALERTS, CHAINS  # noqa: E402
+from svctrace.schemas.catalogue import ALERTS, CHAINS, COMPLETE_HEADER  # noqa: E402
+from svctrace.schemas.models import SyscallBatch  # noqa: E402
 from svctrace.streams.core import Runner, Settings, run  # noqa: E402
 from svctrace.streams.core.runner import fewer_gc_passes  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -298,7 +300,7 @@ async def _paced(events, emit, linger_s: float, sent: list | None = None, tail_s
         while j < len(events) and events[j].ts <= now:
             j += 1
         if j > i:
-            await emit(events[i:j])
+            await emit(events[i:j], now)
             if sent is not None:
                 sent.append((now, events[j - 1].ts))
             i = j
@@ -310,7 +312,7 @@ async def _paced(events, emit, linger_s: float, sent: list | None = None, tail_s
 
 def latency(bootstrap: str, requests: int, rate: float, linger_s: float, settings: Settings,
             settings_args: list[str], workdir: Path, profile=None, stages: bool = False, dump=None,
-            tail_s: float | None = None) -> None:
+            tail_s: float | None = None, claims_on: bool = True) -> None:
     """The last requests' alerts wait longer: a source's mark follows its newest event's time plus the time
     since its last record was taken (Worker._advance_idle), so once the agents go quiet the marks trail the
     wall clock by the last batch's age, the time from the last event to the batch's cut (0..linger), and
@@ -357,18 +359,32 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
             await p.start()
             seq = {}
 
-            async def emit(chunk):
-                for b in P.batches_of(chunk, BATCH_EVENTS):
-                    seq[b.node] = seq.get(b.node, -1) + 1
-                    b = b.__class__(node=b.node, source=b.source, seq=seq[b.node], events=b.events)
-                    await p.send(topic_name("svctrace.syscalls", prefix), encode_syscall_batch(b), key=b.node.encode())
+            async def send(b, claim):
+                seq[b.node] = seq.get(b.node, -1) + 1
+                b = b.__class__(node=b.node, source=b.source, seq=seq[b.node], events=b.events)
+                await p.send(topic_name("svctrace.syscalls", prefix), encode_syscall_batch(b), key=b.node.encode(),
+                             headers=claim if claims_on else None)
+
+            async def quiet(nodes, now):  # live agents with nothing to send: an empty record for the claim
+                if claims_on:
+                    for node in nodes:
+                        await send(SyscallBatch(node=node, source="ebpf", seq=0, events=[]),
+                                   [(COMPLETE_HEADER, b"%d" % (now - COMPLETE_MARGIN_NS))])
+
+            async def emit(chunk, now):
+                batches = P.batches_of(chunk, BATCH_EVENTS)
+                claims = P.claim_headers(batches, lambda b: now, whole=True)  # (chunk: every event up to now)
+                for b, claim in zip(batches, claims):
+                    await send(b, claim)
+                await quiet(seq.keys() - {b.node for b in batches}, now)
 
             await _paced(events, emit, linger_s, paced, tail_s)
-            await p.stop()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and (sum(k[0] == "chain" for k in worker_arrivals) < requests
                                                    or sum(k[0] == "alert" for k in worker_arrivals) < requests):
-                await asyncio.sleep(0.1)
+                await quiet(list(seq), time.time_ns())  # (every event is out)
+                await asyncio.sleep(linger_s)
+            await p.stop()
             stop.set()
             await collector
 
@@ -396,20 +412,29 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
             inproc.setdefault(("alert", a["alert_id"]), (now, _alert_last(a)))
 
     async def drive_inproc():
-        async def emit(chunk):
+        async def emit(chunk, now):
             runner.feed(chunk)
             runner.step()
+            if claims_on:  # (the agents' claim: every event up to `now` is in)
+                runner.advance(now - COMPLETE_MARGIN_NS)
             collect()
+
+        paced_all = asyncio.Event()
 
         async def idle_clock():
             while len([k for k in inproc if k[0] == "chain"]) < requests:
                 await asyncio.sleep(0.1)
-                if runner.clock is not None:
+                if runner.clock is None:
+                    continue
+                if not claims_on:
                     runner.advance(time.time_ns() - runner.lateness_ns)
-                    collect()
+                elif paced_all.is_set():  # (the agents' empty records: every event is in; before, emit claims)
+                    runner.advance(time.time_ns() - COMPLETE_MARGIN_NS)
+                collect()
 
         ticker = asyncio.create_task(idle_clock())
         await _paced(events, emit, linger_s, None, tail_s)
+        paced_all.set()
         try:
             await asyncio.wait_for(ticker, 60)
         except asyncio.TimeoutError:
@@ -422,8 +447,9 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
         return [(now - last) / 1e9 for (k, _), (now, last) in arr.items() if k == kind]
 
     pacing = "free-running" if tail_s is None else f"the last cut {tail_s:g} s after the last event"
+    claiming = "claiming completeness" if claims_on else "claiming nothing (as agents before completeness claims)"
     print(f"latency: {requests} faulty requests at {rate:g}/s (one alert each), agent batches every {linger_s:g} s "
-          f"({pacing}), "
+          f"({pacing}; {claiming}), "
           f"lateness {settings.enrich_lateness_ns / S:g} s, settle {settings.settle_ns / S:g} s, 1 worker, {load()}")
     print(f"  (worker CPU {worker_cpu:.2f} s over {worker_wall:.1f} s of live traffic and its tail)")
     for kind in ("chain", "alert"):
@@ -450,7 +476,12 @@ def latency(bootstrap: str, requests: int, rate: float, linger_s: float, setting
             "report": latency_report, "worker": [[*k, *v] for k, v in worker_arrivals.items()],
             "inproc": [[*k, *v] for k, v in inproc.items()], "paced": paced}))
     floor = (settings.enrich_lateness_ns + settings.settle_ns) / S
-    print(f"  event-time floor (lateness + settle): {floor:g} s")
+    if claims_on:  # a chain's end + settle passed once every node's claim is: its next batch's, at the latest
+        low = (settings.settle_ns + COMPLETE_MARGIN_NS) / S
+        print(f"  event-time floor (settle + the claims' margin, + up to a batch interval): {low:g}-{low + linger_s:g} s "
+              f"(agents claiming nothing: lateness + settle, {floor:g} s)")
+    else:
+        print(f"  event-time floor (lateness + settle): {floor:g} s")
     if stages:
         worker_latency.print_breakdown(worker_latency.breakdown(latency_report, worker_arrivals, "svctrace.flows"))
     print(f"  target p99 syscall -> alert <= {TARGET_P99_S:g} s: "
@@ -492,6 +523,9 @@ def main() -> int:
     ap.add_argument("--latency-dump", metavar="FILE",
                     help="log the latency worker's waits (bench.worker_latency) and write them with every chain's "
                          "and alert's arrival to FILE (JSON; `python -m bench.worker_latency --explain FILE`)")
+    ap.add_argument("--no-claims", action="store_true",
+                    help="latency workload: agents claim no completeness (svctrace-complete), as before they did: "
+                         "every runner waits out the lateness")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
@@ -515,7 +549,8 @@ def main() -> int:
             if not args.skip_latency:
                 latency(bootstrap, args.latency_requests, args.rate, args.linger, settings, settings_args, Path(tmp),
                         args.profile_latency, args.stages, args.latency_dump,
-                        None if args.free_pacing else args.linger / 2 if args.tail_age is None else args.tail_age)
+                        None if args.free_pacing else args.linger / 2 if args.tail_age is None else args.tail_age,
+                        not args.no_claims)
     finally:
         if broker is not None:
             broker.close()

@@ -1,14 +1,15 @@
 """Benchmark of ONE `svctrace worker` in a steady state: a live stream at a fixed rate that it keeps up with.
 
     python -m bench.worker_steady [--rate EV_PER_S] [--warmup S] [--span S] [--checkpoint-interval S]
-                                  [--enriched] [--all-stages]
+                                  [--enriched] [--all-stages] [--no-claims]
 
 Starts its own Apache Kafka broker (lab/kafka; SVCTRACE_KAFKA=host:port uses an existing one), like
 bench.pipeline. The bench traffic's mix (bench.core_runner.traffic, "mixed": curl-like requests in the three
 translation modes and keep-alive connections, half of the requests each) runs all its parts at once, stamped
 with the wall clock, at --rate events per second, and is published as live agents do: each node's events
 in batches of 0.2 s of event time, sent 0.2 s after their first event, written by the agent's own encoder in
-its default form (agents.agent.pipeline.encode_syscall_batch: the syscall-columns msgpack form). The worker (its stages clocked by
+its default form (agents.agent.pipeline.encode_syscall_batch: the syscall-columns msgpack form), each with the
+completeness its agent claims (svctrace-complete; --no-claims: none, as agents before it). The worker (its stages clocked by
 bench.worker_stages, its default checkpoint interval unless told) first takes --warmup seconds of it, long
 enough for its state to hold what a live worker keeps (DNS lookups and answers up to the lookup timeout,
 12 s, connections while open); then over the next --span seconds of publishing are measured: the worker's
@@ -52,7 +53,7 @@ import orjson  # noqa: E402
 from bench import worker_stages  # noqa: E402
 from bench.pipeline import TARGET_EPS, _collect, cpu_seconds, load, pct, print_stages, row, worker_defaults  # noqa: E402
 from svctrace.memory import huge_page_arenas  # noqa: E402
-from svctrace.agents.agent.pipeline import DEFAULT_FORM  # noqa: E402
+from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS, DEFAULT_FORM  # noqa: E402
 from svctrace.schemas.models import SyscallEvent  # noqa: E402
 from svctrace.streams.core import run  # noqa: E402
 from svctrace.streams.faust_app import command as worker_command  # noqa: E402
@@ -84,6 +85,8 @@ def main() -> int:
     ap.add_argument("--batch-form", choices=("msgpack", "json"), default=None,
                     help="the agents' record form (default: theirs, the syscall-columns form): to compare the two")
     ap.add_argument("--all-stages", action="store_true", help="print every clocked stage, not only the checkpoint's")
+    ap.add_argument("--no-claims", action="store_true",
+                    help="the agents claim no completeness (svctrace-complete), as before they did")
     args = ap.parse_args()
     settings = worker_command.event_time_settings(defaults.lateness, defaults.settle)
     from tests.harness.kafka import start_private_broker
@@ -140,15 +143,17 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
         last_ts = events[-1].ts
         tail: dict = {}
 
+        linger_s = None if args.no_claims else LINGER_NS / S  # (the batches' close, for their claims)
+
         async def drive():
             stop = asyncio.Event()
             collector = asyncio.create_task(_collect(bootstrap, prefix, arrivals, stop))
-            await P.publish_live(bootstrap, prefix, warm, form=args.batch_form)
+            await P.publish_live(bootstrap, prefix, warm, form=args.batch_form, linger_s=linger_s)
             os.kill(worker.proc.pid, worker_stages.START_SIGNAL)
             cpu0, t0, machine0, own0 = cpu_seconds(worker.proc.pid), time.perf_counter(), _machine(), time.process_time()
             ck0, bytes0, blocked0 = metric("svctrace_worker_checkpoints_total"), state_bytes(), blocking()
             stitched0 = metric("svctrace_worker_events_total", stage="stitch")
-            n = await P.publish_live(bootstrap, prefix, measured, form=args.batch_form)
+            n = await P.publish_live(bootstrap, prefix, measured, form=args.batch_form, linger_s=linger_s)
             cpu, wall = cpu_seconds(worker.proc.pid) - cpu0, time.perf_counter() - t0
             busy, ticks = (a - b for a, b in zip(_machine(), machine0))
             tail["machine_busy"], tail["bench_cpu"] = busy / ticks * os.cpu_count(), time.process_time() - own0
@@ -249,7 +254,12 @@ def steady(bootstrap: str, args, settings, workdir: Path) -> None:
     row("chain latency p99 (span)", pct(lat, 99), float("nan"), "s", "{:.3f}")
     print_stalls(report.get("stalls"), [(end / S, now / S) for (kind, _), (now, end) in arrivals.items()
                                         if kind == "chain" and span_start <= end < span_end])
-    print(f"  event-time floor (lateness + settle): {(settings.enrich_lateness_ns + settings.settle_ns) / S:g} s")
+    if args.no_claims:
+        print(f"  event-time floor (lateness + settle): {(settings.enrich_lateness_ns + settings.settle_ns) / S:g} s")
+    else:
+        low = (settings.settle_ns + COMPLETE_MARGIN_NS) / S
+        print(f"  event-time floor (the agents claiming completeness: settle + the claims' margin, + up to a batch "
+              f"interval): {low:g}-{low + LINGER_NS / S:g} s")
     got = {cid for kind, cid in arrivals if kind == "chain"}
     expected = {ch["chain_id"]: ch for ch in result.chains}
     missing, extra = [expected[c] for c in expected.keys() - got], got - expected.keys()

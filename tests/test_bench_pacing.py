@@ -39,12 +39,17 @@ def _pace(events, clock: VirtualClock, linger_s: float, tail_s: float | None, mo
     monkeypatch.setattr(pipeline, "asyncio", SimpleNamespace(sleep=clock.sleep))
     batches: list[list] = []
     sent: list = []
+    claims: list = []
 
-    async def emit(chunk):
+    async def emit(chunk, now):
         batches.append(list(chunk))
+        claims.append(now)  # what the bench's agents claim: every event up to now is in
         clock.now += clock.rng.randrange(2_000_000)
 
     asyncio.run(pipeline._paced(events, emit, linger_s, sent, tail_s))
+    for i, claim in enumerate(claims):  # a claim holds: no later batch has an event at or before it
+        assert all(e.ts > claim for b in batches[i + 1:] for e in b)
+    assert claims == [cut for cut, _ in sent]
     return batches, sent
 
 
