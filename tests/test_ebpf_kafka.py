@@ -129,3 +129,56 @@ def test_agent_publishes_live_events_to_kafka(kafka, tmp_path, encoder, form):
         validate("agent-stats", orjson.loads(s))
     last = orjson.loads(stats[-1])
     assert last["node"] == "kafka-test-node" and last["dropped"] == 0 and last["captured"] >= len(events) > 0
+
+
+def test_a_live_agent_and_a_worker_give_the_lab_requests_chains_and_alerts_while_they_run(kafka, tmp_path):
+    """The deployment's live path on the real kernel and broker: `svctrace agent` (eBPF) on the lab's node and
+    one `svctrace worker`. The lab's requests come out as their chains and alerts while both run, the worker
+    releasing the node to the agent's completeness claims (svctrace-complete) and its empty records when quiet,
+    and no event is late."""
+    from lab.net.services import NODE, cluster_list, running
+    from svctrace.streams.metadata.sources import records_from_documents
+    from tests.harness import pipeline as P
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root")
+    prefix = kafka.unique_prefix("live")
+    P.ensure_worker_topics(kafka.bootstrap, prefix)
+    records = records_from_documents([cluster_list()], observed_ts=0)
+    kafka.run(P.publish_cluster(kafka.bootstrap, prefix, records))
+    worker = P.WorkerProcess(kafka.bootstrap, prefix, "app-" + prefix.strip("."), tmp_path, name="w").start()
+    agent = None
+    try:
+        worker.wait_ready()
+        url = worker.metrics_url()
+        P.wait_until(lambda: P.metric_value(url, "svctrace_worker_cluster_objects") >= len(records), 60,
+                     "the lab's objects in the worker's index", [worker])
+        with running(tmp_path) as lab:
+            agent = subprocess.Popen([sys.executable, "-m", "svctrace", "agent", "--bootstrap", kafka.bootstrap,
+                                      "--topic", prefix + "svctrace.syscalls",
+                                      "--stats-topic", prefix + "svctrace.agent.stats", "--metrics-addr", ""],
+                                     env=dict(os.environ, NODE_NAME=NODE), stderr=subprocess.PIPE, text=True)
+            read_line_matching(agent.stderr, r"capturing")
+            lab.ask(["my-nginx", "my-nginx-wrong-port"])
+
+            def done(r) -> bool:
+                names = {(c["service"] or {}).get("name") for c in r.chains.values()}
+                rules = {a["rule"] for a in r.alerts.values()}
+                return {"my-nginx", "my-nginx-wrong-port"} <= names and "svc.target_port_refused" in rules
+
+            res = kafka.run(P.read_results(kafka.bootstrap, prefix, done, 90))
+            assert done(res), f"chains of {sorted({(c['service'] or {}).get('name') for c in res.chains.values()} - {None})}" \
+                              f"\n{worker.log_tail(30)}"
+            late = {stage: P.metric_value(url, "svctrace_worker_late_events_total", stage=stage)
+                    for stage in ("enrich", "stitch")}
+            assert late == {"enrich": 0, "stitch": 0}, f"late events {late}\n{worker.log_tail(30)}"
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(60)
+        worker.stop()
+    chains = {c["service"]["name"]: c for c in res.chains.values() if c["service"]}
+    ok, refused = chains["my-nginx"], chains["my-nginx-wrong-port"]
+    assert (ok["status"], ok["translation"]["mode"], ok["backend"]["pod"], ok["response"]["status"]) == \
+        ("ok", "dnat", "my-nginx-1", 200)
+    assert refused["status"] == "broken" and refused["response"]["error"] == "connection refused"
