@@ -347,12 +347,23 @@ class _LiveQueue:
 
 
 class _ScriptedLive(_LiveQueue):
-    """A live source whose syscalls happen in bursts, one before each read, until the script ends."""
+    """A live source whose syscalls happen in bursts, one before each read, until the script ends; its
+    events' clock `behind_ns` behind the wall clock (as an eBPF source's after the wall clock stepped ahead)."""
 
-    def __init__(self, bursts: list[int], live: bool = True) -> None:
+    def __init__(self, bursts: list[int], live: bool = True, behind_ns: int = 0) -> None:
         super().__init__()
         self.bursts = list(bursts)
         self.live = live
+        self.behind_ns = behind_ns
+        self.started_ns -= behind_ns  # (on its events' clock, as every time it gives)
+
+    def clock_ns(self) -> int:
+        return time.time_ns() - self.behind_ns
+
+    def syscalls(self, count: int) -> None:
+        for _ in range(count):
+            self.n += 1
+            self.ring.append(ev(self.n, ts=self.clock_ns()))
 
     def read(self, max_events: int) -> list:
         if self.bursts:
@@ -387,16 +398,18 @@ def _captured(src, refuse: set[int] = frozenset(), sink=_ClaimingSink(), **optio
     return out
 
 
-def test_a_live_agents_batches_claim_up_to_when_their_nodes_stream_is_complete():
+@pytest.mark.parametrize("behind_s", [0, 10])
+def test_a_live_agents_batches_claim_up_to_when_their_nodes_stream_is_complete(behind_s):
     """Each batch of a live source says up to when the node's stream is complete (sent as COMPLETE_HEADER): no
     later batch has an event older than that. The claim is the start of the last read that emptied the source
     (less COMPLETE_MARGIN_NS): once the source has been emptied, it passes every event before, so a worker can
     release them without waiting out its lateness. A quiet source gets an empty batch for its claim, at most
-    one per linger, where the sink's records carry it. A replay's batches claim nothing, and it sends none
-    empty."""
+    one per linger, where the sink's records carry it. The claims are on the clock of the events (the source's
+    `clock_ns`), whatever the wall clock did. A replay's batches claim nothing, and it sends none empty."""
     from svctrace.agents.agent.pipeline import COMPLETE_MARGIN_NS
 
-    batches = _captured(_ScriptedLive([3, 12, 0, 7, 30, 2, 0, 9]), batch_events=5, read_chunk=8)
+    batches = _captured(_ScriptedLive([3, 12, 0, 7, 30, 2, 0, 9], behind_ns=behind_s * 10**9), batch_events=5,
+                        read_chunk=8)
     assert len(batches) >= 10 and all(claim is not None for claim, _ in batches)
     assert any(not events for _, events in batches)  # a quiet read: an empty batch, for the claim alone
     claims = [claim for claim, _ in batches]

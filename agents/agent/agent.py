@@ -82,6 +82,9 @@ class Agent:
         self.live = bool(getattr(source, "live", False))
         started = getattr(source, "started_ns", None)  # (the source started capturing before the agent)
         self.caught_up_ns = self.read_floor_ns = self.offer_floor_ns = time.time_ns() if started is None else started
+        # now, on the clock of the source's event times (the eBPF source's: the kernel's monotonic clock plus the
+        # offset taken at its start, which a step of the wall clock since does not move)
+        self.clock_ns = getattr(source, "clock_ns", time.time_ns)
         self.marker_seq = 0  # batches before this seq claim no completeness (_enqueue)
         self.claimed_at = time.monotonic()  # when a batch last claimed completeness (live sources)
         self.quiet_claims = self.live and getattr(sink, "claims", False)  # empty batches for them (_capture)
@@ -137,7 +140,7 @@ class Agent:
 
     def _read_once(self, src) -> int:
         """One chunk from the source into the batcher; returns how many records it read."""
-        started = time.time_ns()
+        started = self.clock_ns()
         self.read_floor_ns = self.caught_up_ns
         read = self._read_chunk(src)
         if read < self.opt.read_chunk:

@@ -48,7 +48,8 @@ class LiveCapture:
         self.stopped = False
         self.redacted = 0
         # kernel drops, each marker with its window: since the previous drain (or the capture's start)
-        self.losses = LossWindows(norm, lambda: cap.drops()[0], time.time_ns() if started_ns is None else started_ns)
+        self.losses = LossWindows(norm, lambda: cap.drops()[0], time.time_ns() if started_ns is None else started_ns,
+                                  clock=lambda: time.monotonic_ns() + norm.offset)  # (the events' clock)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -90,7 +91,7 @@ class LiveCapture:
         from svctrace.agents.redact import redact
 
         events: list = []
-        started = time.time_ns()
+        started = time.monotonic_ns() + self.norm.offset  # (the events' clock: a wall-clock step does not move it)
         self.cap.ring.drain(self.norm.decode, events)
         events += self.losses.check()[1]
         self.complete_ns = started - COMPLETE_MARGIN_NS

@@ -55,8 +55,9 @@ class EbpfSource:
         self.containers.refresh()
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), first_n=restart_safe_first_n(time.time_ns()),
                                      containers=self.containers)
+        self.clock_ns = lambda offset=self.normalizer.offset: time.monotonic_ns() + offset  # its events' clock
         self._missed = 0
-        self._losses = LossWindows(self.normalizer, self._ring_drops, started)
+        self._losses = LossWindows(self.normalizer, self._ring_drops, started, clock=self.clock_ns)
         self._next_loss_check = 0.0
         self.payload = None
         self.native = None  # fastpath.NativeRing once `encode_with(..., native=True)` loaded it
