@@ -104,7 +104,8 @@ class EncodedBatch:
 
 # A live agent's completeness mark trails the read it comes from by this much: an event stamped just before
 # a read began may still be on its way into the ring buffer (stamped at the syscall's exit, written right
-# after), and an event's wall-clock time is its kernel time plus an offset taken once at start.
+# after, by a CPU the scheduler may take away in between). The read's start is taken on the events' own clock
+# (the source's clock_ns), so a step of the wall clock does not move it.
 COMPLETE_MARGIN_NS = 50_000_000
 
 
