@@ -534,6 +534,7 @@ def test_a_node_whose_agent_claims_completeness_is_released_to_the_claim_not_its
         # one from a node that has sent no event holds nothing back, so it is not one of the partition's nodes
         worker.enrich.part_meta(3)["done"] = True  # (as if idle: an empty record has nothing to release)
         await worker._enrich_one(record("new", None, [(COMPLETE_HEADER, b"%d" % (t0 + 3 * lateness))]))
-        assert "new" not in worker.enrich.part_meta(3)["nodes"] and worker.enrich.part_meta(3)["done"]
+        meta = worker.enrich.part_meta(3)
+        assert "new" not in meta["nodes"] and "new" not in meta["keys"] and meta["done"]
 
     asyncio.run(story())

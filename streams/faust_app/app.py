@@ -1391,17 +1391,17 @@ class Worker:
         metrics.child(metrics.events, "enrich").inc(len(events))
         stage = self.enrich
         meta = stage.part_meta(q)
-        if events or batch.lost:  # (not a quiet agent's empty record: nothing in it to release)
+        node = batch.node
+        if events or batch.lost:  # (not a quiet agent's empty record: only its claim, below)
             if meta.get("done"):
                 self.reactivated_ns = time.time_ns()  # (_answered_before_reactivation: the others' answers from here)
             meta["done"] = False
-        node = batch.node
-        st = stage.state(node)
-        late = st["late"]
-        stage.op.process(st, node, batch)
-        if st["late"] != late:
-            self.metrics.late.labels("enrich").inc(st["late"] - late)
-        stage.touch(q, node)
+            st = stage.state(node)
+            late = st["late"]
+            stage.op.process(st, node, batch)
+            if st["late"] != late:
+                self.metrics.late.labels("enrich").inc(st["late"] - late)
+            stage.touch(q, node)
         max_ts = max(map(_TS, events)) if events else None
         stage.pending.setdefault(q, []).append(Pending(event, node, max_ts))
         if max_ts is not None:
