@@ -425,6 +425,19 @@ def test_a_live_agents_batches_claim_up_to_when_their_nodes_stream_is_complete(b
     assert to_file and all(events for _, events in to_file)
 
 
+def test_a_quiet_agent_adds_no_empty_batch_while_batches_wait_to_be_sent():
+    """While the broker is away the buffer holds the batches; empty ones would pile up behind them, each
+    saying less than the first one after them will."""
+    import asyncio
+
+    src = _ScriptedLive([3, 0, 0, 0, 0, 0, 2, 0, 0])
+    agent = Agent(src, _ClaimingSink(), AgentOptions(node="n1", redact=False, linger_s=0, poll_s=0, batch_events=5))
+    asyncio.run(asyncio.wait_for(agent._capture(), 30))  # (a guard against a hang, not a synchronisation)
+    waiting = [decode_batch(b.value).events for b in agent.buffer.items]
+    assert [len(events) for events in waiting] == [3, 2]
+    assert _captured(_ScriptedLive([3, 0, 0, 0, 0, 0, 2, 0, 0]), batch_events=5)[1][1] == []  # (sent: they come)
+
+
 def test_after_a_dropped_batch_no_claim_goes_out_before_its_loss_marker():
     """A batch the full buffer drops is announced by a loss marker in the batch open then: the batches between
     claim nothing (a worker would take the lost events' time as complete before hearing of the loss); the

@@ -171,9 +171,11 @@ class Agent:
                     # every event read so far is in it: complete up to the last read that emptied the source
                     self._enqueue([self.batcher.flush()], self.caught_up_ns)
                 elif (self.quiet_claims and read < self.opt.read_chunk and not self.batcher.pending_events
-                      and not self.batcher.pending_lost and now - self.claimed_at >= self.opt.linger_s):
+                      and not self.batcher.pending_lost and not self.buffer
+                      and now - self.claimed_at >= self.opt.linger_s):
                     # A quiet node: an empty batch, for its claim (every stitch partition waits for the
-                    # slowest node, and without one the worker can only guess, by its lateness).
+                    # slowest node, and without one the worker can only guess, by its lateness). Not while
+                    # batches wait to be sent (a broker away): the first empty batch after them says it all.
                     self._enqueue([self.batcher.empty()], self.caught_up_ns)
                 if src.exhausted:
                     break
