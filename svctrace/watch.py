@@ -5,7 +5,7 @@ does, and runs the same operator graph in-process (`streams.core.runner.Runner`)
 worker. Each chain is printed once it is settled, each alert when it first fires. Event time
 comes from the syscalls; each drain of the kernel's ring moves the watermark to its start (every
 older event was read: the claim a live agent sends a worker, svctrace-complete), so a request is shown
-the runner's settle time (2 s) after it ended, with no lateness to wait out. Kernel ring drops
+--settle (0.25 s, as a worker) after it ended, with no lateness to wait out. Kernel ring drops
 become loss markers: the chains they may have touched are "incomplete", never "broken".
 
 The cluster's state comes from a file (--cluster, as analyze takes it) or from the API server
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from svctrace.agents.agent.live import LiveCapture, add_options
 
@@ -42,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print chain and alert records (JSON Lines, schema-valid)")
     add_filter_options(parser)
     parser.add_argument("--alerts-only", action="store_true", help="print the alerts only, not every chain")
+    parser.add_argument("--settle", type=float, default=0.25,
+                        help="seconds a request waits after its client's close (or response) for the other side's "
+                             "events before it is shown (the worker's default)")
     add_alert_options(parser)
     add_options(parser)
     color = parser.add_mutually_exclusive_group()
@@ -185,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from svctrace.analyze.errors import AnalyzeError
     from svctrace.analyze.pipeline import load_cluster_file
     from svctrace.memory import huge_page_arenas
+    from svctrace.streams.core import Settings
     from svctrace.streams.core.runner import Runner, fewer_gc_passes
     from svctrace.streams.metadata.index import ClusterIndex
 
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: cluster state: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                   file=sys.stderr)
             return 2
-    runner = Runner(index)
+    runner = Runner(index, replace(Settings(), settle_ns=int(args.settle * 1e9)))
     printer = Printer(sys.stdout, args.json, args.color, args.evidence, only, args.alerts_only)
     print(f"{PROG}: watching {live.node}'s network syscalls (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:

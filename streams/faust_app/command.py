@@ -42,7 +42,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lateness", type=float, default=0.4,
                    help="seconds events of one partition's nodes may arrive out of order: must cover the agents' "
                         "batch interval (0.2 s) + transport + clock skew between nodes; later events are dropped "
-                        "(counted). Every chain and alert waits this long (default %(default)s: agents on "
+                        "(counted). Every chain and alert waits this long, except for the nodes whose live agents "
+                        "claim how complete their streams are (svctrace-complete) (default %(default)s: agents on "
                         "NTP-synchronized clocks; raise it for more skew or longer batches, see docs/architecture.md)")
     p.add_argument("--settle", type=float, default=0.25,
                    help="seconds a chain waits after the client's close (or response) for the other nodes' events "
