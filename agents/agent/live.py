@@ -49,7 +49,7 @@ class LiveCapture:
         self.redacted = 0
         # kernel drops, each marker with its window: since the previous drain (or the capture's start)
         self.losses = LossWindows(norm, lambda: cap.drops()[0], time.time_ns() if started_ns is None else started_ns,
-                                  clock=lambda: time.monotonic_ns() + norm.offset)  # (the events' clock)
+                                  clock=self.clock_ns)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -72,6 +72,10 @@ class LiveCapture:
         norm = Normalizer(node, boot_to_epoch_ns(), containers=ContainerIds() if containers else None)
         return cls(cap, norm, node, args.snaplen, args.redact, args.duration, started)
 
+    def clock_ns(self) -> int:
+        """Now, on the events' clock (EbpfSource.clock_ns)."""
+        return time.monotonic_ns() + self.norm.offset
+
     @property
     def drops(self) -> int:
         """Events the kernel dropped so far (as the markers counted them)."""
@@ -91,7 +95,7 @@ class LiveCapture:
         from svctrace.agents.redact import redact
 
         events: list = []
-        started = time.monotonic_ns() + self.norm.offset  # (the events' clock: a wall-clock step does not move it)
+        started = self.clock_ns()
         self.cap.ring.drain(self.norm.decode, events)
         events += self.losses.check()[1]
         self.complete_ns = started - COMPLETE_MARGIN_NS

@@ -55,7 +55,6 @@ class EbpfSource:
         self.containers.refresh()
         self.normalizer = Normalizer(node, boot_to_epoch_ns(), first_n=restart_safe_first_n(time.time_ns()),
                                      containers=self.containers)
-        self.clock_ns = lambda offset=self.normalizer.offset: time.monotonic_ns() + offset  # its events' clock
         self._missed = 0
         self._losses = LossWindows(self.normalizer, self._ring_drops, started, clock=self.clock_ns)
         self._next_loss_check = 0.0
@@ -64,6 +63,11 @@ class EbpfSource:
         self.drops_with_room = 0  # ring drops while the ring had room (read at close)
         self.saved_by_retry = 0  # records written on a retry after such a failure (read at close)
         self.handed_back = 0  # records the native loop left to the Python encoder (read at close)
+
+    def clock_ns(self) -> int:
+        """Now, on its events' clock: the kernel's monotonic one (bpf_ktime_get_ns) plus the offset taken at the
+        start, which a step of the wall clock since does not move."""
+        return time.monotonic_ns() + self.normalizer.offset
 
     def encode_with(self, payload, native: bool = True, native_lib: str | None = None) -> None:
         """From now on `read` returns each event's JSON (bytes), payloads through `payload(data)`
