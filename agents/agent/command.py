@@ -55,7 +55,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-native", dest="native", action="store_false",
                    help="encode events in Python, not in the native per-event loop (default: native when a C "
                         "compiler builds it)")
-    p.add_argument("--linger", type=float, default=0.2, help="seconds a batch may wait to fill")
+    p.add_argument("--linger", type=float, default=0.2,
+                   help="seconds a batch may wait to fill; a live capture's quiet node sends an empty record this "
+                        "often, for the completeness its records claim (svctrace-complete: see docs/topics.md)")
     p.add_argument("--buffer-events", type=int, default=500_000, help="bound of the in-memory buffer")
     p.add_argument("--stats-interval", type=float, default=10.0, help="seconds between stats records")
     p.add_argument("--drain-timeout", type=float, default=30.0,
