@@ -7,7 +7,7 @@ from pathlib import Path
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import Settings, run
 from svctrace.streams.core.dns import parse_dns, service_of_name
-from tests.scenario import MS, S, T0, US, Cluster, Scenario, dns_answer, dns_query
+from tests.scenario import MS, S, T0, US, Cluster, Proc, Scenario, dns_answer, dns_query
 
 POD_IP = "10.244.1.5"
 
@@ -116,6 +116,56 @@ def test_retry_after_5s_is_the_conntrack_race_signature():
     assert dns["retries"] == 1 and dns["queries"] == 2 and dns["latency_ns"] > 5 * S
     assert [a["rule"] for a in r.alerts] == ["dns.retry_5s"]
     assert r.chains[0]["status"] == "ok"  # the lookup succeeded in the end: a signature, not a break
+
+
+def _retried_a(sc: Scenario, received: bool, twin: bool) -> None:
+    """glibc on one socket: A (and AAAA with it, when twin), the A unanswered, the A again 5 s later (the same
+    id), answered. received: the DNS server got the first A (and its answer went missing)."""
+    cl = sc.cluster
+    curl, dns_pod = sc.proc("client", "curl"), cl.pods["coredns"]
+    srv = Proc(dns_pod.node, 700, "coredns", dns_pod.container_id)
+    name, port = "my-nginx.default.svc.cluster.local", sc.port()
+    c = dict(proto="udp", role="client", local_ip=POD_IP, local_port=port, remote_ip=cl.dns_ip, remote_port=53)
+    s = dict(proto="udp", role="server", local_ip=dns_pod.ip, local_port=53, remote_ip=POD_IP, remote_port=port,
+             addr_ip=POD_IP, addr_port=port)
+    to_dns = dict(addr_ip=cl.dns_ip, addr_port=53)
+
+    def ask(t, qtype, qid, heard, answers):
+        q = dns_query(name, qtype, qid)
+        sc.ev(t, curl, "send", "sendto", 3, len(q), data=q, **to_dns, **c)
+        if heard:
+            sc.ev(t + 150 * US, srv, "recv", "recvmsg", 6, len(q), data=q, **s)
+        if answers is not None:
+            a = dns_answer(name, qtype, qid, answers)
+            sc.ev(t + 300 * US, srv, "send", "sendmsg", 6, len(a), data=a, **s)
+            sc.ev(t + 500 * US, curl, "recv", "recvfrom", 3, len(a), data=a, **to_dns, **c)
+
+    sc.ev(T0, curl, "connect", "connect", 3, 0, **to_dns, **c)
+    ask(T0 + 20 * US, "A", 0x100, received, None)
+    if twin:
+        ask(T0 + 40 * US, "AAAA", 0x101, True, [])
+    ask(T0 + 5 * S + 20 * US, "A", 0x100, True, ["10.96.0.100"])
+    sc.ev(T0 + 5 * S + MS, curl, "close", "close", 3, 0, **c)
+
+
+def test_retry_after_5s_says_what_the_agents_saw_of_the_lost_query():
+    """A server that received the lost query (its answer lost) is not the conntrack race; a query nobody received
+    that left its socket together with its AAAA twin is that race's pattern; alone, it was lost on the way."""
+    summaries = {}
+    for received, twin in ((False, True), (True, True), (False, False)):
+        sc = Scenario(Cluster())
+        _retried_a(sc, received, twin)
+        r = _run(sc)
+        assert [c["status"] for c in r.chains] == ["ok"] and r.chains[0]["dns"]["answers"] == ["10.96.0.100"]
+        [summaries[received, twin]] = [a["summary"] for a in r.alerts if a["rule"] == "dns.retry_5s"]
+    head = "my-nginx.default.svc.cluster.local A from default/client was retried 5000 ms after an unanswered query; "
+    assert summaries == {
+        (False, True): head + "no DNS server seen receiving it, and it left its socket together with the AAAA "
+                              "query: the conntrack insertion race",
+        (True, True): head + "kube-system/coredns (coredns 700 on node-b) received it, so its answer was lost on "
+                             "the way back or never sent",
+        (False, False): head + "no DNS server seen receiving it: lost on the way",
+    }
 
 
 def test_search_path_amplification():

@@ -33,8 +33,9 @@ CATALOGUE: tuple[Rule, ...] = (
          "no DNS answer for {qname} from {resolver} to {client} after {queries} queries; {heard}", None,
          "Every query of the lookup went unanswered."),
     Rule("dns.retry_5s", "warning", False, 300 * S,
-         "{qname} {qtype} from {client} was retried {gap_ms} ms after an unanswered query (conntrack race)", None,
-         "A query without answer, then the identical query ~5 s later: the resolver timeout after a lost UDP packet."),
+         "{qname} {qtype} from {client} was retried {gap_ms} ms after an unanswered query; {cause}", None,
+         "A query without answer, then the identical query ~5 s later: the resolver timeout after a lost UDP packet "
+         "or answer."),
     Rule("dns.search_amplification", "info", False, 600 * S,
          "{qname} from {client} needed {queries} queries: {expansions} search-list names answered NXDOMAIN first"
          " (ndots)", None,
@@ -87,6 +88,7 @@ LATENCY_OBJECTIVES_NS: dict[str, int] = {
 
 # DNS heuristics used by the detectors.
 RETRY_GAP_NS = (4 * S, 7 * S)  # glibc's default resolver timeout is 5 s
+DNS_TWIN_NS = 10 * MS  # glibc sends a name's A and AAAA queries at once (one sendmmsg, or two sends back to back)
 SEARCH_AMPLIFICATION_MIN_EXPANSIONS = 3  # names tried before the one asked for (A and AAAA of one: one)
 
 

@@ -153,7 +153,11 @@ N_TS, N_RCODE, N_ADDRESSES, N_CNAMES, N_TTL, N_FROM, N_REF = range(7)
 #   S_TS                                     when it got the query
 #   S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID   the server process and endpoint
 #   S_REF                                    its event ref
-S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF = range(8)
+#   S_FIRST                                  when it first got a query under this key (a resolver's retry
+#                                            repeats socket and id; a receipt more than RETRY_GAP_NS[1]
+#                                            after the last starts again): absent from records before it,
+#                                            read by _first_receipt
+S_TS, S_NODE, S_PID, S_COMM, S_IP, S_PORT, S_CONTAINER_ID, S_REF, S_FIRST = range(9)
 # the summary of a DNS lookup (conn.dns: the lookup a connection claimed; _dns_summary), DX_*
 #   DX_QNAME, DX_QTYPE                 the name asked for (the positive answer's, else the shortest tried)
 #   DX_RESOLVER_IP, DX_RESOLVER_PORT   where its final query went
@@ -387,7 +391,8 @@ class _Stitching:
                    q["ans"]["ref"]]] for q in lk["q"]],
                 lk["qnames"], lk["res"], lk["claimed"], lk["client"]] for lk in lookups]
         records = [(k, v if v.__class__ is list else [v["ts"], v["node"], v["pid"], v["comm"], v["ip"], v["port"],
-                                                        v["container_id"], v["ref"]]) for k, v in state["dsrv"].items()]
+                                                        v["container_id"], v["ref"], v["ts"]])
+                   for k, v in state["dsrv"].items()]
         records.sort(key=lambda kv: kv[1][S_TS])  # (stable) the order a time-ordered trim needs
         state["dsrv"] = dict(records)
         state.pop("dq", None)
@@ -1196,10 +1201,12 @@ class _Stitching:
                     marks.add(k)  # change mark (durable_parts)
                     if st.get("_ps") and k in st["_ps"]:
                         _keep_server(st, k)
-                if k in dsrv:  # (a repeat goes last: the dict stays in time order, for _timers' trim)
-                    del dsrv[k]
+                # (a repeat goes last: the dict stays in time order, for _timers' trim)
+                old = dsrv.pop(k, None)
+                # a resolver's retry keeps the first receipt; a key's reuse by a later lookup starts again
+                first = e.ts if old is None or e.ts - old[S_TS] > R.RETRY_GAP_NS[1] else _first_receipt(old)
                 dsrv[k] = [e.ts, e.node, e.pid, e.comm, e.local_ip, e.local_port, e.container_id,
-                           Ref(e.node, e.n, e.ts, "dns server got query")]  # S_*
+                           Ref(e.node, e.n, e.ts, "dns server got query"), first]  # S_*
                 if st["next"] is None:
                     st["next"] = e.ts + self.lookup_timeout_ns  # (as a pass sets it: see _timers)
             return
@@ -1401,7 +1408,7 @@ class _Stitching:
                 retries += 1
                 gap = qts - prev[Q_TS]
                 if prev[Q_ANSWER] is None and R.RETRY_GAP_NS[0] <= gap <= R.RETRY_GAP_NS[1] and retry_gap is None:
-                    retry_gap = [q[Q_NAME], q[Q_TYPE], gap]
+                    retry_gap = [q[Q_NAME], q[Q_TYPE], gap, *_lost_query_seen(st, qs, prev, qts)]
             last_ask[k] = q
         final = positive or (answered[-1] if answered else qs[-1])
         if positive is None:
@@ -2250,9 +2257,24 @@ class _Stitching:
         one = dnsx[DX_QUERIES] <= 1
         if srv is None:
             return "no DNS server seen receiving it" if one else "no DNS server seen receiving them"
+        return f"{self._server_named(srv)} received {'it' if one else 'the last one'}"
+
+    def _server_named(self, srv: list) -> str:
+        """A DNS server's S_* record as a reader names it: its pod (or endpoint), process and node."""
         pod = _pod_of(self.index, srv[S_IP], srv[S_TS], srv[S_CONTAINER_ID])
         where = f"{pod.namespace}/{pod.name}" if pod is not None else endpoint_key(srv[S_IP], srv[S_PORT])
-        return f"{where} ({srv[S_COMM]} {srv[S_PID]} on {srv[S_NODE]}) received {'it' if one else 'the last one'}"
+        return f"{where} ({srv[S_COMM]} {srv[S_PID]} on {srv[S_NODE]})"
+
+    def _retry_cause(self, heard_srv, twin) -> str:
+        """What the agents saw of a retried query's lost first ask (see _lost_query_seen): a server that received
+        it lost or never sent its answer; one nobody received, sent together with its twin of the other
+        address family from one socket, is the conntrack insertion race's pattern (kubernetes/kubernetes#56903)."""
+        if heard_srv is not None:
+            return f"{self._server_named(heard_srv)} received it, so its answer was lost on the way back or never sent"
+        if twin is not None:
+            return (f"no DNS server seen receiving it, and it left its socket together with the {twin} query: "
+                    "the conntrack insertion race")
+        return "no DNS server seen receiving it: lost on the way"
 
     def _dns_occs(self, dnsx: list, found: list, base_vars: dict, client_pod_name) -> list:
         qname = dnsx[DX_QNAME]
@@ -2267,8 +2289,9 @@ class _Stitching:
         occs = []
         for rule, extra in found:
             if rule == "dns.retry_5s":
-                qn, qt, gap = dnsx[DX_RETRY_GAP]
-                vars_ = dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS)
+                qn, qt, gap, *seen = dnsx[DX_RETRY_GAP]  # (three items: a summary checkpointed before the cause)
+                cause = self._retry_cause(*seen) if seen else "lost on the way or its answer lost"
+                vars_ = dict(v, qname=qn.rstrip("."), qtype=qt, gap_ms=gap // MS, cause=cause)
             elif rule == "dns.answer_not_service":
                 vars_ = dict(v, answer=extra)
             elif rule == "dns.no_answer":
@@ -2870,12 +2893,35 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     return "pending"
 
 
+def _first_receipt(srv: list) -> int:
+    """S_FIRST of a DNS server record; a record written before it had none: its own time."""
+    return srv[S_FIRST] if len(srv) > S_FIRST else srv[S_TS]
+
+
+def _lost_query_seen(st: dict, qs: list, lost: list, retry_ts: int) -> tuple:
+    """(the S_* record of a DNS server that received the lost query, or None; the type of the query that left
+    its socket with it, for the same name, or None): what tells the causes of a resolver's retry apart.
+    A server's receipt counts from a second before the lost query (the clocks of two nodes) until a second
+    before the retry (the retry itself is received under the same key when socket and id are reused)."""
+    srv = st["dsrv"].get(f'{lost[Q_ENDPOINT]}|{lost[Q_ID]}')
+    if srv is not None and not (lost[Q_TS] - S <= _first_receipt(srv) <= retry_ts - S):
+        srv = None
+    twin = None
+    for q in qs:
+        if (q[Q_ENDPOINT] == lost[Q_ENDPOINT] and q[Q_NAME] == lost[Q_NAME] and q[Q_TYPE] != lost[Q_TYPE]
+                and abs(q[Q_TS] - lost[Q_TS]) <= R.DNS_TWIN_NS):
+            twin = q[Q_TYPE]
+            break
+    return srv, twin
+
+
 def _summary_from_dict(d: dict) -> list:
     """A lookup summary as checkpoint formats 1-3 wrote it (a dict) -> its DX_* list."""
     srv = d["server"]
     if srv is not None:  # its S_* record: its ref is the summary's last (see _dns_summary), its time the ref's
         ref = d["refs"][-1]
-        srv = [ref["ts"], srv["node"], srv["pid"], srv["comm"], srv["ip"], srv["port"], srv["container_id"], ref]
+        srv = [ref["ts"], srv["node"], srv["pid"], srv["comm"], srv["ip"], srv["port"], srv["container_id"], ref,
+               ref["ts"]]
     # a summary written before expansions were counted by name: its NXDOMAIN answers stand in
     # (the rule's old measure), for the chains still open then
     expansions = d.get("expansions", d["nxdomain"])
