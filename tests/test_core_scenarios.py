@@ -10,7 +10,8 @@ import pytest
 
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
-from tests.scenario import FAULTS, MODES, T0, Cluster, Scenario, build
+from svctrace.streams.core.rules import LATENCY_OBJECTIVES_NS
+from tests.scenario import FAULTS, MODES, MS, T0, Cluster, Scenario, build, renumber
 
 # (fault, mode) -> expected chain fields and the exact set of alert rules.
 EXPECTED = {
@@ -155,6 +156,30 @@ def test_slow_response_breaks_the_latency_objective_without_breaking_the_chain()
     assert [c["status"] for c in result.chains] == ["ok"]
     assert {a["rule"] for a in result.alerts} == {"svc.hop_latency"}
     assert any("hop response" in a["summary"] for a in result.alerts)
+
+
+def test_a_slow_userspace_proxy_dial_breaks_the_proxy_hops_objective():
+    """kube-proxy's userspace mode accepts the client and dials a backend; a dial 1.5 s after the accept (a
+    proxy starved of CPU) is its hop over the objective."""
+    cluster, events = build("healthy", "userspace")
+    [dial] = [e for e in events if e.comm == "hyperkube" and e.kind == "connect"]
+    late = renumber([e.with_(ts=e.ts + 1500 * MS) if e.ts >= dial.ts else e for e in events])
+    result = run(late, cluster.index())
+    [chain] = result.chains
+    [hop] = [h for h in chain["hops"] if h["name"] == "proxy"]
+    assert 1500 * MS < hop["latency_ns"] < 1501 * MS and chain["status"] == "ok"
+    [alert] = result.alerts
+    assert alert["rule"] == "svc.hop_latency" and "hop proxy took 1500 ms (objective 1000 ms)" in alert["summary"]
+
+
+def test_every_latency_objective_names_a_hop_chains_have():
+    """An objective keyed by a name no hop has would never fire."""
+    names = set()
+    for mode in MODES:
+        for fault in FAULTS:
+            cluster, events = build(fault, mode)
+            names |= {h["name"] for c in run(events, cluster.index()).chains for h in c["hops"]}
+    assert set(LATENCY_OBJECTIVES_NS) <= names
 
 
 def test_capture_cut_mid_request_is_incomplete():

@@ -82,7 +82,7 @@ RULES: dict[str, Rule] = {r.id: r for r in CATALOGUE}
 LATENCY_OBJECTIVES_NS: dict[str, int] = {
     "dns": 1 * S,
     "connect": 1 * S,
-    "proxy_dial": 1 * S,
+    "proxy": 1 * S,  # a userspace proxy's accept to its dial
     "response": 2 * S,
 }
 
