@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from svctrace.streams.core import run
-from tests.scenario import FAULTS, MODES, US, build, renumber
+from tests.scenario import FAULTS, MODES, S, US, build, renumber
 
 RESULT_AFTER_NS = 5 * US  # a connect's result comes before the socket's next syscall in every scenario
 
@@ -69,3 +69,24 @@ def test_without_its_result_a_refused_connect_looks_like_a_timeout():
     assert chain["response"]["error"] == "connection timed out"
     [chain] = run(non_blocking(events), cluster.index()).chains
     assert chain["response"]["error"] == "connection refused"
+
+
+@pytest.mark.parametrize("gave_up_s, waited_s", [(10, 10), (127, 30)])
+def test_a_connect_nothing_answered_has_a_connect_hop_until_the_client_gave_up(gave_up_s, waited_s):
+    """The rules flushed: a connect stays in progress until the client closes it (curl --connect-timeout 10; or
+    127 s, as the kernel's SYN retries end) or the connection's idle timeout (30 s) runs out, whichever comes
+    first. The chain's connect hop says how long it waited; the failure's own alert says why, so the wait raises
+    no svc.hop_latency."""
+    cluster, events = build("rules_flushed", "dnat", requests=2)
+    connected = {(e.node, e.pid, e.fd): e.ts for e in events if e.kind == "connect" and e.proto == "tcp"}
+    events = renumber(sorted((e.with_(ts=connected[e.node, e.pid, e.fd] + gave_up_s * S)
+                              if e.kind == "close" and e.proto == "tcp" else e for e in events), key=lambda e: e.ts))
+    result = run(events, cluster.index())
+    rules = {a["alert_id"]: a["rule"] for a in result.alerts}
+    assert len(result.chains) == 2
+    for chain in result.chains:
+        assert chain["response"]["error"] == "connection timed out"
+        [hop] = [h for h in chain["hops"] if h["name"] == "connect"]
+        assert hop["start_ts"] == chain["connect"]["ts"]
+        assert hop["latency_ns"] == hop["end_ts"] - hop["start_ts"] == waited_s * S
+        assert [rules[i] for i in chain["alerts"]] == ["svc.translation_missing"]
