@@ -6,12 +6,15 @@ expected path and exactly the expected alerts, all valid against the schemas.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import run
 from svctrace.streams.core.rules import LATENCY_OBJECTIVES_NS
-from tests.scenario import FAULTS, MODES, MS, T0, Cluster, Scenario, build, renumber
+from svctrace.streams.metadata.index import ClusterIndex
+from tests.scenario import FAULTS, MODES, MS, S, T0, Cluster, Scenario, build, renumber
 
 # (fault, mode) -> expected chain fields and the exact set of alert rules.
 EXPECTED = {
@@ -156,6 +159,37 @@ def test_slow_response_breaks_the_latency_objective_without_breaking_the_chain()
     assert [c["status"] for c in result.chains] == ["ok"]
     assert {a["rule"] for a in result.alerts} == {"svc.hop_latency"}
     assert any("hop response" in a["summary"] for a in result.alerts)
+
+
+@pytest.mark.parametrize("change, standing", [
+    ({"ready": False, "serving": False}, "not ready in the Service's endpoints"),
+    ({"ready": False, "serving": True, "terminating": True}, "terminating in the Service's endpoints"),
+    (None, "which left the Service's endpoints 42.0 s before"),
+])
+def test_misrouted_says_how_the_backend_stood_among_the_endpoints(change, standing):
+    """The request reached my-nginx-1 by a rule the EndpointSlice's last change (42 s before) should have changed:
+    the pod not ready, terminating, or gone from the slice. Each has another cause (a readiness probe; a rollout;
+    kube-proxy or conntrack behind the change), so the alert says which."""
+    cluster = Cluster()
+    records = cluster.records()
+    [slice_] = [r for r in records if r["kind"] == "EndpointSlice" and r["name"].startswith("my-nginx")]
+    later = copy.deepcopy(slice_)
+    later["observed_ts"] = T0 - 42 * S
+    eps = later["endpoints"]["endpoints"]
+    [nginx1] = [e for e in eps if e["pod"] == "my-nginx-1"]
+    if change is None:
+        eps.remove(nginx1)
+    else:
+        nginx1.update(change)
+    sc = Scenario(cluster, "dnat")
+    sc.request(T0, "healthy", backend="my-nginx-1")
+    result = run(sc.events(), ClusterIndex.from_records([*records, later]))
+    [chain] = result.chains
+    assert chain["status"] == "broken" and chain["backend"]["pod"] == "my-nginx-1"
+    [alert] = result.alerts
+    assert alert["rule"] == "svc.misrouted"
+    assert alert["summary"] == ("default/my-nginx: request from default/client reached default/my-nginx-1 "
+                                f"(10.244.1.7:80), {standing}")
 
 
 def test_a_slow_userspace_proxy_dial_breaks_the_proxy_hops_objective():

@@ -177,6 +177,17 @@ def test_dns_retry_is_the_same_question_after_glibcs_timeout(lab_capture):
                                      "AAAA query: the conntrack insertion race")
 
 
+def test_a_stale_rule_reaches_a_pod_the_slice_never_listed(lab_capture):
+    """The lab's rule for my-nginx-stale still sends it to the first nginx pod, which its EndpointSlice (the
+    v2 selector's) never listed: not a readiness or rollout story, the alert says."""
+    events, _curls = lab_capture
+    result = run(events, lab_index())
+    chain, _ = pick("my-nginx-stale", result.chains, result.alerts)
+    [alert] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "svc.misrouted"]
+    assert alert["summary"].endswith(f"reached default/my-nginx-1 ({NGINX_IP}:80), never one of the Service's "
+                                     "endpoints")
+
+
 def test_hairpin_is_translated_with_low_confidence(lab_capture):
     """A pod requesting its own Service: kube-proxy masquerades it, so the backend's accept shows the
     node's address and the client's port. The client's chain says the VIP was translated somewhere

@@ -126,6 +126,10 @@ class MemoIndex:
             self._added()
             return v
 
+    def endpoint_standing(self, namespace, service, ip, ts):
+        """(not memoized: asked only for an alert on a misrouted request)"""
+        return self.index.endpoint_standing(namespace, service, ip, ts)
+
     def services_for_endpoint(self, ip, port=None, ts=None):
         sec = self._cur if self._lo <= ts < self._hi else self._second(ts)
         key = (ip, port)

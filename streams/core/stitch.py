@@ -1970,6 +1970,20 @@ class _Stitching:
             p.backend_desc = desc
         return p.backend_desc
 
+    def _standing(self, p: _ConnParts, svc: dict) -> str:
+        """How a misrouted request's backend stood among the Service's endpoints then (svc.misrouted's words): what
+        tells a readiness probe failing, kube-proxy or conntrack behind a change, and a selector or hand-made
+        Endpoints apart."""
+        t = p.t_conn
+        how, since = self.index.endpoint_standing(svc["namespace"], svc["name"], p.b_ip, t)
+        if how == "left":
+            return f"which left the Service's endpoints {(t - since) / S:.1f} s before"
+        if how == "never":
+            return "never one of the Service's endpoints"
+        if how == "ready":  # (misrouted for its namespace: a hand-made Endpoints)
+            return "a pod of another namespace the Service's endpoints list"
+        return f"{how} in the Service's endpoints"
+
     @staticmethod
     def _unseen_backend(ready_eps) -> str:
         """A backend nothing showed (a refused DNAT: no accept): the Service's only ready
@@ -2092,7 +2106,7 @@ class _Stitching:
                 elif failed and p.svc_if_failed is not None:
                     found.append(p.svc_if_failed)
                 if p.misrouted:
-                    found.append(("svc.misrouted", None))
+                    found.append(("svc.misrouted", {"standing": self._standing(p, svc)}))
                 if req is not None and req[C_STATUS] is not None and req[C_STATUS] >= 500:
                     found.append(("svc.backend_5xx", {"status": req[C_STATUS], "method": req[C_METHOD],
                                                        "target": req[C_TARGET]}))

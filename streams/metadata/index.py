@@ -516,6 +516,31 @@ class ClusterIndex:
                     out.append(ep)
         return out
 
+    def endpoint_standing(self, namespace: str, service: str, ip: str, ts: int) -> tuple[str, int | None]:
+        """Where `ip` stood among a Service's endpoints at ts, for traffic that reached it: ("ready", None),
+        ("terminating", None) or ("not ready", None) while they list it; ("left", t) when an earlier version
+        listed it and none does since t (when the first version without it began); ("never", None) in the
+        history held (the retention)."""
+        for ep in self.endpoints(namespace, service, ts):
+            if ep.ip == ip:
+                if ep.ready or (ep.serving and not ep.terminating):
+                    return "ready", None
+                return ("terminating" if ep.terminating else "not ready"), None
+        left = None
+        for key in self._slices_of.get((namespace or "", service), ()):
+            hist = self._objects.get(key)
+            listed, gone = False, None
+            for start, state in zip(hist.starts, hist.states) if hist is not None else ():
+                if start > ts:
+                    break
+                if state is not None and state.service == service and any(ep.ip == ip for ep in state.endpoints):
+                    listed, gone = True, None
+                elif listed and gone is None:
+                    gone = start
+            if gone is not None and (left is None or gone > left):
+                left = gone
+        return ("left", left) if left is not None else ("never", None)
+
     def services_for_endpoint(self, ip: str, port: int | None = None, ts: int | None = None) -> list[ServiceInfo]:
         found: dict[tuple[str, str], ServiceInfo] = {}
         for key in self._by_endpoint_ip.get(ip, ()):
