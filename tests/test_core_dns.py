@@ -7,6 +7,7 @@ from pathlib import Path
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import Settings, run
 from svctrace.streams.core.dns import parse_dns, service_of_name
+from svctrace.streams.metadata.index import ClusterIndex
 from tests.scenario import MS, S, T0, US, Cluster, Proc, Scenario, dns_answer, dns_query
 
 POD_IP = "10.244.1.5"
@@ -96,6 +97,30 @@ def test_no_answer_says_whether_a_dns_server_received_the_query():
     sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])
     [one] = [a["summary"] for a in _run(sc).alerts if a["rule"] == "dns.no_answer"]
     assert one.endswith("; kube-system/coredns (coredns 700 on node-b) received it")
+
+
+def test_no_answer_names_a_resolver_service_without_a_ready_endpoint():
+    """CoreDNS down or not ready: the kube-dns VIP's queries go nowhere. With its one pod not ready in the
+    EndpointSlice, the alert says so; with it ready, nothing is added."""
+    summaries = {}
+    for ready in (True, False):
+        cluster = Cluster()
+        records = cluster.records()
+        if not ready:
+            [dns_slice] = [r for r in records if r["kind"] == "EndpointSlice" and r["name"].startswith("kube-dns")]
+            for ep in dns_slice["endpoints"]["endpoints"]:
+                ep.update(ready=False, serving=False)
+        sc = Scenario(cluster)
+        curl = sc.proc("client", "curl")
+        for t in (T0, T0 + 5 * S):
+            sc.lookup(t, curl, POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"], answer=False,
+                      server=False)
+        sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"])
+        r = run(sc.events(), ClusterIndex.from_records(records))
+        [summaries[ready]] = [a["summary"] for a in r.alerts if a["rule"] == "dns.no_answer"]
+    assert summaries[True].endswith("after 2 queries; no DNS server seen receiving them")
+    assert summaries[False].endswith("after 2 queries; no DNS server seen receiving them; kube-system/kube-dns had no "
+                                     "ready endpoint")
 
 
 def test_end_of_input_right_after_a_query_is_incomplete_not_broken():

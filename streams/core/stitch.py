@@ -2279,6 +2279,18 @@ class _Stitching:
             return "no DNS server seen receiving it" if one else "no DNS server seen receiving them"
         return f"{self._server_named(srv)} received {'it' if one else 'the last one'}"
 
+    def _resolver_down(self, dnsx: list) -> str:
+        """For a lookup nobody answered: its resolver, a Service (kube-dns) without a ready endpoint then, said
+        ("": it had one, or is no Service): CoreDNS down or not ready, not the network."""
+        ip, t0 = dnsx[DX_RESOLVER_IP], dnsx[DX_T0]
+        found = self.index.service_by_ip(ip, dnsx[DX_RESOLVER_PORT], "UDP", t0) if ip else None
+        if found is None:
+            return ""
+        svc = found[0]
+        if self.index.ready_endpoints(svc.namespace, svc.name, t0)[0]:
+            return ""
+        return f"; {svc.namespace}/{svc.name} had no ready endpoint"
+
     def _server_named(self, srv: list) -> str:
         """A DNS server's S_* record as a reader names it: its pod (or endpoint), process and node."""
         pod = _pod_of(self.index, srv[S_IP], srv[S_TS], srv[S_CONTAINER_ID])
@@ -2315,7 +2327,7 @@ class _Stitching:
             elif rule == "dns.answer_not_service":
                 vars_ = dict(v, answer=extra)
             elif rule == "dns.no_answer":
-                vars_ = dict(v, heard=self._heard_by(dnsx))
+                vars_ = dict(v, heard=self._heard_by(dnsx) + self._resolver_down(dnsx))
             else:
                 vars_ = v
             occs.append((rule, labels, vars_, DNS_EVIDENCE))
