@@ -2051,12 +2051,12 @@ class _Stitching:
             hops.append(hop := Hop("response", req[C_TS], waited_until, latency))
             if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                 slow = [*(slow or ()), hop]
-        elif outcome == "connection timed out" and p.b is None and cn is not None and cn[CN_ERRNO] == "EINPROGRESS":
-            # a connect nothing answered: how long the client waited for it, as "no response" above (a blocking
-            # connect's ETIMEDOUT has no start: its event is the syscall's return). Not a slow hop: the
-            # failure has its alert.
-            waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
-            hops.append(Hop("connect", cn[CN_TS], waited_until, waited_until - cn[CN_TS]))
+        elif (outcome == "connection timed out" and conn.ccl is not None and p.b is None and cn is not None
+              and cn[CN_ERRNO] == "EINPROGRESS"):
+            # a connect nothing answered, closed by the client: how long it waited (not when the idle timeout
+            # ended it: the wait went on, for how long nobody saw; nor a blocking connect's ETIMEDOUT, whose
+            # event is the syscall's return, with no start). Not a slow hop: the failure has its alert.
+            hops.append(Hop("connect", cn[CN_TS], conn.ccl, conn.ccl - cn[CN_TS]))
         failed = outcome != "ok" and outcome != "pending"
         if failed:
             if response is not None:
