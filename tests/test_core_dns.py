@@ -8,7 +8,7 @@ from svctrace.schemas.validation import validate
 from svctrace.streams.core import Settings, run
 from svctrace.streams.core.dns import parse_dns, service_of_name
 from svctrace.streams.metadata.index import ClusterIndex
-from tests.scenario import MS, S, T0, US, Cluster, Proc, Scenario, dns_answer, dns_query
+from tests.scenario import MS, S, T0, US, Cluster, Proc, Scenario, _rec, dns_answer, dns_query
 
 POD_IP = "10.244.1.5"
 
@@ -121,6 +121,23 @@ def test_no_answer_names_a_resolver_service_without_a_ready_endpoint():
     assert summaries[True].endswith("after 2 queries; no DNS server seen receiving them")
     assert summaries[False].endswith("after 2 queries; no DNS server seen receiving them; kube-system/kube-dns had no "
                                      "ready endpoint")
+
+
+def test_an_external_name_service_may_answer_foreign_addresses():
+    """A Service of type ExternalName is a CNAME to a name outside the cluster: its addresses are no Service's or
+    pod's by design, not a stale or foreign answer. The same answer for a ClusterIP Service's name is."""
+    rules = {}
+    for kind in ("ExternalName", "ClusterIP"):
+        cluster = Cluster()
+        ext = _rec("Service", "default", "payments", T0 - 3600 * S, service={
+            "type": kind, "cluster_ips": [] if kind == "ExternalName" else ["10.96.0.120"], "selector": None,
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "target_port": 443, "node_port": None}]})
+        sc = Scenario(cluster)
+        sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "payments.default.svc.cluster.local", ["93.184.216.34"])
+        r = run(sc.events(), ClusterIndex.from_records([*cluster.records(), ext]))
+        [chain] = r.chains
+        rules[kind] = (chain["status"], [a["rule"] for a in r.alerts])
+    assert rules == {"ExternalName": ("ok", []), "ClusterIP": ("broken", ["dns.answer_not_service"])}
 
 
 def test_end_of_input_right_after_a_query_is_incomplete_not_broken():

@@ -2261,13 +2261,22 @@ class _Stitching:
         if answers:
             if in_cluster is None:
                 in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
-            if in_cluster:
+            if in_cluster and not self._external_name(dnsx[DX_QNAME], t0):
                 for a in answers:
                     if idx.service_by_ip(a, None, "TCP", t0) is None and idx.pod_by_ip(a, t0) is None:
                         node = idx.node_by_ip(a, t0)  # a node's own address: the host's resolver answered
                         found.append(("dns.answer_not_service", a if node is None else f"{a} (node {node}'s address)"))
                         break
         return found
+
+    def _external_name(self, qname: str, ts) -> bool:
+        """Whether qname names a Service of type ExternalName: CoreDNS answers it with a CNAME to a name outside
+        the cluster, whose addresses are no Service's by design."""
+        ns, name = service_of_name(qname, self.cluster_domain)
+        if name is None:
+            return False
+        svc = self.index.service(ns, name, ts)
+        return svc is not None and svc.type == "ExternalName"
 
     def _heard_by(self, dnsx: list) -> str:
         """Whether a DNS server process the agents see received the lookup's last query (its recv: DX_SERVER): what
