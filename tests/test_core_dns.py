@@ -4,6 +4,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 from svctrace.schemas.validation import validate
 from svctrace.streams.core import Settings, run
 from svctrace.streams.core.dns import parse_dns, service_of_name
@@ -123,21 +125,31 @@ def test_no_answer_names_a_resolver_service_without_a_ready_endpoint():
                                      "ready endpoint")
 
 
-def test_an_external_name_service_may_answer_foreign_addresses():
-    """A Service of type ExternalName is a CNAME to a name outside the cluster: its addresses are no Service's or
-    pod's by design, not a stale or foreign answer. The same answer for a ClusterIP Service's name is."""
-    rules = {}
-    for kind in ("ExternalName", "ClusterIP"):
-        cluster = Cluster()
-        ext = _rec("Service", "default", "payments", T0 - 3600 * S, service={
-            "type": kind, "cluster_ips": [] if kind == "ExternalName" else ["10.96.0.120"], "selector": None,
-            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "target_port": 443, "node_port": None}]})
-        sc = Scenario(cluster)
-        sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "payments.default.svc.cluster.local", ["93.184.216.34"])
-        r = run(sc.events(), ClusterIndex.from_records([*cluster.records(), ext]))
-        [chain] = r.chains
-        rules[kind] = (chain["status"], [a["rule"] for a in r.alerts])
-    assert rules == {"ExternalName": ("ok", []), "ClusterIP": ("broken", ["dns.answer_not_service"])}
+@pytest.mark.parametrize("kind", ["ExternalName", "headless, endpoints by hand", "ClusterIP"])
+def test_services_that_answer_foreign_addresses_by_design(kind):
+    """A Service of type ExternalName is a CNAME to a name outside the cluster; a headless Service without a selector
+    answers the endpoints written for it by hand (a database outside the cluster). Their addresses are no
+    Service's or pod's by design, not a stale or foreign answer. The same answer for a ClusterIP Service's name
+    is one."""
+    cluster = Cluster()
+    ts, foreign = T0 - 3600 * S, "192.0.2.40"
+    port = {"name": "pg", "port": 5432, "protocol": "TCP", "target_port": 5432, "node_port": None}
+    records = [*cluster.records(), _rec("Service", "default", "db", ts, service={
+        "type": "ClusterIP" if kind != "ExternalName" else kind, "selector": None, "ports": [port],
+        "cluster_ips": ["10.96.0.120"] if kind == "ClusterIP" else []})]
+    if kind.startswith("headless"):
+        records.append(_rec("EndpointSlice", "default", "db-1", ts, endpoints={
+            "service": "db", "address_type": "IPv4", "ports": [port],
+            "endpoints": [{"addresses": [foreign], "ready": True, "serving": True, "terminating": False}]}))
+    sc = Scenario(cluster)
+    sc.lookup(T0, sc.proc("client", "psql"), POD_IP, "db.default.svc.cluster.local", [foreign])
+    r = run(sc.events(), ClusterIndex.from_records(records))
+    [chain] = r.chains
+    alerted = [a["rule"] for a in r.alerts]
+    if kind == "ClusterIP":
+        assert chain["status"] == "broken" and alerted == ["dns.answer_not_service"]
+    else:
+        assert chain["status"] == "ok" and alerted == []
 
 
 def test_end_of_input_right_after_a_query_is_incomplete_not_broken():

@@ -2261,22 +2261,28 @@ class _Stitching:
         if answers:
             if in_cluster is None:
                 in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
-            if in_cluster and not self._external_name(dnsx[DX_QNAME], t0):
+            if in_cluster:
                 for a in answers:
-                    if idx.service_by_ip(a, None, "TCP", t0) is None and idx.pod_by_ip(a, t0) is None:
+                    if (idx.service_by_ip(a, None, "TCP", t0) is None and idx.pod_by_ip(a, t0) is None
+                            and not self._answers_by_design(dnsx[DX_QNAME], a, t0)):
                         node = idx.node_by_ip(a, t0)  # a node's own address: the host's resolver answered
                         found.append(("dns.answer_not_service", a if node is None else f"{a} (node {node}'s address)"))
                         break
         return found
 
-    def _external_name(self, qname: str, ts) -> bool:
-        """Whether qname names a Service of type ExternalName: CoreDNS answers it with a CNAME to a name outside
-        the cluster, whose addresses are no Service's by design."""
+    def _answers_by_design(self, qname: str, answer: str, ts) -> bool:
+        """Whether the Service qname names may answer an address that is no Service's or pod's: one of type
+        ExternalName (a CNAME to a name outside the cluster), or one without a selector whose endpoints, written
+        by hand, are that address (a database outside the cluster, behind a headless Service)."""
         ns, name = service_of_name(qname, self.cluster_domain)
         if name is None:
             return False
         svc = self.index.service(ns, name, ts)
-        return svc is not None and svc.type == "ExternalName"
+        if svc is None:
+            return False
+        if svc.type == "ExternalName":
+            return True
+        return any(ep.ip == answer for ep in self.index.endpoints(ns, name, ts))
 
     def _heard_by(self, dnsx: list) -> str:
         """Whether a DNS server process the agents see received the lookup's last query (its recv: DX_SERVER): what
