@@ -178,12 +178,12 @@ def test_dns_retry_is_the_same_question_after_glibcs_timeout(lab_capture):
 
 
 def test_a_connect_to_a_vip_without_rules_waits_until_curl_gives_up(lab_capture):
-    """The SYN to my-nginx-flushed's ClusterIP vanishes; curl closes the socket at its --connect-timeout (2 s):
-    the chain's connect hop is that wait."""
+    """The SYN to my-nginx-flushed's ClusterIP vanishes; curl closes the socket at its --connect-timeout (2 s,
+    counted from the start of the transfer, its DNS lookup included): the chain's connect hop is that wait."""
     events, _curls = lab_capture
     chain, _ = chain_of("my-nginx-flushed", events)
     [hop] = [h for h in chain["hops"] if h["name"] == "connect"]
-    assert hop["start_ts"] == chain["connect"]["ts"] and 2_000_000_000 <= hop["latency_ns"] < 2_500_000_000
+    assert hop["start_ts"] == chain["connect"]["ts"] and 1_500_000_000 <= hop["latency_ns"] <= 2_500_000_000
 
 
 def test_a_stale_rule_reaches_a_pod_the_slice_never_listed(lab_capture):
