@@ -161,6 +161,52 @@ def test_slow_response_breaks_the_latency_objective_without_breaking_the_chain()
     assert any("hop response" in a["summary"] for a in result.alerts)
 
 
+def _no_endpoints_state(case: str) -> list[dict]:
+    """The seed cluster's state with my-nginx's endpoints gone one way or another."""
+    records = Cluster().records()
+    svc = next(r for r in records if r["kind"] == "Service" and r["name"] == "my-nginx")
+    slice_ = next(r for r in records if r["kind"] == "EndpointSlice" and r["name"].startswith("my-nginx"))
+    pods = {r["name"]: r["pod"] for r in records if r["kind"] == "Pod"}
+    if case == "no selector":
+        svc["service"]["selector"] = None
+        slice_["endpoints"]["endpoints"] = []
+    elif case == "typo":
+        svc["service"]["selector"] = {"run": "my-nginxx"}
+        slice_["endpoints"]["endpoints"] = []
+    elif case == "one pod, not ready":
+        del pods["my-nginx-2"]["labels"]["run"]
+        pods["my-nginx-1"]["ready"] = False
+        slice_["endpoints"]["endpoints"] = [dict(ep, ready=False, serving=False) for ep in slice_["endpoints"]["endpoints"]
+                                            if ep["pod"] == "my-nginx-1"]
+    elif case == "pods not ready":
+        pods["my-nginx-1"].update(ready=False, phase="Pending")
+        pods["my-nginx-2"]["ready"] = False
+        for ep in slice_["endpoints"]["endpoints"]:
+            ep.update(ready=False, serving=False)
+    else:  # "ready, not listed": the pods are ready, the EndpointSlice lists none of them
+        slice_["endpoints"]["endpoints"] = []
+    return records
+
+
+@pytest.mark.parametrize("case, why", [
+    ("no selector", "it has no selector, and no endpoints were written for it"),
+    ("typo", "its selector run=my-nginxx matches no pod in default"),
+    ("one pod, not ready", "the one pod its selector run=my-nginx matches, my-nginx-1, is not ready"),
+    ("pods not ready", "none of the 2 pods its selector run=my-nginx matches is ready: my-nginx-1 Pending, "
+                       "my-nginx-2 not ready"),
+    ("ready, not listed", "its selector run=my-nginx matches 2 pods, 2 of them ready, that its EndpointSlices do "
+                          "not list as ready"),
+])
+def test_no_endpoints_says_why_the_service_has_none(case, why):
+    """The Sysdig article's part 2 fault 2 is a selector with a typo; pods that match and are not ready (probes, a
+    crash loop, a pending rollout) give the same refusal. The alert tells them apart."""
+    cluster, events = build("no_endpoints", "dnat")
+    result = run(events, ClusterIndex.from_records(_no_endpoints_state(case)))
+    [alert] = result.alerts
+    assert alert["rule"] == "svc.no_endpoints"
+    assert alert["summary"] == f"default/my-nginx has no ready endpoints ({why}): default/client got connection refused"
+
+
 @pytest.mark.parametrize("change, standing", [
     ({"ready": False, "serving": False}, "not ready in the Service's endpoints"),
     ({"ready": False, "serving": True, "terminating": True}, "terminating in the Service's endpoints"),

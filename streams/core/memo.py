@@ -126,6 +126,10 @@ class MemoIndex:
             self._added()
             return v
 
+    def selected_pods(self, namespace, selector, ts):
+        """(not memoized: the stitch stage keeps what it makes of them, _no_endpoints_why)"""
+        return self.index.selected_pods(namespace, selector, ts)
+
     def endpoint_standing(self, namespace, service, ip, ts):
         """(not memoized: asked only for an alert on a misrouted request)"""
         return self.index.endpoint_standing(namespace, service, ip, ts)

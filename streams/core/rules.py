@@ -47,7 +47,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "{qname} answered {answer}, which is no Service or pod IP (stale or foreign)", None,
          "A cluster name resolved to an address the cluster does not own."),
     Rule("svc.no_endpoints", "critical", True, 120 * S,
-         "{namespace}/{service} has no ready endpoints: {client} got {outcome}", None,
+         "{namespace}/{service} has no ready endpoints ({why}): {client} got {outcome}", None,
          "Selector matches no ready pod; the proxy closes, iptables rejects, socket-LB fails."),
     Rule("svc.target_port_refused", "critical", True, 120 * S,
          "{namespace}/{service}: backend {backend} refused port {backend_port} (targetPort); {client} got {outcome}", None,

@@ -77,7 +77,7 @@ cdef class _Stitching:
     cdef public object lateness_ns, settle_ns, idle_ns, lookup_timeout_ns, dns_port, cluster_domain
     cdef public dict _nodeports
     cdef public object _nodeports_at
-    cdef public dict _endpoints, _dns_servers, _findings, _conn_parts, _svcs, _conn_keys, _lkeys
+    cdef public dict _endpoints, _dns_servers, _findings, _whys, _conn_parts, _svcs, _conn_keys, _lkeys
     cdef public object encode_chain
 
     @cython.locals(conn=Conn, conns=dict, conn_keys=dict, ready=list, d=EnrichedEvent, e=SyscallEvent, prev=SyscallEvent,

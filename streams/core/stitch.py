@@ -288,6 +288,7 @@ class _Stitching:
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
         self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
         self._findings: dict[tuple, tuple] = {}  # _dns_findings' answers
+        self._whys: dict[tuple, tuple] = {}  # _no_endpoints_why's answers
         self._conn_parts: dict[str, _ConnParts] = {}
         self._svcs: dict[tuple, tuple] = {}  # a conn's "svc" dicts (_svc_of): connections to one Service share one
         self._conn_keys: dict[tuple, str] = {}  # (ip, port) -> endpoint_key(ip, port): formatted once
@@ -430,6 +431,7 @@ class _Stitching:
         self._endpoints.clear()
         self._dns_servers.clear()
         self._findings.clear()
+        self._whys.clear()
         self._conn_parts.clear()
         self._svcs.clear()
 
@@ -1970,6 +1972,42 @@ class _Stitching:
             p.backend_desc = desc
         return p.backend_desc
 
+    def _no_endpoints_why(self, svc: dict, ts: int) -> str:
+        """Why a Service had no ready endpoint (svc.no_endpoints' words): no selector, a selector that matches
+        no pod (a typo, a relabel), or pods that match and none ready (probes, a crash loop, a rollout).
+        Memoized per Service and second: an outage fails every request alike."""
+        key = ("no endpoints", svc["namespace"], svc["name"])
+        memo = self._whys
+        hit = memo.get(key)
+        if hit is not None and hit[0] <= ts < hit[1]:
+            return hit[2]
+        info = self.index.service(svc["namespace"], svc["name"], ts)
+        selector = info.selector if info is not None else None
+        if not selector:
+            why = "it has no selector, and no endpoints were written for it"
+        else:
+            pods = self.index.selected_pods(svc["namespace"], selector, ts)
+            chosen = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            if not pods:
+                why = f"its selector {chosen} matches no pod in {svc['namespace']}"
+            elif any(p.ready for p in pods):
+                ready = sum(p.ready for p in pods)
+                why = (f"its selector {chosen} matches {len(pods)} pods, {ready} of them ready, that its "
+                       "EndpointSlices do not list as ready")
+            else:  # how each stands: not ready while Running, else its phase (Pending, Failed, ...)
+                states = [(p.name, "not ready" if p.phase in (None, "Running") else p.phase) for p in pods]
+                if len(states) == 1:
+                    why = f"the one pod its selector {chosen} matches, {states[0][0]}, is {states[0][1]}"
+                else:
+                    listed = ", ".join(f"{name} {state}" for name, state in states[:3])
+                    why = (f"none of the {len(states)} pods its selector {chosen} matches is ready: {listed}"
+                           + (", ..." if len(states) > 3 else ""))
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        lo = ts - ts % S
+        memo[key] = (lo, lo + S, why)
+        return why
+
     def _standing(self, p: _ConnParts, svc: dict) -> str:
         """How a misrouted request's backend stood among the Service's endpoints then (svc.misrouted's words): what
         tells a readiness probe failing, kube-proxy or conntrack behind a change, and a selector or hand-made
@@ -2131,6 +2169,8 @@ class _Stitching:
                         if v is None:
                             v = dict(base_vars, in_cluster=True, backend=self._backend_desc(p, conn),
                                      backend_port=p.b_port)
+                        if rule_id == "svc.no_endpoints":
+                            extra = {"why": self._no_endpoints_why(svc, t_conn)}
                         occs.append((rule_id, labels, v if extra is None else {**v, **extra}, []))
         alerts_ids = []
         breaks = False

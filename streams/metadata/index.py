@@ -516,6 +516,17 @@ class ClusterIndex:
                     out.append(ep)
         return out
 
+    def selected_pods(self, namespace: str, selector: dict[str, str], ts: int | None = None) -> list[PodInfo]:
+        """The pods of `namespace` a Service's selector matches at ts (a scan of the namespace's pods: asked
+        only to explain a Service without ready endpoints)."""
+        out = []
+        for key, hist in self._objects.items():
+            if key[0] == "Pod" and key[1] == namespace:
+                pod = hist.at(ts)[0]
+                if pod is not None and all(pod.labels.get(k) == v for k, v in selector.items()):
+                    out.append(pod)
+        return sorted(out, key=lambda p: p.name)
+
     def endpoint_standing(self, namespace: str, service: str, ip: str, ts: int) -> tuple[str, int | None]:
         """Where `ip` stood among a Service's endpoints at ts, for traffic that reached it: ("ready", None),
         ("terminating", None) or ("not ready", None) while they list it; ("left", t) when an earlier version
