@@ -207,6 +207,28 @@ def test_no_endpoints_says_why_the_service_has_none(case, why):
     assert alert["summary"] == f"default/my-nginx has no ready endpoints ({why}): default/client got connection refused"
 
 
+@pytest.mark.parametrize("declared, said", [
+    ([{"name": "http", "port": 80, "protocol": "TCP"}], "its containers declare 80 (http)"),
+    ([{"name": "http", "port": 8080, "protocol": "TCP"}], "its containers declare 8080, and nothing listened on it"),
+    ([], "its containers declare no port"),
+])
+@pytest.mark.parametrize("mode", MODES)
+def test_target_port_refused_says_what_the_pods_declare(mode, declared, said):
+    """The Service's targetPort 8080 refused: the pod's declared containerPort 80 is the likely fix; a declared
+    8080 means the application did not listen on the port it declares. A refused DNAT among two endpoints does
+    not show which refused: what both declare is said then."""
+    cluster, events = build("wrong_port", mode)
+    records = cluster.records()
+    for r in records:
+        if r["kind"] == "Pod" and r["name"].startswith("my-nginx"):
+            r["pod"]["ports"] = declared
+    [alert] = run(events, ClusterIndex.from_records(records)).alerts
+    assert alert["rule"] == "svc.target_port_refused"
+    if mode == "dnat":
+        said = said.replace("its containers", "the containers of its 2 ready endpoints")
+    assert f"refused port 8080 (targetPort): {said}; default/client got" in alert["summary"]
+
+
 @pytest.mark.parametrize("change, standing", [
     ({"ready": False, "serving": False}, "not ready in the Service's endpoints"),
     ({"ready": False, "serving": True, "terminating": True}, "terminating in the Service's endpoints"),

@@ -50,7 +50,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "{namespace}/{service} has no ready endpoints ({why}): {client} got {outcome}", None,
          "Selector matches no ready pod; the proxy closes, iptables rejects, socket-LB fails."),
     Rule("svc.target_port_refused", "critical", True, 120 * S,
-         "{namespace}/{service}: backend {backend} refused port {backend_port} (targetPort); {client} got {outcome}", None,
+         "{namespace}/{service}: backend {backend} refused port {backend_port} (targetPort){declared}; {client} got {outcome}", None,
          "The Service's targetPort is not listening in the backend pod."),
     Rule("svc.misrouted", "critical", True, 120 * S,
          "{namespace}/{service}: request from {client} reached {backend}, {standing}", None,

@@ -1972,6 +1972,26 @@ class _Stitching:
             p.backend_desc = desc
         return p.backend_desc
 
+    def _declared_ports(self, p: _ConnParts, port, ts: int) -> str:
+        """What the refusing pod's containers declare (svc.target_port_refused's words): the ports they do
+        declare tell a wrong targetPort; the refused one among them, an application not listening on it. A
+        refused DNAT among several endpoints does not show which refused: then what they all declare, if
+        they declare the same. "" when that is unknown."""
+        if p.b_ip:
+            pods = [self.index.pod_by_ip(p.b_ip, ts)]
+        else:
+            pods = [self.index.pod_by_ip(ip, ts) for ip in sorted({ep.ip for ep in p.ready_eps or ()})]
+        if not pods or None in pods or len({pod.ports for pod in pods}) != 1:
+            return ""
+        whose = "its containers" if len(pods) == 1 else f"the containers of its {len(pods)} ready endpoints"
+        declared = pods[0].ports
+        if not declared:
+            return f": {whose} declare no port"
+        if any(cp.port == port for cp in declared):
+            return f": {whose} declare {port}, and nothing listened on it"
+        return f": {whose} declare " + ", ".join(f"{cp.port} ({cp.name})" if cp.name else str(cp.port)
+                                                    for cp in declared)
+
     def _no_endpoints_why(self, svc: dict, ts: int) -> str:
         """Why a Service had no ready endpoint (svc.no_endpoints' words): no selector, a selector that matches
         no pod (a typo, a relabel), or pods that match and none ready (probes, a crash loop, a rollout).
@@ -2171,6 +2191,9 @@ class _Stitching:
                                      backend_port=p.b_port)
                         if rule_id == "svc.no_endpoints":
                             extra = {"why": self._no_endpoints_why(svc, t_conn)}
+                        elif rule_id == "svc.target_port_refused":
+                            port = (extra or v)["backend_port"]
+                            extra = {**(extra or {}), "declared": self._declared_ports(p, port, t_conn)}
                         occs.append((rule_id, labels, v if extra is None else {**v, **extra}, []))
         alerts_ids = []
         breaks = False
