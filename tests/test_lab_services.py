@@ -193,7 +193,7 @@ def test_a_stale_rule_reaches_a_pod_the_slice_never_listed(lab_capture):
     result = run(events, lab_index())
     chain, _ = pick("my-nginx-stale", result.chains, result.alerts)
     [alert] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "svc.misrouted"]
-    assert alert["summary"].endswith(f"reached default/my-nginx-1 ({NGINX_IP}:80), never one of the Service's "
+    assert alert["summary"].endswith(f"reached default/my-nginx-1 ({NGINX_IP}:80), not one of the Service's "
                                      "endpoints")
 
 

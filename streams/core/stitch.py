@@ -2037,7 +2037,7 @@ class _Stitching:
         if how == "left":
             return f"which left the Service's endpoints {(t - since) / S:.1f} s before"
         if how == "never":
-            return "never one of the Service's endpoints"
+            return "not one of the Service's endpoints"  # (then, nor in the history the index holds: not "never")
         if how == "ready":  # (misrouted for its namespace: a hand-made Endpoints)
             return "a pod of another namespace the Service's endpoints list"
         return f"{how} in the Service's endpoints"
