@@ -59,6 +59,29 @@ def test_nxdomain_for_a_missing_service_is_critical():
     assert r.alerts[0]["labels"] == {"namespace": "default", "service": "nope", "pod": "client", "node": "node-a"}
 
 
+@pytest.mark.parametrize("asked, hint", [
+    ("my-nginxx.default", "; no Service my-nginxx in default (close: my-nginx)"),
+    ("my-nginx.prod", "; no Service my-nginx in prod, but default/my-nginx"),
+    ("payments.default", "; no Service payments in default"),
+    ("db.default", "; default/db is a headless Service without a ready endpoint: its name has no records"),
+    ("kube-dns.kube-system", "; kube-system/kube-dns exists: the DNS server is behind, or not this cluster's"),
+])
+def test_nxdomain_says_what_the_index_knows_of_the_name(asked, hint):
+    """The classic NXDOMAINs of a cluster name: a typo, a Service asked in the wrong namespace, one that does not
+    exist; and two where it does: a headless Service without a ready pod has no records, and a DNS server behind
+    (or another cluster's) does not know a Service the API server has."""
+    cluster = Cluster()
+    headless = _rec("Service", "default", "db", T0 - 3600 * S, service={
+        "type": "ClusterIP", "cluster_ips": [], "selector": {"app": "db"},
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "target_port": 5432, "node_port": None}]})
+    sc = Scenario(cluster)
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, f"{asked}.svc.cluster.local", [], rcode=3)
+    r = run(sc.events(), ClusterIndex.from_records([*cluster.records(), headless]))
+    [alert] = [a for a in r.alerts if a["rule"] == "dns.nxdomain"]
+    assert alert["summary"] == (f"{asked}.svc.cluster.local does not exist: NXDOMAIN from 10.96.0.10 to "
+                                f"default/client{hint}")
+
+
 def test_no_answer():
     """glibc: a query, the same again after 5 s, then it gives up; the capture goes on."""
     sc = Scenario(Cluster())

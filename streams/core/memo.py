@@ -126,6 +126,10 @@ class MemoIndex:
             self._added()
             return v
 
+    def services(self, ts):
+        """(not memoized: the stitch stage keeps what it makes of them, _nxdomain_hint)"""
+        return self.index.services(ts)
+
     def selected_pods(self, namespace, selector, ts):
         """(not memoized: the stitch stage keeps what it makes of them, _no_endpoints_why)"""
         return self.index.selected_pods(namespace, selector, ts)

@@ -27,7 +27,7 @@ class Rule:
 
 CATALOGUE: tuple[Rule, ...] = (
     Rule("dns.nxdomain", "warning", True, 300 * S,
-         "{qname} does not exist: NXDOMAIN from {resolver} to {client}", "critical",
+         "{qname} does not exist: NXDOMAIN from {resolver} to {client}{hint}", "critical",
          "The lookup's final answer was NXDOMAIN (for a *.svc.cluster.local name: the Service is missing)."),
     Rule("dns.no_answer", "warning", True, 300 * S,
          "no DNS answer for {qname} from {resolver} to {client} after {queries} queries; {heard}", None,

@@ -35,6 +35,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
+from difflib import get_close_matches
 from heapq import heapify, heappop, heappush, heapreplace
 from operator import attrgetter, itemgetter
 from types import FunctionType
@@ -2357,6 +2358,37 @@ class _Stitching:
             return "no DNS server seen receiving it" if one else "no DNS server seen receiving them"
         return f"{self._server_named(srv)} received {'it' if one else 'the last one'}"
 
+    def _nxdomain_hint(self, ns: str, name: str, ts: int) -> str:
+        """What the index knows of the Service a cluster name that does not exist names (dns.nxdomain's words):
+        a headless Service without a ready endpoint (its name has no records), one that exists (the DNS
+        server behind), the same name in other namespaces (a name asked from the wrong namespace, or without
+        one), or names close to it (a typo). Memoized per name and second."""
+        key = ("nxdomain", ns, name)
+        memo = self._whys
+        hit = memo.get(key)
+        if hit is not None and hit[0] <= ts < hit[1]:
+            return hit[2]
+        svc = self.index.service(ns, name, ts)
+        if svc is not None:
+            if not svc.cluster_ips and not self.index.ready_endpoints(ns, name, ts)[0]:
+                hint = f"; {ns}/{name} is a headless Service without a ready endpoint: its name has no records"
+            else:
+                hint = f"; {ns}/{name} exists: the DNS server is behind, or not this cluster's"
+        else:
+            services = self.index.services(ts)
+            elsewhere = sorted(f"{s.namespace}/{s.name}" for s in services if s.name == name)
+            if elsewhere:
+                hint = f"; no Service {name} in {ns}, but " + ", ".join(elsewhere[:3]) + \
+                    (" and more" if len(elsewhere) > 3 else "")
+            else:
+                close = get_close_matches(name, [s.name for s in services if s.namespace == ns], n=3, cutoff=0.8)
+                hint = f"; no Service {name} in {ns}" + (f" (close: {', '.join(close)})" if close else "")
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        lo = ts - ts % S
+        memo[key] = (lo, lo + S, hint)
+        return hint
+
     def _resolver_down(self, dnsx: list) -> str:
         """For a lookup nobody answered: its resolver, a Service (kube-dns) without a ready endpoint then, said
         ("": it had one, or is no Service): CoreDNS down or not ready, not the network."""
@@ -2406,6 +2438,8 @@ class _Stitching:
                 vars_ = dict(v, answer=extra)
             elif rule == "dns.no_answer":
                 vars_ = dict(v, heard=self._heard_by(dnsx) + self._resolver_down(dnsx))
+            elif rule == "dns.nxdomain":
+                vars_ = dict(v, hint=self._nxdomain_hint(ns, name, dnsx[DX_T0]) if name else "")
             else:
                 vars_ = v
             occs.append((rule, labels, vars_, DNS_EVIDENCE))

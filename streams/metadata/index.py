@@ -516,6 +516,11 @@ class ClusterIndex:
                     out.append(ep)
         return out
 
+    def services(self, ts: int | None = None) -> list[ServiceInfo]:
+        """Every Service alive at ts (a scan: asked only to explain a cluster name that does not exist)."""
+        return [hist.at(ts)[0] for key, hist in self._objects.items()
+                if key[0] == "Service" and hist.at(ts)[0] is not None]
+
     def selected_pods(self, namespace: str, selector: dict[str, str], ts: int | None = None) -> list[PodInfo]:
         """The pods of `namespace` a Service's selector matches at ts (a scan of the namespace's pods: asked
         only to explain a Service without ready endpoints)."""
