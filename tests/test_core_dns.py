@@ -82,6 +82,36 @@ def test_nxdomain_says_what_the_index_knows_of_the_name(asked, hint):
                                 f"default/client{hint}")
 
 
+def test_wrong_resolver_says_what_the_resolver_is_and_why_a_pod_asked_it():
+    """A pod asking another nameserver: its dnsPolicy or resolv.conf; a host-network pod: it gets the node's resolver
+    unless its dnsPolicy is ClusterFirstWithHostNet; a process of the node: nothing to add. A resolver at a node's
+    address is named as one."""
+    cluster = Cluster()
+    node_ip = cluster.nodes["node-b"]
+    records = cluster.records()
+    hostnet = next(r for r in records if r["kind"] == "Pod" and r["name"] == "coredns")
+    agent = dict(hostnet, name="node-agent", namespace="monitoring", uid="uid-node-agent")
+    agent["pod"] = dict(hostnet["pod"], ips=[cluster.nodes["node-a"]], node="node-a", host_network=True,
+                        container_ids=["containerd://ae0000000001"], labels={"app": "node-agent"})
+    records.append(agent)
+    sc = Scenario(cluster)
+    name = "my-nginx.default.svc.cluster.local"
+    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, name, ["10.96.0.100"], resolver=node_ip, server=False)
+    sc.lookup(T0 + S, Proc("node-a", 901, "agent", "ae0000000001"), cluster.nodes["node-a"], name, ["10.96.0.100"],
+              resolver=cluster.host_resolver, server=False)
+    sc.lookup(T0 + 2 * S, sc.proc(None, "curl", node="node-a"), cluster.nodes["node-a"], name, ["10.96.0.100"],
+              resolver=cluster.host_resolver, server=False)
+    r = run(sc.events(), ClusterIndex.from_records(records))
+    said = sorted(a["summary"] for a in r.alerts if a["rule"] == "dns.wrong_resolver")
+    assert said == [
+        f"curl@node-a resolved {name} with {cluster.host_resolver}, which is not the cluster DNS",
+        f"default/client resolved {name} with {node_ip} (node node-b's address), which is not the cluster DNS; the "
+        "pod's dnsPolicy is Default (or None, with other nameservers), or its resolv.conf was rewritten",
+        f"monitoring/node-agent resolved {name} with {cluster.host_resolver}, which is not the cluster DNS; a "
+        "host-network pod: only dnsPolicy ClusterFirstWithHostNet gives it the cluster DNS",
+    ]
+
+
 def test_no_answer():
     """glibc: a query, the same again after 5 s, then it gives up; the capture goes on."""
     sc = Scenario(Cluster())

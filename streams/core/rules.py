@@ -41,7 +41,7 @@ CATALOGUE: tuple[Rule, ...] = (
          " (ndots)", None,
          "Names with fewer dots than ndots are tried with every search suffix first."),
     Rule("dns.wrong_resolver", "critical", True, 300 * S,
-         "{client} resolved {qname} with {resolver}, which is not the cluster DNS", None,
+         "{client} resolved {qname} with {resolver}{resolver_is}, which is not the cluster DNS{hint}", None,
          "A pod (or a cluster name) resolved by a non-cluster nameserver."),
     Rule("dns.answer_not_service", "critical", True, 300 * S,
          "{qname} answered {answer}, which is no Service or pod IP (stale or foreign)", None,

@@ -2287,7 +2287,7 @@ class _Stitching:
         answers = dnsx[DX_ANSWERS]
         key = (dnsx[DX_ANSWERED] == 0, dnsx[DX_RCODE], dnsx[DX_RETRY_GAP] is None, dnsx[DX_EXPANSIONS],
                dnsx[DX_ANSWERED_BY], dnsx[DX_RESOLVER_IP], dnsx[DX_QNAME], *answers,
-               client_pod is not None and not client_pod.host_network)
+               None if client_pod is None else client_pod.host_network)
         memo = self._findings
         hit = memo.get(key)
         if hit is not None and hit[0] <= t0 < hit[1]:
@@ -2321,7 +2321,7 @@ class _Stitching:
                 if not pod_client:
                     in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
                 if pod_client or in_cluster:
-                    found.append(("dns.wrong_resolver", None))
+                    found.append(("dns.wrong_resolver", self._wrong_resolver_said(resolver, client_pod, t0)))
         if answers:
             if in_cluster is None:
                 in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
@@ -2357,6 +2357,18 @@ class _Stitching:
         if srv is None:
             return "no DNS server seen receiving it" if one else "no DNS server seen receiving them"
         return f"{self._server_named(srv)} received {'it' if one else 'the last one'}"
+
+    def _wrong_resolver_said(self, resolver: str, client_pod, ts) -> tuple[str, str]:
+        """(what the resolver is, when a node's address; why a pod asked it) for dns.wrong_resolver: a
+        host-network pod gets the node's resolver unless its dnsPolicy is ClusterFirstWithHostNet."""
+        node = self.index.node_by_ip(resolver, ts)
+        resolver_is = f" (node {node}'s address)" if node is not None else ""
+        if client_pod is None:
+            return resolver_is, ""
+        if client_pod.host_network:
+            return resolver_is, "; a host-network pod: only dnsPolicy ClusterFirstWithHostNet gives it the cluster DNS"
+        return resolver_is, ("; the pod's dnsPolicy is Default (or None, with other nameservers), or its resolv.conf "
+                             "was rewritten")
 
     def _nxdomain_hint(self, ns: str, name: str, ts: int) -> str:
         """What the index knows of the Service a cluster name that does not exist names (dns.nxdomain's words):
@@ -2438,6 +2450,8 @@ class _Stitching:
                 vars_ = dict(v, answer=extra)
             elif rule == "dns.no_answer":
                 vars_ = dict(v, heard=self._heard_by(dnsx) + self._resolver_down(dnsx))
+            elif rule == "dns.wrong_resolver":
+                vars_ = dict(v, resolver_is=extra[0], hint=extra[1])
             elif rule == "dns.nxdomain":
                 vars_ = dict(v, hint=self._nxdomain_hint(ns, name, dnsx[DX_T0]) if name else "")
             else:
