@@ -82,34 +82,51 @@ def test_nxdomain_says_what_the_index_knows_of_the_name(asked, hint):
                                 f"default/client{hint}")
 
 
-def test_wrong_resolver_says_what_the_resolver_is_and_why_a_pod_asked_it():
-    """A pod asking another nameserver: its dnsPolicy or resolv.conf; a host-network pod: it gets the node's resolver
-    unless its dnsPolicy is ClusterFirstWithHostNet; a process of the node: nothing to add. A resolver at a node's
-    address is named as one."""
+CLUSTER_NAME, EXTERNAL_NAME = "my-nginx.default.svc.cluster.local", "example.com"
+CLIENT_SAYS = {  # (dnsPolicy, on the host network) -> what a wrong_resolver alert adds for it
+    ("ClusterFirst", False): "; the pod's dnsPolicy is ClusterFirst: its resolv.conf was rewritten, or the process "
+                             "reads its own",
+    ("Default", False): "; the pod's dnsPolicy is Default",
+    ("ClusterFirst", True): "; a host-network pod with dnsPolicy ClusterFirst: only ClusterFirstWithHostNet gives it "
+                            "the cluster DNS",
+    (None, False): "; the pod's dnsPolicy is Default (or None, with other nameservers), or its resolv.conf was "
+                   "rewritten",  # a record from before the policy was projected
+    ("process", None): "",  # a process of the node, in no pod
+}
+
+
+@pytest.mark.parametrize("policy, host_network", list(CLIENT_SAYS))
+@pytest.mark.parametrize("qname", [CLUSTER_NAME, EXTERNAL_NAME])
+def test_wrong_resolver_by_the_clients_dns_policy(policy, host_network, qname):
+    """Another nameserver answering a cluster name is always wrong. For another name it is wrong only for a pod
+    meant to ask the cluster DNS, by its dnsPolicy: ClusterFirst, or ClusterFirstWithHostNet on the host network
+    (a host-network pod's ClusterFirst falls back to the node's resolver); Default and None choose another
+    nameserver on purpose. The alert names a resolver at a node's address, and where the pod's resolver comes
+    from."""
     cluster = Cluster()
-    node_ip = cluster.nodes["node-b"]
     records = cluster.records()
-    hostnet = next(r for r in records if r["kind"] == "Pod" and r["name"] == "coredns")
-    agent = dict(hostnet, name="node-agent", namespace="monitoring", uid="uid-node-agent")
-    agent["pod"] = dict(hostnet["pod"], ips=[cluster.nodes["node-a"]], node="node-a", host_network=True,
-                        container_ids=["containerd://ae0000000001"], labels={"app": "node-agent"})
-    records.append(agent)
+    node_ip = cluster.nodes["node-b"]
+    if policy == "process":
+        client, client_ip = Proc("node-a", 901, "agent"), cluster.nodes["node-a"]
+    else:
+        pod = next(r for r in records if r["kind"] == "Pod" and r["name"] == "client")["pod"]
+        pod.update(host_network=host_network)
+        if policy is not None:
+            pod["dns_policy"] = policy
+        if host_network:
+            pod["ips"] = [cluster.nodes["node-a"]]
+        client, client_ip = Proc("node-a", 901, "curl", "c11e47000001"), pod["ips"][0]
     sc = Scenario(cluster)
-    name = "my-nginx.default.svc.cluster.local"
-    sc.lookup(T0, sc.proc("client", "curl"), POD_IP, name, ["10.96.0.100"], resolver=node_ip, server=False)
-    sc.lookup(T0 + S, Proc("node-a", 901, "agent", "ae0000000001"), cluster.nodes["node-a"], name, ["10.96.0.100"],
-              resolver=cluster.host_resolver, server=False)
-    sc.lookup(T0 + 2 * S, sc.proc(None, "curl", node="node-a"), cluster.nodes["node-a"], name, ["10.96.0.100"],
-              resolver=cluster.host_resolver, server=False)
+    sc.lookup(T0, client, client_ip, qname, ["10.96.0.100"], resolver=node_ip, server=False)
     r = run(sc.events(), ClusterIndex.from_records(records))
-    said = sorted(a["summary"] for a in r.alerts if a["rule"] == "dns.wrong_resolver")
-    assert said == [
-        f"curl@node-a resolved {name} with {cluster.host_resolver}, which is not the cluster DNS",
-        f"default/client resolved {name} with {node_ip} (node node-b's address), which is not the cluster DNS; the "
-        "pod's dnsPolicy is Default (or None, with other nameservers), or its resolv.conf was rewritten",
-        f"monitoring/node-agent resolved {name} with {cluster.host_resolver}, which is not the cluster DNS; a "
-        "host-network pod: only dnsPolicy ClusterFirstWithHostNet gives it the cluster DNS",
-    ]
+    said = [a["summary"] for a in r.alerts if a["rule"] == "dns.wrong_resolver"]
+    meant = (policy, host_network) in (("ClusterFirst", False), (None, False))
+    if qname == EXTERNAL_NAME and not meant:
+        assert said == []
+    else:
+        who = "agent@node-a" if policy == "process" else "default/client"
+        assert said == [f"{who} resolved {qname} with {node_ip} (node node-b's address), which is not the cluster DNS"
+                        + CLIENT_SAYS[policy, host_network]]
 
 
 def test_no_answer():

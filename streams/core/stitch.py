@@ -2287,7 +2287,7 @@ class _Stitching:
         answers = dnsx[DX_ANSWERS]
         key = (dnsx[DX_ANSWERED] == 0, dnsx[DX_RCODE], dnsx[DX_RETRY_GAP] is None, dnsx[DX_EXPANSIONS],
                dnsx[DX_ANSWERED_BY], dnsx[DX_RESOLVER_IP], dnsx[DX_QNAME], *answers,
-               None if client_pod is None else client_pod.host_network)
+               None if client_pod is None else (client_pod.host_network, client_pod.dns_policy))
         memo = self._findings
         hit = memo.get(key)
         if hit is not None and hit[0] <= t0 < hit[1]:
@@ -2317,10 +2317,8 @@ class _Stitching:
             asked = dnsx[DX_RESOLVER_IP]
             cluster_resolver = (not asked or idx.is_cluster_dns(asked, t0)) and idx.is_cluster_dns(resolver, t0)
             if not cluster_resolver:
-                pod_client = client_pod is not None and not client_pod.host_network
-                if not pod_client:
-                    in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
-                if pod_client or in_cluster:
+                in_cluster = in_cluster_domain(dnsx[DX_QNAME], self.cluster_domain)
+                if in_cluster or _meant_for_cluster_dns(client_pod):
                     found.append(("dns.wrong_resolver", self._wrong_resolver_said(resolver, client_pod, t0)))
         if answers:
             if in_cluster is None:
@@ -2359,14 +2357,22 @@ class _Stitching:
         return f"{self._server_named(srv)} received {'it' if one else 'the last one'}"
 
     def _wrong_resolver_said(self, resolver: str, client_pod, ts) -> tuple[str, str]:
-        """(what the resolver is, when a node's address; why a pod asked it) for dns.wrong_resolver: a
-        host-network pod gets the node's resolver unless its dnsPolicy is ClusterFirstWithHostNet."""
+        """(what the resolver is, when a node's address; why a pod asked it) for dns.wrong_resolver: its
+        dnsPolicy, when its record has it (a host-network pod gets the node's resolver unless the policy is
+        ClusterFirstWithHostNet)."""
         node = self.index.node_by_ip(resolver, ts)
         resolver_is = f" (node {node}'s address)" if node is not None else ""
         if client_pod is None:
             return resolver_is, ""
+        policy = client_pod.dns_policy
         if client_pod.host_network:
-            return resolver_is, "; a host-network pod: only dnsPolicy ClusterFirstWithHostNet gives it the cluster DNS"
+            return resolver_is, (f"; a host-network pod{f' with dnsPolicy {policy}' if policy else ''}: only "
+                                 "ClusterFirstWithHostNet gives it the cluster DNS")
+        if policy in ("Default", "None"):
+            return resolver_is, f"; the pod's dnsPolicy is {policy}"
+        if policy is not None:
+            return resolver_is, f"; the pod's dnsPolicy is {policy}: its resolv.conf was rewritten, or the process " \
+                                "reads its own"
         return resolver_is, ("; the pod's dnsPolicy is Default (or None, with other nameservers), or its resolv.conf "
                              "was rewritten")
 
@@ -3049,6 +3055,20 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     if conn.est == 0 and (conn.ccl is not None or idle_closed):
         return "connection timed out"  # never established: closed, or silent for the idle timeout
     return "pending"
+
+
+def _meant_for_cluster_dns(pod) -> bool:
+    """Whether a pod asks the cluster DNS whatever the name, by its dnsPolicy: ClusterFirst (on the host network,
+    ClusterFirstWithHostNet: its ClusterFirst falls back to the node's resolver). Default and None choose another
+    resolver on purpose. A record without the policy: a pod off the host network, as before it was known."""
+    if pod is None:
+        return False
+    policy = pod.dns_policy
+    if policy is None:
+        return not pod.host_network
+    if pod.host_network:
+        return policy == "ClusterFirstWithHostNet"
+    return policy in ("ClusterFirst", "ClusterFirstWithHostNet")
 
 
 def _first_receipt(srv: list) -> int:

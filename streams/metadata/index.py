@@ -58,6 +58,7 @@ class PodInfo:
     phase: str | None = None
     uid: str | None = None
     ports: tuple[ContainerPortInfo, ...] = ()
+    dns_policy: str | None = None  # spec.dnsPolicy; None: a record from before it was projected
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,7 @@ def _pod_info(rec: dict) -> PodInfo:
             for q in p.get("ports") or ()
             if q.get("port") is not None
         ),
+        dns_policy=p.get("dns_policy"),
     )
 
 

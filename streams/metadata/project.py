@@ -99,6 +99,7 @@ def _pod(obj: dict) -> dict:
             "ips": ips,
             "node": spec.get("nodeName") or None,
             "host_network": bool(spec.get("hostNetwork", False)),
+            "dns_policy": spec.get("dnsPolicy") or "ClusterFirst",
             "phase": status.get("phase"),
             "ready": ready,
             "labels": _map((obj.get("metadata") or {}).get("labels"), "metadata.labels"),

@@ -102,6 +102,12 @@ def test_projection_details():
     assert r["pod"]["host_network"] is True and r["pod"]["ready"] is False
     assert r["pod"]["container_ids"][0] == "aaaabbbbcccc0000"
     assert r["pod"]["ports"] == [{"name": "http-alt", "port": 8080, "protocol": "TCP"}]
+    assert r["pod"]["dns_policy"] == "ClusterFirst"  # (unset: the API server's default)
+    pod["spec"]["dnsPolicy"] = "ClusterFirstWithHostNet"
+    assert project(pod, TS)["pod"]["dns_policy"] == "ClusterFirstWithHostNet"
+    validate("k8s-object", project(pod, TS))
+    idx = ClusterIndex.from_records([project(pod, TS)])  # (a host-network pod: known by its containers, not IP)
+    assert idx.pod_by_container("aaaabbbbcccc0000").dns_policy == "ClusterFirstWithHostNet"
     headless = {"kind": "Service", "metadata": {"name": "h", "namespace": "d"},
                 "spec": {"clusterIP": "None", "ports": [{"port": 80, "targetPort": "8080"}]}}
     r = project(headless, TS)
