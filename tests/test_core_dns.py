@@ -292,6 +292,45 @@ def test_retry_after_5s_says_what_the_agents_saw_of_the_lost_query():
     }
 
 
+@pytest.mark.parametrize("received", [True, False])
+def test_a_retrys_cause_survives_a_checkpoint(received):
+    """The stitch state written at any cut (as a worker's checkpoint writes it) and restored gives the same chains
+    and alert occurrences, their causes included, as the uninterrupted run."""
+    from tests.test_core_stitch_state import _stitch_calls  # (the stitch stage's calls in a run)
+    from svctrace.streams.core import dumps_state, loads_state
+    from svctrace.streams.core.stitch import Stitcher
+
+    def outputs(op, calls, states):
+        out = []
+        for what, key, arg in calls:
+            st = states.setdefault(key, op.new_state())
+            out += op.process(st, key, arg) if what == "p" else op.advance(st, key, arg)
+            if what == "a" and op.is_idle(st):
+                del states[key]
+        return out, states
+
+    def flushed(op, states):
+        return [o for key in sorted(states) for o in op.flush(states[key], key)]
+
+    cluster = Cluster()
+    sc = Scenario(cluster, "dnat")
+    _retried_a(sc, received, twin=True)
+    sc.request(T0 + 6 * S, "healthy")
+    calls = _stitch_calls(cluster, sc.events())
+    op = Stitcher(cluster.index())
+    whole, states = outputs(op, calls, {})
+    whole += flushed(op, states)
+    assert any(o[2].get("rule") == "dns.retry_5s" for o in whole if isinstance(o[2], dict))
+    for cut in range(1, len(calls)):
+        op = Stitcher(cluster.index())
+        before, states = outputs(op, calls[:cut], {})
+        succ = Stitcher(cluster.index())
+        resumed = {key: succ.restore(loads_state(dumps_state(op.durable(st)) if not st["runs"] else dumps_state(st)))
+                   for key, st in states.items()}
+        after, states = outputs(succ, calls[cut:], resumed)
+        assert before + after + flushed(succ, states) == whole, cut
+
+
 def test_search_path_amplification():
     sc = Scenario(Cluster())
     curl = sc.proc("client", "curl")

@@ -289,7 +289,7 @@ class _Stitching:
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
         self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
         self._findings: dict[tuple, tuple] = {}  # _dns_findings' answers
-        self._whys: dict[tuple, tuple] = {}  # _no_endpoints_why's answers
+        self._whys: dict[tuple, tuple] = {}  # _no_endpoints_why's and _nxdomain_hint's answers
         self._conn_parts: dict[str, _ConnParts] = {}
         self._svcs: dict[tuple, tuple] = {}  # a conn's "svc" dicts (_svc_of): connections to one Service share one
         self._conn_keys: dict[tuple, str] = {}  # (ip, port) -> endpoint_key(ip, port): formatted once
