@@ -186,6 +186,20 @@ def test_a_connect_to_a_vip_without_rules_waits_until_curl_gives_up(lab_capture)
     assert hop["start_ts"] == chain["connect"]["ts"] and 1_500_000_000 <= hop["latency_ns"] <= 2_500_000_000
 
 
+def test_service_alerts_say_why_from_the_cluster_state(lab_capture):
+    """my-nginx-no-endpoints' selector has a typo; my-nginx-wrong-port's targetPort is not what nginx declares."""
+    events, _curls = lab_capture
+    result = run(events, lab_index())
+    said = {}
+    for case in ("my-nginx-no-endpoints", "my-nginx-wrong-port"):
+        chain, _ = pick(case, result.chains, result.alerts)
+        [said[case]] = [a["summary"] for a in result.alerts if a["alert_id"] in chain["alerts"]
+                        and a["rule"].startswith("svc.")]
+    assert "has no ready endpoints (its selector run=my-nginxx matches no pod in default)" \
+        in said["my-nginx-no-endpoints"]
+    assert "refused port 8081 (targetPort): its containers declare 80" in said["my-nginx-wrong-port"]
+
+
 def test_a_stale_rule_reaches_a_pod_the_slice_never_listed(lab_capture):
     """The lab's rule for my-nginx-stale still sends it to the first nginx pod, which its EndpointSlice (the
     v2 selector's) never listed: not a readiness or rollout story, the alert says."""
