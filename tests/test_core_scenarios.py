@@ -274,6 +274,25 @@ def test_a_slow_userspace_proxy_dial_breaks_the_proxy_hops_objective():
     assert alert["rule"] == "svc.hop_latency" and "hop proxy took 1500 ms (objective 1000 ms)" in alert["summary"]
 
 
+@pytest.mark.parametrize("delay_ms, because", [
+    (1_050, ": about 1 s: a SYN retransmission (a SYN or its SYN-ACK lost), likely"),
+    (3_100, ": about 3 s: 2 SYN retransmissions (SYNs or SYN-ACKs lost), likely"),
+    (2_000, ""),  # no retransmission time: nothing to say of it
+])
+def test_a_slow_connect_at_a_syn_retransmission_time_says_so(delay_ms, because):
+    """The backend accepts the client delay_ms after its connect: at 1 s (or 3 s) after it, Linux's first (or
+    second) SYN retransmission completes the handshake."""
+    cluster, events = build("healthy", "dnat")
+    [accept] = [e for e in events if e.kind == "accept" and e.comm == "nginx"]
+    [connect] = [e for e in events if e.kind == "connect" and e.proto == "tcp"]
+    shift = delay_ms * MS - (accept.ts - connect.ts)
+    late = renumber([e.with_(ts=e.ts + shift) if e.ts >= accept.ts else e for e in events])
+    result = run(late, cluster.index())
+    [alert] = result.alerts
+    assert alert["summary"] == (f"default/my-nginx: hop connect took {delay_ms} ms (objective 1000 ms) for "
+                                f"default/client{because}")
+
+
 def test_every_latency_objective_names_a_hop_chains_have():
     """An objective keyed by a name no hop has would never fire."""
     names = set()

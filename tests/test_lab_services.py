@@ -175,6 +175,9 @@ def test_dns_retry_is_the_same_question_after_glibcs_timeout(lab_capture):
     [retry] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "dns.retry_5s"]
     assert retry["summary"].endswith("; no DNS server seen receiving it, and it left its socket together with the "
                                      "AAAA query: the conntrack insertion race")
+    [slow] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "svc.hop_latency"]
+    assert " hop dns took " in slow["summary"] and slow["summary"].endswith(" ms after an unanswered query "
+                                                                             "(dns.retry_5s)")
 
 
 def test_a_connect_to_a_vip_without_rules_waits_until_curl_gives_up(lab_capture):

@@ -72,7 +72,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "{namespace}/{service}: backend {backend} answered {status} to {method} {target}", None,
          "HTTP 5xx from the backend."),
     Rule("svc.hop_latency", "warning", False, 300 * S,
-         "{namespace}/{service}: hop {hop} took {latency_ms} ms (objective {objective_ms} ms) for {client}", None,
+         "{namespace}/{service}: hop {hop} took {latency_ms} ms (objective {objective_ms} ms) for {client}{because}", None,
          "A hop of the chain exceeded its latency objective."),
 )
 
@@ -88,6 +88,10 @@ LATENCY_OBJECTIVES_NS: dict[str, int] = {
 
 # DNS heuristics used by the detectors.
 RETRY_GAP_NS = (4 * S, 7 * S)  # glibc's default resolver timeout is 5 s
+# When a connect completes after lost SYNs: Linux retransmits a SYN 1 s after the first, then doubles the wait
+# (1, 3, 7, 15, 31 s after it); what completes within the slack after one of these had that many SYNs lost.
+SYN_RETRANSMIT_NS = (1 * S, 3 * S, 7 * S, 15 * S, 31 * S)
+SYN_RETRANSMIT_SLACK_NS = 250 * MS
 DNS_TWIN_NS = 10 * MS  # glibc sends a name's A and AAAA queries at once (one sendmmsg, or two sends back to back)
 SEARCH_AMPLIFICATION_MIN_EXPANSIONS = 3  # names tried before the one asked for (A and AAAA of one: one)
 

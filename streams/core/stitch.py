@@ -2185,7 +2185,8 @@ class _Stitching:
                             obj = R.LATENCY_OBJECTIVES_NS[extra.name]
                             occs.append((rule_id, labels, dict(base_vars, hop=extra.name,
                                                                latency_ms=extra.latency_ns // MS,
-                                                               objective_ms=obj // MS), []))
+                                                               objective_ms=obj // MS,
+                                                               because=_slow_hop_because(extra, dnsx)), []))
                             continue
                         if v is None:
                             v = dict(base_vars, in_cluster=True, backend=self._backend_desc(p, conn),
@@ -3055,6 +3056,23 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     if conn.est == 0 and (conn.ccl is not None or idle_closed):
         return "connection timed out"  # never established: closed, or silent for the idle timeout
     return "pending"
+
+
+def _slow_hop_because(hop, dnsx) -> str:
+    """What a slow hop's time says of its cause (svc.hop_latency's words), where it says something: a dns hop
+    that waited out a resolver's retry; a connect close above a SYN retransmission time (Linux: 1 s, then
+    doubling: the handshake completes 1, 3, 7 ... s after the first SYN when the earlier SYNs or their SYN-ACKs
+    were lost; an accept() called late by a busy server can land there too)."""
+    if hop.name == "dns":
+        gap = dnsx[DX_RETRY_GAP] if dnsx is not None else None
+        return f": a resolver retry {gap[2] // MS} ms after an unanswered query (dns.retry_5s)" if gap else ""
+    if hop.name == "connect":
+        for lost, at in enumerate(R.SYN_RETRANSMIT_NS, 1):
+            if at <= hop.latency_ns < at + R.SYN_RETRANSMIT_SLACK_NS:
+                if lost == 1:
+                    return f": about {at // S} s: a SYN retransmission (a SYN or its SYN-ACK lost), likely"
+                return f": about {at // S} s: {lost} SYN retransmissions (SYNs or SYN-ACKs lost), likely"
+    return ""
 
 
 def _meant_for_cluster_dns(pod) -> bool:
