@@ -1997,11 +1997,10 @@ class _Stitching:
         """Why a Service had no ready endpoint (svc.no_endpoints' words): no selector, a selector that matches
         no pod (a typo, a relabel), or pods that match and none ready (probes, a crash loop, a rollout).
         Memoized per Service and second: an outage fails every request alike."""
-        key = ("no endpoints", svc["namespace"], svc["name"])
-        memo = self._whys
-        hit = memo.get(key)
-        if hit is not None and hit[0] <= ts < hit[1]:
-            return hit[2]
+        return self._per_second(("no endpoints", svc["namespace"], svc["name"]), ts,
+                                lambda: self._no_endpoints_said(svc, ts))
+
+    def _no_endpoints_said(self, svc: dict, ts: int) -> str:
         info = self.index.service(svc["namespace"], svc["name"], ts)
         selector = info.selector if info is not None else None
         if not selector:
@@ -2023,11 +2022,20 @@ class _Stitching:
                     listed = ", ".join(f"{name} {state}" for name, state in states[:3])
                     why = (f"none of the {len(states)} pods its selector {chosen} matches is ready: {listed}"
                            + (", ..." if len(states) > 3 else ""))
+        return why
+
+    def _per_second(self, key: tuple, ts: int, make) -> str:
+        """make()'s words for an alert, memoized for ts's second (the index answers as of it)."""
+        memo = self._whys
+        hit = memo.get(key)
+        if hit is not None and hit[0] <= ts < hit[1]:
+            return hit[2]
+        said = make()
         if len(memo) >= _MEMO_MAX:
             memo.clear()
         lo = ts - ts % S
-        memo[key] = (lo, lo + S, why)
-        return why
+        memo[key] = (lo, lo + S, said)
+        return said
 
     def _standing(self, p: _ConnParts, svc: dict) -> str:
         """How a misrouted request's backend stood among the Service's endpoints then (svc.misrouted's words): what
@@ -2382,11 +2390,9 @@ class _Stitching:
         a headless Service without a ready endpoint (its name has no records), one that exists (the DNS
         server behind), the same name in other namespaces (a name asked from the wrong namespace, or without
         one), or names close to it (a typo). Memoized per name and second."""
-        key = ("nxdomain", ns, name)
-        memo = self._whys
-        hit = memo.get(key)
-        if hit is not None and hit[0] <= ts < hit[1]:
-            return hit[2]
+        return self._per_second(("nxdomain", ns, name), ts, lambda: self._nxdomain_said(ns, name, ts))
+
+    def _nxdomain_said(self, ns: str, name: str, ts: int) -> str:
         svc = self.index.service(ns, name, ts)
         if svc is not None:
             if not svc.cluster_ips and not self.index.ready_endpoints(ns, name, ts)[0]:
@@ -2402,10 +2408,6 @@ class _Stitching:
             else:
                 close = get_close_matches(name, [s.name for s in services if s.namespace == ns], n=3, cutoff=0.8)
                 hint = f"; no Service {name} in {ns}" + (f" (close: {', '.join(close)})" if close else "")
-        if len(memo) >= _MEMO_MAX:
-            memo.clear()
-        lo = ts - ts % S
-        memo[key] = (lo, lo + S, hint)
         return hint
 
     def _resolver_down(self, dnsx: list) -> str:
