@@ -260,6 +260,18 @@ def test_misrouted_says_how_the_backend_stood_among_the_endpoints(change, standi
                                 f"(10.244.1.7:80), {standing}")
 
 
+def test_a_response_wait_the_idle_timeout_ended_is_a_floor():
+    """The backend never answers and curl waits 100 s: the idle timeout (30 s) ends the chain first, so the
+    response hop's 30 s is how long it waited at least, and the alert says so."""
+    cluster, events = build("healthy", "dnat")
+    hung = [e for e in events if not (e.kind == "send" and e.comm == "nginx")
+            and not (e.kind == "recv" and e.comm == "curl" and e.proto == "tcp")]
+    hung = sorted((e.with_(ts=e.ts + 100 * S) if e.kind == "close" else e for e in hung), key=lambda e: e.ts)
+    [alert] = run(hung, cluster.index()).alerts
+    assert alert["summary"].startswith("default/my-nginx: hop response took 30000 ms (objective 2000 ms)")
+    assert alert["summary"].endswith(", at least: the idle timeout ended the chain with the client still waiting")
+
+
 def test_a_slow_userspace_proxy_dial_breaks_the_proxy_hops_objective():
     """kube-proxy's userspace mode accepts the client and dials a backend; a dial 1.5 s after the accept (a
     proxy starved of CPU) is its hop over the objective."""

@@ -2071,6 +2071,7 @@ class _Stitching:
         evidence = dnsx[DX_REFS] + conn.ev if dnsx else conn.ev.copy()  # (one new list: refs are appended to it)
         hops = list(p.hops)  # dns, proxy, connect: then this request's
         slow = None  # this request's hops over their objective (most: none)
+        floor = None  # a hop the idle timeout ended: the wait went on (its latency is a floor)
 
         # response
         response = None
@@ -2116,6 +2117,8 @@ class _Stitching:
             outcome = "no response"
             latency = waited_until - req[C_TS]
             hops.append(hop := Hop("response", req[C_TS], waited_until, latency))
+            if conn.ccl is None:
+                floor = hop
             if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
                 slow = [*(slow or ()), hop]
         elif (outcome == "connection timed out" and conn.ccl is not None and p.b is None and cn is not None
@@ -2194,7 +2197,10 @@ class _Stitching:
                             occs.append((rule_id, labels, dict(base_vars, hop=extra.name,
                                                                latency_ms=extra.latency_ns // MS,
                                                                objective_ms=obj // MS,
-                                                               because=_slow_hop_because(extra, dnsx)), []))
+                                                               because=_slow_hop_because(extra, dnsx)
+                                                               if extra is not floor else
+                                                               ", at least: the idle timeout ended the chain with "
+                                                               "the client still waiting"), []))
                             continue
                         if v is None:
                             v = dict(base_vars, in_cluster=True, backend=self._backend_desc(p, conn),
