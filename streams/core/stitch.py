@@ -2197,10 +2197,8 @@ class _Stitching:
                             occs.append((rule_id, labels, dict(base_vars, hop=extra.name,
                                                                latency_ms=extra.latency_ns // MS,
                                                                objective_ms=obj // MS,
-                                                               because=_slow_hop_because(extra, dnsx)
-                                                               if extra is not floor else
-                                                               ", at least: the idle timeout ended the chain with "
-                                                               "the client still waiting"), []))
+                                                               because=_slow_hop_because(extra, dnsx,
+                                                                                         extra is floor)), []))
                             continue
                         if v is None:
                             v = dict(base_vars, in_cluster=True, backend=self._backend_desc(p, conn),
@@ -3066,11 +3064,14 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     return "pending"
 
 
-def _slow_hop_because(hop, dnsx) -> str:
-    """What a slow hop's time says of its cause (svc.hop_latency's words), where it says something: a dns hop
-    that waited out a resolver's retry; a connect close above a SYN retransmission time (Linux: 1 s, then
-    doubling: the handshake completes 1, 3, 7 ... s after the first SYN when the earlier SYNs or their SYN-ACKs
-    were lost; an accept() called late by a busy server can land there too)."""
+def _slow_hop_because(hop, dnsx, floor: bool = False) -> str:
+    """What a slow hop's time says of its cause (svc.hop_latency's words), where it says something: a wait the
+    idle timeout ended (floor: the client still waiting); a dns hop that waited out a resolver's retry; a connect
+    close above a SYN retransmission time (Linux: 1 s, then doubling: the handshake completes 1, 3, 7 ... s after
+    the first SYN when the earlier SYNs or their SYN-ACKs were lost; an accept() called late by a busy server can
+    land there too)."""
+    if floor:
+        return ", at least: the idle timeout ended the chain with the client still waiting"
     if hop.name == "dns":
         gap = dnsx[DX_RETRY_GAP] if dnsx is not None else None
         return f": a resolver retry {gap[2] // MS} ms after an unanswered query (dns.retry_5s)" if gap else ""
