@@ -30,6 +30,9 @@ REQUEST = (b"GET / HTTP/1.1\r\nUser-Agent: curl/7.35.0\r\nHost: my-nginx.default
            b"Accept: */*\r\n\r\n")
 RESPONSE_200 = b"HTTP/1.1 200 OK\r\nServer: nginx/1.9.7\r\nContent-Type: text/html\r\nContent-Length: 612\r\n\r\n<html>"
 RESPONSE_503 = b"HTTP/1.1 503 Service Unavailable\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n"
+# a UDP Service other than DNS (Cluster.add_udp_service, Scenario.udp_flow): statsd-like, a counter out, "ok" back
+UDP_VIP, UDP_PORT, UDP_NAME = "10.96.0.120", 8125, "metrics.default.svc.cluster.local"
+UDP_PAYLOAD, UDP_REPLY = b"requests:1|c", b"ok"
 
 
 def _rec(kind, namespace, name, ts, **body):
@@ -47,7 +50,7 @@ class Pod:
     namespace: str = "default"
     labels: dict = field(default_factory=dict)
     container_id: str = ""
-    ports: tuple = ()  # (name, port)
+    ports: tuple = ()  # (name, port) or (name, port, protocol): TCP unless said
 
 
 @dataclass
@@ -101,6 +104,17 @@ class Cluster:
         self.host_resolver = "172.16.189.2"
         self.foreign_ip = "172.30.0.1"
 
+    def add_udp_service(self, target_port: int = UDP_PORT, selector: str = "metrics", stray_pod: bool = False) -> None:
+        """A statsd-like UDP Service, metrics (UDP_VIP:UDP_PORT -> target_port), its pod metrics-1 on node-b; and,
+        stray_pod, a pod it does not select ("stray")."""
+        self.pods["metrics-1"] = Pod("metrics-1", "10.244.2.20", "node-b", labels={"run": "metrics"},
+                                     container_id="3e7100000001", ports=(("http", 80), ("statsd", UDP_PORT, "UDP")))
+        if stray_pod:
+            self.pods["stray"] = Pod("stray", "10.244.2.21", "node-b", labels={"run": "stray"},
+                                     container_id="57a400000001", ports=(("statsd", UDP_PORT, "UDP"),))
+        self.services["metrics"] = Service("metrics", UDP_VIP, UDP_PORT, target_port, {"run": selector},
+                                           protocol="UDP")
+
     def backends(self, svc: str) -> list[Pod]:
         s = self.services[svc]
         return [p for p in self.pods.values()
@@ -114,7 +128,8 @@ class Cluster:
             out.append(_rec("Pod", p.namespace, p.name, ts, pod={
                 "ips": [p.ip], "node": p.node, "host_network": False, "phase": "Running", "ready": True,
                 "labels": dict(p.labels), "container_ids": [f"containerd://{p.container_id}"],
-                "ports": [{"name": n, "port": port, "protocol": "TCP"} for n, port in p.ports]}))
+                "ports": [{"name": n, "port": port, "protocol": proto[0] if proto else "TCP"}
+                          for n, port, *proto in p.ports]}))
         for s in self.services.values():
             ports = [{"name": "http" if s.protocol == "TCP" else "dns", "port": s.port, "protocol": s.protocol,
                       "target_port": s.target_port, "node_port": s.node_port}]
@@ -228,6 +243,42 @@ class Scenario:
             self.ev(end, client, "recv", "recvfrom", fd, len(a), data=a, addr_ip=resolver, addr_port=53, **c)
         self.ev(end + 20 * US, client, "close", "close", fd, 0, **c)
         return end + 20 * US
+
+    def udp_flow(self, t: int, *, connected: bool = False, received_by: str | None = "metrics-1", reply: bool = True,
+                 error: str | None = None, close: bool = True, lookup: bool = True) -> int:
+        """The client pod resolves UDP_NAME (Cluster.add_udp_service) and sends one datagram to its ClusterIP
+        (sendto; connected: connect, then send); `received_by` the pod that receives it (None: none), which
+        answers if `reply`; `error`: what the client's socket reports next (an ICMP error: ECONNREFUSED); the client
+        closes 1 ms after a reply, else 2 s after sending. Returns the client's port."""
+        cl = self.cluster
+        client = self.proc("client", "app")
+        client_ip = cl.pods["client"].ip
+        if lookup:
+            t = self.lookup(t, client, client_ip, UDP_NAME, [UDP_VIP]) + 100 * US
+        fd, port = 9, self.port()
+        c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port, remote_ip=UDP_VIP,
+                 remote_port=UDP_PORT)
+        to = {} if connected else dict(addr_ip=UDP_VIP, addr_port=UDP_PORT)
+        if connected:
+            self.ev(t, client, "connect", "connect", fd, 0, addr_ip=UDP_VIP, addr_port=UDP_PORT, **c)
+        self.ev(t + 10 * US, client, "send", "send" if connected else "sendto", fd, len(UDP_PAYLOAD), data=UDP_PAYLOAD,
+                **to, **c)
+        answered = reply and received_by is not None
+        if received_by is not None:
+            pod = cl.pods[received_by]
+            srv = Proc(pod.node, 800, "statsd", pod.container_id)
+            s = dict(proto="udp", role="server", local_ip=pod.ip, local_port=UDP_PORT, remote_ip=client_ip,
+                     remote_port=port, addr_ip=client_ip, addr_port=port)
+            self.ev(t + 200 * US, srv, "recv", "recvfrom", 4, len(UDP_PAYLOAD), data=UDP_PAYLOAD, **s)
+            if reply:
+                self.ev(t + 300 * US, srv, "send", "sendto", 4, len(UDP_REPLY), data=UDP_REPLY, **s)
+        if answered:
+            self.ev(t + 500 * US, client, "recv", "recvfrom", fd, len(UDP_REPLY), data=UDP_REPLY, **to, **c)
+        if error is not None:
+            self.ev(t + 400 * US, client, "recv", "recv", fd, -111, errno=error, **c)
+        if close:
+            self.ev(t + (MS if answered else 2 * S), client, "close", "close", fd, 0, **c)
+        return port
 
     # -- a whole request -------------------------------------------------------------
 

@@ -84,8 +84,10 @@ class _Checkpointing(Runner):
 
 def _mixed_traffic():
     """DNS lookups (claimed, unclaimed, NXDOMAIN via the search list), every fault and mode,
-    keep-alive, host processes: close together so that conns, lookups and timers overlap."""
+    keep-alive, host processes, UDP flows to a Service: close together so that conns, lookups and timers
+    overlap."""
     cluster = Cluster()
+    cluster.add_udp_service(stray_pod=True)
     events = []
     for m, mode in enumerate(MODES):
         sc = Scenario(cluster, mode)
@@ -104,6 +106,9 @@ def _mixed_traffic():
                   qtype="AAAA" if i % 6 == 4 else "A")
     for i in range(20):
         sc.keepalive(T0 + i * 270 * MS, statuses=(200, 200, 503))
+    for i in range(40):  # answered, delivered only, refused, unanswered, misrouted, open past the end
+        sc.udp_flow(T0 + 11 * MS + i * 230 * MS, connected=i % 2 == 1, received_by=(None, "metrics-1", "stray")[i % 3],
+                    reply=i % 4 != 0, error="ECONNREFUSED" if i % 5 == 2 else None, close=i != 39)
     events += sc.events()
     return cluster, renumber(sorted(events, key=lambda e: e.ts))
 

@@ -11,8 +11,8 @@ first DNS packet the node drops (glibc asks again after 5 s); the nginx pod requ
 Service (hairpin, masqueraded); three requests on one keep-alive connection through DNAT and through
 the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP); a Go client (Go's own
 resolver and net/http, no glibc); an IPv6 Service requested by dual-stack pods; a named targetPort; a headless Service. curl asks each
-one. From the syscalls alone the core must name each
-hop and raise each fault's alerts.
+one. And UDP Services, asked with one datagram on a connected socket: answered through DNAT, a targetPort nothing
+listens on, no endpoints. From the syscalls alone the core must name each hop and raise each fault's alerts.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import os
 import pytest
 
 from lab.net.services import DNS_RETRY, DNS_VIP, DOMAIN, GO_CLIENT, HAIRPIN, IP6, HOST_RESOLVED, HOST_RESOLVER, KEEPALIVE, \
-    KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, NODE_PORTS, cluster_list, record
+    KEEPALIVE_PATHS, NGINX_IP, NO_SUCH_NAME, NODE, NODE_IP, NODE_PORTS, UDP_CASES, UDP_PORT, cluster_list, record
 from svctrace.streams.core import run
 from svctrace.streams.metadata.index import ClusterIndex
 from svctrace.streams.metadata.sources import records_from_documents
@@ -87,12 +87,19 @@ EXPECTED = {
     "my-nginx-nodeport": (0, "ok", "nodeport_snat", "my-nginx-1", 200, None, set()),
     # a pod requesting its own Service from a bridge port without hairpin mode: curl 28, nothing accepted
     "my-selfie": (28, "broken", "none", None, None, "connection timed out", {"svc.hairpin"}),
+    # UDP (the client's exit status: 0 answered, 1 refused): the nginx pod's statsd-like server answered
+    "my-udp": (0, "ok", "dnat", "my-nginx-1", None, None, {AMPLIFIED}),
+    # the pod's ICMP port unreachable, told to the connected socket's recv (ECONNREFUSED)
+    "my-udp-wrong-port": (1, "broken", "dnat", None, None, "connection refused", {"svc.target_port_refused", AMPLIFIED}),
+    "my-udp-no-endpoints": (1, "broken", "none", None, None, "connection refused", {"svc.no_endpoints", AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),
            DNS_RETRY: ("retry-client", "my-nginx", 10), HAIRPIN: ("my-nginx-1", "my-nginx", None),
            "my-nginx-tcp-dns": ("client", "my-nginx-tcp-dns", 10), GO_CLIENT: ("go-client", "my-nginx", 8),
-           "my-nginx-nodeport": (None, "my-nginx-nodeport", None), "my-selfie": ("selfie", "my-selfie", None)}
+           "my-nginx-nodeport": (None, "my-nginx-nodeport", None), "my-selfie": ("selfie", "my-selfie", None),
+           # the UDP client resolves an IPv4 address only (getaddrinfo AF_INET): A queries, no AAAA
+           **{name: ("client", name, 4) for name in UDP_CASES}}
 ASKED = {HOST_RESOLVED: "my-nginx"}  # the name a case's client asks for, where it is not the case's
 
 
@@ -144,6 +151,35 @@ def test_dnat_chain_names_every_hop(lab_capture):
     assert chain["service"]["name"] == "my-nginx" and chain["service"]["target_port"] == 80
     assert (chain["backend"]["ip"], chain["backend"]["port"]) == (NGINX_IP, 80)
     assert chain["response"]["target"] == "/index.html" and chain["response"]["method"] == "GET"
+
+
+def test_a_udp_service_chain_names_every_hop(lab_capture):
+    """One datagram to a UDP Service through kube-proxy's DNAT, answered: the lookup, the datagram to the ClusterIP,
+    the pod that received it (the client's address and port as its peer) and the reply."""
+    events, _curls = lab_capture
+    chain, _ = chain_of("my-udp", events)
+    vip = UDP_CASES["my-udp"].vip
+    assert chain["dns"]["answers"] == [vip] and chain["dns"]["server"]["pod"] == "coredns"
+    assert chain["service"]["protocol"] == "UDP" and chain["service"]["target_port"] == UDP_PORT
+    assert (chain["connect"]["ip"], chain["connect"]["port"], chain["connect"]["errno"]) == (vip, UDP_PORT, None)
+    assert (chain["backend"]["ip"], chain["backend"]["port"]) == (NGINX_IP, UDP_PORT)
+    assert chain["translation"] == {"mode": "dnat", "confidence": "high", "proxy": None}
+    assert chain["response"]["bytes_sent"] == 12 and chain["response"]["bytes_received"] == 2
+    [hop] = [h for h in chain["hops"] if h["name"] == "connect"]
+    assert 0 < hop["latency_ns"] < 1_000_000_000  # the datagram sent to the pod's receipt
+    whats = [r["what"] for r in chain["evidence"]]
+    assert whats[-5:] == ["client datagram", "backend received", "backend reply", "client reply", "client close"]
+
+
+def test_a_udp_refusal_says_what_the_pod_declares(lab_capture):
+    """my-udp-wrong-port's targetPort is 8126; the pod declares UDP 8125: its kernel's ICMP port unreachable reaches
+    the client's connected socket as ECONNREFUSED, the first datagram's result."""
+    events, _curls = lab_capture
+    result = run(events, lab_index())
+    chain, _ = pick("my-udp-wrong-port", result.chains, result.alerts)
+    assert chain["connect"]["errno"] == "ECONNREFUSED"
+    [alert] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "svc.target_port_refused"]
+    assert f"refused port {UDP_PORT + 1} (targetPort): its containers declare {UDP_PORT} (statsd)" in alert["summary"]
 
 
 def test_userspace_proxy_is_the_node_process_that_copies_the_bytes(lab_capture):

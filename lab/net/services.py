@@ -33,7 +33,10 @@ my-nginx. The cases:
 * a NodePort Service, requested by a process on the node at the node's address (kube-proxy's
   KUBE-NODEPORTS: DNAT, then masquerade);
 * a web pod whose bridge port has no hairpin mode requesting its own Service: the DNAT'd frame
-  would have to leave by the port it came in on, and the bridge drops it.
+  would have to leave by the port it came in on, and the bridge drops it;
+* UDP Services (udp_service.py: a statsd-like server in the nginx pod answering each datagram, a client
+  on a connected socket): answered through DNAT, a targetPort nothing listens on (the pod's ICMP port
+  unreachable), and a Service without endpoints (kube-proxy's REJECT).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -103,6 +106,13 @@ CASES = {
     # the selfie pod's own Service, requested from that pod, whose bridge port has no hairpin mode
     "my-selfie": Case("10.96.0.115", "dnat", selector=(("run", "selfie"),), rule_to=SELFIE_IP),
 }
+# UDP Services (udp_service.py): the client sends one datagram to NAME:UDP_PORT; the server runs in the nginx pod
+UDP_PORT = 8125
+UDP_CASES = {
+    "my-udp": Case("10.96.0.116", "dnat", target_port=UDP_PORT),
+    "my-udp-wrong-port": Case("10.96.0.117", "dnat", target_port=UDP_PORT + 1),  # nothing listens on 8126
+    "my-udp-no-endpoints": Case("10.96.0.118", "reject", target_port=UDP_PORT, selector=(("run", "my-udpx"),)),
+}
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
 NODE_PORTS = {"my-nginx-nodeport": 30080}  # type NodePort: its port on every node's addresses
@@ -132,6 +142,8 @@ def cluster_list() -> dict:
     for ns, name, ip, labels, cname, port in PODS:
         named = [{"name": n, "containerPort": p} for n, p in NAMED_PORTS.items() if p == port and cname == "nginx"]
         container = {"name": cname, "ports": named or ([{"containerPort": port}] if port else [])}
+        if name == "my-nginx-1":  # the UDP Services' server runs in this pod too
+            container["ports"].append({"name": "statsd", "containerPort": UDP_PORT, "protocol": "UDP"})
         ips = [{"ip": ip}] + ([{"ip": IP6[name]}] if name in IP6 else [])
         items.append({"apiVersion": "v1", "kind": "Pod",
                       "metadata": {"namespace": ns, "name": name, "uid": f"uid-pod-{name}", "labels": labels},
@@ -141,6 +153,8 @@ def cluster_list() -> dict:
     services = {name: ("default", case.vip, SERVICE_PORT.get(name, 8080), "TCP", case.target_port,
                        dict(case.selector)) for name, case in CASES.items()}
     services["kube-dns"] = ("kube-system", DNS_VIP, 53, "UDP", 53, {"k8s-app": "kube-dns"})
+    services.update({name: ("default", case.vip, UDP_PORT, "UDP", case.target_port, dict(case.selector))
+                     for name, case in UDP_CASES.items()})
     for name, (ns, vip, port, proto, target, selector) in services.items():
         v6 = ":" in vip
         service_port = {"name": "p", "port": port, "protocol": proto, "targetPort": target}
@@ -223,6 +237,7 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     dns = [sys.executable, "-m", "lab.net.dns_server"]
     names = [f"{'+' if name == 'my-nginx-tcp-dns' else ''}{name}.{DOMAIN}="
              f"{NGINX_IP if case.path == 'headless' else case.vip}" for name, case in CASES.items()]
+    names += [f"{name}.{DOMAIN}={case.vip}" for name, case in UDP_CASES.items()]
     servers.append(lab.start("coredns", [*dns, DNS_IP, *names], cwd=REPO, stdout=subprocess.PIPE, text=True))
     read_until(servers[-1], "ready")
     # the node's resolver answers my-nginx with an address that is no Service: the node's own
@@ -237,6 +252,14 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     servers.append(lab.start("selfie", ["nginx", "-c", str(selfie)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True))
     lab.wait_listening("selfie", SELFIE_IP, 80, servers[-1])
+    servers.append(lab.start("my-nginx-1", [sys.executable, "-m", "lab.net.udp_service", "serve", NGINX_IP,
+                                            str(UDP_PORT)], cwd=REPO, stdout=subprocess.PIPE, text=True))
+    read_until(servers[-1], "ready")
+    for case in UDP_CASES.values():
+        if case.path == "dnat":
+            lab.service(case.vip, UDP_PORT, "udp", [(case.rule_to, case.target_port)])
+        else:
+            lab.reject(case.vip, UDP_PORT, "udp")
     for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
             lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))],
@@ -288,7 +311,19 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     for name, node_port in NODE_PORTS.items():  # a process on the node itself (pod None), at the node's address
         out[name] = (None, NODE_IP, {"port": node_port})
     out[GO_CLIENT] = ("go-client", "my-nginx", {"client": [str(goclient)]})
+    for name in UDP_CASES:
+        out[name] = ("client", name, {"udp": True})
     return out
+
+
+def udp_ask(lab: NetLab, pod: str, name: str, timeout: float = 1.0) -> tuple[int, int, bytes]:
+    """udp_service.py's client in `pod`: one datagram to NAME.default.svc.cluster.local:UDP_PORT, on a connected
+    socket; (pid, exit status: 0 answered, 1 refused, 2 no reply; what it printed)."""
+    argv = lab.argv(pod, [sys.executable, "-m", "lab.net.udp_service", "ask", f"{name}.{DOMAIN}", str(UDP_PORT),
+                          str(timeout)])
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, _err = proc.communicate(timeout=30)
+    return proc.pid, proc.returncode, out
 
 
 class Running:
@@ -302,8 +337,11 @@ class Running:
         out = {}
         for case in cases or self.todo:
             pod, name, opts = self.todo[case]
-            out[case] = curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
-                             **{k: v for k, v in opts.items() if k != "socklb"})
+            if opts.get("udp"):
+                out[case] = udp_ask(self.lab, pod, name)
+            else:
+                out[case] = curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
+                                 **{k: v for k, v in opts.items() if k != "socklb"})
             if done is not None:
                 done(case)
         return out
@@ -370,7 +408,8 @@ def record(workdir: Path, timeout: float = 30.0, cases: list[str] | None = None,
             curls = asking.result()
             # each client's last syscall on its connection is its close (the one that resolved
             # nothing had no connection: its resolver socket's): then the capture has it all
-            last = {pid: "udp" if name == NO_SUCH_NAME else "tcp" for name, (pid, _rc, _out) in curls.items()}
+            last = {pid: "udp" if name == NO_SUCH_NAME or name in UDP_CASES else "tcp"
+                    for name, (pid, _rc, _out) in curls.items()}
             deadline = time.monotonic() + timeout
             while not all(any(e.pid == pid and e.kind == "close" and e.proto == proto for e in seen)
                           for pid, proto in last.items()):

@@ -56,7 +56,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "{namespace}/{service}: request from {client} reached {backend}, {standing}", None,
          "Backend not ready in the EndpointSlice, removed from it, never in it, or in another namespace."),
     Rule("svc.translation_missing", "critical", True, 120 * S,
-         "{namespace}/{service}: connect from {client} to {vip} was never translated or accepted ({outcome})", None,
+         "{namespace}/{service}: {attempt} from {client} to {vip} was never translated or {taken} ({outcome}){hint}", None,
          "No proxy accept, no DNAT/socket-LB backend: kube-proxy rules missing or flushed."),
     Rule("svc.hairpin", "critical", True, 120 * S,
          "{namespace}/{service}: {client}, one of its endpoints, connected to it at {vip} and nothing answered "

@@ -6,7 +6,8 @@ are buffered and applied in event-time order (ts, node, n) once the watermark
 passes them: arrival order and at-least-once duplicates cannot change the result.
 
 State, all JSON-able and expired by event time:
-* conns: client endpoint "ip:port" -> one TCP connection as every side saw it:
+* conns: client endpoint "ip:port" -> one TCP connection as every side saw it (and
+  "udp/ip:port" -> a client's UDP flow to another port than DNS's: _apply_udp):
   the client (connect, requests, responses), acceptors (a userspace proxy or the
   backend under DNAT/socket-LB: they see the client's ip:port as their peer), and
   a proxy's outbound dials (tagged proxy_of by the enrich stage). A connection leaves
@@ -28,7 +29,8 @@ N_*, S_*, DX_*): cheaper to build and read than dicts, and JSON-able as they are
   redelivery (no newer by n than its node's events seen before: "nmax").
 
 A chain is emitted per HTTP request (keep-alive: several per connection) or
-per connection when no request was seen, and per unclaimed DNS lookup.
+per connection when no request was seen (a UDP flow: per flow), and per unclaimed
+DNS lookup.
 """
 from __future__ import annotations
 
@@ -69,6 +71,9 @@ _T_SOCKET_LB = {"mode": "socket_lb", "confidence": "high", "proxy": None}
 _T_NODEPORT_SNAT = {"mode": "nodeport_snat", "confidence": "low", "proxy": None}
 _T_DNAT = {"mode": "dnat", "confidence": "high", "proxy": None}
 _T_DNAT_UNSEEN = {"mode": "dnat", "confidence": "low", "proxy": None}  # translated somewhere we did not see
+# svc.translation_missing's words for what went nowhere: a connect no one accepted, a datagram no one received
+_TCP_UNTAKEN = {"attempt": "connect", "taken": "accepted", "hint": ""}
+_UDP_UNTAKEN = {"attempt": "UDP datagram", "taken": "received"}
 CHAINS_TOPIC = "svctrace.chains"
 CHAIN_SCHEMA = "svctrace.chain"
 
@@ -86,7 +91,8 @@ MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at 
 #   A_TS                                         when it accepted
 #   A_HOST_PROCESS                               a host process (not a pod's): may be a userspace proxy
 #   A_REQUESTS                                   the requests it received, R_* records (bounded)
-#   A_NREQUESTS                                  how many it received (the next one's index)
+#   A_NREQUESTS                                  how many it received (the next one's index); a UDP flow's
+#                                                backend: how many replies it sent the client
 #   A_CLOSED                                     when it closed the socket (None: open; an event after
 #                                                its close opens it again: the fd reused); absent from
 #                                                records written before it (Conn.from_dict adds it)
@@ -822,14 +828,17 @@ class _Stitching:
                                         self._apply_dns(state, d, wire)
                                 continue
                         elif proto == "udp":
-                            # DNS on port 53; other UDP is not followed
                             kind = e.kind
-                            if (kind == "send" or kind == "recv") and e.res > 0 and (
-                                    e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port):
-                                data = e.data
-                                if e.local_port == dns_port and data and len(data) > 2 and data[2] & 0x80:
-                                    continue  # the server's answer (QR set): see _apply_dns
-                                self._apply_dns(state, d)
+                            if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
+                                if (kind == "send" or kind == "recv") and e.res > 0:
+                                    data = e.data
+                                    if e.local_port == dns_port and data and len(data) > 2 and data[2] & 0x80:
+                                        continue  # the server's answer (QR set): see _apply_dns
+                                    self._apply_dns(state, d)
+                                continue
+                            # other UDP: a datagram flow to a Service, followed as a connection (_apply_udp)
+                            if kind in tcp_kinds:
+                                self._apply_udp(state, d, e, kind, ts, out)
                             continue
                         else:
                             continue
@@ -987,6 +996,112 @@ class _Stitching:
                 conn.ev.append(Ref(e.node, e.n, ts, "client close"))
             self._settles(state, conn, ts)  # a close: its settle time may come first
 
+    # UDP ----------------------------------------------------------------------------
+
+    def _apply_udp(self, st: dict, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int, out: list) -> None:
+        """A UDP event of another port than DNS's: a client's datagrams to a Service (and its replies), and what a
+        backend received from that client (and sent back), followed as one connection keyed "udp/ip:port" by the
+        client's socket. The flow starts with the client's first datagram, which names its peer (connect() on a UDP
+        socket sends nothing: glibc's getaddrinfo connects one to each address only to sort them); a datagram the
+        backend received makes it "established" (est 2), as does a reply; an ICMP error the client's socket
+        reports (ECONNREFUSED: port unreachable, kube-proxy's REJECT of a Service without endpoints, or a backend
+        with nothing on the targetPort) is the first datagram's result. One chain per flow: it ends settle after the
+        client's close, or idle after its last event."""
+        res = e.res
+        if e.role == "client":
+            ip = e.local_ip
+            if ip in UNSPECIFIED_IPS:
+                ip = d.flow
+            side, port = "cl", e.local_port
+        elif e.role == "server":
+            side, ip, port = "sv", e.remote_ip, e.remote_port
+        else:
+            return
+        if not port or ip in UNSPECIFIED_IPS:
+            return  # an unbound socket, which sent nothing; a datagram whose peer is unknown
+        ck = "udp/" + endpoint_key(ip, port)
+        conns = st["conns"]
+        conn = conns.get(ck)
+        starts = kind == "send" and res > 0 if side == "cl" else kind == "recv" and res >= 0
+        if conn is None and not starts:
+            return  # a reply, an error or a close of a flow not followed (over already, or before the capture)
+        marked = st.get("_cc")  # change marks and a sliced checkpoint's pending entries: as advance's loop does
+        if marked is not None:
+            marked.add(ck)
+            keep = st.get("_pc")
+            if keep and ck in keep:
+                _keep_conn(st, ck)
+        if conn is not None and side == "cl" and conn.ccl is not None and starts:
+            self._finish(st, conn, out, final=False)  # the port taken again by a new socket: that flow is over
+            seq = conn.seq
+            conn = conns[ck] = _new_conn(ck, e, seq)
+            self._schedule_new(st, conn)
+        elif conn is None:
+            seq = st["seq"]
+            st["seq"] = seq + 1
+            conn = conns[ck] = _new_conn(ck, e, seq)
+            self._schedule_new(st, conn)
+        if ts > conn.t1:
+            conn.t1 = ts
+        if side == "sv":
+            if kind == "recv" and res >= 0:
+                for me in conn.sv:
+                    if me[A_FD] == e.fd and me[A_PID] == e.pid and me[A_NODE] == e.node:
+                        return  # (its first datagram from this client is the one that counts)
+                lref = d.local_ref
+                lkind = lref.get("kind") if lref else None
+                conn.sv.append([e.node, e.pid, e.comm, e.fd, e.container_id, e.local_ip, e.local_port, ts,
+                                lkind is None or lkind == "node" or lkind == "external", [], 0, None])  # A_*
+                del conn.sv[:-4]
+                conn.est = 2
+                _evidence(conn, e, "backend received")
+            elif kind == "send" and res > 0:
+                for me in conn.sv:
+                    if me[A_FD] == e.fd and me[A_PID] == e.pid and me[A_NODE] == e.node:
+                        if not me[A_NREQUESTS]:  # (UDP: the replies it sent this client)
+                            _evidence(conn, e, "backend reply")
+                        me[A_NREQUESTS] += 1
+                        break
+            return
+        if conn.cl is None:
+            conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
+            conn.a = [e.node, e.n]
+        if kind == "send":
+            if res > 0:
+                if conn.cn is None:
+                    conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip, e.remote_port,
+                               0, None]  # CN_*: the first datagram
+                    conn.a = [e.node, e.n]
+                    _evidence(conn, e, "client datagram")
+                    self._resolve_service(st, conn, d)
+                conn.tx += res
+            elif e.errno in FAILED_ERRNOS:
+                self._udp_error(conn, e, "client send error")
+        elif kind == "recv":
+            if res >= 0:
+                if not conn.rx:
+                    _evidence(conn, e, "client reply")
+                conn.est = 2
+                conn.rx += res
+            elif e.errno in FAILED_ERRNOS:
+                self._udp_error(conn, e, "client recv error")
+        elif kind == "close":
+            conn.ccl = ts
+            _evidence(conn, e, "client close")
+            self._settles(st, conn, ts)
+
+    @staticmethod
+    def _udp_error(conn: Conn, e: SyscallEvent, what: str) -> None:
+        """An error the client's UDP socket reported (an ICMP error for an earlier datagram): the first one is the
+        flow's, and the first datagram's result (its connect record's, which a TCP connect's refusal sets)."""
+        if conn.err is None:
+            conn.err = e.errno
+            _evidence(conn, e, f"{what} {e.errno}")
+            cn = conn.cn
+            if cn is not None and cn[CN_ERRNO] is None:
+                cn = conn.cn = cn.copy()  # replaced, never mutated (_ConnParts)
+                cn[CN_RESULT], cn[CN_ERRNO] = e.res, e.errno
+
     def _conn_key(self, ip: str | None, port: int | None) -> str:
         keys = self._conn_keys
         if len(keys) >= _KEYS_MAX:
@@ -1118,10 +1233,11 @@ class _Stitching:
         ts = e.ts
         lookup = self._claim_lookup(st, conn, d, aip)
         idx = self.index
-        hit = idx.service_by_ip(aip, aport, "TCP", ts) if aip else None
+        proto = "UDP" if conn.k.startswith("udp/") else "TCP"  # (a UDP flow's key: _apply_udp)
+        hit = idx.service_by_ip(aip, aport, proto, ts) if aip else None
         if hit is not None:
             sv, sp = hit
-            conn.svc = self._svc_of(sv, sp, aip, aport, "vip")
+            conn.svc = self._svc_of(sv, sp, aip, aport, "vip", proto)
             return
         if lookup is not None:
             answers = set(lookup[DX_ANSWERS])
@@ -1131,7 +1247,7 @@ class _Stitching:
                         if vip in answers:
                             break
                     sp = _port_for_target(sv, aport)
-                    conn.svc = self._svc_of(sv, sp, vip, sp.port if sp else None, "pod")
+                    conn.svc = self._svc_of(sv, sp, vip, sp.port if sp else None, "pod", proto)
                     return
             if aip in answers:
                 # a headless Service (no ClusterIP): its name resolves to its endpoints, and the
@@ -1139,27 +1255,27 @@ class _Stitching:
                 named = service_of_name(lookup[DX_QNAME])
                 for sv in idx.services_for_endpoint(aip, aport, ts):
                     if not sv.cluster_ips and (sv.namespace, sv.name) == named:
-                        conn.svc = self._svc_of(sv, _port_for_target(sv, aport), None, aport, "headless")
+                        conn.svc = self._svc_of(sv, _port_for_target(sv, aport), None, aport, "headless", proto)
                         return
         ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
             found = self._nodeport_service(aport, ts)
             if found is not None:
                 sv, sp = found
-                conn.svc = self._svc_of(sv, sp, None, aport, "nodeport")
+                conn.svc = self._svc_of(sv, sp, None, aport, "nodeport", proto)
 
-    def _svc_of(self, sv, sp, vip, port, via) -> dict:
+    def _svc_of(self, sv, sp, vip, port, via, proto: str = "TCP") -> dict:
         """_svc's dict, one per Service, port and how we know it: a conn's svc is replaced, never
         mutated (_ConnParts), so connections share it (one dict fewer per open connection). Keyed
         by the index objects' identity, which the entry keeps alive (so no other object takes it)."""
-        key = (id(sv), id(sp), vip, port, via)
+        key = (id(sv), id(sp), vip, port, via, proto)
         try:
             return self._svcs[key][2]
         except KeyError:
             svcs = self._svcs
             if len(svcs) >= _MEMO_MAX:
                 svcs.clear()
-            svc = _svc(sv, sp, vip, port, via)
+            svc = _svc(sv, sp, vip, port, via, proto)
             svcs[key] = (sv, sp, svc)
             return svc
 
@@ -1985,13 +2101,30 @@ class _Stitching:
         if not pods or None in pods or len({pod.ports for pod in pods}) != 1:
             return ""
         whose = "its containers" if len(pods) == 1 else f"the containers of its {len(pods)} ready endpoints"
-        declared = pods[0].ports
+        proto = (p.svc or {}).get("protocol") or "TCP"  # (a UDP Service's refusal: its UDP ports)
+        declared = [cp for cp in pods[0].ports if (cp.protocol or "TCP").upper() == proto.upper()]
         if not declared:
-            return f": {whose} declare no port"
+            return f": {whose} declare no {proto} port" if proto.upper() != "TCP" else f": {whose} declare no port"
         if any(cp.port == port for cp in declared):
             return f": {whose} declare {port}, and nothing listened on it"
         return f": {whose} declare " + ", ".join(f"{cp.port} ({cp.name})" if cp.name else str(cp.port)
                                                     for cp in declared)
+
+    def _undeclared_target(self, p: _ConnParts, svc: dict, ts: int) -> str:
+        """A UDP datagram nobody received, with no error: the translation may be missing, or the pod may have nothing
+        on the targetPort (its ICMP port unreachable is not told to an unconnected socket). The second is likely when
+        the Service's ready endpoints all declare their ports, the same ones, and the targetPort is none of them
+        (svc.translation_missing's words then; "" otherwise)."""
+        target = svc["target_port"]
+        pods = [self.index.pod_by_ip(ip, ts) for ip in sorted({ep.ip for ep in p.ready_eps or ()})]
+        if target is None or not pods or None in pods or len({pod.ports for pod in pods}) != 1:
+            return ""
+        declared = [cp for cp in pods[0].ports if (cp.protocol or "TCP").upper() == "UDP"]
+        if not declared or any(cp.port == target or (cp.name and cp.name == target) for cp in declared):
+            return ""
+        return ("; or a wrong targetPort: its endpoints declare UDP " +
+                ", ".join(f"{cp.port} ({cp.name})" if cp.name else str(cp.port) for cp in declared) +
+                f", not {target} (a socket that did not connect() is not told of the ICMP port unreachable)")
 
     def _no_endpoints_why(self, svc: dict, ts: int) -> str:
         """Why a Service had no ready endpoint (svc.no_endpoints' words): no selector, a selector that matches
@@ -2153,7 +2286,7 @@ class _Stitching:
         incomplete = None
         if st["lost"]:
             waited = end_ts
-            if outcome == "no response" or outcome == "connection timed out":
+            if outcome == "no response" or outcome == "connection timed out" or outcome == "no reply":
                 waited = max(end_ts, conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns)
             incomplete = self._lost_on(st, self._loss_nodes(p, conn), start_ts, waited)
         if incomplete is None and cn is None:
@@ -2205,6 +2338,11 @@ class _Stitching:
                                      backend_port=p.b_port)
                         if rule_id == "svc.no_endpoints":
                             extra = {"why": self._no_endpoints_why(svc, t_conn)}
+                        elif rule_id == "svc.translation_missing":
+                            if conn.k.startswith("udp/"):
+                                extra = {**_UDP_UNTAKEN, "hint": self._undeclared_target(p, svc, t_conn)}
+                            else:
+                                extra = _TCP_UNTAKEN
                         elif rule_id == "svc.target_port_refused":
                             port = (extra or v)["backend_port"]
                             extra = {**(extra or {}), "declared": self._declared_ports(p, port, t_conn)}
@@ -3034,9 +3172,9 @@ def _check_ref_layout() -> None:
 _check_ref_layout()
 
 
-def _svc(sv, sp, vip, port, via) -> dict:
+def _svc(sv, sp, vip, port, via, proto: str = "TCP") -> dict:
     return {"namespace": sv.namespace, "name": sv.name, "cluster_ip": vip, "port": port,
-            "protocol": sp.protocol if sp else "TCP", "target_port": sp.target_port if sp else None, "via": via}
+            "protocol": sp.protocol if sp else proto, "target_port": sp.target_port if sp else None, "via": via}
 
 
 def _port_for_target(sv, port):
@@ -3051,6 +3189,12 @@ def _outcome(conn: Conn, req: dict | None, idle_closed: bool = False) -> str:
     errno = cn[CN_ERRNO] if cn else None
     if cn and cn[CN_RESULT] < 0 and errno in FAILED_ERRNOS:
         return FAILED_ERRNOS[errno]
+    if conn.k.startswith("udp/"):  # a UDP flow (_apply_udp): delivered (a backend got it) or answered is "ok"
+        if conn.err in FAILED_ERRNOS:
+            return FAILED_ERRNOS[conn.err]
+        if conn.est:
+            return "ok"
+        return "no reply" if conn.ccl is not None or idle_closed else "pending"
     if req is not None and req[C_STATUS] is not None:
         return "ok"
     if conn.err in FAILED_ERRNOS:

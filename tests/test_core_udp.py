@@ -1,0 +1,181 @@
+"""UDP Services other than DNS: a client's datagrams to a Service, followed as one flow per client socket.
+
+A statsd-like Service, `metrics` (UDP 8125 -> 8125), whose pod runs on the other node: the client resolves
+its name, sends a datagram to the ClusterIP (unconnected, sendto; or connected, send), kube-proxy DNATs it to
+the pod, which may answer. What the syscalls tell apart: delivered (a backend received it) or answered, an
+ICMP error the client's socket reports (ECONNREFUSED: kube-proxy's REJECT for a Service without endpoints, or
+the pod with nothing on the targetPort), and nothing at all (no backend received it, no reply came).
+"""
+from __future__ import annotations
+
+from svctrace.streams.core import run
+from tests.scenario import MS, S, T0, UDP_NAME, UDP_PAYLOAD, UDP_PORT, UDP_REPLY, UDP_VIP, US, Cluster, Scenario
+
+VIP, PORT, NAME = UDP_VIP, UDP_PORT, UDP_NAME
+PAYLOAD, REPLY = UDP_PAYLOAD, UDP_REPLY
+
+
+def udp_cluster(target_port: int = PORT, selector: str = "metrics", extra_pod: bool = False) -> Cluster:
+    cl = Cluster()
+    cl.add_udp_service(target_port, selector, extra_pod)
+    return cl
+
+
+def flow(sc: Scenario, t: int, **kw) -> int:
+    return sc.udp_flow(t, **kw)
+
+
+def chains_and_rules(cluster: Cluster, events) -> tuple[list[dict], dict]:
+    result = run(events, cluster.index())
+    rules = {a["alert_id"]: a for a in result.alerts}
+    return result.chains, rules
+
+
+def udp_chain(chains: list[dict]) -> dict:
+    [chain] = [c for c in chains if (c["service"] or {}).get("protocol") == "UDP" and c["service"]["name"] == "metrics"]
+    return chain
+
+
+def test_a_datagram_answered_through_dnat_is_one_ok_chain_with_its_lookup():
+    sc = Scenario(udp_cluster())
+    port = flow(sc, T0)
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["status"] == "ok" and not chain["alerts"]
+    assert chain["client"]["pod"] == "client" and chain["client"]["port"] == port
+    assert chain["dns"]["qname"] == NAME and chain["dns"]["answers"] == [VIP]  # the lookup it claimed
+    assert chain["service"]["cluster_ip"] == VIP and chain["service"]["port"] == PORT
+    assert chain["translation"]["mode"] == "dnat"
+    assert chain["backend"]["pod"] == "metrics-1" and chain["backend"]["port"] == PORT
+    assert chain["response"] == {"protocol": None, "method": None, "target": None, "host": None, "status": None,
+                                 "bytes_sent": len(PAYLOAD), "bytes_received": len(REPLY), "error": None}
+    assert [h["name"] for h in chain["hops"]] == ["dns", "connect"]
+    assert chain["hops"][1]["latency_ns"] == 190 * US  # the first datagram to the backend's receipt
+    whats = [r["what"] for r in chain["evidence"]]
+    for what in ("client datagram", "backend received", "backend reply", "client reply", "client close"):
+        assert what in whats
+    assert len(chains) == 1, "the lookup is the flow's, not a chain of its own"
+
+
+def test_a_datagram_delivered_without_a_reply_is_ok():
+    """Fire and forget (statsd, syslog): the backend received it; no reply was asked for."""
+    sc = Scenario(udp_cluster())
+    flow(sc, T0, reply=False)
+    chain = udp_chain(chains_and_rules(sc.cluster, sc.events())[0])
+    assert chain["status"] == "ok" and chain["response"]["error"] is None
+    assert chain["backend"]["pod"] == "metrics-1"
+
+
+def test_a_port_unreachable_from_the_pod_is_a_wrong_target_port():
+    """The Service's targetPort has nothing listening: the pod's kernel answers ICMP port unreachable, which a
+    connected socket reports as ECONNREFUSED on its next call."""
+    sc = Scenario(udp_cluster(target_port=8126))
+    flow(sc, T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["status"] == "broken"
+    assert chain["response"]["error"] == "connection refused"
+    assert chain["connect"]["errno"] == "ECONNREFUSED" and chain["connect"]["ip"] == VIP
+    [alert] = [rules[i] for i in chain["alerts"]]
+    assert alert["rule"] == "svc.target_port_refused"
+    assert "8126" in alert["summary"]
+
+
+def test_a_port_unreachable_without_endpoints_is_no_endpoints():
+    """kube-proxy REJECTs a Service without endpoints (UDP too: ICMP port unreachable)."""
+    sc = Scenario(udp_cluster(selector="metricz"))
+    flow(sc, T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["status"] == "broken"
+    assert [rules[i]["rule"] for i in chain["alerts"]] == ["svc.no_endpoints"]
+    assert "run=metricz matches no pod" in rules[chain["alerts"][0]]["summary"]
+
+
+def test_a_datagram_nobody_received_and_nobody_answered_is_a_missing_translation():
+    """Every node has an agent: no backend received the datagram, no reply came, and the client gave up."""
+    sc = Scenario(udp_cluster())
+    flow(sc, T0, received_by=None, reply=False)
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["status"] == "broken" and chain["response"]["error"] == "no reply"
+    assert [rules[i]["rule"] for i in chain["alerts"]] == ["svc.translation_missing"]
+
+
+def test_nobody_receiving_on_an_unconnected_socket_names_an_undeclared_target_port():
+    """An unconnected socket is not told of the pod's ICMP port unreachable: the syscalls show only silence, as for a
+    missing translation; the endpoints' declared UDP ports, without the targetPort, say which is likely."""
+    summaries = {}
+    for target in (PORT, 8126):
+        sc = Scenario(udp_cluster(target_port=target))
+        flow(sc, T0, received_by=None, reply=False)
+        chains, rules = chains_and_rules(sc.cluster, sc.events())
+        [alert] = [rules[i] for i in udp_chain(chains)["alerts"]]
+        assert alert["rule"] == "svc.translation_missing"
+        summaries[target] = alert["summary"]
+    assert summaries[PORT].endswith("UDP datagram from default/client to 10.96.0.120 was never translated or "
+                                    "received (no reply)")
+    assert "; or a wrong targetPort: its endpoints declare UDP 8125 (statsd), not 8126" in summaries[8126]
+
+
+def test_a_datagram_landing_on_a_pod_outside_the_endpoints_is_misrouted():
+    sc = Scenario(udp_cluster(extra_pod=True))
+    flow(sc, T0, received_by="stray")
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["backend"]["pod"] == "stray"
+    assert [rules[i]["rule"] for i in chain["alerts"]] == ["svc.misrouted"]
+
+
+def test_a_flow_lost_on_a_node_is_incomplete_not_broken():
+    sc = Scenario(udp_cluster())
+    flow(sc, T0, received_by=None, reply=False)
+    sc.loss(T0 + 5 * MS, "node-b", count=3)
+    chain = udp_chain(chains_and_rules(sc.cluster, sc.events())[0])
+    assert chain["status"] == "incomplete" and chain["alerts"] == []
+    assert "lost on node node-b" in chain["incomplete_reason"]
+
+
+def test_a_socket_connected_only_to_sort_addresses_makes_no_chain_and_claims_no_lookup():
+    """glibc's getaddrinfo connects a UDP socket to each address it got (RFC 6724 sorting) and closes it without
+    sending: no flow, and the lookup stays the TCP request's that follows."""
+    sc = Scenario(udp_cluster())
+    client = sc.proc("client", "curl")
+    client_ip = sc.cluster.pods["client"].ip
+    t = sc.lookup(T0, client, client_ip, "my-nginx.default.svc.cluster.local", ["10.96.0.100"])
+    port = sc.port()
+    c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port, remote_ip="10.96.0.100",
+             remote_port=8080)
+    sc.ev(t + 10 * US, client, "connect", "connect", 8, 0, addr_ip="10.96.0.100", addr_port=8080, **c)
+    sc.ev(t + 20 * US, client, "close", "close", 8, 0, **c)
+    sc.request(t + 100 * US, client=client)
+    chains, _rules = chains_and_rules(sc.cluster, sc.events())
+    assert [(c["service"] or {}).get("protocol") for c in chains if c["dns"]].count("UDP") == 0
+    tcp = [c for c in chains if (c["service"] or {}).get("name") == "my-nginx"]
+    assert tcp and tcp[0]["dns"] is not None, "the lookup went to the TCP request"
+
+
+def test_a_flow_resumes_from_its_state_at_every_cut():
+    """The flow's state is a connection's: written (dumps_state) and restored after any call of the stitch
+    stage (with its input buffer, as tests/test_core_stitch_state.py does), the rest of the input gives the chains of
+    the uninterrupted run."""
+    from svctrace.streams.core import dumps_state, loads_state
+    from svctrace.streams.core.stitch import Stitcher
+    from tests.test_core_stitch_state import _prefix, _replay, _stitch_calls
+
+    sc = Scenario(udp_cluster(target_port=8126))
+    flow(sc, T0)
+    flow(sc, T0 + 3 * S, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    events = sc.events()
+    cluster = sc.cluster
+    calls = _stitch_calls(cluster, events)
+    whole = _replay(Stitcher(cluster.index()), calls, {})
+    assert sorted(c["status"] for c in whole if (c["service"] or {}).get("protocol") == "UDP") == ["broken", "ok"]
+    held = 0
+    for cut in range(1, len(calls)):
+        before, states = _prefix(cluster, calls, cut)
+        held += sum(k.startswith("udp/") for st in states.values() for k in st["conns"])
+        op = Stitcher(cluster.index())
+        restored = {k: op.restore(loads_state(dumps_state(st))) for k, st in states.items()}
+        assert before + _replay(op, calls[cut:], restored) == whole, cut
+    assert held, "some cut fell inside a flow"
