@@ -38,6 +38,6 @@ def test_every_lab_case_named_exists():
         for line in re.findall(r"\*\*Reproduced by:\*\*(.*?)(?=\n\n|\n- |\Z)", text, re.S):
             for part in re.findall(r"lab (.*)", re.sub(r"\(.*?\)", "", line.replace("\n", " "))):
                 named |= set(re.findall(r"`([a-z0-9-]+)`", part))
-    cases = set(services.CASES) | {services.HOST_RESOLVED, services.NO_SUCH_NAME, services.DNS_RETRY,
-                                   services.HAIRPIN, services.GO_CLIENT}
+    cases = set(services.CASES) | set(services.UDP_CASES) | {services.HOST_RESOLVED, services.NO_SUCH_NAME,
+                                                              services.DNS_RETRY, services.HAIRPIN, services.GO_CLIENT}
     assert named and named <= cases, named - cases
