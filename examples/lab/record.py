@@ -1,14 +1,14 @@
-"""Record the lab example: real syscalls of curl against one Service per kube-proxy mode and fault.
+"""Record the lab example: real syscalls of clients against one Service per kube-proxy mode and fault.
 
     sudo python examples/lab/record.py          # from the repository root; needs root (eBPF, netns)
 
 Builds the network lab of lab/net/services.py (network namespaces on this machine, no route
-out), curls every case while the eBPF capture runs, and writes what the lab's namespaces did:
+out), asks every case (curl; the Go and UDP clients) while the eBPF capture runs, and writes what the lab's namespaces did:
 
 * `capture.scap`: the cluster state embedded up front (K8S events, as sysdig wrote them), then
   every network syscall of the lab's pods and node, as `svctrace capture` writes them;
 * `cluster.json`: that state as `kubectl get nodes,pods,services,endpointslices -A -o json`;
-* `cases.json`: the cases curled, with curl's exit status (what the recording holds).
+* `cases.json`: the cases asked, with each client's exit status (what the recording holds).
 
 Unlike examples/seed (built from the article's trace), this one is real: pids, timestamps,
 ports and payloads are whatever the kernel and the programs did, so each recording differs.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         events, curls = record(Path(work))
     for case, (_pid, rc, _body) in curls.items():
-        print(f"{case}: curl exit status {rc}", file=sys.stderr)
+        print(f"{case}: client exit status {rc}", file=sys.stderr)
     for path in write(args.out, events, curls):
         print(path)
     return 0
