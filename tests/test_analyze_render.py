@@ -369,3 +369,28 @@ def test_the_dns_answer_line_is_at_the_answer_the_lookup_ended_with():
     del chain["hops"][0]  # no hop (no positive answer): the last answer seen
     [answer] = [t for t in plain(render.chain_lines(chain)).splitlines() if "dns answer" in t]
     assert answer.split()[0] == "+17.214"
+
+
+def test_a_udp_flow_reads_as_datagram_backend_and_reply():
+    """A UDP Service's chain: its first datagram where a TCP chain has its connect, the pod that received it, the
+    reply (or, fire and forget, none: delivered)."""
+    from tests.scenario import T0, Cluster, Scenario
+
+    cluster = Cluster()
+    cluster.add_udp_service()
+    texts = []
+    for reply in (True, False):
+        sc = Scenario(cluster)
+        sc.udp_flow(T0, reply=reply)
+        [chain] = [c for c in run(sc.events(), cluster.index()).chains if c["service"]]
+        texts.append(plain([render.chain_title(chain), *render.chain_lines(chain)]))
+    answered, delivered = texts
+    assert "default/metrics:8125/UDP  OK" in answered
+    stages = ["dns query", "dns answer", "datagram", "dnat", "backend", "reply"]
+    positions = [answered.index(f"  {s}  ") for s in stages]
+    assert positions == sorted(positions), answered
+    assert "datagram    → 10.96.0.120:8125  Service default/metrics  (port 8125 → targetPort 8125)" in answered
+    assert "backend     10.244.2.20:8125  statsd (800)  in default/metrics-1 on node-b" in answered
+    assert re.search(r"\+\d+\.\d+ ms  reply       \(2 B\)", answered), answered
+    assert "  connect  " not in answered and "  response  " not in answered
+    assert "reply       delivered, no reply" in delivered

@@ -221,7 +221,8 @@ def chain_title(chain: dict) -> Line:
     title.append("● ", style=STATUS_STYLE.get(status, ""))
     if svc:
         port = svc.get("port")
-        title.append(f"{svc.get('namespace')}/{svc.get('name')}" + (f":{port}" if port else ""), style="bold")
+        proto = "/UDP" if svc.get("protocol") == "UDP" else ""  # (TCP, the usual, unsaid)
+        title.append(f"{svc.get('namespace')}/{svc.get('name')}" + (f":{port}{proto}" if port else ""), style="bold")
     else:
         conn = chain.get("connect") or {}
         qname = (chain.get("dns") or {}).get("qname")
@@ -289,6 +290,7 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
 
     conn = chain.get("connect")
     svc = chain.get("service")
+    udp = (svc or {}).get("protocol") == "UDP"  # a UDP flow: its first datagram is the connect, a reply the response
     if conn or svc:
         conn = conn or {}
         target = addr(conn.get("ip") or (svc or {}).get("cluster_ip"), conn.get("port") or (svc or {}).get("port"))
@@ -303,7 +305,7 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
             style = "" if conn["errno"] in ("EINPROGRESS", "EAGAIN") else "red"
         elif conn.get("res") is not None:
             what = _join(what, f"res={conn['res']}")
-        rows.append((conn.get("ts"), "connect", what, style))
+        rows.append((conn.get("ts"), "datagram" if udp else "connect", what, style))
 
     tr = chain.get("translation")
     if tr:
@@ -328,7 +330,8 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         text = _join(addr(backend.get("ip"), backend.get("port")), who, workload(backend))
         if refused:
             text = _join(text, f"dial {refused}")
-        rows.append((dial["ts"] if dial else _ts(chain, ("backend request",)), "backend", text, "red" if refused else ""))
+        rows.append((dial["ts"] if dial else _ts(chain, ("backend received" if udp else "backend request",)), "backend",
+                     text, "red" if refused else ""))
     elif tr and chain.get("status") == "broken":
         rows.append((None, "backend", "none reached", "red"))
     elif tr and tr.get("mode") not in (None, "none") and chain.get("status") == "ok":
@@ -350,17 +353,20 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
                         f"({nbytes(resp['bytes_received'])})" if resp.get("bytes_received") else "",
                         resp.get("error") or "")
         bad = bool(resp.get("error")) or (status is not None and status >= 500)
-        r_ts = _ts(chain, ("client response", "client got EOF", "client recv error"), "response", end=True)
-        if r_ts is None and resp.get("error") != "connection timed out":
+        r_ts = _ts(chain, ("client response", "client reply", "client got EOF", "client recv error"), "response",
+                   end=True)
+        if r_ts is None and resp.get("error") not in ("connection timed out", "no reply"):
             r_ts = chain["end_ts"]
         # A timeout is inferred from silence: no event shows it, so its line has no time of its own.
-        rows.append((r_ts, "response", outcome or "?", "red" if bad else "green"))
+        if udp and not outcome:
+            outcome = "delivered, no reply"  # (a backend received it: fire and forget, as statsd)
+        rows.append((r_ts, "reply" if udp else "response", outcome or "?", "red" if bad else "green"))
 
     # Chronological; a stage with no time of its own stays right after the one before it, but a
     # missing backend (none reached, not linked) is known only when the request ended: that line
     # goes just before the response.
     keyed, last = [], start - 1
-    response_ts = next((r[0] for r in rows if r[1] == "response" and r[0] is not None), None)
+    response_ts = next((r[0] for r in rows if r[1] in ("response", "reply") and r[0] is not None), None)
     for i, row in enumerate(rows):
         last = row[0] if row[0] is not None else last
         if row[1] == "backend" and not backend and response_ts is not None:
