@@ -179,3 +179,26 @@ def test_a_flow_resumes_from_its_state_at_every_cut():
         restored = {k: op.restore(loads_state(dumps_state(st))) for k, st in states.items()}
         assert before + _replay(op, calls[cut:], restored) == whole, cut
     assert held, "some cut fell inside a flow"
+
+
+def test_a_flow_only_the_server_saw_leaves_settle_after_its_receipt():
+    """A UDP server's socket serves every peer and never closes for one: a flow whose client is not traced (or a DNS
+    server on another port than 53, whose clients' queries are DNS lookups) must not wait out the idle timeout in
+    the state, one per peer."""
+    from svctrace.streams.core import Graph, Settings
+    from tests.test_core_stitch_accepting import _bucket, _flows
+
+    settings = Settings()
+    sc = Scenario(udp_cluster())
+    flow(sc, T0, reply=False, lookup=False)
+    server_side = [e for e in sc.events() if e.comm == "statsd"]
+    assert [e.kind for e in server_side] == ["recv"]
+    graph = Graph(sc.cluster.index(), settings)
+    [(key, batches)] = _flows(graph, server_side).items()
+    st = _bucket(graph, batches)
+    receipt = server_side[0]
+    assert graph.stitch.advance(st, key, receipt.ts + settings.settle_ns - 1) == []
+    [conn] = st["conns"].values()
+    assert conn.k == f"udp/{receipt.remote_ip}:{receipt.remote_port}" and conn.cl is None
+    assert graph.stitch.advance(st, key, receipt.ts + settings.settle_ns) == []  # gone, nothing emitted
+    assert not st["conns"] and graph.stitch.is_idle(st)

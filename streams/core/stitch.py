@@ -1050,11 +1050,16 @@ class _Stitching:
                         return  # (its first datagram from this client is the one that counts)
                 lref = d.local_ref
                 lkind = lref.get("kind") if lref else None
+                # A_CLOSED at its receipt: a UDP server's socket serves every peer and never closes for one, so
+                # a flow only the server saw (its client not traced; a DNS server on another port than 53)
+                # leaves settle after it, as a TCP connection only its acceptors saw does after their close
                 conn.sv.append([e.node, e.pid, e.comm, e.fd, e.container_id, e.local_ip, e.local_port, ts,
-                                lkind is None or lkind == "node" or lkind == "external", [], 0, None])  # A_*
+                                lkind is None or lkind == "node" or lkind == "external", [], 0, ts])  # A_*
                 del conn.sv[:-4]
                 conn.est = 2
                 _evidence(conn, e, "backend received")
+                if conn.cl is None:
+                    self._settles(st, conn, ts)
             elif kind == "send" and res > 0:
                 for me in conn.sv:
                     if me[A_FD] == e.fd and me[A_PID] == e.pid and me[A_NODE] == e.node:
