@@ -8,6 +8,8 @@ the pod with nothing on the targetPort), and nothing at all (no backend received
 """
 from __future__ import annotations
 
+import pytest
+
 from svctrace.streams.core import run
 from tests.scenario import MS, S, T0, UDP_NAME, UDP_PAYLOAD, UDP_PORT, UDP_REPLY, UDP_VIP, US, Cluster, Scenario
 
@@ -202,3 +204,37 @@ def test_a_flow_only_the_server_saw_leaves_settle_after_its_receipt():
     assert conn.k == f"udp/{receipt.remote_ip}:{receipt.remote_port}" and conn.cl is None
     assert graph.stitch.advance(st, key, receipt.ts + settings.settle_ns) == []  # gone, nothing emitted
     assert not st["conns"] and graph.stitch.is_idle(st)
+
+
+@pytest.mark.parametrize("first_received", [True, False])
+def test_an_unconnected_socket_sending_to_two_services_is_followed_to_the_first(first_received):
+    """statsd to one Service, syslog to another, from one unconnected socket: the flow is the first destination's;
+    the other's datagrams do not count in it, and its backend's receipt (which a pod sees from the same client
+    address and port) is not called misrouted, even as the flow's only receipt."""
+    from tests.scenario import Proc, Service
+
+    cluster = udp_cluster(extra_pod=True)
+    cluster.services["logs"] = Service("logs", "10.96.0.121", 514, UDP_PORT, {"run": "stray"}, protocol="UDP")
+    sc = Scenario(cluster)
+    client = sc.proc("client", "app")
+    client_ip = cluster.pods["client"].ip
+    port = sc.port()
+    c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port)
+    for i, (vip, svc_port, pod) in enumerate([(VIP, PORT, "metrics-1"), ("10.96.0.121", 514, "stray")]):
+        t = T0 + i * MS
+        sc.ev(t, client, "send", "sendto", 9, len(PAYLOAD), data=PAYLOAD, addr_ip=vip, addr_port=svc_port,
+              remote_ip=vip, remote_port=svc_port, **c)
+        p = cluster.pods[pod]
+        if pod == "metrics-1" and not first_received:
+            continue
+        sc.ev(t + 200 * US, Proc(p.node, 800 + i, "statsd", p.container_id), "recv", "recvfrom", 4, len(PAYLOAD),
+              data=PAYLOAD, proto="udp", role="server", local_ip=p.ip, local_port=UDP_PORT, remote_ip=client_ip,
+              remote_port=port, addr_ip=client_ip, addr_port=port)
+    sc.ev(T0 + 2 * S, client, "close", "close", 9, 0, remote_ip=VIP, remote_port=PORT, **c)
+    chains, rules = chains_and_rules(cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["connect"]["ip"] == VIP and chain["response"]["bytes_sent"] == len(PAYLOAD)  # the first's only
+    if first_received:
+        assert chain["backend"]["pod"] == "metrics-1"
+    # (else the other Service's pod is the only receipt: the syscalls cannot tell which datagram it got)
+    assert "svc.misrouted" not in {rules[i]["rule"] for i in chain["alerts"]}

@@ -253,7 +253,7 @@ class Conn:
     dns: dict | None  # the summary of the DNS lookup this connection claimed
     svc: dict | None  # the Service it is a request to, and how we know ("via")
     ev: list  # evidence: event refs of the connection itself (connect, accept, close, errors)
-    eof: int | None  # when the client read EOF
+    eof: int | None  # when the client read EOF (a UDP flow: when it first sent elsewhere too, _apply_udp)
     err: str | None  # the client's first send/recv error (errno name)
     tx: int  # bytes the client sent
     rx: int  # bytes the client received
@@ -1071,19 +1071,29 @@ class _Stitching:
         if conn.cl is None:
             conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
             conn.a = [e.node, e.n]
+        cn = conn.cn
         if kind == "send":
             if res > 0:
-                if conn.cn is None:
+                if cn is None:
                     conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip, e.remote_port,
                                0, None]  # CN_*: the first datagram
                     conn.a = [e.node, e.n]
                     _evidence(conn, e, "client datagram")
                     self._resolve_service(st, conn, d)
+                elif e.addr_ip is not None and (e.addr_ip != cn[CN_ADDR_IP] or e.addr_port != cn[CN_ADDR_PORT]):
+                    # an unconnected socket sending elsewhere too: not this flow's (its first destination's); its
+                    # backends may show among this flow's acceptors, so none of them is called misrouted (_emit)
+                    if conn.eof is None:
+                        conn.eof = ts
+                    return
                 conn.tx += res
             elif e.errno in FAILED_ERRNOS:
                 self._udp_error(conn, e, "client send error")
         elif kind == "recv":
             if res >= 0:
+                if cn is not None and e.addr_ip is not None and e.addr_ip != cn[CN_ADDR_IP] and \
+                        e.addr_ip != cn[CN_REMOTE_IP]:
+                    return  # a datagram from another peer than the flow's (an unconnected socket)
                 if not conn.rx:
                     _evidence(conn, e, "client reply")
                 conn.est = 2
@@ -2109,7 +2119,7 @@ class _Stitching:
         proto = (p.svc or {}).get("protocol") or "TCP"  # (a UDP Service's refusal: its UDP ports)
         declared = [cp for cp in pods[0].ports if (cp.protocol or "TCP").upper() == proto.upper()]
         if not declared:
-            return f": {whose} declare no {proto} port" if proto.upper() != "TCP" else f": {whose} declare no port"
+            return f": {whose} declare no port" + ("" if proto.upper() == "TCP" else f" of {proto}")
         if any(cp.port == port for cp in declared):
             return f": {whose} declare {port}, and nothing listened on it"
         return f": {whose} declare " + ", ".join(f"{cp.port} ({cp.name})" if cp.name else str(cp.port)
@@ -2313,7 +2323,7 @@ class _Stitching:
                     found.append(p.svc_always)
                 elif failed and p.svc_if_failed is not None:
                     found.append(p.svc_if_failed)
-                if p.misrouted:
+                if p.misrouted and not (conn.eof is not None and conn.k.startswith("udp/")):
                     found.append(("svc.misrouted", {"standing": self._standing(p, svc)}))
                 if req is not None and req[C_STATUS] is not None and req[C_STATUS] >= 500:
                     found.append(("svc.backend_5xx", {"status": req[C_STATUS], "method": req[C_METHOD],
