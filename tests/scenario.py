@@ -221,8 +221,9 @@ class Scenario:
     # -- building blocks -------------------------------------------------------------
 
     def lookup(self, t: int, client: Proc, client_ip: str, qname: str, answers, resolver: str | None = None,
-               server: bool = True, rcode: int = 0, answer: bool = True, qtype: str = "A") -> int:
-        """A UDP DNS lookup on a connected socket; returns the time it ended."""
+               server: bool = True, rcode: int = 0, answer: bool = True, qtype: str = "A", server_port: int = 53) -> int:
+        """A UDP DNS lookup on a connected socket; returns the time it ended. `server_port`: the port the DNS pod
+        listens on (kube-dns's targetPort: 5353 on OpenShift)."""
         resolver = resolver or self.cluster.dns_ip
         fd, port, qid = 3, self.port(), next(self._qid)
         q, a = dns_query(qname, qtype, qid), dns_answer(qname, qtype, qid, answers, rcode)
@@ -232,7 +233,7 @@ class Scenario:
         if server and resolver == self.cluster.dns_ip:
             dns_pod = self.cluster.pods["coredns"]
             srv = Proc(dns_pod.node, 700, "coredns", dns_pod.container_id)
-            s = dict(proto="udp", role="server", local_ip=dns_pod.ip, local_port=53)
+            s = dict(proto="udp", role="server", local_ip=dns_pod.ip, local_port=server_port)
             self.ev(t + 150 * US, srv, "recv", "recvmsg", 6, len(q), data=q, remote_ip=client_ip, remote_port=port,
                     addr_ip=client_ip, addr_port=port, **s)
             if answer:

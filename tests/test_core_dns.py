@@ -171,6 +171,28 @@ def test_no_answer_says_whether_a_dns_server_received_the_query():
     assert one.endswith("; kube-system/coredns (coredns 700 on node-b) received it")
 
 
+def test_a_dns_server_on_another_port_is_seen_receiving():
+    """kube-dns's port 53 sent to a DNS pod listening on 5353 (OpenShift's dns-default): the pod's side of a query
+    has port 5353 and the client's address, not 53. The cluster DNS's endpoints tell it is a DNS server: the chain
+    names it, and an unanswered query reads as received, not as lost on the way."""
+    cluster = Cluster()
+    cluster.services["kube-dns"].target_port = 5353
+    cluster.services["kube-dns"].extra_ports = (("dns-tcp", 53, "TCP", 5353),)
+    said = {}
+    for answered in (True, False):
+        sc = Scenario(cluster)
+        sc.lookup(T0, sc.proc("client", "curl"), POD_IP, "my-nginx.default.svc.cluster.local", ["10.96.0.100"],
+                  answer=answered, server_port=5353)
+        sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"],
+                  server_port=5353)  # (the capture goes on past the first one's timeout)
+        r = run(sc.events(), cluster.index(), Settings())
+        chain = r.chains[0]
+        assert chain["dns"]["server"]["pod"] == "coredns" and chain["dns"]["server"]["port"] == 5353
+        said[answered] = [a["summary"] for a in r.alerts if a["rule"] == "dns.no_answer"]
+    assert said[True] == []
+    assert [s.split("; ")[-1] for s in said[False]] == ["kube-system/coredns (coredns 700 on node-b) received it"]
+
+
 def test_no_answer_names_a_resolver_service_without_a_ready_endpoint():
     """CoreDNS down or not ready: the kube-dns VIP's queries go nowhere. With its one pod not ready in the
     EndpointSlice, the alert says so; with it ready, nothing is added."""

@@ -134,6 +134,10 @@ class MemoIndex:
         """(not memoized: the stitch stage keeps what it makes of them, _no_endpoints_why)"""
         return self.index.selected_pods(namespace, selector, ts)
 
+    def dns_services(self, ts):
+        """(not memoized: the stitch stage keeps what it makes of them, _dns_server_at)"""
+        return self.index.dns_services(ts)
+
     def endpoint_standing(self, namespace, service, ip, ts):
         """(not memoized: asked only for an alert on a misrouted request)"""
         return self.index.endpoint_standing(namespace, service, ip, ts)

@@ -77,6 +77,8 @@ cdef class _Stitching:
     cdef public object lateness_ns, settle_ns, idle_ns, lookup_timeout_ns, dns_port, cluster_domain
     cdef public dict _nodeports
     cdef public object _nodeports_at
+    cdef public set _dns_eps
+    cdef public object _dns_eps_at
     cdef public dict _endpoints, _dns_servers, _findings, _whys, _conn_parts, _svcs, _conn_keys, _lkeys
     cdef public object encode_chain
 
@@ -94,7 +96,7 @@ cdef class _Stitching:
     @cython.locals(e=SyscallEvent)
     cpdef _resolve_service(self, dict st, Conn conn, EnrichedEvent d)
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list, names=list)
-    cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*)
+    cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*, server=*)
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set, live=list,

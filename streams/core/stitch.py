@@ -19,7 +19,8 @@ State, all JSON-able and expired by event time:
   lookup becomes a chain at its expiry (a timer pass of its own); a claimed one leaves
   without output, so no pass is spent on it: a later one drops it, or the next read of
   its key, exactly as if it had left at its expiry.
-* dsrv: what DNS servers saw ("client ep|id"), to name the resolver process.
+* dsrv: what DNS servers saw ("client ep|id"), to name the resolver process (a DNS server: port
+  53's, or an endpoint of the cluster DNS on another port, _dns_server_at).
 Records are lists read through index names (A_*, R_*, C_*, D_*, CL_*, CN_*, L_*, Q_*,
 N_*, S_*, DX_*): cheaper to build and read than dicts, and JSON-able as they are.
 * lost: loss markers [node, ts, count] (a point at ts) or [node, ts, count, since] (the
@@ -291,6 +292,8 @@ class _Stitching:
         self.cluster_domain = cluster_domain
         self._nodeports: dict[int, tuple] = {}
         self._nodeports_at = None
+        self._dns_eps: set = set()  # the cluster DNS's endpoints on another port than dns_port (_dns_server_at)
+        self._dns_eps_at = None
         # emission memos (pure functions of the state and the index; dropped with metadata_changed)
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
         self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
@@ -435,6 +438,7 @@ class _Stitching:
     def metadata_changed(self) -> None:
         self.index.invalidate()
         self._nodeports_at = None
+        self._dns_eps_at = None
         self._endpoints.clear()
         self._dns_servers.clear()
         self._findings.clear()
@@ -835,6 +839,10 @@ class _Stitching:
                                     if e.local_port == dns_port and data and len(data) > 2 and data[2] & 0x80:
                                         continue  # the server's answer (QR set): see _apply_dns
                                     self._apply_dns(state, d)
+                                continue
+                            if e.role == "server" and self._dns_server_at(e.local_ip, e.local_port, ts):
+                                if kind == "recv" and e.res > 0:  # (its answers add nothing: see _apply_dns)
+                                    self._apply_dns(state, d, None, True)
                                 continue
                             # other UDP: a datagram flow to a Service, followed as a connection (_apply_udp)
                             if kind in tcp_kinds:
@@ -1294,6 +1302,23 @@ class _Stitching:
             svcs[key] = (sv, sp, svc)
             return svc
 
+    def _dns_server_at(self, ip, port, ts: int) -> bool:
+        """Whether ip:port is an endpoint of the cluster DNS (kube-dns, dns-default, ...) on another port than
+        dns_port: a Service port 53 whose targetPort differs (OpenShift's DNS pods listen on 5353). Its UDP
+        events are a DNS server's: the client's side of them has port 53, this side not. (The endpoints of the
+        10 s of event time that ts falls in, read once.)"""
+        bucket = ts // (10 * S)
+        if bucket != self._dns_eps_at:
+            self._dns_eps_at = bucket
+            eps = set()
+            idx = self.index
+            for svc in idx.dns_services(ts):
+                for ep in idx.endpoints(svc.namespace, svc.name, ts):
+                    if ep.port is not None and ep.port != self.dns_port:
+                        eps.add((ep.ip, ep.port))
+            self._dns_eps = eps
+        return (ip, port) in self._dns_eps
+
     def _nodeport_service(self, port: int, ts: int):
         bucket = ts // (10 * S)
         if bucket != self._nodeports_at:
@@ -1310,18 +1335,21 @@ class _Stitching:
 
     # DNS ---------------------------------------------------------------------------
 
-    def _apply_dns(self, st: dict, d: EnrichedEvent, wire: bytes | None = None) -> None:
-        """One DNS message: the event's UDP payload, or `wire`, one message of its TCP payload."""
+    def _apply_dns(self, st: dict, d: EnrichedEvent, wire: bytes | None = None, server=None) -> None:
+        """One DNS message: the event's UDP payload, or `wire`, one message of its TCP payload. `server`: whether
+        the event is a DNS server's (None: if its local port is dns_port; _dns_server_at knows the others)."""
         e = d.ev
         if wire is None:
             wire = e.data
-        if e.local_port == self.dns_port and wire and len(wire) > 2 and wire[2] & 0x80:
+        if server is None:
+            server = e.local_port == self.dns_port
+        if server and wire and len(wire) > 2 and wire[2] & 0x80:
             return  # the server's answer (QR set): it adds nothing a chain shows, the client's receipt of it does
         msg, qid = parse_dns_with_id(wire)  # msg.id may be another message's: use qid
         if msg is None:
             return
         is_response = msg.is_response  # (the message's fields read once each)
-        if e.local_port == self.dns_port:  # the server's side
+        if server:  # the server's side
             if not is_response:  # (its answer adds nothing a chain shows: the client's receipt of it does)
                 pip = e.remote_ip if e.remote_ip not in UNSPECIFIED_IPS else e.addr_ip
                 pport = e.remote_port or e.addr_port
