@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from svctrace.streams.core import run
-from tests.scenario import MS, S, T0, UDP_NAME, UDP_PAYLOAD, UDP_PORT, UDP_REPLY, UDP_VIP, US, Cluster, Scenario
+from tests.scenario import MS, S, T0, UDP_NAME, UDP_PAYLOAD, UDP_PORT, UDP_REPLY, UDP_VIP, US, Cluster, Proc, Scenario
 
 VIP, PORT, NAME = UDP_VIP, UDP_PORT, UDP_NAME
 PAYLOAD, REPLY = UDP_PAYLOAD, UDP_REPLY
@@ -211,7 +211,7 @@ def test_an_unconnected_socket_sending_to_two_services_is_followed_to_the_first(
     """statsd to one Service, syslog to another, from one unconnected socket: the flow is the first destination's;
     the other's datagrams do not count in it, and its backend's receipt (which a pod sees from the same client
     address and port) is not called misrouted, even as the flow's only receipt."""
-    from tests.scenario import Proc, Service
+    from tests.scenario import Service
 
     cluster = udp_cluster(extra_pod=True)
     cluster.services["logs"] = Service("logs", "10.96.0.121", 514, UDP_PORT, {"run": "stray"}, protocol="UDP")
@@ -238,3 +238,57 @@ def test_an_unconnected_socket_sending_to_two_services_is_followed_to_the_first(
         assert chain["backend"]["pod"] == "metrics-1"
     # (else the other Service's pod is the only receipt: the syscalls cannot tell which datagram it got)
     assert "svc.misrouted" not in {rules[i]["rule"] for i in chain["alerts"]}
+
+
+def _long_lived(sc: Scenario, times_s, error: str | None = None, reply: bool = True) -> None:
+    """A client that keeps one connected socket for its life (a statsd client): a datagram at each of times_s
+    (seconds after T0), each answered by metrics-1 or refused; the socket never closes."""
+    cl = sc.cluster
+    client = sc.proc("client", "app")
+    client_ip = cl.pods["client"].ip
+    port = sc.port()
+    c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port, remote_ip=VIP, remote_port=PORT)
+    sc.ev(T0, client, "connect", "connect", 9, 0, addr_ip=VIP, addr_port=PORT, **c)
+    pod = cl.pods["metrics-1"]
+    srv = Proc(pod.node, 800, "statsd", pod.container_id)
+    s = dict(proto="udp", role="server", local_ip=pod.ip, local_port=PORT, remote_ip=client_ip, remote_port=port,
+             addr_ip=client_ip, addr_port=port)
+    for at in times_s:
+        t = T0 + at * S + MS
+        sc.ev(t, client, "send", "send", 9, len(PAYLOAD), data=PAYLOAD, **c)
+        if error is not None:
+            sc.ev(t + 400 * US, client, "recv", "recv", 9, -111, errno=error, **c)
+            continue
+        sc.ev(t + 200 * US, srv, "recv", "recvfrom", 4, len(PAYLOAD), data=PAYLOAD, **s)
+        if reply:
+            sc.ev(t + 300 * US, srv, "send", "sendto", 4, len(REPLY), data=REPLY, **s)
+            sc.ev(t + 500 * US, client, "recv", "recv", 9, len(REPLY), data=REPLY, **c)
+
+
+def test_a_socket_that_never_closes_makes_a_chain_per_window():
+    """A statsd client's socket lives as long as its process: its datagrams make a chain per UDP_WINDOW_NS (10 s)
+    of them, not one at its close, which may never come."""
+    from svctrace.streams.core.stitch import UDP_WINDOW_NS
+
+    assert UDP_WINDOW_NS == 10 * S
+    sc = Scenario(udp_cluster())
+    _long_lived(sc, range(0, 25, 2))
+    chains = [c for c in run(sc.events(), sc.cluster.index()).chains if c["service"]]
+    assert [c["status"] for c in chains] == ["ok"] * 3
+    assert [c["response"]["bytes_sent"] // len(PAYLOAD) for c in chains] == [5, 5, 3]  # 0-8 s, 10-18 s, 20-24 s
+    assert [(c["start_ts"] - T0) // S for c in chains] == [0, 10, 20]
+    assert len({c["chain_id"] for c in chains}) == 3
+
+
+def test_an_error_ends_the_flow_and_the_next_datagram_starts_another():
+    """A long-lived socket to a Service without endpoints: each datagram refused (kube-proxy's REJECT). Each error
+    ends its flow, whose chain (and alert) comes settle after it, not at a close that never comes."""
+    sc = Scenario(udp_cluster(selector="metricz"))
+    _long_lived(sc, (0, 1, 2), error="ECONNREFUSED")
+    result = run(sc.events(), sc.cluster.index())
+    chains = [c for c in result.chains if c["service"]]
+    assert [(c["status"], c["response"]["error"]) for c in chains] == [("broken", "connection refused")] * 3
+    rules = {a["alert_id"]: a["rule"] for a in result.alerts}
+    assert all([rules[i] for i in c["alerts"]] == ["svc.no_endpoints"] for c in chains)
+    # each chain ends at its error: the next datagram is the next chain's
+    assert [(c["end_ts"] - T0) // MS for c in chains] == [1, 1001, 2001]

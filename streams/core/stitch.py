@@ -82,6 +82,9 @@ _TCP_KINDS = frozenset(("connect", "accept", "send", "recv", "close", "shutdown"
 MAX_EVIDENCE = 24
 MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and emitted (bounded)
 MAX_QUERIES = 32
+# A UDP flow (_apply_udp) ends at the client's close, its first error or idle; one that goes on (a statsd client's
+# socket, open for the process's life) makes a chain of its first datagram's 10 s, then another of the next ones
+UDP_WINDOW_NS = 10 * S
 MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at most (more are folded)
 # Records kept per connection as lists (cheaper to build and read than dicts; JSON-able),
 # read and written through these index names:
@@ -1014,7 +1017,7 @@ class _Stitching:
         backend received makes it "established" (est 2), as does a reply; an ICMP error the client's socket
         reports (ECONNREFUSED: port unreachable, kube-proxy's REJECT of a Service without endpoints, or a backend
         with nothing on the targetPort) is the first datagram's result. One chain per flow: it ends settle after the
-        client's close, or idle after its last event."""
+        client's close or its first error, UDP_WINDOW_NS after its first datagram, or idle after its last event."""
         res = e.res
         if e.role == "client":
             ip = e.local_ip
@@ -1088,6 +1091,7 @@ class _Stitching:
                     conn.a = [e.node, e.n]
                     _evidence(conn, e, "client datagram")
                     self._resolve_service(st, conn, d)
+                    self._due_at(st, conn, ts + UDP_WINDOW_NS)
                 elif e.addr_ip is not None and (e.addr_ip != cn[CN_ADDR_IP] or e.addr_port != cn[CN_ADDR_PORT]):
                     # an unconnected socket sending elsewhere too: not this flow's (its first destination's); its
                     # backends may show among this flow's acceptors, so none of them is called misrouted (_emit)
@@ -1096,7 +1100,7 @@ class _Stitching:
                     return
                 conn.tx += res
             elif e.errno in FAILED_ERRNOS:
-                self._udp_error(conn, e, "client send error")
+                self._udp_error(st, conn, e, "client send error")
         elif kind == "recv":
             if res >= 0:
                 if cn is not None and e.addr_ip is not None and e.addr_ip != cn[CN_ADDR_IP] and \
@@ -1107,16 +1111,17 @@ class _Stitching:
                 conn.est = 2
                 conn.rx += res
             elif e.errno in FAILED_ERRNOS:
-                self._udp_error(conn, e, "client recv error")
+                self._udp_error(st, conn, e, "client recv error")
         elif kind == "close":
             conn.ccl = ts
             _evidence(conn, e, "client close")
             self._settles(st, conn, ts)
 
-    @staticmethod
-    def _udp_error(conn: Conn, e: SyscallEvent, what: str) -> None:
+    def _udp_error(self, st: dict, conn: Conn, e: SyscallEvent, what: str) -> None:
         """An error the client's UDP socket reported (an ICMP error for an earlier datagram): the first one is the
-        flow's, and the first datagram's result (its connect record's, which a TCP connect's refusal sets)."""
+        flow's, and the first datagram's result (its connect record's, which a TCP connect's refusal sets). It ends
+        the flow, as a refusal or a reset ends a TCP connection (ccl: its chain comes settle after, not when the
+        socket closes, which a long-lived one never does); the socket's next datagram starts another."""
         if conn.err is None:
             conn.err = e.errno
             _evidence(conn, e, f"{what} {e.errno}")
@@ -1124,6 +1129,20 @@ class _Stitching:
             if cn is not None and cn[CN_ERRNO] is None:
                 cn = conn.cn = cn.copy()  # replaced, never mutated (_ConnParts)
                 cn[CN_RESULT], cn[CN_ERRNO] = e.res, e.errno
+            if conn.ccl is None:
+                conn.ccl = e.ts
+                self._settles(st, conn, e.ts)
+
+    def _due_at(self, st: dict, conn: Conn, at: int) -> None:
+        """A deadline candidate `at` for the conn (as _settles' ts + settle, for any time)."""
+        nxt = st["next"]
+        if at < conn.qd:
+            conn.qd = at
+            _tq_push(st["tq"], st["tqs"], (at, conn.k))
+            if nxt is None or at < nxt:
+                st["next"] = at
+        elif nxt is None or at < nxt:
+            self._schedule(st, conn)
 
     def _conn_key(self, ip: str | None, port: int | None) -> str:
         keys = self._conn_keys
@@ -1215,6 +1234,14 @@ class _Stitching:
             # after. (No requests of its own: creq is the client's.)
             if not conn.px and _accepting_over(conn):
                 at = t1 + settle
+                if at < dl:
+                    dl = at
+            return dl
+        if conn.k[0] == "u":  # a UDP flow's chain covers its datagrams of UDP_WINDOW_NS at most (_apply_udp)
+            cn = conn.cn
+            if cn is not None:
+                at = cn[CN_TS]
+                at += UDP_WINDOW_NS
                 if at < dl:
                     dl = at
             return dl
@@ -1677,6 +1704,10 @@ class _Stitching:
             if not over and ccl is not None:
                 ccl_at = ccl
                 ccl_at += settle_ns
+                over = now_c >= ccl_at
+            if not over and conn.k[0] == "u" and conn.cn is not None:  # a UDP flow's window (UDP_WINDOW_NS)
+                ccl_at = conn.cn[CN_TS]
+                ccl_at += UDP_WINDOW_NS
                 over = now_c >= ccl_at
             if over:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
