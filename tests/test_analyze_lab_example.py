@@ -107,6 +107,7 @@ PROOF = {
     ("svc.translation_missing", "my-nginx-flushed"): "client connect",
     ("svc.target_port_refused", "my-udp-wrong-port"): "client recv error ECONNREFUSED",  # the pod's ICMP error
     ("svc.no_endpoints", "my-udp-no-endpoints"): "client recv error ECONNREFUSED",  # the REJECT's
+    ("svc.translation_missing", "my-udp-flushed"): "client datagram",  # sent; nobody received it
 }
 
 

@@ -12,7 +12,7 @@ Service (hairpin, masqueraded); three requests on one keep-alive connection thro
 the userspace proxy; a name whose UDP answer is truncated (the resolver asks again over TCP); a Go client (Go's own
 resolver and net/http, no glibc); an IPv6 Service requested by dual-stack pods; a named targetPort; a headless Service. curl asks each
 one. And UDP Services, asked with one datagram on a connected socket: answered through DNAT, a targetPort nothing
-listens on, no endpoints. From the syscalls alone the core must name each hop and raise each fault's alerts.
+listens on, no endpoints, no rules. From the syscalls alone the core must name each hop and raise each fault's alerts.
 """
 from __future__ import annotations
 
@@ -92,6 +92,8 @@ EXPECTED = {
     # the pod's ICMP port unreachable, told to the connected socket's recv (ECONNREFUSED)
     "my-udp-wrong-port": (1, "broken", "dnat", None, None, "connection refused", {"svc.target_port_refused", AMPLIFIED}),
     "my-udp-no-endpoints": (1, "broken", "none", None, None, "connection refused", {"svc.no_endpoints", AMPLIFIED}),
+    # exit status 2: no reply within 1 s (no rules: the datagram to the ClusterIP vanishes, no ICMP error)
+    "my-udp-flushed": (2, "broken", "none", None, None, "no reply", {"svc.translation_missing", AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),

@@ -36,7 +36,7 @@ my-nginx. The cases:
   would have to leave by the port it came in on, and the bridge drops it;
 * UDP Services (udp_service.py: a statsd-like server in the nginx pod answering each datagram, a client
   on a connected socket): answered through DNAT, a targetPort nothing listens on (the pod's ICMP port
-  unreachable), and a Service without endpoints (kube-proxy's REJECT).
+  unreachable), a Service without endpoints (kube-proxy's REJECT), and one without rules.
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -112,6 +112,7 @@ UDP_CASES = {
     "my-udp": Case("10.96.0.116", "dnat", target_port=UDP_PORT),
     "my-udp-wrong-port": Case("10.96.0.117", "dnat", target_port=UDP_PORT + 1),  # nothing listens on 8126
     "my-udp-no-endpoints": Case("10.96.0.118", "reject", target_port=UDP_PORT, selector=(("run", "my-udpx"),)),
+    "my-udp-flushed": Case("10.96.0.119", "flushed", target_port=UDP_PORT),  # no rules: the datagram goes nowhere
 }
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
@@ -258,8 +259,9 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     for case in UDP_CASES.values():
         if case.path == "dnat":
             lab.service(case.vip, UDP_PORT, "udp", [(case.rule_to, case.target_port)])
-        else:
+        elif case.path == "reject":
             lab.reject(case.vip, UDP_PORT, "udp")
+        # flushed: no rules, as for my-nginx-flushed
     for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
             lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))],
