@@ -108,3 +108,24 @@ def test_a_local_policy_nodeport_answered_is_ok():
 def test_a_local_policy_service_without_any_endpoint_has_no_endpoints():
     chain, alerts = nodeport_request("EINPROGRESS", fault="no_endpoints", policy="Local")
     assert [a["rule"] for a in alerts] == ["svc.no_endpoints"]
+
+
+def test_one_node_port_for_tcp_and_udp_names_each_protocols_service_port():
+    """A Service may expose the same NodePort for TCP and UDP (DNS does): a flow to it gets the port of its own
+    protocol."""
+    from svctrace.streams.core.stitch import Stitcher
+    from svctrace.streams.metadata.index import ClusterIndex
+    from tests.scenario import Service
+
+    cluster = Cluster()
+    cluster.services["dns-np"] = Service("dns-np", "10.96.0.53", 53, 53, {"k8s-app": "kube-dns"},
+                                         namespace="kube-system", protocol="UDP", node_port=30053)
+    records = cluster.records()
+    svc = next(r for r in records if r["kind"] == "Service" and r["name"] == "dns-np")
+    svc["service"]["ports"].append({"name": "dns-tcp", "port": 53, "protocol": "TCP", "target_port": 53,
+                                    "node_port": 30053})
+    stitcher = Stitcher(ClusterIndex.from_records(records))
+    for proto in ("UDP", "TCP"):
+        info, sp = stitcher._nodeport_service(30053, T0, proto)
+        assert (info.name, sp.protocol, sp.node_port) == ("dns-np", proto, 30053)
+    assert stitcher._nodeport_service(30053, T0, "SCTP") is None

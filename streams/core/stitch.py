@@ -293,7 +293,7 @@ class _Stitching:
         self.lookup_timeout_ns = lookup_timeout_ns  # > the 5 s resolver retry
         self.dns_port = dns_port
         self.cluster_domain = cluster_domain
-        self._nodeports: dict[int, tuple] = {}
+        self._nodeports: dict[tuple, tuple] = {}  # (node port, protocol) -> (service, port)
         self._nodeports_at = None
         self._dns_eps: set = set()  # the cluster DNS's endpoints on another port than dns_port (_dns_server_at)
         self._dns_eps_at = None
@@ -1309,7 +1309,7 @@ class _Stitching:
                         return
         ref = d.addr_ref or d.remote_ref
         if ref and ref.get("kind") == "node" and aport:
-            found = self._nodeport_service(aport, ts)
+            found = self._nodeport_service(aport, ts, proto)
             if found is not None:
                 sv, sp = found
                 conn.svc = self._svc_of(sv, sp, None, aport, "nodeport", proto)
@@ -1346,7 +1346,9 @@ class _Stitching:
             self._dns_eps = eps
         return (ip, port) in self._dns_eps
 
-    def _nodeport_service(self, port: int, ts: int):
+    def _nodeport_service(self, port: int, ts: int, proto: str = "TCP"):
+        """The Service and port whose NodePort `port` is, for `proto` (one Service may have the same NodePort for
+        TCP and UDP, as DNS does)."""
         bucket = ts // (10 * S)
         if bucket != self._nodeports_at:
             self._nodeports_at = bucket
@@ -1355,8 +1357,8 @@ class _Stitching:
                 if key.startswith("Service/"):
                     for sp in info.ports:
                         if sp.node_port:
-                            self._nodeports[sp.node_port] = (info, sp)
-        return self._nodeports.get(port)
+                            self._nodeports[sp.node_port, (sp.protocol or "TCP").upper()] = (info, sp)
+        return self._nodeports.get((port, proto))
 
     # (an acceptor's events, a userspace proxy's outbound connection's: applied in advance's loop)
 
