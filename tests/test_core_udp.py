@@ -23,10 +23,6 @@ def udp_cluster(target_port: int = PORT, selector: str = "metrics", extra_pod: b
     return cl
 
 
-def flow(sc: Scenario, t: int, **kw) -> int:
-    return sc.udp_flow(t, **kw)
-
-
 def chains_and_rules(cluster: Cluster, events) -> tuple[list[dict], dict]:
     result = run(events, cluster.index())
     rules = {a["alert_id"]: a for a in result.alerts}
@@ -40,7 +36,7 @@ def udp_chain(chains: list[dict]) -> dict:
 
 def test_a_datagram_answered_through_dnat_is_one_ok_chain_with_its_lookup():
     sc = Scenario(udp_cluster())
-    port = flow(sc, T0)
+    port = sc.udp_flow(T0)
     chains, rules = chains_and_rules(sc.cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["status"] == "ok" and not chain["alerts"]
@@ -62,7 +58,7 @@ def test_a_datagram_answered_through_dnat_is_one_ok_chain_with_its_lookup():
 def test_a_datagram_delivered_without_a_reply_is_ok():
     """Fire and forget (statsd, syslog): the backend received it; no reply was asked for."""
     sc = Scenario(udp_cluster())
-    flow(sc, T0, reply=False)
+    sc.udp_flow(T0, reply=False)
     chain = udp_chain(chains_and_rules(sc.cluster, sc.events())[0])
     assert chain["status"] == "ok" and chain["response"]["error"] is None
     assert chain["backend"]["pod"] == "metrics-1"
@@ -72,7 +68,7 @@ def test_a_port_unreachable_from_the_pod_is_a_wrong_target_port():
     """The Service's targetPort has nothing listening: the pod's kernel answers ICMP port unreachable, which a
     connected socket reports as ECONNREFUSED on its next call."""
     sc = Scenario(udp_cluster(target_port=8126))
-    flow(sc, T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    sc.udp_flow(T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
     chains, rules = chains_and_rules(sc.cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["status"] == "broken"
@@ -86,7 +82,7 @@ def test_a_port_unreachable_from_the_pod_is_a_wrong_target_port():
 def test_a_port_unreachable_without_endpoints_is_no_endpoints():
     """kube-proxy REJECTs a Service without endpoints (UDP too: ICMP port unreachable)."""
     sc = Scenario(udp_cluster(selector="metricz"))
-    flow(sc, T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    sc.udp_flow(T0, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
     chains, rules = chains_and_rules(sc.cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["status"] == "broken"
@@ -97,7 +93,7 @@ def test_a_port_unreachable_without_endpoints_is_no_endpoints():
 def test_a_datagram_nobody_received_and_nobody_answered_is_a_missing_translation():
     """Every node has an agent: no backend received the datagram, no reply came, and the client gave up."""
     sc = Scenario(udp_cluster())
-    flow(sc, T0, received_by=None, reply=False)
+    sc.udp_flow(T0, received_by=None, reply=False)
     chains, rules = chains_and_rules(sc.cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["status"] == "broken" and chain["response"]["error"] == "no reply"
@@ -110,7 +106,7 @@ def test_nobody_receiving_on_an_unconnected_socket_names_an_undeclared_target_po
     summaries = {}
     for target in (PORT, 8126):
         sc = Scenario(udp_cluster(target_port=target))
-        flow(sc, T0, received_by=None, reply=False)
+        sc.udp_flow(T0, received_by=None, reply=False)
         chains, rules = chains_and_rules(sc.cluster, sc.events())
         [alert] = [rules[i] for i in udp_chain(chains)["alerts"]]
         assert alert["rule"] == "svc.translation_missing"
@@ -122,7 +118,7 @@ def test_nobody_receiving_on_an_unconnected_socket_names_an_undeclared_target_po
 
 def test_a_datagram_landing_on_a_pod_outside_the_endpoints_is_misrouted():
     sc = Scenario(udp_cluster(extra_pod=True))
-    flow(sc, T0, received_by="stray")
+    sc.udp_flow(T0, received_by="stray")
     chains, rules = chains_and_rules(sc.cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["backend"]["pod"] == "stray"
@@ -131,7 +127,7 @@ def test_a_datagram_landing_on_a_pod_outside_the_endpoints_is_misrouted():
 
 def test_a_flow_lost_on_a_node_is_incomplete_not_broken():
     sc = Scenario(udp_cluster())
-    flow(sc, T0, received_by=None, reply=False)
+    sc.udp_flow(T0, received_by=None, reply=False)
     sc.loss(T0 + 5 * MS, "node-b", count=3)
     chain = udp_chain(chains_and_rules(sc.cluster, sc.events())[0])
     assert chain["status"] == "incomplete" and chain["alerts"] == []
@@ -166,8 +162,8 @@ def test_a_flow_resumes_from_its_state_at_every_cut():
     from tests.test_core_stitch_state import _prefix, _replay, _stitch_calls
 
     sc = Scenario(udp_cluster(target_port=8126))
-    flow(sc, T0)
-    flow(sc, T0 + 3 * S, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
+    sc.udp_flow(T0)
+    sc.udp_flow(T0 + 3 * S, connected=True, received_by=None, reply=False, error="ECONNREFUSED")
     events = sc.events()
     cluster = sc.cluster
     calls = _stitch_calls(cluster, events)
@@ -192,7 +188,7 @@ def test_a_flow_only_the_server_saw_leaves_settle_after_its_receipt():
 
     settings = Settings()
     sc = Scenario(udp_cluster())
-    flow(sc, T0, reply=False, lookup=False)
+    sc.udp_flow(T0, reply=False, lookup=False)
     server_side = [e for e in sc.events() if e.comm == "statsd"]
     assert [e.kind for e in server_side] == ["recv"]
     graph = Graph(sc.cluster.index(), settings)

@@ -168,9 +168,12 @@ def test_a_udp_service_chain_names_every_hop(lab_capture):
     assert chain["translation"] == {"mode": "dnat", "confidence": "high", "proxy": None}
     assert chain["response"]["bytes_sent"] == 12 and chain["response"]["bytes_received"] == 2
     [hop] = [h for h in chain["hops"] if h["name"] == "connect"]
-    assert 0 < hop["latency_ns"] < 1_000_000_000  # the datagram sent to the pod's receipt
+    # the datagram sent to the pod's receipt: on one host the receiver, woken inside the sender's sendto, may
+    # return first (the hop is 0 then), and so may the client's read of the reply before the pod's sendto returns
+    assert 0 <= hop["latency_ns"] < 1_000_000_000
     whats = [r["what"] for r in chain["evidence"]]
-    assert whats[-5:] == ["client datagram", "backend received", "backend reply", "client reply", "client close"]
+    assert sorted(whats[-5:]) == sorted(["client datagram", "backend received", "backend reply", "client reply",
+                                         "client close"]) and whats[-1] == "client close"
 
 
 def test_a_udp_refusal_says_what_the_pod_declares(lab_capture):

@@ -2170,11 +2170,8 @@ class _Stitching:
         declare tell a wrong targetPort; the refused one among them, an application not listening on it. A
         refused DNAT among several endpoints does not show which refused: then what they all declare, if
         they declare the same. "" when that is unknown."""
-        if p.b_ip:
-            pods = [self.index.pod_by_ip(p.b_ip, ts)]
-        else:
-            pods = [self.index.pod_by_ip(ip, ts) for ip in sorted({ep.ip for ep in p.ready_eps or ()})]
-        if not pods or None in pods or len({pod.ports for pod in pods}) != 1:
+        pods = self._alike_pods([p.b_ip] if p.b_ip else {ep.ip for ep in p.ready_eps or ()}, ts)
+        if pods is None:
             return ""
         whose = "its containers" if len(pods) == 1 else f"the containers of its {len(pods)} ready endpoints"
         proto = (p.svc or {}).get("protocol") or "TCP"  # (a UDP Service's refusal: its UDP ports)
@@ -2186,14 +2183,22 @@ class _Stitching:
         return f": {whose} declare " + ", ".join(f"{cp.port} ({cp.name})" if cp.name else str(cp.port)
                                                     for cp in declared)
 
+    def _alike_pods(self, ips, ts: int) -> list | None:
+        """The pods of these addresses, when there are some, each is known and all declare the same ports (what
+        _declared_ports and _undeclared_target can say of them); else None."""
+        pods = [self.index.pod_by_ip(ip, ts) for ip in sorted(ips)]
+        if not pods or None in pods or len({pod.ports for pod in pods}) != 1:
+            return None
+        return pods
+
     def _undeclared_target(self, p: _ConnParts, svc: dict, ts: int) -> str:
         """A UDP datagram nobody received, with no error: the translation may be missing, or the pod may have nothing
         on the targetPort (its ICMP port unreachable is not told to an unconnected socket). The second is likely when
         the Service's ready endpoints all declare their ports, the same ones, and the targetPort is none of them
         (svc.translation_missing's words then; "" otherwise)."""
         target = svc["target_port"]
-        pods = [self.index.pod_by_ip(ip, ts) for ip in sorted({ep.ip for ep in p.ready_eps or ()})]
-        if target is None or not pods or None in pods or len({pod.ports for pod in pods}) != 1:
+        pods = self._alike_pods({ep.ip for ep in p.ready_eps or ()}, ts)
+        if target is None or pods is None:
             return ""
         declared = [cp for cp in pods[0].ports if (cp.protocol or "TCP").upper() == "UDP"]
         if not declared or any(cp.port == target or (cp.name and cp.name == target) for cp in declared):
