@@ -288,3 +288,19 @@ def test_an_error_ends_the_flow_and_the_next_datagram_starts_another():
     assert all([rules[i] for i in c["alerts"]] == ["svc.no_endpoints"] for c in chains)
     # each chain ends at its error: the next datagram is the next chain's
     assert [(c["end_ts"] - T0) // MS for c in chains] == [1, 1001, 2001]
+
+
+def test_a_datagram_that_fails_at_once_is_a_failed_flow():
+    """No route to the ClusterIP: sendto fails at once (EHOSTUNREACH). The flow is that one failed datagram, and
+    nothing translated the ClusterIP."""
+    sc = Scenario(udp_cluster())
+    client = sc.proc("client", "app")
+    c = dict(proto="udp", role="client", local_ip=sc.cluster.pods["client"].ip, local_port=sc.port(), remote_ip=VIP,
+             remote_port=PORT)
+    sc.ev(T0, client, "send", "sendto", 9, -113, errno="EHOSTUNREACH", addr_ip=VIP, addr_port=PORT, **c)
+    chains, rules = chains_and_rules(sc.cluster, sc.events())
+    chain = udp_chain(chains)
+    assert chain["status"] == "broken" and chain["response"]["error"] == "host unreachable"
+    assert (chain["connect"]["ip"], chain["connect"]["errno"]) == (VIP, "EHOSTUNREACH")
+    assert [rules[i]["rule"] for i in chain["alerts"]] == ["svc.translation_missing"]
+    assert "client datagram EHOSTUNREACH" in [r["what"] for r in chain["evidence"]]

@@ -1012,11 +1012,11 @@ class _Stitching:
     def _apply_udp(self, st: dict, d: EnrichedEvent, e: SyscallEvent, kind: str, ts: int, out: list) -> None:
         """A UDP event of another port than DNS's: a client's datagrams to a Service (and its replies), and what a
         backend received from that client (and sent back), followed as one connection keyed "udp/ip:port" by the
-        client's socket. The flow starts with the client's first datagram, which names its peer (connect() on a UDP
-        socket sends nothing: glibc's getaddrinfo connects one to each address only to sort them); a datagram the
-        backend received makes it "established" (est 2), as does a reply; an ICMP error the client's socket
-        reports (ECONNREFUSED: port unreachable, kube-proxy's REJECT of a Service without endpoints, or a backend
-        with nothing on the targetPort) is the first datagram's result. One chain per flow: it ends settle after the
+        client's socket. The flow starts with the client's first datagram (sent, or failed at once: no route), which
+        names its peer (connect() on a UDP socket sends nothing: glibc's getaddrinfo connects one to each address
+        only to sort them); a datagram the backend received makes it "established" (est 2), as does a reply; an
+        ICMP error the client's socket reports (ECONNREFUSED: port unreachable, kube-proxy's REJECT of a Service
+        without endpoints, or a backend with nothing on the targetPort) is the first datagram's result. One chain per flow: it ends settle after the
         client's close or its first error, UDP_WINDOW_NS after its first datagram, or idle after its last event."""
         res = e.res
         if e.role == "client":
@@ -1033,7 +1033,8 @@ class _Stitching:
         ck = "udp/" + endpoint_key(ip, port)
         conns = st["conns"]
         conn = conns.get(ck)
-        starts = kind == "send" and res > 0 if side == "cl" else kind == "recv" and res >= 0
+        # (a client's first datagram, sent or failed at once: no route to its address; a server's receipt)
+        starts = kind == "send" and (res > 0 or e.errno in FAILED_ERRNOS) if side == "cl" else kind == "recv" and res >= 0
         if conn is None and not starts:
             return  # a reply, an error or a close of a flow not followed (over already, or before the capture)
         marked = st.get("_cc")  # change marks and a sliced checkpoint's pending entries: as advance's loop does
@@ -1083,6 +1084,14 @@ class _Stitching:
             conn.cl = [e.node, e.pid, e.comm, e.container_id, ip, port, d.flow]  # CL_*
             conn.a = [e.node, e.n]
         cn = conn.cn
+        if kind == "send" and res < 0 and cn is None and e.errno in FAILED_ERRNOS:
+            # the first datagram failed at once (EHOSTUNREACH, ENETUNREACH: no route to the address): a flow, failed
+            conn.cn = [ts, e.addr_ip or e.remote_ip, e.addr_port or e.remote_port, e.remote_ip, e.remote_port, res,
+                       e.errno]  # CN_*
+            conn.a = [e.node, e.n]
+            self._resolve_service(st, conn, d)
+            self._udp_error(st, conn, e, "client datagram")
+            return
         if kind == "send":
             if res > 0:
                 if cn is None:
