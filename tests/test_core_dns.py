@@ -193,6 +193,49 @@ def test_a_dns_server_on_another_port_is_seen_receiving():
     assert [s.split("; ")[-1] for s in said[False]] == ["kube-system/coredns (coredns 700 on node-b) received it"]
 
 
+def test_a_dns_server_on_another_port_is_seen_receiving_over_tcp():
+    """The same server asked over TCP (glibc's fallback after a truncated answer): the pod accepts on 5353 and
+    reads the length-prefixed query. It is a DNS server's receipt, not a connection only a server saw."""
+    from svctrace.schemas.models import SyscallEvent
+
+    cluster = Cluster()
+    cluster.services["kube-dns"].target_port = 5353
+    cluster.services["kube-dns"].extra_ports = (("dns-tcp", 53, "TCP", 5353),)
+    dns_pod = cluster.pods["coredns"]
+    name, dns_ip = "my-nginx.default.svc.cluster.local", cluster.dns_ip
+    said, servers = {}, {}
+    for answered in (True, False):
+        q = dns_query(name, "A", 0x66)
+        a = dns_answer(name, "A", 0x66, ["10.96.0.100"])
+        q, a = struct.pack("!H", len(q)) + q, struct.pack("!H", len(a)) + a
+        cl = dict(node="node-a", pid=9, tid=9, comm="dig", proto="tcp", role="client", local_ip=POD_IP,
+                  local_port=45000, remote_ip=dns_ip, remote_port=53, fd=5, container_id="c11e47000001")
+        sv = dict(node=dns_pod.node, pid=700, tid=700, comm="coredns", proto="tcp", role="server", local_ip=dns_pod.ip,
+                  local_port=5353, remote_ip=POD_IP, remote_port=45000, fd=8, container_id=dns_pod.container_id)
+        events = [
+            SyscallEvent(ts=T0, n=1, kind="connect", syscall="connect", res=0, addr_ip=dns_ip, addr_port=53, **cl),
+            SyscallEvent(ts=T0 + 100 * US, n=1, kind="accept", syscall="accept4", res=8, **sv),
+            SyscallEvent(ts=T0 + 150 * US, n=2, kind="send", syscall="writev", res=len(q), data=q, **cl),
+            SyscallEvent(ts=T0 + 200 * US, n=2, kind="recv", syscall="read", res=len(q), data=q, **sv),
+        ]
+        if answered:
+            events += [
+                SyscallEvent(ts=T0 + 300 * US, n=3, kind="send", syscall="write", res=len(a), data=a, **sv),
+                SyscallEvent(ts=T0 + 400 * US, n=3, kind="recv", syscall="read", res=len(a), data=a, **cl),
+            ]
+        events += [SyscallEvent(ts=T0 + 500 * US, n=4, kind="close", syscall="close", res=0, **cl),
+                   SyscallEvent(ts=T0 + 600 * US, n=4, kind="close", syscall="close", res=0, **sv)]
+        sc = Scenario(cluster)
+        sc.lookup(T0 + 20 * S, sc.proc("client", "other"), POD_IP, "example.com", ["93.184.216.34"],
+                  server_port=5353)  # (the capture goes on past the first one's timeout)
+        r = run(sorted(events + sc.events(), key=lambda e: e.ts), cluster.index(), Settings())
+        [chain] = [c for c in r.chains if c["dns"]["qname"] == name]
+        servers[answered] = chain["dns"]["server"]
+        said[answered] = [a["summary"] for a in r.alerts if a["rule"] == "dns.no_answer"]
+    assert said[True] == [] and servers[True]["pod"] == "coredns" and servers[True]["port"] == 5353
+    assert [s.split("; ")[-1] for s in said[False]] == ["kube-system/coredns (coredns 700 on node-b) received it"]
+
+
 def test_no_answer_names_a_resolver_service_without_a_ready_endpoint():
     """CoreDNS down or not ready: the kube-dns VIP's queries go nowhere. With its one pod not ready in the
     EndpointSlice, the alert says so; with it ready, nothing is added."""

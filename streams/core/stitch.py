@@ -834,6 +834,12 @@ class _Stitching:
                                     for wire in tcp_dns_messages(e.data, e.res):
                                         self._apply_dns(state, d, wire)
                                 continue
+                            if e.role == "server" and self._dns_server_at(e.local_ip, e.local_port, ts):
+                                kind = e.kind  # a DNS server on another port: its queries, as on dns_port
+                                if kind == "recv" and e.res > 0:
+                                    for wire in tcp_dns_messages(e.data, e.res):
+                                        self._apply_dns(state, d, wire, True)
+                                continue
                         elif proto == "udp":
                             kind = e.kind
                             if e.remote_port == dns_port or e.local_port == dns_port or e.addr_port == dns_port:
@@ -1340,9 +1346,9 @@ class _Stitching:
 
     def _dns_server_at(self, ip, port, ts: int) -> bool:
         """Whether ip:port is an endpoint of the cluster DNS (kube-dns, dns-default, ...) on another port than
-        dns_port: a Service port 53 whose targetPort differs (OpenShift's DNS pods listen on 5353). Its UDP
-        events are a DNS server's: the client's side of them has port 53, this side not. (The endpoints of the
-        10 s of event time that ts falls in, read once.)"""
+        dns_port: a Service port 53 whose targetPort differs (OpenShift's DNS pods listen on 5353). Its events,
+        UDP and TCP, are a DNS server's: the client's side of them has port 53, this side not. (The endpoints of
+        the 10 s of event time that ts falls in, read once; a cluster without such endpoints pays a division.)"""
         bucket = ts // (10 * S)
         if bucket != self._dns_eps_at:
             self._dns_eps_at = bucket
@@ -1353,7 +1359,7 @@ class _Stitching:
                     if ep.port is not None and ep.port != self.dns_port:
                         eps.add((ep.ip, ep.port))
             self._dns_eps = eps
-        return (ip, port) in self._dns_eps
+        return bool(self._dns_eps) and (ip, port) in self._dns_eps
 
     def _nodeport_service(self, port: int, ts: int, proto: str = "TCP"):
         """The Service and port whose NodePort `port` is, for `proto` (one Service may have the same NodePort for
