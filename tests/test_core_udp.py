@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from svctrace.streams.core import run
+from svctrace.streams.core import Settings, run
 from tests.scenario import MS, S, T0, UDP_NAME, UDP_PAYLOAD, UDP_PORT, UDP_REPLY, UDP_VIP, US, Cluster, Proc, Scenario
 
 VIP, PORT, NAME = UDP_VIP, UDP_PORT, UDP_NAME
@@ -262,11 +262,9 @@ def _long_lived(sc: Scenario, times_s, error: str | None = None, reply: bool = T
 
 
 def test_a_socket_that_never_closes_makes_a_chain_per_window():
-    """A statsd client's socket lives as long as its process: its datagrams make a chain per UDP_WINDOW_NS (10 s)
-    of them, not one at its close, which may never come."""
-    from svctrace.streams.core.stitch import UDP_WINDOW_NS
-
-    assert UDP_WINDOW_NS == 10 * S
+    """A statsd client's socket lives as long as its process: its datagrams make a chain per udp_window_ns (10 s
+    by default) of them, not one at its close, which may never come."""
+    assert Settings().udp_window_ns == 10 * S
     sc = Scenario(udp_cluster())
     _long_lived(sc, range(0, 25, 2))
     chains = [c for c in run(sc.events(), sc.cluster.index()).chains if c["service"]]
@@ -274,6 +272,10 @@ def test_a_socket_that_never_closes_makes_a_chain_per_window():
     assert [c["response"]["bytes_sent"] // len(PAYLOAD) for c in chains] == [5, 5, 3]  # 0-8 s, 10-18 s, 20-24 s
     assert [(c["start_ts"] - T0) // S for c in chains] == [0, 10, 20]
     assert len({c["chain_id"] for c in chains}) == 3
+    # a window of 5 s: a chain per 5 s of datagrams, and nothing lost between them
+    chains = [c for c in run(sc.events(), sc.cluster.index(), Settings(udp_window_ns=5 * S)).chains if c["service"]]
+    assert [(c["start_ts"] - T0) // S for c in chains] == [0, 6, 12, 18, 24]
+    assert sum(c["response"]["bytes_sent"] for c in chains) == 13 * len(PAYLOAD)
 
 
 def test_an_error_ends_the_flow_and_the_next_datagram_starts_another():

@@ -95,8 +95,9 @@ event-time clock is the enrich stage's `newest_ts` (the largest ts process() was
 given), read at each step: the runner itself only files events by node.
 
 Chains close on the client's close (+ settle_ns for the other sides' events),
-after idle_ns without events, or per request once its response is in; unclaimed
-DNS lookups close after lookup_timeout_ns. An occurrence reaches the alerts stage
+after idle_ns without events, or per request once its response is in; a UDP
+flow also udp_window_ns after its first datagram; unclaimed DNS lookups close
+after lookup_timeout_ns. An occurrence reaches the alerts stage
 at most Settings.alerts_lateness_ns after its time; a suppression window closes
 that long after its end.
 

@@ -36,11 +36,13 @@ class Settings:
     settle_ns: int = 2 * S
     idle_ns: int = 30 * S
     lookup_timeout_ns: int = 12 * S
+    udp_window_ns: int = 10 * S  # a UDP flow that goes on makes a chain per this much of its datagrams
     emit_enriched: bool = False
 
     @property
     def alerts_lateness_ns(self) -> int:
-        return self.stitch_lateness_ns + self.enrich_lateness_ns + max(self.idle_ns, self.lookup_timeout_ns) + self.settle_ns
+        return (self.stitch_lateness_ns + self.enrich_lateness_ns
+                + max(self.idle_ns, self.lookup_timeout_ns, self.udp_window_ns) + self.settle_ns)
 
 
 class Graph:
@@ -53,7 +55,7 @@ class Graph:
         self.enrich = Enricher(index, partitions=s.partitions, lateness_ns=s.enrich_lateness_ns,
                                emit_enriched=s.emit_enriched, late_slot_ns=s.settle_ns)
         self.stitch = Stitcher(index, lateness_ns=s.stitch_lateness_ns, settle_ns=s.settle_ns, idle_ns=s.idle_ns,
-                               lookup_timeout_ns=s.lookup_timeout_ns)
+                               lookup_timeout_ns=s.lookup_timeout_ns, udp_window_ns=s.udp_window_ns)
         self.alerts = Alerter(lateness_ns=s.alerts_lateness_ns)
         # input topic -> operator; outputs on other topics are final (chains, alerts, enriched events)
         self.consumers = {SYSCALLS_TOPIC: self.enrich, FLOWS_TOPIC: self.stitch, OCCURRENCES_TOPIC: self.alerts}

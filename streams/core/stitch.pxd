@@ -74,7 +74,7 @@ cdef class Conn:
 
 cdef class _Stitching:
     cdef public object index
-    cdef public object lateness_ns, settle_ns, idle_ns, lookup_timeout_ns, dns_port, cluster_domain
+    cdef public object lateness_ns, settle_ns, idle_ns, lookup_timeout_ns, dns_port, cluster_domain, udp_window_ns
     cdef public dict _nodeports
     cdef public object _nodeports_at
     cdef public set _dns_eps

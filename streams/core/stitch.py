@@ -84,6 +84,7 @@ MAX_REQS_KEPT = 64  # per side of a connection: requests not yet answered and em
 MAX_QUERIES = 32
 # A UDP flow (_apply_udp) ends at the client's close, its first error or idle; one that goes on (a statsd client's
 # socket, open for the process's life) makes a chain of its first datagram's 10 s, then another of the next ones
+# (the default of Settings.udp_window_ns)
 UDP_WINDOW_NS = 10 * S
 MAX_LOST_MARKERS = 256  # loss markers a late event adds to a bucket's list, at most (more are folded)
 # Records kept per connection as lists (cheaper to build and read than dicts; JSON-able),
@@ -285,12 +286,14 @@ class _Stitching:
     name = "stitch"
 
     def __init__(self, index, lateness_ns: int = 2 * S, settle_ns: int = 2 * S, idle_ns: int = 30 * S,
-                 lookup_timeout_ns: int = 12 * S, dns_port: int = 53, cluster_domain: str = "cluster.local."):
+                 lookup_timeout_ns: int = 12 * S, dns_port: int = 53, cluster_domain: str = "cluster.local.",
+                 udp_window_ns: int = UDP_WINDOW_NS):
         self.index = MemoIndex(index)
         self.lateness_ns = lateness_ns
         self.settle_ns = settle_ns  # other sides' events may follow the client's last one by this much
         self.idle_ns = idle_ns  # a connection with no event for this long is finished
         self.lookup_timeout_ns = lookup_timeout_ns  # > the 5 s resolver retry
+        self.udp_window_ns = udp_window_ns  # a UDP flow's chain covers its datagrams of this long at most
         self.dns_port = dns_port
         self.cluster_domain = cluster_domain
         self._nodeports: dict[tuple, tuple] = {}  # (node port, protocol) -> (service, port)
@@ -1023,7 +1026,7 @@ class _Stitching:
         only to sort them); a datagram the backend received makes it "established" (est 2), as does a reply; an
         ICMP error the client's socket reports (ECONNREFUSED: port unreachable, kube-proxy's REJECT of a Service
         without endpoints, or a backend with nothing on the targetPort) is the first datagram's result. One chain per flow: it ends settle after the
-        client's close or its first error, UDP_WINDOW_NS after its first datagram, or idle after its last event."""
+        client's close or its first error, udp_window_ns after its first datagram, or idle after its last event."""
         res = e.res
         if e.role == "client":
             ip = e.local_ip
@@ -1106,7 +1109,7 @@ class _Stitching:
                     conn.a = [e.node, e.n]
                     _evidence(conn, e, "client datagram")
                     self._resolve_service(st, conn, d)
-                    self._due_at(st, conn, ts + UDP_WINDOW_NS)
+                    self._due_at(st, conn, ts + self.udp_window_ns)
                 elif e.addr_ip is not None and (e.addr_ip != cn[CN_ADDR_IP] or e.addr_port != cn[CN_ADDR_PORT]):
                     # an unconnected socket sending elsewhere too: not this flow's (its first destination's); its
                     # backends may show among this flow's acceptors, so none of them is called misrouted (_emit)
@@ -1252,11 +1255,11 @@ class _Stitching:
                 if at < dl:
                     dl = at
             return dl
-        if conn.k[0] == "u":  # a UDP flow's chain covers its datagrams of UDP_WINDOW_NS at most (_apply_udp)
+        if conn.k[0] == "u":  # a UDP flow's chain covers its datagrams of udp_window_ns at most (_apply_udp)
             cn = conn.cn
             if cn is not None:
                 at = cn[CN_TS]
-                at += UDP_WINDOW_NS
+                at += self.udp_window_ns
                 if at < dl:
                     dl = at
             return dl
@@ -1722,9 +1725,9 @@ class _Stitching:
                 ccl_at = ccl
                 ccl_at += settle_ns
                 over = now_c >= ccl_at
-            if not over and conn.k[0] == "u" and conn.cn is not None:  # a UDP flow's window (UDP_WINDOW_NS)
+            if not over and conn.k[0] == "u" and conn.cn is not None:  # a UDP flow's window (udp_window_ns)
                 ccl_at = conn.cn[CN_TS]
-                ccl_at += UDP_WINDOW_NS
+                ccl_at += self.udp_window_ns
                 over = now_c >= ccl_at
             if over:
                 # cut by the end of input only if neither the client's close nor the idle timeout ended it
