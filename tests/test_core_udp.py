@@ -206,7 +206,8 @@ def test_a_flow_only_the_server_saw_leaves_settle_after_its_receipt():
 def test_an_unconnected_socket_sending_to_two_services_is_followed_to_the_first(first_received):
     """statsd to one Service, syslog to another, from one unconnected socket: the flow is the first destination's;
     the other's datagrams do not count in it, and its backend's receipt (which a pod sees from the same client
-    address and port) is not called misrouted, even as the flow's only receipt."""
+    address and port) is not called misrouted, nor does it make the flow delivered: with the first Service's
+    datagram received by nobody, the flow is not "ok"."""
     from tests.scenario import Service
 
     cluster = udp_cluster(extra_pod=True)
@@ -230,10 +231,14 @@ def test_an_unconnected_socket_sending_to_two_services_is_followed_to_the_first(
     chains, rules = chains_and_rules(cluster, sc.events())
     chain = udp_chain(chains)
     assert chain["connect"]["ip"] == VIP and chain["response"]["bytes_sent"] == len(PAYLOAD)  # the first's only
+    said = {rules[i]["rule"] for i in chain["alerts"]}
+    received = [e["what"] for e in chain["evidence"] if e["what"].startswith("backend")]
     if first_received:
-        assert chain["backend"]["pod"] == "metrics-1"
-    # (else the other Service's pod is the only receipt: the syscalls cannot tell which datagram it got)
-    assert "svc.misrouted" not in {rules[i]["rule"] for i in chain["alerts"]}
+        assert chain["backend"]["pod"] == "metrics-1" and chain["status"] == "ok" and received == ["backend received"]
+    else:  # the other Service's pod got the only receipt: not this flow's
+        assert chain["backend"] is None and chain["status"] == "broken" and received == []
+        assert said == {"svc.translation_missing"}
+    assert "svc.misrouted" not in said
 
 
 def _long_lived(sc: Scenario, times_s, error: str | None = None, reply: bool = True) -> None:

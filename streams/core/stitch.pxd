@@ -102,6 +102,7 @@ cdef class _Stitching:
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list, names=list)
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*, server=*)
     cpdef bint _dns_server_at(self, ip, port, ts)
+    cpdef _own_receipts(self, Conn conn)
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set, live=list,

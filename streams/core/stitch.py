@@ -1135,6 +1135,38 @@ class _Stitching:
             _evidence(conn, e, "client close")
             self._settles(st, conn, ts)
 
+    def _own_receipts(self, conn: Conn) -> None:
+        """A UDP flow whose unconnected socket also sent to other destinations (conn.eof): a backend receipt from
+        its address and port may be another Service's datagram. At the flow's end only the receipts by an endpoint
+        of the flow's Service (at the receipt, ready or not) stay, with their evidence: the flow is delivered only
+        if one of them received it or a reply came back from its destination. (A pod behind both Services counts
+        for both: the syscalls cannot tell which datagram it got.)"""
+        svc = conn.svc
+        if svc is None:
+            return
+        idx = self.index
+        ns, name = svc["namespace"], svc["name"]
+        kept, nodes, gone = [], set(), set()
+        for a in conn.sv:
+            ips = {ep.ip for ep in idx.endpoints(ns, name, a[A_TS])}
+            if a[A_IP] in ips:
+                kept.append(a)
+                nodes.add(a[A_NODE])
+            else:
+                gone.add((a[A_NODE], a[A_TS]))
+        if not gone:
+            return
+        conn.sv = kept  # (replaced, never mutated: _ConnParts)
+        if not kept and not conn.rx:
+            conn.est = 0
+        ev = []
+        for r in conn.ev:
+            what = r.what
+            if not (what == "backend received" and (r.node, r.ts) in gone or what == "backend reply" and
+                    r.node not in nodes):
+                ev.append(r)
+        conn.ev = ev
+
     def _udp_error(self, st: dict, conn: Conn, e: SyscallEvent, what: str) -> None:
         """An error the client's UDP socket reported (an ICMP error for an earlier datagram): the first one is the
         flow's, and the first datagram's result (its connect record's, which a TCP connect's refusal sets). It ends
@@ -1945,6 +1977,8 @@ class _Stitching:
             return  # only the accepting side was seen: not a request we can attribute
         if conn.svc is None and conn.dns is None:
             return  # not a Service request (and not a name lookup's target)
+        if conn.eof is not None and conn.sv and conn.k[0] == "u":
+            self._own_receipts(conn)
         pending = [r for r in conn.creq if not r[C_DONE]] if conn.creq else ()  # (most: emitted already)
         if conn.nreq == 0:
             self._emit(st, conn, None, out, final)
