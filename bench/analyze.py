@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from svctrace.agents.scap import ScapWriter, open_capture  # noqa: E402
-from svctrace.analyze import pipeline  # noqa: E402
+from svctrace.analyze import configure, pipeline  # noqa: E402
 from svctrace.analyze.command import Filter, execute, output  # noqa: E402
 from svctrace.streams.core import run  # noqa: E402
 from svctrace.streams.metadata.index import ClusterIndex  # noqa: E402
@@ -87,9 +87,11 @@ def main() -> int:
     args = parser.parse_args()
     cluster = str(SEED / "cluster.json")
     index = ClusterIndex.from_records(load_file(cluster))
-    ns = argparse.Namespace(cluster=cluster, json=False, namespace=None, service=None, status=None, limit=None, summary=False,
-                            alerts_only=False, skip_corrupt=False, connections=False, connections_limit=40,
-                            color=False, debug=False)
+    # the command's own parser, so the options are the command's defaults (no hand-made copy to drift)
+    parser_of_analyze = argparse.ArgumentParser()
+    configure(parser_of_analyze)
+    ns = parser_of_analyze.parse_args(["-", "--cluster", cluster])
+    ns.color = ns.debug = False
     with tempfile.TemporaryDirectory() as tmp:
         capture = Path(tmp) / "seed-x.scap"
         n = build(capture, args.repeats)
