@@ -246,11 +246,13 @@ class Scenario:
         return end + 20 * US
 
     def udp_flow(self, t: int, *, connected: bool = False, received_by: str | None = "metrics-1", reply: bool = True,
-                 error: str | None = None, close: bool = True, lookup: bool = True) -> int:
+                 error: str | None = None, close: bool = True, lookup: bool = True, socket_lb: bool = False) -> int:
         """The client pod resolves UDP_NAME (Cluster.add_udp_service) and sends one datagram to its ClusterIP
         (sendto; connected: connect, then send); `received_by` the pod that receives it (None: none), which
         answers if `reply`; `error`: what the client's socket reports next (an ICMP error: ECONNREFUSED); the client
-        closes 1 ms after a reply, else 2 s after sending. Returns the client's port."""
+        closes 1 ms after a reply, else 2 s after sending. `socket_lb`: the connect is rewritten to received_by's
+        address and the targetPort (Cilium's socket-LB), so the socket's peer is the pod. Returns the client's
+        port."""
         cl = self.cluster
         client = self.proc("client", "app")
         client_ip = cl.pods["client"].ip
@@ -259,6 +261,9 @@ class Scenario:
         fd, port = 9, self.port()
         c = dict(proto="udp", role="client", local_ip=client_ip, local_port=port, remote_ip=UDP_VIP,
                  remote_port=UDP_PORT)
+        if socket_lb:
+            connected = True
+            c.update(remote_ip=cl.pods[received_by].ip, remote_port=cl.services["metrics"].target_port)
         to = {} if connected else dict(addr_ip=UDP_VIP, addr_port=UDP_PORT)
         if connected:
             self.ev(t, client, "connect", "connect", fd, 0, addr_ip=UDP_VIP, addr_port=UDP_PORT, **c)

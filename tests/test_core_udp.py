@@ -311,3 +311,21 @@ def test_a_datagram_that_fails_at_once_is_a_failed_flow():
     assert (chain["connect"]["ip"], chain["connect"]["errno"]) == (VIP, "EHOSTUNREACH")
     assert [rules[i]["rule"] for i in chain["alerts"]] == ["svc.translation_missing"]
     assert "client datagram EHOSTUNREACH" in [r["what"] for r in chain["evidence"]]
+
+
+def test_a_flow_through_socket_lb_finds_its_service_through_its_lookup():
+    """Cilium's socket-LB rewrites the connected socket's connect: its datagrams leave for the pod itself, and the
+    ClusterIP is in no syscall but the DNS answer. The flow finds its Service through the lookup it claims, as a
+    TCP connection through socket-LB does; with no lookup it is no Service's flow, and no alert."""
+    for lookup in (True, False):
+        sc = Scenario(udp_cluster())
+        sc.udp_flow(T0, socket_lb=True, lookup=lookup)
+        chains, rules = chains_and_rules(sc.cluster, sc.events())
+        if not lookup:
+            assert [c for c in chains if c["service"]] == [] and rules == {}
+            continue
+        chain = udp_chain(chains)
+        assert chain["status"] == "ok" and chain["backend"]["pod"] == "metrics-1"
+        assert chain["dns"]["answers"] == [VIP] and chain["service"]["cluster_ip"] == VIP
+        assert chain["connect"]["ip"] == sc.cluster.pods["metrics-1"].ip and chain["translation"]["mode"] == "socket_lb"
+        assert chain["alerts"] == []

@@ -94,6 +94,8 @@ EXPECTED = {
     "my-udp-no-endpoints": (1, "broken", "none", None, None, "connection refused", {"svc.no_endpoints", AMPLIFIED}),
     # exit status 2: no reply within 1 s (no rules: the datagram to the ClusterIP vanishes, no ICMP error)
     "my-udp-flushed": (2, "broken", "none", None, None, "no reply", {"svc.translation_missing", AMPLIFIED}),
+    # the connected socket's peer is the pod: the ClusterIP is only in the DNS answer, which names the Service
+    "my-udp-socklb": (0, "ok", "socket_lb", "my-nginx-1", None, None, {AMPLIFIED}),
 }
 # case -> the curl's pod, the Service its chain names, the DNS queries it made
 CLIENTS = {HOST_RESOLVED: ("other-client", None, 8), NO_SUCH_NAME: ("client", None, 8),

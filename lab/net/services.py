@@ -36,7 +36,8 @@ my-nginx. The cases:
   would have to leave by the port it came in on, and the bridge drops it;
 * UDP Services (udp_service.py: a statsd-like server in the nginx pod answering each datagram, a client
   on a connected socket): answered through DNAT, a targetPort nothing listens on (the pod's ICMP port
-  unreachable), a Service without endpoints (kube-proxy's REJECT), and one without rules.
+  unreachable), a Service without endpoints (kube-proxy's REJECT), one without rules, and one through
+  socket-LB (the connected socket's connect rewritten to the pod).
 
 `cluster_list()` is the matching state as `kubectl get ... -o json` prints it.
 """
@@ -113,6 +114,8 @@ UDP_CASES = {
     "my-udp-wrong-port": Case("10.96.0.117", "dnat", target_port=UDP_PORT + 1),  # nothing listens on 8126
     "my-udp-no-endpoints": Case("10.96.0.118", "reject", target_port=UDP_PORT, selector=(("run", "my-udpx"),)),
     "my-udp-flushed": Case("10.96.0.119", "flushed", target_port=UDP_PORT),  # no rules: the datagram goes nowhere
+    # the client's connect rewritten to the pod inside the kernel (the socket-LB client's cgroup, as my-nginx-socklb)
+    "my-udp-socklb": Case("10.96.0.120", "socklb", target_port=UDP_PORT),
 }
 NAMED_PORTS = {"http": 80}  # the nginx container's named ports
 SERVICE_PORT = {"my-nginx-headless": 80}  # the port a Service is asked on, where not 8080
@@ -261,7 +264,7 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
             lab.service(case.vip, UDP_PORT, "udp", [(case.rule_to, case.target_port)])
         elif case.path == "reject":
             lab.reject(case.vip, UDP_PORT, "udp")
-        # flushed: no rules, as for my-nginx-flushed
+        # flushed: no rules, as for my-nginx-flushed; socklb: none either (the cgroup's program rewrites connect)
     for i, (name, case) in enumerate(CASES.items()):
         if case.path == "dnat":
             lab.service(case.vip, 8080, "tcp", [(case.rule_to, NAMED_PORTS.get(case.target_port, case.target_port))],
@@ -313,16 +316,19 @@ def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     for name, node_port in NODE_PORTS.items():  # a process on the node itself (pod None), at the node's address
         out[name] = (None, NODE_IP, {"port": node_port})
     out[GO_CLIENT] = ("go-client", "my-nginx", {"client": [str(goclient)]})
-    for name in UDP_CASES:
-        out[name] = ("client", name, {"udp": True})
+    for name, case in UDP_CASES.items():
+        out[name] = ("client", name, {"udp": True, "socklb": case.path == "socklb"})
     return out
 
 
-def udp_ask(lab: NetLab, pod: str, name: str, timeout: float = 1.0) -> tuple[int, int, bytes]:
-    """udp_service.py's client in `pod`: one datagram to NAME.default.svc.cluster.local:UDP_PORT, on a connected
-    socket; (pid, exit status: 0 answered, 1 refused, 2 no reply; what it printed)."""
+def udp_ask(lab: NetLab, pod: str, name: str, cgroup: Path | None = None,
+            timeout: float = 1.0) -> tuple[int, int, bytes]:
+    """udp_service.py's client in `pod` and `cgroup`: one datagram to NAME.default.svc.cluster.local:UDP_PORT, on a
+    connected socket; (pid, exit status: 0 answered, 1 refused, 2 no reply; what it printed)."""
     argv = lab.argv(pod, [sys.executable, "-m", "lab.net.udp_service", "ask", f"{name}.{DOMAIN}", str(UDP_PORT),
                           str(timeout)])
+    if cgroup is not None:  # join the cgroup first, as curl() does
+        argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *argv]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, _err = proc.communicate(timeout=30)
     return proc.pid, proc.returncode, out
@@ -340,7 +346,7 @@ class Running:
         for case in cases or self.todo:
             pod, name, opts = self.todo[case]
             if opts.get("udp"):
-                out[case] = udp_ask(self.lab, pod, name)
+                out[case] = udp_ask(self.lab, pod, name, self.cgroup if opts.get("socklb") else None)
             else:
                 out[case] = curl(self.lab, pod, name, self.cgroup if opts.get("socklb") else None,
                                  **{k: v for k, v in opts.items() if k != "socklb"})
@@ -365,9 +371,10 @@ def running(workdir: Path) -> Iterator[Running]:
         raise RuntimeError(f"lab: the socket-LB case needs a cgroup v2 hierarchy at {CGROUP_ROOT}")
     cgroup.mkdir()
     servers: list[subprocess.Popen] = []
-    socklb = CASES["my-nginx-socklb"]
+    socklb, udp_socklb = CASES["my-nginx-socklb"], UDP_CASES["my-udp-socklb"]
     try:
-        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)):
+        with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)), \
+                SocketLB(workdir, cgroup, udp_socklb.vip, UDP_PORT, (NGINX_IP, UDP_PORT), name="udp-socklb"):
             build(lab, www, servers)
             yield Running(lab, cgroup, requests(goclient))
             for s in servers:

@@ -1,6 +1,6 @@
 """The smallest socket-level load balancer, for tests on the real kernel (root): a cgroup/connect4
-program rewriting VIP:port to one backend inside connect(), for the processes of one cgroup
-(what Cilium's kube-proxy replacement does per Service).
+program rewriting VIP:port to one backend inside connect() (a TCP or a UDP socket's), for the processes
+of one cgroup (what Cilium's kube-proxy replacement does per Service).
 
     with SocketLB(tmp, cgroup, vip="10.96.0.106", vip_port=8080, backend=("10.244.0.3", 80)):
         ...  # processes in `cgroup` connecting to the VIP reach the backend
@@ -43,16 +43,18 @@ def _ip4(ip: str) -> int:
 
 
 class SocketLB:
-    def __init__(self, tmp: Path, cgroup: Path, vip: str, vip_port: int, backend: tuple[str, int]) -> None:
-        self.tmp, self.cgroup = tmp, cgroup
+    def __init__(self, tmp: Path, cgroup: Path, vip: str, vip_port: int, backend: tuple[str, int],
+                 name: str = "socklb") -> None:
+        """`name`: its files' in tmp (one per program attached at once)."""
+        self.tmp, self.cgroup, self.name = tmp, cgroup, name
         self.config = {"vip": _ip4(vip), "vip_port": vip_port, "backend_ip": _ip4(backend[0]),
                        "backend_port": backend[1]}
         self.lib = self.obj = self.link = None
 
     def __enter__(self) -> "SocketLB":
-        src = self.tmp / "socklb.bpf.c"
+        src = self.tmp / f"{self.name}.bpf.c"
         src.write_text(SOCKLB_C)
-        obj = self.tmp / "socklb.bpf.o"
+        obj = self.tmp / f"{self.name}.bpf.o"
         header = build.vmlinux_header()
         subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I", str(header.parent), "-c", str(src),
                         "-o", str(obj)], check=True)
