@@ -103,13 +103,15 @@ class AgentProc:
 
     def wait_published(self, at_least: float, timeout: float = 300) -> dict[str, float]:
         """Poll until `at_least` events were accounted for (captured or lost in the kernel)
-        and every captured one is published."""
+        and every captured one is published or was dropped by the agent's full buffer (counted: a run
+        that overflows it would otherwise wait here for the whole timeout)."""
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()
             lost = m.get("events_lost", 0)
+            gone = m.get("events_published", 0) + m.get("events_dropped", 0)
             if (m.get("events_captured", 0) + lost >= at_least
-                    and m.get("events_published", 0) + lost >= at_least and m.get("buffer_events", 0) == 0):
+                    and gone + lost >= at_least and m.get("buffer_events", 0) == 0):
                 return m
             if time.monotonic() > deadline:
                 return m
