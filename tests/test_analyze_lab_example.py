@@ -105,6 +105,7 @@ PROOF = {
     ("svc.no_endpoints", "my-nginx-no-endpoints"): "client connect ECONNREFUSED",
     ("svc.misrouted", "my-nginx-stale"): "backend response",
     ("svc.translation_missing", "my-nginx-flushed"): "client connect",
+    ("svc.backend_unreachable", "my-nginx-socklb-dropped"): "client connect",  # to the pod; nothing answered
     ("svc.target_port_refused", "my-udp-wrong-port"): "client recv error ECONNREFUSED",  # the pod's ICMP error
     ("svc.no_endpoints", "my-udp-no-endpoints"): "client recv error ECONNREFUSED",  # the REJECT's
     ("svc.translation_missing", "my-udp-flushed"): "client datagram",  # sent; nobody received it

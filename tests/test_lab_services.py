@@ -59,6 +59,9 @@ EXPECTED = {
     "my-nginx-userspace-wrong-port": (52, "broken", "userspace_proxy", "my-nginx-1", None, "empty reply",
                                       {"svc.target_port_refused", AMPLIFIED}),
     "my-nginx-socklb": (0, "ok", "socket_lb", "my-nginx-1", 200, None, {AMPLIFIED}),
+    # curl 28: socket-LB sent the connect to the pod, whose netns drops the port (a NetworkPolicy, enforced)
+    "my-nginx-socklb-dropped": (28, "broken", "socket_lb", "my-nginx-1", None, "connection timed out",
+                                {"svc.backend_unreachable", AMPLIFIED}),
     HOST_RESOLVED: (7, "broken", None, None, None, "connection refused",
                     {"dns.wrong_resolver", "dns.answer_not_service", AMPLIFIED}),
     # kube-proxy still DNATs to my-nginx-1; the EndpointSlice lists my-nginx-2 only

@@ -13,7 +13,8 @@ my-nginx. The cases:
   listens on; and the same through kube-proxy's nftables mode (its own table and verdict map);
 * the userspace proxy of the seed's time (userspace_proxy.py, a node process): healthy, and its
   dial refused;
-* socket-level load balancing (socklb.py: the client's connect goes to the pod itself);
+* socket-level load balancing (socklb.py: the client's connect goes to the pod itself), and the same
+  to a port the pod's netns drops (a NetworkPolicy as a CNI enforces it);
 * rules flushed (the SYN to the ClusterIP vanishes), and a Service without endpoints (kube-proxy's
   REJECT);
 * another pod whose resolver is the node's, answering my-nginx with an address that is no Service;
@@ -91,6 +92,8 @@ CASES = {
     "my-nginx-userspace": Case("10.96.0.104", "userspace"),
     "my-nginx-userspace-wrong-port": Case("10.96.0.105", "userspace", target_port=8081),
     "my-nginx-socklb": Case("10.96.0.106", "socklb"),
+    # socket-LB to the nginx pod's port 8084, which the pod's netns drops (as a CNI enforcing a NetworkPolicy)
+    "my-nginx-socklb-dropped": Case("10.96.0.121", "socklb", target_port=8084),
     # the Service now selects my-nginx-2; kube-proxy has not caught up and still DNATs to my-nginx-1
     "my-nginx-stale": Case("10.96.0.107", "dnat", selector=(("run", "my-nginx-v2"),)),
     "my-nginx-503": Case("10.96.0.108", "dnat", target_port=8082),  # nginx's server that answers 503
@@ -235,6 +238,10 @@ def build(lab: NetLab, www: Path, servers: list) -> None:
     lab.pod("selfie", SELFIE_IP, hairpin=False)
     lab.pod("coredns", DNS_IP)
     lab.drop_first(RETRY_CLIENT_IP, 53, "udp")
+    dropped = CASES["my-nginx-socklb-dropped"].target_port  # (nothing listens there: a drop, not a refusal)
+    done = lab.run("my-nginx-1", ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(dropped), "-j", "DROP"])
+    if done.returncode:
+        raise RuntimeError(f"lab: cannot drop port {dropped} in my-nginx-1: {done.stderr.decode(errors='replace')}")
     lab.node_address(HOST_RESOLVER)
     lab.service(DNS_VIP, 53, "udp", [(DNS_IP, 53)])
     lab.service(DNS_VIP, 53, "tcp", [(DNS_IP, 53)])
@@ -304,9 +311,8 @@ def curl(lab: NetLab, pod: str | None, name: str, cgroup: Path | None = None, co
 def requests(goclient: Path) -> dict[str, tuple[str, str, dict]]:
     """case -> (the pod that asks, the name it asks for, curl()'s options): every request of the lab,
     in the order made."""
-    socklb = CASES["my-nginx-socklb"]
     out = {name: ("client", name, {"paths": KEEPALIVE_PATHS if name in KEEPALIVE else ("/index.html",),
-                                   "socklb": case is socklb, "port": SERVICE_PORT.get(name, 8080)})
+                                   "socklb": case.path == "socklb", "port": SERVICE_PORT.get(name, 8080)})
            for name, case in CASES.items()}
     out[HOST_RESOLVED] = ("other-client", "my-nginx", {})
     out[NO_SUCH_NAME] = ("client", NO_SUCH_NAME, {})
@@ -371,9 +377,11 @@ def running(workdir: Path) -> Iterator[Running]:
         raise RuntimeError(f"lab: the socket-LB case needs a cgroup v2 hierarchy at {CGROUP_ROOT}")
     cgroup.mkdir()
     servers: list[subprocess.Popen] = []
-    socklb, udp_socklb = CASES["my-nginx-socklb"], UDP_CASES["my-udp-socklb"]
+    socklb, dropped = CASES["my-nginx-socklb"], CASES["my-nginx-socklb-dropped"]
+    udp_socklb = UDP_CASES["my-udp-socklb"]
     try:
         with NetLab(gateway=NODE_IP) as lab, SocketLB(workdir, cgroup, socklb.vip, 8080, (NGINX_IP, 80)), \
+                SocketLB(workdir, cgroup, dropped.vip, 8080, (NGINX_IP, dropped.target_port), name="dropped"), \
                 SocketLB(workdir, cgroup, udp_socklb.vip, UDP_PORT, (NGINX_IP, UDP_PORT), name="udp-socklb"):
             build(lab, www, servers)
             yield Running(lab, cgroup, requests(goclient))

@@ -58,6 +58,11 @@ CATALOGUE: tuple[Rule, ...] = (
     Rule("svc.translation_missing", "critical", True, 120 * S,
          "{namespace}/{service}: {attempt} from {client} to {vip} was never translated or {taken} ({outcome}){hint}", None,
          "No proxy accept, no DNAT/socket-LB backend: kube-proxy rules missing or flushed."),
+    Rule("svc.backend_unreachable", "critical", True, 120 * S,
+         "{namespace}/{service}: {attempt} from {client} to {target}, the backend socket-LB chose, was never {taken} "
+         "({outcome}){standing}", None,
+         "Socket-LB rewrote the connect to a backend pod and nothing there answered: the pod is unreachable from the "
+         "client (a NetworkPolicy, the pod network, its node) or gone (a stale socket-LB map)."),
     Rule("svc.hairpin", "critical", True, 120 * S,
          "{namespace}/{service}: {client}, one of its endpoints, connected to it at {vip} and nothing answered "
          "({outcome}): is hairpin mode on for the pod's bridge port?", None,

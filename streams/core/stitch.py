@@ -2152,6 +2152,9 @@ class _Stitching:
                     # by the bridge port it came in on, which only hairpin mode allows
                     self_call = p.client.ip in ep_ips and svc["via"] == "vip"
                     p.svc_if_failed = ("svc.hairpin" if self_call else "svc.translation_missing", None)
+                elif mode == "socket_lb":
+                    # translated (the connect went to a pod), and nothing there took it
+                    p.svc_if_failed = ("svc.backend_unreachable", None)
             if b_ip and mode in ("userspace_proxy", "dnat", "socket_lb"):
                 pod = idx.pod_by_ip(b_ip, cn_[CN_TS] or conn.t0)
                 p.misrouted = bool((ready_eps and b_ip not in ep_ips) or (pod is not None and pod.namespace != svc["namespace"]))
@@ -2317,6 +2320,26 @@ class _Stitching:
             return "a pod of another namespace the Service's endpoints list"
         return f"{how} in the Service's endpoints"
 
+    def _chosen_backend(self, p: _ConnParts, svc: dict) -> dict:
+        """The pod socket-LB sent a connect to (its socket's peer), and how it stood among the Service's endpoints
+        when nothing there took it (svc.backend_unreachable's words)."""
+        cn, t = p.cn, p.t_conn
+        ip, port = cn[CN_REMOTE_IP], cn[CN_REMOTE_PORT]
+        target = endpoint_key(ip, port)
+        pod = self.index.pod_by_ip(ip, t)
+        if pod is not None:
+            target = f"{pod.namespace}/{pod.name} ({target})"
+        how, since = self.index.endpoint_standing(svc["namespace"], svc["name"], ip, t)
+        if how == "ready":
+            standing = ""
+        elif how == "left":
+            standing = f"; it left the Service's endpoints {(t - since) / S:.1f} s before (a stale socket-LB map?)"
+        elif how == "never":
+            standing = "; it is not one of the Service's endpoints (a stale socket-LB map?)"
+        else:
+            standing = f"; it is {how} in the Service's endpoints"
+        return {"target": target, "standing": standing}
+
     @staticmethod
     def _unseen_backend(ready_eps) -> str:
         """A backend nothing showed (a refused DNAT: no accept): the Service's only ready
@@ -2437,11 +2460,13 @@ class _Stitching:
                 occs += self._dns_occs(dnsx, p.dns_found, base_vars, p.client.pod)
             if svc is not None:
                 found: list[tuple[str, dict | None]] = []  # (rule, vars beyond the common ones)
+                unreached = False  # (socket-LB's backend that never answered: backend_unreachable says how it stood)
                 if p.svc_always is not None:
                     found.append(p.svc_always)
                 elif failed and p.svc_if_failed is not None:
                     found.append(p.svc_if_failed)
-                if p.misrouted and not (conn.eof is not None and conn.k.startswith("udp/")):
+                    unreached = p.svc_if_failed[0] == "svc.backend_unreachable"
+                if p.misrouted and not unreached and not (conn.eof is not None and conn.k.startswith("udp/")):
                     found.append(("svc.misrouted", {"standing": self._standing(p, svc)}))
                 if req is not None and req[C_STATUS] is not None and req[C_STATUS] >= 500:
                     found.append(("svc.backend_5xx", {"status": req[C_STATUS], "method": req[C_METHOD],
@@ -2476,6 +2501,9 @@ class _Stitching:
                                 extra = {**_UDP_UNTAKEN, "hint": self._undeclared_target(p, svc, t_conn)}
                             else:
                                 extra = _TCP_UNTAKEN
+                        elif rule_id == "svc.backend_unreachable":
+                            extra = {**(_UDP_UNTAKEN if conn.k.startswith("udp/") else _TCP_UNTAKEN),
+                                     **self._chosen_backend(p, svc)}
                         elif rule_id == "svc.target_port_refused":
                             port = (extra or v)["backend_port"]
                             extra = {**(extra or {}), "declared": self._declared_ports(p, port, t_conn)}
