@@ -79,6 +79,7 @@ cdef class _Stitching:
     cdef public object _nodeports_at
     cdef public set _dns_eps
     cdef public object _dns_eps_at
+    cdef public long long _dns_eps_lo, _dns_eps_hi
     cdef public dict _endpoints, _dns_servers, _findings, _whys, _conn_parts, _svcs, _conn_keys, _lkeys
     cdef public object encode_chain
 

@@ -300,6 +300,7 @@ class _Stitching:
         self._nodeports_at = None
         self._dns_eps: set = set()  # the cluster DNS's endpoints on another port than dns_port (_dns_server_at)
         self._dns_eps_at = None
+        self._dns_eps_lo = self._dns_eps_hi = 0  # the event times _dns_eps holds for (advance's test, inline)
         # emission memos (pure functions of the state and the index; dropped with metadata_changed)
         self._endpoints: dict[tuple, tuple[dict, object]] = {}
         self._dns_servers: dict[tuple, tuple] = {}  # a chain record's dns server dicts (_dns_out)
@@ -445,6 +446,7 @@ class _Stitching:
         self.index.invalidate()
         self._nodeports_at = None
         self._dns_eps_at = None
+        self._dns_eps_lo = self._dns_eps_hi = 0
         self._endpoints.clear()
         self._dns_servers.clear()
         self._findings.clear()
@@ -837,7 +839,8 @@ class _Stitching:
                                     for wire in tcp_dns_messages(e.data, e.res):
                                         self._apply_dns(state, d, wire)
                                 continue
-                            if e.role == "server" and self._dns_server_at(e.local_ip, e.local_port, ts):
+                            if e.role == "server" and (self._dns_eps or not self._dns_eps_lo <= ts < self._dns_eps_hi) \
+                                    and self._dns_server_at(e.local_ip, e.local_port, ts):
                                 kind = e.kind  # a DNS server on another port: its queries, as on dns_port
                                 if kind == "recv" and e.res > 0:
                                     for wire in tcp_dns_messages(e.data, e.res):
@@ -852,7 +855,8 @@ class _Stitching:
                                         continue  # the server's answer (QR set): see _apply_dns
                                     self._apply_dns(state, d)
                                 continue
-                            if e.role == "server" and self._dns_server_at(e.local_ip, e.local_port, ts):
+                            if e.role == "server" and (self._dns_eps or not self._dns_eps_lo <= ts < self._dns_eps_hi) \
+                                    and self._dns_server_at(e.local_ip, e.local_port, ts):
                                 if kind == "recv" and e.res > 0:  # (its answers add nothing: see _apply_dns)
                                     self._apply_dns(state, d, None, True)
                                 continue
@@ -1387,6 +1391,8 @@ class _Stitching:
         bucket = ts // (10 * S)
         if bucket != self._dns_eps_at:
             self._dns_eps_at = bucket
+            self._dns_eps_lo = bucket * (10 * S)
+            self._dns_eps_hi = self._dns_eps_lo + 10 * S
             eps = set()
             idx = self.index
             for svc in idx.dns_services(ts):
