@@ -394,3 +394,16 @@ def test_a_udp_flow_reads_as_datagram_backend_and_reply():
     assert re.search(r"\+\d+\.\d+ ms  reply       \(2 B\)", answered), answered
     assert "  connect  " not in answered and "  response  " not in answered
     assert "reply       delivered, no reply" in delivered
+
+
+def test_a_backend_socket_lb_chose_that_never_answered_says_so():
+    """Socket-LB names the pod it sent the connect to: when nothing there took it, the backend line says that
+    pod never answered (not that it was reached)."""
+    from tests.scenario import Cluster
+    from tests.test_core_socket_lb import _timed_out_connect
+
+    cluster = Cluster()
+    [chain] = [c for c in run(_timed_out_connect(cluster, cluster.pods["my-nginx-1"]), cluster.index()).chains
+               if c["service"]]
+    text = plain(render.chain_lines(chain))
+    assert "backend     10.244.1.7:80  in default/my-nginx-1 on node-a  socket-LB's choice: never answered" in text

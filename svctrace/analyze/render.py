@@ -330,8 +330,13 @@ def chain_lines(chain: dict, alert_rules: dict | None = None, server_process=Non
         text = _join(addr(backend.get("ip"), backend.get("port")), who, workload(backend))
         if refused:
             text = _join(text, f"dial {refused}")
+        # socket-LB names the pod it sent the connect to, whether or not anything there took it
+        unanswered = (not who and (tr or {}).get("mode") == "socket_lb"
+                      and (chain.get("response") or {}).get("error") in ("connection timed out", "no reply"))
+        if unanswered:
+            text = _join(text, "socket-LB's choice: never answered")
         rows.append((dial["ts"] if dial else _ts(chain, ("backend received" if udp else "backend request",)), "backend",
-                     text, "red" if refused else ""))
+                     text, "red" if refused or unanswered else ""))
     elif tr and chain.get("status") == "broken":
         rows.append((None, "backend", "none reached", "red"))
     elif tr and tr.get("mode") not in (None, "none") and chain.get("status") == "ok":
