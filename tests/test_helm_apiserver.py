@@ -120,7 +120,8 @@ def test_chart_rbac_grants_exactly_what_the_watcher_needs(helm, apiserver):
 
     watcher = apiserver.service_account_client(namespace, accounts["metadata"])
     reads = [Access(verb, resource, group) for group, resource in
-             [("", "pods"), ("", "services"), ("", "nodes"), ("", "namespaces"), ("discovery.k8s.io", "endpointslices")]
+             [("", "pods"), ("", "services"), ("", "nodes"), ("", "namespaces"), ("discovery.k8s.io", "endpointslices"),
+              ("networking.k8s.io", "networkpolicies")]
              for verb in ("list", "watch")]
     poll(lambda: access_review(watcher, reads[0]), "the ClusterRoleBinding to take effect")
     report = access_report(watcher, reads)

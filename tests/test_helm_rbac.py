@@ -7,12 +7,13 @@ import pytest
 from tests.harness.helm import VALUE_CASES, helm  # noqa: F401
 
 # What `svctrace metadata` lists and watches (issue: pods, services, EndpointSlices, nodes,
-# namespaces; core/v1 Endpoints for clusters that predate EndpointSlices).
+# namespaces; core/v1 Endpoints for clusters that predate EndpointSlices; NetworkPolicies, which the
+# alerts name when one blocks a request).
 READ = {"get", "list", "watch"}
 EXPECTED_CLUSTER_RULES = {
     ("", "pods"): READ, ("", "services"): READ, ("", "endpoints"): READ,
     ("", "nodes"): READ, ("", "namespaces"): READ,
-    ("discovery.k8s.io", "endpointslices"): READ,
+    ("discovery.k8s.io", "endpointslices"): READ, ("networking.k8s.io", "networkpolicies"): READ,
 }
 RBAC_KINDS = ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding")
 
@@ -93,8 +94,11 @@ def test_cluster_role_matches_what_the_watcher_lists(rendered):
     get/list/watch on exactly those, and the watcher lists nothing the role lacks."""
     from svctrace.streams.metadata.watcher import RESOURCES
 
-    group_of_api = {"CoreV1Api": "", "DiscoveryV1Api": "discovery.k8s.io"}
-    watched = {(group_of_api[r.api], r.kind.lower() if r.kind.endswith("s") else r.kind.lower() + "s")
-               for r in RESOURCES.values()}
+    group_of_api = {"CoreV1Api": "", "DiscoveryV1Api": "discovery.k8s.io", "NetworkingV1Api": "networking.k8s.io"}
+
+    def plural(kind: str) -> str:
+        kind = kind.lower()
+        return kind if kind.endswith("s") else kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+    watched = {(group_of_api[r.api], plural(r.kind)) for r in RESOURCES.values()}
     role = next(d for d in rendered["defaults"] if d["kind"] == "ClusterRole")
     assert {(g, r) for (g, r, _names) in grants(role)} == watched

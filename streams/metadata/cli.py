@@ -87,7 +87,7 @@ def run(args) -> int:
     if args.from_files:
         return _convert(args)
     from svctrace.streams.metadata.watcher import (
-        RESOURCES, KindWatcher, LeaseElector, Metrics, Watcher, default_identity, endpoint_kind,
+        RESOURCES, KindWatcher, LeaseElector, Metrics, Watcher, default_identity, default_kinds,
     )
 
     api = api_client(args.kubeconfig, args.context)
@@ -100,8 +100,7 @@ def run(args) -> int:
         logging.getLogger("svctrace.metadata").info("metrics on http://%s:%d/metrics", host, port)
     try:
         if args.once:
-            kinds = ["Namespace", "Node", "Service", endpoint_kind(api, args.endpoints), "Pod"]
-            for kind in kinds:
+            for kind in default_kinds(api, args.endpoints):
                 KindWatcher(api, RESOURCES[kind], sink.publish, metrics).relist("once")
             sink.flush()
             return 0

@@ -118,6 +118,19 @@ class NodeInfo:
 @dataclass(frozen=True, slots=True)
 class NamespaceInfo:
     name: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False)  # {}: a record from before they were projected
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicyInfo:
+    """A NetworkPolicy as its record projects it (selectors, peers and ports as the record's dicts):
+    streams/core/policy.py reads it."""
+    namespace: str
+    name: str
+    pod_selector: dict = field(hash=False)
+    policy_types: tuple[str, ...] = ("Ingress",)
+    ingress: tuple = field(default=(), hash=False)
+    egress: tuple = field(default=(), hash=False)
 
 
 # ---------------------------------------------------------------------------
@@ -212,7 +225,15 @@ def _node_info(rec: dict) -> NodeInfo:
 
 
 def _namespace_info(rec: dict) -> NamespaceInfo:
-    return NamespaceInfo(rec["name"])
+    return NamespaceInfo(rec["name"], dict(rec.get("namespace_labels") or {}))
+
+
+def _network_policy_info(rec: dict) -> NetworkPolicyInfo:
+    np = rec.get("network_policy") or {}
+    return NetworkPolicyInfo(rec.get("namespace") or "", rec["name"],
+                             np.get("pod_selector") or {"match_labels": {}, "match_expressions": []},
+                             tuple(np.get("policy_types") or ("Ingress",)),
+                             tuple(np.get("ingress") or ()), tuple(np.get("egress") or ()))
 
 
 INFO_BUILDERS = {
@@ -222,6 +243,7 @@ INFO_BUILDERS = {
     "Endpoints": _endpoint_set_info,
     "Node": _node_info,
     "Namespace": _namespace_info,
+    "NetworkPolicy": _network_policy_info,
 }
 
 
@@ -587,6 +609,20 @@ class ClusterIndex:
     def node_by_ip(self, ip: str, ts: int | None = None) -> str | None:
         node = self._pick(self._by_node_ip.get(ip), ts, lambda n: ip in n.addresses)
         return node.name if node else None
+
+    def namespace(self, name: str, ts: int | None = None) -> NamespaceInfo | None:
+        return self._state(("Namespace", "", name), ts)
+
+    def network_policies(self, namespace: str, ts: int | None = None) -> list[NetworkPolicyInfo]:
+        """The NetworkPolicies of a namespace alive at ts (a scan of the namespace's: asked only to explain a
+        connection that went nowhere)."""
+        out = []
+        for key, hist in self._objects.items():
+            if key[0] == "NetworkPolicy" and key[1] == namespace:
+                state = hist.at(ts)[0]
+                if state is not None:
+                    out.append(state)
+        return out
 
     def node(self, name: str, ts: int | None = None) -> NodeInfo | None:
         return self._state(("Node", "", name), ts)

@@ -232,7 +232,69 @@ def _node(obj: dict) -> dict:
 
 
 def _namespace(obj: dict) -> dict:
-    return {}
+    # its labels: a NetworkPolicy's namespaceSelector reads them
+    return {"namespace_labels": _map((obj.get("metadata") or {}).get("labels"), "metadata.labels")}
+
+
+def _selector(value: Any, what: str) -> dict | None:
+    """A label selector (matchLabels, matchExpressions); None where the field is absent (not: "everything")."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} is not a mapping")
+    exprs = []
+    for x in _list(value.get("matchExpressions"), f"{what}.matchExpressions"):
+        if not isinstance(x, dict) or not x.get("key") or not x.get("operator"):
+            raise TypeError(f"{what}.matchExpressions[] without key or operator")
+        exprs.append({"key": str(x["key"]), "operator": str(x["operator"]),
+                      "values": [str(v) for v in _list(x.get("values"), f"{what}.matchExpressions[].values")]})
+    return {"match_labels": _map(value.get("matchLabels"), f"{what}.matchLabels"), "match_expressions": exprs}
+
+
+def _policy_peers(items: Any, what: str) -> list[dict]:
+    out = []
+    for peer in _list(items, what):
+        if not isinstance(peer, dict):
+            raise TypeError(f"{what}[] is not a mapping")
+        block = peer.get("ipBlock")
+        if block is not None and (not isinstance(block, dict) or not block.get("cidr")):
+            raise TypeError(f"{what}[].ipBlock without cidr")
+        out.append({"pod_selector": _selector(peer.get("podSelector"), f"{what}[].podSelector"),
+                    "namespace_selector": _selector(peer.get("namespaceSelector"), f"{what}[].namespaceSelector"),
+                    "ip_block": None if block is None else {
+                        "cidr": str(block["cidr"]),
+                        "except": [str(c) for c in _list(block.get("except"), f"{what}[].ipBlock.except")]}})
+    return out
+
+
+def _policy_ports(items: Any, what: str) -> list[dict]:
+    out = []
+    for p in _list(items, what):
+        if not isinstance(p, dict):
+            raise TypeError(f"{what}[] is not a mapping")
+        port = p.get("port")
+        if port is not None and not (isinstance(port, str) or isinstance(port, int) and not isinstance(port, bool)):
+            raise TypeError(f"{what}[].port is neither a number nor a name: {port!r}")
+        out.append({"protocol": p.get("protocol") or "TCP",
+                    "port": int(port) if isinstance(port, str) and port.isdigit() else port,
+                    "end_port": _int(p.get("endPort"), f"{what}[].endPort")})
+    return out
+
+
+def _network_policy(obj: dict) -> dict:
+    spec = obj.get("spec") or {}
+    selector = _selector(spec.get("podSelector"), "spec.podSelector")
+    types = [str(t) for t in _list(spec.get("policyTypes"), "spec.policyTypes")]
+    if not types:  # the API's default: Ingress always, Egress where the policy has an egress section
+        types = ["Ingress", "Egress"] if spec.get("egress") is not None else ["Ingress"]
+    rules = {}
+    for direction, peers in (("ingress", "from"), ("egress", "to")):
+        rules[direction] = [
+            {"peers": _policy_peers(r.get(peers), f"spec.{direction}[].{peers}"),
+             "ports": _policy_ports(r.get("ports"), f"spec.{direction}[].ports")}
+            for r in _list(spec.get(direction), f"spec.{direction}")]
+    return {"network_policy": {"pod_selector": selector or {"match_labels": {}, "match_expressions": []},
+                               "policy_types": types, **rules}}
 
 
 PROJECTIONS: dict[str, Callable[[dict], dict]] = {
@@ -242,8 +304,10 @@ PROJECTIONS: dict[str, Callable[[dict], dict]] = {
     "Endpoints": _endpoints_v1,
     "Node": _node,
     "Namespace": _namespace,
+    "NetworkPolicy": _network_policy,
 }
-NAMESPACED = {"Pod": True, "Service": True, "EndpointSlice": True, "Endpoints": True, "Node": False, "Namespace": False}
+NAMESPACED = {"Pod": True, "Service": True, "EndpointSlice": True, "Endpoints": True, "Node": False, "Namespace": False,
+              "NetworkPolicy": True}
 
 
 def project(obj: dict, observed_ts: int, kind: str | None = None, deleted: bool = False) -> dict:

@@ -353,7 +353,14 @@ RESOURCES: dict[str, Resource] = {
     "Pod": Resource("Pod", "CoreV1Api", "list_pod_for_all_namespaces"),
     "EndpointSlice": Resource("EndpointSlice", "DiscoveryV1Api", "list_endpoint_slice_for_all_namespaces"),
     "Endpoints": Resource("Endpoints", "CoreV1Api", "list_endpoints_for_all_namespaces"),
+    "NetworkPolicy": Resource("NetworkPolicy", "NetworkingV1Api", "list_network_policy_for_all_namespaces"),
 }
+
+
+def default_kinds(api_client, endpoints: str = "auto") -> list[str]:
+    """What the watcher lists and watches unless told otherwise: the kinds enrichment and the alerts read
+    (NetworkPolicies only explain a connection that went nowhere)."""
+    return ["Namespace", "Node", "Service", endpoint_kind(api_client, endpoints), "Pod", "NetworkPolicy"]
 
 
 class Backoff:
@@ -634,7 +641,7 @@ class Watcher:
         self.metrics = metrics or Metrics()
         self.elector = elector
         if kinds is None:
-            kinds = ["Namespace", "Node", "Service", endpoint_kind(api_client, endpoints), "Pod"]
+            kinds = default_kinds(api_client, endpoints)
         self.kinds = list(kinds)
         self.watch_timeout_s, self.page_size, self.clock = watch_timeout_s, page_size, clock
         self._publish_lock = threading.Lock()

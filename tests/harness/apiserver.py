@@ -102,6 +102,8 @@ _CALLS: dict[str, tuple[type, str, str | None, str | None]] = {
                    "read_namespaced_config_map"),
     "endpointslices": (k8s.DiscoveryV1Api, "list_endpoint_slice_for_all_namespaces",
                        "list_namespaced_endpoint_slice", "read_namespaced_endpoint_slice"),
+    "networkpolicies": (k8s.NetworkingV1Api, "list_network_policy_for_all_namespaces",
+                        "list_namespaced_network_policy", "read_namespaced_network_policy"),
 }
 
 

@@ -300,3 +300,52 @@ def test_k8s_state_events_through_the_scap_writer_and_reader(tmp_path):
     assert idx.pod_by_ip("172.17.0.4", TS + 11) is None
     assert idx.pod_by_ip("172.17.0.9").node == "node-a"
     assert idx.is_cluster_dns("10.0.0.10")
+
+
+POLICY = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "web-from-frontend", "namespace": "shop", "uid": "u-np", "resourceVersion": "7"},
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "tier", "operator": "In",
+                                                                     "values": ["frontend"]}]}},
+                              {"namespaceSelector": {"matchLabels": {"team": "ops"}}, "podSelector": {}},
+                              {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}}],
+                     "ports": [{"protocol": "TCP", "port": "http"}, {"port": 8000, "endPort": 8010}]}],
+    },
+}
+
+
+def test_a_network_policy_and_namespace_labels_are_projected_and_indexed():
+    """What a NetworkPolicy's selectors and rules say, with the API's defaults filled in (policyTypes: Ingress, and
+    Egress only where the policy has an egress section), and a Namespace's labels (its namespaceSelector's)."""
+    r = project(POLICY, TS)
+    validate("k8s-object", r)
+    np = r["network_policy"]
+    assert np["pod_selector"] == {"match_labels": {"app": "web"}, "match_expressions": []}
+    assert np["policy_types"] == ["Ingress"] and np["egress"] == []
+    [rule] = np["ingress"]
+    assert rule["peers"][0] == {"pod_selector": {"match_labels": {}, "match_expressions": [
+        {"key": "tier", "operator": "In", "values": ["frontend"]}]}, "namespace_selector": None, "ip_block": None}
+    assert rule["peers"][1]["namespace_selector"] == {"match_labels": {"team": "ops"}, "match_expressions": []}
+    assert rule["peers"][2]["ip_block"] == {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http", "end_port": None},
+                             {"protocol": "TCP", "port": 8000, "end_port": 8010}]
+    deny_out = copy.deepcopy(POLICY)
+    deny_out["spec"] = {"podSelector": {}, "egress": []}  # every pod of the namespace, no egress allowed
+    assert project(deny_out, TS)["network_policy"]["policy_types"] == ["Ingress", "Egress"]
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "shop"}}}
+    validate("k8s-object", project(ns, TS))
+    idx = ClusterIndex.from_records([r, project(ns, TS)])
+    [info] = idx.network_policies("shop", TS)
+    assert (info.name, info.policy_types, len(info.ingress)) == ("web-from-frontend", ("Ingress",), 1)
+    assert idx.network_policies("default", TS) == [] and idx.namespace("shop", TS).labels == {"team": "shop"}
+    idx.apply(tombstone("NetworkPolicy", "shop", "web-from-frontend", TS + 1))
+    assert idx.network_policies("shop", TS + 1) == [] and len(idx.network_policies("shop", TS)) == 1
+
+
+def test_a_malformed_network_policy_is_one_clear_error():
+    bad = copy.deepcopy(POLICY)
+    bad["spec"]["ingress"][0]["from"][2]["ipBlock"] = {"except": []}
+    with pytest.raises(MetadataInputError, match="NetworkPolicy shop/web-from-frontend: .*ipBlock without cidr"):
+        project(bad, TS)

@@ -136,7 +136,7 @@ def test_create_update_delete_converge_in_sink_and_index(apiserver, api, tmp_pat
     ns = apiserver.new_namespace("meta")
     with Harness(apiserver, tmp_path) as h:
         wait_for("initial sync", h.watcher.synced)
-        assert h.watcher.kinds == ["Namespace", "Node", "Service", "EndpointSlice", "Pod"]
+        assert h.watcher.kinds == ["Namespace", "Node", "Service", "EndpointSlice", "Pod", "NetworkPolicy"]
         make_pod(core, ns, "web-1", ip="10.244.1.10", ports=[("http", 8080)])
         vip = make_service(core, ns, "web")
         make_slice(disc, ns, "web", "web-abc", [("10.244.1.10", "web-1", True)])
@@ -151,6 +151,20 @@ def test_create_update_delete_converge_in_sink_and_index(apiserver, api, tmp_pat
         [ep] = idx.endpoints(ns, "web")
         assert (ep.ip, ep.port, ep.ready, idx.endpoint_pod(ep).name) == ("10.244.1.10", 8080, True, "web-1")
         assert ns in {o.name for key, o in idx.objects() if key.startswith("Namespace/")}
+        assert idx.namespace(ns).labels.get("kubernetes.io/metadata.name") == ns  # (the API server sets it)
+
+        # A NetworkPolicy: its selectors and rules, with the API's default policyTypes.
+        net = k8s.NetworkingV1Api(h.client)
+        net.create_namespaced_network_policy(ns, {
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-80", "namespace": ns},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                     "ingress": [{"ports": [{"port": 80}], "from": [{"namespaceSelector": {}}]}]}})
+        wait_for("network policy in the index", lambda: idx.network_policies(ns))
+        [policy] = idx.network_policies(ns)
+        assert policy.policy_types == ("Ingress",) and policy.pod_selector["match_labels"] == {"app": "web"}
+        assert policy.ingress[0]["ports"] == [{"protocol": "TCP", "port": 80, "end_port": None}]
+        net.delete_namespaced_network_policy("web-80", ns)
+        wait_for("network policy gone", lambda: not idx.network_policies(ns))
 
         # Update: the pod turns unready, its endpoint too.
         set_pod_status(core, ns, "web-1", "10.244.1.10", ready=False)
