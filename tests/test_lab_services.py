@@ -192,6 +192,19 @@ def test_a_udp_refusal_says_what_the_pod_declares(lab_capture):
     assert f"refused port {UDP_PORT + 1} (targetPort): its containers declare {UDP_PORT} (statsd)" in alert["summary"]
 
 
+def test_an_unreachable_backend_names_the_network_policy(lab_capture):
+    """my-nginx-socklb-dropped: socket-LB sends the connect to the nginx pod's port 8084, which its netns drops, as a
+    CNI enforcing the lab's NetworkPolicy (nginx's ports, not 8084) does: the alert names the pod and the policy."""
+    events, _curls = lab_capture
+    result = run(events, lab_index())
+    chain, _ = pick("my-nginx-socklb-dropped", result.chains, result.alerts)
+    [alert] = [a for a in result.alerts if a["alert_id"] in chain["alerts"] and a["rule"] == "svc.backend_unreachable"]
+    assert alert["summary"] == (
+        f"default/my-nginx-socklb-dropped: connect from default/client to default/my-nginx-1 ({NGINX_IP}:8084), the "
+        "backend socket-LB chose, was never accepted (connection timed out); NetworkPolicy default/my-nginx-ports "
+        "selects default/my-nginx-1 and allows no ingress from default/client on TCP 8084")
+
+
 def test_userspace_proxy_is_the_node_process_that_copies_the_bytes(lab_capture):
     events, _curls = lab_capture
     chain, _ = chain_of("my-nginx-userspace", events)

@@ -143,7 +143,7 @@ PODS = (  # namespace, name, ip, labels, container, port
 
 
 def cluster_list() -> dict:
-    """The lab's cluster as `kubectl get nodes,pods,services,endpointslices -A -o json` prints it."""
+    """The lab's cluster as `kubectl get nodes,pods,services,endpointslices,networkpolicies -A -o json` prints it."""
     items: list[dict] = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "uid": f"uid-node-{NODE}"},
                           "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}}]
     for ns, name, ip, labels, cname, port in PODS:
@@ -183,6 +183,12 @@ def cluster_list() -> dict:
                                      "conditions": {"ready": True, "serving": True, "terminating": False},
                                      "targetRef": {"kind": "Pod", "namespace": pns, "name": pname}}
                                     for pns, pname, ip in backends if ip]})
+    # nginx's ports, as a NetworkPolicy lists them (the port my-nginx-socklb-dropped's netns drops is not one)
+    items.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                  "metadata": {"namespace": "default", "name": "my-nginx-ports", "uid": "uid-np-my-nginx-ports"},
+                  "spec": {"podSelector": {"matchLabels": NGINX}, "policyTypes": ["Ingress"],
+                           "ingress": [{"ports": [{"protocol": "TCP", "port": p} for p in (80, 8081, 8082)] +
+                                                 [{"protocol": "UDP", "port": p} for p in (UDP_PORT, UDP_PORT + 1)]}]}})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 

@@ -60,7 +60,7 @@ CATALOGUE: tuple[Rule, ...] = (
          "No proxy accept, no DNAT/socket-LB backend: kube-proxy rules missing or flushed."),
     Rule("svc.backend_unreachable", "critical", True, 120 * S,
          "{namespace}/{service}: {attempt} from {client} to {target}, the backend socket-LB chose, was never {taken} "
-         "({outcome}){standing}", None,
+         "({outcome}){standing}{policy}", None,
          "Socket-LB rewrote the connect to a backend pod and nothing there answered: the pod is unreachable from the "
          "client (a NetworkPolicy, the pod network, its node) or gone (a stale socket-LB map)."),
     Rule("svc.hairpin", "critical", True, 120 * S,

@@ -104,7 +104,6 @@ cdef class _Stitching:
     cpdef _apply_dns(self, dict st, EnrichedEvent d, wire=*, server=*)
     cpdef bint _dns_server_at(self, ip, port, ts)
     cpdef _own_receipts(self, Conn conn)
-    cpdef dict _chosen_backend(self, p, dict svc)
     @cython.locals(e=SyscallEvent, marks=set, lk_by_key=dict, lookups=list, qs=list)
     cpdef _claim_lookup(self, dict st, Conn conn, EnrichedEvent d, aip)
     @cython.locals(conn=Conn, conns=dict, tq=list, exact=dict, found=dict, marked=set, keep=set, live=list,

@@ -56,6 +56,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
+from .policy import blocked as _policy_blocked, blocked_words as _policy_words
 from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
 from svctrace.streams.core.records import Ref  # (by its full name: stitch.pxd declares its layout)
 from .timeorder import drop_expired_front
@@ -2326,6 +2327,23 @@ class _Stitching:
             return "a pod of another namespace the Service's endpoints list"
         return f"{how} in the Service's endpoints"
 
+    def _endpoints_blocked(self, p: _ConnParts, svc: dict, ts: int) -> str:
+        """svc.translation_missing's hint when the NetworkPolicies allow the client none of the Service's ready
+        endpoints (the silence then is likely theirs), else ""."""
+        eps = sorted({(ep.ip, ep.port) for ep in p.ready_eps or () if ep.port is not None})
+        if not eps:
+            return ""
+        proto = svc["protocol"] or "TCP"
+
+        def make():
+            backends = [(self.index.pod_by_ip(ip, ts), ip, port) for ip, port in eps]
+            if any(pod is None for pod, _ip, _port in backends):
+                return ""
+            pod = backends[0][0]
+            desc = f"{pod.namespace}/{pod.name}" if len(backends) == 1 else f"its {len(backends)} endpoints"
+            return self._policy_words(p, backends, desc, proto, ts)
+        return self._per_second(("npx", p.client.ip, svc["namespace"], svc["name"], proto), ts, make)
+
     def _chosen_backend(self, p: _ConnParts, svc: dict) -> dict:
         """The pod socket-LB sent a connect to (its socket's peer), and how it stood among the Service's endpoints
         when nothing there took it (svc.backend_unreachable's words)."""
@@ -2344,7 +2362,24 @@ class _Stitching:
             standing = "; it is not one of the Service's endpoints (a stale socket-LB map?)"
         else:
             standing = f"; it is {how} in the Service's endpoints"
-        return {"target": target, "standing": standing}
+        proto = svc["protocol"] or "TCP"
+        policy = self._per_second(("np", p.client.ip, ip, port, proto), t, lambda: self._policy_words(
+            p, [(pod, ip, port)], f"{pod.namespace}/{pod.name}" if pod is not None else target, proto, t))
+        return {"target": target, "standing": standing, "policy": policy}
+
+    def _policy_words(self, p: _ConnParts, backends: list, backend_desc: str, proto: str, ts: int) -> str:
+        """"; NetworkPolicy X selects ... and allows no ingress from ..." when the state's NetworkPolicies allow
+        the client none of `backends` ((pod, ip, port) each, all blocked the same way), else "" (policy.py)."""
+        said = None
+        for pod, ip, port in backends:
+            found = _policy_blocked(self.index, ts, p.client_pod, p.client.ip, pod, ip, port, proto)
+            if found is None:
+                return ""
+            words = _policy_words(found, p.who, backend_desc, port, proto)
+            if said is not None and words != said:
+                return ""  # (blocked, but not alike: the words would not hold for all)
+            said = words
+        return f"; {said}" if said else ""
 
     @staticmethod
     def _unseen_backend(ready_eps) -> str:
@@ -2504,9 +2539,10 @@ class _Stitching:
                             extra = {"why": self._no_endpoints_why(svc, t_conn)}
                         elif rule_id == "svc.translation_missing":
                             if conn.k.startswith("udp/"):
-                                extra = {**_UDP_UNTAKEN, "hint": self._undeclared_target(p, svc, t_conn)}
+                                extra = {**_UDP_UNTAKEN, "hint": self._undeclared_target(p, svc, t_conn)
+                                         or self._endpoints_blocked(p, svc, t_conn)}
                             else:
-                                extra = _TCP_UNTAKEN
+                                extra = {**_TCP_UNTAKEN, "hint": self._endpoints_blocked(p, svc, t_conn)}
                         elif rule_id == "svc.backend_unreachable":
                             extra = {**(_UDP_UNTAKEN if conn.k.startswith("udp/") else _TCP_UNTAKEN),
                                      **self._chosen_backend(p, svc)}
