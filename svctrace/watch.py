@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     state = parser.add_mutually_exclusive_group()
     state.add_argument("--cluster", metavar="STATE",
-                       help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
+                       help="cluster state: `kubectl get pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json` output "
                             "(a List, JSON or YAML)")
     state.add_argument("--kube", action="store_true",
                        help="cluster state from the API server, kept current by a watch (kubeconfig, or the "

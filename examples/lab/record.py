@@ -7,7 +7,7 @@ out), asks every case (curl; the Go and UDP clients) while the eBPF capture runs
 
 * `capture.scap`: the cluster state embedded up front (K8S events, as sysdig wrote them), then
   every network syscall of the lab's pods and node, as `svctrace capture` writes them;
-* `cluster.json`: that state as `kubectl get nodes,pods,services,endpointslices -A -o json`;
+* `cluster.json`: that state as `kubectl get nodes,pods,services,endpointslices,networkpolicies -A -o json`;
 * `cases.json`: the cases asked, with each client's exit status (what the recording holds).
 
 Unlike examples/seed (built from the article's trace), this one is real: pids, timestamps,

@@ -1,6 +1,6 @@
 """Offline sources of k8s-object records.
 
-* a file written by `kubectl get pods,services,endpointslices,nodes -A -o json`
+* a file written by `kubectl get pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json`
   (a List), its YAML (`-o yaml`, also multi-document), a single object, a JSON
   array, JSON lines of watch events, or the JSON lines `svctrace metadata
   --output` writes (records as they are);

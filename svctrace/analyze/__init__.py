@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("capture", metavar="FILE.scap", help="a sysdig/Falco capture (.scap, plain or gzip); - reads it from stdin")
     parser.add_argument("--cluster", metavar="STATE",
-                        help="cluster state: `kubectl get pods,services,endpointslices,nodes -A -o json` output "
+                        help="cluster state: `kubectl get pods,services,endpointslices,nodes,namespaces,networkpolicies -A -o json` output "
                              "(a List, JSON or YAML), taken from the capture's cluster near its time (a warning says when it does "
                              "not look like it); default: the state embedded in the capture, if any")
     parser.add_argument("--json", action="store_true", help="print chain and alert records only (JSON Lines, schema-valid)")
