@@ -86,7 +86,7 @@ def put_lab_in(api) -> list:
     delete afterwards."""
     import kubernetes.client as k8s
 
-    core, disc = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api)
+    core, disc, net = k8s.CoreV1Api(api), k8s.DiscoveryV1Api(api), k8s.NetworkingV1Api(api)
     made = []
     for obj in cluster_list()["items"]:
         if "IPv6" in obj.get("spec", {}).get("ipFamilies", ()) or obj.get("addressType") == "IPv6":
@@ -108,9 +108,14 @@ def put_lab_in(api) -> list:
         elif kind == "Service":
             core.create_namespaced_service(ns, body)
             made.append(lambda n=name, s=ns: core.delete_namespaced_service(n, s))
-        else:
+        elif kind == "EndpointSlice":
             disc.create_namespaced_endpoint_slice(ns, body)
             made.append(lambda n=name, s=ns: disc.delete_namespaced_endpoint_slice(n, s))
+        elif kind == "NetworkPolicy":
+            net.create_namespaced_network_policy(ns, body)
+            made.append(lambda n=name, s=ns: net.delete_namespaced_network_policy(n, s))
+        else:
+            raise AssertionError(f"the lab's state has a {kind}: put_lab_in does not create it")
     return made
 
 
