@@ -251,11 +251,17 @@ def _selector(value: Any, what: str) -> dict | None:
     return {"match_labels": _map(value.get("matchLabels"), f"{what}.matchLabels"), "match_expressions": exprs}
 
 
+def _mappings(items: Any, what: str) -> list[dict]:
+    """A list field whose items must be mappings."""
+    out = _list(items, what)
+    if not all(isinstance(x, dict) for x in out):
+        raise TypeError(f"{what}[] is not a mapping")
+    return out
+
+
 def _policy_peers(items: Any, what: str) -> list[dict]:
     out = []
-    for peer in _list(items, what):
-        if not isinstance(peer, dict):
-            raise TypeError(f"{what}[] is not a mapping")
+    for peer in _mappings(items, what):
         block = peer.get("ipBlock")
         if block is not None and (not isinstance(block, dict) or not block.get("cidr")):
             raise TypeError(f"{what}[].ipBlock without cidr")
@@ -269,9 +275,7 @@ def _policy_peers(items: Any, what: str) -> list[dict]:
 
 def _policy_ports(items: Any, what: str) -> list[dict]:
     out = []
-    for p in _list(items, what):
-        if not isinstance(p, dict):
-            raise TypeError(f"{what}[] is not a mapping")
+    for p in _mappings(items, what):
         port = p.get("port")
         if port is not None and not (isinstance(port, str) or isinstance(port, int) and not isinstance(port, bool)):
             raise TypeError(f"{what}[].port is neither a number nor a name: {port!r}")
