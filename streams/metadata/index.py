@@ -347,6 +347,7 @@ class ClusterIndex:
         self._by_endpoint_ip: dict[str, set[_Key]] = {}
         self._slices_of: dict[tuple[str, str], set[_Key]] = {}  # (ns, service) -> slice/Endpoints keys
         self._by_node_ip: dict[str, set[_Key]] = {}
+        self._policies_of: dict[str, set[_Key]] = {}  # namespace -> its NetworkPolicies' keys
         self._watermark: int | None = None
         self._next_prune: int | None = None
 
@@ -420,6 +421,8 @@ class ClusterIndex:
         elif kind == "Node":
             for ip in state.addresses:
                 self._by_node_ip.setdefault(ip, set()).add(key)
+        elif kind == "NetworkPolicy":
+            self._policies_of.setdefault(key[1], set()).add(key)
 
     # -- bounded memory -----------------------------------------------------
 
@@ -441,7 +444,7 @@ class ClusterIndex:
 
     def _rebuild_secondary(self) -> None:
         for d in (self._by_pod_ip, self._by_container, self._by_cluster_ip, self._by_endpoint_ip,
-                  self._slices_of, self._by_node_ip):
+                  self._slices_of, self._by_node_ip, self._policies_of):
             d.clear()
         for key, hist in self._objects.items():
             for state in hist.states_iter():
@@ -614,14 +617,12 @@ class ClusterIndex:
         return self._state(("Namespace", "", name), ts)
 
     def network_policies(self, namespace: str, ts: int | None = None) -> list[NetworkPolicyInfo]:
-        """The NetworkPolicies of a namespace alive at ts (a scan of the namespace's: asked only to explain a
-        connection that went nowhere)."""
+        """The NetworkPolicies of a namespace alive at ts, in name order."""
         out = []
-        for key, hist in self._objects.items():
-            if key[0] == "NetworkPolicy" and key[1] == namespace:
-                state = hist.at(ts)[0]
-                if state is not None:
-                    out.append(state)
+        for key in sorted(self._policies_of.get(namespace, ())):
+            state = self._state(key, ts)
+            if state is not None:
+                out.append(state)
         return out
 
     def node(self, name: str, ts: int | None = None) -> NodeInfo | None:
