@@ -20,6 +20,8 @@ class Topic:
     cleanup_policy: str
     retention_ms: int
     description: str
+    min_compaction_lag_ms: int | None = None  # a compacted topic's versions kept at least this long
+
 
     @property
     def compacted(self) -> bool:
@@ -27,7 +29,10 @@ class Topic:
 
     def kafka_config(self) -> dict[str, str]:
         """Topic-level configs as Kafka expects them in CreateTopics."""
-        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        configs = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        if self.min_compaction_lag_ms is not None:
+            configs["min.compaction.lag.ms"] = str(self.min_compaction_lag_ms)
+        return configs
 
 
 @cache

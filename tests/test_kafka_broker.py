@@ -49,7 +49,58 @@ def test_catalogue_topics_exist_with_catalogued_partitions_and_configs(kafka):
         assert counts[name] == t.partitions, name
         assert configs[name]["cleanup.policy"] == t.cleanup_policy, name
         assert int(configs[name]["retention.ms"]) == t.retention_ms, name
+        if t.min_compaction_lag_ms is not None:
+            assert int(configs[name]["min.compaction.lag.ms"]) == t.min_compaction_lag_ms, name
     assert configs["svctrace.k8s.objects"]["cleanup.policy"] == "compact"
+    assert int(configs["svctrace.k8s.objects"]["min.compaction.lag.ms"]) == 3_600_000
+
+
+def test_a_starting_workers_index_has_the_history_the_object_topic_keeps(kafka):
+    """A worker's ClusterIndex is read from the compacted object topic, from its start: every version the topic
+    still holds (compaction leaves them an hour, min.compaction.lag.ms) is applied at its time, so a pod that left
+    a Service's endpoints before the worker started is known to have left, and when (svc.misrouted's words)."""
+    from svctrace.schemas.catalogue import K8S_OBJECTS
+    from svctrace.streams.faust_app.cluster_feed import ClusterFeed
+    from svctrace.streams.metadata.index import ClusterIndex, record_key
+
+    prefix = kafka.catalogue_topics("hist")
+    topic = admin.topic_name(K8S_OBJECTS, prefix)
+    t0 = 1_700_000_000_000_000_000
+
+    def slice_at(ts: int, ips: list[str]) -> dict:
+        return {"schema": "svctrace.k8s-object", "version": 1, "kind": "EndpointSlice", "namespace": "default",
+                "name": "web-abc", "uid": "u1", "resource_version": str(ts), "observed_ts": ts, "deleted": False,
+                "endpoints": {"service": "web", "address_type": "IPv4", "ports": [{"name": "http", "port": 80,
+                                                                                   "protocol": "TCP"}],
+                              "endpoints": [{"addresses": [ip], "ready": True, "serving": True, "terminating": False,
+                                             "node": "n1", "pod": f"web-{i}", "pod_namespace": "default"}
+                                            for i, ip in enumerate(ips)]}}
+
+    versions = [slice_at(t0, ["10.244.1.7", "10.244.2.8"]), slice_at(t0 + 10 * 10**9, ["10.244.2.8"])]
+    for v in versions:
+        validate("k8s-object", v)
+
+    async def publish_then_read() -> ClusterIndex:
+        producer = kafka.producer()
+        await producer.start()
+        try:
+            for v in versions:
+                await producer.send_and_wait(topic, orjson.dumps(v), key=record_key(v).encode())
+        finally:
+            await producer.stop()
+        index = ClusterIndex()
+        feed = ClusterFeed(kafka.bootstrap, topic, index)
+        task = asyncio.create_task(feed.run())
+        try:
+            await asyncio.wait_for(feed.ready.wait(), 30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return index
+
+    index = kafka.run(publish_then_read())
+    assert index.endpoint_standing("default", "web", "10.244.1.7", t0 + 15 * 10**9) == ("left", t0 + 10 * 10**9)
+    assert index.endpoint_standing("default", "web", "10.244.2.8", t0 + 15 * 10**9) == ("ready", None)
 
 
 def test_syscall_batch_round_trip_with_acks_all_and_idempotence(kafka):
