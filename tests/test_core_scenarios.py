@@ -267,9 +267,13 @@ def test_a_response_wait_the_idle_timeout_ended_is_a_floor():
     hung = [e for e in events if not (e.kind == "send" and e.comm == "nginx")
             and not (e.kind == "recv" and e.comm == "curl" and e.proto == "tcp")]
     hung = sorted((e.with_(ts=e.ts + 100 * S) if e.kind == "close" else e for e in hung), key=lambda e: e.ts)
-    [alert] = run(hung, cluster.index()).alerts
+    result = run(hung, cluster.index())
+    [alert] = result.alerts
     assert alert["summary"].startswith("default/my-nginx: hop response took 30000 ms (objective 2000 ms)")
     assert alert["summary"].endswith(", at least: the idle timeout ended the chain with the client still waiting")
+    [chain] = result.chains  # the record says so too: only that hop has "floor"
+    assert [h.get("floor") for h in chain["hops"]] == [None, None, True]
+    assert [h["name"] for h in chain["hops"]] == ["dns", "connect", "response"]
 
 
 def test_a_slow_userspace_proxy_dial_breaks_the_proxy_hops_objective():

@@ -50,12 +50,14 @@ def as_ref(r) -> Ref:
     return Ref(r["node"], r["n"], r["ts"], r["what"])
 
 
-class Hop(msgspec.Struct, frozen=True, gc=False):
-    """A chain record's hop (records share a connection's: frozen)."""
+class Hop(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """A chain record's hop (records share a connection's: frozen). `floor`, written only when true: the wait
+    went on past its end (the idle timeout ended the chain with the client still waiting)."""
     name: str
     start_ts: int
     end_ts: int
     latency_ns: int
+    floor: bool = False
 
 
 class Response(msgspec.Struct, gc=False):

@@ -2446,7 +2446,7 @@ class _Stitching:
             waited_until = conn.ccl if conn.ccl is not None else conn.t1 + self.idle_ns
             outcome = "no response"
             latency = waited_until - req[C_TS]
-            hops.append(hop := Hop("response", req[C_TS], waited_until, latency))
+            hops.append(hop := Hop("response", req[C_TS], waited_until, latency, conn.ccl is None))
             if conn.ccl is None:
                 floor = hop
             if _RESPONSE_OBJECTIVE is not None and latency > _RESPONSE_OBJECTIVE:
