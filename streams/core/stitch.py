@@ -56,7 +56,7 @@ from .deadletter import dead_letter
 from .enrich import FLOWS_TOPIC
 from .enriched import EnrichedEvent, EventRun, from_wire, to_wire
 from .memo import MemoIndex
-from .policy import blocked as _policy_blocked, blocked_words as _policy_words
+from .policy import blocked as _policy_blocked, blocked_words as _blocked_words
 from .records import ChainRecord, Connect, DnsOut, Endpoint, Hop, Response, as_dict as _ref_dict, as_ref as _as_ref, to_builtins as _to_builtins
 from svctrace.streams.core.records import Ref  # (by its full name: stitch.pxd declares its layout)
 from .timeorder import drop_expired_front
@@ -2375,7 +2375,7 @@ class _Stitching:
             found = _policy_blocked(self.index, ts, p.client_pod, p.client.ip, pod, ip, port, proto)
             if found is None:
                 return ""
-            words = _policy_words(found, p.who, backend_desc, port, proto)
+            words = _blocked_words(found, p.who, backend_desc, port, proto)
             if said is not None and words != said:
                 return ""  # (blocked, but not alike: the words would not hold for all)
             said = words
